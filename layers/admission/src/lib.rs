@@ -1,0 +1,1 @@
+//! Priority admission tower layer: highest priority admitted first, lowest shed first.

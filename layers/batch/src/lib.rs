@@ -1,0 +1,1 @@
+//! Request batching tower layer: single requests become one batch call.

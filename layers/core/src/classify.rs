@@ -1,0 +1,105 @@
+//! Classifying the result of a call as success, failure or neither.
+//!
+//! Breakers, pools and balancers learn from outcomes. Whether an outcome is bad is the caller's
+//! call: a 404 is usually the client's fault and says nothing about the backend's health, a 503
+//! does. A [`Classify`] sees the response as well as the error.
+//!
+//! ```
+//! use tollgate_core::{Classify, Outcome};
+//!
+//! // Any closure over `Result<&Res, &Err>` is a classifier.
+//! let classify = |r: Result<&u16, &std::io::Error>| match r {
+//!     Ok(status) if *status >= 500 => Outcome::Failure,
+//!     Ok(_) => Outcome::Success,
+//!     Err(_) => Outcome::Failure,
+//! };
+//! assert_eq!(classify.classify(Ok(&503)), Outcome::Failure);
+//! assert_eq!(classify.classify(Ok(&404)), Outcome::Success);
+//! ```
+
+/// What one call says about the health of the service behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The call worked.
+    Success,
+    /// The call failed in a way that counts against the service.
+    Failure,
+    /// The call says nothing about the service (for example the caller cancelled it, or it was
+    /// rejected for a reason that is the client's fault). It is not recorded.
+    Ignored,
+}
+
+/// Decides the [`Outcome`] of a call from its result.
+///
+/// Implemented for every `Fn(Result<&Res, &E>) -> Outcome`.
+pub trait Classify<Res, E> {
+    /// Classifies one finished call.
+    fn classify(&self, result: Result<&Res, &E>) -> Outcome;
+}
+
+impl<F, Res, E> Classify<Res, E> for F
+where
+    F: Fn(Result<&Res, &E>) -> Outcome,
+{
+    fn classify(&self, result: Result<&Res, &E>) -> Outcome {
+        self(result)
+    }
+}
+
+/// The default classifier: every `Ok` is a success and every `Err` a failure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorsAreFailures;
+
+impl<Res, E> Classify<Res, E> for ErrorsAreFailures {
+    fn classify(&self, result: Result<&Res, &E>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+/// For `http::Response`: a 5xx status or an error is a failure, anything else a success.
+///
+/// 4xx answers are the client's doing and say nothing about the backend's health.
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerErrorsAreFailures;
+
+#[cfg(feature = "http")]
+impl<B, E> Classify<http::Response<B>, E> for ServerErrorsAreFailures {
+    fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
+        match result {
+            Ok(res) if res.status().is_server_error() => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_failures() {
+        let c = ErrorsAreFailures;
+        assert_eq!(Classify::<u8, ()>::classify(&c, Ok(&1)), Outcome::Success);
+        assert_eq!(Classify::<u8, ()>::classify(&c, Err(&())), Outcome::Failure);
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn server_errors_are_failures() {
+        let c = ServerErrorsAreFailures;
+        let res = |s: u16| http::Response::builder().status(s).body(()).unwrap();
+        assert_eq!(Classify::<_, ()>::classify(&c, Ok(&res(503))), Outcome::Failure);
+        assert_eq!(Classify::<_, ()>::classify(&c, Ok(&res(404))), Outcome::Success);
+        assert_eq!(Classify::<_, ()>::classify(&c, Ok(&res(200))), Outcome::Success);
+        assert_eq!(
+            Classify::<http::Response<()>, ()>::classify(&c, Err(&())),
+            Outcome::Failure
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! Shared building blocks for the tollgate layers.
+//!
+//! Only what at least two layers need lives here:
+//!
+//! - [`classify`]: decide whether a call was a success, a failure or neither, looking at the
+//!   response as well as the error (so an HTTP 5xx can count as a failure and a 4xx not).
+//! - [`ewma`]: exponentially weighted moving averages, plain and lock-free.
+//! - [`counter`]: striped atomic counters and per-thread shard indices for many-core hot paths.
+//! - [`error`]: the common rejection errors and helpers that walk an error's `source()` chain.
+//! - [`sync`]: atomics that switch to `loom` under `--cfg loom`, for the layers' loom models.
+//! - `testing` (feature `testing`): probe services and the contract test every layer runs.
+//!
+//! Time is always read from [`tokio::time::Instant`](https://docs.rs/tokio/latest/tokio/time/struct.Instant.html),
+//! so `#[tokio::test(start_paused = true)]` tests and simulations are deterministic.
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod classify;
+pub mod counter;
+pub mod error;
+pub mod ewma;
+pub mod sync;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use classify::{Classify, ErrorsAreFailures, Outcome};
+pub use error::BoxError;

@@ -1,0 +1,13 @@
+//! Probe services and the contract test every layer runs.
+//!
+//! [`Probe`] is an inner service whose readiness and answers the test controls through a
+//! [`ProbeHandle`]. Its clones start unready, and calling an instance that was not readied
+//! panics, so a layer that calls a different clone than the one it polled is caught.
+//! [`contract::check`] runs the checks every layer must pass: readiness propagates, clones start
+//! without a reservation, dropped futures and dropped readied services give capacity back, inner
+//! errors pass through, and a panicking inner service leaves the layer working.
+
+pub mod contract;
+mod probe;
+
+pub use probe::{Probe, ProbeError, ProbeFuture, ProbeHandle, ProbeRequest};

@@ -1,0 +1,1 @@
+//! Adaptive concurrency limit tower layer (AIMD, Vegas, Gradient2), sharded for many cores.

@@ -1,0 +1,1 @@
+//! Deterministic, seeded overload simulator for testing tollgate layers on paused tokio time.
