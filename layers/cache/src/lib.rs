@@ -1,1 +1,21 @@
 //! Multi-level read-through caching tower layer: per-core L1, shared L2, optional Redis L3.
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod cache_control;
+pub mod config;
+mod entry;
+mod flight;
+pub mod future;
+mod l1;
+pub mod layer;
+pub mod policy;
+pub mod service;
+mod stats;
+mod tiers;
+
+pub use config::CacheConfig;
+pub use layer::{CacheHandle, CacheLayer};
+pub use policy::{CachePolicy, CachePolicyFor, Cacheability, FnPolicy, Freshness};
+pub use service::Cache;
+pub use stats::CacheStats;

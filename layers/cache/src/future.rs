@@ -1,0 +1,442 @@
+//! The response future: a hit is ready at once; a miss walks L3, single-flight and the inner
+//! service as a small state machine (no boxed future except an L3 read).
+
+use crate::entry::{Entry, Lifetimes, Phase};
+use crate::flight::Signal;
+use crate::policy::{CachePolicy, CachePolicyFor, Cacheability};
+use crate::tiers::{RemoteGet, Tiers};
+use pin_project::pin_project;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+/// This request's part in its key's flight.
+pub(crate) enum Role<V> {
+    /// Not in a flight (a bypass after a wait timed out, or the flight ended).
+    Alone,
+    /// Leads the flight: must end it.
+    Leader,
+    /// Waits on the leader.
+    Waiter(oneshot::Receiver<Signal<V>>),
+}
+
+/// A miss in progress: what it needs to call the inner service, store the answer and end its
+/// flight. Dropping it (a dropped future, a panic) ends the flight as a failure, so a waiter
+/// takes over.
+pub(crate) struct Miss<S, Req, K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    pub(crate) tiers: Arc<Tiers<K, V>>,
+    pub(crate) key: K,
+    pub(crate) hash: u64,
+    /// The key's invalidation counter before the look-up.
+    pub(crate) epoch: u64,
+    pub(crate) req: Option<Req>,
+    /// An inner service already polled ready, for a waiter that takes over or a leader that
+    /// reads L3 first.
+    pub(crate) svc: Option<S>,
+    /// An expired entry still inside its stale-if-error window.
+    pub(crate) stale: Option<Arc<Entry<V>>>,
+    pub(crate) role: Role<V>,
+}
+
+impl<S, Req, K, V> Miss<S, Req, K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn complete(&mut self, value: &V, error: bool) {
+        if let Role::Leader = std::mem::replace(&mut self.role, Role::Alone) {
+            let served = self
+                .tiers
+                .flights
+                .complete(self.hash, &self.key, value, error);
+            self.tiers.stats.coalesced.add(served as i64);
+        }
+    }
+
+    fn fail(&mut self) {
+        match std::mem::replace(&mut self.role, Role::Alone) {
+            Role::Leader => self.tiers.flights.fail(self.hash, &self.key),
+            Role::Waiter(mut rx) => {
+                // Refuse further signals, then pass on a leadership that arrived unread.
+                rx.close();
+                if let Ok(Signal::Lead) = rx.try_recv() {
+                    self.tiers.flights.fail(self.hash, &self.key);
+                }
+            }
+            Role::Alone => {}
+        }
+    }
+
+    fn stale_for_error(&self, now: Instant) -> Option<&V> {
+        self.stale
+            .as_ref()
+            .filter(|e| e.usable_on_error(now))
+            .map(|e| &e.value)
+    }
+}
+
+impl<S, Req, K, V> Drop for Miss<S, Req, K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        self.fail();
+    }
+}
+
+/// Ends a leader's (or a lone caller's) call: classify, store, share, or fall back to stale.
+pub(crate) fn finish<P, S, Req, Res, E>(
+    policy: &P,
+    miss: &mut Miss<S, Req, P::Key, P::Value>,
+    out: Result<Res, E>,
+    delta: Duration,
+) -> Result<Res, E>
+where
+    P: CachePolicyFor<Req, Res>,
+{
+    let tiers = miss.tiers.clone();
+    let now = Instant::now();
+    match out {
+        Ok(res) => {
+            let class = policy.classify(&res);
+            if class == Cacheability::Error
+                && let Some(v) = miss.stale_for_error(now)
+            {
+                tiers.stats.stale_if_error.incr();
+                let res = policy.to_response(v);
+                miss.fail();
+                return Ok(res);
+            }
+            let life = Lifetimes::of(class, &tiers.cfg);
+            if life.is_none() && !matches!(miss.role, Role::Leader) {
+                return Ok(res);
+            }
+            let value = policy.to_value(res);
+            if let Some(life) = life {
+                let weight = policy.weight(&miss.key, &value);
+                let entry = tiers.entry(value.clone(), life, now, delta, weight, now);
+                tiers.store(miss.hash, &miss.key, entry, now, miss.epoch, true);
+            }
+            miss.complete(&value, class == Cacheability::Error);
+            Ok(policy.to_response(&value))
+        }
+        Err(e) => {
+            miss.fail();
+            match miss.stale_for_error(now) {
+                Some(v) => {
+                    tiers.stats.stale_if_error.incr();
+                    Ok(policy.to_response(v))
+                }
+                None => Err(e),
+            }
+        }
+    }
+}
+
+/// A background refresh (stale-while-revalidate or XFetch): leads the key's flight if nobody
+/// does, calls a clone of the inner service, stores the answer.
+pub(crate) async fn refresh<P, S, Req>(
+    tiers: Arc<Tiers<P::Key, P::Value>>,
+    policy: Arc<P>,
+    mut svc: S,
+    req: Req,
+    key: P::Key,
+    hash: u64,
+) where
+    P: CachePolicyFor<Req, S::Response>,
+    S: Service<Req>,
+{
+    if !tiers.flights.try_lead(hash, &key) {
+        return;
+    }
+    let epoch = tiers.epoch(hash);
+    let mut miss: Miss<S, Req, _, _> = Miss {
+        tiers: tiers.clone(),
+        key,
+        hash,
+        epoch,
+        req: None,
+        svc: None,
+        stale: None,
+        role: Role::Leader,
+    };
+    if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {
+        return;
+    }
+    tiers.stats.inner_calls.incr();
+    let started = Instant::now();
+    let out = svc.call(req).await;
+    let _ = finish(&*policy, &mut miss, out, started.elapsed());
+}
+
+#[pin_project(project = StateProj, project_replace = StateOwn)]
+enum State<S, Req, K, V>
+where
+    S: Service<Req>,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Ready {
+        res: Option<S::Response>,
+    },
+    Pass {
+        #[pin]
+        fut: S::Future,
+    },
+    Remote {
+        miss: Miss<S, Req, K, V>,
+        get: RemoteGet<V>,
+    },
+    Call {
+        miss: Miss<S, Req, K, V>,
+        #[pin]
+        fut: S::Future,
+        started: Instant,
+    },
+    Wait {
+        miss: Miss<S, Req, K, V>,
+        #[pin]
+        sleep: Sleep,
+    },
+    Done,
+}
+
+/// The response future of [`Cache`](crate::service::Cache).
+#[pin_project]
+pub struct ResponseFuture<S, Req, P>
+where
+    S: Service<Req>,
+    P: CachePolicy,
+{
+    policy: Arc<P>,
+    #[pin]
+    state: State<S, Req, P::Key, P::Value>,
+}
+
+impl<S, Req, P> fmt::Debug for ResponseFuture<S, Req, P>
+where
+    S: Service<Req>,
+    P: CachePolicy,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Ready { .. } => "ready",
+            State::Pass { .. } => "pass",
+            State::Remote { .. } => "remote",
+            State::Call { .. } => "call",
+            State::Wait { .. } => "wait",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, Req, P> ResponseFuture<S, Req, P>
+where
+    S: Service<Req>,
+    P: CachePolicy,
+{
+    pub(crate) fn ready(policy: Arc<P>, res: S::Response) -> Self {
+        Self {
+            policy,
+            state: State::Ready { res: Some(res) },
+        }
+    }
+
+    pub(crate) fn pass(policy: Arc<P>, fut: S::Future) -> Self {
+        Self {
+            policy,
+            state: State::Pass { fut },
+        }
+    }
+
+    pub(crate) fn remote(
+        policy: Arc<P>,
+        miss: Miss<S, Req, P::Key, P::Value>,
+        get: RemoteGet<P::Value>,
+    ) -> Self {
+        Self {
+            policy,
+            state: State::Remote { miss, get },
+        }
+    }
+
+    pub(crate) fn call(
+        policy: Arc<P>,
+        miss: Miss<S, Req, P::Key, P::Value>,
+        fut: S::Future,
+    ) -> Self {
+        Self {
+            policy,
+            state: State::Call {
+                miss,
+                fut,
+                started: Instant::now(),
+            },
+        }
+    }
+
+    pub(crate) fn wait(
+        policy: Arc<P>,
+        miss: Miss<S, Req, P::Key, P::Value>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            policy,
+            state: State::Wait {
+                miss,
+                sleep: tokio::time::sleep(timeout),
+            },
+        }
+    }
+}
+
+/// What the state machine does next, decided while the state is borrowed.
+enum Next<V> {
+    /// Call the inner service (as leader or alone).
+    Call,
+    /// Answer with this value.
+    Serve(V),
+    /// Store this L3 entry and answer with it.
+    RemoteHit(Entry<V>),
+}
+
+impl<S, Req, P> Future for ResponseFuture<S, Req, P>
+where
+    S: Service<Req>,
+    P: CachePolicyFor<Req, S::Response>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Ready { res } => {
+                    return Poll::Ready(Ok(res
+                        .take()
+                        .expect("ResponseFuture polled after completion")));
+                }
+                StateProj::Pass { fut } => return fut.poll(cx),
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+                StateProj::Call { miss, fut, started } => {
+                    let out = ready!(fut.poll(cx));
+                    let delta = started.elapsed();
+                    let res = finish(&**this.policy, miss, out, delta);
+                    this.state.set(State::Done);
+                    return Poll::Ready(res);
+                }
+                StateProj::Remote { miss, get } => match ready!(get.as_mut().poll(cx)) {
+                    None => Next::Call,
+                    Some(hit) => {
+                        let now = Instant::now();
+                        let stored_at = now.checked_sub(hit.age).unwrap_or(now);
+                        let weight = this.policy.weight(&miss.key, &hit.value);
+                        let entry = miss
+                            .tiers
+                            .entry(hit.value, hit.life, stored_at, hit.delta, weight, now);
+                        match entry.phase(now, 0.0, || 1.0) {
+                            Phase::Fresh { .. } => Next::RemoteHit(entry),
+                            Phase::Revalidate | Phase::Expired { .. } => {
+                                if entry.usable_on_error(now) {
+                                    miss.stale = Some(Arc::new(entry));
+                                }
+                                Next::Call
+                            }
+                        }
+                    }
+                },
+                StateProj::Wait { miss, sleep } => {
+                    let Role::Waiter(rx) = &mut miss.role else {
+                        unreachable!("a waiting miss is a waiter")
+                    };
+                    match Pin::new(rx).poll(cx) {
+                        Poll::Ready(Ok(Signal::Value { value, error })) => {
+                            miss.role = Role::Alone;
+                            match miss.stale_for_error(Instant::now()).filter(|_| error) {
+                                Some(v) => {
+                                    miss.tiers.stats.stale_if_error.incr();
+                                    Next::Serve(v.clone())
+                                }
+                                None => Next::Serve(value),
+                            }
+                        }
+                        Poll::Ready(Ok(Signal::Failed)) => {
+                            miss.role = Role::Alone;
+                            match miss.stale_for_error(Instant::now()) {
+                                Some(v) => {
+                                    miss.tiers.stats.stale_if_error.incr();
+                                    Next::Serve(v.clone())
+                                }
+                                None => Next::Call,
+                            }
+                        }
+                        Poll::Ready(Ok(Signal::Lead)) => {
+                            miss.role = Role::Leader;
+                            miss.tiers.stats.takeovers.incr();
+                            Next::Call
+                        }
+                        // The flight vanished without a word: ask the inner service alone.
+                        Poll::Ready(Err(_)) => {
+                            miss.role = Role::Alone;
+                            Next::Call
+                        }
+                        Poll::Pending => {
+                            ready!(sleep.poll(cx));
+                            miss.tiers.stats.wait_timeouts.incr();
+                            miss.fail();
+                            Next::Call
+                        }
+                    }
+                }
+            };
+            let mut miss = match this.state.as_mut().project_replace(State::Done) {
+                StateOwn::Remote { miss, .. } | StateOwn::Wait { miss, .. } => miss,
+                _ => unreachable!("only misses reach here"),
+            };
+            match next {
+                Next::Serve(v) => return Poll::Ready(Ok(this.policy.to_response(&v))),
+                Next::RemoteHit(entry) => {
+                    let now = Instant::now();
+                    miss.tiers.stats.l3_hits.incr();
+                    let value = entry.value.clone();
+                    miss.tiers
+                        .store(miss.hash, &miss.key, entry, now, miss.epoch, false);
+                    miss.complete(&value, false);
+                    return Poll::Ready(Ok(this.policy.to_response(&value)));
+                }
+                Next::Call => {
+                    let mut svc = miss
+                        .svc
+                        .take()
+                        .expect("a miss that may call holds a readied service");
+                    let req = miss
+                        .req
+                        .take()
+                        .expect("a miss that may call holds its request");
+                    miss.tiers.stats.inner_calls.incr();
+                    let fut = svc.call(req);
+                    this.state.set(State::Call {
+                        miss,
+                        fut,
+                        started: Instant::now(),
+                    });
+                }
+            }
+        }
+    }
+}
