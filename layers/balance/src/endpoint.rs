@@ -1,0 +1,473 @@
+//! Per-endpoint state, kept in atomics so that picking and finishing a request take no lock.
+//!
+//! # Ground rules
+//!
+//! - `in_flight` and `removed` form a Dekker pair: a picker increments `in_flight` and then
+//!   reads `removed`; the writer that removes the endpoint sets `removed` and then reads
+//!   `in_flight` (both `SeqCst`). So either the picker sees the removal and backs out, or the
+//!   writer sees the reservation and keeps the endpoint draining until it is given back. A
+//!   removed endpoint that was once seen with nothing in flight never gets a new request.
+//! - The latency and failure-rate estimates, counters and slow-start start are statistics:
+//!   they guard no other memory and are read and written `Relaxed`; two completions racing on
+//!   the estimate fold their samples in either order.
+//! - `ejected_until` and `ejections` are written only under the ejection lock
+//!   ([`Common::try_eject`]); readers on the request path load them `Relaxed` (a pick racing
+//!   with an ejection may still go to the endpoint, as if it had come a moment earlier).
+//! - `healthy` and the check counters are written only by the health-check task.
+//!
+//! Times are nanoseconds since the balancer's base instant ([`Common::now`]), so the
+//! arithmetic here is pure and runs under loom and the fuzzer without a clock.
+
+use crate::config::{BalanceConfig, HealthConfig, OutlierConfig};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{Arc, Mutex, lock};
+use tokio::time::Instant;
+use tollgate_core::Outcome;
+
+/// No sample yet in a latency estimate.
+const EMPTY: u64 = u64::MAX;
+/// No slow-start ramp in progress.
+const NO_RAMP: u64 = u64::MAX;
+/// The smallest success rate the failure penalty divides by.
+const MIN_SUCCESS: f64 = 1e-3;
+
+/// Settings and shared state every endpoint of one balancer refers to.
+#[derive(Debug)]
+pub(crate) struct Common {
+    base: Instant,
+    decay_ns: f64,
+    default_rtt_ns: f64,
+    failure_weight: f64,
+    failure_decay_ns: f64,
+    failure_penalty: f64,
+    slow_start_ns: u64,
+    slow_start_min: f64,
+    pub(crate) panic_threshold: f64,
+    pub(crate) outlier: OutlierConfig,
+    pub(crate) health: HealthConfig,
+    ejections: Mutex<Ejections>,
+}
+
+/// Which endpoints are ejected now, for the cap on the ejected share.
+#[derive(Debug, Default)]
+struct Ejections {
+    /// Endpoints in the current set.
+    total: usize,
+    /// `(endpoint id, ejected until)`; entries in the past are pruned lazily.
+    ejected: Vec<(u64, u64)>,
+}
+
+fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Common {
+    pub(crate) fn new(config: &BalanceConfig, base: Instant) -> Self {
+        Self {
+            base,
+            decay_ns: config.decay.as_nanos() as f64,
+            default_rtt_ns: config.default_rtt.as_nanos() as f64,
+            failure_weight: config.failure_weight,
+            failure_decay_ns: config.failure_decay.as_nanos() as f64,
+            failure_penalty: config.failure_penalty,
+            slow_start_ns: nanos(config.slow_start),
+            slow_start_min: config.slow_start_min_weight,
+            panic_threshold: config.panic_threshold,
+            outlier: config.outlier.clone(),
+            health: config.health.clone(),
+            ejections: Mutex::new(Ejections::default()),
+        }
+    }
+
+    /// Nanoseconds since the base instant, on tokio's (possibly paused) clock.
+    pub(crate) fn now(&self) -> u64 {
+        nanos(Instant::now().saturating_duration_since(self.base))
+    }
+
+    /// Whether slow start is on.
+    pub(crate) fn slow_start(&self) -> bool {
+        self.slow_start_ns > 0
+    }
+
+    /// Records the size of the endpoint set and forgets ejections of endpoints not in it.
+    pub(crate) fn set_members(&self, total: usize, keep: impl Fn(u64) -> bool) {
+        let mut st = lock(&self.ejections);
+        st.total = total;
+        st.ejected.retain(|(id, _)| keep(*id));
+    }
+
+    /// Ejects `core` if it is not ejected already and the cap allows; returns whether it did.
+    pub(crate) fn try_eject(&self, core: &Core, now: u64) -> bool {
+        let o = &self.outlier;
+        let mut st = lock(&self.ejections);
+        // Relaxed: the lock orders every write of the ejection fields.
+        let prev_until = core.ejected_until.load(Ordering::Relaxed);
+        if now < prev_until || core.removed.load(Ordering::Relaxed) {
+            return false;
+        }
+        st.ejected.retain(|(_, until)| *until > now);
+        let cap = (o.max_ejection_share * st.total as f64 + 1e-9).floor() as usize;
+        if st.ejected.len() >= cap {
+            core.consecutive.store(0, Ordering::Relaxed);
+            return false;
+        }
+        // The repeat count goes down by one for every interval spent clear of ejection.
+        let interval = nanos(o.interval).max(1);
+        let prev = core.ejections.load(Ordering::Relaxed);
+        let cleared = u32::try_from(now.saturating_sub(prev_until) / interval).unwrap_or(u32::MAX);
+        let count = if prev_until == 0 {
+            1
+        } else {
+            prev.saturating_sub(cleared).saturating_add(1)
+        };
+        let time = o
+            .base_ejection_time
+            .saturating_mul(count)
+            .min(o.max_ejection_time);
+        let until = now.saturating_add(nanos(time)).max(1);
+        core.ejections.store(count, Ordering::Relaxed);
+        core.ejected_until.store(until, Ordering::Relaxed);
+        core.consecutive.store(0, Ordering::Relaxed);
+        if self.slow_start() {
+            core.ramp_from.store(until, Ordering::Relaxed);
+        }
+        st.ejected.push((core.id, until));
+        tracing::trace!(
+            endpoint = core.id,
+            ejections = count,
+            ?time,
+            "endpoint ejected"
+        );
+        true
+    }
+
+    /// Endpoints ejected at `now`.
+    pub(crate) fn ejected_now(&self, now: u64) -> usize {
+        lock(&self.ejections)
+            .ejected
+            .iter()
+            .filter(|(_, until)| *until > now)
+            .count()
+    }
+}
+
+/// The state of one endpoint. See the module's ground rules.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) id: u64,
+    pub(crate) common: Arc<Common>,
+    weight: AtomicU64,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) removed: AtomicBool,
+    rtt: AtomicU64,
+    rtt_at: AtomicU64,
+    fail: AtomicU64,
+    fail_at: AtomicU64,
+    consecutive: AtomicU32,
+    pub(crate) started: AtomicU64,
+    pub(crate) successes: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    swept_successes: AtomicU64,
+    swept_failures: AtomicU64,
+    pub(crate) ejected_until: AtomicU64,
+    pub(crate) ejections: AtomicU32,
+    pub(crate) healthy: AtomicBool,
+    checks_passed: AtomicU32,
+    checks_failed: AtomicU32,
+    ramp_from: AtomicU64,
+}
+
+impl Core {
+    /// A fresh endpoint; `ramp_from` starts its slow start at that time.
+    pub(crate) fn new(id: u64, common: Arc<Common>, weight: f64, ramp_from: Option<u64>) -> Self {
+        let ramp = match ramp_from {
+            Some(t) if common.slow_start() => t,
+            _ => NO_RAMP,
+        };
+        Self {
+            id,
+            common,
+            weight: AtomicU64::new(weight.to_bits()),
+            in_flight: AtomicUsize::new(0),
+            removed: AtomicBool::new(false),
+            rtt: AtomicU64::new(EMPTY),
+            rtt_at: AtomicU64::new(0),
+            fail: AtomicU64::new(0f64.to_bits()),
+            fail_at: AtomicU64::new(0),
+            consecutive: AtomicU32::new(0),
+            started: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            swept_successes: AtomicU64::new(0),
+            swept_failures: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+            checks_passed: AtomicU32::new(0),
+            checks_failed: AtomicU32::new(0),
+            ramp_from: AtomicU64::new(ramp),
+        }
+    }
+
+    /// The configured weight.
+    pub(crate) fn weight(&self) -> f64 {
+        // Relaxed: a plain setting; a pick may use the old one a moment longer.
+        f64::from_bits(self.weight.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_weight(&self, weight: f64) {
+        // Relaxed: see `weight`.
+        self.weight.store(weight.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether the endpoint passes its health checks and is not ejected at `now`.
+    pub(crate) fn admitted(&self, now: u64) -> bool {
+        // Relaxed: see the ground rules; a stale answer only moves one pick.
+        self.healthy.load(Ordering::Relaxed) && now >= self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// Whether the endpoint is ejected at `now`.
+    pub(crate) fn ejected(&self, now: u64) -> bool {
+        // Relaxed: see `admitted`.
+        now < self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// Requests reserved or running.
+    pub(crate) fn in_flight(&self) -> usize {
+        // Relaxed: statistics only (the drain check uses its own SeqCst load).
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The peak-EWMA latency estimate at `now`, in nanoseconds; it decays towards zero while
+    /// no sample arrives, so an idle endpoint is tried again.
+    pub(crate) fn latency(&self, now: u64) -> f64 {
+        // Relaxed: statistics only.
+        let bits = self.rtt.load(Ordering::Relaxed);
+        if bits == EMPTY {
+            return self.common.default_rtt_ns;
+        }
+        let at = self.rtt_at.load(Ordering::Relaxed);
+        f64::from_bits(bits) * self.decay(now.saturating_sub(at), self.common.decay_ns)
+    }
+
+    /// The failure rate at `now`, in `[0, 1]`, decayed towards zero since its last sample.
+    pub(crate) fn failure_rate(&self, now: u64) -> f64 {
+        // Relaxed: statistics only.
+        let f = f64::from_bits(self.fail.load(Ordering::Relaxed));
+        if f == 0.0 {
+            return 0.0;
+        }
+        let at = self.fail_at.load(Ordering::Relaxed);
+        f * self.decay(now.saturating_sub(at), self.common.failure_decay_ns)
+    }
+
+    fn decay(&self, elapsed: u64, tau: f64) -> f64 {
+        if elapsed == 0 {
+            1.0
+        } else {
+            (-(elapsed as f64) / tau).exp()
+        }
+    }
+
+    /// The share of its weight the endpoint has at `now` (slow start), in `(0, 1]`.
+    pub(crate) fn ramp(&self, now: u64) -> f64 {
+        // Relaxed: statistics only; a racing reset of the ramp moves one pick.
+        let from = self.ramp_from.load(Ordering::Relaxed);
+        if from == NO_RAMP {
+            return 1.0;
+        }
+        let c = &self.common;
+        let elapsed = now.saturating_sub(from);
+        if elapsed >= c.slow_start_ns {
+            return 1.0;
+        }
+        c.slow_start_min + (1.0 - c.slow_start_min) * (elapsed as f64 / c.slow_start_ns as f64)
+    }
+
+    /// Whether slow start is in progress at `now`.
+    pub(crate) fn in_slow_start(&self, now: u64) -> bool {
+        self.ramp(now) < 1.0
+    }
+
+    /// `latency × (in flight + 1) ÷ (weight × ramp) ÷ success rate^penalty`: lower is better.
+    pub(crate) fn cost(&self, now: u64) -> f64 {
+        let c = &self.common;
+        let load = (self.in_flight() + 1) as f64;
+        let mut cost = self.latency(now).max(1.0) * load / (self.weight() * self.ramp(now));
+        if c.failure_penalty > 0.0 {
+            let f = self.failure_rate(now);
+            if f > 0.0 {
+                cost /= (1.0 - f).max(MIN_SUCCESS).powf(c.failure_penalty);
+            }
+        }
+        cost
+    }
+
+    /// Takes a slot for a new request unless the endpoint was removed; see the ground rules.
+    pub(crate) fn reserve(&self) -> bool {
+        // SeqCst: pairs with the SeqCst store of `removed` and load of `in_flight` in
+        // `Fleet::remove`/`Fleet::prune`: either we see the removal or the writer sees us.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.removed.load(Ordering::SeqCst) {
+            self.release();
+            return false;
+        }
+        // Relaxed: statistics only.
+        self.started.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Gives back a slot taken by `reserve`.
+    pub(crate) fn release(&self) {
+        // Release: pairs with the SeqCst load in `Fleet::prune`; whoever sees the endpoint
+        // drained also sees everything this request did to it.
+        self.in_flight.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Folds a latency sample in: a sample above the estimate replaces it (the peak), a lower
+    /// one is averaged in with a weight that grows with the time since the last sample.
+    fn sample_latency(&self, now: u64, rtt: f64, only_raise: bool) {
+        // Relaxed: statistics only, see the ground rules.
+        let mut cur = self.rtt.load(Ordering::Relaxed);
+        loop {
+            let next = if cur == EMPTY {
+                if only_raise {
+                    rtt.max(self.common.default_rtt_ns)
+                } else {
+                    rtt
+                }
+            } else {
+                let prev = f64::from_bits(cur);
+                if rtt > prev {
+                    rtt
+                } else if only_raise {
+                    return;
+                } else {
+                    let at = self.rtt_at.load(Ordering::Relaxed);
+                    let d = self.decay(now.saturating_sub(at), self.common.decay_ns);
+                    prev * d + rtt * (1.0 - d)
+                }
+            };
+            match self.rtt.compare_exchange_weak(
+                cur,
+                next.to_bits(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        self.rtt_at.store(now, Ordering::Relaxed);
+    }
+
+    fn sample_failure(&self, now: u64, failed: bool) {
+        let target = if failed { 1.0 } else { 0.0 };
+        let prev = self.failure_rate(now);
+        if !failed && prev == 0.0 {
+            return;
+        }
+        let next = prev + self.common.failure_weight * (target - prev);
+        // Relaxed: statistics only; racing samples may overwrite each other, which only loses
+        // one sample's weight.
+        let next = if next < 1e-6 { 0.0 } else { next };
+        self.fail.store(next.to_bits(), Ordering::Relaxed);
+        self.fail_at.store(now, Ordering::Relaxed);
+    }
+
+    /// Records a finished request started at `start`. Returns whether the endpoint reached its
+    /// consecutive-failure limit (the caller then tries to eject it).
+    pub(crate) fn finish(&self, now: u64, start: u64, outcome: Outcome) -> bool {
+        let rtt = now.saturating_sub(start) as f64;
+        // Relaxed (all below): statistics only.
+        match outcome {
+            Outcome::Success => {
+                self.sample_latency(now, rtt, false);
+                self.sample_failure(now, false);
+                self.successes.fetch_add(1, Ordering::Relaxed);
+                if self.consecutive.load(Ordering::Relaxed) != 0 {
+                    self.consecutive.store(0, Ordering::Relaxed);
+                }
+                false
+            }
+            Outcome::Failure => {
+                // A failure never makes the endpoint look faster.
+                self.sample_latency(now, rtt, true);
+                self.sample_failure(now, true);
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let n = self
+                    .consecutive
+                    .fetch_add(1, Ordering::Relaxed)
+                    .saturating_add(1);
+                let limit = self.common.outlier.consecutive_failures;
+                limit > 0 && n >= limit && !self.ejected(now)
+            }
+            Outcome::Ignored => {
+                // A cancelled request took at least this long.
+                self.sample_latency(now, rtt, true);
+                false
+            }
+        }
+    }
+
+    /// Records a health check; returns the new health when it changed.
+    pub(crate) fn check(
+        &self,
+        now: u64,
+        passed: bool,
+        unhealthy_after: u32,
+        healthy_after: u32,
+    ) -> Option<bool> {
+        // Relaxed (all below): only the health-check task writes these.
+        let healthy = self.healthy.load(Ordering::Relaxed);
+        if passed {
+            self.checks_failed.store(0, Ordering::Relaxed);
+            let n = self
+                .checks_passed
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            if !healthy && n >= healthy_after {
+                if self.common.slow_start() {
+                    self.ramp_from.store(now, Ordering::Relaxed);
+                }
+                self.healthy.store(true, Ordering::Relaxed);
+                return Some(true);
+            }
+        } else {
+            self.checks_passed.store(0, Ordering::Relaxed);
+            let n = self
+                .checks_failed
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            if healthy && n >= unhealthy_after {
+                self.healthy.store(false, Ordering::Relaxed);
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Success rate since the previous call, when at least `min_requests` finished; resets
+    /// the window. Only the sweeper calls this.
+    pub(crate) fn take_window(&self, min_requests: u32) -> Option<f64> {
+        // Relaxed: statistics only; the sweep runs on one thread at a time.
+        let ok = self.successes.load(Ordering::Relaxed);
+        let failed = self.failures.load(Ordering::Relaxed);
+        let ok_d = ok - self.swept_successes.swap(ok, Ordering::Relaxed).min(ok);
+        let failed_d = failed
+            - self
+                .swept_failures
+                .swap(failed, Ordering::Relaxed)
+                .min(failed);
+        let total = ok_d + failed_d;
+        (total >= u64::from(min_requests.max(1))).then(|| ok_d as f64 / total as f64)
+    }
+}
+
+/// One endpoint: its key, its service and its state.
+#[derive(Debug)]
+pub(crate) struct Endpoint<K, S> {
+    pub(crate) key: K,
+    pub(crate) service: S,
+    pub(crate) core: Arc<Core>,
+}

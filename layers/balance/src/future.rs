@@ -1,0 +1,92 @@
+//! The response future and the in-flight slot it carries.
+
+use crate::endpoint::Core;
+use crate::sync::Arc;
+use pin_project::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tollgate_core::{BoxError, Classify, Outcome};
+
+/// A slot taken on one endpoint: reserved by `poll_ready`, started by `call`, given back when
+/// dropped. A request dropped before it finished counts as ignored, but its elapsed time
+/// still raises the latency estimate (it took at least that long).
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    core: Arc<Core>,
+    start: Option<u64>,
+}
+
+impl InFlight {
+    /// Wraps a slot that `Core::reserve` granted.
+    pub(crate) fn reserved(core: Arc<Core>) -> Self {
+        Self { core, start: None }
+    }
+
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Marks the request as sent now.
+    pub(crate) fn start(&mut self) {
+        self.start = Some(self.core.common.now());
+    }
+
+    /// Records the outcome of the request and gives the slot back.
+    pub(crate) fn complete(mut self, outcome: Outcome) {
+        let now = self.core.common.now();
+        let start = self.start.take().unwrap_or(now);
+        if self.core.finish(now, start, outcome) {
+            self.core.common.try_eject(&self.core, now);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(start) = self.start.take() {
+            let now = self.core.common.now();
+            self.core.finish(now, start, Outcome::Ignored);
+        }
+        self.core.release();
+    }
+}
+
+/// The response future of [`Balance`](crate::Balance): the endpoint's future, plus the slot
+/// that records its latency and outcome when it finishes.
+#[pin_project]
+#[derive(Debug)]
+pub struct ResponseFuture<F, C> {
+    #[pin]
+    inner: F,
+    slot: Option<InFlight>,
+    classify: C,
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn new(inner: F, slot: InFlight, classify: C) -> Self {
+        Self {
+            inner,
+            slot: Some(slot),
+            classify,
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        if let Some(slot) = this.slot.take() {
+            slot.complete(this.classify.classify(res.as_ref()));
+        }
+        Poll::Ready(res.map_err(Into::into))
+    }
+}
