@@ -1,1 +1,128 @@
-//! Priority admission tower layer: highest priority admitted first, lowest shed first.
+//! Priority admission: under overload, serve what matters most and turn the rest away quickly,
+//! with a clear answer.
+//!
+//! Each request gets a [`Ticket`] from a [`Prioritize`] function: a priority class (0 is the
+//! highest; at least one class, four by default, names configurable), an optional deadline
+//! and an optional rate-limit key. Then:
+//!
+//! - **Capacity** is a limit on requests in flight, fixed ([`AdmissionConfig::limit`]) or from a
+//!   [`Capacity`] such as tollgate-pool's adaptive limit. When nobody waits, a request takes a
+//!   slot with one compare-and-swap and no allocation.
+//! - **Priority**: when a slot frees, the highest class with waiters gets it. A class may
+//!   *reserve* slots ([`ClassConfig::reserved`]): while it has waiters, freed slots go to it
+//!   first and others cannot take the slots it is owed; while it has none, lower classes
+//!   borrow them.
+//! - **Shedding**: queues are bounded per class ([`ClassConfig::queue_capacity`]) and overall
+//!   ([`AdmissionConfig::max_queued`]). A full class queue rejects at once; at the overall
+//!   bound a request sheds the newest waiter of the lowest class below it, so classes are shed
+//!   strictly from the bottom.
+//! - **Queue discipline** ([`CodelConfig`]): oldest first normally; once a class's queue has
+//!   not emptied for 100 ms, newest first (adaptive LIFO) and waiters older than 5 ms are
+//!   dropped (CoDel), so queue wait stays bounded under sustained overload.
+//! - **Deadlines**: a request that cannot finish by its deadline (given the measured service
+//!   time) is rejected before it takes capacity, or leaves the queue when it no longer can.
+//!   With feature `http`, deadlines come from the `grpc-timeout` header or a
+//!   [`Deadline`](http::Deadline) extension.
+//! - **Rate limits** per key with `governor`'s GCRA ([`RateLimitConfig`]), the number of keys
+//!   bounded. With feature `redis`, the quota can live in Redis and be shared by several
+//!   gateway instances, falling back to the local limit when Redis cannot be reached.
+//! - **Client-side throttling** ([`ThrottleConfig`]), the SRE book's adaptive formula.
+//! - **Typed rejections**: [`Rejected`] carries the class, a [`Reason`] and a suggested
+//!   retry-after; its `source()` is `tollgate-core`'s `Overloaded`, `RateLimited` or
+//!   `DeadlineExceeded`.
+//! - **Observability**: [`AdmissionHandle::snapshot`] gives per-class admitted, queued,
+//!   rejections by reason and queue-wait percentiles.
+//!
+//! Admission needs the request, so it is decided in `call` (the fast path) or in the response
+//! future (the queue); `poll_ready` only forwards the inner service's readiness. With
+//! [`ReadyMode::Always`], `poll_ready` is always ready and the response future readies a clone
+//! of the inner service after admission: use it under servers that call without waiting on
+//! `poll_ready` (axum).
+//!
+//! # When to use it, and when not
+//!
+//! Use it at the front of a service that can be overloaded and whose requests are not all
+//! equally important: it keeps the important ones fast and answers the rest quickly. It is not
+//! a fair scheduler (a higher class can starve lower ones unless they reserve capacity), and
+//! it does not find the right limit by itself: give it a measured fixed limit or an adaptive
+//! [`Capacity`].
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate_admission::{AdmissionConfig, AdmissionLayer, Reason, Rejected, Ticket};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! #[derive(Debug)]
+//! struct Req { critical: bool }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tollgate_core::BoxError> {
+//! let config = AdmissionConfig { limit: 1, ..AdmissionConfig::default() };
+//! let layer = AdmissionLayer::new(config)?
+//!     // class 0 (`critical_plus`) for critical requests, class 3 (`sheddable`) for the rest
+//!     .prioritize(|r: &Req| if r.critical { 0 } else { 3 });
+//! let handle = layer.handle();
+//! let mut svc = ServiceBuilder::new().layer(layer).service_fn(|_r: Req| async {
+//!     tokio::time::sleep(Duration::from_millis(10)).await;
+//!     Ok::<_, tollgate_core::BoxError>("done")
+//! });
+//!
+//! // One request holds the only slot; a sheddable one waits, then a critical one arrives.
+//! let first = svc.ready().await?.call(Req { critical: false });
+//! let low = svc.ready().await?.call(Req { critical: false });
+//! let high = svc.ready().await?.call(Req { critical: true });
+//! let (a, b, c) = tokio::join!(first, low, high);
+//! assert_eq!(a?, "done");
+//! assert_eq!(c?, "done"); // served second, ahead of the older sheddable request
+//! // The sheddable request waited more than 5 ms behind it, but its queue was not standing
+//! // (100 ms), so it was served third.
+//! assert_eq!(b?, "done");
+//! assert_eq!(handle.snapshot().class("critical_plus").unwrap().admitted, 1);
+//! # let _ = (Reason::QueueFull, Ticket::new(0), std::any::type_name::<Rejected>());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # References
+//!
+//! - Zhou et al., [Overload Control for Scaling WeChat Microservices](https://arxiv.org/abs/1806.04075)
+//!   (DAGOR, SoCC 2018): priority-based admission and shedding.
+//! - Nichols and Jacobson, [Controlling Queue Delay](https://queue.acm.org/detail.cfm?id=2209336)
+//!   (CoDel), and Meta's adaptive LIFO with CoDel in
+//!   [Fail at Scale](https://queue.acm.org/detail.cfm?id=2839461).
+//! - Google SRE book, [Handling Overload](https://sre.google/sre-book/handling-overload/):
+//!   criticalities and client-side adaptive throttling.
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod capacity;
+mod classify;
+mod config;
+mod controller;
+mod error;
+mod future;
+mod handle;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
+mod layer;
+mod queue;
+mod ratelimit;
+mod service;
+mod stats;
+mod throttle;
+
+pub use capacity::{Capacity, FixedLimit};
+pub use classify::{Key, OneClass, Prioritize, Ticket};
+pub use config::{
+    AdmissionConfig, ClassConfig, CodelConfig, MAX_CLASSES, RateLimitConfig, ReadyMode,
+    ThrottleConfig,
+};
+pub use error::{Reason, Rejected};
+pub use future::ResponseFuture;
+pub use handle::AdmissionHandle;
+pub use layer::AdmissionLayer;
+pub use service::Admission;
+pub use stats::{ClassSnapshot, QueueWait, Snapshot};

@@ -1,0 +1,275 @@
+//! The shared admission state: capacity accounting, the fast path and statistics.
+//!
+//! # Ground rules
+//!
+//! - `word` holds the number of requests in flight (low 32 bits) and the `WAITERS` flag
+//!   (bit 63), set while any request is queued. Every decision about a slot is made from the
+//!   result of one read-modify-write of this word, and those are totally ordered, so each may
+//!   be `Relaxed`: no other memory is published through the word (the queues live under the
+//!   `slow` mutex).
+//! - Anyone may take a slot with a compare-and-swap while `WAITERS` is clear and the count is
+//!   below the limit (the fast path). While `WAITERS` is set, only a holder of the `slow` lock
+//!   raises the count (the fast path's CAS fails or is never tried), so slots go to queued
+//!   requests in priority order.
+//! - Anyone may lower the count (a request finished). If the flag was set when they did, they
+//!   take the lock and dispatch, so a freed slot never sits idle while someone waits.
+//! - `WAITERS` is set and cleared only under the lock, when the queues become non-empty or
+//!   empty.
+//! - `class_in_flight` (kept only when some class has a reservation) may lag `word` by a
+//!   request that is between its two updates; reservations are then off by one for a moment.
+
+use crate::capacity::{Capacity, FixedLimit};
+use crate::config::{AdmissionConfig, CodelConfig};
+use crate::error::{Reason, Rejected};
+use crate::queue::Slow;
+use crate::ratelimit::LocalLimiter;
+use crate::stats::{ClassSnapshot, Snapshot};
+use crate::throttle::Throttle;
+use crossbeam_utils::CachePadded;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+use tollgate_core::Outcome;
+use tollgate_core::counter::ShardedCounter;
+use tollgate_core::ewma::AtomicEwma;
+
+pub(crate) const WAITERS: u64 = 1 << 63;
+pub(crate) const COUNT: u64 = (1 << 32) - 1;
+const LATENCY_ALPHA: f64 = 0.1;
+
+/// Where the limit comes from; the fixed case avoids a virtual call on the fast path.
+#[derive(Debug)]
+pub(crate) enum LimitSource {
+    Fixed(Arc<FixedLimit>),
+    Dynamic(Arc<dyn Capacity>),
+}
+
+#[derive(Debug)]
+pub(crate) struct ClassInfo {
+    pub(crate) name: Arc<str>,
+    pub(crate) queue_capacity: usize,
+    pub(crate) reserved: usize,
+}
+
+/// The state every clone of the service, every response future and the handle share.
+#[derive(Debug)]
+pub(crate) struct Controller {
+    pub(crate) word: CachePadded<AtomicU64>,
+    limit: LimitSource,
+    wants_latency: bool,
+    pub(crate) classes: Box<[ClassInfo]>,
+    /// Whether any class has a reservation, so `class_in_flight` must be kept.
+    pub(crate) track: bool,
+    pub(crate) class_in_flight: Box<[CachePadded<AtomicUsize>]>,
+    fast_admitted: Box<[ShardedCounter]>,
+    rejected: Box<[[AtomicU64; 6]]>,
+    latency_ns: AtomicEwma,
+    pub(crate) codel: CodelConfig,
+    pub(crate) max_queued: usize,
+    pub(crate) slow: Mutex<Slow>,
+    pub(crate) rate: Option<LocalLimiter>,
+    pub(crate) throttle: Option<Throttle>,
+}
+
+impl Controller {
+    /// Builds the state for a validated config.
+    pub(crate) fn new(config: &AdmissionConfig, limit: LimitSource) -> Self {
+        let n = config.classes.len();
+        let wants_latency = match &limit {
+            LimitSource::Fixed(_) => false,
+            LimitSource::Dynamic(c) => c.wants_latency(),
+        };
+        Self {
+            word: CachePadded::new(AtomicU64::new(0)),
+            limit,
+            wants_latency,
+            classes: config
+                .classes
+                .iter()
+                .map(|c| ClassInfo {
+                    name: c.name.as_str().into(),
+                    queue_capacity: c.queue_capacity,
+                    reserved: c.reserved,
+                })
+                .collect(),
+            track: config.classes.iter().any(|c| c.reserved > 0),
+            class_in_flight: (0..n)
+                .map(|_| CachePadded::new(AtomicUsize::new(0)))
+                .collect(),
+            fast_admitted: (0..n).map(|_| ShardedCounter::new()).collect(),
+            rejected: (0..n).map(|_| Default::default()).collect(),
+            latency_ns: AtomicEwma::new(),
+            codel: config.codel,
+            max_queued: config.max_queued,
+            slow: Mutex::new(Slow::new(&config.classes)),
+            rate: config
+                .rate_limit
+                .as_ref()
+                .map(|r| LocalLimiter::new(r.burst, r.period, r.max_keys)),
+            throttle: config.throttle.as_ref().map(Throttle::new),
+        }
+    }
+
+    /// The class index for a prioritizer's answer: past the last class means the last.
+    #[inline]
+    pub(crate) fn class_of(&self, class: usize) -> usize {
+        class.min(self.classes.len() - 1)
+    }
+
+    #[inline]
+    pub(crate) fn limit(&self) -> usize {
+        match &self.limit {
+            LimitSource::Fixed(f) => f.limit(),
+            LimitSource::Dynamic(c) => c.limit().max(1),
+        }
+    }
+
+    pub(crate) fn fixed(&self) -> Option<&FixedLimit> {
+        match &self.limit {
+            LimitSource::Fixed(f) => Some(f),
+            LimitSource::Dynamic(_) => None,
+        }
+    }
+
+    /// Whether admitted requests should carry their start time.
+    #[inline]
+    pub(crate) fn wants_latency(&self) -> bool {
+        self.wants_latency
+    }
+
+    /// Requests in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        // Relaxed: see the ground rules; this is a reading for statistics.
+        (self.word.load(Ordering::Relaxed) & COUNT) as usize
+    }
+
+    /// Takes a slot if nobody is queued and the limit allows. Never waits.
+    #[inline]
+    pub(crate) fn try_fast(&self, class: usize) -> bool {
+        // Relaxed (all accesses to `word`): see the ground rules in the module docs.
+        let mut w = self.word.load(Ordering::Relaxed);
+        loop {
+            if w & WAITERS != 0 || (w & COUNT) as usize >= self.limit() {
+                return false;
+            }
+            match self
+                .word
+                .compare_exchange_weak(w, w + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(actual) => w = actual,
+            }
+        }
+        if self.track {
+            // Relaxed: reservations are approximate by one request, see the ground rules.
+            self.class_in_flight[class].fetch_add(1, Ordering::Relaxed);
+        }
+        self.fast_admitted[class].incr();
+        true
+    }
+
+    /// Gives back a slot taken by `try_fast` or granted from a queue.
+    #[inline]
+    pub(crate) fn release(&self, class: usize, started: Option<Instant>, outcome: Outcome) {
+        if self.track {
+            // Relaxed: see `try_fast`.
+            self.class_in_flight[class].fetch_sub(1, Ordering::Relaxed);
+        }
+        // Relaxed: see the ground rules.
+        let prev = self.word.fetch_sub(1, Ordering::Relaxed);
+        let mut now = None;
+        if prev & WAITERS != 0 {
+            let t = Instant::now();
+            now = Some(t);
+            let mut slow = self.lock();
+            self.dispatch(&mut slow, t);
+        }
+        let latency = started.map(|s| {
+            now.unwrap_or_else(Instant::now)
+                .saturating_duration_since(s)
+        });
+        if let Some(l) = latency {
+            self.latency_ns.update(l.as_nanos() as f64, LATENCY_ALPHA);
+        }
+        if let LimitSource::Dynamic(c) = &self.limit {
+            c.on_release(latency, outcome);
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Slow> {
+        // The queue state is only changed in short steps that leave it consistent, and no user
+        // code runs under the lock except waking wakers: a poisoned lock is still usable.
+        self.slow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The average time in service of requests whose latency was measured, if any was.
+    pub(crate) fn latency_estimate(&self) -> Duration {
+        self.latency_ns
+            .value()
+            .map_or(Duration::ZERO, |ns| Duration::from_nanos(ns as u64))
+    }
+
+    /// Whether a request due at `deadline` cannot finish if it starts at `now`.
+    pub(crate) fn unmeetable(&self, deadline: Instant, now: Instant) -> bool {
+        deadline <= now + self.latency_estimate()
+    }
+
+    /// A suggested wait before retrying: about the time the queue ahead needs to drain, at
+    /// least the CoDel target and at most 10 s.
+    pub(crate) fn retry_hint(&self, queued: usize) -> Duration {
+        let per_request = self.latency_estimate().max(self.codel.target);
+        let n = (queued as u32).saturating_add(1);
+        (per_request * n / self.limit().max(1) as u32)
+            .clamp(self.codel.target, Duration::from_secs(10))
+    }
+
+    /// Counts a rejection (the caller builds the error).
+    pub(crate) fn count_rejection(&self, class: usize, reason: Reason) {
+        // Relaxed: statistics only.
+        self.rejected[class][reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts and builds a rejection.
+    pub(crate) fn reject(
+        &self,
+        class: usize,
+        reason: Reason,
+        retry_after: Option<Duration>,
+    ) -> Rejected {
+        self.count_rejection(class, reason);
+        Rejected::new(class, self.classes[class].name.clone(), reason, retry_after)
+    }
+
+    /// A snapshot of every class.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let slow = self.lock();
+        let classes = self
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let q = &slow.queues[i];
+                let fast = self.fast_admitted[i].sum().max(0) as u64;
+                ClassSnapshot {
+                    name: c.name.to_string(),
+                    admitted: fast + q.admitted,
+                    queued: q.len(),
+                    // Relaxed: statistics only.
+                    rejected_by_reason: std::array::from_fn(|r| {
+                        self.rejected[i][r].load(Ordering::Relaxed)
+                    }),
+                    queue_wait: q.wait.waits(fast),
+                }
+            })
+            .collect();
+        Snapshot {
+            classes,
+            in_flight: self.in_flight(),
+            limit: self.limit(),
+            queued: slow.queued,
+            rate_limit_keys: self.rate.as_ref().map_or(0, |r| r.keys()),
+        }
+    }
+}

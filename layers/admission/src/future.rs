@@ -1,0 +1,311 @@
+//! The response future: waits in the queue if it must, then drives the inner call, and gives
+//! the slot of capacity back when it finishes or is dropped.
+
+use crate::controller::Controller;
+use crate::error::{Reason, Rejected};
+use crate::queue::WaiterId;
+use pin_project::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use tokio::time::{Instant, Sleep};
+use tollgate_core::error::{Overloaded, RateLimited, is_caused_by};
+use tollgate_core::{BoxError, Outcome};
+use tower_service::Service;
+
+/// A slot of capacity, given back on drop.
+pub(crate) struct Permit {
+    ctrl: Arc<Controller>,
+    class: usize,
+    started: Option<Instant>,
+    outcome: Outcome,
+}
+
+impl Permit {
+    #[inline]
+    pub(crate) fn new(ctrl: Arc<Controller>, class: usize, started: Option<Instant>) -> Self {
+        Self {
+            ctrl,
+            class,
+            started,
+            outcome: Outcome::Ignored,
+        }
+    }
+
+    /// The inner service failed before the call: a failure, not an accept.
+    fn fail(mut self) {
+        self.outcome = Outcome::Failure;
+    }
+
+    /// Records how the call ended, then gives the slot back.
+    fn finish<T>(mut self, result: &Result<T, BoxError>) {
+        self.outcome = if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        if let Some(t) = &self.ctrl.throttle {
+            // An answer that is not an overload rejection counts as accepted by the backend.
+            let accepted = match result {
+                Ok(_) => true,
+                Err(e) => !is_caused_by::<Overloaded>(&**e) && !is_caused_by::<RateLimited>(&**e),
+            };
+            if accepted {
+                t.accepted(Instant::now());
+            }
+        }
+    }
+}
+
+impl Drop for Permit {
+    #[inline]
+    fn drop(&mut self) {
+        self.ctrl.release(self.class, self.started, self.outcome);
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("class", &self.class)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A queued request's claim; dropping it leaves the queue (or gives back a slot granted
+/// meanwhile).
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    ctrl: Option<Arc<Controller>>,
+    id: WaiterId,
+}
+
+impl Waiter {
+    pub(crate) fn new(ctrl: Arc<Controller>, id: WaiterId) -> Self {
+        Self {
+            ctrl: Some(ctrl),
+            id,
+        }
+    }
+
+    fn ctrl(&self) -> &Controller {
+        self.ctrl
+            .as_ref()
+            .expect("a waiter holds its controller until it is settled")
+    }
+
+    /// The claim is settled (its slot already freed): stop the drop from cancelling.
+    fn settle(mut self) -> Arc<Controller> {
+        self.ctrl.take().expect("a waiter is settled once")
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some(c) = self.ctrl.take() {
+            c.cancel(self.id);
+        }
+    }
+}
+
+/// The response future of [`Admission`](crate::Admission).
+#[pin_project]
+pub struct ResponseFuture<S, R>
+where
+    S: Service<R>,
+{
+    #[pin]
+    state: State<S, R, S::Future>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<S, R, F> {
+    Rejected {
+        error: Option<Rejected>,
+    },
+    Queued {
+        waiter: Option<Waiter>,
+        svc: Option<S>,
+        req: Option<R>,
+        class: usize,
+        /// Whether `svc` was readied by the caller's `poll_ready` (ready mode `Inner`).
+        readied: bool,
+        reason: Reason,
+        #[pin]
+        timer: Sleep,
+    },
+    Readying {
+        svc: S,
+        req: Option<R>,
+        permit: Option<Permit>,
+    },
+    Running {
+        #[pin]
+        fut: F,
+        permit: Option<Permit>,
+    },
+    Done,
+}
+
+impl<S, R> ResponseFuture<S, R>
+where
+    S: Service<R>,
+{
+    pub(crate) fn rejected(error: Rejected) -> Self {
+        Self {
+            state: State::Rejected { error: Some(error) },
+        }
+    }
+
+    #[inline]
+    pub(crate) fn running(fut: S::Future, permit: Permit) -> Self {
+        Self {
+            state: State::Running {
+                fut,
+                permit: Some(permit),
+            },
+        }
+    }
+
+    pub(crate) fn readying(svc: S, req: R, permit: Permit) -> Self {
+        Self {
+            state: State::Readying {
+                svc,
+                req: Some(req),
+                permit: Some(permit),
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn queued(
+        waiter: Waiter,
+        svc: S,
+        req: R,
+        class: usize,
+        readied: bool,
+        expires: Instant,
+        reason: Reason,
+    ) -> Self {
+        Self {
+            state: State::Queued {
+                waiter: Some(waiter),
+                svc: Some(svc),
+                req: Some(req),
+                class,
+                readied,
+                reason,
+                timer: tokio::time::sleep_until(expires),
+            },
+        }
+    }
+}
+
+impl<S, R> Future for ResponseFuture<S, R>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Rejected { error } => {
+                    let e = error
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(e.into()));
+                }
+                StateProj::Queued {
+                    waiter,
+                    svc,
+                    req,
+                    class,
+                    readied,
+                    reason,
+                    timer,
+                } => {
+                    let w = waiter.as_ref().expect("a queued future holds its waiter");
+                    let res = match w.ctrl().poll_waiter(w.id, cx) {
+                        Poll::Ready(r) => r,
+                        Poll::Pending => {
+                            ready!(timer.poll(cx));
+                            w.ctrl().expire(w.id, *reason, cx)
+                        }
+                    };
+                    let ctrl = waiter
+                        .take()
+                        .expect("a queued future holds its waiter")
+                        .settle();
+                    if let Err(e) = res {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let permit = Permit::new(ctrl, *class, Some(Instant::now()));
+                    let mut svc = svc.take().expect("a queued future holds its service");
+                    let req = req.take().expect("a queued future holds its request");
+                    if *readied {
+                        State::Running {
+                            fut: svc.call(req),
+                            permit: Some(permit),
+                        }
+                    } else {
+                        State::Readying {
+                            svc,
+                            req: Some(req),
+                            permit: Some(permit),
+                        }
+                    }
+                }
+                StateProj::Readying { svc, req, permit } => {
+                    if let Err(e) = ready!(svc.poll_ready(cx)) {
+                        let e: BoxError = e.into();
+                        if let Some(p) = permit.take() {
+                            p.fail();
+                        }
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(e));
+                    }
+                    let req = req.take().expect("a readying future holds its request");
+                    State::Running {
+                        fut: svc.call(req),
+                        permit: permit.take(),
+                    }
+                }
+                StateProj::Running { fut, permit } => {
+                    let out = ready!(fut.poll(cx)).map_err(Into::into);
+                    if let Some(p) = permit.take() {
+                        p.finish(&out);
+                    }
+                    this.state.set(State::Done);
+                    return Poll::Ready(out);
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            };
+            this.state.set(next);
+        }
+    }
+}
+
+impl<S, R> fmt::Debug for ResponseFuture<S, R>
+where
+    S: Service<R>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Rejected { .. } => "rejected",
+            State::Queued { .. } => "queued",
+            State::Readying { .. } => "readying",
+            State::Running { .. } => "running",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}

@@ -1,0 +1,105 @@
+//! The admission layer.
+
+use crate::capacity::{Capacity, FixedLimit};
+use crate::classify::OneClass;
+use crate::config::{AdmissionConfig, ReadyMode};
+use crate::controller::{Controller, LimitSource};
+use crate::handle::AdmissionHandle;
+use crate::service::Admission;
+use std::fmt;
+use std::sync::Arc;
+use tollgate_core::error::ConfigError;
+use tower_layer::Layer;
+
+/// Wraps services in [`Admission`]. Every service made by one layer (and its clones) shares one
+/// set of queues and one limit, so a server that builds a service per connection still admits
+/// against a single capacity.
+pub struct AdmissionLayer<P = OneClass> {
+    ctrl: Arc<Controller>,
+    prioritizer: Arc<P>,
+    mode: ReadyMode,
+}
+
+impl AdmissionLayer<OneClass> {
+    /// A layer with a fixed limit (`config.limit`), putting every request in class 0 until
+    /// [`prioritize`](Self::prioritize) says otherwise.
+    ///
+    /// # Errors
+    ///
+    /// The config's first invalid field, from [`AdmissionConfig::validate`].
+    pub fn new(config: AdmissionConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let limit = LimitSource::Fixed(Arc::new(FixedLimit::new(config.limit)));
+        Ok(Self::build(&config, limit))
+    }
+
+    /// A layer whose limit comes from `capacity` (an adaptive limit); `config.limit` is unused
+    /// except to check reservations against.
+    ///
+    /// # Errors
+    ///
+    /// The config's first invalid field, from [`AdmissionConfig::validate`].
+    pub fn with_capacity(
+        config: AdmissionConfig,
+        capacity: Arc<dyn Capacity>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self::build(&config, LimitSource::Dynamic(capacity)))
+    }
+
+    fn build(config: &AdmissionConfig, limit: LimitSource) -> Self {
+        Self {
+            ctrl: Arc::new(Controller::new(config, limit)),
+            prioritizer: Arc::new(OneClass(0)),
+            mode: config.ready_mode,
+        }
+    }
+}
+
+impl<P> AdmissionLayer<P> {
+    /// Uses `prioritizer` to put requests in classes (a closure `Fn(&Req) -> usize` or
+    /// `-> Ticket`, or a [`Prioritize`](crate::Prioritize) type).
+    pub fn prioritize<Q>(self, prioritizer: Q) -> AdmissionLayer<Q> {
+        AdmissionLayer {
+            ctrl: self.ctrl,
+            prioritizer: Arc::new(prioritizer),
+            mode: self.mode,
+        }
+    }
+
+    /// A handle to observe the layer and change its limit.
+    pub fn handle(&self) -> AdmissionHandle {
+        AdmissionHandle::new(self.ctrl.clone())
+    }
+}
+
+impl<P> Clone for AdmissionLayer<P> {
+    fn clone(&self) -> Self {
+        Self {
+            ctrl: self.ctrl.clone(),
+            prioritizer: self.prioritizer.clone(),
+            mode: self.mode,
+        }
+    }
+}
+
+impl<P> fmt::Debug for AdmissionLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionLayer")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, P> Layer<S> for AdmissionLayer<P> {
+    type Service = Admission<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission::new(
+            inner,
+            self.ctrl.clone(),
+            self.prioritizer.clone(),
+            self.mode,
+        )
+    }
+}

@@ -1,0 +1,449 @@
+//! The slow path: bounded per-class queues under one short-held lock.
+//!
+//! A request that cannot take a slot at once gets a *slot* in a slab (reused, so a warm layer
+//! does not allocate) and its index joins its class's queue. Whenever a slot of capacity frees
+//! (or a request joins), [`Controller::dispatch`] hands free capacity to waiters: first to a
+//! class that is owed part of its reservation, then to the highest class with waiters. The
+//! waiter's task is woken through its registered waker; it never polls on a timer.
+//!
+//! Queue discipline, after Meta's adaptive LIFO with CoDel: a class whose queue has not been
+//! empty for `codel.interval` is *standing*. A standing queue drops waiters older than
+//! `codel.target` and serves the newest first; otherwise it serves the oldest first and a
+//! waiter gives up after `codel.interval`.
+
+use crate::config::ClassConfig;
+use crate::controller::{COUNT, Controller, WAITERS};
+use crate::error::{Reason, Rejected};
+use crate::stats::Histogram;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    Waiting,
+    Granted,
+    Rejected(Reason),
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    state: SlotState,
+    waker: Option<Waker>,
+    class: usize,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+}
+
+/// One class's queue and the statistics kept under the lock.
+#[derive(Debug)]
+pub(crate) struct ClassQueue {
+    q: VecDeque<u32>,
+    nonempty_since: Option<Instant>,
+    pub(crate) admitted: u64,
+    pub(crate) wait: Histogram,
+}
+
+impl ClassQueue {
+    pub(crate) fn len(&self) -> usize {
+        self.q.len()
+    }
+}
+
+/// Everything behind the lock.
+#[derive(Debug)]
+pub(crate) struct Slow {
+    pub(crate) queues: Vec<ClassQueue>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    pub(crate) queued: usize,
+}
+
+/// A queued request's claim on its slot; stale claims (after the slot was reused) are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WaiterId {
+    slot: u32,
+    generation: u32,
+}
+
+/// What happened to a request that could not take the fast path.
+#[derive(Debug)]
+pub(crate) enum Enqueued {
+    /// It took a slot of capacity without waiting.
+    Granted,
+    /// It waits; its queue bound ends at `expires` (the reason it would fail then).
+    Waiting(WaiterId, Instant, Reason),
+    /// It was turned away.
+    Rejected(Rejected),
+}
+
+impl Slow {
+    pub(crate) fn new(classes: &[ClassConfig]) -> Self {
+        Self {
+            queues: classes
+                .iter()
+                .map(|c| ClassQueue {
+                    q: VecDeque::with_capacity(c.queue_capacity.min(1024)),
+                    nonempty_since: None,
+                    admitted: 0,
+                    wait: Histogram::default(),
+                })
+                .collect(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            queued: 0,
+        }
+    }
+
+    fn standing(&self, class: usize, now: Instant, interval: std::time::Duration) -> bool {
+        self.queues[class]
+            .nonempty_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= interval)
+    }
+
+    fn alloc(&mut self, class: usize, now: Instant, deadline: Option<Instant>) -> u32 {
+        if let Some(i) = self.free.pop() {
+            let s = &mut self.slots[i as usize];
+            s.state = SlotState::Waiting;
+            s.class = class;
+            s.enqueued = now;
+            s.deadline = deadline;
+            s.waker = None;
+            return i;
+        }
+        self.slots.push(Slot {
+            generation: 0,
+            state: SlotState::Waiting,
+            waker: None,
+            class,
+            enqueued: now,
+            deadline,
+        });
+        (self.slots.len() - 1) as u32
+    }
+
+    fn release_slot(&mut self, i: u32) {
+        let s = &mut self.slots[i as usize];
+        s.state = SlotState::Free;
+        s.generation = s.generation.wrapping_add(1);
+        s.waker = None;
+        self.free.push(i);
+    }
+
+    /// Notes that a waiter left `class`'s queue.
+    fn left(&mut self, class: usize) {
+        self.queued -= 1;
+        if self.queues[class].q.is_empty() {
+            self.queues[class].nonempty_since = None;
+        }
+    }
+
+    /// Ends a waiting slot (already out of its queue) with `state`, waking its task.
+    fn finish(&mut self, i: u32, state: SlotState) {
+        let s = &mut self.slots[i as usize];
+        s.state = state;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn get(&self, id: WaiterId) -> Option<&Slot> {
+        self.slots
+            .get(id.slot as usize)
+            .filter(|s| s.generation == id.generation && s.state != SlotState::Free)
+    }
+}
+
+impl Controller {
+    /// Rejects (out of the queue) the waiter in slot `i` for `reason`.
+    fn reject_waiter(&self, slow: &mut Slow, i: u32, reason: Reason) {
+        let class = slow.slots[i as usize].class;
+        self.count_rejection(class, reason);
+        slow.left(class);
+        slow.finish(i, SlotState::Rejected(reason));
+    }
+
+    /// Drops waiters older than the CoDel target from the front of a standing queue.
+    fn sweep(&self, slow: &mut Slow, class: usize, now: Instant) {
+        if !slow.standing(class, now, self.codel.interval) {
+            return;
+        }
+        while let Some(&i) = slow.queues[class].q.front() {
+            if now.saturating_duration_since(slow.slots[i as usize].enqueued) <= self.codel.target {
+                break;
+            }
+            slow.queues[class].q.pop_front();
+            self.reject_waiter(slow, i, Reason::QueueTimeout);
+        }
+    }
+
+    /// The next class to get a slot: the highest class owed part of its reservation, else the
+    /// highest class with waiters.
+    fn pick(&self, slow: &Slow) -> Option<usize> {
+        let waiting = |c: &usize| !slow.queues[*c].q.is_empty();
+        let n = self.classes.len();
+        if self.track {
+            let owed = (0..n).filter(waiting).find(|c| {
+                // Relaxed: reservations are approximate by one request, see the controller.
+                self.class_in_flight[*c].load(Ordering::Relaxed) < self.classes[*c].reserved
+            });
+            if owed.is_some() {
+                return owed;
+            }
+        }
+        (0..n).find(waiting)
+    }
+
+    /// Hands free capacity to waiters until none is left or nobody waits.
+    pub(crate) fn dispatch(&self, slow: &mut Slow, now: Instant) {
+        loop {
+            // Relaxed: see the ground rules in the controller.
+            let in_flight = (self.word.load(Ordering::Relaxed) & COUNT) as usize;
+            if slow.queued == 0 || in_flight >= self.limit() {
+                break;
+            }
+            let Some(c) = self.pick(slow) else { break };
+            self.sweep(slow, c, now);
+            let standing = slow.standing(c, now, self.codel.interval);
+            let q = &mut slow.queues[c].q;
+            let next = if standing && self.codel.adaptive_lifo {
+                q.pop_back()
+            } else {
+                q.pop_front()
+            };
+            let Some(i) = next else { continue };
+            let slot = &slow.slots[i as usize];
+            if slot.deadline.is_some_and(|d| self.unmeetable(d, now)) {
+                self.reject_waiter(slow, i, Reason::Deadline);
+                continue;
+            }
+            let waited = now.saturating_duration_since(slot.enqueued);
+            // Relaxed: see the ground rules; only lock holders raise the count while WAITERS is set.
+            self.word.fetch_add(1, Ordering::Relaxed);
+            if self.track {
+                // Relaxed: see `pick`.
+                self.class_in_flight[c].fetch_add(1, Ordering::Relaxed);
+            }
+            let cq = &mut slow.queues[c];
+            cq.admitted += 1;
+            cq.wait.record(waited);
+            slow.left(c);
+            slow.finish(i, SlotState::Granted);
+        }
+        if slow.queued == 0 {
+            // Relaxed: see the ground rules; cleared only under the lock.
+            self.word.fetch_and(!WAITERS, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a request that the fast path could not admit, or admits or rejects it at once.
+    pub(crate) fn enqueue(
+        &self,
+        class: usize,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> Enqueued {
+        let mut slow = self.lock();
+        self.sweep(&mut slow, class, now);
+        let full = slow.queues[class].q.len() >= self.classes[class].queue_capacity;
+        if full || slow.queued >= self.max_queued {
+            // Nobody may be waiting for a slot that is free (a finishing request dispatches
+            // only after it took the lock): serve them first, then take a free slot directly.
+            self.dispatch(&mut slow, now);
+            // Relaxed: see the ground rules.
+            if slow.queued == 0 && (self.word.load(Ordering::Relaxed) & COUNT) < self.limit() as u64
+            {
+                return self.grant_direct(&mut slow, class);
+            }
+            if full || !self.shed_below(&mut slow, class) {
+                let hint = self.retry_hint(slow.queued);
+                return Enqueued::Rejected(self.reject(class, Reason::QueueFull, Some(hint)));
+            }
+        }
+        let standing = slow.standing(class, now, self.codel.interval);
+        let i = slow.alloc(class, now, deadline);
+        let cq = &mut slow.queues[class];
+        if cq.q.is_empty() {
+            cq.nonempty_since = Some(now);
+        }
+        cq.q.push_back(i);
+        slow.queued += 1;
+        // Relaxed: see the ground rules; set only under the lock.
+        self.word.fetch_or(WAITERS, Ordering::Relaxed);
+        self.dispatch(&mut slow, now);
+        if slow.slots[i as usize].state == SlotState::Granted {
+            slow.release_slot(i);
+            return Enqueued::Granted;
+        }
+        let bound = if standing {
+            self.codel.target
+        } else {
+            self.codel.interval
+        };
+        let (mut expires, mut reason) = (now + bound, Reason::QueueTimeout);
+        if let Some(d) = deadline {
+            let latest = d.checked_sub(self.latency_estimate()).unwrap_or(now);
+            if latest < expires {
+                (expires, reason) = (latest, Reason::Deadline);
+            }
+        }
+        let generation = slow.slots[i as usize].generation;
+        Enqueued::Waiting(
+            WaiterId {
+                slot: i,
+                generation,
+            },
+            expires,
+            reason,
+        )
+    }
+
+    fn grant_direct(&self, slow: &mut Slow, class: usize) -> Enqueued {
+        // Relaxed: see the ground rules; the caller holds the lock and nobody waits.
+        self.word.fetch_add(1, Ordering::Relaxed);
+        if self.track {
+            // Relaxed: see `pick`.
+            self.class_in_flight[class].fetch_add(1, Ordering::Relaxed);
+        }
+        let cq = &mut slow.queues[class];
+        cq.admitted += 1;
+        cq.wait.record(std::time::Duration::ZERO);
+        Enqueued::Granted
+    }
+
+    /// Makes room for a request of `class` by shedding the newest waiter of the lowest class
+    /// below it. `false` if no lower class has waiters.
+    fn shed_below(&self, slow: &mut Slow, class: usize) -> bool {
+        let Some(low) = (class + 1..self.classes.len())
+            .rev()
+            .find(|c| !slow.queues[*c].q.is_empty())
+        else {
+            return false;
+        };
+        let i = slow.queues[low]
+            .q
+            .pop_back()
+            .expect("the class has waiters");
+        self.reject_waiter(slow, i, Reason::Shed);
+        true
+    }
+
+    /// Whether the waiter was granted (`Ready(Ok)`), turned away (`Ready(Err)`), or still
+    /// waits (its waker is registered).
+    pub(crate) fn poll_waiter(
+        &self,
+        id: WaiterId,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Rejected>> {
+        let mut slow = self.lock();
+        let Some(slot) = slow.get(id) else {
+            // Unreachable while the future owns its claim; answer as a timeout rather than hang.
+            return Poll::Ready(Err(Rejected::new(
+                0,
+                self.classes[0].name.clone(),
+                Reason::QueueTimeout,
+                None,
+            )));
+        };
+        match slot.state {
+            SlotState::Waiting => {
+                let slot = &mut slow.slots[id.slot as usize];
+                match &mut slot.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            SlotState::Granted => {
+                slow.release_slot(id.slot);
+                Poll::Ready(Ok(()))
+            }
+            SlotState::Rejected(reason) => {
+                let class = slot.class;
+                slow.release_slot(id.slot);
+                let hint = (reason != Reason::Deadline).then(|| self.retry_hint(slow.queued));
+                Poll::Ready(Err(Rejected::new(
+                    class,
+                    self.classes[class].name.clone(),
+                    reason,
+                    hint,
+                )))
+            }
+            SlotState::Free => unreachable!("`get` skips free slots"),
+        }
+    }
+
+    /// The waiter's queue bound passed: it leaves the queue with `reason`, unless it was
+    /// granted or turned away meanwhile.
+    pub(crate) fn expire(
+        &self,
+        id: WaiterId,
+        reason: Reason,
+        cx: &mut Context<'_>,
+    ) -> Result<(), Rejected> {
+        let mut slow = self.lock();
+        if let Some(slot) = slow.get(id)
+            && slot.state == SlotState::Waiting
+        {
+            let class = slot.class;
+            let q = &mut slow.queues[class].q;
+            if let Some(pos) = q.iter().position(|x| *x == id.slot) {
+                q.remove(pos);
+            }
+            slow.left(class);
+            slow.finish(id.slot, SlotState::Rejected(reason));
+            self.count_rejection(class, reason);
+            if slow.queued == 0 {
+                // Relaxed: see the ground rules; cleared only under the lock.
+                self.word.fetch_and(!WAITERS, Ordering::Relaxed);
+            }
+        }
+        drop(slow);
+        match self.poll_waiter(id, cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => unreachable!("the slot was just finished"),
+        }
+    }
+
+    /// The waiting future was dropped: leave the queue, or give back a slot granted meanwhile.
+    pub(crate) fn cancel(&self, id: WaiterId) {
+        let mut slow = self.lock();
+        let Some(slot) = slow.get(id) else { return };
+        let (state, class) = (slot.state, slot.class);
+        match state {
+            SlotState::Waiting => {
+                let q = &mut slow.queues[class].q;
+                if let Some(pos) = q.iter().position(|x| *x == id.slot) {
+                    q.remove(pos);
+                }
+                slow.left(class);
+                slow.release_slot(id.slot);
+                if slow.queued == 0 {
+                    // Relaxed: see the ground rules; cleared only under the lock.
+                    self.word.fetch_and(!WAITERS, Ordering::Relaxed);
+                }
+            }
+            SlotState::Granted => {
+                slow.release_slot(id.slot);
+                if self.track {
+                    // Relaxed: see `pick`.
+                    self.class_in_flight[class].fetch_sub(1, Ordering::Relaxed);
+                }
+                // Relaxed: see the ground rules.
+                self.word.fetch_sub(1, Ordering::Relaxed);
+                self.dispatch(&mut slow, Instant::now());
+            }
+            SlotState::Rejected(_) => slow.release_slot(id.slot),
+            SlotState::Free => {}
+        }
+    }
+
+    /// Admits waiters after the limit grew.
+    pub(crate) fn poke(&self) {
+        let mut slow = self.lock();
+        self.dispatch(&mut slow, Instant::now());
+    }
+}

@@ -1,0 +1,179 @@
+//! The admission service.
+
+use crate::classify::{OneClass, Prioritize, Ticket};
+use crate::config::ReadyMode;
+use crate::controller::Controller;
+use crate::error::{Reason, Rejected};
+use crate::future::{Permit, ResponseFuture, Waiter};
+use crate::queue::Enqueued;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tollgate_core::BoxError;
+use tower_service::Service;
+
+/// Admits requests by priority class. Built by [`AdmissionLayer`](crate::AdmissionLayer); see
+/// the [crate docs](crate).
+pub struct Admission<S, P = OneClass> {
+    inner: S,
+    ctrl: Arc<Controller>,
+    prioritizer: Arc<P>,
+    mode: ReadyMode,
+}
+
+impl<S, P> Admission<S, P> {
+    pub(crate) fn new(
+        inner: S,
+        ctrl: Arc<Controller>,
+        prioritizer: Arc<P>,
+        mode: ReadyMode,
+    ) -> Self {
+        Self {
+            inner,
+            ctrl,
+            prioritizer,
+            mode,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the wrapper.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Checks that need no capacity: deadline, rate limit, throttle.
+    fn precheck(&self, class: usize, ticket: &Ticket) -> Result<Option<Instant>, Rejected> {
+        let ctrl = &*self.ctrl;
+        if ticket.deadline.is_none()
+            && ctrl.throttle.is_none()
+            && (ticket.key.is_none() || ctrl.rate.is_none())
+        {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        if let Some(d) = ticket.deadline
+            && ctrl.unmeetable(d, now)
+        {
+            return Err(ctrl.reject(class, Reason::Deadline, None));
+        }
+        if let (Some(rate), Some(key)) = (&ctrl.rate, ticket.key)
+            && let Err(wait) = rate.check(key)
+        {
+            return Err(ctrl.reject(class, Reason::RateLimited, Some(wait)));
+        }
+        if let Some(t) = &ctrl.throttle
+            && !t.admit(now)
+        {
+            let hint = ctrl.retry_hint(0);
+            return Err(ctrl.reject(class, Reason::Throttled, Some(hint)));
+        }
+        Ok(Some(now))
+    }
+}
+
+impl<S: Clone, P> Clone for Admission<S, P> {
+    /// The clone holds no reservation: it clones the inner service, which must be readied
+    /// again before it is called.
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            ctrl: self.ctrl.clone(),
+            prioritizer: self.prioritizer.clone(),
+            mode: self.mode,
+        }
+    }
+}
+
+impl<S: fmt::Debug, P> fmt::Debug for Admission<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission")
+            .field("inner", &self.inner)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, P, R> Service<R> for Admission<S, P>
+where
+    S: Service<R> + Clone,
+    S::Error: Into<BoxError>,
+    P: Prioritize<R>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Admission needs the request's class, so it is decided in `call` and the response
+        // future; `poll_ready` only forwards the inner service's readiness.
+        match self.mode {
+            ReadyMode::Inner => self.inner.poll_ready(cx).map_err(Into::into),
+            ReadyMode::Always => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        let ticket = self.prioritizer.prioritize(&req);
+        let class = self.ctrl.class_of(ticket.class);
+        let now = match self.precheck(class, &ticket) {
+            Ok(now) => now,
+            Err(rejected) => return ResponseFuture::rejected(rejected),
+        };
+        if self.ctrl.try_fast(class) {
+            let started = if ticket.deadline.is_some() || self.ctrl.wants_latency() {
+                Some(now.unwrap_or_else(Instant::now))
+            } else {
+                None
+            };
+            return self.admitted(class, req, started);
+        }
+        let now = now.unwrap_or_else(Instant::now);
+        match self.ctrl.enqueue(class, ticket.deadline, now) {
+            Enqueued::Granted => self.admitted(class, req, Some(now)),
+            Enqueued::Rejected(rejected) => ResponseFuture::rejected(rejected),
+            Enqueued::Waiting(id, expires, reason) => {
+                let waiter = Waiter::new(self.ctrl.clone(), id);
+                let (svc, readied) = match self.mode {
+                    // Keep the instance the caller readied for when the request is admitted;
+                    // this service goes on with a fresh (unready) clone.
+                    ReadyMode::Inner => {
+                        let fresh = self.inner.clone();
+                        (std::mem::replace(&mut self.inner, fresh), true)
+                    }
+                    ReadyMode::Always => (self.inner.clone(), false),
+                };
+                ResponseFuture::queued(waiter, svc, req, class, readied, expires, reason)
+            }
+        }
+    }
+}
+
+impl<S, P> Admission<S, P> {
+    #[inline]
+    fn admitted<R>(
+        &mut self,
+        class: usize,
+        req: R,
+        started: Option<Instant>,
+    ) -> ResponseFuture<S, R>
+    where
+        S: Service<R> + Clone,
+    {
+        let permit = Permit::new(self.ctrl.clone(), class, started);
+        match self.mode {
+            ReadyMode::Inner => ResponseFuture::running(self.inner.call(req), permit),
+            ReadyMode::Always => ResponseFuture::readying(self.inner.clone(), req, permit),
+        }
+    }
+}
