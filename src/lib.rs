@@ -13,3 +13,5 @@
 
 pub use tollgate_core as core;
 
+/// The reference gateway behind the `tollgate` binary (a many-core HTTP reverse proxy).
+pub mod gateway;

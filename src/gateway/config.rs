@@ -1,0 +1,685 @@
+//! The gateway's TOML configuration: plain data, defaults, and validation that names the file,
+//! the field and the problem.
+//!
+//! Durations are integers in milliseconds (fields end in `_ms`), sizes are integers in bytes.
+//! Unknown fields are rejected, so a typo is an error rather than a silently ignored setting.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The configuration shipped with the binary and used when no `--config` is given and there is
+/// no `tollgate.toml` in the working directory.
+pub const DEFAULT_CONFIG: &str = include_str!("../../tollgate.toml");
+
+/// A configuration that could not be read, parsed or validated.
+///
+/// Display: `FILE: FIELD: PROBLEM`, for example
+/// `tollgate.toml: routes[1].cluster: names unknown cluster "api"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the configuration came from (or `<default>` for the shipped one).
+    pub file: String,
+    /// The field at fault, as a path (`routes[1].cluster`), or `line L column C` for syntax.
+    pub field: String,
+    /// What is wrong, lower case.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            file: String::new(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn in_file(mut self, file: &str) -> Self {
+        self.file = file.to_owned();
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.field, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Process-wide settings: runtime mode, worker count, drain deadline.
+    pub server: ServerConfig,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/config`, `/state`).
+    pub admin: AdminConfig,
+    /// Logging and the access log.
+    pub log: LogConfig,
+    /// Timeouts applied to every listener and upstream.
+    pub timeouts: TimeoutsConfig,
+    /// Size limits applied to every listener.
+    pub limits: LimitsConfig,
+    /// Where clients connect. At least one.
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstream clusters that routes send to.
+    pub clusters: Vec<ClusterConfig>,
+    /// Routes, matched most specific first (exact host, then wildcard host, then any host; then
+    /// longest path prefix; then file order).
+    pub routes: Vec<RouteConfig>,
+    /// Demo upstreams the binary starts itself on loopback (for the shipped config and tests).
+    pub demo: Vec<DemoConfig>,
+}
+
+/// How requests are spread over cores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeMode {
+    /// N workers, each a thread with its own current-thread runtime, `SO_REUSEPORT` listener
+    /// and upstream pool (the default).
+    #[default]
+    ThreadPerCore,
+    /// One multi-thread tokio runtime with N workers sharing one listener and one pool.
+    MultiThread,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Runtime mode. Default `thread-per-core`. Needs a restart to change.
+    pub mode: RuntimeMode,
+    /// Worker count; 0 means the number of available cores. Default 0. Needs a restart.
+    pub workers: usize,
+    /// How long shutdown waits for in-flight requests, in ms. Default 10000.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            mode: RuntimeMode::ThreadPerCore,
+            workers: 0,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to bind, or empty to disable. Default `127.0.0.1:9901`. Needs a restart.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9901".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Output format. Default `text`. Needs a restart.
+    pub format: LogFormat,
+    /// Filter in `tracing-subscriber`'s `EnvFilter` syntax; `RUST_LOG` overrides it.
+    /// Default `info`. Needs a restart.
+    pub level: String,
+    /// Log one line per request at target `tollgate::access`. Default true. Reloadable.
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+            access_log: true,
+        }
+    }
+}
+
+/// Timeouts, all in milliseconds. Reloadable; listener settings apply to new connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// Upstream TCP connect, ms. Default 1000. Expiry maps to 504.
+    pub connect_ms: u64,
+    /// Time a client has to send a complete request head (HTTP/1), ms; also bounds the TLS
+    /// handshake. Default 10000. Expiry closes the connection (slowloris defence).
+    pub header_read_ms: u64,
+    /// Time from sending upstream to the upstream's response head, ms. Default 30000. Expiry
+    /// maps to 504. A route may override it.
+    pub request_ms: u64,
+    /// A client connection with no bytes moving for this long is closed, ms. Default 60000.
+    /// Also the idle time of pooled upstream connections.
+    pub idle_ms: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            connect_ms: 1_000,
+            header_read_ms: 10_000,
+            request_ms: 30_000,
+            idle_ms: 60_000,
+        }
+    }
+}
+
+/// Size limits. Reloadable; apply to new connections (headers) or new requests (body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request head, bytes (HTTP/1 read buffer, HTTP/2 header list). At least 8192.
+    /// Default 65536. Larger heads get 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request (HTTP/1). Default 100. More get 431.
+    pub max_headers: usize,
+    /// Largest request body, bytes; 0 means no limit. Default 10485760 (10 MiB). A larger
+    /// declared length gets 413 before the upstream is contacted; a longer streamed body is
+    /// cut and gets 413 if no response has started.
+    pub max_body_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 65_536,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// A listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// A name for logs and `/state`. Required, unique.
+    pub name: String,
+    /// `IP:PORT` to bind; port 0 picks a free port (printed at start). Required.
+    pub listen: String,
+    /// TLS termination (HTTP/1.1 and HTTP/2 by ALPN). Default none (plain HTTP/1.1 and h2c).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// Certificate and key for a TLS listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain path, relative to the working directory.
+    pub cert: String,
+    /// PEM private key path (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+/// The protocol spoken to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with a keep-alive pool (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (gRPC upstreams).
+    H2c,
+}
+
+/// An upstream cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Name that routes refer to. Required, unique.
+    pub name: String,
+    /// Endpoints: `IP:PORT` (static), `HOST:PORT` (resolved now and every
+    /// `resolve_interval_ms`), or `demo:NAME` (the address of a demo upstream). At least one.
+    pub endpoints: Vec<String>,
+    /// Protocol to the endpoints. Default `http1`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// DNS re-resolution period for `HOST:PORT` endpoints, ms. Default 5000, at least 100.
+    #[serde(default = "default_resolve_ms")]
+    pub resolve_interval_ms: u64,
+    /// Forward the client's `Host` (true, the default) or set it to the endpoint's address.
+    #[serde(default = "default_true")]
+    pub preserve_host: bool,
+}
+
+fn default_resolve_ms() -> u64 {
+    5_000
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A route: which requests go to which cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Host to match: exact (`api.example.com`), wildcard (`*.example.com`) or `*` (any).
+    /// Case-insensitive, port ignored. Default `*`.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Path prefix, matched on segment boundaries (`/api` matches `/api` and `/api/x`, not
+    /// `/apix`). Must start with `/`. Default `/`.
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    /// Methods allowed (upper case); empty means any. Default empty. A request whose host and
+    /// path match only routes with other methods gets 405.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Cluster name. Required.
+    pub cluster: String,
+    /// Overrides `timeouts.request_ms` for this route, ms. Default none.
+    #[serde(default)]
+    pub request_timeout_ms: Option<u64>,
+}
+
+fn default_host() -> String {
+    "*".into()
+}
+
+fn default_prefix() -> String {
+    "/".into()
+}
+
+/// What a demo upstream does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoKind {
+    /// Answers at once; echoes a POST body back.
+    Fast,
+    /// Answers after `delay_ms`.
+    Slow,
+    /// Mostly answers; every 5th request gets 500 and every 7th has its connection reset.
+    Flaky,
+}
+
+/// A demo upstream started by the binary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Name, referred to by cluster endpoints as `demo:NAME`. Required, unique.
+    pub name: String,
+    /// Behaviour. Required.
+    pub kind: DemoKind,
+    /// `IP:PORT` to bind; must be loopback. Default `127.0.0.1:0` (any free port).
+    #[serde(default = "default_demo_listen")]
+    pub listen: String,
+    /// Delay of a `slow` upstream, ms. Default 1500.
+    #[serde(default = "default_delay_ms")]
+    pub delay_ms: u64,
+}
+
+fn default_demo_listen() -> String {
+    "127.0.0.1:0".into()
+}
+
+fn default_delay_ms() -> u64 {
+    1_500
+}
+
+/// Methods a route may name.
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+];
+
+impl Config {
+    /// Parses and validates TOML text; `file` names the source in errors.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `file`, the field (or line and column for syntax errors) and
+    /// the problem.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let field = match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line} column {column}")
+                }
+                None => "syntax".to_owned(),
+            };
+            ConfigError::new(field, e.message().trim().to_lowercase()).in_file(file)
+        })?;
+        config.validate().map_err(|e| e.in_file(file))?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] if the file cannot be read or is invalid.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("(file)", format!("cannot read: {e}")).in_file(&file))?;
+        Self::parse(&text, &file)
+    }
+
+    /// Checks every field; the error's `file` is left empty for the caller to fill.
+    ///
+    /// # Errors
+    /// The first problem found, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn e(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+            ConfigError::new(field, problem)
+        }
+        if self.server.workers > 1024 {
+            return Err(e(
+                "server.workers",
+                "must be at most 1024 (0 means one per core)",
+            ));
+        }
+        if self.server.drain_timeout_ms > 3_600_000 {
+            return Err(e(
+                "server.drain_timeout_ms",
+                "must be at most 3600000 (one hour)",
+            ));
+        }
+        if !self.admin.listen.is_empty() {
+            parse_addr(&self.admin.listen).map_err(|p| e("admin.listen", p))?;
+        }
+        let t = &self.timeouts;
+        for (name, v) in [
+            ("timeouts.connect_ms", t.connect_ms),
+            ("timeouts.header_read_ms", t.header_read_ms),
+            ("timeouts.request_ms", t.request_ms),
+            ("timeouts.idle_ms", t.idle_ms),
+        ] {
+            if v == 0 || v > 86_400_000 {
+                return Err(e(name, "must be between 1 and 86400000 ms"));
+            }
+        }
+        let l = &self.limits;
+        if !(8192..=16 * 1024 * 1024).contains(&l.max_header_bytes) {
+            return Err(e(
+                "limits.max_header_bytes",
+                "must be between 8192 and 16777216 bytes",
+            ));
+        }
+        if !(1..=10_000).contains(&l.max_headers) {
+            return Err(e("limits.max_headers", "must be between 1 and 10000"));
+        }
+        if self.listeners.is_empty() {
+            return Err(e("listeners", "at least one listener is required"));
+        }
+        for (i, lc) in self.listeners.iter().enumerate() {
+            let at = |f: &str| format!("listeners[{i}].{f}");
+            check_name(&lc.name).map_err(|p| e(at("name"), p))?;
+            if self.listeners[..i].iter().any(|o| o.name == lc.name) {
+                return Err(e(
+                    at("name"),
+                    format!("duplicate listener name \"{}\"", lc.name),
+                ));
+            }
+            parse_addr(&lc.listen).map_err(|p| e(at("listen"), p))?;
+            if let Some(tls) = &lc.tls {
+                if tls.cert.is_empty() {
+                    return Err(e(at("tls.cert"), "must name a PEM certificate file"));
+                }
+                if tls.key.is_empty() {
+                    return Err(e(at("tls.key"), "must name a PEM key file"));
+                }
+            }
+        }
+        for (i, d) in self.demo.iter().enumerate() {
+            let at = |f: &str| format!("demo[{i}].{f}");
+            check_name(&d.name).map_err(|p| e(at("name"), p))?;
+            if self.demo[..i].iter().any(|o| o.name == d.name) {
+                return Err(e(at("name"), format!("duplicate demo name \"{}\"", d.name)));
+            }
+            let addr = parse_addr(&d.listen).map_err(|p| e(at("listen"), p))?;
+            if !addr.ip().is_loopback() {
+                return Err(e(at("listen"), "demo upstreams listen on loopback only"));
+            }
+            if d.delay_ms > 600_000 {
+                return Err(e(at("delay_ms"), "must be at most 600000 ms"));
+            }
+        }
+        for (i, c) in self.clusters.iter().enumerate() {
+            let at = |f: &str| format!("clusters[{i}].{f}");
+            check_name(&c.name).map_err(|p| e(at("name"), p))?;
+            if self.clusters[..i].iter().any(|o| o.name == c.name) {
+                return Err(e(
+                    at("name"),
+                    format!("duplicate cluster name \"{}\"", c.name),
+                ));
+            }
+            if c.endpoints.is_empty() {
+                return Err(e(at("endpoints"), "at least one endpoint is required"));
+            }
+            for (j, ep) in c.endpoints.iter().enumerate() {
+                let p = match Endpoint::parse(ep) {
+                    Ok(Endpoint::Demo(name)) if !self.demo.iter().any(|d| d.name == name) => {
+                        Err(format!("names unknown demo upstream \"{name}\""))
+                    }
+                    Ok(_) => Ok(()),
+                    Err(p) => Err(p),
+                };
+                p.map_err(|p| e(format!("clusters[{i}].endpoints[{j}]"), p))?;
+            }
+            if !(100..=86_400_000).contains(&c.resolve_interval_ms) {
+                return Err(e(
+                    at("resolve_interval_ms"),
+                    "must be between 100 and 86400000 ms",
+                ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = |f: &str| format!("routes[{i}].{f}");
+            check_host_pattern(&r.host).map_err(|p| e(at("host"), p))?;
+            if !r.path_prefix.starts_with('/') {
+                return Err(e(at("path_prefix"), "must start with '/'"));
+            }
+            if r.path_prefix
+                .bytes()
+                .any(|b| b.is_ascii_control() || b == b' ' || b == b'?')
+            {
+                return Err(e(
+                    at("path_prefix"),
+                    "must not contain spaces, control bytes or '?'",
+                ));
+            }
+            for (j, m) in r.methods.iter().enumerate() {
+                if !METHODS.contains(&m.as_str()) {
+                    return Err(e(
+                        format!("routes[{i}].methods[{j}]"),
+                        format!("unknown method \"{m}\" (use upper case, e.g. GET)"),
+                    ));
+                }
+            }
+            if !self.clusters.iter().any(|c| c.name == r.cluster) {
+                return Err(e(
+                    at("cluster"),
+                    format!("names unknown cluster \"{}\"", r.cluster),
+                ));
+            }
+            if let Some(ms) = r.request_timeout_ms
+                && (ms == 0 || ms > 86_400_000)
+            {
+                return Err(e(
+                    at("request_timeout_ms"),
+                    "must be between 1 and 86400000 ms",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drain deadline.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.drain_timeout_ms)
+    }
+}
+
+/// A parsed cluster endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A literal socket address.
+    Static(SocketAddr),
+    /// A DNS name and port, re-resolved periodically.
+    Dns(String, u16),
+    /// The address of the named demo upstream.
+    Demo(String),
+}
+
+impl Endpoint {
+    /// Parses `IP:PORT`, `HOST:PORT` or `demo:NAME`.
+    ///
+    /// # Errors
+    /// A lower-case problem description.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(name) = s.strip_prefix("demo:") {
+            check_name(name)?;
+            return Ok(Self::Demo(name.to_owned()));
+        }
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err("port must not be 0".into());
+            }
+            return Ok(Self::Static(addr));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("\"{s}\" is not HOST:PORT or IP:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("\"{port}\" in \"{s}\" is not a port number"))?;
+        if port == 0 {
+            return Err("port must not be 0".into());
+        }
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(format!("\"{host}\" is not a valid host name"));
+        }
+        Ok(Self::Dns(host.to_ascii_lowercase(), port))
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("\"{s}\" is not an IP:PORT address"))
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("\"{name}\" must be 1-64 of [A-Za-z0-9_-]"))
+    }
+}
+
+fn check_host_pattern(host: &str) -> Result<(), String> {
+    if host == "*" {
+        return Ok(());
+    }
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    let ok = !bare.is_empty()
+        && bare.len() <= 253
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !bare.starts_with('.')
+        && !bare.ends_with('.')
+        && !bare.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{host}\" must be \"*\", a host name, or \"*.\" and a host name"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_is_valid() {
+        let c = Config::parse(DEFAULT_CONFIG, "<default>").unwrap();
+        assert!(!c.demo.is_empty());
+        assert!(!c.routes.is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_field_and_problem() {
+        let text = "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n\
+                    [[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\"]\n\
+                    [[routes]]\ncluster = \"nope\"\n";
+        let err = Config::parse(text, "x.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.toml: routes[0].cluster: names unknown cluster \"nope\""
+        );
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let err = Config::parse("[server]\nworkers = \"many\"\n", "y.toml").unwrap_err();
+        assert_eq!(err.file, "y.toml");
+        assert_eq!(err.field, "line 2 column 11");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = Config::parse("[server]\nwrokers = 2\n", "z.toml").unwrap_err();
+        assert!(err.problem.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            Endpoint::parse("127.0.0.1:80"),
+            Ok(Endpoint::Static("127.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(
+            Endpoint::parse("LocalHost:81"),
+            Ok(Endpoint::Dns("localhost".into(), 81))
+        );
+        assert_eq!(
+            Endpoint::parse("demo:fast"),
+            Ok(Endpoint::Demo("fast".into()))
+        );
+        assert!(Endpoint::parse("nohost").is_err());
+        assert!(Endpoint::parse("a..b:80").is_err());
+        assert!(Endpoint::parse("[::1]:0").is_err());
+    }
+}

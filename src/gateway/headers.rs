@@ -1,0 +1,152 @@
+//! Proxy header rules: hop-by-hop headers are removed (RFC 9110 §7.6.1), and the forwarding
+//! headers `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, `Forwarded`
+//! (RFC 7239) and `Via` are added.
+
+use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+/// Headers that describe one connection, never forwarded.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers and any header named in `Connection`. With `keep_te_trailers`,
+/// a `TE: trailers` survives (gRPC needs it end to end over HTTP/2).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = conn
+            .as_bytes()
+            .split(|b| *b == b',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .collect();
+        for name in named {
+            headers.remove(&name);
+        }
+    }
+    let te_trailers = keep_te_trailers
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.as_bytes().split(|b| *b == b',').any(|t| {
+                let t = t.split(|b| *b == b';').next().unwrap_or_default();
+                t.trim_ascii().eq_ignore_ascii_case(b"trailers")
+            })
+        });
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The `Via` token for a message version: `1.0`, `1.1`, `2`.
+pub fn via_value(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Version::HTTP_09 => "0.9 tollgate",
+        Version::HTTP_10 => "1.0 tollgate",
+        Version::HTTP_2 => "2 tollgate",
+        Version::HTTP_3 => "3 tollgate",
+        _ => "1.1 tollgate",
+    })
+}
+
+/// Adds the forwarding headers for a request received from `client` over `proto` (`http` or
+/// `https`) for `host`, in message version `version`.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&str>,
+    version: Version,
+) {
+    let ip = client.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    let mut forwarded = if client.is_ipv6() {
+        format!("for=\"[{ip}]\";proto={proto}")
+    } else {
+        format!("for={ip};proto={proto}")
+    };
+    if let Some(host) = host {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            forwarded.push_str(";host=\"");
+            forwarded.push_str(host);
+            forwarded.push('"');
+        }
+    }
+    if let Ok(v) = HeaderValue::try_from(forwarded) {
+        headers.append(header::FORWARDED, v);
+    }
+    headers.append(header::VIA, via_value(version));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_tokens() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["x-kept"], "yes");
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.get(header::TE).is_none());
+    }
+
+    #[test]
+    fn adds_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        add_forwarding(
+            &mut h,
+            "::1".parse().unwrap(),
+            "https",
+            Some("a.example"),
+            Version::HTTP_2,
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=\"[::1]\";proto=https;host=\"a.example\""
+        );
+        assert_eq!(h[header::VIA], "2 tollgate");
+    }
+}

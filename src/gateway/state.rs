@@ -1,0 +1,320 @@
+//! The running gateway's state: an immutable [`Snapshot`] of the effective configuration,
+//! swapped whole on reload through `arc-swap`, and the [`Shared`] parts that outlive reloads.
+//!
+//! Ground rules: only the control thread (reload, DNS refresh) writes `Shared::current` and a
+//! cluster's `endpoints`; workers only load them. A request keeps the snapshot it started with,
+//! so a reload never changes an in-flight request's route, timeouts or limits.
+
+use super::config::{Config, ConfigError, DemoKind, Endpoint, RuntimeMode, UpstreamProtocol};
+use super::route::RouteTable;
+use super::stats::{ClusterStats, EndpointStats, Stats};
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// One resolved upstream address.
+#[derive(Debug)]
+pub struct UpEndpoint {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority string.
+    pub authority: String,
+    /// Counters, kept while the address stays in the cluster.
+    pub stats: Arc<EndpointStats>,
+}
+
+/// An upstream cluster of a snapshot.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Its name.
+    pub name: String,
+    /// Protocol to its endpoints.
+    pub protocol: UpstreamProtocol,
+    /// Forward the client's `Host`.
+    pub preserve_host: bool,
+    /// The configured endpoints, demo names already replaced by addresses.
+    targets: Vec<Target>,
+    /// Resolved endpoints; replaced by DNS refresh.
+    pub endpoints: ArcSwap<Vec<Arc<UpEndpoint>>>,
+    /// DNS refresh period.
+    pub resolve_interval: Duration,
+    /// When DNS names are next resolved.
+    pub next_resolve: Mutex<Instant>,
+    /// Counters, kept across reloads while the name stays.
+    pub stats: Arc<ClusterStats>,
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Static(SocketAddr),
+    Dns(String, u16),
+}
+
+impl Cluster {
+    /// Whether any endpoint is a DNS name.
+    pub fn has_dns(&self) -> bool {
+        self.targets.iter().any(|t| matches!(t, Target::Dns(..)))
+    }
+
+    /// Resolves every target now (blocking), reusing endpoint counters by address.
+    ///
+    /// # Errors
+    /// The index of the first target that resolves to nothing, and why.
+    pub fn resolve(&self) -> Result<Vec<Arc<UpEndpoint>>, (usize, String)> {
+        let old = self.endpoints.load();
+        let mut out: Vec<Arc<UpEndpoint>> = Vec::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            let addrs: Vec<SocketAddr> = match t {
+                Target::Static(a) => vec![*a],
+                Target::Dns(host, port) => (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| (i, format!("cannot resolve \"{host}\": {e}")))?
+                    .collect(),
+            };
+            if addrs.is_empty() {
+                return Err((i, "resolves to no address".into()));
+            }
+            for addr in addrs {
+                if out.iter().any(|e| e.addr == addr) {
+                    continue;
+                }
+                let stats = old
+                    .iter()
+                    .find(|e| e.addr == addr)
+                    .map_or_else(Default::default, |e| e.stats.clone());
+                out.push(Arc::new(UpEndpoint {
+                    addr,
+                    authority: addr.to_string(),
+                    stats,
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Picks an endpoint round-robin with a per-thread counter (no shared cache line).
+    pub fn pick(&self) -> Option<(usize, SocketAddr)> {
+        thread_local! {
+            static NEXT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        }
+        let eps = self.endpoints.load();
+        if eps.is_empty() {
+            return None;
+        }
+        let n = NEXT.with(|c| {
+            let n = c.get();
+            c.set(n.wrapping_add(1));
+            n
+        });
+        let i = n % eps.len();
+        eps[i].stats.requests.incr();
+        Some((i, eps[i].addr))
+    }
+
+    /// Counts a failure against the endpoint picked as `(index, addr)`, if it is still there.
+    pub fn endpoint_failed(&self, index: usize, addr: SocketAddr) {
+        let eps = self.endpoints.load();
+        if let Some(e) = eps.get(index).filter(|e| e.addr == addr) {
+            e.stats.failures.incr();
+        }
+    }
+}
+
+/// The effective configuration, compiled; immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one per applied reload, from 1.
+    pub generation: u64,
+    /// The configuration as parsed (served by `/config`).
+    pub config: Config,
+    /// Where it came from.
+    pub source: String,
+    /// Compiled routes.
+    pub routes: RouteTable,
+    /// Per config route: its cluster's index in `clusters`.
+    pub route_cluster: Vec<usize>,
+    /// Per config route: its request timeout.
+    pub route_timeout: Vec<Duration>,
+    /// Clusters, in config order.
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Client header-read timeout.
+    pub header_read_timeout: Duration,
+    /// Client idle timeout (and upstream pool idle timeout).
+    pub idle_timeout: Duration,
+    /// Largest request body, if limited.
+    pub max_body: Option<u64>,
+    /// When it was applied.
+    pub loaded_at: Instant,
+}
+
+impl Snapshot {
+    /// Compiles a validated config. DNS names are resolved now (blocking); `demo` gives the
+    /// bound address of each demo upstream; `old` lends counters to clusters that keep their
+    /// name.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for an endpoint that does not resolve or a demo that is not running.
+    pub fn build(
+        config: Config,
+        source: &str,
+        generation: u64,
+        demo: &[DemoInfo],
+        old: Option<&Snapshot>,
+    ) -> Result<Self, ConfigError> {
+        let err = |field: String, problem: String| ConfigError {
+            file: source.to_owned(),
+            field,
+            problem,
+        };
+        let mut clusters = Vec::with_capacity(config.clusters.len());
+        for (ci, cc) in config.clusters.iter().enumerate() {
+            let mut targets = Vec::new();
+            for (j, ep) in cc.endpoints.iter().enumerate() {
+                let field = || format!("clusters[{ci}].endpoints[{j}]");
+                targets.push(match Endpoint::parse(ep).map_err(|p| err(field(), p))? {
+                    Endpoint::Static(a) => Target::Static(a),
+                    Endpoint::Dns(h, p) => Target::Dns(h, p),
+                    Endpoint::Demo(name) => match demo.iter().find(|d| d.name == name) {
+                        Some(d) => Target::Static(d.addr),
+                        None => {
+                            return Err(err(
+                                field(),
+                                format!(
+                                    "demo upstream \"{name}\" is not running (restart to add demos)"
+                                ),
+                            ));
+                        }
+                    },
+                });
+            }
+            let old_cluster = old.and_then(|o| o.clusters.iter().find(|c| c.name == cc.name));
+            let cluster = Cluster {
+                name: cc.name.clone(),
+                protocol: cc.protocol,
+                preserve_host: cc.preserve_host,
+                targets,
+                endpoints: ArcSwap::from_pointee(
+                    old_cluster
+                        .map(|c| c.endpoints.load().to_vec())
+                        .unwrap_or_default(),
+                ),
+                resolve_interval: Duration::from_millis(cc.resolve_interval_ms),
+                next_resolve: Mutex::new(
+                    Instant::now() + Duration::from_millis(cc.resolve_interval_ms),
+                ),
+                stats: old_cluster.map(|c| c.stats.clone()).unwrap_or_default(),
+            };
+            let resolved = cluster
+                .resolve()
+                .map_err(|(j, p)| err(format!("clusters[{ci}].endpoints[{j}]"), p))?;
+            cluster.endpoints.store(Arc::new(resolved));
+            clusters.push(Arc::new(cluster));
+        }
+        let routes = RouteTable::new(&config.routes);
+        let route_cluster = config
+            .routes
+            .iter()
+            .map(|r| {
+                config
+                    .clusters
+                    .iter()
+                    .position(|c| c.name == r.cluster)
+                    .unwrap_or(0)
+            })
+            .collect();
+        let t = &config.timeouts;
+        let route_timeout = config
+            .routes
+            .iter()
+            .map(|r| Duration::from_millis(r.request_timeout_ms.unwrap_or(t.request_ms)))
+            .collect();
+        Ok(Self {
+            generation,
+            source: source.to_owned(),
+            routes,
+            route_cluster,
+            route_timeout,
+            clusters,
+            connect_timeout: Duration::from_millis(t.connect_ms),
+            header_read_timeout: Duration::from_millis(t.header_read_ms),
+            idle_timeout: Duration::from_millis(t.idle_ms),
+            max_body: Some(config.limits.max_body_bytes).filter(|b| *b > 0),
+            loaded_at: Instant::now(),
+            config,
+        })
+    }
+}
+
+/// A running demo upstream.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoInfo {
+    /// Its name.
+    pub name: String,
+    /// Its behaviour.
+    pub kind: DemoKind,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// A bound listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerInfo {
+    /// Its name.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Whether it terminates TLS.
+    pub tls: bool,
+}
+
+/// The outcome of the latest reload attempt.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    /// Generation now serving.
+    pub generation: u64,
+    /// The error of the latest rejected reload, cleared by a successful one.
+    pub last_error: Option<String>,
+}
+
+/// State shared by every worker and the control thread.
+#[derive(Debug)]
+pub struct Shared {
+    /// The snapshot serving new requests.
+    pub current: ArcSwap<Snapshot>,
+    /// Process-wide counters.
+    pub stats: Stats,
+    /// Set when shutdown starts; `/readyz` then answers 503.
+    pub draining: AtomicBool,
+    /// Demo upstreams started at launch.
+    pub demo: Vec<DemoInfo>,
+    /// Listeners bound at launch.
+    pub listeners: Vec<ListenerInfo>,
+    /// The admin listener, if any.
+    pub admin: Option<SocketAddr>,
+    /// Runtime mode in effect.
+    pub mode: RuntimeMode,
+    /// Worker count in effect.
+    pub workers: usize,
+    /// The config file watched for reloads, if any.
+    pub config_path: Option<PathBuf>,
+    /// Latest reload outcome.
+    pub reload: Mutex<ReloadStatus>,
+    /// Process start.
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Whether shutdown has started.
+    pub fn is_draining(&self) -> bool {
+        // Relaxed: a hint for `/readyz` and accept loops; the shutdown itself is signalled
+        // through a watch channel.
+        self.draining.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,133 @@
+//! Counters on the request path: sharded per core so that workers never share a cache line,
+//! summed only when `/metrics` or `/state` is read.
+
+use serde::Serialize;
+use std::sync::OnceLock;
+use tollgate_core::counter::ShardedCounter;
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests received (routed or not).
+    pub requests: ShardedCounter,
+    /// Responses by class: index 0 = 1xx ... 4 = 5xx.
+    pub responses: [ShardedCounter; 5],
+    /// Requests whose response head is not yet sent.
+    pub in_flight: ShardedCounter,
+    /// Client connections open now.
+    pub connections_open: ShardedCounter,
+    /// Client connections accepted.
+    pub connections_total: ShardedCounter,
+    /// Client connections closed for sending their head too slowly or idling.
+    pub connections_timed_out: ShardedCounter,
+    /// Upstream connect failures (502) and connect timeouts (504).
+    pub upstream_connect_errors: ShardedCounter,
+    /// Upstream response-head timeouts (504).
+    pub upstream_timeouts: ShardedCounter,
+    /// Upstream resets or protocol errors (502).
+    pub upstream_resets: ShardedCounter,
+    /// Requests with no route (404) or method not allowed (405).
+    pub unrouted: ShardedCounter,
+    /// Requests refused for their body size (413).
+    pub body_too_large: ShardedCounter,
+    /// Sum of time to response head, microseconds.
+    pub duration_us: ShardedCounter,
+    /// Config reloads applied.
+    pub reloads_ok: ShardedCounter,
+    /// Config reloads rejected.
+    pub reloads_failed: ShardedCounter,
+}
+
+impl Stats {
+    /// Counts a response status.
+    pub fn response(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].incr();
+    }
+}
+
+/// Counters of one cluster; kept across reloads while the cluster keeps its name.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Requests sent to the cluster.
+    pub requests: ShardedCounter,
+    /// Requests that failed upstream (error mapped to 502/504) or got a 5xx.
+    pub failures: ShardedCounter,
+    /// Requests in flight to the cluster.
+    pub in_flight: ShardedCounter,
+}
+
+/// Counters of one endpoint; kept across reloads and re-resolution while its address stays.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Requests sent.
+    pub requests: ShardedCounter,
+    /// Requests that failed (upstream error or 5xx).
+    pub failures: ShardedCounter,
+}
+
+/// A serializable copy of [`Stats`] for `/state`.
+#[derive(Debug, Serialize)]
+pub struct StatsSnapshot {
+    requests: i64,
+    responses_1xx: i64,
+    responses_2xx: i64,
+    responses_3xx: i64,
+    responses_4xx: i64,
+    responses_5xx: i64,
+    in_flight: i64,
+    connections_open: i64,
+    connections_total: i64,
+    connections_timed_out: i64,
+    upstream_connect_errors: i64,
+    upstream_timeouts: i64,
+    upstream_resets: i64,
+    unrouted: i64,
+    body_too_large: i64,
+    reloads_ok: i64,
+    reloads_failed: i64,
+}
+
+impl Stats {
+    /// Sums every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let r = &self.responses;
+        StatsSnapshot {
+            requests: self.requests.sum(),
+            responses_1xx: r[0].sum(),
+            responses_2xx: r[1].sum(),
+            responses_3xx: r[2].sum(),
+            responses_4xx: r[3].sum(),
+            responses_5xx: r[4].sum(),
+            in_flight: self.in_flight.sum(),
+            connections_open: self.connections_open.sum(),
+            connections_total: self.connections_total.sum(),
+            connections_timed_out: self.connections_timed_out.sum(),
+            upstream_connect_errors: self.upstream_connect_errors.sum(),
+            upstream_timeouts: self.upstream_timeouts.sum(),
+            upstream_resets: self.upstream_resets.sum(),
+            unrouted: self.unrouted.sum(),
+            body_too_large: self.body_too_large.sum(),
+            reloads_ok: self.reloads_ok.sum(),
+            reloads_failed: self.reloads_failed.sum(),
+        }
+    }
+}
+
+/// The Prometheus recorder and its handle. The recorder is never installed globally: the
+/// counters are written into it, under `metrics::with_local_recorder`, each time `/metrics` is
+/// rendered, so an embedding program's own global recorder is left alone.
+pub fn prometheus() -> &'static (
+    metrics_exporter_prometheus::PrometheusRecorder,
+    metrics_exporter_prometheus::PrometheusHandle,
+) {
+    static EXPORTER: OnceLock<(
+        metrics_exporter_prometheus::PrometheusRecorder,
+        metrics_exporter_prometheus::PrometheusHandle,
+    )> = OnceLock::new();
+    EXPORTER.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        (recorder, handle)
+    })
+}
