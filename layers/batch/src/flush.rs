@@ -1,0 +1,602 @@
+//! The flusher: one short-lived task per busy partition that turns queued requests into batch
+//! calls, and the task that runs each batch call and answers its callers.
+//!
+//! A flusher starts when a request finds its partition without one and exits when the
+//! partition is empty, parking the backend for the next one. It owns no request the callers
+//! cannot get back: if it is dropped (runtime shutdown) or panics, the requests it held are
+//! answered with `Closed` and a panicking flusher hands its role to a fresh task.
+//! User code (the batch service, `Hash`/`Eq` when folding) always runs under `catch_unwind`.
+
+use crate::backend::BatchOutput;
+use crate::error::{BatchFailed, ItemFailed, MissingResult};
+use crate::queue::{Folder, Item, Parked, Partition, Shared, Slot};
+use crate::stats::FlushReason;
+use futures_util::FutureExt;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::hash::Hash;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tollgate_core::BoxError;
+use tollgate_core::error::{DeadlineExceeded, Panicked};
+use tollgate_core::ewma::Ewma;
+
+enum Decision {
+    Flush(FlushReason),
+    Wait(Instant),
+}
+
+struct Flusher<Req, T, K>
+where
+    Req: Send + 'static,
+    T: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    shared: Arc<Shared<Req, T, K>>,
+    part: Arc<Partition<Req, T, K>>,
+    pending: VecDeque<Item<Req, T>>,
+    pending_weight: u64,
+    state: Option<Parked<Req, T>>,
+    exited: bool,
+}
+
+/// The flusher task of `part`. The caller has set `part.running`.
+pub(crate) async fn run<Req, T, K>(shared: Arc<Shared<Req, T, K>>, part: Arc<Partition<Req, T, K>>)
+where
+    Req: Send + 'static,
+    T: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    let mut flusher = Flusher {
+        shared,
+        part,
+        pending: VecDeque::new(),
+        pending_weight: 0,
+        state: None,
+        exited: false,
+    };
+    flusher.unpark();
+    flusher.run().await;
+}
+
+impl<Req, T, K> Flusher<Req, T, K>
+where
+    Req: Send + 'static,
+    T: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    async fn run(&mut self) {
+        loop {
+            self.drain();
+            if self.pending.is_empty() {
+                if self.try_exit() {
+                    return;
+                }
+                continue;
+            }
+            match self.decide(Instant::now()) {
+                Decision::Flush(reason) => self.flush(reason).await,
+                Decision::Wait(at) => {
+                    let notified = std::pin::pin!(self.part.wake.notified());
+                    let sleep = std::pin::pin!(tokio::time::sleep_until(at));
+                    futures_util::future::select(notified, sleep).await;
+                }
+            }
+        }
+    }
+
+    fn unpark(&mut self) {
+        let parked = self
+            .part
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let alpha = self.shared.config.ewma_alpha;
+        self.state = Some(parked.unwrap_or_else(|| Parked {
+            backend: self.shared.new_backend(),
+            gap: Ewma::new(alpha),
+            last_drain: None,
+            unsampled: 0,
+        }));
+    }
+
+    fn state(&mut self) -> &mut Parked<Req, T> {
+        if self.state.is_none() {
+            self.unpark();
+        }
+        self.state.as_mut().expect("unpark always leaves a state")
+    }
+
+    /// Parks the state and gives up the partition, unless a request slipped in.
+    fn try_exit(&mut self) -> bool {
+        if let Some(state) = self.state.take() {
+            *self.part.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
+        }
+        // SeqCst: pairs with the submitter's SeqCst `fetch_add` of `queued` and load of
+        // `running` (the Dekker pair in the queue module's ground rules).
+        self.part.running.store(false, Ordering::SeqCst);
+        if self.part.queued.load(Ordering::SeqCst) > 0
+            && self
+                .part
+                .running
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            self.unpark();
+            return false;
+        }
+        self.exited = true;
+        if let Some(key) = &self.part.key {
+            let idle = self.part.in_flight_now(self.shared.config.max_in_flight) == 0;
+            if idle {
+                // A submitter still holding this partition finds `running == false` and starts
+                // a flusher of its own, so nothing queued here is lost.
+                self.shared
+                    .keyed
+                    .remove_if(key, |_, p| Arc::ptr_eq(p, &self.part));
+            }
+        }
+        self.shared.drained.notify_waiters();
+        true
+    }
+
+    /// Moves queued items into `pending`, oldest first, and updates the arrival-rate estimate.
+    fn drain(&mut self) {
+        let before = self.pending.len();
+        let n = self.part.drain_into(&mut self.pending);
+        if n == 0 {
+            return;
+        }
+        self.pending_weight += self
+            .pending
+            .iter()
+            .skip(before)
+            .map(|i| i.weight)
+            .sum::<u64>();
+        // Each shard is in order; merge them by arrival (a near-sorted, stable sort).
+        self.pending.make_contiguous().sort_by_key(|i| i.at);
+        // A burst drained within a sliver of the linger says nothing about the rate: count it
+        // into the next sample instead of recording a zero gap.
+        let sliver = self.shared.config.max_linger / 16;
+        let now = Instant::now();
+        let state = self.state();
+        match state.last_drain {
+            None => state.last_drain = Some(now),
+            Some(last) if now - last < sliver || now == last => state.unsampled += n,
+            Some(last) => {
+                let arrivals = (state.unsampled + n) as f64;
+                state.gap.update((now - last).as_secs_f64() / arrivals);
+                state.last_drain = Some(now);
+                state.unsampled = 0;
+            }
+        }
+    }
+
+    /// The linger for the current batch: the time the arrival rate says it needs to fill,
+    /// twice over, and never more than `max_linger`.
+    fn linger(&mut self) -> Duration {
+        let max = self.shared.config.max_linger;
+        let missing = self
+            .shared
+            .config
+            .max_items
+            .saturating_sub(self.pending.len()) as f64;
+        match self.state().gap.value() {
+            Some(gap) => {
+                let need = 2.0 * missing * gap;
+                if need.is_finite() && need < max.as_secs_f64() {
+                    Duration::from_secs_f64(need)
+                } else {
+                    max
+                }
+            }
+            None => max,
+        }
+    }
+
+    /// Arrivals are sparse when fewer than two more are expected within the linger.
+    fn sparse(&mut self) -> bool {
+        let max = self.shared.config.max_linger.as_secs_f64();
+        self.state().gap.value().is_none_or(|gap| 2.0 * gap >= max)
+    }
+
+    fn decide(&mut self, now: Instant) -> Decision {
+        let config = &self.shared.config;
+        if self.shared.is_closed() {
+            return Decision::Flush(FlushReason::Shutdown);
+        }
+        if self.pending.len() >= config.max_items {
+            return Decision::Flush(FlushReason::Full);
+        }
+        if config
+            .max_weight
+            .is_some_and(|max| self.pending_weight >= max)
+        {
+            return Decision::Flush(FlushReason::Weight);
+        }
+        let max_in_flight = config.max_in_flight;
+        let has_deadlines = self.shared.hooks.deadline.is_some();
+        let flush_when_idle = config.flush_when_idle;
+        let linger = self.linger();
+        self.shared.stats.linger(linger);
+        let oldest = self.pending.front().map_or(now, |i| i.at);
+        let mut at = oldest + linger;
+        let mut reason = FlushReason::Linger;
+        if has_deadlines {
+            let exec = self.part.exec_estimate();
+            if let Some(deadline) = self.pending.iter().filter_map(|i| i.deadline).min() {
+                let latest_start = deadline.checked_sub(exec).unwrap_or(now);
+                if latest_start < at {
+                    at = latest_start;
+                    reason = FlushReason::Deadline;
+                }
+            }
+        }
+        if flush_when_idle && self.part.in_flight_now(max_in_flight) == 0 && self.sparse() {
+            return Decision::Flush(FlushReason::Idle);
+        }
+        if now >= at {
+            Decision::Flush(reason)
+        } else {
+            Decision::Wait(at)
+        }
+    }
+
+    async fn flush(&mut self, mut reason: FlushReason) {
+        let permit = match self.part.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let permit = self.part.in_flight.clone().acquire_owned().await;
+                let permit = permit.expect("the in-flight semaphore is never closed");
+                self.drain();
+                permit
+            }
+        };
+        let ready = {
+            let backend = &mut self.state().backend;
+            poll_fn(
+                |cx| match catch_unwind(AssertUnwindSafe(|| backend.poll_ready(cx))) {
+                    Ok(poll) => poll.map(|r| r.map_err(Err)),
+                    Err(payload) => {
+                        std::task::Poll::Ready(Err(Ok(Panicked::from_payload(&*payload))))
+                    }
+                },
+            )
+            .await
+        };
+        self.drain();
+        if self.pending.len() >= self.shared.config.max_items {
+            reason = FlushReason::Full;
+        }
+        let Some((items, slots)) = self.take_batch() else {
+            return;
+        };
+        match ready {
+            Ok(()) => self.dispatch(reason, items, slots, permit),
+            Err(Err(error)) => {
+                self.shared.stats.failed();
+                fail_all(slots, &BatchFailed::new(Arc::new(error)));
+            }
+            Err(Ok(panicked)) => {
+                self.shared.stats.panicked();
+                self.replace_backend();
+                fail_all(slots, &panicked);
+            }
+        }
+    }
+
+    fn replace_backend(&mut self) {
+        let fresh = self.shared.new_backend();
+        self.state().backend = fresh;
+    }
+
+    /// Takes the next batch off the front of `pending`, dropping abandoned and expired
+    /// requests, and gives their queue places back.
+    fn take_batch(&mut self) -> Option<(Vec<Req>, Vec<Slot<T>>)> {
+        let config = &self.shared.config;
+        let now = Instant::now();
+        let room = self.pending.len().min(config.max_items);
+        let (mut reqs, mut slots) = (Vec::with_capacity(room), Vec::with_capacity(room));
+        let (mut taken, mut taken_weight, mut weight) = (0usize, 0u64, 0u64);
+        let (mut abandoned, mut expired) = (0u64, 0u64);
+        while let Some(front) = self.pending.front() {
+            if reqs.len() >= config.max_items {
+                break;
+            }
+            if let Some(max) = config.max_weight
+                && !reqs.is_empty()
+                && weight.saturating_add(front.weight) > max
+            {
+                break;
+            }
+            let item = self.pending.pop_front().expect("front was Some");
+            taken += 1;
+            taken_weight += item.weight;
+            if item.slot.is_closed() {
+                abandoned += 1;
+                continue;
+            }
+            if item.deadline.is_some_and(|d| d <= now) {
+                expired += 1;
+                let _ = item.slot.send(Err(Box::new(DeadlineExceeded::new())));
+                continue;
+            }
+            weight += item.weight;
+            reqs.push(item.req);
+            slots.push(item.slot);
+        }
+        self.release(taken, taken_weight);
+        if abandoned > 0 {
+            self.shared.stats.abandoned(abandoned);
+        }
+        if expired > 0 {
+            self.shared.stats.expired(expired);
+        }
+        (!reqs.is_empty()).then_some((reqs, slots))
+    }
+
+    /// Gives back the queue places of `n` requests that left `pending`.
+    fn release(&mut self, n: usize, weight: u64) {
+        if n == 0 {
+            return;
+        }
+        self.pending_weight -= weight;
+        self.shared.queue.add_permits(n);
+        // Relaxed: the weight counter only decides wake-ups; see `Shared::push`.
+        self.part.weight.fetch_sub(weight, Ordering::Relaxed);
+        // SeqCst: part of the `queued` protocol in the queue module's ground rules.
+        self.part.queued.fetch_sub(n as isize, Ordering::SeqCst);
+    }
+
+    fn dispatch(
+        &mut self,
+        reason: FlushReason,
+        reqs: Vec<Req>,
+        slots: Vec<Slot<T>>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let callers = slots.len();
+        let folder = self.shared.hooks.folder.clone();
+        let (reqs, map) = match &folder {
+            None => (reqs, None),
+            Some(f) => match catch_unwind(AssertUnwindSafe(|| (f.fold)(reqs))) {
+                Ok((unique, map)) => (unique, Some(map)),
+                Err(payload) => {
+                    self.shared.stats.panicked();
+                    return fail_all(slots, &Panicked::from_payload(&*payload));
+                }
+            },
+        };
+        self.shared.stats.batch_sent(reason, reqs.len(), callers);
+        let backend = &mut self.state().backend;
+        let fut = match catch_unwind(AssertUnwindSafe(|| backend.call(reqs))) {
+            Ok(fut) => fut,
+            Err(payload) => {
+                self.shared.stats.panicked();
+                self.replace_backend();
+                return fail_all(slots, &Panicked::from_payload(&*payload));
+            }
+        };
+        // Relaxed: a statistic; the guard below takes it back down.
+        self.shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight {
+            shared: self.shared.clone(),
+            part: self.part.clone(),
+            _permit: permit,
+        };
+        let clone = folder.map(|f: Folder<Req, T>| f.clone);
+        tokio::spawn(execute(fut, slots, map, clone, guard));
+    }
+}
+
+impl<Req, T, K> Drop for Flusher<Req, T, K>
+where
+    Req: Send + 'static,
+    T: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        // Requests still held here are answered `Closed` as their slots drop; their queue
+        // places go back.
+        let n = self.pending.len();
+        let weight = self.pending_weight;
+        self.pending.clear();
+        self.release(n, weight);
+        if self.exited {
+            return;
+        }
+        // Dropped mid-run: the runtime is shutting down, or a bug panicked. Let go of the
+        // partition, and after a panic start a successor for what is still queued.
+        // SeqCst: the same protocol as `try_exit`.
+        self.part.running.store(false, Ordering::SeqCst);
+        if std::thread::panicking()
+            && self.part.queued.load(Ordering::SeqCst) > 0
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+            && self
+                .part
+                .running
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            handle.spawn(run(self.shared.clone(), self.part.clone()));
+        }
+    }
+}
+
+/// Held by a running batch: frees its in-flight place and wakes the flusher however the
+/// batch ends, the task being dropped included.
+struct InFlight<Req, T, K>
+where
+    Req: Send + 'static,
+    T: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    shared: Arc<Shared<Req, T, K>>,
+    part: Arc<Partition<Req, T, K>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<Req, T, K> Drop for InFlight<Req, T, K>
+where
+    Req: Send + 'static,
+    T: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        // Relaxed: a statistic.
+        self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // The backend may be idle now, which can make a waiting batch go at once.
+        self.part.wake.notify_one();
+        self.shared.drained.notify_waiters();
+    }
+}
+
+async fn execute<Req, T, K>(
+    fut: futures_util::future::BoxFuture<'static, BatchOutput<T>>,
+    slots: Vec<Slot<T>>,
+    map: Option<Vec<usize>>,
+    clone: Option<fn(&T) -> T>,
+    guard: InFlight<Req, T, K>,
+) where
+    Req: Send + 'static,
+    T: Send + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let output = AssertUnwindSafe(fut).catch_unwind().await;
+    guard
+        .part
+        .record_exec(started.elapsed(), guard.shared.config.ewma_alpha);
+    match output {
+        Ok(Ok(results)) => match (map, clone) {
+            (Some(map), Some(clone)) => deliver_folded(results, slots, &map, clone),
+            _ => deliver(results, slots),
+        },
+        Ok(Err(error)) => {
+            guard.shared.stats.failed();
+            fail_all(slots, &BatchFailed::new(Arc::new(error)));
+        }
+        Err(payload) => {
+            guard.shared.stats.panicked();
+            fail_all(slots, &Panicked::from_payload(&*payload));
+        }
+    }
+    drop(guard);
+}
+
+fn fail_all<T, E>(slots: Vec<Slot<T>>, error: &E)
+where
+    E: std::error::Error + Clone + Send + Sync + 'static,
+{
+    for slot in slots {
+        let _ = slot.send(Err(Box::new(error.clone())));
+    }
+}
+
+fn missing() -> BoxError {
+    Box::new(MissingResult::new())
+}
+
+fn deliver<T>(results: Vec<Option<Result<T, BoxError>>>, slots: Vec<Slot<T>>) {
+    let mut results = results.into_iter();
+    for slot in slots {
+        let result = results.next().flatten().unwrap_or_else(|| Err(missing()));
+        // A caller that went away discards its answer.
+        let _ = slot.send(result);
+    }
+}
+
+/// Hands each unique result to every caller folded into it: clones of an `Ok` to all but the
+/// last, a shared [`ItemFailed`] for an error with more than one caller.
+fn deliver_folded<T>(
+    results: Vec<Option<Result<T, BoxError>>>,
+    slots: Vec<Slot<T>>,
+    map: &[usize],
+    clone: fn(&T) -> T,
+) {
+    let unique = map.iter().copied().max().map_or(0, |m| m + 1);
+    let mut results: Vec<_> = results
+        .into_iter()
+        .chain(std::iter::repeat_with(|| None))
+        .take(unique)
+        .collect();
+    let mut remaining = vec![0usize; unique];
+    for &u in map {
+        remaining[u] += 1;
+    }
+    let mut shared_errors: Vec<Option<Arc<BoxError>>> = vec![None; unique];
+    for (slot, &u) in slots.into_iter().zip(map) {
+        remaining[u] -= 1;
+        let last = remaining[u] == 0;
+        let result = if let Some(error) = &shared_errors[u] {
+            Err(Box::new(ItemFailed::new(error.clone())) as BoxError)
+        } else {
+            match &results[u] {
+                None => Err(missing()),
+                Some(Ok(value)) if !last => Ok(clone(value)),
+                Some(Err(_)) if !last => {
+                    let Some(Err(error)) = results[u].take() else {
+                        unreachable!("matched Err")
+                    };
+                    let error = Arc::new(error);
+                    shared_errors[u] = Some(error.clone());
+                    Err(Box::new(ItemFailed::new(error)) as BoxError)
+                }
+                Some(_) => results[u].take().expect("matched Some"),
+            }
+        };
+        let _ = slot.send(result);
+    }
+}
+
+/// Folds equal requests: the unique ones in first-seen order and, for each input, the index of
+/// its unique request.
+pub(crate) fn fold_duplicates<Req: Hash + Eq>(reqs: Vec<Req>) -> (Vec<Req>, Vec<usize>) {
+    let mut first: std::collections::HashMap<&Req, usize> =
+        std::collections::HashMap::with_capacity(reqs.len());
+    let mut map = Vec::with_capacity(reqs.len());
+    let mut keep = Vec::with_capacity(reqs.len());
+    for req in &reqs {
+        let next = first.len();
+        let u = *first.entry(req).or_insert(next);
+        keep.push(u == next);
+        map.push(u);
+    }
+    drop(first);
+    let unique = reqs
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r))
+        .collect();
+    (unique, map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_in_first_seen_order() {
+        let (unique, map) = fold_duplicates(vec![3, 1, 3, 2, 1]);
+        assert_eq!(unique, vec![3, 1, 2]);
+        assert_eq!(map, vec![0, 1, 0, 2, 1]);
+    }
+
+    #[tokio::test]
+    async fn folded_delivery_clones_and_shares_errors() {
+        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..4)
+            .map(|_| tokio::sync::oneshot::channel::<Result<u32, BoxError>>())
+            .unzip();
+        let results = vec![Some(Ok(7)), Some(Err(missing()))];
+        deliver_folded(results, txs, &[0, 1, 0, 1], |v| *v);
+        assert_eq!((&mut rxs[0]).await.unwrap().unwrap(), 7);
+        assert!((&mut rxs[1]).await.unwrap().unwrap_err().is::<ItemFailed>());
+        assert_eq!((&mut rxs[2]).await.unwrap().unwrap(), 7);
+        assert!((&mut rxs[3]).await.unwrap().unwrap_err().is::<ItemFailed>());
+    }
+}
