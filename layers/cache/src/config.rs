@@ -16,8 +16,9 @@ pub struct CacheConfig {
     /// the key's popularity and invalidations from other threads settle. Default 1 s; not zero
     /// when L1 is on.
     pub l1_ttl: Duration,
-    /// L2 capacity in weight units (what [`CachePolicy::weight`](crate::policy::CachePolicy::weight)
-    /// returns: bytes for the HTTP policy, entries by default). At least 1. Default 67 108 864.
+    /// L2 capacity: entries, or weight units (what [`CachePolicy::weight`](crate::policy::CachePolicy::weight)
+    /// returns: bytes for the HTTP policy) for a policy whose `WEIGHTED` is true. At least 1.
+    /// Default 67 108 864.
     pub l2_capacity: u64,
     /// Freshness of a stored response whose policy gives none. Default 60 s; not zero.
     pub default_ttl: Duration,
@@ -40,6 +41,10 @@ pub struct CacheConfig {
     pub coalesce_timeout: Duration,
     /// Seed of the random numbers behind XFetch, so runs repeat. Default `0x7011_6a7e`.
     pub seed: u64,
+    /// Hash L2's keys with a key derived from `seed` instead of a random one, so simulations
+    /// repeat exactly (moka's admission depends on key hashes). Leave it off where clients
+    /// choose the keys: a known hash key invites hash flooding. Default `false`.
+    pub deterministic: bool,
 }
 
 impl Default for CacheConfig {
@@ -57,6 +62,7 @@ impl Default for CacheConfig {
             xfetch_beta: 1.0,
             coalesce_timeout: Duration::from_secs(5),
             seed: 0x7011_6a7e,
+            deterministic: false,
         }
     }
 }

@@ -72,7 +72,14 @@ struct Slot<K, V> {
     value: V,
     until: Instant,
     hits: u8,
+    /// Hits since the copy was made, wrapping; every [`TOUCH_EVERY`]th is reported to L2.
+    seen: u8,
 }
+
+/// One L1 hit in this many is also reported to L2, so moka's recency and frequency estimates
+/// keep counting keys that L1 answers (otherwise L2 evicts them as cold, and when L1 drops them
+/// too they miss: measured 0.3 % of Zipf(1) hits).
+pub(crate) const TOUCH_EVERY: u8 = 32;
 
 type Table<K, V> = Vec<Option<Slot<K, V>>>;
 
@@ -111,16 +118,18 @@ impl<K: Eq, V: Clone> L1<K, V> {
         (hash as usize) & self.mask & !1
     }
 
-    /// The value of `key` if this thread's shard holds it and it is still good at `now`.
+    /// The value of `key` if this thread's shard holds it and it is still good at `now`, and
+    /// whether this hit should be reported to L2.
     #[inline]
-    pub(crate) fn get(&self, hash: u64, key: &K, now: Instant) -> Option<V> {
+    pub(crate) fn get(&self, hash: u64, key: &K, now: Instant) -> Option<(V, bool)> {
         let mut t = lock(self.shard());
         let i = self.set(hash);
         for slot in t[i..i + 2].iter_mut().flatten() {
             if slot.hash == hash && slot.key == *key {
                 if now < slot.until {
                     slot.hits = slot.hits.saturating_add(1);
-                    return Some(slot.value.clone());
+                    slot.seen = slot.seen.wrapping_add(1);
+                    return Some((slot.value.clone(), slot.seen % TOUCH_EVERY == 0));
                 }
                 return None;
             }
@@ -177,6 +186,7 @@ impl<K: Eq, V: Clone> L1<K, V> {
             value,
             until,
             hits: 0,
+            seen: 0,
         });
     }
 
@@ -212,7 +222,7 @@ mod tests {
         let now = Instant::now();
         let until = now + Duration::from_secs(1);
         l1.insert(hash_of(&1), 1, 10, until, now, || true);
-        assert_eq!(l1.get(hash_of(&1), &1, now), Some(10));
+        assert_eq!(l1.get(hash_of(&1), &1, now), Some((10, false)));
         assert_eq!(l1.get(hash_of(&2), &2, now), None);
         assert_eq!(l1.get(hash_of(&1), &1, until), None);
         l1.remove(hash_of(&1), &1);

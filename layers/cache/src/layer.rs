@@ -72,7 +72,7 @@ impl<P: CachePolicy> CacheLayer<P> {
         config.validate()?;
         Ok(Self {
             policy: Arc::new(policy),
-            tiers: Tiers::new(config, remote),
+            tiers: Tiers::new(config, P::WEIGHTED, remote),
         })
     }
 

@@ -53,8 +53,13 @@ pub trait CachePolicy: Send + Sync + 'static {
     /// What is stored and shared between callers.
     type Value: Clone + Send + Sync + 'static;
 
+    /// Whether [`weight`](CachePolicy::weight) is meaningful. When false (the default) L2
+    /// counts entries and skips moka's weighted admission, which keeps more of the hottest
+    /// keys for equal-sized entries.
+    const WEIGHTED: bool = false;
+
     /// The weight of an entry against [`CacheConfig::l2_capacity`](crate::config::CacheConfig::l2_capacity)
-    /// (bytes, say). Default 1: the capacity counts entries.
+    /// (bytes, say), used when [`WEIGHTED`](CachePolicy::WEIGHTED) is true. Default 1.
     fn weight(&self, _key: &Self::Key, _value: &Self::Value) -> u32 {
         1
     }

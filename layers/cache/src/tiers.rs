@@ -19,7 +19,7 @@ use crate::l1::L1;
 use crate::stats::Stats;
 use std::fmt;
 use std::future::Future;
-use std::hash::Hash;
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher, RandomState};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -99,11 +99,34 @@ impl<K, V> moka::Expiry<K, Arc<Entry<V>>> for Lifetime {
     }
 }
 
+/// L2's key hasher: a random SipHash key (the default, resisting hash flooding), or a fixed one
+/// derived from the config's seed for repeatable simulations.
+#[derive(Debug, Clone)]
+pub(crate) struct L2Hasher {
+    random: Option<RandomState>,
+    seed: u64,
+}
+
+impl BuildHasher for L2Hasher {
+    type Hasher = DefaultHasher;
+
+    fn build_hasher(&self) -> DefaultHasher {
+        match &self.random {
+            Some(r) => r.build_hasher(),
+            None => {
+                let mut h = DefaultHasher::new();
+                h.write_u64(self.seed);
+                h
+            }
+        }
+    }
+}
+
 /// Everything one layer (and all services it built) shares.
 pub(crate) struct Tiers<K, V> {
     pub(crate) cfg: CacheConfig,
     l1: Option<L1<K, V>>,
-    l2: moka::sync::Cache<K, Arc<Entry<V>>>,
+    l2: moka::sync::Cache<K, Arc<Entry<V>>, L2Hasher>,
     pub(crate) flights: Flights<K, V>,
     epochs: [AtomicU64; EPOCHS],
     pub(crate) stats: Arc<Stats>,
@@ -127,18 +150,19 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    /// Builds the tiers for a validated `cfg`.
-    pub(crate) fn new(cfg: CacheConfig, remote: Option<Arc<dyn Remote<K, V>>>) -> Arc<Self> {
-        let mut l2 = moka::sync::Cache::builder()
-            .max_capacity(cfg.l2_capacity)
-            .weigher(|_: &K, e: &Arc<Entry<V>>| e.weight)
-            .expire_after(Lifetime);
+    /// Builds the tiers for a validated `cfg`; `weighted` weighs L2 entries by their `weight`.
+    pub(crate) fn new(cfg: CacheConfig, weighted: bool, remote: Option<Arc<dyn Remote<K, V>>>) -> Arc<Self> {
+        let mut l2 = moka::sync::Cache::builder().max_capacity(cfg.l2_capacity).expire_after(Lifetime);
+        if weighted {
+            l2 = l2.weigher(|_: &K, e: &Arc<Entry<V>>| e.weight);
+        }
         if let Some(tti) = cfg.time_to_idle {
             l2 = l2.time_to_idle(tti);
         }
+        let hasher = L2Hasher { random: (!cfg.deterministic).then(RandomState::new), seed: cfg.seed };
         let tiers = Arc::new(Self {
             l1: (cfg.l1_slots > 0).then(|| L1::new(cfg.l1_slots)),
-            l2: l2.build(),
+            l2: l2.build_with_hasher(hasher),
             flights: Flights::new(),
             epochs: std::array::from_fn(|_| AtomicU64::new(0)),
             stats: Arc::default(),
@@ -171,7 +195,12 @@ where
     /// L1's value for the key, if this thread's shard has a good copy.
     #[inline]
     pub(crate) fn l1_get(&self, hash: u64, key: &K, now: Instant) -> Option<V> {
-        self.l1.as_ref()?.get(hash, key, now)
+        let (value, touch) = self.l1.as_ref()?.get(hash, key, now)?;
+        if touch {
+            // Keep L2's recency and frequency estimates counting this key (see `TOUCH_EVERY`).
+            let _ = self.l2.get(key);
+        }
+        Some(value)
     }
 
     fn l1_fill(&self, hash: u64, key: &K, e: &Entry<V>, now: Instant, epoch: u64) {
