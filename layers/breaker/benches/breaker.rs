@@ -1,0 +1,140 @@
+//! The closed-state cost of a breaker, per call: a bare pass-through wrapper, tollgate's
+//! breaker and tower-resilience's circuit breaker, single-threaded and with two threads each
+//! calling its own clone of one shared instance (time per call per thread).
+//!
+//! `cargo bench -p tollgate-breaker --bench breaker -- --warm-up-time 1 --measurement-time 3`
+#![allow(missing_docs, clippy::disallowed_types)] // std's Instant times the runs, as criterion does
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+use tollgate_breaker::{BreakerConfig, BreakerLayer};
+use tower::{Layer, Service, ServiceExt};
+
+/// The inner service: always ready, answers at once.
+#[derive(Clone, Copy)]
+struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        ready(Ok(req))
+    }
+}
+
+/// The floor: a wrapper that only forwards.
+#[derive(Clone)]
+struct Bare<S>(S);
+
+impl<S: Service<u64>> Service<u64> for Bare<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        self.0.call(req)
+    }
+}
+
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs futures to completion on this thread, parking while they wait.
+fn block_on<F: Future>(waker: &Waker, fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(waker);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+fn run<S>(svc: &mut S, iters: u64) -> Duration
+where
+    S: Service<u64>,
+    S::Error: std::fmt::Debug,
+{
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let start = Instant::now();
+    for i in 0..iters {
+        let res = block_on(&waker, async {
+            svc.ready().await.unwrap().call(black_box(i)).await
+        });
+        black_box(res.unwrap());
+    }
+    start.elapsed()
+}
+
+/// Time per call per thread, `threads` threads each calling its own clone of `svc`.
+fn shared<S>(svc: &S, threads: usize, iters: u64) -> Duration
+where
+    S: Service<u64> + Clone + Send,
+    S::Error: std::fmt::Debug,
+{
+    let barrier = Barrier::new(threads);
+    let total: Duration = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    run(&mut svc, iters)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    total / threads as u32
+}
+
+fn bench<S>(c: &mut Criterion, name: &str, svc: S)
+where
+    S: Service<u64> + Clone + Send,
+    S::Error: std::fmt::Debug,
+{
+    let mut group = c.benchmark_group("closed_call");
+    for threads in [1usize, 2] {
+        group.bench_function(BenchmarkId::new(name, format!("{threads}-thread")), |b| {
+            b.iter_custom(|iters| shared(&svc, threads, iters))
+        });
+    }
+    group.finish();
+}
+
+fn closed_path(c: &mut Criterion) {
+    bench(c, "bare", Bare(Echo));
+    let tollgate = BreakerLayer::new(BreakerConfig::default()).unwrap();
+    bench(c, "tollgate", tollgate.layer(Echo));
+    let resilience = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .build()
+        .unwrap();
+    bench(c, "tower-resilience", resilience.layer(Echo));
+}
+
+criterion_group!(benches, closed_path);
+criterion_main!(benches);

@@ -1,0 +1,144 @@
+//! The response future: records the call's outcome in the breaker when it finishes.
+
+use crate::error::Open;
+use crate::machine::{Core, Permit};
+use crate::sync::Arc;
+use pin_project::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::time::Instant;
+use tollgate_core::{BoxError, Classify, Outcome};
+
+/// What one service instance (or one key) shares with its response futures: the breaker and
+/// the classifier. Each service clone gets its own, so futures of different clones do not
+/// contend on one reference count.
+#[derive(Debug)]
+pub(crate) struct Local<C> {
+    pub(crate) core: Arc<Core>,
+    pub(crate) classify: C,
+}
+
+pub(crate) fn nanos_since(base: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Reads the breaker's clock.
+pub(crate) fn now_ns(core: &Core) -> u64 {
+    nanos_since(core.base, Instant::now())
+}
+
+/// An admitted call: gives the permit back when dropped unfinished (counting a failure when the
+/// drop comes from a panic in the inner service).
+#[derive(Debug)]
+pub(crate) struct Guard<C> {
+    local: std::sync::Arc<Local<C>>,
+    permit: Option<Permit>,
+    start: Option<Instant>,
+}
+
+impl<C> Guard<C> {
+    pub(crate) fn new(local: std::sync::Arc<Local<C>>, permit: Permit) -> Self {
+        Self {
+            local,
+            permit: Some(permit),
+            start: None,
+        }
+    }
+
+    /// Starts the call's clock if slow-call detection needs it.
+    #[inline]
+    pub(crate) fn start(&mut self) {
+        if self.local.core.times_calls() {
+            self.start = Some(Instant::now());
+        }
+    }
+
+    #[inline]
+    fn finish(&mut self, outcome: Outcome) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let core = &*self.local.core;
+        let end = (self.start.is_some() || core.records_time()).then(Instant::now);
+        let elapsed = match (self.start, end) {
+            (Some(s), Some(e)) => nanos_since(s, e),
+            _ => 0,
+        };
+        core.record(permit, outcome, elapsed, || match end {
+            Some(e) => nanos_since(core.base, e),
+            None => now_ns(core),
+        });
+    }
+}
+
+impl<C> Drop for Guard<C> {
+    fn drop(&mut self) {
+        if self.permit.is_some() {
+            if std::thread::panicking() {
+                self.finish(Outcome::Failure);
+            } else if let Some(permit) = self.permit.take() {
+                self.local.core.release(permit);
+            }
+        }
+    }
+}
+
+/// The future returned by [`Breaker`](crate::Breaker) and [`KeyedBreaker`](crate::KeyedBreaker):
+/// either an immediate [`Open`] rejection or the inner call, whose outcome it records.
+#[pin_project]
+#[derive(Debug)]
+pub struct ResponseFuture<F, C> {
+    #[pin]
+    kind: Kind<F>,
+    guard: Option<Guard<C>>,
+}
+
+#[pin_project(project = KindProj)]
+#[derive(Debug)]
+enum Kind<F> {
+    Rejected(Option<Open>),
+    Called(#[pin] F),
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn rejected(open: Open) -> Self {
+        Self {
+            kind: Kind::Rejected(Some(open)),
+            guard: None,
+        }
+    }
+
+    pub(crate) fn called(fut: F, guard: Guard<C>) -> Self {
+        Self {
+            kind: Kind::Called(fut),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Rejected(open) => Poll::Ready(Err(Box::new(
+                open.take().expect("ResponseFuture polled after completion"),
+            ))),
+            KindProj::Called(fut) => {
+                let result = ready!(fut.poll(cx));
+                if let Some(mut guard) = this.guard.take() {
+                    let outcome = guard.local.classify.classify(result.as_ref());
+                    guard.finish(outcome);
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! A handle to watch and steer a breaker from outside the request path.
+
+use crate::future::now_ns;
+use crate::machine::Core;
+use crate::state::{Snapshot, State};
+use crate::sync::Arc;
+
+/// Watches and steers one breaker: every service built from the same layer shares it.
+///
+/// ```
+/// use tollgate_breaker::{BreakerConfig, BreakerLayer, State};
+///
+/// let layer = BreakerLayer::new(BreakerConfig::default()).unwrap();
+/// let handle = layer.handle();
+/// handle.force_open();
+/// assert_eq!(handle.state(), State::ForcedOpen);
+/// handle.reset();
+/// assert_eq!(handle.snapshot().state, State::Closed);
+/// ```
+#[derive(Debug, Clone)]
+pub struct BreakerHandle {
+    core: Arc<Core>,
+}
+
+impl BreakerHandle {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.core.state()
+    }
+
+    /// State, window counts and rates, probe counts, and time until the next probe.
+    pub fn snapshot(&self) -> Snapshot {
+        self.core.snapshot(now_ns(&self.core))
+    }
+
+    /// Rejects every call until [`reset`](Self::reset).
+    pub fn force_open(&self) {
+        self.core.move_to(None, State::ForcedOpen);
+    }
+
+    /// Lets every call through unrecorded until [`reset`](Self::reset).
+    pub fn disable(&self) {
+        self.core.move_to(None, State::Disabled);
+    }
+
+    /// Closes the breaker with an empty window and no backoff, from any state.
+    pub fn reset(&self) {
+        self.core.move_to(None, State::Closed);
+    }
+}

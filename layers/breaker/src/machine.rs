@@ -1,0 +1,613 @@
+//! The breaker's state machine, shared by every clone of a service.
+//!
+//! It never reads the clock: time comes in as nanoseconds since an arbitrary base, through a
+//! closure called only when the answer needs it. The closed path (admit, record a success into a
+//! count window) calls none and touches only atomics, so the same code runs in the service, in
+//! the reference-model property test, in the loom model and in the fuzz target.
+//!
+//! # Ground rules
+//! - `state` holds the state in its low 3 bits and an epoch above. Every change is a CAS that
+//!   bumps the epoch, so a thread acting on a stale view can never win one. A [`Permit`] is the
+//!   state word it was admitted under; its result counts only while that word is current
+//!   (closed) or while the half-open generation matches (probes).
+//! - Changes away from CLOSED and HALF_OPEN, every change that writes `open_until`, and the
+//!   handle's changes happen under `transitions`. The only lock-free change is OPEN → HALF_OPEN,
+//!   which writes nothing but the state word and then the probe word.
+//! - `open_until` is written under the lock before the Release CAS that publishes OPEN, and
+//!   nobody writes it while the state is OPEN.
+//! - `probes` (the half-open word: generation, admitted, results, failures, slow calls) changes
+//!   by CAS only. It is reset to a fresh generation only when its own generation is older (or
+//!   garbage after a wrap), so a stale thread cannot wipe a newer half-open period. Admission
+//!   checks `admitted < permitted` in the same CAS that bumps it: at most `permitted` probes are
+//!   in flight at once across every clone.
+//! - Windows are statistics, written by any recorder and cleared under the lock before CLOSED
+//!   is published.
+
+use crate::config::{Backoff, BreakerConfig};
+use crate::error::Open;
+use crate::state::{Snapshot, State, StateChange};
+use crate::sync::Mutex;
+use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use crate::window::{Counts, Window, slot_value};
+use crossbeam_utils::CachePadded;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+use tollgate_core::Outcome;
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const FORCED_OPEN: u64 = 3;
+const DISABLED: u64 = 4;
+const STATE_BITS: u32 = 3;
+const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+
+fn pack(state: u64, epoch: u64) -> u64 {
+    (epoch << STATE_BITS) | state
+}
+
+fn epoch(word: u64) -> u64 {
+    word >> STATE_BITS
+}
+
+fn state_of(word: u64) -> State {
+    match word & STATE_MASK {
+        CLOSED => State::Closed,
+        OPEN => State::Open,
+        HALF_OPEN => State::HalfOpen,
+        FORCED_OPEN => State::ForcedOpen,
+        _ => State::Disabled,
+    }
+}
+
+fn code_of(state: State) -> u64 {
+    match state {
+        State::Closed => CLOSED,
+        State::Open => OPEN,
+        State::HalfOpen => HALF_OPEN,
+        State::ForcedOpen => FORCED_OPEN,
+        State::Disabled => DISABLED,
+    }
+}
+
+// The half-open word: generation (24 bits) | admitted | results | failures | slow (10 bits each).
+const GEN_SHIFT: u32 = 40;
+const GEN_MASK: u64 = (1 << 24) - 1;
+const ADMITTED_SHIFT: u32 = 30;
+const RESULTS_SHIFT: u32 = 20;
+const FAILURES_SHIFT: u32 = 10;
+const TEN_BITS: u64 = (1 << 10) - 1;
+
+fn generation(state_word: u64) -> u64 {
+    epoch(state_word) & GEN_MASK
+}
+
+fn gen_of(probes: u64) -> u64 {
+    probes >> GEN_SHIFT
+}
+
+fn field(probes: u64, shift: u32) -> u64 {
+    (probes >> shift) & TEN_BITS
+}
+
+/// Whether generation `a` comes before `b` (24-bit wrapping).
+fn older(a: u64, b: u64) -> bool {
+    a != b && (b.wrapping_sub(a) & GEN_MASK) < (1 << 23)
+}
+
+/// What a caller was admitted under. Give it back with [`Core::record`] or [`Core::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Permit(u64);
+
+impl Permit {
+    /// Whether this is a half-open probe.
+    pub(crate) fn is_probe(self) -> bool {
+        self.0 & STATE_MASK == HALF_OPEN
+    }
+
+    /// The state word it was admitted under (tests and fuzzing group probes by it).
+    #[cfg(any(test, fuzzing, feature = "fuzzing"))]
+    pub(crate) fn word(self) -> u64 {
+        self.0
+    }
+}
+
+/// A state-change callback.
+pub(crate) type Listener = std::sync::Arc<dyn Fn(&StateChange) + Send + Sync>;
+
+#[derive(Debug)]
+struct Settings {
+    failure_threshold: f64,
+    slow_threshold: f64,
+    slow_enabled: bool,
+    /// Calls at least this long are slow; `u64::MAX` when detection is off.
+    slow_ns: u64,
+    min_calls: u64,
+    /// 0 when off.
+    consecutive: u32,
+    probes: u64,
+    wait_ns: u64,
+    backoff: Option<Backoff>,
+}
+
+#[derive(Debug)]
+struct Transitions {
+    opens_in_a_row: u32,
+    rng: SmallRng,
+}
+
+impl Transitions {
+    /// The next open wait, in nanoseconds; counts the open.
+    fn next_wait(&mut self, s: &Settings) -> u64 {
+        let n = self.opens_in_a_row;
+        self.opens_in_a_row = n.saturating_add(1);
+        let Some(b) = s.backoff else { return s.wait_ns };
+        let max = b.max_wait.as_nanos() as f64;
+        let grown = (s.wait_ns as f64 * b.multiplier.powi(n.min(4096) as i32)).min(max);
+        let jittered = if b.jitter > 0.0 {
+            grown * (1.0 + b.jitter * self.rng.random_range(-1.0..=1.0))
+        } else {
+            grown
+        };
+        jittered.clamp(1.0, max) as u64
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The state machine. See the [module docs](self).
+pub(crate) struct Core {
+    state: CachePadded<AtomicU64>,
+    open_until: CachePadded<AtomicU64>,
+    probes: CachePadded<AtomicU64>,
+    consecutive: CachePadded<AtomicU32>,
+    window: Window,
+    settings: Settings,
+    transitions: Mutex<Transitions>,
+    listeners: Mutex<Vec<Listener>>,
+    name: std::sync::Arc<str>,
+    /// Time zero for the service's clock (unused by the machine itself).
+    pub(crate) base: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("name", &self.name)
+            .field("state", &state_of(self.state.load(Relaxed)))
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// A closed breaker. `config` must have passed `validate`.
+    pub(crate) fn new(config: &BreakerConfig, name: std::sync::Arc<str>) -> Self {
+        let window = Window::new(&config.sliding_window);
+        let seed = config.seed.unwrap_or_else(|| {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+        let settings = Settings {
+            failure_threshold: config.failure_rate_threshold,
+            slow_threshold: config.slow_call_rate_threshold,
+            slow_enabled: config.slow_call_duration.is_some(),
+            slow_ns: config.slow_call_duration.map_or(u64::MAX, nanos),
+            min_calls: u64::from(config.minimum_calls).min(window.capacity()),
+            consecutive: config.consecutive_failures.unwrap_or(0),
+            probes: u64::from(config.permitted_calls_in_half_open),
+            wait_ns: nanos(config.wait_in_open),
+            backoff: config.backoff,
+        };
+        Self {
+            state: CachePadded::new(AtomicU64::new(pack(CLOSED, 0))),
+            open_until: CachePadded::new(AtomicU64::new(0)),
+            probes: CachePadded::new(AtomicU64::new(0)),
+            consecutive: CachePadded::new(AtomicU32::new(0)),
+            window,
+            settings,
+            transitions: Mutex::new(Transitions {
+                opens_in_a_row: 0,
+                rng: SmallRng::seed_from_u64(seed),
+            }),
+            listeners: Mutex::new(Vec::new()),
+            name,
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Adds a state-change callback.
+    pub(crate) fn add_listener(&self, listener: Listener) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(listener);
+    }
+
+    /// Whether a call's duration is needed (slow-call detection is on).
+    pub(crate) fn times_calls(&self) -> bool {
+        self.settings.slow_enabled
+    }
+
+    /// Whether recording needs the time of the result.
+    pub(crate) fn records_time(&self) -> bool {
+        self.window.is_timed()
+    }
+
+    /// The current state.
+    pub(crate) fn state(&self) -> State {
+        // Relaxed: a report; nothing is read on the strength of it.
+        state_of(self.state.load(Relaxed))
+    }
+
+    /// Admits a call or rejects it. `now` is called only when the breaker is open.
+    ///
+    /// # Errors
+    ///
+    /// [`Open`] when the breaker is open, forced open, or half-open with every probe taken.
+    #[inline]
+    pub(crate) fn acquire(&self, now: impl FnMut() -> u64) -> Result<Permit, Open> {
+        // Acquire: pairs with the Release CAS that published the state; who sees OPEN also sees
+        // the `open_until` written before it.
+        let s = self.state.load(Acquire);
+        if s & STATE_MASK == CLOSED {
+            return Ok(Permit(s));
+        }
+        self.acquire_slow(s, now)
+    }
+
+    #[cold]
+    fn acquire_slow(&self, mut s: u64, mut now: impl FnMut() -> u64) -> Result<Permit, Open> {
+        loop {
+            match s & STATE_MASK {
+                CLOSED | DISABLED => return Ok(Permit(s)),
+                FORCED_OPEN => return Err(Open::new(None)),
+                OPEN => {
+                    let t = now();
+                    // Relaxed: ordered after the Acquire load of `state` that saw OPEN.
+                    let until = self.open_until.load(Relaxed);
+                    if t < until {
+                        return Err(Open::new(Some(Duration::from_nanos(until - t))));
+                    }
+                    let next = pack(HALF_OPEN, epoch(s) + 1);
+                    // AcqRel: Release pairs with the Acquire loads of `state` (admitters must
+                    // find the probe word reset after seeing HALF_OPEN, which they help with if
+                    // not); Acquire keeps our reads after the winner's.
+                    if self
+                        .state
+                        .compare_exchange(s, next, AcqRel, Acquire)
+                        .is_ok()
+                    {
+                        self.enter_half_open(generation(next));
+                        self.emit(StateChange {
+                            name: self.name.clone(),
+                            from: State::Open,
+                            to: State::HalfOpen,
+                            open_for: None,
+                        });
+                    }
+                }
+                _ => {
+                    if let Some(result) = self.admit_probe(s) {
+                        return result;
+                    }
+                }
+            }
+            // Acquire: as in `acquire`.
+            s = self.state.load(Acquire);
+        }
+    }
+
+    /// Resets the probe word for generation `g` unless it already holds `g` or a newer one.
+    fn enter_half_open(&self, g: u64) {
+        // Relaxed: every field lives in this one word, and the CAS alone decides.
+        let mut h = self.probes.load(Relaxed);
+        while older(gen_of(h), g) {
+            match self
+                .probes
+                .compare_exchange_weak(h, g << GEN_SHIFT, Relaxed, Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => h = actual,
+            }
+        }
+    }
+
+    /// Takes a probe slot in the half-open period of state word `s`. `None` when `s` is stale.
+    fn admit_probe(&self, s: u64) -> Option<Result<Permit, Open>> {
+        let g = generation(s);
+        // Relaxed: the probe word is self-contained; admission is decided by the CAS alone.
+        let mut h = self.probes.load(Relaxed);
+        loop {
+            if gen_of(h) != g {
+                // Acquire: as in `acquire`.
+                let stale_view = self.state.load(Acquire) != s;
+                if !older(gen_of(h), g) && stale_view {
+                    return None;
+                }
+                // Older generation: the winner of OPEN → HALF_OPEN has not reset it yet, help.
+                // Newer while `s` is current: garbage after a 24-bit wrap, reset it too.
+                match self
+                    .probes
+                    .compare_exchange(h, g << GEN_SHIFT, Relaxed, Relaxed)
+                {
+                    Ok(_) => h = g << GEN_SHIFT,
+                    Err(actual) => h = actual,
+                }
+                continue;
+            }
+            if field(h, ADMITTED_SHIFT) >= self.settings.probes {
+                return Some(Err(Open::new(None)));
+            }
+            match self
+                .probes
+                .compare_exchange_weak(h, h + (1 << ADMITTED_SHIFT), Relaxed, Relaxed)
+            {
+                Ok(_) => return Some(Ok(Permit(s))),
+                Err(actual) => h = actual,
+            }
+        }
+    }
+
+    /// Gives back a permit whose call was cancelled or classified as ignored.
+    pub(crate) fn release(&self, permit: Permit) {
+        if !permit.is_probe() {
+            return;
+        }
+        let g = generation(permit.0);
+        // Relaxed: as in `admit_probe`.
+        let mut h = self.probes.load(Relaxed);
+        while gen_of(h) == g && field(h, ADMITTED_SHIFT) > field(h, RESULTS_SHIFT) {
+            match self
+                .probes
+                .compare_exchange_weak(h, h - (1 << ADMITTED_SHIFT), Relaxed, Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => h = actual,
+            }
+        }
+    }
+
+    /// Records a finished call. `elapsed_ns` is its duration (0 when not timed); `now` is called
+    /// at most once, only when the window is time-based or the breaker changes state.
+    #[inline]
+    pub(crate) fn record(
+        &self,
+        permit: Permit,
+        outcome: Outcome,
+        elapsed_ns: u64,
+        now: impl FnMut() -> u64,
+    ) {
+        let failed = match outcome {
+            Outcome::Success => false,
+            Outcome::Failure => true,
+            Outcome::Ignored => return self.release(permit),
+        };
+        let slow = elapsed_ns >= self.settings.slow_ns;
+        match permit.0 & STATE_MASK {
+            CLOSED => self.record_closed(permit.0, failed, slow, now),
+            HALF_OPEN => self.record_probe(permit.0, failed, slow, now),
+            _ => {}
+        }
+    }
+
+    #[inline]
+    fn record_closed(&self, word: u64, failed: bool, slow: bool, mut read: impl FnMut() -> u64) {
+        // Relaxed: only filters out results admitted before a transition; a result racing one
+        // lands in either window, which a rate tolerates.
+        if self.state.load(Relaxed) != word {
+            return;
+        }
+        let mut cached = None;
+        let mut now = || *cached.get_or_insert_with(&mut read);
+        let mut trip = false;
+        if self.settings.consecutive != 0 {
+            // Relaxed: a statistic; racing updates may lose a count, never corrupt the state.
+            if failed {
+                trip = self.consecutive.fetch_add(1, Relaxed) + 1 >= self.settings.consecutive;
+            } else if self.consecutive.load(Relaxed) != 0 {
+                self.consecutive.store(0, Relaxed);
+            }
+        }
+        if let Some(c) = self.window.record(slot_value(failed, slow), &mut now) {
+            trip |= self.rates_trip(c);
+        }
+        if trip {
+            self.open_from(word, now());
+        }
+    }
+
+    fn rates_trip(&self, c: Counts) -> bool {
+        if c.calls < self.settings.min_calls {
+            return false;
+        }
+        let calls = c.calls as f64;
+        c.failures as f64 >= self.settings.failure_threshold * calls
+            || (self.settings.slow_enabled && c.slow as f64 >= self.settings.slow_threshold * calls)
+    }
+
+    fn record_probe(&self, word: u64, failed: bool, slow: bool, mut now: impl FnMut() -> u64) {
+        let g = generation(word);
+        let add =
+            (1 << RESULTS_SHIFT) | if failed { 1 << FAILURES_SHIFT } else { 0 } | u64::from(slow);
+        // Relaxed: as in `admit_probe`.
+        let mut h = self.probes.load(Relaxed);
+        loop {
+            if gen_of(h) != g || field(h, RESULTS_SHIFT) >= field(h, ADMITTED_SHIFT) {
+                return;
+            }
+            match self
+                .probes
+                .compare_exchange_weak(h, h + add, Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    h += add;
+                    break;
+                }
+                Err(actual) => h = actual,
+            }
+        }
+        // Exactly one recorder brings the results to the permitted count: it decides.
+        let n = field(h, RESULTS_SHIFT);
+        if n == self.settings.probes {
+            let calls = n as f64;
+            let reopen = field(h, FAILURES_SHIFT) as f64 >= self.settings.failure_threshold * calls
+                || (self.settings.slow_enabled
+                    && (h & TEN_BITS) as f64 >= self.settings.slow_threshold * calls);
+            if reopen {
+                self.open_from(word, now())
+            } else {
+                self.move_to(Some(word), State::Closed)
+            }
+        }
+    }
+
+    fn lock(&self) -> crate::sync::MutexGuard<'_, Transitions> {
+        self.transitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens the breaker if its state word is still `word` (CLOSED or HALF_OPEN).
+    fn open_from(&self, word: u64, now: u64) {
+        let change = {
+            let mut t = self.lock();
+            // Relaxed: every change away from CLOSED or HALF_OPEN is made under this lock, so
+            // the value read here is current and stays so until our CAS.
+            if self.state.load(Relaxed) != word {
+                return;
+            }
+            let wait = t.next_wait(&self.settings);
+            // Relaxed: published by the Release CAS below.
+            self.open_until.store(now.saturating_add(wait), Relaxed);
+            // AcqRel: Release pairs with the Acquire load in `acquire`: who sees OPEN sees the
+            // `open_until` stored above.
+            if self
+                .state
+                .compare_exchange(word, pack(OPEN, epoch(word) + 1), AcqRel, Relaxed)
+                .is_err()
+            {
+                return;
+            }
+            StateChange {
+                name: self.name.clone(),
+                from: state_of(word),
+                to: State::Open,
+                open_for: Some(Duration::from_nanos(wait)),
+            }
+        };
+        self.emit(change);
+    }
+
+    /// Moves to `to` (CLOSED, FORCED_OPEN or DISABLED), from `from` if given, else from
+    /// whatever the state is. Closing clears the window and the backoff.
+    pub(crate) fn move_to(&self, from: Option<u64>, to: State) {
+        debug_assert!(matches!(
+            to,
+            State::Closed | State::ForcedOpen | State::Disabled
+        ));
+        let change = {
+            let mut t = self.lock();
+            // Acquire: pairs with the lock-free OPEN → HALF_OPEN CAS.
+            let mut cur = self.state.load(Acquire);
+            loop {
+                if from.is_some_and(|f| f != cur) {
+                    return;
+                }
+                if to == State::Closed {
+                    self.window.clear();
+                    // Relaxed: cleared before CLOSED is published by the Release CAS below.
+                    self.consecutive.store(0, Relaxed);
+                    t.opens_in_a_row = 0;
+                }
+                // AcqRel: Release publishes the cleared window with the new state; Acquire pairs
+                // with the lock-free OPEN → HALF_OPEN CAS when we lose to it.
+                match self.state.compare_exchange(
+                    cur,
+                    pack(code_of(to), epoch(cur) + 1),
+                    AcqRel,
+                    Acquire,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => cur = actual,
+                }
+            }
+            if state_of(cur) == to {
+                return;
+            }
+            StateChange {
+                name: self.name.clone(),
+                from: state_of(cur),
+                to,
+                open_for: None,
+            }
+        };
+        self.emit(change);
+    }
+
+    fn emit(&self, change: StateChange) {
+        // info: state changes are rare and are what an operator wants to see.
+        tracing::info!(
+            breaker = %change.name,
+            from = ?change.from,
+            to = ?change.to,
+            open_for = ?change.open_for,
+            "circuit breaker state changed"
+        );
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for l in listeners {
+            l(&change);
+        }
+    }
+
+    /// A view of the breaker at `now`.
+    pub(crate) fn snapshot(&self, now: u64) -> Snapshot {
+        let opens_in_a_row = self.lock().opens_in_a_row;
+        // Acquire: as in `acquire`.
+        let s = self.state.load(Acquire);
+        let c = self.window.counts(now);
+        let rate = |n: u64| (c.calls > 0).then(|| n as f64 / c.calls as f64);
+        // Relaxed: a report.
+        let h = self.probes.load(Relaxed);
+        let probing = s & STATE_MASK == HALF_OPEN && gen_of(h) == generation(s);
+        let retry_after = (s & STATE_MASK == OPEN)
+            .then(|| Duration::from_nanos(self.open_until.load(Relaxed).saturating_sub(now)));
+        Snapshot {
+            state: state_of(s),
+            calls: c.calls,
+            failures: c.failures,
+            slow_calls: c.slow,
+            failure_rate: rate(c.failures),
+            slow_call_rate: rate(c.slow),
+            // Relaxed: a report.
+            consecutive_failures: self.consecutive.load(Relaxed),
+            probes_admitted: if probing {
+                field(h, ADMITTED_SHIFT) as u32
+            } else {
+                0
+            },
+            probe_results: if probing {
+                field(h, RESULTS_SHIFT) as u32
+            } else {
+                0
+            },
+            retry_after,
+            opens_in_a_row,
+        }
+    }
+
+    /// Probes admitted and not yet finished or released in the current half-open period (for
+    /// tests and the fuzz target).
+    #[cfg(any(test, fuzzing, feature = "fuzzing"))]
+    pub(crate) fn probes_in_flight(&self) -> u64 {
+        let h = self.probes.load(Relaxed);
+        field(h, ADMITTED_SHIFT) - field(h, RESULTS_SHIFT)
+    }
+}
