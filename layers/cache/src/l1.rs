@@ -240,7 +240,7 @@ mod tests {
         for k in 1..100u64 {
             for _ in 0..8 {
                 assert_eq!(
-                    l1.get(hash_of(&0), &0, now),
+                    l1.get(hash_of(&0), &0, now).map(|h| h.0),
                     Some(0),
                     "hot key evicted by {k}"
                 );
