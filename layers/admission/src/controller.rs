@@ -26,13 +26,14 @@ use crate::ratelimit::LocalLimiter;
 use crate::stats::{ClassSnapshot, Snapshot};
 use crate::throttle::Throttle;
 use crossbeam_utils::CachePadded;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use tollgate_core::Outcome;
-use tollgate_core::counter::ShardedCounter;
+use tollgate_core::counter::{shard_count, shard_index};
 use tollgate_core::ewma::AtomicEwma;
 
 pub(crate) const WAITERS: u64 = 1 << 63;
@@ -63,7 +64,6 @@ pub(crate) struct Controller {
     /// Whether any class has a reservation, so `class_in_flight` must be kept.
     pub(crate) track: bool,
     pub(crate) class_in_flight: Box<[CachePadded<AtomicUsize>]>,
-    fast_admitted: Box<[ShardedCounter]>,
     rejected: Box<[[AtomicU64; 6]]>,
     latency_ns: AtomicEwma,
     pub(crate) codel: CodelConfig,
@@ -98,7 +98,6 @@ impl Controller {
             class_in_flight: (0..n)
                 .map(|_| CachePadded::new(AtomicUsize::new(0)))
                 .collect(),
-            fast_admitted: (0..n).map(|_| ShardedCounter::new()).collect(),
             rejected: (0..n).map(|_| Default::default()).collect(),
             latency_ns: AtomicEwma::new(),
             codel: config.codel,
@@ -145,7 +144,8 @@ impl Controller {
         (self.word.load(Ordering::Relaxed) & COUNT) as usize
     }
 
-    /// Takes a slot if nobody is queued and the limit allows. Never waits.
+    /// Takes a slot if nobody is queued and the limit allows. Never waits. The caller counts
+    /// the admission in its [`Shard`].
     #[inline]
     pub(crate) fn try_fast(&self, class: usize) -> bool {
         // Relaxed (all accesses to `word`): see the ground rules in the module docs.
@@ -166,7 +166,6 @@ impl Controller {
             // Relaxed: reservations are approximate by one request, see the ground rules.
             self.class_in_flight[class].fetch_add(1, Ordering::Relaxed);
         }
-        self.fast_admitted[class].incr();
         true
     }
 
@@ -242,8 +241,8 @@ impl Controller {
         Rejected::new(class, self.classes[class].name.clone(), reason, retry_after)
     }
 
-    /// A snapshot of every class.
-    pub(crate) fn snapshot(&self) -> Snapshot {
+    /// A snapshot of every class; `fast[c]` counts class `c`'s requests admitted by `try_fast`.
+    pub(crate) fn snapshot(&self, fast: &[u64]) -> Snapshot {
         let slow = self.lock();
         let classes = self
             .classes
@@ -251,7 +250,7 @@ impl Controller {
             .enumerate()
             .map(|(i, c)| {
                 let q = &slow.queues[i];
-                let fast = self.fast_admitted[i].sum().max(0) as u64;
+                let fast = fast[i];
                 ClassSnapshot {
                     name: c.name.to_string(),
                     admitted: fast + q.admitted,
@@ -271,5 +270,85 @@ impl Controller {
             queued: slow.queued,
             rate_limit_keys: self.rate.as_ref().map_or(0, |r| r.keys()),
         }
+    }
+}
+
+/// One shard's handle on the controller: what a response future holds.
+///
+/// Every request clones a reference to the controller, to give its slot back when it ends. If
+/// all threads cloned one `Arc`, its reference count would be a second cache line written by
+/// every core on every request; each thread instead clones the handle of its own shard
+/// ([`shard_index`]), whose count and admission counters no other core touches while there are
+/// no more threads than shards.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    ctrl: Arc<Controller>,
+    admitted: Box<[AtomicU64]>,
+}
+
+impl Shard {
+    /// Counts a request of `class` admitted by the fast path.
+    #[inline]
+    pub(crate) fn count_admitted(&self, class: usize) {
+        // Relaxed: statistics only.
+        self.admitted[class].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Deref for Shard {
+    type Target = Controller;
+
+    #[inline]
+    fn deref(&self) -> &Controller {
+        &self.ctrl
+    }
+}
+
+/// A reference to the controller through one shard.
+pub(crate) type ShardRef = Arc<CachePadded<Shard>>;
+
+/// Every shard's handle. Services, layers and the admission handle hold this (the controller
+/// does not, so there is no reference cycle).
+#[derive(Debug)]
+pub(crate) struct Shards {
+    list: Box<[ShardRef]>,
+}
+
+impl Shards {
+    pub(crate) fn new(ctrl: Controller) -> Self {
+        let ctrl = Arc::new(ctrl);
+        let n = ctrl.classes.len();
+        let list = (0..shard_count())
+            .map(|_| {
+                Arc::new(CachePadded::new(Shard {
+                    ctrl: ctrl.clone(),
+                    admitted: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                }))
+            })
+            .collect();
+        Self { list }
+    }
+
+    /// This thread's shard.
+    #[inline]
+    pub(crate) fn local(&self) -> &ShardRef {
+        &self.list[shard_index() & (self.list.len() - 1)]
+    }
+
+    pub(crate) fn ctrl(&self) -> &Controller {
+        &self.list[0].ctrl
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let fast: Vec<u64> = (0..self.ctrl().classes.len())
+            // Relaxed: statistics only.
+            .map(|c| {
+                self.list
+                    .iter()
+                    .map(|s| s.admitted[c].load(Ordering::Relaxed))
+                    .sum()
+            })
+            .collect();
+        self.ctrl().snapshot(&fast)
     }
 }

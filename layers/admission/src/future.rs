@@ -1,14 +1,13 @@
 //! The response future: waits in the queue if it must, then drives the inner call, and gives
 //! the slot of capacity back when it finishes or is dropped.
 
-use crate::controller::Controller;
+use crate::controller::{Controller, ShardRef};
 use crate::error::{Reason, Rejected};
 use crate::queue::WaiterId;
 use pin_project::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::time::{Instant, Sleep};
 use tollgate_core::error::{Overloaded, RateLimited, is_caused_by};
@@ -17,7 +16,7 @@ use tower_service::Service;
 
 /// A slot of capacity, given back on drop.
 pub(crate) struct Permit {
-    ctrl: Arc<Controller>,
+    ctrl: ShardRef,
     class: usize,
     started: Option<Instant>,
     outcome: Outcome,
@@ -25,7 +24,7 @@ pub(crate) struct Permit {
 
 impl Permit {
     #[inline]
-    pub(crate) fn new(ctrl: Arc<Controller>, class: usize, started: Option<Instant>) -> Self {
+    pub(crate) fn new(ctrl: ShardRef, class: usize, started: Option<Instant>) -> Self {
         Self {
             ctrl,
             class,
@@ -78,12 +77,12 @@ impl fmt::Debug for Permit {
 /// meanwhile).
 #[derive(Debug)]
 pub(crate) struct Waiter {
-    ctrl: Option<Arc<Controller>>,
+    ctrl: Option<ShardRef>,
     id: WaiterId,
 }
 
 impl Waiter {
-    pub(crate) fn new(ctrl: Arc<Controller>, id: WaiterId) -> Self {
+    pub(crate) fn new(ctrl: ShardRef, id: WaiterId) -> Self {
         Self {
             ctrl: Some(ctrl),
             id,
@@ -97,7 +96,7 @@ impl Waiter {
     }
 
     /// The claim is settled (its slot already freed): stop the drop from cancelling.
-    fn settle(mut self) -> Arc<Controller> {
+    fn settle(mut self) -> ShardRef {
         self.ctrl.take().expect("a waiter is settled once")
     }
 }

@@ -1,6 +1,6 @@
 //! Observing and steering a layer from outside the request path.
 
-use crate::controller::Controller;
+use crate::controller::{Controller, Shards};
 use crate::stats::Snapshot;
 use std::fmt;
 use std::sync::Arc;
@@ -8,38 +8,42 @@ use std::sync::Arc;
 /// A handle on one [`AdmissionLayer`](crate::AdmissionLayer)'s shared state. Cheap to clone.
 #[derive(Clone)]
 pub struct AdmissionHandle {
-    ctrl: Arc<Controller>,
+    shards: Arc<Shards>,
 }
 
 impl AdmissionHandle {
-    pub(crate) fn new(ctrl: Arc<Controller>) -> Self {
-        Self { ctrl }
+    pub(crate) fn new(shards: Arc<Shards>) -> Self {
+        Self { shards }
+    }
+
+    fn ctrl(&self) -> &Controller {
+        self.shards.ctrl()
     }
 
     /// Counts, queue lengths and queue-wait percentiles per class. Takes the queue lock
     /// briefly.
     pub fn snapshot(&self) -> Snapshot {
-        self.ctrl.snapshot()
+        self.shards.snapshot()
     }
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
-        self.ctrl.in_flight()
+        self.ctrl().in_flight()
     }
 
     /// The limit now.
     pub fn limit(&self) -> usize {
-        self.ctrl.limit()
+        self.ctrl().limit()
     }
 
     /// Changes a fixed limit (0 counts as 1) and admits waiters that now fit. Returns `false`,
     /// changing nothing, when the limit comes from a [`Capacity`](crate::Capacity) instead.
     pub fn set_limit(&self, limit: usize) -> bool {
-        let Some(fixed) = self.ctrl.fixed() else {
+        let Some(fixed) = self.ctrl().fixed() else {
             return false;
         };
         fixed.set(limit);
-        self.ctrl.poke();
+        self.ctrl().poke();
         true
     }
 
@@ -47,7 +51,7 @@ impl AdmissionHandle {
     /// keys). The store never holds more than `max_keys` anyway; call this periodically to
     /// give memory back sooner.
     pub fn forget_idle_keys(&self) {
-        if let Some(r) = &self.ctrl.rate {
+        if let Some(r) = &self.ctrl().rate {
             r.forget_idle();
         }
     }
@@ -56,7 +60,7 @@ impl AdmissionHandle {
     /// [`Capacity`](crate::Capacity) grows, or waiters are admitted only when the next request
     /// finishes.
     pub fn capacity_changed(&self) {
-        self.ctrl.poke();
+        self.ctrl().poke();
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::capacity::{Capacity, FixedLimit};
 use crate::classify::OneClass;
 use crate::config::{AdmissionConfig, ReadyMode};
-use crate::controller::{Controller, LimitSource};
+use crate::controller::{Controller, LimitSource, Shards};
 use crate::handle::AdmissionHandle;
 use crate::service::Admission;
 use std::fmt;
@@ -15,7 +15,7 @@ use tower_layer::Layer;
 /// set of queues and one limit, so a server that builds a service per connection still admits
 /// against a single capacity.
 pub struct AdmissionLayer<P = OneClass> {
-    ctrl: Arc<Controller>,
+    shards: Arc<Shards>,
     prioritizer: Arc<P>,
     mode: ReadyMode,
 }
@@ -49,7 +49,7 @@ impl AdmissionLayer<OneClass> {
 
     fn build(config: &AdmissionConfig, limit: LimitSource) -> Self {
         Self {
-            ctrl: Arc::new(Controller::new(config, limit)),
+            shards: Arc::new(Shards::new(Controller::new(config, limit))),
             prioritizer: Arc::new(OneClass(0)),
             mode: config.ready_mode,
         }
@@ -61,7 +61,7 @@ impl<P> AdmissionLayer<P> {
     /// `-> Ticket`, or a [`Prioritize`](crate::Prioritize) type).
     pub fn prioritize<Q>(self, prioritizer: Q) -> AdmissionLayer<Q> {
         AdmissionLayer {
-            ctrl: self.ctrl,
+            shards: self.shards,
             prioritizer: Arc::new(prioritizer),
             mode: self.mode,
         }
@@ -69,14 +69,14 @@ impl<P> AdmissionLayer<P> {
 
     /// A handle to observe the layer and change its limit.
     pub fn handle(&self) -> AdmissionHandle {
-        AdmissionHandle::new(self.ctrl.clone())
+        AdmissionHandle::new(self.shards.clone())
     }
 }
 
 impl<P> Clone for AdmissionLayer<P> {
     fn clone(&self) -> Self {
         Self {
-            ctrl: self.ctrl.clone(),
+            shards: self.shards.clone(),
             prioritizer: self.prioritizer.clone(),
             mode: self.mode,
         }
@@ -97,7 +97,7 @@ impl<S, P> Layer<S> for AdmissionLayer<P> {
     fn layer(&self, inner: S) -> Self::Service {
         Admission::new(
             inner,
-            self.ctrl.clone(),
+            self.shards.clone(),
             self.prioritizer.clone(),
             self.mode,
         )

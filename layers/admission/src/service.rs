@@ -2,7 +2,7 @@
 
 use crate::classify::{OneClass, Prioritize, Ticket};
 use crate::config::ReadyMode;
-use crate::controller::Controller;
+use crate::controller::Shards;
 use crate::error::{Reason, Rejected};
 use crate::future::{Permit, ResponseFuture, Waiter};
 use crate::queue::Enqueued;
@@ -17,21 +17,16 @@ use tower_service::Service;
 /// the [crate docs](crate).
 pub struct Admission<S, P = OneClass> {
     inner: S,
-    ctrl: Arc<Controller>,
+    shards: Arc<Shards>,
     prioritizer: Arc<P>,
     mode: ReadyMode,
 }
 
 impl<S, P> Admission<S, P> {
-    pub(crate) fn new(
-        inner: S,
-        ctrl: Arc<Controller>,
-        prioritizer: Arc<P>,
-        mode: ReadyMode,
-    ) -> Self {
+    pub(crate) fn new(inner: S, shards: Arc<Shards>, prioritizer: Arc<P>, mode: ReadyMode) -> Self {
         Self {
             inner,
-            ctrl,
+            shards,
             prioritizer,
             mode,
         }
@@ -54,7 +49,7 @@ impl<S, P> Admission<S, P> {
 
     /// Checks that need no capacity: deadline, rate limit, throttle.
     fn precheck(&self, class: usize, ticket: &Ticket) -> Result<Option<Instant>, Rejected> {
-        let ctrl = &*self.ctrl;
+        let ctrl = self.shards.ctrl();
         if ticket.deadline.is_none()
             && ctrl.throttle.is_none()
             && (ticket.key.is_none() || ctrl.rate.is_none())
@@ -88,7 +83,7 @@ impl<S: Clone, P> Clone for Admission<S, P> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            ctrl: self.ctrl.clone(),
+            shards: self.shards.clone(),
             prioritizer: self.prioritizer.clone(),
             mode: self.mode,
         }
@@ -125,13 +120,15 @@ where
 
     fn call(&mut self, req: R) -> Self::Future {
         let ticket = self.prioritizer.prioritize(&req);
-        let class = self.ctrl.class_of(ticket.class);
+        let shard = self.shards.local();
+        let class = shard.class_of(ticket.class);
         let now = match self.precheck(class, &ticket) {
             Ok(now) => now,
             Err(rejected) => return ResponseFuture::rejected(rejected),
         };
-        if self.ctrl.try_fast(class) {
-            let started = if ticket.deadline.is_some() || self.ctrl.wants_latency() {
+        if shard.try_fast(class) {
+            shard.count_admitted(class);
+            let started = if ticket.deadline.is_some() || shard.wants_latency() {
                 Some(now.unwrap_or_else(Instant::now))
             } else {
                 None
@@ -139,11 +136,11 @@ where
             return self.admitted(class, req, started);
         }
         let now = now.unwrap_or_else(Instant::now);
-        match self.ctrl.enqueue(class, ticket.deadline, now) {
+        match shard.enqueue(class, ticket.deadline, now) {
             Enqueued::Granted => self.admitted(class, req, Some(now)),
             Enqueued::Rejected(rejected) => ResponseFuture::rejected(rejected),
             Enqueued::Waiting(id, expires, reason) => {
-                let waiter = Waiter::new(self.ctrl.clone(), id);
+                let waiter = Waiter::new(shard.clone(), id);
                 let (svc, readied) = match self.mode {
                     // Keep the instance the caller readied for when the request is admitted;
                     // this service goes on with a fresh (unready) clone.
@@ -170,7 +167,7 @@ impl<S, P> Admission<S, P> {
     where
         S: Service<R> + Clone,
     {
-        let permit = Permit::new(self.ctrl.clone(), class, started);
+        let permit = Permit::new(self.shards.local().clone(), class, started);
         match self.mode {
             ReadyMode::Inner => ResponseFuture::running(self.inner.call(req), permit),
             ReadyMode::Always => ResponseFuture::readying(self.inner.clone(), req, permit),
