@@ -235,7 +235,8 @@ async fn drive(setup: Setup, ops: Vec<Op>) {
         .with_weigher(|r: &Req| u64::from(r.1 % 8));
     if setup.deadlines {
         layer = layer.with_deadline(move |r: &Req| {
-            r.1.is_multiple_of(3).then(|| base + Duration::from_millis(u64::from(r.1)))
+            r.1.is_multiple_of(3)
+                .then(|| base + Duration::from_millis(u64::from(r.1)))
         });
     }
     if setup.folding {
