@@ -152,29 +152,37 @@ impl Common {
 }
 
 /// The state of one endpoint. See the module's ground rules.
+///
+/// `repr(C)` keeps the fields every request reads or writes together at the start of one
+/// cache line (the struct is line-aligned), and the rarely written ones after them, so two
+/// threads sharing an endpoint move one line per request, not three.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub(crate) struct Core {
-    pub(crate) id: u64,
-    pub(crate) common: Arc<Common>,
-    weight: AtomicU64,
+    // Written by every request.
     pub(crate) in_flight: AtomicUsize,
-    pub(crate) removed: AtomicBool,
     rtt: AtomicU64,
     rtt_at: AtomicU64,
+    pub(crate) successes: AtomicU64,
+    // Read by every pick.
+    weight: AtomicU64,
+    pub(crate) ejected_until: AtomicU64,
+    pub(crate) common: Arc<Common>,
+    pub(crate) removed: AtomicBool,
+    pub(crate) healthy: AtomicBool,
+    consecutive: AtomicU32,
+    // Written on failures, cancellations, checks and sweeps.
     fail: AtomicU64,
     fail_at: AtomicU64,
-    consecutive: AtomicU32,
-    pub(crate) started: AtomicU64,
-    pub(crate) successes: AtomicU64,
+    ramp_from: AtomicU64,
     pub(crate) failures: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
     swept_successes: AtomicU64,
     swept_failures: AtomicU64,
-    pub(crate) ejected_until: AtomicU64,
     pub(crate) ejections: AtomicU32,
-    pub(crate) healthy: AtomicBool,
     checks_passed: AtomicU32,
     checks_failed: AtomicU32,
-    ramp_from: AtomicU64,
+    pub(crate) id: u64,
 }
 
 impl Core {
@@ -195,7 +203,7 @@ impl Core {
             fail: AtomicU64::new(0f64.to_bits()),
             fail_at: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
-            started: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             swept_successes: AtomicU64::new(0),
@@ -261,12 +269,26 @@ impl Core {
         f * self.decay(now.saturating_sub(at), self.common.failure_decay_ns)
     }
 
+    /// `e^(-elapsed / tau)`, with a series for the short gaps between requests (most calls):
+    /// its error there is below 2e-10, and it costs a few multiplications instead of `exp`.
     fn decay(&self, elapsed: u64, tau: f64) -> f64 {
-        if elapsed == 0 {
-            1.0
+        let x = elapsed as f64 / tau;
+        if x < 1e-3 {
+            1.0 - x + 0.5 * x * x
+        } else if x > 64.0 {
+            0.0
         } else {
-            (-(elapsed as f64) / tau).exp()
+            (-x).exp()
         }
+    }
+
+    /// Requests sent to the endpoint: finished, cancelled or in flight.
+    pub(crate) fn requests(&self) -> u64 {
+        // Relaxed: statistics only.
+        self.successes.load(Ordering::Relaxed)
+            + self.failures.load(Ordering::Relaxed)
+            + self.cancelled.load(Ordering::Relaxed)
+            + self.in_flight() as u64
     }
 
     /// The share of its weight the endpoint has at `now` (slow start), in `(0, 1]`.
@@ -312,8 +334,6 @@ impl Core {
             self.release();
             return false;
         }
-        // Relaxed: statistics only.
-        self.started.fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -405,6 +425,7 @@ impl Core {
             Outcome::Ignored => {
                 // A cancelled request took at least this long.
                 self.sample_latency(now, rtt, true);
+                self.cancelled.fetch_add(1, Ordering::Relaxed);
                 false
             }
         }

@@ -27,9 +27,9 @@ impl InFlight {
         &self.core
     }
 
-    /// Marks the request as sent now.
-    pub(crate) fn start(&mut self) {
-        self.start = Some(self.core.common.now());
+    /// Marks the request as sent at `now`.
+    pub(crate) fn start(&mut self, now: u64) {
+        self.start = Some(now);
     }
 
     /// Records the outcome of the request and gives the slot back.

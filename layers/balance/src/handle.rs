@@ -50,7 +50,7 @@ pub struct EndpointStats<K> {
     pub weight: f64,
     /// Its weight after slow start.
     pub effective_weight: f64,
-    /// Requests sent to it since it joined.
+    /// Requests sent to it since it joined (finished, cancelled or in flight).
     pub requests: u64,
     /// Its share of the requests sent to the endpoints listed, in `[0, 1]`.
     pub share: f64,
@@ -216,7 +216,7 @@ impl<K: PartialEq + Clone, S> BalanceHandle<K, S> {
                     in_flight: c.in_flight(),
                     weight: c.weight(),
                     effective_weight: c.weight() * c.ramp(now),
-                    requests: load(&c.started),
+                    requests: c.requests(),
                     share: 0.0,
                     successes: load(&c.successes),
                     failures: load(&c.failures),

@@ -37,6 +37,9 @@ struct Slot<S> {
     inflight: InFlight,
     service: S,
     ready: bool,
+    /// When the endpoint was picked, if its service was ready at once: then `call` uses it as
+    /// the start time rather than read the clock again.
+    picked_at: Option<u64>,
 }
 
 /// A latency-aware balancer over a changing set of endpoints keyed by `K`, each served by a
@@ -265,12 +268,15 @@ where
                     }
                     Poll::Ready(Err(e)) => {
                         if let Some(mut slot) = self.slot.take() {
-                            slot.inflight.start();
+                            slot.inflight.start(self.shared.fleet.common.now());
                             slot.inflight.complete(tollgate_core::Outcome::Failure);
                         }
                         Poll::Ready(Err(e.into()))
                     }
-                    Poll::Pending => Poll::Pending,
+                    Poll::Pending => {
+                        slot.picked_at = None;
+                        Poll::Pending
+                    }
                 };
             }
             let fleet = &self.shared.fleet;
@@ -286,6 +292,7 @@ where
                     inflight: InFlight::reserved(ep.core.clone()),
                     service: ep.service.clone(),
                     ready: false,
+                    picked_at: Some(now),
                 });
             }
             // Otherwise it was removed after we loaded the set: load again.
@@ -302,9 +309,10 @@ where
         let Slot {
             mut inflight,
             mut service,
+            picked_at,
             ..
         } = slot.expect("poll_ready must succeed before call");
-        inflight.start();
+        inflight.start(picked_at.unwrap_or_else(|| self.shared.fleet.common.now()));
         ResponseFuture::new(service.call(req), inflight, self.classify.clone())
     }
 }

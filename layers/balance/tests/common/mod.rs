@@ -32,7 +32,8 @@ impl Backend {
     }
 
     pub fn set_latency(&self, latency: Duration) {
-        self.latency_us.store(latency.as_micros() as u64, Ordering::SeqCst);
+        self.latency_us
+            .store(latency.as_micros() as u64, Ordering::SeqCst);
     }
 
     pub fn set_failing(&self, failing: bool) {
