@@ -4,7 +4,7 @@
 //!
 //! - `in_flight` and `removed` form a Dekker pair: a picker increments `in_flight` and then
 //!   reads `removed`; the writer that removes the endpoint sets `removed` and then reads
-//!   `in_flight` (both `SeqCst`). So either the picker sees the removal and backs out, or the
+//!   `in_flight`, each side with a `SeqCst` fence between its write and its read. So either the picker sees the removal and backs out, or the
 //!   writer sees the reservation and keeps the endpoint draining until it is given back. A
 //!   removed endpoint that was once seen with nothing in flight never gets a new request.
 //! - The latency and failure-rate estimates, counters and slow-start start are statistics:
@@ -19,7 +19,7 @@
 //! arithmetic here is pure and runs under loom and the fuzzer without a clock.
 
 use crate::config::{BalanceConfig, HealthConfig, OutlierConfig};
-use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use crate::sync::{Arc, Mutex, lock};
 use tokio::time::Instant;
 use tollgate_core::Outcome;
@@ -242,7 +242,7 @@ impl Core {
 
     /// Requests reserved or running.
     pub(crate) fn in_flight(&self) -> usize {
-        // Relaxed: statistics only (the drain check uses its own SeqCst load).
+        // Relaxed: statistics only (the drain check has its own fence and Acquire load).
         self.in_flight.load(Ordering::Relaxed)
     }
 
@@ -327,10 +327,15 @@ impl Core {
 
     /// Takes a slot for a new request unless the endpoint was removed; see the ground rules.
     pub(crate) fn reserve(&self) -> bool {
-        // SeqCst: pairs with the SeqCst store of `removed` and load of `in_flight` in
-        // `Fleet::remove`/`Fleet::prune`: either we see the removal or the writer sees us.
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        if self.removed.load(Ordering::SeqCst) {
+        // Relaxed increment, then a SeqCst fence: pairs with the fence between the store of
+        // `removed` and the load of `in_flight` in `Fleet::retire`/`Fleet::prune`. Of two
+        // "write; fence; read" sequences, at least one read sees the other's write, so either
+        // we see the removal or the writer sees our slot. (Fences rather than SeqCst accesses:
+        // the same guarantee, and the form loom checks.)
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence above.
+        if self.removed.load(Ordering::Relaxed) {
             self.release();
             return false;
         }
@@ -339,7 +344,7 @@ impl Core {
 
     /// Gives back a slot taken by `reserve`.
     pub(crate) fn release(&self) {
-        // Release: pairs with the SeqCst load in `Fleet::prune`; whoever sees the endpoint
+        // Release: pairs with the Acquire load in `Fleet::prune`; whoever sees the endpoint
         // drained also sees everything this request did to it.
         self.in_flight.fetch_sub(1, Ordering::Release);
     }

@@ -11,7 +11,7 @@
 //!   flight on it.
 
 use crate::endpoint::{Common, Core, Endpoint};
-use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicU64, Ordering, fence};
 use crate::sync::{Arc, Mutex, lock};
 use std::fmt;
 
@@ -152,18 +152,21 @@ impl<K: PartialEq, S> Fleet<K, S> {
     /// Marks endpoints that just left the snapshot as removed and keeps them draining.
     fn retire(&self, w: &mut Writer<K, S>, gone: Vec<Arc<Endpoint<K, S>>>) {
         for ep in gone {
-            // SeqCst: pairs with the SeqCst `in_flight` increment and `removed` load in
+            // Relaxed: ordered by the fence in `prune`, which pairs with the one in
             // `Core::reserve` (see the endpoint ground rules).
-            ep.core.removed.store(true, Ordering::SeqCst);
+            ep.core.removed.store(true, Ordering::Relaxed);
             w.draining.push(ep);
         }
         Self::prune(w);
     }
 
     fn prune(w: &mut Writer<K, S>) {
-        // SeqCst: pairs with `Core::reserve`; a drained endpoint is never reserved again.
+        // SeqCst fence: pairs with the fence in `Core::reserve`, after our store of `removed`
+        // (in `retire`, or an earlier call): a drained endpoint is never reserved again.
+        fence(Ordering::SeqCst);
+        // Acquire: pairs with the Release decrement in `Core::release`.
         w.draining
-            .retain(|ep| ep.core.in_flight.load(Ordering::SeqCst) > 0);
+            .retain(|ep| ep.core.in_flight.load(Ordering::Acquire) > 0);
     }
 
     /// Adds an endpoint, or replaces the one with the same key (which then drains).

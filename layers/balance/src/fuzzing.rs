@@ -118,14 +118,20 @@ struct Held {
 
 /// Runs one fuzz input. Panics when an invariant breaks.
 pub fn run(data: &[u8]) {
+    run_counted(data);
+}
+
+/// [`run`], returning how many requests were routed (so a corpus can be checked to exercise
+/// routing at all).
+pub fn run_counted(data: &[u8]) -> usize {
     let mut u = Unstructured::new(data);
-    let Ok(ops) = build(&mut u) else { return };
+    let Ok(ops) = build(&mut u) else { return 0 };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a current-thread runtime");
-    rt.block_on(drive(ops.0, ops.1));
+    rt.block_on(drive(ops.0, ops.1))
 }
 
 fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<(BalanceConfig, Vec<Op>)> {
@@ -150,7 +156,7 @@ fn build(u: &mut Unstructured<'_>) -> arbitrary::Result<(BalanceConfig, Vec<Op>)
     Ok((c, ops))
 }
 
-async fn drive(config: BalanceConfig, ops: Vec<Op>) {
+async fn drive(config: BalanceConfig, ops: Vec<Op>) -> usize {
     let cap_share = config.outlier.max_ejection_share;
     let max = config.outlier.max_ejection_time;
     let (h_bad, h_good) = (
@@ -161,6 +167,7 @@ async fn drive(config: BalanceConfig, ops: Vec<Op>) {
     let handle = balance.handle();
     let called = Arc::new(Mutex::new(None));
     let mut held: Vec<Held> = Vec::new();
+    let mut routed = 0;
 
     for op in ops {
         let ejected_before = handle.ejected();
@@ -181,6 +188,7 @@ async fn drive(config: BalanceConfig, ops: Vec<Op>) {
             Op::Start => {
                 let (tx, rx) = oneshot::channel();
                 if let Some(fut) = pick(&mut balance, &handle, &called, rx) {
+                    routed += 1;
                     held.push(Held {
                         key: fut.0,
                         tx: Some(tx),
@@ -231,6 +239,7 @@ async fn drive(config: BalanceConfig, ops: Vec<Op>) {
             "still draining with nothing in flight"
         );
     }
+    routed
 }
 
 /// Readies the balancer and sends `rx`; checks where it went.
