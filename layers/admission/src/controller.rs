@@ -2,7 +2,7 @@
 //!
 //! # Ground rules
 //!
-//! - `word` holds the number of requests in flight (low 32 bits) and the `WAITERS` flag
+//! - `hot.word` holds the number of requests in flight (low 32 bits) and the `WAITERS` flag
 //!   (bit 63), set while any request is queued. Every decision about a slot is made from the
 //!   result of one read-modify-write of this word, and those are totally ordered, so each may
 //!   be `Relaxed`: no other memory is published through the word (the queues live under the
@@ -43,7 +43,7 @@ const LATENCY_ALPHA: f64 = 0.1;
 /// Where the limit comes from; the fixed case avoids a virtual call on the fast path.
 #[derive(Debug)]
 pub(crate) enum LimitSource {
-    Fixed(Arc<FixedLimit>),
+    Fixed(usize),
     Dynamic(Arc<dyn Capacity>),
 }
 
@@ -54,11 +54,20 @@ pub(crate) struct ClassInfo {
     pub(crate) reserved: usize,
 }
 
+/// What the fast path reads and writes, on one cache line.
+#[derive(Debug)]
+pub(crate) struct Hot {
+    /// In flight (low 32 bits) and `WAITERS`; see the ground rules.
+    pub(crate) word: AtomicU64,
+    /// The fixed limit (unused with a dynamic capacity).
+    fixed: FixedLimit,
+}
+
 /// The state every clone of the service, every response future and the handle share.
 #[derive(Debug)]
 pub(crate) struct Controller {
-    pub(crate) word: CachePadded<AtomicU64>,
-    limit: LimitSource,
+    pub(crate) hot: CachePadded<Hot>,
+    dynamic: Option<Arc<dyn Capacity>>,
     wants_latency: bool,
     pub(crate) classes: Box<[ClassInfo]>,
     /// Whether any class has a reservation, so `class_in_flight` must be kept.
@@ -77,14 +86,17 @@ impl Controller {
     /// Builds the state for a validated config.
     pub(crate) fn new(config: &AdmissionConfig, limit: LimitSource) -> Self {
         let n = config.classes.len();
-        let wants_latency = match &limit {
-            LimitSource::Fixed(_) => false,
-            LimitSource::Dynamic(c) => c.wants_latency(),
+        let (fixed, dynamic) = match limit {
+            LimitSource::Fixed(n) => (n, None),
+            LimitSource::Dynamic(c) => (1, Some(c)),
         };
         Self {
-            word: CachePadded::new(AtomicU64::new(0)),
-            limit,
-            wants_latency,
+            hot: CachePadded::new(Hot {
+                word: AtomicU64::new(0),
+                fixed: FixedLimit::new(fixed),
+            }),
+            wants_latency: dynamic.as_ref().is_some_and(|c| c.wants_latency()),
+            dynamic,
             classes: config
                 .classes
                 .iter()
@@ -111,90 +123,22 @@ impl Controller {
         }
     }
 
-    /// The class index for a prioritizer's answer: past the last class means the last.
-    #[inline]
-    pub(crate) fn class_of(&self, class: usize) -> usize {
-        class.min(self.classes.len() - 1)
-    }
-
     #[inline]
     pub(crate) fn limit(&self) -> usize {
-        match &self.limit {
-            LimitSource::Fixed(f) => f.limit(),
-            LimitSource::Dynamic(c) => c.limit().max(1),
+        match &self.dynamic {
+            None => self.hot.fixed.limit(),
+            Some(c) => c.limit().max(1),
         }
     }
 
     pub(crate) fn fixed(&self) -> Option<&FixedLimit> {
-        match &self.limit {
-            LimitSource::Fixed(f) => Some(f),
-            LimitSource::Dynamic(_) => None,
-        }
-    }
-
-    /// Whether admitted requests should carry their start time.
-    #[inline]
-    pub(crate) fn wants_latency(&self) -> bool {
-        self.wants_latency
+        self.dynamic.is_none().then_some(&self.hot.fixed)
     }
 
     /// Requests in flight now.
     pub(crate) fn in_flight(&self) -> usize {
         // Relaxed: see the ground rules; this is a reading for statistics.
-        (self.word.load(Ordering::Relaxed) & COUNT) as usize
-    }
-
-    /// Takes a slot if nobody is queued and the limit allows. Never waits. The caller counts
-    /// the admission in its [`Shard`].
-    #[inline]
-    pub(crate) fn try_fast(&self, class: usize) -> bool {
-        // Relaxed (all accesses to `word`): see the ground rules in the module docs.
-        let mut w = self.word.load(Ordering::Relaxed);
-        loop {
-            if w & WAITERS != 0 || (w & COUNT) as usize >= self.limit() {
-                return false;
-            }
-            match self
-                .word
-                .compare_exchange_weak(w, w + 1, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(actual) => w = actual,
-            }
-        }
-        if self.track {
-            // Relaxed: reservations are approximate by one request, see the ground rules.
-            self.class_in_flight[class].fetch_add(1, Ordering::Relaxed);
-        }
-        true
-    }
-
-    /// Gives back a slot taken by `try_fast` or granted from a queue.
-    #[inline]
-    pub(crate) fn release(&self, class: usize, started: Option<Instant>, outcome: Outcome) {
-        if self.track {
-            // Relaxed: see `try_fast`.
-            self.class_in_flight[class].fetch_sub(1, Ordering::Relaxed);
-        }
-        // Relaxed: see the ground rules.
-        let prev = self.word.fetch_sub(1, Ordering::Relaxed);
-        let mut now = None;
-        if prev & WAITERS != 0 {
-            let t = Instant::now();
-            now = Some(t);
-            let mut slow = self.lock();
-            self.dispatch(&mut slow, t);
-        }
-        let latency = started.map(|s| {
-            now.unwrap_or_else(Instant::now)
-                .saturating_duration_since(s)
-        });
-        if let Some(l) = latency {
-            self.latency_ns.update(l.as_nanos() as f64, LATENCY_ALPHA);
-        }
-        if let LimitSource::Dynamic(c) = &self.limit {
-            c.on_release(latency, outcome);
-        }
+        (self.hot.word.load(Ordering::Relaxed) & COUNT) as usize
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Slow> {
@@ -280,18 +224,110 @@ impl Controller {
 /// every core on every request; each thread instead clones the handle of its own shard
 /// ([`shard_index`]), whose count and admission counters no other core touches while there are
 /// no more threads than shards.
+///
+/// The shard also keeps copies of the controller's settings that the fast path reads, so a
+/// request touches only its shard's line and the controller's hot line.
 #[derive(Debug)]
 pub(crate) struct Shard {
     ctrl: Arc<Controller>,
+    pub(crate) flags: Flags,
     admitted: Box<[AtomicU64]>,
 }
 
+/// Settings the fast path reads, copied into each shard.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Flags {
+    /// Some class has a reservation: keep `class_in_flight`.
+    pub(crate) track: bool,
+    /// The limit comes from a `Capacity`.
+    pub(crate) dynamic: bool,
+    /// Admitted requests carry their start time (the capacity wants latencies).
+    pub(crate) wants_latency: bool,
+    /// A rate limit or throttle is configured.
+    pub(crate) prechecks: bool,
+    /// Throttling is configured.
+    pub(crate) throttle: bool,
+    /// The lowest class's index.
+    pub(crate) last_class: usize,
+}
+
 impl Shard {
-    /// Counts a request of `class` admitted by the fast path.
+    /// The class index for a prioritizer's answer: past the last class means the last.
     #[inline]
-    pub(crate) fn count_admitted(&self, class: usize) {
+    pub(crate) fn class_of(&self, class: usize) -> usize {
+        class.min(self.flags.last_class)
+    }
+
+    /// Takes a slot if nobody is queued and the limit allows, and counts the admission. Never
+    /// waits.
+    #[inline]
+    pub(crate) fn try_fast(&self, class: usize) -> bool {
+        let hot = &self.ctrl.hot;
+        // Relaxed (all accesses to `word`): see the ground rules in the module docs.
+        let mut w = hot.word.load(Ordering::Relaxed);
+        loop {
+            let limit = if self.flags.dynamic {
+                self.ctrl.limit()
+            } else {
+                hot.fixed.limit()
+            };
+            if w & WAITERS != 0 || (w & COUNT) as usize >= limit {
+                return false;
+            }
+            match hot
+                .word
+                .compare_exchange_weak(w, w + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(actual) => w = actual,
+            }
+        }
+        if self.flags.track {
+            // Relaxed: reservations are approximate by one request, see the ground rules.
+            self.ctrl.class_in_flight[class].fetch_add(1, Ordering::Relaxed);
+        }
         // Relaxed: statistics only.
         self.admitted[class].fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Gives back a slot taken by `try_fast` or granted from a queue.
+    #[inline]
+    pub(crate) fn release(&self, class: usize, started: Option<Instant>, outcome: Outcome) {
+        let ctrl = &*self.ctrl;
+        if self.flags.track {
+            // Relaxed: see `try_fast`.
+            ctrl.class_in_flight[class].fetch_sub(1, Ordering::Relaxed);
+        }
+        // Relaxed: see the ground rules.
+        let prev = ctrl.hot.word.fetch_sub(1, Ordering::Relaxed);
+        if prev & WAITERS == 0 && started.is_none() && !self.flags.dynamic {
+            return;
+        }
+        ctrl.released(prev & WAITERS != 0, started, outcome);
+    }
+}
+
+impl Controller {
+    /// The slow part of a release: dispatch to waiters, learn the latency, tell the capacity.
+    #[cold]
+    fn released(&self, waiters: bool, started: Option<Instant>, outcome: Outcome) {
+        let now = (waiters || started.is_some()).then(Instant::now);
+        if let Some(now) = now
+            && waiters
+        {
+            let mut slow = self.lock();
+            self.dispatch(&mut slow, now);
+        }
+        let latency = started
+            .zip(now)
+            .map(|(s, n)| n.saturating_duration_since(s));
+        if let Some(l) = latency {
+            self.latency_ns.update(l.as_nanos() as f64, LATENCY_ALPHA);
+        }
+        if let Some(c) = &self.dynamic {
+            c.on_release(latency, outcome);
+        }
     }
 }
 
@@ -321,6 +357,14 @@ impl Shards {
         let list = (0..shard_count())
             .map(|_| {
                 Arc::new(CachePadded::new(Shard {
+                    flags: Flags {
+                        track: ctrl.track,
+                        dynamic: ctrl.dynamic.is_some(),
+                        wants_latency: ctrl.wants_latency,
+                        prechecks: ctrl.rate.is_some() || ctrl.throttle.is_some(),
+                        throttle: ctrl.throttle.is_some(),
+                        last_class: n - 1,
+                    },
                     ctrl: ctrl.clone(),
                     admitted: (0..n).map(|_| AtomicU64::new(0)).collect(),
                 }))

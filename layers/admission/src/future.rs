@@ -45,7 +45,9 @@ impl Permit {
         } else {
             Outcome::Failure
         };
-        if let Some(t) = &self.ctrl.throttle {
+        if self.ctrl.flags.throttle
+            && let Some(t) = &self.ctrl.throttle
+        {
             // An answer that is not an overload rejection counts as accepted by the backend.
             let accepted = match result {
                 Ok(_) => true,
@@ -124,16 +126,10 @@ enum State<S, R, F> {
     Rejected {
         error: Option<Rejected>,
     },
+    /// Boxed: only requests that wait pay for the timer and the parked request, and the
+    /// future stays small on the fast path.
     Queued {
-        waiter: Option<Waiter>,
-        svc: Option<S>,
-        req: Option<R>,
-        class: usize,
-        /// Whether `svc` was readied by the caller's `poll_ready` (ready mode `Inner`).
-        readied: bool,
-        reason: Reason,
-        #[pin]
-        timer: Sleep,
+        queued: Pin<Box<Queued<S, R>>>,
     },
     Readying {
         svc: S,
@@ -146,6 +142,19 @@ enum State<S, R, F> {
         permit: Option<Permit>,
     },
     Done,
+}
+
+#[pin_project]
+struct Queued<S, R> {
+    waiter: Option<Waiter>,
+    svc: Option<S>,
+    req: Option<R>,
+    class: usize,
+    /// Whether `svc` was readied by the caller's `poll_ready` (ready mode `Inner`).
+    readied: bool,
+    reason: Reason,
+    #[pin]
+    timer: Sleep,
 }
 
 impl<S, R> ResponseFuture<S, R>
@@ -178,7 +187,6 @@ where
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn queued(
         waiter: Waiter,
         svc: S,
@@ -188,15 +196,18 @@ where
         expires: Instant,
         reason: Reason,
     ) -> Self {
+        let queued = Queued {
+            waiter: Some(waiter),
+            svc: Some(svc),
+            req: Some(req),
+            class,
+            readied,
+            reason,
+            timer: tokio::time::sleep_until(expires),
+        };
         Self {
             state: State::Queued {
-                waiter: Some(waiter),
-                svc: Some(svc),
-                req: Some(req),
-                class,
-                readied,
-                reason,
-                timer: tokio::time::sleep_until(expires),
+                queued: Box::pin(queued),
             },
         }
     }
@@ -220,15 +231,11 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(Err(e.into()));
                 }
-                StateProj::Queued {
-                    waiter,
-                    svc,
-                    req,
-                    class,
-                    readied,
-                    reason,
-                    timer,
-                } => {
+                StateProj::Queued { queued } => {
+                    let q = queued.as_mut().project();
+                    let (waiter, svc, req, class, readied, reason, timer) = (
+                        q.waiter, q.svc, q.req, q.class, q.readied, q.reason, q.timer,
+                    );
                     let w = waiter.as_ref().expect("a queued future holds its waiter");
                     let res = match w.ctrl().poll_waiter(w.id, cx) {
                         Poll::Ready(r) => r,

@@ -1,6 +1,6 @@
 //! The admission layer.
 
-use crate::capacity::{Capacity, FixedLimit};
+use crate::capacity::Capacity;
 use crate::classify::OneClass;
 use crate::config::{AdmissionConfig, ReadyMode};
 use crate::controller::{Controller, LimitSource, Shards};
@@ -29,7 +29,7 @@ impl AdmissionLayer<OneClass> {
     /// The config's first invalid field, from [`AdmissionConfig::validate`].
     pub fn new(config: AdmissionConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let limit = LimitSource::Fixed(Arc::new(FixedLimit::new(config.limit)));
+        let limit = LimitSource::Fixed(config.limit);
         Ok(Self::build(&config, limit))
     }
 

@@ -103,6 +103,9 @@ mod config;
 mod controller;
 mod error;
 mod future;
+#[cfg(any(fuzzing, feature = "fuzzing"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
+pub mod fuzzing;
 mod handle;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

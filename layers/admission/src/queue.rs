@@ -201,7 +201,7 @@ impl Controller {
     pub(crate) fn dispatch(&self, slow: &mut Slow, now: Instant) {
         loop {
             // Relaxed: see the ground rules in the controller.
-            let in_flight = (self.word.load(Ordering::Relaxed) & COUNT) as usize;
+            let in_flight = (self.hot.word.load(Ordering::Relaxed) & COUNT) as usize;
             if slow.queued == 0 || in_flight >= self.limit() {
                 break;
             }
@@ -222,7 +222,7 @@ impl Controller {
             }
             let waited = now.saturating_duration_since(slot.enqueued);
             // Relaxed: see the ground rules; only lock holders raise the count while WAITERS is set.
-            self.word.fetch_add(1, Ordering::Relaxed);
+            self.hot.word.fetch_add(1, Ordering::Relaxed);
             if self.track {
                 // Relaxed: see `pick`.
                 self.class_in_flight[c].fetch_add(1, Ordering::Relaxed);
@@ -235,7 +235,7 @@ impl Controller {
         }
         if slow.queued == 0 {
             // Relaxed: see the ground rules; cleared only under the lock.
-            self.word.fetch_and(!WAITERS, Ordering::Relaxed);
+            self.hot.word.fetch_and(!WAITERS, Ordering::Relaxed);
         }
     }
 
@@ -254,7 +254,8 @@ impl Controller {
             // only after it took the lock): serve them first, then take a free slot directly.
             self.dispatch(&mut slow, now);
             // Relaxed: see the ground rules.
-            if slow.queued == 0 && (self.word.load(Ordering::Relaxed) & COUNT) < self.limit() as u64
+            if slow.queued == 0
+                && (self.hot.word.load(Ordering::Relaxed) & COUNT) < self.limit() as u64
             {
                 return self.grant_direct(&mut slow, class);
             }
@@ -272,7 +273,7 @@ impl Controller {
         cq.q.push_back(i);
         slow.queued += 1;
         // Relaxed: see the ground rules; set only under the lock.
-        self.word.fetch_or(WAITERS, Ordering::Relaxed);
+        self.hot.word.fetch_or(WAITERS, Ordering::Relaxed);
         self.dispatch(&mut slow, now);
         if slow.slots[i as usize].state == SlotState::Granted {
             slow.release_slot(i);
@@ -303,7 +304,7 @@ impl Controller {
 
     fn grant_direct(&self, slow: &mut Slow, class: usize) -> Enqueued {
         // Relaxed: see the ground rules; the caller holds the lock and nobody waits.
-        self.word.fetch_add(1, Ordering::Relaxed);
+        self.hot.word.fetch_add(1, Ordering::Relaxed);
         if self.track {
             // Relaxed: see `pick`.
             self.class_in_flight[class].fetch_add(1, Ordering::Relaxed);
@@ -398,7 +399,7 @@ impl Controller {
             self.count_rejection(class, reason);
             if slow.queued == 0 {
                 // Relaxed: see the ground rules; cleared only under the lock.
-                self.word.fetch_and(!WAITERS, Ordering::Relaxed);
+                self.hot.word.fetch_and(!WAITERS, Ordering::Relaxed);
             }
         }
         drop(slow);
@@ -423,7 +424,7 @@ impl Controller {
                 slow.release_slot(id.slot);
                 if slow.queued == 0 {
                     // Relaxed: see the ground rules; cleared only under the lock.
-                    self.word.fetch_and(!WAITERS, Ordering::Relaxed);
+                    self.hot.word.fetch_and(!WAITERS, Ordering::Relaxed);
                 }
             }
             SlotState::Granted => {
@@ -433,7 +434,7 @@ impl Controller {
                     self.class_in_flight[class].fetch_sub(1, Ordering::Relaxed);
                 }
                 // Relaxed: see the ground rules.
-                self.word.fetch_sub(1, Ordering::Relaxed);
+                self.hot.word.fetch_sub(1, Ordering::Relaxed);
                 self.dispatch(&mut slow, Instant::now());
             }
             SlotState::Rejected(_) => slow.release_slot(id.slot),

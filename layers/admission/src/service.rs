@@ -2,7 +2,7 @@
 
 use crate::classify::{OneClass, Prioritize, Ticket};
 use crate::config::ReadyMode;
-use crate::controller::Shards;
+use crate::controller::{Controller, ShardRef, Shards};
 use crate::error::{Reason, Rejected};
 use crate::future::{Permit, ResponseFuture, Waiter};
 use crate::queue::Enqueued;
@@ -46,35 +46,30 @@ impl<S, P> Admission<S, P> {
     pub fn into_inner(self) -> S {
         self.inner
     }
+}
 
-    /// Checks that need no capacity: deadline, rate limit, throttle.
-    fn precheck(&self, class: usize, ticket: &Ticket) -> Result<Option<Instant>, Rejected> {
-        let ctrl = self.shards.ctrl();
-        if ticket.deadline.is_none()
-            && ctrl.throttle.is_none()
-            && (ticket.key.is_none() || ctrl.rate.is_none())
-        {
-            return Ok(None);
-        }
-        let now = Instant::now();
-        if let Some(d) = ticket.deadline
-            && ctrl.unmeetable(d, now)
-        {
-            return Err(ctrl.reject(class, Reason::Deadline, None));
-        }
-        if let (Some(rate), Some(key)) = (&ctrl.rate, ticket.key)
-            && let Err(wait) = rate.check(key)
-        {
-            return Err(ctrl.reject(class, Reason::RateLimited, Some(wait)));
-        }
-        if let Some(t) = &ctrl.throttle
-            && !t.admit(now)
-        {
-            let hint = ctrl.retry_hint(0);
-            return Err(ctrl.reject(class, Reason::Throttled, Some(hint)));
-        }
-        Ok(Some(now))
+/// Checks that need no capacity: deadline, rate limit, throttle. Returns the time it read.
+#[cold]
+fn precheck(shard: &ShardRef, class: usize, ticket: &Ticket) -> Result<Instant, Rejected> {
+    let ctrl: &Controller = shard;
+    let now = Instant::now();
+    if let Some(d) = ticket.deadline
+        && ctrl.unmeetable(d, now)
+    {
+        return Err(ctrl.reject(class, Reason::Deadline, None));
     }
+    if let (Some(rate), Some(key)) = (&ctrl.rate, ticket.key)
+        && let Err(wait) = rate.check(key)
+    {
+        return Err(ctrl.reject(class, Reason::RateLimited, Some(wait)));
+    }
+    if let Some(t) = &ctrl.throttle
+        && !t.admit(now)
+    {
+        let hint = ctrl.retry_hint(0);
+        return Err(ctrl.reject(class, Reason::Throttled, Some(hint)));
+    }
+    Ok(now)
 }
 
 impl<S: Clone, P> Clone for Admission<S, P> {
@@ -122,22 +117,34 @@ where
         let ticket = self.prioritizer.prioritize(&req);
         let shard = self.shards.local();
         let class = shard.class_of(ticket.class);
-        let now = match self.precheck(class, &ticket) {
-            Ok(now) => now,
-            Err(rejected) => return ResponseFuture::rejected(rejected),
-        };
+        let mut now = None;
+        if shard.flags.prechecks || ticket.deadline.is_some() {
+            match precheck(shard, class, &ticket) {
+                Ok(t) => now = Some(t),
+                Err(rejected) => return ResponseFuture::rejected(rejected),
+            }
+        }
         if shard.try_fast(class) {
-            shard.count_admitted(class);
-            let started = if ticket.deadline.is_some() || shard.wants_latency() {
+            let started = if ticket.deadline.is_some() || shard.flags.wants_latency {
                 Some(now.unwrap_or_else(Instant::now))
             } else {
                 None
             };
-            return self.admitted(class, req, started);
+            let permit = Permit::new(shard.clone(), class, started);
+            return match self.mode {
+                ReadyMode::Inner => ResponseFuture::running(self.inner.call(req), permit),
+                ReadyMode::Always => ResponseFuture::readying(self.inner.clone(), req, permit),
+            };
         }
         let now = now.unwrap_or_else(Instant::now);
         match shard.enqueue(class, ticket.deadline, now) {
-            Enqueued::Granted => self.admitted(class, req, Some(now)),
+            Enqueued::Granted => {
+                let permit = Permit::new(shard.clone(), class, Some(now));
+                match self.mode {
+                    ReadyMode::Inner => ResponseFuture::running(self.inner.call(req), permit),
+                    ReadyMode::Always => ResponseFuture::readying(self.inner.clone(), req, permit),
+                }
+            }
             Enqueued::Rejected(rejected) => ResponseFuture::rejected(rejected),
             Enqueued::Waiting(id, expires, reason) => {
                 let waiter = Waiter::new(shard.clone(), id);
@@ -152,25 +159,6 @@ where
                 };
                 ResponseFuture::queued(waiter, svc, req, class, readied, expires, reason)
             }
-        }
-    }
-}
-
-impl<S, P> Admission<S, P> {
-    #[inline]
-    fn admitted<R>(
-        &mut self,
-        class: usize,
-        req: R,
-        started: Option<Instant>,
-    ) -> ResponseFuture<S, R>
-    where
-        S: Service<R> + Clone,
-    {
-        let permit = Permit::new(self.shards.local().clone(), class, started);
-        match self.mode {
-            ReadyMode::Inner => ResponseFuture::running(self.inner.call(req), permit),
-            ReadyMode::Always => ResponseFuture::readying(self.inner.clone(), req, permit),
         }
     }
 }
