@@ -8,7 +8,6 @@ use crate::tiers::{RemoteGet, Tiers};
 use pin_project::pin_project;
 use std::fmt;
 use std::future::{Future, poll_fn};
-use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -30,13 +29,10 @@ pub(crate) enum Role<V> {
 /// A miss in progress: what it needs to call the inner service, store the answer and end its
 /// flight. Dropping it (a dropped future, a panic) ends the flight as a failure, so a waiter
 /// takes over.
-pub(crate) struct Miss<S, Req, K, V>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    pub(crate) tiers: Arc<Tiers<K, V>>,
-    pub(crate) key: K,
+pub(crate) struct Miss<S, Req, P: CachePolicy> {
+    pub(crate) tiers: Arc<Tiers<P::Key, P::Value>>,
+    pub(crate) policy: Arc<P>,
+    pub(crate) key: P::Key,
     pub(crate) hash: u64,
     /// The key's invalidation counter before the look-up.
     pub(crate) epoch: u64,
@@ -45,16 +41,12 @@ where
     /// reads L3 first.
     pub(crate) svc: Option<S>,
     /// An expired entry still inside its stale-if-error window.
-    pub(crate) stale: Option<Arc<Entry<V>>>,
-    pub(crate) role: Role<V>,
+    pub(crate) stale: Option<Arc<Entry<P::Value>>>,
+    pub(crate) role: Role<P::Value>,
 }
 
-impl<S, Req, K, V> Miss<S, Req, K, V>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    fn complete(&mut self, value: &V, error: bool) {
+impl<S, Req, P: CachePolicy> Miss<S, Req, P> {
+    fn complete(&mut self, value: &P::Value, error: bool) {
         if let Role::Leader = std::mem::replace(&mut self.role, Role::Alone) {
             let served = self
                 .tiers
@@ -78,7 +70,7 @@ where
         }
     }
 
-    fn stale_for_error(&self, now: Instant) -> Option<&V> {
+    fn stale_for_error(&self, now: Instant) -> Option<&P::Value> {
         self.stale
             .as_ref()
             .filter(|e| e.usable_on_error(now))
@@ -86,11 +78,7 @@ where
     }
 }
 
-impl<S, Req, K, V> Drop for Miss<S, Req, K, V>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
+impl<S, Req, P: CachePolicy> Drop for Miss<S, Req, P> {
     fn drop(&mut self) {
         self.fail();
     }
@@ -98,8 +86,7 @@ where
 
 /// Ends a leader's (or a lone caller's) call: classify, store, share, or fall back to stale.
 pub(crate) fn finish<P, S, Req, Res, E>(
-    policy: &P,
-    miss: &mut Miss<S, Req, P::Key, P::Value>,
+    miss: &mut Miss<S, Req, P>,
     out: Result<Res, E>,
     delta: Duration,
 ) -> Result<Res, E>
@@ -107,6 +94,7 @@ where
     P: CachePolicyFor<Req, Res>,
 {
     let tiers = miss.tiers.clone();
+    let policy = miss.policy.clone();
     let now = Instant::now();
     match out {
         Ok(res) => {
@@ -162,8 +150,9 @@ pub(crate) async fn refresh<P, S, Req>(
         return;
     }
     let epoch = tiers.epoch(hash);
-    let mut miss: Miss<S, Req, _, _> = Miss {
+    let mut miss: Miss<S, Req, P> = Miss {
         tiers: tiers.clone(),
+        policy,
         key,
         hash,
         epoch,
@@ -178,15 +167,14 @@ pub(crate) async fn refresh<P, S, Req>(
     tiers.stats.inner_calls.incr();
     let started = Instant::now();
     let out = svc.call(req).await;
-    let _ = finish(&*policy, &mut miss, out, started.elapsed());
+    let _ = finish(&mut miss, out, started.elapsed());
 }
 
 #[pin_project(project = StateProj, project_replace = StateOwn)]
-enum State<S, Req, K, V>
+enum State<S, Req, P>
 where
     S: Service<Req>,
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    P: CachePolicy,
 {
     Ready {
         res: Option<S::Response>,
@@ -196,19 +184,18 @@ where
         fut: S::Future,
     },
     Remote {
-        miss: Miss<S, Req, K, V>,
-        get: RemoteGet<V>,
+        miss: Box<Miss<S, Req, P>>,
+        get: RemoteGet<P::Value>,
     },
     Call {
-        miss: Miss<S, Req, K, V>,
+        miss: Box<Miss<S, Req, P>>,
         #[pin]
         fut: S::Future,
         started: Instant,
     },
     Wait {
-        miss: Miss<S, Req, K, V>,
-        #[pin]
-        sleep: Sleep,
+        miss: Box<Miss<S, Req, P>>,
+        sleep: Pin<Box<Sleep>>,
     },
     Done,
 }
@@ -220,9 +207,8 @@ where
     S: Service<Req>,
     P: CachePolicy,
 {
-    policy: Arc<P>,
     #[pin]
-    state: State<S, Req, P::Key, P::Value>,
+    state: State<S, Req, P>,
 }
 
 impl<S, Req, P> fmt::Debug for ResponseFuture<S, Req, P>
@@ -250,56 +236,45 @@ where
     S: Service<Req>,
     P: CachePolicy,
 {
-    pub(crate) fn ready(policy: Arc<P>, res: S::Response) -> Self {
+    #[inline]
+    pub(crate) fn ready(res: S::Response) -> Self {
         Self {
-            policy,
             state: State::Ready { res: Some(res) },
         }
     }
 
-    pub(crate) fn pass(policy: Arc<P>, fut: S::Future) -> Self {
+    pub(crate) fn pass(fut: S::Future) -> Self {
         Self {
-            policy,
             state: State::Pass { fut },
         }
     }
 
-    pub(crate) fn remote(
-        policy: Arc<P>,
-        miss: Miss<S, Req, P::Key, P::Value>,
-        get: RemoteGet<P::Value>,
-    ) -> Self {
+    pub(crate) fn remote(miss: Miss<S, Req, P>, get: RemoteGet<P::Value>) -> Self {
         Self {
-            policy,
-            state: State::Remote { miss, get },
-        }
-    }
-
-    pub(crate) fn call(
-        policy: Arc<P>,
-        miss: Miss<S, Req, P::Key, P::Value>,
-        fut: S::Future,
-    ) -> Self {
-        Self {
-            policy,
-            state: State::Call {
-                miss,
-                fut,
-                started: Instant::now(),
+            state: State::Remote {
+                miss: Box::new(miss),
+                get,
             },
         }
     }
 
-    pub(crate) fn wait(
-        policy: Arc<P>,
-        miss: Miss<S, Req, P::Key, P::Value>,
-        timeout: Duration,
-    ) -> Self {
+    pub(crate) fn call(miss: Miss<S, Req, P>, fut: S::Future) -> Self {
+        let started = Instant::now();
         Self {
-            policy,
+            state: State::Call {
+                miss: Box::new(miss),
+                fut,
+                started,
+            },
+        }
+    }
+
+    pub(crate) fn wait(miss: Miss<S, Req, P>, timeout: Duration) -> Self {
+        let sleep = Box::pin(tokio::time::sleep(timeout));
+        Self {
             state: State::Wait {
-                miss,
-                sleep: tokio::time::sleep(timeout),
+                miss: Box::new(miss),
+                sleep,
             },
         }
     }
@@ -336,7 +311,7 @@ where
                 StateProj::Call { miss, fut, started } => {
                     let out = ready!(fut.poll(cx));
                     let delta = started.elapsed();
-                    let res = finish(&**this.policy, miss, out, delta);
+                    let res = finish(&mut **miss, out, delta);
                     this.state.set(State::Done);
                     return Poll::Ready(res);
                 }
@@ -345,7 +320,7 @@ where
                     Some(hit) => {
                         let now = Instant::now();
                         let stored_at = now.checked_sub(hit.age).unwrap_or(now);
-                        let weight = this.policy.weight(&miss.key, &hit.value);
+                        let weight = miss.policy.weight(&miss.key, &hit.value);
                         let entry = miss
                             .tiers
                             .entry(hit.value, hit.life, stored_at, hit.delta, weight, now);
@@ -396,7 +371,7 @@ where
                             Next::Call
                         }
                         Poll::Pending => {
-                            ready!(sleep.poll(cx));
+                            ready!(sleep.as_mut().poll(cx));
                             miss.tiers.stats.wait_timeouts.incr();
                             miss.fail();
                             Next::Call
@@ -409,7 +384,7 @@ where
                 _ => unreachable!("only misses reach here"),
             };
             match next {
-                Next::Serve(v) => return Poll::Ready(Ok(this.policy.to_response(&v))),
+                Next::Serve(v) => return Poll::Ready(Ok(miss.policy.to_response(&v))),
                 Next::RemoteHit(entry) => {
                     let now = Instant::now();
                     miss.tiers.stats.l3_hits.incr();
@@ -417,7 +392,7 @@ where
                     miss.tiers
                         .store(miss.hash, &miss.key, entry, now, miss.epoch, false);
                     miss.complete(&value, false);
-                    return Poll::Ready(Ok(this.policy.to_response(&value)));
+                    return Poll::Ready(Ok(miss.policy.to_response(&value)));
                 }
                 Next::Call => {
                     let mut svc = miss

@@ -10,6 +10,9 @@ pub mod future;
 mod l1;
 pub mod layer;
 pub mod policy;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 pub mod service;
 mod stats;
 mod tiers;

@@ -80,24 +80,47 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let tiers = self.tiers.clone();
         let Some(key) = self.policy.key(&req) else {
-            tiers.stats.bypassed.incr();
-            return ResponseFuture::pass(self.policy.clone(), self.inner.call(req));
+            self.tiers.stats.bypassed.incr();
+            return ResponseFuture::pass(self.inner.call(req));
         };
-        tiers.stats.lookups.incr();
         let hash = hash_of(&key);
         let now = Instant::now();
-        if let Some(v) = tiers.l1_get(hash, &key, now) {
-            tiers.stats.l1_hits.incr();
-            return ResponseFuture::ready(self.policy.clone(), self.policy.to_response(&v));
+        // The hot path: no allocation, no shared write (this core's L1 shard and counter cell).
+        if let Some(v) = self.tiers.l1_get(hash, &key, now) {
+            self.tiers.stats.l1_hits.incr();
+            return ResponseFuture::ready(self.policy.to_response(&v));
         }
+        self.past_l1(req, key, hash, now)
+    }
+}
+
+impl<S, P> Cache<S, P>
+where
+    P: CachePolicy,
+{
+    /// L2, then single-flight (L3 and the inner service).
+    fn past_l1<Req>(
+        &mut self,
+        req: Req,
+        key: P::Key,
+        hash: u64,
+        now: Instant,
+    ) -> ResponseFuture<S, Req, P>
+    where
+        S: Service<Req> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Response: Send + 'static,
+        Req: Send + 'static,
+        P: CachePolicyFor<Req, S::Response>,
+    {
+        let tiers = &self.tiers;
+        tiers.stats.l2_lookups.incr();
         let epoch = tiers.epoch(hash);
         let stale = match tiers.l2_lookup(hash, &key, now, epoch) {
-            Found::Hit(v) => {
-                return ResponseFuture::ready(self.policy.clone(), self.policy.to_response(&v));
-            }
+            Found::Hit(v) => return ResponseFuture::ready(self.policy.to_response(&v)),
             Found::Refresh(v) => {
                 let res = self.policy.to_response(&v);
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -112,13 +135,14 @@ where
                     );
                     drop(rt.spawn(task));
                 }
-                return ResponseFuture::ready(self.policy.clone(), res);
+                return ResponseFuture::ready(res);
             }
             Found::Miss(stale) => stale,
         };
         let join = tiers.flights.join(hash, &key, stale.is_some());
         let mut miss = Miss {
             tiers: tiers.clone(),
+            policy: self.policy.clone(),
             key,
             hash,
             epoch,
@@ -130,20 +154,21 @@ where
         match join {
             Join::Lead => {
                 miss.role = Role::Leader;
-                if let Some(get) = tiers.remote_get(&miss.key) {
+                if let Some(get) = self.tiers.remote_get(&miss.key) {
                     miss.req = Some(req);
                     miss.svc = Some(self.take_ready());
-                    return ResponseFuture::remote(self.policy.clone(), miss, get);
+                    return ResponseFuture::remote(miss, get);
                 }
-                tiers.stats.inner_calls.incr();
+                self.tiers.stats.inner_calls.incr();
                 let fut = self.inner.call(req);
-                ResponseFuture::call(self.policy.clone(), miss, fut)
+                ResponseFuture::call(miss, fut)
             }
             Join::Wait(rx) => {
                 miss.role = Role::Waiter(rx);
                 miss.req = Some(req);
                 miss.svc = Some(self.take_ready());
-                ResponseFuture::wait(self.policy.clone(), miss, tiers.cfg.coalesce_timeout)
+                let wait = self.tiers.cfg.coalesce_timeout;
+                ResponseFuture::wait(miss, wait)
             }
         }
     }

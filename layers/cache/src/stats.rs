@@ -5,7 +5,8 @@ use tollgate_core::counter::ShardedCounter;
 /// The live counters.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    pub(crate) lookups: ShardedCounter,
+    /// Keyed requests that got past L1 (lookups = these + L1 hits).
+    pub(crate) l2_lookups: ShardedCounter,
     pub(crate) l1_hits: ShardedCounter,
     pub(crate) l2_hits: ShardedCounter,
     pub(crate) l3_hits: ShardedCounter,
@@ -25,7 +26,7 @@ impl Stats {
     pub(crate) fn snapshot(&self) -> CacheStats {
         let n = |c: &ShardedCounter| c.sum().max(0) as u64;
         CacheStats {
-            lookups: n(&self.lookups),
+            lookups: n(&self.l2_lookups) + n(&self.l1_hits),
             l1_hits: n(&self.l1_hits),
             l2_hits: n(&self.l2_hits),
             l3_hits: n(&self.l3_hits),

@@ -151,15 +151,24 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// Builds the tiers for a validated `cfg`; `weighted` weighs L2 entries by their `weight`.
-    pub(crate) fn new(cfg: CacheConfig, weighted: bool, remote: Option<Arc<dyn Remote<K, V>>>) -> Arc<Self> {
-        let mut l2 = moka::sync::Cache::builder().max_capacity(cfg.l2_capacity).expire_after(Lifetime);
+    pub(crate) fn new(
+        cfg: CacheConfig,
+        weighted: bool,
+        remote: Option<Arc<dyn Remote<K, V>>>,
+    ) -> Arc<Self> {
+        let mut l2 = moka::sync::Cache::builder()
+            .max_capacity(cfg.l2_capacity)
+            .expire_after(Lifetime);
         if weighted {
             l2 = l2.weigher(|_: &K, e: &Arc<Entry<V>>| e.weight);
         }
         if let Some(tti) = cfg.time_to_idle {
             l2 = l2.time_to_idle(tti);
         }
-        let hasher = L2Hasher { random: (!cfg.deterministic).then(RandomState::new), seed: cfg.seed };
+        let hasher = L2Hasher {
+            random: (!cfg.deterministic).then(RandomState::new),
+            seed: cfg.seed,
+        };
         let tiers = Arc::new(Self {
             l1: (cfg.l1_slots > 0).then(|| L1::new(cfg.l1_slots)),
             l2: l2.build_with_hasher(hasher),

@@ -26,10 +26,12 @@ struct Zipf {
 impl Zipf {
     fn new() -> Self {
         let mut acc = 0.0;
-        let mut cdf: Vec<f64> = (1..=KEYS).map(|i| {
-            acc += 1.0 / i as f64;
-            acc
-        }).collect();
+        let mut cdf: Vec<f64> = (1..=KEYS)
+            .map(|i| {
+                acc += 1.0 / i as f64;
+                acc
+            })
+            .collect();
         let total = acc;
         cdf.iter_mut().for_each(|c| *c /= total);
         Self { cdf }
@@ -62,7 +64,9 @@ impl BuildHasher for Seeded {
 fn moka_alone(capacity: u64, trace: &[u64]) -> f64 {
     // The hash key the layer's `deterministic` L2 uses, so the runs repeat exactly and differ
     // only by the layer.
-    let cache = moka::sync::Cache::<u64, u64>::builder().max_capacity(capacity).build_with_hasher(Seeded);
+    let cache = moka::sync::Cache::<u64, u64>::builder()
+        .max_capacity(capacity)
+        .build_with_hasher(Seeded);
     let mut hits = 0;
     for &k in trace {
         if cache.get(&k).is_some() {
@@ -82,9 +86,22 @@ async fn layered(capacity: u64, l1_slots: usize, trace: &[u64]) -> f64 {
         default_ttl: Duration::from_secs(3600),
         ..CacheConfig::default()
     };
-    eprintln!("  layer with L1 {l1_slots} slots x {} shards, L2 {} entries:", shard_count(), cfg.l2_capacity);
-    let layer = CacheLayer::new(cfg, FnPolicy::new(|k: &u64| Some(*k), |_: &u64| Cacheability::Store(Freshness::default()))).unwrap();
-    let mut svc = layer.layer(tower::service_fn(|k: u64| async move { Ok::<u64, BoxError>(k) }));
+    eprintln!(
+        "  layer with L1 {l1_slots} slots x {} shards, L2 {} entries:",
+        shard_count(),
+        cfg.l2_capacity
+    );
+    let layer = CacheLayer::new(
+        cfg,
+        FnPolicy::new(
+            |k: &u64| Some(*k),
+            |_: &u64| Cacheability::Store(Freshness::default()),
+        ),
+    )
+    .unwrap();
+    let mut svc = layer.layer(tower::service_fn(
+        |k: u64| async move { Ok::<u64, BoxError>(k) },
+    ));
     for (i, &k) in trace.iter().enumerate() {
         if i % 10 == 0 {
             // 10 000 requests a second: L1 copies (1 s) lapse and L2 sees the hot keys again.
@@ -113,8 +130,18 @@ async fn zipf_hit_ratio_is_at_least_mokas() {
         let ours = layered(capacity, 16, &trace).await;
         let l2_only = layered(capacity, 0, &trace).await;
         let moka = moka_alone(capacity, &trace);
-        eprintln!("  moka alone: {moka:.3}; layer / moka = {:.3} (L1 off: {:.3})", ours / moka, l2_only / moka);
-        assert!(ours >= moka, "size {pct}%: layer {ours:.4} < moka {moka:.4}");
-        assert!((l2_only - moka).abs() < 1e-9, "size {pct}%: L2 alone {l2_only:.4} differs from moka {moka:.4}");
+        eprintln!(
+            "  moka alone: {moka:.3}; layer / moka = {:.3} (L1 off: {:.3})",
+            ours / moka,
+            l2_only / moka
+        );
+        assert!(
+            ours >= moka,
+            "size {pct}%: layer {ours:.4} < moka {moka:.4}"
+        );
+        assert!(
+            (l2_only - moka).abs() < 1e-9,
+            "size {pct}%: L2 alone {l2_only:.4} differs from moka {moka:.4}"
+        );
     }
 }
