@@ -82,6 +82,11 @@ pub struct RateLimitConfig {
     /// The most keys tracked at once; beyond it the key closest to a fresh bucket is forgotten,
     /// so memory stays bounded. Default 100 000 keys.
     pub max_keys: usize,
+    /// Keep the quota in Redis, shared by every instance using the same server and key prefix;
+    /// the local limiter answers while Redis cannot. Default `None` (local only).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub redis: Option<RedisConfig>,
 }
 
 impl RateLimitConfig {
@@ -91,7 +96,51 @@ impl RateLimitConfig {
             burst,
             period,
             max_keys: 100_000,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
+    }
+}
+
+/// Where the shared quota lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub struct RedisConfig {
+    /// The server, as a `redis://` URL. No default.
+    pub url: String,
+    /// Prepended to each key's name. Default `"tollgate:rl:"`.
+    pub key_prefix: String,
+    /// The most time one check (connecting included) may take before the local limit is used
+    /// instead. Default 20 ms.
+    pub timeout: Duration,
+    /// After a failure, how long to use only the local limit before trying Redis again.
+    /// Default 1 s.
+    pub retry_after: Duration,
+}
+
+#[cfg(feature = "redis")]
+impl RedisConfig {
+    /// A config for the server at `url`, with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: "tollgate:rl:".into(),
+            timeout: Duration::from_millis(20),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        redis::Client::open(self.url.as_str())
+            .map_err(|e| ConfigError::new("rate_limit.redis.url", e.to_string()))?;
+        if self.timeout.is_zero() {
+            return Err(ConfigError::new(
+                "rate_limit.redis.timeout",
+                "must be non-zero",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -237,6 +286,10 @@ impl AdmissionConfig {
                     "rate_limit.max_keys",
                     "must be at least 1",
                 ));
+            }
+            #[cfg(feature = "redis")]
+            if let Some(redis) = &r.redis {
+                redis.validate()?;
             }
         }
         if let Some(t) = &self.throttle {

@@ -3,7 +3,7 @@
 
 use crate::controller::{Controller, ShardRef};
 use crate::error::{Reason, Rejected};
-use crate::queue::WaiterId;
+use crate::queue::{Enqueued, WaiterId};
 use pin_project::pin_project;
 use std::fmt;
 use std::future::Future;
@@ -123,13 +123,19 @@ where
 
 #[pin_project(project = StateProj)]
 enum State<S, R, F> {
+    /// Already boxed as the caller will receive it: keeps the future small.
     Rejected {
-        error: Option<Rejected>,
+        error: Option<BoxError>,
     },
     /// Boxed: only requests that wait pay for the timer and the parked request, and the
     /// future stays small on the fast path.
     Queued {
         queued: Pin<Box<Queued<S, R>>>,
+    },
+    /// Waiting for the shared rate limit (Redis) before admission.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Limiting {
+        limiting: Box<Limiting<S, R>>,
     },
     Readying {
         svc: S,
@@ -157,13 +163,106 @@ struct Queued<S, R> {
     timer: Sleep,
 }
 
+/// The rate-limit check in flight, and what admission needs afterwards.
+pub(crate) type RateCheck = Pin<Box<dyn Future<Output = Result<(), std::time::Duration>> + Send>>;
+
+struct Limiting<S, R> {
+    check: RateCheck,
+    shard: ShardRef,
+    svc: Option<S>,
+    req: Option<R>,
+    class: usize,
+    deadline: Option<Instant>,
+    readied: bool,
+}
+
+/// Admission for a request that is not on the service's fast path (it already left the
+/// service): take a slot, or queue, or be turned away.
+fn admit<S, R>(
+    shard: ShardRef,
+    class: usize,
+    deadline: Option<Instant>,
+    now: Instant,
+    mut svc: S,
+    req: R,
+    readied: bool,
+) -> Result<State<S, R, S::Future>, Rejected>
+where
+    S: Service<R>,
+{
+    let granted = shard.try_fast(class) || {
+        match shard.enqueue(class, deadline, now) {
+            Enqueued::Granted => true,
+            Enqueued::Rejected(r) => return Err(r),
+            Enqueued::Waiting(id, expires, reason) => {
+                let queued = Queued {
+                    waiter: Some(Waiter::new(shard, id)),
+                    svc: Some(svc),
+                    req: Some(req),
+                    class,
+                    readied,
+                    reason,
+                    timer: tokio::time::sleep_until(expires),
+                };
+                return Ok(State::Queued {
+                    queued: Box::pin(queued),
+                });
+            }
+        }
+    };
+    debug_assert!(granted);
+    let permit = Some(Permit::new(shard, class, Some(now)));
+    Ok(if readied {
+        State::Running {
+            fut: svc.call(req),
+            permit,
+        }
+    } else {
+        State::Readying {
+            svc,
+            req: Some(req),
+            permit,
+        }
+    })
+}
+
 impl<S, R> ResponseFuture<S, R>
 where
     S: Service<R>,
 {
+    /// A request that waits for the shared rate limit first.
+    #[cfg(feature = "redis")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn limiting(
+        check: RateCheck,
+        shard: ShardRef,
+        svc: S,
+        req: R,
+        class: usize,
+        deadline: Option<Instant>,
+        readied: bool,
+    ) -> Self {
+        let limiting = Limiting {
+            check,
+            shard,
+            svc: Some(svc),
+            req: Some(req),
+            class,
+            deadline,
+            readied,
+        };
+        Self {
+            state: State::Limiting {
+                limiting: Box::new(limiting),
+            },
+        }
+    }
+
     pub(crate) fn rejected(error: Rejected) -> Self {
         Self {
-            state: State::Rejected { error: Some(error) },
+            state: State::Rejected {
+                error: Some(Box::new(error)),
+            },
         }
     }
 
@@ -229,7 +328,7 @@ where
                         .take()
                         .expect("ResponseFuture polled after completion");
                     this.state.set(State::Done);
-                    return Poll::Ready(Err(e.into()));
+                    return Poll::Ready(Err(e));
                 }
                 StateProj::Queued { queued } => {
                     let q = queued.as_mut().project();
@@ -265,6 +364,42 @@ where
                             svc,
                             req: Some(req),
                             permit: Some(permit),
+                        }
+                    }
+                }
+                StateProj::Limiting { limiting } => {
+                    let l = &mut **limiting;
+                    let res = ready!(l.check.as_mut().poll(cx));
+                    let now = Instant::now();
+                    let checked = match res {
+                        Err(wait) => Err(l.shard.reject(l.class, Reason::RateLimited, Some(wait))),
+                        Ok(()) => match &l.shard.throttle {
+                            Some(t) if !t.admit(now) => {
+                                let hint = l.shard.retry_hint(0);
+                                Err(l.shard.reject(l.class, Reason::Throttled, Some(hint)))
+                            }
+                            _ => {
+                                let svc =
+                                    l.svc.take().expect("a limiting future holds its service");
+                                let req =
+                                    l.req.take().expect("a limiting future holds its request");
+                                admit(
+                                    l.shard.clone(),
+                                    l.class,
+                                    l.deadline,
+                                    now,
+                                    svc,
+                                    req,
+                                    l.readied,
+                                )
+                            }
+                        },
+                    };
+                    match checked {
+                        Ok(next) => next,
+                        Err(e) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e.into()));
                         }
                     }
                 }
@@ -306,6 +441,7 @@ where
         let state = match &self.state {
             State::Rejected { .. } => "rejected",
             State::Queued { .. } => "queued",
+            State::Limiting { .. } => "rate limiting",
             State::Readying { .. } => "readying",
             State::Running { .. } => "running",
             State::Done => "done",

@@ -113,12 +113,17 @@ pub mod http;
 mod layer;
 mod queue;
 mod ratelimit;
+#[cfg(feature = "redis")]
+mod remote;
 mod service;
 mod stats;
 mod throttle;
 
 pub use capacity::{Capacity, FixedLimit};
 pub use classify::{Key, OneClass, Prioritize, Ticket};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use config::RedisConfig;
 pub use config::{
     AdmissionConfig, ClassConfig, CodelConfig, MAX_CLASSES, RateLimitConfig, ReadyMode,
     ThrottleConfig,

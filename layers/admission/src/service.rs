@@ -48,6 +48,30 @@ impl<S, P> Admission<S, P> {
     }
 }
 
+/// The inner service for a request that leaves `call` before it is admitted: in ready mode
+/// `Inner`, the instance the caller readied (this service goes on with a fresh, unready
+/// clone); else a clone to ready later. Returns whether it is readied.
+fn park<S: Clone>(inner: &mut S, mode: ReadyMode) -> (S, bool) {
+    match mode {
+        ReadyMode::Inner => {
+            let fresh = inner.clone();
+            (std::mem::replace(inner, fresh), true)
+        }
+        ReadyMode::Always => (inner.clone(), false),
+    }
+}
+
+/// The shared (Redis) rate-limit check for `key`, falling back to the local limit.
+#[cfg(feature = "redis")]
+fn remote_check(shard: ShardRef, key: crate::classify::Key) -> crate::future::RateCheck {
+    Box::pin(async move {
+        let (Some(remote), Some(local)) = (&shard.remote, &shard.rate) else {
+            return Ok(());
+        };
+        remote.check(key, local).await.result()
+    })
+}
+
 /// Checks that need no capacity: deadline, rate limit, throttle. Returns the time it read.
 #[cold]
 fn precheck(shard: &ShardRef, class: usize, ticket: &Ticket) -> Result<Instant, Rejected> {
@@ -119,6 +143,31 @@ where
         let class = shard.class_of(ticket.class);
         let mut now = None;
         if shard.flags.prechecks || ticket.deadline.is_some() {
+            #[cfg(feature = "redis")]
+            if shard.flags.remote
+                && let Some(key) = ticket.key
+            {
+                let now = Instant::now();
+                if let Some(d) = ticket.deadline
+                    && shard.unmeetable(d, now)
+                {
+                    return ResponseFuture::rejected(shard.reject(class, Reason::Deadline, None));
+                }
+                if shard.remote.as_ref().is_some_and(|r| r.is_up(now)) {
+                    let check = remote_check(shard.clone(), key);
+                    let shard = shard.clone();
+                    let (svc, readied) = park(&mut self.inner, self.mode);
+                    return ResponseFuture::limiting(
+                        check,
+                        shard,
+                        svc,
+                        req,
+                        class,
+                        ticket.deadline,
+                        readied,
+                    );
+                }
+            }
             match precheck(shard, class, &ticket) {
                 Ok(t) => now = Some(t),
                 Err(rejected) => return ResponseFuture::rejected(rejected),
@@ -148,15 +197,7 @@ where
             Enqueued::Rejected(rejected) => ResponseFuture::rejected(rejected),
             Enqueued::Waiting(id, expires, reason) => {
                 let waiter = Waiter::new(shard.clone(), id);
-                let (svc, readied) = match self.mode {
-                    // Keep the instance the caller readied for when the request is admitted;
-                    // this service goes on with a fresh (unready) clone.
-                    ReadyMode::Inner => {
-                        let fresh = self.inner.clone();
-                        (std::mem::replace(&mut self.inner, fresh), true)
-                    }
-                    ReadyMode::Always => (self.inner.clone(), false),
-                };
+                let (svc, readied) = park(&mut self.inner, self.mode);
                 ResponseFuture::queued(waiter, svc, req, class, readied, expires, reason)
             }
         }
