@@ -245,6 +245,20 @@ impl Core {
         state_of(self.state.load(Relaxed))
     }
 
+    /// Whether a call made now could be admitted (without taking anything): false while open
+    /// and waiting, or forced open. `now` is called only when open.
+    #[inline]
+    pub(crate) fn may_admit(&self, now: impl FnOnce() -> u64) -> bool {
+        // Acquire: as in `acquire`.
+        let s = self.state.load(Acquire);
+        match s & STATE_MASK {
+            FORCED_OPEN => false,
+            // Relaxed: ordered after the Acquire load above, as in `acquire_slow`.
+            OPEN => now() >= self.open_until.load(Relaxed),
+            _ => true,
+        }
+    }
+
     /// Admits a call or rejects it. `now` is called only when the breaker is open.
     ///
     /// # Errors

@@ -6,19 +6,34 @@ use crate::handle::BreakerHandle;
 use crate::machine::Core;
 use crate::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tollgate_core::{BoxError, Classify, ErrorsAreFailures};
 use tower_service::Service;
 
+/// What `poll_ready` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    /// Not polled (or spent by `call`).
+    No,
+    /// The inner service is ready.
+    Inner,
+    /// The breaker was open: `call` answers [`Open`] without the inner service.
+    FailFast,
+}
+
 /// Wraps a service in a circuit breaker. Build it with [`BreakerLayer`](crate::BreakerLayer).
 ///
-/// `poll_ready` decides admission: while the breaker is open it returns ready at once without
-/// polling the inner service, and `call` answers [`Open`]. A readied instance holds its
-/// admission (in half-open, a probe slot) until `call` or drop.
+/// While the breaker is open, `poll_ready` returns ready at once without polling the inner
+/// service, and `call` answers [`Open`]. Otherwise `poll_ready` readies the inner service and
+/// `call` takes the admission: servers may poll a service ready long before a request exists,
+/// and a half-open probe slot held by an idle connection would wedge the breaker in half-open.
+/// Holding nothing between `poll_ready` and `call` also means a clone or a dropped service
+/// never carries a reservation.
 #[derive(Debug)]
 pub struct Breaker<S, C = ErrorsAreFailures> {
     inner: S,
     local: std::sync::Arc<Local<C>>,
-    reserved: Option<Result<Guard<C>, Open>>,
+    ready: Ready,
 }
 
 impl<S, C> Breaker<S, C> {
@@ -26,7 +41,7 @@ impl<S, C> Breaker<S, C> {
         Self {
             inner,
             local: std::sync::Arc::new(Local { core, classify }),
-            reserved: None,
+            ready: Ready::No,
         }
     }
 
@@ -45,15 +60,15 @@ impl<S, C> Breaker<S, C> {
         &mut self.inner
     }
 
-    /// Unwraps the inner service (a reservation is given back).
+    /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }
 }
 
 impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
-    /// A clone shares the breaker, starts with no reservation, and gets its own small handle
-    /// so that clones on different threads do not contend on one reference count.
+    /// A clone shares the breaker, starts unready, and gets its own small cache-aligned handle so
+    /// that clones on different threads do not contend on one reference count.
     fn clone(&self) -> Self {
         Self::from_parts(
             self.inner.clone(),
@@ -75,38 +90,42 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.reserved.is_none() {
-            let core = &*self.local.core;
-            self.reserved = Some(
-                core.acquire(|| now_ns(core))
-                    .map(|permit| Guard::new(self.local.clone(), permit)),
-            );
+        if self.ready != Ready::No {
+            return Poll::Ready(Ok(()));
         }
-        if let Some(Err(_)) = self.reserved {
-            // Fail fast: `call` answers `Open` without touching the inner service.
+        let core = &*self.local.core;
+        if !core.may_admit(|| now_ns(core)) {
+            // Fail fast: `call` answers `Open` without waiting for the inner service.
+            self.ready = Ready::FailFast;
             return Poll::Ready(Ok(()));
         }
         match self.inner.poll_ready(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(e)) => {
-                self.reserved = None;
-                Poll::Ready(Err(e.into()))
+            Poll::Ready(Ok(())) => {
+                self.ready = Ready::Inner;
+                Poll::Ready(Ok(()))
             }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
         }
     }
 
     #[inline]
     fn call(&mut self, req: R) -> Self::Future {
-        match self
-            .reserved
-            .take()
-            .expect("poll_ready must succeed before call")
-        {
+        let ready = std::mem::replace(&mut self.ready, Ready::No);
+        assert!(ready != Ready::No, "poll_ready must succeed before call");
+        let core = &*self.local.core;
+        match core.acquire(|| now_ns(core)) {
             Err(open) => ResponseFuture::rejected(open),
-            Ok(mut guard) => {
+            Ok(permit) if ready == Ready::Inner => {
+                let mut guard = Guard::new(self.local.clone(), permit);
                 guard.start();
                 ResponseFuture::called(self.inner.call(req), guard)
+            }
+            Ok(permit) => {
+                // The wait ended between `poll_ready` and `call`, but the inner service was not
+                // readied: turn this one away and let the caller retry at once.
+                core.release(permit);
+                ResponseFuture::rejected(Open::new(Some(Duration::ZERO)))
             }
         }
     }

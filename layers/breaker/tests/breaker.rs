@@ -191,6 +191,12 @@ async fn half_open_admits_at_most_the_permitted_probes_across_clones() {
     assert_eq!(handle.state(), State::Open);
     advance(Duration::from_secs(10)).await;
 
+    // Clones readied and left idle hold no probe slot (servers ready services early).
+    let mut idle: Vec<_> = (0..5).map(|_| svc.clone()).collect();
+    for c in &mut idle {
+        timeout(HOUR, c.ready()).await.unwrap().unwrap();
+    }
+
     // Forty clones ask at once; three become probes and hang, the rest are turned away.
     let mut hanging = Vec::new();
     let mut rejected = 0;
@@ -217,24 +223,21 @@ async fn half_open_admits_at_most_the_permitted_probes_across_clones() {
     // Cancelled probes give their slots back, and three good probes close the breaker.
     drop(hanging);
     assert_eq!(handle.snapshot().probes_admitted, 0);
-    let mut clones: Vec<_> = (0..3).map(|_| svc.clone()).collect();
-    for c in &mut clones {
-        timeout(HOUR, c.ready()).await.unwrap().unwrap();
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let mut clone = svc.clone();
+        let mut fut = Box::pin(async move {
+            let req = ProbeRequest::Delay(Duration::from_secs(1), 1);
+            clone.ready().await?.call(req).await
+        });
+        assert!(futures_util::poll!(fut.as_mut()).is_pending());
+        slow.push(fut);
     }
     let mut extra = svc.clone();
-    assert!(
-        open_err(send(&mut extra, ProbeRequest::Ok(9)).await)
-            .retry_after()
-            .is_none()
-    );
-    for c in &mut clones {
-        assert_eq!(
-            timeout(HOUR, c.call(ProbeRequest::Ok(1)))
-                .await
-                .unwrap()
-                .unwrap(),
-            1
-        );
+    let open = open_err(send(&mut extra, ProbeRequest::Ok(9)).await);
+    assert!(open.retry_after().is_none());
+    for fut in slow {
+        assert_eq!(timeout(HOUR, fut).await.unwrap().unwrap(), 1);
     }
     assert_eq!(handle.state(), State::Closed);
     let snap = handle.snapshot();
@@ -679,4 +682,26 @@ fn invalid_configs_name_the_field() {
     )
     .unwrap_err();
     assert_eq!(err.field(), "idle_timeout");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_ending_between_ready_and_call_turns_the_call_away_for_an_immediate_retry() {
+    let layer = BreakerLayer::new(quick_trip(1)).unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    for _ in 0..4 {
+        send(&mut svc, Req::Fail).await.unwrap_err();
+    }
+    // Readied while open: fail fast, without readying the inner service.
+    timeout(HOUR, svc.ready()).await.unwrap().unwrap();
+    advance(Duration::from_secs(10)).await;
+    let open = open_err(timeout(HOUR, svc.call(Req::Ok)).await.unwrap());
+    assert_eq!(open.retry_after(), Some(Duration::ZERO));
+    assert_eq!(
+        handle.snapshot().probes_admitted,
+        0,
+        "the probe slot was given back"
+    );
+    assert_eq!(send(&mut svc, Req::Ok).await.unwrap(), 200);
+    assert_eq!(handle.state(), State::Closed);
 }
