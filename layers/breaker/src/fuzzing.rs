@@ -21,13 +21,20 @@ use tollgate_core::Outcome;
 /// One step of a fuzz run.
 #[derive(Debug, Clone, Arbitrary)]
 pub enum Op {
+    /// Ask for admission and, if granted, finish at once with an outcome and a duration.
+    Call {
+        /// Modulo 4: 0 and 1 success, 2 failure, 3 ignored.
+        outcome: u8,
+        /// The call's duration in milliseconds.
+        elapsed_ms: u16,
+    },
     /// Ask for admission; keep the permit if granted.
     Acquire,
     /// Finish a kept permit (index modulo the number kept) with an outcome and a duration.
     Finish {
         /// Which kept permit.
         which: u8,
-        /// 0 success, 1 failure, anything else ignored.
+        /// Modulo 4: 0 and 1 success, 2 failure, 3 ignored.
         outcome: u8,
         /// The call's duration in milliseconds.
         elapsed_ms: u16,
@@ -40,7 +47,7 @@ pub enum Op {
     /// Move the clock forward.
     Advance {
         /// Milliseconds.
-        ms: u32,
+        ms: u16,
     },
     /// `BreakerHandle::force_open`.
     ForceOpen,
@@ -48,6 +55,48 @@ pub enum Op {
     Disable,
     /// `BreakerHandle::reset`.
     Reset,
+}
+
+impl Op {
+    /// One op from one to three bytes, most of them calls (succeeding, failing, slow), so that a
+    /// short input trips the breaker, probes and recovers.
+    pub fn decode(u: &mut Unstructured<'_>) -> arbitrary::Result<Op> {
+        let tag = u8::arbitrary(u)?;
+        let byte = |u: &mut Unstructured<'_>| u8::arbitrary(u).unwrap_or(0);
+        Ok(match tag % 32 {
+            0..=9 => Op::Call {
+                outcome: 0,
+                elapsed_ms: u16::from(tag / 32) * 40,
+            },
+            10..=15 => Op::Call {
+                outcome: 2,
+                elapsed_ms: u16::from(tag / 32) * 40,
+            },
+            16 => Op::Call {
+                outcome: 3,
+                elapsed_ms: 0,
+            },
+            17 => Op::Call {
+                outcome: tag / 32,
+                elapsed_ms: u16::from(byte(u)),
+            },
+            18..=20 => Op::Acquire,
+            21..=23 => Op::Finish {
+                which: byte(u),
+                outcome: byte(u),
+                elapsed_ms: u16::from(byte(u)),
+            },
+            24 => Op::Drop { which: byte(u) },
+            25..=28 => Op::Advance {
+                ms: u16::from(byte(u)) * 8,
+            },
+            // Rare, or a run spends most of its time forced open or disabled.
+            29 if tag / 32 == 0 => Op::ForceOpen,
+            30 if tag / 32 == 0 => Op::Disable,
+            29 | 30 => Op::Advance { ms: 1000 },
+            _ => Op::Reset,
+        })
+    }
 }
 
 /// The config part of a fuzz input, kept small so the fuzzer reaches interesting states.
@@ -75,26 +124,26 @@ impl Setup {
             name: "fuzz".into(),
             sliding_window: if self.time_window {
                 SlidingWindow::Time {
-                    length: Duration::from_millis(u64::from(self.length_ms)),
-                    buckets: u32::from(self.buckets),
+                    length: Duration::from_millis(u64::from(self.length_ms % 4000)),
+                    buckets: u32::from(self.buckets % 9),
                 }
             } else {
                 SlidingWindow::Count {
-                    size: u32::from(self.size),
+                    size: u32::from(self.size % 17),
                 }
             },
-            minimum_calls: u32::from(self.minimum_calls),
-            failure_rate_threshold: f64::from(self.failure_pct % 128) / 100.0,
-            slow_call_rate_threshold: f64::from(self.slow_pct % 128) / 100.0,
+            minimum_calls: u32::from(self.minimum_calls % 16),
+            failure_rate_threshold: f64::from(self.failure_pct % 105) / 100.0,
+            slow_call_rate_threshold: f64::from(self.slow_pct % 105) / 100.0,
             slow_call_duration: self.slow_ms.map(|ms| Duration::from_millis(u64::from(ms))),
             consecutive_failures: self.consecutive.map(u32::from),
-            wait_in_open: Duration::from_millis(u64::from(self.wait_ms)),
+            wait_in_open: Duration::from_millis(u64::from(self.wait_ms % 1000)),
             backoff: self.backoff.map(|(mult, max_ms, jitter)| Backoff {
                 multiplier: f64::from(mult) / 10.0,
-                max_wait: Duration::from_millis(u64::from(self.wait_ms) + u64::from(max_ms)),
-                jitter: f64::from(jitter % 128) / 100.0,
+                max_wait: Duration::from_millis(u64::from(self.wait_ms % 1000) + u64::from(max_ms)),
+                jitter: f64::from(jitter % 105) / 100.0,
             }),
-            permitted_calls_in_half_open: u32::from(self.probes),
+            permitted_calls_in_half_open: u32::from(self.probes % 9),
             seed: Some(self.seed),
         }
     }
@@ -107,7 +156,7 @@ pub fn run(data: &[u8]) {
         return;
     };
     let mut ops = Vec::new();
-    while let Ok(op) = Op::arbitrary(&mut u) {
+    while let Ok(op) = Op::decode(&mut u) {
         ops.push(op);
         if ops.len() >= 4096 {
             break;
@@ -147,6 +196,22 @@ pub fn run_ops(setup: &Setup, ops: &[Op]) {
                     }
                 }
             },
+            Op::Call {
+                outcome,
+                elapsed_ms,
+            } => {
+                if let Ok(p) = core.acquire(|| now) {
+                    let outcome = match outcome % 4 {
+                        0 | 1 => Outcome::Success,
+                        2 => Outcome::Failure,
+                        _ => Outcome::Ignored,
+                    };
+                    if p.is_probe() && outcome != Outcome::Ignored {
+                        *finished.entry(p.word()).or_default() += 1;
+                    }
+                    core.record(p, outcome, u64::from(elapsed_ms) * 1_000_000, || now);
+                }
+            }
             Op::Finish {
                 which,
                 outcome,
@@ -156,9 +221,9 @@ pub fn run_ops(setup: &Setup, ops: &[Op]) {
                     continue;
                 }
                 let p = held.swap_remove(usize::from(which) % held.len());
-                let outcome = match outcome {
-                    0 => Outcome::Success,
-                    1 => Outcome::Failure,
+                let outcome = match outcome % 4 {
+                    0 | 1 => Outcome::Success,
+                    2 => Outcome::Failure,
                     _ => Outcome::Ignored,
                 };
                 if p.is_probe() && outcome != Outcome::Ignored {
