@@ -130,6 +130,12 @@ where
         self.tiers.invalidate(key);
     }
 
+    /// Whether the L3 tier is connected to Redis and subscribed to invalidations (false
+    /// without an L3). For health checks and tests; requests never wait for it.
+    pub fn l3_connected(&self) -> bool {
+        self.tiers.remote_connected()
+    }
+
     /// Entries held in L2 now.
     pub fn l2_entries(&self) -> u64 {
         self.tiers.l2_entries()

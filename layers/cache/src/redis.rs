@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::task::AbortHandle;
@@ -184,6 +184,7 @@ impl<C> RedisTier<C> {
                 stats: OnceLock::new(),
                 local: OnceLock::new(),
                 tasks: Mutex::new(Vec::new()),
+                subscribed: AtomicBool::new(false),
                 _types: PhantomData,
             }),
         }))
@@ -265,6 +266,8 @@ struct Shared<K, V, C> {
     stats: OnceLock<Weak<Stats>>,
     local: OnceLock<Weak<dyn LocalTiers<K>>>,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Whether the invalidation subscription is live.
+    subscribed: AtomicBool,
     _types: PhantomData<fn() -> V>,
 }
 
@@ -414,6 +417,8 @@ where
                     local.clear_local();
                 }
                 subscribed_before = true;
+                // Relaxed: a status flag for health checks; nothing is published through it.
+                s.subscribed.store(true, Ordering::Relaxed);
                 let prefix_len = s.cfg.key_prefix.len();
                 drop(s);
                 let mut stream = ps.into_on_message();
@@ -431,6 +436,8 @@ where
                 }
                 tracing::trace!("cache: redis subscription lost");
                 let Some(s) = me.upgrade() else { return };
+                // Relaxed: as above.
+                s.subscribed.store(false, Ordering::Relaxed);
                 s.error();
             } else {
                 s.error();
@@ -534,6 +541,11 @@ where
                 .ignore();
             let _: Option<()> = me.run(conn, pipe).await;
         });
+    }
+
+    fn connected(&self) -> bool {
+        // Relaxed: as where it is stored.
+        self.shared.conn().is_some() && self.shared.subscribed.load(Ordering::Relaxed)
     }
 
     fn attach(&self, local: Weak<dyn LocalTiers<K>>, stats: Weak<Stats>) {

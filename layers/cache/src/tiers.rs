@@ -50,6 +50,8 @@ pub(crate) trait Remote<K, V>: Send + Sync + fmt::Debug {
     fn set(&self, key: &K, entry: &Entry<V>);
     /// Deletes `key` and tells the other instances, in the background.
     fn invalidate(&self, key: &K);
+    /// Whether it is connected and subscribed to invalidations.
+    fn connected(&self) -> bool;
     /// Hands the tier the local tiers, so invalidations from other instances reach them.
     fn attach(&self, local: Weak<dyn LocalTiers<K>>, stats: Weak<Stats>);
 }
@@ -327,6 +329,11 @@ where
         if let Some(r) = &self.remote {
             r.invalidate(key);
         }
+    }
+
+    /// Whether there is a remote tier and it is connected.
+    pub(crate) fn remote_connected(&self) -> bool {
+        self.remote.as_ref().is_some_and(|r| r.connected())
     }
 
     /// Entries in L2 (approximate: moka applies writes lazily).

@@ -9,5 +9,6 @@
 
 pub mod contract;
 mod probe;
+pub mod redis;
 
 pub use probe::{Probe, ProbeError, ProbeFuture, ProbeHandle, ProbeRequest};
