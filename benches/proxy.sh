@@ -207,7 +207,7 @@ awk -v gr="${MED[gateway,2]}" -v nr="${MED[nginx,2]}" -v g99="${MED[gateway,4]}"
 if [ "$IDLE_CONNS" -gt 0 ]; then
   echo
   cat >"$TMP/idle.py" <<'EOF'
-import socket, sys
+import socket, sys, time
 port, n, pids = int(sys.argv[1]), int(sys.argv[2]), [int(p) for p in sys.argv[3:]]
 def rss_kib():
     total = 0
@@ -231,6 +231,7 @@ ok = 0
 for s in socks:
     if s.recv(65536).startswith(b"HTTP/1.1 200"):
         ok += 1
+time.sleep(2)  # idle: past the gateway's park_ms (1 s)
 after = rss_kib()
 print(f"{ok} idle keep-alive connections: RSS {before/1024:.1f} MiB before, {after/1024:.1f} MiB with them open ({(after-before)/n:.2f} KiB per connection)")
 for s in socks:

@@ -174,6 +174,10 @@ pub struct TimeoutsConfig {
     /// A client connection with no bytes moving for this long is closed, ms. Default 60000.
     /// Also the idle time of pooled upstream connections.
     pub idle_ms: u64,
+    /// An HTTP/1.1 client connection idle this long is *parked*: it stays open but its buffers
+    /// are freed until its next byte arrives, ms. Default 1000. A client pausing this long in
+    /// the middle of a request head is disconnected.
+    pub park_ms: u64,
 }
 
 impl Default for TimeoutsConfig {
@@ -183,6 +187,7 @@ impl Default for TimeoutsConfig {
             header_read_ms: 10_000,
             request_ms: 30_000,
             idle_ms: 60_000,
+            park_ms: 1_000,
         }
     }
 }
@@ -409,6 +414,7 @@ impl Config {
             ("timeouts.header_read_ms", t.header_read_ms),
             ("timeouts.request_ms", t.request_ms),
             ("timeouts.idle_ms", t.idle_ms),
+            ("timeouts.park_ms", t.park_ms),
         ] {
             if v == 0 || v > 86_400_000 {
                 return Err(e(name, "must be between 1 and 86400000 ms"));

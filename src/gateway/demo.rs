@@ -4,7 +4,6 @@
 //! (`tollgate demo-upstream`).
 
 use super::config::DemoKind;
-use super::proxy::RespBody;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
@@ -16,6 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tollgate_core::counter::ShardedCounter;
+
+/// A demo reply: the request body echoed back, or a short text.
+type RespBody = Either<Incoming, Full<Bytes>>;
 
 /// A demo upstream's behaviour and counters.
 #[derive(Debug)]

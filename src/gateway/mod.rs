@@ -28,12 +28,14 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+mod conn;
 pub mod demo;
 // Always built: it has no dependencies of its own, and `tests/fuzz_replay.rs` replays the
 // corpus through it on stable without a feature flag.
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod headers;
+pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod runtime;

@@ -8,13 +8,13 @@
 //! | no endpoint resolved | 503 |
 //! | request body over `limits.max_body_bytes` | 413 |
 //!
-//! Each worker thread keeps its own [`Local`]: the snapshot it serves and its own `hyper-util`
-//! clients (connection pools), rebuilt only when a reload changes client settings. A request
-//! clones only thread-local or connection-local `Arc`s, so cores share no reference counts on
-//! the hot path.
+//! Each worker thread keeps its own [`Local`] copy of the snapshot's `Arc` and its own upstream
+//! connections ([`pool`](super::pool)). A request clones only thread-local or connection-local
+//! `Arc`s, so cores share no reference counts on the hot path.
 
 use super::config::UpstreamProtocol;
 use super::headers::{add_forwarding, strip_hop_by_hop, via_value};
+use super::pool::{self, ReqBody, UpBody, UpstreamError};
 use super::route::RouteMatch;
 use super::server::ConnCtx;
 use super::state::{Cluster, Shared, Snapshot};
@@ -23,67 +23,20 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::cell::RefCell;
 use std::convert::Infallible;
-use std::error::Error as StdError;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use tokio::time::Instant;
 
-/// The body sent upstream: the client's body, streamed, cut at the size limit.
-pub type ReqBody = Limited<Incoming>;
 /// The body sent to the client: the upstream's body, streamed, or a short local answer.
-pub type RespBody = Either<Incoming, Full<Bytes>>;
-type HttpClient = Client<HttpConnector, ReqBody>;
+pub type RespBody = Either<UpBody, Full<Bytes>>;
 
-/// Settings that, when a reload changes them, need new clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ClientSettings {
-    connect: Duration,
-    idle: Duration,
-}
-
-#[derive(Debug, Clone)]
-struct Clients {
-    settings: ClientSettings,
-    h1: HttpClient,
-    h2: HttpClient,
-}
-
-impl Clients {
-    fn new(settings: ClientSettings) -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(settings.connect));
-        conn.set_nodelay(true);
-        conn.enforce_http(true);
-        let build = |h2: bool| {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(settings.idle)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new());
-            if h2 {
-                b.http2_only(true);
-            }
-            b.build(conn.clone())
-        };
-        Self {
-            settings,
-            h1: build(false),
-            h2: build(true),
-        }
-    }
-}
-
-/// What one worker thread serves with.
+/// What one worker thread serves with: its own `Arc` of the current snapshot.
 #[derive(Debug)]
 struct Local {
     shared_id: usize,
     snap: Arc<Snapshot>,
-    clients: Clients,
 }
 
 thread_local! {
@@ -102,20 +55,9 @@ fn local(shared: &Shared) -> Arc<Local> {
         {
             return l.clone();
         }
-        let settings = ClientSettings {
-            connect: cur.connect_timeout,
-            idle: cur.idle_timeout,
-        };
-        let clients = match slot.as_ref() {
-            Some(l) if l.shared_id == shared_id && l.clients.settings == settings => {
-                l.clients.clone()
-            }
-            _ => Clients::new(settings),
-        };
         let l = Arc::new(Local {
             shared_id,
             snap: arc_swap::Guard::into_inner(cur),
-            clients,
         });
         *slot = Some(l.clone());
         l
@@ -242,12 +184,17 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     let host = host_of_parts(&parts).map(str::to_owned);
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = match Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(path_and_query)
-        .build()
-    {
+    // HTTP/1.1 upstreams get origin form; HTTP/2 needs scheme and authority.
+    let uri = match cluster.protocol {
+        UpstreamProtocol::Http1 => Uri::try_from(path_and_query).map_err(|_| ()),
+        UpstreamProtocol::H2c => Uri::builder()
+            .scheme("http")
+            .authority(addr.to_string())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ()),
+    };
+    let uri = match uri {
         Ok(u) => u,
         Err(_) => {
             return (
@@ -265,35 +212,37 @@ async fn proxy(
         host.as_deref(),
         inbound_version,
     );
-    if cluster.preserve_host {
-        if let Some(h) = host.as_deref()
-            && !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(h)
-        {
-            parts.headers.insert(header::HOST, v);
-        }
+    let host_value = if cluster.preserve_host {
+        host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
     } else {
-        parts.headers.remove(header::HOST);
+        None
+    };
+    let host_value = host_value.or_else(|| HeaderValue::try_from(addr.to_string()).ok());
+    if let Some(v) = host_value {
+        parts.headers.insert(header::HOST, v);
     }
     parts.uri = uri;
-    let client = match cluster.protocol {
-        UpstreamProtocol::Http1 => {
-            parts.version = Version::HTTP_11;
-            &local.clients.h1
-        }
-        UpstreamProtocol::H2c => {
-            parts.version = Version::HTTP_2;
-            &local.clients.h2
-        }
+    parts.version = match cluster.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c => Version::HTTP_2,
     };
     let limit = snap
         .max_body
         .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
-    let upstream_req = Request::from_parts(parts, Limited::new(body, limit));
+    let upstream_req: Request<ReqBody> = Request::from_parts(parts, Limited::new(body, limit));
+    let settings = pool::Settings {
+        connect_timeout: snap.connect_timeout,
+        idle_timeout: snap.idle_timeout,
+    };
     cluster.stats.requests.incr();
     cluster.stats.in_flight.incr();
-    let result =
-        tokio::time::timeout(snap.route_timeout[route], client.request(upstream_req)).await;
+    let send = async {
+        match cluster.protocol {
+            UpstreamProtocol::Http1 => pool::send_h1(addr, upstream_req, settings).await,
+            UpstreamProtocol::H2c => pool::send_h2(addr, upstream_req, settings).await,
+        }
+    };
+    let result = tokio::time::timeout(snap.route_timeout[route], send).await;
     cluster.stats.in_flight.decr();
     let (status, msg) = match result {
         Ok(Ok(resp)) => {
@@ -329,37 +278,24 @@ fn host_of_parts(parts: &http::request::Parts) -> Option<&str> {
     })
 }
 
-/// Maps a client error to a status and message.
-fn classify(
-    err: &hyper_util::client::legacy::Error,
-    stats: &super::stats::Stats,
-) -> (StatusCode, &'static str) {
-    if find_cause::<LengthLimitError>(err).is_some() {
+/// Maps an upstream failure to a status and message.
+fn classify(err: &UpstreamError, stats: &super::stats::Stats) -> (StatusCode, &'static str) {
+    if pool::is_caused_by::<LengthLimitError>(err) {
         stats.body_too_large.incr();
         return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
-    if err.is_connect() {
-        stats.upstream_connect_errors.incr();
-        let timed_out = find_cause::<std::io::Error>(err)
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-        return if timed_out {
+    match err {
+        UpstreamError::ConnectTimeout => {
+            stats.upstream_connect_errors.incr();
             (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n")
-        } else {
-            (StatusCode::BAD_GATEWAY, "upstream connect failed\n")
-        };
-    }
-    stats.upstream_resets.incr();
-    (StatusCode::BAD_GATEWAY, "upstream connection failed\n")
-}
-
-/// The first error of type `T` in `err`'s source chain, `err` included.
-fn find_cause<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
-    let mut cur: Option<&'a (dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(t) = e.downcast_ref::<T>() {
-            return Some(t);
         }
-        cur = e.source();
+        UpstreamError::Connect(_) => {
+            stats.upstream_connect_errors.incr();
+            (StatusCode::BAD_GATEWAY, "upstream connect failed\n")
+        }
+        UpstreamError::Http(_) => {
+            stats.upstream_resets.incr();
+            (StatusCode::BAD_GATEWAY, "upstream connection failed\n")
+        }
     }
-    None
 }

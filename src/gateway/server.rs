@@ -2,10 +2,8 @@
 //! optional TLS, HTTP/1.1 and HTTP/2 on one port, idle and header-read timeouts, and graceful
 //! close when shutdown starts.
 
-use super::proxy;
+use super::conn;
 use super::state::Shared;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -55,14 +53,14 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let ms = self.opened.elapsed().as_millis() as u64;
         // Relaxed: only this connection's idle check reads it, and a stale value only delays
         // an idle close by one check.
         self.last_active_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
+    pub(super) fn idle_for(&self) -> Duration {
         // Relaxed: see `touch`.
         let last = self.last_active_ms.load(Ordering::Relaxed);
         self.opened
@@ -72,8 +70,9 @@ impl ConnCtx {
 }
 
 /// An I/O stream that records when bytes last moved, for the idle timeout.
-struct Tracked<T> {
-    inner: T,
+#[derive(Debug)]
+pub(super) struct Tracked<T> {
+    pub(super) inner: T,
     ctx: Arc<ConnCtx>,
 }
 
@@ -191,84 +190,7 @@ async fn serve(
         ctx: ctx.clone(),
     };
     match tls {
-        None => run(TokioIo::new(io), ctx, shutdown).await,
-        Some(acceptor) => {
-            let limit = shared.current.load().header_read_timeout;
-            match tokio::time::timeout(limit, acceptor.accept(io)).await {
-                Ok(Ok(tls_stream)) => run(TokioIo::new(tls_stream), ctx, shutdown).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
-                Err(_) => {
-                    shared.stats.connections_timed_out.incr();
-                    tracing::debug!(%peer, "tls handshake timed out");
-                }
-            }
-        }
-    }
-}
-
-async fn run<I>(io: I, ctx: Arc<ConnCtx>, mut shutdown: watch::Receiver<bool>)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let snap = ctx.shared.current.load_full();
-    let limits = &snap.config.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(snap.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let idle = snap.idle_timeout;
-    drop(snap);
-    let svc_ctx = ctx.clone();
-    let service = hyper::service::service_fn(move |req| proxy::handle(svc_ctx.clone(), req));
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    let mut closing = *shutdown.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
-    let sleep = tokio::time::sleep(idle);
-    tokio::pin!(sleep);
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    let timed_out = e
-                        .downcast_ref::<hyper::Error>()
-                        .is_some_and(hyper::Error::is_timeout);
-                    if timed_out {
-                        ctx.shared.stats.connections_timed_out.incr();
-                    }
-                    tracing::debug!(peer = %ctx.peer, error = %e, "client connection ended with an error");
-                }
-                break;
-            }
-            changed = shutdown.changed(), if !closing => {
-                if changed.is_err() || *shutdown.borrow() {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-            () = &mut sleep, if !closing => {
-                let idle_for = ctx.idle_for();
-                // Relaxed: a heuristic; a request that starts just now finishes anyway, since
-                // graceful shutdown lets in-flight requests complete.
-                if idle_for >= idle && ctx.in_flight.load(Ordering::Relaxed) == 0 {
-                    closing = true;
-                    ctx.shared.stats.connections_timed_out.incr();
-                    conn.as_mut().graceful_shutdown();
-                } else {
-                    let wait = idle.saturating_sub(idle_for).max(Duration::from_millis(50));
-                    sleep.as_mut().reset(Instant::now() + wait);
-                }
-            }
-        }
+        None => conn::serve_plain(io, ctx, shutdown).await,
+        Some(acceptor) => conn::serve_tls(io, acceptor, ctx, shutdown).await,
     }
 }

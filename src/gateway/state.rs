@@ -148,6 +148,8 @@ pub struct Snapshot {
     pub header_read_timeout: Duration,
     /// Client idle timeout (and upstream pool idle timeout).
     pub idle_timeout: Duration,
+    /// Idle time after which an HTTP/1.1 client connection is parked.
+    pub park_timeout: Duration,
     /// Largest request body, if limited.
     pub max_body: Option<u64>,
     /// When it was applied.
@@ -245,6 +247,7 @@ impl Snapshot {
             connect_timeout: Duration::from_millis(t.connect_ms),
             header_read_timeout: Duration::from_millis(t.header_read_ms),
             idle_timeout: Duration::from_millis(t.idle_ms),
+            park_timeout: Duration::from_millis(t.park_ms),
             max_body: Some(config.limits.max_body_bytes).filter(|b| *b > 0),
             loaded_at: Instant::now(),
             config,

@@ -1,0 +1,278 @@
+//! Upstream connections, pooled per worker thread.
+//!
+//! Each thread keeps its own idle HTTP/1.1 connections per endpoint and one multiplexed
+//! HTTP/2 connection per endpoint, in a thread-local: in thread-per-core mode no lock and no
+//! cache line is shared with another core. An HTTP/1.1 connection goes back to its thread's
+//! pool when the response body has been read to the end ([`UpBody`]); a request that a pooled
+//! connection could not even start (the upstream had closed it) is retried once on a fresh
+//! connection.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The body sent upstream: the client's body, streamed, cut at the size limit.
+pub type ReqBody = Limited<Incoming>;
+
+/// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed.
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+struct Idle {
+    sender: http1::SendRequest<ReqBody>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    h1: HashMap<SocketAddr, Vec<Idle>>,
+    h2: HashMap<SocketAddr, http2::SendRequest<ReqBody>>,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// Why an upstream request failed.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// The TCP connect did not finish within the connect timeout.
+    ConnectTimeout,
+    /// The TCP connect failed (refused, unreachable).
+    Connect(std::io::Error),
+    /// The connection failed after it was made (reset, closed early, protocol error), or the
+    /// request body failed (see [`is_caused_by`]).
+    Http(hyper::Error),
+}
+
+/// Whether `err`'s source chain holds an error of type `T`.
+pub fn is_caused_by<T: std::error::Error + 'static>(err: &UpstreamError) -> bool {
+    let UpstreamError::Http(e) = err else {
+        return false;
+    };
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.is::<T>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// Connection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Pooled connections idle longer are closed.
+    pub idle_timeout: Duration,
+}
+
+async fn connect(addr: SocketAddr, s: Settings) -> Result<tokio::net::TcpStream, UpstreamError> {
+    let stream = tokio::time::timeout(s.connect_timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout)?
+        .map_err(UpstreamError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+fn checkout_h1(addr: SocketAddr, s: Settings) -> Option<http1::SendRequest<ReqBody>> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.h1.get_mut(&addr)?;
+        while let Some(idle) = list.pop() {
+            if !idle.sender.is_closed() && idle.since.elapsed() < s.idle_timeout {
+                return Some(idle.sender);
+            }
+        }
+        None
+    })
+}
+
+fn checkin_h1(addr: SocketAddr, sender: http1::SendRequest<ReqBody>) {
+    if sender.is_closed() {
+        return;
+    }
+    // `try_with`: a body may be dropped while its thread is exiting.
+    let _ = POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.h1.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+async fn open_h1(
+    addr: SocketAddr,
+    s: Settings,
+) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
+    let stream = connect(addr, s).await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(UpstreamError::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+async fn h2_sender(
+    addr: SocketAddr,
+    s: Settings,
+) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+    let existing = POOL.with(|p| p.borrow().h2.get(&addr).filter(|c| !c.is_closed()).cloned());
+    if let Some(sender) = existing {
+        return Ok(sender);
+    }
+    let stream = connect(addr, s).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(UpstreamError::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %addr, error = %e, "upstream h2 connection ended");
+        }
+    });
+    POOL.with(|p| p.borrow_mut().h2.insert(addr, sender.clone()));
+    Ok(sender)
+}
+
+/// Sends `req` to `addr` over HTTP/1.1 on a pooled connection (the URI should be in origin
+/// form and a `Host` header present).
+///
+/// # Errors
+/// [`UpstreamError`] when no response head arrives.
+pub async fn send_h1(
+    addr: SocketAddr,
+    mut req: Request<ReqBody>,
+    s: Settings,
+) -> Result<Response<UpBody>, UpstreamError> {
+    // Up to two pooled connections, then a fresh one.
+    for attempt in 0..3 {
+        let pooled = if attempt < 2 {
+            checkout_h1(addr, s)
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => open_h1(addr, s).await?,
+        };
+        match sender.ready().await {
+            Ok(()) => {}
+            Err(_) if reused => continue,
+            Err(e) => return Err(UpstreamError::Http(e)),
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                return Ok(resp.map(|body| UpBody {
+                    inner: body,
+                    back: Some((addr, sender)),
+                }));
+            }
+            Err(mut e) => match e.take_message() {
+                // Never written: the connection was already closing. Try another.
+                Some(r) if reused => req = r,
+                _ => return Err(UpstreamError::Http(e.into_error())),
+            },
+        }
+    }
+    Err(UpstreamError::Connect(
+        std::io::ErrorKind::ConnectionAborted.into(),
+    ))
+}
+
+/// Sends `req` to `addr` over the thread's HTTP/2 connection (the URI must be absolute).
+///
+/// # Errors
+/// [`UpstreamError`] when no response head arrives.
+pub async fn send_h2(
+    addr: SocketAddr,
+    req: Request<ReqBody>,
+    s: Settings,
+) -> Result<Response<UpBody>, UpstreamError> {
+    let mut sender = h2_sender(addr, s).await?;
+    sender.ready().await.map_err(UpstreamError::Http)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(UpstreamError::Http)?;
+    Ok(resp.map(|body| UpBody {
+        inner: body,
+        back: None,
+    }))
+}
+
+/// An upstream response body that returns its HTTP/1.1 connection to the thread's pool once
+/// read to the end.
+#[derive(Debug)]
+pub struct UpBody {
+    inner: Incoming,
+    back: Option<(SocketAddr, http1::SendRequest<ReqBody>)>,
+}
+
+impl UpBody {
+    fn give_back(&mut self) {
+        if let Some((addr, sender)) = self.back.take() {
+            checkin_h1(addr, sender);
+        }
+    }
+}
+
+impl Drop for UpBody {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Err(_)) => this.back = None,
+            // hyper's server stops polling once `is_end_stream` is true, so the end may come
+            // with the last data frame rather than as `None`.
+            Some(Ok(_)) if !this.inner.is_end_stream() => {}
+            _ => this.give_back(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
