@@ -7,6 +7,9 @@ pub mod config;
 mod entry;
 mod flight;
 pub mod future;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod l1;
 pub mod layer;
 pub mod policy;
