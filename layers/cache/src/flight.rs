@@ -10,12 +10,17 @@
 //!   entry are told [`Signal::Failed`], and the first live waiter without one is told
 //!   [`Signal::Lead`] and takes over; the others keep waiting on it.
 //!
+//! An invalidation [`detach`](Flights::detach)es the key's flight: its waiters are let go (they
+//! ask the inner service themselves rather than take a value fetched before the invalidation),
+//! and the old leader, whose flight id no longer matches, ends nothing but its own call.
+//!
 //! The table is sharded by key hash and each shard's mutex is held only to insert or remove
 //! a flight, never across an await.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
@@ -28,8 +33,8 @@ pub(crate) enum Signal<V> {
     Value { value: V, error: bool },
     /// The leader failed; serve the stale entry you hold.
     Failed,
-    /// The leader failed or left; you lead now.
-    Lead,
+    /// The leader failed or left; you lead flight `id` now.
+    Lead(u64),
 }
 
 #[derive(Debug)]
@@ -41,8 +46,8 @@ struct Waiter<V> {
 /// How a miss joined its key's flight.
 #[derive(Debug)]
 pub(crate) enum Join<V> {
-    /// This request leads: it must end the flight with `complete` or `fail`.
-    Lead,
+    /// This request leads flight `id`: it must end it with `complete` or `fail`.
+    Lead(u64),
     /// Another request leads: wait on the channel.
     Wait(oneshot::Receiver<Signal<V>>),
 }
@@ -50,17 +55,33 @@ pub(crate) enum Join<V> {
 /// The table of flights in progress.
 #[derive(Debug)]
 pub(crate) struct Flights<K, V> {
-    shards: Box<[Mutex<HashMap<K, Vec<Waiter<V>>>>]>,
+    shards: Box<[Mutex<HashMap<K, Flight<V>>>]>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Flight<V> {
+    id: u64,
+    waiters: Vec<Waiter<V>>,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     pub(crate) fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
         }
     }
 
-    fn shard(&self, hash: u64) -> MutexGuard<'_, HashMap<K, Vec<Waiter<V>>>> {
+    fn new_flight(&self) -> Flight<V> {
+        // Relaxed: only hands out distinct ids.
+        Flight {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            waiters: Vec::new(),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, HashMap<K, Flight<V>>> {
         // The maps are only changed by whole inserts and removes; a panic cannot leave one torn.
         self.shards[(hash >> 60) as usize % SHARDS]
             .lock()
@@ -70,32 +91,35 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     /// Leads the flight for `key`, or waits on the one in progress.
     pub(crate) fn join(&self, hash: u64, key: &K, has_stale: bool) -> Join<V> {
         match self.shard(hash).entry(key.clone()) {
-            Entry::Vacant(v) => {
-                v.insert(Vec::new());
-                Join::Lead
-            }
+            Entry::Vacant(v) => Join::Lead(v.insert(self.new_flight()).id),
             Entry::Occupied(mut o) => {
                 let (tx, rx) = oneshot::channel();
-                o.get_mut().push(Waiter { tx, has_stale });
+                o.get_mut().waiters.push(Waiter { tx, has_stale });
                 Join::Wait(rx)
             }
         }
     }
 
     /// Leads the flight for `key` only if none is in progress (background refreshes).
-    pub(crate) fn try_lead(&self, hash: u64, key: &K) -> bool {
+    pub(crate) fn try_lead(&self, hash: u64, key: &K) -> Option<u64> {
         match self.shard(hash).entry(key.clone()) {
-            Entry::Vacant(v) => {
-                v.insert(Vec::new());
-                true
-            }
-            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => Some(v.insert(self.new_flight()).id),
+            Entry::Occupied(_) => None,
         }
     }
 
-    /// Ends the flight with `value`; returns how many waiters received it.
-    pub(crate) fn complete(&self, hash: u64, key: &K, value: &V, error: bool) -> usize {
-        let waiters = self.shard(hash).remove(key).unwrap_or_default();
+    /// Removes flight `id` of `key` if it is still in the table.
+    fn take(&self, hash: u64, key: &K, id: u64) -> Vec<Waiter<V>> {
+        let mut map = self.shard(hash);
+        match map.get(key) {
+            Some(f) if f.id == id => map.remove(key).map(|f| f.waiters).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Ends flight `id` with `value`; returns how many waiters received it.
+    pub(crate) fn complete(&self, hash: u64, key: &K, id: u64, value: &V, error: bool) -> usize {
+        let waiters = self.take(hash, key, id);
         let mut served = 0;
         for w in waiters {
             let signal = if error && w.has_stale {
@@ -111,28 +135,36 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
         served
     }
 
-    /// Ends the leader's part after a failure: hands the flight to a waiter, or removes it.
-    pub(crate) fn fail(&self, hash: u64, key: &K) {
+    /// Ends the leader's part of flight `id` after a failure: hands it to a waiter, or removes
+    /// it.
+    pub(crate) fn fail(&self, hash: u64, key: &K, id: u64) {
         let mut map = self.shard(hash);
-        let Some(waiters) = map.get_mut(key) else {
+        let Some(flight) = map.get_mut(key).filter(|f| f.id == id) else {
             return;
         };
         let mut rest = Vec::new();
         let mut promoted = false;
-        for w in waiters.drain(..) {
+        for w in flight.waiters.drain(..) {
             if w.has_stale {
                 let _ = w.tx.send(Signal::Failed);
             } else if promoted {
                 rest.push(w);
             } else {
-                promoted = w.tx.send(Signal::Lead).is_ok();
+                promoted = w.tx.send(Signal::Lead(id)).is_ok();
             }
         }
         if promoted {
-            *waiters = rest;
+            flight.waiters = rest;
         } else {
             map.remove(key);
         }
+    }
+
+    /// Forgets `key`'s flight (an invalidation): its waiters are let go, its leader ends
+    /// nothing.
+    pub(crate) fn detach(&self, hash: u64, key: &K) {
+        let flight = self.shard(hash).remove(key);
+        drop(flight);
     }
 
     /// Flights in progress (for tests and statistics).
@@ -146,18 +178,28 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
 mod tests {
     use super::*;
 
+    fn lead(j: Join<u8>) -> u64 {
+        match j {
+            Join::Lead(id) => id,
+            Join::Wait(_) => panic!("should lead"),
+        }
+    }
+
+    fn wait(j: Join<u8>) -> oneshot::Receiver<Signal<u8>> {
+        match j {
+            Join::Wait(rx) => rx,
+            Join::Lead(_) => panic!("should wait"),
+        }
+    }
+
     #[test]
     fn waiters_receive_the_leaders_value() {
         let f = Flights::<u8, u8>::new();
-        assert!(matches!(f.join(1, &1, false), Join::Lead));
-        let Join::Wait(mut a) = f.join(1, &1, false) else {
-            panic!("second should wait")
-        };
-        let Join::Wait(mut b) = f.join(1, &1, true) else {
-            panic!("third should wait")
-        };
-        assert!(!f.try_lead(1, &1));
-        assert_eq!(f.complete(1, &1, &9, false), 2);
+        let id = lead(f.join(1, &1, false));
+        let mut a = wait(f.join(1, &1, false));
+        let mut b = wait(f.join(1, &1, true));
+        assert!(f.try_lead(1, &1).is_none());
+        assert_eq!(f.complete(1, &1, id, &9, false), 2);
         assert!(matches!(
             a.try_recv(),
             Ok(Signal::Value {
@@ -178,27 +220,41 @@ mod tests {
     #[test]
     fn failure_promotes_one_live_waiter_and_frees_stale_holders() {
         let f = Flights::<u8, u8>::new();
-        assert!(matches!(f.join(1, &1, false), Join::Lead));
-        let Join::Wait(gone) = f.join(1, &1, false) else {
-            panic!()
-        };
-        let Join::Wait(mut stale) = f.join(1, &1, true) else {
-            panic!()
-        };
-        let Join::Wait(mut next) = f.join(1, &1, false) else {
-            panic!()
-        };
-        let Join::Wait(mut last) = f.join(1, &1, false) else {
-            panic!()
-        };
+        let id = lead(f.join(1, &1, false));
+        let gone = wait(f.join(1, &1, false));
+        let mut stale = wait(f.join(1, &1, true));
+        let mut next = wait(f.join(1, &1, false));
+        let mut last = wait(f.join(1, &1, false));
         drop(gone);
-        f.fail(1, &1);
+        f.fail(1, &1, id);
         assert!(matches!(stale.try_recv(), Ok(Signal::Failed)));
-        assert!(matches!(next.try_recv(), Ok(Signal::Lead)));
+        assert!(matches!(next.try_recv(), Ok(Signal::Lead(i)) if i == id));
         assert!(last.try_recv().is_err());
-        f.fail(1, &1);
-        assert!(matches!(last.try_recv(), Ok(Signal::Lead)));
-        f.fail(1, &1);
+        f.fail(1, &1, id);
+        assert!(matches!(last.try_recv(), Ok(Signal::Lead(_))));
+        f.fail(1, &1, id);
         assert_eq!(f.len(), 0);
+    }
+
+    #[test]
+    fn a_detached_flight_lets_its_waiters_go_and_its_old_leader_ends_nothing() {
+        let f = Flights::<u8, u8>::new();
+        let old = lead(f.join(1, &1, false));
+        let mut w = wait(f.join(1, &1, false));
+        f.detach(1, &1);
+        assert!(matches!(
+            w.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        let new = lead(f.join(1, &1, false));
+        let mut w2 = wait(f.join(1, &1, false));
+        assert_eq!(f.complete(1, &1, old, &1, false), 0);
+        f.fail(1, &1, old);
+        assert!(
+            w2.try_recv().is_err(),
+            "the old leader must not end the new flight"
+        );
+        assert_eq!(f.complete(1, &1, new, &2, false), 1);
+        assert!(matches!(w2.try_recv(), Ok(Signal::Value { value: 2, .. })));
     }
 }

@@ -20,8 +20,8 @@ use tower_service::Service;
 pub(crate) enum Role<V> {
     /// Not in a flight (a bypass after a wait timed out, or the flight ended).
     Alone,
-    /// Leads the flight: must end it.
-    Leader,
+    /// Leads flight `id`: must end it.
+    Leader(u64),
     /// Waits on the leader.
     Waiter(oneshot::Receiver<Signal<V>>),
 }
@@ -47,23 +47,23 @@ pub(crate) struct Miss<S, Req, P: CachePolicy> {
 
 impl<S, Req, P: CachePolicy> Miss<S, Req, P> {
     fn complete(&mut self, value: &P::Value, error: bool) {
-        if let Role::Leader = std::mem::replace(&mut self.role, Role::Alone) {
+        if let Role::Leader(id) = std::mem::replace(&mut self.role, Role::Alone) {
             let served = self
                 .tiers
                 .flights
-                .complete(self.hash, &self.key, value, error);
+                .complete(self.hash, &self.key, id, value, error);
             self.tiers.stats.coalesced.add(served as i64);
         }
     }
 
     fn fail(&mut self) {
         match std::mem::replace(&mut self.role, Role::Alone) {
-            Role::Leader => self.tiers.flights.fail(self.hash, &self.key),
+            Role::Leader(id) => self.tiers.flights.fail(self.hash, &self.key, id),
             Role::Waiter(mut rx) => {
                 // Refuse further signals, then pass on a leadership that arrived unread.
                 rx.close();
-                if let Ok(Signal::Lead) = rx.try_recv() {
-                    self.tiers.flights.fail(self.hash, &self.key);
+                if let Ok(Signal::Lead(id)) = rx.try_recv() {
+                    self.tiers.flights.fail(self.hash, &self.key, id);
                 }
             }
             Role::Alone => {}
@@ -108,7 +108,7 @@ where
                 return Ok(res);
             }
             let life = Lifetimes::of(class, &tiers.cfg);
-            if life.is_none() && !matches!(miss.role, Role::Leader) {
+            if life.is_none() && !matches!(miss.role, Role::Leader(_)) {
                 return Ok(res);
             }
             let value = policy.to_value(res);
@@ -146,9 +146,9 @@ pub(crate) async fn refresh<P, S, Req>(
     P: CachePolicyFor<Req, S::Response>,
     S: Service<Req>,
 {
-    if !tiers.flights.try_lead(hash, &key) {
+    let Some(id) = tiers.flights.try_lead(hash, &key) else {
         return;
-    }
+    };
     let epoch = tiers.epoch(hash);
     let mut miss: Miss<S, Req, P> = Miss {
         tiers: tiers.clone(),
@@ -159,7 +159,7 @@ pub(crate) async fn refresh<P, S, Req>(
         req: None,
         svc: None,
         stale: None,
-        role: Role::Leader,
+        role: Role::Leader(id),
     };
     if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {
         return;
@@ -360,12 +360,13 @@ where
                                 None => Next::Call,
                             }
                         }
-                        Poll::Ready(Ok(Signal::Lead)) => {
-                            miss.role = Role::Leader;
+                        Poll::Ready(Ok(Signal::Lead(id))) => {
+                            miss.role = Role::Leader(id);
                             miss.tiers.stats.takeovers.incr();
                             Next::Call
                         }
-                        // The flight vanished without a word: ask the inner service alone.
+                        // The flight was detached by an invalidation: ask the inner service
+                        // alone rather than take a value fetched before it.
                         Poll::Ready(Err(_)) => {
                             miss.role = Role::Alone;
                             Next::Call

@@ -7,6 +7,8 @@ pub mod config;
 mod entry;
 mod flight;
 pub mod future;
+#[cfg(any(fuzzing, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;

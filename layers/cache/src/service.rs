@@ -152,8 +152,8 @@ where
             role: Role::Alone,
         };
         match join {
-            Join::Lead => {
-                miss.role = Role::Leader;
+            Join::Lead(id) => {
+                miss.role = Role::Leader(id);
                 if let Some(get) = self.tiers.remote_get(&miss.key) {
                     miss.req = Some(req);
                     miss.svc = Some(self.take_ready());

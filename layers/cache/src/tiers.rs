@@ -358,6 +358,7 @@ where
         if let Some(l1) = &self.l1 {
             l1.remove(hash, key);
         }
+        self.flights.detach(hash, key);
     }
 
     fn clear_local(&self) {
