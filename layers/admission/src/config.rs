@@ -19,6 +19,11 @@ pub struct ClassConfig {
     /// take a free slot this class is owed, and freed slots go to it first. While it has nobody
     /// waiting, other classes borrow its idle share. Default 0 slots.
     pub reserved: usize,
+    /// Slots kept free for this class and those above it: a request of a lower class is
+    /// admitted only while more slots are free than the headrooms above it add up to, so this
+    /// class's requests start at once instead of waiting for a slot to free. Unlike
+    /// `reserved`, it is not lent: it costs that much capacity while unused. Default 0 slots.
+    pub headroom: usize,
 }
 
 impl ClassConfig {
@@ -28,12 +33,19 @@ impl ClassConfig {
             name: name.into(),
             queue_capacity: 128,
             reserved: 0,
+            headroom: 0,
         }
     }
 
     /// Sets [`queue_capacity`](Self::queue_capacity).
     pub fn with_queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = n;
+        self
+    }
+
+    /// Sets [`headroom`](Self::headroom).
+    pub fn with_headroom(mut self, n: usize) -> Self {
+        self.headroom = n;
         self
     }
 
@@ -255,6 +267,19 @@ impl AdmissionConfig {
         if self.limit == 0 {
             return Err(ConfigError::new("limit", "must be at least 1"));
         }
+        let kept: usize = self.classes[..self.classes.len() - 1]
+            .iter()
+            .map(|c| c.headroom)
+            .sum();
+        if kept >= self.limit {
+            return Err(ConfigError::new(
+                "classes.headroom",
+                format!(
+                    "headrooms add up to {kept}, leaving the lowest class nothing of the limit {}",
+                    self.limit
+                ),
+            ));
+        }
         let reserved: usize = self.classes.iter().map(|c| c.reserved).sum();
         if reserved > self.limit {
             return Err(ConfigError::new(
@@ -328,6 +353,7 @@ mod tests {
             ("classes.name", Box::new(|c| c.classes[0].name.clear())),
             ("limit", Box::new(|c| c.limit = 0)),
             ("classes.reserved", Box::new(|c| c.classes[0].reserved = 65)),
+            ("classes.headroom", Box::new(|c| c.classes[0].headroom = 64)),
             (
                 "codel.target",
                 Box::new(|c| c.codel.target = Duration::ZERO),

@@ -52,6 +52,8 @@ pub(crate) struct ClassInfo {
     pub(crate) name: Arc<str>,
     pub(crate) queue_capacity: usize,
     pub(crate) reserved: usize,
+    /// The headrooms of the classes above this one, added up.
+    pub(crate) headroom_above: usize,
 }
 
 /// What the fast path reads and writes, on one cache line.
@@ -102,10 +104,12 @@ impl Controller {
             classes: config
                 .classes
                 .iter()
-                .map(|c| ClassInfo {
+                .enumerate()
+                .map(|(i, c)| ClassInfo {
                     name: c.name.as_str().into(),
                     queue_capacity: c.queue_capacity,
                     reserved: c.reserved,
+                    headroom_above: config.classes[..i].iter().map(|h| h.headroom).sum(),
                 })
                 .collect(),
             track: config.classes.iter().any(|c| c.reserved > 0),
@@ -136,6 +140,15 @@ impl Controller {
             None => self.hot.fixed.limit(),
             Some(c) => c.limit().max(1),
         }
+    }
+
+    /// The most in flight when a request of `class` may still take a slot: the limit less the
+    /// headroom kept for the classes above it (at least 1).
+    #[inline]
+    pub(crate) fn class_limit(&self, class: usize, limit: usize) -> usize {
+        limit
+            .saturating_sub(self.classes[class].headroom_above)
+            .max(1)
     }
 
     pub(crate) fn fixed(&self) -> Option<&FixedLimit> {
@@ -256,6 +269,8 @@ pub(crate) struct Flags {
     pub(crate) throttle: bool,
     /// The lowest class's index.
     pub(crate) last_class: usize,
+    /// Some class keeps headroom.
+    pub(crate) headroom: bool,
     /// The rate limit lives in Redis.
     #[cfg(feature = "redis")]
     pub(crate) remote: bool,
@@ -276,11 +291,14 @@ impl Shard {
         // Relaxed (all accesses to `word`): see the ground rules in the module docs.
         let mut w = hot.word.load(Ordering::Relaxed);
         loop {
-            let limit = if self.flags.dynamic {
+            let mut limit = if self.flags.dynamic {
                 self.ctrl.limit()
             } else {
                 hot.fixed.limit()
             };
+            if self.flags.headroom {
+                limit = self.ctrl.class_limit(class, limit);
+            }
             if w & WAITERS != 0 || (w & COUNT) as usize >= limit {
                 return false;
             }
@@ -377,6 +395,7 @@ impl Shards {
                         prechecks: ctrl.rate.is_some() || ctrl.throttle.is_some(),
                         throttle: ctrl.throttle.is_some(),
                         last_class: n - 1,
+                        headroom: ctrl.classes.iter().any(|c| c.headroom_above > 0),
                         #[cfg(feature = "redis")]
                         remote: ctrl.remote.is_some(),
                     },

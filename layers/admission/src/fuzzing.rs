@@ -50,6 +50,8 @@ pub struct Setup {
     pub lifo: bool,
     /// A per-key rate limit of this burst per second (0: none).
     pub rate_burst: u8,
+    /// Headroom kept by the top class, 0 to 2, less than the limit.
+    pub headroom: u8,
 }
 
 /// One step.
@@ -145,7 +147,7 @@ fn config(setup: &Setup) -> AdmissionConfig {
     let n = usize::from(setup.classes % 6) + 1;
     let limit = usize::from(setup.limit % 8) + 1;
     let mut budget = limit;
-    let classes = (0..n)
+    let mut classes: Vec<ClassConfig> = (0..n)
         .map(|i| {
             let mut c = ClassConfig::new(format!("c{i}"));
             c.queue_capacity = setup
@@ -164,6 +166,9 @@ fn config(setup: &Setup) -> AdmissionConfig {
             c
         })
         .collect();
+    if n > 1 {
+        classes[0].headroom = usize::from(setup.headroom % 3).min(limit - 1);
+    }
     AdmissionConfig {
         classes,
         limit,

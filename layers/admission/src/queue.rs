@@ -20,6 +20,12 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 use tokio::time::Instant;
 
+/// How many CoDel targets' worth of work the fresh waiters must cover before the sweep drops
+/// older ones. At 1 the queue drains too often at critical load and slots idle after a lull
+/// (the simulator served 89% at 1x capacity); at 3 it serves 95% at 1x and stays within 5% of
+/// the optimum from 0.5x to 4x, while 90% of served waits stay within the target at 2x.
+const FRESH_COVER: f64 = 3.0;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
     Free,
@@ -43,6 +49,8 @@ struct Slot {
 pub(crate) struct ClassQueue {
     q: VecDeque<u32>,
     nonempty_since: Option<Instant>,
+    /// When the CoDel sweep last dropped a waiter.
+    last_drop: Option<Instant>,
     pub(crate) admitted: u64,
     pub(crate) wait: Histogram,
 }
@@ -88,6 +96,7 @@ impl Slow {
                 .map(|c| ClassQueue {
                     q: VecDeque::with_capacity(c.queue_capacity.min(1024)),
                     nonempty_since: None,
+                    last_drop: None,
                     admitted: 0,
                     wait: Histogram::default(),
                 })
@@ -98,10 +107,16 @@ impl Slow {
         }
     }
 
+    /// Whether `class`'s queue stands: it has not been empty for `interval`, or the sweep
+    /// dropped a waiter within the last `interval` (the queue emptied only because of the
+    /// drops; without this, the mode would flip back to FIFO at the first lull).
     fn standing(&self, class: usize, now: Instant, interval: std::time::Duration) -> bool {
-        self.queues[class]
-            .nonempty_since
-            .is_some_and(|t| now.saturating_duration_since(t) >= interval)
+        let q = &self.queues[class];
+        let long =
+            |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) >= interval);
+        long(q.nonempty_since)
+            || q.last_drop
+                .is_some_and(|t| now.saturating_duration_since(t) < interval)
     }
 
     fn alloc(&mut self, class: usize, now: Instant, deadline: Option<Instant>) -> u32 {
@@ -166,35 +181,63 @@ impl Controller {
         slow.finish(i, SlotState::Rejected(reason));
     }
 
-    /// Drops waiters older than the CoDel target from the front of a standing queue.
-    fn sweep(&self, slow: &mut Slow, class: usize, now: Instant) {
+    /// Drops waiters older than the CoDel target from the front of a standing queue, but only
+    /// while the fresher waiters behind them (within the target) are enough to keep every slot
+    /// busy for the target: then the old ones could not be served in time anyway. With fewer
+    /// fresh waiters (a lull in arrivals), the old ones stay to use capacity that would
+    /// otherwise idle, and still give up after the interval.
+    ///
+    /// `room`: a request arrives at a full queue, so expired waiters go regardless (they are
+    /// past the bound, and the alternative is turning the fresh request away).
+    fn sweep(&self, slow: &mut Slow, class: usize, now: Instant, room: bool) {
         if !slow.standing(class, now, self.codel.interval) {
             return;
         }
-        while let Some(&i) = slow.queues[class].q.front() {
-            if now.saturating_duration_since(slow.slots[i as usize].enqueued) <= self.codel.target {
-                break;
+        let target = self.codel.target;
+        // Waiters served per target: the limit times target / service time (at least 1).
+        let per_target = {
+            let service = self.latency_estimate();
+            let limit = self.limit() as f64;
+            if service.is_zero() {
+                limit
+            } else {
+                (limit * target.as_secs_f64() / service.as_secs_f64()).max(1.0)
             }
-            slow.queues[class].q.pop_front();
+        };
+        let slots = &slow.slots;
+        let q = &slow.queues[class].q;
+        let expired = q.partition_point(|i| {
+            now.saturating_duration_since(slots[*i as usize].enqueued) > target
+        });
+        let fresh = q.len() - expired;
+        if expired == 0 || (!room && (fresh as f64) < FRESH_COVER * per_target) {
+            return;
+        }
+        for _ in 0..expired {
+            let i = slow.queues[class].q.pop_front().expect("counted above");
             self.reject_waiter(slow, i, Reason::QueueTimeout);
         }
+        slow.queues[class].last_drop = Some(now);
     }
 
     /// The next class to get a slot: the highest class owed part of its reservation, else the
-    /// highest class with waiters.
-    fn pick(&self, slow: &Slow) -> Option<usize> {
+    /// highest class with waiters; `None` if that class may not take a slot now (headroom).
+    fn pick(&self, slow: &Slow, in_flight: usize, limit: usize) -> Option<usize> {
         let waiting = |c: &usize| !slow.queues[*c].q.is_empty();
+        let fits = |c: usize| in_flight < self.class_limit(c, limit);
         let n = self.classes.len();
         if self.track {
             let owed = (0..n).filter(waiting).find(|c| {
                 // Relaxed: reservations are approximate by one request, see the controller.
                 self.class_in_flight[*c].load(Ordering::Relaxed) < self.classes[*c].reserved
             });
-            if owed.is_some() {
-                return owed;
+            if let Some(c) = owed.filter(|c| fits(*c)) {
+                return Some(c);
             }
         }
-        (0..n).find(waiting)
+        // Headroom only grows down the classes: if the highest waiting class may not take a
+        // slot, no lower one may.
+        (0..n).find(waiting).filter(|c| fits(*c))
     }
 
     /// Hands free capacity to waiters until none is left or nobody waits.
@@ -202,11 +245,14 @@ impl Controller {
         loop {
             // Relaxed: see the ground rules in the controller.
             let in_flight = (self.hot.word.load(Ordering::Relaxed) & COUNT) as usize;
-            if slow.queued == 0 || in_flight >= self.limit() {
+            let limit = self.limit();
+            if slow.queued == 0 || in_flight >= limit {
                 break;
             }
-            let Some(c) = self.pick(slow) else { break };
-            self.sweep(slow, c, now);
+            let Some(c) = self.pick(slow, in_flight, limit) else {
+                break;
+            };
+            self.sweep(slow, c, now, false);
             let standing = slow.standing(c, now, self.codel.interval);
             let q = &mut slow.queues[c].q;
             let next = if standing && self.codel.adaptive_lifo {
@@ -247,15 +293,20 @@ impl Controller {
         now: Instant,
     ) -> Enqueued {
         let mut slow = self.lock();
-        self.sweep(&mut slow, class, now);
-        let full = slow.queues[class].q.len() >= self.classes[class].queue_capacity;
+        self.sweep(&mut slow, class, now, false);
+        let cap = self.classes[class].queue_capacity;
+        if slow.queues[class].q.len() >= cap || slow.queued >= self.max_queued {
+            self.sweep(&mut slow, class, now, true);
+        }
+        let full = slow.queues[class].q.len() >= cap;
         if full || slow.queued >= self.max_queued {
             // Nobody may be waiting for a slot that is free (a finishing request dispatches
             // only after it took the lock): serve them first, then take a free slot directly.
             self.dispatch(&mut slow, now);
             // Relaxed: see the ground rules.
             if slow.queued == 0
-                && (self.hot.word.load(Ordering::Relaxed) & COUNT) < self.limit() as u64
+                && ((self.hot.word.load(Ordering::Relaxed) & COUNT) as usize)
+                    < self.class_limit(class, self.limit())
             {
                 return self.grant_direct(&mut slow, class);
             }
@@ -264,7 +315,6 @@ impl Controller {
                 return Enqueued::Rejected(self.reject(class, Reason::QueueFull, Some(hint)));
             }
         }
-        let standing = slow.standing(class, now, self.codel.interval);
         let i = slow.alloc(class, now, deadline);
         let cq = &mut slow.queues[class];
         if cq.q.is_empty() {
@@ -279,11 +329,9 @@ impl Controller {
             slow.release_slot(i);
             return Enqueued::Granted;
         }
-        let bound = if standing {
-            self.codel.target
-        } else {
-            self.codel.interval
-        };
+        // The queue-time bound; a standing queue also sheds waiters past the CoDel target
+        // while fresher ones wait (see `sweep`).
+        let bound = self.codel.interval;
         let (mut expires, mut reason) = (now + bound, Reason::QueueTimeout);
         if let Some(d) = deadline {
             let latest = d.checked_sub(self.latency_estimate()).unwrap_or(now);

@@ -174,9 +174,10 @@ async fn a_standing_queue_serves_newest_first_within_the_target() {
             }
         }
     }
-    // About one request per ms was served: the slot never idled while some waited.
+    // About one request per ms was served while requests came (the slot never idled), and
+    // after they stopped, the queue drained what had waited less than the interval.
     assert!(
-        (295..=310).contains(&served),
+        (295..=400).contains(&served),
         "{served} served, {timed_out} timed out"
     );
     let snap = handle.snapshot();

@@ -22,17 +22,21 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn setup(reserve: bool) -> impl Strategy<Value = Setup> {
-    (
+    let shape = (
         any::<u8>(),
         any::<u8>(),
         prop::collection::vec(any::<u8>(), 0..6),
         any::<u8>(),
+    );
+    let policy = (
         prop::collection::vec(any::<u8>(), 0..6),
         any::<bool>(),
         prop::option::weighted(0.2, 1u8..4),
-    )
-        .prop_map(
-            move |(classes, limit, queue_capacity, max_queued, reserved, lifo, rate)| Setup {
+        any::<u8>(),
+    );
+    (shape, policy).prop_map(
+        move |((classes, limit, queue_capacity, max_queued), (reserved, lifo, rate, headroom))| {
+            Setup {
                 classes,
                 limit,
                 queue_capacity,
@@ -41,8 +45,10 @@ fn setup(reserve: bool) -> impl Strategy<Value = Setup> {
                 reserved,
                 lifo,
                 rate_burst: rate.unwrap_or(0),
-            },
-        )
+                headroom,
+            }
+        },
+    )
 }
 
 proptest! {
