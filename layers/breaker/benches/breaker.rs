@@ -95,11 +95,20 @@ where
     S: Service<u64> + Clone + Send,
     S::Error: std::fmt::Debug,
 {
+    each(|| svc.clone(), threads, iters)
+}
+
+/// Time per call per thread, `threads` threads each calling a service made by `make`.
+fn each<S>(make: impl Fn() -> S, threads: usize, iters: u64) -> Duration
+where
+    S: Service<u64> + Send,
+    S::Error: std::fmt::Debug,
+{
     let barrier = Barrier::new(threads);
     let total: Duration = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let mut svc = svc.clone();
+                let mut svc = make();
                 let barrier = &barrier;
                 s.spawn(move || {
                     barrier.wait();
@@ -134,6 +143,19 @@ fn closed_path(c: &mut Criterion) {
         .build()
         .unwrap();
     bench(c, "tower-resilience", resilience.layer(Echo));
+
+    // A control for the machine rather than the breaker: two threads, each with its own
+    // breaker. The gap between this and `tollgate/2-thread` is the cost of sharing one.
+    c.bench_function("closed_call/tollgate-unshared/2-thread", |b| {
+        b.iter_custom(|iters| {
+            let make = || {
+                BreakerLayer::new(BreakerConfig::default())
+                    .unwrap()
+                    .layer(Echo)
+            };
+            each(make, 2, iters)
+        })
+    });
 }
 
 criterion_group!(benches, closed_path);

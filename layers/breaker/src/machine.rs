@@ -23,12 +23,13 @@
 //! - Windows are statistics, written by any recorder and cleared under the lock before CLOSED
 //!   is published.
 
+use crate::config::SlidingWindow;
 use crate::config::{Backoff, BreakerConfig};
 use crate::error::Open;
 use crate::state::{Snapshot, State, StateChange};
 use crate::sync::Mutex;
 use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
-use crate::window::{Counts, Window, slot_value};
+use crate::window::{Counts, Window};
 use crossbeam_utils::CachePadded;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -187,7 +188,15 @@ impl std::fmt::Debug for Core {
 impl Core {
     /// A closed breaker. `config` must have passed `validate`.
     pub(crate) fn new(config: &BreakerConfig, name: std::sync::Arc<str>) -> Self {
-        let window = Window::new(&config.sliding_window);
+        let min_calls = match config.sliding_window {
+            SlidingWindow::Count { size } => config.minimum_calls.min(size),
+            SlidingWindow::Time { .. } => config.minimum_calls,
+        };
+        let window = Window::new(
+            &config.sliding_window,
+            u64::from(min_calls),
+            config.slow_call_duration.is_some(),
+        );
         let seed = config.seed.unwrap_or_else(|| {
             std::collections::hash_map::RandomState::new()
                 .build_hasher()
@@ -198,7 +207,7 @@ impl Core {
             slow_threshold: config.slow_call_rate_threshold,
             slow_enabled: config.slow_call_duration.is_some(),
             slow_ns: config.slow_call_duration.map_or(u64::MAX, nanos),
-            min_calls: u64::from(config.minimum_calls).min(window.capacity()),
+            min_calls: u64::from(min_calls),
             consecutive: config.consecutive_failures.unwrap_or(0),
             probes: u64::from(config.permitted_calls_in_half_open),
             wait_ns: nanos(config.wait_in_open),
@@ -428,7 +437,7 @@ impl Core {
                 self.consecutive.store(0, Relaxed);
             }
         }
-        if let Some(c) = self.window.record(slot_value(failed, slow), &mut now) {
+        if let Some(c) = self.window.record(failed, slow, &mut now) {
             trip |= self.rates_trip(c);
         }
         if trip {

@@ -1,45 +1,37 @@
 //! Sliding windows of call outcomes.
 //!
-//! Both windows keep three counters packed into one `u64` (21 bits each: calls, failures, slow
-//! calls), so recording an outcome is one `fetch_add` of a delta.
-//!
 //! # Ground rules
-//! - [`CountWindow`]: any recorder claims the next ring position with `head`, swaps its outcome
-//!   into that slot and adds the difference between the new and the evicted outcome to
-//!   `counts`. Because every slot change applies exactly its own delta, `counts` always equals
-//!   the sum over the slots once in-flight recorders finish. A success replacing a success
-//!   writes nothing but `head`.
+//! - [`CountWindow`] (the last N calls): every recorded call bumps this thread's cell of a
+//!   sharded call counter, so successes on different cores never write a shared cache line.
+//!   A failure (or slow call) also reads the total, C, and pushes C as its position onto a ring
+//!   of the last N failure (or slow-call) positions. The window is the calls numbered
+//!   `max(C - N, base) + 1 ..= C`, where `base` is the total at the last clear: its failures are
+//!   the ring entries above `max(C - N, base)`, found by binary search (positions only grow).
+//!   A success can only lower the rates once the window holds the minimum number of calls, so
+//!   after that (`warm`) a success does nothing else. With one thread the window is exact;
+//!   concurrent recorders may each see the other's call or not, as with any linearization, and a
+//!   reader racing a push may miss that one entry.
 //! - [`TimeWindow`]: a bucket belongs to the time slice in its `epoch`; the first recorder of a
 //!   newer slice claims the bucket with a CAS on `epoch` and restarts its count. A recorder
 //!   racing that restart may lose its call: a handful of calls at a bucket boundary, which a
-//!   rate over a window tolerates.
+//!   rate over a window tolerates. Its three counters (calls, failures, slow calls; 21 bits each)
+//!   are packed in one `u64`, so recording is one `fetch_add`.
 //! - `clear` runs under the breaker's transition lock, when the breaker closes.
 //!
 //! Every ordering here is `Relaxed`: the windows are statistics, nothing else is published
 //! through them, and the state word orders the transitions.
 
 use crate::config::SlidingWindow;
-use crate::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use crossbeam_utils::CachePadded;
+use tollgate_core::counter::ShardedCounter;
 
 const FIELD_BITS: u32 = 21;
 const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
 
-/// A slot's outcome: bit 0 a call is recorded, bit 1 it failed, bit 2 it was slow.
-pub(crate) const RECORDED: u8 = 1;
-pub(crate) const FAILED: u8 = 2;
-pub(crate) const SLOW: u8 = 4;
-
-/// An outcome as a slot value.
-pub(crate) fn slot_value(failed: bool, slow: bool) -> u8 {
-    RECORDED | if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 }
-}
-
-/// The packed counters one slot value adds.
-fn packed(v: u8) -> u64 {
-    u64::from(v & 1)
-        | (u64::from((v >> 1) & 1) << FIELD_BITS)
-        | (u64::from((v >> 2) & 1) << (2 * FIELD_BITS))
+/// A time bucket's increment for one outcome.
+fn packed(failed: bool, slow: bool) -> u64 {
+    1 | (u64::from(failed) << FIELD_BITS) | (u64::from(slow) << (2 * FIELD_BITS))
 }
 
 /// The window's totals.
@@ -60,58 +52,111 @@ impl Counts {
     }
 }
 
-/// The last N calls, exactly.
+/// The positions (call numbers) of the last `cap` failures or slow calls.
+#[derive(Debug)]
+struct Events {
+    head: CachePadded<AtomicU64>,
+    pos: Box<[AtomicU64]>,
+}
+
+impl Events {
+    fn new(cap: u64) -> Self {
+        Self {
+            head: CachePadded::new(AtomicU64::new(0)),
+            pos: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn push(&self, pos: u64) {
+        let i = self.head.fetch_add(1, Relaxed);
+        self.pos[(i % self.pos.len() as u64) as usize].store(pos, Relaxed);
+    }
+
+    /// How many kept events lie after call number `lo`.
+    fn count_after(&self, lo: u64) -> u64 {
+        let head = self.head.load(Relaxed);
+        let cap = self.pos.len() as u64;
+        let (mut a, mut b) = (head - head.min(cap), head);
+        while a < b {
+            let m = a + (b - a) / 2;
+            if self.pos[(m % cap) as usize].load(Relaxed) > lo {
+                b = m;
+            } else {
+                a = m + 1;
+            }
+        }
+        head - a
+    }
+}
+
+/// The last N calls.
 #[derive(Debug)]
 pub(crate) struct CountWindow {
-    head: CachePadded<AtomicU64>,
-    counts: CachePadded<AtomicU64>,
-    slots: Box<[AtomicU8]>,
+    size: u64,
+    min_calls: u64,
+    calls: ShardedCounter,
+    base: CachePadded<AtomicU64>,
+    warm: CachePadded<AtomicBool>,
+    failures: Events,
+    slow: Option<Events>,
 }
 
 impl CountWindow {
-    fn new(size: u32) -> Self {
+    fn new(size: u32, min_calls: u64, slow_enabled: bool) -> Self {
+        let size = u64::from(size);
         Self {
-            head: CachePadded::new(AtomicU64::new(0)),
-            counts: CachePadded::new(AtomicU64::new(0)),
-            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            size,
+            min_calls,
+            calls: ShardedCounter::new(),
+            base: CachePadded::new(AtomicU64::new(0)),
+            warm: CachePadded::new(AtomicBool::new(false)),
+            failures: Events::new(size),
+            slow: slow_enabled.then(|| Events::new(size)),
         }
     }
 
-    /// Records one outcome; returns the new totals when they changed.
+    /// Records one outcome; returns the totals when they may trip the breaker.
     #[inline]
-    fn record(&self, v: u8) -> Option<Counts> {
-        // Relaxed: only hands out distinct ring positions; slots and counts are statistics.
-        let pos = self.head.fetch_add(1, Relaxed);
-        let slot = &self.slots[(pos % self.slots.len() as u64) as usize];
-        // A success evicting a success leaves every total as it is: skip the shared writes.
-        if slot.load(Relaxed) == v {
+    fn record(&self, failed: bool, slow: bool) -> Option<Counts> {
+        self.calls.incr();
+        if !failed && !slow && self.warm.load(Relaxed) {
             return None;
         }
-        let old = slot.swap(v, Relaxed);
-        if old == v {
-            return None;
+        let c = self.total();
+        if failed {
+            self.failures.push(c);
         }
-        let delta = packed(v).wrapping_sub(packed(old));
-        Some(Counts::unpack(
-            self.counts.fetch_add(delta, Relaxed).wrapping_add(delta),
-        ))
+        if let (true, Some(events)) = (slow, &self.slow) {
+            events.push(c);
+        }
+        let counts = self.counts_at(c);
+        if counts.calls >= self.min_calls && !self.warm.load(Relaxed) {
+            self.warm.store(true, Relaxed);
+        }
+        Some(counts)
+    }
+
+    fn total(&self) -> u64 {
+        u64::try_from(self.calls.sum()).unwrap_or(0)
+    }
+
+    fn counts_at(&self, c: u64) -> Counts {
+        let base = self.base.load(Relaxed);
+        let lo = c.saturating_sub(self.size).max(base);
+        Counts {
+            calls: c.saturating_sub(base).min(self.size),
+            failures: self.failures.count_after(lo),
+            slow: self.slow.as_ref().map_or(0, |e| e.count_after(lo)),
+        }
     }
 
     fn counts(&self) -> Counts {
-        Counts::unpack(self.counts.load(Relaxed))
+        self.counts_at(self.total())
     }
 
     fn clear(&self) {
-        for slot in self.slots.iter() {
-            let old = slot.swap(0, Relaxed);
-            if old != 0 {
-                self.counts.fetch_sub(packed(old), Relaxed);
-            }
-        }
-    }
-
-    fn len(&self) -> u64 {
-        self.slots.len() as u64
+        self.base.store(self.total(), Relaxed);
+        self.warm.store(false, Relaxed);
     }
 }
 
@@ -148,13 +193,14 @@ impl TimeWindow {
         now / self.bucket_ns + 1
     }
 
-    fn record(&self, v: u8, now: u64) -> Counts {
+    fn record(&self, failed: bool, slow: bool, now: u64) -> Counts {
+        let add = packed(failed, slow);
         let slice = self.slice(now);
         let bucket = &self.buckets[(slice % self.buckets.len() as u64) as usize];
         loop {
             let epoch = bucket.epoch.load(Relaxed);
             if epoch == slice {
-                bucket.counts.fetch_add(packed(v), Relaxed);
+                bucket.counts.fetch_add(add, Relaxed);
                 break;
             }
             if epoch > slice {
@@ -166,7 +212,7 @@ impl TimeWindow {
                 .compare_exchange(epoch, slice, Relaxed, Relaxed)
                 .is_ok()
             {
-                bucket.counts.store(packed(v), Relaxed);
+                bucket.counts.store(add, Relaxed);
                 break;
             }
         }
@@ -207,9 +253,13 @@ pub(crate) enum Window {
 }
 
 impl Window {
-    pub(crate) fn new(config: &SlidingWindow) -> Self {
+    /// `min_calls` is the minimum number of calls for a decision, already capped at the
+    /// window's size.
+    pub(crate) fn new(config: &SlidingWindow, min_calls: u64, slow_enabled: bool) -> Self {
         match *config {
-            SlidingWindow::Count { size } => Window::Count(CountWindow::new(size)),
+            SlidingWindow::Count { size } => {
+                Window::Count(CountWindow::new(size, min_calls, slow_enabled))
+            }
             SlidingWindow::Time { length, buckets } => {
                 let ns = u64::try_from(length.as_nanos()).unwrap_or(u64::MAX);
                 Window::Time(TimeWindow::new(ns, buckets))
@@ -222,20 +272,17 @@ impl Window {
         matches!(self, Window::Time(_))
     }
 
-    /// The most calls the window can hold before a decision (for the minimum-calls rule).
-    pub(crate) fn capacity(&self) -> u64 {
-        match self {
-            Window::Count(w) => w.len(),
-            Window::Time(_) => u64::MAX,
-        }
-    }
-
     /// Records an outcome; returns the totals when they may have changed.
     #[inline]
-    pub(crate) fn record(&self, v: u8, now: impl FnOnce() -> u64) -> Option<Counts> {
+    pub(crate) fn record(
+        &self,
+        failed: bool,
+        slow: bool,
+        now: impl FnOnce() -> u64,
+    ) -> Option<Counts> {
         match self {
-            Window::Count(w) => w.record(v),
-            Window::Time(w) => Some(w.record(v, now())),
+            Window::Count(w) => w.record(failed, slow),
+            Window::Time(w) => Some(w.record(failed, slow, now())),
         }
     }
 
