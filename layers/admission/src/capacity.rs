@@ -12,7 +12,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tollgate_core::Outcome;
 
-/// A source of the concurrency limit. See the [module docs](self).
+/// A source of the concurrency limit.
+///
+/// The admission layer counts requests in flight itself, in one atomic word that also says
+/// whether anyone is queued: that is what lets a request take a slot with a single
+/// compare-and-swap when nobody waits, and lets a finishing request hand its slot straight to
+/// the highest waiting class when somebody does. A `Capacity` only says how many may be in
+/// flight ([`limit`](Self::limit), read on every admission) and learns from each finished
+/// request ([`on_release`](Self::on_release)), which is all an adaptive limit needs.
 ///
 /// A limit that grows is noticed when the next request finishes, or at once through
 /// [`AdmissionHandle::capacity_changed`](crate::AdmissionHandle::capacity_changed).
