@@ -4,7 +4,8 @@
 use std::time::Duration;
 use tollgate_core::error::ConfigError;
 
-/// The largest count window, and the most calls one time bucket can hold (21-bit counters).
+/// The largest count window (which takes 8 bytes per call it holds, 16 with slow-call
+/// detection), and the most calls one time bucket can hold (21-bit counters).
 pub const MAX_WINDOW_CALLS: u32 = (1 << 21) - 1;
 /// The most probes a half-open breaker can admit (10-bit counters).
 pub const MAX_HALF_OPEN_CALLS: u32 = 1000;
@@ -12,7 +13,7 @@ pub const MAX_HALF_OPEN_CALLS: u32 = 1000;
 /// Which calls the failure and slow-call rates are computed over.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SlidingWindow {
-    /// The last `size` calls, exactly (a ring of outcomes).
+    /// The last `size` calls, exactly (in the order their results were recorded).
     Count {
         /// How many calls the window holds, `1..=`[`MAX_WINDOW_CALLS`]. Default `100`.
         size: u32,

@@ -39,9 +39,13 @@
 //! # Cost
 //!
 //! The closed path is lock-free: one load of the state word to admit, and to record a success
-//! in a count window one `fetch_add` on the ring head (a success evicting a success writes
-//! nothing else). No allocation, no boxed future, and no clock read unless slow-call detection
-//! is on or the window is time-based.
+//! in a count window one `fetch_add` on this thread's cell of a sharded call counter, so
+//! successes on different cores write no shared cache line (a failure also reads the total and
+//! pushes its position onto a ring). No allocation, no boxed future, and no clock read unless
+//! slow-call detection is on or the window is time-based. Measured on a 2-core machine
+//! (`benches/breaker.rs`): about 35 ns a call on one thread and 60 to 80 ns a call per thread
+//! with two threads sharing one breaker, against 300 and 500 to 1,600 ns for
+//! tower-resilience's circuit breaker in the same runs.
 //!
 //! # Example
 //!
