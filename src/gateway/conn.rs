@@ -287,7 +287,8 @@ pub(super) async fn serve_plain(
         inner: io,
     };
     if h2 {
-        serve_h2(io, &ctx, &mut shutdown).await;
+        // Boxed: the HTTP/2 state is large and would size every HTTP/1.1 connection's task.
+        Box::pin(serve_h2(io, &ctx, &mut shutdown)).await;
         return;
     }
     loop {
@@ -297,7 +298,8 @@ pub(super) async fn serve_plain(
         drop(snap);
         // Boxed so that a parked connection's task keeps no room for it.
         let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), Svc(ctx.clone())));
-        let end = drive_h1(&mut conn, &ctx, &mut shutdown, idle, Some(park)).await;
+        // Boxed too: a parked task then keeps room only for its socket and timers.
+        let end = Box::pin(drive_h1(&mut conn, &ctx, &mut shutdown, idle, Some(park))).await;
         let parts = conn.into_parts();
         io = parts.io.into_inner();
         match end {

@@ -26,6 +26,11 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Removes hop-by-hop headers and any header named in `Connection`. With `keep_te_trailers`,
 /// a `TE: trailers` survives (gRPC needs it end to end over HTTP/2).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    // Fast path: one pass over the names (standard names compare as enum tags) instead of a
+    // hash lookup per hop-by-hop name; most messages carry none.
+    if !headers.keys().any(|k| HOP_BY_HOP.iter().any(|h| h == k)) {
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = conn
             .as_bytes()
@@ -62,43 +67,73 @@ pub fn via_value(version: Version) -> HeaderValue {
     })
 }
 
-/// Adds the forwarding headers for a request received from `client` over `proto` (`http` or
-/// `https`) for `host`, in message version `version`.
+/// A client connection's forwarding values, computed once per connection.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    ip: String,
+    ip_value: HeaderValue,
+    proto: &'static str,
+    /// `for=IP;proto=P`, the `Forwarded` element without a host.
+    element: String,
+    element_value: HeaderValue,
+}
+
+impl Forwarding {
+    /// The values for a client at `client` speaking `proto` (`http` or `https`).
+    pub fn new(client: IpAddr, proto: &'static str) -> Self {
+        let ip = client.to_string();
+        let element = if client.is_ipv6() {
+            format!("for=\"[{ip}]\";proto={proto}")
+        } else {
+            format!("for={ip};proto={proto}")
+        };
+        Self {
+            ip_value: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+            element_value: HeaderValue::from_str(&element)
+                .unwrap_or(HeaderValue::from_static("for=unknown")),
+            ip,
+            proto,
+            element,
+        }
+    }
+}
+
+/// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, `Forwarded`
+/// (appended) and `Via` (appended) for a request in message version `version` for `host`.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
-    client: IpAddr,
-    proto: &'static str,
-    host: Option<&str>,
+    fwd: &Forwarding,
+    host: Option<&HeaderValue>,
     version: Version,
 ) {
-    let ip = client.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.clone(),
+        Some(prev) => HeaderValue::try_from(format!("{prev}, {}", fwd.ip)).ok(),
+        None => Some(fwd.ip_value.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    let mut forwarded = if client.is_ipv6() {
-        format!("for=\"[{ip}]\";proto={proto}")
-    } else {
-        format!("for={ip};proto={proto}")
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(fwd.proto),
+    );
+    let forwarded = match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            let quotable = h
+                .as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\');
+            match h.to_str() {
+                Ok(h) if quotable => {
+                    HeaderValue::try_from(format!("{};host=\"{h}\"", fwd.element)).ok()
+                }
+                _ => Some(fwd.element_value.clone()),
+            }
+        }
+        None => Some(fwd.element_value.clone()),
     };
-    if let Some(host) = host {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
-        }
-        if host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        {
-            forwarded.push_str(";host=\"");
-            forwarded.push_str(host);
-            forwarded.push('"');
-        }
-    }
-    if let Ok(v) = HeaderValue::try_from(forwarded) {
+    if let Some(v) = forwarded {
         headers.append(header::FORWARDED, v);
     }
     headers.append(header::VIA, via_value(version));
@@ -133,13 +168,9 @@ mod tests {
     fn adds_forwarding_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarding(
-            &mut h,
-            "::1".parse().unwrap(),
-            "https",
-            Some("a.example"),
-            Version::HTTP_2,
-        );
+        let fwd = Forwarding::new("::1".parse().unwrap(), "https");
+        let host = HeaderValue::from_static("a.example");
+        add_forwarding(&mut h, &fwd, Some(&host), Version::HTTP_2);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.example");

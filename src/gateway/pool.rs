@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -25,18 +24,33 @@ use tokio::time::Instant;
 /// The body sent upstream: the client's body, streamed, cut at the size limit.
 pub type ReqBody = Limited<Incoming>;
 
-/// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed.
-const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+/// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed (a burst's extra
+/// connections do not linger).
+const MAX_IDLE_PER_ENDPOINT: usize = 128;
 
 struct Idle {
     sender: http1::SendRequest<ReqBody>,
     since: Instant,
 }
 
+/// A thread's connections. Endpoints are few, so a vector scan beats hashing the address.
 #[derive(Default)]
 struct Pool {
-    h1: HashMap<SocketAddr, Vec<Idle>>,
-    h2: HashMap<SocketAddr, http2::SendRequest<ReqBody>>,
+    h1: Vec<(SocketAddr, Vec<Idle>)>,
+    h2: Vec<(SocketAddr, http2::SendRequest<ReqBody>)>,
+}
+
+impl Pool {
+    fn h1_list(&mut self, addr: SocketAddr) -> &mut Vec<Idle> {
+        let i = match self.h1.iter().position(|(a, _)| *a == addr) {
+            Some(i) => i,
+            None => {
+                self.h1.push((addr, Vec::new()));
+                self.h1.len() - 1
+            }
+        };
+        &mut self.h1[i].1
+    }
 }
 
 thread_local! {
@@ -91,7 +105,7 @@ async fn connect(addr: SocketAddr, s: Settings) -> Result<tokio::net::TcpStream,
 fn checkout_h1(addr: SocketAddr, s: Settings) -> Option<http1::SendRequest<ReqBody>> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.h1.get_mut(&addr)?;
+        let list = p.h1_list(addr);
         while let Some(idle) = list.pop() {
             if !idle.sender.is_closed() && idle.since.elapsed() < s.idle_timeout {
                 return Some(idle.sender);
@@ -108,7 +122,7 @@ fn checkin_h1(addr: SocketAddr, sender: http1::SendRequest<ReqBody>) {
     // `try_with`: a body may be dropped while its thread is exiting.
     let _ = POOL.try_with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.h1.entry(addr).or_default();
+        let list = p.h1_list(addr);
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(Idle {
                 sender,
@@ -138,7 +152,13 @@ async fn h2_sender(
     addr: SocketAddr,
     s: Settings,
 ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
-    let existing = POOL.with(|p| p.borrow().h2.get(&addr).filter(|c| !c.is_closed()).cloned());
+    let existing = POOL.with(|p| {
+        p.borrow()
+            .h2
+            .iter()
+            .find(|(a, c)| *a == addr && !c.is_closed())
+            .map(|(_, c)| c.clone())
+    });
     if let Some(sender) = existing {
         return Ok(sender);
     }
@@ -153,7 +173,11 @@ async fn h2_sender(
             tracing::debug!(upstream = %addr, error = %e, "upstream h2 connection ended");
         }
     });
-    POOL.with(|p| p.borrow_mut().h2.insert(addr, sender.clone()));
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.h2.retain(|(a, _)| *a != addr);
+        p.h2.push((addr, sender.clone()));
+    });
     Ok(sender)
 }
 

@@ -182,7 +182,15 @@ async fn proxy(
         );
     };
     let (mut parts, body) = req.into_parts();
-    let host = host_of_parts(&parts).map(str::to_owned);
+    // The client's host as a header value: a cheap clone of `Host` (HTTP/1.1), or built
+    // from the `:authority` (HTTP/2).
+    let host: Option<HeaderValue> = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     // HTTP/1.1 upstreams get origin form; HTTP/2 needs scheme and authority.
     let uri = match cluster.protocol {
@@ -207,19 +215,21 @@ async fn proxy(
     strip_hop_by_hop(&mut parts.headers, true);
     add_forwarding(
         &mut parts.headers,
-        conn.peer.ip(),
-        if conn.tls { "https" } else { "http" },
-        host.as_deref(),
+        &conn.forwarding,
+        host.as_ref(),
         inbound_version,
     );
-    let host_value = if cluster.preserve_host {
-        host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
-    } else {
-        None
-    };
-    let host_value = host_value.or_else(|| HeaderValue::try_from(addr.to_string()).ok());
-    if let Some(v) = host_value {
-        parts.headers.insert(header::HOST, v);
+    let host = if cluster.preserve_host { host } else { None };
+    match host {
+        // Already the `Host` header (HTTP/1.1 client) or to be set from `:authority`.
+        Some(h) => {
+            parts.headers.insert(header::HOST, h);
+        }
+        None => {
+            if let Ok(v) = HeaderValue::try_from(addr.to_string()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
     }
     parts.uri = uri;
     parts.version = match cluster.protocol {
@@ -267,15 +277,6 @@ async fn proxy(
     }
     tracing::debug!(upstream = %addr, status = status.as_u16(), "upstream request failed");
     (local_response(status, msg), Some(addr))
-}
-
-fn host_of_parts(parts: &http::request::Parts) -> Option<&str> {
-    parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-        parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
 }
 
 /// Maps an upstream failure to a status and message.
