@@ -8,6 +8,8 @@
 
 // Benchmarks time themselves with std's clock; the layer under test never reads it.
 #![allow(clippy::disallowed_types)]
+// `criterion_group!` generates an undocumented function.
+#![allow(missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::future::Future;

@@ -55,9 +55,11 @@ pub(crate) enum Join<V> {
 /// The table of flights in progress.
 #[derive(Debug)]
 pub(crate) struct Flights<K, V> {
-    shards: Box<[Mutex<HashMap<K, Flight<V>>>]>,
+    shards: Box<[Shard<K, V>]>,
     next_id: AtomicU64,
 }
+
+type Shard<K, V> = Mutex<HashMap<K, Flight<V>>>;
 
 #[derive(Debug)]
 struct Flight<V> {

@@ -82,11 +82,12 @@ struct Slot<K, V> {
 pub(crate) const TOUCH_EVERY: u8 = 64;
 
 type Table<K, V> = Vec<Option<Slot<K, V>>>;
+type Shard<K, V> = CachePadded<Mutex<Table<K, V>>>;
 
 /// The per-shard tables.
 #[derive(Debug)]
 pub(crate) struct L1<K, V> {
-    shards: Box<[CachePadded<Mutex<Table<K, V>>>]>,
+    shards: Box<[Shard<K, V>]>,
     /// Slots per shard minus one (a power of two minus one).
     mask: usize,
 }

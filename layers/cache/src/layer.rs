@@ -4,7 +4,7 @@ use crate::config::CacheConfig;
 use crate::policy::CachePolicy;
 use crate::service::Cache;
 use crate::stats::CacheStats;
-use crate::tiers::{Remote, Tiers};
+use crate::tiers::{LocalTiers, Remote, Tiers};
 use std::fmt;
 use std::sync::Arc;
 use tollgate_core::error::ConfigError;
@@ -128,6 +128,12 @@ where
     /// its callers but does not store its result.
     pub fn invalidate(&self, key: &K) {
         self.tiers.invalidate(key);
+    }
+
+    /// Drops every entry from this instance's L1 and L2 (not from L3, and not on other
+    /// instances).
+    pub fn clear_local(&self) {
+        self.tiers.clear_local();
     }
 
     /// Whether the L3 tier is connected to Redis and subscribed to invalidations (false
