@@ -24,12 +24,12 @@ use crate::error::{Reason, Rejected};
 use crate::queue::Slow;
 use crate::ratelimit::LocalLimiter;
 use crate::stats::{ClassSnapshot, Snapshot};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard};
 use crate::throttle::Throttle;
 use crossbeam_utils::CachePadded;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 use tollgate_core::Outcome;
@@ -75,7 +75,7 @@ pub(crate) struct Controller {
     /// Whether any class has a reservation, so `class_in_flight` must be kept.
     pub(crate) track: bool,
     pub(crate) class_in_flight: Box<[CachePadded<AtomicUsize>]>,
-    rejected: Box<[[AtomicU64; 6]]>,
+    rejected: Box<[[std::sync::atomic::AtomicU64; 6]]>,
     latency_ns: AtomicEwma,
     pub(crate) codel: CodelConfig,
     pub(crate) max_queued: usize,
@@ -161,7 +161,7 @@ impl Controller {
         (self.hot.word.load(Ordering::Relaxed) & COUNT) as usize
     }
 
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Slow> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Slow> {
         // The queue state is only changed in short steps that leave it consistent, and no user
         // code runs under the lock except waking wakers: a poisoned lock is still usable.
         self.slow.lock().unwrap_or_else(|e| e.into_inner())

@@ -129,6 +129,9 @@ mod ratelimit;
 mod remote;
 mod service;
 mod stats;
+mod sync;
+#[cfg(all(test, loom))]
+mod tests;
 mod throttle;
 
 pub use capacity::{Capacity, FixedLimit};

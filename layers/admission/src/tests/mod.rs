@@ -1,0 +1,3 @@
+//! Loom models (run with `RUSTFLAGS="--cfg loom" cargo test --release -p tollgate-admission --lib -- loom`).
+
+mod loom_handoff;
