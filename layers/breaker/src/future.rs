@@ -1,8 +1,9 @@
 //! The response future: records the call's outcome in the breaker when it finishes.
 
 use crate::error::Open;
-use crate::machine::{Core, Permit};
+use crate::machine::Core;
 use crate::sync::Arc;
+use crate::word::Permit;
 use pin_project::pin_project;
 use std::future::Future;
 use std::pin::Pin;

@@ -11,8 +11,9 @@
 //! - a rejection while open carries a wait no longer than the longest configured one.
 
 use crate::config::{Backoff, BreakerConfig, SlidingWindow};
-use crate::machine::{Core, Permit};
+use crate::machine::Core;
 use crate::state::State;
+use crate::word::Permit;
 use arbitrary::{Arbitrary, Unstructured};
 use std::collections::HashMap;
 use std::time::Duration;

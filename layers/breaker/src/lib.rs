@@ -90,9 +90,11 @@ mod keyed;
 mod layer;
 mod machine;
 mod service;
+mod settings;
 mod state;
 mod sync;
 mod window;
+mod word;
 
 #[cfg(any(fuzzing, feature = "fuzzing"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]

@@ -23,142 +23,28 @@
 //! - Windows are statistics, written by any recorder and cleared under the lock before CLOSED
 //!   is published.
 
+use crate::config::BreakerConfig;
 use crate::config::SlidingWindow;
-use crate::config::{Backoff, BreakerConfig};
 use crate::error::Open;
+use crate::settings::{Settings, Transitions, nanos};
 use crate::state::{Snapshot, State, StateChange};
 use crate::sync::Mutex;
 use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use crate::window::{Counts, Window};
+use crate::word::{
+    ADMITTED_SHIFT, CLOSED, DISABLED, FAILURES_SHIFT, FORCED_OPEN, GEN_SHIFT, HALF_OPEN, OPEN,
+    Permit, RESULTS_SHIFT, STATE_MASK, TEN_BITS, code_of, epoch, field, gen_of, generation, older,
+    pack, state_of,
+};
 use crossbeam_utils::CachePadded;
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 use tollgate_core::Outcome;
 
-const CLOSED: u64 = 0;
-const OPEN: u64 = 1;
-const HALF_OPEN: u64 = 2;
-const FORCED_OPEN: u64 = 3;
-const DISABLED: u64 = 4;
-const STATE_BITS: u32 = 3;
-const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
-
-fn pack(state: u64, epoch: u64) -> u64 {
-    (epoch << STATE_BITS) | state
-}
-
-fn epoch(word: u64) -> u64 {
-    word >> STATE_BITS
-}
-
-fn state_of(word: u64) -> State {
-    match word & STATE_MASK {
-        CLOSED => State::Closed,
-        OPEN => State::Open,
-        HALF_OPEN => State::HalfOpen,
-        FORCED_OPEN => State::ForcedOpen,
-        _ => State::Disabled,
-    }
-}
-
-fn code_of(state: State) -> u64 {
-    match state {
-        State::Closed => CLOSED,
-        State::Open => OPEN,
-        State::HalfOpen => HALF_OPEN,
-        State::ForcedOpen => FORCED_OPEN,
-        State::Disabled => DISABLED,
-    }
-}
-
-// The half-open word: generation (24 bits) | admitted | results | failures | slow (10 bits each).
-const GEN_SHIFT: u32 = 40;
-const GEN_MASK: u64 = (1 << 24) - 1;
-const ADMITTED_SHIFT: u32 = 30;
-const RESULTS_SHIFT: u32 = 20;
-const FAILURES_SHIFT: u32 = 10;
-const TEN_BITS: u64 = (1 << 10) - 1;
-
-fn generation(state_word: u64) -> u64 {
-    epoch(state_word) & GEN_MASK
-}
-
-fn gen_of(probes: u64) -> u64 {
-    probes >> GEN_SHIFT
-}
-
-fn field(probes: u64, shift: u32) -> u64 {
-    (probes >> shift) & TEN_BITS
-}
-
-/// Whether generation `a` comes before `b` (24-bit wrapping).
-fn older(a: u64, b: u64) -> bool {
-    a != b && (b.wrapping_sub(a) & GEN_MASK) < (1 << 23)
-}
-
-/// What a caller was admitted under. Give it back with [`Core::record`] or [`Core::release`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Permit(u64);
-
-impl Permit {
-    /// Whether this is a half-open probe.
-    pub(crate) fn is_probe(self) -> bool {
-        self.0 & STATE_MASK == HALF_OPEN
-    }
-
-    /// The state word it was admitted under (tests and fuzzing group probes by it).
-    #[cfg(any(test, fuzzing, feature = "fuzzing"))]
-    pub(crate) fn word(self) -> u64 {
-        self.0
-    }
-}
-
 /// A state-change callback.
 pub(crate) type Listener = std::sync::Arc<dyn Fn(&StateChange) + Send + Sync>;
-
-#[derive(Debug)]
-struct Settings {
-    failure_threshold: f64,
-    slow_threshold: f64,
-    slow_enabled: bool,
-    /// Calls at least this long are slow; `u64::MAX` when detection is off.
-    slow_ns: u64,
-    min_calls: u64,
-    /// 0 when off.
-    consecutive: u32,
-    probes: u64,
-    wait_ns: u64,
-    backoff: Option<Backoff>,
-}
-
-#[derive(Debug)]
-struct Transitions {
-    opens_in_a_row: u32,
-    rng: SmallRng,
-}
-
-impl Transitions {
-    /// The next open wait, in nanoseconds; counts the open.
-    fn next_wait(&mut self, s: &Settings) -> u64 {
-        let n = self.opens_in_a_row;
-        self.opens_in_a_row = n.saturating_add(1);
-        let Some(b) = s.backoff else { return s.wait_ns };
-        let max = b.max_wait.as_nanos() as f64;
-        let grown = (s.wait_ns as f64 * b.multiplier.powi(n.min(4096) as i32)).min(max);
-        let jittered = if b.jitter > 0.0 {
-            grown * (1.0 + b.jitter * self.rng.random_range(-1.0..=1.0))
-        } else {
-            grown
-        };
-        jittered.clamp(1.0, max) as u64
-    }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// The state machine. See the [module docs](self).
 pub(crate) struct Core {

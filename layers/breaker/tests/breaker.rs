@@ -1,62 +1,16 @@
 //! Behaviour of the breaker service, under paused tokio time.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::{advance, sleep, timeout};
-use tollgate_breaker::{
-    Backoff, BreakerConfig, BreakerLayer, KeyLimits, KeyedBreakerLayer, Open, SlidingWindow, State,
-};
+use tokio::time::{advance, timeout};
+use tollgate_breaker::{Backoff, BreakerConfig, BreakerLayer, Open, SlidingWindow, State};
 use tollgate_core::error::is_caused_by;
 use tollgate_core::testing::{Probe, ProbeRequest};
 use tollgate_core::{BoxError, Outcome};
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt};
 
-#[derive(Debug, Clone, Copy)]
-enum Req {
-    Ok,
-    Fail,
-    Status(u16),
-    Slow(Duration),
-}
-
-type Backend = tower::util::ServiceFn<
-    fn(Req) -> std::pin::Pin<Box<dyn Future<Output = Result<u16, BoxError>> + Send>>,
->;
-
-fn backend() -> Backend {
-    service_fn(|r: Req| {
-        Box::pin(async move {
-            match r {
-                Req::Ok => Ok(200),
-                Req::Fail => Err("backend failed".into()),
-                Req::Status(s) => Ok(s),
-                Req::Slow(d) => {
-                    sleep(d).await;
-                    Ok(200)
-                }
-            }
-        }) as std::pin::Pin<Box<dyn Future<Output = Result<u16, BoxError>> + Send>>
-    })
-}
-
-const HOUR: Duration = Duration::from_secs(3600);
-
-async fn send<S, R, T>(svc: &mut S, r: R) -> Result<T, BoxError>
-where
-    S: Service<R, Response = T, Error = BoxError>,
-{
-    timeout(HOUR, async { svc.ready().await?.call(r).await })
-        .await
-        .expect("answered within a virtual hour")
-}
-
-fn open_err<T: std::fmt::Debug>(r: Result<T, BoxError>) -> Open {
-    let e = r.expect_err("expected a rejection");
-    e.downcast_ref::<Open>()
-        .unwrap_or_else(|| panic!("expected Open, got {e}"))
-        .clone()
-}
+mod common;
+use common::{HOUR, Req, backend, open_err, quick_trip, send};
 
 #[tokio::test(start_paused = true)]
 async fn defaults_trip_after_fifty_failures_following_successes() {
@@ -166,17 +120,6 @@ async fn slow_calls_trip_the_breaker() {
     assert_eq!(snap.state, State::Open, "2 slow calls in 4 is 50 %");
     assert_eq!(snap.failures, 0);
     assert_eq!(snap.slow_call_rate, Some(0.5));
-}
-
-fn quick_trip(probes: u32) -> BreakerConfig {
-    BreakerConfig {
-        sliding_window: SlidingWindow::Count { size: 4 },
-        minimum_calls: 4,
-        wait_in_open: Duration::from_secs(10),
-        permitted_calls_in_half_open: probes,
-        seed: Some(3),
-        ..BreakerConfig::default()
-    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -339,52 +282,6 @@ async fn jitter_is_seeded_bounded_and_capped() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn keys_are_isolated_bounded_and_evicted_when_idle() {
-    let limits = KeyLimits {
-        max_keys: 2,
-        idle_timeout: Duration::from_secs(60),
-    };
-    let layer =
-        KeyedBreakerLayer::new(quick_trip(1), limits, |r: &(&'static str, Req)| r.0).unwrap();
-    let keys = layer.handle();
-    let mut svc = layer.layer(service_fn(|(_, r): (&'static str, Req)| {
-        let mut b = backend();
-        async move { b.call(r).await }
-    }));
-    for _ in 0..4 {
-        send(&mut svc, ("a", Req::Fail)).await.unwrap_err();
-    }
-    assert_eq!(keys.get(&"a").unwrap().state(), State::Open);
-    open_err(send(&mut svc, ("a", Req::Ok)).await);
-    assert_eq!(
-        send(&mut svc, ("b", Req::Ok)).await.unwrap(),
-        200,
-        "b has its own breaker"
-    );
-    assert_eq!(keys.get(&"b").unwrap().state(), State::Closed);
-
-    // A third key evicts the least recently used one (a, last used before b).
-    advance(Duration::from_secs(1)).await;
-    send(&mut svc, ("b", Req::Ok)).await.unwrap();
-    send(&mut svc, ("c", Req::Ok)).await.unwrap();
-    assert_eq!(keys.len(), 2);
-    assert!(keys.get(&"a").is_none());
-    assert_eq!(
-        send(&mut svc, ("a", Req::Ok)).await.unwrap(),
-        200,
-        "a evicted: a fresh, closed breaker"
-    );
-    assert_eq!(keys.len(), 2);
-
-    // Keys idle past the timeout are swept when a new key arrives.
-    advance(Duration::from_secs(61)).await;
-    send(&mut svc, ("d", Req::Ok)).await.unwrap();
-    let mut left = keys.keys();
-    left.sort();
-    assert_eq!(left, ["d"]);
-}
-
-#[tokio::test(start_paused = true)]
 async fn the_classifier_sees_responses() {
     let layer =
         BreakerLayer::new(quick_trip(1))
@@ -521,167 +418,6 @@ async fn state_changes_reach_callbacks() {
             (name, State::HalfOpen, State::Closed, None),
         ]
     );
-}
-
-#[test]
-fn invalid_configs_name_the_field() {
-    let d = BreakerConfig::default;
-    let cases: Vec<(BreakerConfig, &str)> = vec![
-        (
-            BreakerConfig {
-                sliding_window: SlidingWindow::Count { size: 0 },
-                ..d()
-            },
-            "sliding_window.size",
-        ),
-        (
-            BreakerConfig {
-                sliding_window: SlidingWindow::Time {
-                    length: Duration::from_secs(1),
-                    buckets: 0,
-                },
-                ..d()
-            },
-            "sliding_window.buckets",
-        ),
-        (
-            BreakerConfig {
-                sliding_window: SlidingWindow::Time {
-                    length: Duration::ZERO,
-                    buckets: 4,
-                },
-                ..d()
-            },
-            "sliding_window.length",
-        ),
-        (
-            BreakerConfig {
-                minimum_calls: 0,
-                ..d()
-            },
-            "minimum_calls",
-        ),
-        (
-            BreakerConfig {
-                failure_rate_threshold: 1.5,
-                ..d()
-            },
-            "failure_rate_threshold",
-        ),
-        (
-            BreakerConfig {
-                failure_rate_threshold: -0.1,
-                ..d()
-            },
-            "failure_rate_threshold",
-        ),
-        (
-            BreakerConfig {
-                failure_rate_threshold: f64::NAN,
-                ..d()
-            },
-            "failure_rate_threshold",
-        ),
-        (
-            BreakerConfig {
-                slow_call_rate_threshold: f64::NAN,
-                ..d()
-            },
-            "slow_call_rate_threshold",
-        ),
-        (
-            BreakerConfig {
-                slow_call_duration: Some(Duration::ZERO),
-                ..d()
-            },
-            "slow_call_duration",
-        ),
-        (
-            BreakerConfig {
-                consecutive_failures: Some(0),
-                ..d()
-            },
-            "consecutive_failures",
-        ),
-        (
-            BreakerConfig {
-                wait_in_open: Duration::ZERO,
-                ..d()
-            },
-            "wait_in_open",
-        ),
-        (
-            BreakerConfig {
-                permitted_calls_in_half_open: 0,
-                ..d()
-            },
-            "permitted_calls_in_half_open",
-        ),
-        (
-            BreakerConfig {
-                backoff: Some(Backoff {
-                    multiplier: 0.5,
-                    ..Backoff::default()
-                }),
-                ..d()
-            },
-            "backoff.multiplier",
-        ),
-        (
-            BreakerConfig {
-                backoff: Some(Backoff {
-                    multiplier: f64::NAN,
-                    ..Backoff::default()
-                }),
-                ..d()
-            },
-            "backoff.multiplier",
-        ),
-        (
-            BreakerConfig {
-                backoff: Some(Backoff {
-                    max_wait: Duration::from_secs(1),
-                    ..Backoff::default()
-                }),
-                ..d()
-            },
-            "backoff.max_wait",
-        ),
-        (
-            BreakerConfig {
-                backoff: Some(Backoff {
-                    jitter: 2.0,
-                    ..Backoff::default()
-                }),
-                ..d()
-            },
-            "backoff.jitter",
-        ),
-    ];
-    for (config, field) in cases {
-        let err = BreakerLayer::new(config).unwrap_err();
-        assert_eq!(err.field(), field, "{err}");
-    }
-    let err = KeyedBreakerLayer::new(
-        d(),
-        KeyLimits {
-            max_keys: 0,
-            ..KeyLimits::default()
-        },
-        |r: &u8| *r,
-    )
-    .unwrap_err();
-    assert_eq!(err.field(), "max_keys");
-    let err = KeyedBreakerLayer::new(
-        d(),
-        KeyLimits {
-            idle_timeout: Duration::ZERO,
-            ..KeyLimits::default()
-        },
-        |r: &u8| *r,
-    )
-    .unwrap_err();
-    assert_eq!(err.field(), "idle_timeout");
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,10 +9,11 @@
 //! - a period never takes more results than permitted, and exactly one thread decides it.
 
 use crate::config::{BreakerConfig, SlidingWindow};
-use crate::machine::{Core, Permit};
+use crate::machine::Core;
 use crate::state::State;
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use crate::word::Permit;
 use loom::thread;
 use std::time::Duration;
 use tollgate_core::Outcome;

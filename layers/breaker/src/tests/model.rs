@@ -10,8 +10,9 @@
 //! - half-open never has more probes in flight than permitted.
 
 use crate::config::{Backoff, BreakerConfig, SlidingWindow};
-use crate::machine::{Core, Permit};
+use crate::machine::Core;
 use crate::state::State;
+use crate::word::Permit;
 use proptest::prelude::*;
 use std::collections::VecDeque;
 use std::time::Duration;
