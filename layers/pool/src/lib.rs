@@ -1,1 +1,92 @@
-//! Adaptive concurrency limit tower layer (AIMD, Vegas, Gradient2), sharded for many cores.
+//! An adaptive concurrency limit: the pool of in-flight requests grows while the backend
+//! keeps up and shrinks when it queues or fails.
+//!
+//! A static limit is either too low (wasting a fast backend) or too high (letting a slow one
+//! queue until every request times out). [`PoolSizer`] learns the limit instead, from the
+//! round-trip time of each call (call to completion) and from failures, as decided by a
+//! tollgate-core [`Classify`](tollgate_core::Classify). Requests whose future is dropped are
+//! counted as *cancelled*, never as fast successes.
+//!
+//! # When to use it, and when not
+//!
+//! Use it in front of a backend whose capacity you do not know or that changes (autoscaling,
+//! noisy neighbours, degraded replicas), so that overload turns into fast rejections or short
+//! waits instead of queueing and timeouts. Do not use it where the limit is a hard fact (a
+//! connection pool of fixed size: use `tower::limit::ConcurrencyLimit`), or where requests
+//! differ in cost by orders of magnitude (RTT then says little about queueing).
+//!
+//! # Algorithms
+//!
+//! Behind one trait, [`LimitAlgorithm`], run once per window of a few RTTs:
+//! [`Vegas`] (the default; [Brakmo & Peterson, "TCP Vegas: end to end congestion avoidance
+//! on a global Internet", 1995](https://doi.org/10.1109/49.464716)) with a re-probed baseline,
+//! [`Aimd`], and [`Gradient2`] (after Netflix's
+//! [concurrency-limits](https://github.com/Netflix/concurrency-limits)). See [`algorithm`]
+//! for what each can and cannot do.
+//!
+//! # Many cores
+//!
+//! No semaphore or mutex on the request path: permits are tokens sharded per core with
+//! borrowing between shards (see the `tokens` module docs in the source), window statistics are per-shard
+//! counters, and the algorithm runs under a `try_lock` that no request ever waits for.
+//! Dropping back to `Reject` or `Wait` at the limit is configurable ([`AtLimit`]); waiting is
+//! bounded by `max_wait` and uses a real waker.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate_pool::{AtLimit, PoolConfig, PoolSizerLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tollgate_core::BoxError> {
+//! let layer = PoolSizerLayer::from_config(PoolConfig {
+//!     initial_limit: 10,
+//!     at_limit: AtLimit::Wait { max_wait: Duration::from_millis(50) },
+//!     ..PoolConfig::default()
+//! })?;
+//! let limiter = layer.limiter().clone();
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n * 2) });
+//!
+//! assert_eq!(svc.ready().await?.call(21).await?, 42);
+//! let snap = limiter.snapshot();
+//! assert_eq!((snap.limit, snap.in_flight), (10.0, 0));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! For servers that call services without waiting on `poll_ready` for capacity, use
+//! [`PoolSizerLayer::deferred`]. To take permits outside a service (an admission layer),
+//! use [`Limiter::try_acquire`] and [`Permit`] directly.
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod algorithm;
+mod config;
+mod deferred;
+mod future;
+mod layer;
+mod limiter;
+mod service;
+mod tokens;
+
+#[cfg(any(fuzzing, feature = "fuzzing"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
+pub mod fuzzing;
+
+#[cfg(all(test, loom))]
+mod tests;
+
+pub use algorithm::{
+    Aimd, AimdConfig, AlgorithmConfig, Gradient2, Gradient2Config, LimitAlgorithm, RttEstimates,
+    Vegas, VegasConfig, Window,
+};
+pub use config::{AtLimit, PoolConfig};
+pub use deferred::{DeferredFuture, DeferredPoolSizer};
+pub use future::ResponseFuture;
+pub use layer::{DeferredPoolSizerLayer, PoolSizerLayer};
+pub use limiter::{Limiter, Permit, Snapshot};
+pub use service::PoolSizer;

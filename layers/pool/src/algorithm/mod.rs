@@ -1,0 +1,168 @@
+//! Limit algorithms: how the limit follows what the backend tells us.
+//!
+//! The limiter aggregates completions into *windows* (a few round trips long, see
+//! [`PoolConfig`](crate::PoolConfig)) and hands each one to a [`LimitAlgorithm`], which returns
+//! the next limit. Running the algorithm once per window, on one thread at a time, keeps the
+//! per-request path down to a few uncontended atomic increments.
+//!
+//! | | reacts to | baseline | meets every scenario |
+//! |---|---|---|---|
+//! | [`Vegas`] (default) | queueing (`limit × (1 − baseline/rtt)`), failures | windowed minimum, re-probed | yes |
+//! | [`Aimd`] | failures, RTT above a fixed threshold | none (fixed threshold) | no: see its docs |
+//! | [`Gradient2`] | long-term vs short-term RTT, failures | long-term EWMA | no: see its docs |
+
+mod aimd;
+mod gradient2;
+mod vegas;
+
+pub use aimd::{Aimd, AimdConfig};
+pub use gradient2::{Gradient2, Gradient2Config};
+pub use vegas::{Vegas, VegasConfig};
+
+use std::fmt;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What happened during one window, as the limiter hands it to a [`LimitAlgorithm`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Window {
+    /// When the window closed.
+    pub now: Instant,
+    /// How long it lasted.
+    pub duration: Duration,
+    /// The limit during the window.
+    pub limit: f64,
+    /// Timed successes (RTT samples).
+    pub samples: u64,
+    /// Mean RTT of the samples (call to completion), `None` without samples.
+    pub mean_rtt: Option<Duration>,
+    /// Calls that ended in a success (timed or not).
+    pub successes: u64,
+    /// Calls that ended in a failure, as the classifier decided.
+    pub failures: u64,
+    /// Calls whose future was dropped before it finished (cancelled; no RTT sample).
+    pub dropped: u64,
+    /// Acquire attempts that found no free permit: demand reached the limit.
+    pub limited: u64,
+    /// Requests in flight when the window closed.
+    pub in_flight: usize,
+}
+
+impl Window {
+    /// Whether demand reached the limit during the window (some acquire found no permit, or
+    /// the window ended with the limit in use). An algorithm should only grow a saturated
+    /// limit: growing an application-limited one says nothing about the backend.
+    pub fn saturated(&self) -> bool {
+        self.limited > 0 || self.in_flight as f64 >= self.limit.floor()
+    }
+
+    /// Failures as a fraction of finished calls (0 without any).
+    pub fn failure_ratio(&self) -> f64 {
+        let n = self.successes + self.failures;
+        if n == 0 {
+            0.0
+        } else {
+            self.failures as f64 / n as f64
+        }
+    }
+}
+
+/// RTT estimates an algorithm keeps, for the [`Snapshot`](crate::Snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RttEstimates {
+    /// The RTT the algorithm believes the backend has when nothing queues.
+    pub baseline: Option<Duration>,
+    /// The most recent (short-term) RTT.
+    pub short_term: Option<Duration>,
+    /// A long-term average RTT, for algorithms that keep one.
+    pub long_term: Option<Duration>,
+}
+
+/// Computes the next limit from one window. Implement it to plug in your own algorithm.
+///
+/// The limiter clamps the result to `[min_limit, max_limit]` and ignores non-finite values.
+/// `update` runs on one thread at a time, off the request path, at most once per window.
+pub trait LimitAlgorithm: Send + fmt::Debug + 'static {
+    /// The next limit, given the current one (`window.limit`) and what the window saw.
+    fn update(&mut self, window: &Window) -> f64;
+
+    /// The RTT estimates, for snapshots.
+    fn rtt(&self) -> RttEstimates {
+        RttEstimates::default()
+    }
+
+    /// A short name for logs and snapshots.
+    fn name(&self) -> &'static str;
+}
+
+/// Plain-data choice of a built-in algorithm, for [`PoolConfig`](crate::PoolConfig).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlgorithmConfig {
+    /// [`Vegas`] with baseline re-probing (the default).
+    Vegas(VegasConfig),
+    /// [`Aimd`].
+    Aimd(AimdConfig),
+    /// [`Gradient2`].
+    Gradient2(Gradient2Config),
+}
+
+impl Default for AlgorithmConfig {
+    fn default() -> Self {
+        AlgorithmConfig::Vegas(VegasConfig::default())
+    }
+}
+
+impl AlgorithmConfig {
+    /// Checks the chosen algorithm's settings.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`](tollgate_core::error::ConfigError) naming the field.
+    pub fn validate(&self) -> Result<(), tollgate_core::error::ConfigError> {
+        match self {
+            AlgorithmConfig::Vegas(c) => c.validate(),
+            AlgorithmConfig::Aimd(c) => c.validate(),
+            AlgorithmConfig::Gradient2(c) => c.validate(),
+        }
+    }
+
+    pub(crate) fn build(&self) -> Box<dyn LimitAlgorithm> {
+        match self {
+            AlgorithmConfig::Vegas(c) => Box::new(Vegas::new(c.clone())),
+            AlgorithmConfig::Aimd(c) => Box::new(Aimd::new(c.clone())),
+            AlgorithmConfig::Gradient2(c) => Box::new(Gradient2::new(c.clone())),
+        }
+    }
+}
+
+/// `Err` naming `field` unless `value` is finite and within `[lo, hi]`.
+pub(crate) fn check_range(
+    field: &'static str,
+    value: f64,
+    lo: f64,
+    hi: f64,
+) -> Result<(), tollgate_core::error::ConfigError> {
+    if value.is_finite() && value >= lo && value <= hi {
+        Ok(())
+    } else {
+        Err(tollgate_core::error::ConfigError::new(
+            field,
+            format!("must be a number in [{lo}, {hi}], got {value}"),
+        ))
+    }
+}
+
+pub(crate) fn check_positive(
+    field: &'static str,
+    d: Duration,
+) -> Result<(), tollgate_core::error::ConfigError> {
+    if d.is_zero() {
+        Err(tollgate_core::error::ConfigError::new(
+            field,
+            "must be greater than zero",
+        ))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! The response future of [`PoolSizer`](crate::PoolSizer).
+
+use crate::limiter::Permit;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tollgate_core::error::Overloaded;
+use tollgate_core::{BoxError, Classify};
+
+/// The answer of a [`PoolSizer`](crate::PoolSizer): the inner future, holding the permit until
+/// it finishes (or fails at once with [`Overloaded`] when the request was refused).
+///
+/// On completion the result is classified and the permit finished with the RTT since `call`;
+/// dropped early, the permit is given back and counted as cancelled.
+#[pin_project::pin_project]
+#[derive(Debug)]
+pub struct ResponseFuture<F, C> {
+    #[pin]
+    inner: Option<F>,
+    permit: Option<Permit>,
+    classify: C,
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn new(inner: F, permit: Permit, classify: C) -> Self {
+        Self {
+            inner: Some(inner),
+            permit: Some(permit),
+            classify,
+        }
+    }
+
+    pub(crate) fn rejected(classify: C) -> Self {
+        Self {
+            inner: None,
+            permit: None,
+            classify,
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Err(Box::new(Overloaded::new(None))));
+        };
+        let res = ready!(inner.poll(cx));
+        if let Some(permit) = this.permit.take() {
+            permit.finish(this.classify.classify(res.as_ref()));
+        }
+        Poll::Ready(res.map_err(Into::into))
+    }
+}

@@ -1,0 +1,621 @@
+//! The shared limiter: sharded permits, per-shard window statistics and the updater.
+//!
+//! # Ground rules
+//!
+//! - Permits are [`Tokens`] (see that module for the sharding and its orderings).
+//! - Window statistics are per-shard counters, written `Relaxed` by the thread finishing a
+//!   request on its own shard and drained (`swap(0)`) by the updater: they are statistics,
+//!   a sample landing in the next window instead of this one is harmless.
+//! - Only the updater, holding `updater` (a `Mutex` taken with `try_lock`, so no request ever
+//!   waits for it; a request that finds it taken skips updating), writes `limit_bits`,
+//!   `permits`, `next_update` and calls `Tokens::grow/shrink/settle`.
+//! - Wake-ups: a waiting task increments `waiters` (`SeqCst`), registers with `notify`, issues
+//!   a `SeqCst` fence and retries; a releaser gives its token back with a `SeqCst` increment
+//!   and then reads `waiters` (`SeqCst`). In the single total order either the retry sees the
+//!   token or the releaser sees the waiter and calls `notify_one`: no lost wake-up.
+
+use crate::algorithm::{LimitAlgorithm, RttEstimates, Window};
+use crate::config::{AtLimit, PoolConfig};
+use crate::tokens::Tokens;
+use crossbeam_utils::CachePadded;
+use std::cell::Cell;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex, TryLockError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{Instant, Sleep};
+use tollgate_core::Outcome;
+use tollgate_core::counter::{shard_count, shard_index};
+use tollgate_core::error::{ConfigError, Overloaded};
+
+#[derive(Debug, Default)]
+struct ShardStats {
+    successes: AtomicU64,
+    failures: AtomicU64,
+    dropped: AtomicU64,
+    samples: AtomicU64,
+    rtt_sum_ns: AtomicU64,
+    limited: AtomicU64,
+    rejected: AtomicU64,
+    dropped_total: AtomicU64,
+}
+
+struct Updater {
+    algorithm: Box<dyn LimitAlgorithm>,
+    window_start: Instant,
+    last_rtt: Option<Duration>,
+    windows: u64,
+}
+
+impl fmt::Debug for Updater {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Updater")
+            .field("algorithm", &self.algorithm)
+            .field("windows", &self.windows)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    tokens: Tokens,
+    stats: Box<[CachePadded<ShardStats>]>,
+    waiters: CachePadded<AtomicUsize>,
+    notify: Arc<Notify>,
+    /// Nanoseconds after `epoch` when the current window may close.
+    next_update: CachePadded<AtomicU64>,
+    epoch: Instant,
+    /// The limit as `f64` bits.
+    limit_bits: AtomicU64,
+    /// `floor(limit)`: the number of permits.
+    permits: AtomicUsize,
+    updater: Mutex<Updater>,
+    config: PoolConfig,
+}
+
+/// An adaptive concurrency limit, shared by every clone (an `Arc` inside).
+///
+/// Use it through the [`PoolSizer`](crate::PoolSizer) service, or directly: take a
+/// [`Permit`] with [`try_acquire`](Limiter::try_acquire) or [`acquire`](Limiter::acquire)
+/// before the work and finish it with its outcome after; the RTT is measured from
+/// [`Permit::start`] (or from the acquire) and the limit learns from it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use tollgate_pool::{Limiter, PoolConfig};
+/// use tollgate_core::Outcome;
+///
+/// let limiter = Limiter::new(PoolConfig::default()).unwrap();
+/// assert_eq!(limiter.limit(), 20);
+/// let permit = limiter.try_acquire().expect("below the limit");
+/// assert_eq!(limiter.in_flight(), 1);
+/// // ... do the work ...
+/// permit.finish(Outcome::Success);
+/// assert_eq!(limiter.in_flight(), 0);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    shared: Arc<Shared>,
+}
+
+/// A point-in-time view of a [`Limiter`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The limit, with its fractional part (the number of permits is its floor).
+    pub limit: f64,
+    /// Requests holding a permit.
+    pub in_flight: usize,
+    /// Tasks waiting for a permit.
+    pub waiting: usize,
+    /// The algorithm's RTT estimates.
+    pub rtt: RttEstimates,
+    /// Requests refused so far (at the limit in reject mode, or after `max_wait`).
+    pub rejected: u64,
+    /// Requests whose future was dropped before it finished, so far.
+    pub cancelled: u64,
+    /// Windows closed so far (limit updates).
+    pub windows: u64,
+    /// The algorithm's name.
+    pub algorithm: &'static str,
+}
+
+thread_local! {
+    static SAMPLE_SEQ: Cell<u32> = const { Cell::new(0) };
+}
+
+impl Limiter {
+    /// A limiter with `config` and the algorithm it names.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`PoolConfig::validate`].
+    pub fn new(config: PoolConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let algorithm = config.algorithm.build();
+        Ok(Self::build(config, algorithm))
+    }
+
+    /// A limiter with `config` and your own algorithm (`config.algorithm` is ignored).
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`PoolConfig::validate`].
+    pub fn with_algorithm(
+        config: PoolConfig,
+        algorithm: impl LimitAlgorithm,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self::build(config, Box::new(algorithm)))
+    }
+
+    fn build(config: PoolConfig, algorithm: Box<dyn LimitAlgorithm>) -> Self {
+        let shards = if config.shards == 0 {
+            shard_count()
+        } else {
+            config.shards
+        };
+        let tokens = Tokens::new(config.initial_limit, shards);
+        let n = tokens.shard_mask() + 1;
+        let now = Instant::now();
+        let shared = Shared {
+            tokens,
+            stats: (0..n)
+                .map(|_| CachePadded::new(ShardStats::default()))
+                .collect(),
+            waiters: CachePadded::new(AtomicUsize::new(0)),
+            notify: Arc::new(Notify::new()),
+            next_update: CachePadded::new(AtomicU64::new(config.min_window.as_nanos() as u64)),
+            epoch: now,
+            limit_bits: AtomicU64::new((config.initial_limit as f64).to_bits()),
+            permits: AtomicUsize::new(config.initial_limit),
+            updater: Mutex::new(Updater {
+                algorithm,
+                window_start: now,
+                last_rtt: None,
+                windows: 0,
+            }),
+            config,
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.shared.config
+    }
+
+    /// The number of permits (the limit's floor). One relaxed load.
+    pub fn limit(&self) -> usize {
+        // Relaxed: a statistic; the permits themselves are the tokens.
+        self.shared.permits.load(Ordering::Relaxed)
+    }
+
+    /// The limit with its fractional part. One relaxed load.
+    pub fn limit_f64(&self) -> f64 {
+        // Relaxed: a statistic.
+        f64::from_bits(self.shared.limit_bits.load(Ordering::Relaxed))
+    }
+
+    /// Requests holding a permit: `permits + debt − free tokens`, a few relaxed loads (one per
+    /// shard). Exact when nothing runs concurrently.
+    pub fn in_flight(&self) -> usize {
+        let s = &self.shared;
+        let total = self.limit() as isize + s.tokens.debt() as isize - s.tokens.free();
+        total.max(0) as usize
+    }
+
+    fn stats(&self, home: usize) -> &ShardStats {
+        &self.shared.stats[home & self.shared.tokens.shard_mask()]
+    }
+
+    /// Takes a permit if one is free, without waiting. `None` counts as demand at the limit
+    /// (the algorithm sees it) but not as a rejection: call [`Limiter::reject`] if you refuse
+    /// the request because of it.
+    pub fn try_acquire(&self) -> Option<Permit> {
+        let home = shard_index();
+        if self.shared.tokens.take(home) {
+            Some(Permit::new(self.clone()))
+        } else {
+            // Relaxed: statistics.
+            self.stats(home).limited.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// Counts one refused request in the snapshot's `rejected`.
+    pub fn reject(&self) {
+        // Relaxed: statistics.
+        self.stats(shard_index())
+            .rejected
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes a permit, waiting as [`PoolConfig::at_limit`] says.
+    ///
+    /// # Errors
+    ///
+    /// [`Overloaded`] at the limit in reject mode, or after `max_wait` in wait mode.
+    pub async fn acquire(&self) -> Result<Permit, Overloaded> {
+        let mut slot = None;
+        std::future::poll_fn(|cx| self.poll_acquire(cx, &mut slot)).await
+    }
+
+    /// Polls for a permit; `slot` keeps the wait registration between polls (start with
+    /// `None`, keep it until this returns `Ready`).
+    pub(crate) fn poll_acquire(
+        &self,
+        cx: &mut Context<'_>,
+        slot: &mut Option<Pin<Box<WaitSlot>>>,
+    ) -> Poll<Result<Permit, Overloaded>> {
+        if slot.is_none() {
+            if let Some(p) = self.try_acquire() {
+                return Poll::Ready(Ok(p));
+            }
+            match self.shared.config.at_limit {
+                AtLimit::Reject => {
+                    self.reject();
+                    return Poll::Ready(Err(Overloaded::new(None)));
+                }
+                AtLimit::Wait { max_wait } => {
+                    // SeqCst: the waiter half of the wake-up handshake (module docs).
+                    self.shared.waiters.fetch_add(1, Ordering::SeqCst);
+                    *slot = Some(Box::pin(WaitSlot {
+                        notified: self.shared.notify.clone().notified_owned(),
+                        deadline: tokio::time::sleep(max_wait),
+                        _count: WaiterCount(self.shared.clone()),
+                    }));
+                }
+            }
+        }
+        let home = shard_index();
+        loop {
+            let mut this = slot.as_mut().expect("slot set above").as_mut().project();
+            this.notified.as_mut().enable();
+            // SeqCst: pairs with the SeqCst give + waiters load of releasers (module docs).
+            fence(Ordering::SeqCst);
+            if self.shared.tokens.take(home) {
+                *slot = None;
+                return Poll::Ready(Ok(Permit::new(self.clone())));
+            }
+            if this.notified.as_mut().poll(cx).is_ready() {
+                // Woken, but another request took the permit first: register again.
+                this.notified
+                    .set(self.shared.notify.clone().notified_owned());
+                continue;
+            }
+            if this.deadline.poll(cx).is_ready() {
+                *slot = None;
+                // Relaxed: statistics.
+                self.stats(home).limited.fetch_add(1, Ordering::Relaxed);
+                self.reject();
+                return Poll::Ready(Err(Overloaded::new(None)));
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Finishes `permit` with an RTT you measured yourself (for callers that time requests
+    /// differently, such as an admission layer).
+    pub fn record(&self, permit: Permit, rtt: Duration, outcome: Outcome) {
+        permit.finish_with_rtt(rtt, outcome);
+    }
+
+    /// A view of the limiter now. Briefly takes the updater's lock; not for the request path.
+    pub fn snapshot(&self) -> Snapshot {
+        let s = &self.shared;
+        let (rtt, windows, algorithm) = {
+            let u = s.updater.lock().unwrap_or_else(|e| e.into_inner());
+            (u.algorithm.rtt(), u.windows, u.algorithm.name())
+        };
+        // Relaxed: statistics.
+        let sum = |f: fn(&ShardStats) -> &AtomicU64| -> u64 {
+            s.stats.iter().map(|st| f(st).load(Ordering::Relaxed)).sum()
+        };
+        Snapshot {
+            limit: self.limit_f64(),
+            in_flight: self.in_flight(),
+            // Relaxed: statistics.
+            waiting: s.waiters.load(Ordering::Relaxed),
+            rtt,
+            rejected: sum(|st| &st.rejected),
+            cancelled: sum(|st| &st.dropped_total),
+            windows,
+            algorithm,
+        }
+    }
+
+    /// Gives a permit's token back and wakes a waiter if there is one.
+    fn release(&self, home: usize) {
+        let s = &self.shared;
+        // SeqCst: the releaser half of the wake-up handshake (module docs); on x86 this is the
+        // same locked instruction a Relaxed increment would be.
+        if s.tokens.give(home, Ordering::SeqCst) && s.waiters.load(Ordering::SeqCst) > 0 {
+            s.notify.notify_one();
+        }
+    }
+
+    fn finish(&self, rtt: Option<Duration>, outcome: Outcome, now: Option<Instant>) {
+        let home = shard_index();
+        let st = self.stats(home);
+        // Relaxed everywhere: window statistics (see the ground rules).
+        match outcome {
+            Outcome::Success => {
+                st.successes.fetch_add(1, Ordering::Relaxed);
+                if let Some(rtt) = rtt {
+                    st.samples.fetch_add(1, Ordering::Relaxed);
+                    st.rtt_sum_ns
+                        .fetch_add(rtt.as_nanos() as u64, Ordering::Relaxed);
+                }
+            }
+            Outcome::Failure => {
+                st.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Ignored => {}
+        }
+        self.release(home);
+        if let Some(now) = now {
+            self.maybe_update(now);
+        }
+    }
+
+    fn cancelled(&self) {
+        let home = shard_index();
+        let st = self.stats(home);
+        // Relaxed: statistics.
+        st.dropped.fetch_add(1, Ordering::Relaxed);
+        st.dropped_total.fetch_add(1, Ordering::Relaxed);
+        self.release(home);
+    }
+
+    fn nanos_since_epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.shared.epoch).as_nanos() as u64
+    }
+
+    /// Closes the window if it is due, unless another thread is already doing it.
+    pub(crate) fn maybe_update(&self, now: Instant) {
+        let s = &self.shared;
+        // Relaxed: a hint; the decision is re-made under the lock.
+        if self.nanos_since_epoch(now) < s.next_update.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut u = match s.updater.try_lock() {
+            Ok(u) => u,
+            Err(TryLockError::WouldBlock) => return,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        };
+        self.update_locked(&mut u, now, false);
+    }
+
+    /// Closes the current window now, whatever its length (for tests and fuzzing).
+    pub fn force_update(&self) {
+        let mut u = self
+            .shared
+            .updater
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.update_locked(&mut u, Instant::now(), true);
+    }
+
+    fn update_locked(&self, u: &mut Updater, now: Instant, force: bool) {
+        let s = &self.shared;
+        let c = &s.config;
+        // Relaxed: statistics (ground rules).
+        let samples: u64 = s
+            .stats
+            .iter()
+            .map(|st| st.samples.load(Ordering::Relaxed))
+            .sum();
+        let elapsed = now.saturating_duration_since(u.window_start);
+        let target = u
+            .last_rtt
+            .map_or(c.min_window, |r| r.mul_f64(c.window_rtts))
+            .clamp(c.min_window, c.max_window);
+        if !force
+            && (elapsed < target
+                || (samples < u64::from(c.min_window_samples) && elapsed < c.max_window))
+        {
+            let wait = if elapsed < target {
+                target - elapsed
+            } else {
+                c.min_window / 4
+            };
+            // Relaxed: only the updater writes it; readers treat it as a hint.
+            s.next_update
+                .store(self.nanos_since_epoch(now + wait), Ordering::Relaxed);
+            return;
+        }
+        let take = |f: fn(&ShardStats) -> &AtomicU64| -> u64 {
+            s.stats
+                .iter()
+                .map(|st| f(st).swap(0, Ordering::Relaxed))
+                .sum()
+        };
+        let samples = take(|st| &st.samples);
+        let rtt_sum = take(|st| &st.rtt_sum_ns);
+        let mean_rtt = (samples > 0).then(|| Duration::from_nanos(rtt_sum / samples));
+        let limit = self.limit_f64();
+        let window = Window {
+            now,
+            duration: elapsed,
+            limit,
+            samples,
+            mean_rtt,
+            successes: take(|st| &st.successes),
+            failures: take(|st| &st.failures),
+            dropped: take(|st| &st.dropped),
+            limited: take(|st| &st.limited),
+            in_flight: self.in_flight(),
+        };
+        let next = u.algorithm.update(&window);
+        let next = if next.is_finite() { next } else { limit };
+        let next = next.clamp(c.min_limit as f64, c.max_limit as f64);
+        if mean_rtt.is_some() {
+            u.last_rtt = mean_rtt;
+        }
+        u.window_start = now;
+        u.windows += 1;
+        self.set_limit(next);
+        let target = u
+            .last_rtt
+            .map_or(c.min_window, |r| r.mul_f64(c.window_rtts))
+            .clamp(c.min_window, c.max_window);
+        // Relaxed: only the updater writes it.
+        s.next_update
+            .store(self.nanos_since_epoch(now + target), Ordering::Relaxed);
+        tracing::trace!(
+            algorithm = u.algorithm.name(),
+            limit = next,
+            samples,
+            mean_rtt_us = mean_rtt.map(|d| d.as_micros() as u64),
+            in_flight = window.in_flight,
+            limited = window.limited,
+            "pool window closed"
+        );
+    }
+
+    /// Moves the limit; only the updater calls this (ground rules).
+    fn set_limit(&self, limit: f64) {
+        let s = &self.shared;
+        let permits = limit.floor() as usize;
+        // Relaxed: statistics for readers; only the updater writes.
+        s.limit_bits.store(limit.to_bits(), Ordering::Relaxed);
+        let old = s.permits.swap(permits, Ordering::Relaxed);
+        if permits > old {
+            s.tokens.grow(permits - old, shard_index());
+            // SeqCst: as in `release`, after the tokens were added.
+            let waiting = s.waiters.load(Ordering::SeqCst);
+            for _ in 0..waiting.min(permits - old) {
+                s.notify.notify_one();
+            }
+        } else if permits < old {
+            s.tokens.shrink(old - permits);
+        }
+        s.tokens.settle();
+    }
+
+    fn sample_now(&self) -> bool {
+        let every = self.shared.config.sample_every;
+        every == 1
+            || SAMPLE_SEQ.with(|c| {
+                let n = c.get().wrapping_add(1);
+                c.set(n);
+                n % every == 0
+            })
+    }
+}
+
+/// Decrements the waiter count when a wait ends, however it ends.
+#[derive(Debug)]
+struct WaiterCount(Arc<Shared>);
+
+impl Drop for WaiterCount {
+    fn drop(&mut self) {
+        // SeqCst: part of the wake-up handshake (module docs).
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The registration of a task waiting for a permit.
+#[pin_project::pin_project]
+#[derive(Debug)]
+pub(crate) struct WaitSlot {
+    #[pin]
+    notified: OwnedNotified,
+    #[pin]
+    deadline: Sleep,
+    _count: WaiterCount,
+}
+
+/// The right to one request's worth of concurrency.
+///
+/// Finish it with [`success`](Permit::success), [`failure`](Permit::failure) or
+/// [`finish`](Permit::finish). Dropping a started permit unfinished counts it as *cancelled*:
+/// the permit is given back, no RTT is recorded, and it is never mistaken for a fast success.
+/// Dropping a permit that was never started just gives it back.
+#[derive(Debug)]
+pub struct Permit {
+    limiter: Limiter,
+    start: Option<Instant>,
+    state: PermitState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PermitState {
+    Idle,
+    Started,
+    Finished,
+}
+
+impl Permit {
+    fn new(limiter: Limiter) -> Self {
+        Self {
+            limiter,
+            start: None,
+            state: PermitState::Idle,
+        }
+    }
+
+    /// Starts the RTT clock: the call is being made now. Taking the permit does not start it,
+    /// so the time between `poll_ready` and `call` is not counted. Only started permits count
+    /// as cancelled when dropped; with `sample_every > 1` only some give RTT samples.
+    pub fn start(&mut self) {
+        self.state = PermitState::Started;
+        if self.limiter.sample_now() {
+            self.start = Some(Instant::now());
+        }
+    }
+
+    /// The limiter this permit belongs to.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Finishes with a success.
+    pub fn success(self) {
+        self.finish(Outcome::Success);
+    }
+
+    /// Finishes with a failure.
+    pub fn failure(self) {
+        self.finish(Outcome::Failure);
+    }
+
+    /// Finishes with `outcome`; the RTT runs from [`start`](Permit::start) (none if the permit
+    /// was not started or not sampled).
+    pub fn finish(mut self, outcome: Outcome) {
+        self.state = PermitState::Finished;
+        let (rtt, now) = match self.start.take() {
+            Some(start) => {
+                let now = Instant::now();
+                (Some(now.saturating_duration_since(start)), Some(now))
+            }
+            None => (None, None),
+        };
+        self.limiter.finish(rtt, outcome, now);
+    }
+
+    /// Finishes with `outcome` and an RTT measured by the caller.
+    pub fn finish_with_rtt(mut self, rtt: Duration, outcome: Outcome) {
+        self.state = PermitState::Finished;
+        self.limiter
+            .finish(Some(rtt), outcome, Some(Instant::now()));
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        match self.state {
+            PermitState::Finished => {}
+            PermitState::Started => self.limiter.cancelled(),
+            PermitState::Idle => self.limiter.release(shard_index()),
+        }
+    }
+}
