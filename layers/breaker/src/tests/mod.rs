@@ -5,3 +5,5 @@
 mod loom_probes;
 #[cfg(not(loom))]
 mod model;
+#[cfg(not(loom))]
+mod threads;
