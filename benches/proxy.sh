@@ -12,11 +12,12 @@
 # - pins the load generator to LOADGEN_CPUS and backend + proxy to SERVER_CPUS (on a 2-core
 #   machine: wrk on core 0, everything else on core 1), same worker count for nginx and the
 #   gateway;
-# - runs wrk against the backend directly, nginx and the gateway in interleaved rounds and
+# - runs wrk against the backend directly, nginx, the gateway (thread-per-core) and the gateway
+#   in multi-thread-runtime mode (`gateway-mt`) in interleaved rounds and
 #   prints the median RPS and p50/p99/p99.9 latency of each, the gateway/nginx ratios, and the
 #   CPU time per request of each proxy (from /proc/PID/stat, backend excluded);
-# - opens IDLE_CONNS keep-alive connections (one request each, then idle) to each proxy and
-#   prints its resident memory.
+# - opens IDLE_CONNS keep-alive connections (one request each, then idle) to each proxy, paced
+#   (2000/s) and then all at once, and prints its resident memory.
 # On a shared or noisy machine compare only figures from the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,7 @@ fi
 BACKEND_PORT=19000
 NGINX_PORT=19080
 GATEWAY_PORT=19081
+GATEWAY_MT_PORT=19082
 
 need() {
   local missing=()
@@ -138,10 +140,16 @@ EOF
 $PIN_SERVER "$BIN" --config "$TMP/gw.toml" >/dev/null &
 PIDS+=($!)
 GATEWAY_PID=$!
+# The same gateway in multi-thread-runtime mode, for comparison.
+sed "s/127.0.0.1:$GATEWAY_PORT/127.0.0.1:$GATEWAY_MT_PORT/" "$TMP/gw.toml" >"$TMP/gw-mt.toml"
+$PIN_SERVER "$BIN" --config "$TMP/gw-mt.toml" --mode multi-thread >/dev/null &
+PIDS+=($!)
+GATEWAY_MT_PID=$!
 
 wait_port $BACKEND_PORT
 wait_port $NGINX_PORT
 wait_port $GATEWAY_PORT
+wait_port $GATEWAY_MT_PORT
 NGINX_MASTER=$(cat "$TMP/nginx.pid")
 
 cat >"$TMP/report.lua" <<'EOF'
@@ -166,17 +174,18 @@ ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
-declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GATEWAY_PORT)
-declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [gateway]=$GATEWAY_PID)
+TARGETS="backend nginx gateway gateway-mt"
+declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GATEWAY_PORT [gateway-mt]=$GATEWAY_MT_PORT)
+declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [gateway]=$GATEWAY_PID [gateway-mt]=$GATEWAY_MT_PID)
 RESULTS=$TMP/results
 : >"$RESULTS"
 echo "tollgate proxy benchmark: $(nproc) cores, workers=$WORKERS, wrk -t$THREADS -c$CONNS -d${DURATION}s, $ROUNDS rounds, load on cpus ${LOADGEN_CPUS:-any}, servers on ${SERVER_CPUS:-any}"
 # Warm-up.
-for t in backend nginx gateway; do
+for t in $TARGETS; do
   $PIN_LOAD wrk -t"$THREADS" -c"$CONNS" -d1s "http://127.0.0.1:${PORT[$t]}/" >/dev/null
 done
 for r in $(seq "$ROUNDS"); do
-  for t in backend nginx gateway; do
+  for t in $TARGETS; do
     before=$(ticks "${PID[$t]}")
     line=$($PIN_LOAD wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s "$TMP/report.lua" \
       "http://127.0.0.1:${PORT[$t]}/" | grep '^RESULT')
@@ -184,7 +193,7 @@ for r in $(seq "$ROUNDS"); do
     read -r _ rps p50 p99 p999 reqs errs <<<"$line"
     cpu_us=$(awk -v d=$(( after - before )) -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.1f", d * 1e6 / hz / n}')
     echo "$t $rps $p50 $p99 $p999 $cpu_us $errs" >>"$RESULTS"
-    printf 'round %d %-8s %10.0f rps  p50 %5d us  p99 %5d us  p99.9 %5d us  cpu %6s us/req  errors %d\n' \
+    printf 'round %d %-10s %10.0f rps  p50 %5d us  p99 %5d us  p99.9 %5d us  cpu %6s us/req  errors %d\n' \
       "$r" "$t" "$rps" "$p50" "$p99" "$p999" "$cpu_us" "$errs"
   done
 done
@@ -193,22 +202,24 @@ echo
 echo "medians over $ROUNDS rounds:"
 median() { sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 declare -A MED
-for t in backend nginx gateway; do
+for t in $TARGETS; do
   for col in 2 3 4 5 6; do
     MED[$t,$col]=$(awk -v t="$t" -v c="$col" '$1==t{print $c}' "$RESULTS" | median)
   done
-  printf '%-8s %10.0f rps  p50 %6.0f us  p99 %6.0f us  p99.9 %6.0f us  cpu %6.1f us/req\n' \
+  printf '%-10s %10.0f rps  p50 %6.0f us  p99 %6.0f us  p99.9 %6.0f us  cpu %6.1f us/req\n' \
     "$t" "${MED[$t,2]}" "${MED[$t,3]}" "${MED[$t,4]}" "${MED[$t,5]}" "${MED[$t,6]}"
 done
 awk -v gr="${MED[gateway,2]}" -v nr="${MED[nginx,2]}" -v g99="${MED[gateway,4]}" -v n99="${MED[nginx,4]}" \
   -v gc="${MED[gateway,6]}" -v nc="${MED[nginx,6]}" -v g999="${MED[gateway,5]}" -v n999="${MED[nginx,5]}" \
   'BEGIN{printf "gateway/nginx: rps %.2fx  p99 %.2fx  p99.9 %.2fx  cpu/req %.2fx\n", gr/nr, g99/n99, g999/n999, gc/nc}'
+awk -v gr="${MED[gateway,2]}" -v mr="${MED[gateway-mt,2]}" -v gc="${MED[gateway,6]}" -v mc="${MED[gateway-mt,6]}" \
+  'BEGIN{printf "multi-thread/thread-per-core gateway: rps %.2fx  cpu/req %.2fx\n", mr/gr, mc/gc}'
 
 if [ "$IDLE_CONNS" -gt 0 ]; then
   echo
   cat >"$TMP/idle.py" <<'EOF'
 import socket, sys, time
-port, n, pids = int(sys.argv[1]), int(sys.argv[2]), [int(p) for p in sys.argv[3:]]
+port, n, rate, pids = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), [int(p) for p in sys.argv[4:]]
 def rss_kib():
     total = 0
     for p in pids:
@@ -223,21 +234,29 @@ def rss_kib():
     return total
 before = rss_kib()
 socks = []
-for _ in range(n):
+for i in range(n):
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
     socks.append(s)
+    if rate and i % 100 == 99:
+        time.sleep(100 / rate)
 ok = 0
 for s in socks:
     if s.recv(65536).startswith(b"HTTP/1.1 200"):
         ok += 1
 time.sleep(2)  # idle: past the gateway's park_ms (1 s)
 after = rss_kib()
-print(f"{ok} idle keep-alive connections: RSS {before/1024:.1f} MiB before, {after/1024:.1f} MiB with them open ({(after-before)/n:.2f} KiB per connection)")
+how = f"opened at {rate:.0f}/s" if rate else "opened at once"
+print(f"{ok} idle keep-alive connections ({how}): RSS {before/1024:.1f} MiB before, {after/1024:.1f} MiB with them open (+{(after-before)/n:.2f} KiB per connection)")
 for s in socks:
     s.close()
 EOF
-  printf 'nginx:   '; python3 "$TMP/idle.py" $NGINX_PORT "$IDLE_CONNS" "$NGINX_MASTER"
-  sleep 1
-  printf 'gateway: '; python3 "$TMP/idle.py" $GATEWAY_PORT "$IDLE_CONNS" "$GATEWAY_PID"
+  # Paced first (steady state), then all at once (a burst: the allocator keeps the transient
+  # peak, so this is the worst case).
+  for rate in 2000 0; do
+    printf 'nginx:   '; python3 "$TMP/idle.py" $NGINX_PORT "$IDLE_CONNS" $rate "$NGINX_MASTER"
+    sleep 1
+    printf 'gateway: '; python3 "$TMP/idle.py" $GATEWAY_PORT "$IDLE_CONNS" $rate "$GATEWAY_PID"
+    sleep 1
+  done
 fi

@@ -466,3 +466,28 @@ async fn in_process_reload_swaps_routes_and_rejects_invalid() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_endpoints_are_resolved() {
+    bounded(async {
+        let up = inspect_upstream().await;
+        let gw = start(config(&format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"localhost:{}\"]\nresolve_interval_ms = 100\n\
+             [[routes]]\ncluster = \"up\"\n",
+            up.port()
+        )));
+        let eps: Vec<_> = gw.shared().current.load().clusters[0]
+            .endpoints
+            .load()
+            .iter()
+            .map(|e| e.addr)
+            .collect();
+        assert!(eps.contains(&up), "localhost resolved to {eps:?}");
+        // Re-resolution keeps the endpoint (and its counters) in place.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let again = gw.shared().current.load().clusters[0].endpoints.load().len();
+        assert_eq!(again, eps.len());
+        stop(gw).await;
+    })
+    .await;
+}

@@ -4,11 +4,11 @@
 //! - HTTP/1.1 and HTTP/2 on every listener (h2c by prior knowledge; over TLS by ALPN, rustls
 //!   with the `ring` provider); gRPC passes through with its trailers; bodies stream both ways.
 //! - Routes by host, path prefix and method to clusters of static, DNS (re-resolved) or demo
-//!   endpoints ([`config`], [`route`]).
+//!   endpoints ([`config`](crate::gateway::config), [`route`](crate::gateway::route)).
 //! - Hot reload on SIGHUP and when the file changes (polled each second): validated, then
 //!   swapped whole with `arc-swap`; in-flight requests keep the snapshot they started with; an
-//!   invalid file is logged and the running config kept ([`Gateway::reload`]).
-//! - Admin pages: `/metrics`, `/healthz`, `/readyz`, `/config`, `/state` ([`admin`]).
+//!   invalid file is logged and the running config kept ([`Gateway::reload`](crate::gateway::Gateway::reload)).
+//! - Admin pages: `/metrics`, `/healthz`, `/readyz`, `/config`, `/state` ([`admin`](crate::gateway::admin)).
 //! - Graceful shutdown: stop accepting, let in-flight requests finish until the drain deadline.
 //! - Thread-per-core (default): one thread per core, each with a current-thread runtime, its own
 //!   `SO_REUSEPORT` listener and its own upstream pools; or one multi-thread runtime.

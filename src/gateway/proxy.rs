@@ -8,8 +8,8 @@
 //! | no endpoint resolved | 503 |
 //! | request body over `limits.max_body_bytes` | 413 |
 //!
-//! Each worker thread keeps its own [`Local`] copy of the snapshot's `Arc` and its own upstream
-//! connections ([`pool`](super::pool)). A request clones only thread-local or connection-local
+//! Each worker thread keeps its own `Local` copy of the snapshot's `Arc` and its own upstream
+//! connections ([`pool`]). A request clones only thread-local or connection-local
 //! `Arc`s, so cores share no reference counts on the hot path.
 
 use super::config::UpstreamProtocol;
