@@ -257,7 +257,17 @@ impl Core {
                 .probes
                 .compare_exchange_weak(h, h + (1 << ADMITTED_SHIFT), Relaxed, Relaxed)
             {
-                Ok(_) => return Some(Ok(Permit(s))),
+                Ok(_) => {
+                    // A thread that stalled since loading `s` may have admitted itself into a
+                    // period a handle already ended. Epochs only grow, so if the state is still
+                    // `s` now, it was `s` when the CAS won: the probe belongs to the live period.
+                    // Acquire: as in `acquire`.
+                    if self.state.load(Acquire) == s {
+                        return Some(Ok(Permit(s)));
+                    }
+                    self.release(Permit(s));
+                    return None;
+                }
                 Err(actual) => h = actual,
             }
         }
