@@ -102,7 +102,11 @@ fn peers() -> Vec<(&'static str, Make)> {
         (
             "tollgate_pool_vegas",
             Box::new(|| {
+                // The inner service answers in nanoseconds, so Vegas would (rightly) shrink the
+                // limit to about one per thread; the floor keeps this about overhead. The
+                // algorithm still runs every window.
                 let config = PoolConfig {
+                    min_limit: 1_000,
                     initial_limit: 10_000,
                     max_limit: 20_000,
                     ..PoolConfig::default()

@@ -31,9 +31,11 @@ pub struct PoolConfig {
     pub at_limit: AtLimit,
     /// The algorithm that moves the limit. Default [`AlgorithmConfig::Vegas`].
     pub algorithm: AlgorithmConfig,
-    /// Time one request in this many (per thread). Default 1 (every request). Larger values
-    /// save two clock reads on the others; failures and cancellations are always counted.
-    pub sample_every: u32,
+    /// RTT samples wanted per window. Default 64; at least `min_window_samples`. At low rates
+    /// every request is timed; at higher rates one in `completions / samples_per_window` is
+    /// (per thread), so the two clock reads of timing vanish from the average request.
+    /// Outcomes, failures and cancellations are always counted.
+    pub samples_per_window: u32,
     /// A window lasts this many recent RTTs. Default 2.0.
     pub window_rtts: f64,
     /// Shortest window. Default 10 ms.
@@ -55,7 +57,7 @@ impl Default for PoolConfig {
             initial_limit: 20,
             at_limit: AtLimit::Reject,
             algorithm: AlgorithmConfig::default(),
-            sample_every: 1,
+            samples_per_window: 64,
             window_rtts: 2.0,
             min_window: Duration::from_millis(10),
             max_window: Duration::from_secs(1),
@@ -91,8 +93,11 @@ impl PoolConfig {
         if let AtLimit::Wait { max_wait } = self.at_limit {
             check_positive("max_wait", max_wait)?;
         }
-        if self.sample_every == 0 {
-            return Err(ConfigError::new("sample_every", "must be at least 1"));
+        if self.samples_per_window == 0 || self.samples_per_window < self.min_window_samples {
+            return Err(ConfigError::new(
+                "samples_per_window",
+                "must be at least 1 and at least min_window_samples",
+            ));
         }
         check_range("window_rtts", self.window_rtts, f64::MIN_POSITIVE, 1e6)?;
         check_positive("min_window", self.min_window)?;

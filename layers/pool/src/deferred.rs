@@ -154,10 +154,11 @@ where
                 }
                 StateProj::Running(fut) => {
                     let res = ready!(fut.poll(cx));
+                    // Drop the inner future before giving the permit back (see `PoolSizer`).
+                    this.state.set(State::Done);
                     if let Some(permit) = this.permit.take() {
                         permit.finish(this.classify.classify(res.as_ref()));
                     }
-                    this.state.set(State::Done);
                     return Poll::Ready(res.map_err(Into::into));
                 }
                 StateProj::Done => panic!("DeferredFuture polled after completion"),

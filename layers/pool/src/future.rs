@@ -48,11 +48,14 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(Err(Box::new(Overloaded::new(None))));
         };
         let res = ready!(inner.poll(cx));
+        // Drop the inner future before giving the permit back: whatever it holds (a
+        // connection, a buffer) is part of the request's concurrency.
+        this.inner.set(None);
         if let Some(permit) = this.permit.take() {
             permit.finish(this.classify.classify(res.as_ref()));
         }

@@ -51,7 +51,7 @@ fn config(u: &mut Unstructured<'_>) -> arbitrary::Result<PoolConfig> {
         initial_limit,
         at_limit: AtLimit::Reject,
         algorithm,
-        sample_every: u.int_in_range(1..=4u32)?,
+        samples_per_window: u.int_in_range(10..=64u32)?,
         min_window: Duration::from_millis(u.int_in_range(1..=50u64)?),
         min_window_samples: u.int_in_range(0..=10u32)?,
         shards: u.int_in_range(1..=4usize)?,

@@ -73,6 +73,9 @@ struct Shared {
     limit_bits: AtomicU64,
     /// `floor(limit)`: the number of permits.
     permits: AtomicUsize,
+    /// Time one request in this many (per thread); set by the updater from the last window's
+    /// completions and `samples_per_window`.
+    sample_every: CachePadded<AtomicU64>,
     updater: Mutex<Updater>,
     config: PoolConfig,
 }
@@ -174,6 +177,7 @@ impl Limiter {
             epoch: now,
             limit_bits: AtomicU64::new((config.initial_limit as f64).to_bits()),
             permits: AtomicUsize::new(config.initial_limit),
+            sample_every: CachePadded::new(AtomicU64::new(1)),
             updater: Mutex::new(Updater {
                 algorithm,
                 window_start: now,
@@ -454,6 +458,10 @@ impl Limiter {
             limited: take(|st| &st.limited),
             in_flight: self.in_flight(),
         };
+        let completions = window.successes + window.failures;
+        let every = (completions / u64::from(c.samples_per_window)).clamp(1, 1 << 20);
+        // Relaxed: a sampling rate, read as a hint (ground rules: only the updater writes).
+        s.sample_every.store(every, Ordering::Relaxed);
         let next = u.algorithm.update(&window);
         let next = if next.is_finite() { next } else { limit };
         let next = next.clamp(c.min_limit as f64, c.max_limit as f64);
@@ -502,12 +510,13 @@ impl Limiter {
     }
 
     fn sample_now(&self) -> bool {
-        let every = self.shared.config.sample_every;
-        every == 1
+        // Relaxed: a sampling rate; any recent value will do.
+        let every = self.shared.sample_every.load(Ordering::Relaxed);
+        every <= 1
             || SAMPLE_SEQ.with(|c| {
                 let n = c.get().wrapping_add(1);
                 c.set(n);
-                n % every == 0
+                u64::from(n) % every == 0
             })
     }
 }
