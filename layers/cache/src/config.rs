@@ -9,7 +9,7 @@ use tollgate_core::error::ConfigError;
 /// here apply where the policy leaves a field `None`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
-    /// L1 slots per shard (one shard per core, see `tollgate_core::counter::shard_count`). A power
+    /// L1 slots per worker thread (each thread serving requests keeps its own table). A power
     /// of two, at most 65 536; 0 turns L1 off. Default 256.
     pub l1_slots: usize,
     /// The longest an L1 copy answers before the next request looks at L2 again, so L2 sees

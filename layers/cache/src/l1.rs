@@ -1,18 +1,24 @@
-//! L1: one small table per shard (per core), so hits on different cores never share a lock or
-//! a cache line.
+//! L1: one small table per worker thread, so hits on different cores share no lock and write
+//! no shared cache line.
 //!
-//! Each shard is a two-way set-associative table behind its own mutex. A thread only uses the
-//! shard `tollgate_core::counter::shard_index()` gives it, so the mutex is uncontended and a hit
-//! costs a hash, an uncontended lock and a clone of the value. Slots keep a small hit count: a new
-//! key only replaces a slot whose count has decayed to zero, so the hottest keys stay.
-//! Invalidation visits every shard.
+//! Each thread that serves a layer's requests gets its own two-way set-associative table (in a
+//! thread-local, found by the layer's id). A hit costs a hash, a clock read, one read of the
+//! key's invalidation counter and a clone of the value: no atomic read-modify-write, no
+//! allocation. Slots keep a small hit count: a new key only replaces a slot whose count has
+//! decayed to zero, so the hottest keys stay.
+//!
+//! A thread cannot reach another thread's table, so invalidation is by validation: a copy
+//! remembers its key's invalidation counter (see `tiers`) and only answers while the counter is
+//! unchanged. Hits are counted in a single-writer counter per table, registered with the layer
+//! so statistics can sum them. Tables of dropped layers are pruned when a thread makes a new one.
 
-use crossbeam_utils::CachePadded;
+use std::any::Any;
+use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, MutexGuard};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::time::Instant;
-use tollgate_core::counter::{shard_count, shard_index};
-
 /// A fast, non-cryptographic hash (FxHash's multiply-rotate with a final avalanche). Only picks
 /// slots in fixed-size tables, where a collision costs an eviction, never a long probe.
 #[derive(Debug, Default)]
@@ -71,6 +77,8 @@ struct Slot<K, V> {
     key: K,
     value: V,
     until: Instant,
+    /// The key's invalidation counter when the copy was made.
+    epoch: u64,
     hits: u8,
     /// Hits since the copy was made, wrapping; every [`TOUCH_EVERY`]th is reported to L2.
     seen: u8,
@@ -81,65 +89,121 @@ struct Slot<K, V> {
 /// too they miss: measured 0.3 % of Zipf(1) hits).
 pub(crate) const TOUCH_EVERY: u8 = 64;
 
-type Table<K, V> = Vec<Option<Slot<K, V>>>;
-type Shard<K, V> = CachePadded<Mutex<Table<K, V>>>;
+/// One thread's table for one layer.
+struct Local<K, V> {
+    slots: Vec<Option<Slot<K, V>>>,
+    /// Written by this thread only; read by statistics.
+    hits: Arc<AtomicU64>,
+}
 
-/// The per-shard tables.
+struct TlsEntry {
+    id: u64,
+    alive: Weak<()>,
+    table: Box<dyn Any>,
+}
+
+thread_local! {
+    static TABLES: RefCell<Vec<TlsEntry>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A layer's L1: its id and what it needs to find and count its thread-local tables.
 #[derive(Debug)]
 pub(crate) struct L1<K, V> {
-    shards: Box<[Shard<K, V>]>,
-    /// Slots per shard minus one (a power of two minus one).
+    id: u64,
+    /// Slots per table minus one (a power of two minus one).
     mask: usize,
+    /// Dropped with the layer, so threads can prune its tables.
+    alive: Arc<()>,
+    /// Every table's hit counter.
+    counters: Mutex<Vec<Arc<AtomicU64>>>,
+    _types: PhantomData<fn() -> (K, V)>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock (a `Clone` or `Eq` impl panicking) leaves a table whose
-    // slots are each whole; keep serving.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl<K: Eq, V: Clone> L1<K, V> {
-    /// `slots` per shard, a power of two of at least 2.
+impl<K: Eq + 'static, V: Clone + 'static> L1<K, V> {
+    /// `slots` per thread, a power of two of at least 2.
     pub(crate) fn new(slots: usize) -> Self {
-        let slots = slots.max(2);
-        let shards = (0..shard_count())
-            .map(|_| CachePadded::new(Mutex::new((0..slots).map(|_| None).collect())))
-            .collect();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
-            shards,
-            mask: slots - 1,
+            // Relaxed: only hands out distinct ids.
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            mask: slots.max(2) - 1,
+            alive: Arc::new(()),
+            counters: Mutex::new(Vec::new()),
+            _types: PhantomData,
         }
-    }
-
-    fn shard(&self) -> &Mutex<Table<K, V>> {
-        &self.shards[shard_index() & (self.shards.len() - 1)]
     }
 
     fn set(&self, hash: u64) -> usize {
         (hash as usize) & self.mask & !1
     }
 
-    /// The value of `key` if this thread's shard holds it and it is still good at `now`, and
-    /// whether this hit should be reported to L2.
+    /// Runs `f` on this thread's table, making it first if `create`. `None` when there is no
+    /// table, or the thread-local is unavailable (thread exit, or re-entered from `f`).
     #[inline]
-    pub(crate) fn get(&self, hash: u64, key: &K, now: Instant) -> Option<(V, bool)> {
-        let mut t = lock(self.shard());
-        let i = self.set(hash);
-        for slot in t[i..i + 2].iter_mut().flatten() {
-            if slot.hash == hash && slot.key == *key {
-                if now < slot.until {
-                    slot.hits = slot.hits.saturating_add(1);
-                    slot.seen = slot.seen.wrapping_add(1);
-                    return Some((slot.value.clone(), slot.seen % TOUCH_EVERY == 0));
-                }
-                return None;
-            }
-        }
-        None
+    fn with_local<R>(&self, create: bool, f: impl FnOnce(&mut Local<K, V>) -> R) -> Option<R> {
+        TABLES
+            .try_with(|tables| {
+                let mut tables = tables.try_borrow_mut().ok()?;
+                let pos = match tables.iter().position(|e| e.id == self.id) {
+                    Some(p) => p,
+                    None if create => {
+                        tables.retain(|e| e.alive.strong_count() > 0);
+                        let hits = Arc::new(AtomicU64::new(0));
+                        self.counters
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(hits.clone());
+                        let local: Local<K, V> = Local {
+                            slots: (0..=self.mask).map(|_| None).collect(),
+                            hits,
+                        };
+                        tables.push(TlsEntry {
+                            id: self.id,
+                            alive: Arc::downgrade(&self.alive),
+                            table: Box::new(local),
+                        });
+                        tables.len() - 1
+                    }
+                    None => return None,
+                };
+                tables[pos].table.downcast_mut::<Local<K, V>>().map(f)
+            })
+            .ok()
+            .flatten()
     }
 
-    /// Offers `key` to this thread's shard until `until`, if `still_valid()` (checked under the
-    /// shard's lock, so an invalidation that clears the shard after it cannot be undone).
+    /// The value of `key` if this thread's table holds a copy still good at `now` whose key has
+    /// not been invalidated since (`epoch` reads the key's counter), and whether this hit should
+    /// be reported to L2.
+    #[inline]
+    pub(crate) fn get(
+        &self,
+        hash: u64,
+        key: &K,
+        now: Instant,
+        epoch: impl FnOnce() -> u64,
+    ) -> Option<(V, bool)> {
+        let i = self.set(hash);
+        self.with_local(false, |l| {
+            let slot = l.slots[i..i + 2]
+                .iter_mut()
+                .flatten()
+                .find(|s| s.hash == hash && s.key == *key)?;
+            if now >= slot.until || slot.epoch != epoch() {
+                return None;
+            }
+            slot.hits = slot.hits.saturating_add(1);
+            slot.seen = slot.seen.wrapping_add(1);
+            // Relaxed, and a load plus a store rather than an RMW: this thread is the only writer.
+            l.hits
+                .store(l.hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            Some((slot.value.clone(), slot.seen % TOUCH_EVERY == 0))
+        })
+        .flatten()
+    }
+
+    /// Offers `key` to this thread's table until `until`, valid while the key's invalidation
+    /// counter stays `epoch`.
     pub(crate) fn insert(
         &self,
         hash: u64,
@@ -147,68 +211,49 @@ impl<K: Eq, V: Clone> L1<K, V> {
         value: V,
         until: Instant,
         now: Instant,
-        still_valid: impl FnOnce() -> bool,
+        epoch: u64,
     ) {
-        let mut t = lock(self.shard());
-        if !still_valid() {
-            return;
-        }
         let i = self.set(hash);
-        let pair = &mut t[i..i + 2];
-        // The same key, an empty or expired slot, else the colder of the two if it is cold.
-        let pos = pair
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|s| s.hash == hash && s.key == key))
-            .or_else(|| {
-                pair.iter()
-                    .position(|s| s.as_ref().is_none_or(|s| s.until <= now))
-            });
-        let pos = match pos {
-            Some(p) => p,
-            None => {
-                let cold = if pair[0].as_ref().map_or(0, |s| s.hits)
-                    <= pair[1].as_ref().map_or(0, |s| s.hits)
-                {
-                    0
-                } else {
-                    1
-                };
-                let slot = pair[cold].as_mut().expect("both slots are full here");
-                if slot.hits > 0 {
-                    slot.hits /= 2;
-                    return;
+        self.with_local(true, |l| {
+            let pair = &mut l.slots[i..i + 2];
+            // The same key, an empty or dead slot, else the colder of the two if it is cold.
+            let pos = pair
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|s| s.hash == hash && s.key == key))
+                .or_else(|| {
+                    pair.iter()
+                        .position(|s| s.as_ref().is_none_or(|s| s.until <= now))
+                });
+            let pos = match pos {
+                Some(p) => p,
+                None => {
+                    let hits = |p: usize| pair[p].as_ref().map_or(0, |s| s.hits);
+                    let cold = usize::from(hits(0) > hits(1));
+                    let slot = pair[cold].as_mut().expect("both slots are full here");
+                    if slot.hits > 0 {
+                        slot.hits /= 2;
+                        return;
+                    }
+                    cold
                 }
-                cold
-            }
-        };
-        pair[pos] = Some(Slot {
-            hash,
-            key,
-            value,
-            until,
-            hits: 0,
-            seen: 0,
+            };
+            pair[pos] = Some(Slot {
+                hash,
+                key,
+                value,
+                until,
+                epoch,
+                hits: 0,
+                seen: 0,
+            });
         });
     }
 
-    /// Drops `key` from every shard.
-    pub(crate) fn remove(&self, hash: u64, key: &K) {
-        let i = self.set(hash);
-        for shard in self.shards.iter() {
-            let mut t = lock(shard);
-            for s in &mut t[i..i + 2] {
-                if s.as_ref().is_some_and(|s| s.hash == hash && s.key == *key) {
-                    *s = None;
-                }
-            }
-        }
-    }
-
-    /// Empties every shard.
-    pub(crate) fn clear(&self) {
-        for shard in self.shards.iter() {
-            lock(shard).iter_mut().for_each(|s| *s = None);
-        }
+    /// Hits counted by every thread's table.
+    pub(crate) fn hits(&self) -> u64 {
+        let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        // Relaxed: statistics.
+        counters.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -218,18 +263,37 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn hits_until_the_deadline_and_forgets_on_remove() {
+    fn hits_until_the_deadline_or_an_invalidation() {
         let l1 = L1::<u64, u64>::new(8);
         let now = Instant::now();
         let until = now + Duration::from_secs(1);
-        l1.insert(hash_of(&1), 1, 10, until, now, || true);
-        assert_eq!(l1.get(hash_of(&1), &1, now), Some((10, false)));
-        assert_eq!(l1.get(hash_of(&2), &2, now), None);
-        assert_eq!(l1.get(hash_of(&1), &1, until), None);
-        l1.remove(hash_of(&1), &1);
-        assert_eq!(l1.get(hash_of(&1), &1, now), None);
-        l1.insert(hash_of(&3), 3, 30, until, now, || false);
-        assert_eq!(l1.get(hash_of(&3), &3, now), None);
+        assert_eq!(l1.get(hash_of(&1), &1, now, || 0), None);
+        l1.insert(hash_of(&1), 1, 10, until, now, 0);
+        assert_eq!(l1.get(hash_of(&1), &1, now, || 0), Some((10, false)));
+        assert_eq!(l1.get(hash_of(&2), &2, now, || 0), None);
+        assert_eq!(l1.get(hash_of(&1), &1, until, || 0), None);
+        assert_eq!(
+            l1.get(hash_of(&1), &1, now, || 1),
+            None,
+            "invalidated since the copy"
+        );
+        assert_eq!(l1.hits(), 1);
+    }
+
+    #[test]
+    fn tables_are_per_thread_and_per_layer() {
+        let a = Arc::new(L1::<u64, u64>::new(8));
+        let b = L1::<u64, u64>::new(8);
+        let now = Instant::now();
+        let until = now + Duration::from_secs(1);
+        a.insert(hash_of(&1), 1, 10, until, now, 0);
+        assert_eq!(b.get(hash_of(&1), &1, now, || 0), None);
+        let a2 = a.clone();
+        let other = std::thread::spawn(move || a2.get(hash_of(&1), &1, now, || 0))
+            .join()
+            .unwrap();
+        assert_eq!(other, None, "another thread has its own table");
+        assert_eq!(a.get(hash_of(&1), &1, now, || 0).map(|h| h.0), Some(10));
     }
 
     #[test]
@@ -237,19 +301,17 @@ mod tests {
         let l1 = L1::<u64, u64>::new(2);
         let now = Instant::now();
         let until = now + Duration::from_secs(60);
-        l1.insert(hash_of(&0), 0, 0, until, now, || true);
+        l1.insert(hash_of(&0), 0, 0, until, now, 0);
         for k in 1..100u64 {
             for _ in 0..8 {
                 assert_eq!(
-                    l1.get(hash_of(&0), &0, now).map(|h| h.0),
+                    l1.get(hash_of(&0), &0, now, || 0).map(|h| h.0),
                     Some(0),
                     "hot key evicted by {k}"
                 );
             }
-            l1.insert(hash_of(&k), k, k, until, now, || true);
+            l1.insert(hash_of(&k), k, k, until, now, 0);
         }
-        l1.clear();
-        assert_eq!(l1.get(hash_of(&0), &0, now), None);
     }
 
     #[test]

@@ -120,7 +120,7 @@ where
 {
     /// The counters so far: hits per tier, coalesced waits, stale served, L3 errors, ...
     pub fn stats(&self) -> CacheStats {
-        self.tiers.stats.snapshot()
+        self.tiers.stats()
     }
 
     /// Drops `key` from L1 and L2 here and, when there is an L3, from Redis and (through

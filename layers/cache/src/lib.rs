@@ -4,9 +4,9 @@
 //! the key of a request (or `None` to pass it through), whether and how long a response is kept,
 //! and how a response becomes a shared value. Look-ups go through three tiers and fill upward:
 //!
-//! - **L1**: a small table per core (two-way set-associative, frequency-biased), so hits on many
-//!   cores touch no shared cache line. A hit costs a hash, an uncontended lock and a clone of the
-//!   value, with no allocation.
+//! - **L1**: a small table per worker thread (two-way set-associative, frequency-biased), so
+//!   hits on many cores write no shared cache line. A hit costs a hash, a clock read and a clone
+//!   of the value: no lock, no atomic read-modify-write, no allocation.
 //! - **L2**: a shared [`moka`](https://docs.rs/moka) cache bounded by entries or by weight
 //!   (bytes), with per-entry lifetimes and time-to-idle.
 //! - **L3** (feature `redis`): Redis, shared by every instance of the gateway; see the `redis` module.

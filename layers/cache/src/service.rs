@@ -88,9 +88,8 @@ where
         };
         let hash = hash_of(&key);
         let now = Instant::now();
-        // The hot path: no allocation, no shared write (this core's L1 shard and counter cell).
+        // The hot path: no allocation, no shared write (this thread's L1 table counts the hit).
         if let Some(v) = self.tiers.l1_get(hash, &key, now) {
-            self.tiers.stats.l1_hits.incr();
             return ResponseFuture::ready(self.policy.to_response(&v));
         }
         self.past_l1(req, key, hash, now)

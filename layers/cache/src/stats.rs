@@ -7,7 +7,6 @@ use tollgate_core::counter::ShardedCounter;
 pub(crate) struct Stats {
     /// Keyed requests that got past L1 (lookups = these + L1 hits).
     pub(crate) l2_lookups: ShardedCounter,
-    pub(crate) l1_hits: ShardedCounter,
     pub(crate) l2_hits: ShardedCounter,
     pub(crate) l3_hits: ShardedCounter,
     pub(crate) inner_calls: ShardedCounter,
@@ -23,11 +22,12 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    pub(crate) fn snapshot(&self) -> CacheStats {
+    /// The counters, given L1's hits (counted in L1's own tables).
+    pub(crate) fn snapshot(&self, l1_hits: u64) -> CacheStats {
         let n = |c: &ShardedCounter| c.sum().max(0) as u64;
         CacheStats {
-            lookups: n(&self.l2_lookups) + n(&self.l1_hits),
-            l1_hits: n(&self.l1_hits),
+            lookups: n(&self.l2_lookups) + l1_hits,
+            l1_hits,
             l2_hits: n(&self.l2_hits),
             l3_hits: n(&self.l3_hits),
             inner_calls: n(&self.inner_calls),

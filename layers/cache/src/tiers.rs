@@ -1,16 +1,18 @@
-//! The tiers behind one layer: L1 (per-core tables), L2 (`moka`), the optional remote L3, the
-//! single-flight table and the counters.
+//! The tiers behind one layer: L1 (per-thread tables), L2 (`moka`), the optional remote L3,
+//! the single-flight table and the counters.
 //!
 //! # Ground rules for invalidation
 //!
-//! `epochs` has one counter per bucket of key hashes. [`Tiers::invalidate_local`] bumps the
-//! key's counter *before* it removes the key from L2 and from every L1 shard. A fill reads the
-//! counter before it looked the key up and:
+//! `epochs` has one counter per bucket of key hashes (1024 buckets). [`Tiers::invalidate_local`]
+//! bumps the key's counter *before* it removes the key from L2. A fill reads the counter before
+//! it looks the key up and:
 //! - for L2, inserts and then re-reads the counter, removing what it inserted if it changed;
-//! - for L1, compares the counter under the shard's lock.
+//! - for L1, stores the counter with the copy, and a hit only counts while they are equal.
 //!
-//! Either the invalidation's removal comes after the insert, or the fill sees the new counter,
-//! so no value read before an invalidation survives it.
+//! Either the invalidation's removal comes after the L2 insert, or the fill sees the new
+//! counter; and an L1 copy made before the bump never answers after it. So no value read before
+//! an invalidation survives it. (An invalidation also retires L1 copies of the other keys in its
+//! bucket; they are fetched from L2 once more.)
 
 use crate::config::CacheConfig;
 use crate::entry::{Entry, Lifetimes, Phase, Rng};
@@ -26,7 +28,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
 
-const EPOCHS: usize = 64;
+const EPOCHS: usize = 1024;
 
 /// An entry read from a remote tier.
 #[derive(Debug)]
@@ -130,7 +132,7 @@ pub(crate) struct Tiers<K, V> {
     l1: Option<L1<K, V>>,
     l2: moka::sync::Cache<K, Arc<Entry<V>>, L2Hasher>,
     pub(crate) flights: Flights<K, V>,
-    epochs: [AtomicU64; EPOCHS],
+    epochs: Box<[AtomicU64]>,
     pub(crate) stats: Arc<Stats>,
     rng: Rng,
     base: Instant,
@@ -175,7 +177,7 @@ where
             l1: (cfg.l1_slots > 0).then(|| L1::new(cfg.l1_slots)),
             l2: l2.build_with_hasher(hasher),
             flights: Flights::new(),
-            epochs: std::array::from_fn(|_| AtomicU64::new(0)),
+            epochs: (0..EPOCHS).map(|_| AtomicU64::new(0)).collect(),
             stats: Arc::default(),
             rng: Rng::new(cfg.seed),
             base: Instant::now(),
@@ -206,7 +208,7 @@ where
     /// L1's value for the key, if this thread's shard has a good copy.
     #[inline]
     pub(crate) fn l1_get(&self, hash: u64, key: &K, now: Instant) -> Option<V> {
-        let (value, touch) = self.l1.as_ref()?.get(hash, key, now)?;
+        let (value, touch) = self.l1.as_ref()?.get(hash, key, now, || self.epoch(hash))?;
         if touch {
             // Keep L2's recency and frequency estimates counting this key (see `TOUCH_EVERY`).
             let _ = self.l2.get(key);
@@ -225,9 +227,7 @@ where
                 .min(e.fresh_until() - Duration::from_secs_f64(gap.min(1e9)).min(e.life.fresh));
         }
         if until > now {
-            l1.insert(hash, key.clone(), e.value.clone(), until, now, || {
-                self.epoch(hash) == epoch
-            });
+            l1.insert(hash, key.clone(), e.value.clone(), until, now, epoch);
         }
     }
 
@@ -336,6 +336,11 @@ where
         self.remote.as_ref().is_some_and(|r| r.connected())
     }
 
+    /// The counters, with L1's hits summed over its tables.
+    pub(crate) fn stats(&self) -> crate::stats::CacheStats {
+        self.stats.snapshot(self.l1.as_ref().map_or(0, L1::hits))
+    }
+
     /// Entries in L2 (approximate: moka applies writes lazily).
     pub(crate) fn l2_entries(&self) -> u64 {
         self.l2.run_pending_tasks();
@@ -354,10 +359,8 @@ where
         // before the removals below.
         self.epoch_cell(hash).fetch_add(1, Ordering::SeqCst);
         self.stats.invalidations.incr();
+        // L1 copies of the key stop answering with the bump above.
         self.l2.invalidate(key);
-        if let Some(l1) = &self.l1 {
-            l1.remove(hash, key);
-        }
         self.flights.detach(hash, key);
     }
 
@@ -366,9 +369,7 @@ where
             // SeqCst: as in `invalidate_local`.
             e.fetch_add(1, Ordering::SeqCst);
         }
+        // Every L1 copy stops answering with the bumps above.
         self.l2.invalidate_all();
-        if let Some(l1) = &self.l1 {
-            l1.clear();
-        }
     }
 }

@@ -10,7 +10,6 @@ use std::hash::{BuildHasher, DefaultHasher, Hasher};
 use std::time::Duration;
 use tollgate_cache::{CacheConfig, CacheLayer, Cacheability, FnPolicy, Freshness};
 use tollgate_core::BoxError;
-use tollgate_core::counter::shard_count;
 use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -87,8 +86,7 @@ async fn layered(capacity: u64, l1_slots: usize, trace: &[u64]) -> f64 {
         ..CacheConfig::default()
     };
     eprintln!(
-        "  layer with L1 {l1_slots} slots x {} shards, L2 {} entries:",
-        shard_count(),
+        "  layer with L1 {l1_slots} slots (one thread), L2 {} entries:",
         cfg.l2_capacity
     );
     let layer = CacheLayer::new(
