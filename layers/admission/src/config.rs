@@ -58,15 +58,17 @@ impl ClassConfig {
 
 /// The queue discipline's CoDel-style bound, after Meta's "adaptive LIFO + CoDel".
 ///
-/// A class's queue is *standing* once it has not been empty for `interval`. While it stands, the
-/// class serves its newest waiter first (LIFO) and drops waiters older than `target`; otherwise
-/// it serves oldest first (FIFO) and a waiter gives up after `interval`.
+/// A class's queue is *standing* once it has not been empty for `interval` (and stays so while
+/// it keeps dropping waiters). While it stands, the class serves its newest waiter first (LIFO)
+/// and drops waiters older than `target`, as long as enough fresher waiters remain to keep
+/// every slot busy (or the queue is full). A queue that does not stand serves its oldest
+/// waiter first. A waiter always gives up after `interval`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CodelConfig {
-    /// The most time a request may wait while its queue stands. Default 5 ms.
+    /// The queue wait past which waiters are dropped while their queue stands. Default 5 ms.
     pub target: Duration,
-    /// How long a queue must stay non-empty to count as standing, and the most time a request
-    /// may wait otherwise. Default 100 ms.
+    /// How long a queue must stay non-empty to count as standing, and the most time any
+    /// request waits. Default 100 ms.
     pub interval: Duration,
     /// Whether a standing queue serves newest first. Default `true`.
     pub adaptive_lifo: bool,
