@@ -23,6 +23,11 @@ pub struct BalanceConfig {
     /// so an endpoint that fails fast looks expensive rather than cheap. 0 turns the penalty
     /// off. Default 2.
     pub failure_penalty: f64,
+    /// A request dropped unfinished after running at least this long counts as a failure of
+    /// its endpoint (the caller timed out on it); one dropped sooner is ignored, since callers
+    /// also cancel for reasons of their own. Either way its running time raises the latency
+    /// estimate. `Duration::MAX` never counts a cancellation. Default 1 s.
+    pub cancel_failure_after: Duration,
     /// Share of endpoints (in `(0, 1]`) that must be admitted (healthy and not ejected); below
     /// it the balancer panics and spreads requests over every endpoint rather than overload
     /// the few. 0 never panics. Default 0.5.
@@ -90,6 +95,7 @@ impl Default for BalanceConfig {
             failure_weight: 0.1,
             failure_decay: Duration::from_secs(30),
             failure_penalty: 2.0,
+            cancel_failure_after: Duration::from_secs(1),
             panic_threshold: 0.5,
             slow_start: Duration::ZERO,
             slow_start_min_weight: 0.1,

@@ -40,6 +40,7 @@ pub(crate) struct Common {
     failure_weight: f64,
     failure_decay_ns: f64,
     failure_penalty: f64,
+    cancel_failure_ns: u64,
     slow_start_ns: u64,
     slow_start_min: f64,
     pub(crate) panic_threshold: f64,
@@ -70,6 +71,7 @@ impl Common {
             failure_weight: config.failure_weight,
             failure_decay_ns: config.failure_decay.as_nanos() as f64,
             failure_penalty: config.failure_penalty,
+            cancel_failure_ns: nanos(config.cancel_failure_after),
             slow_start_ns: nanos(config.slow_start),
             slow_start_min: config.slow_start_min_weight,
             panic_threshold: config.panic_threshold,
@@ -82,6 +84,15 @@ impl Common {
     /// Nanoseconds since the base instant, on tokio's (possibly paused) clock.
     pub(crate) fn now(&self) -> u64 {
         nanos(Instant::now().saturating_duration_since(self.base))
+    }
+
+    /// How a request dropped unfinished after `elapsed` nanoseconds counts.
+    pub(crate) fn cancelled(&self, elapsed: u64) -> Outcome {
+        if elapsed >= self.cancel_failure_ns {
+            Outcome::Failure
+        } else {
+            Outcome::Ignored
+        }
     }
 
     /// Whether slow start is on.
@@ -350,7 +361,8 @@ impl Core {
     }
 
     /// Folds a latency sample in: a sample above the estimate replaces it (the peak), a lower
-    /// one is averaged in with a weight that grows with the time since the last sample.
+    /// one is averaged in with a weight that grows with the time since the last sample, unless
+    /// `only_raise` (failures and cancellations), which keep the estimate as it is.
     fn sample_latency(&self, now: u64, rtt: f64, only_raise: bool) {
         // Relaxed: statistics only, see the ground rules.
         let mut cur = self.rtt.load(Ordering::Relaxed);
@@ -366,7 +378,9 @@ impl Core {
                 if rtt > prev {
                     rtt
                 } else if only_raise {
-                    return;
+                    // Keep the estimate and restamp it: a failing endpoint is not idle, so its
+                    // estimate must not decay towards zero and make it look fast.
+                    prev
                 } else {
                     let at = self.rtt_at.load(Ordering::Relaxed);
                     let d = self.decay(now.saturating_sub(at), self.common.decay_ns);

@@ -9,8 +9,8 @@ use std::task::{Context, Poll, ready};
 use tollgate_core::{BoxError, Classify, Outcome};
 
 /// A slot taken on one endpoint: reserved by `poll_ready`, started by `call`, given back when
-/// dropped. A request dropped before it finished counts as ignored, but its elapsed time
-/// still raises the latency estimate (it took at least that long).
+/// dropped. A request dropped before it finished raises the latency estimate (it took at
+/// least that long) and counts as a failure when it ran past `cancel_failure_after`.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     core: Arc<Core>,
@@ -45,8 +45,12 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(start) = self.start.take() {
-            let now = self.core.common.now();
-            self.core.finish(now, start, Outcome::Ignored);
+            let common = &self.core.common;
+            let now = common.now();
+            let outcome = common.cancelled(now.saturating_sub(start));
+            if self.core.finish(now, start, outcome) {
+                common.try_eject(&self.core, now);
+            }
         }
         self.core.release();
     }

@@ -274,7 +274,7 @@ async fn consecutive_failures_eject_with_growing_capped_times() {
     assert!(
         durations
             .iter()
-            .all(|d| *d <= Duration::from_secs(25) + ms(2)),
+            .all(|d| *d <= Duration::from_secs(25) + ms(10)), // sampled once per request (<= 6 ms)
         "beyond the cap: {durations:?}"
     );
     assert!(
