@@ -116,6 +116,8 @@ pub(crate) struct L1<K, V> {
     alive: Arc<()>,
     /// Every table's hit counter.
     counters: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Hits of tables whose threads have exited.
+    retired: AtomicU64,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -129,6 +131,7 @@ impl<K: Eq + 'static, V: Clone + 'static> L1<K, V> {
             mask: slots.max(2) - 1,
             alive: Arc::new(()),
             counters: Mutex::new(Vec::new()),
+            retired: AtomicU64::new(0),
             _types: PhantomData,
         }
     }
@@ -149,10 +152,7 @@ impl<K: Eq + 'static, V: Clone + 'static> L1<K, V> {
                     None if create => {
                         tables.retain(|e| e.alive.strong_count() > 0);
                         let hits = Arc::new(AtomicU64::new(0));
-                        self.counters
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(hits.clone());
+                        self.register(hits.clone());
                         let local: Local<K, V> = Local {
                             slots: (0..=self.mask).map(|_| None).collect(),
                             hits,
@@ -249,11 +249,28 @@ impl<K: Eq + 'static, V: Clone + 'static> L1<K, V> {
         });
     }
 
+    /// Adds a new table's counter, folding those of exited threads into `retired`.
+    fn register(&self, hits: Arc<AtomicU64>) {
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters.retain(|c| {
+            // Only the registry holds it: its thread has exited and its table is gone.
+            let gone = Arc::strong_count(c) == 1;
+            if gone {
+                // Relaxed: statistics; the exited thread's writes were published by its exit.
+                self.retired
+                    .fetch_add(c.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            !gone
+        });
+        counters.push(hits);
+    }
+
     /// Hits counted by every thread's table.
     pub(crate) fn hits(&self) -> u64 {
         let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         // Relaxed: statistics.
-        counters.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        let live: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        live + self.retired.load(Ordering::Relaxed)
     }
 }
 
@@ -293,6 +310,20 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(other, None, "another thread has its own table");
+        let a3 = a.clone();
+        std::thread::spawn(move || {
+            a3.insert(hash_of(&2), 2, 20, until, now, 0);
+            assert!(a3.get(hash_of(&2), &2, now, || 0).is_some());
+        })
+        .join()
+        .unwrap();
+        let a4 = a.clone();
+        // A new thread's table folds the exited thread's counter into `retired`.
+        std::thread::spawn(move || a4.insert(hash_of(&3), 3, 30, until, now, 0))
+            .join()
+            .unwrap();
+        assert_eq!(a.retired.load(Ordering::Relaxed), 1);
+        assert_eq!(a.hits(), 1, "an exited thread's hits are kept");
         assert_eq!(a.get(hash_of(&1), &1, now, || 0).map(|h| h.0), Some(10));
     }
 

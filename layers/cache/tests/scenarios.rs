@@ -407,6 +407,27 @@ async fn unkeyed_and_uncacheable_requests_pass_through() {
     assert_eq!((st.bypassed, st.lookups), (1, 2));
 }
 
+#[tokio::test(start_paused = true)]
+async fn idle_entries_expire_after_time_to_idle() {
+    let cfg = CacheConfig {
+        default_ttl: S(60),
+        time_to_idle: Some(S(5)),
+        ..cfg()
+    };
+    let layer = CacheLayer::new(cfg, policy()).unwrap();
+    let origin = Origin::default();
+    let svc = layer.layer(origin.clone());
+    get(&svc, 1).await.unwrap();
+    // Read every 4 s: it stays.
+    for _ in 0..5 {
+        advance(S(4)).await;
+        assert_eq!(get(&svc, 1).await.unwrap(), Resp::Found(1, 1));
+    }
+    // Left alone for 6 s: gone, though its TTL has 36 s left.
+    advance(S(6)).await;
+    assert_eq!(get(&svc, 1).await.unwrap(), Resp::Found(1, 2));
+}
+
 #[test]
 fn config_is_checked_when_the_layer_is_built() {
     let err = CacheLayer::new(
