@@ -104,7 +104,23 @@ struct Shared {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Limiter {
+    core: Core,
+    /// One handle per shard. A permit clones its shard's handle, not the limiter: the
+    /// reference count it bumps lives on that shard's own cache line, so permits taken on
+    /// different cores never write the same line (a shared `Arc` count would be the one
+    /// contended word per request).
+    handles: Arc<[Arc<CachePadded<Handle>>]>,
+}
+
+/// The limiter's internals, reached from a [`Limiter`] or through a permit's [`Handle`].
+#[derive(Debug, Clone)]
+struct Core {
     shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    core: Core,
 }
 
 /// A point-in-time view of a [`Limiter`].
@@ -129,7 +145,8 @@ pub struct Snapshot {
 }
 
 thread_local! {
-    static SAMPLE_SEQ: Cell<u32> = const { Cell::new(0) };
+    /// Requests this thread lets pass untimed before it times the next one.
+    static SAMPLE_LEFT: Cell<u64> = const { Cell::new(0) };
 }
 
 impl Limiter {
@@ -141,7 +158,7 @@ impl Limiter {
     pub fn new(config: PoolConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let algorithm = config.algorithm.build();
-        Ok(Self::build(config, algorithm))
+        Ok(Self::wrap(Core::build(config, algorithm)))
     }
 
     /// A limiter with `config` and your own algorithm (`config.algorithm` is ignored).
@@ -154,9 +171,100 @@ impl Limiter {
         algorithm: impl LimitAlgorithm,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(Self::build(config, Box::new(algorithm)))
+        Ok(Self::wrap(Core::build(config, Box::new(algorithm))))
     }
 
+    fn wrap(core: Core) -> Self {
+        let n = core.shared.tokens.shard_mask() + 1;
+        let handles = (0..n)
+            .map(|_| Arc::new(CachePadded::new(Handle { core: core.clone() })))
+            .collect();
+        Self { core, handles }
+    }
+
+    fn permit(&self, home: usize) -> Permit {
+        let handle = self.handles[home & (self.handles.len() - 1)].clone();
+        Permit {
+            handle,
+            start: None,
+            weight: 1,
+            state: PermitState::Idle,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PoolConfig {
+        self.core.config()
+    }
+
+    /// The number of permits (the limit's floor). One relaxed load.
+    pub fn limit(&self) -> usize {
+        self.core.limit()
+    }
+
+    /// The limit with its fractional part. One relaxed load.
+    pub fn limit_f64(&self) -> f64 {
+        self.core.limit_f64()
+    }
+
+    /// Requests holding a permit: `permits + debt − free tokens`, a few relaxed loads (one per
+    /// shard). Exact when nothing runs concurrently.
+    pub fn in_flight(&self) -> usize {
+        self.core.in_flight()
+    }
+
+    /// Takes a permit if one is free, without waiting. `None` counts as demand at the limit
+    /// (the algorithm sees it) but not as a rejection: call [`Limiter::reject`] if you refuse
+    /// the request because of it.
+    pub fn try_acquire(&self) -> Option<Permit> {
+        self.core.try_acquire().map(|home| self.permit(home))
+    }
+
+    /// Counts one refused request in the snapshot's `rejected`.
+    pub fn reject(&self) {
+        self.core.reject();
+    }
+
+    /// Takes a permit, waiting as [`PoolConfig::at_limit`] says.
+    ///
+    /// # Errors
+    ///
+    /// [`Overloaded`] at the limit in reject mode, or after `max_wait` in wait mode.
+    pub async fn acquire(&self) -> Result<Permit, Overloaded> {
+        let mut slot = None;
+        std::future::poll_fn(|cx| self.poll_acquire(cx, &mut slot)).await
+    }
+
+    /// Polls for a permit; `slot` keeps the wait registration between polls (start with
+    /// `None`, keep it until this returns `Ready`).
+    pub(crate) fn poll_acquire(
+        &self,
+        cx: &mut Context<'_>,
+        slot: &mut Option<Pin<Box<WaitSlot>>>,
+    ) -> Poll<Result<Permit, Overloaded>> {
+        self.core
+            .poll_acquire(cx, slot)
+            .map_ok(|home| self.permit(home))
+    }
+
+    /// Finishes `permit` with an RTT you measured yourself (for callers that time requests
+    /// differently, such as an admission layer).
+    pub fn record(&self, permit: Permit, rtt: Duration, outcome: Outcome) {
+        permit.finish_with_rtt(rtt, outcome);
+    }
+
+    /// A view of the limiter now. Briefly takes the updater's lock; not for the request path.
+    pub fn snapshot(&self) -> Snapshot {
+        self.core.snapshot()
+    }
+
+    /// Closes the current window now, whatever its length (for tests and fuzzing).
+    pub fn force_update(&self) {
+        self.core.force_update();
+    }
+}
+
+impl Core {
     fn build(config: PoolConfig, algorithm: Box<dyn LimitAlgorithm>) -> Self {
         let shards = if config.shards == 0 {
             shard_count()
@@ -192,25 +300,25 @@ impl Limiter {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &PoolConfig {
+    pub(crate) fn config(&self) -> &PoolConfig {
         &self.shared.config
     }
 
     /// The number of permits (the limit's floor). One relaxed load.
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         // Relaxed: a statistic; the permits themselves are the tokens.
         self.shared.permits.load(Ordering::Relaxed)
     }
 
     /// The limit with its fractional part. One relaxed load.
-    pub fn limit_f64(&self) -> f64 {
+    pub(crate) fn limit_f64(&self) -> f64 {
         // Relaxed: a statistic.
         f64::from_bits(self.shared.limit_bits.load(Ordering::Relaxed))
     }
 
     /// Requests holding a permit: `permits + debt − free tokens`, a few relaxed loads (one per
     /// shard). Exact when nothing runs concurrently.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         let s = &self.shared;
         let total = self.limit() as isize + s.tokens.debt() as isize - s.tokens.free();
         total.max(0) as usize
@@ -223,10 +331,10 @@ impl Limiter {
     /// Takes a permit if one is free, without waiting. `None` counts as demand at the limit
     /// (the algorithm sees it) but not as a rejection: call [`Limiter::reject`] if you refuse
     /// the request because of it.
-    pub fn try_acquire(&self) -> Option<Permit> {
+    pub(crate) fn try_acquire(&self) -> Option<usize> {
         let home = shard_index();
         if self.shared.tokens.take(home) {
-            Some(Permit::new(self.clone()))
+            Some(home)
         } else {
             // Relaxed: statistics.
             self.stats(home).limited.fetch_add(1, Ordering::Relaxed);
@@ -235,21 +343,11 @@ impl Limiter {
     }
 
     /// Counts one refused request in the snapshot's `rejected`.
-    pub fn reject(&self) {
+    pub(crate) fn reject(&self) {
         // Relaxed: statistics.
         self.stats(shard_index())
             .rejected
             .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Takes a permit, waiting as [`PoolConfig::at_limit`] says.
-    ///
-    /// # Errors
-    ///
-    /// [`Overloaded`] at the limit in reject mode, or after `max_wait` in wait mode.
-    pub async fn acquire(&self) -> Result<Permit, Overloaded> {
-        let mut slot = None;
-        std::future::poll_fn(|cx| self.poll_acquire(cx, &mut slot)).await
     }
 
     /// Polls for a permit; `slot` keeps the wait registration between polls (start with
@@ -258,10 +356,10 @@ impl Limiter {
         &self,
         cx: &mut Context<'_>,
         slot: &mut Option<Pin<Box<WaitSlot>>>,
-    ) -> Poll<Result<Permit, Overloaded>> {
+    ) -> Poll<Result<usize, Overloaded>> {
         if slot.is_none() {
-            if let Some(p) = self.try_acquire() {
-                return Poll::Ready(Ok(p));
+            if let Some(home) = self.try_acquire() {
+                return Poll::Ready(Ok(home));
             }
             match self.shared.config.at_limit {
                 AtLimit::Reject => {
@@ -287,7 +385,7 @@ impl Limiter {
             fence(Ordering::SeqCst);
             if self.shared.tokens.take(home) {
                 *slot = None;
-                return Poll::Ready(Ok(Permit::new(self.clone())));
+                return Poll::Ready(Ok(home));
             }
             if this.notified.as_mut().poll(cx).is_ready() {
                 // Woken, but another request took the permit first: register again.
@@ -306,14 +404,8 @@ impl Limiter {
         }
     }
 
-    /// Finishes `permit` with an RTT you measured yourself (for callers that time requests
-    /// differently, such as an admission layer).
-    pub fn record(&self, permit: Permit, rtt: Duration, outcome: Outcome) {
-        permit.finish_with_rtt(rtt, outcome);
-    }
-
     /// A view of the limiter now. Briefly takes the updater's lock; not for the request path.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         let s = &self.shared;
         let (rtt, windows, algorithm) = {
             let u = s.updater.lock().unwrap_or_else(|e| e.into_inner());
@@ -346,13 +438,17 @@ impl Limiter {
         }
     }
 
-    fn finish(&self, rtt: Option<Duration>, outcome: Outcome, now: Option<Instant>) {
+    /// `weight`: how many requests this one stands for in the window's success count (the
+    /// sampling rate when timed, 0 when untimed, 1 when the caller supplied the RTT).
+    fn finish(&self, rtt: Option<Duration>, outcome: Outcome, now: Option<Instant>, weight: u64) {
         let home = shard_index();
         let st = self.stats(home);
         // Relaxed everywhere: window statistics (see the ground rules).
         match outcome {
             Outcome::Success => {
-                st.successes.fetch_add(1, Ordering::Relaxed);
+                if weight > 0 {
+                    st.successes.fetch_add(weight, Ordering::Relaxed);
+                }
                 if let Some(rtt) = rtt {
                     st.samples.fetch_add(1, Ordering::Relaxed);
                     st.rtt_sum_ns
@@ -399,7 +495,7 @@ impl Limiter {
     }
 
     /// Closes the current window now, whatever its length (for tests and fuzzing).
-    pub fn force_update(&self) {
+    pub(crate) fn force_update(&self) {
         let mut u = self
             .shared
             .updater
@@ -509,15 +605,21 @@ impl Limiter {
         s.tokens.settle();
     }
 
-    fn sample_now(&self) -> bool {
+    /// `Some(weight)` when this request is to be timed: it stands for `weight` requests (the
+    /// sampling rate), so window counts stay unbiased without counting the untimed ones.
+    fn sample_now(&self) -> Option<u64> {
         // Relaxed: a sampling rate; any recent value will do.
-        let every = self.shared.sample_every.load(Ordering::Relaxed);
-        every <= 1
-            || SAMPLE_SEQ.with(|c| {
-                let n = c.get().wrapping_add(1);
-                c.set(n);
-                u64::from(n) % every == 0
-            })
+        let every = self.shared.sample_every.load(Ordering::Relaxed).max(1);
+        SAMPLE_LEFT.with(|c| match c.get() {
+            0 => {
+                c.set(every - 1);
+                Some(every)
+            }
+            left => {
+                c.set(left - 1);
+                None
+            }
+        })
     }
 }
 
@@ -551,8 +653,10 @@ pub(crate) struct WaitSlot {
 /// Dropping a permit that was never started just gives it back.
 #[derive(Debug)]
 pub struct Permit {
-    limiter: Limiter,
+    handle: Arc<CachePadded<Handle>>,
     start: Option<Instant>,
+    /// Requests this one stands for in the window's success count (see `Core::finish`).
+    weight: u64,
     state: PermitState,
 }
 
@@ -564,27 +668,19 @@ enum PermitState {
 }
 
 impl Permit {
-    fn new(limiter: Limiter) -> Self {
-        Self {
-            limiter,
-            start: None,
-            state: PermitState::Idle,
-        }
-    }
-
     /// Starts the RTT clock: the call is being made now. Taking the permit does not start it,
     /// so the time between `poll_ready` and `call` is not counted. Only started permits count
-    /// as cancelled when dropped; with `sample_every > 1` only some give RTT samples.
+    /// as cancelled when dropped. At high rates only some are timed (see
+    /// [`PoolConfig::samples_per_window`]).
     pub fn start(&mut self) {
         self.state = PermitState::Started;
-        if self.limiter.sample_now() {
-            self.start = Some(Instant::now());
+        match self.handle.core.sample_now() {
+            Some(weight) => {
+                self.weight = weight;
+                self.start = Some(Instant::now());
+            }
+            None => self.weight = 0,
         }
-    }
-
-    /// The limiter this permit belongs to.
-    pub fn limiter(&self) -> &Limiter {
-        &self.limiter
     }
 
     /// Finishes with a success.
@@ -608,14 +704,15 @@ impl Permit {
             }
             None => (None, None),
         };
-        self.limiter.finish(rtt, outcome, now);
+        self.handle.core.finish(rtt, outcome, now, self.weight);
     }
 
     /// Finishes with `outcome` and an RTT measured by the caller.
     pub fn finish_with_rtt(mut self, rtt: Duration, outcome: Outcome) {
         self.state = PermitState::Finished;
-        self.limiter
-            .finish(Some(rtt), outcome, Some(Instant::now()));
+        self.handle
+            .core
+            .finish(Some(rtt), outcome, Some(Instant::now()), 1);
     }
 }
 
@@ -623,8 +720,8 @@ impl Drop for Permit {
     fn drop(&mut self) {
         match self.state {
             PermitState::Finished => {}
-            PermitState::Started => self.limiter.cancelled(),
-            PermitState::Idle => self.limiter.release(shard_index()),
+            PermitState::Started => self.handle.core.cancelled(),
+            PermitState::Idle => self.handle.core.release(shard_index()),
         }
     }
 }
