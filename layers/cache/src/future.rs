@@ -70,11 +70,12 @@ impl<S, Req, P: CachePolicy> Miss<S, Req, P> {
         }
     }
 
-    fn stale_for_error(&self, now: Instant) -> Option<&P::Value> {
+    /// The stale entry's value and age, if it may stand in for a failure at `now`.
+    fn stale_for_error(&self, now: Instant) -> Option<(&P::Value, Duration)> {
         self.stale
             .as_ref()
             .filter(|e| e.usable_on_error(now))
-            .map(|e| &e.value)
+            .map(|e| (&e.value, now.saturating_duration_since(e.stored_at)))
     }
 }
 
@@ -100,10 +101,10 @@ where
         Ok(res) => {
             let class = policy.classify(&res);
             if class == Cacheability::Error
-                && let Some(v) = miss.stale_for_error(now)
+                && let Some((v, age)) = miss.stale_for_error(now)
             {
                 tiers.stats.stale_if_error.incr();
-                let res = policy.to_response(v);
+                let res = policy.to_response_aged(v, age);
                 miss.fail();
                 return Ok(res);
             }
@@ -123,9 +124,9 @@ where
         Err(e) => {
             miss.fail();
             match miss.stale_for_error(now) {
-                Some(v) => {
+                Some((v, age)) => {
                     tiers.stats.stale_if_error.incr();
-                    Ok(policy.to_response(v))
+                    Ok(policy.to_response_aged(v, age))
                 }
                 None => Err(e),
             }
@@ -285,7 +286,7 @@ enum Next<V> {
     /// Call the inner service (as leader or alone).
     Call,
     /// Answer with this value.
-    Serve(V),
+    Serve(V, Duration),
     /// Store this L3 entry and answer with it.
     RemoteHit(Entry<V>),
 }
@@ -343,19 +344,19 @@ where
                         Poll::Ready(Ok(Signal::Value { value, error })) => {
                             miss.role = Role::Alone;
                             match miss.stale_for_error(Instant::now()).filter(|_| error) {
-                                Some(v) => {
+                                Some((v, age)) => {
                                     miss.tiers.stats.stale_if_error.incr();
-                                    Next::Serve(v.clone())
+                                    Next::Serve(v.clone(), age)
                                 }
-                                None => Next::Serve(value),
+                                None => Next::Serve(value, Duration::ZERO),
                             }
                         }
                         Poll::Ready(Ok(Signal::Failed)) => {
                             miss.role = Role::Alone;
                             match miss.stale_for_error(Instant::now()) {
-                                Some(v) => {
+                                Some((v, age)) => {
                                     miss.tiers.stats.stale_if_error.incr();
-                                    Next::Serve(v.clone())
+                                    Next::Serve(v.clone(), age)
                                 }
                                 None => Next::Call,
                             }
@@ -385,15 +386,18 @@ where
                 _ => unreachable!("only misses reach here"),
             };
             match next {
-                Next::Serve(v) => return Poll::Ready(Ok(miss.policy.to_response(&v))),
+                Next::Serve(v, age) => {
+                    return Poll::Ready(Ok(miss.policy.to_response_aged(&v, age)));
+                }
                 Next::RemoteHit(entry) => {
                     let now = Instant::now();
                     miss.tiers.stats.l3_hits.incr();
                     let value = entry.value.clone();
+                    let age = now.saturating_duration_since(entry.stored_at);
                     miss.tiers
                         .store(miss.hash, &miss.key, entry, now, miss.epoch, false);
                     miss.complete(&value, false);
-                    return Poll::Ready(Ok(miss.policy.to_response(&value)));
+                    return Poll::Ready(Ok(miss.policy.to_response_aged(&value, age)));
                 }
                 Next::Call => {
                     let mut svc = miss

@@ -213,6 +213,24 @@ impl<B> CachePolicyFor<Request<B>, Response<Bytes>> for HttpPolicy {
         *res.headers_mut() = value.headers.clone();
         res
     }
+
+    /// Adds the time the response spent in this cache to its `Age` header (RFC 9111 §5.1).
+    fn to_response_aged(&self, value: &Arc<CachedResponse>, age: Duration) -> Response<Bytes> {
+        let mut res =
+            <Self as CachePolicyFor<Request<B>, Response<Bytes>>>::to_response(self, value);
+        let upstream = value
+            .headers
+            .get(AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let total = upstream.saturating_add(age.as_secs());
+        if total > 0 {
+            res.headers_mut()
+                .insert(AGE, http::HeaderValue::from(total));
+        }
+        res
+    }
 }
 
 /// A Redis codec for the HTTP policy (features `http` and `redis`): keys as their text, values

@@ -77,6 +77,8 @@ struct Slot<K, V> {
     key: K,
     value: V,
     until: Instant,
+    /// When the value was stored (for its age).
+    stored_at: Instant,
     /// The key's invalidation counter when the copy was made.
     epoch: u64,
     hits: u8,
@@ -88,6 +90,19 @@ struct Slot<K, V> {
 /// keep counting keys that L1 answers (otherwise L2 evicts them as cold, and when L1 drops them
 /// too they miss: measured 0.3 % of Zipf(1) hits).
 pub(crate) const TOUCH_EVERY: u8 = 64;
+
+/// When an L1 copy was stored and until when it may answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Validity {
+    /// When the value was stored in L2.
+    pub(crate) stored_at: Instant,
+    /// The copy answers before this.
+    pub(crate) until: Instant,
+    /// Now.
+    pub(crate) now: Instant,
+    /// The key's invalidation counter read before the look-up.
+    pub(crate) epoch: u64,
+}
 
 /// One thread's table for one layer.
 struct Local<K, V> {
@@ -182,7 +197,7 @@ impl<K: Eq + 'static, V: Clone + 'static> L1<K, V> {
         key: &K,
         now: Instant,
         epoch: impl FnOnce() -> u64,
-    ) -> Option<(V, bool)> {
+    ) -> Option<(V, Instant, bool)> {
         let i = self.set(hash);
         self.with_local(false, |l| {
             let slot = l.slots[i..i + 2]
@@ -197,22 +212,24 @@ impl<K: Eq + 'static, V: Clone + 'static> L1<K, V> {
             // Relaxed, and a load plus a store rather than an RMW: this thread is the only writer.
             l.hits
                 .store(l.hits.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            Some((slot.value.clone(), slot.seen % TOUCH_EVERY == 0))
+            Some((
+                slot.value.clone(),
+                slot.stored_at,
+                slot.seen % TOUCH_EVERY == 0,
+            ))
         })
         .flatten()
     }
 
     /// Offers `key` to this thread's table until `until`, valid while the key's invalidation
     /// counter stays `epoch`.
-    pub(crate) fn insert(
-        &self,
-        hash: u64,
-        key: K,
-        value: V,
-        until: Instant,
-        now: Instant,
-        epoch: u64,
-    ) {
+    pub(crate) fn insert(&self, hash: u64, key: K, value: V, copy: Validity) {
+        let Validity {
+            stored_at,
+            until,
+            now,
+            epoch,
+        } = copy;
         let i = self.set(hash);
         self.with_local(true, |l| {
             let pair = &mut l.slots[i..i + 2];
@@ -242,6 +259,7 @@ impl<K: Eq + 'static, V: Clone + 'static> L1<K, V> {
                 key,
                 value,
                 until,
+                stored_at,
                 epoch,
                 hits: 0,
                 seen: 0,
@@ -285,8 +303,18 @@ mod tests {
         let now = Instant::now();
         let until = now + Duration::from_secs(1);
         assert_eq!(l1.get(hash_of(&1), &1, now, || 0), None);
-        l1.insert(hash_of(&1), 1, 10, until, now, 0);
-        assert_eq!(l1.get(hash_of(&1), &1, now, || 0), Some((10, false)));
+        l1.insert(
+            hash_of(&1),
+            1,
+            10,
+            Validity {
+                stored_at: now,
+                until,
+                now,
+                epoch: 0,
+            },
+        );
+        assert_eq!(l1.get(hash_of(&1), &1, now, || 0), Some((10, now, false)));
         assert_eq!(l1.get(hash_of(&2), &2, now, || 0), None);
         assert_eq!(l1.get(hash_of(&1), &1, until, || 0), None);
         assert_eq!(
@@ -303,7 +331,17 @@ mod tests {
         let b = L1::<u64, u64>::new(8);
         let now = Instant::now();
         let until = now + Duration::from_secs(1);
-        a.insert(hash_of(&1), 1, 10, until, now, 0);
+        a.insert(
+            hash_of(&1),
+            1,
+            10,
+            Validity {
+                stored_at: now,
+                until,
+                now,
+                epoch: 0,
+            },
+        );
         assert_eq!(b.get(hash_of(&1), &1, now, || 0), None);
         let a2 = a.clone();
         let other = std::thread::spawn(move || a2.get(hash_of(&1), &1, now, || 0))
@@ -312,16 +350,38 @@ mod tests {
         assert_eq!(other, None, "another thread has its own table");
         let a3 = a.clone();
         std::thread::spawn(move || {
-            a3.insert(hash_of(&2), 2, 20, until, now, 0);
+            a3.insert(
+                hash_of(&2),
+                2,
+                20,
+                Validity {
+                    stored_at: now,
+                    until,
+                    now,
+                    epoch: 0,
+                },
+            );
             assert!(a3.get(hash_of(&2), &2, now, || 0).is_some());
         })
         .join()
         .unwrap();
         let a4 = a.clone();
         // A new thread's table folds the exited thread's counter into `retired`.
-        std::thread::spawn(move || a4.insert(hash_of(&3), 3, 30, until, now, 0))
-            .join()
-            .unwrap();
+        std::thread::spawn(move || {
+            a4.insert(
+                hash_of(&3),
+                3,
+                30,
+                Validity {
+                    stored_at: now,
+                    until,
+                    now,
+                    epoch: 0,
+                },
+            )
+        })
+        .join()
+        .unwrap();
         assert_eq!(a.retired.load(Ordering::Relaxed), 1);
         assert_eq!(a.hits(), 1, "an exited thread's hits are kept");
         assert_eq!(a.get(hash_of(&1), &1, now, || 0).map(|h| h.0), Some(10));
@@ -332,7 +392,17 @@ mod tests {
         let l1 = L1::<u64, u64>::new(2);
         let now = Instant::now();
         let until = now + Duration::from_secs(60);
-        l1.insert(hash_of(&0), 0, 0, until, now, 0);
+        l1.insert(
+            hash_of(&0),
+            0,
+            0,
+            Validity {
+                stored_at: now,
+                until,
+                now,
+                epoch: 0,
+            },
+        );
         for k in 1..100u64 {
             for _ in 0..8 {
                 assert_eq!(
@@ -341,7 +411,17 @@ mod tests {
                     "hot key evicted by {k}"
                 );
             }
-            l1.insert(hash_of(&k), k, k, until, now, 0);
+            l1.insert(
+                hash_of(&k),
+                k,
+                k,
+                Validity {
+                    stored_at: now,
+                    until,
+                    now,
+                    epoch: 0,
+                },
+            );
         }
     }
 

@@ -79,6 +79,13 @@ pub trait CachePolicyFor<Req, Res>: CachePolicy {
 
     /// Rebuilds a response from a stored value (once per hit).
     fn to_response(&self, value: &Self::Value) -> Res;
+
+    /// Rebuilds a response from a value that has been stored for `age` (the HTTP policy adds it
+    /// to the `Age` header, RFC 9111 §5.1). Defaults to [`to_response`](Self::to_response).
+    fn to_response_aged(&self, value: &Self::Value, age: Duration) -> Res {
+        let _ = age;
+        self.to_response(value)
+    }
 }
 
 /// A policy from two closures, for responses that are `Clone`: `key(&req)` and

@@ -89,8 +89,8 @@ where
         let hash = hash_of(&key);
         let now = Instant::now();
         // The hot path: no allocation, no shared write (this thread's L1 table counts the hit).
-        if let Some(v) = self.tiers.l1_get(hash, &key, now) {
-            return ResponseFuture::ready(self.policy.to_response(&v));
+        if let Some((v, age)) = self.tiers.l1_get(hash, &key, now) {
+            return ResponseFuture::ready(self.policy.to_response_aged(&v, age));
         }
         self.past_l1(req, key, hash, now)
     }
@@ -119,9 +119,11 @@ where
         tiers.stats.l2_lookups.incr();
         let epoch = tiers.epoch(hash);
         let stale = match tiers.l2_lookup(hash, &key, now, epoch) {
-            Found::Hit(v) => return ResponseFuture::ready(self.policy.to_response(&v)),
-            Found::Refresh(v) => {
-                let res = self.policy.to_response(&v);
+            Found::Hit(v, age) => {
+                return ResponseFuture::ready(self.policy.to_response_aged(&v, age));
+            }
+            Found::Refresh(v, age) => {
+                let res = self.policy.to_response_aged(&v, age);
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     tiers.stats.refreshes.incr();
                     let task = refresh(

@@ -17,7 +17,7 @@
 use crate::config::CacheConfig;
 use crate::entry::{Entry, Lifetimes, Phase, Rng};
 use crate::flight::Flights;
-use crate::l1::L1;
+use crate::l1::{L1, Validity};
 use crate::stats::Stats;
 use std::fmt;
 use std::future::Future;
@@ -69,10 +69,11 @@ pub(crate) trait LocalTiers<K>: Send + Sync {
 /// The result of an L2 look-up.
 #[derive(Debug)]
 pub(crate) enum Found<V> {
-    /// Serve it.
-    Hit(V),
-    /// Serve it and refresh it in the background (XFetch, or stale-while-revalidate).
-    Refresh(V),
+    /// Serve it; it has been stored this long.
+    Hit(V, Duration),
+    /// Serve it (stored this long) and refresh it in the background (XFetch, or
+    /// stale-while-revalidate).
+    Refresh(V, Duration),
     /// Nothing servable; the entry, if any, may still be served in place of a failure.
     Miss(Option<Arc<Entry<V>>>),
 }
@@ -207,13 +208,14 @@ where
 
     /// L1's value for the key, if this thread's shard has a good copy.
     #[inline]
-    pub(crate) fn l1_get(&self, hash: u64, key: &K, now: Instant) -> Option<V> {
-        let (value, touch) = self.l1.as_ref()?.get(hash, key, now, || self.epoch(hash))?;
+    pub(crate) fn l1_get(&self, hash: u64, key: &K, now: Instant) -> Option<(V, Duration)> {
+        let (value, stored_at, touch) =
+            self.l1.as_ref()?.get(hash, key, now, || self.epoch(hash))?;
         if touch {
             // Keep L2's recency and frequency estimates counting this key (see `TOUCH_EVERY`).
             let _ = self.l2.get(key);
         }
-        Some(value)
+        Some((value, now.saturating_duration_since(stored_at)))
     }
 
     fn l1_fill(&self, hash: u64, key: &K, e: &Entry<V>, now: Instant, epoch: u64) {
@@ -227,7 +229,13 @@ where
                 .min(e.fresh_until() - Duration::from_secs_f64(gap.min(1e9)).min(e.life.fresh));
         }
         if until > now {
-            l1.insert(hash, key.clone(), e.value.clone(), until, now, epoch);
+            let copy = Validity {
+                stored_at: e.stored_at,
+                until,
+                now,
+                epoch,
+            };
+            l1.insert(hash, key.clone(), e.value.clone(), copy);
         }
     }
 
@@ -239,27 +247,28 @@ where
         if !e.touch(self.now_ms(now), self.cfg.time_to_idle) {
             return Found::Miss(None);
         }
+        let age = now.saturating_duration_since(e.stored_at);
         match e.phase(now, self.cfg.xfetch_beta, || self.rng.unit()) {
             Phase::Fresh { early: false } => {
                 self.stats.l2_hits.incr();
                 self.l1_fill(hash, key, &e, now, epoch);
-                Found::Hit(e.value.clone())
+                Found::Hit(e.value.clone(), age)
             }
             Phase::Fresh { early: true } => {
                 self.stats.l2_hits.incr();
                 if e.claim_refresh() {
-                    Found::Refresh(e.value.clone())
+                    Found::Refresh(e.value.clone(), age)
                 } else {
-                    Found::Hit(e.value.clone())
+                    Found::Hit(e.value.clone(), age)
                 }
             }
             Phase::Revalidate => {
                 self.stats.l2_hits.incr();
                 self.stats.stale_served.incr();
                 if e.claim_refresh() {
-                    Found::Refresh(e.value.clone())
+                    Found::Refresh(e.value.clone(), age)
                 } else {
-                    Found::Hit(e.value.clone())
+                    Found::Hit(e.value.clone(), age)
                 }
             }
             Phase::Expired { usable_on_error } => Found::Miss(usable_on_error.then_some(e)),
