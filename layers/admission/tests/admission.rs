@@ -433,3 +433,23 @@ fn bad_configs_are_rejected_when_the_layer_is_built() {
     c.classes.push(ClassConfig::new("sheddable"));
     assert_eq!(AdmissionLayer::new(c).unwrap_err().field(), "classes.name");
 }
+
+#[tokio::test(start_paused = true)]
+async fn always_ready_mode_admits_in_the_response_future() {
+    let config = AdmissionConfig {
+        ready_mode: tollgate_admission::ReadyMode::Always,
+        ..config(1)
+    };
+    let (mut svc, handle, log) = build(config);
+    // No `poll_ready` at all, as a server that treats services as always ready.
+    let a = tokio::spawn(svc.call(Job::new(3, 10, 0)));
+    let b = tokio::spawn(svc.call(Job::new(3, 10, 1)));
+    let c = tokio::spawn(svc.call(Job::new(0, 10, 2)));
+    settle().await;
+    assert_eq!((handle.in_flight(), handle.snapshot().queued), (1, 2));
+    for h in [a, b, c] {
+        join(h).await.unwrap();
+    }
+    assert_eq!(log.started(), vec![0, 2, 1]);
+    assert_eq!(handle.in_flight(), 0);
+}
