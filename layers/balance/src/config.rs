@@ -12,7 +12,8 @@ pub struct BalanceConfig {
     /// and how fast an idle endpoint's estimate decays towards zero so it is tried again.
     /// Default 10 s (Finagle's and Linkerd's choice).
     pub decay: Duration,
-    /// Latency assumed for an endpoint before its first response. Default 30 ms.
+    /// Latency assumed for an endpoint before its first response; it decays with `decay` like
+    /// an estimate, so an endpoint never tried is tried eventually. Default 30 ms.
     pub default_rtt: Duration,
     /// Weight of each outcome in an endpoint's failure rate, in `(0, 1]`. Default 0.1.
     pub failure_weight: f64,

@@ -19,6 +19,7 @@
 //! arithmetic here is pure and runs under loom and the fuzzer without a clock.
 
 use crate::config::{BalanceConfig, HealthConfig, OutlierConfig};
+use crate::signal::EndpointSignal;
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use crate::sync::{Arc, Mutex, lock};
 use tokio::time::Instant;
@@ -194,11 +195,20 @@ pub(crate) struct Core {
     checks_passed: AtomicU32,
     checks_failed: AtomicU32,
     pub(crate) id: u64,
+    signal: Option<std::sync::Arc<dyn EndpointSignal>>,
 }
 
 impl Core {
-    /// A fresh endpoint; `ramp_from` starts its slow start at that time.
-    pub(crate) fn new(id: u64, common: Arc<Common>, weight: f64, ramp_from: Option<u64>) -> Self {
+    /// A fresh endpoint that joined at `joined`; `ramp_from` starts its slow start at that
+    /// time.
+    pub(crate) fn new(
+        id: u64,
+        common: Arc<Common>,
+        weight: f64,
+        joined: u64,
+        ramp_from: Option<u64>,
+        signal: Option<std::sync::Arc<dyn EndpointSignal>>,
+    ) -> Self {
         let ramp = match ramp_from {
             Some(t) if common.slow_start() => t,
             _ => NO_RAMP,
@@ -210,7 +220,7 @@ impl Core {
             in_flight: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
             rtt: AtomicU64::new(EMPTY),
-            rtt_at: AtomicU64::new(0),
+            rtt_at: AtomicU64::new(joined),
             fail: AtomicU64::new(0f64.to_bits()),
             fail_at: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
@@ -225,6 +235,7 @@ impl Core {
             checks_passed: AtomicU32::new(0),
             checks_failed: AtomicU32::new(0),
             ramp_from: AtomicU64::new(ramp),
+            signal,
         }
     }
 
@@ -239,10 +250,18 @@ impl Core {
         self.weight.store(weight.to_bits(), Ordering::Relaxed);
     }
 
-    /// Whether the endpoint passes its health checks and is not ejected at `now`.
+    /// Whether the endpoint passes its health checks, is not ejected at `now` and its
+    /// external signal (if any) lets it take requests.
     pub(crate) fn admitted(&self, now: u64) -> bool {
         // Relaxed: see the ground rules; a stale answer only moves one pick.
-        self.healthy.load(Ordering::Relaxed) && now >= self.ejected_until.load(Ordering::Relaxed)
+        self.healthy.load(Ordering::Relaxed)
+            && now >= self.ejected_until.load(Ordering::Relaxed)
+            && self.signalled()
+    }
+
+    /// Whether the external signal, if any, lets the endpoint take requests.
+    pub(crate) fn signalled(&self) -> bool {
+        self.signal.as_ref().is_none_or(|s| s.is_available())
     }
 
     /// Whether the endpoint is ejected at `now`.
@@ -262,11 +281,15 @@ impl Core {
     pub(crate) fn latency(&self, now: u64) -> f64 {
         // Relaxed: statistics only.
         let bits = self.rtt.load(Ordering::Relaxed);
-        if bits == EMPTY {
-            return self.common.default_rtt_ns;
-        }
+        // Before the first sample, `rtt_at` is when the endpoint joined: the default decays like
+        // an estimate, so an endpoint never tried is tried eventually.
         let at = self.rtt_at.load(Ordering::Relaxed);
-        f64::from_bits(bits) * self.decay(now.saturating_sub(at), self.common.decay_ns)
+        let value = if bits == EMPTY {
+            self.common.default_rtt_ns
+        } else {
+            f64::from_bits(bits)
+        };
+        value * self.decay(now.saturating_sub(at), self.common.decay_ns)
     }
 
     /// The failure rate at `now`, in `[0, 1]`, decayed towards zero since its last sample.
@@ -417,6 +440,12 @@ impl Core {
     /// Records a finished request started at `start`. Returns whether the endpoint reached its
     /// consecutive-failure limit (the caller then tries to eject it).
     pub(crate) fn finish(&self, now: u64, start: u64, outcome: Outcome) -> bool {
+        if let Some(signal) = &self.signal {
+            signal.outcome(
+                outcome,
+                std::time::Duration::from_nanos(now.saturating_sub(start)),
+            );
+        }
         let rtt = now.saturating_sub(start) as f64;
         // Relaxed (all below): statistics only.
         match outcome {

@@ -11,6 +11,7 @@
 //!   flight on it.
 
 use crate::endpoint::{Common, Core, Endpoint};
+use crate::signal::EndpointSignal;
 use crate::sync::atomic::{AtomicU64, Ordering, fence};
 use crate::sync::{Arc, Mutex, lock};
 use std::fmt;
@@ -170,12 +171,27 @@ impl<K: PartialEq, S> Fleet<K, S> {
     }
 
     /// Adds an endpoint, or replaces the one with the same key (which then drains).
-    pub(crate) fn insert(&self, key: K, service: S, weight: f64, now: u64, start: Start) {
+    pub(crate) fn insert(
+        &self,
+        key: K,
+        service: S,
+        weight: f64,
+        now: u64,
+        start: Start,
+        signal: Option<std::sync::Arc<dyn EndpointSignal>>,
+    ) {
         let mut w = lock(&self.writer);
         let id = w.next_id;
         w.next_id += 1;
         let ramp = (start == Start::Ramp).then_some(now);
-        let core = Arc::new(Core::new(id, self.common.clone(), weight, ramp));
+        let core = Arc::new(Core::new(
+            id,
+            self.common.clone(),
+            weight,
+            now,
+            ramp,
+            signal,
+        ));
         let mut list: Vec<_> = self.load().endpoints.to_vec();
         let gone: Vec<_> = match list.iter().position(|e| e.key == key) {
             Some(i) => vec![std::mem::replace(

@@ -5,6 +5,7 @@ use crate::fleet::Start;
 use crate::health::{self, HealthCheck};
 use crate::pick;
 use crate::service::Shared;
+use crate::signal::EndpointSignal;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub enum EndpointState {
     Ejected,
     /// Out of rotation for failing its health checks.
     Unhealthy,
+    /// Out of rotation because its external signal (a circuit breaker) says so.
+    Unavailable,
     /// Removed from the set; requests already on it finish, no new ones go to it.
     Draining,
 }
@@ -96,7 +99,7 @@ impl<K: PartialEq, S> BalanceHandle<K, S> {
     /// Adds an endpoint with weight 1, or replaces the service of the endpoint with that key
     /// (the old one drains). Added to a non-empty set, it starts in slow start when that is on.
     pub fn insert(&self, key: K, service: S) {
-        self.insert_with(key, service, 1.0, Start::Ramp);
+        self.insert_with(key, service, 1.0, None);
     }
 
     /// [`insert`](Self::insert) with a weight.
@@ -111,18 +114,49 @@ impl<K: PartialEq, S> BalanceHandle<K, S> {
                 format!("must be finite and positive, got {weight}"),
             ));
         }
-        self.insert_with(key, service, weight, Start::Ramp);
+        self.insert_with(key, service, weight, None);
         Ok(())
     }
 
-    fn insert_with(&self, key: K, service: S, weight: f64, start: Start) {
+    /// [`insert_weighted`](Self::insert_weighted) with an external health signal (a circuit
+    /// breaker's handle, with the `breaker` feature): while it says the endpoint is not
+    /// available, picks leave the endpoint out.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for `weight` when it is not finite and positive.
+    pub fn insert_with_signal(
+        &self,
+        key: K,
+        service: S,
+        weight: f64,
+        signal: impl EndpointSignal,
+    ) -> Result<(), ConfigError> {
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(ConfigError::new(
+                "weight",
+                format!("must be finite and positive, got {weight}"),
+            ));
+        }
+        self.insert_with(key, service, weight, Some(Arc::new(signal)));
+        Ok(())
+    }
+
+    fn insert_with(
+        &self,
+        key: K,
+        service: S,
+        weight: f64,
+        signal: Option<Arc<dyn EndpointSignal>>,
+    ) {
         let fleet = &self.shared.fleet;
+        // The first endpoints of a set have nothing to ramp up against.
         let start = if fleet.load().endpoints.is_empty() {
             Start::Full
         } else {
-            start
+            Start::Ramp
         };
-        fleet.insert(key, service, weight, fleet.common.now(), start);
+        fleet.insert(key, service, weight, fleet.common.now(), start, signal);
     }
 
     /// Removes the endpoint with `key`: requests on it finish, no new ones go to it. Returns
@@ -196,6 +230,8 @@ impl<K: PartialEq + Clone, S> BalanceHandle<K, S> {
                     EndpointState::Draining
                 } else if c.ejected(now) {
                     EndpointState::Ejected
+                } else if !c.signalled() {
+                    EndpointState::Unavailable
                 } else if !c.admitted(now) {
                     EndpointState::Unhealthy
                 } else if c.in_slow_start(now) {

@@ -34,7 +34,7 @@ impl<S> Layer<S> for BalanceLayer {
     fn layer(&self, inner: S) -> Self::Service {
         let balance = Balance::from_validated(&self.config);
         let fleet = &balance.shared().fleet;
-        fleet.insert(0, inner, 1.0, fleet.common.now(), Start::Full);
+        fleet.insert(0, inner, 1.0, fleet.common.now(), Start::Full, None);
         balance
     }
 }

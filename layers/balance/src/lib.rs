@@ -20,8 +20,11 @@
 //! - **Active health checks** with your probe ([`HealthCheck`]), run by a task you spawn
 //!   ([`BalanceHandle::health_checks`]) or the balancer spawns
 //!   ([`Balance::spawn_health_checks`]); it stops when the balancer is dropped.
-//! - **Panic mode**: when fewer than `panic_threshold` of the endpoints are admitted (healthy
-//!   and not ejected), picks spread over all of them rather than overload the few.
+//! - **External signals**: an [`EndpointSignal`] per endpoint (a circuit breaker's handle with
+//!   the `breaker` feature) takes it out of rotation while it says so.
+//! - **Panic mode**: when fewer than `panic_threshold` of the endpoints are admitted (healthy,
+//!   not ejected and available by their signal), picks spread over all of them rather than
+//!   overload the few.
 //! - **Slow start**: a new or recovered endpoint's weight ramps up over `slow_start`.
 //! - **Draining**: an endpoint removed from the set finishes its requests and gets no new ones.
 //! - **No endpoints** is a [`NoEndpoints`] error at once, never a hang.
@@ -99,6 +102,7 @@ mod health;
 mod layer;
 mod pick;
 mod service;
+mod signal;
 mod sync;
 
 #[cfg(any(fuzzing, feature = "fuzzing"))]
@@ -115,3 +119,4 @@ pub use handle::{BalanceHandle, EndpointState, EndpointStats};
 pub use health::HealthCheck;
 pub use layer::BalanceLayer;
 pub use service::Balance;
+pub use signal::EndpointSignal;

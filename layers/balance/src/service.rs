@@ -110,7 +110,7 @@ impl<K: PartialEq, S> Balance<K, S> {
             let now = this.shared.fleet.common.now();
             this.shared
                 .fleet
-                .insert(key, service, weight, now, Start::Full);
+                .insert(key, service, weight, now, Start::Full, None);
         }
         Ok(this)
     }

@@ -14,7 +14,7 @@ fn fleet(keys: &[u8]) -> Arc<Fleet<u8, ()>> {
     ));
     let fleet = Fleet::new(common, 1);
     for &k in keys {
-        fleet.insert(k, (), 1.0, 0, Start::Full);
+        fleet.insert(k, (), 1.0, 0, Start::Full, None);
     }
     Arc::new(fleet)
 }
@@ -64,7 +64,7 @@ fn loom_concurrent_updates_are_not_lost() {
         let fleet = fleet(&[1]);
         let w = {
             let fleet = fleet.clone();
-            thread::spawn(move || fleet.insert(2, (), 1.0, 0, Start::Ramp))
+            thread::spawn(move || fleet.insert(2, (), 1.0, 0, Start::Ramp, None))
         };
         let r = {
             let fleet = fleet.clone();

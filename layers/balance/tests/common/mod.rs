@@ -72,14 +72,18 @@ impl Service<()> for Backend {
 
 /// Sends one request every `every` for `total`, each bounded by `timeout`; waits for all.
 /// Returns (ok, failed).
-pub async fn load<K>(
-    svc: &Balance<K, Backend>,
+pub async fn load<K, S>(
+    svc: &Balance<K, S>,
     every: Duration,
     total: Duration,
     timeout: Duration,
 ) -> (u64, u64)
 where
     K: PartialEq + Send + Sync + 'static,
+    S: Service<()> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Response: Send,
+    S::Error: Into<tollgate_core::BoxError>,
 {
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -93,7 +97,7 @@ where
         let (ok, failed) = (ok.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             match tokio::time::timeout(timeout, svc.oneshot(())).await {
-                Ok(Ok(())) => ok.fetch_add(1, Ordering::SeqCst),
+                Ok(Ok(_)) => ok.fetch_add(1, Ordering::SeqCst),
                 _ => failed.fetch_add(1, Ordering::SeqCst),
             };
         }));
