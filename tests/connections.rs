@@ -56,10 +56,17 @@ async fn upstream_connections_are_reused_and_parked_clients_wake_up() {
         );
         // Idle past park_ms: the connection is parked, then woken by the next request.
         tokio::time::sleep(Duration::from_millis(400)).await;
+        let parked = |gw: &tollgate::gateway::Gateway| {
+            serde_json::to_value(gw.shared().stats.snapshot()).unwrap()["connections_parked"]
+                .as_i64()
+                .unwrap()
+        };
+        assert_eq!(parked(&gw), 1, "the idle connection is parked");
         for _ in 0..3 {
             assert_eq!(get_on(&mut send).await.unwrap().0, StatusCode::OK);
         }
         assert_eq!(accepted.load(Ordering::Relaxed), 1);
+        assert_eq!(parked(&gw), 0, "woken by the request");
         stop(gw).await;
     })
     .await;

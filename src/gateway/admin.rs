@@ -171,6 +171,7 @@ impl Admin {
             }
             g("tollgate_requests_in_flight", s.in_flight.sum());
             g("tollgate_connections_open", s.connections_open.sum());
+            g("tollgate_connections_parked", s.connections_parked.sum());
             c("tollgate_connections_total", s.connections_total.sum());
             c(
                 "tollgate_connections_timed_out_total",

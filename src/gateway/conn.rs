@@ -315,13 +315,19 @@ pub(super) async fn serve_plain(
         }
         drop(parts.read_buf);
         let idle_left = idle.saturating_sub(ctx.idle_for());
-        tokio::select! {
-            ready = io.inner.inner.readable() => if ready.is_err() { return },
+        let stats = &ctx.shared.stats;
+        stats.connections_parked.incr();
+        let woken = tokio::select! {
+            ready = io.inner.inner.readable() => ready.is_ok(),
             () = tokio::time::sleep(idle_left) => {
-                ctx.shared.stats.connections_timed_out.incr();
-                return;
+                stats.connections_timed_out.incr();
+                false
             }
-            () = stopping(&mut shutdown) => return,
+            () = stopping(&mut shutdown) => false,
+        };
+        stats.connections_parked.decr();
+        if !woken {
+            return;
         }
     }
 }

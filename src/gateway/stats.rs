@@ -20,6 +20,8 @@ pub struct Stats {
     pub connections_total: ShardedCounter,
     /// Client connections closed for sending their head too slowly or idling.
     pub connections_timed_out: ShardedCounter,
+    /// Idle HTTP/1.1 client connections parked now (open, buffers freed).
+    pub connections_parked: ShardedCounter,
     /// Upstream connect failures (502) and connect timeouts (504).
     pub upstream_connect_errors: ShardedCounter,
     /// Upstream response-head timeouts (504).
@@ -79,6 +81,7 @@ pub struct StatsSnapshot {
     connections_open: i64,
     connections_total: i64,
     connections_timed_out: i64,
+    connections_parked: i64,
     upstream_connect_errors: i64,
     upstream_timeouts: i64,
     upstream_resets: i64,
@@ -103,6 +106,7 @@ impl Stats {
             connections_open: self.connections_open.sum(),
             connections_total: self.connections_total.sum(),
             connections_timed_out: self.connections_timed_out.sum(),
+            connections_parked: self.connections_parked.sum(),
             upstream_connect_errors: self.upstream_connect_errors.sum(),
             upstream_timeouts: self.upstream_timeouts.sum(),
             upstream_resets: self.upstream_resets.sum(),
