@@ -55,6 +55,17 @@ impl<C> PoolSizerLayer<C> {
     pub fn limiter(&self) -> &Limiter {
         &self.limiter
     }
+
+    /// For `http::Response`s: holds each permit until the response body ends, not just the
+    /// headers (feature `http-body`).
+    #[cfg(feature = "http-body")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
+    pub fn hold_until_body_ends(self) -> crate::body::BodyPoolSizerLayer<C> {
+        crate::body::BodyPoolSizerLayer {
+            limiter: self.limiter,
+            classify: self.classify,
+        }
+    }
 }
 
 impl<S, C: Clone> Layer<S> for PoolSizerLayer<C> {

@@ -147,6 +147,22 @@ pub struct Snapshot {
 thread_local! {
     /// Requests this thread lets pass untimed before it times the next one.
     static SAMPLE_LEFT: Cell<u64> = const { Cell::new(0) };
+    /// This thread's [`shard_index`], cached so the request path reads one plain
+    /// thread-local (`usize::MAX` until first asked).
+    static HOME: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's shard (see [`shard_index`]).
+#[inline]
+fn home() -> usize {
+    HOME.with(|h| match h.get() {
+        usize::MAX => {
+            let i = shard_index();
+            h.set(i);
+            i
+        }
+        i => i,
+    })
 }
 
 impl Limiter {
@@ -182,6 +198,7 @@ impl Limiter {
         Self { core, handles }
     }
 
+    #[inline]
     fn permit(&self, home: usize) -> Permit {
         let handle = self.handles[home & (self.handles.len() - 1)].clone();
         Permit {
@@ -216,6 +233,7 @@ impl Limiter {
     /// Takes a permit if one is free, without waiting. `None` counts as demand at the limit
     /// (the algorithm sees it) but not as a rejection: call [`Limiter::reject`] if you refuse
     /// the request because of it.
+    #[inline]
     pub fn try_acquire(&self) -> Option<Permit> {
         self.core.try_acquire().map(|home| self.permit(home))
     }
@@ -237,6 +255,7 @@ impl Limiter {
 
     /// Polls for a permit; `slot` keeps the wait registration between polls (start with
     /// `None`, keep it until this returns `Ready`).
+    #[inline]
     pub(crate) fn poll_acquire(
         &self,
         cx: &mut Context<'_>,
@@ -324,6 +343,7 @@ impl Core {
         total.max(0) as usize
     }
 
+    #[inline]
     fn stats(&self, home: usize) -> &ShardStats {
         &self.shared.stats[home & self.shared.tokens.shard_mask()]
     }
@@ -331,8 +351,9 @@ impl Core {
     /// Takes a permit if one is free, without waiting. `None` counts as demand at the limit
     /// (the algorithm sees it) but not as a rejection: call [`Limiter::reject`] if you refuse
     /// the request because of it.
+    #[inline]
     pub(crate) fn try_acquire(&self) -> Option<usize> {
-        let home = shard_index();
+        let home = home();
         if self.shared.tokens.take(home) {
             Some(home)
         } else {
@@ -345,9 +366,7 @@ impl Core {
     /// Counts one refused request in the snapshot's `rejected`.
     pub(crate) fn reject(&self) {
         // Relaxed: statistics.
-        self.stats(shard_index())
-            .rejected
-            .fetch_add(1, Ordering::Relaxed);
+        self.stats(home()).rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Polls for a permit; `slot` keeps the wait registration between polls (start with
@@ -377,7 +396,7 @@ impl Core {
                 }
             }
         }
-        let home = shard_index();
+        let home = home();
         loop {
             let mut this = slot.as_mut().expect("slot set above").as_mut().project();
             this.notified.as_mut().enable();
@@ -429,6 +448,7 @@ impl Core {
     }
 
     /// Gives a permit's token back and wakes a waiter if there is one.
+    #[inline]
     fn release(&self, home: usize) {
         let s = &self.shared;
         // SeqCst: the releaser half of the wake-up handshake (module docs); on x86 this is the
@@ -440,8 +460,17 @@ impl Core {
 
     /// `weight`: how many requests this one stands for in the window's success count (the
     /// sampling rate when timed, 0 when untimed, 1 when the caller supplied the RTT).
-    fn finish(&self, rtt: Option<Duration>, outcome: Outcome, now: Option<Instant>, weight: u64) {
-        let home = shard_index();
+    /// `release`: give the permit back now (otherwise the caller still holds it).
+    #[inline]
+    fn finish(
+        &self,
+        rtt: Option<Duration>,
+        outcome: Outcome,
+        now: Option<Instant>,
+        weight: u64,
+        release: bool,
+    ) {
+        let home = home();
         let st = self.stats(home);
         // Relaxed everywhere: window statistics (see the ground rules).
         match outcome {
@@ -460,14 +489,16 @@ impl Core {
             }
             Outcome::Ignored => {}
         }
-        self.release(home);
+        if release {
+            self.release(home);
+        }
         if let Some(now) = now {
             self.maybe_update(now);
         }
     }
 
     fn cancelled(&self) {
-        let home = shard_index();
+        let home = home();
         let st = self.stats(home);
         // Relaxed: statistics.
         st.dropped.fetch_add(1, Ordering::Relaxed);
@@ -593,7 +624,7 @@ impl Core {
         s.limit_bits.store(limit.to_bits(), Ordering::Relaxed);
         let old = s.permits.swap(permits, Ordering::Relaxed);
         if permits > old {
-            s.tokens.grow(permits - old, shard_index());
+            s.tokens.grow(permits - old, home());
             // SeqCst: as in `release`, after the tokens were added.
             let waiting = s.waiters.load(Ordering::SeqCst);
             for _ in 0..waiting.min(permits - old) {
@@ -607,6 +638,7 @@ impl Core {
 
     /// `Some(weight)` when this request is to be timed: it stands for `weight` requests (the
     /// sampling rate), so window counts stay unbiased without counting the untimed ones.
+    #[inline]
     fn sample_now(&self) -> Option<u64> {
         // Relaxed: a sampling rate; any recent value will do.
         let every = self.shared.sample_every.load(Ordering::Relaxed).max(1);
@@ -664,6 +696,8 @@ pub struct Permit {
 enum PermitState {
     Idle,
     Started,
+    /// Outcome recorded, permit still held (released on drop).
+    Held,
     Finished,
 }
 
@@ -672,6 +706,7 @@ impl Permit {
     /// so the time between `poll_ready` and `call` is not counted. Only started permits count
     /// as cancelled when dropped. At high rates only some are timed (see
     /// [`PoolConfig::samples_per_window`]).
+    #[inline]
     pub fn start(&mut self) {
         self.state = PermitState::Started;
         match self.handle.core.sample_now() {
@@ -695,8 +730,31 @@ impl Permit {
 
     /// Finishes with `outcome`; the RTT runs from [`start`](Permit::start) (none if the permit
     /// was not started or not sampled).
+    #[inline]
     pub fn finish(mut self, outcome: Outcome) {
+        self.record(outcome, true);
         self.state = PermitState::Finished;
+    }
+
+    /// Records `outcome` and the RTT so far now, but keeps the permit until it is dropped: for
+    /// a response whose headers say how the backend did while its body still streams (the
+    /// request keeps counting against the limit until the body ends). Does nothing if the
+    /// outcome was already recorded.
+    pub fn record_and_hold(&mut self, outcome: Outcome) {
+        if self.state != PermitState::Held {
+            self.record(outcome, false);
+            self.state = PermitState::Held;
+        }
+    }
+
+    #[inline]
+    fn record(&mut self, outcome: Outcome, release: bool) {
+        if self.state == PermitState::Held {
+            if release {
+                self.handle.core.release(home());
+            }
+            return;
+        }
         let (rtt, now) = match self.start.take() {
             Some(start) => {
                 let now = Instant::now();
@@ -704,24 +762,32 @@ impl Permit {
             }
             None => (None, None),
         };
-        self.handle.core.finish(rtt, outcome, now, self.weight);
+        self.handle
+            .core
+            .finish(rtt, outcome, now, self.weight, release);
     }
 
     /// Finishes with `outcome` and an RTT measured by the caller.
     pub fn finish_with_rtt(mut self, rtt: Duration, outcome: Outcome) {
+        let held = self.state == PermitState::Held;
         self.state = PermitState::Finished;
+        if held {
+            self.handle.core.release(home());
+            return;
+        }
         self.handle
             .core
-            .finish(Some(rtt), outcome, Some(Instant::now()), 1);
+            .finish(Some(rtt), outcome, Some(Instant::now()), 1, true);
     }
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         match self.state {
             PermitState::Finished => {}
             PermitState::Started => self.handle.core.cancelled(),
-            PermitState::Idle => self.handle.core.release(shard_index()),
+            PermitState::Idle | PermitState::Held => self.handle.core.release(home()),
         }
     }
 }

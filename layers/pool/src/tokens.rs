@@ -65,11 +65,13 @@ impl Tokens {
         }
     }
 
+    #[inline]
     pub(crate) fn shard_mask(&self) -> usize {
         self.shards.len() - 1
     }
 
     /// Takes one token from `cell` if it has one.
+    #[inline]
     fn take_from(cell: &AtomicIsize) -> bool {
         // Relaxed: tokens guard no memory, see the module docs.
         let mut cur = cell.load(Ordering::Relaxed);
@@ -83,6 +85,7 @@ impl Tokens {
     }
 
     /// Takes one token, preferring `home`'s shard; `false` when none is free.
+    #[inline]
     pub(crate) fn take(&self, home: usize) -> bool {
         let mask = self.shard_mask();
         let home = home & mask;
@@ -117,6 +120,7 @@ impl Tokens {
     }
 
     /// Pays one unit of debt if there is any.
+    #[inline]
     fn pay_debt(&self) -> bool {
         // Relaxed: the debt is a count like the tokens.
         let mut d = self.debt.load(Ordering::Relaxed);
@@ -137,6 +141,7 @@ impl Tokens {
     ///
     /// `order` is the ordering of the increment: the limiter passes `SeqCst` when tasks may be
     /// waiting, for its wake-up handshake.
+    #[inline]
     pub(crate) fn give(&self, home: usize, order: Ordering) -> bool {
         if self.pay_debt() {
             return false;
