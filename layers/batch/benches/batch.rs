@@ -3,9 +3,13 @@
 //! - `overhead_1_thread` / `overhead_2_threads`: the per-request cost of the batching layer
 //!   itself, with a no-op batch backend, `N` requests in flight (one task per thread, each
 //!   joining its share). Both layers: batches of 64, 4 batches in flight, a short linger.
-//! - `noop_backend`: a no-op backend behind a call boundary (a server task reached through a
-//!   channel, as a connection would be): `N` requests sent one call each, against the same
-//!   requests gathered by tollgate-batch into calls of 64.
+//! - `noop_backend`: a no-op backend behind a call boundary (a server thread reached through a
+//!   channel, as another process behind a connection would be) taking at most 4 calls at once
+//!   (a pool of 4 connections): `N` requests sent one call each, 4 at a time, against the same
+//!   requests gathered by tollgate-batch into calls of up to 64 with `max_in_flight = 4`.
+//!
+//! Every case sends its `N` requests from one task per thread (readiness, then `call`) and
+//! then awaits the answers in order, so the harness adds no more than a `Vec` of futures.
 //!
 //! Run: `cargo bench -p tollgate-batch --bench batch -- --warm-up-time 1 --measurement-time 3`
 
@@ -13,13 +17,14 @@
 #![allow(missing_docs)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::future::{BoxFuture, join_all};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tollgate_batch::{BatchConfig, BatchLayer, Batcher};
 use tower::{Layer, Service, ServiceExt};
 use tower_batch_control::{Batch, BatchControl, RequestWeight};
@@ -106,20 +111,37 @@ fn peer() -> Batch<NoopControl, Id> {
     Batch::new(NoopControl::default(), MAX_ITEMS, IN_FLIGHT, LINGER)
 }
 
+/// One task sends every request of `range` (waiting for readiness before each), then awaits
+/// the answers in order: the harness costs no more than a `Vec` of futures.
 async fn send_ours(svc: &Batcher<u64, u64>, range: std::ops::Range<u64>) {
-    for r in join_all(range.map(|i| svc.clone().oneshot(i))).await {
-        black_box(r.unwrap());
+    let mut svc = svc.clone();
+    let mut answers = Vec::with_capacity((range.end - range.start) as usize);
+    for i in range {
+        svc.ready().await.unwrap();
+        answers.push(svc.call(i));
+    }
+    for a in answers {
+        black_box(a.await.unwrap());
     }
 }
 
 async fn send_peer(svc: &Batch<NoopControl, Id>, range: std::ops::Range<u64>) {
-    for r in join_all(range.map(|i| svc.clone().oneshot(Id(i)))).await {
-        black_box(r.unwrap());
+    let mut svc = svc.clone();
+    let mut answers = Vec::with_capacity((range.end - range.start) as usize);
+    for i in range {
+        svc.ready().await.unwrap();
+        answers.push(svc.call(Id(i)));
+    }
+    for a in answers {
+        black_box(a.await.unwrap());
     }
 }
 
 fn overhead(c: &mut Criterion) {
-    let single = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("overhead_1_thread");
     g.throughput(Throughput::Elements(N as u64));
     let svc = single.block_on(async { peer() });
@@ -127,10 +149,16 @@ fn overhead(c: &mut Criterion) {
         b.iter(|| single.block_on(send_peer(&svc, 0..N as u64)))
     });
     let svc = ours(Noop);
-    g.bench_function("tollgate-batch", |b| b.iter(|| single.block_on(send_ours(&svc, 0..N as u64))));
+    g.bench_function("tollgate-batch", |b| {
+        b.iter(|| single.block_on(send_ours(&svc, 0..N as u64)))
+    });
     g.finish();
 
-    let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("overhead_2_threads");
     g.throughput(Throughput::Elements(N as u64));
     let half = (N / 2) as u64;
@@ -165,27 +193,31 @@ fn overhead(c: &mut Criterion) {
     g.finish();
 }
 
-/// A no-op backend behind a call boundary: a server task answering each call's ids.
+type Call = (Vec<u64>, oneshot::Sender<Vec<u64>>);
+
+/// A no-op backend behind a call boundary: a server on its own thread (as another process
+/// behind a connection would be) answering each call's ids unchanged.
 #[derive(Clone)]
 struct Remote {
-    tx: mpsc::UnboundedSender<(Vec<u64>, oneshot::Sender<Vec<u64>>)>,
+    tx: std::sync::mpsc::Sender<Call>,
 }
 
 impl Remote {
     fn start() -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<u64>, oneshot::Sender<Vec<u64>>)>();
-        tokio::spawn(async move {
-            while let Some((ids, reply)) = rx.recv().await {
+        let (tx, rx) = std::sync::mpsc::channel::<Call>();
+        std::thread::spawn(move || {
+            while let Ok((ids, reply)) = rx.recv() {
                 let _ = reply.send(ids);
             }
         });
         Self { tx }
     }
 
-    async fn roundtrip(&self, ids: Vec<u64>) -> Vec<u64> {
+    /// Sends the call now; the answer arrives on the receiver.
+    fn send(&self, ids: Vec<u64>) -> oneshot::Receiver<Vec<u64>> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((ids, reply)).unwrap();
-        answer.await.unwrap()
+        answer
     }
 }
 
@@ -199,28 +231,35 @@ impl Service<Vec<u64>> for Remote {
     }
 
     fn call(&mut self, ids: Vec<u64>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.roundtrip(ids).await.into_iter().map(Ok).collect()) })
+        let answer = self.send(ids);
+        Box::pin(async move { Ok(answer.await.unwrap().into_iter().map(Ok).collect()) })
     }
 }
 
 fn noop_backend(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("noop_backend");
     g.throughput(Throughput::Elements(N as u64));
-    let remote = rt.block_on(async { Remote::start() });
+    let remote = Remote::start();
+    // The same backend and the same limit of calls in flight, one request per call.
     g.bench_function("item_by_item", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let calls = (0..N as u64).map(|i| remote.roundtrip(vec![i]));
-                for r in join_all(calls).await {
-                    black_box(r);
+                let calls = futures_util::stream::iter(0..N as u64).map(|i| remote.send(vec![i]));
+                let mut answers = calls.buffered(IN_FLIGHT);
+                while let Some(a) = answers.next().await {
+                    black_box(a.unwrap());
                 }
             })
         })
     });
     let svc = ours(remote.clone());
-    g.bench_function("tollgate-batch", |b| b.iter(|| rt.block_on(send_ours(&svc, 0..N as u64))));
+    g.bench_function("tollgate-batch", |b| {
+        b.iter(|| rt.block_on(send_ours(&svc, 0..N as u64)))
+    });
     g.finish();
 }
 
