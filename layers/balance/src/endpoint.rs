@@ -191,6 +191,8 @@ pub(crate) struct Core {
     pub(crate) cancelled: AtomicU64,
     swept_successes: AtomicU64,
     swept_failures: AtomicU64,
+    /// The success rate of the last swept window (f64 bits; `EMPTY` when too few requests).
+    window_rate: AtomicU64,
     pub(crate) ejections: AtomicU32,
     checks_passed: AtomicU32,
     checks_failed: AtomicU32,
@@ -229,6 +231,7 @@ impl Core {
             failures: AtomicU64::new(0),
             swept_successes: AtomicU64::new(0),
             swept_failures: AtomicU64::new(0),
+            window_rate: AtomicU64::new(EMPTY),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
@@ -517,7 +520,8 @@ impl Core {
     }
 
     /// Success rate since the previous call, when at least `min_requests` finished; resets
-    /// the window. Only the sweeper calls this.
+    /// the window and keeps the rate for [`window_rate`](Self::window_rate). Only the sweeper
+    /// calls this.
     pub(crate) fn take_window(&self, min_requests: u32) -> Option<f64> {
         // Relaxed: statistics only; the sweep runs on one thread at a time.
         let ok = self.successes.load(Ordering::Relaxed);
@@ -529,7 +533,17 @@ impl Core {
                 .swap(failed, Ordering::Relaxed)
                 .min(failed);
         let total = ok_d + failed_d;
-        (total >= u64::from(min_requests.max(1))).then(|| ok_d as f64 / total as f64)
+        let rate = (total >= u64::from(min_requests.max(1))).then(|| ok_d as f64 / total as f64);
+        self.window_rate
+            .store(rate.map_or(EMPTY, f64::to_bits), Ordering::Relaxed);
+        rate
+    }
+
+    /// The rate the last [`take_window`](Self::take_window) returned.
+    pub(crate) fn window_rate(&self) -> Option<f64> {
+        // Relaxed: written and read by the sweeper only.
+        let bits = self.window_rate.load(Ordering::Relaxed);
+        (bits != EMPTY).then(|| f64::from_bits(bits))
     }
 }
 

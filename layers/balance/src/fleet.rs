@@ -270,33 +270,28 @@ impl<K: PartialEq, S> Fleet<K, S> {
         self.sweep(now);
     }
 
+    /// Ejects endpoints whose success rate over the last interval is far below the fleet's.
+    /// Allocates nothing: each endpoint keeps its window's rate for the second pass.
     fn sweep(&self, now: u64) {
         let o = &self.common.outlier;
         let snap = self.load();
-        let rates: Vec<(usize, f64)> = snap
-            .endpoints
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
-                e.core
-                    .take_window(o.success_rate_min_requests)
-                    .map(|r| (i, r))
-            })
-            .collect();
-        if rates.len() < o.success_rate_min_hosts as usize {
+        let (mut n, mut sum, mut sum_sq) = (0usize, 0.0f64, 0.0f64);
+        for e in snap.endpoints.iter() {
+            if let Some(r) = e.core.take_window(o.success_rate_min_requests) {
+                n += 1;
+                sum += r;
+                sum_sq += r * r;
+            }
+        }
+        if n < o.success_rate_min_hosts as usize {
             return;
         }
-        let n = rates.len() as f64;
-        let mean = rates.iter().map(|(_, r)| r).sum::<f64>() / n;
-        let var = rates
-            .iter()
-            .map(|(_, r)| (r - mean) * (r - mean))
-            .sum::<f64>()
-            / n;
+        let mean = sum / n as f64;
+        let var = (sum_sq / n as f64 - mean * mean).max(0.0);
         let floor = mean - o.success_rate_stdev_factor * var.sqrt();
-        for (i, r) in rates {
-            if r < floor {
-                self.common.try_eject(&snap.endpoints[i].core, now);
+        for e in snap.endpoints.iter() {
+            if e.core.window_rate().is_some_and(|r| r < floor) {
+                self.common.try_eject(&e.core, now);
             }
         }
     }
