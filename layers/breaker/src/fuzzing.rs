@@ -159,7 +159,7 @@ pub fn run(data: &[u8]) {
     let mut ops = Vec::new();
     while let Ok(op) = Op::decode(&mut u) {
         ops.push(op);
-        if ops.len() >= 4096 {
+        if ops.len() >= 2048 {
             break;
         }
     }
@@ -182,12 +182,22 @@ pub fn run_ops(setup: &Setup, ops: &[Op]) {
     };
     let mut now: u64 = 0;
     let mut held: Vec<Permit> = Vec::new();
-    // Per half-open period (the state word probes were admitted under): probes finished.
+    // Per half-open period (the state word probes were admitted under): probes finished, and
+    // probes held (in flight).
     let mut finished: HashMap<u64, u64> = HashMap::new();
+    let mut in_flight: HashMap<u64, u64> = HashMap::new();
     for op in ops {
+        // The period this op admitted a probe into or finished one of, if any.
+        let mut touched = None;
         match *op {
             Op::Acquire => match core.acquire(|| now) {
-                Ok(p) => held.push(p),
+                Ok(p) => {
+                    if p.is_probe() {
+                        *in_flight.entry(p.word()).or_default() += 1;
+                        touched = Some(p.word());
+                    }
+                    held.push(p);
+                }
                 Err(open) => {
                     if let Some(d) = open.retry_after() {
                         assert!(
@@ -209,6 +219,7 @@ pub fn run_ops(setup: &Setup, ops: &[Op]) {
                     };
                     if p.is_probe() && outcome != Outcome::Ignored {
                         *finished.entry(p.word()).or_default() += 1;
+                        touched = Some(p.word());
                     }
                     core.record(p, outcome, u64::from(elapsed_ms) * 1_000_000, || now);
                 }
@@ -222,6 +233,9 @@ pub fn run_ops(setup: &Setup, ops: &[Op]) {
                     continue;
                 }
                 let p = held.swap_remove(usize::from(which) % held.len());
+                if p.is_probe() {
+                    *in_flight.entry(p.word()).or_default() -= 1;
+                }
                 let outcome = match outcome % 4 {
                     0 | 1 => Outcome::Success,
                     2 => Outcome::Failure,
@@ -229,12 +243,16 @@ pub fn run_ops(setup: &Setup, ops: &[Op]) {
                 };
                 if p.is_probe() && outcome != Outcome::Ignored {
                     *finished.entry(p.word()).or_default() += 1;
+                    touched = Some(p.word());
                 }
                 core.record(p, outcome, u64::from(elapsed_ms) * 1_000_000, || now);
             }
             Op::Drop { which } => {
                 if !held.is_empty() {
                     let p = held.swap_remove(usize::from(which) % held.len());
+                    if p.is_probe() {
+                        *in_flight.entry(p.word()).or_default() -= 1;
+                    }
                     core.release(p);
                 }
             }
@@ -243,12 +261,9 @@ pub fn run_ops(setup: &Setup, ops: &[Op]) {
             Op::Disable => core.move_to(None, State::Disabled),
             Op::Reset => core.move_to(None, State::Closed),
         }
-        let mut in_flight: HashMap<u64, u64> = HashMap::new();
-        for p in held.iter().filter(|p| p.is_probe()) {
-            *in_flight.entry(p.word()).or_default() += 1;
-        }
-        for (word, n) in &in_flight {
-            let done = finished.get(word).copied().unwrap_or(0);
+        if let Some(word) = touched {
+            let n = in_flight.get(&word).copied().unwrap_or(0);
+            let done = finished.get(&word).copied().unwrap_or(0);
             assert!(
                 n + done <= permitted,
                 "{n} probes in flight and {done} finished, {permitted} permitted"
