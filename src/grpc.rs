@@ -153,14 +153,29 @@ pub struct Named<S, N> {
 /// Applies `layer` (a `ServiceBuilder` or any layer) to the generated server `svc`, keeping
 /// its `NamedService` name.
 ///
-/// ```ignore
+/// ```
+/// # #[cfg(feature = "admission")] {
+/// use tollgate::ServiceBuilderExt;
+/// use tollgate::admission::{AdmissionConfig, AdmissionLayer, ReadyMode};
+/// use tollgate::http::RejectionLayer;
+/// use tonic::server::NamedService;
+/// use tower::ServiceBuilder;
+/// # #[derive(Clone)]
+/// # struct GreeterServer;
+/// # impl NamedService for GreeterServer { const NAME: &'static str = "helloworld.Greeter"; }
+///
+/// let config = AdmissionConfig { ready_mode: ReadyMode::Always, ..AdmissionConfig::default() };
+/// let admission = AdmissionLayer::new(config).unwrap();
 /// let greeter = tollgate::grpc::named(
 ///     ServiceBuilder::new()
 ///         .layer(RejectionLayer::grpc()) // statuses, and `Infallible` for tonic
 ///         .admission(admission),
-///     GreeterServer::new(MyGreeter),
+///     GreeterServer, // a generated server
 /// );
-/// Server::builder().add_service(greeter).serve(addr).await?;
+/// // `Server::builder().add_service(greeter)` routes it by the generated server's name.
+/// fn name_of<T: NamedService>(_: &T) -> &'static str { T::NAME }
+/// assert_eq!(name_of(&greeter), "helloworld.Greeter");
+/// # }
 /// ```
 pub fn named<L: Layer<N>, N: NamedService>(layer: L, svc: N) -> Named<L::Service, N> {
     Named {

@@ -602,13 +602,13 @@ mod tests {
             if fail {
                 Err::<Response<String>, BoxError>("boom".into())
             } else {
-                Err(Box::new(Overloaded::new(None)))
+                Err(Box::new(Overloaded::new(None)) as BoxError)
             }
         });
-        let svc = RejectionLayer::http().layer(failing.clone());
+        let svc = RejectionLayer::http().layer(failing);
         assert_eq!(svc.clone().oneshot(true).await.unwrap().status(), 500);
         assert_eq!(svc.oneshot(false).await.unwrap().status(), 503);
-        let svc = RejectionLayer::http().pass_through().layer(failing.clone());
+        let svc = RejectionLayer::http().pass_through().layer(failing);
         assert_eq!(svc.oneshot(true).await.unwrap_err().to_string(), "boom");
         let svc = RejectionLayer::http()
             .fallback(|e: BoxError| Response::new(e.to_string()))

@@ -51,16 +51,13 @@ pub use tollgate_cache as cache;
 #[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
 pub use tollgate_balance as balance;
 
-/// Composing: the layers as `tower::ServiceBuilder` methods, shared and per-route state.
 pub mod ext;
 pub use ext::ServiceBuilderExt;
 
-/// Tollgate rejections as HTTP responses (503/429/504 with `Retry-After`) for axum and hyper.
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 
-/// Tollgate rejections as gRPC statuses for tonic, keeping `NamedService`.
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;

@@ -212,7 +212,7 @@ async fn rate_limited_answers_429_with_retry_after() {
 async fn a_timeout_answers_504() {
     bounded(async {
         let app = Router::new()
-            .route("/hang", get(|| std::future::pending::<&'static str>()))
+            .route("/hang", get(std::future::pending::<&'static str>))
             .layer(
                 ServiceBuilder::new()
                     .layer(RejectionLayer::http())
