@@ -6,7 +6,8 @@
 //! Each model opens a breaker whose wait has passed, then lets threads race the OPEN →
 //! HALF_OPEN transition (and the reset of the probe word) and the admission CAS. Properties:
 //! - probes of one half-open period in flight at once never exceed the permitted count;
-//! - a period never takes more results than permitted, and exactly one thread decides it.
+//! - a period never takes more results than permitted, and exactly one thread decides it;
+//! - a probe racing a handle that ends the period is either admitted before it or given back.
 
 use crate::config::{BreakerConfig, SlidingWindow};
 use crate::machine::Core;
@@ -118,5 +119,30 @@ fn loom_one_decider() {
         // One failure in two probes is the default 50 %: the period reopens, once.
         assert_eq!(core.state(), State::Open);
         assert_eq!(core.snapshot(10).opens_in_a_row, 2);
+    });
+}
+
+/// A prober racing a handle that forces the breaker open: whatever the interleaving, the probe
+/// word counts exactly the probes handed out (a probe admitted into the ended period is given
+/// back, not leaked), and a handed-out probe belongs to a period that was live when admitted.
+#[test]
+fn loom_probe_racing_force_open() {
+    loom::model(|| {
+        let core = opened(1);
+        // Enter half-open and free the slot again, so the race is only admission vs the handle.
+        let first = core.acquire(|| 10).unwrap();
+        assert!(first.is_probe());
+        core.release(first);
+        let c1 = core.clone();
+        let prober = thread::spawn(move || c1.acquire(|| 10).ok());
+        core.move_to(None, State::ForcedOpen);
+        let got = prober.join().unwrap();
+        let held = u64::from(got.is_some_and(|p| p.is_probe()));
+        assert_eq!(core.probes_in_flight(), held);
+        assert_eq!(core.state(), State::ForcedOpen);
+        if let Some(p) = got {
+            core.release(p);
+        }
+        assert_eq!(core.probes_in_flight(), 0);
     });
 }
