@@ -20,7 +20,7 @@ use crate::layer::AdmissionLayer;
 use crate::service::Admission;
 use arbitrary::{Arbitrary, Unstructured};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -90,6 +90,8 @@ struct Backend {
     /// Requests started and not yet dropped: id -> finished.
     live: BTreeMap<u64, bool>,
     started: Vec<u64>,
+    /// The same ids, for lookups.
+    started_set: BTreeSet<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -128,6 +130,7 @@ impl Service<Req> for Inner {
         let mut b = self.0.borrow_mut();
         b.live.insert(req.id, false);
         b.started.push(req.id);
+        b.started_set.insert(req.id);
         InnerFuture {
             id: req.id,
             backend: self.0.clone(),
@@ -251,7 +254,7 @@ pub fn check(setup: &Setup, ops: &[Op]) {
             let b = backend.0.borrow();
             waiting
                 .iter()
-                .filter(|p| !b.live.contains_key(&p.id) && !b.started.contains(&p.id))
+                .filter(|p| !b.started_set.contains(&p.id))
                 .map(|p| (p.id, p.class))
                 .collect()
         };
@@ -323,9 +326,10 @@ pub fn check(setup: &Setup, ops: &[Op]) {
         // Strict priority.
         if !reservations {
             let b = backend.0.borrow();
+            let still_waiting: BTreeSet<u64> = waiting.iter().map(|p| p.id).collect();
             let still_queued: Vec<usize> = queued_before
                 .iter()
-                .filter(|(id, _)| waiting.iter().any(|p| p.id == *id) && !b.started.contains(id))
+                .filter(|(id, _)| still_waiting.contains(id) && !b.started_set.contains(id))
                 .map(|(_, c)| *c)
                 .collect();
             for id in &b.started[started_before..] {
@@ -338,19 +342,10 @@ pub fn check(setup: &Setup, ops: &[Op]) {
         }
 
         // Bounded queues.
-        let snap = handle.snapshot();
-        assert!(
-            snap.queued <= max_queued,
-            "{} queued, bound {max_queued}",
-            snap.queued
-        );
-        for (c, s) in snap.classes.iter().enumerate() {
-            assert!(
-                s.queued <= caps[c],
-                "class {c} queues {} > {}",
-                s.queued,
-                caps[c]
-            );
+        let (queued, per_class) = handle.queued();
+        assert!(queued <= max_queued, "{queued} queued, bound {max_queued}");
+        for (c, q) in per_class.iter().enumerate() {
+            assert!(*q <= caps[c], "class {c} queues {q} > {}", caps[c]);
         }
     }
 

@@ -26,6 +26,13 @@ impl AdmissionHandle {
         self.shards.snapshot()
     }
 
+    /// Requests queued now, over all classes and per class (cheaper than a snapshot).
+    #[cfg(any(fuzzing, feature = "fuzzing"))]
+    pub(crate) fn queued(&self) -> (usize, Vec<usize>) {
+        let slow = self.ctrl().lock();
+        (slow.queued, slow.queues.iter().map(|q| q.len()).collect())
+    }
+
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
         self.ctrl().in_flight()
