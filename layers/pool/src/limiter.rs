@@ -9,9 +9,10 @@
 //! - Only the updater, holding `updater` (a `Mutex` taken with `try_lock`, so no request ever
 //!   waits for it; a request that finds it taken skips updating), writes `limit_bits`,
 //!   `permits`, `next_update` and calls `Tokens::grow/shrink/settle`.
-//! - Wake-ups: a waiting task increments `waiters` (`SeqCst`), registers with `notify`, issues
-//!   a `SeqCst` fence and retries; a releaser gives its token back with a `SeqCst` increment
-//!   and then reads `waiters` (`SeqCst`). In the single total order either the retry sees the
+//! - Wake-ups (a store-buffering handshake, so it needs `SeqCst` fences on both sides): a
+//!   waiting task increments `waiters`, registers with `notify`, issues `fence(SeqCst)` and
+//!   retries the take; a releaser gives its token back, issues `fence(SeqCst)` and then reads
+//!   `waiters`. Whichever fence comes first in the single total order, either the retry sees the
 //!   token or the releaser sees the waiter and calls `notify_one`: no lost wake-up.
 
 use crate::algorithm::{LimitAlgorithm, RttEstimates, Window};
@@ -386,8 +387,8 @@ impl Core {
                     return Poll::Ready(Err(Overloaded::new(None)));
                 }
                 AtLimit::Wait { max_wait } => {
-                    // SeqCst: the waiter half of the wake-up handshake (module docs).
-                    self.shared.waiters.fetch_add(1, Ordering::SeqCst);
+                    // Relaxed: ordered by the SeqCst fence below (module docs).
+                    self.shared.waiters.fetch_add(1, Ordering::Relaxed);
                     *slot = Some(Box::pin(WaitSlot {
                         notified: self.shared.notify.clone().notified_owned(),
                         deadline: tokio::time::sleep(max_wait),
@@ -400,7 +401,8 @@ impl Core {
         loop {
             let mut this = slot.as_mut().expect("slot set above").as_mut().project();
             this.notified.as_mut().enable();
-            // SeqCst: pairs with the SeqCst give + waiters load of releasers (module docs).
+            // SeqCst: pairs with the fence in `release` (module docs): either our retry sees
+            // the releaser's token or the releaser sees our `waiters` increment.
             fence(Ordering::SeqCst);
             if self.shared.tokens.take(home) {
                 *slot = None;
@@ -451,10 +453,14 @@ impl Core {
     #[inline]
     fn release(&self, home: usize) {
         let s = &self.shared;
-        // SeqCst: the releaser half of the wake-up handshake (module docs); on x86 this is the
-        // same locked instruction a Relaxed increment would be.
-        if s.tokens.give(home, Ordering::SeqCst) && s.waiters.load(Ordering::SeqCst) > 0 {
-            s.notify.notify_one();
+        if s.tokens.give(home) {
+            // SeqCst: pairs with the fence in `poll_acquire` (module docs): either the waiter's
+            // retry sees our token or we see its `waiters` increment.
+            fence(Ordering::SeqCst);
+            // Relaxed: ordered by the fence.
+            if s.waiters.load(Ordering::Relaxed) > 0 {
+                s.notify.notify_one();
+            }
         }
     }
 
@@ -626,7 +632,9 @@ impl Core {
         if permits > old {
             s.tokens.grow(permits - old, home());
             // SeqCst: as in `release`, after the tokens were added.
-            let waiting = s.waiters.load(Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            // Relaxed: ordered by the fence.
+            let waiting = s.waiters.load(Ordering::Relaxed);
             for _ in 0..waiting.min(permits - old) {
                 s.notify.notify_one();
             }
@@ -661,8 +669,8 @@ struct WaiterCount(Arc<Shared>);
 
 impl Drop for WaiterCount {
     fn drop(&mut self) {
-        // SeqCst: part of the wake-up handshake (module docs).
-        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+        // Relaxed: a waiter leaving only makes releasers skip a now-useless notify.
+        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

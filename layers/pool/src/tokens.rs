@@ -36,7 +36,7 @@
 //! Tokens are counts: they guard no other memory (the request's own state travels with its
 //! future), so every token operation is `Relaxed`; atomicity alone conserves tokens. The
 //! ordering that matters is the sleep/wake handshake with waiting tasks, which lives in the
-//! limiter (`SeqCst` on the give and on the waiter count).
+//! limiter (`SeqCst` fences after a give and after a waiter announces itself).
 
 use crossbeam_utils::CachePadded;
 use tollgate_core::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
@@ -139,14 +139,15 @@ impl Tokens {
     /// Gives one token back on `home`'s shard (or pays debt with it). Returns `true` when the
     /// token became free (it did not pay debt).
     ///
-    /// `order` is the ordering of the increment: the limiter passes `SeqCst` when tasks may be
+    /// (The limiter follows this with a `SeqCst` fence for its wake-up handshake.)
     /// waiting, for its wake-up handshake.
     #[inline]
-    pub(crate) fn give(&self, home: usize, order: Ordering) -> bool {
+    pub(crate) fn give(&self, home: usize) -> bool {
         if self.pay_debt() {
             return false;
         }
-        self.shards[home & self.shard_mask()].fetch_add(1, order);
+        // Relaxed: tokens guard no memory; the limiter's fence orders the wake-up handshake.
+        self.shards[home & self.shard_mask()].fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -157,8 +158,8 @@ impl Tokens {
             rest -= 1;
         }
         if rest > 0 {
-            // SeqCst: pairs with the waiter count in the limiter, like `give`.
-            self.shards[home & self.shard_mask()].fetch_add(rest as isize, Ordering::SeqCst);
+            // Relaxed: as in `give`; the limiter fences after growing.
+            self.shards[home & self.shard_mask()].fetch_add(rest as isize, Ordering::Relaxed);
         }
     }
 

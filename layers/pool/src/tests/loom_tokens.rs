@@ -23,7 +23,7 @@ fn loom_take_give_conserves_tokens() {
                     }
                     assert!(held <= 2);
                     for _ in 0..held {
-                        t.give(home, Ordering::SeqCst);
+                        t.give(home);
                     }
                     held
                 })
@@ -53,7 +53,7 @@ fn loom_never_more_than_the_limit() {
                         let now = h.fetch_add(1, Ordering::SeqCst) + 1;
                         assert!(now <= 1, "two permits held with a limit of 1");
                         h.fetch_sub(1, Ordering::SeqCst);
-                        t.give(home, Ordering::SeqCst);
+                        t.give(home);
                     }
                 })
             })
@@ -75,8 +75,8 @@ fn loom_shrink_races_with_give() {
         assert!(tokens.take(1));
         let t = tokens.clone();
         let releaser = loom::thread::spawn(move || {
-            t.give(1, Ordering::SeqCst);
-            t.give(0, Ordering::SeqCst);
+            t.give(1);
+            t.give(0);
         });
         // The updater shrinks the limit from 2 to 1, then grows it back to 2 and to 1 again.
         tokens.shrink(1);
@@ -88,5 +88,36 @@ fn loom_shrink_races_with_give() {
         assert_eq!(tokens.debt(), 0, "settle cancels leftover debt once quiet");
         tokens.grow(1, 0);
         assert_eq!(tokens.free(), 2);
+    });
+}
+
+/// The wake-up handshake of the limiter (its module docs): a waiter announces itself, fences
+/// and retries; a releaser gives its token back and then reads the waiter count. Whatever the
+/// interleaving, the waiter either gets the token or the releaser sees it and wakes it (the
+/// `notified` flag stands for `Notify::notify_one`): no lost wake-up.
+#[test]
+fn loom_no_lost_wakeup() {
+    use loom::sync::atomic::{AtomicBool, AtomicUsize, fence};
+    loom::model(|| {
+        let tokens = Arc::new(Tokens::new(1, 2));
+        assert!(tokens.take(0)); // the limit (1) is in use
+        let waiters = Arc::new(AtomicUsize::new(0));
+        let notified = Arc::new(AtomicBool::new(false));
+        let releaser = {
+            let (t, w, n) = (tokens.clone(), waiters.clone(), notified.clone());
+            loom::thread::spawn(move || {
+                if t.give(0) {
+                    fence(Ordering::SeqCst);
+                    if w.load(Ordering::Relaxed) > 0 {
+                        n.store(true, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        waiters.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let got = tokens.take(1);
+        releaser.join().unwrap();
+        assert!(got || notified.load(Ordering::SeqCst), "lost wake-up");
     });
 }
