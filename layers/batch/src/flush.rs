@@ -44,7 +44,7 @@ where
     exited: bool,
 }
 
-/// The flusher task of `part`. The caller has set `part.running`.
+/// The flusher task of `part`. The caller holds the partition's flusher role.
 pub(crate) async fn run<Req, T, K>(shared: Arc<Shared<Req, T, K>>, part: Arc<Partition<Req, T, K>>)
 where
     Req: Send + 'static,
@@ -117,16 +117,7 @@ where
         if let Some(state) = self.state.take() {
             *self.part.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
         }
-        // SeqCst: pairs with the submitter's SeqCst `fetch_add` of `queued` and load of
-        // `running` (the Dekker pair in the queue module's ground rules).
-        self.part.running.store(false, Ordering::SeqCst);
-        if self.part.queued.load(Ordering::SeqCst) > 0
-            && self
-                .part
-                .running
-                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
+        if !self.part.gate.try_exit() {
             self.unpark();
             return false;
         }
@@ -349,8 +340,7 @@ where
         self.shared.queue.add_permits(n);
         // Relaxed: the weight counter only decides wake-ups; see `Shared::push`.
         self.part.weight.fetch_sub(weight, Ordering::Relaxed);
-        // SeqCst: part of the `queued` protocol in the queue module's ground rules.
-        self.part.queued.fetch_sub(n as isize, Ordering::SeqCst);
+        self.part.gate.left(n);
     }
 
     fn dispatch(
@@ -412,18 +402,14 @@ where
         }
         // Dropped mid-run: the runtime is shutting down, or a bug panicked. Let go of the
         // partition, and after a panic start a successor for what is still queued.
-        // SeqCst: the same protocol as `try_exit`.
-        self.part.running.store(false, Ordering::SeqCst);
-        if std::thread::panicking()
-            && self.part.queued.load(Ordering::SeqCst) > 0
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-            && self
-                .part
-                .running
-                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
-            handle.spawn(run(self.shared.clone(), self.part.clone()));
+        let panicking = std::thread::panicking();
+        let handle = tokio::runtime::Handle::try_current();
+        match handle {
+            // `try_exit` returns false when requests are queued and it took the role back.
+            Ok(handle) if panicking && !self.part.gate.try_exit() => {
+                handle.spawn(run(self.shared.clone(), self.part.clone()));
+            }
+            _ => self.part.gate.release_role(),
         }
     }
 }

@@ -105,12 +105,16 @@ pub mod future;
 #[cfg(any(fuzzing, feature = "fuzzing"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
 pub mod fuzzing;
+mod gate;
 pub mod handle;
 pub mod layer;
 mod queue;
 pub mod results;
 pub mod service;
 pub mod stats;
+mod sync;
+#[cfg(all(test, loom))]
+mod tests;
 
 pub use config::{BatchConfig, Overflow};
 pub use error::{BatchFailed, ItemFailed, MissingResult, QueueFull};

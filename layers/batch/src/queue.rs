@@ -3,15 +3,8 @@
 //!
 //! # Ground rules
 //!
-//! - `Partition::queued` counts requests submitted to the partition and not yet taken into a
-//!   batch (or dropped). Submitters add *after* pushing their item; the flusher subtracts when
-//!   items leave its pending list. It may dip below zero for a moment (an item pushed, sent and
-//!   subtracted before its submitter added), which is why it is signed.
-//! - `Partition::running` is true while exactly one flusher task owns the partition. Only a
-//!   submitter or an exiting flusher that wins the `false -> true` CAS starts or keeps one.
-//!   The exit protocol is Dekker-style: the flusher stores `running = false` then loads
-//!   `queued`; a submitter adds to `queued` then loads `running`. Both sides use SeqCst, so at
-//!   least one of them sees the other and no request is stranded.
+//! - Who runs a partition's flusher, and how many requests it holds, is decided by its
+//!   [`Gate`](crate::gate::Gate) (see its ground rules; modelled under loom).
 //! - Queue capacity is one semaphore over all keys. A service takes a permit in `poll_ready`
 //!   (forgetting it at once, so no `Arc` is cloned per request) and owes it back; the flusher
 //!   returns one permit for every request that leaves the queue.
@@ -19,12 +12,13 @@
 use crate::backend::Backend;
 use crate::config::BatchConfig;
 use crate::flush;
+use crate::gate::Gate;
 use crate::stats::Stats;
 use crossbeam_queue::SegQueue;
 use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, oneshot};
@@ -98,9 +92,8 @@ pub(crate) struct Parked<Req, T> {
 pub(crate) struct Partition<Req, T, K> {
     pub(crate) key: Option<K>,
     shards: Shards<Req, T>,
-    pub(crate) queued: CachePadded<AtomicIsize>,
+    pub(crate) gate: Gate,
     pub(crate) weight: CachePadded<AtomicU64>,
-    pub(crate) running: AtomicBool,
     pub(crate) wake: Notify,
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) parked: Mutex<Option<Parked<Req, T>>>,
@@ -115,9 +108,8 @@ impl<Req, T, K> Partition<Req, T, K> {
             shards: (0..shard_count())
                 .map(|_| CachePadded::new(SegQueue::new()))
                 .collect(),
-            queued: CachePadded::new(AtomicIsize::new(0)),
+            gate: Gate::default(),
             weight: CachePadded::new(AtomicU64::new(0)),
-            running: AtomicBool::new(false),
             wake: Notify::new(),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             parked: Mutex::new(None),
@@ -162,8 +154,7 @@ impl<Req, T, K> Partition<Req, T, K> {
 
     /// Requests queued now (never negative).
     pub(crate) fn depth(&self) -> usize {
-        // Relaxed: a statistic.
-        self.queued.load(Ordering::Relaxed).max(0) as usize
+        self.gate.depth()
     }
 }
 
@@ -270,9 +261,7 @@ where
         let weight = item.weight;
         let has_deadline = item.deadline.is_some();
         part.shards[shard_index() & (part.shards.len() - 1)].push(item);
-        // SeqCst: pairs with the flusher's SeqCst store of `running = false` and load of
-        // `queued` in `try_exit` (see the ground rules).
-        let prev = part.queued.fetch_add(1, Ordering::SeqCst);
+        let (prev, start) = part.gate.arrived();
         let now = prev + 1;
         let max = self.config.max_items as isize;
         let mut wake = prev == 0 || (now > 0 && now % max == 0) || has_deadline;
@@ -281,13 +270,7 @@ where
             let before = part.weight.fetch_add(weight, Ordering::Relaxed);
             wake |= before < max_w && before.saturating_add(weight) >= max_w;
         }
-        // SeqCst: the other half of the Dekker pair above.
-        if !part.running.load(Ordering::SeqCst)
-            && part
-                .running
-                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
+        if start {
             tokio::spawn(flush::run(self.clone(), part.clone()));
         } else if wake {
             part.wake.notify_one();
