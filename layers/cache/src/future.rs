@@ -103,6 +103,11 @@ where
             if class == Cacheability::Error
                 && let Some((v, age)) = miss.stale_for_error(now)
             {
+                tracing::trace!(
+                    hash = miss.hash,
+                    ?age,
+                    "cache: error response, serving stale"
+                );
                 tiers.stats.stale_if_error.incr();
                 let res = policy.to_response_aged(v, age);
                 miss.fail();
@@ -125,6 +130,7 @@ where
             miss.fail();
             match miss.stale_for_error(now) {
                 Some((v, age)) => {
+                    tracing::trace!(hash = miss.hash, ?age, "cache: inner error, serving stale");
                     tiers.stats.stale_if_error.incr();
                     Ok(policy.to_response_aged(v, age))
                 }
@@ -362,6 +368,11 @@ where
                             }
                         }
                         Poll::Ready(Ok(Signal::Lead(id))) => {
+                            tracing::trace!(
+                                hash = miss.hash,
+                                flight = id,
+                                "cache: waiter takes over the flight"
+                            );
                             miss.role = Role::Leader(id);
                             miss.tiers.stats.takeovers.incr();
                             Next::Call
@@ -374,6 +385,10 @@ where
                         }
                         Poll::Pending => {
                             ready!(sleep.as_mut().poll(cx));
+                            tracing::trace!(
+                                hash = miss.hash,
+                                "cache: coalesced wait timed out, calling alone"
+                            );
                             miss.tiers.stats.wait_timeouts.incr();
                             miss.fail();
                             Next::Call

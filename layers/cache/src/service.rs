@@ -13,6 +13,12 @@ use tower_service::Service;
 
 /// A read-through cache in front of `S`. Built by [`CacheLayer`](crate::layer::CacheLayer);
 /// every clone shares the layer's tiers.
+///
+/// `poll_ready` is the inner service's. A hit answers without calling the inner service (its
+/// readiness stays reserved for the next call). A miss that may call the inner service later
+/// (a waiter that may take over, a leader that reads L3 first) takes the readied inner service
+/// into its future and leaves a clone in its place, so `S` must be `Clone`; a background
+/// refresh uses a clone too. Errors are the inner service's: the cache adds none of its own.
 pub struct Cache<S, P: CachePolicy> {
     inner: S,
     policy: Arc<P>,
@@ -125,6 +131,7 @@ where
             Found::Refresh(v, age) => {
                 let res = self.policy.to_response_aged(&v, age);
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    tracing::trace!(hash, ?age, "cache: background refresh");
                     tiers.stats.refreshes.incr();
                     let task = refresh(
                         tiers.clone(),

@@ -368,6 +368,7 @@ where
         // before the removals below.
         self.epoch_cell(hash).fetch_add(1, Ordering::SeqCst);
         self.stats.invalidations.incr();
+        tracing::trace!(hash, "cache: invalidated");
         // L1 copies of the key stop answering with the bump above.
         self.l2.invalidate(key);
         self.flights.detach(hash, key);
