@@ -64,7 +64,9 @@ pub(crate) fn older(a: u64, b: u64) -> bool {
     a != b && (b.wrapping_sub(a) & GEN_MASK) < (1 << 23)
 }
 
-/// What a caller was admitted under. Give it back with [`Core::record`] or [`Core::release`].
+/// What a caller was admitted under. Give it back with
+/// [`Core::record`](crate::machine::Core::record) or
+/// [`Core::release`](crate::machine::Core::release).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Permit(pub(crate) u64);
 
