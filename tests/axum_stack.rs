@@ -294,3 +294,95 @@ async fn other_errors_become_500_by_default() {
     })
     .await;
 }
+
+/// The client side over hyper: one breaker per upstream, a balancer over them and a pool in
+/// front. A local rejection comes back as an error, which `Rejection::of` reads.
+#[tokio::test]
+async fn a_hyper_client_with_balance_breaker_and_pool_leaves_the_failing_server() {
+    use tollgate::balance::{Balance, BalanceConfig, EndpointState, OutlierConfig};
+    use tollgate::http::Rejection;
+    use tollgate::pool::{PoolConfig, PoolSizerLayer};
+    use tower::{Layer, ServiceExt};
+
+    bounded(async {
+        let slow_ok = || {
+            Router::new().route(
+                "/",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    "good"
+                }),
+            )
+        };
+        let failing = Router::new().route("/", get(|| async { (StatusCode::BAD_GATEWAY, "bad") }));
+        let mut endpoints = Vec::new();
+        let mut breakers = Vec::new();
+        for (i, app) in [slow_ok(), slow_ok(), failing].into_iter().enumerate() {
+            let addr = serve(app).await;
+            // Each endpoint is the shared hyper client, aimed at its server.
+            let upstream =
+                tower::util::MapRequest::new(client(), move |req: Request<Empty<Bytes>>| {
+                    let (mut parts, body) = req.into_parts();
+                    parts.uri = format!("http://{addr}{}", parts.uri.path())
+                        .parse()
+                        .unwrap();
+                    Request::from_parts(parts, body)
+                });
+            let breaker = BreakerLayer::new(BreakerConfig {
+                consecutive_failures: Some(2),
+                wait_in_open: Duration::from_secs(60),
+                ..BreakerConfig::default()
+            })
+            .unwrap()
+            .with_classifier(ServerErrorsAreFailures);
+            breakers.push(breaker.handle());
+            endpoints.push((i, breaker.layer(upstream)));
+        }
+        let balance = Balance::new(
+            endpoints,
+            BalanceConfig {
+                seed: Some(3),
+                // Optimistic about endpoints not measured yet, so the fast-failing one keeps
+                // looking cheap until it is ejected.
+                default_rtt: Duration::from_micros(1),
+                outlier: OutlierConfig {
+                    consecutive_failures: 3,
+                    ..OutlierConfig::default()
+                },
+                ..BalanceConfig::default()
+            },
+        )
+        .unwrap()
+        .with_classifier(ServerErrorsAreFailures);
+        let handle = balance.handle();
+        let stack = ServiceBuilder::new()
+            .pool(PoolSizerLayer::from_config(PoolConfig::default()).unwrap())
+            .service(balance);
+
+        let (mut good, mut bad, mut open) = (0, 0, 0);
+        for _ in 0..30 {
+            let req = Request::get("/").body(Empty::new()).unwrap();
+            match stack.clone().oneshot(req).await {
+                Ok(res) if res.status() == StatusCode::OK => good += 1,
+                Ok(res) => {
+                    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+                    bad += 1;
+                }
+                Err(err) => {
+                    let rejection = Rejection::of(&*err).expect("a tollgate rejection");
+                    assert_eq!(rejection.status(), StatusCode::SERVICE_UNAVAILABLE);
+                    assert!(rejection.retry_after().unwrap() > Duration::from_secs(50));
+                    open += 1;
+                }
+            }
+        }
+        assert_eq!((good, bad, open), (27, 2, 1));
+        assert_eq!(breakers[2].state(), State::Open);
+        let stats = handle.endpoints();
+        assert_eq!(
+            stats.iter().find(|e| e.key == 2).unwrap().state,
+            EndpointState::Ejected
+        );
+    })
+    .await;
+}
