@@ -5,7 +5,8 @@
 //!
 //! - a pick never panics, fails with [`NoEndpoints`] exactly when the set is empty, and never
 //!   goes to a removed endpoint;
-//! - outside panic mode it goes to an admitted endpoint (healthy, not ejected);
+//! - outside panic mode it goes to an admitted endpoint (healthy, not ejected, available by
+//!   its external signal);
 //! - an ejection never makes more than `max_ejection_share` of the endpoints ejected, and
 //!   lasts between the base time and the cap;
 //! - each endpoint's in-flight count equals the requests held on it, and every count is back
@@ -67,6 +68,13 @@ pub enum Op {
         /// Whether it passed.
         passed: bool,
     },
+    /// Set the external signal of endpoint `key % 16`.
+    Signal {
+        /// The endpoint.
+        key: u8,
+        /// Whether it lets the endpoint take requests.
+        available: bool,
+    },
     /// Let `ms` milliseconds pass (times 100 when `long`).
     Advance {
         /// Milliseconds.
@@ -74,6 +82,17 @@ pub enum Op {
         /// Multiply by 100.
         long: bool,
     },
+}
+
+/// An external signal the ops switch.
+#[derive(Debug, Clone)]
+struct Flag(Arc<std::sync::atomic::AtomicBool>);
+
+impl crate::signal::EndpointSignal for Flag {
+    fn is_available(&self) -> bool {
+        // Relaxed: one thread.
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Requests carry a channel the test answers through.
@@ -167,6 +186,9 @@ async fn drive(config: BalanceConfig, ops: Vec<Op>) -> usize {
     let handle = balance.handle();
     let called = Arc::new(Mutex::new(None));
     let mut held: Vec<Held> = Vec::new();
+    let flags: Vec<Flag> = (0..16)
+        .map(|_| Flag(Arc::new(std::sync::atomic::AtomicBool::new(true))))
+        .collect();
     let mut routed = 0;
 
     for op in ops {
@@ -178,8 +200,9 @@ async fn drive(config: BalanceConfig, ops: Vec<Op>) -> usize {
                     key,
                     called: called.clone(),
                 };
+                let flag = flags[usize::from(key)].clone();
                 handle
-                    .insert_weighted(key, ep, f64::from(1 + weight % 8))
+                    .insert_with_signal(key, ep, f64::from(1 + weight % 8), flag)
                     .expect("a valid weight");
             }
             Op::Remove { key } => {
@@ -199,7 +222,10 @@ async fn drive(config: BalanceConfig, ops: Vec<Op>) -> usize {
             Op::Finish { which, fail } if !held.is_empty() => {
                 let mut h = held.swap_remove(usize::from(which) % held.len());
                 let _ = h.tx.take().map(|tx| tx.send(fail));
-                let res = poll_fn(|cx| Poll::Ready(h.fut.as_mut().poll(cx))).await;
+                // Unconstrained: tokio's cooperative budget may run out in a long op sequence
+                // and make the answered channel look pending for one poll.
+                let poll = poll_fn(|cx| Poll::Ready(h.fut.as_mut().poll(cx)));
+                let res = tokio::task::unconstrained(poll).await;
                 assert!(res.is_ready(), "a finished request stayed pending");
             }
             Op::Cancel { which } if !held.is_empty() => {
@@ -222,6 +248,12 @@ async fn drive(config: BalanceConfig, ops: Vec<Op>) -> usize {
                     let now = balance.shared().fleet.common.now();
                     e.core.check(now, passed, h_bad, h_good);
                 }
+            }
+            Op::Signal { key, available } => {
+                // Relaxed: one thread.
+                flags[usize::from(key % 16)]
+                    .0
+                    .store(available, std::sync::atomic::Ordering::Relaxed);
             }
             Op::Advance { ms, long } => {
                 let ms = u64::from(ms) * if long { 100 } else { 1 };
@@ -252,9 +284,12 @@ fn pick(
     let waker = futures_util::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
     let empty = handle.is_empty();
+    let ready = balance.poll_ready(&mut cx);
+    // Read after `poll_ready`: it may run the success-rate sweep (ejecting endpoints) before it
+    // picks, and time does not move until the request finishes.
     let panicking = handle.is_panicking();
     let before = handle.endpoints();
-    match balance.poll_ready(&mut cx) {
+    match ready {
         Poll::Ready(Ok(())) => assert!(!empty, "ready with no endpoints"),
         Poll::Ready(Err(e)) => {
             assert!(empty && e.is::<NoEndpoints>(), "unexpected error: {e}");

@@ -56,3 +56,30 @@ fn random_inputs_keep_the_invariants() {
         "generated inputs routed only {routed} requests"
     );
 }
+
+/// A longer sweep for a quick local hunt without cargo-fuzz:
+/// `BALANCE_FUZZ_RUNS=20000 cargo test -p tollgate-balance --all-features --release --test fuzz_replay -- --ignored`.
+#[test]
+#[ignore = "long; run by hand"]
+fn many_random_inputs_keep_the_invariants() {
+    let runs: u64 = std::env::var("BALANCE_FUZZ_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for run in 0..runs {
+        let len = 8 + (run as usize * 37) % 2048;
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        if let Ok(dir) = std::env::var("BALANCE_FUZZ_SAVE") {
+            std::fs::write(Path::new(&dir).join("last"), &data).unwrap();
+        }
+        tollgate_balance::fuzzing::run(&data);
+    }
+}
