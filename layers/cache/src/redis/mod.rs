@@ -8,6 +8,9 @@
 //! Invalidation deletes the key and publishes it on `channel`; every instance subscribes and
 //! drops the key from its own L1 and L2. After its subscription was lost and comes back, an
 //! instance drops its whole local cache, since it may have missed invalidations meanwhile.
+//! Like any cache invalidated over pub/sub, a fetch that started on another instance before an
+//! invalidation and stores its value after the message passed can leave that value in Redis
+//! until its TTL: invalidate again after writes that must be seen at once.
 //!
 //! **Redis never fails a request.** Every operation has `response_timeout`; a failure (an
 //! error, a timeout, garbage that does not decode) counts in
@@ -16,134 +19,28 @@
 //! read through to probe it. Connections are made in the background and retried every
 //! `reconnect_interval` until Redis answers; requests meanwhile go on to the inner service.
 
-use crate::entry::{Entry, Lifetimes};
+mod breaker;
+mod codec;
+mod config;
+
+pub use codec::{BytesCodec, Codec};
+pub use config::RedisConfig;
+
+use crate::entry::Entry;
 use crate::stats::Stats;
 use crate::tiers::{LocalTiers, Remote, RemoteGet, RemoteHit};
-use bytes::Bytes;
+use breaker::Breaker;
+use codec::{decode_entry, encode_entry};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::task::AbortHandle;
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 use tollgate_core::error::ConfigError;
-
-/// Turns keys and values into bytes for Redis and back.
-///
-/// `decode_*` return `None` for bytes they cannot read (another version's format, garbage):
-/// the cache then treats it as a miss.
-pub trait Codec<K, V>: Send + Sync + 'static {
-    /// The key's bytes (the tier adds its prefix).
-    fn encode_key(&self, key: &K) -> Vec<u8>;
-    /// The key back, from an invalidation message.
-    fn decode_key(&self, bytes: &[u8]) -> Option<K>;
-    /// The value's bytes.
-    fn encode_value(&self, value: &V) -> Vec<u8>;
-    /// The value back.
-    fn decode_value(&self, bytes: &[u8]) -> Option<V>;
-}
-
-/// A [`Codec`] for `String` keys and [`Bytes`] values, stored as they are.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BytesCodec;
-
-impl Codec<String, Bytes> for BytesCodec {
-    fn encode_key(&self, key: &String) -> Vec<u8> {
-        key.as_bytes().to_vec()
-    }
-
-    fn decode_key(&self, bytes: &[u8]) -> Option<String> {
-        String::from_utf8(bytes.to_vec()).ok()
-    }
-
-    fn encode_value(&self, value: &Bytes) -> Vec<u8> {
-        value.to_vec()
-    }
-
-    fn decode_value(&self, bytes: &[u8]) -> Option<Bytes> {
-        Some(Bytes::copy_from_slice(bytes))
-    }
-}
-
-/// Configuration of the Redis tier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisConfig {
-    /// Where Redis listens, `redis://host:port/db`. Required (default empty, which fails
-    /// validation).
-    pub url: String,
-    /// Prefix of every key the tier writes. Default `"tollgate:cache:"`.
-    pub key_prefix: String,
-    /// Pub/sub channel carrying invalidated keys. Default `"tollgate:cache:invalidate"`.
-    pub channel: String,
-    /// The longest any Redis command may take before it counts as failed. Not zero.
-    /// Default 50 ms.
-    pub response_timeout: Duration,
-    /// The longest a connection attempt may take. Not zero. Default 250 ms.
-    pub connect_timeout: Duration,
-    /// Failures in a row that open the breaker. At least 1. Default 5.
-    pub breaker_failures: u32,
-    /// How long an open breaker skips L3 before one probe. Not zero. Default 1 s.
-    pub breaker_cooldown: Duration,
-    /// Pause between connection attempts while Redis is unreachable. Not zero. Default 500 ms.
-    pub reconnect_interval: Duration,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            key_prefix: "tollgate:cache:".into(),
-            channel: "tollgate:cache:invalidate".into(),
-            response_timeout: Duration::from_millis(50),
-            connect_timeout: Duration::from_millis(250),
-            breaker_failures: 5,
-            breaker_cooldown: Duration::from_secs(1),
-            reconnect_interval: Duration::from_millis(500),
-        }
-    }
-}
-
-impl RedisConfig {
-    /// The defaults, talking to `url`.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            ..Self::default()
-        }
-    }
-
-    /// Checks every field.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] naming the first field out of range.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(e) = redis::Client::open(self.url.as_str()) {
-            return Err(ConfigError::new("url", format!("not a Redis URL: {e}")));
-        }
-        if self.channel.is_empty() {
-            return Err(ConfigError::new("channel", "must not be empty"));
-        }
-        let nonzero = [
-            ("response_timeout", self.response_timeout),
-            ("connect_timeout", self.connect_timeout),
-            ("breaker_cooldown", self.breaker_cooldown),
-            ("reconnect_interval", self.reconnect_interval),
-        ];
-        for (field, d) in nonzero {
-            if d.is_zero() {
-                return Err(ConfigError::new(field, "must not be zero"));
-            }
-        }
-        if self.breaker_failures == 0 {
-            return Err(ConfigError::new("breaker_failures", "must be at least 1"));
-        }
-        Ok(())
-    }
-}
 
 /// A Redis L3 for [`CacheLayer::with_redis`](crate::layer::CacheLayer::with_redis).
 #[derive(Debug, Clone)]
@@ -191,70 +88,6 @@ impl<C> RedisTier<C> {
     }
 }
 
-/// Opens after `threshold` failures in a row; after `cooldown` lets one operation probe.
-///
-/// Ground rules: `failures` and `open_until` are approximate (Relaxed): a lost update lets one
-/// extra request try Redis or skip it, never fails a request.
-#[derive(Debug)]
-struct Breaker {
-    base: Instant,
-    failures: AtomicU32,
-    /// Milliseconds since `base` until which L3 is skipped; 0 when closed.
-    open_until: AtomicU64,
-    threshold: u32,
-    cooldown_ms: u64,
-}
-
-impl Breaker {
-    fn new(cfg: &RedisConfig) -> Self {
-        Self {
-            base: Instant::now(),
-            failures: AtomicU32::new(0),
-            open_until: AtomicU64::new(0),
-            threshold: cfg.breaker_failures,
-            cooldown_ms: cfg.breaker_cooldown.as_millis().max(1) as u64,
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64 + 1
-    }
-
-    fn allow(&self) -> bool {
-        // Relaxed: see the ground rules.
-        let until = self.open_until.load(Ordering::Relaxed);
-        if until == 0 {
-            return true;
-        }
-        let now = self.now_ms();
-        // Half-open: the one request that moves the deadline on probes Redis.
-        now >= until
-            && self
-                .open_until
-                .compare_exchange(
-                    until,
-                    now + self.cooldown_ms,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-    }
-
-    fn success(&self) {
-        // Relaxed: see the ground rules.
-        self.failures.store(0, Ordering::Relaxed);
-        self.open_until.store(0, Ordering::Relaxed);
-    }
-
-    fn failure(&self) {
-        // Relaxed: see the ground rules.
-        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= self.threshold {
-            self.open_until
-                .store(self.now_ms() + self.cooldown_ms, Ordering::Relaxed);
-        }
-    }
-}
-
 struct Shared<K, V, C> {
     cfg: RedisConfig,
     codec: C,
@@ -282,39 +115,6 @@ impl<K, V, C> Drop for Shared<K, V, C> {
             t.abort();
         }
     }
-}
-
-/// The header before each value: magic, version, fresh, swr, sie (ms), delta (µs).
-const MAGIC: [u8; 2] = [0x7c, 0x01];
-const HEADER: usize = 2 + 4 * 8;
-
-fn encode_entry(life: &Lifetimes, delta: Duration, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + value.len());
-    out.extend_from_slice(&MAGIC);
-    for n in [
-        life.fresh.as_millis(),
-        life.swr.as_millis(),
-        life.sie.as_millis(),
-        delta.as_micros(),
-    ] {
-        out.extend_from_slice(&(n.min(u128::from(u64::MAX)) as u64).to_be_bytes());
-    }
-    out.extend_from_slice(value);
-    out
-}
-
-fn decode_entry(bytes: &[u8]) -> Option<(Lifetimes, Duration, &[u8])> {
-    if bytes.len() < HEADER || bytes[..2] != MAGIC {
-        return None;
-    }
-    let n =
-        |i: usize| u64::from_be_bytes(bytes[2 + 8 * i..10 + 8 * i].try_into().expect("8 bytes"));
-    let life = Lifetimes {
-        fresh: Duration::from_millis(n(0)),
-        swr: Duration::from_millis(n(1)),
-        sie: Duration::from_millis(n(2)),
-    };
-    Some((life, Duration::from_micros(n(3)), &bytes[HEADER..]))
 }
 
 impl<K, V, C> Shared<K, V, C>
@@ -554,66 +354,5 @@ where
         let _ = s.stats.set(stats);
         s.spawn(Shared::connect(Arc::downgrade(s)));
         s.spawn(Shared::subscribe(Arc::downgrade(s)));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entries_round_trip_and_garbage_is_refused() {
-        let life = Lifetimes {
-            fresh: Duration::from_secs(10),
-            swr: Duration::from_secs(2),
-            sie: Duration::from_secs(60),
-        };
-        let bytes = encode_entry(&life, Duration::from_micros(1500), b"hello");
-        let (l, d, v) = decode_entry(&bytes).unwrap();
-        assert_eq!(
-            (l, d, v),
-            (life, Duration::from_micros(1500), &b"hello"[..])
-        );
-        assert!(decode_entry(b"garbage").is_none());
-        assert!(decode_entry(&bytes[..HEADER - 1]).is_none());
-    }
-
-    #[test]
-    fn config_names_the_bad_field() {
-        RedisConfig::new("redis://127.0.0.1:6379")
-            .validate()
-            .unwrap();
-        assert_eq!(
-            RedisConfig::default().validate().unwrap_err().field(),
-            "url"
-        );
-        let c = RedisConfig {
-            response_timeout: Duration::ZERO,
-            ..RedisConfig::new("redis://127.0.0.1/")
-        };
-        assert_eq!(c.validate().unwrap_err().field(), "response_timeout");
-        let c = RedisConfig {
-            breaker_failures: 0,
-            ..RedisConfig::new("redis://127.0.0.1/")
-        };
-        assert_eq!(c.validate().unwrap_err().field(), "breaker_failures");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn breaker_opens_after_failures_and_probes_after_cooldown() {
-        let b = Breaker::new(&RedisConfig {
-            breaker_failures: 2,
-            ..RedisConfig::default()
-        });
-        assert!(b.allow());
-        b.failure();
-        assert!(b.allow());
-        b.failure();
-        assert!(!b.allow());
-        tokio::time::advance(Duration::from_millis(1001)).await;
-        assert!(b.allow(), "one probe after the cooldown");
-        assert!(!b.allow(), "only one");
-        b.success();
-        assert!(b.allow());
     }
 }
