@@ -78,6 +78,8 @@ struct Shared {
     /// completions and `samples_per_window`.
     sample_every: CachePadded<AtomicU64>,
     updater: Mutex<Updater>,
+    /// `config.at_limit` is `Wait`: tasks may wait for permits.
+    waits: bool,
     config: PoolConfig,
 }
 
@@ -312,6 +314,7 @@ impl Core {
                 last_rtt: None,
                 windows: 0,
             }),
+            waits: matches!(config.at_limit, AtLimit::Wait { .. }),
             config,
         };
         Self {
@@ -453,7 +456,8 @@ impl Core {
     #[inline]
     fn release(&self, home: usize) {
         let s = &self.shared;
-        if s.tokens.give(home) {
+        // Only `AtLimit::Wait` has waiters: in reject mode a release is one increment.
+        if s.tokens.give(home) && s.waits {
             // SeqCst: pairs with the fence in `poll_acquire` (module docs): either the waiter's
             // retry sees our token or we see its `waiters` increment.
             fence(Ordering::SeqCst);

@@ -63,7 +63,8 @@ impl AimdConfig {
 /// `rtt_threshold` that the operator must choose for the workload (the scenario tests use 1.5x
 /// the unloaded RTT). With a threshold it holds latency and goodput through steps and capacity
 /// changes, but its sawtooth settles around, not at, the Little's-law limit (it overshoots
-/// until the threshold trips), and after a shift of the backend's own latency the fixed
+/// until the threshold trips: with capacity halved to 5 it holds about 8, so it misses the
+/// "within 10%" scenario, and its p99 runs higher than Vegas's), and after a shift of the backend's own latency the fixed
 /// threshold is simply wrong. Prefer [`Vegas`](super::Vegas) unless failures are the only
 /// signal you trust.
 #[derive(Debug)]
