@@ -45,6 +45,21 @@ const LATENCY_ALPHA: f64 = 0.1;
 pub(crate) enum LimitSource {
     Fixed(usize),
     Dynamic(Arc<dyn Capacity>),
+    /// tollgate-pool's adaptive limit; each admitted request also holds one of its permits.
+    #[cfg(feature = "pool")]
+    Pool(tollgate_pool::Limiter),
+}
+
+/// tollgate-pool's limit as a [`Capacity`]; the samples reach it through its permits.
+#[cfg(feature = "pool")]
+#[derive(Debug)]
+struct PoolLimit(tollgate_pool::Limiter);
+
+#[cfg(feature = "pool")]
+impl Capacity for PoolLimit {
+    fn limit(&self) -> usize {
+        self.0.limit()
+    }
 }
 
 #[derive(Debug)]
@@ -81,6 +96,9 @@ pub(crate) struct Controller {
     pub(crate) max_queued: usize,
     pub(crate) slow: Mutex<Slow>,
     pub(crate) rate: Option<LocalLimiter>,
+    /// tollgate-pool's limiter, when it gives the limit.
+    #[cfg(feature = "pool")]
+    pub(crate) pool: Option<tollgate_pool::Limiter>,
     #[cfg(feature = "redis")]
     pub(crate) remote: Option<crate::remote::RemoteLimiter>,
     pub(crate) throttle: Option<Throttle>,
@@ -90,9 +108,16 @@ impl Controller {
     /// Builds the state for a validated config.
     pub(crate) fn new(config: &AdmissionConfig, limit: LimitSource) -> Self {
         let n = config.classes.len();
+        #[cfg(feature = "pool")]
+        let pool = match &limit {
+            LimitSource::Pool(l) => Some(l.clone()),
+            _ => None,
+        };
         let (fixed, dynamic) = match limit {
             LimitSource::Fixed(n) => (n, None),
             LimitSource::Dynamic(c) => (1, Some(c)),
+            #[cfg(feature = "pool")]
+            LimitSource::Pool(l) => (1, Some(Arc::new(PoolLimit(l)) as Arc<dyn Capacity>)),
         };
         Self {
             hot: CachePadded::new(Hot {
@@ -101,6 +126,8 @@ impl Controller {
             }),
             wants_latency: dynamic.as_ref().is_some_and(|c| c.wants_latency()),
             dynamic,
+            #[cfg(feature = "pool")]
+            pool,
             classes: config
                 .classes
                 .iter()
@@ -271,6 +298,9 @@ pub(crate) struct Flags {
     pub(crate) last_class: usize,
     /// Some class keeps headroom.
     pub(crate) headroom: bool,
+    /// The limit is tollgate-pool's: admitted requests take a pool permit too.
+    #[cfg(feature = "pool")]
+    pub(crate) pool: bool,
     /// The rate limit lives in Redis.
     #[cfg(feature = "redis")]
     pub(crate) remote: bool,
@@ -396,6 +426,8 @@ impl Shards {
                         throttle: ctrl.throttle.is_some(),
                         last_class: n - 1,
                         headroom: ctrl.classes.iter().any(|c| c.headroom_above > 0),
+                        #[cfg(feature = "pool")]
+                        pool: ctrl.pool.is_some(),
                         #[cfg(feature = "redis")]
                         remote: ctrl.remote.is_some(),
                     },

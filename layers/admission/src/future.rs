@@ -20,22 +20,50 @@ pub(crate) struct Permit {
     class: usize,
     started: Option<Instant>,
     outcome: Outcome,
+    /// tollgate-pool's permit, timing the call for its algorithm (feature `pool`).
+    #[cfg(feature = "pool")]
+    pool: Option<tollgate_pool::Permit>,
 }
 
 impl Permit {
     #[inline]
     pub(crate) fn new(ctrl: ShardRef, class: usize, started: Option<Instant>) -> Self {
+        #[cfg(feature = "pool")]
+        let pool = if ctrl.flags.pool {
+            // The pool counts what it lends, and the admission layer admits no more than the
+            // pool's limit, so a permit is normally free; without one the call is not timed.
+            ctrl.pool
+                .as_ref()
+                .and_then(|l| l.try_acquire())
+                .map(|mut p| {
+                    p.start();
+                    p
+                })
+        } else {
+            None
+        };
         Self {
             ctrl,
             class,
             started,
             outcome: Outcome::Ignored,
+            #[cfg(feature = "pool")]
+            pool,
+        }
+    }
+
+    /// Hands the outcome to the pool's permit (which times the call), if there is one.
+    fn settle_pool(&mut self) {
+        #[cfg(feature = "pool")]
+        if let Some(p) = self.pool.take() {
+            p.finish(self.outcome);
         }
     }
 
     /// The inner service failed before the call: a failure, not an accept.
     fn fail(mut self) {
         self.outcome = Outcome::Failure;
+        self.settle_pool();
     }
 
     /// Records how the call ended, then gives the slot back.
@@ -45,6 +73,7 @@ impl Permit {
         } else {
             Outcome::Failure
         };
+        self.settle_pool();
         if self.ctrl.flags.throttle
             && let Some(t) = &self.ctrl.throttle
         {

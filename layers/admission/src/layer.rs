@@ -47,6 +47,23 @@ impl AdmissionLayer<OneClass> {
         Ok(Self::build(&config, LimitSource::Dynamic(capacity)))
     }
 
+    /// A layer whose limit is tollgate-pool's adaptive limit: each admitted request also
+    /// holds one of `limiter`'s permits, so the pool times it and learns. `config.limit` is
+    /// unused except to check reservations against.
+    ///
+    /// # Errors
+    ///
+    /// The config's first invalid field, from [`AdmissionConfig::validate`].
+    #[cfg(feature = "pool")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "pool")))]
+    pub fn with_pool(
+        config: AdmissionConfig,
+        limiter: tollgate_pool::Limiter,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self::build(&config, LimitSource::Pool(limiter)))
+    }
+
     fn build(config: &AdmissionConfig, limit: LimitSource) -> Self {
         Self {
             shards: Arc::new(Shards::new(Controller::new(config, limit))),
