@@ -244,7 +244,7 @@ ok = 0
 for s in socks:
     if s.recv(65536).startswith(b"HTTP/1.1 200"):
         ok += 1
-time.sleep(2)  # idle: past the gateway's park_ms (1 s)
+time.sleep(2)  # idle: well past the gateway's park_ms (100 ms)
 after = rss_kib()
 how = f"opened at {rate:.0f}/s" if rate else "opened at once"
 print(f"{ok} idle keep-alive connections ({how}): RSS {before/1024:.1f} MiB before, {after/1024:.1f} MiB with them open (+{(after-before)/n:.2f} KiB per connection)")

@@ -96,3 +96,36 @@ async fn idle_clients_are_closed_after_the_idle_timeout() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_in_the_middle_of_a_head_survives_parking() {
+    bounded(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (up, _) = counting_upstream().await;
+        let mut cfg = config(&single(up, "http1"));
+        cfg.timeouts.park_ms = 50;
+        let gw = start(cfg);
+        let mut s = tokio::net::TcpStream::connect(addr(&gw)).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        async fn reply(s: &mut tokio::net::TcpStream, buf: &mut [u8]) -> String {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(buf))
+                .await
+                .expect("a reply")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(reply(&mut s, &mut buf).await.starts_with("HTTP/1.1 200"));
+        // The second head arrives in two parts, 300 ms apart (the connection idles past park_ms
+        // with half a head buffered).
+        s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"st: x\r\n\r\n").await.unwrap();
+        let r = reply(&mut s, &mut buf).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r:?}");
+        stop(gw).await;
+    })
+    .await;
+}

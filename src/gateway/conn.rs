@@ -6,7 +6,9 @@
 //! its read and write buffers (8 KiB each) are freed; the task then only waits for the socket
 //! to become readable, and starts a fresh hyper connection on the next byte. Idle keep-alive
 //! connections so cost about a socket and a small task, not 20+ KiB. A client that pauses
-//! longer than `park_ms` in the middle of a request head is disconnected.
+//! in the middle of a request head is not parked: a fresh hyper connection takes over the bytes
+//! read so far at once, and the head must still be complete within `timeouts.header_read_ms`
+//! of the pause being noticed (plus one `park_ms`), so a slow client gains no time.
 
 use super::proxy::{self, RespBody};
 use super::server::{ConnCtx, Tracked};
@@ -291,9 +293,15 @@ pub(super) async fn serve_plain(
         Box::pin(serve_h2(io, &ctx, &mut shutdown)).await;
         return;
     }
+    // When a pause in the middle of a request head was first seen.
+    let mut head_started: Option<Instant> = None;
     loop {
         let snap = ctx.shared.current.load_full();
-        let (idle, park) = (snap.idle_timeout, snap.park_timeout);
+        let (idle, park, header_read) = (
+            snap.idle_timeout,
+            snap.park_timeout,
+            snap.header_read_timeout,
+        );
         let builder = h1_builder(&snap);
         drop(snap);
         // Boxed so that a parked connection's task keeps no room for it.
@@ -308,10 +316,17 @@ pub(super) async fn serve_plain(
                 return;
             }
             End::Park if !parts.read_buf.is_empty() => {
-                // Paused mid-head for `park_ms`: see the module docs.
-                return;
+                // Paused mid-head: carry the partial head into a new hyper connection now,
+                // keeping the header-read deadline of the first pause.
+                let started = *head_started.get_or_insert_with(|| Instant::now() - park);
+                if started.elapsed() >= header_read {
+                    ctx.shared.stats.connections_timed_out.incr();
+                    return;
+                }
+                io.pre = Some(parts.read_buf);
+                continue;
             }
-            End::Park => {}
+            End::Park => head_started = None,
         }
         drop(parts.read_buf);
         let idle_left = idle.saturating_sub(ctx.idle_for());
