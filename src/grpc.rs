@@ -73,12 +73,17 @@ pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 /// assert_eq!(s.metadata().get("grpc-retry-pushback-ms").unwrap(), "2");
 /// ```
 pub fn status(rejection: &Rejection) -> Status {
+    status_with_message(rejection, rejection.message())
+}
+
+/// [`status`] with `message` as the status message.
+pub fn status_with_message(rejection: &Rejection, message: impl Into<String>) -> Status {
     let code = match rejection {
         Rejection::RateLimited { .. } => Code::ResourceExhausted,
         Rejection::DeadlineExceeded => Code::DeadlineExceeded,
         _ => Code::Unavailable,
     };
-    let mut status = Status::new(code, rejection.message());
+    let mut status = Status::new(code, message);
     if let Some(ms) = pushback_ms(rejection) {
         status
             .metadata_mut()
@@ -102,18 +107,24 @@ fn pushback_ms(rejection: &Rejection) -> Option<u64> {
     })
 }
 
-/// The gRPC status for a known rejection in `err`'s chain, `None` for any other error.
+/// The gRPC status for a known rejection in `err`'s chain (its message the text of the error
+/// that decided it, such as "circuit breaker is open"), `None` for any other error.
 pub fn status_of(err: &(dyn std::error::Error + 'static)) -> Option<Status> {
-    Rejection::of(err).map(|r| status(&r))
+    Rejection::find(err).map(|(r, cause)| status_with_message(&r, cause.to_string()))
 }
 
-/// The gRPC mapping: a trailers-only response carrying [`status`].
+/// The gRPC mapping: a trailers-only response carrying [`status_with_message`], the message
+/// being the cause's text.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcStatus;
 
 impl<B: Default> Mapping<B> for GrpcStatus {
-    fn respond(&self, rejection: &Rejection) -> Response<B> {
-        status(rejection).into_http()
+    fn respond(
+        &self,
+        rejection: &Rejection,
+        cause: &(dyn std::error::Error + 'static),
+    ) -> Response<B> {
+        status_with_message(rejection, cause.to_string()).into_http()
     }
 }
 

@@ -149,10 +149,18 @@ impl Rejection {
     /// assert_eq!(r.retry_after_secs(), Some(2));
     /// ```
     pub fn of(err: &(dyn Error + 'static)) -> Option<Rejection> {
+        Self::find(err).map(|(rejection, _)| rejection)
+    }
+
+    /// Like [`of`](Self::of), also giving the error in the chain that decided it (the
+    /// breaker's `Open`, a core `Overloaded`...), whose text the responses carry.
+    pub fn find<'a>(
+        err: &'a (dyn Error + 'static),
+    ) -> Option<(Rejection, &'a (dyn Error + 'static))> {
         let mut link = Some(err);
         while let Some(e) = link {
             if let Some(found) = classify_one(e) {
-                return Some(found);
+                return Some((found, e));
             }
             link = e.source();
         }
@@ -192,7 +200,8 @@ impl Rejection {
         Some(secs.max(1))
     }
 
-    /// A short lower-case description, used as the response body.
+    /// A short lower-case description of the kind of rejection (the responses built from an
+    /// error carry that error's own text instead, such as "circuit breaker is open").
     pub fn message(&self) -> &'static str {
         match self {
             Rejection::Overloaded { .. } => "service overloaded",
@@ -206,7 +215,12 @@ impl Rejection {
     /// [`retry_after_secs`](Self::retry_after_secs) is `Some`, and the
     /// [`message`](Self::message) as a `text/plain` body.
     pub fn to_response<B: From<String>>(&self) -> Response<B> {
-        let mut res = Response::new(B::from(format!("{}\n", self.message())));
+        self.to_response_with(self.message())
+    }
+
+    /// [`to_response`](Self::to_response) with `message` as the body.
+    pub fn to_response_with<B: From<String>>(&self, message: &str) -> Response<B> {
+        let mut res = Response::new(B::from(format!("{message}\n")));
         *res.status_mut() = self.status();
         let headers = res.headers_mut();
         headers.insert(
@@ -220,26 +234,28 @@ impl Rejection {
     }
 }
 
-/// The HTTP response for a known rejection in `err`'s chain, `None` for any other error.
+/// The HTTP response for a known rejection in `err`'s chain (its body the text of the error
+/// that decided it), `None` for any other error.
 ///
 /// For code that handles errors itself, such as axum's `HandleErrorLayer`.
 pub fn response<B: From<String>>(err: &(dyn Error + 'static)) -> Option<Response<B>> {
-    Rejection::of(err).map(|r| r.to_response())
+    Rejection::find(err).map(|(r, cause)| r.to_response_with(&cause.to_string()))
 }
 
 /// How a [`Rejections`] service answers a known rejection.
 pub trait Mapping<B> {
-    /// The response for `rejection`.
-    fn respond(&self, rejection: &Rejection) -> Response<B>;
+    /// The response for `rejection`, decided by `cause` (an error of the chain).
+    fn respond(&self, rejection: &Rejection, cause: &(dyn Error + 'static)) -> Response<B>;
 }
 
-/// The HTTP mapping: 503, 429 and 504 with `Retry-After` ([`Rejection::to_response`]).
+/// The HTTP mapping: 503, 429 and 504 with `Retry-After`, the cause's text as the body
+/// ([`Rejection::to_response_with`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpStatus;
 
 impl<B: From<String>> Mapping<B> for HttpStatus {
-    fn respond(&self, rejection: &Rejection) -> Response<B> {
-        rejection.to_response()
+    fn respond(&self, rejection: &Rejection, cause: &(dyn Error + 'static)) -> Response<B> {
+        rejection.to_response_with(&cause.to_string())
     }
 }
 
@@ -417,10 +433,10 @@ where
     M: Mapping<B>,
     F: Fallback<B>,
 {
-    match Rejection::of(&*err) {
-        Some(rejection) => {
-            tracing::trace!(%rejection, "answering a tollgate rejection");
-            Ok(mapping.respond(&rejection))
+    match Rejection::find(&*err) {
+        Some((rejection, cause)) => {
+            tracing::trace!(%rejection, %cause, "answering a tollgate rejection");
+            Ok(mapping.respond(&rejection, cause))
         }
         None => fallback.fallback(err),
     }

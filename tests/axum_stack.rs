@@ -265,7 +265,7 @@ async fn one_breaker_shared_by_two_routes_trips_for_both() {
         // `/users` never failed, but shares the breaker `/orders` tripped.
         let a = get_path(&client, addr, "/users", &[]).await;
         assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(a.body, "service unavailable\n");
+        assert_eq!(a.body, "circuit breaker is open\n");
         assert!(a.retry_after.unwrap() >= 1);
     })
     .await;

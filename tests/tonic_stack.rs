@@ -265,6 +265,7 @@ async fn a_client_without_endpoints_gets_unavailable() {
             .service(balance);
         let err = EchoClient::new(stack).echo("anyone?").await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert_eq!(err.message(), "no endpoints to balance over");
         assert_eq!(pushback(&err), 1000);
     })
     .await;
