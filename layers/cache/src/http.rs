@@ -13,7 +13,15 @@
 //! - `404` and `410` without explicit freshness are negative entries (`negative_ttl`); `5xx`
 //!   answers are failures, so a stale entry in its `stale-if-error` window is served instead.
 //!
-//! Cached bodies are [`Bytes`]: a hit clones the status and headers and shares the body.
+//! Cached bodies are [`Bytes`]: a hit clones the status and headers and shares the body, and
+//! adds the time it spent in the cache to its `Age` header. The policy works on services
+//! answering `Response<Bytes>`; put a body-collecting layer between the cache and a streaming
+//! service.
+//!
+//! Request `Cache-Control` directives other than `no-store` are ignored, as shared caches
+//! commonly do, so a client cannot force origin load with `no-cache` or `max-age=0`. The cache
+//! does not revalidate (no conditional requests): a stale entry is served within its windows or
+//! fetched again in full.
 
 use crate::cache_control::{CacheControl, Vary};
 use crate::policy::{CachePolicy, CachePolicyFor, Cacheability, Freshness};
