@@ -553,4 +553,40 @@ pub(crate) struct Endpoint<K, S> {
     pub(crate) key: K,
     pub(crate) service: S,
     pub(crate) core: Arc<Core>,
+    /// One reference to `core` per shard (thread), each in its own allocation: a request
+    /// clones its thread's, so threads sharing an endpoint do not fight over one reference
+    /// count.
+    handles: Box<[Arc<CoreRef>]>,
+}
+
+/// A reference to an endpoint's state owned by one shard; see `Endpoint::handle`.
+#[derive(Debug)]
+pub(crate) struct CoreRef(Arc<Core>);
+
+impl std::ops::Deref for CoreRef {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.0
+    }
+}
+
+impl<K, S> Endpoint<K, S> {
+    pub(crate) fn new(key: K, service: S, core: Arc<Core>) -> Self {
+        let shards = tollgate_core::counter::shard_count();
+        let handles = (0..shards)
+            .map(|_| Arc::new(CoreRef(core.clone())))
+            .collect();
+        Self {
+            key,
+            service,
+            core,
+            handles,
+        }
+    }
+
+    /// A reference to the endpoint's state for a request on this thread.
+    pub(crate) fn handle(&self) -> Arc<CoreRef> {
+        let i = tollgate_core::counter::shard_index() & (self.handles.len() - 1);
+        self.handles[i].clone()
+    }
 }

@@ -196,10 +196,10 @@ impl<K: PartialEq, S> Fleet<K, S> {
         let gone: Vec<_> = match list.iter().position(|e| e.key == key) {
             Some(i) => vec![std::mem::replace(
                 &mut list[i],
-                Arc::new(Endpoint { key, service, core }),
+                Arc::new(Endpoint::new(key, service, core)),
             )],
             None => {
-                list.push(Arc::new(Endpoint { key, service, core }));
+                list.push(Arc::new(Endpoint::new(key, service, core)));
                 Vec::new()
             }
         };

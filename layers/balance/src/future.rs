@@ -1,6 +1,6 @@
 //! The response future and the in-flight slot it carries.
 
-use crate::endpoint::Core;
+use crate::endpoint::{Core, CoreRef};
 use crate::sync::Arc;
 use pin_project::pin_project;
 use std::future::Future;
@@ -13,13 +13,14 @@ use tollgate_core::{BoxError, Classify, Outcome};
 /// least that long) and counts as a failure when it ran past `cancel_failure_after`.
 #[derive(Debug)]
 pub(crate) struct InFlight {
-    core: Arc<Core>,
+    /// The endpoint's state, through this thread's reference (see `Endpoint::handle`).
+    core: Arc<CoreRef>,
     start: Option<u64>,
 }
 
 impl InFlight {
     /// Wraps a slot that `Core::reserve` granted.
-    pub(crate) fn reserved(core: Arc<Core>) -> Self {
+    pub(crate) fn reserved(core: Arc<CoreRef>) -> Self {
         Self { core, start: None }
     }
 

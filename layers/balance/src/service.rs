@@ -289,7 +289,7 @@ where
             let ep = &snap.endpoints[choice.index];
             if ep.core.reserve() {
                 self.slot = Some(Slot {
-                    inflight: InFlight::reserved(ep.core.clone()),
+                    inflight: InFlight::reserved(ep.handle()),
                     service: ep.service.clone(),
                     ready: false,
                     picked_at: Some(now),
