@@ -253,3 +253,42 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self.layer(layer)
     }
 }
+
+#[cfg(all(test, feature = "balance", feature = "batch", feature = "breaker"))]
+mod tests {
+    use super::ServiceBuilderExt;
+    use std::convert::Infallible;
+    use tollgate_balance::{BalanceConfig, BalanceLayer};
+    use tollgate_batch::{BatchConfig, BatchLayer};
+    use tollgate_breaker::{BreakerConfig, BreakerLayer, Open};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    #[tokio::test]
+    async fn the_methods_stack_their_layers_outermost_first() {
+        let breaker = BreakerLayer::new(BreakerConfig::default()).unwrap();
+        let handle = breaker.handle();
+        let stack = ServiceBuilder::new()
+            .breaker(breaker) // outermost
+            .balance(BalanceLayer::new(BalanceConfig::default()).unwrap())
+            .batch(BatchLayer::new(BatchConfig::default()).unwrap());
+        // The batch backend answers a whole batch at once.
+        let backend = tower::service_fn(|ids: Vec<u64>| async move {
+            Ok::<_, Infallible>(
+                ids.into_iter()
+                    .map(|id| Ok::<_, Infallible>(id * 2))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let a = stack.service(backend);
+        let b = stack.service(backend);
+        assert_eq!(a.clone().oneshot(21).await.unwrap(), 42);
+        assert_eq!(b.clone().oneshot(4).await.unwrap(), 8);
+
+        // One breaker layer, two services built from it: one state.
+        handle.force_open();
+        for svc in [a, b] {
+            let err = svc.oneshot(1).await.unwrap_err();
+            assert!(err.is::<Open>(), "{err}");
+        }
+    }
+}
