@@ -6,8 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
+
+pub use super::validate::Endpoint;
 
 /// The configuration shipped with the binary and used when no `--config` is given and there is
 /// no `tollgate.toml` in the working directory.
@@ -28,7 +29,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub(super) fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             file: String::new(),
             field: field.into(),
@@ -346,11 +347,6 @@ fn default_delay_ms() -> u64 {
     1_500
 }
 
-/// Methods a route may name.
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
-];
-
 impl Config {
     /// Parses and validates TOML text; `file` names the source in errors.
     ///
@@ -385,252 +381,9 @@ impl Config {
         Self::parse(&text, &file)
     }
 
-    /// Checks every field; the error's `file` is left empty for the caller to fill.
-    ///
-    /// # Errors
-    /// The first problem found, naming its field.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        fn e(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-            ConfigError::new(field, problem)
-        }
-        if self.server.workers > 1024 {
-            return Err(e(
-                "server.workers",
-                "must be at most 1024 (0 means one per core)",
-            ));
-        }
-        if self.server.drain_timeout_ms > 3_600_000 {
-            return Err(e(
-                "server.drain_timeout_ms",
-                "must be at most 3600000 (one hour)",
-            ));
-        }
-        if !self.admin.listen.is_empty() {
-            parse_addr(&self.admin.listen).map_err(|p| e("admin.listen", p))?;
-        }
-        let t = &self.timeouts;
-        for (name, v) in [
-            ("timeouts.connect_ms", t.connect_ms),
-            ("timeouts.header_read_ms", t.header_read_ms),
-            ("timeouts.request_ms", t.request_ms),
-            ("timeouts.idle_ms", t.idle_ms),
-            ("timeouts.park_ms", t.park_ms),
-        ] {
-            if v == 0 || v > 86_400_000 {
-                return Err(e(name, "must be between 1 and 86400000 ms"));
-            }
-        }
-        let l = &self.limits;
-        if !(8192..=16 * 1024 * 1024).contains(&l.max_header_bytes) {
-            return Err(e(
-                "limits.max_header_bytes",
-                "must be between 8192 and 16777216 bytes",
-            ));
-        }
-        if !(1..=10_000).contains(&l.max_headers) {
-            return Err(e("limits.max_headers", "must be between 1 and 10000"));
-        }
-        if self.listeners.is_empty() {
-            return Err(e("listeners", "at least one listener is required"));
-        }
-        for (i, lc) in self.listeners.iter().enumerate() {
-            let at = |f: &str| format!("listeners[{i}].{f}");
-            check_name(&lc.name).map_err(|p| e(at("name"), p))?;
-            if self.listeners[..i].iter().any(|o| o.name == lc.name) {
-                return Err(e(
-                    at("name"),
-                    format!("duplicate listener name \"{}\"", lc.name),
-                ));
-            }
-            parse_addr(&lc.listen).map_err(|p| e(at("listen"), p))?;
-            if let Some(tls) = &lc.tls {
-                if tls.cert.is_empty() {
-                    return Err(e(at("tls.cert"), "must name a PEM certificate file"));
-                }
-                if tls.key.is_empty() {
-                    return Err(e(at("tls.key"), "must name a PEM key file"));
-                }
-            }
-        }
-        for (i, d) in self.demo.iter().enumerate() {
-            let at = |f: &str| format!("demo[{i}].{f}");
-            check_name(&d.name).map_err(|p| e(at("name"), p))?;
-            if self.demo[..i].iter().any(|o| o.name == d.name) {
-                return Err(e(at("name"), format!("duplicate demo name \"{}\"", d.name)));
-            }
-            let addr = parse_addr(&d.listen).map_err(|p| e(at("listen"), p))?;
-            if !addr.ip().is_loopback() {
-                return Err(e(at("listen"), "demo upstreams listen on loopback only"));
-            }
-            if d.delay_ms > 600_000 {
-                return Err(e(at("delay_ms"), "must be at most 600000 ms"));
-            }
-        }
-        for (i, c) in self.clusters.iter().enumerate() {
-            let at = |f: &str| format!("clusters[{i}].{f}");
-            check_name(&c.name).map_err(|p| e(at("name"), p))?;
-            if self.clusters[..i].iter().any(|o| o.name == c.name) {
-                return Err(e(
-                    at("name"),
-                    format!("duplicate cluster name \"{}\"", c.name),
-                ));
-            }
-            if c.endpoints.is_empty() {
-                return Err(e(at("endpoints"), "at least one endpoint is required"));
-            }
-            for (j, ep) in c.endpoints.iter().enumerate() {
-                let p = match Endpoint::parse(ep) {
-                    Ok(Endpoint::Demo(name)) if !self.demo.iter().any(|d| d.name == name) => {
-                        Err(format!("names unknown demo upstream \"{name}\""))
-                    }
-                    Ok(_) => Ok(()),
-                    Err(p) => Err(p),
-                };
-                p.map_err(|p| e(format!("clusters[{i}].endpoints[{j}]"), p))?;
-            }
-            if !(100..=86_400_000).contains(&c.resolve_interval_ms) {
-                return Err(e(
-                    at("resolve_interval_ms"),
-                    "must be between 100 and 86400000 ms",
-                ));
-            }
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            let at = |f: &str| format!("routes[{i}].{f}");
-            check_host_pattern(&r.host).map_err(|p| e(at("host"), p))?;
-            if !r.path_prefix.starts_with('/') {
-                return Err(e(at("path_prefix"), "must start with '/'"));
-            }
-            if r.path_prefix
-                .bytes()
-                .any(|b| b.is_ascii_control() || b == b' ' || b == b'?')
-            {
-                return Err(e(
-                    at("path_prefix"),
-                    "must not contain spaces, control bytes or '?'",
-                ));
-            }
-            for (j, m) in r.methods.iter().enumerate() {
-                if !METHODS.contains(&m.as_str()) {
-                    return Err(e(
-                        format!("routes[{i}].methods[{j}]"),
-                        format!("unknown method \"{m}\" (use upper case, e.g. GET)"),
-                    ));
-                }
-            }
-            if !self.clusters.iter().any(|c| c.name == r.cluster) {
-                return Err(e(
-                    at("cluster"),
-                    format!("names unknown cluster \"{}\"", r.cluster),
-                ));
-            }
-            if let Some(ms) = r.request_timeout_ms
-                && (ms == 0 || ms > 86_400_000)
-            {
-                return Err(e(
-                    at("request_timeout_ms"),
-                    "must be between 1 and 86400000 ms",
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Drain deadline.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.server.drain_timeout_ms)
-    }
-}
-
-/// A parsed cluster endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// A literal socket address.
-    Static(SocketAddr),
-    /// A DNS name and port, re-resolved periodically.
-    Dns(String, u16),
-    /// The address of the named demo upstream.
-    Demo(String),
-}
-
-impl Endpoint {
-    /// Parses `IP:PORT`, `HOST:PORT` or `demo:NAME`.
-    ///
-    /// # Errors
-    /// A lower-case problem description.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if let Some(name) = s.strip_prefix("demo:") {
-            check_name(name)?;
-            return Ok(Self::Demo(name.to_owned()));
-        }
-        if let Ok(addr) = s.parse::<SocketAddr>() {
-            if addr.port() == 0 {
-                return Err("port must not be 0".into());
-            }
-            return Ok(Self::Static(addr));
-        }
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("\"{s}\" is not HOST:PORT or IP:PORT"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("\"{port}\" in \"{s}\" is not a port number"))?;
-        if port == 0 {
-            return Err("port must not be 0".into());
-        }
-        let valid = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !valid {
-            return Err(format!("\"{host}\" is not a valid host name"));
-        }
-        Ok(Self::Dns(host.to_ascii_lowercase(), port))
-    }
-}
-
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|_| format!("\"{s}\" is not an IP:PORT address"))
-}
-
-fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("\"{name}\" must be 1-64 of [A-Za-z0-9_-]"))
-    }
-}
-
-fn check_host_pattern(host: &str) -> Result<(), String> {
-    if host == "*" {
-        return Ok(());
-    }
-    let bare = host.strip_prefix("*.").unwrap_or(host);
-    let ok = !bare.is_empty()
-        && bare.len() <= 253
-        && bare
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !bare.starts_with('.')
-        && !bare.ends_with('.')
-        && !bare.contains("..");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "\"{host}\" must be \"*\", a host name, or \"*.\" and a host name"
-        ))
     }
 }
 

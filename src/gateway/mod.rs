@@ -43,6 +43,7 @@ pub mod server;
 pub mod state;
 pub mod stats;
 pub mod tls;
+pub mod validate;
 
 use config::{Config, ConfigError, RuntimeMode};
 use demo::Demo;
