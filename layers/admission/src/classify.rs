@@ -80,7 +80,7 @@ impl From<usize> for Ticket {
 ///
 /// Implemented for every `Fn(&R) -> T` where `T: Into<Ticket>`, so a closure returning a class
 /// index (`|req: &Req| req.priority as usize`) is a prioritizer. With the `http` feature,
-/// [`HttpPrioritizer`](crate::http::HttpPrioritizer) reads headers and extensions.
+/// `http::HttpPrioritizer` reads headers and extensions.
 pub trait Prioritize<R> {
     /// The request's ticket. Called once per request, on the request path: keep it cheap.
     fn prioritize(&self, req: &R) -> Ticket;

@@ -5,8 +5,10 @@
 //! highest; at least one class, four by default, names configurable), an optional deadline
 //! and an optional rate-limit key. Then:
 //!
-//! - **Capacity** is a limit on requests in flight, fixed ([`AdmissionConfig::limit`]) or from a
-//!   [`Capacity`] such as tollgate-pool's adaptive limit. When nobody waits, a request takes a
+//! - **Capacity** is a limit on requests in flight, fixed ([`AdmissionConfig::limit`]), from
+//!   any [`Capacity`], or tollgate-pool's adaptive limit (feature `pool`,
+//!   `AdmissionLayer::with_pool`: each admitted request holds a pool permit, so the pool
+//!   times it and learns). When nobody waits, a request takes a
 //!   slot with one compare-and-swap and no allocation.
 //! - **Priority**: when a slot frees, the highest class with waiters gets it. A class may
 //!   *reserve* slots ([`ClassConfig::reserved`]): while it has waiters, freed slots go to it
@@ -26,7 +28,7 @@
 //! - **Deadlines**: a request that cannot finish by its deadline (given the measured service
 //!   time) is rejected before it takes capacity, or leaves the queue when it no longer can.
 //!   With feature `http`, deadlines come from the `grpc-timeout` header or a
-//!   [`Deadline`](http::Deadline) extension.
+//!   `http::Deadline` extension.
 //! - **Rate limits** per key with `governor`'s GCRA ([`RateLimitConfig`]), the number of keys
 //!   bounded. With feature `redis`, the quota can live in Redis and be shared by several
 //!   gateway instances, falling back to the local limit when Redis cannot be reached.
@@ -42,6 +44,14 @@
 //! [`ReadyMode::Always`], `poll_ready` is always ready and the response future readies a clone
 //! of the inner service after admission: use it under servers that call without waiting on
 //! `poll_ready` (axum).
+//!
+//! # Features
+//!
+//! - `http`: `http::HttpPrioritizer` (class from an extension or header, deadline from
+//!   `grpc-timeout`, rate-limit key from a header).
+//! - `redis`: the per-key quota kept in Redis (`RateLimitConfig::redis`).
+//! - `pool`: capacity from tollgate-pool.
+//! - `fuzzing`: the `fuzzing` module behind the `admission_ops` fuzz target.
 //!
 //! # When to use it, and when not
 //!
