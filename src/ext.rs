@@ -57,7 +57,7 @@
 //!   and flusher (the config and hooks are shared, not the queue).
 //! - **balance**: a balancer is a service over many endpoints, not a wrapper. `.balance(layer)`
 //!   makes the inner service endpoint `0` of a **new** balancer per `layer()` call; add more
-//!   endpoints through [`Balance::handle`](tollgate_balance::Balance::handle). To stack layers
+//!   endpoints through `Balance::handle`. To stack layers
 //!   over a balancer you built from an endpoint list, end the builder with it:
 //!   `ServiceBuilder::new().breaker(b).service(balance)`, and share the balancer itself (its
 //!   clones share the endpoint set).
