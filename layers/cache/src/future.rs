@@ -333,7 +333,13 @@ where
                             .entry(hit.value, hit.life, stored_at, hit.delta, weight, now);
                         match entry.phase(now, 0.0, || 1.0) {
                             Phase::Fresh { .. } => Next::RemoteHit(entry),
-                            Phase::Revalidate | Phase::Expired { .. } => {
+                            // Serve it; stored locally, the next look-up finds it stale and
+                            // refreshes it in the background.
+                            Phase::Revalidate => {
+                                miss.tiers.stats.stale_served.incr();
+                                Next::RemoteHit(entry)
+                            }
+                            Phase::Expired { .. } => {
                                 if entry.usable_on_error(now) {
                                     miss.stale = Some(Arc::new(entry));
                                 }

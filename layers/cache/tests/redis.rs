@@ -290,6 +290,35 @@ async fn garbage_in_redis_is_a_miss() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_entries_in_l3_are_served_while_they_revalidate() {
+    let Some(server) = server() else { return };
+    bounded(async {
+        let url = server.url();
+        // Fresh for 200 ms, then served stale for 10 s while revalidating.
+        let cfg = CacheConfig {
+            default_ttl: Duration::from_millis(200),
+            stale_while_revalidate: Duration::from_secs(10),
+            ..CacheConfig::default()
+        };
+        let (a, origin_a) = instance(&url, cfg.clone());
+        let (b, origin_b) = instance(&url, cfg);
+        let (ha, hb) = (a.handle(), b.handle());
+        connected(&[&ha, &hb]).await;
+        support::get(&a.layer(origin_a.clone()), 5).await.unwrap();
+        until_exists(&url, 5).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // B has never seen key 5: L3's stale copy answers at once, then B refreshes it.
+        let sb = b.layer(origin_b.clone());
+        assert_eq!(support::get(&sb, 5).await.unwrap(), Resp::Found(5, 1));
+        assert_eq!(origin_b.calls(), 0);
+        assert_eq!(hb.stats().stale_served, 1);
+        support::get(&sb, 5).await.unwrap();
+        until("B's background refresh", || origin_b.calls() == 1).await;
+    })
+    .await;
+}
+
 #[test]
 fn an_invalid_redis_config_is_refused_at_build_time() {
     let rt = tokio::runtime::Builder::new_current_thread()
