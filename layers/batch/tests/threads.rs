@@ -68,3 +68,13 @@ async fn bound<F: std::future::Future>(fut: F) -> F::Output {
         .await
         .expect("hung")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_threads_one_key_backpressure() {
+    bound(hammer(Overflow::Wait, false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_threads_many_keys_reject() {
+    bound(hammer(Overflow::Reject, true)).await;
+}
