@@ -10,7 +10,8 @@
 //!   ground rules of [`crate::endpoint`]); it stays in the draining list until nothing is in
 //!   flight on it.
 
-use crate::endpoint::{Common, Core, Endpoint};
+use crate::common::Common;
+use crate::endpoint::{Core, Endpoint};
 use crate::signal::EndpointSignal;
 use crate::sync::atomic::{AtomicU64, Ordering, fence};
 use crate::sync::{Arc, Mutex, lock};

@@ -92,6 +92,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod common;
 mod config;
 mod endpoint;
 mod error;

@@ -1,7 +1,7 @@
 //! The balancer service.
 
+use crate::common::Common;
 use crate::config::BalanceConfig;
-use crate::endpoint::Common;
 use crate::error::NoEndpoints;
 use crate::fleet::{Fleet, Start};
 use crate::future::{InFlight, ResponseFuture};

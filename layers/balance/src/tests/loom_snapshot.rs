@@ -1,7 +1,7 @@
 //! The snapshot/update path under loom: copy-on-write updates against lock-free picks.
 
+use crate::common::Common;
 use crate::config::BalanceConfig;
-use crate::endpoint::Common;
 use crate::fleet::{Fleet, Start};
 use crate::sync::Arc;
 use crate::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,142 @@
+//! Settings, the clock and the ejection bookkeeping shared by every endpoint of a balancer.
+//!
+//! Ejection decisions are rare (a failure streak, a sweep), so they take a short lock here: it
+//! keeps the cap on the ejected share exact. Nothing on the request path takes it.
+
+use crate::config::{BalanceConfig, HealthConfig, OutlierConfig};
+use crate::endpoint::Core;
+use crate::sync::atomic::Ordering;
+use crate::sync::{Mutex, lock};
+use tokio::time::Instant;
+use tollgate_core::Outcome;
+
+/// Settings and shared state every endpoint of one balancer refers to.
+#[derive(Debug)]
+pub(crate) struct Common {
+    pub(crate) base: Instant,
+    pub(crate) decay_ns: f64,
+    pub(crate) default_rtt_ns: f64,
+    pub(crate) failure_weight: f64,
+    pub(crate) failure_decay_ns: f64,
+    pub(crate) failure_penalty: f64,
+    pub(crate) cancel_failure_ns: u64,
+    pub(crate) slow_start_ns: u64,
+    pub(crate) slow_start_min: f64,
+    pub(crate) panic_threshold: f64,
+    pub(crate) outlier: OutlierConfig,
+    pub(crate) health: HealthConfig,
+    ejections: Mutex<Ejections>,
+}
+
+/// Which endpoints are ejected now, for the cap on the ejected share.
+#[derive(Debug, Default)]
+struct Ejections {
+    /// Endpoints in the current set.
+    total: usize,
+    /// `(endpoint id, ejected until)`; entries in the past are pruned lazily.
+    ejected: Vec<(u64, u64)>,
+}
+
+pub(crate) fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Common {
+    pub(crate) fn new(config: &BalanceConfig, base: Instant) -> Self {
+        Self {
+            base,
+            decay_ns: config.decay.as_nanos() as f64,
+            default_rtt_ns: config.default_rtt.as_nanos() as f64,
+            failure_weight: config.failure_weight,
+            failure_decay_ns: config.failure_decay.as_nanos() as f64,
+            failure_penalty: config.failure_penalty,
+            cancel_failure_ns: nanos(config.cancel_failure_after),
+            slow_start_ns: nanos(config.slow_start),
+            slow_start_min: config.slow_start_min_weight,
+            panic_threshold: config.panic_threshold,
+            outlier: config.outlier.clone(),
+            health: config.health.clone(),
+            ejections: Mutex::new(Ejections::default()),
+        }
+    }
+
+    /// Nanoseconds since the base instant, on tokio's (possibly paused) clock.
+    pub(crate) fn now(&self) -> u64 {
+        nanos(Instant::now().saturating_duration_since(self.base))
+    }
+
+    /// How a request dropped unfinished after `elapsed` nanoseconds counts.
+    pub(crate) fn cancelled(&self, elapsed: u64) -> Outcome {
+        if elapsed >= self.cancel_failure_ns {
+            Outcome::Failure
+        } else {
+            Outcome::Ignored
+        }
+    }
+
+    /// Whether slow start is on.
+    pub(crate) fn slow_start(&self) -> bool {
+        self.slow_start_ns > 0
+    }
+
+    /// Records the size of the endpoint set and forgets ejections of endpoints not in it.
+    pub(crate) fn set_members(&self, total: usize, keep: impl Fn(u64) -> bool) {
+        let mut st = lock(&self.ejections);
+        st.total = total;
+        st.ejected.retain(|(id, _)| keep(*id));
+    }
+
+    /// Ejects `core` if it is not ejected already and the cap allows; returns whether it did.
+    pub(crate) fn try_eject(&self, core: &Core, now: u64) -> bool {
+        let o = &self.outlier;
+        let mut st = lock(&self.ejections);
+        // Relaxed: the lock orders every write of the ejection fields.
+        let prev_until = core.ejected_until.load(Ordering::Relaxed);
+        if now < prev_until || core.removed.load(Ordering::Relaxed) {
+            return false;
+        }
+        st.ejected.retain(|(_, until)| *until > now);
+        let cap = (o.max_ejection_share * st.total as f64 + 1e-9).floor() as usize;
+        if st.ejected.len() >= cap {
+            core.consecutive.store(0, Ordering::Relaxed);
+            return false;
+        }
+        // The repeat count goes down by one for every interval spent clear of ejection.
+        let interval = nanos(o.interval).max(1);
+        let prev = core.ejections.load(Ordering::Relaxed);
+        let cleared = u32::try_from(now.saturating_sub(prev_until) / interval).unwrap_or(u32::MAX);
+        let count = if prev_until == 0 {
+            1
+        } else {
+            prev.saturating_sub(cleared).saturating_add(1)
+        };
+        let time = o
+            .base_ejection_time
+            .saturating_mul(count)
+            .min(o.max_ejection_time);
+        let until = now.saturating_add(nanos(time)).max(1);
+        core.ejections.store(count, Ordering::Relaxed);
+        core.ejected_until.store(until, Ordering::Relaxed);
+        core.consecutive.store(0, Ordering::Relaxed);
+        if self.slow_start() {
+            core.ramp_from.store(until, Ordering::Relaxed);
+        }
+        st.ejected.push((core.id, until));
+        tracing::trace!(
+            endpoint = core.id,
+            ejections = count,
+            ?time,
+            "endpoint ejected"
+        );
+        true
+    }
+
+    /// Endpoints ejected at `now`.
+    pub(crate) fn ejected_now(&self, now: u64) -> usize {
+        lock(&self.ejections)
+            .ejected
+            .iter()
+            .filter(|(_, until)| *until > now)
+            .count()
+    }
+}
