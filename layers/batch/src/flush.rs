@@ -228,8 +228,20 @@ where
                 }
             }
         }
-        if flush_when_idle && self.part.in_flight_now(max_in_flight) == 0 && self.sparse() {
-            return Decision::Flush(FlushReason::Idle);
+        if flush_when_idle && self.part.in_flight_now(max_in_flight) == 0 {
+            if self.sparse() {
+                return Decision::Flush(FlushReason::Idle);
+            }
+            // The backend is idle and the burst looks over (no arrival for three mean gaps):
+            // waiting longer would only add latency.
+            if let Some(gap) = self.state().gap.value() {
+                let newest = self.pending.back().map_or(now, |i| i.at);
+                let quiet = newest + Duration::from_secs_f64(3.0 * gap);
+                if quiet < at {
+                    at = quiet;
+                    reason = FlushReason::Idle;
+                }
+            }
         }
         if now >= at {
             Decision::Flush(reason)
