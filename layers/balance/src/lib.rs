@@ -49,7 +49,16 @@
 //! stands (the task is woken by that service), unless the endpoint is removed, in which case
 //! another is picked. Dropping a readied balancer gives the slot back. An endpoint's readiness
 //! therefore does not steer the choice: cost does. Services that are always ready (HTTP
-//! clients, channels) suit this best.
+//! clients, channels) suit this best. When the clone was ready at once, the request's latency
+//! is timed from the pick (saving a clock read), so call soon after `poll_ready`, as tower
+//! callers do.
+//!
+//! # Outcomes
+//!
+//! A [`Classify`](tollgate_core::Classify) (by default every error is a failure) decides which
+//! answers count against an endpoint. A request dropped unfinished after
+//! `cancel_failure_after` (default 1 s) counts as a failure too: that is how a caller's
+//! timeout looks from inside the stack.
 //!
 //! # When to use it, and when not
 //!
