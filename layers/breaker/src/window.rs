@@ -24,7 +24,7 @@
 use crate::config::SlidingWindow;
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use crossbeam_utils::CachePadded;
-use tollgate_core::counter::ShardedCounter;
+use tollgate_core::counter::{shard_count, shard_index};
 
 const FIELD_BITS: u32 = 21;
 const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
@@ -49,6 +49,38 @@ impl Counts {
             failures: (w >> FIELD_BITS) & FIELD_MASK,
             slow: (w >> (2 * FIELD_BITS)) & FIELD_MASK,
         }
+    }
+}
+
+std::thread_local! {
+    /// This thread's shard, cached so the hot path reads one thread-local.
+    static SHARD: usize = shard_index();
+}
+
+/// A monotonic call counter split over cache-padded cells, one per shard (as tollgate-core's
+/// `ShardedCounter`, inlined here because it is bumped on every call).
+#[derive(Debug)]
+struct Calls {
+    cells: Box<[CachePadded<AtomicU64>]>,
+}
+
+impl Calls {
+    fn new() -> Self {
+        Self {
+            cells: (0..shard_count())
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn incr(&self) {
+        let i = SHARD.with(|s| *s) & (self.cells.len() - 1);
+        self.cells[i].fetch_add(1, Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.cells.iter().map(|c| c.load(Relaxed)).sum()
     }
 }
 
@@ -94,7 +126,7 @@ impl Events {
 pub(crate) struct CountWindow {
     size: u64,
     min_calls: u64,
-    calls: ShardedCounter,
+    calls: Calls,
     base: CachePadded<AtomicU64>,
     warm: CachePadded<AtomicBool>,
     failures: Events,
@@ -107,7 +139,7 @@ impl CountWindow {
         Self {
             size,
             min_calls,
-            calls: ShardedCounter::new(),
+            calls: Calls::new(),
             base: CachePadded::new(AtomicU64::new(0)),
             warm: CachePadded::new(AtomicBool::new(false)),
             failures: Events::new(size),
@@ -137,7 +169,7 @@ impl CountWindow {
     }
 
     fn total(&self) -> u64 {
-        u64::try_from(self.calls.sum()).unwrap_or(0)
+        self.calls.sum()
     }
 
     fn counts_at(&self, c: u64) -> Counts {
