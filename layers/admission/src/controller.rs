@@ -203,7 +203,8 @@ impl Controller {
 
     /// Whether a request due at `deadline` cannot finish if it starts at `now`.
     pub(crate) fn unmeetable(&self, deadline: Instant, now: Instant) -> bool {
-        deadline <= now + self.latency_estimate()
+        now.checked_add(self.latency_estimate())
+            .is_none_or(|done| deadline <= done)
     }
 
     /// A suggested wait before retrying: about the time the queue ahead needs to drain, at
@@ -211,7 +212,7 @@ impl Controller {
     pub(crate) fn retry_hint(&self, queued: usize) -> Duration {
         let per_request = self.latency_estimate().max(self.codel.target);
         let n = (queued as u32).saturating_add(1);
-        (per_request * n / self.limit().max(1) as u32)
+        (per_request.saturating_mul(n) / self.limit().max(1) as u32)
             .clamp(self.codel.target, Duration::from_secs(10))
     }
 

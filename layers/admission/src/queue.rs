@@ -18,6 +18,7 @@ use crate::stats::Histogram;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// How many CoDel targets' worth of work the fresh waiters must cover before the sweep drops
@@ -110,7 +111,7 @@ impl Slow {
     /// Whether `class`'s queue stands: it has not been empty for `interval`, or the sweep
     /// dropped a waiter within the last `interval` (the queue emptied only because of the
     /// drops; without this, the mode would flip back to FIFO at the first lull).
-    fn standing(&self, class: usize, now: Instant, interval: std::time::Duration) -> bool {
+    fn standing(&self, class: usize, now: Instant, interval: Duration) -> bool {
         let q = &self.queues[class];
         let long =
             |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) >= interval);
@@ -332,7 +333,11 @@ impl Controller {
         // The queue-time bound; a standing queue also sheds waiters past the CoDel target
         // while fresher ones wait (see `sweep`).
         let bound = self.codel.interval;
-        let (mut expires, mut reason) = (now + bound, Reason::QueueTimeout);
+        // An interval too long to add waits a year: as good as forever, without overflow.
+        let far = now
+            .checked_add(bound)
+            .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)));
+        let (mut expires, mut reason) = (far.unwrap_or(now), Reason::QueueTimeout);
         if let Some(d) = deadline {
             let latest = d.checked_sub(self.latency_estimate()).unwrap_or(now);
             if latest < expires {
@@ -359,7 +364,7 @@ impl Controller {
         }
         let cq = &mut slow.queues[class];
         cq.admitted += 1;
-        cq.wait.record(std::time::Duration::ZERO);
+        cq.wait.record(Duration::ZERO);
         Enqueued::Granted
     }
 

@@ -74,7 +74,7 @@ impl RemoteLimiter {
             script: redis::Script::new(GCRA),
             config: config.clone(),
             interval_us,
-            tolerance_us: interval_us * u64::from(burst.max(1) - 1),
+            tolerance_us: interval_us.saturating_mul(u64::from(burst.max(1) - 1)),
             base: Instant::now(),
             down_until: AtomicU64::new(0),
         }
