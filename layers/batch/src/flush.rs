@@ -9,7 +9,7 @@
 
 use crate::backend::BatchOutput;
 use crate::error::{BatchFailed, ItemFailed, MissingResult};
-use crate::queue::{Folder, Item, Parked, Partition, Shared, Slot};
+use crate::queue::{Folder, Parked, Partition, Shared, Slot, Stamped};
 use crate::stats::FlushReason;
 use futures_util::FutureExt;
 use std::collections::VecDeque;
@@ -38,7 +38,7 @@ where
 {
     shared: Arc<Shared<Req, T, K>>,
     part: Arc<Partition<Req, T, K>>,
-    pending: VecDeque<Item<Req, T>>,
+    pending: VecDeque<Stamped<Req, T>>,
     pending_weight: u64,
     state: Option<Parked<Req, T>>,
     exited: bool,
@@ -90,17 +90,22 @@ where
     }
 
     fn unpark(&mut self) {
-        let parked = self
+        let mut parked = self
             .part
             .parked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        if let Some(parked) = &mut parked {
+            // Whatever is queued now arrived after the last flusher left.
+            parked.last_look = None;
+        }
         let alpha = self.shared.config.ewma_alpha;
         self.state = Some(parked.unwrap_or_else(|| Parked {
             backend: self.shared.new_backend(),
             gap: Ewma::new(alpha),
             last_drain: None,
+            last_look: None,
             unsampled: 0,
         }));
     }
@@ -136,10 +141,19 @@ where
         true
     }
 
-    /// Moves queued items into `pending`, oldest first, and updates the arrival-rate estimate.
+    /// Moves queued items into `pending`, stamped with the previous look (see [`Stamped`]),
+    /// and updates the arrival-rate estimate.
     fn drain(&mut self) {
+        let now = Instant::now();
+        let stamp = {
+            let state = self.state();
+            // A fresh flusher was started by the request it is about to find: `now` is as good.
+            let stamp = state.last_look.unwrap_or(now);
+            state.last_look = Some(now);
+            stamp
+        };
         let before = self.pending.len();
-        let n = self.part.drain_into(&mut self.pending);
+        let n = self.part.drain_into(&mut self.pending, stamp);
         if n == 0 {
             return;
         }
@@ -147,14 +161,11 @@ where
             .pending
             .iter()
             .skip(before)
-            .map(|i| i.weight)
+            .map(|s| s.item.weight)
             .sum::<u64>();
-        // Each shard is in order; merge them by arrival (a near-sorted, stable sort).
-        self.pending.make_contiguous().sort_by_key(|i| i.at);
         // A burst drained within a sliver of the linger says nothing about the rate: count it
         // into the next sample instead of recording a zero gap.
         let sliver = self.shared.config.max_linger / 16;
-        let now = Instant::now();
         let state = self.state();
         match state.last_drain {
             None => state.last_drain = Some(now),
@@ -220,7 +231,7 @@ where
         let mut reason = FlushReason::Linger;
         if has_deadlines {
             let exec = self.part.exec_estimate();
-            if let Some(deadline) = self.pending.iter().filter_map(|i| i.deadline).min() {
+            if let Some(deadline) = self.pending.iter().filter_map(|s| s.item.deadline).min() {
                 let latest_start = deadline.checked_sub(exec).unwrap_or(now);
                 if latest_start < at {
                     at = latest_start;
@@ -313,11 +324,11 @@ where
             }
             if let Some(max) = config.max_weight
                 && !reqs.is_empty()
-                && weight.saturating_add(front.weight) > max
+                && weight.saturating_add(front.item.weight) > max
             {
                 break;
             }
-            let item = self.pending.pop_front().expect("front was Some");
+            let item = self.pending.pop_front().expect("front was Some").item;
             taken += 1;
             taken_weight += item.weight;
             if item.slot.is_closed() {

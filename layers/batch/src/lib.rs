@@ -18,7 +18,8 @@
 //!   batch will fill sooner (twice the predicted fill time);
 //! - a request's [deadline](BatchLayer::with_deadline) would pass before the linger ends;
 //! - nothing of its key is in flight and arrivals are sparse (fewer than two expected within
-//!   `max_linger`): it goes at once, so light load pays no added latency;
+//!   `max_linger`): it goes at once, so light load pays no added latency; or nothing is in
+//!   flight and the burst is over (no arrival for three mean gaps);
 //! - [shutdown](BatchHandle::shutdown) flushes everything queued.
 //!
 //! Up to [`max_in_flight`](BatchConfig::max_in_flight) batch calls run at once per key; while
@@ -40,8 +41,9 @@
 //!
 //! - **Submitting** a request takes a queue place from a semaphore (one CAS, no `Arc` clone),
 //!   pushes the request onto *this core's* lock-free `crossbeam` queue of its key (one shard
-//!   per core, cache-padded), and bumps the key's `queued` counter. No mutex, and no channel
-//!   with a single consumer per request. The answer comes back through a `oneshot`.
+//!   per core, cache-padded), and bumps the key's `queued` counter. No mutex, no channel with
+//!   a single consumer per request, and no clock read (the flusher stamps what it drains). The
+//!   answer comes back through a `oneshot`.
 //! - **Flushing** is done by a short-lived flusher task per busy key, started by the request
 //!   that finds none running (a CAS on a flag) and exiting when the key's queue is empty. It
 //!   sleeps on a tokio timer armed for the oldest request's linger and is woken only on

@@ -74,8 +74,18 @@ pub(crate) struct Item<Req, T> {
     pub(crate) req: Req,
     pub(crate) slot: Slot<T>,
     pub(crate) weight: u64,
-    pub(crate) at: Instant,
     pub(crate) deadline: Option<Instant>,
+}
+
+/// A request in the flusher's pending list, with when it arrived at the latest.
+///
+/// Submitters do not read the clock (it is the costliest step of a submission on many
+/// hosts); the flusher stamps what it drains with the time of its *previous* drain, before
+/// which the request was not queued. The stamp is never later than the true arrival, so the
+/// linger is never overrun; at worst a batch goes a little early.
+pub(crate) struct Stamped<Req, T> {
+    pub(crate) at: Instant,
+    pub(crate) item: Item<Req, T>,
 }
 
 /// What a flusher keeps between its runs: the backend and its estimates.
@@ -84,6 +94,8 @@ pub(crate) struct Parked<Req, T> {
     /// Mean gap between arrivals, seconds.
     pub(crate) gap: Ewma,
     pub(crate) last_drain: Option<Instant>,
+    /// When the flusher last looked at the queues: requests it finds next arrived after this.
+    pub(crate) last_look: Option<Instant>,
     /// Arrivals seen since `last_drain` but not yet sampled (they came in a burst).
     pub(crate) unsampled: usize,
 }
@@ -117,12 +129,16 @@ impl<Req, T, K> Partition<Req, T, K> {
         }
     }
 
-    /// Moves every queued item into `out`; returns how many.
-    pub(crate) fn drain_into(&self, out: &mut std::collections::VecDeque<Item<Req, T>>) -> usize {
+    /// Moves every queued item into `out`, stamped `at`; returns how many.
+    pub(crate) fn drain_into(
+        &self,
+        out: &mut std::collections::VecDeque<Stamped<Req, T>>,
+        at: Instant,
+    ) -> usize {
         let mut n = 0;
         for shard in self.shards.iter() {
             while let Some(item) = shard.pop() {
-                out.push_back(item);
+                out.push_back(Stamped { at, item });
                 n += 1;
             }
         }
@@ -234,7 +250,6 @@ where
             req,
             slot,
             weight,
-            at: Instant::now(),
             deadline,
         };
         match &self.hooks.key {
