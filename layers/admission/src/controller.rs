@@ -19,7 +19,7 @@
 //!   request that is between its two updates; reservations are then off by one for a moment.
 
 use crate::capacity::{Capacity, FixedLimit};
-use crate::config::{AdmissionConfig, CodelConfig};
+use crate::config::{AdmissionConfig, CodelConfig, MAX_CLASSES};
 use crate::error::{Reason, Rejected};
 use crate::queue::Slow;
 use crate::ratelimit::LocalLimiter;
@@ -279,7 +279,9 @@ impl Controller {
 pub(crate) struct Shard {
     ctrl: Arc<Controller>,
     pub(crate) flags: Flags,
-    admitted: Box<[AtomicU64]>,
+    /// Inline rather than boxed: two shards' small boxes could share a cache line, and every
+    /// admission writes here.
+    admitted: [AtomicU64; MAX_CLASSES],
 }
 
 /// Settings the fast path reads, copied into each shard.
@@ -433,7 +435,7 @@ impl Shards {
                         remote: ctrl.remote.is_some(),
                     },
                     ctrl: ctrl.clone(),
-                    admitted: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                    admitted: std::array::from_fn(|_| AtomicU64::new(0)),
                 }))
             })
             .collect();
