@@ -129,6 +129,7 @@ impl<K: PartialEq, S> Balance<K, S> {
             fleet: Fleet::new(common, seed),
             closed,
         });
+        // Relaxed: only hands out distinct seeds.
         let rng = Rng::new(shared.fleet.seeds.fetch_add(1, Ordering::Relaxed));
         Balance {
             shared,
