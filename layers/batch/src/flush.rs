@@ -106,6 +106,7 @@ where
             gap: Ewma::new(alpha),
             last_drain: None,
             last_look: None,
+            last_found: None,
             unsampled: 0,
         }));
     }
@@ -157,6 +158,7 @@ where
         if n == 0 {
             return;
         }
+        self.state().last_found = Some(now);
         self.pending_weight += self
             .pending
             .iter()
@@ -244,9 +246,10 @@ where
                 return Decision::Flush(FlushReason::Idle);
             }
             // The backend is idle and the burst looks over (no arrival for three mean gaps):
-            // waiting longer would only add latency.
+            // waiting longer would only add latency. The newest request arrived no later than
+            // the last look that found one.
+            let newest = self.state().last_found.unwrap_or(now);
             if let Some(gap) = self.state().gap.value() {
-                let newest = self.pending.back().map_or(now, |i| i.at);
                 let quiet = newest + Duration::from_secs_f64(3.0 * gap);
                 if quiet < at {
                     at = quiet;

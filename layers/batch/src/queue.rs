@@ -96,6 +96,8 @@ pub(crate) struct Parked<Req, T> {
     pub(crate) last_drain: Option<Instant>,
     /// When the flusher last looked at the queues: requests it finds next arrived after this.
     pub(crate) last_look: Option<Instant>,
+    /// When a look last found new requests: the newest arrived no later than this.
+    pub(crate) last_found: Option<Instant>,
     /// Arrivals seen since `last_drain` but not yet sampled (they came in a burst).
     pub(crate) unsampled: usize,
 }

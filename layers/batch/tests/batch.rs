@@ -319,3 +319,31 @@ async fn the_linger_adapts_to_the_arrival_rate() {
     assert!(snap.linger <= Duration::from_millis(100), "{snap:?}");
     assert!(snap.mean_batch_size() > 10.0, "{snap:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_backend_gets_the_batch_once_the_burst_is_over() {
+    let (svc, rec) = build(config(64, 100), 1);
+    let mut tasks = Vec::new();
+    // A steady stream, one request every 5 ms: not sparse, so batches linger...
+    for i in 0..40u64 {
+        tasks.push(tokio::spawn(svc.clone().oneshot(i)));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let last_sent = Instant::now() - Duration::from_millis(5);
+    for t in tasks {
+        bounded(t).await.unwrap().unwrap();
+    }
+    // ...until the stream stops: the last batch goes about three gaps after the last request,
+    // not a full linger after its first.
+    let last_call = rec.calls().last().unwrap().at;
+    assert!(
+        last_call - last_sent <= Duration::from_millis(30),
+        "{:?}",
+        last_call - last_sent
+    );
+    assert!(
+        svc.handle().snapshot().flushes.idle >= 2,
+        "{:?}",
+        svc.handle().snapshot()
+    );
+}
