@@ -90,9 +90,12 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.ready != Ready::No {
+        if self.ready == Ready::Inner {
             return Poll::Ready(Ok(()));
         }
+        // Not polled yet, or polled while the breaker was open: look again, so that a service
+        // polled again after the wait ends readies the inner service instead of failing fast.
+        self.ready = Ready::No;
         let core = &*self.local.core;
         if !core.may_admit(|| now_ns(core)) {
             // Fail fast: `call` answers `Open` without waiting for the inner service.

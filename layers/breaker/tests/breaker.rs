@@ -441,3 +441,19 @@ async fn a_wait_ending_between_ready_and_call_turns_the_call_away_for_an_immedia
     assert_eq!(send(&mut svc, Req::Ok).await.unwrap(), 200);
     assert_eq!(handle.state(), State::Closed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_service_polled_again_after_the_wait_readies_the_inner_service() {
+    let layer = BreakerLayer::new(quick_trip(1)).unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    for _ in 0..4 {
+        send(&mut svc, Req::Fail).await.unwrap_err();
+    }
+    timeout(HOUR, svc.ready()).await.unwrap().unwrap(); // fail fast while open
+    advance(Duration::from_secs(10)).await;
+    timeout(HOUR, svc.ready()).await.unwrap().unwrap(); // the wait is over: ready for real
+    let res = timeout(HOUR, svc.call(Req::Ok)).await.unwrap();
+    assert_eq!(res.unwrap(), 200, "the call went through as the probe");
+    assert_eq!(handle.state(), State::Closed);
+}
