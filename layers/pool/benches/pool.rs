@@ -82,6 +82,12 @@ type Make = Box<dyn Fn() -> Box<dyn Bench>>;
 
 fn peers() -> Vec<(&'static str, Make)> {
     vec![
+        // Control: no layer at all. Its 2-thread figure shows what the machine itself adds
+        // (two busy threads on a shared, loaded host), since nothing is shared.
+        (
+            "bare_service",
+            Box::new(|| Box::new(inner()) as Box<dyn Bench>),
+        ),
         (
             "tower_concurrency_limit",
             Box::new(|| {

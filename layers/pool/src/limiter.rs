@@ -119,6 +119,9 @@ pub struct Limiter {
 #[derive(Debug, Clone)]
 struct Core {
     shared: Arc<Shared>,
+    /// A copy of `Shared::waits`, so a release through a permit's handle reads only the
+    /// handle's own cache line.
+    waits: bool,
 }
 
 #[derive(Debug)]
@@ -317,8 +320,10 @@ impl Core {
             waits: matches!(config.at_limit, AtLimit::Wait { .. }),
             config,
         };
+        let waits = shared.waits;
         Self {
             shared: Arc::new(shared),
+            waits,
         }
     }
 
@@ -457,7 +462,7 @@ impl Core {
     fn release(&self, home: usize) {
         let s = &self.shared;
         // Only `AtLimit::Wait` has waiters: in reject mode a release is one increment.
-        if s.tokens.give(home) && s.waits {
+        if s.tokens.give(home) && self.waits {
             // SeqCst: pairs with the fence in `poll_acquire` (module docs): either the waiter's
             // retry sees our token or we see its `waiters` increment.
             fence(Ordering::SeqCst);
@@ -652,16 +657,21 @@ impl Core {
     /// sampling rate), so window counts stay unbiased without counting the untimed ones.
     #[inline]
     fn sample_now(&self) -> Option<u64> {
-        // Relaxed: a sampling rate; any recent value will do.
+        // Relaxed: a sampling rate; any recent value will do. The line is written once per
+        // window, so this read stays in the core's cache.
         let every = self.shared.sample_every.load(Ordering::Relaxed).max(1);
-        SAMPLE_LEFT.with(|c| match c.get() {
-            0 => {
-                c.set(every - 1);
-                Some(every)
-            }
-            left => {
-                c.set(left - 1);
-                None
+        SAMPLE_LEFT.with(|c| {
+            // `min`: when the rate drops, a countdown left from a busier window must not
+            // keep this thread from sampling.
+            match c.get().min(every - 1) {
+                0 => {
+                    c.set(every - 1);
+                    Some(every)
+                }
+                left => {
+                    c.set(left - 1);
+                    None
+                }
             }
         })
     }
