@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
-use tollgate_breaker::{BreakerConfig, BreakerLayer};
+use tollgate_breaker::{BreakerConfig, BreakerLayer, SlidingWindow};
 use tower::{Layer, Service, ServiceExt};
 
 /// The inner service: always ready, answers at once.
@@ -143,6 +143,31 @@ fn closed_path(c: &mut Criterion) {
         .build()
         .unwrap();
     bench(c, "tower-resilience", resilience.layer(Echo));
+
+    // What reading the clock costs: slow-call detection times every call (two reads), and a
+    // time window stamps every result (one read).
+    let mut group = c.benchmark_group("closed_call");
+    let slow = BreakerConfig {
+        slow_call_duration: Some(Duration::from_secs(1)),
+        ..BreakerConfig::default()
+    };
+    let timed = BreakerConfig {
+        sliding_window: SlidingWindow::Time {
+            length: Duration::from_secs(10),
+            buckets: 10,
+        },
+        ..BreakerConfig::default()
+    };
+    for (name, config) in [
+        ("tollgate-slow-calls", slow),
+        ("tollgate-time-window", timed),
+    ] {
+        let svc = BreakerLayer::new(config).unwrap().layer(Echo);
+        group.bench_function(BenchmarkId::new(name, "1-thread"), |b| {
+            b.iter_custom(|iters| shared(&svc, 1, iters))
+        });
+    }
+    group.finish();
 
     // A control for the machine rather than the breaker: two threads, each with its own
     // breaker. The gap between this and `tollgate/2-thread` is the cost of sharing one.
