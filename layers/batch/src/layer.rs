@@ -2,7 +2,7 @@
 
 use crate::backend::ServiceBackend;
 use crate::config::BatchConfig;
-use crate::flush::fold_duplicates;
+use crate::execute::fold_duplicates;
 use crate::queue::{Folder, Hooks, Shared};
 use crate::results::BatchResults;
 use crate::service::Batcher;

@@ -102,6 +102,7 @@
 mod backend;
 pub mod config;
 pub mod error;
+mod execute;
 mod flush;
 pub mod future;
 #[cfg(any(fuzzing, feature = "fuzzing"))]
