@@ -4,7 +4,7 @@
 //! # Ground rules
 //!
 //! - Who runs a partition's flusher, and how many requests it holds, is decided by its
-//!   [`Gate`](crate::gate::Gate) (see its ground rules; modelled under loom).
+//!   [`Gate`] (see its ground rules; modelled under loom).
 //! - Queue capacity is one semaphore over all keys. A service takes a permit in `poll_ready`
 //!   (forgetting it at once, so no `Arc` is cloned per request) and owes it back; the flusher
 //!   returns one permit for every request that leaves the queue.
