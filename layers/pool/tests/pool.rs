@@ -358,3 +358,40 @@ async fn deferred_mode_takes_the_permit_in_the_future() {
     assert_eq!(assert_ready!(slow.poll()).unwrap(), 1);
     assert_eq!(limiter.in_flight(), 0);
 }
+
+/// A custom algorithm plugs in through the trait; when it raises the limit, tasks waiting at
+/// the old limit are woken.
+#[tokio::test(start_paused = true)]
+async fn a_growing_limit_wakes_waiters_and_custom_algorithms_plug_in() {
+    #[derive(Debug)]
+    struct AlwaysGrow;
+    impl tollgate_pool::LimitAlgorithm for AlwaysGrow {
+        fn update(&mut self, w: &tollgate_pool::Window) -> f64 {
+            w.limit + 2.0
+        }
+        fn name(&self) -> &'static str {
+            "always-grow"
+        }
+    }
+    let config = PoolConfig {
+        initial_limit: 1,
+        at_limit: AtLimit::Wait {
+            max_wait: Duration::from_secs(60),
+        },
+        ..PoolConfig::default()
+    };
+    let limiter = Limiter::with_algorithm(config, AlwaysGrow).unwrap();
+    let held = limiter.try_acquire().unwrap();
+    let mut waiting = task::spawn(limiter.acquire());
+    assert_pending!(waiting.poll());
+    limiter.force_update();
+    assert_eq!(limiter.limit(), 3);
+    assert!(waiting.is_woken(), "the new permits woke the waiter");
+    let second = assert_ready!(waiting.poll()).unwrap();
+    let snap = limiter.snapshot();
+    assert_eq!(
+        (snap.algorithm, snap.in_flight, snap.waiting),
+        ("always-grow", 2, 0)
+    );
+    drop((held, second));
+}
