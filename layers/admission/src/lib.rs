@@ -143,6 +143,7 @@ mod sync;
 #[cfg(all(test, loom))]
 mod tests;
 mod throttle;
+mod waiter;
 
 pub use capacity::{Capacity, FixedLimit};
 pub use classify::{Key, OneClass, Prioritize, Ticket};

@@ -17,7 +17,7 @@ use crate::error::{Reason, Rejected};
 use crate::stats::Histogram;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -28,7 +28,7 @@ use tokio::time::Instant;
 const FRESH_COVER: f64 = 3.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
+pub(crate) enum SlotState {
     Free,
     Waiting,
     Granted,
@@ -36,11 +36,11 @@ enum SlotState {
 }
 
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     generation: u32,
-    state: SlotState,
-    waker: Option<Waker>,
-    class: usize,
+    pub(crate) state: SlotState,
+    pub(crate) waker: Option<Waker>,
+    pub(crate) class: usize,
     enqueued: Instant,
     deadline: Option<Instant>,
 }
@@ -48,7 +48,7 @@ struct Slot {
 /// One class's queue and the statistics kept under the lock.
 #[derive(Debug)]
 pub(crate) struct ClassQueue {
-    q: VecDeque<u32>,
+    pub(crate) q: VecDeque<u32>,
     nonempty_since: Option<Instant>,
     /// When the CoDel sweep last dropped a waiter.
     last_drop: Option<Instant>,
@@ -66,7 +66,7 @@ impl ClassQueue {
 #[derive(Debug)]
 pub(crate) struct Slow {
     pub(crate) queues: Vec<ClassQueue>,
-    slots: Vec<Slot>,
+    pub(crate) slots: Vec<Slot>,
     free: Vec<u32>,
     pub(crate) queued: usize,
 }
@@ -74,7 +74,7 @@ pub(crate) struct Slow {
 /// A queued request's claim on its slot; stale claims (after the slot was reused) are ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WaiterId {
-    slot: u32,
+    pub(crate) slot: u32,
     generation: u32,
 }
 
@@ -141,7 +141,7 @@ impl Slow {
         (self.slots.len() - 1) as u32
     }
 
-    fn release_slot(&mut self, i: u32) {
+    pub(crate) fn release_slot(&mut self, i: u32) {
         let s = &mut self.slots[i as usize];
         s.state = SlotState::Free;
         s.generation = s.generation.wrapping_add(1);
@@ -150,7 +150,7 @@ impl Slow {
     }
 
     /// Notes that a waiter left `class`'s queue.
-    fn left(&mut self, class: usize) {
+    pub(crate) fn left(&mut self, class: usize) {
         self.queued -= 1;
         if self.queues[class].q.is_empty() {
             self.queues[class].nonempty_since = None;
@@ -158,7 +158,7 @@ impl Slow {
     }
 
     /// Ends a waiting slot (already out of its queue) with `state`, waking its task.
-    fn finish(&mut self, i: u32, state: SlotState) {
+    pub(crate) fn finish(&mut self, i: u32, state: SlotState) {
         let s = &mut self.slots[i as usize];
         s.state = state;
         if let Some(w) = s.waker.take() {
@@ -166,7 +166,7 @@ impl Slow {
         }
     }
 
-    fn get(&self, id: WaiterId) -> Option<&Slot> {
+    pub(crate) fn get(&self, id: WaiterId) -> Option<&Slot> {
         self.slots
             .get(id.slot as usize)
             .filter(|s| s.generation == id.generation && s.state != SlotState::Free)
@@ -383,116 +383,6 @@ impl Controller {
             .expect("the class has waiters");
         self.reject_waiter(slow, i, Reason::Shed);
         true
-    }
-
-    /// Whether the waiter was granted (`Ready(Ok)`), turned away (`Ready(Err)`), or still
-    /// waits (its waker is registered).
-    pub(crate) fn poll_waiter(
-        &self,
-        id: WaiterId,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), Rejected>> {
-        let mut slow = self.lock();
-        let Some(slot) = slow.get(id) else {
-            // Unreachable while the future owns its claim; answer as a timeout rather than hang.
-            return Poll::Ready(Err(Rejected::new(
-                0,
-                self.classes[0].name.clone(),
-                Reason::QueueTimeout,
-                None,
-            )));
-        };
-        match slot.state {
-            SlotState::Waiting => {
-                let slot = &mut slow.slots[id.slot as usize];
-                match &mut slot.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    w => *w = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-            SlotState::Granted => {
-                slow.release_slot(id.slot);
-                Poll::Ready(Ok(()))
-            }
-            SlotState::Rejected(reason) => {
-                let class = slot.class;
-                slow.release_slot(id.slot);
-                let hint = (reason != Reason::Deadline).then(|| self.retry_hint(slow.queued));
-                Poll::Ready(Err(Rejected::new(
-                    class,
-                    self.classes[class].name.clone(),
-                    reason,
-                    hint,
-                )))
-            }
-            SlotState::Free => unreachable!("`get` skips free slots"),
-        }
-    }
-
-    /// The waiter's queue bound passed: it leaves the queue with `reason`, unless it was
-    /// granted or turned away meanwhile.
-    pub(crate) fn expire(
-        &self,
-        id: WaiterId,
-        reason: Reason,
-        cx: &mut Context<'_>,
-    ) -> Result<(), Rejected> {
-        let mut slow = self.lock();
-        if let Some(slot) = slow.get(id)
-            && slot.state == SlotState::Waiting
-        {
-            let class = slot.class;
-            let q = &mut slow.queues[class].q;
-            if let Some(pos) = q.iter().position(|x| *x == id.slot) {
-                q.remove(pos);
-            }
-            slow.left(class);
-            slow.finish(id.slot, SlotState::Rejected(reason));
-            self.count_rejection(class, reason);
-            if slow.queued == 0 {
-                // Relaxed: see the ground rules; cleared only under the lock.
-                self.hot.word.fetch_and(!WAITERS, Ordering::Relaxed);
-            }
-        }
-        drop(slow);
-        match self.poll_waiter(id, cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => unreachable!("the slot was just finished"),
-        }
-    }
-
-    /// The waiting future was dropped: leave the queue, or give back a slot granted meanwhile.
-    pub(crate) fn cancel(&self, id: WaiterId) {
-        let mut slow = self.lock();
-        let Some(slot) = slow.get(id) else { return };
-        let (state, class) = (slot.state, slot.class);
-        match state {
-            SlotState::Waiting => {
-                let q = &mut slow.queues[class].q;
-                if let Some(pos) = q.iter().position(|x| *x == id.slot) {
-                    q.remove(pos);
-                }
-                slow.left(class);
-                slow.release_slot(id.slot);
-                if slow.queued == 0 {
-                    // Relaxed: see the ground rules; cleared only under the lock.
-                    self.hot.word.fetch_and(!WAITERS, Ordering::Relaxed);
-                }
-            }
-            SlotState::Granted => {
-                slow.release_slot(id.slot);
-                if self.track {
-                    // Relaxed: see `pick`.
-                    self.class_in_flight[class].fetch_sub(1, Ordering::Relaxed);
-                }
-                // Relaxed: see the ground rules.
-                self.hot.word.fetch_sub(1, Ordering::Relaxed);
-                self.dispatch(&mut slow, Instant::now());
-            }
-            SlotState::Rejected(_) => slow.release_slot(id.slot),
-            SlotState::Free => {}
-        }
     }
 
     /// Admits waiters after the limit grew.
