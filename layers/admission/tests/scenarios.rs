@@ -131,6 +131,10 @@ async fn the_top_class_keeps_its_latency_and_lower_classes_are_shed_in_order() {
         // Lower classes are shed strictly from the bottom: a class is served only as far as
         // every class above it is.
         let fractions: Vec<f64> = (0..4).map(|c| served(&class(c))).collect();
+        eprintln!(
+            "{inbound} rps: top p50 {:?} p99 {:?} (unloaded {:?} {:?}); served by class {fractions:.3?}",
+            top.p50, top.p99, base.p50, base.p99
+        );
         for c in 1..4 {
             assert!(
                 fractions[c] <= fractions[c - 1] + 0.01,
