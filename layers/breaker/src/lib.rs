@@ -3,7 +3,8 @@
 //!
 //! A circuit breaker stops sending requests to a service that keeps failing, so the caller fails
 //! fast instead of queueing behind timeouts and the service gets room to recover (Michael
-//! Nygard, *Release It!*, "Circuit Breaker"; this layer follows the state machine of
+//! Nygard, [*Release It!*](https://pragprog.com/titles/mnee2/release-it-second-edition/),
+//! "Circuit Breaker"; this layer follows the state machine of
 //! [resilience4j's CircuitBreaker](https://resilience4j.readme.io/docs/circuitbreaker)):
 //!
 //! - **Closed**: calls pass; their outcomes go into a sliding window, either the exact last N
