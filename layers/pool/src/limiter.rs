@@ -9,10 +9,10 @@
 //! - Only the updater, holding `updater` (a `Mutex` taken with `try_lock`, so no request ever
 //!   waits for it; a request that finds it taken skips updating), writes `limit_bits`,
 //!   `permits`, `next_update` and calls `Tokens::grow/shrink/settle`.
-//! - Wake-ups (a store-buffering handshake, so it needs `SeqCst` fences on both sides): a
-//!   waiting task increments `waiters`, registers with `notify`, issues `fence(SeqCst)` and
-//!   retries the take; a releaser gives its token back, issues `fence(SeqCst)` and then reads
-//!   `waiters`. Whichever fence comes first in the single total order, either the retry sees the
+//! - Wake-ups: a task about to wait increments `waiters`, registers with `notify`, then sets
+//!   the `WAITING` bit on every token shard (`Tokens::flag_all`) and retries if it saw a free
+//!   token; a releaser's `fetch_add` returns the old shard word and it calls `notify_one` when
+//!   the bit was set. Same-word read-modify-writes are totally ordered, so either the retry sees the
 //!   token or the releaser sees the waiter and calls `notify_one`: no lost wake-up.
 
 use crate::algorithm::{LimitAlgorithm, RttEstimates, Window};
@@ -22,7 +22,7 @@ use crossbeam_utils::CachePadded;
 use std::cell::Cell;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -78,8 +78,6 @@ struct Shared {
     /// completions and `samples_per_window`.
     sample_every: CachePadded<AtomicU64>,
     updater: Mutex<Updater>,
-    /// `config.at_limit` is `Wait`: tasks may wait for permits.
-    waits: bool,
     config: PoolConfig,
 }
 
@@ -119,9 +117,6 @@ pub struct Limiter {
 #[derive(Debug, Clone)]
 struct Core {
     shared: Arc<Shared>,
-    /// A copy of `Shared::waits`, so a release through a permit's handle reads only the
-    /// handle's own cache line.
-    waits: bool,
 }
 
 #[derive(Debug)]
@@ -317,13 +312,10 @@ impl Core {
                 last_rtt: None,
                 windows: 0,
             }),
-            waits: matches!(config.at_limit, AtLimit::Wait { .. }),
             config,
         };
-        let waits = shared.waits;
         Self {
             shared: Arc::new(shared),
-            waits,
         }
     }
 
@@ -395,8 +387,8 @@ impl Core {
                     return Poll::Ready(Err(Overloaded::new(None)));
                 }
                 AtLimit::Wait { max_wait } => {
-                    // Relaxed: ordered by the SeqCst fence below (module docs).
-                    self.shared.waiters.fetch_add(1, Ordering::Relaxed);
+                    // AcqRel: part of the waiter count protocol (see `WaiterCount`).
+                    self.shared.waiters.fetch_add(1, Ordering::AcqRel);
                     *slot = Some(Box::pin(WaitSlot {
                         notified: self.shared.notify.clone().notified_owned(),
                         deadline: tokio::time::sleep(max_wait),
@@ -408,11 +400,10 @@ impl Core {
         let home = home();
         loop {
             let mut this = slot.as_mut().expect("slot set above").as_mut().project();
+            // Register with `notify` first, then raise the flags: a releaser that sees a flag
+            // finds us registered (module docs).
             this.notified.as_mut().enable();
-            // SeqCst: pairs with the fence in `release` (module docs): either our retry sees
-            // the releaser's token or the releaser sees our `waiters` increment.
-            fence(Ordering::SeqCst);
-            if self.shared.tokens.take(home) {
+            if self.shared.tokens.flag_all() && self.shared.tokens.take(home) {
                 *slot = None;
                 return Poll::Ready(Ok(home));
             }
@@ -460,16 +451,9 @@ impl Core {
     /// Gives a permit's token back and wakes a waiter if there is one.
     #[inline]
     fn release(&self, home: usize) {
-        let s = &self.shared;
-        // Only `AtLimit::Wait` has waiters: in reject mode a release is one increment.
-        if s.tokens.give(home) && self.waits {
-            // SeqCst: pairs with the fence in `poll_acquire` (module docs): either the waiter's
-            // retry sees our token or we see its `waiters` increment.
-            fence(Ordering::SeqCst);
-            // Relaxed: ordered by the fence.
-            if s.waiters.load(Ordering::Relaxed) > 0 {
-                s.notify.notify_one();
-            }
+        // One `fetch_add`; it says whether tasks wait (module docs).
+        if self.shared.tokens.give(home) == Some(true) {
+            self.shared.notify.notify_one();
         }
     }
 
@@ -638,19 +622,22 @@ impl Core {
         // Relaxed: statistics for readers; only the updater writes.
         s.limit_bits.store(limit.to_bits(), Ordering::Relaxed);
         let old = s.permits.swap(permits, Ordering::Relaxed);
-        if permits > old {
-            s.tokens.grow(permits - old, home());
-            // SeqCst: as in `release`, after the tokens were added.
-            fence(Ordering::SeqCst);
-            // Relaxed: ordered by the fence.
-            let waiting = s.waiters.load(Ordering::Relaxed);
-            for _ in 0..waiting.min(permits - old) {
-                s.notify.notify_one();
-            }
+        let mut wake = 0;
+        if permits > old && s.tokens.grow(permits - old, home()) {
+            wake = permits - old;
         } else if permits < old {
             s.tokens.shrink(old - permits);
         }
-        s.tokens.settle();
+        if s.tokens.settle() {
+            wake += 1;
+        }
+        if wake > 0 {
+            // Relaxed: a bound on useless wake-ups; the flags decided that someone waits.
+            let waiting = s.waiters.load(Ordering::Relaxed);
+            for _ in 0..wake.min(waiting.max(1)) {
+                s.notify.notify_one();
+            }
+        }
     }
 
     /// `Some(weight)` when this request is to be timed: it stands for `weight` requests (the
@@ -682,9 +669,22 @@ impl Core {
 struct WaiterCount(Arc<Shared>);
 
 impl Drop for WaiterCount {
+    /// The last waiter to leave clears the `WAITING` flags, so releases stop calling
+    /// `notify_one`. A task that starts waiting meanwhile must keep its flags: our check of
+    /// the count after clearing is a read-modify-write, so either it sees the newcomer (and we
+    /// raise the flags again) or it comes first in the count's order, which makes our
+    /// clearing happen before the newcomer raises its flags. If raising them again finds a
+    /// token freed while they were down, we pass the wake-up on.
     fn drop(&mut self) {
-        // Relaxed: a waiter leaving only makes releasers skip a now-useless notify.
-        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
+        let s = &self.0;
+        // AcqRel: the waiter count protocol above.
+        if s.waiters.fetch_sub(1, Ordering::AcqRel) == 1 {
+            s.tokens.clear_all();
+            // AcqRel: a read-modify-write, so it reads the latest count (see above).
+            if s.waiters.fetch_add(0, Ordering::AcqRel) > 0 && s.tokens.flag_all() {
+                s.notify.notify_one();
+            }
+        }
     }
 }
 

@@ -8,8 +8,9 @@
 //! own shard never writes a cache line another core is using:
 //!
 //! - **take**: decrement the home shard if it is positive. If the home shard is empty, scan the
-//!   others and move half of the first non-empty one home (*borrowing*; rebalancing follows the
-//!   load without a central lock). No token anywhere means the limit is reached.
+//!   others and take one from the first non-empty one (*borrowing*). Tokens rebalance through
+//!   releases, which go to the releaser's shard, so they follow the load without a central
+//!   lock. No token anywhere means the limit is reached.
 //! - **give**: pay off the `debt` first if there is any (see below), otherwise increment the
 //!   home shard.
 //! - **grow** by `n`: cancel up to `n` of the debt, put the rest on the caller's shard.
@@ -31,15 +32,31 @@
 //! such tokens against the debt, so the overshoot is transient and at most the number of
 //! releases racing with one update.
 //!
+//! # Waiting tasks: the `WAITING` bit
+//!
+//! Bit 62 of each shard word is a `WAITING` flag; the low bits are the token count (never
+//! negative). A task that is about to wait sets the flag on every shard with `fetch_or` and
+//! looks at the counts it returns; a release is a `fetch_add` that returns the old word. Both
+//! are read-modify-writes of the *same* word, so they are ordered: either the waiter's
+//! `fetch_or` sees the freed token, or the releaser's `fetch_add` sees the flag and wakes a
+//! waiter. No fence is needed, and a release costs one `fetch_add` whether or not anyone can
+//! wait. The limiter clears the flags when the last waiter leaves (see `WaiterCount`).
+//!
 //! # Memory orderings
 //!
 //! Tokens are counts: they guard no other memory (the request's own state travels with its
-//! future), so every token operation is `Relaxed`; atomicity alone conserves tokens. The
-//! ordering that matters is the sleep/wake handshake with waiting tasks, which lives in the
-//! limiter (`SeqCst` fences after a give and after a waiter announces itself).
+//! future), so taking, shrinking and settling are `Relaxed`; atomicity alone conserves tokens.
+//! Setting the flag is `Release` and a give is `Acquire`: a releaser that sees the flag then
+//! also sees the waiter's registration with the `Notify` made before it, so its `notify_one`
+//! finds the waiter.
 
 use crossbeam_utils::CachePadded;
 use tollgate_core::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+
+/// Set on every shard while tasks wait for a permit.
+const WAITING: isize = 1 << 62;
+/// The token count in a shard word.
+const COUNT: isize = WAITING - 1;
 
 #[derive(Debug)]
 pub(crate) struct Tokens {
@@ -75,7 +92,7 @@ impl Tokens {
     fn take_from(cell: &AtomicIsize) -> bool {
         // Relaxed: tokens guard no memory, see the module docs.
         let mut cur = cell.load(Ordering::Relaxed);
-        while cur > 0 {
+        while cur & COUNT > 0 {
             match cell.compare_exchange_weak(cur, cur - 1, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(actual) => cur = actual,
@@ -92,28 +109,11 @@ impl Tokens {
         if Self::take_from(&self.shards[home]) {
             return true;
         }
+        // Borrow one token from another shard. One at a time: a batch moved home would be
+        // invisible to a task checking the shards while it is in transit.
         for i in 1..=mask {
-            let cell = &self.shards[(home + i) & mask];
-            // Relaxed: tokens guard no memory.
-            let mut cur = cell.load(Ordering::Relaxed);
-            while cur > 0 {
-                // Borrow half (at least one): one for us, the rest moves home.
-                let grab = (cur + 1) / 2;
-                match cell.compare_exchange_weak(
-                    cur,
-                    cur - grab,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        if grab > 1 {
-                            // Relaxed: tokens guard no memory.
-                            self.shards[home].fetch_add(grab - 1, Ordering::Relaxed);
-                        }
-                        return true;
-                    }
-                    Err(actual) => cur = actual,
-                }
+            if Self::take_from(&self.shards[(home + i) & mask]) {
+                return true;
             }
         }
         false
@@ -136,31 +136,50 @@ impl Tokens {
         false
     }
 
-    /// Gives one token back on `home`'s shard (or pays debt with it). Returns `true` when the
-    /// token became free (it did not pay debt).
-    ///
-    /// (The limiter follows this with a `SeqCst` fence for its wake-up handshake.)
-    /// waiting, for its wake-up handshake.
+    /// Gives one token back on `home`'s shard, or pays debt with it. `None` when it paid debt
+    /// (no permit became free); otherwise `Some(waiting)`: whether tasks wait for a permit.
     #[inline]
-    pub(crate) fn give(&self, home: usize) -> bool {
+    pub(crate) fn give(&self, home: usize) -> Option<bool> {
         if self.pay_debt() {
-            return false;
+            return None;
         }
-        // Relaxed: tokens guard no memory; the limiter's fence orders the wake-up handshake.
-        self.shards[home & self.shard_mask()].fetch_add(1, Ordering::Relaxed);
-        true
+        // Acquire: pairs with the Release `fetch_or` in `flag_all` (module docs).
+        let old = self.shards[home & self.shard_mask()].fetch_add(1, Ordering::Acquire);
+        Some(old & WAITING != 0)
     }
 
-    /// Adds `n` tokens (the limit grew): cancels debt first, the rest goes to `home`.
-    pub(crate) fn grow(&self, n: usize, home: usize) {
+    /// Sets the `WAITING` flag on every shard; `true` if any shard had a free token.
+    pub(crate) fn flag_all(&self) -> bool {
+        let mut free = false;
+        for cell in self.shards.iter() {
+            // Release: pairs with the Acquire `fetch_add` in `give` and `grow` (module docs).
+            let old = cell.fetch_or(WAITING, Ordering::AcqRel);
+            free |= old & COUNT > 0;
+        }
+        free
+    }
+
+    /// Clears the `WAITING` flag on every shard.
+    pub(crate) fn clear_all(&self) {
+        for cell in self.shards.iter() {
+            // AcqRel: ordered with the waiter count by the limiter's exit protocol.
+            cell.fetch_and(!WAITING, Ordering::AcqRel);
+        }
+    }
+
+    /// Adds `n` tokens (the limit grew): cancels debt first, the rest goes to `home`. Returns
+    /// whether tasks wait for a permit (and some became free).
+    pub(crate) fn grow(&self, n: usize, home: usize) -> bool {
         let mut rest = n;
         while rest > 0 && self.pay_debt() {
             rest -= 1;
         }
-        if rest > 0 {
-            // Relaxed: as in `give`; the limiter fences after growing.
-            self.shards[home & self.shard_mask()].fetch_add(rest as isize, Ordering::Relaxed);
+        if rest == 0 {
+            return false;
         }
+        // Acquire: as in `give`.
+        let old = self.shards[home & self.shard_mask()].fetch_add(rest as isize, Ordering::Acquire);
+        old & WAITING != 0
     }
 
     /// Removes `n` tokens (the limit shrank): free ones first, the rest as debt.
@@ -178,11 +197,12 @@ impl Tokens {
     }
 
     /// Cancels free tokens against debt left by a racing `give` (see the ground rules).
-    pub(crate) fn settle(&self) {
+    /// Returns whether tokens it took but did not need went back while tasks wait.
+    pub(crate) fn settle(&self) -> bool {
         // Relaxed: counts only.
         let debt = self.debt.load(Ordering::Relaxed);
         if debt == 0 {
-            return;
+            return false;
         }
         let mut taken = 0;
         for cell in self.shards.iter() {
@@ -191,17 +211,23 @@ impl Tokens {
             }
         }
         // Cancel what we took; tokens beyond what the debt still is go back.
+        let mut waiting = false;
         for _ in 0..taken {
             if !self.pay_debt() {
-                self.shards[0].fetch_add(1, Ordering::Relaxed);
+                // Acquire: as in `give`.
+                waiting |= self.shards[0].fetch_add(1, Ordering::Acquire) & WAITING != 0;
             }
         }
+        waiting
     }
 
     /// Free tokens (may be momentarily inexact under concurrency).
     pub(crate) fn free(&self) -> isize {
         // Relaxed: statistics.
-        self.shards.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.shards
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed) & COUNT)
+            .sum()
     }
 
     /// Outstanding debt.

@@ -91,32 +91,67 @@ fn loom_shrink_races_with_give() {
     });
 }
 
-/// The wake-up handshake of the limiter (its module docs): a waiter announces itself, fences
-/// and retries; a releaser gives its token back and then reads the waiter count. Whatever the
-/// interleaving, the waiter either gets the token or the releaser sees it and wakes it (the
-/// `notified` flag stands for `Notify::notify_one`): no lost wake-up.
+/// The wake-up handshake (tokens module docs): a task about to wait raises the `WAITING`
+/// flags and retries if it saw a token; a releaser's `fetch_add` reports the flag. Whatever the
+/// interleaving, the waiter gets the token or the releaser wakes it (`notified` stands for
+/// `Notify::notify_one`): no lost wake-up, and no fence on the release path.
 #[test]
 fn loom_no_lost_wakeup() {
-    use loom::sync::atomic::{AtomicBool, AtomicUsize, fence};
+    use loom::sync::atomic::AtomicBool;
     loom::model(|| {
         let tokens = Arc::new(Tokens::new(1, 2));
         assert!(tokens.take(0)); // the limit (1) is in use
-        let waiters = Arc::new(AtomicUsize::new(0));
         let notified = Arc::new(AtomicBool::new(false));
         let releaser = {
+            let (t, n) = (tokens.clone(), notified.clone());
+            loom::thread::spawn(move || {
+                if t.give(0) == Some(true) {
+                    n.store(true, Ordering::SeqCst);
+                }
+            })
+        };
+        let got = tokens.flag_all() && tokens.take(1);
+        releaser.join().unwrap();
+        assert!(got || notified.load(Ordering::SeqCst), "lost wake-up");
+    });
+}
+
+/// The last waiter leaving clears the flags while a new one arrives and a permit is released:
+/// the newcomer still gets the token or a wake-up (from the releaser, or passed on by the
+/// leaver when raising the flags again finds the token).
+#[test]
+fn loom_clearing_flags_races_with_a_new_waiter() {
+    use loom::sync::atomic::{AtomicBool, AtomicUsize};
+    loom::model(|| {
+        let tokens = Arc::new(Tokens::new(1, 2));
+        assert!(tokens.take(0));
+        let waiters = Arc::new(AtomicUsize::new(1)); // the old waiter
+        assert!(!tokens.flag_all());
+        let notified = Arc::new(AtomicBool::new(false));
+        let leaver = {
             let (t, w, n) = (tokens.clone(), waiters.clone(), notified.clone());
             loom::thread::spawn(move || {
-                if t.give(0) {
-                    fence(Ordering::SeqCst);
-                    if w.load(Ordering::Relaxed) > 0 {
+                // `WaiterCount::drop`.
+                if w.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    t.clear_all();
+                    if w.fetch_add(0, Ordering::AcqRel) > 0 && t.flag_all() {
                         n.store(true, Ordering::SeqCst);
                     }
                 }
             })
         };
-        waiters.fetch_add(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        let got = tokens.take(1);
+        let releaser = {
+            let (t, n) = (tokens.clone(), notified.clone());
+            loom::thread::spawn(move || {
+                if t.give(1) == Some(true) {
+                    n.store(true, Ordering::SeqCst);
+                }
+            })
+        };
+        // The newcomer.
+        waiters.fetch_add(1, Ordering::AcqRel);
+        let got = tokens.flag_all() && tokens.take(0);
+        leaver.join().unwrap();
         releaser.join().unwrap();
         assert!(got || notified.load(Ordering::SeqCst), "lost wake-up");
     });
