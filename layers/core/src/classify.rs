@@ -94,9 +94,18 @@ mod tests {
     fn server_errors_are_failures() {
         let c = ServerErrorsAreFailures;
         let res = |s: u16| http::Response::builder().status(s).body(()).unwrap();
-        assert_eq!(Classify::<_, ()>::classify(&c, Ok(&res(503))), Outcome::Failure);
-        assert_eq!(Classify::<_, ()>::classify(&c, Ok(&res(404))), Outcome::Success);
-        assert_eq!(Classify::<_, ()>::classify(&c, Ok(&res(200))), Outcome::Success);
+        assert_eq!(
+            Classify::<_, ()>::classify(&c, Ok(&res(503))),
+            Outcome::Failure
+        );
+        assert_eq!(
+            Classify::<_, ()>::classify(&c, Ok(&res(404))),
+            Outcome::Success
+        );
+        assert_eq!(
+            Classify::<_, ()>::classify(&c, Ok(&res(200))),
+            Outcome::Success
+        );
         assert_eq!(
             Classify::<http::Response<()>, ()>::classify(&c, Err(&())),
             Outcome::Failure

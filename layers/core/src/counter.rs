@@ -59,7 +59,11 @@ impl ShardedCounter {
     /// Creates a counter at zero with `shards` cells (rounded up to a power of two, at least 1).
     pub fn with_shards(shards: usize) -> Self {
         let n = shards.max(1).next_power_of_two();
-        Self { cells: (0..n).map(|_| CachePadded::new(AtomicI64::new(0))).collect() }
+        Self {
+            cells: (0..n)
+                .map(|_| CachePadded::new(AtomicI64::new(0)))
+                .collect(),
+        }
     }
 
     fn cell(&self) -> &AtomicI64 {
@@ -91,7 +95,10 @@ impl ShardedCounter {
     /// Sets every cell to zero and returns the sum they held.
     pub fn take(&self) -> i64 {
         // Relaxed: statistics only; increments racing with the reset land either side of it.
-        self.cells.iter().map(|c| c.swap(0, Ordering::Relaxed)).sum()
+        self.cells
+            .iter()
+            .map(|c| c.swap(0, Ordering::Relaxed))
+            .sum()
     }
 
     /// The number of cells.

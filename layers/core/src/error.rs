@@ -172,7 +172,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// `field` is the config field's name as the user wrote it (`"failure_rate_threshold"`).
     pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
-        Self { field, problem: problem.into() }
+        Self {
+            field,
+            problem: problem.into(),
+        }
     }
 
     /// The offending field.
@@ -234,7 +237,10 @@ mod tests {
         ];
         for m in msgs {
             assert!(!m.ends_with('.'), "{m}");
-            assert!(m.chars().next().unwrap().is_lowercase() || m.starts_with("invalid"), "{m}");
+            assert!(
+                m.chars().next().unwrap().is_lowercase() || m.starts_with("invalid"),
+                "{m}"
+            );
         }
         assert_eq!(
             Panicked::from_payload(&String::from("x")).message(),

@@ -25,7 +25,10 @@ impl Ewma {
     ///
     /// If `alpha` is not in `(0, 1]`; layers validate their config before building one.
     pub fn new(alpha: f64) -> Self {
-        assert!(alpha > 0.0 && alpha <= 1.0, "ewma alpha must be in (0, 1], got {alpha}");
+        assert!(
+            alpha > 0.0 && alpha <= 1.0,
+            "ewma alpha must be in (0, 1], got {alpha}"
+        );
         Self { alpha, value: None }
     }
 
@@ -76,12 +79,16 @@ impl Default for AtomicEwma {
 impl AtomicEwma {
     /// Creates an empty average.
     pub fn new() -> Self {
-        Self { bits: AtomicU64::new(EMPTY) }
+        Self {
+            bits: AtomicU64::new(EMPTY),
+        }
     }
 
     /// Creates an average that starts at `value`.
     pub fn with_value(value: f64) -> Self {
-        Self { bits: AtomicU64::new(value.to_bits()) }
+        Self {
+            bits: AtomicU64::new(value.to_bits()),
+        }
     }
 
     /// Folds `sample` in with weight `alpha` (in `(0, 1]`) and returns the new average.

@@ -52,7 +52,11 @@ where
 {
     ready(what, svc).await;
     let res = bounded(what, svc.call(ProbeRequest::Ok(n))).await;
-    assert_eq!(res.unwrap_or_else(|e| panic!("contract: {what}: {e:?}")), n, "contract: {what}");
+    assert_eq!(
+        res.unwrap_or_else(|e| panic!("contract: {what}: {e:?}")),
+        n,
+        "contract: {what}"
+    );
 }
 
 /// Runs every check on services built by `make` around a fresh [`Probe`].
@@ -88,9 +92,15 @@ where
     handle.set_ready(false);
     {
         let mut task = tokio_test::task::spawn(poll_fn(|cx| svc.poll_ready(cx)));
-        assert!(task.poll().is_pending(), "contract: readiness: ready while the inner is not");
+        assert!(
+            task.poll().is_pending(),
+            "contract: readiness: ready while the inner is not"
+        );
         handle.set_ready(true);
-        assert!(task.is_woken(), "contract: readiness: not woken when the inner became ready");
+        assert!(
+            task.is_woken(),
+            "contract: readiness: not woken when the inner became ready"
+        );
         match task.poll() {
             std::task::Poll::Ready(Ok(())) => {}
             other => panic!("contract: readiness: expected ready, got {other:?}"),
@@ -130,7 +140,11 @@ where
         drop(fut);
     }
     ok_round("dropped futures free capacity", &mut svc, 4).await;
-    assert_eq!(handle.in_flight(), 0, "contract: a dropped future kept the inner future alive");
+    assert_eq!(
+        handle.in_flight(),
+        0,
+        "contract: a dropped future kept the inner future alive"
+    );
 }
 
 /// A service dropped after `poll_ready` but before `call` gives its reservation back.
@@ -176,7 +190,12 @@ where
     for _ in 0..ROUNDS / 8 {
         ready("a panicking inner service", &mut svc).await;
         let fut = svc.call(ProbeRequest::Panic);
-        if let Ok(Ok(v)) = bounded("a panicking inner service", AssertUnwindSafe(fut).catch_unwind()).await {
+        if let Ok(Ok(v)) = bounded(
+            "a panicking inner service",
+            AssertUnwindSafe(fut).catch_unwind(),
+        )
+        .await
+        {
             panic!("contract: a panicking inner service answered Ok({v})");
         }
     }

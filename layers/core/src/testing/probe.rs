@@ -61,14 +61,23 @@ impl Probe {
     /// A ready probe and its handle.
     pub fn new() -> (Probe, ProbeHandle) {
         let shared = Arc::new(Shared::default());
-        (Probe { shared: shared.clone(), readied: false }, ProbeHandle { shared })
+        (
+            Probe {
+                shared: shared.clone(),
+                readied: false,
+            },
+            ProbeHandle { shared },
+        )
     }
 }
 
 impl Clone for Probe {
     /// A clone starts unready: it must be polled ready itself before it is called.
     fn clone(&self) -> Self {
-        Probe { shared: self.shared.clone(), readied: false }
+        Probe {
+            shared: self.shared.clone(),
+            readied: false,
+        }
     }
 }
 
@@ -129,7 +138,11 @@ impl Service<ProbeRequest> for Probe {
             ProbeRequest::Delay(d, _) => Some(Box::pin(tokio::time::sleep(*d))),
             _ => None,
         };
-        ProbeFuture { req, sleep, shared: self.shared.clone() }
+        ProbeFuture {
+            req,
+            sleep,
+            shared: self.shared.clone(),
+        }
     }
 }
 
