@@ -1,8 +1,8 @@
 //! Per-request overhead of tollgate-pool against its peers, in one run: tower's static
 //! `ConcurrencyLimit`, tower-resilience's adaptive limiter (AIMD), and `PoolSizer` (Vegas; in
-//! the default reject mode, and in wait mode, whose releases add a fence for the wake-up
-//! handshake), single-threaded and with 2 threads sharing one instance (each thread its own
-//! clone).
+//! the default reject mode and in wait mode), single-threaded and with 2 threads sharing one
+//! instance (each thread its own clone). `bare_service` (no layer) is the control: its 2-thread
+//! figure shows what the host itself adds.
 //!
 //! The inner service answers at once and the limits are far above the concurrency, so what is
 //! measured is the layer: acquire in `poll_ready`, call, release when the future completes.

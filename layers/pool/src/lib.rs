@@ -36,13 +36,16 @@
 //! waits for.
 //!
 //! At the limit a request is rejected at once or waits, bounded by `max_wait`, with a real
-//! waker ([`AtLimit`]). With the `http-body` feature,
+//! waker ([`AtLimit`]); a waiting task raises a flag bit in every token shard, so a release
+//! learns whether to wake anyone from the same `fetch_add` that frees its token. With the
+//! `http-body` feature,
 //! `PoolSizerLayer::hold_until_body_ends` keeps the permit until the response body ends: the
 //! peers release at the headers, so streaming responses escape their limits.
 //!
 //! # Measured
 //!
-//! `tests/scenarios.rs` runs every algorithm through six overload scenarios on
+//! `tests/scenarios.rs` runs every algorithm through six overload scenarios (and Vegas through a
+//! shift of the backend's own latency) on
 //! tollgate-sim, the workspace's simulator (a backend of 10 workers x 10 ms): the default
 //! [`Vegas`] meets all of them; what [`Aimd`] and [`Gradient2`] achieve instead is asserted
 //! there and explained in their docs.

@@ -12,8 +12,10 @@
 //! - Wake-ups: a task about to wait increments `waiters`, registers with `notify`, then sets
 //!   the `WAITING` bit on every token shard (`Tokens::flag_all`) and retries if it saw a free
 //!   token; a releaser's `fetch_add` returns the old shard word and it calls `notify_one` when
-//!   the bit was set. Same-word read-modify-writes are totally ordered, so either the retry sees the
-//!   token or the releaser sees the waiter and calls `notify_one`: no lost wake-up.
+//!   the bit was set. Same-word read-modify-writes are totally ordered, so either the retry
+//!   sees the token or the releaser sees the flag and calls `notify_one`: no lost wake-up. The
+//!   last waiter to leave clears the flags (`WaiterCount`). Loom models of both protocols are
+//!   in `src/tests/loom_tokens.rs`.
 
 use crate::algorithm::{LimitAlgorithm, RttEstimates, Window};
 use crate::config::{AtLimit, PoolConfig};

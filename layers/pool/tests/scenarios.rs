@@ -425,3 +425,27 @@ async fn app_limited_aimd() {
 async fn app_limited_gradient2() {
     app_limited(Alg::Gradient2).await;
 }
+
+/// The backend's own latency doubles (10 -> 20 ms, so capacity halves) under overload: the
+/// re-probed baseline recovers to the new RTT and goodput to the new capacity.
+#[tokio::test(start_paused = true)]
+async fn latency_shift_vegas() {
+    let b = backend();
+    b.set_service_time_at(secs(5), ms(20));
+    let load = LoadGen::constant(700.0, secs(30)).seed(7);
+    let r = run(Alg::Vegas, b, load, |_, _| {}).await;
+    let rtt = r.limiter.snapshot().rtt;
+    let late = r.summary(secs(25), secs(30));
+    show(Alg::Vegas, "latency shift", &late);
+    eprintln!(
+        "Vegas latency shift: {rtt:?}, limit {}",
+        r.median_limit(secs(25), secs(30))
+    );
+    let base = rtt.baseline.unwrap().as_secs_f64();
+    assert!((base - 0.020).abs() <= 0.002, "baseline {rtt:?}");
+    assert!(
+        late.goodput_rps() >= 475.0,
+        "goodput {}",
+        late.goodput_rps()
+    );
+}
