@@ -347,3 +347,27 @@ async fn an_idle_backend_gets_the_batch_once_the_burst_is_over() {
         svc.handle().snapshot()
     );
 }
+
+#[test]
+fn a_batch_dropped_with_its_runtime_answers_closed() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let (svc, answer) = rt.block_on(async {
+        // The batch call takes an hour: it is in flight when the runtime goes away.
+        let (mut svc, _) = build(config(64, 10), 3_600_000);
+        bounded(svc.ready()).await.unwrap();
+        let answer = svc.call(1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(svc.handle().snapshot().in_flight, 1);
+        (svc, answer)
+    });
+    drop(rt);
+    let err = futures_util::FutureExt::now_or_never(answer)
+        .expect("answered at once")
+        .unwrap_err();
+    assert!(err.is::<Closed>(), "{err}");
+    assert_eq!(svc.handle().snapshot().in_flight, 0);
+}
