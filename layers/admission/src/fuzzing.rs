@@ -2,8 +2,9 @@
 //! fuzz target, its corpus replay and the priority property tests.
 //!
 //! [`run`] reads a [`Setup`] and a list of [`Op`]s from the fuzzer's bytes; [`check`] runs
-//! them on a current-thread runtime with paused time, polling every response future by hand
-//! after each step, and asserts after every step:
+//! them on a current-thread runtime with paused time, polling by hand, after each step, every
+//! response future whose waker was called (so a lost wake-up leaves a request unanswered and
+//! fails the run), and asserts after every step:
 //!
 //! - the layer never has more requests in flight than its limit (a lowered limit is reached
 //!   as requests finish), and the backend never sees more than the layer counts;
@@ -24,7 +25,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use tokio::time::Instant;
 use tollgate_core::BoxError;
@@ -85,10 +88,26 @@ struct Req {
     ticket: Ticket,
 }
 
+/// A started request: finished yet, and the task to wake when it finishes.
+#[derive(Debug, Default)]
+struct Entry {
+    done: bool,
+    waker: Option<Waker>,
+}
+
+impl Entry {
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Backend {
-    /// Requests started and not yet dropped: id -> finished.
-    live: BTreeMap<u64, bool>,
+    /// Requests started and not yet dropped.
+    live: BTreeMap<u64, Entry>,
     started: Vec<u64>,
     /// The same ids, for lookups.
     started_set: BTreeSet<u64>,
@@ -104,10 +123,13 @@ struct InnerFuture {
 
 impl Future for InnerFuture {
     type Output = Result<u64, BoxError>;
-    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.backend.borrow().live.get(&self.id) == Some(&true) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut b = self.backend.borrow_mut();
+        let entry = b.live.get_mut(&self.id).expect("a running request is live");
+        if entry.done {
             Poll::Ready(Ok(self.id))
         } else {
+            entry.waker = Some(cx.waker().clone());
             Poll::Pending
         }
     }
@@ -128,7 +150,7 @@ impl Service<Req> for Inner {
     }
     fn call(&mut self, req: Req) -> InnerFuture {
         let mut b = self.0.borrow_mut();
-        b.live.insert(req.id, false);
+        b.live.insert(req.id, Entry::default());
         b.started.push(req.id);
         b.started_set.insert(req.id);
         InnerFuture {
@@ -144,6 +166,23 @@ struct Pending {
     id: u64,
     class: usize,
     fut: Pin<Box<Fut>>,
+    /// Set by the future's waker; only woken futures are polled, so a lost wake-up leaves a
+    /// request unanswered and fails the run.
+    woken: Arc<Woken>,
+    waker: Waker,
+}
+
+#[derive(Debug)]
+struct Woken(AtomicBool);
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Relaxed: the harness is single-threaded; the flag is read on the same thread.
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 fn config(setup: &Setup) -> AdmissionConfig {
@@ -234,16 +273,23 @@ pub fn check(setup: &Setup, ops: &[Op]) {
     let mut cap = handle.limit();
     let mut class_of: BTreeMap<u64, usize> = BTreeMap::new();
 
-    let poll_all = |waiting: &mut Vec<Pending>, cx: &mut Context<'_>, answered: &mut u64| {
-        waiting.retain_mut(|p| match p.fut.as_mut().poll(cx) {
-            Poll::Ready(r) => {
-                if let Ok(id) = r {
-                    assert_eq!(id, p.id, "answer for another request");
-                }
-                *answered += 1;
-                false
+    let poll_all = |waiting: &mut Vec<Pending>, answered: &mut u64| {
+        waiting.retain_mut(|p| {
+            // Relaxed: see `Woken`.
+            if !p.woken.0.swap(false, Ordering::Relaxed) {
+                return true;
             }
-            Poll::Pending => true,
+            let mut cx = Context::from_waker(&p.waker);
+            match p.fut.as_mut().poll(&mut cx) {
+                Poll::Ready(r) => {
+                    if let Ok(id) = r {
+                        assert_eq!(id, p.id, "answer for another request");
+                    }
+                    *answered += 1;
+                    false
+                }
+                Poll::Pending => true,
+            }
         });
     };
 
@@ -275,10 +321,14 @@ pub fn check(setup: &Setup, ops: &[Op]) {
                 assert!(svc.poll_ready(&mut cx).is_ready());
                 class_of.insert(id, usize::from(*class).min(lowest));
                 let fut = Box::pin(svc.call(Req { id, ticket }));
+                let woken = Arc::new(Woken(AtomicBool::new(true)));
+                let waker = Waker::from(woken.clone());
                 waiting.push(Pending {
                     id,
                     class: usize::from(*class).min(lowest),
                     fut,
+                    woken,
+                    waker,
                 });
             }
             Op::Finish(n) => {
@@ -286,12 +336,12 @@ pub fn check(setup: &Setup, ops: &[Op]) {
                 let running: Vec<u64> = b
                     .live
                     .iter()
-                    .filter(|(_, done)| !**done)
+                    .filter(|(_, e)| !e.done)
                     .map(|(id, _)| *id)
                     .collect();
                 if !running.is_empty() {
                     let id = running[usize::from(*n) % running.len()];
-                    b.live.insert(id, true);
+                    b.live.get_mut(&id).expect("listed above").finish();
                 }
             }
             Op::Cancel(n) => {
@@ -311,7 +361,7 @@ pub fn check(setup: &Setup, ops: &[Op]) {
                     .min(handle.limit().max(handle.in_flight()));
             }
         }
-        poll_all(&mut waiting, &mut cx, &mut answered);
+        poll_all(&mut waiting, &mut answered);
 
         // Capacity.
         let in_flight = handle.in_flight();
@@ -354,12 +404,12 @@ pub fn check(setup: &Setup, ops: &[Op]) {
         if waiting.is_empty() {
             break;
         }
-        for done in backend.0.borrow_mut().live.values_mut() {
-            *done = true;
+        for e in backend.0.borrow_mut().live.values_mut() {
+            e.finish();
         }
-        poll_all(&mut waiting, &mut cx, &mut answered);
+        poll_all(&mut waiting, &mut answered);
         rt.block_on(tokio::time::advance(Duration::from_millis(50)));
-        poll_all(&mut waiting, &mut cx, &mut answered);
+        poll_all(&mut waiting, &mut answered);
     }
     assert!(
         waiting.is_empty(),
