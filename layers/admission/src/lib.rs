@@ -8,8 +8,8 @@
 //! - **Capacity** is a limit on requests in flight, fixed ([`AdmissionConfig::limit`]), from
 //!   any [`Capacity`], or tollgate-pool's adaptive limit (feature `pool`,
 //!   `AdmissionLayer::with_pool`: each admitted request holds a pool permit, so the pool
-//!   times it and learns). When nobody waits, a request takes a
-//!   slot with one compare-and-swap and no allocation.
+//!   times it and learns). When nobody waits, a request takes a slot with one
+//!   compare-and-swap and no allocation.
 //! - **Priority**: when a slot frees, the highest class with waiters gets it. A class may
 //!   *reserve* slots ([`ClassConfig::reserved`]): while it has waiters, freed slots go to it
 //!   first and others cannot take the slots it is owed; while it has none, lower classes
