@@ -140,6 +140,26 @@ fn deliver_folded<T>(
     }
 }
 
+/// How many leading requests of `reqs` hold at most `max` distinct ones: a folded batch takes
+/// every caller of its distinct requests.
+pub(crate) fn unique_prefix<Req: Hash + Eq>(
+    reqs: &mut dyn Iterator<Item = &Req>,
+    max: usize,
+) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    let mut n = 0;
+    for req in reqs {
+        if !seen.contains(req) {
+            if seen.len() == max {
+                break;
+            }
+            seen.insert(req);
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Folds equal requests: the unique ones in first-seen order and, for each input, the index of
 /// its unique request.
 pub(crate) fn fold_duplicates<Req: Hash + Eq>(reqs: Vec<Req>) -> (Vec<Req>, Vec<usize>) {
@@ -165,6 +185,14 @@ pub(crate) fn fold_duplicates<Req: Hash + Eq>(reqs: Vec<Req>) -> (Vec<Req>, Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_prefix_counts_distinct_requests() {
+        let reqs = [1, 1, 2, 1, 3, 2, 4];
+        assert_eq!(unique_prefix(&mut reqs.iter(), 2), 4);
+        assert_eq!(unique_prefix(&mut reqs.iter(), 3), 6);
+        assert_eq!(unique_prefix(&mut reqs.iter(), 9), 7);
+    }
 
     #[test]
     fn folds_in_first_seen_order() {

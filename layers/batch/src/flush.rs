@@ -320,8 +320,16 @@ where
         let (mut reqs, mut slots) = (Vec::with_capacity(room), Vec::with_capacity(room));
         let (mut taken, mut taken_weight, mut weight) = (0usize, 0u64, 0u64);
         let (mut abandoned, mut expired) = (0u64, 0u64);
+        // Folding counts distinct requests against `max_items`, and takes every caller of them.
+        let (folding, callers) = match &self.shared.hooks.folder {
+            Some(f) => {
+                let reqs = &mut self.pending.iter().map(|s| &s.item.req);
+                (true, (f.unique_prefix)(reqs, config.max_items))
+            }
+            None => (false, usize::MAX),
+        };
         while let Some(front) = self.pending.front() {
-            if reqs.len() >= config.max_items {
+            if taken >= callers || (!folding && reqs.len() >= config.max_items) {
                 break;
             }
             if let Some(max) = config.max_weight

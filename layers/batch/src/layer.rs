@@ -2,7 +2,7 @@
 
 use crate::backend::ServiceBackend;
 use crate::config::BatchConfig;
-use crate::execute::fold_duplicates;
+use crate::execute::{fold_duplicates, unique_prefix};
 use crate::queue::{Folder, Hooks, Shared};
 use crate::results::BatchResults;
 use crate::service::Batcher;
@@ -117,7 +117,9 @@ impl<Req, T, K> BatchLayer<Req, T, K> {
     /// Folds equal requests of one batch into one item (DataLoader style): the batch service
     /// sees each distinct request once and every caller gets the result, cloned. An error
     /// shared by several callers reaches each as [`ItemFailed`](crate::error::ItemFailed)
-    /// with the original as its source. `max_items` still counts callers.
+    /// with the original as its source. `max_items` then counts distinct requests (a batch
+    /// takes every caller of the ones it holds, as DataLoader's `maxBatchSize` counts keys);
+    /// `max_weight` still weighs every caller, and the flush trigger still counts callers.
     pub fn with_folding(mut self) -> Self
     where
         Req: Hash + Eq,
@@ -126,6 +128,7 @@ impl<Req, T, K> BatchLayer<Req, T, K> {
         self.hooks.folder = Some(Folder {
             fold: fold_duplicates::<Req>,
             clone: T::clone,
+            unique_prefix: unique_prefix::<Req>,
         });
         self
     }

@@ -33,12 +33,15 @@ pub(crate) type DeadlineFn<Req> = Arc<dyn Fn(&Req) -> Option<Instant> + Send + S
 pub(crate) type Slot<T> = oneshot::Sender<Result<T, BoxError>>;
 /// Unique requests in first-seen order, and for every input the index of its unique one.
 pub(crate) type FoldFn<Req> = fn(Vec<Req>) -> (Vec<Req>, Vec<usize>);
+/// How many leading requests hold at most `max` distinct ones.
+pub(crate) type PrefixFn<Req> = for<'a> fn(&mut dyn Iterator<Item = &'a Req>, usize) -> usize;
 type Shards<Req, T> = Box<[CachePadded<SegQueue<Item<Req, T>>>]>;
 
 /// Folding of duplicate requests, captured where `Req: Hash + Eq` and `T: Clone` are known.
 pub(crate) struct Folder<Req, T> {
     pub(crate) fold: FoldFn<Req>,
     pub(crate) clone: fn(&T) -> T,
+    pub(crate) unique_prefix: PrefixFn<Req>,
 }
 
 impl<Req, T> Clone for Folder<Req, T> {
@@ -46,6 +49,7 @@ impl<Req, T> Clone for Folder<Req, T> {
         Self {
             fold: self.fold,
             clone: self.clone,
+            unique_prefix: self.unique_prefix,
         }
     }
 }

@@ -371,3 +371,22 @@ fn a_batch_dropped_with_its_runtime_answers_closed() {
     assert!(err.is::<Closed>(), "{err}");
     assert_eq!(svc.handle().snapshot().in_flight, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_folding_max_items_counts_distinct_requests() {
+    let mut cfg = config(4, 100);
+    cfg.max_in_flight = 4;
+    let rec = Recorder::new(Duration::from_millis(1));
+    let svc = BatchLayer::new(cfg)
+        .unwrap()
+        .with_folding()
+        .layer(rec.clone());
+    // 12 callers over 6 distinct ids: batches of at most 4 distinct ids, every caller answered.
+    let ids = [1u64, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6];
+    let answers = bounded(join_all(ids.map(|i| svc.clone().oneshot(i)))).await;
+    for (id, a) in ids.iter().zip(answers) {
+        assert_eq!(a.unwrap(), id * 10);
+    }
+    let batches: Vec<Vec<u64>> = rec.calls().into_iter().map(|c| c.ids).collect();
+    assert_eq!(batches, vec![vec![1, 2, 3, 4], vec![5, 6]]);
+}

@@ -162,8 +162,9 @@ async fn a_thousand_loads_of_100_keys_fold_into_one_call() {
             )
         }
     });
+    // With folding `max_items` counts distinct keys: 100 of them fit one batch of 128.
     let cfg = BatchConfig {
-        max_items: 1024,
+        max_items: 128,
         queue_capacity: 1024,
         ..config()
     };
