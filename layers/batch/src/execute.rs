@@ -38,6 +38,17 @@ where
         self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         // The backend may be idle now, which can make a waiting batch go at once.
         self.part.wake.notify_one();
+        // The last batch of an idle key: forget the key, so that many short-lived keys do not
+        // pile up. A submitter still holding the partition starts a flusher of its own.
+        if let Some(key) = &self.part.key
+            && !self.part.gate.is_running()
+            && self.part.depth() == 0
+            && self.part.in_flight_now(self.shared.config.max_in_flight) <= 1
+        {
+            self.shared
+                .keyed
+                .remove_if(key, |_, p| Arc::ptr_eq(p, &self.part));
+        }
         self.shared.drained.notify_waiters();
     }
 }

@@ -73,6 +73,12 @@ impl Gate {
             .is_ok()
     }
 
+    /// Whether a flusher owns the partition now.
+    pub(crate) fn is_running(&self) -> bool {
+        // SeqCst: read on the path that forgets an idle key; see the ground rules.
+        self.running.load(Ordering::SeqCst)
+    }
+
     /// Requests queued now, never negative.
     pub(crate) fn depth(&self) -> usize {
         // Relaxed: a statistic.

@@ -34,7 +34,9 @@ where
 {
     /// Batch sizes, linger, queue depth, flush reasons and rejections so far.
     pub fn snapshot(&self) -> BatchSnapshot {
-        self.shared.stats.snapshot(self.shared.depth())
+        self.shared
+            .stats
+            .snapshot(self.shared.depth(), self.shared.keyed.len())
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.
@@ -55,7 +57,7 @@ where
                 let notified = shared.drained.notified();
                 let mut notified = std::pin::pin!(notified);
                 notified.as_mut().enable();
-                if shared.depth() == 0 && shared.stats.snapshot(0).in_flight == 0 {
+                if shared.depth() == 0 && shared.stats.snapshot(0, 0).in_flight == 0 {
                     return;
                 }
                 notified.await;

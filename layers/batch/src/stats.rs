@@ -86,6 +86,9 @@ pub struct BatchSnapshot {
     pub linger: Duration,
     /// Requests queued and not yet sent, over all keys.
     pub queue_depth: usize,
+    /// Batch keys with state held now (a queue, a flusher or batches in flight); idle keys are
+    /// forgotten. 0 when the layer is not keyed.
+    pub active_keys: usize,
     /// Batch calls in flight now.
     pub in_flight: usize,
     /// Batches sent, by reason.
@@ -173,7 +176,7 @@ impl Stats {
         self.panicked.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, queue_depth: usize) -> BatchSnapshot {
+    pub(crate) fn snapshot(&self, queue_depth: usize, active_keys: usize) -> BatchSnapshot {
         // Relaxed (all loads): statistics only; the fields need not agree with each other.
         let r = |reason: FlushReason| self.reasons[reason.index()].load(Ordering::Relaxed);
         let mut flushes = FlushCounts::default();
@@ -196,6 +199,7 @@ impl Stats {
             last_batch_size: self.last_batch.load(Ordering::Relaxed),
             linger: Duration::from_nanos(self.linger_nanos.load(Ordering::Relaxed)),
             queue_depth,
+            active_keys,
             in_flight: self.in_flight.load(Ordering::Relaxed),
             flushes,
             rejected: self.rejected.sum().max(0) as u64,

@@ -390,3 +390,18 @@ async fn with_folding_max_items_counts_distinct_requests() {
     let batches: Vec<Vec<u64>> = rec.calls().into_iter().map(|c| c.ids).collect();
     assert_eq!(batches, vec![vec![1, 2, 3, 4], vec![5, 6]]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_keys_are_forgotten() {
+    let rec = Recorder::new(Duration::from_millis(5));
+    let svc = BatchLayer::new(config(64, 10))
+        .unwrap()
+        .with_key(|id: &u64| id % 50)
+        .layer(rec.clone());
+    let answers = bounded(join_all((0..200u64).map(|i| svc.clone().oneshot(i)))).await;
+    assert!(answers.iter().all(Result::is_ok));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(svc.handle().snapshot().active_keys, 0);
+    // A forgotten key works again.
+    assert_eq!(bounded(svc.clone().oneshot(7)).await.unwrap(), 70);
+}
