@@ -273,24 +273,33 @@ pub fn check(setup: &Setup, ops: &[Op]) {
     let mut cap = handle.limit();
     let mut class_of: BTreeMap<u64, usize> = BTreeMap::new();
 
+    // Polls woken futures until none is left woken: polling one (a finishing request gives
+    // its slot back) may grant or reject another that was already passed over.
     let poll_all = |waiting: &mut Vec<Pending>, answered: &mut u64| {
-        waiting.retain_mut(|p| {
-            // Relaxed: see `Woken`.
-            if !p.woken.0.swap(false, Ordering::Relaxed) {
-                return true;
-            }
-            let mut cx = Context::from_waker(&p.waker);
-            match p.fut.as_mut().poll(&mut cx) {
-                Poll::Ready(r) => {
-                    if let Ok(id) = r {
-                        assert_eq!(id, p.id, "answer for another request");
-                    }
-                    *answered += 1;
-                    false
+        loop {
+            let mut polled = false;
+            waiting.retain_mut(|p| {
+                // Relaxed: see `Woken`.
+                if !p.woken.0.swap(false, Ordering::Relaxed) {
+                    return true;
                 }
-                Poll::Pending => true,
+                polled = true;
+                let mut cx = Context::from_waker(&p.waker);
+                match p.fut.as_mut().poll(&mut cx) {
+                    Poll::Ready(r) => {
+                        if let Ok(id) = r {
+                            assert_eq!(id, p.id, "answer for another request");
+                        }
+                        *answered += 1;
+                        false
+                    }
+                    Poll::Pending => true,
+                }
+            });
+            if !polled {
+                break;
             }
-        });
+        }
     };
 
     for op in ops {
