@@ -75,12 +75,15 @@ pub(crate) async fn execute<Req, T, K>(
             _ => deliver(results, slots),
         },
         Ok(Err(error)) => {
+            tracing::trace!(%error, callers = slots.len(), "batch call failed");
             guard.shared.stats.failed();
             fail_all(slots, &BatchFailed::new(Arc::new(error)));
         }
         Err(payload) => {
+            let panicked = Panicked::from_payload(&*payload);
+            tracing::trace!(%panicked, callers = slots.len(), "batch call panicked");
             guard.shared.stats.panicked();
-            fail_all(slots, &Panicked::from_payload(&*payload));
+            fail_all(slots, &panicked);
         }
     }
     drop(guard);

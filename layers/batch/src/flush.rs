@@ -396,6 +396,7 @@ where
             },
         };
         self.shared.stats.batch_sent(reason, reqs.len(), callers);
+        tracing::trace!(?reason, items = reqs.len(), callers, "batch sent");
         let backend = &mut self.state().backend;
         let fut = match catch_unwind(AssertUnwindSafe(|| backend.call(reqs))) {
             Ok(fut) => fut,
