@@ -1,31 +1,12 @@
 //! Replays the committed fuzz corpus and regressions of `batch_ops` on stable.
 #![cfg(feature = "fuzzing")]
 
-use std::path::Path;
-
-fn replay(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut n = 0;
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            let data = std::fs::read(&path).unwrap();
-            eprintln!("replaying {}", path.display());
-            tollgate_batch::fuzzing::run(&data);
-            n += 1;
-        }
-    }
-    n
-}
+use tollgate_core::testing::fuzz;
 
 #[test]
 fn corpus_and_regressions_replay() {
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz"));
-    let corpus = replay(&root.join("corpus/batch_ops"));
-    replay(&root.join("regressions/batch_ops"));
-    assert!(corpus > 0, "the batch_ops corpus is empty");
+    let replayed = fuzz::replay("batch_ops", tollgate_batch::fuzzing::run);
+    assert!(replayed.corpus > 0, "the batch_ops corpus is empty");
 }
 
 #[test]

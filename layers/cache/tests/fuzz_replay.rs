@@ -4,45 +4,18 @@
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::path::Path;
-
-fn replay(target: &str, run: fn(&[u8])) -> usize {
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz"));
-    let mut n = 0;
-    for dir in [
-        root.join("corpus").join(target),
-        root.join("regressions").join(target),
-    ] {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                let data = std::fs::read(&path).unwrap();
-                eprintln!("{}", path.display());
-                run(&data);
-                n += 1;
-            }
-        }
-    }
-    n
-}
+use tollgate_core::testing::fuzz;
 
 #[test]
 fn cache_control_corpus() {
-    assert!(
-        replay("cache_control", tollgate_cache::fuzzing::cache_control) > 0,
-        "empty corpus"
-    );
+    let replayed = fuzz::replay("cache_control", tollgate_cache::fuzzing::cache_control);
+    assert!(replayed.corpus > 0, "empty corpus");
 }
 
 #[test]
 fn cache_ops_corpus() {
-    assert!(
-        replay("cache_ops", tollgate_cache::fuzzing::cache_ops) > 0,
-        "empty corpus"
-    );
+    let replayed = fuzz::replay("cache_ops", tollgate_cache::fuzzing::cache_ops);
+    assert!(replayed.corpus > 0, "empty corpus");
 }
 
 #[test]

@@ -6,8 +6,11 @@
 //! [`contract::check`] runs the checks every layer must pass: readiness propagates, clones start
 //! without a reservation, dropped futures and dropped readied services give capacity back, inner
 //! errors pass through, and a panicking inner service leaves the layer working.
+//! [`fuzz::replay`] runs a fuzz target's committed corpus as a normal test, and
+//! [`redis::RedisServer`] starts a throwaway Redis for integration tests.
 
 pub mod contract;
+pub mod fuzz;
 mod probe;
 pub mod redis;
 
