@@ -6,7 +6,8 @@
 //! headers (the backend's latency signal) but keeps the permit inside a [`PermitBody`] until
 //! the body ends, fails or is dropped.
 
-use crate::limiter::{Limiter, Permit, WaitSlot};
+use crate::limiter::{Limiter, WaitSlot};
+use crate::permit::Permit;
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;

@@ -1,7 +1,8 @@
 //! [`DeferredPoolSizer`]: the limit taken in the response future, for servers that call
 //! services without waiting on `poll_ready` for capacity.
 
-use crate::limiter::{Limiter, Permit, WaitSlot};
+use crate::limiter::{Limiter, WaitSlot};
+use crate::permit::Permit;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};

@@ -1,6 +1,6 @@
 //! The response future of [`PoolSizer`](crate::PoolSizer).
 
-use crate::limiter::Permit;
+use crate::permit::Permit;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};

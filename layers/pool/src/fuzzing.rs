@@ -8,7 +8,8 @@
 
 use crate::algorithm::{AimdConfig, AlgorithmConfig, Gradient2Config, VegasConfig};
 use crate::config::{AtLimit, PoolConfig};
-use crate::limiter::{Limiter, Permit};
+use crate::limiter::Limiter;
+use crate::permit::Permit;
 use arbitrary::{Arbitrary, Unstructured};
 use std::time::Duration;
 use tollgate_core::Outcome;

@@ -91,6 +91,7 @@ mod deferred;
 mod future;
 mod layer;
 mod limiter;
+mod permit;
 mod service;
 mod tokens;
 
@@ -109,5 +110,6 @@ pub use config::{AtLimit, PoolConfig};
 pub use deferred::{DeferredFuture, DeferredPoolSizer};
 pub use future::ResponseFuture;
 pub use layer::{DeferredPoolSizerLayer, PoolSizerLayer};
-pub use limiter::{Limiter, Permit, Snapshot};
+pub use limiter::{Limiter, Snapshot};
+pub use permit::Permit;
 pub use service::PoolSizer;

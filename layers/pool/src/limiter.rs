@@ -19,6 +19,7 @@
 
 use crate::algorithm::{LimitAlgorithm, RttEstimates, Window};
 use crate::config::{AtLimit, PoolConfig};
+use crate::permit::Permit;
 use crate::tokens::Tokens;
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
@@ -117,13 +118,13 @@ pub struct Limiter {
 
 /// The limiter's internals, reached from a [`Limiter`] or through a permit's [`Handle`].
 #[derive(Debug, Clone)]
-struct Core {
+pub(crate) struct Core {
     shared: Arc<Shared>,
 }
 
 #[derive(Debug)]
-struct Handle {
-    core: Core,
+pub(crate) struct Handle {
+    pub(crate) core: Core,
 }
 
 /// A point-in-time view of a [`Limiter`].
@@ -157,7 +158,7 @@ thread_local! {
 
 /// This thread's shard (see [`shard_index`]).
 #[inline]
-fn home() -> usize {
+pub(crate) fn home() -> usize {
     HOME.with(|h| match h.get() {
         usize::MAX => {
             let i = shard_index();
@@ -204,12 +205,7 @@ impl Limiter {
     #[inline]
     fn permit(&self, home: usize) -> Permit {
         let handle = self.handles[home & (self.handles.len() - 1)].clone();
-        Permit {
-            handle,
-            start: None,
-            weight: 1,
-            state: PermitState::Idle,
-        }
+        Permit::new(handle)
     }
 
     /// The configuration.
@@ -452,7 +448,7 @@ impl Core {
 
     /// Gives a permit's token back and wakes a waiter if there is one.
     #[inline]
-    fn release(&self, home: usize) {
+    pub(crate) fn release(&self, home: usize) {
         // One `fetch_add`; it says whether tasks wait (module docs).
         if self.shared.tokens.give(home) == Some(true) {
             self.shared.notify.notify_one();
@@ -463,7 +459,7 @@ impl Core {
     /// sampling rate when timed, 0 when untimed, 1 when the caller supplied the RTT).
     /// `release`: give the permit back now (otherwise the caller still holds it).
     #[inline]
-    fn finish(
+    pub(crate) fn finish(
         &self,
         rtt: Option<Duration>,
         outcome: Outcome,
@@ -498,7 +494,7 @@ impl Core {
         }
     }
 
-    fn cancelled(&self) {
+    pub(crate) fn cancelled(&self) {
         let home = home();
         let st = self.stats(home);
         // Relaxed: statistics.
@@ -645,7 +641,7 @@ impl Core {
     /// `Some(weight)` when this request is to be timed: it stands for `weight` requests (the
     /// sampling rate), so window counts stay unbiased without counting the untimed ones.
     #[inline]
-    fn sample_now(&self) -> Option<u64> {
+    pub(crate) fn sample_now(&self) -> Option<u64> {
         // Relaxed: a sampling rate; any recent value will do. The line is written once per
         // window, so this read stays in the core's cache.
         let every = self.shared.sample_every.load(Ordering::Relaxed).max(1);
@@ -699,119 +695,4 @@ pub(crate) struct WaitSlot {
     #[pin]
     deadline: Sleep,
     _count: WaiterCount,
-}
-
-/// The right to one request's worth of concurrency.
-///
-/// Finish it with [`success`](Permit::success), [`failure`](Permit::failure) or
-/// [`finish`](Permit::finish). Dropping a started permit unfinished counts it as *cancelled*:
-/// the permit is given back, no RTT is recorded, and it is never mistaken for a fast success.
-/// Dropping a permit that was never started just gives it back.
-#[derive(Debug)]
-pub struct Permit {
-    handle: Arc<CachePadded<Handle>>,
-    start: Option<Instant>,
-    /// Requests this one stands for in the window's success count (see `Core::finish`).
-    weight: u64,
-    state: PermitState,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PermitState {
-    Idle,
-    Started,
-    /// Outcome recorded, permit still held (released on drop).
-    Held,
-    Finished,
-}
-
-impl Permit {
-    /// Starts the RTT clock: the call is being made now. Taking the permit does not start it,
-    /// so the time between `poll_ready` and `call` is not counted. Only started permits count
-    /// as cancelled when dropped. At high rates only some are timed (see
-    /// [`PoolConfig::samples_per_window`]).
-    #[inline]
-    pub fn start(&mut self) {
-        self.state = PermitState::Started;
-        match self.handle.core.sample_now() {
-            Some(weight) => {
-                self.weight = weight;
-                self.start = Some(Instant::now());
-            }
-            None => self.weight = 0,
-        }
-    }
-
-    /// Finishes with a success.
-    pub fn success(self) {
-        self.finish(Outcome::Success);
-    }
-
-    /// Finishes with a failure.
-    pub fn failure(self) {
-        self.finish(Outcome::Failure);
-    }
-
-    /// Finishes with `outcome`; the RTT runs from [`start`](Permit::start) (none if the permit
-    /// was not started or not sampled).
-    #[inline]
-    pub fn finish(mut self, outcome: Outcome) {
-        self.record(outcome, true);
-        self.state = PermitState::Finished;
-    }
-
-    /// Records `outcome` and the RTT so far now, but keeps the permit until it is dropped: for
-    /// a response whose headers say how the backend did while its body still streams (the
-    /// request keeps counting against the limit until the body ends). Does nothing if the
-    /// outcome was already recorded.
-    pub fn record_and_hold(&mut self, outcome: Outcome) {
-        if self.state != PermitState::Held {
-            self.record(outcome, false);
-            self.state = PermitState::Held;
-        }
-    }
-
-    #[inline]
-    fn record(&mut self, outcome: Outcome, release: bool) {
-        if self.state == PermitState::Held {
-            if release {
-                self.handle.core.release(home());
-            }
-            return;
-        }
-        let (rtt, now) = match self.start.take() {
-            Some(start) => {
-                let now = Instant::now();
-                (Some(now.saturating_duration_since(start)), Some(now))
-            }
-            None => (None, None),
-        };
-        self.handle
-            .core
-            .finish(rtt, outcome, now, self.weight, release);
-    }
-
-    /// Finishes with `outcome` and an RTT measured by the caller.
-    pub fn finish_with_rtt(mut self, rtt: Duration, outcome: Outcome) {
-        let held = self.state == PermitState::Held;
-        self.state = PermitState::Finished;
-        if held {
-            self.handle.core.release(home());
-            return;
-        }
-        self.handle
-            .core
-            .finish(Some(rtt), outcome, Some(Instant::now()), 1, true);
-    }
-}
-
-impl Drop for Permit {
-    #[inline]
-    fn drop(&mut self) {
-        match self.state {
-            PermitState::Finished => {}
-            PermitState::Started => self.handle.core.cancelled(),
-            PermitState::Idle | PermitState::Held => self.handle.core.release(home()),
-        }
-    }
 }

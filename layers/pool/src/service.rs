@@ -1,7 +1,8 @@
 //! [`PoolSizer`]: the limit taken in `poll_ready`.
 
 use crate::future::ResponseFuture;
-use crate::limiter::{Limiter, Permit, WaitSlot};
+use crate::limiter::{Limiter, WaitSlot};
+use crate::permit::Permit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tollgate_core::{BoxError, Classify, ErrorsAreFailures};

@@ -1,0 +1,134 @@
+//! [`Permit`]: one request's worth of concurrency, and how its outcome and RTT reach the
+//! limiter (see the ground rules in the `limiter` module).
+
+use crate::limiter::{Handle, home};
+use crossbeam_utils::CachePadded;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tollgate_core::Outcome;
+
+/// The right to one request's worth of concurrency.
+///
+/// Finish it with [`success`](Permit::success), [`failure`](Permit::failure) or
+/// [`finish`](Permit::finish). Dropping a started permit unfinished counts it as *cancelled*:
+/// the permit is given back, no RTT is recorded, and it is never mistaken for a fast success.
+/// Dropping a permit that was never started just gives it back.
+#[derive(Debug)]
+pub struct Permit {
+    handle: Arc<CachePadded<Handle>>,
+    start: Option<Instant>,
+    /// Requests this one stands for in the window's success count (see `Core::finish`).
+    weight: u64,
+    state: PermitState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PermitState {
+    Idle,
+    Started,
+    /// Outcome recorded, permit still held (released on drop).
+    Held,
+    Finished,
+}
+
+impl Permit {
+    /// A permit taken on `handle`'s shard, not yet started.
+    pub(crate) fn new(handle: Arc<CachePadded<Handle>>) -> Self {
+        Permit {
+            handle,
+            start: None,
+            weight: 1,
+            state: PermitState::Idle,
+        }
+    }
+
+    /// Starts the RTT clock: the call is being made now. Taking the permit does not start it,
+    /// so the time between `poll_ready` and `call` is not counted. Only started permits count
+    /// as cancelled when dropped. At high rates only some are timed (see
+    /// [`PoolConfig::samples_per_window`](crate::PoolConfig::samples_per_window)).
+    #[inline]
+    pub fn start(&mut self) {
+        self.state = PermitState::Started;
+        match self.handle.core.sample_now() {
+            Some(weight) => {
+                self.weight = weight;
+                self.start = Some(Instant::now());
+            }
+            None => self.weight = 0,
+        }
+    }
+
+    /// Finishes with a success.
+    pub fn success(self) {
+        self.finish(Outcome::Success);
+    }
+
+    /// Finishes with a failure.
+    pub fn failure(self) {
+        self.finish(Outcome::Failure);
+    }
+
+    /// Finishes with `outcome`; the RTT runs from [`start`](Permit::start) (none if the permit
+    /// was not started or not sampled).
+    #[inline]
+    pub fn finish(mut self, outcome: Outcome) {
+        self.record(outcome, true);
+        self.state = PermitState::Finished;
+    }
+
+    /// Records `outcome` and the RTT so far now, but keeps the permit until it is dropped: for
+    /// a response whose headers say how the backend did while its body still streams (the
+    /// request keeps counting against the limit until the body ends). Does nothing if the
+    /// outcome was already recorded.
+    pub fn record_and_hold(&mut self, outcome: Outcome) {
+        if self.state != PermitState::Held {
+            self.record(outcome, false);
+            self.state = PermitState::Held;
+        }
+    }
+
+    #[inline]
+    fn record(&mut self, outcome: Outcome, release: bool) {
+        if self.state == PermitState::Held {
+            if release {
+                self.handle.core.release(home());
+            }
+            return;
+        }
+        let (rtt, now) = match self.start.take() {
+            Some(start) => {
+                let now = Instant::now();
+                (Some(now.saturating_duration_since(start)), Some(now))
+            }
+            None => (None, None),
+        };
+        self.handle
+            .core
+            .finish(rtt, outcome, now, self.weight, release);
+    }
+
+    /// Finishes with `outcome` and an RTT measured by the caller.
+    pub fn finish_with_rtt(mut self, rtt: Duration, outcome: Outcome) {
+        let held = self.state == PermitState::Held;
+        self.state = PermitState::Finished;
+        if held {
+            self.handle.core.release(home());
+            return;
+        }
+        self.handle
+            .core
+            .finish(Some(rtt), outcome, Some(Instant::now()), 1, true);
+    }
+}
+
+impl Drop for Permit {
+    #[inline]
+    fn drop(&mut self) {
+        match self.state {
+            PermitState::Finished => {}
+            PermitState::Started => self.handle.core.cancelled(),
+            PermitState::Idle | PermitState::Held => self.handle.core.release(home()),
+        }
+    }
+}
