@@ -63,4 +63,6 @@ pub mod http;
 pub mod grpc;
 
 /// The reference gateway behind the `tollgate` binary (a many-core HTTP reverse proxy).
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub mod gateway;

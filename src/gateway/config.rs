@@ -4,6 +4,11 @@
 //! Durations are integers in milliseconds (fields end in `_ms`), sizes are integers in bytes.
 //! Unknown fields are rejected, so a typo is an error rather than a silently ignored setting.
 
+use super::stack::admission::AdmissionSection;
+use super::stack::batch::BatchSection;
+use super::stack::cache::CacheSection;
+use super::stack::cluster::{BalanceSection, BreakerSection, PoolSection};
+use super::stack::retry::RetrySection;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
@@ -29,7 +34,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(super) fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             file: String::new(),
             field: field.into(),
@@ -74,6 +79,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Demo upstreams the binary starts itself on loopback (for the shipped config and tests).
     pub demo: Vec<DemoConfig>,
+    /// Named priority-admission policies that routes and listeners refer to.
+    pub admission: Vec<AdmissionSection>,
 }
 
 /// How requests are spread over cores.
@@ -229,6 +236,9 @@ pub struct ListenerConfig {
     /// TLS termination (HTTP/1.1 and HTTP/2 by ALPN). Default none (plain HTTP/1.1 and h2c).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Name of an `[[admission]]` policy for requests whose route names none. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<String>,
 }
 
 /// Certificate and key for a TLS listener.
@@ -270,6 +280,23 @@ pub struct ClusterConfig {
     /// Forward the client's `Host` (true, the default) or set it to the endpoint's address.
     #[serde(default = "default_true")]
     pub preserve_host: bool,
+    /// Latency-aware balancing (P2C over peak-EWMA, ejection, health checks, slow start).
+    /// Default none: round robin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<BalanceSection>,
+    /// One circuit breaker for the whole cluster. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerSection>,
+    /// One circuit breaker per endpoint; an open one takes its endpoint out of rotation.
+    /// Needs `balance`. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_breaker: Option<BreakerSection>,
+    /// Adaptive limit on requests in flight to the cluster. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSection>,
+    /// Budgeted retries of idempotent requests without a body. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySection>,
 }
 
 fn default_resolve_ms() -> u64 {
@@ -301,6 +328,35 @@ pub struct RouteConfig {
     /// Overrides `timeouts.request_ms` for this route, ms. Default none.
     #[serde(default)]
     pub request_timeout_ms: Option<u64>,
+    /// What the route does. Default `proxy`.
+    #[serde(default)]
+    pub kind: RouteKind,
+    /// Name of an `[[admission]]` policy; overrides the listener's. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<String>,
+    /// Priority class (a class name of the admission policy) of this route's requests when
+    /// the request names none in the policy's class header. Default none: the policy's
+    /// default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    /// HTTP caching of `GET`/`HEAD` answers. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSection>,
+    /// Batching settings; required when `kind = "batch"`, refused otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSection>,
+}
+
+/// What a route does with its requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// Forward each request to the cluster (the default).
+    #[default]
+    Proxy,
+    /// Collect single JSON requests and send them to the cluster as one JSON array
+    /// (`[routes.batch]`).
+    Batch,
 }
 
 fn default_host() -> String {

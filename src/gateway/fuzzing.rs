@@ -94,6 +94,11 @@ pub fn route_table(data: &[u8]) {
             methods,
             cluster: "c".into(),
             request_timeout_ms: None,
+            kind: Default::default(),
+            admission: None,
+            priority: None,
+            cache: None,
+            batch: None,
         });
     }
     let table = RouteTable::new(&routes);

@@ -40,6 +40,7 @@ pub mod proxy;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod stack;
 pub mod state;
 pub mod stats;
 pub mod tls;

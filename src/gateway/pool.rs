@@ -10,7 +10,6 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -22,7 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The body sent upstream: the client's body, streamed, cut at the size limit.
-pub type ReqBody = Limited<Incoming>;
+pub type ReqBody = super::stack::GwBody;
 
 /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed (a burst's extra
 /// connections do not linger).
@@ -67,6 +66,26 @@ pub enum UpstreamError {
     /// The connection failed after it was made (reset, closed early, protocol error), or the
     /// request body failed (see [`is_caused_by`]).
     Http(hyper::Error),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ConnectTimeout => f.write_str("upstream connect timed out"),
+            Self::Connect(e) => write!(f, "upstream connect failed: {e}"),
+            Self::Http(e) => write!(f, "upstream connection failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::ConnectTimeout => None,
+            Self::Connect(e) => Some(e),
+            Self::Http(e) => Some(e),
+        }
+    }
 }
 
 /// Whether `err`'s source chain holds an error of type `T`.

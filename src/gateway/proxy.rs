@@ -239,7 +239,8 @@ async fn proxy(
     let limit = snap
         .max_body
         .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
-    let upstream_req: Request<ReqBody> = Request::from_parts(parts, Limited::new(body, limit));
+    let upstream_req: Request<ReqBody> =
+        Request::from_parts(parts, Either::Left(Limited::new(body, limit)));
     let settings = pool::Settings {
         connect_timeout: snap.connect_timeout,
         idle_timeout: snap.idle_timeout,

@@ -195,6 +195,11 @@ mod tests {
             methods: methods.iter().map(|m| (*m).into()).collect(),
             cluster: cluster.into(),
             request_timeout_ms: None,
+            kind: Default::default(),
+            admission: None,
+            priority: None,
+            cache: None,
+            batch: None,
         }
     }
 

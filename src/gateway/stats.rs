@@ -32,6 +32,8 @@ pub struct Stats {
     pub unrouted: ShardedCounter,
     /// Requests refused for their body size (413).
     pub body_too_large: ShardedCounter,
+    /// Requests refused by a layer: admission, a breaker, a pool limit (503/429/504).
+    pub rejected: ShardedCounter,
     /// Sum of time to response head, microseconds.
     pub duration_us: ShardedCounter,
     /// Config reloads applied.

@@ -1,0 +1,69 @@
+//! The layers at work in the gateway: each tollgate layer is a config section, stacked on a
+//! route or cluster in this order (outermost first):
+//!
+//! ```text
+//! route kind "batch" -> batch (single JSON requests become one upstream array) -> cluster
+//! route kind "proxy" ->
+//!   cache (route; GET/HEAD; L1/L2, optional Redis L3, stale-if-error)
+//!     -> admission (named policy: the route's, else the listener's)
+//!       -> overall timeout (route `request_timeout_ms`, else `timeouts.request_ms`)
+//!         -> retry (cluster; budgeted; idempotent requests without a body) + per-try timeout
+//!           -> cluster breaker -> pool (adaptive in-flight limit)
+//!             -> balance (P2C over peak-EWMA, outlier ejection, health checks, slow start)
+//!               -> endpoint breaker (an open one ejects its endpoint) -> upstream
+//! ```
+//!
+//! Shedding happens as early as it can (a cache hit costs no admission slot; a request shed by
+//! admission never reaches a breaker or the pool), and retries sit inside the overall timeout and
+//! outside the breakers and the pool, so every try is counted and limited like a first one.
+//!
+//! A route and cluster with none of these sections take the part-1 fast path: round robin and
+//! no tower stack at all.
+
+pub mod admission;
+pub mod batch;
+pub mod cache;
+pub mod cluster;
+pub mod health;
+pub mod respond;
+pub mod retry;
+pub mod route;
+pub mod upstream;
+
+use super::pool::UpBody;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{Full, Limited};
+use hyper::body::Incoming;
+use tollgate_core::BoxError;
+use tower::Service;
+
+/// The body sent upstream: the client's body, streamed and cut at the size limit, or a body
+/// the gateway built (a retried request's empty body, a batch, a health check).
+pub type GwBody = http_body_util::Either<Limited<Incoming>, Full<Bytes>>;
+
+/// A request on its way upstream.
+pub type UpRequest = Request<GwBody>;
+
+/// An upstream's answer, its body streamed.
+pub type UpResponse = Response<UpBody>;
+
+/// What a cluster's stack is: a cloneable service from [`UpRequest`] to [`UpResponse`] whose
+/// errors are boxed (a tollgate rejection, a timeout, or an [`UpstreamError`](super::pool::UpstreamError)).
+pub trait UpstreamService:
+    Service<UpRequest, Response = UpResponse, Error = BoxError, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> UpstreamService for T where
+    T: Service<UpRequest, Response = UpResponse, Error = BoxError, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
