@@ -11,10 +11,10 @@ use std::task::{Context, Poll, ready};
 use tokio::time::Instant;
 use tollgate_core::{BoxError, Classify, Outcome};
 
-/// What one service instance (or one key) shares with its response futures: the breaker and
-/// the classifier. Each service clone gets its own, so futures of different clones do not
-/// contend on one reference count. Aligned to its own cache lines (128 bytes, as crossbeam's
-/// `CachePadded` on x86-64), so two clones' reference counts never share a line.
+/// What a response future holds on to: the breaker and the classifier. A service has one per
+/// shard (one per key for the keyed breaker), so futures on different cores do not contend on
+/// one reference count. Aligned to its own cache lines (128 bytes, as crossbeam's
+/// `CachePadded` on x86-64), so two shards' reference counts never share a line.
 #[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct Local<C> {

@@ -7,6 +7,7 @@ use crate::machine::Core;
 use crate::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tollgate_core::counter::{shard_count, shard_index};
 use tollgate_core::{BoxError, Classify, ErrorsAreFailures};
 use tower_service::Service;
 
@@ -32,22 +33,51 @@ enum Ready {
 #[derive(Debug)]
 pub struct Breaker<S, C = ErrorsAreFailures> {
     inner: S,
-    local: std::sync::Arc<Local<C>>,
+    locals: std::sync::Arc<Locals<C>>,
     ready: Ready,
 }
 
-impl<S, C> Breaker<S, C> {
+/// The breaker and classifier, with one [`Local`] per shard
+/// ([`shard_index`](tollgate_core::counter::shard_index)) for the response futures: futures on
+/// different cores take references on different cache lines, and a clone of the service costs
+/// one reference-count increment, not an allocation.
+#[derive(Debug)]
+struct Locals<C> {
+    core: Arc<Core>,
+    list: Box<[std::sync::Arc<Local<C>>]>,
+}
+
+impl<C> Locals<C> {
+    /// This thread's shard.
+    #[inline]
+    fn local(&self) -> &std::sync::Arc<Local<C>> {
+        &self.list[shard_index() & (self.list.len() - 1)]
+    }
+}
+
+impl<S, C: Clone> Breaker<S, C> {
     pub(crate) fn from_parts(inner: S, core: Arc<Core>, classify: C) -> Self {
+        // A power of two, so that masking picks a shard.
+        let list = (0..shard_count().next_power_of_two())
+            .map(|_| {
+                std::sync::Arc::new(Local {
+                    core: core.clone(),
+                    classify: classify.clone(),
+                })
+            })
+            .collect();
         Self {
             inner,
-            local: std::sync::Arc::new(Local { core, classify }),
+            locals: std::sync::Arc::new(Locals { core, list }),
             ready: Ready::No,
         }
     }
+}
 
+impl<S, C> Breaker<S, C> {
     /// A handle on the breaker this service shares with its clones.
     pub fn handle(&self) -> BreakerHandle {
-        BreakerHandle::new(self.local.core.clone())
+        BreakerHandle::new(self.locals.core.clone())
     }
 
     /// The inner service.
@@ -66,15 +96,14 @@ impl<S, C> Breaker<S, C> {
     }
 }
 
-impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
-    /// A clone shares the breaker, starts unready, and gets its own small cache-aligned handle so
-    /// that clones on different threads do not contend on one reference count.
+impl<S: Clone, C> Clone for Breaker<S, C> {
+    /// A clone shares the breaker and starts unready; it allocates nothing.
     fn clone(&self) -> Self {
-        Self::from_parts(
-            self.inner.clone(),
-            self.local.core.clone(),
-            self.local.classify.clone(),
-        )
+        Self {
+            inner: self.inner.clone(),
+            locals: self.locals.clone(),
+            ready: Ready::No,
+        }
     }
 }
 
@@ -96,7 +125,7 @@ where
         // Not polled yet, or polled while the breaker was open: look again, so that a service
         // polled again after the wait ends readies the inner service instead of failing fast.
         self.ready = Ready::No;
-        let core = &*self.local.core;
+        let core = &*self.locals.core;
         if !core.may_admit(|| now_ns(core)) {
             // Fail fast: `call` answers `Open` without waiting for the inner service.
             self.ready = Ready::FailFast;
@@ -116,11 +145,11 @@ where
     fn call(&mut self, req: R) -> Self::Future {
         let ready = std::mem::replace(&mut self.ready, Ready::No);
         assert!(ready != Ready::No, "poll_ready must succeed before call");
-        let core = &*self.local.core;
+        let core = &*self.locals.core;
         match core.acquire(|| now_ns(core)) {
             Err(open) => ResponseFuture::rejected(open),
             Ok(permit) if ready == Ready::Inner => {
-                let mut guard = Guard::new(self.local.clone(), permit);
+                let mut guard = Guard::new(self.locals.local().clone(), permit);
                 guard.start();
                 ResponseFuture::called(self.inner.call(req), guard)
             }

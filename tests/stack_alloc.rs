@@ -1,0 +1,162 @@
+//! The whole layer stack (admission -> breaker -> pool -> balance over 8 endpoints) adds no
+//! allocation to a request once warm: cloning the stack (as a server does per request),
+//! `poll_ready`, `call`, the response futures and giving every reservation back. The endpoints
+//! are `Copy` services with ready futures, so every allocation counted would be the layers'.
+//!
+//! A counting global allocator wraps the system one and counts only on the test's thread.
+#![cfg(all(
+    feature = "admission",
+    feature = "breaker",
+    feature = "pool",
+    feature = "balance"
+))]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tollgate::admission::{AdmissionConfig, AdmissionLayer};
+use tollgate::balance::{Balance, BalanceConfig};
+use tollgate::breaker::{BreakerConfig, BreakerLayer};
+use tollgate::pool::{PoolConfig, PoolSizerLayer};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: the allocator may run while this thread's locals are torn down.
+    let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// `GlobalAlloc` contract is `System`'s; counting touches only a const-initialized thread-local,
+// which does not allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded as is; see the impl.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded as is; see the impl.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as is; see the impl.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: forwarded as is; see the impl.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// An endpoint that answers at once and allocates nothing.
+#[derive(Clone, Copy)]
+struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        ready(Ok(req))
+    }
+}
+
+/// One request: a fresh clone of `stack`, `oneshot`, polled once to completion.
+fn one<S>(stack: &S, req: u64, cx: &mut Context<'_>)
+where
+    S: Service<u64, Response = u64> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let fut = pin!(stack.clone().oneshot(req));
+    match fut.poll(cx) {
+        Poll::Ready(r) => assert_eq!(r.unwrap(), req),
+        Poll::Pending => panic!("every layer and endpoint is ready at once"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_through_the_stack_allocates_nothing() {
+    let admission = AdmissionLayer::new(AdmissionConfig {
+        limit: 1024,
+        ..AdmissionConfig::default() // 4 classes
+    })
+    .unwrap()
+    .prioritize(|r: &u64| (*r % 4) as usize);
+    let stats = admission.handle();
+    let breaker = BreakerLayer::new(BreakerConfig::default()).unwrap();
+    let pool = PoolSizerLayer::from_config(PoolConfig {
+        initial_limit: 100,
+        ..PoolConfig::default()
+    })
+    .unwrap();
+    let balance = Balance::new(
+        (0..8).map(|i| (i, Echo)),
+        BalanceConfig {
+            seed: Some(3),
+            ..BalanceConfig::default()
+        },
+    )
+    .unwrap();
+    let endpoints = balance.handle();
+    let stack = ServiceBuilder::new()
+        .layer(admission)
+        .layer(breaker)
+        .layer(pool)
+        .service(balance);
+    let mut cx = Context::from_waker(Waker::noop());
+
+    // Warm up: thread-locals, shard handles, arc-swap's reader slot, the first sweeps and
+    // windows (time is paused, so they are due only when advanced past).
+    for i in 0..1_000 {
+        one(&stack, i, &mut cx);
+    }
+    tokio::time::advance(Duration::from_millis(20)).await;
+    for i in 0..1_000 {
+        one(&stack, i, &mut cx);
+    }
+
+    // The counter works.
+    let before = allocations();
+    drop(std::hint::black_box(vec![0u8; 16]));
+    assert!(allocations() > before, "the counting allocator counts");
+
+    let before = allocations();
+    for i in 0..10_000 {
+        one(&stack, i, &mut cx);
+    }
+    let added = allocations() - before;
+    assert_eq!(added, 0, "{added} allocations in 10,000 requests");
+
+    // Every request went through every layer to an endpoint.
+    let admitted: u64 = stats.snapshot().classes.iter().map(|c| c.admitted).sum();
+    assert_eq!(admitted, 12_000);
+    let served: u64 = endpoints.endpoints().iter().map(|e| e.requests).sum();
+    assert_eq!(served, 12_000);
+}
