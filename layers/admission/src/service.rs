@@ -17,17 +17,25 @@ use tower_service::Service;
 /// the [crate docs](crate).
 pub struct Admission<S, P = OneClass> {
     inner: S,
+    parts: Arc<Parts<P>>,
+    mode: ReadyMode,
+}
+
+/// What the clones of one service share, behind one reference count: a clone (one per request
+/// in many servers) costs one increment.
+struct Parts<P> {
     shards: Arc<Shards>,
     prioritizer: Arc<P>,
-    mode: ReadyMode,
 }
 
 impl<S, P> Admission<S, P> {
     pub(crate) fn new(inner: S, shards: Arc<Shards>, prioritizer: Arc<P>, mode: ReadyMode) -> Self {
         Self {
             inner,
-            shards,
-            prioritizer,
+            parts: Arc::new(Parts {
+                shards,
+                prioritizer,
+            }),
             mode,
         }
     }
@@ -102,8 +110,7 @@ impl<S: Clone, P> Clone for Admission<S, P> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shards: self.shards.clone(),
-            prioritizer: self.prioritizer.clone(),
+            parts: self.parts.clone(),
             mode: self.mode,
         }
     }
@@ -138,8 +145,8 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        let ticket = self.prioritizer.prioritize(&req);
-        let shard = self.shards.local();
+        let ticket = self.parts.prioritizer.prioritize(&req);
+        let shard = self.parts.shards.local();
         let class = shard.class_of(ticket.class);
         let mut now = None;
         if shard.flags.prechecks || ticket.deadline.is_some() {

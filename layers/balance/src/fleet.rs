@@ -12,6 +12,7 @@
 
 use crate::common::Common;
 use crate::endpoint::{Core, Endpoint};
+use crate::pick::thread_seed;
 use crate::signal::EndpointSignal;
 use crate::sync::atomic::{AtomicU64, Ordering, fence};
 use crate::sync::{Arc, Mutex, lock};
@@ -98,8 +99,9 @@ pub(crate) struct Fleet<K, S> {
     cell: cell::Cell<Snapshot<K, S>>,
     writer: Mutex<Writer<K, S>>,
     next_sweep: AtomicU64,
-    /// Seeds handed to balancer clones.
-    pub(crate) seeds: AtomicU64,
+    /// Seeds handed to balancer clones when the config gave one (repeatable runs); otherwise
+    /// each thread makes its own ([`pick::thread_seed`]).
+    seeds: Option<AtomicU64>,
 }
 
 impl<K: fmt::Debug, S> fmt::Debug for Fleet<K, S> {
@@ -107,6 +109,17 @@ impl<K: fmt::Debug, S> fmt::Debug for Fleet<K, S> {
         f.debug_struct("Fleet")
             .field("endpoints", &**self.cell.load())
             .finish_non_exhaustive()
+    }
+}
+
+impl<K, S> Fleet<K, S> {
+    /// A seed for a new balancer clone's random sequence.
+    pub(crate) fn next_seed(&self) -> u64 {
+        match &self.seeds {
+            // Relaxed: only hands out distinct seeds.
+            Some(seeds) => seeds.fetch_add(1, Ordering::Relaxed),
+            None => thread_seed(),
+        }
     }
 }
 
@@ -120,7 +133,8 @@ pub(crate) enum Start {
 }
 
 impl<K: PartialEq, S> Fleet<K, S> {
-    pub(crate) fn new(common: Arc<Common>, seed: u64) -> Self {
+    /// A fleet whose clones draw from `seed` onwards, or from per-thread seeds when `None`.
+    pub(crate) fn new(common: Arc<Common>, seed: Option<u64>) -> Self {
         Self {
             common,
             cell: cell::Cell::new(Snapshot {
@@ -131,7 +145,7 @@ impl<K: PartialEq, S> Fleet<K, S> {
                 draining: Vec::new(),
             }),
             next_sweep: AtomicU64::new(0),
-            seeds: AtomicU64::new(seed),
+            seeds: seed.map(AtomicU64::new),
         }
     }
 

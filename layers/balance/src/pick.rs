@@ -51,6 +51,25 @@ impl Rng {
     }
 }
 
+/// A seed for a balancer clone made on this thread, when the config gave none: distinct from
+/// this thread's earlier seeds and apart from other threads' (each starts from the address of
+/// its own thread-local), with no shared counter for clones on different cores to fight over.
+pub(crate) fn thread_seed() -> u64 {
+    std::thread_local! {
+        static NEXT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    NEXT.with(|next| {
+        let mut seed = next.get();
+        if seed == 0 {
+            let here = next as *const _ as u64;
+            seed = (tollgate_core::counter::shard_index() as u64) << 48 ^ here | 1;
+        }
+        // Odd steps never return to zero in fewer than 2^64 seeds.
+        next.set(seed.wrapping_add(0x9E37_79B9_7F4A_7C15));
+        seed
+    })
+}
+
 /// The result of a pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Choice {

@@ -118,19 +118,12 @@ impl<K: PartialEq, S> Balance<K, S> {
     /// Builds an empty balancer from a config already validated.
     pub(crate) fn from_validated(config: &BalanceConfig) -> Self {
         let common = crate::sync::Arc::new(Common::new(config, Instant::now()));
-        let seed = config.seed.unwrap_or_else(|| {
-            // Spread clones on different threads and balancers apart; repeatability is what
-            // `seed` is for.
-            let here = &common as *const _ as u64;
-            (tollgate_core::counter::shard_index() as u64) << 48 ^ here
-        });
         let (closed, _) = watch::channel(());
         let shared = Arc::new(Shared {
-            fleet: Fleet::new(common, seed),
+            fleet: Fleet::new(common, config.seed),
             closed,
         });
-        // Relaxed: only hands out distinct seeds.
-        let rng = Rng::new(shared.fleet.seeds.fetch_add(1, Ordering::Relaxed));
+        let rng = Rng::new(shared.fleet.next_seed());
         Balance {
             shared,
             classify: ErrorsAreFailures,
@@ -221,12 +214,10 @@ impl<K, S, C: Clone> Clone for Balance<K, S, C> {
     /// A clone shares the endpoint set; it starts with no endpoint reserved and its own random
     /// sequence.
     fn clone(&self) -> Self {
-        // Relaxed: only hands out distinct seeds.
-        let seed = self.shared.fleet.seeds.fetch_add(1, Ordering::Relaxed);
         Balance {
             shared: self.shared.clone(),
             classify: self.classify.clone(),
-            rng: Rng::new(seed),
+            rng: Rng::new(self.shared.fleet.next_seed()),
             slot: None,
         }
     }

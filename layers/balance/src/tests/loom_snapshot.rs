@@ -12,7 +12,7 @@ fn fleet(keys: &[u8]) -> Arc<Fleet<u8, ()>> {
         &BalanceConfig::default(),
         tokio::time::Instant::now(),
     ));
-    let fleet = Fleet::new(common, 1);
+    let fleet = Fleet::new(common, Some(1));
     for &k in keys {
         fleet.insert(k, (), 1.0, 0, Start::Full, None);
     }
