@@ -220,3 +220,102 @@ async fn the_fast_demo_upstream_serves_as_a_batch_endpoint() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_an_unchanged_batch_route_and_follows_its_cluster() {
+    bounded(async {
+        let (up1, seen1) = batch_upstream(Mode::Echo, Duration::ZERO).await;
+        let (up2, seen2) = batch_upstream(Mode::Echo, Duration::ZERO).await;
+        let route = |endpoint: SocketAddr, max_items: usize| {
+            config(&format!(
+                "[[clusters]]\nname = \"up\"\nendpoints = [\"{endpoint}\"]\n\
+                 [[routes]]\npath_prefix = \"/b\"\ncluster = \"up\"\nkind = \"batch\"\n\
+                 batch = {{ upstream_path = \"/batch\", max_items = {max_items} }}\n"
+            ))
+        };
+        let batch_of = |gw: &tollgate::gateway::Gateway| {
+            gw.shared().current.load().route_plans[0]
+                .batch
+                .clone()
+                .expect("a batch route")
+        };
+        let gw = start(route(up1, 32));
+        assert_eq!(post(addr(&gw), "1").await.0, StatusCode::OK);
+        let before = batch_of(&gw);
+
+        // Same section, another endpoint: the route (and its statistics) stays, and the next
+        // batch goes to the new endpoint.
+        gw.apply(route(up2, 32), "test.toml").unwrap();
+        let (status, body) = post(addr(&gw), "2").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.as_ref(), b"{\"echo\":2}");
+        let kept = batch_of(&gw);
+        assert!(Arc::ptr_eq(&before, &kept));
+        assert_eq!(kept.state()["batches"], 2);
+        assert_eq!(seen1.calls.load(Ordering::Relaxed), 1);
+        assert_eq!(seen2.calls.load(Ordering::Relaxed), 1);
+
+        // A changed section builds a new route.
+        gw.apply(route(up2, 16), "test.toml").unwrap();
+        assert_eq!(post(addr(&gw), "3").await.0, StatusCode::OK);
+        let rebuilt = batch_of(&gw);
+        assert!(!Arc::ptr_eq(&before, &rebuilt));
+        assert_eq!(rebuilt.state()["batches"], 1);
+        stop(gw).await;
+    })
+    .await;
+}
+
+/// Waits (polling, real time) until `cond` holds.
+async fn until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_answered_503_with_retry_after() {
+    bounded(async {
+        let (up, seen) = batch_upstream(Mode::Echo, Duration::from_millis(500)).await;
+        let gw = batch_gateway(
+            &up.to_string(),
+            ", max_in_flight = 1, queue_capacity = 1, max_linger_ms = 0",
+        );
+        let gw_addr = addr(&gw);
+        let batch = gw.shared().current.load().route_plans[0]
+            .batch
+            .clone()
+            .unwrap();
+        // One batch in flight (the upstream holds it), one request queued behind it...
+        let first = tokio::spawn(post(gw_addr, "1"));
+        until(|| seen.calls.load(Ordering::Relaxed) == 1).await;
+        let second = tokio::spawn(post(gw_addr, "2"));
+        until(|| batch.state()["queue_depth"] == 1).await;
+        // ...so the queue is full and the next one is turned away at once.
+        let req = Request::post(format!("http://{gw_addr}/b/item"))
+            .body(Full::new(Bytes::from_static(b"3")))
+            .unwrap();
+        let (status, headers, _, _) = send(&h1_client(), req).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["retry-after"], "1");
+        assert_eq!(first.await.unwrap().0, StatusCode::OK);
+        assert_eq!(second.await.unwrap().0, StatusCode::OK);
+        assert_eq!(batch.state()["rejected"], 1);
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_batch_call_times_out_with_504() {
+    bounded(async {
+        let (up, _) = batch_upstream(Mode::Echo, Duration::from_secs(30)).await;
+        let gw = batch_gateway(&up.to_string(), ", timeout_ms = 200");
+        for (status, body) in post_many(addr(&gw), 3).await {
+            assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+            assert!(String::from_utf8_lossy(&body).contains("timed out"));
+        }
+        stop(gw).await;
+    })
+    .await;
+}
