@@ -126,9 +126,25 @@ impl Admin {
                     "failures": c.stats.failures.sum(),
                     "in_flight": c.stats.in_flight.sum(),
                     "endpoints": eps,
+                    "layers": c.layers.as_ref().map(|l| l.state()),
                 })
             })
             .collect();
+        let routes: Vec<_> = snap
+            .route_plans
+            .iter()
+            .map(|p| {
+                json!({
+                    "route": p.key,
+                    "cluster": snap.clusters[p.cluster].name,
+                    "admission": p.admission.as_ref().map(|a| a.name()),
+                    "priority": p.priority.as_deref(),
+                    "cache": p.cache.as_ref().map(|c| c.state()),
+                    "batch": p.batch.as_ref().map(|b| b.state()),
+                })
+            })
+            .collect();
+        let admission: Vec<_> = snap.admission.iter().map(|a| a.state()).collect();
         let demos: Vec<_> = shared
             .demo
             .iter()
@@ -151,6 +167,8 @@ impl Admin {
             "reload": reload,
             "stats": shared.stats.snapshot(),
             "clusters": clusters,
+            "routes": routes,
+            "admission": admission,
             "demo": demos,
         })
     }
@@ -203,6 +221,21 @@ impl Admin {
                     .absolute(cl.stats.failures.sum().max(0) as u64);
                 metrics::gauge!("tollgate_cluster_in_flight", "cluster" => name)
                     .set(cl.stats.in_flight.sum() as f64);
+                if let Some(layers) = &cl.layers {
+                    layers.record_metrics();
+                }
+            }
+            c("tollgate_rejected_total", s.rejected.sum());
+            for a in &snap.admission {
+                a.record_metrics();
+            }
+            for p in &snap.route_plans {
+                if let Some(cache) = &p.cache {
+                    cache.record_metrics(&p.key);
+                }
+                if let Some(batch) = &p.batch {
+                    batch.record_metrics(&p.key);
+                }
             }
         });
         handle.render()

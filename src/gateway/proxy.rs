@@ -17,10 +17,15 @@ use super::headers::{add_forwarding, strip_hop_by_hop, via_value};
 use super::pool::{self, ReqBody, UpBody, UpstreamError};
 use super::route::RouteMatch;
 use super::server::ConnCtx;
-use super::state::{Cluster, Shared, Snapshot};
+use super::stack::GwBody;
+use super::stack::admission::{AdmissionPolicy, AdmitCtx};
+use super::stack::respond::{Blame, error_response};
+use super::stack::route::RouteService;
+use super::state::{Cluster, RoutePlan, Shared, Snapshot, cluster_service};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use std::cell::RefCell;
@@ -28,6 +33,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::time::Instant;
+use tower::ServiceExt;
 
 /// The body sent to the client: the upstream's body, streamed, or a short local answer.
 pub type RespBody = Either<UpBody, Full<Bytes>>;
@@ -160,7 +166,12 @@ async fn proxy(
             );
         }
     };
-    let cluster: &Cluster = &snap.clusters[snap.route_cluster[route]];
+    let cluster: &Arc<Cluster> = &snap.clusters[snap.route_cluster[route]];
+    let plan = &snap.route_plans[route];
+    let listener_admission = snap
+        .listener_admission
+        .get(conn.listener)
+        .and_then(Option::as_ref);
     if let Some(max) = snap.max_body {
         let declared = req
             .headers()
@@ -174,6 +185,9 @@ async fn proxy(
                 None,
             );
         }
+    }
+    if !plan.is_plain() || cluster.layers.is_some() || listener_admission.is_some() {
+        return layered(conn, snap, plan, cluster, listener_admission, req).await;
     }
     let Some((ep_index, addr)) = cluster.pick() else {
         return (
@@ -278,6 +292,124 @@ async fn proxy(
     }
     tracing::debug!(upstream = %addr, status = status.as_u16(), "upstream request failed");
     (local_response(status, msg), Some(addr))
+}
+
+/// The address an answer came from, put in the response's extensions by the upstream service
+/// (for the access log).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamAddr(pub std::net::SocketAddr);
+
+/// Strips hop-by-hop headers, adds the forwarding headers, and keeps the client's `Host` when
+/// the cluster preserves it (otherwise the upstream service sets the endpoint's).
+fn forward_headers(conn: &ConnCtx, parts: &mut http::request::Parts, preserve_host: bool) {
+    let host: Option<HeaderValue> = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    strip_hop_by_hop(&mut parts.headers, true);
+    add_forwarding(
+        &mut parts.headers,
+        &conn.forwarding,
+        host.as_ref(),
+        parts.version,
+    );
+    parts.headers.remove(header::HOST);
+    if preserve_host && let Some(h) = host {
+        parts.headers.insert(header::HOST, h);
+    }
+}
+
+/// The request path through the layers (see [`stack`](super::stack) for the order).
+async fn layered(
+    conn: &ConnCtx,
+    snap: &Snapshot,
+    plan: &RoutePlan,
+    cluster: &Arc<Cluster>,
+    listener_admission: Option<&Arc<AdmissionPolicy>>,
+    req: Request<Incoming>,
+) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
+    let stats = &conn.shared.stats;
+    if let Some(batch) = &plan.batch {
+        let resp = batch.call(req).await;
+        return (resp, None);
+    }
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let (mut parts, body) = req.into_parts();
+    let Ok(uri) = Uri::try_from(parts.uri.path_and_query().map_or("/", |p| p.as_str())) else {
+        return (
+            local_response(StatusCode::BAD_REQUEST, "bad request target\n"),
+            None,
+        );
+    };
+    forward_headers(conn, &mut parts, cluster.preserve_host);
+    parts.uri = uri;
+    // A request without a body is held whole, so that it can be retried or cached.
+    let body: GwBody = if body.is_end_stream() {
+        Either::Right(Full::default())
+    } else {
+        let limit = snap
+            .max_body
+            .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        Either::Left(Limited::new(body, limit))
+    };
+    let req = Request::from_parts(parts, body);
+    let admission = plan.admission.as_ref().or(listener_admission).map(|p| {
+        (
+            p.clone(),
+            AdmitCtx {
+                client: conn.peer.ip(),
+                route_class: plan.priority.clone(),
+            },
+        )
+    });
+    let inner = RouteService {
+        admission,
+        cluster: cluster_service(cluster),
+    };
+    cluster.stats.requests.incr();
+    cluster.stats.in_flight.incr();
+    let result = tokio::time::timeout(plan.timeout, async {
+        match &plan.cache {
+            Some(cache) => cache.call(inner, req).await,
+            None => inner.oneshot(req).await.map(|r| r.map(Either::Left)),
+        }
+    })
+    .await;
+    cluster.stats.in_flight.decr();
+    match result {
+        Ok(Ok(resp)) => {
+            let (mut rp, body) = resp.into_parts();
+            if rp.status.is_server_error() {
+                cluster.stats.failures.incr();
+            }
+            let addr = rp.extensions.get::<UpstreamAddr>().map(|a| a.0);
+            strip_hop_by_hop(&mut rp.headers, false);
+            rp.headers.append(header::VIA, via_value(rp.version));
+            (Response::from_parts(rp, body), addr)
+        }
+        Ok(Err(e)) => {
+            let (resp, blame) = error_response(&e, grpc, stats);
+            if blame == Blame::Upstream {
+                cluster.stats.failures.incr();
+            }
+            tracing::debug!(cluster = %cluster.name, status = resp.status().as_u16(), error = %e, "request failed");
+            (resp, None)
+        }
+        Err(_elapsed) => {
+            stats.upstream_timeouts.incr();
+            cluster.stats.failures.incr();
+            (
+                local_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+                None,
+            )
+        }
+    }
 }
 
 /// Maps an upstream failure to a status and message.

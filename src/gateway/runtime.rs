@@ -20,9 +20,10 @@ pub type WorkerSockets = Vec<(std::net::TcpListener, Option<TlsAcceptor>)>;
 async fn worker_main(sockets: WorkerSockets, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
     let tracker = TaskTracker::new();
     let mut loops = Vec::new();
-    for (std_listener, tls) in sockets {
+    for (index, (std_listener, tls)) in sockets.into_iter().enumerate() {
         match tokio::net::TcpListener::from_std(std_listener) {
             Ok(l) => loops.push(tokio::spawn(server::accept_loop(
+                index,
                 l,
                 tls,
                 shared.clone(),
@@ -186,6 +187,11 @@ async fn refresh_dns(shared: Arc<Shared>) {
     loop {
         let snap = shared.current.load_full();
         let mut next = tokio::time::Instant::now() + Duration::from_secs(1);
+        // Health checks run on this (the control) thread's runtime; a reload that builds a new
+        // stack gets its checks started here within a second.
+        for layers in snap.clusters.iter().filter_map(|c| c.layers.as_ref()) {
+            layers.ensure_health_checks();
+        }
         for c in snap.clusters.iter().filter(|c| c.has_dns()) {
             let due = *c.next_resolve.lock().unwrap_or_else(|e| e.into_inner());
             if due <= tokio::time::Instant::now() {
@@ -197,7 +203,13 @@ async fn refresh_dns(shared: Arc<Shared>) {
                 .await;
                 if let Ok((cluster, r)) = result {
                     match r {
-                        Ok(eps) => cluster.endpoints.store(Arc::new(eps)),
+                        Ok(eps) => {
+                            if let Some(layers) = &cluster.layers {
+                                let addrs: Vec<_> = eps.iter().map(|e| e.addr).collect();
+                                layers.sync_endpoints(&addrs);
+                            }
+                            cluster.endpoints.store(Arc::new(eps));
+                        }
                         Err((i, e)) => tracing::warn!(
                             cluster = %cluster.name,
                             endpoint = i,

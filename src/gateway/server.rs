@@ -46,6 +46,8 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// Index of the listener (in config order) that accepted it.
+    pub listener: usize,
     /// Forwarding header values for this client.
     pub forwarding: Forwarding,
     /// Requests of this connection in flight.
@@ -135,6 +137,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 /// Accepts connections until shutdown starts, serving each on its own task tracked by
 /// `tracker` (which shutdown waits on to drain).
 pub async fn accept_loop(
+    index: usize,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
@@ -147,7 +150,7 @@ pub async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tracker.spawn(serve(stream, peer, tls.clone(), shared.clone(), shutdown.clone()));
+                    tracker.spawn(serve(index, stream, peer, tls.clone(), shared.clone(), shutdown.clone()));
                 }
                 Err(e) => {
                     // Out of descriptors or a connection reset in the backlog: back off a
@@ -171,6 +174,7 @@ impl Drop for OpenConn<'_> {
 }
 
 async fn serve(
+    index: usize,
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
@@ -184,6 +188,7 @@ async fn serve(
         shared: shared.clone(),
         peer,
         tls: tls.is_some(),
+        listener: index,
         forwarding: Forwarding::new(peer.ip(), if tls.is_some() { "https" } else { "http" }),
         in_flight: AtomicUsize::new(0),
         last_active_ms: AtomicU64::new(0),

@@ -6,7 +6,13 @@
 //! so a reload never changes an in-flight request's route, timeouts or limits.
 
 use super::config::{Config, ConfigError, DemoKind, Endpoint, RuntimeMode, UpstreamProtocol};
+use super::pool::Settings;
 use super::route::RouteTable;
+use super::stack::admission::AdmissionPolicy;
+use super::stack::batch::BatchRoute;
+use super::stack::cache::RouteCache;
+use super::stack::cluster::ClusterLayers;
+use super::stack::route::ClusterService;
 use super::stats::{ClusterStats, EndpointStats, Stats};
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -47,6 +53,11 @@ pub struct Cluster {
     pub next_resolve: Mutex<Instant>,
     /// Counters, kept across reloads while the name stays.
     pub stats: Arc<ClusterStats>,
+    /// The layered stack, when the cluster has any layer section; kept across reloads while
+    /// the cluster's name and sections stay the same.
+    pub layers: Option<Arc<ClusterLayers>>,
+    /// Upstream connection settings.
+    pub settings: Settings,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +136,32 @@ impl Cluster {
     }
 }
 
+/// What one route does, compiled.
+#[derive(Debug)]
+pub struct RoutePlan {
+    /// Its cluster's index in [`Snapshot::clusters`].
+    pub cluster: usize,
+    /// Its overall request timeout.
+    pub timeout: Duration,
+    /// Its admission policy: the route's, else none (the listener's applies).
+    pub admission: Option<Arc<AdmissionPolicy>>,
+    /// Its requests' priority class name, if it sets one.
+    pub priority: Option<Arc<str>>,
+    /// Its cache.
+    pub cache: Option<Arc<RouteCache>>,
+    /// Its batcher (`kind = "batch"`).
+    pub batch: Option<Arc<BatchRoute>>,
+    /// Identity across reloads: host, path prefix and methods.
+    pub key: String,
+}
+
+impl RoutePlan {
+    /// Whether the route needs nothing beyond the part-1 fast path (given its cluster).
+    pub fn is_plain(&self) -> bool {
+        self.admission.is_none() && self.cache.is_none() && self.batch.is_none()
+    }
+}
+
 /// The effective configuration, compiled; immutable once built.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -140,6 +177,12 @@ pub struct Snapshot {
     pub route_cluster: Vec<usize>,
     /// Per config route: its request timeout.
     pub route_timeout: Vec<Duration>,
+    /// Per config route: its compiled layers.
+    pub route_plans: Vec<RoutePlan>,
+    /// Named admission policies, in config order.
+    pub admission: Vec<Arc<AdmissionPolicy>>,
+    /// Per listener (config order): its admission policy.
+    pub listener_admission: Vec<Option<Arc<AdmissionPolicy>>>,
     /// Clusters, in config order.
     pub clusters: Vec<Arc<Cluster>>,
     /// Upstream connect timeout.
@@ -197,7 +240,22 @@ impl Snapshot {
                 });
             }
             let old_cluster = old.and_then(|o| o.clusters.iter().find(|c| c.name == cc.name));
+            let settings = Settings {
+                connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
+                idle_timeout: Duration::from_millis(config.timeouts.idle_ms),
+            };
+            let layers = if ClusterLayers::wanted(cc) {
+                Some(ClusterLayers::build(
+                    cc,
+                    settings,
+                    old_cluster.and_then(|c| c.layers.as_ref()),
+                )?)
+            } else {
+                None
+            };
             let cluster = Cluster {
+                layers,
+                settings,
                 name: cc.name.clone(),
                 protocol: cc.protocol,
                 preserve_host: cc.preserve_host,
@@ -216,11 +274,35 @@ impl Snapshot {
             let resolved = cluster
                 .resolve()
                 .map_err(|(j, p)| err(format!("clusters[{ci}].endpoints[{j}]"), p))?;
+            if let Some(layers) = &cluster.layers {
+                let addrs: Vec<SocketAddr> = resolved.iter().map(|e| e.addr).collect();
+                layers.sync_endpoints(&addrs);
+            }
             cluster.endpoints.store(Arc::new(resolved));
             clusters.push(Arc::new(cluster));
         }
+        let mut admission: Vec<Arc<AdmissionPolicy>> = Vec::with_capacity(config.admission.len());
+        for (i, a) in config.admission.iter().enumerate() {
+            let old_policy = old.and_then(|o| o.admission.iter().find(|p| p.name() == a.name));
+            admission.push(
+                AdmissionPolicy::build(a, old_policy).map_err(|e| ConfigError {
+                    file: source.to_owned(),
+                    field: format!("admission[{i}].{}", e.field),
+                    problem: e.problem,
+                })?,
+            );
+        }
+        let policy = |name: &Option<String>| {
+            name.as_ref()
+                .and_then(|n| admission.iter().find(|p| p.name() == n.as_str()).cloned())
+        };
+        let listener_admission = config
+            .listeners
+            .iter()
+            .map(|l| policy(&l.admission))
+            .collect();
         let routes = RouteTable::new(&config.routes);
-        let route_cluster = config
+        let route_cluster: Vec<usize> = config
             .routes
             .iter()
             .map(|r| {
@@ -232,13 +314,49 @@ impl Snapshot {
             })
             .collect();
         let t = &config.timeouts;
-        let route_timeout = config
+        let route_timeout: Vec<Duration> = config
             .routes
             .iter()
             .map(|r| Duration::from_millis(r.request_timeout_ms.unwrap_or(t.request_ms)))
             .collect();
+        let mut route_plans = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            let key = format!("{} {} {}", r.host, r.path_prefix, r.methods.join(","));
+            let old_plan = old.and_then(|o| o.route_plans.iter().find(|p| p.key == key));
+            let ci = route_cluster[i];
+            let cluster = &clusters[ci];
+            let cache = match &r.cache {
+                Some(c) => Some(
+                    RouteCache::build(c, &key, old_plan.and_then(|p| p.cache.as_ref()))
+                        .map_err(|e| err(format!("routes[{i}].cache"), e.to_string()))?,
+                ),
+                None => None,
+            };
+            let batch = match &r.batch {
+                Some(b) if r.kind == super::config::RouteKind::Batch => {
+                    let inner = cluster_service(cluster);
+                    Some(
+                        BatchRoute::build(b, &key, inner, old_plan.and_then(|p| p.batch.as_ref()))
+                            .map_err(|e| err(format!("routes[{i}].batch"), e.to_string()))?,
+                    )
+                }
+                _ => None,
+            };
+            route_plans.push(RoutePlan {
+                cluster: ci,
+                timeout: route_timeout[i],
+                admission: policy(&r.admission),
+                priority: r.priority.as_deref().map(Arc::from),
+                cache,
+                batch,
+                key,
+            });
+        }
         Ok(Self {
             generation,
+            route_plans,
+            admission,
+            listener_admission,
             source: source.to_owned(),
             routes,
             route_cluster,
@@ -252,6 +370,14 @@ impl Snapshot {
             loaded_at: Instant::now(),
             config,
         })
+    }
+}
+
+/// A cluster as a service: its layered stack, or round robin when it has none.
+pub fn cluster_service(cluster: &Arc<Cluster>) -> ClusterService {
+    match &cluster.layers {
+        Some(l) => ClusterService::Layered(l.clone()),
+        None => ClusterService::Plain(cluster.clone(), cluster.settings),
     }
 }
 

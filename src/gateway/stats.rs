@@ -89,6 +89,7 @@ pub struct StatsSnapshot {
     upstream_resets: i64,
     unrouted: i64,
     body_too_large: i64,
+    rejected: i64,
     reloads_ok: i64,
     reloads_failed: i64,
 }
@@ -114,6 +115,7 @@ impl Stats {
             upstream_resets: self.upstream_resets.sum(),
             unrouted: self.unrouted.sum(),
             body_too_large: self.body_too_large.sum(),
+            rejected: self.rejected.sum(),
             reloads_ok: self.reloads_ok.sum(),
             reloads_failed: self.reloads_failed.sum(),
         }

@@ -1,6 +1,6 @@
 //! Validation of a parsed [`Config`]: every field checked, the error naming it.
 
-use super::config::{Config, ConfigError};
+use super::config::{Config, ConfigError, RouteKind};
 use std::net::SocketAddr;
 
 /// Methods a route may name.
@@ -76,6 +76,26 @@ impl Config {
                 }
             }
         }
+        for (i, a) in self.admission.iter().enumerate() {
+            let at = format!("admission[{i}]");
+            check_name(&a.name).map_err(|p| e(format!("{at}.name"), p))?;
+            if self.admission[..i].iter().any(|o| o.name == a.name) {
+                return Err(e(
+                    format!("{at}.name"),
+                    format!("duplicate admission policy name \"{}\"", a.name),
+                ));
+            }
+            a.validate(&at)?;
+        }
+        let known_policy = |name: &Option<String>, field: String| match name {
+            Some(n) if !self.admission.iter().any(|a| &a.name == n) => {
+                Err(e(field, format!("names unknown admission policy \"{n}\"")))
+            }
+            _ => Ok(()),
+        };
+        for (i, lc) in self.listeners.iter().enumerate() {
+            known_policy(&lc.admission, format!("listeners[{i}].admission"))?;
+        }
         for (i, d) in self.demo.iter().enumerate() {
             let at = |f: &str| format!("demo[{i}].{f}");
             check_name(&d.name).map_err(|p| e(at("name"), p))?;
@@ -118,6 +138,21 @@ impl Config {
                     "must be between 100 and 86400000 ms",
                 ));
             }
+            if let Some(b) = &c.balance {
+                b.validate(&at("balance"))?;
+            }
+            if let Some(b) = &c.breaker {
+                b.validate(&at("breaker"))?;
+            }
+            if let Some(b) = &c.endpoint_breaker {
+                b.validate(&at("endpoint_breaker"))?;
+            }
+            if let Some(p) = &c.pool {
+                p.validate(&at("pool"))?;
+            }
+            if let Some(r) = &c.retry {
+                r.validate(&at("retry"))?;
+            }
         }
         for (i, r) in self.routes.iter().enumerate() {
             let at = |f: &str| format!("routes[{i}].{f}");
@@ -156,9 +191,72 @@ impl Config {
                     "must be between 1 and 86400000 ms",
                 ));
             }
+            known_policy(&r.admission, at("admission"))?;
+            if let Some(class) = &r.priority {
+                check_priority(self, r, class).map_err(|p| e(at("priority"), p))?;
+            }
+            match (r.kind, &r.batch) {
+                (RouteKind::Batch, None) => {
+                    return Err(e(
+                        at("batch"),
+                        "a route of kind \"batch\" needs a [routes.batch] table",
+                    ));
+                }
+                (RouteKind::Proxy, Some(_)) => {
+                    return Err(e(
+                        at("batch"),
+                        "only routes of kind \"batch\" take a batch table",
+                    ));
+                }
+                (RouteKind::Batch, Some(b)) => {
+                    b.validate(&at("batch"))?;
+                    if r.cache.is_some() {
+                        return Err(e(at("cache"), "a batch route cannot be cached"));
+                    }
+                }
+                (RouteKind::Proxy, None) => {}
+            }
+            if let Some(c) = &r.cache {
+                c.validate(&at("cache"))?;
+            }
         }
         Ok(())
     }
+}
+
+/// Checks that a route's priority class exists in the admission policy that will see its
+/// requests: the route's own, else every listener's.
+fn check_priority(
+    config: &Config,
+    r: &super::config::RouteConfig,
+    class: &str,
+) -> Result<(), String> {
+    let names: Vec<&str> = match &r.admission {
+        Some(n) => vec![n.as_str()],
+        None => config
+            .listeners
+            .iter()
+            .filter_map(|l| l.admission.as_deref())
+            .collect(),
+    };
+    if names.is_empty() {
+        return Err("needs an admission policy (on the route or its listeners) to rank it".into());
+    }
+    for n in names {
+        if let Some(a) = config.admission.iter().find(|a| a.name == n)
+            && !admission_has_class(a, class)
+        {
+            return Err(format!(
+                "\"{class}\" is not a class of admission policy \"{n}\""
+            ));
+        }
+    }
+    Ok(())
+}
+
+// Until the admission section lands its class list.
+fn admission_has_class(_: &super::stack::admission::AdmissionSection, _: &str) -> bool {
+    true
 }
 
 /// A parsed cluster endpoint.

@@ -4,6 +4,7 @@
 use super::{GwBody, UpRequest, UpResponse};
 use crate::gateway::config::UpstreamProtocol;
 use crate::gateway::pool::{self, Settings};
+use crate::gateway::proxy::UpstreamAddr;
 use http::header::{self, HeaderValue};
 use http::{Request, Uri, Version};
 use std::future::Future;
@@ -70,9 +71,9 @@ impl Service<UpRequest> for Upstream {
                 parts.version = Version::HTTP_11;
                 let req = Request::from_parts(parts, body);
                 Box::pin(async move {
-                    pool::send_h1(addr, req, settings)
-                        .await
-                        .map_err(BoxError::from)
+                    let mut resp = pool::send_h1(addr, req, settings).await?;
+                    resp.extensions_mut().insert(UpstreamAddr(addr));
+                    Ok(resp)
                 })
             }
             UpstreamProtocol::H2c => {
@@ -89,9 +90,9 @@ impl Service<UpRequest> for Upstream {
                 }
                 let req = Request::from_parts(parts, body);
                 Box::pin(async move {
-                    pool::send_h2(addr, req, settings)
-                        .await
-                        .map_err(BoxError::from)
+                    let mut resp = pool::send_h2(addr, req, settings).await?;
+                    resp.extensions_mut().insert(UpstreamAddr(addr));
+                    Ok(resp)
                 })
             }
         }
