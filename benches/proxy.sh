@@ -13,7 +13,9 @@
 #   machine: wrk on core 0, everything else on core 1), same worker count for nginx and the
 #   gateway;
 # - runs wrk against the backend directly, nginx, the gateway (thread-per-core) and the gateway
-#   in multi-thread-runtime mode (`gateway-mt`) in interleaved rounds and
+#   in multi-thread-runtime mode (`gateway-mt`), the gateway's full layer stack (`gateway-stack`:
+#   admission + breaker + pool + balance on `/stack`) and a cached route (`gateway-cache`: every
+#   request a cache hit on `/cached`) in interleaved rounds and
 #   prints the median RPS and p50/p99/p99.9 latency of each, the gateway/nginx ratios, and the
 #   CPU time per request of each proxy (from /proc/PID/stat, backend excluded);
 # - opens IDLE_CONNS keep-alive connections (one request each, then idle) to each proxy, paced
@@ -131,9 +133,33 @@ idle_ms = 120000
 [[listeners]]
 name = "bench"
 listen = "127.0.0.1:$GATEWAY_PORT"
+[[admission]]
+name = "bench"
+limit = 100000
+classes = ["high", "normal"]
+class_header = "x-priority"
+default_class = "normal"
 [[clusters]]
 name = "backend"
 endpoints = ["127.0.0.1:$BACKEND_PORT"]
+[[clusters]]
+name = "backend-stack"
+endpoints = ["127.0.0.1:$BACKEND_PORT"]
+[clusters.balance]
+[clusters.breaker]
+[clusters.pool]
+initial_limit = 1000
+min_limit = 100
+max_limit = 100000
+[[routes]]
+path_prefix = "/stack"
+cluster = "backend-stack"
+admission = "bench"
+[[routes]]
+path_prefix = "/cached"
+cluster = "backend"
+[routes.cache]
+default_ttl_ms = 3600000
 [[routes]]
 cluster = "backend"
 EOF
@@ -174,26 +200,27 @@ ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
-TARGETS="backend nginx gateway gateway-mt"
-declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GATEWAY_PORT [gateway-mt]=$GATEWAY_MT_PORT)
-declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [gateway]=$GATEWAY_PID [gateway-mt]=$GATEWAY_MT_PID)
+TARGETS=${TARGETS:-backend nginx gateway gateway-mt gateway-stack gateway-cache}
+declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GATEWAY_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT)
+declare -A URLPATH=([backend]=/ [nginx]=/ [gateway]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached)
+declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [gateway]=$GATEWAY_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID)
 RESULTS=$TMP/results
 : >"$RESULTS"
 echo "tollgate proxy benchmark: $(nproc) cores, workers=$WORKERS, wrk -t$THREADS -c$CONNS -d${DURATION}s, $ROUNDS rounds, load on cpus ${LOADGEN_CPUS:-any}, servers on ${SERVER_CPUS:-any}"
 # Warm-up.
 for t in $TARGETS; do
-  $PIN_LOAD wrk -t"$THREADS" -c"$CONNS" -d1s "http://127.0.0.1:${PORT[$t]}/" >/dev/null
+  $PIN_LOAD wrk -t"$THREADS" -c"$CONNS" -d1s "http://127.0.0.1:${PORT[$t]}${URLPATH[$t]}" >/dev/null
 done
 for r in $(seq "$ROUNDS"); do
   for t in $TARGETS; do
     before=$(ticks "${PID[$t]}")
     line=$($PIN_LOAD wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s "$TMP/report.lua" \
-      "http://127.0.0.1:${PORT[$t]}/" | grep '^RESULT')
+      "http://127.0.0.1:${PORT[$t]}${URLPATH[$t]}" | grep '^RESULT')
     after=$(ticks "${PID[$t]}")
     read -r _ rps p50 p99 p999 reqs errs <<<"$line"
     cpu_us=$(awk -v d=$(( after - before )) -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.1f", d * 1e6 / hz / n}')
     echo "$t $rps $p50 $p99 $p999 $cpu_us $errs" >>"$RESULTS"
-    printf 'round %d %-10s %10.0f rps  p50 %5d us  p99 %5d us  p99.9 %5d us  cpu %6s us/req  errors %d\n' \
+    printf 'round %d %-13s %10.0f rps  p50 %5d us  p99 %5d us  p99.9 %5d us  cpu %6s us/req  errors %d\n' \
       "$r" "$t" "$rps" "$p50" "$p99" "$p999" "$cpu_us" "$errs"
   done
 done
@@ -206,7 +233,7 @@ for t in $TARGETS; do
   for col in 2 3 4 5 6; do
     MED[$t,$col]=$(awk -v t="$t" -v c="$col" '$1==t{print $c}' "$RESULTS" | median)
   done
-  printf '%-10s %10.0f rps  p50 %6.0f us  p99 %6.0f us  p99.9 %6.0f us  cpu %6.1f us/req\n' \
+  printf '%-13s %10.0f rps  p50 %6.0f us  p99 %6.0f us  p99.9 %6.0f us  cpu %6.1f us/req\n' \
     "$t" "${MED[$t,2]}" "${MED[$t,3]}" "${MED[$t,4]}" "${MED[$t,5]}" "${MED[$t,6]}"
 done
 awk -v gr="${MED[gateway,2]}" -v nr="${MED[nginx,2]}" -v g99="${MED[gateway,4]}" -v n99="${MED[nginx,4]}" \
@@ -214,6 +241,10 @@ awk -v gr="${MED[gateway,2]}" -v nr="${MED[nginx,2]}" -v g99="${MED[gateway,4]}"
   'BEGIN{printf "gateway/nginx: rps %.2fx  p99 %.2fx  p99.9 %.2fx  cpu/req %.2fx\n", gr/nr, g99/n99, g999/n999, gc/nc}'
 awk -v gr="${MED[gateway,2]}" -v mr="${MED[gateway-mt,2]}" -v gc="${MED[gateway,6]}" -v mc="${MED[gateway-mt,6]}" \
   'BEGIN{printf "multi-thread/thread-per-core gateway: rps %.2fx  cpu/req %.2fx\n", mr/gr, mc/gc}'
+awk -v gr="${MED[gateway,2]}" -v sr="${MED[gateway-stack,2]}" -v gc="${MED[gateway,6]}" -v sc="${MED[gateway-stack,6]}" \
+  'BEGIN{printf "full stack/plain route: rps %.2fx  cpu/req %.2fx (target: rps >= 0.90x)\n", sr/gr, sc/gc}'
+awk -v cr="${MED[gateway-cache,2]}" -v nr="${MED[nginx,2]}" \
+  'BEGIN{printf "cache-hit route/nginx proxy: rps %.2fx (target: >= 2x)\n", cr/nr}'
 
 if [ "$IDLE_CONNS" -gt 0 ]; then
   echo

@@ -226,7 +226,7 @@ mod tests {
         cfg.server.workers = 1;
         let gw = Gateway::start(StartOptions::new(cfg, "default")).unwrap();
         let (_tx, rx) = tokio::sync::watch::channel(false);
-        let fut = super::serve(client, addr, None, gw.shared().clone(), rx);
+        let fut = super::serve(0, client, addr, None, gw.shared().clone(), rx);
         let size = std::mem::size_of_val(&fut);
         drop(fut);
         gw.shutdown();
