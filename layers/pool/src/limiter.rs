@@ -108,12 +108,19 @@ struct Shared {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Limiter {
+    /// One reference count for the whole limiter: a clone (one per request when a server
+    /// clones its service stack) costs one increment.
+    parts: Arc<Parts>,
+}
+
+#[derive(Debug)]
+struct Parts {
     core: Core,
     /// One handle per shard. A permit clones its shard's handle, not the limiter: the
     /// reference count it bumps lives on that shard's own cache line, so permits taken on
     /// different cores never write the same line (a shared `Arc` count would be the one
     /// contended word per request).
-    handles: Arc<[Arc<CachePadded<Handle>>]>,
+    handles: Box<[Arc<CachePadded<Handle>>]>,
 }
 
 /// The limiter's internals, reached from a [`Limiter`] or through a permit's [`Handle`].
@@ -199,34 +206,36 @@ impl Limiter {
         let handles = (0..n)
             .map(|_| Arc::new(CachePadded::new(Handle { core: core.clone() })))
             .collect();
-        Self { core, handles }
+        Self {
+            parts: Arc::new(Parts { core, handles }),
+        }
     }
 
     #[inline]
     fn permit(&self, home: usize) -> Permit {
-        let handle = self.handles[home & (self.handles.len() - 1)].clone();
+        let handle = self.parts.handles[home & (self.parts.handles.len() - 1)].clone();
         Permit::new(handle)
     }
 
     /// The configuration.
     pub fn config(&self) -> &PoolConfig {
-        self.core.config()
+        self.parts.core.config()
     }
 
     /// The number of permits (the limit's floor). One relaxed load.
     pub fn limit(&self) -> usize {
-        self.core.limit()
+        self.parts.core.limit()
     }
 
     /// The limit with its fractional part. One relaxed load.
     pub fn limit_f64(&self) -> f64 {
-        self.core.limit_f64()
+        self.parts.core.limit_f64()
     }
 
     /// Requests holding a permit: `permits + debt − free tokens`, a few relaxed loads (one per
     /// shard). Exact when nothing runs concurrently.
     pub fn in_flight(&self) -> usize {
-        self.core.in_flight()
+        self.parts.core.in_flight()
     }
 
     /// Takes a permit if one is free, without waiting. `None` counts as demand at the limit
@@ -234,12 +243,12 @@ impl Limiter {
     /// the request because of it.
     #[inline]
     pub fn try_acquire(&self) -> Option<Permit> {
-        self.core.try_acquire().map(|home| self.permit(home))
+        self.parts.core.try_acquire().map(|home| self.permit(home))
     }
 
     /// Counts one refused request in the snapshot's `rejected`.
     pub fn reject(&self) {
-        self.core.reject();
+        self.parts.core.reject();
     }
 
     /// Takes a permit, waiting as [`PoolConfig::at_limit`] says.
@@ -260,7 +269,8 @@ impl Limiter {
         cx: &mut Context<'_>,
         slot: &mut Option<Pin<Box<WaitSlot>>>,
     ) -> Poll<Result<Permit, Overloaded>> {
-        self.core
+        self.parts
+            .core
             .poll_acquire(cx, slot)
             .map_ok(|home| self.permit(home))
     }
@@ -273,12 +283,12 @@ impl Limiter {
 
     /// A view of the limiter now. Briefly takes the updater's lock; not for the request path.
     pub fn snapshot(&self) -> Snapshot {
-        self.core.snapshot()
+        self.parts.core.snapshot()
     }
 
     /// Closes the current window now, whatever its length (for tests and fuzzing).
     pub fn force_update(&self) {
-        self.core.force_update();
+        self.parts.core.force_update();
     }
 }
 
