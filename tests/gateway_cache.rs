@@ -382,3 +382,27 @@ async fn killing_redis_mid_run_fails_no_request() {
     })
     .await;
 }
+
+#[test]
+fn the_section_in_a_config_file() {
+    let seed = |name: &str| {
+        let path = format!(
+            "{}/fuzz/corpus/gateway_config/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(path).unwrap()
+    };
+    let config = tollgate::gateway::config::Config::parse(&seed("cache_full.toml"), "full.toml")
+        .expect("the full seed is valid");
+    let cache = config.routes[0].cache.as_ref().unwrap();
+    assert_eq!(cache.vary, ["accept-encoding", "accept-language"]);
+    assert_eq!(cache.redis.as_ref().unwrap().channel, "tollgate:inv");
+    assert_eq!(config.routes[1].cache.as_ref().unwrap().l1_entries, 256);
+    let err =
+        tollgate::gateway::config::Config::parse(&seed("cache_bad.toml"), "bad.toml").unwrap_err();
+    assert_eq!(err.field, "routes[0].cache.default_ttl_ms", "{err}");
+    let unknown = "[[clusters]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n\
+                   [[routes]]\ncluster = \"a\"\n[routes.cache]\nttl = 5\n";
+    let err = tollgate::gateway::config::Config::parse(unknown, "u.toml").unwrap_err();
+    assert!(err.to_string().contains("ttl"), "{err}");
+}
