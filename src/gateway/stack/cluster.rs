@@ -416,12 +416,9 @@ impl BalanceSection {
                 return e("health.healthy_threshold", "must be at least 1");
             }
         }
-        self.to_config().validate().map_err(|err| {
-            ConfigError::new(
-                format!("{at}"),
-                format!("{}: {}", err.field(), err.problem()),
-            )
-        })
+        self.to_config()
+            .validate()
+            .map_err(|err| ConfigError::new(at, format!("{}: {}", err.field(), err.problem())))
     }
 }
 

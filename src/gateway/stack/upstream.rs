@@ -1,5 +1,5 @@
 //! The innermost service: one upstream endpoint, reached through the worker thread's own
-//! connection pool ([`pool`](crate::gateway::pool)).
+//! connection pool ([`crate::gateway::pool`]).
 
 use super::{GwBody, UpRequest, UpResponse};
 use crate::gateway::config::UpstreamProtocol;
