@@ -3,7 +3,8 @@
 //!
 //! Invariants checked:
 //! - `gateway_config`: parsing and validating any bytes never panics; an accepted config
-//!   compiles into a route table; an error names a field and a problem and displays as
+//!   compiles into a route table and its cluster stacks and admission policies build (the
+//!   gateway's validation accepts nothing its layers refuse); an error names a field and a problem and displays as
 //!   `FILE: FIELD: PROBLEM`.
 //! - `route_table`: lookups never panic, and agree with the reference predicate
 //!   [`route_matches`]: a returned route matches the request, every route ranked more specific
@@ -26,11 +27,35 @@ pub fn gateway_config(data: &[u8]) {
             let table = RouteTable::new(&config.routes);
             assert_eq!(table.len(), config.routes.len());
             assert!(config.validate().is_ok());
+            build_layers(&config);
         }
         Err(e) => {
             assert_eq!(e.file, "fuzz.toml");
             assert!(!e.field.is_empty() && !e.problem.is_empty(), "{e:?}");
             assert!(e.to_string().starts_with("fuzz.toml: "));
+        }
+    }
+}
+
+/// Builds the layers of every cluster and admission policy of an accepted config: the
+/// gateway's validation must accept only what the layers themselves accept.
+fn build_layers(config: &Config) {
+    use super::pool::Settings;
+    use super::stack::admission::AdmissionPolicy;
+    use super::stack::cluster::ClusterLayers;
+    use std::time::Duration;
+    let settings = Settings {
+        connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
+        idle_timeout: Duration::from_millis(config.timeouts.idle_ms),
+    };
+    for c in config.clusters.iter().filter(|c| ClusterLayers::wanted(c)) {
+        if let Err(e) = ClusterLayers::build(c, settings, None) {
+            panic!("validated cluster {} does not build: {e}", c.name);
+        }
+    }
+    for a in &config.admission {
+        if let Err(e) = AdmissionPolicy::build(a, None) {
+            panic!("validated admission policy {} does not build: {e}", a.name);
         }
     }
 }
