@@ -23,23 +23,29 @@ use tollgate_core::testing::redis::RedisServer;
 /// An upstream counting its requests. Paths: `/nostore` answers `no-store`; `/big` a body of
 /// 5000 bytes with `Content-Length`; `/chunked` 3 frames of 1000 bytes without one; anything
 /// else `path n` with `max-age=60` (or `max-age=0` under `/stale`). While `fail` is set it
-/// answers 503.
+/// answers 503; while `hang` is set it never answers.
 struct Origin {
     addr: SocketAddr,
     calls: Arc<AtomicUsize>,
     fail: Arc<AtomicBool>,
+    hang: Arc<AtomicBool>,
 }
 
 impl Origin {
     async fn start() -> Origin {
         let calls = Arc::new(AtomicUsize::new(0));
         let fail = Arc::new(AtomicBool::new(false));
-        let (c, f) = (calls.clone(), fail.clone());
+        let hang = Arc::new(AtomicBool::new(false));
+        let (c, f, h) = (calls.clone(), fail.clone(), hang.clone());
         let addr = upstream(move |req| {
             let n = c.fetch_add(1, Ordering::SeqCst) + 1;
             let failing = f.load(Ordering::SeqCst);
+            let hanging = h.load(Ordering::SeqCst);
             async move {
                 let path = req.uri().path().to_owned();
+                if hanging {
+                    std::future::pending::<()>().await;
+                }
                 if failing {
                     return text(StatusCode::SERVICE_UNAVAILABLE, "down");
                 }
@@ -68,7 +74,12 @@ impl Origin {
             }
         })
         .await;
-        Origin { addr, calls, fail }
+        Origin {
+            addr,
+            calls,
+            fail,
+            hang,
+        }
     }
 
     fn calls(&self) -> usize {
@@ -254,6 +265,59 @@ async fn stale_if_error_hides_an_upstream_outage() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_covers_a_hanging_upstream_with_origin_timeout() {
+    bounded(async {
+        let origin = Origin::start().await;
+        // The route's request timeout is 3 s (`common::config`); the upstream gets 200 ms.
+        let section = "stale_if_error_ms = 600000\norigin_timeout_ms = 200";
+        let gw = start(config(&cached_route(origin.addr, section)));
+        let (_, h, body) = ask(&gw, Method::GET, "/stale", &[]).await;
+        assert_eq!((x_cache(&h), &body[..]), ("MISS", &b"/stale 1"[..]));
+        origin.hang.store(true, Ordering::SeqCst);
+        for _ in 0..2 {
+            let (s, h, body) = ask(&gw, Method::GET, "/stale", &[]).await;
+            assert_eq!((s, x_cache(&h)), (StatusCode::OK, "STALE"));
+            assert_eq!(body, "/stale 1");
+        }
+        let (s, _, _) = ask(&gw, Method::GET, "/stale-other", &[]).await;
+        assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(origin.calls(), 4);
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
+    bounded(async {
+        let origin = Origin::start().await;
+        let section = "stale_while_revalidate_ms = 600000";
+        let gw = start(config(&cached_route(origin.addr, section)));
+        let (_, h, body) = ask(&gw, Method::GET, "/stale", &[]).await;
+        assert_eq!((x_cache(&h), &body[..]), ("MISS", &b"/stale 1"[..]));
+        // Past its freshness (`max-age=0`): served as it is, refreshed in the background.
+        let (s, h, body) = ask(&gw, Method::GET, "/stale", &[]).await;
+        assert_eq!(
+            (s, x_cache(&h), &body[..]),
+            (StatusCode::OK, "STALE", &b"/stale 1"[..])
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, h, body) = ask(&gw, Method::GET, "/stale", &[]).await;
+            assert_eq!(x_cache(&h), "STALE");
+            if body != "/stale 1" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the refresh lands");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cache_state(&gw)["refreshes"].as_u64().unwrap() >= 1);
+        stop(gw).await;
+    })
+    .await;
+}
+
 /// A Redis server, or `None` (and a note) when it is not installed.
 fn redis() -> Option<RedisServer> {
     let s = RedisServer::start();
@@ -362,6 +426,14 @@ async fn killing_redis_mid_run_fails_no_request() {
         l3_connected(&gw).await;
         let (_, h, _) = ask(&gw, Method::GET, "/k0", &[]).await;
         assert_eq!(x_cache(&h), "MISS");
+        // Frozen, Redis answers nothing: each look-up gives up after its timeout (50 ms).
+        server.pause();
+        let (s, h, body) = ask(&gw, Method::GET, "/frozen", &[]).await;
+        assert_eq!(
+            (s, x_cache(&h), &body[..]),
+            (StatusCode::OK, "MISS", &b"/frozen 2"[..])
+        );
+        server.resume();
         server.stop();
         // Cached content comes from L1/L2, the rest from the upstream; nothing fails.
         for i in 0..20 {
@@ -375,7 +447,7 @@ async fn killing_redis_mid_run_fails_no_request() {
             assert_eq!(s, StatusCode::OK, "{path}");
             assert!(body.starts_with(path.as_bytes()), "{path}");
         }
-        assert_eq!(origin.calls(), 6, "one miss per key; the rest are hits");
+        assert_eq!(origin.calls(), 7, "one miss per key; the rest are hits");
         let st = cache_state(&gw);
         assert!(st["l3"]["errors"].as_u64().unwrap() > 0, "{st}");
         stop(gw).await;

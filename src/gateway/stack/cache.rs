@@ -56,6 +56,7 @@ use tollgate_cache::redis::RedisTier;
 use tollgate_cache::{CacheHandle, CacheLayer, Cacheability};
 use tollgate_core::BoxError;
 use tollgate_core::counter::ShardedCounter;
+use tollgate_core::error::DeadlineExceeded;
 use tower::{Layer, Service, ServiceExt};
 
 /// An upstream answer the cache will not store, handed past it still streaming. Travels as the
@@ -110,28 +111,44 @@ impl Service<UpRequest> for Origin {
         let fut = self.inner.call(req);
         let policy = self.policy.clone();
         Box::pin(async move {
-            let (mut parts, body) = fut.await?.into_parts();
-            // A stored answer is replayed with a whole body: connection headers do not apply.
-            strip_hop_by_hop(&mut parts.headers, false);
-            let probe = Response::from_parts(parts, Bytes::new());
-            let class = policy.http_classify(&probe);
-            let (parts, _) = probe.into_parts();
-            let declared = content_length(&parts.headers);
-            if class == Cacheability::Pass
-                || is_event_stream(&parts.headers)
-                || (!head && declared.is_some_and(|n| n > policy.0.max_body))
-            {
-                policy.0.passed.incr();
-                return Err(PassThrough::new(Response::from_parts(parts, body)).into());
+            let limit = policy.0.origin_timeout;
+            let fetch = fetch(fut, policy, head);
+            match limit {
+                Some(limit) => tokio::time::timeout(limit, fetch)
+                    .await
+                    .map_err(|_| BoxError::from(DeadlineExceeded::new()))?,
+                None => fetch.await,
             }
-            let bytes = body.collect().await?.to_bytes();
-            let mut res = Response::from_parts(parts, bytes);
-            if res.body().len() as u64 > policy.0.max_body {
-                res.extensions_mut().insert(TooBig);
-            }
-            Ok(res)
         })
     }
+}
+
+/// Waits for the upstream's answer and reads its body whole, or hands it past the cache.
+async fn fetch(
+    answer: super::route::BoxFuture,
+    policy: GwPolicy,
+    head: bool,
+) -> Result<Response<Bytes>, BoxError> {
+    let (mut parts, body) = answer.await?.into_parts();
+    // A stored answer is replayed with a whole body: connection headers do not apply.
+    strip_hop_by_hop(&mut parts.headers, false);
+    let probe = Response::from_parts(parts, Bytes::new());
+    let class = policy.http_classify(&probe);
+    let (parts, _) = probe.into_parts();
+    let declared = content_length(&parts.headers);
+    if class == Cacheability::Pass
+        || is_event_stream(&parts.headers)
+        || (!head && declared.is_some_and(|n| n > policy.0.max_body))
+    {
+        policy.0.passed.incr();
+        return Err(PassThrough::new(Response::from_parts(parts, body)).into());
+    }
+    let bytes = body.collect().await?.to_bytes();
+    let mut res = Response::from_parts(parts, bytes);
+    if res.body().len() as u64 > policy.0.max_body {
+        res.extensions_mut().insert(TooBig);
+    }
+    Ok(res)
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -50,6 +50,8 @@ pub(super) struct PolicyInner {
     min_weight: u32,
     /// `max_body_bytes`.
     pub(super) max_body: u64,
+    /// `origin_timeout_ms`, when set.
+    pub(super) origin_timeout: Option<Duration>,
     /// Responses streamed past the cache (uncacheable by their head, or too big).
     pub(super) passed: ShardedCounter,
 }
@@ -68,6 +70,7 @@ impl GwPolicy {
             negative_ttl: ms(section.negative_ttl_ms),
             min_weight: min_weight as u32,
             max_body: section.max_body_bytes,
+            origin_timeout: (section.origin_timeout_ms > 0).then(|| ms(section.origin_timeout_ms)),
             passed: ShardedCounter::new(),
         }))
     }

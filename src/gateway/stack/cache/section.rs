@@ -22,6 +22,11 @@ pub struct CacheSection {
     /// Serve a response this long past its freshness instead of an upstream failure (an error
     /// or a 5xx), ms; a response's own `stale-if-error` overrides it. Default 60000.
     pub stale_if_error_ms: u64,
+    /// How long the upstream may take (to its answer's head, and for a stored answer to its
+    /// whole body) before it counts as failed, so a stale answer can stand in for a hanging
+    /// upstream too, ms. Keep it below the route's request timeout, which otherwise ends the
+    /// request first (504, nothing stale). Default 0: no limit of its own.
+    pub origin_timeout_ms: u64,
     /// Freshness of `404`/`410` answers that give none, ms; 0 stores none. Default 5000.
     pub negative_ttl_ms: u64,
     /// L2 holds at most this many entries (each counts as at least `max_bytes / max_entries`
@@ -50,6 +55,7 @@ impl Default for CacheSection {
             max_ttl_ms: 3_600_000,
             stale_while_revalidate_ms: 0,
             stale_if_error_ms: 60_000,
+            origin_timeout_ms: 0,
             negative_ttl_ms: 5_000,
             max_entries: 10_000,
             max_bytes: 64 << 20,
@@ -200,6 +206,9 @@ impl CacheSection {
             if v > self.max_ttl_ms {
                 return e(f, "must not exceed max_ttl_ms");
             }
+        }
+        if self.origin_timeout_ms > 3_600_000 {
+            return e("origin_timeout_ms", "must be at most 3600000 ms");
         }
         if !(1..=100_000_000).contains(&self.max_entries) {
             return e("max_entries", "must be between 1 and 100000000");

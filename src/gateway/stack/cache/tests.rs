@@ -69,6 +69,7 @@ fn validation_names_the_bad_field() {
             "c.stale_while_revalidate_ms",
         ),
         ("negative_ttl_ms = 4000000", "c.negative_ttl_ms"),
+        ("origin_timeout_ms = 3600001", "c.origin_timeout_ms"),
         ("max_entries = 0", "c.max_entries"),
         ("max_bytes = 10", "c.max_bytes"),
         ("l1_entries = 1000", "c.l1_entries"),
