@@ -47,6 +47,7 @@ fn build_layers(config: &Config) {
     let settings = Settings {
         connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
         idle_timeout: Duration::from_millis(config.timeouts.idle_ms),
+        max_idle: super::pool::MAX_IDLE_PER_ENDPOINT,
     };
     for c in config.clusters.iter().filter(|c| ClusterLayers::wanted(c)) {
         if let Err(e) = ClusterLayers::build(c, settings, None) {

@@ -25,7 +25,7 @@ pub type ReqBody = super::stack::GwBody;
 
 /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed (a burst's extra
 /// connections do not linger).
-const MAX_IDLE_PER_ENDPOINT: usize = 128;
+pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
 
 struct Idle {
     sender: http1::SendRequest<ReqBody>,
@@ -110,6 +110,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Pooled connections idle longer are closed.
     pub idle_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed. At most
+    /// [`MAX_IDLE_PER_ENDPOINT`]; a cluster with a `pool` section sets it to its learned limit.
+    pub max_idle: usize,
 }
 
 async fn connect(addr: SocketAddr, s: Settings) -> Result<tokio::net::TcpStream, UpstreamError> {
@@ -134,7 +137,7 @@ fn checkout_h1(addr: SocketAddr, s: Settings) -> Option<http1::SendRequest<ReqBo
     })
 }
 
-fn checkin_h1(addr: SocketAddr, sender: http1::SendRequest<ReqBody>) {
+fn checkin_h1(addr: SocketAddr, sender: http1::SendRequest<ReqBody>, max_idle: usize) {
     if sender.is_closed() {
         return;
     }
@@ -142,7 +145,7 @@ fn checkin_h1(addr: SocketAddr, sender: http1::SendRequest<ReqBody>) {
     let _ = POOL.try_with(|p| {
         let mut p = p.borrow_mut();
         let list = p.h1_list(addr);
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
+        if list.len() < max_idle.min(MAX_IDLE_PER_ENDPOINT) {
             list.push(Idle {
                 sender,
                 since: Instant::now(),
@@ -231,7 +234,7 @@ pub async fn send_h1(
             Ok(resp) => {
                 return Ok(resp.map(|body| UpBody {
                     inner: body,
-                    back: Some((addr, sender)),
+                    back: Some((addr, sender, s.max_idle)),
                 }));
             }
             Err(mut e) => match e.take_message() {
@@ -272,13 +275,13 @@ pub async fn send_h2(
 #[derive(Debug)]
 pub struct UpBody {
     inner: Incoming,
-    back: Option<(SocketAddr, http1::SendRequest<ReqBody>)>,
+    back: Option<(SocketAddr, http1::SendRequest<ReqBody>, usize)>,
 }
 
 impl UpBody {
     fn give_back(&mut self) {
-        if let Some((addr, sender)) = self.back.take() {
-            checkin_h1(addr, sender);
+        if let Some((addr, sender, max_idle)) = self.back.take() {
+            checkin_h1(addr, sender, max_idle);
         }
     }
 }

@@ -258,6 +258,7 @@ async fn proxy(
     let settings = pool::Settings {
         connect_timeout: snap.connect_timeout,
         idle_timeout: snap.idle_timeout,
+        max_idle: pool::MAX_IDLE_PER_ENDPOINT,
     };
     cluster.stats.requests.incr();
     cluster.stats.in_flight.incr();

@@ -243,6 +243,7 @@ impl Snapshot {
             let settings = Settings {
                 connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
                 idle_timeout: Duration::from_millis(config.timeouts.idle_ms),
+                max_idle: super::pool::MAX_IDLE_PER_ENDPOINT,
             };
             let layers = if ClusterLayers::wanted(cc) {
                 Some(ClusterLayers::build(

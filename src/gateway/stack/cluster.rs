@@ -538,9 +538,10 @@ impl ClusterLayers {
         let settings = Settings {
             connect_timeout: self.key.connect_timeout,
             idle_timeout: self.key.idle_timeout,
+            max_idle: crate::gateway::pool::MAX_IDLE_PER_ENDPOINT,
         };
         for &addr in addrs.iter().filter(|a| !have.contains(a)) {
-            let up = Upstream::new(addr, self.key.protocol, settings);
+            let up = Upstream::new(addr, self.key.protocol, settings, self.limiter.clone());
             match &self.key.endpoint_breaker {
                 Some(b) => {
                     let name = format!("{}/{addr}", self.name);

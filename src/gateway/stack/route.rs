@@ -48,7 +48,7 @@ impl Service<UpRequest> for ClusterService {
                     ))));
                 };
                 let cluster = cluster.clone();
-                let up = Upstream::new(addr, cluster.protocol, *settings);
+                let up = Upstream::new(addr, cluster.protocol, *settings, None);
                 Box::pin(async move {
                     let result = up.oneshot(req).await;
                     let failed = match &result {

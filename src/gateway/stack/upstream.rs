@@ -25,11 +25,19 @@ pub struct Upstream {
     host: HeaderValue,
     protocol: UpstreamProtocol,
     settings: Settings,
+    limiter: Option<tollgate_pool::Limiter>,
 }
 
 impl Upstream {
-    /// The endpoint at `addr`, spoken to with `protocol`.
-    pub fn new(addr: SocketAddr, protocol: UpstreamProtocol, settings: Settings) -> Self {
+    /// The endpoint at `addr`, spoken to with `protocol`. With `limiter` (the cluster's
+    /// adaptive limit), each worker keeps at most that many idle connections to it, so the
+    /// connection pool follows what the upstream was learned to take.
+    pub fn new(
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+        settings: Settings,
+        limiter: Option<tollgate_pool::Limiter>,
+    ) -> Self {
         let authority: Arc<str> = addr.to_string().into();
         let host = HeaderValue::from_str(&authority).unwrap_or(HeaderValue::from_static("-"));
         Self {
@@ -38,6 +46,7 @@ impl Upstream {
             host,
             protocol,
             settings,
+            limiter,
         }
     }
 
@@ -65,7 +74,10 @@ impl Service<UpRequest> for Upstream {
             parts.headers.insert(header::HOST, self.host.clone());
         }
         let addr = self.addr;
-        let settings = self.settings;
+        let mut settings = self.settings;
+        if let Some(l) = &self.limiter {
+            settings.max_idle = l.limit().max(1);
+        }
         match self.protocol {
             UpstreamProtocol::Http1 => {
                 parts.version = Version::HTTP_11;
