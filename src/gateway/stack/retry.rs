@@ -328,3 +328,64 @@ impl RetryPolicy {
         .absolute(self.inner.exhausted.sum().max(0) as u64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(percent: f64, floor_per_s: u64) -> Budget {
+        Budget {
+            start: Instant::now(),
+            percent,
+            floor_per_s,
+            slots: Default::default(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stay_within_the_share_of_requests() {
+        let b = budget(20.0, 0);
+        assert!(!b.withdraw(), "no requests, no floor: no retries");
+        for _ in 0..100 {
+            b.deposit();
+        }
+        let allowed = (0..50).filter(|_| b.withdraw()).count();
+        assert_eq!(allowed, 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_allows_retries_on_a_quiet_cluster_and_old_counts_expire() {
+        let b = budget(20.0, 1);
+        let allowed = (0..50).filter(|_| b.withdraw()).count();
+        assert_eq!(allowed, 10, "one per second over the ten-second window");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!b.withdraw(), "the window still holds the ten retries");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(b.withdraw(), "they have aged out");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let bad = RetrySection {
+            budget_percent: 150.0,
+            ..RetrySection::default()
+        };
+        assert_eq!(
+            bad.validate("clusters[0].retry").unwrap_err().field,
+            "clusters[0].retry.budget_percent"
+        );
+        assert!(RetrySection::default().validate("x").is_ok());
+    }
+
+    #[test]
+    fn only_idempotent_requests_with_a_held_body_are_retryable() {
+        let get = Request::get("/")
+            .body(GwBody::Right(Full::default()))
+            .unwrap();
+        assert!(RetryPolicy::retryable(&get));
+        let post = Request::post("/")
+            .body(GwBody::Right(Full::default()))
+            .unwrap();
+        assert!(!RetryPolicy::retryable(&post));
+    }
+}
