@@ -70,6 +70,15 @@ impl Origin {
                     _ => "max-age=60",
                 };
                 r.headers_mut().insert("cache-control", cc.parse().unwrap());
+                r.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
+                // Echo the validators the upstream saw.
+                for name in ["if-none-match", "range"] {
+                    if let Some(v) = req.headers().get(name) {
+                        let seen = format!("x-seen-{name}");
+                        r.headers_mut()
+                            .insert(http::HeaderName::try_from(seen).unwrap(), v.clone());
+                    }
+                }
                 r
             }
         })
@@ -313,6 +322,44 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(cache_state(&gw)["refreshes"].as_u64().unwrap() >= 1);
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validators_are_answered_by_the_cache() {
+    bounded(async {
+        let origin = Origin::start().await;
+        let gw = start(config(&cached_route(origin.addr, "")));
+        // A first request with a validator: the upstream is asked for the whole answer.
+        let (s, h, body) = ask(&gw, Method::GET, "/c", &[("if-none-match", "\"v1\"")]).await;
+        assert_eq!((s, x_cache(&h)), (StatusCode::NOT_MODIFIED, "MISS"));
+        assert!(body.is_empty());
+        assert_eq!(h["etag"], "\"v1\"");
+        let (s, h, body) = ask(&gw, Method::GET, "/c", &[]).await;
+        assert_eq!(
+            (s, x_cache(&h), &body[..]),
+            (StatusCode::OK, "HIT", &b"/c 1"[..])
+        );
+        assert!(
+            h.get("x-seen-if-none-match").is_none(),
+            "stripped on the way up"
+        );
+        for (inm, want) in [
+            ("W/\"v1\"", StatusCode::NOT_MODIFIED),
+            ("\"v0\", \"v1\"", StatusCode::NOT_MODIFIED),
+            ("\"v2\"", StatusCode::OK),
+        ] {
+            let (s, h, _) = ask(&gw, Method::GET, "/c", &[("if-none-match", inm)]).await;
+            assert_eq!((s, x_cache(&h)), (want, "HIT"), "{inm}");
+        }
+        assert_eq!(origin.calls(), 1);
+        // A range request is the client's own business.
+        let (s, h, _) = ask(&gw, Method::GET, "/c", &[("range", "bytes=0-1")]).await;
+        assert_eq!((s, x_cache(&h)), (StatusCode::OK, "BYPASS"));
+        assert_eq!(h["x-seen-range"], "bytes=0-1");
+        assert_eq!(origin.calls(), 2);
         stop(gw).await;
     })
     .await;

@@ -2,15 +2,18 @@
 //!
 //! A route with this section answers `GET` and `HEAD` from a per-thread L1, a shared L2 and,
 //! with `redis`, a Redis L3 shared by every gateway instance pointing at it. What is stored
-//! follows RFC 9111 as a shared cache ([`HttpPolicy`](tollgate_cache::http::HttpPolicy)): `Cache-Control` (`no-store`, `private`,
-//! `max-age`, `s-maxage`, `stale-while-revalidate`, `stale-if-error`) and `Vary` (on the
-//! headers listed in `vary`; `Host` is always part of the key). Requests with `Authorization`
-//! or a request `Cache-Control: no-store`, and every other method, pass by the cache.
+//! follows RFC 9111 as a shared cache
+//! ([`HttpPolicy`](tollgate_cache::http::HttpPolicy)): `Cache-Control` (`no-store`,
+//! `private`, `max-age`, `s-maxage`, `stale-while-revalidate`, `stale-if-error`) and `Vary` (on
+//! the headers listed in `vary`; `Host` is always part of the key). Requests with
+//! `Authorization` or a request `Cache-Control: no-store`, and every other method, pass by the
+//! cache.
 //!
 //! After a response stops being fresh it may stand in for an upstream failure (an error, a
-//! `5xx`) for `stale_if_error_ms`, so an outage of the upstream is hidden for cached content,
-//! and it may be served while one background request refreshes it for
-//! `stale_while_revalidate_ms` (RFC 5861). Concurrent misses of one key make one upstream call.
+//! `5xx`, no answer within `origin_timeout_ms`) for `stale_if_error_ms`, so an outage of the
+//! upstream is hidden for cached content, and it may be served while one background request
+//! refreshes it for `stale_while_revalidate_ms` (RFC 5861). Concurrent misses of one key make
+//! one upstream call.
 //!
 //! Every answer of a cached route carries `x-cache`: `HIT` (fresh, from any tier), `STALE`
 //! (served past its freshness: while revalidating, or instead of a failure), `MISS` (from the
@@ -20,11 +23,16 @@
 //! is read whole before it is answered. A response the cache would not store anyway (by its
 //! head: `Cache-Control`, `Set-Cookie`, `Vary`, status), an event stream, or one whose
 //! `Content-Length` exceeds `max_body_bytes` is streamed through untouched. A chunked answer
-//! that turns out longer than `max_body_bytes` is answered whole and not stored.
+//! that turns out longer than `max_body_bytes` is answered whole and not stored. (A streamed
+//! answer travels past the cache as an error, so when an older copy of the key is still inside
+//! its stale-if-error window, that copy is served instead.)
 //!
 //! Redis never fails a request: the L3 connects in the background (on a small runtime of its
 //! own, so it does not depend on where the snapshot is built), every command has a timeout,
 //! and a breaker skips Redis while it fails; requests then go on to L1/L2 and the upstream.
+//!
+//! Reloads keep a route's cache, content included, while the route (host, prefix, methods)
+//! and its section stay the same.
 
 mod policy;
 mod section;
@@ -42,7 +50,7 @@ use crate::gateway::pool::UpBody;
 use crate::gateway::proxy::RespBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use policy::{BYPASS, GwCodec, MISS, TooBig, mark};
 use std::fmt;
@@ -133,7 +141,7 @@ async fn fetch(
     // A stored answer is replayed with a whole body: connection headers do not apply.
     strip_hop_by_hop(&mut parts.headers, false);
     let probe = Response::from_parts(parts, Bytes::new());
-    let class = policy.http_classify(&probe);
+    let class = policy.classify_head(&probe);
     let (parts, _) = probe.into_parts();
     let declared = content_length(&parts.headers);
     if class == Cacheability::Pass
@@ -164,16 +172,57 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
-/// Whether the cache may look `req` up: what [`HttpPolicy`](tollgate_cache::http::HttpPolicy) keys (`GET`/`HEAD` without
-/// `Authorization` or a request `no-store`). Others skip the cache and stream both ways.
+/// Whether the cache may look `req` up: what
+/// [`HttpPolicy`](tollgate_cache::http::HttpPolicy) keys (`GET`/`HEAD` without `Authorization`
+/// or a request `no-store`), and not a range or precondition request. Others skip the cache
+/// and stream both ways.
 fn cacheable_request<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
     (req.method() == Method::GET || req.method() == Method::HEAD)
-        && !req.headers().contains_key(header::AUTHORIZATION)
+        && !h.contains_key(header::AUTHORIZATION)
+        // Partial and precondition requests go to the upstream as they are.
+        && !h.contains_key(header::RANGE)
+        && !h.contains_key(header::IF_MATCH)
+        && !h.contains_key(header::IF_UNMODIFIED_SINCE)
         && !req
             .headers()
             .get_all(header::CACHE_CONTROL)
             .iter()
             .any(|v| v.to_str().map_or(true, |s| CacheControl::parse(s).no_store))
+}
+
+/// Whether `If-None-Match: list` matches entity tag `tag` (weak comparison, RFC 9110 §13.1.2).
+fn etag_matches(list: &[u8], tag: &[u8]) -> bool {
+    let opaque = |t: &[u8]| -> Vec<u8> {
+        let t = t.trim_ascii();
+        t.strip_prefix(b"W/").unwrap_or(t).to_vec()
+    };
+    let tag = opaque(tag);
+    list.split(|b| *b == b',')
+        .any(|t| t.trim_ascii() == b"*" || opaque(t) == tag)
+}
+
+/// A `304 Not Modified` for a stored `200` with `headers` (RFC 9110 §15.4.5: its validators,
+/// caching headers and `x-cache`, no content headers).
+fn not_modified(headers: &HeaderMap) -> Response<RespBody> {
+    let mut res = Response::new(Either::Right(Full::default()));
+    *res.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in [
+        header::CACHE_CONTROL,
+        header::CONTENT_LOCATION,
+        header::DATE,
+        header::ETAG,
+        header::EXPIRES,
+        header::VARY,
+        header::AGE,
+        header::LAST_MODIFIED,
+        X_CACHE.clone(),
+    ] {
+        for v in headers.get_all(&name) {
+            res.headers_mut().append(name.clone(), v.clone());
+        }
+    }
+    res
 }
 
 /// The runtime the Redis tiers connect and write on: a thread of its own, started with the
@@ -286,6 +335,11 @@ impl RouteCache {
             mark(&mut res, BYPASS);
             return Ok(res.map(Either::Left));
         }
+        // The cache fetches and stores whole responses: the client's validators are answered
+        // here, never by the upstream (its 304 is not what other clients asked for).
+        let mut req = req;
+        let if_none_match = req.headers_mut().remove(header::IF_NONE_MATCH);
+        req.headers_mut().remove(header::IF_MODIFIED_SINCE);
         let origin = Origin {
             inner,
             policy: self.policy.clone(),
@@ -298,6 +352,15 @@ impl RouteCache {
                     parts
                         .headers
                         .insert(X_CACHE.clone(), HeaderValue::from_static(MISS));
+                }
+                if let Some(inm) = if_none_match
+                    && parts.status == StatusCode::OK
+                    && parts
+                        .headers
+                        .get(header::ETAG)
+                        .is_some_and(|tag| etag_matches(inm.as_bytes(), tag.as_bytes()))
+                {
+                    return Ok(not_modified(&parts.headers));
                 }
                 Ok(Response::from_parts(parts, Either::Right(Full::new(body))))
             }

@@ -76,8 +76,13 @@ impl GwPolicy {
     }
 
     /// What [`HttpPolicy`] makes of `res` (its head; the body is not looked at).
-    pub(super) fn http_classify(&self, res: &Response<Bytes>) -> Cacheability {
+    fn http_classify(&self, res: &Response<Bytes>) -> Cacheability {
         <HttpPolicy as CachePolicyFor<NoBody, Response<Bytes>>>::classify(&self.0.http, res)
+    }
+
+    /// What the cache will make of a response with this head (the body is not looked at).
+    pub(super) fn classify_head(&self, res: &Response<Bytes>) -> Cacheability {
+        <Self as CachePolicyFor<NoBody, Response<Bytes>>>::classify(self, res)
     }
 
     /// How long a response classified `class` is fresh (as the layer's lifetimes compute it).
@@ -129,7 +134,13 @@ impl<B> CachePolicyFor<Request<B>, Response<Bytes>> for GwPolicy {
     }
 
     fn classify(&self, res: &Response<Bytes>) -> Cacheability {
-        if res.extensions().get::<TooBig>().is_some() {
+        // Never keep an answer to what one client asked alone (a range, a revalidation).
+        if res.extensions().get::<TooBig>().is_some()
+            || matches!(
+                res.status(),
+                http::StatusCode::PARTIAL_CONTENT | http::StatusCode::NOT_MODIFIED
+            )
+        {
             return Cacheability::Pass;
         }
         self.http_classify(res)

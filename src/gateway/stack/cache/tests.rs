@@ -199,6 +199,18 @@ fn only_plain_gets_and_heads_are_looked_up() {
     assert!(!cacheable_request(&req(Method::POST, &[])));
     assert!(!cacheable_request(&req(
         Method::GET,
+        &[("range", "bytes=0-9")]
+    )));
+    assert!(!cacheable_request(&req(
+        Method::GET,
+        &[("if-match", "\"a\"")]
+    )));
+    assert!(cacheable_request(&req(
+        Method::GET,
+        &[("if-none-match", "\"a\"")]
+    )));
+    assert!(!cacheable_request(&req(
+        Method::GET,
         &[("authorization", "x")]
     )));
     assert!(!cacheable_request(&req(
@@ -261,4 +273,32 @@ async fn build_keeps_an_equal_section_and_never_blocks_on_redis() {
         text.contains("tollgate_cache_l3_connected{route=\"r\"} 0"),
         "{text}"
     );
+}
+
+#[test]
+fn if_none_match_compares_weakly() {
+    assert!(etag_matches(b"\"a\"", b"\"a\""));
+    assert!(etag_matches(b"W/\"a\"", b"\"a\""));
+    assert!(etag_matches(b"\"x\", W/\"a\"", b"W/\"a\""));
+    assert!(etag_matches(b"*", b"\"a\""));
+    assert!(!etag_matches(b"\"b\"", b"\"a\""));
+    assert!(!etag_matches(b"", b"\"a\""));
+}
+
+#[test]
+fn ranges_and_revalidations_are_never_stored() {
+    let p = GwPolicy::new(&CacheSection::default(), Vec::new());
+    for status in [206, 304] {
+        let mut r = res(&[("cache-control", "max-age=60")], "");
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        assert_eq!(classify(&p, &r), Cacheability::Pass, "{status}");
+    }
+    let mut r = res(&[("etag", "\"a\""), ("content-type", "text/plain")], "x");
+    r.headers_mut()
+        .insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
+    let nm = not_modified(r.headers());
+    assert_eq!(nm.status(), http::StatusCode::NOT_MODIFIED);
+    assert_eq!(nm.headers()["etag"], "\"a\"");
+    assert_eq!(nm.headers()["x-cache"], "HIT");
+    assert!(nm.headers().get("content-type").is_none());
 }
