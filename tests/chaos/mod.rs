@@ -38,11 +38,17 @@ pub async fn bounded<F: Future>(fut: F) -> F::Output {
 /// short timeouts, one listener, then `rest` (clusters and routes). `header_read_ms` (a client
 /// side timeout) varies so that a reload can change a setting no cluster depends on.
 pub fn config_text(rest: &str, header_read_ms: u64) -> String {
+    config_text_idle(rest, header_read_ms, 10_000)
+}
+
+/// [`config_text`] with the idle timeout of client and pooled upstream connections too.
+pub fn config_text_idle(rest: &str, header_read_ms: u64, idle_ms: u64) -> String {
     format!(
         "[server]\nworkers = 2\ndrain_timeout_ms = 2000\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [log]\naccess_log = false\n\
-         [timeouts]\nconnect_ms = 300\nheader_read_ms = {header_read_ms}\nrequest_ms = 2000\nidle_ms = 10000\n\
+         [timeouts]\nconnect_ms = 300\nheader_read_ms = {header_read_ms}\nrequest_ms = 2000\n\
+         idle_ms = {idle_ms}\n\
          [[listeners]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n{rest}"
     )
 }
@@ -114,13 +120,19 @@ pub async fn call(
     body: Option<&'static [u8]>,
 ) -> Result<Reply, String> {
     let req = Request::builder()
-        .method(method.clone())
+        .method(method)
         .uri(url)
         .body(
             body.map(|b| Full::new(Bytes::from_static(b)))
                 .unwrap_or_default(),
         )
         .unwrap();
+    send(client, req).await
+}
+
+/// Sends `req` and collects the answer; see [`call`].
+pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Result<Reply, String> {
+    let what = format!("{} {}", req.method(), req.uri());
     let exchange = async {
         let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
         let (parts, body) = resp.into_parts();
@@ -133,7 +145,7 @@ pub async fn call(
     };
     tokio::time::timeout(CALL_LIMIT, exchange)
         .await
-        .unwrap_or_else(|_| panic!("{method} {url} got no answer within {CALL_LIMIT:?}"))
+        .unwrap_or_else(|_| panic!("{what} got no answer within {CALL_LIMIT:?}"))
 }
 
 /// `GET url`; the answer must come (a connection failure panics).
@@ -160,7 +172,7 @@ pub fn layers<'a>(state: &'a Value, cluster: &str) -> &'a Value {
 }
 
 /// The balancer's entry for `addr` in a cluster's layer state (`Null` when absent).
-pub fn endpoint<'a>(layers: &'a Value, addr: SocketAddr) -> &'a Value {
+pub fn endpoint(layers: &Value, addr: SocketAddr) -> &Value {
     layers["balance"]["endpoints"]
         .as_array()
         .and_then(|es| es.iter().find(|e| e["addr"] == addr.to_string()))
