@@ -170,12 +170,15 @@ async fn low_is_shed_before_high_and_overflow_is_503_with_retry_after() {
 async fn a_spent_rate_limit_is_429_with_retry_after() {
     bounded(async {
         let up = upstream(|_req| async { text(StatusCode::OK, "ok") }).await;
-        let gw = start(config(&format!(
-            "[[admission]]\nname = \"rl\"\n\
-             rate_limit = {{ burst = 2, period_ms = 60000, key = \"header:x-api-key\" }}\n\
-             [[clusters]]\nname = \"up\"\nendpoints = [\"{up}\"]\n\
-             [[routes]]\ncluster = \"up\"\nadmission = \"rl\"\n"
-        )));
+        let text = |burst: u32, route: &str| {
+            config(&format!(
+                "[[admission]]\nname = \"rl\"\n\
+                 rate_limit = {{ burst = {burst}, period_ms = 60000, key = \"header:x-api-key\" }}\n\
+                 [[clusters]]\nname = \"up\"\nendpoints = [\"{up}\"]\n\
+                 [[routes]]\npath_prefix = \"{route}\"\ncluster = \"up\"\nadmission = \"rl\"\n"
+            ))
+        };
+        let gw = start(text(2, "/"));
         let at = addr(&gw);
         for key in [&[("x-api-key", "acme")][..], &[]] {
             for _ in 0..2 {
@@ -191,6 +194,13 @@ async fn a_spent_rate_limit_is_429_with_retry_after() {
         let (status, _, _) = call(at, "/", &[("x-api-key", "other")]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(policy(&gw, 0)["rate_limit_keys"], 3);
+        // A reload that leaves the policy alone keeps its quotas; one that changes it starts
+        // afresh.
+        gw.apply(text(2, "/a"), "reload.toml").unwrap();
+        let acme = [("x-api-key", "acme")];
+        assert_eq!(call(at, "/a", &acme).await.0, StatusCode::TOO_MANY_REQUESTS);
+        gw.apply(text(3, "/a"), "reload.toml").unwrap();
+        assert_eq!(call(at, "/a", &acme).await.0, StatusCode::OK);
         stop(gw).await;
     })
     .await;

@@ -359,7 +359,18 @@ async fn high_goes_first_and_a_full_queue_sheds_low_then_refuses() {
     assert_eq!(state["classes"][1]["rejected"]["shed"], 1);
     assert_eq!(state["classes"][1]["rejected"]["queue_full"], 1);
     assert_eq!(state["classes"][0]["admitted"], 1);
-    policy.record_metrics();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&recorder, || policy.record_metrics());
+    let text = recorder.handle().render();
+    for line in [
+        r#"tollgate_admission_admitted_total{policy="p",class="high"} 1"#,
+        r#"tollgate_admission_admitted_total{policy="p",class="low"} 2"#,
+        r#"tollgate_admission_rejected_total{policy="p",class="low",reason="shed"} 1"#,
+        r#"tollgate_admission_queued{policy="p",class="low"} 0"#,
+        r#"tollgate_admission_limit{policy="p"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
