@@ -648,3 +648,32 @@ async fn overload_keeps_the_top_class_served() {
     })
     .await;
 }
+
+/// A hung endpoint next to a good one, with a per-try timeout: a GET whose try hangs is cut
+/// at `per_try_timeout_ms` and retried, so every GET is answered 200 well inside the route's
+/// overall timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeout_retries_a_hung_try() {
+    bounded(async {
+        let good = ChaosUpstream::start(Mode::Slow).await;
+        good.set_delay(Duration::from_millis(40));
+        let hung = ChaosUpstream::start(Mode::Hang).await;
+        let rest = cluster(
+            "pair",
+            &[&good, &hung],
+            "[clusters.retry]\nattempts = 2\nper_try_timeout_ms = 150\n",
+            "request_timeout_ms = 1500",
+        );
+        let gw = start(config(&rest));
+        let client = client();
+        let mut codes = Vec::new();
+        for i in 0..12 {
+            let r = get(&client, &format!("http://{}/pair/{i}", addr(&gw))).await;
+            codes.push(r.status.as_u16());
+        }
+        assert!(hung.requests() >= 1, "the hung endpoint was never tried");
+        assert!(codes.iter().all(|&c| c == 200), "{codes:?}");
+        stop(gw).await;
+    })
+    .await;
+}
