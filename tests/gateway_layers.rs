@@ -241,3 +241,16 @@ fn bad_layer_fields_are_named() {
     .unwrap_err();
     assert_eq!(err.field, "routes[0].batch");
 }
+
+#[test]
+fn a_route_priority_must_be_a_class_of_its_policy() {
+    let text = "[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n\
+                [[admission]]\nname = \"p\"\nclasses = [\"high\", \"low\"]\n\
+                [[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\"]\n\
+                [[routes]]\ncluster = \"c\"\nadmission = \"p\"\npriority = \"urgent\"\n";
+    let err = Config::parse(text, "x.toml").unwrap_err();
+    assert_eq!(err.field, "routes[0].priority", "{err}");
+    assert!(Config::parse(&text.replace("urgent", "high"), "x.toml").is_ok());
+    let err = Config::parse(&text.replace("admission = \"p\"\n", ""), "x.toml").unwrap_err();
+    assert_eq!(err.field, "routes[0].priority", "{err}");
+}

@@ -244,7 +244,7 @@ fn check_priority(
     }
     for n in names {
         if let Some(a) = config.admission.iter().find(|a| a.name == n)
-            && !admission_has_class(a, class)
+            && !a.has_class(class)
         {
             return Err(format!(
                 "\"{class}\" is not a class of admission policy \"{n}\""
@@ -252,11 +252,6 @@ fn check_priority(
         }
     }
     Ok(())
-}
-
-// Until the admission section lands its class list.
-fn admission_has_class(_: &super::stack::admission::AdmissionSection, _: &str) -> bool {
-    true
 }
 
 /// A parsed cluster endpoint.

@@ -212,8 +212,10 @@ impl Controller {
     pub(crate) fn retry_hint(&self, queued: usize) -> Duration {
         let per_request = self.latency_estimate().max(self.codel.target);
         let n = (queued as u32).saturating_add(1);
+        // `max` then `min`, not `clamp`: a CoDel target above 10 s must not panic.
         (per_request.saturating_mul(n) / self.limit().max(1) as u32)
-            .clamp(self.codel.target, Duration::from_secs(10))
+            .max(self.codel.target)
+            .min(Duration::from_secs(10))
     }
 
     /// Counts a rejection (the caller builds the error).
