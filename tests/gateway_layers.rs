@@ -254,3 +254,41 @@ fn a_route_priority_must_be_a_class_of_its_policy() {
     let err = Config::parse(&text.replace("admission = \"p\"\n", ""), "x.toml").unwrap_err();
     assert_eq!(err.field, "routes[0].priority", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_requests_get_grpc_statuses_for_rejections() {
+    bounded(async {
+        let dead = refused();
+        let gw = start(config(&format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{dead}\"]\nprotocol = \"h2c\"\n\
+             [clusters.breaker]\nminimum_calls = 2\nwindow = 2\nwait_in_open_ms = 60000\n\
+             [[routes]]\ncluster = \"up\"\n"
+        )));
+        let call = || {
+            Request::post(format!("http://{}/pkg.Svc/Method", addr(&gw)))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0")))
+                .unwrap()
+        };
+        for _ in 0..2 {
+            send(&h2_client(), call()).await;
+        }
+        let (s, headers, body, _) = send(&h2_client(), call()).await;
+        assert_eq!(s, StatusCode::OK, "gRPC errors travel in grpc-status");
+        assert!(body.is_empty());
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(
+            headers["grpc-status"], "14",
+            "UNAVAILABLE while the breaker is open"
+        );
+        let pushback: u64 = headers["grpc-retry-pushback-ms"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(pushback > 0 && pushback <= 60_000);
+        stop(gw).await;
+    })
+    .await;
+}
