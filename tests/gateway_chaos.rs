@@ -399,6 +399,7 @@ async fn pool_limit_rejects_the_excess() {
             shed >= 1,
             "nothing shed at 24 concurrent over a limit of at most 4"
         );
+        rejections_say_retry_after(&replies);
         assert!(
             up.max_in_flight() <= 4,
             "upstream held {}",
@@ -632,6 +633,7 @@ async fn overload_keeps_the_top_class_served() {
                 replies.len(),
                 "{class}: other answers ({summary})"
             );
+            rejections_say_retry_after(replies);
         }
         let critical = &by_class["critical"];
         let ok = count(critical, StatusCode::OK);
@@ -673,6 +675,85 @@ async fn per_try_timeout_retries_a_hung_try() {
         }
         assert!(hung.requests() >= 1, "the hung endpoint was never tried");
         assert!(codes.iter().all(|&c| c == 200), "{codes:?}");
+        stop(gw).await;
+    })
+    .await;
+}
+
+/// A reload that turns a cluster's health checks on starts them (the control thread starts a
+/// new stack's checks within about a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_starts_health_checks() {
+    bounded(async {
+        let up = ChaosUpstream::start(Mode::Ok).await;
+        let (with_health, without) = health_configs(&up);
+        let dir = scratch("chaos_reload_health_on");
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, config_text(&without, 2_000)).unwrap();
+        let gw = start_watching(&path);
+        let url = format!("http://{}/hc", addr(&gw));
+        assert_eq!(get(&client(), &url).await.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(up.health_checks(), 0, "checks without a health section");
+
+        std::fs::write(&path, config_text(&with_health, 2_000)).unwrap();
+        gw.reload().expect("reload applies");
+        let started =
+            eventually(Duration::from_secs(5), || async { up.health_checks() >= 3 }).await;
+        assert!(started, "health checks did not start after the reload");
+        assert_eq!(get(&client(), &url).await.status, StatusCode::OK);
+        stop(gw).await;
+    })
+    .await;
+}
+
+/// A cluster `hc` over `up` with health checks every 20 ms, and the same without them.
+fn health_configs(up: &ChaosUpstream) -> (String, String) {
+    (
+        cluster(
+            "hc",
+            &[up],
+            "[clusters.balance]\n[clusters.balance.health]\ninterval_ms = 20\ntimeout_ms = 20\n",
+            "",
+        ),
+        cluster("hc", &[up], "[clusters.balance]\n", ""),
+    )
+}
+
+/// A reload that turns a cluster's health checks off stops them, even while the gateway is
+/// idle: the replaced stack's checker must not keep probing in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "product bug: each worker's thread-local snapshot (proxy.rs `LOCAL`) keeps the \
+            replaced stack, and its health checker, alive until that worker serves a request"]
+async fn reload_stops_replaced_health_checks() {
+    bounded(async {
+        let up = ChaosUpstream::start(Mode::Ok).await;
+        let (with_health, without) = health_configs(&up);
+        let dir = scratch("chaos_reload_health_off");
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, config_text(&with_health, 2_000)).unwrap();
+        let gw = start_watching(&path);
+        let url = format!("http://{}/hc", addr(&gw));
+        // Fresh connections, so that every worker serves one.
+        for _ in 0..16 {
+            assert_eq!(get(&client(), &url).await.status, StatusCode::OK);
+        }
+        let checking =
+            eventually(Duration::from_secs(5), || async { up.health_checks() >= 3 }).await;
+        assert!(checking, "no health checks: {}", up.health_checks());
+
+        std::fs::write(&path, config_text(&without, 2_000)).unwrap();
+        gw.reload().expect("reload applies");
+        // Let a check already under way land, then count.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = up.health_checks();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            up.health_checks() <= after + 1,
+            "health checks went on after the reload turned them off: {} -> {}",
+            after,
+            up.health_checks()
+        );
         stop(gw).await;
     })
     .await;

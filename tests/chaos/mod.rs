@@ -246,3 +246,16 @@ pub fn all_answered(replies: &[Result<Reply, String>]) {
         );
     }
 }
+
+/// Panics unless every 503 among `replies` carries `Retry-After` (a gateway rejection, not an
+/// upstream's answer).
+pub fn rejections_say_retry_after(replies: &[Result<Reply, String>]) {
+    for r in replies.iter().flatten() {
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(
+                r.headers.contains_key(http::header::RETRY_AFTER),
+                "a 503 without Retry-After: {r:?}"
+            );
+        }
+    }
+}
