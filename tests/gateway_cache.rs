@@ -23,7 +23,7 @@ use tollgate_core::testing::redis::RedisServer;
 /// An upstream counting its requests. Paths: `/nostore` answers `no-store`; `/big` a body of
 /// 5000 bytes with `Content-Length`; `/chunked` 3 frames of 1000 bytes without one; anything
 /// else `path n` with `max-age=60` (or `max-age=0` under `/stale`). While `fail` is set it
-/// answers 503; while `hang` is set it never answers.
+/// answers 503; while `hang` is set it never answers. Paths under `/delay` answer after 1 s.
 struct Origin {
     addr: SocketAddr,
     calls: Arc<AtomicUsize>,
@@ -45,6 +45,9 @@ impl Origin {
                 let path = req.uri().path().to_owned();
                 if hanging {
                     std::future::pending::<()>().await;
+                }
+                if path.starts_with("/delay") {
+                    tokio::time::sleep(Duration::from_millis(1000)).await;
                 }
                 if failing {
                     return text(StatusCode::SERVICE_UNAVAILABLE, "down");
@@ -360,6 +363,38 @@ async fn validators_are_answered_by_the_cache() {
         assert_eq!((s, x_cache(&h)), (StatusCode::OK, "BYPASS"));
         assert_eq!(h["x-seen-range"], "bytes=0-1");
         assert_eq!(origin.calls(), 2);
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_make_one_upstream_call() {
+    bounded(async {
+        let origin = Origin::start().await;
+        let gw = Arc::new(start(config(&cached_route(origin.addr, ""))));
+        // The upstream takes 1 s; every request arrives while the first is in flight.
+        let asks: Vec<_> = (0..8)
+            .map(|_| {
+                let gw = gw.clone();
+                tokio::spawn(async move { ask(&gw, Method::GET, "/delay", &[]).await })
+            })
+            .collect();
+        let mut labels = Vec::new();
+        for a in asks {
+            let (s, h, body) = a.await.unwrap();
+            assert_eq!((s, &body[..]), (StatusCode::OK, &b"/delay 1"[..]));
+            labels.push(x_cache(&h).to_owned());
+        }
+        assert_eq!(origin.calls(), 1, "{labels:?}");
+        assert_eq!(
+            labels.iter().filter(|l| *l == "MISS").count(),
+            1,
+            "{labels:?}"
+        );
+        let st = cache_state(&gw);
+        assert_eq!(st["coalesced"], 7, "{st}");
+        let gw = Arc::try_unwrap(gw).expect("the only reference");
         stop(gw).await;
     })
     .await;
