@@ -45,6 +45,7 @@ pub struct CacheSection {
     /// Default none.
     pub vary: Vec<String>,
     /// A Redis L3 shared by several gateway instances. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSection>,
 }
 

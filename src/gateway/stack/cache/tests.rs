@@ -51,6 +51,10 @@ fn the_suggested_section_parses_and_validates() {
     assert_eq!(r.key_prefix, "tollgate:");
     assert_eq!(r.timeout_ms, 50);
     CacheSection::default().validate("c").unwrap();
+    for s in [s.clone(), CacheSection::default()] {
+        let text = toml::to_string(&s).unwrap();
+        assert_eq!(section(&text), s, "{text}");
+    }
     assert_eq!(section(""), CacheSection::default());
     assert!(toml::from_str::<CacheSection>("ttl_ms = 5").is_err());
     assert!(toml::from_str::<CacheSection>("redis = { url = \"redis://x\", db = 1 }").is_err());
