@@ -758,3 +758,118 @@ async fn reload_stops_replaced_health_checks() {
     })
     .await;
 }
+
+/// What a cluster learned survives a reload that leaves its sections alone: an AIMD pool
+/// limit driven down by failures, and an open endpoint breaker, are the same after another
+/// cluster's section changes; and a reload that only edits the endpoint list keeps the stack
+/// too (the new endpoint joins it, the removed one stops getting traffic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_learned_state_and_swaps_endpoints_in_place() {
+    bounded(async {
+        let failing = ChaosUpstream::start(Mode::Unavailable).await;
+        // `a` answers in 40 ms: slower than the balancer's first guess for an endpoint it has
+        // not measured (30 ms), so the added `b` is picked at once. (With `a` answering in
+        // 1 ms and light load, `b` waits seconds for its first request.)
+        let (a, b) = (
+            ChaosUpstream::start(Mode::Slow).await,
+            ChaosUpstream::start(Mode::Ok).await,
+        );
+        a.set_delay(Duration::from_millis(40));
+        let learned = cluster(
+            "learned",
+            &[&failing],
+            "[clusters.pool]\nalgorithm = \"aimd\"\nmin_limit = 2\nmax_limit = 40\n\
+             initial_limit = 40\n",
+            "",
+        ) + &cluster(
+            "tripped",
+            &[&failing],
+            "[clusters.endpoint_breaker]\nminimum_calls = 5\nwindow = 10\n\
+             wait_in_open_ms = 60000\n",
+            "",
+        );
+        let file = |other_sections: &str, eps: &[&ChaosUpstream]| {
+            config_text(
+                &(learned.clone() + &cluster("other", eps, other_sections, "")),
+                2_000,
+            )
+        };
+        let dir = scratch("chaos_reload_learned");
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, file("[clusters.breaker]\n", &[&a])).unwrap();
+        let gw = start_watching(&path);
+        let base = format!("http://{}", addr(&gw));
+
+        // Failures lower the limit when the limiter's window closes (10 samples or 1 s).
+        let lowered = eventually(Duration::from_secs(10), || async {
+            all_answered(&burst(&format!("{base}/learned"), 4, 20).await);
+            let s = state(&gw).await;
+            layers(&s, "learned")["pool"]["limit"]
+                .as_u64()
+                .is_some_and(|l| l < 40)
+        })
+        .await;
+        all_answered(&burst(&format!("{base}/tripped"), 1, 10).await);
+        let before = state(&gw).await;
+        let limit = layers(&before, "learned")["pool"]["limit"].as_u64();
+        let breaker = endpoint(layers(&before, "tripped"), failing.addr)["breaker"].clone();
+        assert!(lowered, "no failure lowered the limit: {before:#}");
+        assert_eq!(breaker, "open", "{before:#}");
+
+        // Another cluster's section changes, then only its endpoint list.
+        std::fs::write(
+            &path,
+            file("[clusters.breaker]\nminimum_calls = 7\n", &[&a]),
+        )
+        .unwrap();
+        gw.reload().expect("reload 1 applies");
+        let other_calls = |s: &serde_json::Value| layers(s, "other")["breaker"]["calls"].as_u64();
+        let replies = burst(&format!("{base}/other"), 2, 10).await;
+        assert_eq!(count(&replies, StatusCode::OK), 10);
+        let calls = other_calls(&state(&gw).await);
+        std::fs::write(
+            &path,
+            file("[clusters.breaker]\nminimum_calls = 7\n", &[&a, &b]),
+        )
+        .unwrap();
+        gw.reload().expect("reload 2 applies");
+        let after = state(&gw).await;
+        assert_eq!(
+            layers(&after, "learned")["pool"]["limit"].as_u64(),
+            limit,
+            "{after:#}"
+        );
+        assert_eq!(
+            endpoint(layers(&after, "tripped"), failing.addr)["breaker"],
+            breaker,
+            "{after:#}"
+        );
+        assert!(
+            other_calls(&after) >= calls,
+            "an endpoint-only change rebuilt the stack: {after:#}"
+        );
+        let joined = eventually(Duration::from_secs(5), || async {
+            all_answered(&burst(&format!("{base}/other"), 4, 16).await);
+            b.requests() > 0
+        })
+        .await;
+        assert!(
+            joined,
+            "the added endpoint got no traffic: {:#}",
+            state(&gw).await
+        );
+
+        std::fs::write(
+            &path,
+            file("[clusters.breaker]\nminimum_calls = 7\n", &[&b]),
+        )
+        .unwrap();
+        gw.reload().expect("reload 3 applies");
+        let a_seen = a.requests();
+        let replies = burst(&format!("{base}/other"), 4, 24).await;
+        assert_eq!(count(&replies, StatusCode::OK), 24);
+        assert_eq!(a.requests(), a_seen, "a removed endpoint still got traffic");
+        stop(gw).await;
+    })
+    .await;
+}
