@@ -77,7 +77,10 @@ fn tollgate_stack()
     .expect("valid admission config")
     .prioritize(|r: &u64| (*r & 3) as usize);
     let breaker = BreakerLayer::new(BreakerConfig::default()).expect("valid breaker config");
+    // A floor well above the requests in flight: requests that take nanoseconds give Vegas
+    // noisy samples, and a limit it lowered to 1 would turn the second thread's requests away.
     let pool = PoolSizerLayer::from_config(PoolConfig {
+        min_limit: 16,
         initial_limit: 100,
         ..PoolConfig::default()
     })
@@ -232,10 +235,10 @@ fn two_threads(c: &mut Criterion) {
     g.finish();
 }
 
-/// Reads criterion's estimate (mean, ns) of one bench from `target/criterion`.
+/// Reads criterion's estimate (ns) of one bench from `target/criterion`.
 /// Only estimates written by this run count (file times are wall-clock times).
 #[allow(clippy::disallowed_types)]
-fn mean_ns(group: &str, bench: &str, since: std::time::SystemTime) -> Option<f64> {
+fn estimate_ns(group: &str, bench: &str, since: std::time::SystemTime) -> Option<f64> {
     let dir = |s: &str| s.replace('/', "_");
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("../criterion")
@@ -246,12 +249,16 @@ fn mean_ns(group: &str, bench: &str, since: std::time::SystemTime) -> Option<f64
         return None;
     }
     let text = std::fs::read_to_string(path).ok()?;
-    let at = text.find("\"mean\"")?;
-    let rest = &text[at..];
-    let at = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let rest = rest[at..].trim_start();
-    let end = rest.find([',', '}'])?;
-    rest[..end].trim().parse().ok()
+    // The slope (what criterion prints as the time) when it has one, else the mean.
+    let estimate = |name: &str| -> Option<f64> {
+        let at = text.find(&format!("\"{name}\":{{"))?;
+        let rest = &text[at..];
+        let at = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+        let rest = rest[at..].trim_start();
+        let end = rest.find([',', '}'])?;
+        rest[..end].trim().parse().ok()
+    };
+    estimate("slope").or_else(|| estimate("mean"))
 }
 
 #[allow(clippy::disallowed_types)]
@@ -273,12 +280,15 @@ fn ratios(since: std::time::SystemTime) {
             "tower buffer+p2c/runtime",
         ),
     ];
-    println!("\nper request (criterion's mean):");
-    if let Some(ns) = mean_ns("stack/1 thread", "tollgate/noop waker", since) {
+    println!("\nper request (criterion's estimates, this run):");
+    if let Some(ns) = estimate_ns("stack/1 thread", "tollgate/noop waker", since) {
         println!("  stack/1 thread: tollgate/noop waker {ns:.0} ns");
     }
     for (group, ours, peer) in pairs {
-        if let (Some(a), Some(b)) = (mean_ns(group, ours, since), mean_ns(group, peer, since)) {
+        if let (Some(a), Some(b)) = (
+            estimate_ns(group, ours, since),
+            estimate_ns(group, peer, since),
+        ) {
             println!(
                 "  {group}: {ours} {a:.0} ns, {peer} {b:.0} ns: tower takes {:.1}x as long",
                 b / a

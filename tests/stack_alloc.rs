@@ -111,7 +111,10 @@ async fn a_request_through_the_stack_allocates_nothing() {
     .prioritize(|r: &u64| (*r % 4) as usize);
     let stats = admission.handle();
     let breaker = BreakerLayer::new(BreakerConfig::default()).unwrap();
+    // A floor well above the requests in flight: requests that take nanoseconds give Vegas
+    // noisy samples, and a limit it lowered to 1 would turn the second thread's requests away.
     let pool = PoolSizerLayer::from_config(PoolConfig {
+        min_limit: 16,
         initial_limit: 100,
         ..PoolConfig::default()
     })
