@@ -372,19 +372,17 @@ async fn layered(
     let inner = RouteService {
         admission,
         cluster: cluster_service(cluster),
+        timeout: plan.timeout,
     };
     cluster.stats.requests.incr();
     cluster.stats.in_flight.incr();
-    let result = tokio::time::timeout(plan.timeout, async {
-        match &plan.cache {
-            Some(cache) => cache.call(inner, req).await,
-            None => inner.oneshot(req).await.map(|r| r.map(Either::Left)),
-        }
-    })
-    .await;
+    let result = match &plan.cache {
+        Some(cache) => cache.call(inner, req).await,
+        None => inner.oneshot(req).await.map(|r| r.map(Either::Left)),
+    };
     cluster.stats.in_flight.decr();
     match result {
-        Ok(Ok(resp)) => {
+        Ok(resp) => {
             let (mut rp, body) = resp.into_parts();
             if rp.status.is_server_error() {
                 cluster.stats.failures.incr();
@@ -394,21 +392,18 @@ async fn layered(
             rp.headers.append(header::VIA, via_value(rp.version));
             (Response::from_parts(rp, body), addr)
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             let (resp, blame) = error_response(&e, grpc, stats);
             if blame == Blame::Upstream {
                 cluster.stats.failures.incr();
             }
-            tracing::debug!(cluster = %cluster.name, status = resp.status().as_u16(), error = %e, "request failed");
+            tracing::debug!(
+                cluster = %cluster.name,
+                status = resp.status().as_u16(),
+                error = %e,
+                "request failed"
+            );
             (resp, None)
-        }
-        Err(_elapsed) => {
-            stats.upstream_timeouts.incr();
-            cluster.stats.failures.incr();
-            (
-                local_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
-                None,
-            )
         }
     }
 }

@@ -3,6 +3,7 @@
 //! mapped them (502/504/413).
 
 use super::retry::TryTimedOut;
+use super::route::RouteTimedOut;
 use crate::gateway::pool::UpstreamError;
 use crate::gateway::proxy::{RespBody, local_response};
 use crate::gateway::stats::Stats;
@@ -87,7 +88,7 @@ pub fn error_response(err: &BoxError, grpc: bool, stats: &Stats) -> (Response<Re
         };
         return (local_response(status, msg), Blame::Upstream);
     }
-    if find_cause::<TryTimedOut>(err).is_some() {
+    if find_cause::<TryTimedOut>(err).is_some() || find_cause::<RouteTimedOut>(err).is_some() {
         stats.upstream_timeouts.incr();
         return (
             local_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tollgate_core::BoxError;
 use tower::{Service, ServiceExt};
 
@@ -65,14 +66,30 @@ impl Service<UpRequest> for ClusterService {
     }
 }
 
-/// A route's way upstream: its admission policy (if any) in front of its cluster.
+/// A route's way upstream: its admission policy (if any) in front of its cluster, all within
+/// the route's overall timeout. A route cache sits outside it, so a timed-out fetch is a
+/// failure the cache can hide with a stale answer.
 #[derive(Debug, Clone)]
 pub struct RouteService {
     /// The admission policy and what it needs to know of the request.
     pub admission: Option<(Arc<AdmissionPolicy>, AdmitCtx)>,
     /// The cluster.
     pub cluster: ClusterService,
+    /// The route's overall timeout (`request_timeout_ms`, else `timeouts.request_ms`).
+    pub timeout: Duration,
 }
+
+/// A request that ran past its route's overall timeout (answered 504).
+#[derive(Debug)]
+pub struct RouteTimedOut;
+
+impl std::fmt::Display for RouteTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream timed out")
+    }
+}
+
+impl std::error::Error for RouteTimedOut {}
 
 impl Service<UpRequest> for RouteService {
     type Response = UpResponse;
@@ -84,9 +101,16 @@ impl Service<UpRequest> for RouteService {
     }
 
     fn call(&mut self, req: UpRequest) -> BoxFuture {
-        match &self.admission {
+        let fut: BoxFuture = match &self.admission {
             Some((policy, ctx)) => Box::pin(policy.call(self.cluster.clone(), req, ctx)),
             None => self.cluster.call(req),
-        }
+        };
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(BoxError::from(RouteTimedOut)),
+            }
+        })
     }
 }
