@@ -873,3 +873,34 @@ async fn reload_keeps_learned_state_and_swaps_endpoints_in_place() {
     })
     .await;
 }
+
+/// An upstream that sends its answer's head and then stalls in the middle of the body: the
+/// client is not left waiting; the gateway cuts the answer (the client sees the body fail)
+/// within a generous bound, on the layered and the plain path alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "product bug: nothing times out the upstream's response body; one that stalls after \
+            the head hangs the client (seen > 30 s; idle_ms does not cut it), both paths"]
+async fn a_body_stalled_upstream_does_not_hang_the_client() {
+    bounded(async {
+        let up = ChaosUpstream::start(Mode::StallBody).await;
+        let rest = cluster(
+            "stall",
+            &[&up],
+            "[clusters.pool]\nmin_limit = 8\nmax_limit = 8\ninitial_limit = 8\n",
+            "request_timeout_ms = 400",
+        ) + &cluster("plain-stall", &[&up], "", "request_timeout_ms = 400");
+        // Idle connections close after 1 s here, whichever timeout a fix builds on.
+        let text = config_text_idle(&rest, 2_000, 1_000);
+        let gw = start(tollgate::gateway::config::Config::parse(&text, "chaos.toml").unwrap());
+        for path in ["stall", "plain-stall"] {
+            let url = format!("http://{}/{path}", addr(&gw));
+            // `call` panics if no outcome comes within CALL_LIMIT.
+            let r = call(&client(), Method::GET, &url, None).await;
+            let err = r.expect_err("a 100-byte body with 10 bytes sent cannot complete");
+            assert!(err.starts_with("body"), "/{path}: {err}");
+        }
+        assert!(up.requests() >= 2);
+        stop(gw).await;
+    })
+    .await;
+}

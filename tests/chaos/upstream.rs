@@ -29,6 +29,9 @@ pub enum Mode {
     Slow = 4,
     /// `503 Service Unavailable`.
     Unavailable = 5,
+    /// Sends a `200 OK` head and part of the body it announces, then stalls; the connection
+    /// stays open until the peer closes it.
+    StallBody = 6,
 }
 
 impl Mode {
@@ -39,6 +42,7 @@ impl Mode {
             3 => Self::Garbage,
             4 => Self::Slow,
             5 => Self::Unavailable,
+            6 => Self::StallBody,
             _ => Self::Ok,
         }
     }
@@ -300,9 +304,15 @@ async fn serve(mut stream: TcpStream, s: Arc<Shared>) {
                 return;
             }
             Mode::Hang => {
-                // Hold the request until the peer gives up and closes.
-                let mut sink = [0u8; 1024];
-                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                hold(&mut stream).await;
+                return;
+            }
+            Mode::StallBody => {
+                let head =
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(b"partial...").await;
+                hold(&mut stream).await;
                 return;
             }
             Mode::Garbage => {
@@ -317,4 +327,10 @@ async fn serve(mut stream: TcpStream, s: Arc<Shared>) {
             return;
         }
     }
+}
+
+/// Holds a connection until the peer gives up and closes it.
+async fn hold(stream: &mut TcpStream) {
+    let mut sink = [0u8; 1024];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
 }
