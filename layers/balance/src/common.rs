@@ -9,6 +9,25 @@ use crate::sync::atomic::Ordering;
 use crate::sync::{Mutex, lock};
 use tokio::time::Instant;
 use tollgate_core::Outcome;
+use tollgate_core::counter::{shard_count, shard_index};
+
+/// Picks on one thread closer together than this (nanoseconds) make it a busy thread.
+const BUSY_GAP_NS: u64 = 20_000;
+/// On a busy thread, one successful request in this many is timed to its end.
+const TIME_ONE_IN: u32 = 8;
+
+/// One shard's view of how busy its thread is, for [`Common::time_to_end`]. Aligned to its
+/// own cache lines so threads never write each other's.
+///
+/// Plain `std` atomics, loaded and stored `Relaxed` (no read-modify-write): a heuristic on a
+/// line only its own thread writes while there are no more threads than shards; two threads
+/// sharing a shard only time a request more or less.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Sampler {
+    last_pick: std::sync::atomic::AtomicU64,
+    left: std::sync::atomic::AtomicU32,
+}
 
 /// Settings and shared state every endpoint of one balancer refers to.
 #[derive(Debug)]
@@ -26,6 +45,8 @@ pub(crate) struct Common {
     pub(crate) outlier: OutlierConfig,
     pub(crate) health: HealthConfig,
     ejections: Mutex<Ejections>,
+    /// One per shard ([`shard_index`]).
+    samplers: Box<[Sampler]>,
 }
 
 /// Which endpoints are ejected now, for the cap on the ejected share.
@@ -57,12 +78,43 @@ impl Common {
             outlier: config.outlier.clone(),
             health: config.health.clone(),
             ejections: Mutex::new(Ejections::default()),
+            samplers: (0..shard_count()).map(|_| Sampler::default()).collect(),
         }
     }
 
     /// Nanoseconds since the base instant, on tokio's (possibly paused) clock.
     pub(crate) fn now(&self) -> u64 {
         nanos(Instant::now().saturating_duration_since(self.base))
+    }
+
+    /// Whether a request sent at `now` (a fresh clock read) on this thread should read the
+    /// clock again when it succeeds, to sample its latency. Yes, unless the thread is busy:
+    /// its picks come less than `BUSY_GAP_NS` apart (but not at the very same instant, as
+    /// they do under tokio's paused clock); then one request in `TIME_ONE_IN` is timed, and
+    /// the others save the second clock read. At that rate the timed ones still feed every
+    /// endpoint's estimate many times a second, and the load factor of the cost sees every
+    /// request. Failures and cancellations are timed whatever this says.
+    pub(crate) fn time_to_end(&self, now: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.samplers[shard_index() & (self.samplers.len() - 1)];
+        // Relaxed (all here): a heuristic, see `Sampler`.
+        let last = s.last_pick.load(Relaxed);
+        s.last_pick.store(now, Relaxed);
+        let gap = now.wrapping_sub(last);
+        if now <= last || gap >= BUSY_GAP_NS {
+            s.left.store(0, Relaxed);
+            return true;
+        }
+        match s.left.load(Relaxed) {
+            0 => {
+                s.left.store(TIME_ONE_IN - 1, Relaxed);
+                true
+            }
+            left => {
+                s.left.store(left - 1, Relaxed);
+                false
+            }
+        }
     }
 
     /// How a request dropped unfinished after `elapsed` nanoseconds counts.
@@ -138,5 +190,44 @@ impl Common {
             .iter()
             .filter(|(_, until)| *until > now)
             .count()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn common() -> Common {
+        Common::new(&BalanceConfig::default(), Instant::now())
+    }
+
+    #[test]
+    fn picks_at_one_instant_are_all_timed() {
+        // Tokio's paused clock: every pick at the same time, so every request is timed.
+        let c = common();
+        assert!((0..100).all(|_| c.time_to_end(5_000)));
+    }
+
+    #[test]
+    fn a_busy_thread_times_one_request_in_eight() {
+        let c = common();
+        let timed = (1..=800u64)
+            .filter(|i| c.time_to_end(1_000_000 + i * 1_000))
+            .count();
+        // The first pick (nothing before it to compare) and then one in eight.
+        assert_eq!(timed, 1 + 100);
+    }
+
+    #[test]
+    fn a_pause_or_a_slow_thread_times_everything() {
+        let c = common();
+        for i in 1..=20u64 {
+            c.time_to_end(i * 1_000);
+        }
+        // A gap of the busy threshold or more: timed, and the countdown starts again.
+        assert!(c.time_to_end(20_000 + BUSY_GAP_NS));
+        assert!((1..=50u64).all(|i| c.time_to_end(20_000 + BUSY_GAP_NS * (i + 1))));
+        // A clock that went backwards (another thread on this shard): timed.
+        assert!(c.time_to_end(1));
     }
 }

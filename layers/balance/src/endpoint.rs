@@ -350,6 +350,22 @@ impl Core {
         }
     }
 
+    /// Records a success that was not timed to its end ([`Common::time_to_end`]): counted,
+    /// with no latency sample. `start` (when it was sent) stands in for the time.
+    pub(crate) fn succeed_untimed(&self, start: u64) {
+        self.sample_failure(start, false);
+        // Relaxed (both): statistics only.
+        self.successes.fetch_add(1, Ordering::Relaxed);
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether an external signal wants every outcome with its duration.
+    pub(crate) fn has_signal(&self) -> bool {
+        self.signal.is_some()
+    }
+
     /// Records a health check; returns the new health when it changed.
     pub(crate) fn check(
         &self,

@@ -16,25 +16,41 @@ pub(crate) struct InFlight {
     /// The endpoint's state, through this thread's reference (see `Endpoint::handle`).
     core: Arc<CoreRef>,
     start: Option<u64>,
+    /// Whether a success reads the clock to sample the latency ([`Common::time_to_end`]).
+    ///
+    /// [`Common::time_to_end`]: crate::common::Common::time_to_end
+    timed: bool,
 }
 
 impl InFlight {
     /// Wraps a slot that `Core::reserve` granted.
     pub(crate) fn reserved(core: Arc<CoreRef>) -> Self {
-        Self { core, start: None }
+        Self {
+            core,
+            start: None,
+            timed: true,
+        }
     }
 
     pub(crate) fn core(&self) -> &Core {
         &self.core
     }
 
-    /// Marks the request as sent at `now`.
+    /// Marks the request as sent at `now`, a fresh clock read.
     pub(crate) fn start(&mut self, now: u64) {
         self.start = Some(now);
+        self.timed = self.core.has_signal() || self.core.common.time_to_end(now);
     }
 
     /// Records the outcome of the request and gives the slot back.
     pub(crate) fn complete(mut self, outcome: Outcome) {
+        if outcome == Outcome::Success
+            && !self.timed
+            && let Some(start) = self.start.take()
+        {
+            self.core.succeed_untimed(start);
+            return;
+        }
         let now = self.core.common.now();
         let start = self.start.take().unwrap_or(now);
         if self.core.finish(now, start, outcome) {

@@ -51,7 +51,10 @@
 //! therefore does not steer the choice: cost does. Services that are always ready (HTTP
 //! clients, channels) suit this best. When the clone was ready at once, the request's latency
 //! is timed from the pick (saving a clock read), so call soon after `poll_ready`, as tower
-//! callers do.
+//! callers do. On a busy thread (picks less than 20 µs apart) only one successful request in 8
+//! reads the clock again at its end to sample the latency, which saves a clock read on the
+//! others; the load factor of the cost still counts every request, and failures,
+//! cancellations and endpoints with an [`EndpointSignal`] are always timed.
 //!
 //! # Outcomes
 //!
