@@ -904,3 +904,56 @@ async fn a_body_stalled_upstream_does_not_hang_the_client() {
     })
     .await;
 }
+
+/// HTTP/2 clients multiplex many streams on one connection: when some streams' upstreams
+/// reset, answer garbage or hang, only those streams fail (502/504), the others on the same
+/// connection succeed, and the connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_fail_alone() {
+    bounded(async {
+        let good = ChaosUpstream::start(Mode::Ok).await;
+        let reset = ChaosUpstream::start(Mode::Reset).await;
+        let garbage = ChaosUpstream::start(Mode::Garbage).await;
+        let hang = ChaosUpstream::start(Mode::Hang).await;
+        let retry = "[clusters.retry]\nattempts = 1\n";
+        let timeout = "request_timeout_ms = 400";
+        let rest = cluster("good", &[&good], retry, timeout)
+            + &cluster("reset", &[&reset], retry, timeout)
+            + &cluster("garbage", &[&garbage], retry, timeout)
+            + &cluster("hang", &[&hang], retry, timeout);
+        let gw = start(config(&rest));
+        let client = h2_client();
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let (path, want) = [
+                ("good", StatusCode::OK),
+                ("reset", StatusCode::BAD_GATEWAY),
+                ("garbage", StatusCode::BAD_GATEWAY),
+                ("hang", StatusCode::GATEWAY_TIMEOUT),
+            ][i % 4];
+            let (client, url) = (client.clone(), format!("http://{}/{path}", addr(&gw)));
+            tasks.push(tokio::spawn(async move {
+                let req = http::Request::get(&url)
+                    .version(http::Version::HTTP_2)
+                    .body(Default::default())
+                    .unwrap();
+                (path, want, send(&client, req).await)
+            }));
+        }
+        for t in tasks {
+            let (path, want, reply) = t.await.unwrap();
+            let reply = reply.unwrap_or_else(|e| panic!("/{path}: stream failed: {e}"));
+            assert_eq!(reply.status, want, "/{path}: {}", reply.body);
+        }
+        let req = http::Request::get(format!("http://{}/good", addr(&gw)))
+            .version(http::Version::HTTP_2)
+            .body(Default::default())
+            .unwrap();
+        let after = send(&client, req)
+            .await
+            .expect("the connection is still usable");
+        assert_eq!(after.status, StatusCode::OK);
+        stop(gw).await;
+    })
+    .await;
+}

@@ -100,6 +100,13 @@ pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// A fresh h2c (prior knowledge) client: every request of it shares one connection.
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
 /// A whole answer.
 #[derive(Debug, Clone)]
 pub struct Reply {
