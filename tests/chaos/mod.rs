@@ -266,3 +266,14 @@ pub fn rejections_say_retry_after(replies: &[Result<Reply, String>]) {
         }
     }
 }
+
+/// Config text: a cluster `name` over `eps` with the extra sections `sections`, and a route
+/// `/name` to it with the extra fields `route_extra`.
+pub fn cluster(name: &str, eps: &[&ChaosUpstream], sections: &str, route_extra: &str) -> String {
+    let eps: Vec<String> = eps.iter().map(|u| format!("\"{}\"", u.addr)).collect();
+    format!(
+        "[[clusters]]\nname = \"{name}\"\nendpoints = [{}]\n{sections}\n\
+         [[routes]]\npath_prefix = \"/{name}\"\ncluster = \"{name}\"\n{route_extra}\n",
+        eps.join(", ")
+    )
+}
