@@ -1,4 +1,5 @@
-//! A flaky endpoint taken out of rotation and readmitted: active health checks, outlier ejection, endpoint breakers.
+//! A flaky endpoint taken out of rotation and readmitted: active health checks, outlier
+//! ejection, endpoint breakers.
 
 use crate::chaos::*;
 use http::StatusCode;

@@ -1,4 +1,5 @@
-//! Upstreams that break: resets, garbage, hangs (whole and mid-body), slowness, and HTTP/2 streams sharing a connection with them.
+//! Upstreams that break: resets, garbage, hangs (whole and mid-body), slowness, and HTTP/2
+//! streams sharing a connection with them.
 
 use crate::chaos::*;
 use http::{Method, StatusCode};
@@ -8,6 +9,9 @@ use std::time::Duration;
 /// every request gets exactly one answer (502 or 504), never a hang, through a layered
 /// cluster and through the plain one alike; and once the upstreams heal, the same gateway
 /// (with whatever pooled connections it kept) answers 200 again.
+///
+/// Each client task sends its requests one after another on a kept-alive connection, so an
+/// extra (second) answer to a request would break the exchange that follows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_upstreams_get_one_answer_each() {
     bounded(async {
