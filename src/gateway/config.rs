@@ -180,7 +180,9 @@ pub struct TimeoutsConfig {
     /// maps to 504. A route may override it.
     pub request_ms: u64,
     /// A client connection with no bytes moving for this long is closed, ms. Default 60000.
-    /// Also the idle time of pooled upstream connections.
+    /// Also the idle time of pooled upstream connections, and the longest gap between two
+    /// pieces of an upstream's response body (a body that stalls longer is cut, so the client
+    /// is not left waiting).
     pub idle_ms: u64,
     /// An HTTP/1.1 client connection idle this long is *parked*: it stays open but its buffers
     /// (about 20 KiB) are freed until its next byte arrives, ms. Default 100. Waking costs a

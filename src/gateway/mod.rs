@@ -237,6 +237,7 @@ impl Gateway {
         };
 
         let shared = Arc::new(Shared {
+            reloaded: tokio::sync::Notify::new(),
             current: arc_swap::ArcSwap::from_pointee(snapshot),
             stats: Default::default(),
             draining: AtomicBool::new(false),
@@ -418,6 +419,8 @@ fn apply(
             }
             let generation = snap.generation;
             shared.current.store(Arc::new(snap));
+            // Wakes the control thread: it stops the replaced stacks' health checks.
+            shared.reloaded.notify_one();
             shared.stats.reloads_ok.incr();
             *status = ReloadStatus {
                 generation,

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -235,6 +236,8 @@ pub async fn send_h1(
                 return Ok(resp.map(|body| UpBody {
                     inner: body,
                     back: Some((addr, sender, s.max_idle)),
+                    idle: s.idle_timeout,
+                    stall: None,
                 }));
             }
             Err(mut e) => match e.take_message() {
@@ -267,16 +270,35 @@ pub async fn send_h2(
     Ok(resp.map(|body| UpBody {
         inner: body,
         back: None,
+        idle: s.idle_timeout,
+        stall: None,
     }))
 }
 
 /// An upstream response body that returns its HTTP/1.1 connection to the thread's pool once
-/// read to the end.
+/// read to the end, and fails when the upstream sends nothing for the idle timeout (so a body
+/// that stalls halfway cuts the client's answer rather than holding it open).
 #[derive(Debug)]
 pub struct UpBody {
     inner: Incoming,
     back: Option<(SocketAddr, http1::SendRequest<ReqBody>, usize)>,
+    idle: Duration,
+    /// Armed the first time the body has to wait (a body that arrives at once allocates no
+    /// timer), reset on every frame.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// An upstream that stopped sending its response body for the idle timeout.
+#[derive(Debug)]
+pub struct BodyStalled;
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream response body stalled")
+    }
+}
+
+impl std::error::Error for BodyStalled {}
 
 impl UpBody {
     fn give_back(&mut self) {
@@ -296,14 +318,28 @@ impl Drop for UpBody {
 
 impl Body for UpBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                let idle = this.idle;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                ready!(stall.as_mut().poll(cx));
+                this.back = None;
+                return Poll::Ready(Some(Err(Box::new(BodyStalled))));
+            }
+        };
+        if let Some(stall) = this.stall.as_mut() {
+            stall.as_mut().reset(Instant::now() + this.idle);
+        }
         match &frame {
             Some(Err(_)) => this.back = None,
             // hyper's server stops polling once `is_end_stream` is true, so the end may come
@@ -311,7 +347,7 @@ impl Body for UpBody {
             Some(Ok(_)) if !this.inner.is_end_stream() => {}
             _ => this.give_back(),
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -184,13 +184,30 @@ pub fn spawn_control(
 
 /// Re-resolves DNS endpoints of the current snapshot's clusters when each is due.
 async fn refresh_dns(shared: Arc<Shared>) {
+    // Health-check tasks started here, by the address of their stack.
+    let mut health: Vec<(usize, tokio::task::AbortHandle)> = Vec::new();
     loop {
         let snap = shared.current.load_full();
         let mut next = tokio::time::Instant::now() + Duration::from_secs(1);
-        // Health checks run on this (the control) thread's runtime; a reload that builds a new
-        // stack gets its checks started here within a second.
-        for layers in snap.clusters.iter().filter_map(|c| c.layers.as_ref()) {
-            layers.ensure_health_checks();
+        // Health checks run on this (the control) thread's runtime: a reload that builds a new
+        // stack gets its checks started here within a second, and the checks of a stack that
+        // left the snapshot stop (a worker may keep the old snapshot until its next request).
+        let stacks: Vec<&Arc<super::stack::cluster::ClusterLayers>> = snap
+            .clusters
+            .iter()
+            .filter_map(|c| c.layers.as_ref())
+            .collect();
+        health.retain(|(at, task)| {
+            let current = stacks.iter().any(|l| Arc::as_ptr(l) as usize == *at);
+            if !current {
+                task.abort();
+            }
+            current
+        });
+        for layers in &stacks {
+            if let Some(task) = layers.ensure_health_checks() {
+                health.push((Arc::as_ptr(layers) as usize, task));
+            }
         }
         for c in snap.clusters.iter().filter(|c| c.has_dns()) {
             let due = *c.next_resolve.lock().unwrap_or_else(|e| e.into_inner());
@@ -228,6 +245,9 @@ async fn refresh_dns(shared: Arc<Shared>) {
             }
         }
         drop(snap);
-        tokio::time::sleep_until(next).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = shared.reloaded.notified() => {}
+        }
     }
 }

@@ -438,6 +438,8 @@ pub struct Shared {
     pub reload: Mutex<ReloadStatus>,
     /// Process start.
     pub started: Instant,
+    /// Notified when a reload applied a new snapshot.
+    pub reloaded: tokio::sync::Notify,
 }
 
 impl Shared {

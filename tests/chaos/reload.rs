@@ -116,8 +116,6 @@ async fn reload_during_load_loses_nothing() {
 /// A reload that changes only `[timeouts] idle_ms` (how long idle client and pooled upstream
 /// connections are kept) touches no cluster section: an open cluster breaker stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: ClusterLayers::build keys its reuse on the global connect/idle \
-            timeouts, so any change to them rebuilds every cluster stack and resets its state"]
 async fn reload_of_the_idle_timeout_keeps_breaker_state() {
     bounded(async {
         let broken = ChaosUpstream::start(Mode::Unavailable).await;
@@ -309,8 +307,6 @@ fn health_configs(up: &ChaosUpstream) -> (String, String) {
 /// A reload that turns a cluster's health checks off stops them, even while the gateway is
 /// idle: the replaced stack's checker must not keep probing in the background.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: each worker's thread-local snapshot (proxy.rs `LOCAL`) keeps the \
-            replaced stack, and its health checker, alive until that worker serves a request"]
 async fn reload_stops_replaced_health_checks() {
     bounded(async {
         let up = ChaosUpstream::start(Mode::Ok).await;

@@ -432,8 +432,6 @@ struct Key {
     pool: Option<PoolSection>,
     retry: Option<RetrySection>,
     protocol: UpstreamProtocol,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
 }
 
 /// A cluster's built stack and the handles that look into it. Kept across reloads (with its
@@ -449,6 +447,51 @@ pub struct ClusterLayers {
     limiter: Option<Limiter>,
     retry: Option<RetryPolicy>,
     health: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    settings: Arc<SharedSettings>,
+}
+
+/// Connection settings the endpoints read on each call, so a reload that only changes the
+/// global timeouts keeps the stack (and its breaker, limit and latency state).
+#[derive(Debug)]
+pub struct SharedSettings {
+    connect_ms: std::sync::atomic::AtomicU64,
+    idle_ms: std::sync::atomic::AtomicU64,
+}
+
+impl From<Settings> for SharedSettings {
+    fn from(s: Settings) -> Self {
+        Self::new(s)
+    }
+}
+
+impl SharedSettings {
+    fn new(s: Settings) -> Self {
+        let ms = |d: Duration| std::sync::atomic::AtomicU64::new(d.as_millis() as u64);
+        Self {
+            connect_ms: ms(s.connect_timeout),
+            idle_ms: ms(s.idle_timeout),
+        }
+    }
+
+    fn store(&self, s: Settings) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Relaxed: independent values; a request may start with the old one a moment longer.
+        self.connect_ms
+            .store(s.connect_timeout.as_millis() as u64, Relaxed);
+        self.idle_ms
+            .store(s.idle_timeout.as_millis() as u64, Relaxed);
+    }
+
+    /// The current settings (idle connections capped by `max_idle`).
+    pub fn load(&self) -> Settings {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Relaxed: see `store`.
+        Settings {
+            connect_timeout: Duration::from_millis(self.connect_ms.load(Relaxed)),
+            idle_timeout: Duration::from_millis(self.idle_ms.load(Relaxed)),
+            max_idle: crate::gateway::pool::MAX_IDLE_PER_ENDPOINT,
+        }
+    }
 }
 
 impl ClusterLayers {
@@ -477,10 +520,10 @@ impl ClusterLayers {
             pool: cc.pool.clone(),
             retry: cc.retry.clone(),
             protocol: cc.protocol,
-            connect_timeout: settings.connect_timeout,
-            idle_timeout: settings.idle_timeout,
         };
         if let Some(old) = old.filter(|o| o.key == key) {
+            // The global timeouts may have changed: the kept endpoints read them on each call.
+            old.settings.store(settings);
             return Ok(old.clone());
         }
         let at = |f: &str| format!("clusters.{}.{f}", cc.name);
@@ -520,6 +563,7 @@ impl ClusterLayers {
             limiter,
             retry,
             health: Mutex::new(None),
+            settings: Arc::new(SharedSettings::new(settings)),
         }))
     }
 
@@ -535,13 +579,13 @@ impl ClusterLayers {
             self.balance.remove(gone);
             breakers.retain(|(a, _)| a != gone);
         }
-        let settings = Settings {
-            connect_timeout: self.key.connect_timeout,
-            idle_timeout: self.key.idle_timeout,
-            max_idle: crate::gateway::pool::MAX_IDLE_PER_ENDPOINT,
-        };
         for &addr in addrs.iter().filter(|a| !have.contains(a)) {
-            let up = Upstream::new(addr, self.key.protocol, settings, self.limiter.clone());
+            let up = Upstream::new(
+                addr,
+                self.key.protocol,
+                self.settings.clone(),
+                self.limiter.clone(),
+            );
             match &self.key.endpoint_breaker {
                 Some(b) => {
                     let name = format!("{}/{addr}", self.name);
@@ -564,17 +608,20 @@ impl ClusterLayers {
         }
     }
 
-    /// Starts the active health checks on the current runtime, once (the control thread's).
-    pub fn ensure_health_checks(&self) {
-        let Some(h) = self.key.balance.as_ref().and_then(|b| b.health.clone()) else {
-            return;
-        };
+    /// Starts the active health checks on the current runtime (the control thread's) unless
+    /// they run already; returns the new task's abort handle, so the caller can stop it once
+    /// this stack leaves the current snapshot (a worker may hold the old snapshot a while).
+    pub fn ensure_health_checks(&self) -> Option<tokio::task::AbortHandle> {
+        let h = self.key.balance.as_ref().and_then(|b| b.health.clone())?;
         let mut task = self.health.lock().unwrap_or_else(|p| p.into_inner());
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
-            return;
+            return None;
         }
         let check = HttpHealthCheck::new(h.path.clone(), self.key.protocol);
-        *task = Some(tokio::spawn(self.balance.health_checks(check)));
+        let handle = tokio::spawn(self.balance.health_checks(check));
+        let abort = handle.abort_handle();
+        *task = Some(handle);
+        Some(abort)
     }
 
     /// A fresh clone of the stack for one request.

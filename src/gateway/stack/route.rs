@@ -2,7 +2,7 @@
 //! path), behind the route's admission policy.
 
 use super::admission::{AdmissionPolicy, AdmitCtx};
-use super::cluster::ClusterLayers;
+use super::cluster::{ClusterLayers, SharedSettings};
 use super::upstream::Upstream;
 use super::{UpRequest, UpResponse};
 use crate::gateway::pool::Settings;
@@ -49,7 +49,12 @@ impl Service<UpRequest> for ClusterService {
                     ))));
                 };
                 let cluster = cluster.clone();
-                let up = Upstream::new(addr, cluster.protocol, *settings, None);
+                let up = Upstream::new(
+                    addr,
+                    cluster.protocol,
+                    Arc::new(SharedSettings::from(*settings)),
+                    None,
+                );
                 Box::pin(async move {
                     let result = up.oneshot(req).await;
                     let failed = match &result {

@@ -1,9 +1,10 @@
 //! The innermost service: one upstream endpoint, reached through the worker thread's own
 //! connection pool ([`crate::gateway::pool`]).
 
+use super::cluster::SharedSettings;
 use super::{GwBody, UpRequest, UpResponse};
 use crate::gateway::config::UpstreamProtocol;
-use crate::gateway::pool::{self, Settings};
+use crate::gateway::pool;
 use crate::gateway::proxy::UpstreamAddr;
 use http::header::{self, HeaderValue};
 use http::{Request, Uri, Version};
@@ -24,7 +25,7 @@ pub struct Upstream {
     authority: Arc<str>,
     host: HeaderValue,
     protocol: UpstreamProtocol,
-    settings: Settings,
+    settings: Arc<SharedSettings>,
     limiter: Option<tollgate_pool::Limiter>,
 }
 
@@ -35,7 +36,7 @@ impl Upstream {
     pub fn new(
         addr: SocketAddr,
         protocol: UpstreamProtocol,
-        settings: Settings,
+        settings: Arc<SharedSettings>,
         limiter: Option<tollgate_pool::Limiter>,
     ) -> Self {
         let authority: Arc<str> = addr.to_string().into();
@@ -74,7 +75,7 @@ impl Service<UpRequest> for Upstream {
             parts.headers.insert(header::HOST, self.host.clone());
         }
         let addr = self.addr;
-        let mut settings = self.settings;
+        let mut settings = self.settings.load();
         if let Some(l) = &self.limiter {
             settings.max_idle = l.limit().max(1);
         }
