@@ -307,6 +307,10 @@ impl Default for HealthSection {
 pub struct BalanceSection {
     /// Half-life of the peak-EWMA latency estimate, ms. Default 10000.
     pub decay_ms: u64,
+    /// Latency assumed for an endpoint not measured yet, ms. Default 30. Set it near the
+    /// cluster's real latency: far above it, a new endpoint waits long for its first request
+    /// under light load; far below, it gets a burst.
+    pub default_rtt_ms: u64,
     /// New and readmitted endpoints ramp up their share over this long, ms. Default 0 (off).
     pub slow_start_ms: u64,
     /// Below this share of endpoints in rotation the balancer ignores ejections and health
@@ -326,6 +330,7 @@ impl Default for BalanceSection {
     fn default() -> Self {
         Self {
             decay_ms: 10_000,
+            default_rtt_ms: 30,
             slow_start_ms: 0,
             panic_threshold: 50.0,
             outlier: OutlierSection::default(),
@@ -342,6 +347,7 @@ impl BalanceSection {
         let h = self.health.clone().unwrap_or_default();
         BalanceConfig {
             decay: Duration::from_millis(self.decay_ms),
+            default_rtt: Duration::from_millis(self.default_rtt_ms),
             slow_start: Duration::from_millis(self.slow_start_ms),
             panic_threshold: self.panic_threshold / 100.0,
             outlier: OutlierConfig {
@@ -370,6 +376,9 @@ impl BalanceSection {
         let e = |f: &str, p: &str| Err(ConfigError::new(format!("{at}.{f}"), p));
         if !(1..=3_600_000).contains(&self.decay_ms) {
             return e("decay_ms", "must be between 1 and 3600000 ms");
+        }
+        if !(1..=600_000).contains(&self.default_rtt_ms) {
+            return e("default_rtt_ms", "must be between 1 and 600000 ms");
         }
         if self.slow_start_ms > 3_600_000 {
             return e("slow_start_ms", "must be at most 3600000 ms");
