@@ -153,6 +153,27 @@ async fn overload_keeps_the_top_class_served() {
                 }));
             }
         }
+        // Memory stays bounded: what the gateway holds is at most the policy's limit in flight
+        // plus `max_queued` waiting, sampled all through the overload.
+        let admin = tollgate::gateway::admin::Admin {
+            shared: gw.shared().clone(),
+            demos: vec![],
+        };
+        let sampler = {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let (mut most_queued, mut most_in_flight) = (0u64, 0u64);
+                // Relaxed: a stop flag.
+                while !done.load(Ordering::Relaxed) {
+                    let state = admin.state();
+                    let policy = &state["admission"][0];
+                    most_queued = most_queued.max(policy["queued"].as_u64().unwrap());
+                    most_in_flight = most_in_flight.max(policy["in_flight"].as_u64().unwrap());
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (most_queued, most_in_flight)
+            })
+        };
         let mut by_class: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
         let mut critical_left = 2;
         for t in tasks {
@@ -189,6 +210,16 @@ async fn overload_keeps_the_top_class_served() {
             count(low, StatusCode::SERVICE_UNAVAILABLE) > 0,
             "nothing shed at 10x: {summary}"
         );
+        let (most_queued, most_in_flight) = sampler.await.expect("sampler");
+        assert!(
+            most_queued <= 64,
+            "queue grew past max_queued: {most_queued}"
+        );
+        assert!(
+            most_in_flight <= 4,
+            "admitted past the limit: {most_in_flight}"
+        );
+
         stop(gw).await;
     })
     .await;
