@@ -3,7 +3,8 @@
 //!
 //! Invariants checked:
 //! - `gateway_config`: parsing and validating any bytes never panics; an accepted config
-//!   compiles into a route table and its cluster stacks and admission policies build (the
+//!   compiles into a route table and its cluster stacks, admission policies and route caches
+//!   (without Redis) build (the
 //!   gateway's validation accepts nothing its layers refuse); an error names a field and a problem and displays as
 //!   `FILE: FIELD: PROBLEM`.
 //! - `route_table`: lookups never panic, and agree with the reference predicate
@@ -57,6 +58,14 @@ fn build_layers(config: &Config) {
     for a in &config.admission {
         if let Err(e) = AdmissionPolicy::build(a, None) {
             panic!("validated admission policy {} does not build: {e}", a.name);
+        }
+    }
+    // Route caches without a Redis L3 (an L3 starts a background connection per build).
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(c) = r.cache.as_ref().filter(|c| c.redis.is_none())
+            && let Err(e) = super::stack::cache::RouteCache::build(c, "fuzz", None)
+        {
+            panic!("validated cache of routes[{i}] does not build: {e}");
         }
     }
 }
