@@ -3,10 +3,9 @@
 //!
 //! Invariants checked:
 //! - `gateway_config`: parsing and validating any bytes never panics; an accepted config
-//!   compiles into a route table and its cluster stacks, admission policies and route caches
-//!   (without Redis) build (the
-//!   gateway's validation accepts nothing its layers refuse); an error names a field and a problem and displays as
-//!   `FILE: FIELD: PROBLEM`.
+//!   compiles into a route table, and its cluster stacks, admission policies and route caches
+//!   (without Redis) build: the gateway's validation accepts nothing its layers refuse. An
+//!   error names a field and a problem and displays as `FILE: FIELD: PROBLEM`.
 //! - `route_table`: lookups never panic, and agree with the reference predicate
 //!   [`route_matches`]: a returned route matches the request, every route ranked more specific
 //!   that also matches is ruled out by its methods, and `NotFound`/`MethodNotAllowed` happen
