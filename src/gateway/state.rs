@@ -322,7 +322,13 @@ impl Snapshot {
             .collect();
         let mut route_plans = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
-            let key = format!("{} {} {}", r.host, r.path_prefix, r.methods.join(","));
+            // `HOST PREFIX` or `HOST PREFIX METHODS`: names the route in `/state` and metric
+            // labels, and finds its caches and batchers again after a reload.
+            let key = if r.methods.is_empty() {
+                format!("{} {}", r.host, r.path_prefix)
+            } else {
+                format!("{} {} {}", r.host, r.path_prefix, r.methods.join(","))
+            };
             let old_plan = old.and_then(|o| o.route_plans.iter().find(|p| p.key == key));
             let ci = route_cluster[i];
             let cluster = &clusters[ci];
