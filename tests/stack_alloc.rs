@@ -11,8 +11,6 @@
     feature = "balance"
 ))]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::pin::pin;
@@ -22,53 +20,11 @@ use tollgate::admission::{AdmissionConfig, AdmissionLayer};
 use tollgate::balance::{Balance, BalanceConfig};
 use tollgate::breaker::{BreakerConfig, BreakerLayer};
 use tollgate::pool::{PoolConfig, PoolSizerLayer};
+use tollgate_core::testing::alloc::{Counting, thread_allocations};
 use tower::{Service, ServiceBuilder, ServiceExt};
-
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    // `try_with`: the allocator may run while this thread's locals are torn down.
-    let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract is `System`'s; counting touches only a const-initialized thread-local,
-// which does not allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded as is; see the impl.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded as is; see the impl.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is; see the impl.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: forwarded as is; see the impl.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
 
 /// An endpoint that answers at once and allocates nothing.
 #[derive(Clone, Copy)]
@@ -146,15 +102,18 @@ async fn a_request_through_the_stack_allocates_nothing() {
     }
 
     // The counter works.
-    let before = allocations();
+    let before = thread_allocations();
     drop(std::hint::black_box(vec![0u8; 16]));
-    assert!(allocations() > before, "the counting allocator counts");
+    assert!(
+        thread_allocations() > before,
+        "the counting allocator counts"
+    );
 
-    let before = allocations();
+    let before = thread_allocations();
     for i in 0..10_000 {
         one(&stack, i, &mut cx);
     }
-    let added = allocations() - before;
+    let added = thread_allocations() - before;
     assert_eq!(added, 0, "{added} allocations in 10,000 requests");
 
     // Every request went through every layer to an endpoint.

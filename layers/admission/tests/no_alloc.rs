@@ -1,36 +1,14 @@
 //! The uncontended path allocates nothing: `call`, the response future and giving the slot
 //! back, counted by a global allocator that tallies this thread's allocations.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use tollgate_admission::{AdmissionConfig, AdmissionLayer};
+use tollgate_core::testing::alloc::{Counting, thread_allocations};
 use tower_layer::Layer;
 use tower_service::Service;
-
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call to `System` unchanged; only counts (in a const-initialized
-// thread-local, which does not allocate).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|a| a.set(a.get() + 1));
-        // SAFETY: the caller's contract for `alloc` is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract for `dealloc` is passed on as is.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -73,12 +51,12 @@ fn admitted_requests_do_not_allocate() {
     };
     // Warm up: thread-locals and shard handles are set up on first use.
     round(0, &mut cx);
-    let before = ALLOCATIONS.with(Cell::get);
+    let before = thread_allocations();
     for i in 1..=10_000 {
         round(i, &mut cx);
     }
     assert_eq!(
-        ALLOCATIONS.with(Cell::get) - before,
+        thread_allocations() - before,
         0,
         "allocations on the uncontended path"
     );

@@ -1,53 +1,15 @@
 //! A request through the balancer allocates nothing once warm (its own code: the endpoint's
 //! service here is a `Copy` type with a ready future).
 //!
-//! A counting global allocator wraps the system one and counts only on threads that ask to be
-//! counted (the test harness's own threads allocate at times of their choosing).
+//! `tollgate_core::testing::alloc` counts this thread's allocations (the test harness's own
+//! threads allocate at times of their choosing).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::future::{Ready, ready};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use tollgate_balance::{Balance, BalanceConfig};
+use tollgate_core::testing::alloc::{Counting, thread_allocations};
 use tower::{Service, ServiceExt};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn count() {
-    if COUNTING.with(std::cell::Cell::get) {
-        // Relaxed: a statistic read after the work it counts, on the same thread.
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract is `System`'s; the counter is a side effect that touches no memory
-// handed out.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded as is; see the impl.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is; see the impl.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: forwarded as is; see the impl.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -81,14 +43,12 @@ async fn a_request_allocates_nothing() {
         svc.ready().await.unwrap().call(i).await.unwrap();
     }
     tokio::time::advance(std::time::Duration::from_millis(5)).await;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
+    let before = thread_allocations();
     for i in 0..10_000 {
         let res = svc.ready().await.unwrap().call(i).await.unwrap();
         assert_eq!(res, i);
     }
-    COUNTING.with(|c| c.set(false));
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = thread_allocations() - before;
     assert_eq!(
         allocations, 0,
         "{allocations} allocations in 10,000 requests"

@@ -3,37 +3,15 @@
 //! One L1 hit in 64 per key also reads L2 (so moka keeps counting the key's popularity), and
 //! moka's `get` may allocate internally; the test bounds that amortised cost separately.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tollgate_cache::{CacheConfig, CacheLayer, Cacheability, FnPolicy, Freshness};
 use tollgate_core::BoxError;
+use tollgate_core::testing::alloc::{Counting, thread_allocations};
 use tower_layer::Layer;
 use tower_service::Service;
-
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-struct Counting;
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
-// const-initialised thread-local `Cell` without a destructor, so touching it never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -65,11 +43,11 @@ fn an_l1_hit_does_not_allocate() {
         assert_eq!(get(k), k * 2); // misses: fill L2 and this thread's L1
     }
     // 63 hits per key: below the one-in-64 report to L2.
-    let before = ALLOCATIONS.with(Cell::get);
+    let before = thread_allocations();
     for i in 0..8 * 63u64 {
         assert_eq!(get(i % 8), (i % 8) * 2);
     }
-    let allocated = ALLOCATIONS.with(Cell::get) - before;
+    let allocated = thread_allocations() - before;
     assert_eq!(
         allocated,
         0,
@@ -77,11 +55,11 @@ fn an_l1_hit_does_not_allocate() {
         8 * 63
     );
     // Many more: only the reports to L2 (one hit in 64) may allocate, inside moka.
-    let before = ALLOCATIONS.with(Cell::get);
+    let before = thread_allocations();
     for i in 0..64_000u64 {
         assert_eq!(get(i % 8), (i % 8) * 2);
     }
-    let allocated = ALLOCATIONS.with(Cell::get) - before;
+    let allocated = thread_allocations() - before;
     assert!(
         allocated <= 2 * 64_000 / 64,
         "{allocated} allocations in 64 000 L1 hits"

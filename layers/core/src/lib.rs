@@ -12,7 +12,9 @@
 //!
 //! Time is always read from [`tokio::time::Instant`](https://docs.rs/tokio/latest/tokio/time/struct.Instant.html),
 //! so `#[tokio::test(start_paused = true)]` tests and simulations are deterministic.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: only `testing::alloc` (a counting global allocator for tests, behind
+// feature `testing`) allows it.
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod classify;

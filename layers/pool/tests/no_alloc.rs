@@ -1,40 +1,15 @@
 //! Requests through a `PoolSizer` do not allocate once warm (the response future is a named
 //! type, the permit holds a shard handle, statistics are atomics).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
+use tollgate_core::testing::alloc::{Counting, thread_allocations};
 use tollgate_pool::{PoolConfig, PoolSizerLayer};
 use tower::{Layer, Service, service_fn};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; it only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(|a| a.get())
-}
 
 #[test]
 fn warm_requests_do_not_allocate() {
@@ -59,13 +34,13 @@ fn warm_requests_do_not_allocate() {
         one(n);
     }
     // The counter works.
-    let before = allocations();
+    let before = thread_allocations();
     let v = std::hint::black_box(vec![1u8; 16]);
-    assert!(allocations() > before);
+    assert!(thread_allocations() > before);
     drop(v);
-    let before = allocations();
+    let before = thread_allocations();
     for n in 0..10_000 {
         one(n);
     }
-    assert_eq!(allocations() - before, 0, "requests allocated");
+    assert_eq!(thread_allocations() - before, 0, "requests allocated");
 }

@@ -9,6 +9,7 @@
 //! [`fuzz::replay`] runs a fuzz target's committed corpus as a normal test, and
 //! [`redis::RedisServer`] starts a throwaway Redis for integration tests.
 
+pub mod alloc;
 pub mod contract;
 pub mod fuzz;
 mod probe;
