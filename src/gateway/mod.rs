@@ -13,7 +13,11 @@
 //! - Thread-per-core (default): one thread per core, each with a current-thread runtime, its own
 //!   `SO_REUSEPORT` listener and its own upstream pools; or one multi-thread runtime.
 //!
-//! The layers of the workspace are not wired in yet (that is part 2 of the gateway issue).
+//! - Every tollgate layer is a config section: admission policies on listeners and routes, a
+//!   cache or a batcher on a route, and breaker, pool, balance (with health checks and outlier
+//!   ejection), per-endpoint breakers and budgeted retries on a cluster, stacked in the order
+//!   [`stack`](crate::gateway::stack) documents; their state shows on `/state` and `/metrics`
+//!   and survives reloads that leave their settings alone.
 //!
 //! ```no_run
 //! use tollgate::gateway::{Gateway, StartOptions, config::Config};
