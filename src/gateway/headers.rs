@@ -2,9 +2,11 @@
 //! headers `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, `Forwarded`
 //! (RFC 7239) and `Via` are added.
 
+use arc_swap::ArcSwapOption;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Headers that describe one connection, never forwarded.
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -68,7 +70,7 @@ pub fn via_value(version: Version) -> HeaderValue {
 }
 
 /// A client connection's forwarding values, computed once per connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Forwarding {
     ip: String,
     ip_value: HeaderValue,
@@ -76,6 +78,22 @@ pub struct Forwarding {
     /// `for=IP;proto=P`, the `Forwarded` element without a host.
     element: String,
     element_value: HeaderValue,
+    /// The last host seen and its `Forwarded` element: a connection's requests almost always
+    /// name the same host, so the element is formatted once rather than per request.
+    with_host: ArcSwapOption<(HeaderValue, HeaderValue)>,
+}
+
+impl Clone for Forwarding {
+    fn clone(&self) -> Self {
+        Self {
+            ip: self.ip.clone(),
+            ip_value: self.ip_value.clone(),
+            proto: self.proto,
+            element: self.element.clone(),
+            element_value: self.element_value.clone(),
+            with_host: ArcSwapOption::new(self.with_host.load_full()),
+        }
+    }
 }
 
 impl Forwarding {
@@ -94,7 +112,29 @@ impl Forwarding {
             ip,
             proto,
             element,
+            with_host: ArcSwapOption::empty(),
         }
+    }
+
+    /// The `Forwarded` element for a request to `host`.
+    fn element_with_host(&self, host: &HeaderValue) -> HeaderValue {
+        if let Some(cached) = &*self.with_host.load()
+            && cached.0 == host
+        {
+            return cached.1.clone();
+        }
+        let quotable = host
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\');
+        let value = match host.to_str() {
+            Ok(h) if quotable => HeaderValue::try_from(format!("{};host=\"{h}\"", self.element))
+                .unwrap_or_else(|_| self.element_value.clone()),
+            _ => self.element_value.clone(),
+        };
+        self.with_host
+            .store(Some(Arc::new((host.clone(), value.clone()))));
+        value
     }
 }
 
@@ -120,22 +160,11 @@ pub fn add_forwarding(
     let forwarded = match host {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-            let quotable = h
-                .as_bytes()
-                .iter()
-                .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\');
-            match h.to_str() {
-                Ok(h) if quotable => {
-                    HeaderValue::try_from(format!("{};host=\"{h}\"", fwd.element)).ok()
-                }
-                _ => Some(fwd.element_value.clone()),
-            }
+            fwd.element_with_host(h)
         }
-        None => Some(fwd.element_value.clone()),
+        None => fwd.element_value.clone(),
     };
-    if let Some(v) = forwarded {
-        headers.append(header::FORWARDED, v);
-    }
+    headers.append(header::FORWARDED, forwarded);
     headers.append(header::VIA, via_value(version));
 }
 
@@ -179,5 +208,32 @@ mod tests {
             "for=\"[::1]\";proto=https;host=\"a.example\""
         );
         assert_eq!(h[header::VIA], "2 tollgate");
+    }
+
+    #[test]
+    fn forwarded_element_follows_the_host() {
+        let fwd = Forwarding::new("10.1.2.3".parse().unwrap(), "http");
+        let forwarded = |host: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            let host = host.map(HeaderValue::from_static);
+            add_forwarding(&mut h, &fwd, host.as_ref(), Version::HTTP_11);
+            h[header::FORWARDED].clone()
+        };
+        for _ in 0..2 {
+            assert_eq!(forwarded(Some("a")), "for=10.1.2.3;proto=http;host=\"a\"");
+            assert_eq!(forwarded(Some("b")), "for=10.1.2.3;proto=http;host=\"b\"");
+            assert_eq!(forwarded(Some("b")), "for=10.1.2.3;proto=http;host=\"b\"");
+            assert_eq!(forwarded(Some("a b")), "for=10.1.2.3;proto=http");
+            assert_eq!(forwarded(None), "for=10.1.2.3;proto=http");
+        }
+        let copy = fwd.clone();
+        let mut h = HeaderMap::new();
+        add_forwarding(
+            &mut h,
+            &copy,
+            Some(&HeaderValue::from_static("c")),
+            Version::HTTP_11,
+        );
+        assert_eq!(h[header::FORWARDED], "for=10.1.2.3;proto=http;host=\"c\"");
     }
 }
