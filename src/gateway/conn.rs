@@ -157,6 +157,8 @@ where
     tokio::pin!(sleep);
     loop {
         tokio::select! {
+            // Biased: the connection first, and no random pick on every wake-up.
+            biased;
             result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                 if let Err(e) = result {
                     note_error(ctx, &e);
@@ -207,6 +209,8 @@ async fn drive_h2<C>(
     tokio::pin!(sleep);
     loop {
         tokio::select! {
+            // Biased: see `drive_h1`.
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     note_error(ctx, &e);
