@@ -4,6 +4,7 @@
 #   benches/proxy.sh                     # 1 worker each, 3 interleaved rounds of 5 s
 #   WORKERS=2 ROUNDS=5 DURATION=10 benches/proxy.sh
 #   IDLE_CONNS=0 benches/proxy.sh        # skip the idle keep-alive memory check
+#   TARGETS="backend nginx gateway" benches/proxy.sh   # only some of the targets
 #
 # What it does:
 # - builds `target/release/tollgate` (the backend is `tollgate demo-upstream`, a bare hyper
@@ -236,15 +237,24 @@ for t in $TARGETS; do
   printf '%-13s %10.0f rps  p50 %6.0f us  p99 %6.0f us  p99.9 %6.0f us  cpu %6.1f us/req\n' \
     "$t" "${MED[$t,2]}" "${MED[$t,3]}" "${MED[$t,4]}" "${MED[$t,5]}" "${MED[$t,6]}"
 done
-awk -v gr="${MED[gateway,2]}" -v nr="${MED[nginx,2]}" -v g99="${MED[gateway,4]}" -v n99="${MED[nginx,4]}" \
-  -v gc="${MED[gateway,6]}" -v nc="${MED[nginx,6]}" -v g999="${MED[gateway,5]}" -v n999="${MED[nginx,5]}" \
-  'BEGIN{printf "gateway/nginx: rps %.2fx  p99 %.2fx  p99.9 %.2fx  cpu/req %.2fx\n", gr/nr, g99/n99, g999/n999, gc/nc}'
-awk -v gr="${MED[gateway,2]}" -v mr="${MED[gateway-mt,2]}" -v gc="${MED[gateway,6]}" -v mc="${MED[gateway-mt,6]}" \
-  'BEGIN{printf "multi-thread/thread-per-core gateway: rps %.2fx  cpu/req %.2fx\n", mr/gr, mc/gc}'
-awk -v gr="${MED[gateway,2]}" -v sr="${MED[gateway-stack,2]}" -v gc="${MED[gateway,6]}" -v sc="${MED[gateway-stack,6]}" \
-  'BEGIN{printf "full stack/plain route: rps %.2fx  cpu/req %.2fx (target: rps >= 0.90x)\n", sr/gr, sc/gc}'
-awk -v cr="${MED[gateway-cache,2]}" -v nr="${MED[nginx,2]}" \
-  'BEGIN{printf "cache-hit route/nginx proxy: rps %.2fx (target: >= 2x)\n", cr/nr}'
+has() { [[ " $TARGETS " == *" $1 "* ]]; }
+if has gateway && has nginx; then
+  awk -v gr="${MED[gateway,2]}" -v nr="${MED[nginx,2]}" -v g99="${MED[gateway,4]}" -v n99="${MED[nginx,4]}" \
+    -v gc="${MED[gateway,6]}" -v nc="${MED[nginx,6]}" -v g999="${MED[gateway,5]}" -v n999="${MED[nginx,5]}" \
+    'BEGIN{printf "gateway/nginx: rps %.2fx  p99 %.2fx  p99.9 %.2fx  cpu/req %.2fx\n", gr/nr, g99/n99, g999/n999, gc/nc}'
+fi
+if has gateway && has gateway-mt; then
+  awk -v gr="${MED[gateway,2]}" -v mr="${MED[gateway-mt,2]}" -v gc="${MED[gateway,6]}" -v mc="${MED[gateway-mt,6]}" \
+    'BEGIN{printf "multi-thread/thread-per-core gateway: rps %.2fx  cpu/req %.2fx\n", mr/gr, mc/gc}'
+fi
+if has gateway && has gateway-stack; then
+  awk -v gr="${MED[gateway,2]}" -v sr="${MED[gateway-stack,2]}" -v gc="${MED[gateway,6]}" -v sc="${MED[gateway-stack,6]}" \
+    'BEGIN{printf "full stack/plain route: rps %.2fx  cpu/req %.2fx (target: rps >= 0.90x)\n", sr/gr, sc/gc}'
+fi
+if has nginx && has gateway-cache; then
+  awk -v cr="${MED[gateway-cache,2]}" -v nr="${MED[nginx,2]}" \
+    'BEGIN{printf "cache-hit route/nginx proxy: rps %.2fx (target: >= 2x)\n", cr/nr}'
+fi
 
 if [ "$IDLE_CONNS" -gt 0 ]; then
   echo
