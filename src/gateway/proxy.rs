@@ -414,18 +414,5 @@ fn classify(err: &UpstreamError, stats: &super::stats::Stats) -> (StatusCode, &'
         stats.body_too_large.incr();
         return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
-    match err {
-        UpstreamError::ConnectTimeout => {
-            stats.upstream_connect_errors.incr();
-            (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n")
-        }
-        UpstreamError::Connect(_) => {
-            stats.upstream_connect_errors.incr();
-            (StatusCode::BAD_GATEWAY, "upstream connect failed\n")
-        }
-        UpstreamError::Http(_) => {
-            stats.upstream_resets.incr();
-            (StatusCode::BAD_GATEWAY, "upstream connection failed\n")
-        }
-    }
+    super::stack::respond::upstream_failure(err, stats)
 }

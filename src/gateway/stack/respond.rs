@@ -61,6 +61,25 @@ fn grpc_rejection(r: &crate::http::Rejection, message: &str) -> Response<Full<By
     resp
 }
 
+/// The status and message for an upstream failure (counted in `stats`): 504 for a connect
+/// timeout, 502 for a refused connect or a connection that failed after it was made.
+pub fn upstream_failure(err: &UpstreamError, stats: &Stats) -> (StatusCode, &'static str) {
+    match err {
+        UpstreamError::ConnectTimeout => {
+            stats.upstream_connect_errors.incr();
+            (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n")
+        }
+        UpstreamError::Connect(_) => {
+            stats.upstream_connect_errors.incr();
+            (StatusCode::BAD_GATEWAY, "upstream connect failed\n")
+        }
+        UpstreamError::Http(_) => {
+            stats.upstream_resets.incr();
+            (StatusCode::BAD_GATEWAY, "upstream connection failed\n")
+        }
+    }
+}
+
 /// The answer to `err`, and whom it blames; `grpc` asks for gRPC statuses.
 pub fn error_response(err: &BoxError, grpc: bool, stats: &Stats) -> (Response<RespBody>, Blame) {
     let err: &(dyn std::error::Error + 'static) = &**err;
@@ -72,20 +91,7 @@ pub fn error_response(err: &BoxError, grpc: bool, stats: &Stats) -> (Response<Re
         );
     }
     if let Some(up) = find_cause::<UpstreamError>(err) {
-        let (status, msg) = match up {
-            UpstreamError::ConnectTimeout => {
-                stats.upstream_connect_errors.incr();
-                (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n")
-            }
-            UpstreamError::Connect(_) => {
-                stats.upstream_connect_errors.incr();
-                (StatusCode::BAD_GATEWAY, "upstream connect failed\n")
-            }
-            UpstreamError::Http(_) => {
-                stats.upstream_resets.incr();
-                (StatusCode::BAD_GATEWAY, "upstream connection failed\n")
-            }
-        };
+        let (status, msg) = upstream_failure(up, stats);
         return (local_response(status, msg), Blame::Upstream);
     }
     if find_cause::<TryTimedOut>(err).is_some() || find_cause::<RouteTimedOut>(err).is_some() {
