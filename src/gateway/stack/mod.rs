@@ -5,8 +5,8 @@
 //! route kind "batch" -> batch (single JSON requests become one upstream array) -> cluster
 //! route kind "proxy" ->
 //!   cache (route; GET/HEAD; L1/L2, optional Redis L3, stale-if-error)
-//!     -> admission (named policy: the route's, else the listener's)
-//!       -> overall timeout (route `request_timeout_ms`, else `timeouts.request_ms`)
+//!     -> overall timeout (route `request_timeout_ms`, else `timeouts.request_ms`)
+//!       -> admission (named policy: the route's, else the listener's)
 //!         -> retry (cluster; budgeted; idempotent requests without a body) + per-try timeout
 //!           -> cluster breaker -> pool (adaptive in-flight limit)
 //!             -> balance (P2C over peak-EWMA, outlier ejection, health checks, slow start)
@@ -14,8 +14,10 @@
 //! ```
 //!
 //! Shedding happens as early as it can (a cache hit costs no admission slot; a request shed by
-//! admission never reaches a breaker or the pool), and retries sit inside the overall timeout and
-//! outside the breakers and the pool, so every try is counted and limited like a first one.
+//! admission never reaches a breaker or the pool). The overall timeout covers the wait in
+//! admission's queue too and sits inside the cache, so a timed-out fetch is a failure the cache
+//! can hide with a stale answer. Retries sit inside the overall timeout and outside the breakers
+//! and the pool, so every try is counted and limited like a first one.
 //!
 //! A route and cluster with none of these sections take the part-1 fast path: round robin and
 //! no tower stack at all.
