@@ -33,8 +33,8 @@
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
 use criterion::Criterion;
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+
+use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
@@ -44,6 +44,7 @@ use tollgate::admission::{AdmissionConfig, AdmissionLayer};
 use tollgate::balance::{Balance, BalanceConfig};
 use tollgate::breaker::{BreakerConfig, BreakerLayer};
 use tollgate::pool::{PoolConfig, PoolSizerLayer};
+use tollgate_core::testing::Echo;
 use tower::balance::p2c;
 use tower::buffer::Buffer;
 use tower::discover::ServiceList;
@@ -51,24 +52,6 @@ use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 const ENDPOINTS: usize = 8;
-
-/// An endpoint that answers at once, cheap to clone, allocating nothing.
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req))
-    }
-}
 
 /// The tollgate stack: admission -> breaker -> pool -> balance over 8 `Echo`s.
 fn tollgate_stack()
@@ -106,8 +89,8 @@ type TowerSvc = Buffer<
 /// tower's balancer behind the `Buffer` that shares it. Must be called inside a runtime: the
 /// buffer spawns its worker.
 fn tower_stack() -> TowerSvc {
-    let discover = PeakEwmaDiscover::new(
-        ServiceList::new(vec![Echo; ENDPOINTS]),
+    let discover = PeakEwmaDiscover::new::<u64>(
+        ServiceList::new::<u64>(vec![Echo; ENDPOINTS]),
         Duration::from_millis(30),
         Duration::from_secs(10),
         CompleteOnResponse::default(),

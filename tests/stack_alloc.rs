@@ -11,8 +11,7 @@
     feature = "balance"
 ))]
 
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -20,29 +19,12 @@ use tollgate::admission::{AdmissionConfig, AdmissionLayer};
 use tollgate::balance::{Balance, BalanceConfig};
 use tollgate::breaker::{BreakerConfig, BreakerLayer};
 use tollgate::pool::{PoolConfig, PoolSizerLayer};
+use tollgate_core::testing::Echo;
 use tollgate_core::testing::alloc::{Counting, thread_allocations};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// An endpoint that answers at once and allocates nothing.
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req))
-    }
-}
 
 /// One request: a fresh clone of `stack`, `oneshot`, polled once to completion.
 fn one<S>(stack: &S, req: u64, cx: &mut Context<'_>)

@@ -6,36 +6,20 @@
 #![allow(missing_docs)] // criterion's macros generate undocumented public functions
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+
+use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::sync::Barrier;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tollgate_admission::{AdmissionConfig, AdmissionLayer};
+use tollgate_core::testing::Echo;
 use tower::limit::ConcurrencyLimit;
 use tower_layer::Layer;
 use tower_service::Service;
 
 const LIMIT: usize = 1 << 20;
-
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req))
-    }
-}
 
 /// One request: ready, call, poll the response to completion, drop it.
 #[inline]

@@ -1,34 +1,17 @@
 //! The uncontended path allocates nothing: `call`, the response future and giving the slot
 //! back, counted by a global allocator that tallies this thread's allocations.
 
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use tollgate_admission::{AdmissionConfig, AdmissionLayer};
+use tollgate_core::testing::Echo;
 use tollgate_core::testing::alloc::{Counting, thread_allocations};
 use tower_layer::Layer;
 use tower_service::Service;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req))
-    }
-}
 
 #[test]
 fn admitted_requests_do_not_allocate() {

@@ -8,13 +8,11 @@
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use std::convert::Infallible;
-use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tollgate_balance::{Balance, BalanceConfig};
+use tollgate_core::testing::Echo;
 use tower::balance::p2c;
 use tower::buffer::Buffer;
 use tower::discover::ServiceList;
@@ -22,24 +20,6 @@ use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::{Service, ServiceExt};
 
 const ENDPOINTS: usize = 8;
-
-/// An endpoint that answers at once, cheap to clone.
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req))
-    }
-}
 
 fn tollgate() -> Balance<usize, Echo> {
     Balance::new((0..ENDPOINTS).map(|i| (i, Echo)), BalanceConfig::default()).expect("valid config")
@@ -52,8 +32,8 @@ type TowerSvc = Buffer<
 
 /// Must be called inside a runtime: the buffer spawns its worker.
 fn tower_buffered() -> TowerSvc {
-    let discover = PeakEwmaDiscover::new(
-        ServiceList::new(vec![Echo; ENDPOINTS]),
+    let discover = PeakEwmaDiscover::new::<u64>(
+        ServiceList::new::<u64>(vec![Echo; ENDPOINTS]),
         Duration::from_millis(30),
         Duration::from_secs(10),
         CompleteOnResponse::default(),

@@ -6,8 +6,8 @@
 #![allow(missing_docs, clippy::disallowed_types)] // std's Instant times the runs, as criterion does
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+
+use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::sync::{Arc, Barrier};
@@ -15,25 +15,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 use tollgate_breaker::{BreakerConfig, BreakerLayer, SlidingWindow};
+use tollgate_core::testing::Echo;
 use tower::{Layer, Service, ServiceExt};
-
-/// The inner service: always ready, answers at once.
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req))
-    }
-}
 
 /// The floor: a wrapper that only forwards.
 #[derive(Clone)]

@@ -11,8 +11,10 @@
 
 pub mod alloc;
 pub mod contract;
+mod echo;
 pub mod fuzz;
 mod probe;
 pub mod redis;
 
+pub use echo::Echo;
 pub use probe::{Probe, ProbeError, ProbeFuture, ProbeHandle, ProbeRequest};
