@@ -105,6 +105,11 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long shutdown waits for in-flight requests, in ms. Default 10000.
     pub drain_timeout_ms: u64,
+    /// Serve plain HTTP/1.1 requests to plain routes (no layers) on the gateway's own
+    /// HTTP/1.1 path instead of hyper's. Default `true`. Requests it does not take (HTTP/1.0,
+    /// chunked request bodies, `Expect`, upgrades, malformed or oversized heads) go to hyper
+    /// either way. Reloadable; applies to new connections.
+    pub h1_fast_path: bool,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +118,7 @@ impl Default for ServerConfig {
             mode: RuntimeMode::ThreadPerCore,
             workers: 0,
             drain_timeout_ms: 10_000,
+            h1_fast_path: true,
         }
     }
 }
