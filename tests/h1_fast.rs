@@ -1,0 +1,1099 @@
+//! HTTP/1.1 wire scenarios for plain routes, run on both of the gateway's HTTP/1.1 paths:
+//! its own fast path (`[server] h1_fast_path = true`, the default) and hyper's
+//! (`h1_fast_path = false`). Every scenario is one `async fn scenario(fast: bool)`;
+//! [`on_both_paths!`] turns it into `scenario::fast_path` and `scenario::hyper_path` tests.
+//!
+//! The client and most upstreams are raw sockets driven byte by byte ([`Wire`]), so the
+//! tests see exactly what crosses the wire: pipelined requests answered complete and in
+//! order; responses framed by `Content-Length`, by chunks (with extensions and trailers) and
+//! by the upstream closing; bodiless answers (HEAD, 204, 304) that leave the connection
+//! usable; large and slowly sent request bodies; chunked request bodies and
+//! `Expect: 100-continue` (hyper's on both paths); `Connection: close` and HTTP/1.0;
+//! upstreams that close pooled connections or say `Connection: close`; a response body that
+//! stalls (cut after `idle_ms`); `103 Early Hints`; hop-by-hop and forwarding headers both
+//! ways; an unrouted request inside a pipeline; refused and mute upstreams (502, 504); and
+//! connection reuse over 200 keep-alive requests.
+//!
+//! Real sockets mean real time: every wait is bounded by [`STEP`] and each test by
+//! [`common::bounded`]; the only sleeps are the short pauses a scenario is about.
+
+mod common;
+
+use common::*;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, sleep, timeout};
+use tollgate::gateway::config::Config;
+
+/// The longest any single exchange in these tests may take.
+const STEP: Duration = Duration::from_secs(5);
+
+/// Runs each named `async fn(fast: bool)` scenario once per HTTP/1.1 path.
+macro_rules! on_both_paths {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fast_path() {
+                crate::common::bounded(super::$scenario(true)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hyper_path() {
+                crate::common::bounded(super::$scenario(false)).await;
+            }
+        }
+    )*};
+}
+
+on_both_paths!(
+    pipelined_requests_are_answered_in_order,
+    response_framing_is_relayed,
+    bodiless_answers_leave_the_connection_usable,
+    large_and_slow_request_bodies_arrive_intact,
+    chunked_request_bodies_and_expect_continue,
+    client_connection_close_is_honoured,
+    http10_without_host_is_answered,
+    upstream_closing_its_connection_is_not_a_502,
+    upstream_connection_close_is_not_reused,
+    a_stalled_response_body_cuts_the_client,
+    early_hints_before_the_final_answer,
+    hop_by_hop_and_forwarding_headers,
+    an_unrouted_request_inside_a_pipeline,
+    refused_and_mute_upstreams,
+    many_keep_alive_requests_reuse_upstream_connections,
+);
+
+// ---------------------------------------------------------------------------------------------
+// The wire: a raw HTTP/1.1 reader and writer for both the client and the upstream side.
+// ---------------------------------------------------------------------------------------------
+
+/// A message head: the start line and the header fields in wire order.
+#[derive(Debug, Clone)]
+struct Head {
+    first: String,
+    fields: Vec<(String, String)>,
+    raw: String,
+}
+
+impl Head {
+    fn parse(bytes: &[u8]) -> io::Result<Head> {
+        let raw = String::from_utf8_lossy(bytes).into_owned();
+        let mut lines = raw.split("\r\n").filter(|l| !l.is_empty());
+        let first = lines.next().unwrap_or_default().to_owned();
+        let mut fields = Vec::new();
+        for line in lines {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, line.to_owned()))?;
+            fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        Ok(Head { first, fields, raw })
+    }
+
+    /// Every value of `name` (case-insensitive), in order.
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.all(name).first().copied()
+    }
+
+    /// Whether a comma-separated field `name` lists `token` (case-insensitive).
+    fn lists(&self, name: &str, token: &str) -> bool {
+        self.all(name)
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    fn chunked(&self) -> bool {
+        self.lists("transfer-encoding", "chunked")
+    }
+
+    fn content_length(&self) -> Option<usize> {
+        self.get("content-length").map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("bad content-length in {:?}", self.raw))
+        })
+    }
+
+    /// The status code of a response head.
+    fn status(&self) -> u16 {
+        self.first
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {:?}", self.first))
+    }
+
+    /// Method and target of a request head, e.g. `GET /a?b`.
+    fn request_line(&self) -> String {
+        let mut parts = self.first.split(' ');
+        format!(
+            "{} {}",
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default()
+        )
+    }
+
+    fn target(&self) -> &str {
+        self.first.split(' ').nth(1).unwrap_or_default()
+    }
+}
+
+/// A response as the client read it.
+#[derive(Debug)]
+struct Resp {
+    head: Head,
+    body: Vec<u8>,
+    trailers: Vec<(String, String)>,
+}
+
+impl Resp {
+    fn status(&self) -> u16 {
+        self.head.status()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts the status and the body.
+    #[track_caller]
+    fn expect(&self, status: u16, body: &str, path: &str) {
+        assert_eq!(
+            (self.status(), self.text().as_str()),
+            (status, body),
+            "{path}: head {:?}",
+            self.head.raw
+        );
+    }
+}
+
+/// A request as the upstream read it.
+#[derive(Debug)]
+struct Req {
+    head: Head,
+    body: Vec<u8>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn eof() -> io::Error {
+    io::ErrorKind::UnexpectedEof.into()
+}
+
+fn invalid(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+/// The read side of a connection, with the bytes read but not yet consumed.
+struct Reader {
+    r: OwnedReadHalf,
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    /// Reads more bytes; the peer closing is `UnexpectedEof`.
+    async fn fill(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.r.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(eof());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    async fn take(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            self.fill().await?;
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    async fn line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return Ok(line);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The next head; `None` when the peer closed cleanly before sending any of it.
+    async fn head(&mut self) -> io::Result<Option<Head>> {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                let bytes: Vec<u8> = self.buf.drain(..i + 4).collect();
+                return Head::parse(&bytes).map(Some);
+            }
+            match self.fill().await {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && self.buf.is_empty() => {
+                    return Ok(None);
+                }
+                r => r?,
+            }
+        }
+    }
+
+    /// A chunked body: its data and its trailer fields.
+    async fn chunked(&mut self) -> io::Result<(Vec<u8>, Vec<(String, String)>)> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.line().await?;
+            let size = line.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size, 16)
+                .map_err(|_| invalid(format!("bad chunk size line {line:?}")))?;
+            if size == 0 {
+                let mut trailers = Vec::new();
+                loop {
+                    let line = self.line().await?;
+                    if line.is_empty() {
+                        return Ok((body, trailers));
+                    }
+                    let (n, v) = line
+                        .split_once(':')
+                        .ok_or_else(|| invalid(format!("bad trailer {line:?}")))?;
+                    trailers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                }
+            }
+            body.extend(self.take(size).await?);
+            if self.take(2).await? != b"\r\n" {
+                return Err(invalid("chunk data not followed by CRLF"));
+            }
+        }
+    }
+
+    /// Everything until the peer closes.
+    async fn until_close(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            match self.fill().await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Ok(std::mem::take(&mut self.buf));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One response (informational ones included) to a request with `method`.
+    async fn response(&mut self, method: &str) -> io::Result<Resp> {
+        let head = self.head().await?.ok_or_else(eof)?;
+        let status = head.status();
+        let bodiless =
+            (100..200).contains(&status) || status == 204 || status == 304 || method == "HEAD";
+        let (body, trailers) = if bodiless {
+            (Vec::new(), Vec::new())
+        } else if head.chunked() {
+            self.chunked().await?
+        } else if let Some(n) = head.content_length() {
+            (self.take(n).await?, Vec::new())
+        } else {
+            (self.until_close().await?, Vec::new())
+        };
+        Ok(Resp {
+            head,
+            body,
+            trailers,
+        })
+    }
+
+    /// The final response to a request with `method`, informational ones skipped.
+    async fn final_response(&mut self, method: &str) -> io::Result<Resp> {
+        loop {
+            let r = self.response(method).await?;
+            if !(100..200).contains(&r.status()) || r.status() == 101 {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// The next request; `None` when the peer closed between requests.
+    async fn request(&mut self) -> io::Result<Option<Req>> {
+        let Some(head) = self.head().await? else {
+            return Ok(None);
+        };
+        let body = if head.chunked() {
+            self.chunked().await?.0
+        } else if let Some(n) = head.content_length() {
+            self.take(n).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Some(Req { head, body }))
+    }
+}
+
+/// A raw connection: client to gateway, or gateway to a scripted upstream.
+struct Wire {
+    rd: Reader,
+    w: OwnedWriteHalf,
+}
+
+impl Wire {
+    fn new(s: TcpStream) -> Wire {
+        let (r, w) = s.into_split();
+        Wire {
+            rd: Reader { r, buf: Vec::new() },
+            w,
+        }
+    }
+
+    async fn connect(addr: SocketAddr) -> Wire {
+        Wire::new(TcpStream::connect(addr).await.expect("gateway accepts"))
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).await.expect("write");
+    }
+
+    /// The final response to a request with `method`, within [`STEP`].
+    async fn reply(&mut self, method: &str) -> Resp {
+        timeout(STEP, self.rd.final_response(method))
+            .await
+            .unwrap_or_else(|_| panic!("no response within {STEP:?}"))
+            .unwrap_or_else(|e| panic!("incomplete response: {e}"))
+    }
+
+    /// Writes `bytes` while reading the final response (for bodies larger than the socket
+    /// buffers).
+    async fn send_and_reply(&mut self, bytes: &[u8], method: &str) -> Resp {
+        let (written, resp) = timeout(STEP, async {
+            tokio::join!(self.w.write_all(bytes), self.rd.final_response(method))
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no response within {STEP:?}"));
+        written.expect("request written");
+        resp.unwrap_or_else(|e| panic!("incomplete response: {e}"))
+    }
+
+    /// Asserts the peer closes (EOF or reset) within [`STEP`], sending nothing more.
+    async fn expect_closed(&mut self, path: &str) {
+        let r = timeout(STEP, self.rd.fill())
+            .await
+            .unwrap_or_else(|_| panic!("{path}: connection still open after {STEP:?}"));
+        assert!(
+            r.is_err(),
+            "{path}: bytes after the last response: {:?}",
+            String::from_utf8_lossy(&self.rd.buf)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstreams and gateway configs.
+// ---------------------------------------------------------------------------------------------
+
+/// A scripted upstream: each accepted connection runs `script(wire, index)`.
+struct RawUp {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl RawUp {
+    fn accepted(&self) -> usize {
+        // Relaxed: a count read after the exchanges it counts have completed.
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+async fn raw_upstream<F, Fut>(script: F) -> RawUp
+where
+    F: Fn(Wire, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let script = Arc::new(script);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            // Relaxed: a statistic, read after the fact.
+            let n = count.fetch_add(1, Ordering::Relaxed);
+            let script = script.clone();
+            tokio::spawn(async move { script(Wire::new(s), n).await });
+        }
+    });
+    RawUp { addr, accepted }
+}
+
+/// A 200 with a `Content-Length` body.
+fn ok(body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+const CHUNKED_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+Trailer: x-checksum\r\n\r\n5\r\nhello\r\n1\r\n \r\n5;ext=1\r\nworld\r\n10\r\n, and sixteen!!!\r\n\
+0\r\nx-checksum: abc\r\n\r\n";
+const CHUNKED_BODY: &str = "hello world, and sixteen!!!";
+
+const CLOSE_DELIMITED: &str = "no length: this body ends when the upstream closes\n";
+
+/// What the standard upstream answers, by target:
+/// - `HEAD *`: `Content-Length: 100` and no body;
+/// - `/echo*`: the request body;
+/// - `/slow*`: after 100 ms, the request line;
+/// - `/chunked`: [`CHUNKED_RESPONSE`];
+/// - `/close`: [`CLOSE_DELIMITED`] with no length, then it closes;
+/// - `/204`, `/304`: those, bodiless (the 304 with `Content-Length: 100`);
+/// - `/early-hints`: a 103, then `200 hints`;
+/// - `/hop`: connection-scoped response headers, and the request head it read as the body;
+/// - anything else: the request line (`GET /x`).
+///
+/// Returns the bytes to write and whether to close afterwards.
+async fn answer(req: &Req) -> (Vec<u8>, bool) {
+    let target = req.head.target();
+    if req.head.first.starts_with("HEAD ") {
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec(),
+            false,
+        );
+    }
+    if target.starts_with("/echo") {
+        return (ok(&req.body), false);
+    }
+    if target.starts_with("/slow") {
+        sleep(Duration::from_millis(100)).await;
+    }
+    match target {
+        "/chunked" => (CHUNKED_RESPONSE.to_vec(), false),
+        "/close" => (
+            format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n{CLOSE_DELIMITED}")
+                .into_bytes(),
+            true,
+        ),
+        "/204" => (
+            b"HTTP/1.1 204 No Content\r\nX-Kind: none\r\n\r\n".to_vec(),
+            false,
+        ),
+        "/304" => (
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 100\r\n\r\n".to_vec(),
+            false,
+        ),
+        "/early-hints" => (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n\
+              HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhints"
+                .to_vec(),
+            false,
+        ),
+        "/hop" => {
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nConnection: x-private\r\nX-Private: 1\r\n\
+                 Keep-Alive: timeout=5\r\nX-End: kept\r\nContent-Length: {}\r\n\r\n",
+                req.head.raw.len()
+            )
+            .into_bytes();
+            out.extend_from_slice(req.head.raw.as_bytes());
+            (out, false)
+        }
+        _ => (ok(req.head.request_line().as_bytes()), false),
+    }
+}
+
+/// Serves [`answer`] on one connection until the peer closes.
+async fn serve(mut w: Wire) {
+    while let Ok(Some(req)) = w.rd.request().await {
+        let (bytes, close) = answer(&req).await;
+        if w.w.write_all(&bytes).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// The standard upstream: [`answer`] on every connection.
+async fn app_upstream() -> RawUp {
+    raw_upstream(|w, _| serve(w)).await
+}
+
+/// The test config with `rest`, on the fast path or hyper's.
+fn cfg(rest: &str, fast: bool) -> Config {
+    let mut c = config(rest);
+    c.server.h1_fast_path = fast;
+    c
+}
+
+fn label(fast: bool) -> &'static str {
+    if fast { "fast path" } else { "hyper path" }
+}
+
+fn get(target: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
+}
+
+fn post(target: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {target} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios.
+// ---------------------------------------------------------------------------------------------
+
+/// 1. Two, then three (one a POST with a body) requests in one write each; the first is slow
+///    upstream, so answering out of order would show.
+async fn pipelined_requests_are_answered_in_order(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&[get("/slow/one"), get("/two")].concat()).await;
+    c.reply("GET").await.expect(200, "GET /slow/one", path);
+    c.reply("GET").await.expect(200, "GET /two", path);
+
+    c.send(&[get("/slow/a"), post("/echo", "hello"), get("/c")].concat())
+        .await;
+    let r = c.reply("GET").await;
+    r.expect(200, "GET /slow/a", path);
+    assert_eq!(r.head.first, "HTTP/1.1 200 OK", "{path}");
+    c.reply("POST").await.expect(200, "hello", path);
+    c.reply("GET").await.expect(200, "GET /c", path);
+    stop(gw).await;
+}
+
+/// 2. `Content-Length`, chunked (extensions, trailers) and close-delimited bodies reach the
+///    client with the same bytes, correctly framed.
+async fn response_framing_is_relayed(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/len")).await;
+    let r = c.reply("GET").await;
+    r.expect(200, "GET /len", path);
+    assert_eq!(r.head.content_length(), Some(8), "{path}");
+
+    c.send(b"GET /chunked HTTP/1.1\r\nHost: t\r\nTE: trailers\r\n\r\n")
+        .await;
+    let r = c.reply("GET").await;
+    r.expect(200, CHUNKED_BODY, path);
+    if !r.trailers.is_empty() {
+        assert_eq!(
+            r.trailers,
+            [("x-checksum".to_owned(), "abc".to_owned())],
+            "{path}"
+        );
+    }
+    eprintln!(
+        "{path}: chunked response trailers seen by the client: {:?}",
+        r.trailers
+    );
+
+    // Still usable after a chunked answer.
+    c.send(&get("/after-chunked")).await;
+    c.reply("GET").await.expect(200, "GET /after-chunked", path);
+
+    c.send(&get("/close")).await;
+    let r = c.reply("GET").await;
+    r.expect(200, CLOSE_DELIMITED, path);
+    if r.head.chunked() || r.head.content_length().is_some() {
+        // Re-framed by the gateway: the client connection may go on.
+        c.send(&get("/after-close")).await;
+        c.reply("GET").await.expect(200, "GET /after-close", path);
+    }
+    // Either way, a new client connection works.
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/new")).await;
+    c.reply("GET").await.expect(200, "GET /new", path);
+    stop(gw).await;
+}
+
+/// 3. HEAD (upstream says `Content-Length: 100`, sends no body), 204 and 304 carry no body,
+///    and the connection goes on, one at a time and pipelined.
+async fn bodiless_answers_leave_the_connection_usable(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let r = c.reply("HEAD").await;
+    r.expect(200, "", path);
+    eprintln!("{path}: HEAD answer head {:?}", r.head.raw);
+    c.send(&get("/after-head")).await;
+    c.reply("GET").await.expect(200, "GET /after-head", path);
+
+    c.send(&get("/204")).await;
+    let r = c.reply("GET").await;
+    r.expect(204, "", path);
+    assert_eq!(r.head.get("x-kind"), Some("none"), "{path}");
+    c.send(&get("/after-204")).await;
+    c.reply("GET").await.expect(200, "GET /after-204", path);
+
+    c.send(&get("/304")).await;
+    let r = c.reply("GET").await;
+    r.expect(304, "", path);
+    assert_eq!(r.head.get("etag"), Some("\"v1\""), "{path}");
+    c.send(&get("/after-304")).await;
+    c.reply("GET").await.expect(200, "GET /after-304", path);
+
+    // All of it in one write: a relay expecting 100 body bytes would hang here.
+    c.send(
+        &[
+            b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            get("/204"),
+            get("/304"),
+            get("/last"),
+        ]
+        .concat(),
+    )
+    .await;
+    c.reply("HEAD").await.expect(200, "", path);
+    c.reply("GET").await.expect(204, "", path);
+    c.reply("GET").await.expect(304, "", path);
+    c.reply("GET").await.expect(200, "GET /last", path);
+    stop(gw).await;
+}
+
+/// 4. A 1 MiB body echoed byte-exact, and a body sent in four pieces 50 ms apart.
+async fn large_and_slow_request_bodies_arrive_intact(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let mut config = cfg(&single(up.addr, "http1"), fast);
+    config.limits.max_body_bytes = 4 << 20;
+    let gw = start(config);
+    let mut c = Wire::connect(addr(&gw)).await;
+    let payload: Vec<u8> = (0..1usize << 20).map(|i| (i % 251) as u8).collect();
+    let mut req = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        payload.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&payload);
+    let r = c.send_and_reply(&req, "POST").await;
+    assert_eq!(r.status(), 200, "{path}: {:?}", r.head.raw);
+    assert_eq!(r.body.len(), payload.len(), "{path}");
+    assert!(r.body == payload, "{path}: the echoed body differs");
+
+    let pieces = [
+        "first piece|",
+        "second piece|",
+        "third piece|",
+        "fourth piece",
+    ];
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    c.send(
+        format!("POST /echo-slow HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    for p in pieces {
+        sleep(Duration::from_millis(50)).await;
+        c.send(p.as_bytes()).await;
+    }
+    c.reply("POST").await.expect(200, &pieces.concat(), path);
+    c.send(&get("/after")).await;
+    c.reply("GET").await.expect(200, "GET /after", path);
+    stop(gw).await;
+}
+
+/// 5. A chunked request body, and `Expect: 100-continue` (a 100 before the body is sent).
+async fn chunked_request_bodies_and_expect_continue(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    c.reply("POST").await.expect(200, "hello world", path);
+    c.send(&get("/after-chunked")).await;
+    c.reply("GET").await.expect(200, "GET /after-chunked", path);
+
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    let interim = timeout(STEP, c.rd.response("POST"))
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no 100 Continue before the body"))
+        .expect("a response head");
+    assert_eq!(interim.status(), 100, "{path}: {:?}", interim.head.raw);
+    c.send(b"hello").await;
+    c.reply("POST").await.expect(200, "hello", path);
+    c.send(&get("/after-expect")).await;
+    c.reply("GET").await.expect(200, "GET /after-expect", path);
+    stop(gw).await;
+}
+
+/// 6. `Connection: close` from the client: said back, and the connection closed after.
+async fn client_connection_close_is_honoured(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/first")).await;
+    c.reply("GET").await.expect(200, "GET /first", path);
+    c.send(b"GET /bye HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    let r = c.reply("GET").await;
+    r.expect(200, "GET /bye", path);
+    assert!(
+        r.head.lists("connection", "close"),
+        "{path}: no `connection: close` in {:?}",
+        r.head.raw
+    );
+    c.expect_closed(path).await;
+    stop(gw).await;
+}
+
+/// 7. HTTP/1.0 with no Host is answered, and (no keep-alive asked) the connection closes.
+async fn http10_without_host_is_answered(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(b"GET /ten HTTP/1.0\r\n\r\n").await;
+    let r = c.reply("GET").await;
+    r.expect(200, "GET /ten", path);
+    assert!(
+        r.head.first.starts_with("HTTP/1."),
+        "{path}: {:?}",
+        r.head.first
+    );
+    c.expect_closed(path).await;
+    stop(gw).await;
+}
+
+/// 8a. The upstream closes each connection right after its (keep-alive) answer: the next
+///     request, sent at once or a little later, gets a fresh connection and a 200, never 502.
+async fn upstream_closing_its_connection_is_not_a_502(fast: bool) {
+    let path = label(fast);
+    let up = raw_upstream(|mut w, n| async move {
+        if let Ok(Some(req)) = w.rd.request().await {
+            let body = format!("{} on {n}", req.head.request_line());
+            let _ = w.w.write_all(&ok(body.as_bytes())).await;
+        }
+        // Dropping `w` closes the socket.
+    })
+    .await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/1")).await;
+    c.reply("GET").await.expect(200, "GET /1 on 0", path);
+    // At once: the gateway may not have seen the close yet.
+    c.send(&get("/2")).await;
+    let r = c.reply("GET").await;
+    assert_eq!(r.status(), 200, "{path}: {:?} {}", r.head.raw, r.text());
+    assert!(r.text().starts_with("GET /2 on "), "{path}: {}", r.text());
+    // Later: the close has surely arrived.
+    sleep(Duration::from_millis(100)).await;
+    c.send(&get("/3")).await;
+    let r = c.reply("GET").await;
+    assert_eq!(r.status(), 200, "{path}: {:?} {}", r.head.raw, r.text());
+    assert!(r.text().starts_with("GET /3 on "), "{path}: {}", r.text());
+    assert!(up.accepted() >= 3, "{path}: {} connections", up.accepted());
+    stop(gw).await;
+}
+
+/// 8b. The upstream says `Connection: close` but keeps its socket open: the gateway must not
+///     send the next request on it.
+async fn upstream_connection_close_is_not_reused(fast: bool) {
+    let path = label(fast);
+    let reused = Arc::new(AtomicUsize::new(0));
+    let seen = reused.clone();
+    let up = raw_upstream(move |mut w, n| {
+        let seen = seen.clone();
+        async move {
+            if let Ok(Some(req)) = w.rd.request().await {
+                let body = format!("{} on {n}", req.head.request_line());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ =
+                    w.w.write_all(&[head.into_bytes(), body.into_bytes()].concat())
+                        .await;
+            }
+            if let Ok(Ok(Some(_))) = timeout(Duration::from_secs(1), w.rd.request()).await {
+                // Relaxed: read by the test after it is done.
+                seen.fetch_add(1, Ordering::Relaxed);
+                let _ =
+                    w.w.write_all(b"HTTP/1.1 500 Reused\r\nContent-Length: 6\r\n\r\nreused")
+                        .await;
+            }
+        }
+    })
+    .await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    for i in 0..3 {
+        c.send(&get(&format!("/{i}"))).await;
+        let r = c.reply("GET").await;
+        assert_eq!(r.status(), 200, "{path}: {:?} {}", r.head.raw, r.text());
+        assert!(
+            r.text().starts_with(&format!("GET /{i} on ")),
+            "{path}: {}",
+            r.text()
+        );
+        assert!(
+            !r.head.lists("connection", "close"),
+            "{path}: the upstream's `connection: close` reached the client: {:?}",
+            r.head.raw
+        );
+    }
+    assert_eq!(
+        up.accepted(),
+        3,
+        "{path}: one upstream connection per request"
+    );
+    // Relaxed: the exchanges are over.
+    assert_eq!(
+        reused.load(Ordering::Relaxed),
+        0,
+        "{path}: a closed connection was reused"
+    );
+    stop(gw).await;
+}
+
+/// 9. The upstream sends 10 of 100 body bytes and stalls: the client connection is cut
+///    after about `idle_ms`, with no complete body; the gateway goes on serving.
+async fn a_stalled_response_body_cuts_the_client(fast: bool) {
+    let path = label(fast);
+    let up = raw_upstream(|mut w, _| async move {
+        while let Ok(Some(req)) = w.rd.request().await {
+            if req.head.target() == "/stall" {
+                let _ =
+                    w.w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                        .await;
+                sleep(Duration::from_secs(20)).await;
+                return;
+            }
+            let (bytes, _) = answer(&req).await;
+            let _ = w.w.write_all(&bytes).await;
+        }
+    })
+    .await;
+    let mut config = cfg(&single(up.addr, "http1"), fast);
+    config.timeouts.idle_ms = 500;
+    let gw = start(config);
+    let mut c = Wire::connect(addr(&gw)).await;
+    let t = Instant::now();
+    c.send(&get("/stall")).await;
+    let read = timeout(STEP, c.rd.final_response("GET")).await;
+    let took = t.elapsed();
+    match read {
+        Err(_) => panic!("{path}: the client was left hanging for {STEP:?}"),
+        Ok(Ok(r)) => panic!("{path}: a complete response from a stalled body: {r:?}"),
+        Ok(Err(e)) => eprintln!("{path}: cut after {took:?}: {e}"),
+    }
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+        "{path}: cut after {took:?}, idle_ms = 500"
+    );
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/fine")).await;
+    c.reply("GET").await.expect(200, "GET /fine", path);
+    stop(gw).await;
+}
+
+/// 10. A `103 Early Hints` before the 200: the client gets the 200 and its body (the 103
+///     may be passed on or dropped), and the connection goes on.
+async fn early_hints_before_the_final_answer(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/early-hints")).await;
+    let first = timeout(STEP, c.rd.response("GET"))
+        .await
+        .expect("a response in time")
+        .expect("a complete response");
+    let last = if first.status() == 103 {
+        eprintln!("{path}: 103 passed on: {:?}", first.head.raw);
+        c.reply("GET").await
+    } else {
+        first
+    };
+    last.expect(200, "hints", path);
+    c.send(&get("/after")).await;
+    c.reply("GET").await.expect(200, "GET /after", path);
+    stop(gw).await;
+}
+
+/// 11. Connection-scoped headers are dropped both ways; forwarding headers are added.
+async fn hop_by_hop_and_forwarding_headers(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(
+        b"GET /hop HTTP/1.1\r\nHost: app.example\r\nX-Forwarded-For: 203.0.113.9\r\n\
+          Connection: x-secret\r\nX-Secret: s\r\nX-Kept: k\r\n\r\n",
+    )
+    .await;
+    let r = c.reply("GET").await;
+    assert_eq!(r.status(), 200, "{path}: {:?}", r.head.raw);
+    // Response side.
+    let h = &r.head;
+    assert!(h.get("x-private").is_none(), "{path}: {:?}", h.raw);
+    assert!(h.get("keep-alive").is_none(), "{path}: {:?}", h.raw);
+    assert!(!h.lists("connection", "x-private"), "{path}: {:?}", h.raw);
+    assert_eq!(h.all("x-end"), ["kept"], "{path}: {:?}", h.raw);
+    assert_eq!(h.all("via"), ["1.1 tollgate"], "{path}: {:?}", h.raw);
+    // Request side, as the upstream read it off the wire.
+    let seen = Head::parse(&r.body).expect("the upstream's view of the head");
+    assert_eq!(seen.request_line(), "GET /hop", "{path}: {:?}", seen.raw);
+    assert_eq!(
+        seen.all("x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"],
+        "{path}: {:?}",
+        seen.raw
+    );
+    assert_eq!(
+        seen.all("x-forwarded-proto"),
+        ["http"],
+        "{path}: {:?}",
+        seen.raw
+    );
+    assert_eq!(
+        seen.all("forwarded"),
+        ["for=127.0.0.1;proto=http;host=\"app.example\""],
+        "{path}: {:?}",
+        seen.raw
+    );
+    assert_eq!(seen.all("via"), ["1.1 tollgate"], "{path}: {:?}", seen.raw);
+    assert_eq!(seen.all("x-kept"), ["k"], "{path}: {:?}", seen.raw);
+    assert_eq!(seen.all("host").len(), 1, "{path}: {:?}", seen.raw);
+    assert!(seen.get("x-secret").is_none(), "{path}: {:?}", seen.raw);
+    assert!(
+        !seen.lists("connection", "x-secret"),
+        "{path}: {:?}",
+        seen.raw
+    );
+    stop(gw).await;
+}
+
+/// 12. An unrouted request between two routed ones in one write: 200, 404, 200 in order.
+async fn an_unrouted_request_inside_a_pipeline(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(
+        &format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{}\"]\n\
+             [[routes]]\nhost = \"only.example\"\ncluster = \"up\"\n",
+            up.addr
+        ),
+        fast,
+    ));
+    let on = |host: &str, target: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+    };
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&[on("other.example", "/miss"), on("only.example", "/hit")].concat())
+        .await;
+    c.reply("GET").await.expect(404, "no route\n", path);
+    c.reply("GET").await.expect(200, "GET /hit", path);
+
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(
+        &[
+            on("only.example", "/a"),
+            on("other.example", "/b"),
+            on("only.example", "/c"),
+        ]
+        .concat(),
+    )
+    .await;
+    c.reply("GET").await.expect(200, "GET /a", path);
+    c.reply("GET").await.expect(404, "no route\n", path);
+    c.reply("GET").await.expect(200, "GET /c", path);
+    stop(gw).await;
+}
+
+/// 13. A refused upstream is a 502, one that never answers a 504 after the route's timeout;
+///     the client connection survives both.
+async fn refused_and_mute_upstreams(fast: bool) {
+    let path = label(fast);
+    // A port that was bound and released: connecting is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mute = raw_upstream(|mut w, _| async move {
+        let _ = w.rd.request().await;
+        sleep(Duration::from_secs(20)).await;
+        // Held to here: dropping the write half would send a FIN.
+        drop(w);
+    })
+    .await;
+    let gw = start(cfg(
+        &format!(
+            "[[clusters]]\nname = \"closed\"\nendpoints = [\"{closed}\"]\n\
+             [[clusters]]\nname = \"mute\"\nendpoints = [\"{}\"]\n\
+             [[routes]]\npath_prefix = \"/closed\"\ncluster = \"closed\"\n\
+             [[routes]]\npath_prefix = \"/mute\"\ncluster = \"mute\"\nrequest_timeout_ms = 300\n",
+            mute.addr
+        ),
+        fast,
+    ));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/closed")).await;
+    let r = c.reply("GET").await;
+    r.expect(502, "upstream connect failed\n", path);
+    assert_eq!(r.head.get("content-type"), Some("text/plain"), "{path}");
+
+    let t = Instant::now();
+    c.send(&get("/mute")).await;
+    let r = c.reply("GET").await;
+    let took = t.elapsed();
+    r.expect(504, "upstream timed out\n", path);
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "{path}: 504 after {took:?}, route timeout 300 ms"
+    );
+    stop(gw).await;
+}
+
+/// 14. 200 requests on one keep-alive connection, GET and POST in turn: all answered right,
+///     over at most a few upstream connections.
+async fn many_keep_alive_requests_reuse_upstream_connections(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    for i in 0..200 {
+        if i % 2 == 0 {
+            c.send(&get(&format!("/seq/{i}"))).await;
+            c.reply("GET")
+                .await
+                .expect(200, &format!("GET /seq/{i}"), path);
+        } else {
+            let body = format!("body number {i}");
+            c.send(&post("/echo", &body)).await;
+            c.reply("POST").await.expect(200, &body, path);
+        }
+    }
+    assert!(
+        up.accepted() <= 2,
+        "{path}: {} upstream connections for 200 sequential requests",
+        up.accepted()
+    );
+    stop(gw).await;
+}
