@@ -16,7 +16,8 @@
 # - runs wrk against the backend directly, nginx, the gateway (thread-per-core) and the gateway
 #   in multi-thread-runtime mode (`gateway-mt`), the gateway's full layer stack (`gateway-stack`:
 #   admission + breaker + pool + balance on `/stack`) and a cached route (`gateway-cache`: every
-#   request a cache hit on `/cached`) in interleaved rounds and
+#   request a cache hit on `/cached`) and the plain route with the HTTP/1.1 fast path off
+#   (`gateway-hyper`: every request through hyper's HTTP/1.1) in interleaved rounds and
 #   prints the median RPS and p50/p99/p99.9 latency of each, the gateway/nginx ratios, and the
 #   CPU time per request of each proxy (from /proc/PID/stat, backend excluded);
 # - opens IDLE_CONNS keep-alive connections (one request each, then idle) to each proxy, paced
@@ -44,6 +45,7 @@ BACKEND_PORT=19000
 NGINX_PORT=19080
 GATEWAY_PORT=19081
 GATEWAY_MT_PORT=19082
+GATEWAY_HYPER_PORT=19083
 
 need() {
   local missing=()
@@ -172,11 +174,18 @@ sed "s/127.0.0.1:$GATEWAY_PORT/127.0.0.1:$GATEWAY_MT_PORT/" "$TMP/gw.toml" >"$TM
 $PIN_SERVER "$BIN" --config "$TMP/gw-mt.toml" --mode multi-thread >/dev/null &
 PIDS+=($!)
 GATEWAY_MT_PID=$!
+# The same gateway with every request on hyper's HTTP/1.1 path (no fast path), for comparison.
+sed -e "s/127.0.0.1:$GATEWAY_PORT/127.0.0.1:$GATEWAY_HYPER_PORT/" -e 's/^workers = .*/&\nh1_fast_path = false/' \
+  "$TMP/gw.toml" >"$TMP/gw-hyper.toml"
+$PIN_SERVER "$BIN" --config "$TMP/gw-hyper.toml" >/dev/null &
+PIDS+=($!)
+GATEWAY_HYPER_PID=$!
 
 wait_port $BACKEND_PORT
 wait_port $NGINX_PORT
 wait_port $GATEWAY_PORT
 wait_port $GATEWAY_MT_PORT
+wait_port $GATEWAY_HYPER_PORT
 NGINX_MASTER=$(cat "$TMP/nginx.pid")
 
 cat >"$TMP/report.lua" <<'EOF'
@@ -201,10 +210,10 @@ ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
-TARGETS=${TARGETS:-backend nginx gateway gateway-mt gateway-stack gateway-cache}
-declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GATEWAY_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT)
-declare -A URLPATH=([backend]=/ [nginx]=/ [gateway]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached)
-declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [gateway]=$GATEWAY_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID)
+TARGETS=${TARGETS:-backend nginx gateway gateway-hyper gateway-mt gateway-stack gateway-cache}
+declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT)
+declare -A URLPATH=([backend]=/ [nginx]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached)
+declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID)
 RESULTS=$TMP/results
 : >"$RESULTS"
 echo "tollgate proxy benchmark: $(nproc) cores, workers=$WORKERS, wrk -t$THREADS -c$CONNS -d${DURATION}s, $ROUNDS rounds, load on cpus ${LOADGEN_CPUS:-any}, servers on ${SERVER_CPUS:-any}"
@@ -242,6 +251,10 @@ if has gateway && has nginx; then
   awk -v gr="${MED[gateway,2]}" -v nr="${MED[nginx,2]}" -v g99="${MED[gateway,4]}" -v n99="${MED[nginx,4]}" \
     -v gc="${MED[gateway,6]}" -v nc="${MED[nginx,6]}" -v g999="${MED[gateway,5]}" -v n999="${MED[nginx,5]}" \
     'BEGIN{printf "gateway/nginx: rps %.2fx  p99 %.2fx  p99.9 %.2fx  cpu/req %.2fx\n", gr/nr, g99/n99, g999/n999, gc/nc}'
+fi
+if has gateway && has gateway-hyper; then
+  awk -v gr="${MED[gateway,2]}" -v hr="${MED[gateway-hyper,2]}" -v gc="${MED[gateway,6]}" -v hc="${MED[gateway-hyper,6]}" \
+    'BEGIN{printf "fast path/hyper path (plain route): rps %.2fx  cpu/req %.2fx\n", gr/hr, gc/hc}'
 fi
 if has gateway && has gateway-mt; then
   awk -v gr="${MED[gateway,2]}" -v mr="${MED[gateway-mt,2]}" -v gc="${MED[gateway,6]}" -v mc="${MED[gateway-mt,6]}" \

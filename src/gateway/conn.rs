@@ -10,6 +10,7 @@
 //! read so far at once, and the head must still be complete within `timeouts.header_read_ms`
 //! of the pause being noticed (plus one `park_ms`), so a slow client gains no time.
 
+use super::fast;
 use super::proxy::{self, RespBody};
 use super::server::{ConnCtx, Tracked};
 use super::state::Snapshot;
@@ -299,7 +300,36 @@ pub(super) async fn serve_plain(
     }
     // When a pause in the middle of a request head was first seen.
     let mut head_started: Option<Instant> = None;
+    // Whether the next request may take the fast path (not while hyper is in a head).
+    let mut fast_ok = true;
     loop {
+        if fast_ok && ctx.shared.current.load().config.server.h1_fast_path {
+            let pre = io.pre.take().unwrap_or_default();
+            // Boxed so that a parked connection's task keeps no room for it.
+            match Box::pin(fast::serve(&mut io.inner.inner, &ctx, pre)).await {
+                fast::Outcome::Closed => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                    return;
+                }
+                fast::Outcome::Idle => {
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    let park = ctx.shared.current.load().park_timeout;
+                    if ctx.idle_for() >= park
+                        && !park_until_readable(&io, &ctx, &mut shutdown).await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                fast::Outcome::Hyper(rest) => {
+                    io.pre = Some(rest);
+                    ctx.touch();
+                }
+            }
+        }
+        fast_ok = true;
         let snap = ctx.shared.current.load_full();
         let (idle, park, header_read) = (
             snap.idle_timeout,
@@ -328,27 +358,39 @@ pub(super) async fn serve_plain(
                     return;
                 }
                 io.pre = Some(parts.read_buf);
+                fast_ok = false;
                 continue;
             }
             End::Park => head_started = None,
         }
         drop(parts.read_buf);
-        let idle_left = idle.saturating_sub(ctx.idle_for());
-        let stats = &ctx.shared.stats;
-        stats.connections_parked.incr();
-        let woken = tokio::select! {
-            ready = io.inner.inner.readable() => ready.is_ok(),
-            () = tokio::time::sleep(idle_left) => {
-                stats.connections_timed_out.incr();
-                false
-            }
-            () = stopping(&mut shutdown) => false,
-        };
-        stats.connections_parked.decr();
-        if !woken {
+        if !park_until_readable(&io, &ctx, &mut shutdown).await {
             return;
         }
     }
+}
+
+/// Waits, parked, for an idle connection's next byte; `false` when it is to close instead
+/// (idle timeout, shutdown).
+async fn park_until_readable(
+    io: &Rewind<Tracked<TcpStream>>,
+    ctx: &ConnCtx,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let idle = ctx.shared.current.load().idle_timeout;
+    let idle_left = idle.saturating_sub(ctx.idle_for());
+    let stats = &ctx.shared.stats;
+    stats.connections_parked.incr();
+    let woken = tokio::select! {
+        ready = io.inner.inner.readable() => ready.is_ok(),
+        () = tokio::time::sleep(idle_left) => {
+            stats.connections_timed_out.incr();
+            false
+        }
+        () = stopping(shutdown) => false,
+    };
+    stats.connections_parked.decr();
+    woken
 }
 
 /// Serves a TLS client: HTTP/2 or HTTP/1.1 as ALPN chose (no parking: rustls keeps its own

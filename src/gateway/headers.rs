@@ -33,15 +33,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     if !headers.keys().any(|k| HOP_BY_HOP.iter().any(|h| h == k)) {
         return;
     }
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .as_bytes()
-            .split(|b| *b == b',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .collect();
-        for name in named {
-            headers.remove(&name);
-        }
+    // Every `Connection` field counts, not only the first (RFC 9110 §7.6.1).
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .collect();
+    for name in named {
+        headers.remove(&name);
     }
     let te_trailers = keep_te_trailers
         && headers.get_all(header::TE).iter().any(|v| {
@@ -116,6 +116,33 @@ impl Forwarding {
         }
     }
 
+    /// The client's address as text (`X-Forwarded-For`).
+    pub fn ip(&self) -> &str {
+        &self.ip
+    }
+
+    /// `http` or `https` (`X-Forwarded-Proto`).
+    pub fn proto(&self) -> &'static str {
+        self.proto
+    }
+
+    /// The `Forwarded` element for a request whose `Host` header is `host` (raw bytes, as the
+    /// gateway's own HTTP/1.1 path reads it); formatted only when the host changes.
+    pub fn forwarded_for(&self, host: Option<&[u8]>) -> HeaderValue {
+        let Some(host) = host else {
+            return self.element_value.clone();
+        };
+        if let Some(cached) = &*self.with_host.load()
+            && cached.0.as_bytes() == host
+        {
+            return cached.1.clone();
+        }
+        match HeaderValue::from_bytes(host) {
+            Ok(h) => self.element_with_host(&h),
+            Err(_) => self.element_value.clone(),
+        }
+    }
+
     /// The `Forwarded` element for a request to `host`.
     fn element_with_host(&self, host: &HeaderValue) -> HeaderValue {
         if let Some(cached) = &*self.with_host.load()
@@ -184,6 +211,8 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-second"));
+        h.insert("x-second", HeaderValue::from_static("2"));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h[header::TE], "trailers");

@@ -34,6 +34,7 @@ pub mod cli;
 pub mod config;
 mod conn;
 pub mod demo;
+pub mod fast;
 // Always built: it has no dependencies of its own, and `tests/fuzz_replay.rs` replays the
 // corpus through it on stable without a feature flag.
 #[doc(hidden)]

@@ -40,9 +40,9 @@ pub type RespBody = Either<UpBody, Full<Bytes>>;
 
 /// What one worker thread serves with: its own `Arc` of the current snapshot.
 #[derive(Debug)]
-struct Local {
+pub(super) struct Local {
     shared_id: usize,
-    snap: Arc<Snapshot>,
+    pub(super) snap: Arc<Snapshot>,
 }
 
 thread_local! {
@@ -50,7 +50,7 @@ thread_local! {
 }
 
 /// This thread's [`Local`] for the current snapshot.
-fn local(shared: &Shared) -> Arc<Local> {
+pub(super) fn local(shared: &Shared) -> Arc<Local> {
     let shared_id = shared as *const Shared as usize;
     let cur = shared.current.load();
     LOCAL.with(|cell| {

@@ -1,0 +1,813 @@
+//! The gateway's own HTTP/1.1 path for plain routes.
+//!
+//! A plain route (no cache, admission, batch, or cluster layers, an HTTP/1.1 upstream) needs
+//! no more than: parse the head, pick an endpoint, write the head (with the forwarding headers)
+//! on an idle upstream connection, and relay the answer. This module does exactly that in the
+//! client connection's own task: one `read` and one `write` a side for a small exchange, no
+//! task per upstream connection, no boxed future, and buffers that a connection holds only
+//! while it has a request (they go back to a per-thread free list between requests, so an idle
+//! keep-alive connection holds none).
+//!
+//! What it does not take, hyper serves, with hyper's own answers and limits, for the rest of
+//! the connection's busy spell (until it idles): HTTP/1.0, chunked request bodies, `Expect`,
+//! upgrades, absolute-form targets, malformed or oversized heads, routes with layers, HTTP/2
+//! upstreams. The two paths add and strip the same headers and map upstream failures to the
+//! same answers (see [`proxy`](super::proxy)). `server.h1_fast_path = false` sends everything
+//! to hyper.
+//!
+//! | event | fast path |
+//! |---|---|
+//! | connect refused / timed out | 502 / 504, as on the hyper path |
+//! | pooled connection found closed before any answer | retried once on a new connection (a request that may be sent twice and whose body was held) |
+//! | reset or garbage before the answer head | 502 |
+//! | no answer head within the route timeout | 504 |
+//! | upstream stalls or fails mid-body | the client's connection is cut (its framing cannot say "error") |
+//! | client sends nothing for `timeouts.park_ms` | handed back to the connection loop, which parks it |
+//! | incomplete head after `timeouts.header_read_ms` | connection closed (slowloris) |
+
+pub mod head;
+pub mod response;
+mod upstream;
+
+use super::config::UpstreamProtocol;
+use super::proxy;
+use super::route::RouteMatch;
+use super::server::ConnCtx;
+use bytes::Bytes;
+use head::{Head, Route, Step};
+use response::{Chunked, Framing, RespHead, RespStep};
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// How a connection leaves the fast path.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// Closed (by either side, a timeout, shutdown, or a framing that ends with the close).
+    Closed,
+    /// Idle for `timeouts.park_ms` (at most a second) with no bytes pending.
+    Idle,
+    /// A request the fast path does not take: hyper serves the connection from these bytes.
+    Hyper(Bytes),
+}
+
+/// A buffer with its bytes at `start..end` (always initialized: `data.len()` is its size).
+#[derive(Debug)]
+struct Buf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Buf {
+    fn new() -> Self {
+        Self {
+            data: vec![0; BUF],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Room to read into: moves pending bytes to the front, then grows up to `max`.
+    fn room(&mut self, max: usize) -> Option<&mut [u8]> {
+        if self.end == self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.data.len() {
+            if self.data.len() >= max {
+                return None;
+            }
+            let size = (self.data.len() * 2).min(max);
+            self.data.resize(size, 0);
+        }
+        Some(&mut self.data[self.end..])
+    }
+}
+
+/// A connection's buffers while it has a request: client bytes in, upstream bytes in, and
+/// bytes out (either way).
+#[derive(Debug)]
+struct Bufs {
+    cin: Buf,
+    uin: Buf,
+    out: Vec<u8>,
+}
+
+/// Initial buffer size.
+const BUF: usize = 16 * 1024;
+/// Buffers grown past this (a large head) are not kept for reuse.
+const KEEP: usize = 4 * BUF;
+/// The largest upstream response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Spare buffer sets kept per thread.
+const SPARE: usize = 256;
+
+thread_local! {
+    static FREE: RefCell<Vec<Bufs>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_bufs() -> Bufs {
+    FREE.with(|f| f.borrow_mut().pop()).unwrap_or_else(|| Bufs {
+        cin: Buf::new(),
+        uin: Buf::new(),
+        out: Vec::with_capacity(BUF),
+    })
+}
+
+fn give_bufs(mut b: Bufs) {
+    if b.cin.data.len() > KEEP || b.uin.data.len() > KEEP || b.out.capacity() > KEEP {
+        return;
+    }
+    b.cin.clear();
+    b.uin.clear();
+    b.out.clear();
+    // `try_with`: a connection may end while its thread exits.
+    let _ = FREE.try_with(|f| {
+        let mut f = f.borrow_mut();
+        if f.len() < SPARE {
+            f.push(b);
+        }
+    });
+}
+
+/// Reads what `s` has now, without waiting: `None` when it had nothing after all. A read that
+/// leaves the socket drained tells tokio so (no extra `read` later just to learn it).
+async fn read_now(s: &mut TcpStream, into: &mut [u8]) -> Option<io::Result<usize>> {
+    std::future::poll_fn(|cx| {
+        let mut rb = ReadBuf::new(into);
+        match Pin::new(&mut *s).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(rb.filled().len()))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Ready(None),
+        }
+    })
+    .await
+}
+
+/// Writes all of `bytes` to `s`, failing if no byte moves for `idle`.
+async fn write_all(s: &mut TcpStream, bytes: &[u8], idle: Duration) -> io::Result<()> {
+    match tokio::time::timeout(idle, s.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Reads into `into`, failing if nothing arrives for `idle`; `Ok(0)` is the peer's close.
+async fn read(s: &mut TcpStream, into: &mut [u8], idle: Duration) -> io::Result<usize> {
+    match tokio::time::timeout(idle, s.read(into)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Serves plain HTTP/1.1 requests on `client`, starting with the bytes `pre` already read,
+/// until the connection closes, idles, or sends a request this path does not take.
+pub(super) async fn serve(client: &mut TcpStream, ctx: &ConnCtx, pre: Bytes) -> Outcome {
+    let mut bufs: Option<Bufs> = None;
+    if !pre.is_empty() {
+        let b = bufs.insert(take_bufs());
+        if b.cin.data.len() < pre.len() {
+            b.cin.data.resize(pre.len(), 0);
+        }
+        b.cin.data[..pre.len()].copy_from_slice(&pre);
+        b.cin.end = pre.len();
+    }
+    let mut head_deadline: Option<Instant> = None;
+    loop {
+        if let Some(b) = bufs.as_mut()
+            && !b.cin.pending().is_empty()
+        {
+            match request(client, ctx, b).await {
+                Next::Done => {
+                    head_deadline = None;
+                    continue;
+                }
+                Next::Partial => {}
+                Next::Close => {
+                    give_bufs(bufs.take().unwrap_or_else(take_bufs));
+                    return Outcome::Closed;
+                }
+                Next::Hyper => {
+                    let rest = Bytes::copy_from_slice(b.cin.pending());
+                    give_bufs(bufs.take().unwrap_or_else(take_bufs));
+                    return Outcome::Hyper(rest);
+                }
+            }
+        }
+        let snap = ctx.shared.current.load();
+        let (park, header_read, max_head) = (
+            snap.park_timeout.min(Duration::from_secs(1)),
+            snap.header_read_timeout,
+            snap.config.limits.max_header_bytes,
+        );
+        drop(snap);
+        let pending = bufs.as_ref().map_or(0, |b| b.cin.pending().len());
+        if pending == 0 {
+            // Between requests: hold no buffers while waiting.
+            if let Some(b) = bufs.take() {
+                give_bufs(b);
+            }
+            if ctx.shared.is_draining() {
+                return Outcome::Closed;
+            }
+            tokio::select! {
+                biased;
+                ready = client.readable() => if ready.is_err() {
+                    return Outcome::Closed;
+                },
+                () = tokio::time::sleep(park) => return Outcome::Idle,
+            }
+        } else {
+            // In the middle of a head: the rest must come within `header_read_ms`.
+            let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + header_read);
+            tokio::select! {
+                biased;
+                ready = client.readable() => if ready.is_err() {
+                    return Outcome::Closed;
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    ctx.shared.stats.connections_timed_out.incr();
+                    return Outcome::Closed;
+                }
+            }
+        }
+        let b = bufs.get_or_insert_with(take_bufs);
+        // A head past the limit goes to hyper, which answers 431.
+        let Some(room) = b.cin.room(max_head.saturating_add(BUF)) else {
+            let rest = Bytes::copy_from_slice(b.cin.pending());
+            give_bufs(bufs.take().unwrap_or_else(take_bufs));
+            return Outcome::Hyper(rest);
+        };
+        match read_now(client, room).await {
+            None => {}
+            Some(Ok(0)) | Some(Err(_)) => {
+                give_bufs(bufs.take().unwrap_or_else(take_bufs));
+                return Outcome::Closed;
+            }
+            Some(Ok(n)) => {
+                b.cin.end += n;
+                if b.cin.pending().len() > max_head && !head_complete(b.cin.pending()) {
+                    let rest = Bytes::copy_from_slice(b.cin.pending());
+                    give_bufs(bufs.take().unwrap_or_else(take_bufs));
+                    return Outcome::Hyper(rest);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `bytes` hold a complete head (a blank line).
+fn head_complete(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
+/// What the connection does after one call of [`request`].
+enum Next {
+    /// Served; the next request may follow.
+    Done,
+    /// The head is incomplete: read more.
+    Partial,
+    /// Close the connection.
+    Close,
+    /// Hand the connection (its pending bytes) to hyper.
+    Hyper,
+}
+
+/// Where a request goes: its route index and the endpoint's index.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    route: usize,
+    endpoint: usize,
+}
+
+/// Keeps the in-flight gauges right however the request ends.
+struct InFlight<'a> {
+    stats: &'a super::stats::Stats,
+    cluster: &'a super::stats::ClusterStats,
+    armed: bool,
+}
+
+impl InFlight<'_> {
+    fn end(&mut self) {
+        if std::mem::take(&mut self.armed) {
+            self.stats.in_flight.decr();
+            self.cluster.in_flight.decr();
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Serves the request whose head starts the pending client bytes.
+async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
+    let start = Instant::now();
+    let local = proxy::local(&ctx.shared);
+    let snap = &local.snap;
+    let stats = &ctx.shared.stats;
+    let listener_layers = snap
+        .listener_admission
+        .get(ctx.listener)
+        .is_some_and(Option::is_some);
+    let limits = head::Limits {
+        max_bytes: snap.config.limits.max_header_bytes,
+        max_headers: snap.config.limits.max_headers,
+    };
+    let head_at = b.cin.start;
+    let step = head::prepare(
+        b.cin.pending(),
+        limits,
+        &ctx.forwarding,
+        &mut b.out,
+        |host, path, method, body_len| {
+            if listener_layers {
+                return Route::Hyper;
+            }
+            match snap.routes.find(host, path, method) {
+                RouteMatch::Route(route) => {
+                    let cluster = &snap.clusters[snap.route_cluster[route]];
+                    if !snap.route_plans[route].is_plain()
+                        || cluster.layers.is_some()
+                        || cluster.protocol != UpstreamProtocol::Http1
+                    {
+                        return Route::Hyper;
+                    }
+                    if snap.max_body.is_some_and(|max| body_len > max) {
+                        return Route::Local(413, "request body too large\n");
+                    }
+                    match cluster.pick() {
+                        Some((endpoint, addr)) => Route::Forward {
+                            target: Target { route, endpoint },
+                            addr,
+                            preserve_host: cluster.preserve_host,
+                        },
+                        None => Route::Local(503, "no upstream endpoint\n"),
+                    }
+                }
+                RouteMatch::NotFound => Route::Local(404, "no route\n"),
+                RouteMatch::MethodNotAllowed => Route::Local(405, "method not allowed\n"),
+            }
+        },
+    );
+    let (head, target, addr) = match step {
+        Step::Partial => return Next::Partial,
+        Step::Hyper => return Next::Hyper,
+        Step::Local { head, status, msg } => {
+            stats.requests.incr();
+            match status {
+                404 | 405 => stats.unrouted.incr(),
+                413 => stats.body_too_large.incr(),
+                _ => {}
+            }
+            // A body already read is skipped; one still to come would take reading: close
+            // after the answer instead.
+            let have = (b.cin.pending().len() - head.len) as u64;
+            let close = head.close || head.body_len > have || ctx.shared.is_draining();
+            b.cin.start += head.len + head.body_len.min(have) as usize;
+            let next = answer(client, ctx, b, status, msg, close, snap.idle_timeout).await;
+            log_access(
+                ctx,
+                snap,
+                &b.cin.data[head_at..],
+                &head,
+                status,
+                None,
+                start,
+            );
+            return next;
+        }
+        Step::Forward { head, target, addr } => (head, target, addr),
+    };
+    let cluster = &snap.clusters[snap.route_cluster[target.route]];
+    stats.requests.incr();
+    stats.in_flight.incr();
+    cluster.stats.requests.incr();
+    cluster.stats.in_flight.incr();
+    let mut in_flight = InFlight {
+        stats,
+        cluster: &cluster.stats,
+        armed: true,
+    };
+    // The body bytes already read go out with the head.
+    let have = (b.cin.pending().len() - head.len) as u64;
+    let held = have.min(head.body_len) as usize;
+    let body_at = b.cin.start + head.len;
+    b.out
+        .extend_from_slice(&b.cin.data[body_at..body_at + held]);
+    b.cin.start = body_at + held;
+    let rest = head.body_len - held as u64;
+    let exchange = Exchange {
+        addr,
+        head: &head,
+        close: head.close || ctx.shared.is_draining(),
+        rest,
+        idle: snap.idle_timeout,
+        connect_timeout: snap.connect_timeout,
+    };
+    let deadline = start + snap.route_timeout[target.route];
+    let outcome = tokio::time::timeout_at(deadline, exchange.run(client, b)).await;
+    let failure = match outcome {
+        Ok(Ok(done)) => done,
+        Ok(Err(ClientGone)) => return Next::Close,
+        Err(_elapsed) => {
+            stats.upstream_timeouts.incr();
+            Failure::Timeout
+        }
+    };
+    let (mut up, resp) = match failure {
+        Failure::Answered(up, resp) => (up, resp),
+        failed => {
+            in_flight.end();
+            let (status, msg) = match failed {
+                Failure::ConnectTimeout => {
+                    stats.upstream_connect_errors.incr();
+                    (504, "upstream connect timed out\n")
+                }
+                Failure::Connect => {
+                    stats.upstream_connect_errors.incr();
+                    (502, "upstream connect failed\n")
+                }
+                Failure::Timeout => (504, "upstream timed out\n"),
+                Failure::Reset | Failure::Answered(..) => {
+                    stats.upstream_resets.incr();
+                    (502, "upstream connection failed\n")
+                }
+            };
+            cluster.stats.failures.incr();
+            cluster.endpoint_failed(target.endpoint, addr);
+            tracing::debug!(upstream = %addr, status, "upstream request failed");
+            // The client's body may be partly unread: close after the answer.
+            let close = head.close || rest > 0 || ctx.shared.is_draining();
+            let next = answer(client, ctx, b, status, msg, close, snap.idle_timeout).await;
+            log_access(
+                ctx,
+                snap,
+                &b.cin.data[head_at..],
+                &head,
+                status,
+                Some(addr),
+                start,
+            );
+            return next;
+        }
+    };
+    in_flight.end();
+    stats.response(resp.status);
+    let micros = start.elapsed().as_micros() as u64;
+    stats.duration_us.add(micros as i64);
+    if resp.status >= 500 {
+        cluster.stats.failures.incr();
+        cluster.endpoint_failed(target.endpoint, addr);
+    }
+    log_access(
+        ctx,
+        snap,
+        &b.cin.data[head_at..],
+        &head,
+        resp.status,
+        Some(addr),
+        start,
+    );
+    let relayed = relay(client, &mut up, b, resp, snap.idle_timeout).await;
+    ctx.touch();
+    match relayed {
+        Relayed::Cut => Next::Close,
+        Relayed::Done { reusable } => {
+            if reusable {
+                upstream::checkin(
+                    addr,
+                    up,
+                    Instant::now(),
+                    snap.idle_timeout,
+                    super::pool::MAX_IDLE_PER_ENDPOINT,
+                );
+            }
+            if exchange_close(&head, ctx) || resp.framing == Framing::Close {
+                Next::Close
+            } else {
+                Next::Done
+            }
+        }
+    }
+}
+
+fn exchange_close(head: &Head, ctx: &ConnCtx) -> bool {
+    head.close || ctx.shared.is_draining()
+}
+
+/// Writes a short local answer.
+async fn answer(
+    client: &mut TcpStream,
+    ctx: &ConnCtx,
+    b: &mut Bufs,
+    status: u16,
+    msg: &'static str,
+    close: bool,
+    idle: Duration,
+) -> Next {
+    use std::io::Write as _;
+    let stats = &ctx.shared.stats;
+    stats.response(status);
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    b.out.clear();
+    let _ = write!(
+        b.out,
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{msg}",
+        msg.len(),
+        if close { "connection: close\r\n" } else { "" },
+    );
+    if close {
+        let _ = write_all(client, &b.out, idle).await;
+        let _ = client.shutdown().await;
+        return Next::Close;
+    }
+    match write_all(client, &b.out, idle).await {
+        Ok(()) => Next::Done,
+        Err(_) => Next::Close,
+    }
+}
+
+fn log_access(
+    ctx: &ConnCtx,
+    snap: &super::state::Snapshot,
+    head_bytes: &[u8],
+    head: &Head,
+    status: u16,
+    upstream: Option<SocketAddr>,
+    start: Instant,
+) {
+    if !snap.config.log.access_log {
+        return;
+    }
+    let text = |r: &std::ops::Range<usize>| {
+        head_bytes
+            .get(r.clone())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("-")
+    };
+    tracing::info!(
+        target: "tollgate::access",
+        client = %ctx.peer.ip(),
+        method = text(&head.method),
+        host = text(&head.host),
+        path = text(&head.path),
+        version = ?http::Version::HTTP_11,
+        status,
+        upstream = upstream.map(|a| a.to_string()).unwrap_or_default(),
+        micros = start.elapsed().as_micros() as u64,
+    );
+}
+
+/// How the upstream part of a request ended.
+enum Failure {
+    /// An answer head: relay it.
+    Answered(TcpStream, RespHead),
+    ConnectTimeout,
+    Connect,
+    /// Reset, closed or garbage before an answer head.
+    Reset,
+    /// No answer head within the route timeout.
+    Timeout,
+}
+
+/// The client went away while sending its body: nothing to answer.
+struct ClientGone;
+
+/// One request's upstream exchange: `out` holds its head and the body bytes read so far;
+/// `rest` more body bytes are still to come from the client.
+struct Exchange<'a> {
+    addr: SocketAddr,
+    head: &'a Head,
+    /// Tell the client the connection closes after this answer.
+    close: bool,
+    rest: u64,
+    idle: Duration,
+    connect_timeout: Duration,
+}
+
+/// How one attempt ended before an answer head.
+enum Attempt {
+    Answered(RespHead),
+    /// Closed or reset with no byte of answer: the request may not have been seen.
+    Unanswered,
+    Reset,
+    ClientGone,
+}
+
+impl Exchange<'_> {
+    async fn run(&self, client: &mut TcpStream, b: &mut Bufs) -> Result<Failure, ClientGone> {
+        // The whole request is in `out`: it can be sent again.
+        let replayable = self.rest == 0 && self.head.idempotent;
+        for attempt in 0..2 {
+            let pooled = if attempt == 0 {
+                upstream::checkout(self.addr, Instant::now(), self.idle)
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let mut up = match pooled {
+                Some(s) => s,
+                None => {
+                    match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+                        .await
+                    {
+                        Ok(Ok(s)) => {
+                            let _ = s.set_nodelay(true);
+                            s
+                        }
+                        Ok(Err(_)) => return Ok(Failure::Connect),
+                        Err(_) => return Ok(Failure::ConnectTimeout),
+                    }
+                }
+            };
+            match self.once(client, &mut up, b).await {
+                Attempt::Answered(resp) => return Ok(Failure::Answered(up, resp)),
+                Attempt::Unanswered if reused && replayable => {
+                    b.uin.clear();
+                    continue;
+                }
+                Attempt::Unanswered | Attempt::Reset => return Ok(Failure::Reset),
+                Attempt::ClientGone => return Err(ClientGone),
+            }
+        }
+        Ok(Failure::Reset)
+    }
+
+    async fn once(&self, client: &mut TcpStream, up: &mut TcpStream, b: &mut Bufs) -> Attempt {
+        b.uin.clear();
+        if up.write_all(&b.out).await.is_err() {
+            return Attempt::Unanswered;
+        }
+        // The rest of the body, through `uin` (free until the answer comes).
+        let mut rest = self.rest;
+        while rest > 0 {
+            let want = rest.min(b.uin.data.len() as u64) as usize;
+            let n = match read(client, &mut b.uin.data[..want], self.idle).await {
+                Ok(0) | Err(_) => return Attempt::ClientGone,
+                Ok(n) => n,
+            };
+            if up.write_all(&b.uin.data[..n]).await.is_err() {
+                return Attempt::Reset;
+            }
+            rest -= n as u64;
+        }
+        loop {
+            let Some(room) = b.uin.room(MAX_RESPONSE_HEAD) else {
+                return Attempt::Reset;
+            };
+            let n = match up.read(room).await {
+                Ok(0) | Err(_) if b.uin.end == 0 => return Attempt::Unanswered,
+                Ok(0) | Err(_) => return Attempt::Reset,
+                Ok(n) => n,
+            };
+            b.uin.end += n;
+            loop {
+                match response::prepare(
+                    b.uin.pending(),
+                    self.head.head_method,
+                    self.close,
+                    &mut b.out,
+                ) {
+                    RespStep::Partial => break,
+                    RespStep::Informational(len) => b.uin.start += len,
+                    RespStep::Bad => return Attempt::Reset,
+                    RespStep::Head(resp) => {
+                        b.uin.start += resp.len;
+                        return Attempt::Answered(resp);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How relaying a body ended.
+enum Relayed {
+    /// The client has the whole answer; `reusable`: the upstream connection may be kept.
+    Done { reusable: bool },
+    /// A side failed or stalled mid-body: the client's connection must be cut.
+    Cut,
+}
+
+/// Sends the answer head (in `out`) and its body (the first bytes in `uin`) to the client.
+async fn relay(
+    client: &mut TcpStream,
+    up: &mut TcpStream,
+    b: &mut Bufs,
+    resp: RespHead,
+    idle: Duration,
+) -> Relayed {
+    let mut reusable = resp.reusable;
+    let mut chunked = Chunked::default();
+    // Body bytes still to come after the ones read with the head; `None`: until the end.
+    let mut left: Option<u64> = match resp.framing {
+        Framing::Empty => Some(0),
+        Framing::Length(n) => Some(n),
+        Framing::Chunked | Framing::Close => None,
+    };
+    let mut ended = left == Some(0);
+    // The first piece goes out with the head.
+    let first = take_body(
+        b.uin.pending(),
+        resp.framing,
+        &mut left,
+        &mut chunked,
+        &mut ended,
+    );
+    let Ok(first) = first else {
+        return Relayed::Cut;
+    };
+    if first < b.uin.pending().len() {
+        // Bytes past the end of the answer: the upstream is out of step.
+        reusable = false;
+    }
+    let body_at = b.uin.start;
+    b.out
+        .extend_from_slice(&b.uin.data[body_at..body_at + first]);
+    if write_all(client, &b.out, idle).await.is_err() {
+        return Relayed::Cut;
+    }
+    while !ended {
+        let n = match read(up, &mut b.uin.data, idle).await {
+            Ok(0) if resp.framing == Framing::Close => {
+                return Relayed::Done { reusable: false };
+            }
+            Ok(0) | Err(_) => return Relayed::Cut,
+            Ok(n) => n,
+        };
+        let Ok(take) = take_body(
+            &b.uin.data[..n],
+            resp.framing,
+            &mut left,
+            &mut chunked,
+            &mut ended,
+        ) else {
+            return Relayed::Cut;
+        };
+        if take < n {
+            reusable = false;
+        }
+        if write_all(client, &b.uin.data[..take], idle).await.is_err() {
+            return Relayed::Cut;
+        }
+    }
+    Relayed::Done { reusable }
+}
+
+/// How many of `bytes` belong to the body, updating the framing state; `ended` once the body
+/// is complete.
+fn take_body(
+    bytes: &[u8],
+    framing: Framing,
+    left: &mut Option<u64>,
+    chunked: &mut Chunked,
+    ended: &mut bool,
+) -> Result<usize, response::BadChunk> {
+    if *ended {
+        return Ok(0);
+    }
+    match framing {
+        Framing::Empty => {
+            *ended = true;
+            Ok(0)
+        }
+        Framing::Length(_) => {
+            let l = left.unwrap_or(0);
+            let take = l.min(bytes.len() as u64);
+            *left = Some(l - take);
+            *ended = l == take;
+            Ok(take as usize)
+        }
+        Framing::Chunked => match chunked.feed(bytes)? {
+            Some(n) => {
+                *ended = true;
+                Ok(n)
+            }
+            None => Ok(bytes.len()),
+        },
+        Framing::Close => Ok(bytes.len()),
+    }
+}
