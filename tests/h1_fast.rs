@@ -35,16 +35,20 @@ use tollgate::gateway::config::Config;
 /// The longest any single exchange in these tests may take.
 const STEP: Duration = Duration::from_secs(5);
 
-/// Runs each named `async fn(fast: bool)` scenario once per HTTP/1.1 path.
+/// Runs each named `async fn(fast: bool)` scenario once per HTTP/1.1 path. A scenario may be
+/// followed by `[fast: "reason"]` or `[hyper: "reason"]` to ignore it on that path (a known
+/// failure, reported, kept so that it is fixed rather than forgotten).
 macro_rules! on_both_paths {
-    ($($scenario:ident),* $(,)?) => {$(
+    ($($scenario:ident $([fast: $fast:literal])? $([hyper: $hyper:literal])?),* $(,)?) => {$(
         mod $scenario {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[ignore = $fast])?
             async fn fast_path() {
                 crate::common::bounded(super::$scenario(true)).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[ignore = $hyper])?
             async fn hyper_path() {
                 crate::common::bounded(super::$scenario(false)).await;
             }
@@ -76,6 +80,12 @@ on_both_paths!(
     a_second_connection_header_is_honoured,
     many_connection_tokens_in_a_response,
     an_empty_line_before_a_request_is_ignored,
+    an_early_answer_before_the_body_is_read [fast: "fails on the fast path: the upstream's \
+        early 401 waits until the whole body is written, so the client gets 504 after the \
+        route timeout"],
+    a_client_gone_mid_response_spoils_nothing,
+    a_half_closed_client_gets_its_answer [hyper: "fails on the hyper path: hyper closes the \
+        connection when the client half-closes, dropping the answer"],
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -449,6 +459,11 @@ where
     RawUp { addr, accepted }
 }
 
+/// 1 MiB of a pattern, for large bodies.
+fn big_body() -> Vec<u8> {
+    (0..1usize << 20).map(|i| (i % 251) as u8).collect()
+}
+
 /// A 200 with a `Content-Length` body.
 fn ok(body: &[u8]) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
@@ -468,6 +483,7 @@ const CLOSE_DELIMITED: &str = "no length: this body ends when the upstream close
 /// - `/echo*`: the request body;
 /// - `/slow*`: after 100 ms, the request line;
 /// - `/chunked`: [`CHUNKED_RESPONSE`];
+/// - `/big-chunked`, `/big`: [`big_body`], in chunks of varying sizes or with a length;
 /// - `/close`: [`CLOSE_DELIMITED`] with no length, then it closes;
 /// - `/204`, `/304`: those, bodiless (the 304 with `Content-Length: 100`);
 /// - `/early-hints`: a 103, then `200 hints`;
@@ -497,6 +513,25 @@ async fn answer(req: &Req) -> (Vec<u8>, bool) {
     }
     match target {
         "/chunked" => (CHUNKED_RESPONSE.to_vec(), false),
+        "/big-chunked" => {
+            let body = big_body();
+            let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            // Chunks of varying sizes, so chunk boundaries fall anywhere in the reads.
+            let mut at = 0;
+            for size in (1..).map(|i| (i * 7919) % 9000 + 1) {
+                let end = (at + size).min(body.len());
+                out.extend_from_slice(format!("{:x}\r\n", end - at).as_bytes());
+                out.extend_from_slice(&body[at..end]);
+                out.extend_from_slice(b"\r\n");
+                at = end;
+                if at == body.len() {
+                    break;
+                }
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            (out, false)
+        }
+        "/big" => (ok(&big_body()), false),
         "/close" => (
             format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n{CLOSE_DELIMITED}")
                 .into_bytes(),
@@ -634,6 +669,22 @@ async fn pipelined_requests_are_answered_in_order(fast: bool) {
     assert_eq!(r.head.first, "HTTP/1.1 200 OK", "{path}");
     c.reply("POST").await.expect(200, "hello", path);
     c.reply("GET").await.expect(200, "GET /c", path);
+
+    // A request hyper serves (a chunked body) between two plain ones, in one write.
+    c.send(
+        &[
+            get("/slow/x"),
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+              4\r\nmid!\r\n0\r\n\r\n"
+                .to_vec(),
+            get("/y?q=1&r=%20"),
+        ]
+        .concat(),
+    )
+    .await;
+    c.reply("GET").await.expect(200, "GET /slow/x", path);
+    c.reply("POST").await.expect(200, "mid!", path);
+    c.reply("GET").await.expect(200, "GET /y?q=1&r=%20", path);
     stop(gw).await;
 }
 
@@ -668,6 +719,18 @@ async fn response_framing_is_relayed(fast: bool) {
     // Still usable after a chunked answer.
     c.send(&get("/after-chunked")).await;
     c.reply("GET").await.expect(200, "GET /after-chunked", path);
+
+    // 1 MiB, chunked and with a length.
+    for target in ["/big-chunked", "/big"] {
+        c.send(&get(target)).await;
+        let r = c.reply("GET").await;
+        assert_eq!(r.status(), 200, "{path}: {:?}", r.head.raw);
+        assert!(
+            r.body == big_body(),
+            "{path}: {target} body differs ({} bytes)",
+            r.body.len()
+        );
+    }
 
     c.send(&get("/close")).await;
     let r = c.reply("GET").await;
@@ -786,6 +849,10 @@ async fn chunked_request_bodies_and_expect_continue(fast: bool) {
     c.reply("POST").await.expect(200, "hello world", path);
     c.send(&get("/after-chunked")).await;
     c.reply("GET").await.expect(200, "GET /after-chunked", path);
+    // Idle past park_ms (100 ms): the connection goes back to the first path.
+    sleep(Duration::from_millis(300)).await;
+    c.send(&get("/after-idle")).await;
+    c.reply("GET").await.expect(200, "GET /after-idle", path);
 
     let mut c = Wire::connect(addr(&gw)).await;
     c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
@@ -1185,10 +1252,10 @@ async fn many_keep_alive_requests_reuse_upstream_connections(fast: bool) {
     let mut c = Wire::connect(addr(&gw)).await;
     for i in 0..200 {
         if i % 2 == 0 {
-            c.send(&get(&format!("/seq/{i}"))).await;
+            c.send(&get(&format!("/seq/{i}?n={i}"))).await;
             c.reply("GET")
                 .await
-                .expect(200, &format!("GET /seq/{i}"), path);
+                .expect(200, &format!("GET /seq/{i}?n={i}"), path);
         } else {
             let body = format!("body number {i}");
             c.send(&post("/echo", &body)).await;
@@ -1430,5 +1497,99 @@ async fn an_empty_line_before_a_request_is_ignored(fast: bool) {
     sleep(Duration::from_millis(20)).await;
     c.send(&get("/later")).await;
     c.reply("GET").await.expect(200, "GET /later", path);
+    stop(gw).await;
+}
+
+/// 23. The upstream answers (401, `Connection: close`) after reading only the head of a
+///     16 MiB upload, and reads nothing more: the client gets the 401 promptly (RFC 9112 §9.5:
+///     an early answer ends the request), not a 502 or a 504 after the route timeout.
+async fn an_early_answer_before_the_body_is_read(fast: bool) {
+    let path = label(fast);
+    let up = raw_upstream(|mut w, _| async move {
+        if let Ok(Some(_)) = w.rd.head().await {
+            let _ = w
+                .w
+                .write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 7\r\n\r\ndenied\n",
+                )
+                .await;
+            // Reads nothing more; holds the connection a while, then closes.
+            sleep(Duration::from_secs(4)).await;
+        }
+        drop(w);
+    })
+    .await;
+    let mut config = cfg(&single(up.addr, "http1"), fast);
+    config.limits.max_body_bytes = 0;
+    let gw = start(config);
+    let mut c = Wire::connect(addr(&gw)).await;
+    let len = 16usize << 20;
+    let mut req =
+        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    req.resize(req.len() + len, b'u');
+    let t = Instant::now();
+    let Wire { rd, w } = &mut c;
+    let reply = async {
+        tokio::select! {
+            r = rd.final_response("POST") => r,
+            // The write may block for good (nobody reads the body); only the answer counts.
+            _ = async { let _ = w.write_all(&req).await; std::future::pending::<()>().await } => unreachable!(),
+        }
+    };
+    let r = timeout(STEP, reply)
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no answer within {STEP:?}"))
+        .unwrap_or_else(|e| panic!("{path}: no complete answer: {e}"));
+    let took = t.elapsed();
+    r.expect(401, "denied\n", path);
+    // The test config's request_ms is 3000: well before it.
+    assert!(
+        took < Duration::from_millis(1500),
+        "{path}: answered after {took:?}"
+    );
+    stop(gw).await;
+}
+
+/// 24. A client that drops its connection in the middle of a 1 MiB answer: the upstream
+///     connection is not reused with the rest of that body in it, so later clients get their
+///     own answers.
+async fn a_client_gone_mid_response_spoils_nothing(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    for round in 0..4 {
+        let mut c = Wire::connect(addr(&gw)).await;
+        c.send(&get("/big")).await;
+        let head = timeout(STEP, c.rd.head())
+            .await
+            .expect("a head in time")
+            .expect("a head")
+            .expect("a head");
+        assert_eq!(head.status(), 200, "{path}");
+        drop(c);
+        // Later clients (on whichever worker) get their own answers.
+        for i in 0..4 {
+            let mut c = Wire::connect(addr(&gw)).await;
+            let target = format!("/small/{round}/{i}");
+            c.send(&get(&target)).await;
+            c.reply("GET")
+                .await
+                .expect(200, &format!("GET {target}"), path);
+        }
+    }
+    stop(gw).await;
+}
+
+/// 25. A client that sends its request and then closes its sending side (half-close, as
+///     `nc -N` or a shell script does) still gets the answer.
+async fn a_half_closed_client_gets_its_answer(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/slow/half")).await;
+    c.w.shutdown().await.expect("half-close");
+    c.reply("GET").await.expect(200, "GET /slow/half", path);
+    c.expect_closed(path).await;
     stop(gw).await;
 }
