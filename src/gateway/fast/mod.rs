@@ -526,8 +526,8 @@ async fn answer(
     idle: Duration,
 ) -> Next {
     use std::io::Write as _;
-    let stats = &ctx.shared.stats;
-    stats.response(status);
+    ctx.shared.stats.response(status);
+    ctx.touch();
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())

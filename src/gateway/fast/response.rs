@@ -162,7 +162,8 @@ pub fn prepare(buf: &[u8], head_method: bool, close: bool, out: &mut Vec<u8>) ->
             out.extend_from_slice(b"\r\n");
         }
     }
-    if framing == Framing::Chunked {
+    // A `HEAD` answer keeps the coding the `GET` would have.
+    if framing == Framing::Chunked || (chunked && head_method) {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(if version == 0 {
