@@ -84,6 +84,8 @@ on_both_paths!(
         early 401 waits until the whole body is written, so the client gets 504 after the \
         route timeout"],
     a_client_gone_mid_response_spoils_nothing,
+    an_upstream_gone_mid_body_is_not_a_whole_body,
+    a_client_gone_mid_body_spoils_nothing,
     a_half_closed_client_gets_its_answer [hyper: "fails on the hyper path: hyper closes the \
         connection when the client half-closes, dropping the answer"],
 );
@@ -484,6 +486,8 @@ const CLOSE_DELIMITED: &str = "no length: this body ends when the upstream close
 /// - `/slow*`: after 100 ms, the request line;
 /// - `/chunked`: [`CHUNKED_RESPONSE`];
 /// - `/big-chunked`, `/big`: [`big_body`], in chunks of varying sizes or with a length;
+/// - `/no-reason`: `HTTP/1.1 299` with no reason phrase, body `ok`;
+/// - `/short`, `/chunked-cut`: 10 of 100 bytes, or one chunk, then it closes;
 /// - `/close`: [`CLOSE_DELIMITED`] with no length, then it closes;
 /// - `/204`, `/304`: those, bodiless (the 304 with `Content-Length: 100`);
 /// - `/early-hints`: a 103, then `200 hints`;
@@ -532,6 +536,18 @@ async fn answer(req: &Req) -> (Vec<u8>, bool) {
             (out, false)
         }
         "/big" => (ok(&big_body()), false),
+        "/no-reason" => (
+            b"HTTP/1.1 299\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            false,
+        ),
+        "/short" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".to_vec(),
+            true,
+        ),
+        "/chunked-cut" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
+            true,
+        ),
         "/close" => (
             format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n{CLOSE_DELIMITED}")
                 .into_bytes(),
@@ -715,6 +731,10 @@ async fn response_framing_is_relayed(fast: bool) {
         "{path}: chunked response trailers seen by the client: {:?}",
         r.trailers
     );
+
+    // A status line with no reason phrase and an unregistered code.
+    c.send(&get("/no-reason")).await;
+    c.reply("GET").await.expect(299, "ok", path);
 
     // Still usable after a chunked answer.
     c.send(&get("/after-chunked")).await;
@@ -1513,8 +1533,9 @@ async fn an_early_answer_before_the_body_is_read(fast: bool) {
                     b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 7\r\n\r\ndenied\n",
                 )
                 .await;
-            // Reads nothing more; holds the connection a while, then closes.
-            sleep(Duration::from_secs(4)).await;
+            // Reads nothing more; holds the connection a while (past the 1.5 s the test
+            // allows), then closes.
+            sleep(Duration::from_secs(2)).await;
         }
         drop(w);
     })
@@ -1547,6 +1568,7 @@ async fn an_early_answer_before_the_body_is_read(fast: bool) {
         took < Duration::from_millis(1500),
         "{path}: answered after {took:?}"
     );
+    drop(c);
     stop(gw).await;
 }
 
@@ -1591,5 +1613,60 @@ async fn a_half_closed_client_gets_its_answer(fast: bool) {
     c.w.shutdown().await.expect("half-close");
     c.reply("GET").await.expect(200, "GET /slow/half", path);
     c.expect_closed(path).await;
+    stop(gw).await;
+}
+
+/// 26. The upstream closes in the middle of a body (10 of 100 bytes, or after one chunk): the
+///     client's connection is cut at once, and never looks like a complete answer (no final
+///     chunk, no short length).
+async fn an_upstream_gone_mid_body_is_not_a_whole_body(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    for target in ["/short", "/chunked-cut"] {
+        let mut c = Wire::connect(addr(&gw)).await;
+        let t = Instant::now();
+        c.send(&get(target)).await;
+        match timeout(STEP, c.rd.final_response("GET")).await {
+            Err(_) => panic!("{path}: {target}: the client was left hanging"),
+            Ok(Ok(r)) => panic!("{path}: {target}: a complete answer from a cut body: {r:?}"),
+            Ok(Err(_)) => {}
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{path}: {target}: cut after {:?}",
+            t.elapsed()
+        );
+    }
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/fine")).await;
+    c.reply("GET").await.expect(200, "GET /fine", path);
+    stop(gw).await;
+}
+
+/// 27. A client that goes away in the middle of its request body: the upstream connection
+///     holding half a request is not reused, so later clients get their own answers (not
+///     their request read as the rest of that body).
+async fn a_client_gone_mid_body_spoils_nothing(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    for round in 0..4 {
+        let mut c = Wire::connect(addr(&gw)).await;
+        // Long enough for the next requests to fit in the missing part.
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 300\r\n\r\n0123456789")
+            .await;
+        sleep(Duration::from_millis(20)).await;
+        drop(c);
+        sleep(Duration::from_millis(20)).await;
+        for i in 0..4 {
+            let mut c = Wire::connect(addr(&gw)).await;
+            let target = format!("/after/{round}/{i}");
+            c.send(&get(&target)).await;
+            c.reply("GET")
+                .await
+                .expect(200, &format!("GET {target}"), path);
+        }
+    }
     stop(gw).await;
 }
