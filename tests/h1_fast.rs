@@ -86,6 +86,8 @@ on_both_paths!(
     a_client_gone_mid_response_spoils_nothing,
     an_upstream_gone_mid_body_is_not_a_whole_body,
     a_client_gone_mid_body_spoils_nothing,
+    counters_agree_with_the_answers,
+    shutdown_finishes_the_answer_in_flight,
     a_half_closed_client_gets_its_answer [hyper: "fails on the hyper path: hyper closes the \
         connection when the client half-closes, dropping the answer"],
 );
@@ -1669,4 +1671,141 @@ async fn a_client_gone_mid_body_spoils_nothing(fast: bool) {
         }
     }
     stop(gw).await;
+}
+
+/// 28. The gateway's counters (`/state`) count the same on both paths: requests, answers by
+///     class, each failure kind, per-cluster requests and failures, nothing left in flight.
+async fn counters_agree_with_the_answers(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mute = raw_upstream(|mut w, _| async move {
+        let _ = w.rd.request().await;
+        sleep(Duration::from_secs(2)).await;
+        drop(w);
+    })
+    .await;
+    let gw = start(cfg(
+        &format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{}\"]\n\
+             [[clusters]]\nname = \"closed\"\nendpoints = [\"{closed}\"]\n\
+             [[clusters]]\nname = \"mute\"\nendpoints = [\"{}\"]\n\
+             [[routes]]\npath_prefix = \"/ok\"\ncluster = \"up\"\n\
+             [[routes]]\npath_prefix = \"/closed\"\ncluster = \"closed\"\n\
+             [[routes]]\npath_prefix = \"/mute\"\ncluster = \"mute\"\nrequest_timeout_ms = 300\n",
+            up.addr, mute.addr
+        ),
+        fast,
+    ));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&[get("/ok/1"), get("/ok/2"), post("/ok/3", "abc")].concat())
+        .await;
+    c.reply("GET").await.expect(200, "GET /ok/1", path);
+    c.reply("GET").await.expect(200, "GET /ok/2", path);
+    c.reply("POST").await.expect(200, "POST /ok/3", path);
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/nowhere")).await;
+    c.reply("GET").await.expect(404, "no route\n", path);
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(b"POST /ok/big HTTP/1.1\r\nHost: t\r\nContent-Length: 100001\r\n\r\n")
+        .await;
+    c.reply("POST")
+        .await
+        .expect(413, "request body too large\n", path);
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/closed")).await;
+    c.reply("GET")
+        .await
+        .expect(502, "upstream connect failed\n", path);
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/mute")).await;
+    c.reply("GET")
+        .await
+        .expect(504, "upstream timed out\n", path);
+
+    let want = serde_json::json!({
+        "requests": 7, "responses_1xx": 0, "responses_2xx": 3, "responses_3xx": 0,
+        "responses_4xx": 2, "responses_5xx": 2, "in_flight": 0, "connections_total": 5,
+        "upstream_connect_errors": 1, "upstream_timeouts": 1, "upstream_resets": 0,
+        "unrouted": 1, "body_too_large": 1, "rejected": 0,
+    });
+    let want_clusters = serde_json::json!({
+        "up": [3, 0, 0], "closed": [1, 1, 0], "mute": [1, 1, 0],
+    });
+    let read = || {
+        let all = serde_json::to_value(gw.shared().stats.snapshot()).unwrap();
+        let mut got = serde_json::Map::new();
+        for k in want.as_object().unwrap().keys() {
+            got.insert(k.clone(), all[k].clone());
+        }
+        let mut clusters = serde_json::Map::new();
+        for cl in &gw.shared().current.load().clusters {
+            let s = &cl.stats;
+            clusters.insert(
+                cl.name.clone(),
+                serde_json::json!([s.requests.sum(), s.failures.sum(), s.in_flight.sum()]),
+            );
+        }
+        (
+            serde_json::Value::Object(got),
+            serde_json::Value::Object(clusters),
+        )
+    };
+    // Counters are written as answers go out; give the last ones a moment.
+    let mut got = read();
+    for _ in 0..50 {
+        if got == (want.clone(), want_clusters.clone()) {
+            break;
+        }
+        sleep(Duration::from_millis(20)).await;
+        got = read();
+    }
+    assert_eq!(got.0, want, "{path}: gateway counters");
+    assert_eq!(
+        got.1, want_clusters,
+        "{path}: cluster [requests, failures, in_flight]"
+    );
+    drop(c);
+    stop(gw).await;
+}
+
+/// 29. Shutdown: the answer in flight is finished and its connection then closed; idle
+///     keep-alive connections (fresh and parked) are closed; shutdown ends well within
+///     `drain_timeout_ms`.
+async fn shutdown_finishes_the_answer_in_flight(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let at = addr(&gw);
+    let mut parked = Wire::connect(at).await;
+    parked.send(&get("/parked")).await;
+    parked.reply("GET").await.expect(200, "GET /parked", path);
+    // Idle past park_ms (100 ms).
+    sleep(Duration::from_millis(300)).await;
+    let mut idle = Wire::connect(at).await;
+    idle.send(&get("/idle")).await;
+    idle.reply("GET").await.expect(200, "GET /idle", path);
+    let mut busy = Wire::connect(at).await;
+    busy.send(&get("/slow/busy")).await;
+    // The upstream takes 100 ms: the request is in flight when shutdown starts.
+    sleep(Duration::from_millis(30)).await;
+    let t = Instant::now();
+    let stopping = tokio::spawn(stop(gw));
+    busy.reply("GET").await.expect(200, "GET /slow/busy", path);
+    busy.expect_closed(path).await;
+    idle.expect_closed(path).await;
+    parked.expect_closed(path).await;
+    timeout(STEP, stopping)
+        .await
+        .expect("shutdown ends")
+        .expect("shutdown task");
+    // drain_timeout_ms is 5000 in the test config.
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "{path}: shutdown took {:?}",
+        t.elapsed()
+    );
 }
