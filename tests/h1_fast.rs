@@ -88,6 +88,10 @@ on_both_paths!(
     a_client_gone_mid_body_spoils_nothing,
     counters_agree_with_the_answers,
     shutdown_finishes_the_answer_in_flight,
+    a_deep_pipeline_in_one_write,
+    a_repeated_content_length_is_sent_once [fast: "fails on the fast path: both \
+        `Content-Length` fields are forwarded"],
+    heads_over_the_limits,
     a_half_closed_client_gets_its_answer [hyper: "fails on the hyper path: hyper closes the \
         connection when the client half-closes, dropping the answer"],
 );
@@ -1155,6 +1159,63 @@ async fn hop_by_hop_and_forwarding_headers(fast: bool) {
         "{path}: {:?}",
         seen.raw
     );
+
+    // The other hop-by-hop fields, and forwarding fields the client set itself.
+    c.send(
+        b"GET /hop HTTP/1.1\r\nHost: app.example\r\nVia: 1.0 edge\r\nTE: gzip, trailers\r\n\
+          Proxy-Authorization: Basic eHl6\r\nProxy-Connection: keep-alive\r\n\
+          Keep-Alive: timeout=9\r\nX-Forwarded-Host: spoof.example\r\n\
+          X-Forwarded-Proto: https\r\nForwarded: for=198.51.100.7\r\n\r\n",
+    )
+    .await;
+    let r = c.reply("GET").await;
+    assert_eq!(r.status(), 200, "{path}: {:?}", r.head.raw);
+    let seen = Head::parse(&r.body).expect("the upstream's view of the head");
+    let want: [(&str, &[&str]); 10] = [
+        ("via", &["1.0 edge", "1.1 tollgate"]),
+        ("te", &["trailers"]),
+        ("proxy-authorization", &[]),
+        ("proxy-connection", &[]),
+        ("keep-alive", &[]),
+        ("x-forwarded-host", &["app.example"]),
+        ("x-forwarded-proto", &["http"]),
+        ("x-forwarded-for", &["127.0.0.1"]),
+        (
+            "forwarded",
+            &[
+                "for=198.51.100.7",
+                "for=127.0.0.1;proto=http;host=\"app.example\"",
+            ],
+        ),
+        // `preserve_host` is on by default.
+        ("host", &["app.example"]),
+    ];
+    for (name, values) in want {
+        assert_eq!(seen.all(name), values, "{path}: {name} in {:?}", seen.raw);
+    }
+    stop(gw).await;
+
+    // With `preserve_host = false` the upstream gets its own address as `Host`.
+    let mut config = cfg(&single(up.addr, "http1"), fast);
+    config.clusters[0].preserve_host = false;
+    let gw = start(config);
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(b"GET /hop HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        .await;
+    let r = c.reply("GET").await;
+    let seen = Head::parse(&r.body).expect("the upstream's view of the head");
+    assert_eq!(
+        seen.all("host"),
+        [up.addr.to_string()],
+        "{path}: {:?}",
+        seen.raw
+    );
+    assert_eq!(
+        seen.all("x-forwarded-host"),
+        ["app.example"],
+        "{path}: {:?}",
+        seen.raw
+    );
     stop(gw).await;
 }
 
@@ -1808,4 +1869,92 @@ async fn shutdown_finishes_the_answer_in_flight(fast: bool) {
         "{path}: shutdown took {:?}",
         t.elapsed()
     );
+}
+
+/// 30. 300 requests (GETs and POSTs with bodies of many sizes, 330 KB in all) in one write:
+///     every answer, in order (request and body boundaries fall anywhere in the reads).
+async fn a_deep_pipeline_in_one_write(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    let pad = "p".repeat(100);
+    let mut all = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..300usize {
+        if i % 3 == 2 {
+            let body: String = (0..(i * 37) % 3000)
+                .map(|j| (b'a' + (j % 26) as u8) as char)
+                .collect();
+            all.extend(post(&format!("/echo/{i}"), &body));
+            want.push(("POST", body));
+        } else {
+            all.extend(
+                format!("GET /d/{i} HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}\r\n\r\n").into_bytes(),
+            );
+            want.push(("GET", format!("GET /d/{i}")));
+        }
+    }
+    let Wire { rd, w } = &mut c;
+    let (written, got) = timeout(STEP, async {
+        tokio::join!(w.write_all(&all), async {
+            let mut got = Vec::new();
+            for (method, _) in &want {
+                got.push(rd.final_response(method).await);
+            }
+            got
+        })
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{path}: not all answers within {STEP:?}"));
+    written.expect("written");
+    for (i, (r, (_, body))) in got.into_iter().zip(&want).enumerate() {
+        let r = r.unwrap_or_else(|e| panic!("{path}: answer {i}: {e}"));
+        r.expect(200, body, path);
+    }
+    stop(gw).await;
+}
+
+/// 31. A head over `max_header_bytes` (8192 in the test config) or with more than
+///     `max_headers` (100) fields gets 431, also right after a request in the same write.
+async fn heads_over_the_limits(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let long = format!(
+        "GET /long HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "l".repeat(20_000)
+    );
+    let mut many = "GET /many HTTP/1.1\r\nHost: t\r\n".to_owned();
+    for i in 0..150 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    for bad in [long, many] {
+        let mut c = Wire::connect(addr(&gw)).await;
+        c.send(&[get("/first"), bad.into_bytes()].concat()).await;
+        c.reply("GET").await.expect(200, "GET /first", path);
+        let r = c.reply("GET").await;
+        assert_eq!(r.status(), 431, "{path}: {:?}", r.head.raw);
+    }
+    stop(gw).await;
+}
+
+/// 32. A request with `Content-Length` twice (same value: valid, RFC 9110 §8.6) reaches the
+///     upstream with one `Content-Length`: passing both on invites an upstream that reads the
+///     two differently (or refuses them) to disagree with the gateway about the body.
+async fn a_repeated_content_length_is_sent_once(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(b"POST /hop HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    let r = c.reply("POST").await;
+    assert_eq!(r.status(), 200, "{path}: {:?}", r.head.raw);
+    let seen = Head::parse(&r.body).expect("the upstream's view of the head");
+    assert_eq!(seen.all("content-length"), ["5"], "{path}: {:?}", seen.raw);
+    c.send(&get("/after")).await;
+    c.reply("GET").await.expect(200, "GET /after", path);
+    stop(gw).await;
 }
