@@ -89,6 +89,12 @@ on_both_paths!(
     counters_agree_with_the_answers,
     shutdown_finishes_the_answer_in_flight,
     a_deep_pipeline_in_one_write,
+    a_response_with_both_lengths_is_chunked [hyper: "fails on the hyper path: the upstream's \
+        `Content-Length: 3` is kept beside its chunked body, so the client reads `hel`"],
+    an_invalid_answer_is_a_502,
+    an_idempotent_request_dropped_unanswered_is_retried [hyper: "fails on the hyper path: a \
+        GET the upstream closes on unanswered, on a reused connection, is a 502"],
+    a_post_dropped_unanswered_is_not_replayed,
     a_repeated_content_length_is_sent_once [fast: "fails on the fast path: both \
         `Content-Length` fields are forwarded"],
     heads_over_the_limits,
@@ -493,6 +499,8 @@ const CLOSE_DELIMITED: &str = "no length: this body ends when the upstream close
 /// - `/chunked`: [`CHUNKED_RESPONSE`];
 /// - `/big-chunked`, `/big`: [`big_body`], in chunks of varying sizes or with a length;
 /// - `/no-reason`: `HTTP/1.1 299` with no reason phrase, body `ok`;
+/// - `/te-and-cl`: both `Content-Length: 3` and a chunked `hello`;
+/// - `/garbage`, `/bad-length`, `/two-lengths`: not a valid answer, then it closes;
 /// - `/short`, `/chunked-cut`: 10 of 100 bytes, or one chunk, then it closes;
 /// - `/close`: [`CLOSE_DELIMITED`] with no length, then it closes;
 /// - `/204`, `/304`: those, bodiless (the 304 with `Content-Length: 100`);
@@ -542,6 +550,21 @@ async fn answer(req: &Req) -> (Vec<u8>, bool) {
             (out, false)
         }
         "/big" => (ok(&big_body()), false),
+        "/te-and-cl" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+            false,
+        ),
+        "/garbage" => (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), true),
+        "/bad-length" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\nabc".to_vec(),
+            true,
+        ),
+        "/two-lengths" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
+            true,
+        ),
         "/no-reason" => (
             b"HTTP/1.1 299\r\nContent-Length: 2\r\n\r\nok".to_vec(),
             false,
@@ -1956,5 +1979,118 @@ async fn a_repeated_content_length_is_sent_once(fast: bool) {
     assert_eq!(seen.all("content-length"), ["5"], "{path}: {:?}", seen.raw);
     c.send(&get("/after")).await;
     c.reply("GET").await.expect(200, "GET /after", path);
+    stop(gw).await;
+}
+
+/// 33. A response with both `Transfer-Encoding: chunked` and `Content-Length` is read as
+///     chunked (RFC 9112 §6.3) and reaches the client without the contradicting length.
+async fn a_response_with_both_lengths_is_chunked(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/te-and-cl")).await;
+    let r = c.reply("GET").await;
+    r.expect(200, "hello", path);
+    assert!(
+        r.head.content_length().is_none_or(|n| n == 5),
+        "{path}: {:?}",
+        r.head.raw
+    );
+    c.send(&get("/after")).await;
+    c.reply("GET").await.expect(200, "GET /after", path);
+    stop(gw).await;
+}
+
+/// 34. An answer that is not HTTP, has a bad length, or two different lengths: 502 with the
+///     same message on both paths, and the client connection goes on.
+async fn an_invalid_answer_is_a_502(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    for target in ["/garbage", "/bad-length", "/two-lengths"] {
+        c.send(&get(target)).await;
+        let r = c.reply("GET").await;
+        assert_eq!(
+            (r.status(), r.text().as_str()),
+            (502, "upstream connection failed\n"),
+            "{path}: {target}: {:?}",
+            r.head.raw
+        );
+        c.send(&get("/after")).await;
+        c.reply("GET").await.expect(200, "GET /after", path);
+    }
+    stop(gw).await;
+}
+
+/// An upstream whose connections answer their first request, then read the second and close
+/// without a byte of answer (the keep-alive race: its close crossed the request). Records
+/// every request line it read.
+async fn dropping_upstream() -> (RawUp, Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let up = raw_upstream(move |mut w, n| {
+        let log = log.clone();
+        async move {
+            if let Ok(Some(req)) = w.rd.request().await {
+                log.lock().unwrap().push(req.head.request_line());
+                let body = format!("{} on {n}", req.head.request_line());
+                if w.w.write_all(&ok(body.as_bytes())).await.is_err() {
+                    return;
+                }
+            }
+            if let Ok(Some(req)) = w.rd.request().await {
+                log.lock().unwrap().push(req.head.request_line());
+            }
+        }
+    })
+    .await;
+    (up, seen)
+}
+
+/// 35. A GET the upstream reads and then closes on without answering, on a reused
+///     connection: sent again on a fresh connection (RFC 9110 §9.2.2 allows it for idempotent
+///     methods), so the client gets 200, not 502.
+async fn an_idempotent_request_dropped_unanswered_is_retried(fast: bool) {
+    let path = label(fast);
+    let (up, seen) = dropping_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/1")).await;
+    c.reply("GET").await.expect(200, "GET /1 on 0", path);
+    c.send(&get("/2")).await;
+    let r = c.reply("GET").await;
+    assert_eq!(
+        r.status(),
+        200,
+        "{path}: {:?} {}; upstream saw {:?}",
+        r.head.raw,
+        r.text(),
+        seen.lock().unwrap()
+    );
+    assert_eq!(r.text(), "GET /2 on 1", "{path}");
+    stop(gw).await;
+}
+
+/// 36. A POST the upstream reads and then closes on without answering: not sent again (it
+///     may have taken effect), 502; the upstream saw it once.
+async fn a_post_dropped_unanswered_is_not_replayed(fast: bool) {
+    let path = label(fast);
+    let (up, seen) = dropping_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&get("/1")).await;
+    c.reply("GET").await.expect(200, "GET /1 on 0", path);
+    c.send(&post("/pay", "once")).await;
+    let r = c.reply("POST").await;
+    r.expect(502, "upstream connection failed\n", path);
+    let posts = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.as_str() == "POST /pay")
+        .count();
+    assert_eq!(posts, 1, "{path}: upstream saw {:?}", seen.lock().unwrap());
     stop(gw).await;
 }
