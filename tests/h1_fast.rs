@@ -95,6 +95,8 @@ on_both_paths!(
     an_idempotent_request_dropped_unanswered_is_retried [hyper: "fails on the hyper path: a \
         GET the upstream closes on unanswered, on a reused connection, is a 502"],
     a_post_dropped_unanswered_is_not_replayed,
+    methods_targets_and_odd_spacing,
+    concurrent_clients_get_their_own_answers,
     a_repeated_content_length_is_sent_once [fast: "fails on the fast path: both \
         `Content-Length` fields are forwarded"],
     heads_over_the_limits,
@@ -1007,64 +1009,67 @@ async fn upstream_closing_its_connection_is_not_a_502(fast: bool) {
     stop(gw).await;
 }
 
-/// 8b. The upstream says `Connection: close` but keeps its socket open: the gateway must not
-///     send the next request on it.
+/// 8b. The upstream says `Connection: close` (or answers as HTTP/1.0 without keep-alive) but
+///     keeps its socket open: the gateway must not send the next request on it.
 async fn upstream_connection_close_is_not_reused(fast: bool) {
     let path = label(fast);
-    let reused = Arc::new(AtomicUsize::new(0));
-    let seen = reused.clone();
-    let up = raw_upstream(move |mut w, n| {
-        let seen = seen.clone();
-        async move {
-            if let Ok(Some(req)) = w.rd.request().await {
-                let body = format!("{} on {n}", req.head.request_line());
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ =
-                    w.w.write_all(&[head.into_bytes(), body.into_bytes()].concat())
-                        .await;
+    for (first_lines, via) in [
+        ("HTTP/1.1 200 OK\r\nConnection: close", "1.1 tollgate"),
+        ("HTTP/1.0 200 OK", "1.0 tollgate"),
+    ] {
+        let reused = Arc::new(AtomicUsize::new(0));
+        let seen = reused.clone();
+        let up = raw_upstream(move |mut w, n| {
+            let seen = seen.clone();
+            async move {
+                if let Ok(Some(req)) = w.rd.request().await {
+                    let body = format!("{} on {n}", req.head.request_line());
+                    let head = format!("{first_lines}\r\nContent-Length: {}\r\n\r\n", body.len());
+                    let _ =
+                        w.w.write_all(&[head.into_bytes(), body.into_bytes()].concat())
+                            .await;
+                }
+                if let Ok(Ok(Some(_))) = timeout(Duration::from_secs(1), w.rd.request()).await {
+                    // Relaxed: read by the test after it is done.
+                    seen.fetch_add(1, Ordering::Relaxed);
+                    let _ =
+                        w.w.write_all(b"HTTP/1.1 500 Reused\r\nContent-Length: 6\r\n\r\nreused")
+                            .await;
+                }
             }
-            if let Ok(Ok(Some(_))) = timeout(Duration::from_secs(1), w.rd.request()).await {
-                // Relaxed: read by the test after it is done.
-                seen.fetch_add(1, Ordering::Relaxed);
-                let _ =
-                    w.w.write_all(b"HTTP/1.1 500 Reused\r\nContent-Length: 6\r\n\r\nreused")
-                        .await;
-            }
+        })
+        .await;
+        let gw = start(cfg(&single(up.addr, "http1"), fast));
+        let mut c = Wire::connect(addr(&gw)).await;
+        for i in 0..3 {
+            c.send(&get(&format!("/{i}"))).await;
+            let r = c.reply("GET").await;
+            assert_eq!(r.status(), 200, "{path}: {:?} {}", r.head.raw, r.text());
+            assert!(
+                r.text().starts_with(&format!("GET /{i} on ")),
+                "{path}: {}",
+                r.text()
+            );
+            assert!(
+                !r.head.lists("connection", "close"),
+                "{path}: the upstream's close reached the client: {:?}",
+                r.head.raw
+            );
+            assert_eq!(r.head.all("via"), [via], "{path}: {:?}", r.head.raw);
         }
-    })
-    .await;
-    let gw = start(cfg(&single(up.addr, "http1"), fast));
-    let mut c = Wire::connect(addr(&gw)).await;
-    for i in 0..3 {
-        c.send(&get(&format!("/{i}"))).await;
-        let r = c.reply("GET").await;
-        assert_eq!(r.status(), 200, "{path}: {:?} {}", r.head.raw, r.text());
-        assert!(
-            r.text().starts_with(&format!("GET /{i} on ")),
-            "{path}: {}",
-            r.text()
+        assert_eq!(
+            up.accepted(),
+            3,
+            "{path}: {first_lines:?}: one upstream connection per request"
         );
-        assert!(
-            !r.head.lists("connection", "close"),
-            "{path}: the upstream's `connection: close` reached the client: {:?}",
-            r.head.raw
+        // Relaxed: the exchanges are over.
+        assert_eq!(
+            reused.load(Ordering::Relaxed),
+            0,
+            "{path}: {first_lines:?}: a closing connection was reused"
         );
+        stop(gw).await;
     }
-    assert_eq!(
-        up.accepted(),
-        3,
-        "{path}: one upstream connection per request"
-    );
-    // Relaxed: the exchanges are over.
-    assert_eq!(
-        reused.load(Ordering::Relaxed),
-        0,
-        "{path}: a closed connection was reused"
-    );
-    stop(gw).await;
 }
 
 /// 9. The upstream sends 10 of 100 body bytes and stalls: the client connection is cut
@@ -1658,22 +1663,28 @@ async fn an_early_answer_before_the_body_is_read(fast: bool) {
     stop(gw).await;
 }
 
-/// 24. A client that drops its connection in the middle of a 1 MiB answer: the upstream
-///     connection is not reused with the rest of that body in it, so later clients get their
-///     own answers.
+/// 24. A client that drops its connection in the middle of a 1 MiB answer, or before its
+///     answer comes: the upstream connection is not reused with (the rest of) that answer in
+///     it, so later clients get their own answers.
 async fn a_client_gone_mid_response_spoils_nothing(fast: bool) {
     let path = label(fast);
     let up = app_upstream().await;
     let gw = start(cfg(&single(up.addr, "http1"), fast));
-    for round in 0..4 {
+    for round in 0..6 {
         let mut c = Wire::connect(addr(&gw)).await;
-        c.send(&get("/big")).await;
-        let head = timeout(STEP, c.rd.head())
-            .await
-            .expect("a head in time")
-            .expect("a head")
-            .expect("a head");
-        assert_eq!(head.status(), 200, "{path}");
+        if round % 2 == 0 {
+            c.send(&get("/big")).await;
+            let head = timeout(STEP, c.rd.head())
+                .await
+                .expect("a head in time")
+                .expect("a head")
+                .expect("a head");
+            assert_eq!(head.status(), 200, "{path}");
+        } else {
+            // Gone before the answer (the upstream takes 100 ms).
+            c.send(&get("/slow/gone")).await;
+            sleep(Duration::from_millis(20)).await;
+        }
         drop(c);
         // Later clients (on whichever worker) get their own answers.
         for i in 0..4 {
@@ -2092,5 +2103,88 @@ async fn a_post_dropped_unanswered_is_not_replayed(fast: bool) {
         .filter(|l| l.as_str() == "POST /pay")
         .count();
     assert_eq!(posts, 1, "{path}: upstream saw {:?}", seen.lock().unwrap());
+    stop(gw).await;
+}
+
+/// 37. Every method (custom ones too) with and without bodies, an empty POST, a 6 000-byte
+///     target with a query, and header fields written without a space or with tabs.
+async fn methods_targets_and_odd_spacing(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    for method in ["GET", "DELETE", "OPTIONS", "PURGE", "HEAD"] {
+        c.send(format!("{method} /m/{method} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await;
+        let r = c.reply(method).await;
+        let want = if method == "HEAD" {
+            String::new()
+        } else {
+            format!("{method} /m/{method}")
+        };
+        r.expect(200, &want, path);
+    }
+    for method in ["POST", "PUT", "PATCH", "REPORT"] {
+        c.send(
+            format!("{method} /echo/{method} HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbody")
+                .as_bytes(),
+        )
+        .await;
+        c.reply(method).await.expect(200, "body", path);
+    }
+    c.send(b"POST /empty HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        .await;
+    c.reply("POST").await.expect(200, "POST /empty", path);
+    let long = format!("/long/{}?q={}", "x".repeat(3_000), "y".repeat(3_000));
+    c.send(&get(&long)).await;
+    c.reply("GET")
+        .await
+        .expect(200, &format!("GET {long}"), path);
+    c.send(b"GET /hop HTTP/1.1\r\nHost:t\r\nX-Tab:\tv w\t\r\nx-lower: l\r\n\r\n")
+        .await;
+    let r = c.reply("GET").await;
+    assert_eq!(r.status(), 200, "{path}: {:?}", r.head.raw);
+    let seen = Head::parse(&r.body).expect("the upstream's view of the head");
+    assert_eq!(seen.all("x-tab"), ["v w"], "{path}: {:?}", seen.raw);
+    assert_eq!(seen.all("x-lower"), ["l"], "{path}: {:?}", seen.raw);
+    assert_eq!(seen.all("host"), ["t"], "{path}: {:?}", seen.raw);
+    stop(gw).await;
+}
+
+/// 38. 16 clients at once, 25 requests each (GET and POST), over shared pooled upstream
+///     connections: each gets exactly its own answers.
+async fn concurrent_clients_get_their_own_answers(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let at = addr(&gw);
+    let clients: Vec<_> = (0..16)
+        .map(|k| {
+            tokio::spawn(async move {
+                let mut c = Wire::connect(at).await;
+                for i in 0..25 {
+                    if i % 2 == 0 {
+                        let target = format!("/c/{k}/{i}");
+                        c.send(&get(&target)).await;
+                        c.reply("GET")
+                            .await
+                            .expect(200, &format!("GET {target}"), path);
+                    } else {
+                        let body = format!("client {k} request {i}");
+                        c.send(&post("/echo", &body)).await;
+                        c.reply("POST").await.expect(200, &body, path);
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.expect("client task");
+    }
+    assert!(
+        up.accepted() <= 32,
+        "{path}: {} upstream connections for 16 clients",
+        up.accepted()
+    );
     stop(gw).await;
 }
