@@ -1,18 +1,32 @@
 //! HTTP/1.1 wire scenarios for plain routes, run on both of the gateway's HTTP/1.1 paths:
 //! its own fast path (`[server] h1_fast_path = true`, the default) and hyper's
 //! (`h1_fast_path = false`). Every scenario is one `async fn scenario(fast: bool)`;
-//! [`on_both_paths!`] turns it into `scenario::fast_path` and `scenario::hyper_path` tests.
+//! [`on_both_paths!`] turns it into `scenario::fast_path` and `scenario::hyper_path` tests,
+//! so `cargo test --test h1_fast fast_path` runs one path.
 //!
-//! The client and most upstreams are raw sockets driven byte by byte ([`Wire`]), so the
-//! tests see exactly what crosses the wire: pipelined requests answered complete and in
-//! order; responses framed by `Content-Length`, by chunks (with extensions and trailers) and
-//! by the upstream closing; bodiless answers (HEAD, 204, 304) that leave the connection
-//! usable; large and slowly sent request bodies; chunked request bodies and
-//! `Expect: 100-continue` (hyper's on both paths); `Connection: close` and HTTP/1.0;
-//! upstreams that close pooled connections or say `Connection: close`; a response body that
-//! stalls (cut after `idle_ms`); `103 Early Hints`; hop-by-hop and forwarding headers both
-//! ways; an unrouted request inside a pipeline; refused and mute upstreams (502, 504); and
-//! connection reuse over 200 keep-alive requests.
+//! The client and the upstreams are raw sockets driven byte by byte ([`Wire`],
+//! [`raw_upstream`]), so the tests see exactly what crosses the wire:
+//!
+//! - **Framing:** pipelined requests (2 to 300 in one write, bodies of many sizes, a request
+//!   hyper must take in the middle) answered complete and in order; answers framed by
+//!   `Content-Length`, by chunks (extensions, trailers, 1 MiB in uneven chunks), by the
+//!   upstream closing, or not at all (HEAD, 204, 304); answers and requests dribbled one byte
+//!   per millisecond; `Transfer-Encoding` with `Content-Length`; invalid answers (502).
+//! - **Bodies:** 1 MiB up and back byte-exact, bodies sent in pieces, chunked request bodies,
+//!   `Expect: 100-continue`, a declared body over the limit (413, and no desync after it), an
+//!   upstream answering before it read the body.
+//! - **Connections:** client `Connection: close`, HTTP/1.0, half-close; upstreams that close
+//!   pooled connections, say `Connection: close`, answer as HTTP/1.0, send bytes past an
+//!   answer, close on a request unanswered (retried only when idempotent), stall or die in
+//!   the middle of a body; clients gone mid-body or mid-answer; 200 keep-alive requests and 16
+//!   concurrent clients over pooled connections; shutdown with an answer in flight.
+//! - **Headers:** hop-by-hop fields both ways (also named in a second `Connection` field, or
+//!   nine of them), forwarding fields (`X-Forwarded-*`, `Forwarded`, `Via`, `Host`), heads
+//!   near and over the limits (431), `103 Early Hints`, routing misses (404) in a pipeline,
+//!   refused and mute upstreams (502, 504), and the `/state` counters.
+//!
+//! A scenario that fails on one path is kept, ignored on that path with the reason (see the
+//! list under [`on_both_paths!`]), so the failure is fixed rather than forgotten.
 //!
 //! Real sockets mean real time: every wait is bounded by [`STEP`] and each test by
 //! [`common::bounded`]; the only sleeps are the short pauses a scenario is about.
@@ -495,7 +509,7 @@ const CHUNKED_BODY: &str = "hello world, and sixteen!!!";
 const CLOSE_DELIMITED: &str = "no length: this body ends when the upstream closes\n";
 
 /// What the standard upstream answers, by target:
-/// - `HEAD *`: `Content-Length: 100` and no body;
+/// - `HEAD *`: `Content-Length: 100` (`Transfer-Encoding: chunked` for `*/chunked`), no body;
 /// - `/echo*`: the request body;
 /// - `/slow*`: after 100 ms, the request line;
 /// - `/chunked`: [`CHUNKED_RESPONSE`];
@@ -520,8 +534,13 @@ async fn answer(req: &Req) -> (Vec<u8>, bool) {
     let target = req.head.target();
     let target = target.strip_prefix("/dribble").unwrap_or(target);
     if req.head.first.starts_with("HEAD ") {
+        let framing = if target.ends_with("/chunked") {
+            "Transfer-Encoding: chunked"
+        } else {
+            "Content-Length: 100"
+        };
         return (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".to_vec(),
+            format!("HTTP/1.1 200 OK\r\n{framing}\r\n\r\n").into_bytes(),
             false,
         );
     }
@@ -826,10 +845,19 @@ async fn bodiless_answers_leave_the_connection_usable(fast: bool) {
     c.send(&get("/after-304")).await;
     c.reply("GET").await.expect(200, "GET /after-304", path);
 
+    // A HEAD answered with chunked framing and (rightly) no chunks.
+    c.send(b"HEAD /chunked HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    c.reply("HEAD").await.expect(200, "", path);
+    c.send(&get("/after-head-chunked")).await;
+    c.reply("GET")
+        .await
+        .expect(200, "GET /after-head-chunked", path);
+
     // All of it in one write: a relay expecting 100 body bytes would hang here.
     c.send(
         &[
             b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            b"HEAD /chunked HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
             get("/204"),
             get("/304"),
             get("/last"),
@@ -837,6 +865,7 @@ async fn bodiless_answers_leave_the_connection_usable(fast: bool) {
         .concat(),
     )
     .await;
+    c.reply("HEAD").await.expect(200, "", path);
     c.reply("HEAD").await.expect(200, "", path);
     c.reply("GET").await.expect(204, "", path);
     c.reply("GET").await.expect(304, "", path);
