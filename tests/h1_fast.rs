@@ -111,6 +111,7 @@ on_both_paths!(
     a_post_dropped_unanswered_is_not_replayed,
     methods_targets_and_odd_spacing,
     concurrent_clients_get_their_own_answers,
+    pooled_connections_are_shared_and_expire,
     a_repeated_content_length_is_sent_once [fast: "fails on the fast path: both \
         `Content-Length` fields are forwarded"],
     heads_over_the_limits,
@@ -2223,5 +2224,34 @@ async fn concurrent_clients_get_their_own_answers(fast: bool) {
         "{path}: {} upstream connections for 16 clients",
         up.accepted()
     );
+    stop(gw).await;
+}
+
+/// 39. On one worker, an upstream connection pooled by one client connection serves the next
+///     client connection too, and one idle past `idle_ms` is not used again.
+async fn pooled_connections_are_shared_and_expire(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let mut config = cfg(&single(up.addr, "http1"), fast);
+    config.server.workers = 1;
+    config.timeouts.idle_ms = 300;
+    let gw = start(config);
+    for (i, pause) in [0, 0, 500].into_iter().enumerate() {
+        sleep(Duration::from_millis(pause)).await;
+        let mut c = Wire::connect(addr(&gw)).await;
+        for j in 0..2 {
+            let target = format!("/p/{i}/{j}");
+            c.send(&get(&target)).await;
+            c.reply("GET")
+                .await
+                .expect(200, &format!("GET {target}"), path);
+        }
+        let want = if pause == 0 { 1 } else { 2 };
+        assert_eq!(
+            up.accepted(),
+            want,
+            "{path}: upstream connections after client {i}"
+        );
+    }
     stop(gw).await;
 }
