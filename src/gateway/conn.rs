@@ -115,6 +115,8 @@ fn h1_builder(snap: &Snapshot) -> http1::Builder {
         .header_read_timeout(snap.header_read_timeout)
         .max_buf_size(snap.config.limits.max_header_bytes)
         .max_headers(snap.config.limits.max_headers)
+        // A client that half-closes after its request still gets the answer.
+        .half_close(true)
         .keep_alive(true);
     b
 }

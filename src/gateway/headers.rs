@@ -33,6 +33,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     if !headers.keys().any(|k| HOP_BY_HOP.iter().any(|h| h == k)) {
         return;
     }
+    // With a transfer coding, `Content-Length` is not the body's length (RFC 9112 §6.3): the
+    // next hop frames the body itself, and must not see the stale length.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     // Every `Connection` field counts, not only the first (RFC 9110 §7.6.1).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -211,6 +216,11 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
         h.append(header::CONNECTION, HeaderValue::from_static("x-second"));
         h.insert("x-second", HeaderValue::from_static("2"));
         strip_hop_by_hop(&mut h, true);

@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -231,6 +232,18 @@ pub async fn send_h1(
             Err(_) if reused => continue,
             Err(e) => return Err(UpstreamError::Http(e)),
         }
+        // A request without a body that may be sent twice (RFC 9110 §9.2.2) is kept, so that
+        // if a reused connection closes on it unanswered (the upstream's idle close crossed
+        // it), it goes again on a fresh one.
+        let replay = (reused && attempt < 2 && req.body().is_end_stream() && idempotent(&req))
+            .then(|| {
+                let mut copy = Request::new(Either::Right(Full::default()));
+                *copy.method_mut() = req.method().clone();
+                *copy.uri_mut() = req.uri().clone();
+                *copy.version_mut() = req.version();
+                *copy.headers_mut() = req.headers().clone();
+                copy
+            });
         match sender.try_send_request(req).await {
             Ok(resp) => {
                 return Ok(resp.map(|body| UpBody {
@@ -240,9 +253,15 @@ pub async fn send_h1(
                     stall: None,
                 }));
             }
-            Err(mut e) => match e.take_message() {
+            Err(mut e) => match (e.take_message(), replay) {
                 // Never written: the connection was already closing. Try another.
-                Some(r) if reused => req = r,
+                (Some(r), _) if reused => req = r,
+                (None, Some(copy)) if e.error().is_incomplete_message() => {
+                    tracing::debug!(upstream = %addr, "reused connection closed unanswered; sending again");
+                    req = copy;
+                    // A fresh connection next.
+                    return send_fresh_h1(addr, req, s).await;
+                }
                 _ => return Err(UpstreamError::Http(e.into_error())),
             },
         }
@@ -250,6 +269,35 @@ pub async fn send_h1(
     Err(UpstreamError::Connect(
         std::io::ErrorKind::ConnectionAborted.into(),
     ))
+}
+
+/// Whether a request may be sent twice (RFC 9110 §9.2.2).
+fn idempotent<B>(req: &Request<B>) -> bool {
+    use http::Method;
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Sends `req` on a new connection.
+async fn send_fresh_h1(
+    addr: SocketAddr,
+    req: Request<ReqBody>,
+    s: Settings,
+) -> Result<Response<UpBody>, UpstreamError> {
+    let mut sender = open_h1(addr, s).await?;
+    sender.ready().await.map_err(UpstreamError::Http)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(UpstreamError::Http)?;
+    Ok(resp.map(|body| UpBody {
+        inner: body,
+        back: Some((addr, sender, s.max_idle)),
+        idle: s.idle_timeout,
+        stall: None,
+    }))
 }
 
 /// Sends `req` to `addr` over the thread's HTTP/2 connection (the URI must be absolute).

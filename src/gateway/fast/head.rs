@@ -265,6 +265,7 @@ pub fn prepare<T>(
     out.extend_from_slice(b"\r\n");
     let mut xff: Option<&[u8]> = None;
     let mut te_trailers = false;
+    let mut length_written = false;
     for h in req.headers.iter() {
         let write = match name_of(h.name) {
             Name::Host | Name::Connection | Name::HopByHop | Name::Replaced | Name::Refuse => false,
@@ -280,7 +281,8 @@ pub fn prepare<T>(
                 xff.get_or_insert(h.value);
                 false
             }
-            Name::ContentLength => true,
+            // Repeats (all equal, or the head went to hyper) are sent once.
+            Name::ContentLength => !std::mem::replace(&mut length_written, true),
             Name::Other => !(names_headers && named_in_connection(req.headers, h.name)),
         };
         if write {
@@ -428,6 +430,18 @@ mod tests {
         let (_, out) = forward(req, true);
         assert!(!out.contains("X-Secret") && !out.contains("I: 2"), "{out}");
         assert!(out.contains("J: 3\r\n"), "{out}");
+    }
+
+    #[test]
+    fn a_repeated_length_is_sent_once() {
+        let req = b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nab";
+        let (head, out) = forward(req, true);
+        assert_eq!(head.body_len, 2);
+        assert_eq!(
+            out.to_ascii_lowercase().matches("content-length").count(),
+            1,
+            "{out}"
+        );
     }
 
     #[test]

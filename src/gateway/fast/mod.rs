@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -434,8 +434,8 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
             Failure::Timeout
         }
     };
-    let (mut up, resp) = match failure {
-        Failure::Answered(up, resp) => (up, resp),
+    let (mut up, resp, complete) = match failure {
+        Failure::Answered(up, resp, complete) => (up, resp, complete),
         failed => {
             in_flight.end();
             let (status, msg) = match failed {
@@ -493,7 +493,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
     match relayed {
         Relayed::Cut => Next::Close,
         Relayed::Done { reusable } => {
-            if reusable {
+            if reusable && complete {
                 upstream::checkin(
                     addr,
                     up,
@@ -502,7 +502,8 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                     super::pool::MAX_IDLE_PER_ENDPOINT,
                 );
             }
-            if exchange_close(&head, ctx) || resp.framing == Framing::Close {
+            // An upstream that answered early leaves the client's body partly unread.
+            if !complete || exchange_close(&head, ctx) || resp.framing == Framing::Close {
                 Next::Close
             } else {
                 Next::Done
@@ -583,8 +584,8 @@ fn log_access(
 
 /// How the upstream part of a request ended.
 enum Failure {
-    /// An answer head: relay it.
-    Answered(TcpStream, RespHead),
+    /// An answer head: relay it; `complete`: the upstream got the whole request.
+    Answered(TcpStream, RespHead, bool),
     ConnectTimeout,
     Connect,
     /// Reset, closed or garbage before an answer head.
@@ -610,7 +611,7 @@ struct Exchange<'a> {
 
 /// How one attempt ended before an answer head.
 enum Attempt {
-    Answered(RespHead),
+    Answered(RespHead, bool),
     /// Closed or reset with no byte of answer: the request may not have been seen.
     Unanswered,
     Reset,
@@ -644,7 +645,9 @@ impl Exchange<'_> {
                 }
             };
             match self.once(client, &mut up, b).await {
-                Attempt::Answered(resp) => return Ok(Failure::Answered(up, resp)),
+                Attempt::Answered(resp, complete) => {
+                    return Ok(Failure::Answered(up, resp, complete));
+                }
                 Attempt::Unanswered if reused && replayable => {
                     b.uin.clear();
                     continue;
@@ -658,20 +661,27 @@ impl Exchange<'_> {
 
     async fn once(&self, client: &mut TcpStream, up: &mut TcpStream, b: &mut Bufs) -> Attempt {
         b.uin.clear();
-        if up.write_all(&b.out).await.is_err() {
-            return Attempt::Unanswered;
-        }
+        // Whether the whole request went upstream: an upstream that answers (or closes) before
+        // it has read the body gets no more of it, and its answer is relayed.
+        let mut complete = send(up, &b.out).await;
         // The rest of the body, through `uin` (free until the answer comes).
         let mut rest = self.rest;
-        while rest > 0 {
+        while complete && rest > 0 {
             let want = rest.min(b.uin.data.len() as u64) as usize;
-            let n = match read(client, &mut b.uin.data[..want], self.idle).await {
-                Ok(0) | Err(_) => return Attempt::ClientGone,
-                Ok(n) => n,
+            let got = tokio::select! {
+                biased;
+                _ = up.readable() => None,
+                r = read(client, &mut b.uin.data[..want], self.idle) => Some(r),
             };
-            if up.write_all(&b.uin.data[..n]).await.is_err() {
-                return Attempt::Reset;
-            }
+            let n = match got {
+                None => {
+                    complete = false;
+                    break;
+                }
+                Some(Ok(0) | Err(_)) => return Attempt::ClientGone,
+                Some(Ok(n)) => n,
+            };
+            complete = send(up, &b.uin.data[..n]).await;
             rest -= n as u64;
         }
         loop {
@@ -688,7 +698,7 @@ impl Exchange<'_> {
                 match response::prepare(
                     b.uin.pending(),
                     self.head.head_method,
-                    self.close,
+                    self.close || !complete,
                     &mut b.out,
                 ) {
                     RespStep::Partial => break,
@@ -696,12 +706,34 @@ impl Exchange<'_> {
                     RespStep::Bad => return Attempt::Reset,
                     RespStep::Head(resp) => {
                         b.uin.start += resp.len;
-                        return Attempt::Answered(resp);
+                        return Attempt::Answered(resp, complete);
                     }
                 }
             }
         }
     }
+}
+
+/// Writes `bytes` upstream unless the upstream speaks first (an early answer, or its close);
+/// `false` when not all of it was written.
+async fn send(up: &mut TcpStream, bytes: &[u8]) -> bool {
+    let mut off = 0;
+    while off < bytes.len() {
+        match up.try_write(&bytes[off..]) {
+            Ok(n) => {
+                off += n;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+        match up.ready(Interest::READABLE | Interest::WRITABLE).await {
+            Ok(r) if r.is_readable() || r.is_read_closed() => return false,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// How relaying a body ended.
