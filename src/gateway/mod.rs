@@ -12,6 +12,10 @@
 //! - Graceful shutdown: stop accepting, let in-flight requests finish until the drain deadline.
 //! - Thread-per-core (default): one thread per core, each with a current-thread runtime, its own
 //!   `SO_REUSEPORT` listener and its own upstream pools; or one multi-thread runtime.
+//! - Plain HTTP/1.1 requests to plain routes take the gateway's own HTTP/1.1 path
+//!   ([`fast`](crate::gateway::fast)): parsed with httparse, forwarded on a pooled upstream
+//!   socket from the client connection's task, relayed by their framing; anything else
+//!   (HTTP/2, TLS, layered routes, unusual requests) is served by hyper.
 //!
 //! - Every tollgate layer is a config section: admission policies on listeners and routes, a
 //!   cache or a batcher on a route, and breaker, pool, balance (with health checks and outlier
