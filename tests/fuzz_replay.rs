@@ -14,3 +14,9 @@ fn route_table_corpus() {
     let replayed = fuzz::replay("route_table", tollgate::gateway::fuzzing::route_table);
     assert!(replayed.corpus > 0, "no corpus for route_table");
 }
+
+#[test]
+fn gateway_h1_corpus() {
+    let replayed = fuzz::replay("gateway_h1", tollgate::gateway::fuzzing::gateway_h1);
+    assert!(replayed.corpus > 0, "no corpus for gateway_h1");
+}
