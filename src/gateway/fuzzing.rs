@@ -36,7 +36,7 @@
 //!     is within the bytes; after it nothing is consumed; and it agrees with the reference
 //!     decoder `decode_chunked` wherever that decides.
 //!
-//!   Four known deviations are accepted for now: see `STRICT_CLOSE_NAMED` and the three after.
+//!   Six known deviations are accepted for now: see `STRICT_CLOSE_NAMED` and the five after.
 
 use super::config::{Config, RouteConfig};
 use super::fast::head;
@@ -207,7 +207,7 @@ pub fn route_table(data: &[u8]) {
     }
 }
 
-// Four rules the fast path does not follow yet (reported on #9). Each switch is `false` while
+// Six rules the fast path does not follow yet (reported on #9). Each switch is `false` while
 // the fast path does what its comment says, so the target stays green; once it is fixed, the
 // corpus file named there fails the replay until the switch is set to `true`.
 
@@ -227,6 +227,31 @@ const STRICT_CLOSE_WINS: bool = false;
 /// chunk-encoded with no coding named; the combined list ends with `chunked` (RFC 9110 §5.3,
 /// §5.6.1).
 const STRICT_TE_LIST: bool = false;
+/// Deviation 5 (`resp_status_below_100`, `resp_http10_chunked`): answers hyper's client
+/// refuses as malformed (so the hyper path answers 502) are relayed: a status below 100, and
+/// an HTTP/1.0 answer with `Transfer-Encoding` (RFC 9112 §6.1: faulty framing), which is even
+/// read as chunked and, with `Connection: keep-alive`, taken as reusable.
+const STRICT_HYPER_REFUSALS: bool = false;
+/// Deviation 6 (`req_fragment_target`): a target with a fragment, or with a byte that hyper's
+/// URI parser refuses (`<`, `>`, a backtick in the path...), is taken whole: the route sees
+/// `/admin#x`, which a `/admin` route does not match, so `/` takes it and its upstream gets
+/// `/admin#x`, while the hyper path drops the fragment and routes it to `/admin` (or answers
+/// 400 to the bytes it refuses). RFC 9112 §3.2.1: origin form has no fragment.
+const STRICT_TARGET: bool = false;
+
+/// Whether hyper (through `http::uri::PathAndQuery`) takes this origin-form target as it is:
+/// no fragment, and only the bytes it accepts in the path and in the query.
+fn hyper_takes_target(target: &str) -> bool {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let high = |b: u8| b >= 0x80;
+    path.bytes().all(|b| {
+        matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E)
+            || matches!(b, b'"' | b'{' | b'}')
+            || high(b)
+    }) && query
+        .bytes()
+        .all(|b| matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E) || high(b))
+}
 
 /// Header slots of the independent parses: the fast path's own count.
 const SLOTS: usize = head::MAX_HEADERS;
@@ -496,7 +521,8 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
         && ["transfer-encoding", "expect", "upgrade"]
             .iter()
             .all(|n| msg.fields(n).next().is_none())
-        && !msg.connection_has("upgrade");
+        && !msg.connection_has("upgrade")
+        && (!STRICT_TARGET || hyper_takes_target(&msg.target));
     let (true, Some(host), Some(body_len)) = (plain, host, body_len) else {
         assert!(matches!(step, Step::Hyper), "not plain: {step:?}");
         assert!(seen.is_none(), "the route was asked");
@@ -669,6 +695,12 @@ fn h1_response(buf: &[u8], head_method: bool, close: bool) -> Option<usize> {
         }
         _ => {}
     }
+    let bodiless = head_method || msg.code == 204 || msg.code == 304;
+    let encoded = msg.fields("transfer-encoding").next().is_some();
+    if STRICT_HYPER_REFUSALS && (msg.code < 100 || (msg.version == 0 && encoded && !bodiless)) {
+        assert_eq!(step, RespStep::Bad, "hyper refuses this head");
+        return None;
+    }
     let lengths: Vec<Option<u64>> = msg
         .fields("content-length")
         .map(|v| {
@@ -689,7 +721,6 @@ fn h1_response(buf: &[u8], head_method: bool, close: bool) -> Option<usize> {
     };
     assert_eq!((h.len, h.status), (msg.len, msg.code));
     // RFC 9112 §6.3: chunked only as the last coding of the whole list.
-    let encoded = msg.fields("transfer-encoding").next().is_some();
     let last_chunked = if STRICT_TE_LIST {
         msg.list("transfer-encoding").last().map(Vec::as_slice) == Some(b"chunked")
     } else {
@@ -700,7 +731,7 @@ fn h1_response(buf: &[u8], head_method: bool, close: bool) -> Option<usize> {
             last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
         })
     };
-    let framing = if head_method || msg.code == 204 || msg.code == 304 {
+    let framing = if bodiless {
         Framing::Empty
     } else if encoded {
         if last_chunked {
