@@ -317,8 +317,17 @@ pub(super) async fn serve_plain(
                     if *shutdown.borrow() {
                         return;
                     }
-                    let park = ctx.shared.current.load().park_timeout;
-                    if ctx.idle_for() >= park
+                    let (idle, park) = {
+                        let snap = ctx.shared.current.load();
+                        (snap.idle_timeout, snap.park_timeout)
+                    };
+                    let idle_for = ctx.idle_for();
+                    if idle_for >= idle {
+                        ctx.shared.stats.connections_timed_out.incr();
+                        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                        return;
+                    }
+                    if idle_for >= park.min(idle)
                         && !park_until_readable(&io, &ctx, &mut shutdown).await
                     {
                         return;

@@ -57,6 +57,8 @@ pub enum Route<T> {
 pub enum Step<T> {
     /// The head is not complete yet.
     Partial,
+    /// The head is complete but its body is not: the request is this many bytes long.
+    NeedBody(usize),
     /// Not for the fast path (HTTP/1.0, chunked body, `Expect`, upgrade, malformed...): hyper
     /// serves it, with its own error answers.
     Hyper,
@@ -137,6 +139,36 @@ pub fn named_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool
         .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
+/// Whether a request target may hold `b` as it is (RFC 3986 characters, `%` escapes; no
+/// fragment).
+fn uri_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'/' | b'?'
+                | b'%'
+                | b'-'
+                | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'['
+                | b']'
+        )
+}
+
 fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - buf.as_ptr() as usize;
     start..start + part.len()
@@ -149,14 +181,19 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-/// The configured head limits (`limits.max_header_bytes`, `limits.max_headers`): a head past
-/// either goes to hyper, which answers 431.
+/// The limits a request is held to: a head past `max_bytes` or `max_headers` goes to hyper
+/// (which answers 431); a body over `max_body` is refused (413); one over `max_held_body` goes
+/// to hyper, which streams it.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest head, bytes.
+    /// Largest head, bytes (`limits.max_header_bytes`).
     pub max_bytes: usize,
-    /// Most header fields.
+    /// Most header fields (`limits.max_headers`).
     pub max_headers: usize,
+    /// Largest body, bytes (`limits.max_body_bytes`; `None`: no limit).
+    pub max_body: Option<u64>,
+    /// Largest body the fast path reads whole before forwarding.
+    pub max_held_body: u64,
 }
 
 /// Parses the request head at the start of `buf`; when the fast path takes it, asks `route`
@@ -169,9 +206,12 @@ pub fn prepare<T>(
     out: &mut Vec<u8>,
     route: impl FnOnce(&str, &str, &str, u64) -> Route<T>,
 ) -> Step<T> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Step::Partial,
         Err(_) => return Step::Hyper,
@@ -182,8 +222,9 @@ pub fn prepare<T>(
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Step::Hyper;
     };
-    // Origin form only; absolute form, `*` and authority form go to hyper.
-    if !target.starts_with('/') {
+    // Origin form only; absolute form, `*` and authority form go to hyper, and so does a
+    // target with a byte a URI may not hold (hyper answers 400) or a fragment.
+    if !target.starts_with('/') || !target.bytes().all(uri_byte) || method == "CONNECT" {
         return Step::Hyper;
     }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
@@ -230,6 +271,29 @@ pub fn prepare<T>(
         return Step::Hyper;
     };
     let body_len = body_len.unwrap_or(0);
+    let local = |status, msg| Step::Local {
+        head: Head {
+            len,
+            body_len,
+            close,
+            head_method: method == "HEAD",
+            idempotent: false,
+            method: offset(buf, method.as_bytes()),
+            path: offset(buf, path.as_bytes()),
+            host: offset(buf, host),
+        },
+        status,
+        msg,
+    };
+    if limits.max_body.is_some_and(|max| body_len > max) {
+        return local(413, "request body too large\n");
+    }
+    if body_len > limits.max_held_body {
+        return Step::Hyper;
+    }
+    if ((buf.len() - len) as u64) < body_len {
+        return Step::NeedBody(len + body_len as usize);
+    }
     let head = Head {
         len,
         body_len,
@@ -270,10 +334,12 @@ pub fn prepare<T>(
         let write = match name_of(h.name) {
             Name::Host | Name::Connection | Name::HopByHop | Name::Replaced | Name::Refuse => false,
             Name::Te => {
-                te_trailers |= tokens(h.value).any(|t| {
-                    let t = t.split(|b| *b == b';').next().unwrap_or_default();
-                    t.trim_ascii().eq_ignore_ascii_case(b"trailers")
-                });
+                let named = names_headers && named_in_connection(req.headers, h.name);
+                te_trailers |= !named
+                    && tokens(h.value).any(|t| {
+                        let t = t.split(|b| *b == b';').next().unwrap_or_default();
+                        t.trim_ascii().eq_ignore_ascii_case(b"trailers")
+                    });
                 false
             }
             Name::XForwardedFor => {
@@ -324,6 +390,8 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_bytes: 8192,
         max_headers: 100,
+        max_body: Some(1000),
+        max_held_body: 100,
     };
 
     fn fwd() -> Forwarding {
@@ -455,7 +523,7 @@ mod tests {
 
     #[test]
     fn unusual_requests_go_to_hyper() {
-        let cases: [&[u8]; 11] = [
+        let cases: [&[u8]; 15] = [
             b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
@@ -467,6 +535,10 @@ mod tests {
             b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
             b"GARBAGE\x01 / HTTP/1.1\r\n\r\n",
+            b"GET /a#frag HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /a\"<>{} HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"CONNECT /x HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 101\r\n\r\n",
         ];
         for case in cases {
             assert!(
@@ -496,8 +568,23 @@ mod tests {
     }
 
     #[test]
+    fn bodies_are_held_whole_or_refused() {
+        let req = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab";
+        assert!(matches!(step(req), Step::NeedBody(n) if n == req.len() + 3));
+        let big = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1001\r\n\r\n";
+        assert!(matches!(step(big), Step::Local { status: 413, .. }));
+    }
+
+    #[test]
+    fn te_named_in_connection_is_dropped() {
+        let req = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: TE\r\nTE: trailers\r\n\r\n";
+        let (_, out) = forward(req, true);
+        assert!(!out.to_ascii_lowercase().contains("te: trailers"), "{out}");
+    }
+
+    #[test]
     fn the_route_decides() {
-        let req = b"DELETE /x?q HTTP/1.1\r\nHost: H.example\r\nContent-Length: 7\r\n\r\n";
+        let req = b"DELETE /x?q HTTP/1.1\r\nHost: H.example\r\nContent-Length: 7\r\n\r\n1234567";
         let mut seen = None;
         let got = prepare(
             req,

@@ -25,6 +25,7 @@
 //! | client sends nothing for `timeouts.park_ms` | handed back to the connection loop, which parks it |
 //! | incomplete head after `timeouts.header_read_ms` | connection closed (slowloris) |
 
+mod date;
 pub mod head;
 pub mod response;
 mod upstream;
@@ -42,7 +43,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -117,7 +118,10 @@ const KEEP: usize = 4 * BUF;
 /// The largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Spare buffer sets kept per thread.
-const SPARE: usize = 256;
+const SPARE: usize = 64;
+/// The largest request body the fast path reads whole before forwarding it; larger bodies are
+/// streamed by hyper.
+const MAX_HELD_BODY: u64 = 64 * 1024;
 
 thread_local! {
     static FREE: RefCell<Vec<Bufs>> = const { RefCell::new(Vec::new()) };
@@ -163,10 +167,25 @@ async fn read_now(s: &mut TcpStream, into: &mut [u8]) -> Option<io::Result<usize
 
 /// Writes all of `bytes` to `s`, failing if no byte moves for `idle`.
 async fn write_all(s: &mut TcpStream, bytes: &[u8], idle: Duration) -> io::Result<()> {
-    match tokio::time::timeout(idle, s.write_all(bytes)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    let mut off = 0;
+    while off < bytes.len() {
+        // Most writes complete at once, with no timer.
+        let n = match s.try_write(&bytes[off..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout(idle, s.write(&bytes[off..])).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        off += n;
     }
+    Ok(())
 }
 
 /// Reads into `into`, failing if nothing arrives for `idle`; `Ok(0)` is the peer's close.
@@ -175,6 +194,35 @@ async fn read(s: &mut TcpStream, into: &mut [u8], idle: Duration) -> io::Result<
         Ok(r) => r,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
+}
+
+/// What the connection waits for.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// A head: its end not found in the first `scanned` pending bytes; it must be complete by
+    /// `deadline` once it has begun.
+    Head {
+        scanned: usize,
+        deadline: Option<Instant>,
+    },
+    /// A body: the request is `need` bytes long.
+    Body { need: usize },
+}
+
+const NEW_HEAD: Wait = Wait::Head {
+    scanned: 0,
+    deadline: None,
+};
+
+/// Whether `bytes` hold the blank line that ends a head, looking only past `from` (less the
+/// three bytes a split terminator can straddle): a dribbled head is scanned once, not once per
+/// read.
+fn head_ends(bytes: &[u8], from: usize) -> bool {
+    let from = from.saturating_sub(3).min(bytes.len());
+    bytes[from..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && bytes.get(from + i + 2) == Some(&b'\n')))
 }
 
 /// Serves plain HTTP/1.1 requests on `client`, starting with the bytes `pre` already read,
@@ -189,35 +237,50 @@ pub(super) async fn serve(client: &mut TcpStream, ctx: &ConnCtx, pre: Bytes) -> 
         b.cin.data[..pre.len()].copy_from_slice(&pre);
         b.cin.end = pre.len();
     }
-    let mut head_deadline: Option<Instant> = None;
+    let mut wait = NEW_HEAD;
     loop {
-        if let Some(b) = bufs.as_mut()
-            && !b.cin.pending().is_empty()
-        {
-            match request(client, ctx, b).await {
-                Next::Done => {
-                    head_deadline = None;
-                    continue;
-                }
-                Next::Partial => {}
-                Next::Close => {
-                    give_bufs(bufs.take().unwrap_or_else(take_bufs));
-                    return Outcome::Closed;
-                }
-                Next::Hyper => {
-                    let rest = Bytes::copy_from_slice(b.cin.pending());
-                    give_bufs(bufs.take().unwrap_or_else(take_bufs));
-                    return Outcome::Hyper(rest);
-                }
-            }
-        }
         let snap = ctx.shared.current.load();
-        let (park, header_read, max_head) = (
-            snap.park_timeout.min(Duration::from_secs(1)),
+        let (park, idle, header_read, max_head) = (
+            snap.park_timeout
+                .min(snap.idle_timeout)
+                .min(Duration::from_secs(1)),
+            snap.idle_timeout,
             snap.header_read_timeout,
             snap.config.limits.max_header_bytes,
         );
         drop(snap);
+        if let Some(b) = bufs.as_mut() {
+            let pending = b.cin.pending().len();
+            let ready = match wait {
+                Wait::Head { scanned, .. } => pending > 0 && head_ends(b.cin.pending(), scanned),
+                Wait::Body { need } => pending >= need,
+            };
+            if ready {
+                match request(client, ctx, b).await {
+                    Next::Done => {
+                        wait = NEW_HEAD;
+                        continue;
+                    }
+                    Next::Partial => {
+                        if let Wait::Head { scanned, .. } = &mut wait {
+                            *scanned = pending;
+                        }
+                    }
+                    Next::NeedBody(need) => wait = Wait::Body { need },
+                    Next::Close => {
+                        give_bufs(bufs.take().unwrap_or_else(take_bufs));
+                        return Outcome::Closed;
+                    }
+                    Next::Hyper => return to_hyper(&mut bufs),
+                }
+            } else if let Wait::Head { scanned, .. } = &mut wait {
+                // A head past the limit goes to hyper, which answers 431.
+                if pending > max_head {
+                    return to_hyper(&mut bufs);
+                }
+                *scanned = pending;
+            }
+        }
         let pending = bufs.as_ref().map_or(0, |b| b.cin.pending().len());
         if pending == 0 {
             // Between requests: hold no buffers while waiting.
@@ -235,8 +298,14 @@ pub(super) async fn serve(client: &mut TcpStream, ctx: &ConnCtx, pre: Bytes) -> 
                 () = tokio::time::sleep(park) => return Outcome::Idle,
             }
         } else {
-            // In the middle of a head: the rest must come within `header_read_ms`.
-            let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + header_read);
+            // A head must be complete within `header_read_ms` of its first byte; a body's
+            // bytes may not pause for longer than `idle_ms`.
+            let deadline = match &mut wait {
+                Wait::Head { deadline, .. } => {
+                    *deadline.get_or_insert_with(|| Instant::now() + header_read)
+                }
+                Wait::Body { .. } => Instant::now() + idle,
+            };
             tokio::select! {
                 biased;
                 ready = client.readable() => if ready.is_err() {
@@ -249,11 +318,8 @@ pub(super) async fn serve(client: &mut TcpStream, ctx: &ConnCtx, pre: Bytes) -> 
             }
         }
         let b = bufs.get_or_insert_with(take_bufs);
-        // A head past the limit goes to hyper, which answers 431.
-        let Some(room) = b.cin.room(max_head.saturating_add(BUF)) else {
-            let rest = Bytes::copy_from_slice(b.cin.pending());
-            give_bufs(bufs.take().unwrap_or_else(take_bufs));
-            return Outcome::Hyper(rest);
+        let Some(room) = b.cin.room(max_head.saturating_add(MAX_HELD_BODY as usize)) else {
+            return to_hyper(&mut bufs);
         };
         match read_now(client, room).await {
             None => {}
@@ -261,21 +327,17 @@ pub(super) async fn serve(client: &mut TcpStream, ctx: &ConnCtx, pre: Bytes) -> 
                 give_bufs(bufs.take().unwrap_or_else(take_bufs));
                 return Outcome::Closed;
             }
-            Some(Ok(n)) => {
-                b.cin.end += n;
-                if b.cin.pending().len() > max_head && !head_complete(b.cin.pending()) {
-                    let rest = Bytes::copy_from_slice(b.cin.pending());
-                    give_bufs(bufs.take().unwrap_or_else(take_bufs));
-                    return Outcome::Hyper(rest);
-                }
-            }
+            Some(Ok(n)) => b.cin.end += n,
         }
     }
 }
 
-/// Whether `bytes` hold a complete head (a blank line).
-fn head_complete(bytes: &[u8]) -> bool {
-    bytes.windows(4).any(|w| w == b"\r\n\r\n")
+/// Hands the pending bytes to hyper.
+fn to_hyper(bufs: &mut Option<Bufs>) -> Outcome {
+    let b = bufs.take().unwrap_or_else(take_bufs);
+    let rest = Bytes::copy_from_slice(b.cin.pending());
+    give_bufs(b);
+    Outcome::Hyper(rest)
 }
 
 /// What the connection does after one call of [`request`].
@@ -284,6 +346,8 @@ enum Next {
     Done,
     /// The head is incomplete: read more.
     Partial,
+    /// The body is incomplete: the request is this many bytes long.
+    NeedBody(usize),
     /// Close the connection.
     Close,
     /// Hand the connection (its pending bytes) to hyper.
@@ -332,6 +396,8 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
     let limits = head::Limits {
         max_bytes: snap.config.limits.max_header_bytes,
         max_headers: snap.config.limits.max_headers,
+        max_body: snap.max_body,
+        max_held_body: MAX_HELD_BODY,
     };
     let head_at = b.cin.start;
     let step = head::prepare(
@@ -339,7 +405,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         limits,
         &ctx.forwarding,
         &mut b.out,
-        |host, path, method, body_len| {
+        |host, path, method, _body_len| {
             if listener_layers {
                 return Route::Hyper;
             }
@@ -351,9 +417,6 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                         || cluster.protocol != UpstreamProtocol::Http1
                     {
                         return Route::Hyper;
-                    }
-                    if snap.max_body.is_some_and(|max| body_len > max) {
-                        return Route::Local(413, "request body too large\n");
                     }
                     match cluster.pick() {
                         Some((endpoint, addr)) => Route::Forward {
@@ -371,6 +434,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
     );
     let (head, target, addr) = match step {
         Step::Partial => return Next::Partial,
+        Step::NeedBody(need) => return Next::NeedBody(need),
         Step::Hyper => return Next::Hyper,
         Step::Local { head, status, msg } => {
             stats.requests.incr();
@@ -379,12 +443,25 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                 413 => stats.body_too_large.incr(),
                 _ => {}
             }
-            // A body already read is skipped; one still to come would take reading: close
-            // after the answer instead.
+            // A body already read is skipped; one still to come is not read: close after the
+            // answer (lingering, so that the client reads it).
             let have = (b.cin.pending().len() - head.len) as u64;
-            let close = head.close || head.body_len > have || ctx.shared.is_draining();
+            let unread = head.body_len > have;
+            let close = head.close || unread || ctx.shared.is_draining();
             b.cin.start += head.len + head.body_len.min(have) as usize;
-            let next = answer(client, ctx, b, status, msg, close, snap.idle_timeout).await;
+            let next = answer(
+                client,
+                ctx,
+                b,
+                &head,
+                status,
+                msg,
+                close,
+                unread,
+                snap.idle_timeout,
+            )
+            .await;
+            stats.duration_us.add(start.elapsed().as_micros() as i64);
             log_access(
                 ctx,
                 snap,
@@ -408,34 +485,30 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         cluster: &cluster.stats,
         armed: true,
     };
-    // The body bytes already read go out with the head.
-    let have = (b.cin.pending().len() - head.len) as u64;
-    let held = have.min(head.body_len) as usize;
+    // The body (held whole) goes out with the head.
     let body_at = b.cin.start + head.len;
-    b.out
-        .extend_from_slice(&b.cin.data[body_at..body_at + held]);
-    b.cin.start = body_at + held;
-    let rest = head.body_len - held as u64;
+    let body_end = body_at + head.body_len as usize;
+    b.out.extend_from_slice(&b.cin.data[body_at..body_end]);
+    b.cin.start = body_end;
     let exchange = Exchange {
         addr,
         head: &head,
-        close: head.close || ctx.shared.is_draining(),
-        rest,
-        idle: snap.idle_timeout,
+        close: exchange_close(&head, ctx),
+        start,
         connect_timeout: snap.connect_timeout,
+        idle: snap.idle_timeout,
+        date: date::value(start),
     };
     let deadline = start + snap.route_timeout[target.route];
-    let outcome = tokio::time::timeout_at(deadline, exchange.run(client, b)).await;
-    let failure = match outcome {
-        Ok(Ok(done)) => done,
-        Ok(Err(ClientGone)) => return Next::Close,
+    let failure = match tokio::time::timeout_at(deadline, exchange.run(b)).await {
+        Ok(done) => done,
         Err(_elapsed) => {
             stats.upstream_timeouts.incr();
             Failure::Timeout
         }
     };
-    let (mut up, resp, complete) = match failure {
-        Failure::Answered(up, resp, complete) => (up, resp, complete),
+    let (mut up, resp) = match failure {
+        Failure::Answered(up, resp) => (up, resp),
         failed => {
             in_flight.end();
             let (status, msg) = match failed {
@@ -456,9 +529,20 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
             cluster.stats.failures.incr();
             cluster.endpoint_failed(target.endpoint, addr);
             tracing::debug!(upstream = %addr, status, "upstream request failed");
-            // The client's body may be partly unread: close after the answer.
-            let close = head.close || rest > 0 || ctx.shared.is_draining();
-            let next = answer(client, ctx, b, status, msg, close, snap.idle_timeout).await;
+            let close = exchange_close(&head, ctx);
+            let next = answer(
+                client,
+                ctx,
+                b,
+                &head,
+                status,
+                msg,
+                close,
+                false,
+                snap.idle_timeout,
+            )
+            .await;
+            stats.duration_us.add(start.elapsed().as_micros() as i64);
             log_access(
                 ctx,
                 snap,
@@ -473,8 +557,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
     };
     in_flight.end();
     stats.response(resp.status);
-    let micros = start.elapsed().as_micros() as u64;
-    stats.duration_us.add(micros as i64);
+    stats.duration_us.add(start.elapsed().as_micros() as i64);
     if resp.status >= 500 {
         cluster.stats.failures.incr();
         cluster.endpoint_failed(target.endpoint, addr);
@@ -493,7 +576,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
     match relayed {
         Relayed::Cut => Next::Close,
         Relayed::Done { reusable } => {
-            if reusable && complete {
+            if reusable {
                 upstream::checkin(
                     addr,
                     up,
@@ -502,8 +585,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                     super::pool::MAX_IDLE_PER_ENDPOINT,
                 );
             }
-            // An upstream that answered early leaves the client's body partly unread.
-            if !complete || exchange_close(&head, ctx) || resp.framing == Framing::Close {
+            if exchange_close(&head, ctx) || resp.framing == Framing::Close {
                 Next::Close
             } else {
                 Next::Done
@@ -516,14 +598,20 @@ fn exchange_close(head: &Head, ctx: &ConnCtx) -> bool {
     head.close || ctx.shared.is_draining()
 }
 
-/// Writes a short local answer.
+/// Writes a short local answer (its text left out for `HEAD`). With `close`, the connection
+/// ends after it; with `unread` too (a body the client is still sending), it lingers first,
+/// reading and dropping what comes for up to a second, so that the client sees the answer
+/// rather than a reset.
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     client: &mut TcpStream,
     ctx: &ConnCtx,
     b: &mut Bufs,
+    head: &Head,
     status: u16,
     msg: &'static str,
     close: bool,
+    unread: bool,
     idle: Duration,
 ) -> Next {
     use std::io::Write as _;
@@ -536,20 +624,45 @@ async fn answer(
     b.out.clear();
     let _ = write!(
         b.out,
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{msg}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n",
         msg.len(),
-        if close { "connection: close\r\n" } else { "" },
     );
+    b.out.extend_from_slice(b"date: ");
+    b.out.extend_from_slice(&date::value(Instant::now()));
+    b.out.extend_from_slice(b"\r\n");
     if close {
-        let _ = write_all(client, &b.out, idle).await;
-        let _ = client.shutdown().await;
-        return Next::Close;
+        b.out.extend_from_slice(b"connection: close\r\n");
     }
-    match write_all(client, &b.out, idle).await {
-        Ok(()) => Next::Done,
-        Err(_) => Next::Close,
+    b.out.extend_from_slice(b"\r\n");
+    if !head.head_method {
+        b.out.extend_from_slice(msg.as_bytes());
     }
+    let written = write_all(client, &b.out, idle).await;
+    if !close {
+        return if written.is_ok() {
+            Next::Done
+        } else {
+            Next::Close
+        };
+    }
+    let _ = client.shutdown().await;
+    if unread && written.is_ok() {
+        let linger = async {
+            let mut dropped = 0usize;
+            while dropped < LINGER_BYTES {
+                match client.read(&mut b.uin.data).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => dropped += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
+    }
+    Next::Close
 }
+
+/// The most a lingering close reads and drops.
+const LINGER_BYTES: usize = 1 << 20;
 
 fn log_access(
     ctx: &ConnCtx,
@@ -584,8 +697,8 @@ fn log_access(
 
 /// How the upstream part of a request ended.
 enum Failure {
-    /// An answer head: relay it; `complete`: the upstream got the whole request.
-    Answered(TcpStream, RespHead, bool),
+    /// An answer head: relay it.
+    Answered(TcpStream, RespHead),
     ConnectTimeout,
     Connect,
     /// Reset, closed or garbage before an answer head.
@@ -594,37 +707,34 @@ enum Failure {
     Timeout,
 }
 
-/// The client went away while sending its body: nothing to answer.
-struct ClientGone;
-
-/// One request's upstream exchange: `out` holds its head and the body bytes read so far;
-/// `rest` more body bytes are still to come from the client.
+/// One request's upstream exchange: `out` holds the whole request (head and body).
 struct Exchange<'a> {
     addr: SocketAddr,
     head: &'a Head,
     /// Tell the client the connection closes after this answer.
     close: bool,
-    rest: u64,
-    idle: Duration,
+    start: Instant,
     connect_timeout: Duration,
+    idle: Duration,
+    /// For an answer without a `Date`.
+    date: date::HttpDate,
 }
 
 /// How one attempt ended before an answer head.
 enum Attempt {
-    Answered(RespHead, bool),
+    Answered(RespHead),
     /// Closed or reset with no byte of answer: the request may not have been seen.
     Unanswered,
     Reset,
-    ClientGone,
 }
 
 impl Exchange<'_> {
-    async fn run(&self, client: &mut TcpStream, b: &mut Bufs) -> Result<Failure, ClientGone> {
-        // The whole request is in `out`: it can be sent again.
-        let replayable = self.rest == 0 && self.head.idempotent;
+    async fn run(&self, b: &mut Bufs) -> Failure {
+        // Sent again only what may be sent twice and has no body, as on the hyper path.
+        let replayable = self.head.idempotent && self.head.body_len == 0;
         for attempt in 0..2 {
             let pooled = if attempt == 0 {
-                upstream::checkout(self.addr, Instant::now(), self.idle)
+                upstream::checkout(self.addr, self.start, self.idle)
             } else {
                 None
             };
@@ -639,51 +749,25 @@ impl Exchange<'_> {
                             let _ = s.set_nodelay(true);
                             s
                         }
-                        Ok(Err(_)) => return Ok(Failure::Connect),
-                        Err(_) => return Ok(Failure::ConnectTimeout),
+                        Ok(Err(_)) => return Failure::Connect,
+                        Err(_) => return Failure::ConnectTimeout,
                     }
                 }
             };
-            match self.once(client, &mut up, b).await {
-                Attempt::Answered(resp, complete) => {
-                    return Ok(Failure::Answered(up, resp, complete));
-                }
-                Attempt::Unanswered if reused && replayable => {
-                    b.uin.clear();
-                    continue;
-                }
-                Attempt::Unanswered | Attempt::Reset => return Ok(Failure::Reset),
-                Attempt::ClientGone => return Err(ClientGone),
+            match self.once(&mut up, b).await {
+                Attempt::Answered(resp) => return Failure::Answered(up, resp),
+                Attempt::Unanswered if reused && replayable => continue,
+                Attempt::Unanswered | Attempt::Reset => return Failure::Reset,
             }
         }
-        Ok(Failure::Reset)
+        Failure::Reset
     }
 
-    async fn once(&self, client: &mut TcpStream, up: &mut TcpStream, b: &mut Bufs) -> Attempt {
+    async fn once(&self, up: &mut TcpStream, b: &mut Bufs) -> Attempt {
         b.uin.clear();
-        // Whether the whole request went upstream: an upstream that answers (or closes) before
-        // it has read the body gets no more of it, and its answer is relayed.
-        let mut complete = send(up, &b.out).await;
-        // The rest of the body, through `uin` (free until the answer comes).
-        let mut rest = self.rest;
-        while complete && rest > 0 {
-            let want = rest.min(b.uin.data.len() as u64) as usize;
-            let got = tokio::select! {
-                biased;
-                _ = up.readable() => None,
-                r = read(client, &mut b.uin.data[..want], self.idle) => Some(r),
-            };
-            let n = match got {
-                None => {
-                    complete = false;
-                    break;
-                }
-                Some(Ok(0) | Err(_)) => return Attempt::ClientGone,
-                Some(Ok(n)) => n,
-            };
-            complete = send(up, &b.uin.data[..n]).await;
-            rest -= n as u64;
-        }
+        // A failed write still reads: an upstream may answer (say, 413) and close before
+        // reading the whole request.
+        let _ = up.write_all(&b.out).await;
         loop {
             let Some(room) = b.uin.room(MAX_RESPONSE_HEAD) else {
                 return Attempt::Reset;
@@ -698,7 +782,8 @@ impl Exchange<'_> {
                 match response::prepare(
                     b.uin.pending(),
                     self.head.head_method,
-                    self.close || !complete,
+                    self.close,
+                    &self.date,
                     &mut b.out,
                 ) {
                     RespStep::Partial => break,
@@ -706,34 +791,12 @@ impl Exchange<'_> {
                     RespStep::Bad => return Attempt::Reset,
                     RespStep::Head(resp) => {
                         b.uin.start += resp.len;
-                        return Attempt::Answered(resp, complete);
+                        return Attempt::Answered(resp);
                     }
                 }
             }
         }
     }
-}
-
-/// Writes `bytes` upstream unless the upstream speaks first (an early answer, or its close);
-/// `false` when not all of it was written.
-async fn send(up: &mut TcpStream, bytes: &[u8]) -> bool {
-    let mut off = 0;
-    while off < bytes.len() {
-        match up.try_write(&bytes[off..]) {
-            Ok(n) => {
-                off += n;
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return false,
-        }
-        match up.ready(Interest::READABLE | Interest::WRITABLE).await {
-            Ok(r) if r.is_readable() || r.is_read_closed() => return false,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-    true
 }
 
 /// How relaying a body ended.

@@ -46,6 +46,7 @@ pub enum RespStep {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Name {
+    Date,
     Connection,
     ContentLength,
     TransferEncoding,
@@ -57,6 +58,7 @@ fn name_of(name: &str) -> Name {
     let is = |s: &str| name.eq_ignore_ascii_case(s);
     match name.len() {
         2 if is("te") => Name::HopByHop,
+        4 if is("date") => Name::Date,
         7 if is("upgrade") || is("trailer") => Name::HopByHop,
         10 if is("connection") => Name::Connection,
         10 if is("keep-alive") => Name::HopByHop,
@@ -71,11 +73,21 @@ fn name_of(name: &str) -> Name {
 
 /// Parses the upstream's response head at the start of `buf` (the answer to a `HEAD` request
 /// when `head_method`) and writes the client's head into `out` (cleared first), with
-/// `Connection: close` when `close` (or when the body ends with the upstream's close).
-pub fn prepare(buf: &[u8], head_method: bool, close: bool, out: &mut Vec<u8>) -> RespStep {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+/// `Connection: close` when `close` (or when the body ends with the upstream's close) and
+/// `Date: date` when the upstream sent none.
+pub fn prepare(
+    buf: &[u8],
+    head_method: bool,
+    close: bool,
+    date: &[u8],
+    out: &mut Vec<u8>,
+) -> RespStep {
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return RespStep::Partial,
         Err(_) => return RespStep::Bad,
@@ -84,7 +96,7 @@ pub fn prepare(buf: &[u8], head_method: bool, close: bool, out: &mut Vec<u8>) ->
         return RespStep::Bad;
     };
     match status {
-        101 => return RespStep::Bad,
+        0..=99 | 101 => return RespStep::Bad,
         100..=199 => return RespStep::Informational(len),
         _ => {}
     }
@@ -93,8 +105,10 @@ pub fn prepare(buf: &[u8], head_method: bool, close: bool, out: &mut Vec<u8>) ->
     let mut encoded = false;
     let mut upstream_close = version == 0;
     let mut names_headers = false;
+    let mut has_date = false;
     for h in resp.headers.iter() {
         match name_of(h.name) {
+            Name::Date => has_date = true,
             Name::ContentLength => {
                 let Some(n) = std::str::from_utf8(h.value)
                     .ok()
@@ -129,6 +143,11 @@ pub fn prepare(buf: &[u8], head_method: bool, close: bool, out: &mut Vec<u8>) ->
             Name::HopByHop | Name::Other => {}
         }
     }
+    // An HTTP/1.0 message cannot be chunked; a coding there means the framing is unknown
+    // (RFC 9112 §6.1).
+    if encoded && version == 0 {
+        return RespStep::Bad;
+    }
     let framing = if head_method || status == 204 || status == 304 {
         Framing::Empty
     } else if encoded {
@@ -150,6 +169,7 @@ pub fn prepare(buf: &[u8], head_method: bool, close: bool, out: &mut Vec<u8>) ->
     for h in resp.headers.iter() {
         let write = match name_of(h.name) {
             Name::Connection | Name::HopByHop => false,
+            Name::Date => true,
             // Chunked framing is relayed as it is; the length would contradict it.
             Name::ContentLength => !encoded,
             Name::TransferEncoding => false,
@@ -171,6 +191,11 @@ pub fn prepare(buf: &[u8], head_method: bool, close: bool, out: &mut Vec<u8>) ->
     } else {
         b"via: 1.1 tollgate\r\n"
     });
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+    }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -308,9 +333,11 @@ impl Chunked {
 mod tests {
     use super::*;
 
+    const DATE: &[u8] = b"Sun, 06 Nov 1994 08:49:37 GMT";
+
     fn head(resp: &[u8], head_method: bool, close: bool) -> (RespHead, String) {
         let mut out = Vec::new();
-        match prepare(resp, head_method, close, &mut out) {
+        match prepare(resp, head_method, close, DATE, &mut out) {
             RespStep::Head(h) => (h, String::from_utf8(out).unwrap()),
             other => panic!("{other:?}"),
         }
@@ -328,7 +355,8 @@ mod tests {
         );
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: y\r\nvia: 1.1 tollgate\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: y\r\nvia: 1.1 tollgate\r\n\
+             date: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
         );
     }
 
@@ -390,7 +418,7 @@ mod tests {
         let mut out = Vec::new();
         let early = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n";
         assert_eq!(
-            prepare(early, false, false, &mut out),
+            prepare(early, false, false, DATE, &mut out),
             RespStep::Informational(40)
         );
         for bad in [
@@ -398,13 +426,15 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
             b"NOPE\r\n\r\n",
+            b"HTTP/1.1 099 Low\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
-            assert_eq!(prepare(bad, false, false, &mut out), RespStep::Bad);
+            assert_eq!(prepare(bad, false, false, DATE, &mut out), RespStep::Bad);
         }
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         for cut in 0..ok.len() {
             assert_eq!(
-                prepare(&ok[..cut], false, false, &mut out),
+                prepare(&ok[..cut], false, false, DATE, &mut out),
                 RespStep::Partial
             );
         }

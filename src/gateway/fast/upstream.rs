@@ -13,7 +13,13 @@ use tokio::time::Instant;
 #[derive(Default)]
 struct Idle {
     by_endpoint: Vec<(SocketAddr, Vec<(TcpStream, Instant)>)>,
+    /// When every idle connection was last checked.
+    swept: Option<Instant>,
 }
+
+/// How often a thread checks all its idle connections (closing those the upstream closed or
+/// that idled too long, and forgetting endpoints with none left).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 thread_local! {
     static IDLE: RefCell<Idle> = RefCell::new(Idle::default());
@@ -41,8 +47,9 @@ pub(super) fn checkout(addr: SocketAddr, now: Instant, idle: Duration) -> Option
 }
 
 /// Keeps `stream` for the next request to `addr`, unless `max` are idle already. Also closes
-/// the oldest idle connection if it has been idle longer than `idle`, so that a burst's
-/// connections do not linger.
+/// the oldest idle connection if it has been idle longer than `idle`, and once a second every
+/// idle connection that is closed or stale (to any endpoint), so that neither a burst's
+/// connections nor ones the upstream closed linger.
 pub(super) fn checkin(
     addr: SocketAddr,
     stream: TcpStream,
@@ -53,6 +60,16 @@ pub(super) fn checkin(
     // `try_with`: a connection may be given back while its thread exits.
     let _ = IDLE.try_with(|cell| {
         let mut pool = cell.borrow_mut();
+        if pool
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY)
+        {
+            pool.swept = Some(now);
+            for (_, list) in &mut pool.by_endpoint {
+                list.retain(|(s, since)| now.saturating_duration_since(*since) < idle && alive(s));
+            }
+            pool.by_endpoint.retain(|(_, list)| !list.is_empty());
+        }
         let i = match pool.by_endpoint.iter().position(|(a, _)| *a == addr) {
             Some(i) => i,
             None => {
@@ -121,5 +138,29 @@ mod tests {
         checkin(addr, e, now, idle, 1);
         assert_eq!(idle_count(addr), 1);
         assert!(checkout(addr, now + idle, idle).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_what_the_upstream_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let other: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let idle = Duration::from_secs(60);
+        let mut peers = Vec::new();
+        let now = Instant::now();
+        for _ in 0..3 {
+            let s = TcpStream::connect(addr).await.unwrap();
+            peers.push(listener.accept().await.unwrap().0);
+            checkin(addr, s, now, idle, 8);
+        }
+        assert_eq!(idle_count(addr), 3);
+        peers.clear();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A check-in to another endpoint a second later sweeps them.
+        let s = TcpStream::connect(addr).await.unwrap();
+        let _peer = listener.accept().await.unwrap();
+        checkin(other, s, now + SWEEP_EVERY, idle, 8);
+        assert_eq!(idle_count(addr), 0);
+        assert_eq!(idle_count(other), 1);
     }
 }
