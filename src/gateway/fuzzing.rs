@@ -303,6 +303,8 @@ pub fn gateway_h1(data: &[u8]) {
             let limits = head::Limits {
                 max_bytes: MAX_BYTES[usize::from(lim & 7)],
                 max_headers: MAX_FIELDS[usize::from((lim >> 4) & 7)],
+                max_body: None,
+                max_held_body: u64::MAX,
             };
             let mut at = 0;
             for i in 0..8 {
@@ -671,7 +673,13 @@ fn h1_forwarded(out: &[u8], msg: &Msg, fwd: &Forwarding, host: &str, want_host: 
 /// head follows).
 fn h1_response(buf: &[u8], head_method: bool, close: bool) -> Option<usize> {
     let mut out = b"stale".to_vec();
-    let step = response::prepare(buf, head_method, close, &mut out);
+    let step = response::prepare(
+        buf,
+        head_method,
+        close,
+        b"Sun, 06 Nov 1994 08:49:37 GMT",
+        &mut out,
+    );
     let msg = match parse_response(buf, SLOTS) {
         Parsed::Partial => {
             assert_eq!(step, RespStep::Partial);
