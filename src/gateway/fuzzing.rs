@@ -13,30 +13,34 @@
 //! - `gateway_h1` (the HTTP/1.1 fast path's pure parsers, against independent httparse parses):
 //!   - `head::prepare` never panics, whatever the bytes and limits. `Partial` exactly when
 //!     httparse (128 slots) finds the head incomplete, `Hyper` when it errs. A complete head
-//!     reaches the route, with its host, path, method and body length, exactly when it is
-//!     plain (HTTP/1.1, origin form, within the limits, one UTF-8 `Host`, equal valid
-//!     `Content-Length`s, no `Transfer-Encoding`, `Expect`, `Upgrade` or `Connection: upgrade`),
-//!     and the route's answer is the outcome. `Head` ranges lie in the head, `len` is
-//!     httparse's and at most the buffer and `limits.max_bytes`; `body_len`, `close`,
-//!     `head_method`, `idempotent` agree with the head. A forwarded head re-parses as a whole
-//!     HTTP/1.1 request of `out.len()` bytes with the same method and target, one `host` (the
-//!     client's or the endpoint's), no hop-by-hop field but `te: trailers` (iff the client's
-//!     `TE` lists `trailers`), no `expect`, one `content-length` iff the client sent any, equal
-//!     to `body_len`, the `x-forwarded-*` and `forwarded` values, the client's other fields
-//!     in order (less any named in `Connection`), and ends with `via: 1.1 tollgate`.
-//!     Pipelined heads are checked in turn.
-//!   - `response::prepare` never panics; `Partial`/`Bad` as httparse; `101` and bad or
-//!     conflicting lengths are `Bad`; other 1xx are `Informational(len)`. A final head has the
-//!     reference framing and reuse, and the client head re-parses whole with the same status
-//!     and reason, `transfer-encoding: chunked` iff the framing is chunked (or a `HEAD` answer
-//!     whose `GET` would be), `connection: close` iff asked or close-delimited, no other
-//!     hop-by-hop field, `content-length` only as received and never with a coding, the
-//!     upstream's other fields in order, then `via`.
+//!     is the fast path's exactly when it is plain (HTTP/1.1, not `CONNECT`, an origin-form
+//!     target of RFC 3986 characters, which hyper takes as it is too, within the limits, one
+//!     UTF-8 `Host`, equal valid `Content-Length`s, no `Transfer-Encoding`, `Expect`, `Upgrade`
+//!     or `Connection: upgrade`). Then a body over `max_body` is a local 413 and one over
+//!     `max_held_body` hyper's, a body not all read yet is `NeedBody(head + body)`, all without
+//!     asking the route; otherwise the route is asked (host, path, method, body length) and
+//!     its answer is the outcome. `Head` ranges lie in the head, `len` is httparse's and at
+//!     most the buffer and `limits.max_bytes`; `body_len`, `close`, `head_method`,
+//!     `idempotent` agree with the head. A forwarded head re-parses as a whole HTTP/1.1
+//!     request of `out.len()` bytes with the same method and target, one `host` (the client's
+//!     or the endpoint's), no hop-by-hop field but `te: trailers` (iff the client's `TE` lists
+//!     `trailers` and `Connection` does not name it), no `expect`, one `content-length` iff the
+//!     client sent any, equal to `body_len`, the `x-forwarded-*` and `forwarded` values, the
+//!     client's other fields in order (less any named in `Connection`), and ends with
+//!     `via: 1.1 tollgate`. Pipelined requests are checked in turn.
+//!   - `response::prepare` never panics; `Partial`/`Bad` as httparse; `101`, a status below
+//!     100, a coding in HTTP/1.0 and bad or conflicting lengths are `Bad`; other 1xx are
+//!     `Informational(len)`. A final head has the reference framing and reuse, and the client
+//!     head re-parses whole with the same status and reason, `transfer-encoding: chunked` iff
+//!     the framing is chunked (or a `HEAD` answer whose `GET` would be), `connection: close`
+//!     iff asked or close-delimited, no other hop-by-hop field, `content-length` only as
+//!     received and never with a coding, the upstream's other fields in order, then `via`,
+//!     then a `date` when the upstream sent none. A chunked body after it is checked as below.
 //!   - `Chunked::feed` gives the same end or error whole, cut anywhere and byte by byte; the end
 //!     is within the bytes; after it nothing is consumed; and it agrees with the reference
 //!     decoder `decode_chunked` wherever that decides.
 //!
-//!   Six known deviations are accepted for now: see `STRICT_CLOSE_NAMED` and the five after.
+//!   Four known deviations are accepted for now: see `STRICT_CLOSE_NAMED` and the three after.
 
 use super::config::{Config, RouteConfig};
 use super::fast::head;
@@ -207,7 +211,7 @@ pub fn route_table(data: &[u8]) {
     }
 }
 
-// Six rules the fast path does not follow yet (reported on #9). Each switch is `false` while
+// Four rules the fast path does not follow yet (reported on #9). Each switch is `false` while
 // the fast path does what its comment says, so the target stays green; once it is fixed, the
 // corpus file named there fails the replay until the switch is set to `true`.
 
@@ -227,17 +231,14 @@ const STRICT_CLOSE_WINS: bool = false;
 /// chunk-encoded with no coding named; the combined list ends with `chunked` (RFC 9110 §5.3,
 /// §5.6.1).
 const STRICT_TE_LIST: bool = false;
-/// Deviation 5 (`resp_status_below_100`, `resp_http10_chunked`): answers hyper's client
-/// refuses as malformed (so the hyper path answers 502) are relayed: a status below 100, and
-/// an HTTP/1.0 answer with `Transfer-Encoding` (RFC 9112 §6.1: faulty framing), which is even
-/// read as chunked and, with `Connection: keep-alive`, taken as reusable.
-const STRICT_HYPER_REFUSALS: bool = false;
-/// Deviation 6 (`req_fragment_target`): a target with a fragment, or with a byte that hyper's
-/// URI parser refuses (`<`, `>`, a backtick in the path...), is taken whole: the route sees
-/// `/admin#x`, which a `/admin` route does not match, so `/` takes it and its upstream gets
-/// `/admin#x`, while the hyper path drops the fragment and routes it to `/admin` (or answers
-/// 400 to the bytes it refuses). RFC 9112 §3.2.1: origin form has no fragment.
-const STRICT_TARGET: bool = false;
+
+/// Whether a target holds only RFC 3986 characters (unreserved, sub-delims, `:`, `@`, `/`,
+/// `?`, `[`, `]`, and `%` for escapes): what the fast path takes; no fragment.
+fn rfc3986_target(target: &str) -> bool {
+    target
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%[]".contains(&b))
+}
 
 /// Whether hyper (through `http::uri::PathAndQuery`) takes this origin-form target as it is:
 /// no fragment, and only the bytes it accepts in the path and in the query.
@@ -253,6 +254,8 @@ fn hyper_takes_target(target: &str) -> bool {
         .all(|b| matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E) || high(b))
 }
 
+/// The `Date` the gateway adds to answers that lack one.
+const DATE: &[u8] = b"Sun, 06 Nov 1994 08:49:37 GMT";
 /// Header slots of the independent parses: the fast path's own count.
 const SLOTS: usize = head::MAX_HEADERS;
 /// Header slots for re-parsing a written head (the gateway adds a handful of fields).
@@ -279,8 +282,9 @@ const MAX_FIELDS: [usize; 8] = [0, 1, 2, 100, 8, 64, 128, usize::MAX];
 ///
 /// - request: byte 1 picks the route's answer (bits 0-1: forward keeping the `Host`, forward
 ///   to the endpoint's address, local 404, hyper; bit 6: rotate it per pipelined head), the
-///   scheme (bit 2: https) and the address family (bit 3: IPv6); byte 2 the limits (bits 0-2:
-///   `MAX_BYTES`, bits 4-6: `MAX_FIELDS`); the rest is up to 8 pipelined requests.
+///   scheme (bit 2: https), the address family (bit 3: IPv6) and a 4-byte body limit (bit 7);
+///   byte 2 the limits (bits 0-2: `MAX_BYTES`, bit 3: 8-byte held bodies, bits 4-6:
+///   `MAX_FIELDS`); the rest is up to 8 pipelined requests.
 /// - response: byte 1 bit 0 answers a `HEAD`, bit 1 asks for `Connection: close`; the rest is
 ///   up to 8 heads (1xx, then the final one, then its body).
 /// - chunked: byte 1 modulo 8 is how many cut points follow (one byte each); the rest is the
@@ -303,8 +307,8 @@ pub fn gateway_h1(data: &[u8]) {
             let limits = head::Limits {
                 max_bytes: MAX_BYTES[usize::from(lim & 7)],
                 max_headers: MAX_FIELDS[usize::from((lim >> 4) & 7)],
-                max_body: None,
-                max_held_body: u64::MAX,
+                max_body: (flags & 0x80 != 0).then_some(4),
+                max_held_body: if lim & 8 != 0 { 8 } else { u64::MAX },
             };
             let mut at = 0;
             for i in 0..8 {
@@ -430,9 +434,9 @@ impl Msg {
             .any(|t| t == token.as_bytes())
     }
 
-    /// The fields a proxy relays: no hop-by-hop field, none named in `Connection`, none in
-    /// `drop`; `Content-Length` always (it frames what follows), unless in `drop`.
-    fn relayed(&self, drop: &[&str]) -> Vec<(String, Vec<u8>)> {
+    /// The fields a proxy relays: no hop-by-hop field, none in `drop`, none named in
+    /// `Connection` but those in `keep` (`Content-Length` frames what follows).
+    fn relayed(&self, drop: &[&str], keep: &[&str]) -> Vec<(String, Vec<u8>)> {
         let mut named = self.list("connection");
         if !STRICT_CLOSE_NAMED && named.iter().all(|t| t == b"close" || t == b"keep-alive") {
             named.clear();
@@ -443,7 +447,7 @@ impl Msg {
                 let lower = n.to_ascii_lowercase();
                 !HOP_BY_HOP.contains(&lower.as_str())
                     && !drop.contains(&lower.as_str())
-                    && (lower == "content-length" || !named.contains(&lower.into_bytes()))
+                    && (keep.contains(&lower.as_str()) || !named.contains(&lower.into_bytes()))
             })
             .cloned()
             .collect()
@@ -520,45 +524,80 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
         && msg.len <= limits.max_bytes
         && msg.headers.len() <= limits.max_headers
         && msg.target.starts_with('/')
+        && rfc3986_target(&msg.target)
+        && msg.method != "CONNECT"
         && ["transfer-encoding", "expect", "upgrade"]
             .iter()
             .all(|n| msg.fields(n).next().is_none())
-        && !msg.connection_has("upgrade")
-        && (!STRICT_TARGET || hyper_takes_target(&msg.target));
+        && !msg.connection_has("upgrade");
     let (true, Some(host), Some(body_len)) = (plain, host, body_len) else {
         assert!(matches!(step, Step::Hyper), "not plain: {step:?}");
         assert!(seen.is_none(), "the route was asked");
         return None;
     };
+    // Whatever the fast path takes, hyper takes as it is (same target, same route).
+    assert!(hyper_takes_target(&msg.target), "{:?}", msg.target);
     let path = msg.target.split('?').next().unwrap_or_default();
-    assert_eq!(
-        seen,
-        Some((host.into(), path.into(), msg.method.clone(), body_len))
-    );
-    let head = match (route, step) {
-        (
-            0 | 1,
-            Step::Forward {
-                head,
-                target,
-                addr: a,
-            },
-        ) => {
-            assert_eq!((target, a), (7, addr));
-            let want_host = if route == 0 {
-                host.as_bytes().to_vec()
-            } else {
-                addr.to_string().into_bytes()
-            };
-            h1_forwarded(&out, &msg, &fwd, host, &want_host, body_len);
-            head
-        }
-        (2, Step::Local { head, status, msg }) => {
-            assert_eq!((status, msg), (404, "no route\n"));
-            head
-        }
-        (3, Step::Hyper) => return None,
-        (_, step) => panic!("route {route} gave {step:?}"),
+    // Body limits and a body still to come are decided before the route.
+    let head = if limits.max_body.is_some_and(|max| body_len > max) {
+        let Step::Local {
+            head, status: 413, ..
+        } = step
+        else {
+            panic!("body over max_body: {step:?}");
+        };
+        assert!(seen.is_none(), "the route was asked");
+        assert!(!head.idempotent);
+        head
+    } else if body_len > limits.max_held_body {
+        assert!(
+            matches!(step, Step::Hyper),
+            "held body over the limit: {step:?}"
+        );
+        assert!(seen.is_none(), "the route was asked");
+        return None;
+    } else if ((buf.len() - msg.len) as u64) < body_len {
+        let Step::NeedBody(n) = step else {
+            panic!("body not all here: {step:?}");
+        };
+        assert_eq!(Some(n as u64), (msg.len as u64).checked_add(body_len));
+        assert!(seen.is_none(), "the route was asked");
+        return None;
+    } else {
+        assert_eq!(
+            seen,
+            Some((host.into(), path.into(), msg.method.clone(), body_len))
+        );
+        let want_host = if route == 0 {
+            host.as_bytes().to_vec()
+        } else {
+            addr.to_string().into_bytes()
+        };
+        let head = match (route, step) {
+            (
+                0 | 1,
+                Step::Forward {
+                    head,
+                    target,
+                    addr: a,
+                },
+            ) => {
+                assert_eq!((target, a), (7, addr));
+                h1_forwarded(&out, &msg, &fwd, host, &want_host, body_len);
+                head
+            }
+            (2, Step::Local { head, status, msg }) => {
+                assert_eq!((status, msg), (404, "no route\n"));
+                head
+            }
+            (3, Step::Hyper) => return None,
+            (_, step) => panic!("route {route} gave {step:?}"),
+        };
+        assert_eq!(
+            head.idempotent,
+            ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"].contains(&msg.method.as_str())
+        );
+        head
     };
     assert!(head.len == msg.len && head.len <= buf.len() && head.len <= limits.max_bytes);
     for r in [&head.method, &head.path, &head.host] {
@@ -570,10 +609,6 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
     assert_eq!(head.body_len, body_len);
     assert_eq!(head.close, msg.connection_has("close"));
     assert_eq!(head.head_method, msg.method == "HEAD");
-    assert_eq!(
-        head.idempotent,
-        ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"].contains(&msg.method.as_str())
-    );
     let used = u64::try_from(head.len).ok()?.checked_add(body_len)?;
     usize::try_from(used).ok().filter(|u| *u <= buf.len())
 }
@@ -602,10 +637,11 @@ fn h1_forwarded(out: &[u8], msg: &Msg, fwd: &Forwarding, host: &str, want_host: 
             "{name} relayed: {text}"
         );
     }
-    let te = msg.list("te").iter().any(|t| {
-        let t = t.split(|b| *b == b';').next().unwrap_or_default();
-        t.trim_ascii() == b"trailers"
-    });
+    let te = !msg.connection_has("te")
+        && msg.list("te").iter().any(|t| {
+            let t = t.split(|b| *b == b';').next().unwrap_or_default();
+            t.trim_ascii() == b"trailers"
+        });
     assert_eq!(up.fields("te").count(), usize::from(te), "{text}");
     let lengths: Vec<&[u8]> = up.fields("content-length").collect();
     let sent = msg.fields("content-length").next().is_some();
@@ -662,7 +698,10 @@ fn h1_forwarded(out: &[u8], msg: &Msg, fwd: &Forwarding, host: &str, want_host: 
     );
     // A repeated `Content-Length` (all equal) goes once.
     let mut length_seen = false;
-    let mut relayed = msg.relayed(&["host", "expect", own[2], own[3], own[4]]);
+    let mut relayed = msg.relayed(
+        &["host", "expect", own[2], own[3], own[4]],
+        &["content-length"],
+    );
     relayed.retain(|(n, _)| {
         !n.eq_ignore_ascii_case("content-length") || !std::mem::replace(&mut length_seen, true)
     });
@@ -673,13 +712,7 @@ fn h1_forwarded(out: &[u8], msg: &Msg, fwd: &Forwarding, host: &str, want_host: 
 /// head follows).
 fn h1_response(buf: &[u8], head_method: bool, close: bool) -> Option<usize> {
     let mut out = b"stale".to_vec();
-    let step = response::prepare(
-        buf,
-        head_method,
-        close,
-        b"Sun, 06 Nov 1994 08:49:37 GMT",
-        &mut out,
-    );
+    let step = response::prepare(buf, head_method, close, DATE, &mut out);
     let msg = match parse_response(buf, SLOTS) {
         Parsed::Partial => {
             assert_eq!(step, RespStep::Partial);
@@ -705,8 +738,10 @@ fn h1_response(buf: &[u8], head_method: bool, close: bool) -> Option<usize> {
     }
     let bodiless = head_method || msg.code == 204 || msg.code == 304;
     let encoded = msg.fields("transfer-encoding").next().is_some();
-    if STRICT_HYPER_REFUSALS && (msg.code < 100 || (msg.version == 0 && encoded && !bodiless)) {
-        assert_eq!(step, RespStep::Bad, "hyper refuses this head");
+    // Refused as hyper's client refuses them (a status below 100; a coding in HTTP/1.0, RFC
+    // 9112 §6.1, which hyper refuses only when a body may follow).
+    if msg.code < 100 || (msg.version == 0 && encoded) {
+        assert_eq!(step, RespStep::Bad, "malformed head relayed");
         return None;
     }
     let lengths: Vec<Option<u64>> = msg
@@ -806,9 +841,21 @@ fn h1_response(buf: &[u8], head_method: bool, close: bool) -> Option<usize> {
         })
         .cloned()
         .collect();
+    // The upstream's `Date`, or the gateway's after `via`.
+    if msg.fields("date").next().is_none() {
+        assert_eq!(
+            rest.pop(),
+            Some(("date".to_owned(), DATE.to_vec())),
+            "{text}"
+        );
+    }
     assert_eq!(rest.pop(), Some(("via".to_owned(), via.to_vec())), "{text}");
     let drop: &[&str] = if encoded { &["content-length"] } else { &[] };
-    assert_eq!(rest, msg.relayed(drop), "{text}");
+    assert_eq!(
+        rest,
+        msg.relayed(drop, &["content-length", "date"]),
+        "{text}"
+    );
     if framing == Framing::Chunked {
         let body = &buf[h.len..];
         let each: Vec<usize> = (1..body.len()).collect();
