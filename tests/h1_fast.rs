@@ -47,6 +47,8 @@ mod failures;
 mod framing;
 #[path = "h1_fast/headers.rs"]
 mod headers;
+#[path = "h1_fast/review.rs"]
+mod review;
 #[path = "h1_fast/upstreams.rs"]
 mod upstreams;
 #[path = "h1_fast/wire.rs"]
@@ -123,4 +125,16 @@ on_both_paths!(
     bodies::a_repeated_content_length_is_sent_once,
     headers::heads_over_the_limits,
     connections::a_half_closed_client_gets_its_answer,
+    review::local_answers_to_head_have_no_body,
+    review::an_unsolicited_continue_from_the_upstream,
+    review::a_streaming_echo_comes_back_whole,
+    review::idle_ms_applies_when_park_ms_is_larger,
+    review::every_answer_has_a_date,
+    review::connect_with_an_origin_form_target
+        [fast: "forwarded to the upstream as `CONNECT /x HTTP/1.1` by the hyper path (the fast path hands it there); the client gets a close, no answer"]
+        [hyper: "forwarded to the upstream as `CONNECT /x HTTP/1.1` by the hyper path (the fast path hands it there); the client gets a close, no answer"],
+    review::a_fragment_never_reaches_the_upstream,
+    review::a_put_with_a_body_dropped_unanswered_is_not_replayed,
+    review::a_413_while_the_body_is_still_coming,
+    review::a_head_dribbled_byte_by_byte,
 );
