@@ -415,6 +415,9 @@ pub(crate) async fn a_413_while_the_body_is_still_coming(fast: bool) {
             Ok::<usize, std::io::Error>(sent)
         };
         let read = async {
+            // A client that looks for an answer now and then, as curl does between writes: the
+            // 413 must still be there to read.
+            sleep(Duration::from_millis(50)).await;
             let r = rd.final_response("POST").await;
             answered.set(true);
             r
