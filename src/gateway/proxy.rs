@@ -148,6 +148,14 @@ async fn proxy(
 ) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
     let snap = &local.snap;
     let stats = &conn.shared.stats;
+    // A reverse proxy opens no tunnels: CONNECT is refused whatever the routes allow.
+    if req.method() == http::Method::CONNECT {
+        stats.unrouted.incr();
+        return (
+            local_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+            None,
+        );
+    }
     let host = host_of(&req).unwrap_or("");
     let route = match snap
         .routes
