@@ -218,19 +218,19 @@ pub fn route_table(data: &[u8]) {
 /// Deviation 1 (`req_close_named_field`, `resp_close_named_field`): a field named only by a
 /// `close` token (`Connection: close` + `Close: 1`) is relayed; RFC 9110 §7.6.1 and the hyper
 /// path drop it, as they drop fields named by any other token.
-const STRICT_CLOSE_NAMED: bool = false;
+const STRICT_CLOSE_NAMED: bool = true;
 /// Deviation 2 (`req_xff_named_in_connection`): a client `X-Forwarded-For` named in
 /// `Connection` still starts the forwarded list; the hyper path drops it first.
-const STRICT_XFF_NAMED: bool = false;
+const STRICT_XFF_NAMED: bool = true;
 /// Deviation 3 (`resp_http10_close_keep_alive`): an HTTP/1.0 answer with
 /// `Connection: close, keep-alive` (or `keep-alive` in a later field) is taken as reusable;
 /// `close` wins in RFC 9112 §9.3 and in hyper.
-const STRICT_CLOSE_WINS: bool = false;
+const STRICT_CLOSE_WINS: bool = true;
 /// Deviation 4 (`resp_te_empty_last_field`): `Transfer-Encoding: chunked` followed by an empty
 /// `Transfer-Encoding` field is read as close-delimited, and the body reaches the client still
 /// chunk-encoded with no coding named; the combined list ends with `chunked` (RFC 9110 §5.3,
 /// §5.6.1).
-const STRICT_TE_LIST: bool = false;
+const STRICT_TE_LIST: bool = true;
 
 /// Whether a target holds only RFC 3986 characters (unreserved, sub-delims, `:`, `@`, `/`,
 /// `?`, `[`, `]`, and `%` for escapes): what the fast path takes; no fragment.

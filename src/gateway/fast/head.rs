@@ -253,6 +253,8 @@ pub fn prepare<T>(
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
+                        // A field named `Close` is a connection option too (RFC 9110 §7.6.1).
+                        names_headers = true;
                     } else if t.eq_ignore_ascii_case(b"upgrade") {
                         return Step::Hyper;
                     } else if !t.eq_ignore_ascii_case(b"keep-alive") {
@@ -343,8 +345,11 @@ pub fn prepare<T>(
                 false
             }
             Name::XForwardedFor => {
-                // The first value, as `HeaderMap::get` reads it on the hyper path.
-                xff.get_or_insert(h.value);
+                // The first value, as `HeaderMap::get` reads it on the hyper path (which has
+                // dropped it already if `Connection` names it).
+                if !(names_headers && named_in_connection(req.headers, h.name)) {
+                    xff.get_or_insert(h.value);
+                }
                 false
             }
             // Repeats (all equal, or the head went to hyper) are sent once.

@@ -103,7 +103,7 @@ pub fn prepare(
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
-    let mut upstream_close = version == 0;
+    let (mut saw_close, mut saw_keep_alive) = (false, false);
     let mut names_headers = false;
     let mut has_date = false;
     for h in resp.headers.iter() {
@@ -123,19 +123,21 @@ pub fn prepare(
                 length = Some(n);
             }
             Name::TransferEncoding => {
-                encoded = true;
-                // Chunked only when it is the last coding (RFC 9112 §6.3).
-                chunked = tokens(h.value)
-                    .last()
-                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                // Chunked only when it is the last coding (RFC 9112 §6.3); an empty field adds
+                // none (RFC 9110 §5.6.1).
+                if let Some(last) = tokens(h.value).last() {
+                    encoded = true;
+                    chunked = last.eq_ignore_ascii_case(b"chunked");
+                }
             }
             Name::Connection => {
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
-                        upstream_close = true;
-                    } else if version == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
-                        upstream_close = false;
-                    } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                        saw_close = true;
+                        names_headers = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        saw_keep_alive = true;
+                    } else {
                         names_headers = true;
                     }
                 }
@@ -143,6 +145,8 @@ pub fn prepare(
             Name::HopByHop | Name::Other => {}
         }
     }
+    // `close` wins over `keep-alive`; HTTP/1.0 closes unless kept alive (RFC 9112 §9.3).
+    let upstream_close = saw_close || (version == 0 && !saw_keep_alive);
     // An HTTP/1.0 message cannot be chunked; a coding there means the framing is unknown
     // (RFC 9112 §6.1).
     if encoded && version == 0 {
