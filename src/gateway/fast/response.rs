@@ -123,10 +123,11 @@ pub fn prepare(
                 length = Some(n);
             }
             Name::TransferEncoding => {
-                // Chunked only when it is the last coding (RFC 9112 §6.3); an empty field adds
-                // none (RFC 9110 §5.6.1).
+                // Chunked only when it is the last coding (RFC 9112 §6.3); an empty field names
+                // no coding (RFC 9110 §5.6.1), but the field still means the length is not
+                // `Content-Length`.
+                encoded = true;
                 if let Some(last) = tokens(h.value).last() {
-                    encoded = true;
                     chunked = last.eq_ignore_ascii_case(b"chunked");
                 }
             }
