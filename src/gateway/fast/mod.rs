@@ -26,7 +26,9 @@
 //! | incomplete head after `timeouts.header_read_ms` | connection closed (slowloris) |
 
 mod date;
+mod exchange;
 pub mod head;
+mod relay;
 pub mod response;
 mod upstream;
 
@@ -35,8 +37,9 @@ use super::proxy;
 use super::route::RouteMatch;
 use super::server::ConnCtx;
 use bytes::Bytes;
+use exchange::{Exchange, Failure};
 use head::{Head, Route, Step};
-use response::{Chunked, Framing, RespHead, RespStep};
+use response::Framing;
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
@@ -571,11 +574,11 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         Some(addr),
         start,
     );
-    let relayed = relay(client, &mut up, b, resp, snap.idle_timeout).await;
+    let relayed = relay::relay(client, &mut up, b, resp, snap.idle_timeout).await;
     ctx.touch();
     match relayed {
-        Relayed::Cut => Next::Close,
-        Relayed::Done { reusable } => {
+        relay::Relayed::Cut => Next::Close,
+        relay::Relayed::Done { reusable } => {
             if reusable {
                 upstream::checkin(
                     addr,
@@ -693,216 +696,4 @@ fn log_access(
         upstream = upstream.map(|a| a.to_string()).unwrap_or_default(),
         micros = start.elapsed().as_micros() as u64,
     );
-}
-
-/// How the upstream part of a request ended.
-enum Failure {
-    /// An answer head: relay it.
-    Answered(TcpStream, RespHead),
-    ConnectTimeout,
-    Connect,
-    /// Reset, closed or garbage before an answer head.
-    Reset,
-    /// No answer head within the route timeout.
-    Timeout,
-}
-
-/// One request's upstream exchange: `out` holds the whole request (head and body).
-struct Exchange<'a> {
-    addr: SocketAddr,
-    head: &'a Head,
-    /// Tell the client the connection closes after this answer.
-    close: bool,
-    start: Instant,
-    connect_timeout: Duration,
-    idle: Duration,
-    /// For an answer without a `Date`.
-    date: date::HttpDate,
-}
-
-/// How one attempt ended before an answer head.
-enum Attempt {
-    Answered(RespHead),
-    /// Closed or reset with no byte of answer: the request may not have been seen.
-    Unanswered,
-    Reset,
-}
-
-impl Exchange<'_> {
-    async fn run(&self, b: &mut Bufs) -> Failure {
-        // Sent again only what may be sent twice and has no body, as on the hyper path.
-        let replayable = self.head.idempotent && self.head.body_len == 0;
-        for attempt in 0..2 {
-            let pooled = if attempt == 0 {
-                upstream::checkout(self.addr, self.start, self.idle)
-            } else {
-                None
-            };
-            let reused = pooled.is_some();
-            let mut up = match pooled {
-                Some(s) => s,
-                None => {
-                    match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
-                        .await
-                    {
-                        Ok(Ok(s)) => {
-                            let _ = s.set_nodelay(true);
-                            s
-                        }
-                        Ok(Err(_)) => return Failure::Connect,
-                        Err(_) => return Failure::ConnectTimeout,
-                    }
-                }
-            };
-            match self.once(&mut up, b).await {
-                Attempt::Answered(resp) => return Failure::Answered(up, resp),
-                Attempt::Unanswered if reused && replayable => continue,
-                Attempt::Unanswered | Attempt::Reset => return Failure::Reset,
-            }
-        }
-        Failure::Reset
-    }
-
-    async fn once(&self, up: &mut TcpStream, b: &mut Bufs) -> Attempt {
-        b.uin.clear();
-        // A failed write still reads: an upstream may answer (say, 413) and close before
-        // reading the whole request.
-        let _ = up.write_all(&b.out).await;
-        loop {
-            let Some(room) = b.uin.room(MAX_RESPONSE_HEAD) else {
-                return Attempt::Reset;
-            };
-            let n = match up.read(room).await {
-                Ok(0) | Err(_) if b.uin.end == 0 => return Attempt::Unanswered,
-                Ok(0) | Err(_) => return Attempt::Reset,
-                Ok(n) => n,
-            };
-            b.uin.end += n;
-            loop {
-                match response::prepare(
-                    b.uin.pending(),
-                    self.head.head_method,
-                    self.close,
-                    &self.date,
-                    &mut b.out,
-                ) {
-                    RespStep::Partial => break,
-                    RespStep::Informational(len) => b.uin.start += len,
-                    RespStep::Bad => return Attempt::Reset,
-                    RespStep::Head(resp) => {
-                        b.uin.start += resp.len;
-                        return Attempt::Answered(resp);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// How relaying a body ended.
-enum Relayed {
-    /// The client has the whole answer; `reusable`: the upstream connection may be kept.
-    Done { reusable: bool },
-    /// A side failed or stalled mid-body: the client's connection must be cut.
-    Cut,
-}
-
-/// Sends the answer head (in `out`) and its body (the first bytes in `uin`) to the client.
-async fn relay(
-    client: &mut TcpStream,
-    up: &mut TcpStream,
-    b: &mut Bufs,
-    resp: RespHead,
-    idle: Duration,
-) -> Relayed {
-    let mut reusable = resp.reusable;
-    let mut chunked = Chunked::default();
-    // Body bytes still to come after the ones read with the head; `None`: until the end.
-    let mut left: Option<u64> = match resp.framing {
-        Framing::Empty => Some(0),
-        Framing::Length(n) => Some(n),
-        Framing::Chunked | Framing::Close => None,
-    };
-    let mut ended = left == Some(0);
-    // The first piece goes out with the head.
-    let first = take_body(
-        b.uin.pending(),
-        resp.framing,
-        &mut left,
-        &mut chunked,
-        &mut ended,
-    );
-    let Ok(first) = first else {
-        return Relayed::Cut;
-    };
-    if first < b.uin.pending().len() {
-        // Bytes past the end of the answer: the upstream is out of step.
-        reusable = false;
-    }
-    let body_at = b.uin.start;
-    b.out
-        .extend_from_slice(&b.uin.data[body_at..body_at + first]);
-    if write_all(client, &b.out, idle).await.is_err() {
-        return Relayed::Cut;
-    }
-    while !ended {
-        let n = match read(up, &mut b.uin.data, idle).await {
-            Ok(0) if resp.framing == Framing::Close => {
-                return Relayed::Done { reusable: false };
-            }
-            Ok(0) | Err(_) => return Relayed::Cut,
-            Ok(n) => n,
-        };
-        let Ok(take) = take_body(
-            &b.uin.data[..n],
-            resp.framing,
-            &mut left,
-            &mut chunked,
-            &mut ended,
-        ) else {
-            return Relayed::Cut;
-        };
-        if take < n {
-            reusable = false;
-        }
-        if write_all(client, &b.uin.data[..take], idle).await.is_err() {
-            return Relayed::Cut;
-        }
-    }
-    Relayed::Done { reusable }
-}
-
-/// How many of `bytes` belong to the body, updating the framing state; `ended` once the body
-/// is complete.
-fn take_body(
-    bytes: &[u8],
-    framing: Framing,
-    left: &mut Option<u64>,
-    chunked: &mut Chunked,
-    ended: &mut bool,
-) -> Result<usize, response::BadChunk> {
-    if *ended {
-        return Ok(0);
-    }
-    match framing {
-        Framing::Empty => {
-            *ended = true;
-            Ok(0)
-        }
-        Framing::Length(_) => {
-            let l = left.unwrap_or(0);
-            let take = l.min(bytes.len() as u64);
-            *left = Some(l - take);
-            *ended = l == take;
-            Ok(take as usize)
-        }
-        Framing::Chunked => match chunked.feed(bytes)? {
-            Some(n) => {
-                *ended = true;
-                Ok(n)
-            }
-            None => Ok(bytes.len()),
-        },
-        Framing::Close => Ok(bytes.len()),
-    }
 }

@@ -1,0 +1,224 @@
+//! Unit tests of the request-head step.
+
+use super::*;
+
+const UP: &str = "10.0.0.9:8080";
+const LIMITS: Limits = Limits {
+    max_bytes: 8192,
+    max_headers: 100,
+    max_body: Some(1000),
+    max_held_body: 100,
+};
+
+fn fwd() -> Forwarding {
+    Forwarding::new("192.0.2.7".parse().unwrap(), "http")
+}
+
+fn forward(req: &[u8], preserve_host: bool) -> (Head, String) {
+    let mut out = Vec::new();
+    let step = prepare(req, LIMITS, &fwd(), &mut out, |_, _, _, _| Route::Forward {
+        target: (),
+        addr: UP.parse().unwrap(),
+        preserve_host,
+    });
+    match step {
+        Step::Forward { head, addr, .. } => {
+            assert_eq!(addr.to_string(), UP);
+            (head, String::from_utf8(out).unwrap())
+        }
+        other => panic!("not forwarded: {other:?}"),
+    }
+}
+
+fn step(req: &[u8]) -> Step<()> {
+    prepare(req, LIMITS, &fwd(), &mut Vec::new(), |_, _, _, _| {
+        Route::Forward {
+            target: (),
+            addr: UP.parse().unwrap(),
+            preserve_host: true,
+        }
+    })
+}
+
+#[test]
+fn forwards_a_get_with_the_proxy_headers() {
+    let req = b"GET /a/b?x=1 HTTP/1.1\r\nHost: svc.example\r\nAccept: */*\r\n\r\nNEXT";
+    let (head, out) = forward(req, true);
+    assert_eq!(head.len, req.len() - 4);
+    assert_eq!(&req[head.method.clone()], b"GET");
+    assert_eq!(&req[head.path.clone()], b"/a/b");
+    assert_eq!(&req[head.host.clone()], b"svc.example");
+    assert_eq!(
+        (head.body_len, head.close, head.idempotent),
+        (0, false, true)
+    );
+    assert_eq!(
+        out,
+        "GET /a/b?x=1 HTTP/1.1\r\nhost: svc.example\r\nAccept: */*\r\n\
+         x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\n\
+         x-forwarded-host: svc.example\r\n\
+         forwarded: for=192.0.2.7;proto=http;host=\"svc.example\"\r\n\
+         via: 1.1 tollgate\r\n\r\n"
+    );
+}
+
+#[test]
+fn endpoint_host_unless_preserved() {
+    let (_, out) = forward(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false);
+    assert!(
+        out.starts_with("GET / HTTP/1.1\r\nhost: 10.0.0.9:8080\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("x-forwarded-host: a\r\n"), "{out}");
+}
+
+#[test]
+fn strips_hop_by_hop_and_connection_named_headers() {
+    let req = b"POST /p HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\n\
+        X-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: x\r\n\
+        TE: gzip, trailers;q=1\r\nTrailer: x\r\nX-Forwarded-Proto: https\r\n\
+        X-Forwarded-Host: spoof\r\nX-Forwarded-For: 10.1.1.1\r\nX-Forwarded-For: 10.2.2.2\r\n\
+        Forwarded: for=10.1.1.1\r\nVia: 1.0 edge\r\nContent-Length: 3\r\n\r\nabc";
+    let (head, out) = forward(req, true);
+    assert_eq!(
+        (head.body_len, head.close, head.idempotent),
+        (3, false, false)
+    );
+    let lower = out.to_ascii_lowercase();
+    for gone in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "proxy-auth",
+        "trailer:",
+        "spoof",
+    ] {
+        assert!(!lower.contains(gone), "{gone} in {out}");
+    }
+    assert!(out.contains("te: trailers\r\n"), "{out}");
+    assert!(
+        out.contains("x-forwarded-for: 10.1.1.1, 192.0.2.7\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("x-forwarded-proto: http\r\n"), "{out}");
+    assert!(out.contains("Forwarded: for=10.1.1.1\r\n"), "{out}");
+    assert!(out.contains("Via: 1.0 edge\r\n"), "{out}");
+    assert!(out.ends_with("via: 1.1 tollgate\r\n\r\n"), "{out}");
+    assert!(out.contains("Content-Length: 3\r\n"), "{out}");
+}
+
+#[test]
+fn every_connection_field_names_headers() {
+    let req = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\
+        Connection: a, b, c, d, e, f, g, h, i, x-secret\r\nX-Secret: 1\r\nI: 2\r\nJ: 3\r\n\r\n";
+    let (_, out) = forward(req, true);
+    assert!(!out.contains("X-Secret") && !out.contains("I: 2"), "{out}");
+    assert!(out.contains("J: 3\r\n"), "{out}");
+}
+
+#[test]
+fn a_repeated_length_is_sent_once() {
+    let req = b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nab";
+    let (head, out) = forward(req, true);
+    assert_eq!(head.body_len, 2);
+    assert_eq!(
+        out.to_ascii_lowercase().matches("content-length").count(),
+        1,
+        "{out}"
+    );
+}
+
+#[test]
+fn close_is_noted() {
+    let (head, _) = forward(
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Close\r\n\r\n",
+        true,
+    );
+    assert!(head.close);
+}
+
+#[test]
+fn unusual_requests_go_to_hyper() {
+    let cases: [&[u8]; 15] = [
+        b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+        b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GARBAGE\x01 / HTTP/1.1\r\n\r\n",
+        b"GET /a#frag HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /a\"<>{} HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"CONNECT /x HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 101\r\n\r\n",
+    ];
+    for case in cases {
+        assert!(
+            matches!(step(case), Step::Hyper),
+            "{:?}",
+            String::from_utf8_lossy(case)
+        );
+    }
+    let mut many = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
+    for i in 0..LIMITS.max_headers {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert!(matches!(step(&many), Step::Hyper));
+    let mut big = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', LIMITS.max_bytes));
+    big.extend_from_slice(b"\r\n\r\n");
+    assert!(matches!(step(&big), Step::Hyper));
+}
+
+#[test]
+fn partial_heads_wait() {
+    let req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+    for cut in 0..req.len() {
+        assert!(matches!(step(&req[..cut]), Step::Partial), "{cut}");
+    }
+}
+
+#[test]
+fn bodies_are_held_whole_or_refused() {
+    let req = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab";
+    assert!(matches!(step(req), Step::NeedBody(n) if n == req.len() + 3));
+    let big = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1001\r\n\r\n";
+    assert!(matches!(step(big), Step::Local { status: 413, .. }));
+}
+
+#[test]
+fn te_named_in_connection_is_dropped() {
+    let req = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: TE\r\nTE: trailers\r\n\r\n";
+    let (_, out) = forward(req, true);
+    assert!(!out.to_ascii_lowercase().contains("te: trailers"), "{out}");
+}
+
+#[test]
+fn the_route_decides() {
+    let req = b"DELETE /x?q HTTP/1.1\r\nHost: H.example\r\nContent-Length: 7\r\n\r\n1234567";
+    let mut seen = None;
+    let got = prepare(
+        req,
+        LIMITS,
+        &fwd(),
+        &mut Vec::new(),
+        |host, path, method, len| {
+            seen = Some((host.to_owned(), path.to_owned(), method.to_owned(), len));
+            Route::<()>::Local(413, "too large\n")
+        },
+    );
+    assert_eq!(
+        seen,
+        Some(("H.example".into(), "/x".into(), "DELETE".into(), 7))
+    );
+    assert!(matches!(got, Step::Local { status: 413, .. }));
+    let got = prepare(req, LIMITS, &fwd(), &mut Vec::new(), |_, _, _, _| {
+        Route::<()>::Hyper
+    });
+    assert!(matches!(got, Step::Hyper));
+}
