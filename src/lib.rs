@@ -15,7 +15,8 @@
 //! Default features are empty; `full` enables every layer. [`core`] (always present) holds what
 //! the layers share: failure classification, errors and test probes.
 //!
-//! The crate also holds the reference gateway behind the `tollgate` binary ([`gateway`]).
+//! The reference gateway (the `tollgate` binary) is its own crate, `tollgate-gateway`: none of
+//! its dependencies (hyper, rustls, clap, toml, ...) reach this one.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -61,8 +62,3 @@ pub mod http;
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;
-
-/// The reference gateway behind the `tollgate` binary (a many-core HTTP reverse proxy).
-#[cfg(feature = "gateway")]
-#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
-pub mod gateway;

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tollgate::gateway::fuzzing::gateway_h1(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tollgate_gateway::fuzzing::gateway_h1(data));

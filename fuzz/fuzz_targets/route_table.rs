@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tollgate::gateway::fuzzing::route_table(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tollgate_gateway::fuzzing::route_table(data));

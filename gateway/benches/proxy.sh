@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# The gateway against nginx, both in front of the same minimal hyper backend on loopback.
+#
+#   gateway/benches/proxy.sh                     # 1 worker each, 3 interleaved rounds of 5 s
+#   WORKERS=2 ROUNDS=5 DURATION=10 gateway/benches/proxy.sh
+#   IDLE_CONNS=0 gateway/benches/proxy.sh        # skip the idle keep-alive memory check
+#   TARGETS="backend nginx gateway" gateway/benches/proxy.sh   # only some of the targets
+#
+# What it does:
+# - builds `target/release/tollgate` (the backend is `tollgate demo-upstream`, a bare hyper
+#   server on a current-thread runtime);
+# - installs nginx and wrk with apt-get when missing;
+# - pins the load generator to LOADGEN_CPUS and backend + proxy to SERVER_CPUS (on a 2-core
+#   machine: wrk on core 0, everything else on core 1), same worker count for nginx and the
+#   gateway;
+# - runs wrk against the backend directly, nginx, the gateway (thread-per-core) and the gateway
+#   in multi-thread-runtime mode (`gateway-mt`), the gateway's full layer stack (`gateway-stack`:
+#   admission + breaker + pool + balance on `/stack`) and a cached route (`gateway-cache`: every
+#   request a cache hit on `/cached`) and the plain route with the HTTP/1.1 fast path off
+#   (`gateway-hyper`: every request through hyper's HTTP/1.1) in interleaved rounds and
+#   prints the median RPS and p50/p99/p99.9 latency of each, the gateway/nginx ratios, and the
+#   CPU time per request of each proxy (from /proc/PID/stat, backend excluded);
+# - opens IDLE_CONNS keep-alive connections (one request each, then idle) to each proxy, paced
+#   (2000/s) and then all at once, and prints its resident memory.
+# On a shared or noisy machine compare only figures from the same run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+WORKERS=${WORKERS:-1}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-1}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+if [ "$(nproc)" -ge 2 ]; then
+  LOADGEN_CPUS=${LOADGEN_CPUS:-0}
+  SERVER_CPUS=${SERVER_CPUS:-1-$(( $(nproc) - 1 ))}
+  PIN_LOAD="taskset -c $LOADGEN_CPUS"
+  PIN_SERVER="taskset -c $SERVER_CPUS"
+else
+  PIN_LOAD=""
+  PIN_SERVER=""
+fi
+BACKEND_PORT=19000
+NGINX_PORT=19080
+GATEWAY_PORT=19081
+GATEWAY_MT_PORT=19082
+GATEWAY_HYPER_PORT=19083
+
+need() {
+  local missing=()
+  for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+need nginx wrk
+command -v nginx >/dev/null || PATH=$PATH:/usr/sbin
+
+cargo build --release --bin tollgate -q
+BIN=$PWD/target/release/tollgate
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+wait_port() {
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+    sleep 0.1
+  done
+  echo "nothing answers on port $1" >&2
+  exit 1
+}
+
+# The backend.
+$PIN_SERVER "$BIN" demo-upstream --listen 127.0.0.1:$BACKEND_PORT >/dev/null &
+PIDS+=($!)
+BACKEND_PID=$!
+
+# nginx, as commonly tuned for a keep-alive reverse proxy.
+mkdir -p "$TMP/nginx"
+cat >"$TMP/nginx.conf" <<EOF
+user root;
+worker_processes $WORKERS;
+worker_rlimit_nofile 200000;
+daemon off;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 30000; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/nginx;
+  proxy_temp_path $TMP/nginx;
+  fastcgi_temp_path $TMP/nginx;
+  uwsgi_temp_path $TMP/nginx;
+  scgi_temp_path $TMP/nginx;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+$PIN_SERVER nginx -c "$TMP/nginx.conf" -p "$TMP/nginx" &
+PIDS+=($!)
+
+# The gateway: same backend, same worker count, access log off.
+cat >"$TMP/gw.toml" <<EOF
+[server]
+workers = $WORKERS
+[admin]
+listen = ""
+[log]
+level = "warn"
+access_log = false
+[timeouts]
+header_read_ms = 120000
+idle_ms = 120000
+[[listeners]]
+name = "bench"
+listen = "127.0.0.1:$GATEWAY_PORT"
+[[admission]]
+name = "bench"
+limit = 100000
+classes = ["high", "normal"]
+class_header = "x-priority"
+default_class = "normal"
+[[clusters]]
+name = "backend"
+endpoints = ["127.0.0.1:$BACKEND_PORT"]
+[[clusters]]
+name = "backend-stack"
+endpoints = ["127.0.0.1:$BACKEND_PORT"]
+[clusters.balance]
+[clusters.breaker]
+[clusters.pool]
+initial_limit = 1000
+min_limit = 100
+max_limit = 100000
+[[routes]]
+path_prefix = "/stack"
+cluster = "backend-stack"
+admission = "bench"
+[[routes]]
+path_prefix = "/cached"
+cluster = "backend"
+[routes.cache]
+default_ttl_ms = 3600000
+[[routes]]
+cluster = "backend"
+EOF
+$PIN_SERVER "$BIN" --config "$TMP/gw.toml" >/dev/null &
+PIDS+=($!)
+GATEWAY_PID=$!
+# The same gateway in multi-thread-runtime mode, for comparison.
+sed "s/127.0.0.1:$GATEWAY_PORT/127.0.0.1:$GATEWAY_MT_PORT/" "$TMP/gw.toml" >"$TMP/gw-mt.toml"
+$PIN_SERVER "$BIN" --config "$TMP/gw-mt.toml" --mode multi-thread >/dev/null &
+PIDS+=($!)
+GATEWAY_MT_PID=$!
+# The same gateway with every request on hyper's HTTP/1.1 path (no fast path), for comparison.
+sed -e "s/127.0.0.1:$GATEWAY_PORT/127.0.0.1:$GATEWAY_HYPER_PORT/" -e 's/^workers = .*/&\nh1_fast_path = false/' \
+  "$TMP/gw.toml" >"$TMP/gw-hyper.toml"
+$PIN_SERVER "$BIN" --config "$TMP/gw-hyper.toml" >/dev/null &
+PIDS+=($!)
+GATEWAY_HYPER_PID=$!
+
+wait_port $BACKEND_PORT
+wait_port $NGINX_PORT
+wait_port $GATEWAY_PORT
+wait_port $GATEWAY_MT_PORT
+wait_port $GATEWAY_HYPER_PORT
+NGINX_MASTER=$(cat "$TMP/nginx.pid")
+
+cat >"$TMP/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %.1f %d %d %d %d %d\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), summary.requests, e.connect + e.read + e.write + e.status + e.timeout))
+end
+EOF
+
+# CPU clock ticks (user + system) of a process and its children processes (nginx workers).
+ticks() {
+  local total=0
+  for p in "$@" $(for q in "$@"; do pgrep -P "$q" || true; done); do
+    [ -r "/proc/$p/stat" ] || continue
+    local f
+    f=$(sed 's/^.*) //' "/proc/$p/stat")
+    total=$(( total + $(echo "$f" | awk '{print $12 + $13}') ))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
+TARGETS=${TARGETS:-backend nginx gateway gateway-hyper gateway-mt gateway-stack gateway-cache}
+declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT)
+declare -A URLPATH=([backend]=/ [nginx]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached)
+declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID)
+RESULTS=$TMP/results
+: >"$RESULTS"
+echo "tollgate proxy benchmark: $(nproc) cores, workers=$WORKERS, wrk -t$THREADS -c$CONNS -d${DURATION}s, $ROUNDS rounds, load on cpus ${LOADGEN_CPUS:-any}, servers on ${SERVER_CPUS:-any}"
+# Warm-up.
+for t in $TARGETS; do
+  $PIN_LOAD wrk -t"$THREADS" -c"$CONNS" -d1s "http://127.0.0.1:${PORT[$t]}${URLPATH[$t]}" >/dev/null
+done
+for r in $(seq "$ROUNDS"); do
+  for t in $TARGETS; do
+    before=$(ticks "${PID[$t]}")
+    line=$($PIN_LOAD wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s "$TMP/report.lua" \
+      "http://127.0.0.1:${PORT[$t]}${URLPATH[$t]}" | grep '^RESULT')
+    after=$(ticks "${PID[$t]}")
+    read -r _ rps p50 p99 p999 reqs errs <<<"$line"
+    cpu_us=$(awk -v d=$(( after - before )) -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.1f", d * 1e6 / hz / n}')
+    echo "$t $rps $p50 $p99 $p999 $cpu_us $errs" >>"$RESULTS"
+    printf 'round %d %-13s %10.0f rps  p50 %5d us  p99 %5d us  p99.9 %5d us  cpu %6s us/req  errors %d\n' \
+      "$r" "$t" "$rps" "$p50" "$p99" "$p999" "$cpu_us" "$errs"
+  done
+done
+
+echo
+echo "medians over $ROUNDS rounds:"
+median() { sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+declare -A MED
+for t in $TARGETS; do
+  for col in 2 3 4 5 6; do
+    MED[$t,$col]=$(awk -v t="$t" -v c="$col" '$1==t{print $c}' "$RESULTS" | median)
+  done
+  printf '%-13s %10.0f rps  p50 %6.0f us  p99 %6.0f us  p99.9 %6.0f us  cpu %6.1f us/req\n' \
+    "$t" "${MED[$t,2]}" "${MED[$t,3]}" "${MED[$t,4]}" "${MED[$t,5]}" "${MED[$t,6]}"
+done
+has() { [[ " $TARGETS " == *" $1 "* ]]; }
+if has gateway && has nginx; then
+  awk -v gr="${MED[gateway,2]}" -v nr="${MED[nginx,2]}" -v g99="${MED[gateway,4]}" -v n99="${MED[nginx,4]}" \
+    -v gc="${MED[gateway,6]}" -v nc="${MED[nginx,6]}" -v g999="${MED[gateway,5]}" -v n999="${MED[nginx,5]}" \
+    'BEGIN{printf "gateway/nginx: rps %.2fx  p99 %.2fx  p99.9 %.2fx  cpu/req %.2fx\n", gr/nr, g99/n99, g999/n999, gc/nc}'
+fi
+if has gateway && has gateway-hyper; then
+  awk -v gr="${MED[gateway,2]}" -v hr="${MED[gateway-hyper,2]}" -v gc="${MED[gateway,6]}" -v hc="${MED[gateway-hyper,6]}" \
+    'BEGIN{printf "fast path/hyper path (plain route): rps %.2fx  cpu/req %.2fx\n", gr/hr, gc/hc}'
+fi
+if has gateway && has gateway-mt; then
+  awk -v gr="${MED[gateway,2]}" -v mr="${MED[gateway-mt,2]}" -v gc="${MED[gateway,6]}" -v mc="${MED[gateway-mt,6]}" \
+    'BEGIN{printf "multi-thread/thread-per-core gateway: rps %.2fx  cpu/req %.2fx\n", mr/gr, mc/gc}'
+fi
+if has gateway && has gateway-stack; then
+  awk -v gr="${MED[gateway,2]}" -v sr="${MED[gateway-stack,2]}" -v gc="${MED[gateway,6]}" -v sc="${MED[gateway-stack,6]}" \
+    'BEGIN{printf "full stack/plain route (fast path): rps %.2fx  cpu/req %.2fx\n", sr/gr, sc/gc}'
+fi
+if has gateway-hyper && has gateway-stack; then
+  # The layered route runs on hyper's HTTP/1.1: against the plain route on hyper, the ratio is
+  # the layers' own cost.
+  awk -v hr="${MED[gateway-hyper,2]}" -v sr="${MED[gateway-stack,2]}" -v hc="${MED[gateway-hyper,6]}" -v sc="${MED[gateway-stack,6]}" \
+    'BEGIN{printf "full stack/plain route (both on hyper): rps %.2fx  cpu/req %.2fx (target: rps >= 0.90x)\n", sr/hr, sc/hc}'
+fi
+if has nginx && has gateway-cache; then
+  awk -v cr="${MED[gateway-cache,2]}" -v nr="${MED[nginx,2]}" \
+    'BEGIN{printf "cache-hit route/nginx proxy: rps %.2fx (target: >= 2x)\n", cr/nr}'
+fi
+
+if [ "$IDLE_CONNS" -gt 0 ]; then
+  echo
+  cat >"$TMP/idle.py" <<'EOF'
+import socket, sys, time
+port, n, rate, pids = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), [int(p) for p in sys.argv[4:]]
+def rss_kib():
+    total = 0
+    for p in pids:
+        try:
+            kids = open(f"/proc/{p}/task/{p}/children").read().split()
+        except OSError:
+            kids = []
+        for q in [p] + [int(k) for k in kids]:
+            for line in open(f"/proc/{q}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+before = rss_kib()
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+    socks.append(s)
+    if rate and i % 100 == 99:
+        time.sleep(100 / rate)
+ok = 0
+for s in socks:
+    if s.recv(65536).startswith(b"HTTP/1.1 200"):
+        ok += 1
+time.sleep(2)  # idle: well past the gateway's park_ms (100 ms)
+after = rss_kib()
+how = f"opened at {rate:.0f}/s" if rate else "opened at once"
+print(f"{ok} idle keep-alive connections ({how}): RSS {before/1024:.1f} MiB before, {after/1024:.1f} MiB with them open (+{(after-before)/n:.2f} KiB per connection)")
+for s in socks:
+    s.close()
+EOF
+  # Paced first (steady state), then all at once (a burst: the allocator keeps the transient
+  # peak, so this is the worst case).
+  for rate in 2000 0; do
+    printf 'nginx:   '; python3 "$TMP/idle.py" $NGINX_PORT "$IDLE_CONNS" $rate "$NGINX_MASTER"
+    sleep 1
+    printf 'gateway: '; python3 "$TMP/idle.py" $GATEWAY_PORT "$IDLE_CONNS" $rate "$GATEWAY_PID"
+    sleep 1
+  done
+fi

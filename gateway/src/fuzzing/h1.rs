@@ -1,0 +1,515 @@
+//! The `gateway_h1` target: the HTTP/1.1 fast path's pure parsers against the independent
+//! parses and chunked decoder of `reference`. The invariants are in the parent module's doc.
+
+mod reference;
+
+use crate::fast::head;
+use crate::fast::response::{self, BadChunk, Chunked, Framing, RespStep};
+use crate::headers::Forwarding;
+
+use reference::{
+    Decoded, HOP_BY_HOP, Msg, Parsed, decode_chunked, hyper_takes_target, parse_request,
+    parse_response, request_length, rfc3986_target,
+};
+
+/// The `Date` the gateway adds to answers that lack one.
+const DATE: &[u8] = b"Sun, 06 Nov 1994 08:49:37 GMT";
+/// Header slots of the independent parses: the fast path's own count.
+const SLOTS: usize = head::MAX_HEADERS;
+/// Header slots for re-parsing a written head (the gateway adds a handful of fields).
+const OUT_SLOTS: usize = 2 * head::MAX_HEADERS;
+/// `limits.max_header_bytes` by input byte; index 0 is the default.
+const MAX_BYTES: [usize; 8] = [8192, 0, 16, 64, 512, 4096, 65536, usize::MAX];
+/// `limits.max_headers` by input byte; index 3 is the default.
+const MAX_FIELDS: [usize; 8] = [0, 1, 2, 100, 8, 64, 128, usize::MAX];
+
+/// Runs the HTTP/1.1 fast path's pure parsers on `data`: its first byte picks request heads
+/// (`0`), response heads (`1`) or chunked bodies (`2`), by its value modulo 3.
+///
+/// - request: byte 1 picks the route's answer (bits 0-1: forward keeping the `Host`, forward
+///   to the endpoint's address, local 404, hyper; bit 6: rotate it per pipelined head), the
+///   scheme (bit 2: https), the address family (bit 3: IPv6) and a 4-byte body limit (bit 7);
+///   byte 2 the limits (bits 0-2: `MAX_BYTES`, bit 3: 8-byte held bodies, bits 4-6:
+///   `MAX_FIELDS`); the rest is up to 8 pipelined requests.
+/// - response: byte 1 bit 0 answers a `HEAD`, bit 1 asks for `Connection: close`; the rest is
+///   up to 8 heads (1xx, then the final one, then its body).
+/// - chunked: byte 1 modulo 8 is how many cut points follow (one byte each); the rest is the
+///   body, fed whole, cut at those points, and byte by byte.
+///
+/// # Panics
+/// When an invariant in the `gateway::fuzzing` module doc fails.
+pub fn gateway_h1(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((&flags, rest)) = rest.split_first() else {
+        return;
+    };
+    match mode % 3 {
+        0 => {
+            let Some((&lim, rest)) = rest.split_first() else {
+                return;
+            };
+            let limits = head::Limits {
+                max_bytes: MAX_BYTES[usize::from(lim & 7)],
+                max_headers: MAX_FIELDS[usize::from((lim >> 4) & 7)],
+                max_body: (flags & 0x80 != 0).then_some(4),
+                max_held_body: if lim & 8 != 0 { 8 } else { u64::MAX },
+            };
+            let mut at = 0;
+            for i in 0..8 {
+                let route = if flags & 0x40 != 0 {
+                    (usize::from(flags) + i) & 3
+                } else {
+                    usize::from(flags) & 3
+                };
+                match h1_request(&rest[at..], route, flags, limits) {
+                    Some(used) => at += used,
+                    None => return,
+                }
+            }
+        }
+        1 => {
+            let mut at = 0;
+            for _ in 0..8 {
+                match h1_response(&rest[at..], flags & 1 != 0, flags & 2 != 0) {
+                    Some(used) => at += used,
+                    None => return,
+                }
+            }
+        }
+        _ => {
+            let n = usize::from(flags % 8).min(rest.len());
+            let (cuts, body) = rest.split_at(n);
+            let mut cuts: Vec<usize> = cuts
+                .iter()
+                .map(|c| usize::from(*c) % (body.len() + 1))
+                .collect();
+            cuts.sort_unstable();
+            h1_chunked(body, &cuts);
+        }
+    }
+}
+
+/// One request head at the start of `buf`: returns the bytes it and its body take when the
+/// next head can follow.
+fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Option<usize> {
+    use head::{Route, Step};
+    let v6 = flags & 8 != 0;
+    let fwd = Forwarding::new(
+        if v6 { "2001:db8::7" } else { "192.0.2.7" }.parse().ok()?,
+        if flags & 4 != 0 { "https" } else { "http" },
+    );
+    let addr: std::net::SocketAddr = if v6 {
+        "[2001:db8::9]:8080"
+    } else {
+        "10.0.0.9:8080"
+    }
+    .parse()
+    .ok()?;
+    let mut seen = None;
+    let mut out = b"stale".to_vec();
+    let step = head::prepare(buf, limits, &fwd, &mut out, |host, path, method, len| {
+        seen = Some((host.to_owned(), path.to_owned(), method.to_owned(), len));
+        match route {
+            0 | 1 => Route::Forward {
+                target: 7_u8,
+                addr,
+                preserve_host: route == 0,
+            },
+            2 => Route::Local(404, "no route\n"),
+            _ => Route::Hyper,
+        }
+    });
+    let msg = match parse_request(buf, SLOTS) {
+        Parsed::Partial => {
+            assert!(matches!(step, Step::Partial), "{step:?}");
+            assert!(seen.is_none());
+            return None;
+        }
+        Parsed::Invalid => {
+            assert!(matches!(step, Step::Hyper), "{step:?}");
+            assert!(seen.is_none());
+            return None;
+        }
+        Parsed::Complete(msg) => msg,
+    };
+    assert!(
+        !matches!(step, Step::Partial),
+        "complete head taken as partial"
+    );
+    // What the fast path takes: everything else is hyper's, and the route is not asked.
+    let hosts: Vec<&[u8]> = msg.fields("host").collect();
+    let lengths: Vec<Option<u64>> = msg.fields("content-length").map(request_length).collect();
+    let body_len = match lengths.first() {
+        None => Some(0),
+        Some(&first) => first.filter(|n| lengths.iter().all(|m| *m == Some(*n))),
+    };
+    let host = match hosts.as_slice() {
+        [h] => std::str::from_utf8(h).ok(),
+        _ => None,
+    };
+    let plain = msg.version == 1
+        && msg.len <= limits.max_bytes
+        && msg.headers.len() <= limits.max_headers
+        && msg.target.starts_with('/')
+        && rfc3986_target(&msg.target)
+        && msg.method != "CONNECT"
+        && ["transfer-encoding", "expect", "upgrade"]
+            .iter()
+            .all(|n| msg.fields(n).next().is_none())
+        && !msg.connection_has("upgrade");
+    let (true, Some(host), Some(body_len)) = (plain, host, body_len) else {
+        assert!(matches!(step, Step::Hyper), "not plain: {step:?}");
+        assert!(seen.is_none(), "the route was asked");
+        return None;
+    };
+    // Whatever the fast path takes, hyper takes as it is (same target, same route).
+    assert!(hyper_takes_target(&msg.target), "{:?}", msg.target);
+    let path = msg.target.split('?').next().unwrap_or_default();
+    // Body limits and a body still to come are decided before the route.
+    let head = if limits.max_body.is_some_and(|max| body_len > max) {
+        let Step::Local {
+            head, status: 413, ..
+        } = step
+        else {
+            panic!("body over max_body: {step:?}");
+        };
+        assert!(seen.is_none(), "the route was asked");
+        assert!(!head.idempotent);
+        head
+    } else if body_len > limits.max_held_body {
+        assert!(
+            matches!(step, Step::Hyper),
+            "held body over the limit: {step:?}"
+        );
+        assert!(seen.is_none(), "the route was asked");
+        return None;
+    } else if ((buf.len() - msg.len) as u64) < body_len {
+        let Step::NeedBody(n) = step else {
+            panic!("body not all here: {step:?}");
+        };
+        assert_eq!(Some(n as u64), (msg.len as u64).checked_add(body_len));
+        assert!(seen.is_none(), "the route was asked");
+        return None;
+    } else {
+        assert_eq!(
+            seen,
+            Some((host.into(), path.into(), msg.method.clone(), body_len))
+        );
+        let want_host = if route == 0 {
+            host.as_bytes().to_vec()
+        } else {
+            addr.to_string().into_bytes()
+        };
+        let head = match (route, step) {
+            (
+                0 | 1,
+                Step::Forward {
+                    head,
+                    target,
+                    addr: a,
+                },
+            ) => {
+                assert_eq!((target, a), (7, addr));
+                h1_forwarded(&out, &msg, &fwd, host, &want_host, body_len);
+                head
+            }
+            (2, Step::Local { head, status, msg }) => {
+                assert_eq!((status, msg), (404, "no route\n"));
+                head
+            }
+            (3, Step::Hyper) => return None,
+            (_, step) => panic!("route {route} gave {step:?}"),
+        };
+        assert_eq!(
+            head.idempotent,
+            ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"].contains(&msg.method.as_str())
+        );
+        head
+    };
+    assert!(head.len == msg.len && head.len <= buf.len() && head.len <= limits.max_bytes);
+    for r in [&head.method, &head.path, &head.host] {
+        assert!(r.start <= r.end && r.end <= head.len, "{head:?}");
+    }
+    assert_eq!(&buf[head.method.clone()], msg.method.as_bytes());
+    assert_eq!(&buf[head.path.clone()], path.as_bytes());
+    assert_eq!(&buf[head.host.clone()], host.as_bytes());
+    assert_eq!(head.body_len, body_len);
+    assert_eq!(head.close, msg.connection_has("close"));
+    assert_eq!(head.head_method, msg.method == "HEAD");
+    let used = u64::try_from(head.len).ok()?.checked_add(body_len)?;
+    usize::try_from(used).ok().filter(|u| *u <= buf.len())
+}
+
+/// Checks the upstream head `out` written for the client's request `msg`.
+fn h1_forwarded(out: &[u8], msg: &Msg, fwd: &Forwarding, host: &str, want_host: &[u8], len: u64) {
+    let Parsed::Complete(up) = parse_request(out, OUT_SLOTS) else {
+        panic!(
+            "unparsable upstream head {:?}",
+            String::from_utf8_lossy(out)
+        );
+    };
+    let text = String::from_utf8_lossy(out);
+    assert_eq!(up.len, out.len(), "{text}");
+    assert_eq!(
+        (up.version, &up.method, &up.target),
+        (1, &msg.method, &msg.target)
+    );
+    assert!(out.ends_with(b"\r\nvia: 1.1 tollgate\r\n\r\n"), "{text}");
+    assert_eq!(up.fields("host").collect::<Vec<_>>(), [want_host], "{text}");
+    for (name, value) in &up.headers {
+        let lower = name.to_ascii_lowercase();
+        let own_te = lower == "te" && value == b"trailers";
+        assert!(
+            own_te || (lower != "expect" && !HOP_BY_HOP.contains(&lower.as_str())),
+            "{name} relayed: {text}"
+        );
+    }
+    let te = !msg.connection_has("te")
+        && msg.list("te").iter().any(|t| {
+            let t = t.split(|b| *b == b';').next().unwrap_or_default();
+            t.trim_ascii() == b"trailers"
+        });
+    assert_eq!(up.fields("te").count(), usize::from(te), "{text}");
+    let lengths: Vec<&[u8]> = up.fields("content-length").collect();
+    let sent = msg.fields("content-length").next().is_some();
+    assert_eq!(lengths.len(), usize::from(sent), "{text}");
+    assert!(
+        lengths.iter().all(|v| request_length(v) == Some(len)),
+        "{text}"
+    );
+    // The first client value, when visible ASCII and not named in `Connection`.
+    let prev = msg
+        .fields("x-forwarded-for")
+        .next()
+        .filter(|v| v.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b)))
+        .filter(|_| !msg.connection_has("x-forwarded-for"));
+    let xff = match prev {
+        Some(p) => [p, b", ", fwd.ip().as_bytes()].concat(),
+        None => fwd.ip().as_bytes().to_vec(),
+    };
+    assert_eq!(up.fields("x-forwarded-for").collect::<Vec<_>>(), [xff]);
+    assert_eq!(
+        up.fields("x-forwarded-proto").collect::<Vec<_>>(),
+        [fwd.proto().as_bytes()]
+    );
+    assert_eq!(
+        up.fields("x-forwarded-host").collect::<Vec<_>>(),
+        [host.as_bytes()]
+    );
+    // The client's other fields, in order, between the gateway's own: the host first, `te`,
+    // the `x-forwarded-*` fields, and the last `forwarded` and `via`.
+    let own = [
+        "host",
+        "te",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ];
+    let mut rest: Vec<(String, Vec<u8>)> = up
+        .headers
+        .iter()
+        .filter(|(n, _)| !own.contains(&n.to_ascii_lowercase().as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(
+        rest.pop(),
+        Some(("via".to_owned(), b"1.1 tollgate".to_vec()))
+    );
+    let last_fwd = rest.iter().rposition(|(n, _)| n == "forwarded");
+    let Some((_, forwarded)) = last_fwd.map(|i| rest.remove(i)) else {
+        panic!("no forwarded: {text}");
+    };
+    assert_eq!(
+        forwarded,
+        fwd.forwarded_for(Some(host.as_bytes())).as_bytes()
+    );
+    // A repeated `Content-Length` (all equal) goes once.
+    let mut length_seen = false;
+    let mut relayed = msg.relayed(
+        &["host", "expect", own[2], own[3], own[4]],
+        &["content-length"],
+    );
+    relayed.retain(|(n, _)| {
+        !n.eq_ignore_ascii_case("content-length") || !std::mem::replace(&mut length_seen, true)
+    });
+    assert_eq!(rest, relayed, "{text}");
+}
+
+/// One response head at the start of `buf`: returns its length when it is a 1xx (another
+/// head follows).
+fn h1_response(buf: &[u8], head_method: bool, close: bool) -> Option<usize> {
+    let mut out = b"stale".to_vec();
+    let step = response::prepare(buf, head_method, close, DATE, &mut out);
+    let msg = match parse_response(buf, SLOTS) {
+        Parsed::Partial => {
+            assert_eq!(step, RespStep::Partial);
+            return None;
+        }
+        Parsed::Invalid => {
+            assert_eq!(step, RespStep::Bad);
+            return None;
+        }
+        Parsed::Complete(msg) => msg,
+    };
+    match msg.code {
+        101 => {
+            assert_eq!(step, RespStep::Bad);
+            return None;
+        }
+        100..=199 => {
+            assert_eq!(step, RespStep::Informational(msg.len));
+            assert!(msg.len <= buf.len());
+            return Some(msg.len);
+        }
+        _ => {}
+    }
+    let bodiless = head_method || msg.code == 204 || msg.code == 304;
+    let encoded = msg.fields("transfer-encoding").next().is_some();
+    // Refused as hyper's client refuses them (a status below 100; a coding in HTTP/1.0, RFC
+    // 9112 §6.1, which hyper refuses only when a body may follow).
+    if msg.code < 100 || (msg.version == 0 && encoded) {
+        assert_eq!(step, RespStep::Bad, "malformed head relayed");
+        return None;
+    }
+    let lengths: Vec<Option<u64>> = msg
+        .fields("content-length")
+        .map(|v| {
+            let digits = !v.is_empty() && v.iter().all(u8::is_ascii_digit);
+            std::str::from_utf8(v).ok()?.parse().ok().filter(|_| digits)
+        })
+        .collect();
+    let length = match lengths.first() {
+        None => None,
+        Some(&Some(n)) if lengths.iter().all(|m| *m == Some(n)) => Some(n),
+        Some(_) => {
+            assert_eq!(step, RespStep::Bad, "bad content-length");
+            return None;
+        }
+    };
+    let RespStep::Head(h) = step else {
+        panic!("final head gave {step:?}");
+    };
+    assert_eq!((h.len, h.status), (msg.len, msg.code));
+    // RFC 9112 §6.3: chunked only as the last coding of the whole list.
+    let last_chunked = msg.list("transfer-encoding").last().map(Vec::as_slice) == Some(b"chunked");
+    let framing = if bodiless {
+        Framing::Empty
+    } else if encoded {
+        if last_chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        length.map_or(Framing::Close, Framing::Length)
+    };
+    assert_eq!(h.framing, framing);
+    // `close` wins over `keep-alive` (RFC 9112 §9.3).
+    let persistent =
+        !msg.connection_has("close") && (msg.version == 1 || msg.connection_has("keep-alive"));
+    assert_eq!(h.reusable, persistent && framing != Framing::Close);
+    let Parsed::Complete(down) = parse_response(&out, OUT_SLOTS) else {
+        panic!("unparsable client head {:?}", String::from_utf8_lossy(&out));
+    };
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(down.len, out.len(), "{text}");
+    assert_eq!(
+        (down.version, down.code, &down.reason),
+        (1, msg.code, &msg.reason)
+    );
+    for (name, value) in &down.headers {
+        let lower = name.to_ascii_lowercase();
+        let own = (lower == "transfer-encoding" && value == b"chunked")
+            || (lower == "connection" && value == b"close");
+        assert!(
+            own || !HOP_BY_HOP.contains(&lower.as_str()),
+            "{name}: {text}"
+        );
+    }
+    let chunked = framing == Framing::Chunked || (head_method && last_chunked);
+    assert_eq!(
+        down.fields("transfer-encoding").count(),
+        usize::from(chunked)
+    );
+    let closing = close || framing == Framing::Close;
+    assert_eq!(down.fields("connection").count(), usize::from(closing));
+    let lengths: Vec<&[u8]> = down.fields("content-length").collect();
+    assert!(lengths.is_empty() || !chunked, "{text}");
+    assert_eq!(lengths.is_empty(), encoded || length.is_none(), "{text}");
+    let via: &[u8] = if msg.version == 0 {
+        b"1.0 tollgate"
+    } else {
+        b"1.1 tollgate"
+    };
+    let mut rest: Vec<(String, Vec<u8>)> = down
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            !n.eq_ignore_ascii_case("transfer-encoding") && !n.eq_ignore_ascii_case("connection")
+        })
+        .cloned()
+        .collect();
+    // The upstream's `Date`, or the gateway's after `via`.
+    if msg.fields("date").next().is_none() {
+        assert_eq!(
+            rest.pop(),
+            Some(("date".to_owned(), DATE.to_vec())),
+            "{text}"
+        );
+    }
+    assert_eq!(rest.pop(), Some(("via".to_owned(), via.to_vec())), "{text}");
+    let drop: &[&str] = if encoded { &["content-length"] } else { &[] };
+    assert_eq!(
+        rest,
+        msg.relayed(drop, &["content-length", "date"]),
+        "{text}"
+    );
+    if framing == Framing::Chunked {
+        let body = &buf[h.len..];
+        let each: Vec<usize> = (1..body.len()).collect();
+        h1_chunked(body, &each);
+    }
+    None
+}
+
+/// Feeds `body` in the pieces between `cuts` (sorted offsets): after the end, every piece
+/// must be taken as nothing.
+fn feed_pieces(body: &[u8], cuts: &[usize]) -> Result<Option<usize>, BadChunk> {
+    let mut c = Chunked::default();
+    let mut from = 0;
+    let mut end = None;
+    for &to in cuts.iter().chain([&body.len()]) {
+        let piece = &body[from..to];
+        match (end, c.feed(piece)?) {
+            (Some(_), got) => assert_eq!(got, Some(0), "consumed after the end"),
+            (None, Some(n)) => {
+                assert!(n <= piece.len());
+                end = Some(from + n);
+            }
+            (None, None) => {}
+        }
+        from = to;
+    }
+    Ok(end)
+}
+
+/// Checks [`Chunked::feed`] on `body` whole, cut at `cuts`, and against `decode_chunked`.
+fn h1_chunked(body: &[u8], cuts: &[usize]) {
+    let mut c = Chunked::default();
+    let whole = c.feed(body);
+    if let Ok(Some(end)) = whole {
+        assert!(end <= body.len());
+        assert_eq!(c.feed(b"0\r\n\r\n"), Ok(Some(0)), "consumed after the end");
+        assert_eq!(c.feed(b""), Ok(Some(0)));
+    }
+    assert_eq!(feed_pieces(body, cuts), whole, "cut at {cuts:?}");
+    let expected = match decode_chunked(body) {
+        Decoded::End(n) => Ok(Some(n)),
+        Decoded::More => Ok(None),
+        Decoded::Bad => Err(BadChunk),
+        Decoded::Unknown => return,
+    };
+    assert_eq!(whole, expected, "{:?}", String::from_utf8_lossy(body));
+}

@@ -1,0 +1,263 @@
+//! Priority admission on routes and listeners: `[[admission]]` policies built on
+//! [`tollgate_admission`].
+//!
+//! Each request gets a ticket from what the gateway knows of it, decided in this order:
+//!
+//! - **class**: the policy's `class_header`, when it names one of the policy's classes (ASCII
+//!   case-insensitive); else the route's `priority`; else the first `client_classes` rule
+//!   whose network holds the client's address; else `default_class`. A header is the
+//!   client's own word: set `class_header` only where clients are trusted to pick.
+//! - **deadline**: the sooner of `grpc-timeout` (unless `grpc_timeout = false`) and the
+//!   `deadline_header` (a whole number of milliseconds), counted from arrival. A request that
+//!   cannot meet it (given the measured service time) is refused before it takes a slot or
+//!   leaves the queue when it no longer can; one still running at its deadline is cut off.
+//!   Both answer 504: its caller has stopped waiting.
+//! - **rate-limit key**: the client's address, or a header's value (requests without the
+//!   header are keyed by their address, so leaving it out does not escape the limit).
+//!
+//! Capacity, per-class queues, shedding from the lowest class up and the CoDel queue bound
+//! are the layer's. Its rejections reach the client through [`tollgate::http::Rejection`]: queue
+//! full, shed and queue timeout are 503 with `Retry-After`, a spent rate limit 429 with
+//! `Retry-After`, a deadline 504.
+//!
+//! The policy is built once; a request costs its ticket (a few header lookups), two reference
+//! counts and the layer's own fast path. The ticket travels beside the request (no extension,
+//! no allocation), and the layer's prioritizer only reads it back.
+
+mod section;
+#[cfg(test)]
+mod tests;
+mod ticket;
+
+pub use section::{AdmissionSection, ClassSection, ClientClass, RateLimitSection};
+
+use crate::config::ConfigError;
+use http::Request;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use ticket::Rules;
+use tollgate_admission::{AdmissionHandle, AdmissionLayer, Prioritize, Reason, Ticket};
+use tollgate_core::BoxError;
+use tollgate_core::error::DeadlineExceeded;
+use tower::{Layer, Service, ServiceExt};
+
+/// What admission knows of a request besides the request itself.
+#[derive(Debug, Clone)]
+pub struct AdmitCtx {
+    /// The client's address.
+    pub client: IpAddr,
+    /// The route's `priority` class name, if it sets one.
+    pub route_class: Option<Arc<str>>,
+}
+
+/// A request with its ticket, as the layer sees it.
+struct Admit<R> {
+    req: R,
+    ticket: Ticket,
+}
+
+/// The layer's prioritizer: the ticket was decided before the call and travels with it.
+#[derive(Debug, Clone, Copy)]
+struct Carried;
+
+impl<R> Prioritize<Admit<R>> for Carried {
+    #[inline]
+    fn prioritize(&self, a: &Admit<R>) -> Ticket {
+        a.ticket
+    }
+}
+
+/// Sends the request of an [`Admit`] on to the inner service.
+#[derive(Debug, Clone)]
+struct Unwrap<S>(S);
+
+impl<S: Service<R>, R> Service<Admit<R>> for Unwrap<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, a: Admit<R>) -> S::Future {
+        self.0.call(a.req)
+    }
+}
+
+/// A built admission policy, shared by every route and listener that names it, and kept
+/// across reloads while its section is unchanged.
+#[derive(Debug)]
+pub struct AdmissionPolicy {
+    section: AdmissionSection,
+    rules: Rules,
+    layer: AdmissionLayer<Carried>,
+    handle: AdmissionHandle,
+}
+
+impl AdmissionPolicy {
+    /// Builds `section`, or keeps `old` (its queues, counts and rate-limit state) when it was
+    /// built from an equal section.
+    ///
+    /// # Errors
+    /// The section's first bad field (named relative to the section), as
+    /// [`AdmissionSection::validate`] finds it.
+    pub fn build(
+        section: &AdmissionSection,
+        old: Option<&Arc<AdmissionPolicy>>,
+    ) -> Result<Arc<Self>, ConfigError> {
+        if let Some(old) = old.filter(|o| o.section == *section) {
+            return Ok(old.clone());
+        }
+        let fail = |(field, problem): (String, String)| ConfigError::new(field, problem);
+        section.check().map_err(fail)?;
+        let rules = Rules::new(section).map_err(fail)?;
+        let layer = AdmissionLayer::new(section.to_config())
+            .map_err(|e| ConfigError::new("(section)", format!("{}: {}", e.field(), e.problem())))?
+            .prioritize(Carried);
+        Ok(Arc::new(Self {
+            section: section.clone(),
+            rules,
+            handle: layer.handle(),
+            layer,
+        }))
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.section.name
+    }
+
+    /// Admits `req` into `inner`, or rejects it with the layer's
+    /// [`Rejected`](tollgate_admission::Rejected) (or a core `DeadlineExceeded` when an
+    /// admitted request outlives its deadline).
+    pub fn call<S: super::UpstreamService>(
+        &self,
+        inner: S,
+        req: super::UpRequest,
+        ctx: &AdmitCtx,
+    ) -> impl Future<Output = Result<super::UpResponse, BoxError>> + Send + 'static {
+        self.admit(inner, req, ctx)
+    }
+
+    /// [`call`](Self::call) for any inner service (tests use one that needs no upstream).
+    fn admit<S, R>(
+        &self,
+        inner: S,
+        req: Request<R>,
+        ctx: &AdmitCtx,
+    ) -> impl Future<Output = Result<S::Response, BoxError>> + Send + 'static
+    where
+        S: Service<Request<R>, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Response: Send + 'static,
+        R: Send + 'static,
+    {
+        let ticket = self.rules.ticket(&req, ctx);
+        let deadline = ticket.deadline;
+        let fut = self
+            .layer
+            .layer(Unwrap(inner))
+            .oneshot(Admit { req, ticket });
+        async move {
+            match deadline {
+                None => fut.await,
+                // The caller stops waiting at its deadline, so the call stops too.
+                Some(at) => tokio::time::timeout_at(at, fut)
+                    .await
+                    .unwrap_or_else(|_| Err(DeadlineExceeded::new().into())),
+            }
+        }
+    }
+
+    /// The policy's state for `/state`: limit, in flight, and per class admitted, queued,
+    /// rejections by reason and queue-wait percentiles.
+    pub fn state(&self) -> serde_json::Value {
+        let snap = self.handle.snapshot();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let classes: Vec<serde_json::Value> = snap
+            .classes
+            .iter()
+            .map(|c| {
+                let rejected: serde_json::Map<String, serde_json::Value> = Reason::ALL
+                    .iter()
+                    .map(|r| (reason_label(*r).to_owned(), c.rejected(*r).into()))
+                    .collect();
+                serde_json::json!({
+                    "name": c.name,
+                    "admitted": c.admitted,
+                    "queued": c.queued,
+                    "rejected": rejected,
+                    "queue_wait_ms": {
+                        "p50": ms(c.queue_wait.p50),
+                        "p90": ms(c.queue_wait.p90),
+                        "p99": ms(c.queue_wait.p99),
+                        "max": ms(c.queue_wait.max),
+                    },
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": self.section.name,
+            "limit": snap.limit,
+            "in_flight": snap.in_flight,
+            "queued": snap.queued,
+            "rate_limit_keys": snap.rate_limit_keys,
+            "classes": classes,
+        })
+    }
+
+    /// Records the policy's metrics into the current `metrics` recorder: in flight, limit,
+    /// and per class queued, admitted, rejected by reason and the p99 queue wait.
+    pub fn record_metrics(&self) {
+        let snap = self.handle.snapshot();
+        let p = self.section.name.clone();
+        metrics::gauge!("tollgate_admission_in_flight", "policy" => p.clone())
+            .set(snap.in_flight as f64);
+        metrics::gauge!("tollgate_admission_limit", "policy" => p.clone()).set(snap.limit as f64);
+        if self.section.rate_limit.is_some() {
+            metrics::gauge!("tollgate_admission_rate_limit_keys", "policy" => p.clone())
+                .set(snap.rate_limit_keys as f64);
+        }
+        for c in &snap.classes {
+            let class = c.name.clone();
+            metrics::gauge!("tollgate_admission_queued", "policy" => p.clone(), "class" => class.clone())
+                .set(c.queued as f64);
+            metrics::counter!("tollgate_admission_admitted_total", "policy" => p.clone(), "class" => class.clone())
+                .absolute(c.admitted);
+            metrics::gauge!(
+                "tollgate_admission_queue_wait_p99_seconds",
+                "policy" => p.clone(),
+                "class" => class.clone()
+            )
+            .set(c.queue_wait.p99.as_secs_f64());
+            for r in Reason::ALL {
+                metrics::counter!(
+                    "tollgate_admission_rejected_total",
+                    "policy" => p.clone(),
+                    "class" => class.clone(),
+                    "reason" => reason_label(r)
+                )
+                .absolute(c.rejected(r));
+            }
+        }
+    }
+}
+
+/// A rejection reason as a metric label or JSON key.
+fn reason_label(r: Reason) -> &'static str {
+    match r {
+        Reason::QueueFull => "queue_full",
+        Reason::Shed => "shed",
+        Reason::QueueTimeout => "queue_timeout",
+        Reason::Deadline => "deadline",
+        Reason::RateLimited => "rate_limited",
+        Reason::Throttled => "throttled",
+        _ => "other",
+    }
+}

@@ -1,0 +1,357 @@
+//! A cluster's layers: breaker (whole cluster), pool (adaptive in-flight limit), balance (P2C
+//! over peak-EWMA with ejection, health checks and slow start) and a breaker per endpoint, as
+//! config sections and as the tower stack built from them.
+//!
+//! Any of these sections on a cluster turns on the stack; its balancer is then always the
+//! latency-aware P2C one (with the `[clusters.balance]` section's settings, or the defaults).
+
+use super::health::HttpHealthCheck;
+use super::retry::{RetryPolicy, RetrySection};
+use super::upstream::Upstream;
+use super::{UpRequest, UpResponse};
+use crate::config::{ClusterConfig, ConfigError, UpstreamProtocol};
+use crate::pool::Settings;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tollgate_balance::{Balance, BalanceHandle};
+use tollgate_breaker::{Breaker, BreakerHandle, BreakerLayer};
+use tollgate_core::BoxError;
+use tollgate_core::classify::ServerErrorsAreFailures;
+use tollgate_pool::{Limiter, PoolSizer};
+use tower::util::Either;
+use tower::{Layer, ServiceExt};
+
+/// The classifier every gateway layer uses: an error or a 5xx answer is a failure.
+pub type Cls = ServerErrorsAreFailures;
+
+/// One endpoint: its breaker (when `endpoint_breaker` is set) over the upstream.
+pub type EndpointSvc = Either<Breaker<Upstream, Cls>, Upstream>;
+/// The cluster's balancer over its endpoints.
+pub type Balanced = Balance<SocketAddr, EndpointSvc, Cls>;
+/// The adaptive limit over the balancer, when `pool` is set.
+pub type Pooled = Either<PoolSizer<Balanced, Cls>, Balanced>;
+/// The cluster breaker over the rest, when `breaker` is set.
+pub type ClusterSvc = Either<Breaker<Pooled, Cls>, Pooled>;
+
+pub use super::retry::RetryOn;
+
+mod section;
+
+pub use section::{
+    BalanceSection, BreakerSection, HealthSection, OutlierSection, PoolAlgorithm, PoolSection,
+};
+
+/// What decides whether a built stack can be kept across a reload: every setting it was built
+/// from.
+#[derive(Debug, Clone, PartialEq)]
+struct Key {
+    balance: Option<BalanceSection>,
+    breaker: Option<BreakerSection>,
+    endpoint_breaker: Option<BreakerSection>,
+    pool: Option<PoolSection>,
+    retry: Option<RetrySection>,
+    protocol: UpstreamProtocol,
+}
+
+/// A cluster's built stack and the handles that look into it. Kept across reloads (with its
+/// breaker, limit, latency and ejection state) while the cluster keeps its name and settings.
+#[derive(Debug)]
+pub struct ClusterLayers {
+    key: Key,
+    name: String,
+    svc: ClusterSvc,
+    balance: BalanceHandle<SocketAddr, EndpointSvc>,
+    breaker: Option<BreakerHandle>,
+    endpoint_breakers: Mutex<Vec<(SocketAddr, BreakerHandle)>>,
+    limiter: Option<Limiter>,
+    retry: Option<RetryPolicy>,
+    health: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    settings: Arc<SharedSettings>,
+}
+
+/// Connection settings the endpoints read on each call, so a reload that only changes the
+/// global timeouts keeps the stack (and its breaker, limit and latency state).
+#[derive(Debug)]
+pub struct SharedSettings {
+    connect_ms: std::sync::atomic::AtomicU64,
+    idle_ms: std::sync::atomic::AtomicU64,
+}
+
+impl From<Settings> for SharedSettings {
+    fn from(s: Settings) -> Self {
+        Self::new(s)
+    }
+}
+
+impl SharedSettings {
+    fn new(s: Settings) -> Self {
+        let ms = |d: Duration| std::sync::atomic::AtomicU64::new(d.as_millis() as u64);
+        Self {
+            connect_ms: ms(s.connect_timeout),
+            idle_ms: ms(s.idle_timeout),
+        }
+    }
+
+    fn store(&self, s: Settings) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Relaxed: independent values; a request may start with the old one a moment longer.
+        self.connect_ms
+            .store(s.connect_timeout.as_millis() as u64, Relaxed);
+        self.idle_ms
+            .store(s.idle_timeout.as_millis() as u64, Relaxed);
+    }
+
+    /// The current settings (idle connections capped by `max_idle`).
+    pub fn load(&self) -> Settings {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Relaxed: see `store`.
+        Settings {
+            connect_timeout: Duration::from_millis(self.connect_ms.load(Relaxed)),
+            idle_timeout: Duration::from_millis(self.idle_ms.load(Relaxed)),
+            max_idle: crate::pool::MAX_IDLE_PER_ENDPOINT,
+        }
+    }
+}
+
+impl ClusterLayers {
+    /// Whether `cc` asks for a stack at all.
+    pub fn wanted(cc: &ClusterConfig) -> bool {
+        cc.balance.is_some()
+            || cc.breaker.is_some()
+            || cc.endpoint_breaker.is_some()
+            || cc.pool.is_some()
+            || cc.retry.is_some()
+    }
+
+    /// Builds the stack of `cc`, or keeps `old` when it was built from the same settings.
+    ///
+    /// # Errors
+    /// A layer refused its configuration (validation should have caught it first).
+    pub fn build(
+        cc: &ClusterConfig,
+        settings: Settings,
+        old: Option<&Arc<ClusterLayers>>,
+    ) -> Result<Arc<Self>, ConfigError> {
+        let key = Key {
+            balance: cc.balance.clone(),
+            breaker: cc.breaker.clone(),
+            endpoint_breaker: cc.endpoint_breaker.clone(),
+            pool: cc.pool.clone(),
+            retry: cc.retry.clone(),
+            protocol: cc.protocol,
+        };
+        if let Some(old) = old.filter(|o| o.key == key) {
+            // The global timeouts may have changed: the kept endpoints read them on each call.
+            old.settings.store(settings);
+            return Ok(old.clone());
+        }
+        let at = |f: &str| format!("clusters.{}.{f}", cc.name);
+        let layer_err =
+            |f: &str, e: tollgate_core::error::ConfigError| ConfigError::new(at(f), e.to_string());
+        let balance_cfg = key.balance.clone().unwrap_or_default().to_config();
+        let balanced: Balanced = Balance::new(std::iter::empty(), balance_cfg)
+            .map_err(|e| layer_err("balance", e))?
+            .with_classifier(Cls::default());
+        let handle = balanced.handle();
+        let (pooled, limiter) = match &key.pool {
+            Some(p) => {
+                let limiter = Limiter::new(p.to_config()).map_err(|e| layer_err("pool", e))?;
+                let svc = PoolSizer::new(balanced, limiter.clone(), Cls::default());
+                (Either::Left(svc), Some(limiter))
+            }
+            None => (Either::Right(balanced), None),
+        };
+        let (svc, breaker) = match &key.breaker {
+            Some(b) => {
+                let layer = BreakerLayer::new(b.to_config(&cc.name))
+                    .map_err(|e| layer_err("breaker", e))?
+                    .with_classifier(Cls::default());
+                let handle = layer.handle();
+                (Either::Left(layer.layer(pooled)), Some(handle))
+            }
+            None => (Either::Right(pooled), None),
+        };
+        let retry = key.retry.as_ref().map(RetryPolicy::new);
+        Ok(Arc::new(Self {
+            name: cc.name.clone(),
+            key,
+            svc,
+            balance: handle,
+            breaker,
+            endpoint_breakers: Mutex::new(Vec::new()),
+            limiter,
+            retry,
+            health: Mutex::new(None),
+            settings: Arc::new(SharedSettings::new(settings)),
+        }))
+    }
+
+    /// Makes the balancer's endpoint set equal `addrs`: new ones are added (with their own
+    /// breaker when `endpoint_breaker` is set), gone ones removed; kept ones keep their state.
+    pub fn sync_endpoints(&self, addrs: &[SocketAddr]) {
+        let mut breakers = self
+            .endpoint_breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let have: Vec<SocketAddr> = self.balance.endpoints().iter().map(|e| e.key).collect();
+        for gone in have.iter().filter(|a| !addrs.contains(a)) {
+            self.balance.remove(gone);
+            breakers.retain(|(a, _)| a != gone);
+        }
+        for &addr in addrs.iter().filter(|a| !have.contains(a)) {
+            let up = Upstream::new(
+                addr,
+                self.key.protocol,
+                self.settings.clone(),
+                self.limiter.clone(),
+            );
+            match &self.key.endpoint_breaker {
+                Some(b) => {
+                    let name = format!("{}/{addr}", self.name);
+                    let Ok(layer) = BreakerLayer::new(b.to_config(&name)) else {
+                        continue;
+                    };
+                    let layer = layer.with_classifier(Cls::default());
+                    let handle = layer.handle();
+                    let svc = Either::Left(layer.layer(up));
+                    if self
+                        .balance
+                        .insert_with_signal(addr, svc, 1.0, handle.clone())
+                        .is_ok()
+                    {
+                        breakers.push((addr, handle));
+                    }
+                }
+                None => self.balance.insert(addr, Either::Right(up)),
+            }
+        }
+    }
+
+    /// Starts the active health checks on the current runtime (the control thread's) unless
+    /// they run already; returns the new task's abort handle, so the caller can stop it once
+    /// this stack leaves the current snapshot (a worker may hold the old snapshot a while).
+    pub fn ensure_health_checks(&self) -> Option<tokio::task::AbortHandle> {
+        let h = self.key.balance.as_ref().and_then(|b| b.health.clone())?;
+        let mut task = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return None;
+        }
+        let check = HttpHealthCheck::new(h.path.clone(), self.key.protocol);
+        let handle = tokio::spawn(self.balance.health_checks(check));
+        let abort = handle.abort_handle();
+        *task = Some(handle);
+        Some(abort)
+    }
+
+    /// A fresh clone of the stack for one request.
+    pub fn service(&self) -> ClusterSvc {
+        self.svc.clone()
+    }
+
+    /// The retry policy, when `retry` is set.
+    pub fn retry(&self) -> Option<&RetryPolicy> {
+        self.retry.as_ref()
+    }
+
+    /// Sends `req` through the stack (retrying when configured and allowed).
+    pub async fn send(&self, req: UpRequest) -> Result<UpResponse, BoxError> {
+        match &self.retry {
+            Some(policy) => policy.send(self.svc.clone(), req).await,
+            None => self.svc.clone().oneshot(req).await,
+        }
+    }
+
+    /// The stack's state for `/state`.
+    pub fn state(&self) -> serde_json::Value {
+        let breakers = self
+            .endpoint_breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let endpoints: Vec<serde_json::Value> = self
+            .balance
+            .endpoints()
+            .into_iter()
+            .map(|e| {
+                let breaker = breakers
+                    .iter()
+                    .find(|(a, _)| *a == e.key)
+                    .map(|(_, h)| format!("{:?}", h.state()).to_lowercase());
+                serde_json::json!({
+                    "addr": e.key.to_string(),
+                    "state": format!("{:?}", e.state).to_lowercase(),
+                    "latency_ms": e.latency.as_secs_f64() * 1e3,
+                    "in_flight": e.in_flight,
+                    "breaker": breaker,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "balance": {
+                "endpoints": endpoints,
+                "ejected": self.balance.ejected(),
+                "panic": self.balance.is_panicking(),
+            },
+            "breaker": self.breaker.as_ref().map(|h| {
+                let s = h.snapshot();
+                serde_json::json!({
+                    "state": format!("{:?}", s.state).to_lowercase(),
+                    "failure_rate": s.failure_rate,
+                    "slow_call_rate": s.slow_call_rate,
+                    "calls": s.calls,
+                })
+            }),
+            "pool": self.limiter.as_ref().map(|l| serde_json::json!({
+                "limit": l.limit(),
+                "in_flight": l.in_flight(),
+            })),
+            "retry": self.retry.as_ref().map(RetryPolicy::state),
+        })
+    }
+
+    /// Records the stack's gauges and counters, labelled `cluster`, into the current
+    /// `metrics` recorder (the admin page's, while `/metrics` renders).
+    pub fn record_metrics(&self) {
+        let c = self.name.clone();
+        let open = |h: &BreakerHandle| {
+            f64::from(u8::from(matches!(
+                h.state(),
+                tollgate_breaker::State::Open | tollgate_breaker::State::ForcedOpen
+            )))
+        };
+        if let Some(h) = &self.breaker {
+            metrics::gauge!("tollgate_cluster_breaker_open", "cluster" => c.clone()).set(open(h));
+        }
+        if let Some(l) = &self.limiter {
+            metrics::gauge!("tollgate_cluster_pool_limit", "cluster" => c.clone())
+                .set(l.limit() as f64);
+            metrics::gauge!("tollgate_cluster_pool_in_flight", "cluster" => c.clone())
+                .set(l.in_flight() as f64);
+        }
+        metrics::gauge!("tollgate_cluster_endpoints_ejected", "cluster" => c.clone())
+            .set(self.balance.ejected() as f64);
+        for e in self.balance.endpoints() {
+            metrics::gauge!(
+                "tollgate_endpoint_latency_seconds",
+                "cluster" => c.clone(),
+                "endpoint" => e.key.to_string()
+            )
+            .set(e.latency.as_secs_f64());
+        }
+        let breakers = self
+            .endpoint_breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (addr, h) in breakers.iter() {
+            metrics::gauge!(
+                "tollgate_endpoint_breaker_open",
+                "cluster" => c.clone(),
+                "endpoint" => addr.to_string()
+            )
+            .set(open(h));
+        }
+        if let Some(r) = &self.retry {
+            r.record_metrics(&c);
+        }
+    }
+}

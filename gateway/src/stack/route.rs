@@ -1,0 +1,121 @@
+//! The services a route sends through: a cluster (its layered stack, or the plain round-robin
+//! path), behind the route's admission policy.
+
+use super::admission::{AdmissionPolicy, AdmitCtx};
+use super::cluster::{ClusterLayers, SharedSettings};
+use super::upstream::Upstream;
+use super::{UpRequest, UpResponse};
+use crate::pool::Settings;
+use crate::state::Cluster;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tollgate_core::BoxError;
+use tower::{Service, ServiceExt};
+
+/// A boxed response future of the route services.
+pub type BoxFuture = Pin<Box<dyn Future<Output = Result<UpResponse, BoxError>> + Send>>;
+
+/// A cluster as a service: its layered stack, or round robin over its endpoints.
+#[derive(Debug, Clone)]
+pub enum ClusterService {
+    /// The cluster's layers (breaker, pool, balance, retries).
+    Layered(Arc<ClusterLayers>),
+    /// No layers: round robin, as the part-1 fast path does.
+    Plain(Arc<Cluster>, Settings),
+}
+
+impl Service<UpRequest> for ClusterService {
+    type Response = UpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: UpRequest) -> BoxFuture {
+        match self {
+            ClusterService::Layered(layers) => {
+                let layers = layers.clone();
+                Box::pin(async move { layers.send(req).await })
+            }
+            ClusterService::Plain(cluster, settings) => {
+                let Some((index, addr)) = cluster.pick() else {
+                    return Box::pin(std::future::ready(Err(BoxError::from(
+                        tollgate_balance::NoEndpoints::new(),
+                    ))));
+                };
+                let cluster = cluster.clone();
+                let up = Upstream::new(
+                    addr,
+                    cluster.protocol,
+                    Arc::new(SharedSettings::from(*settings)),
+                    None,
+                );
+                Box::pin(async move {
+                    let result = up.oneshot(req).await;
+                    let failed = match &result {
+                        Ok(r) => r.status().is_server_error(),
+                        Err(_) => true,
+                    };
+                    if failed {
+                        cluster.endpoint_failed(index, addr);
+                    }
+                    result
+                })
+            }
+        }
+    }
+}
+
+/// A route's way upstream: its admission policy (if any) in front of its cluster, all within
+/// the route's overall timeout. A route cache sits outside it, so a timed-out fetch is a
+/// failure the cache can hide with a stale answer.
+#[derive(Debug, Clone)]
+pub struct RouteService {
+    /// The admission policy and what it needs to know of the request.
+    pub admission: Option<(Arc<AdmissionPolicy>, AdmitCtx)>,
+    /// The cluster.
+    pub cluster: ClusterService,
+    /// The route's overall timeout (`request_timeout_ms`, else `timeouts.request_ms`).
+    pub timeout: Duration,
+}
+
+/// A request that ran past its route's overall timeout (answered 504).
+#[derive(Debug)]
+pub struct RouteTimedOut;
+
+impl std::fmt::Display for RouteTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream timed out")
+    }
+}
+
+impl std::error::Error for RouteTimedOut {}
+
+impl Service<UpRequest> for RouteService {
+    type Response = UpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: UpRequest) -> BoxFuture {
+        let fut: BoxFuture = match &self.admission {
+            Some((policy, ctx)) => Box::pin(policy.call(self.cluster.clone(), req, ctx)),
+            None => self.cluster.call(req),
+        };
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(BoxError::from(RouteTimedOut)),
+            }
+        })
+    }
+}

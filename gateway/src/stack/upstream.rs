@@ -1,0 +1,113 @@
+//! The innermost service: one upstream endpoint, reached through the worker thread's own
+//! connection pool ([`crate::pool`]).
+
+use super::cluster::SharedSettings;
+use super::{GwBody, UpRequest, UpResponse};
+use crate::config::UpstreamProtocol;
+use crate::pool;
+use crate::proxy::UpstreamAddr;
+use http::header::{self, HeaderValue};
+use http::{Request, Uri, Version};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tollgate_core::BoxError;
+use tower::Service;
+
+/// One upstream endpoint as a service. The request arrives with an origin-form URI; the
+/// endpoint fills in what depends on its address: the absolute URI HTTP/2 needs, and `Host`
+/// when the route did not forward the client's.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    addr: SocketAddr,
+    authority: Arc<str>,
+    host: HeaderValue,
+    protocol: UpstreamProtocol,
+    settings: Arc<SharedSettings>,
+    limiter: Option<tollgate_pool::Limiter>,
+}
+
+impl Upstream {
+    /// The endpoint at `addr`, spoken to with `protocol`. With `limiter` (the cluster's
+    /// adaptive limit), each worker keeps at most that many idle connections to it, so the
+    /// connection pool follows what the upstream was learned to take.
+    pub fn new(
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+        settings: Arc<SharedSettings>,
+        limiter: Option<tollgate_pool::Limiter>,
+    ) -> Self {
+        let authority: Arc<str> = addr.to_string().into();
+        let host = HeaderValue::from_str(&authority).unwrap_or(HeaderValue::from_static("-"));
+        Self {
+            addr,
+            authority,
+            host,
+            protocol,
+            settings,
+            limiter,
+        }
+    }
+
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// The future of one upstream request (boxed: it is hyper's connection handshake and send).
+pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<UpResponse, BoxError>> + Send>>;
+
+impl Service<UpRequest> for Upstream {
+    type Response = UpResponse;
+    type Error = BoxError;
+    type Future = UpstreamFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<GwBody>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        if !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, self.host.clone());
+        }
+        let addr = self.addr;
+        let mut settings = self.settings.load();
+        if let Some(l) = &self.limiter {
+            settings.max_idle = l.limit().max(1);
+        }
+        match self.protocol {
+            UpstreamProtocol::Http1 => {
+                parts.version = Version::HTTP_11;
+                let req = Request::from_parts(parts, body);
+                Box::pin(async move {
+                    let mut resp = pool::send_h1(addr, req, settings).await?;
+                    resp.extensions_mut().insert(UpstreamAddr(addr));
+                    Ok(resp)
+                })
+            }
+            UpstreamProtocol::H2c => {
+                parts.version = Version::HTTP_2;
+                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                match Uri::builder()
+                    .scheme("http")
+                    .authority(&*self.authority)
+                    .path_and_query(pq)
+                    .build()
+                {
+                    Ok(uri) => parts.uri = uri,
+                    Err(e) => return Box::pin(std::future::ready(Err(BoxError::from(e)))),
+                }
+                let req = Request::from_parts(parts, body);
+                Box::pin(async move {
+                    let mut resp = pool::send_h2(addr, req, settings).await?;
+                    resp.extensions_mut().insert(UpstreamAddr(addr));
+                    Ok(resp)
+                })
+            }
+        }
+    }
+}
