@@ -1,0 +1,371 @@
+//! Validation of a parsed [`Config`]: every field checked, the error naming it.
+
+use super::config::{Config, ConfigError, RouteKind};
+use std::net::SocketAddr;
+
+/// Methods a route may name.
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+];
+
+impl Config {
+    /// Checks every field; the error's `file` is left empty for the caller to fill.
+    ///
+    /// # Errors
+    /// The first problem found, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn e(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+            ConfigError::new(field, problem)
+        }
+        if self.server.workers > 1024 {
+            return Err(e(
+                "server.workers",
+                "must be at most 1024 (0 means one per core)",
+            ));
+        }
+        if self.server.drain_timeout_ms > 3_600_000 {
+            return Err(e(
+                "server.drain_timeout_ms",
+                "must be at most 3600000 (one hour)",
+            ));
+        }
+        if !self.admin.listen.is_empty() {
+            parse_addr(&self.admin.listen).map_err(|p| e("admin.listen", p))?;
+        }
+        let t = &self.timeouts;
+        for (name, v) in [
+            ("timeouts.connect_ms", t.connect_ms),
+            ("timeouts.header_read_ms", t.header_read_ms),
+            ("timeouts.request_ms", t.request_ms),
+            ("timeouts.idle_ms", t.idle_ms),
+            ("timeouts.park_ms", t.park_ms),
+        ] {
+            if v == 0 || v > 86_400_000 {
+                return Err(e(name, "must be between 1 and 86400000 ms"));
+            }
+        }
+        let l = &self.limits;
+        if !(8192..=16 * 1024 * 1024).contains(&l.max_header_bytes) {
+            return Err(e(
+                "limits.max_header_bytes",
+                "must be between 8192 and 16777216 bytes",
+            ));
+        }
+        if !(1..=10_000).contains(&l.max_headers) {
+            return Err(e("limits.max_headers", "must be between 1 and 10000"));
+        }
+        if self.listeners.is_empty() {
+            return Err(e("listeners", "at least one listener is required"));
+        }
+        for (i, lc) in self.listeners.iter().enumerate() {
+            let at = |f: &str| format!("listeners[{i}].{f}");
+            check_name(&lc.name).map_err(|p| e(at("name"), p))?;
+            if self.listeners[..i].iter().any(|o| o.name == lc.name) {
+                return Err(e(
+                    at("name"),
+                    format!("duplicate listener name \"{}\"", lc.name),
+                ));
+            }
+            let addr = parse_addr(&lc.listen).map_err(|p| e(at("listen"), p))?;
+            // Every worker binds each listener with `SO_REUSEPORT`, so two listeners on one
+            // address would both start and split its connections between them.
+            for (j, other) in self.listeners[..i].iter().enumerate() {
+                if parse_addr(&other.listen).is_ok_and(|o| addrs_overlap(o, addr)) {
+                    return Err(e(
+                        at("listen"),
+                        format!("\"{}\" is already the address of listeners[{j}]", lc.listen),
+                    ));
+                }
+            }
+            if parse_addr(&self.admin.listen).is_ok_and(|o| addrs_overlap(o, addr)) {
+                return Err(e(
+                    at("listen"),
+                    format!("\"{}\" is already the admin listener's address", lc.listen),
+                ));
+            }
+            if let Some(tls) = &lc.tls {
+                if tls.cert.is_empty() {
+                    return Err(e(at("tls.cert"), "must name a PEM certificate file"));
+                }
+                if tls.key.is_empty() {
+                    return Err(e(at("tls.key"), "must name a PEM key file"));
+                }
+            }
+        }
+        for (i, a) in self.admission.iter().enumerate() {
+            let at = format!("admission[{i}]");
+            check_name(&a.name).map_err(|p| e(format!("{at}.name"), p))?;
+            if self.admission[..i].iter().any(|o| o.name == a.name) {
+                return Err(e(
+                    format!("{at}.name"),
+                    format!("duplicate admission policy name \"{}\"", a.name),
+                ));
+            }
+            a.validate(&at)?;
+        }
+        let known_policy = |name: &Option<String>, field: String| match name {
+            Some(n) if !self.admission.iter().any(|a| &a.name == n) => {
+                Err(e(field, format!("names unknown admission policy \"{n}\"")))
+            }
+            _ => Ok(()),
+        };
+        for (i, lc) in self.listeners.iter().enumerate() {
+            known_policy(&lc.admission, format!("listeners[{i}].admission"))?;
+        }
+        for (i, d) in self.demo.iter().enumerate() {
+            let at = |f: &str| format!("demo[{i}].{f}");
+            check_name(&d.name).map_err(|p| e(at("name"), p))?;
+            if self.demo[..i].iter().any(|o| o.name == d.name) {
+                return Err(e(at("name"), format!("duplicate demo name \"{}\"", d.name)));
+            }
+            let addr = parse_addr(&d.listen).map_err(|p| e(at("listen"), p))?;
+            if !addr.ip().is_loopback() {
+                return Err(e(at("listen"), "demo upstreams listen on loopback only"));
+            }
+            if d.delay_ms > 600_000 {
+                return Err(e(at("delay_ms"), "must be at most 600000 ms"));
+            }
+        }
+        for (i, c) in self.clusters.iter().enumerate() {
+            let at = |f: &str| format!("clusters[{i}].{f}");
+            check_name(&c.name).map_err(|p| e(at("name"), p))?;
+            if self.clusters[..i].iter().any(|o| o.name == c.name) {
+                return Err(e(
+                    at("name"),
+                    format!("duplicate cluster name \"{}\"", c.name),
+                ));
+            }
+            if c.endpoints.is_empty() {
+                return Err(e(at("endpoints"), "at least one endpoint is required"));
+            }
+            for (j, ep) in c.endpoints.iter().enumerate() {
+                let p = match Endpoint::parse(ep) {
+                    Ok(Endpoint::Demo(name)) if !self.demo.iter().any(|d| d.name == name) => {
+                        Err(format!("names unknown demo upstream \"{name}\""))
+                    }
+                    Ok(_) => Ok(()),
+                    Err(p) => Err(p),
+                };
+                p.map_err(|p| e(format!("clusters[{i}].endpoints[{j}]"), p))?;
+            }
+            if !(100..=86_400_000).contains(&c.resolve_interval_ms) {
+                return Err(e(
+                    at("resolve_interval_ms"),
+                    "must be between 100 and 86400000 ms",
+                ));
+            }
+            if let Some(b) = &c.balance {
+                b.validate(&at("balance"))?;
+            }
+            if let Some(b) = &c.breaker {
+                b.validate(&at("breaker"))?;
+            }
+            if let Some(b) = &c.endpoint_breaker {
+                b.validate(&at("endpoint_breaker"))?;
+            }
+            if let Some(p) = &c.pool {
+                p.validate(&at("pool"))?;
+            }
+            if let Some(r) = &c.retry {
+                r.validate(&at("retry"))?;
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = |f: &str| format!("routes[{i}].{f}");
+            check_host_pattern(&r.host).map_err(|p| e(at("host"), p))?;
+            if !r.path_prefix.starts_with('/') {
+                return Err(e(at("path_prefix"), "must start with '/'"));
+            }
+            if r.path_prefix
+                .bytes()
+                .any(|b| b.is_ascii_control() || b == b' ' || b == b'?')
+            {
+                return Err(e(
+                    at("path_prefix"),
+                    "must not contain spaces, control bytes or '?'",
+                ));
+            }
+            for (j, m) in r.methods.iter().enumerate() {
+                if !METHODS.contains(&m.as_str()) {
+                    return Err(e(
+                        format!("routes[{i}].methods[{j}]"),
+                        format!("unknown method \"{m}\" (use upper case, e.g. GET)"),
+                    ));
+                }
+            }
+            if !self.clusters.iter().any(|c| c.name == r.cluster) {
+                return Err(e(
+                    at("cluster"),
+                    format!("names unknown cluster \"{}\"", r.cluster),
+                ));
+            }
+            if let Some(ms) = r.request_timeout_ms
+                && (ms == 0 || ms > 86_400_000)
+            {
+                return Err(e(
+                    at("request_timeout_ms"),
+                    "must be between 1 and 86400000 ms",
+                ));
+            }
+            known_policy(&r.admission, at("admission"))?;
+            if let Some(class) = &r.priority {
+                check_priority(self, r, class).map_err(|p| e(at("priority"), p))?;
+            }
+            match (r.kind, &r.batch) {
+                (RouteKind::Batch, None) => {
+                    return Err(e(
+                        at("batch"),
+                        "a route of kind \"batch\" needs a [routes.batch] table",
+                    ));
+                }
+                (RouteKind::Proxy, Some(_)) => {
+                    return Err(e(
+                        at("batch"),
+                        "only routes of kind \"batch\" take a batch table",
+                    ));
+                }
+                (RouteKind::Batch, Some(b)) => {
+                    b.validate(&at("batch"))?;
+                    if r.cache.is_some() {
+                        return Err(e(at("cache"), "a batch route cannot be cached"));
+                    }
+                }
+                (RouteKind::Proxy, None) => {}
+            }
+            if let Some(c) = &r.cache {
+                c.validate(&at("cache"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a route's priority class exists in the admission policy that will see its
+/// requests: the route's own, else every listener's.
+fn check_priority(
+    config: &Config,
+    r: &super::config::RouteConfig,
+    class: &str,
+) -> Result<(), String> {
+    let names: Vec<&str> = match &r.admission {
+        Some(n) => vec![n.as_str()],
+        None => config
+            .listeners
+            .iter()
+            .filter_map(|l| l.admission.as_deref())
+            .collect(),
+    };
+    if names.is_empty() {
+        return Err("needs an admission policy (on the route or its listeners) to rank it".into());
+    }
+    for n in names {
+        if let Some(a) = config.admission.iter().find(|a| a.name == n)
+            && !a.has_class(class)
+        {
+            return Err(format!(
+                "\"{class}\" is not a class of admission policy \"{n}\""
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A parsed cluster endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A literal socket address.
+    Static(SocketAddr),
+    /// A DNS name and port, re-resolved periodically.
+    Dns(String, u16),
+    /// The address of the named demo upstream.
+    Demo(String),
+}
+
+impl Endpoint {
+    /// Parses `IP:PORT`, `HOST:PORT` or `demo:NAME`.
+    ///
+    /// # Errors
+    /// A lower-case problem description.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(name) = s.strip_prefix("demo:") {
+            check_name(name)?;
+            return Ok(Self::Demo(name.to_owned()));
+        }
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err("port must not be 0".into());
+            }
+            return Ok(Self::Static(addr));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("\"{s}\" is not HOST:PORT or IP:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("\"{port}\" in \"{s}\" is not a port number"))?;
+        if port == 0 {
+            return Err("port must not be 0".into());
+        }
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(format!("\"{host}\" is not a valid host name"));
+        }
+        Ok(Self::Dns(host.to_ascii_lowercase(), port))
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("\"{s}\" is not an IP:PORT address"))
+}
+
+/// Whether two listeners would take the same connections: the same port (0 picks a fresh one
+/// each time) on the same IP, or on any IP where one of them is a wildcard.
+fn addrs_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("\"{name}\" must be 1-64 of [A-Za-z0-9_-]"))
+    }
+}
+
+fn check_host_pattern(host: &str) -> Result<(), String> {
+    if host == "*" {
+        return Ok(());
+    }
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    let ok = !bare.is_empty()
+        && bare.len() <= 253
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !bare.starts_with('.')
+        && !bare.ends_with('.')
+        && !bare.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{host}\" must be \"*\", a host name, or \"*.\" and a host name"
+        ))
+    }
+}

@@ -1,0 +1,294 @@
+//! The cluster layers in the gateway: breaker, pool, balance and retries on a route, the
+//! `/state` view of them, their validation, and their state kept across reloads.
+
+mod common;
+
+use common::*;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tollgate_gateway::config::Config;
+
+/// An upstream answering `name` and counting its requests.
+async fn named(name: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    let addr = upstream(move |_req| {
+        count.fetch_add(1, Ordering::Relaxed);
+        async move { text(StatusCode::OK, name) }
+    })
+    .await;
+    (addr, seen)
+}
+
+/// A port that refuses connections.
+fn refused() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+const LAYERS: &str = "[clusters.balance]\nseed = 7\n\
+     [clusters.breaker]\nminimum_calls = 1000\n\
+     [clusters.endpoint_breaker]\nminimum_calls = 1000\n\
+     [clusters.pool]\ninitial_limit = 16\n\
+     [clusters.retry]\nattempts = 2\nbudget_min_per_s = 100\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layered_cluster_serves_gets_and_streams_posts() {
+    bounded(async {
+        let (a, seen_a) = named("a").await;
+        let (b, seen_b) = named("b").await;
+        let gw = start(config(&format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{a}\", \"{b}\"]\n{LAYERS}\
+             [[routes]]\ncluster = \"up\"\n"
+        )));
+        for _ in 0..40 {
+            let (s, body) = get(addr(&gw), "/").await;
+            assert_eq!(s, StatusCode::OK);
+            assert!(body == "a" || body == "b", "{body}");
+        }
+        // Sequential requests go to the endpoint with the best latency estimate (an
+        // unmeasured one counts as slow: the balancer's `default_rtt`); each is sent once.
+        let (a_n, b_n) = (
+            seen_a.load(Ordering::Relaxed),
+            seen_b.load(Ordering::Relaxed),
+        );
+        assert_eq!(a_n + b_n, 40);
+        // A POST body streams through the layers.
+        let echo = inspect_upstream().await;
+        stop(gw).await;
+        let gw = start(config(&format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{echo}\"]\n{LAYERS}\
+             [[routes]]\ncluster = \"up\"\n"
+        )));
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/post", addr(&gw)))
+            .body(Full::new(bytes::Bytes::from(vec![b'x'; 5000])))
+            .unwrap();
+        let (s, _, body, _) = send(&h1_client(), req).await;
+        assert_eq!(s, StatusCode::OK);
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("body-len: 5000"), "{body}");
+        assert!(body.starts_with("POST /post"), "{body}");
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_are_retried_and_posts_with_a_body_are_not() {
+    bounded(async {
+        let dead = refused();
+        let gw = start(config(&format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{dead}\"]\n\
+             [clusters.retry]\nattempts = 2\nbudget_min_per_s = 1000\n\
+             [[routes]]\ncluster = \"up\"\n"
+        )));
+        let admin = tollgate_gateway::admin::Admin {
+            shared: gw.shared().clone(),
+            demos: vec![],
+        };
+        let retries = |admin: &tollgate_gateway::admin::Admin| {
+            admin.state()["clusters"][0]["layers"]["retry"]["retries"]
+                .as_u64()
+                .unwrap()
+        };
+        let (s, _) = get(addr(&gw), "/").await;
+        assert_eq!(s, StatusCode::BAD_GATEWAY);
+        assert_eq!(retries(&admin), 2, "a GET is tried three times");
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/", addr(&gw)))
+            .body(Full::new(bytes::Bytes::from_static(b"payload")))
+            .unwrap();
+        let (s, _, _, _) = send(&h1_client(), req).await;
+        assert_eq!(s, StatusCode::BAD_GATEWAY);
+        assert_eq!(retries(&admin), 2, "a POST with a body is tried once");
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_cluster_breaker_answers_503_with_retry_after() {
+    bounded(async {
+        let dead = refused();
+        let gw = start(config(&format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{dead}\"]\n\
+             [clusters.breaker]\nminimum_calls = 4\nwindow = 4\nwait_in_open_ms = 60000\n\
+             [[routes]]\ncluster = \"up\"\n"
+        )));
+        for _ in 0..4 {
+            let (s, _) = get(addr(&gw), "/").await;
+            assert_eq!(s, StatusCode::BAD_GATEWAY);
+        }
+        let req = Request::get(format!("http://{}/", addr(&gw)))
+            .body(Full::default())
+            .unwrap();
+        let (s, headers, body, _) = send(&h1_client(), req).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+        let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry_after));
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_state_of_unchanged_clusters() {
+    bounded(async {
+        let dead = refused();
+        let (ok, _) = named("ok").await;
+        let dir = scratch("layers-reload");
+        let path = dir.join("gw.toml");
+        let text = |timeout: u64, wait: u64| {
+            format!(
+                "[server]\nworkers = 2\n[admin]\nlisten = \"\"\n[log]\naccess_log = false\n\
+                 [timeouts]\nconnect_ms = 300\nrequest_ms = {timeout}\n\
+                 [[listeners]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n\
+                 [[clusters]]\nname = \"dead\"\nendpoints = [\"{dead}\"]\n\
+                 [clusters.breaker]\nminimum_calls = 2\nwindow = 2\nwait_in_open_ms = 60000\n\
+                 [[clusters]]\nname = \"ok\"\nendpoints = [\"{ok}\"]\n\
+                 [clusters.breaker]\nminimum_calls = 2\nwindow = 2\nwait_in_open_ms = {wait}\n\
+                 [[routes]]\npath_prefix = \"/dead\"\ncluster = \"dead\"\n\
+                 [[routes]]\ncluster = \"ok\"\n"
+            )
+        };
+        std::fs::write(&path, text(3000, 1000)).unwrap();
+        let config = Config::load(&path).unwrap();
+        let mut opts = tollgate_gateway::StartOptions::new(config, "gw.toml");
+        opts.path = Some(path.clone());
+        let gw = tollgate_gateway::Gateway::start(opts).unwrap();
+        for _ in 0..2 {
+            get(addr(&gw), "/dead").await;
+        }
+        let (s, _) = get(addr(&gw), "/dead").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "the breaker is open");
+        let before = gw.shared().current.load().clusters[0]
+            .layers
+            .clone()
+            .unwrap();
+        // An unrelated change, then a change to the other cluster's breaker.
+        std::fs::write(&path, text(4000, 1000)).unwrap();
+        let g = tokio::task::block_in_place(|| gw.reload()).unwrap();
+        assert_eq!(g, 2);
+        std::fs::write(&path, text(4000, 2000)).unwrap();
+        tokio::task::block_in_place(|| gw.reload()).unwrap();
+        let snap = gw.shared().current.load();
+        let after = snap.clusters[0].layers.clone().unwrap();
+        assert!(
+            Arc::ptr_eq(&before, &after),
+            "the unchanged cluster keeps its stack"
+        );
+        let (s, _) = get(addr(&gw), "/dead").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "and its open breaker");
+        let (s, body) = get(addr(&gw), "/").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "ok"));
+        drop(snap);
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[test]
+fn bad_layer_fields_are_named() {
+    let base = "[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n\
+                [[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\"]\n";
+    let cases = [
+        (
+            "[clusters.breaker]\nfailure_rate = 0\n",
+            "clusters[0].breaker.failure_rate",
+        ),
+        (
+            "[clusters.pool]\nmin_limit = 10\nmax_limit = 5\n",
+            "clusters[0].pool.max_limit",
+        ),
+        (
+            "[clusters.balance]\nhealth = { path = \"nope\" }\n",
+            "clusters[0].balance.health.path",
+        ),
+        (
+            "[clusters.retry]\nattempts = 99\n",
+            "clusters[0].retry.attempts",
+        ),
+        (
+            "[clusters.retry]\nretry_on = [\"sometimes\"]\n",
+            "clusters[0].retry.retry_on[0]",
+        ),
+    ];
+    for (section, field) in cases {
+        let text = format!("{base}{section}[[routes]]\ncluster = \"c\"\n");
+        let err = Config::parse(&text, "x.toml").unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+    }
+    let err = Config::parse(
+        &format!("{base}[[routes]]\ncluster = \"c\"\nadmission = \"nope\"\n"),
+        "x.toml",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "x.toml: routes[0].admission: names unknown admission policy \"nope\""
+    );
+    let err = Config::parse(
+        &format!("{base}[[routes]]\ncluster = \"c\"\nkind = \"batch\"\n"),
+        "x.toml",
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "routes[0].batch");
+}
+
+#[test]
+fn a_route_priority_must_be_a_class_of_its_policy() {
+    let text = "[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n\
+                [[admission]]\nname = \"p\"\nclasses = [\"high\", \"low\"]\n\
+                [[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\"]\n\
+                [[routes]]\ncluster = \"c\"\nadmission = \"p\"\npriority = \"urgent\"\n";
+    let err = Config::parse(text, "x.toml").unwrap_err();
+    assert_eq!(err.field, "routes[0].priority", "{err}");
+    assert!(Config::parse(&text.replace("urgent", "high"), "x.toml").is_ok());
+    let err = Config::parse(&text.replace("admission = \"p\"\n", ""), "x.toml").unwrap_err();
+    assert_eq!(err.field, "routes[0].priority", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_requests_get_grpc_statuses_for_rejections() {
+    bounded(async {
+        let dead = refused();
+        let gw = start(config(&format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{dead}\"]\nprotocol = \"h2c\"\n\
+             [clusters.breaker]\nminimum_calls = 2\nwindow = 2\nwait_in_open_ms = 60000\n\
+             [[routes]]\ncluster = \"up\"\n"
+        )));
+        let call = || {
+            Request::post(format!("http://{}/pkg.Svc/Method", addr(&gw)))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0")))
+                .unwrap()
+        };
+        for _ in 0..2 {
+            send(&h2_client(), call()).await;
+        }
+        let (s, headers, body, _) = send(&h2_client(), call()).await;
+        assert_eq!(s, StatusCode::OK, "gRPC errors travel in grpc-status");
+        assert!(body.is_empty());
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(
+            headers["grpc-status"], "14",
+            "UNAVAILABLE while the breaker is open"
+        );
+        let pushback: u64 = headers["grpc-retry-pushback-ms"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(pushback > 0 && pushback <= 60_000);
+        stop(gw).await;
+    })
+    .await;
+}
