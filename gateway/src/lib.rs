@@ -54,7 +54,6 @@ pub mod stack;
 pub mod state;
 pub mod stats;
 pub mod tls;
-pub mod validate;
 
 use config::{Config, ConfigError, RuntimeMode};
 use demo::Demo;

@@ -24,12 +24,11 @@
 //! counts and the layer's own fast path. The ticket travels beside the request (no extension,
 //! no allocation), and the layer's prioritizer only reads it back.
 
-mod section;
 #[cfg(test)]
 mod tests;
 mod ticket;
 
-pub use section::{AdmissionSection, ClassSection, ClientClass, RateLimitSection};
+pub use crate::config::admission::{AdmissionSection, ClassSection, ClientClass, RateLimitSection};
 
 use crate::config::ConfigError;
 use http::Request;

@@ -57,9 +57,7 @@ use tollgate_core::counter::ShardedCounter;
 use tollgate_core::error::{Panicked, find_cause};
 use tower::{Layer, Service, ServiceExt};
 
-mod section;
-
-pub use section::BatchSection;
+pub use crate::config::batch::BatchSection;
 
 /// The upstream answered the batch call with a non-2xx status; every caller of the batch gets
 /// that status and body.

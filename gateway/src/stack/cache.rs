@@ -35,12 +35,11 @@
 //! and its section stay the same.
 
 mod policy;
-mod section;
 #[cfg(test)]
 mod tests;
 
+pub use crate::config::cache::{CacheSection, RedisSection};
 pub use policy::{GwPolicy, Stored, X_CACHE};
-pub use section::{CacheSection, RedisSection};
 
 use super::UpRequest;
 use super::route::RouteService;

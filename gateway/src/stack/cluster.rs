@@ -6,9 +6,10 @@
 //! latency-aware P2C one (with the `[clusters.balance]` section's settings, or the defaults).
 
 use super::health::HttpHealthCheck;
-use super::retry::{RetryPolicy, RetrySection};
+use super::retry::RetryPolicy;
 use super::upstream::Upstream;
 use super::{UpRequest, UpResponse};
+use crate::config::retry::RetrySection;
 use crate::config::{ClusterConfig, ConfigError, UpstreamProtocol};
 use crate::pool::Settings;
 use std::net::SocketAddr;
@@ -34,11 +35,9 @@ pub type Pooled = Either<PoolSizer<Balanced, Cls>, Balanced>;
 /// The cluster breaker over the rest, when `breaker` is set.
 pub type ClusterSvc = Either<Breaker<Pooled, Cls>, Pooled>;
 
-pub use super::retry::RetryOn;
+pub use crate::config::retry::RetryOn;
 
-mod section;
-
-pub use section::{
+pub use crate::config::cluster::{
     BalanceSection, BreakerSection, HealthSection, OutlierSection, PoolAlgorithm, PoolSection,
 };
 

@@ -1,8 +1,8 @@
 //! The policy's unit tests: parsing, validation, tickets, and admission over a mock service.
 
-use super::section::{MAX_COUNT, MAX_MS, Net, default_classes};
 use super::ticket::{Rules, ip_key};
 use super::*;
+use crate::config::admission::{MAX_COUNT, MAX_MS, Net, default_classes};
 use http::Request;
 use std::sync::Mutex;
 use tokio::time::Instant;

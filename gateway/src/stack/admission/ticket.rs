@@ -2,7 +2,7 @@
 //! knows of it.
 
 use super::AdmitCtx;
-use super::section::{AdmissionSection, KeyFrom, Net, header_name, parse_key};
+use crate::config::admission::{AdmissionSection, KeyFrom, Net, header_name, parse_key};
 use http::{HeaderMap, HeaderName, Request};
 use std::net::IpAddr;
 use std::time::Duration;

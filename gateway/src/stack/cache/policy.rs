@@ -1,7 +1,7 @@
 //! What the gateway's cache stores and how: [`HttpPolicy`] with a weight floor, the `x-cache`
 //! header, and the Redis codec.
 
-use super::section::{CacheSection, ms};
+use crate::config::cache::{CacheSection, ms};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};

@@ -4,57 +4,29 @@
 //! Durations are integers in milliseconds (fields end in `_ms`), sizes are integers in bytes.
 //! Unknown fields are rejected, so a typo is an error rather than a silently ignored setting.
 
-use super::stack::admission::AdmissionSection;
-use super::stack::batch::BatchSection;
-use super::stack::cache::CacheSection;
-use super::stack::cluster::{BalanceSection, BreakerSection, PoolSection};
-use super::stack::retry::RetrySection;
+pub mod admission;
+pub mod batch;
+pub mod cache;
+pub mod cluster;
+mod endpoint;
+mod error;
+pub mod retry;
+mod validate;
+
+use admission::AdmissionSection;
+use batch::BatchSection;
+use cache::CacheSection;
+use cluster::{BalanceSection, BreakerSection, PoolSection};
+use retry::RetrySection;
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::time::Duration;
 
-pub use super::validate::Endpoint;
+pub use endpoint::Endpoint;
+pub use error::ConfigError;
 
 /// The configuration shipped with the binary and used when no `--config` is given and there is
 /// no `tollgate.toml` in the working directory.
-pub const DEFAULT_CONFIG: &str = include_str!("../../tollgate.toml");
-
-/// A configuration that could not be read, parsed or validated.
-///
-/// Display: `FILE: FIELD: PROBLEM`, for example
-/// `tollgate.toml: routes[1].cluster: names unknown cluster "api"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file the configuration came from (or `<default>` for the shipped one).
-    pub file: String,
-    /// The field at fault, as a path (`routes[1].cluster`), or `line L column C` for syntax.
-    pub field: String,
-    /// What is wrong, lower case.
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            file: String::new(),
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-
-    fn in_file(mut self, file: &str) -> Self {
-        self.file = file.to_owned();
-        self
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.file, self.field, self.problem)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub const DEFAULT_CONFIG: &str = include_str!("../../../tollgate.toml");
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! `[clusters.pool]` and `[clusters.balance]` (with `outlier` and `health`), their defaults,
 //! their validation (naming the field), and the layer configurations built from them.
 
-use crate::config::ConfigError;
+use super::error::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tollgate_balance::{BalanceConfig, HealthConfig, OutlierConfig};

@@ -1,6 +1,6 @@
 //! `[routes.cache]` and `[routes.cache.redis]`: plain data, checked once.
 
-use crate::config::ConfigError;
+use super::error::ConfigError;
 use http::header::HeaderName;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -155,7 +155,7 @@ impl RedisSection {
     }
 }
 
-pub(super) fn ms(v: u64) -> Duration {
+pub(crate) fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
@@ -175,7 +175,7 @@ impl CacheSection {
     }
 
     /// The `vary` names parsed, or the index of the first that is not a header name.
-    pub(super) fn vary_headers(&self) -> Result<Vec<HeaderName>, usize> {
+    pub(crate) fn vary_headers(&self) -> Result<Vec<HeaderName>, usize> {
         self.vary
             .iter()
             .enumerate()

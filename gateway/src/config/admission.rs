@@ -1,6 +1,6 @@
 //! `[[admission]]`: the policy's section, its parts and their validation.
 
-use crate::config::ConfigError;
+use super::error::ConfigError;
 use http::HeaderName;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -10,14 +10,14 @@ use std::time::Duration;
 use tollgate_admission::{AdmissionConfig, ClassConfig, CodelConfig, RateLimitConfig};
 
 /// The most requests `limit`, `max_queued` and a class's `max_queued` may name.
-pub(super) const MAX_COUNT: usize = 1_000_000;
+pub(crate) const MAX_COUNT: usize = 1_000_000;
 /// The longest time any `*_ms` field may name: one hour.
-pub(super) const MAX_MS: u64 = 3_600_000;
+pub(crate) const MAX_MS: u64 = 3_600_000;
 
 fn default_limit() -> usize {
     64
 }
-pub(super) fn default_classes() -> Vec<ClassSection> {
+pub(crate) fn default_classes() -> Vec<ClassSection> {
     ["critical", "high", "normal", "low"]
         .into_iter()
         .map(ClassSection::named)
@@ -224,12 +224,12 @@ fn default_key() -> String {
 
 /// Where a request's rate-limit key comes from.
 #[derive(Debug, Clone)]
-pub(super) enum KeyFrom {
+pub(crate) enum KeyFrom {
     ClientIp,
     Header(HeaderName),
 }
 
-pub(super) fn parse_key(s: &str) -> Result<KeyFrom, String> {
+pub(crate) fn parse_key(s: &str) -> Result<KeyFrom, String> {
     if s == "client-ip" {
         return Ok(KeyFrom::ClientIp);
     }
@@ -239,19 +239,19 @@ pub(super) fn parse_key(s: &str) -> Result<KeyFrom, String> {
     }
 }
 
-pub(super) fn header_name(s: &str) -> Result<HeaderName, String> {
+pub(crate) fn header_name(s: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("`{s}` is not a header name"))
 }
 
 /// A network to match client addresses against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Net {
+pub(crate) enum Net {
     V4 { addr: u32, mask: u32 },
     V6 { addr: u128, mask: u128 },
 }
 
 impl Net {
-    pub(super) fn parse(s: &str) -> Result<Net, String> {
+    pub(crate) fn parse(s: &str) -> Result<Net, String> {
         let (ip, len) = match s.split_once('/') {
             Some((ip, len)) => (ip, Some(len)),
             None => (s, None),
@@ -287,7 +287,7 @@ impl Net {
     }
 
     /// Whether `ip` (already canonical: IPv4-mapped addresses as IPv4) is in the network.
-    pub(super) fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self, ip) {
             (Net::V4 { addr, mask }, IpAddr::V4(a)) => u32::from(a) & mask == *addr,
             (Net::V6 { addr, mask }, IpAddr::V6(a)) => u128::from(a) & mask == *addr,
@@ -313,14 +313,14 @@ impl AdmissionSection {
             .any(|c| c.name.eq_ignore_ascii_case(name))
     }
 
-    pub(super) fn class_index(&self, name: &str) -> Option<usize> {
+    pub(crate) fn class_index(&self, name: &str) -> Option<usize> {
         self.classes
             .iter()
             .position(|c| c.name.eq_ignore_ascii_case(name))
     }
 
     /// The first bad field (relative to the section) and its problem.
-    pub(super) fn check(&self) -> Result<(), (String, String)> {
+    pub(crate) fn check(&self) -> Result<(), (String, String)> {
         let bad = |f: &str, p: &str| Err((f.to_owned(), p.to_owned()));
         if self.name.is_empty() {
             return bad("name", "must not be empty");
@@ -421,7 +421,7 @@ impl AdmissionSection {
     }
 
     /// The layer's configuration.
-    pub(super) fn to_config(&self) -> AdmissionConfig {
+    pub(crate) fn to_config(&self) -> AdmissionConfig {
         AdmissionConfig {
             classes: self
                 .classes

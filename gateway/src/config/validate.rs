@@ -1,6 +1,7 @@
 //! Validation of a parsed [`Config`]: every field checked, the error naming it.
 
-use super::config::{Config, ConfigError, RouteKind};
+use super::endpoint::{Endpoint, check_name};
+use super::{Config, ConfigError, RouteKind};
 use std::net::SocketAddr;
 
 /// Methods a route may name.
@@ -242,11 +243,7 @@ impl Config {
 
 /// Checks that a route's priority class exists in the admission policy that will see its
 /// requests: the route's own, else every listener's.
-fn check_priority(
-    config: &Config,
-    r: &super::config::RouteConfig,
-    class: &str,
-) -> Result<(), String> {
+fn check_priority(config: &Config, r: &super::RouteConfig, class: &str) -> Result<(), String> {
     let names: Vec<&str> = match &r.admission {
         Some(n) => vec![n.as_str()],
         None => config
@@ -270,58 +267,6 @@ fn check_priority(
     Ok(())
 }
 
-/// A parsed cluster endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// A literal socket address.
-    Static(SocketAddr),
-    /// A DNS name and port, re-resolved periodically.
-    Dns(String, u16),
-    /// The address of the named demo upstream.
-    Demo(String),
-}
-
-impl Endpoint {
-    /// Parses `IP:PORT`, `HOST:PORT` or `demo:NAME`.
-    ///
-    /// # Errors
-    /// A lower-case problem description.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if let Some(name) = s.strip_prefix("demo:") {
-            check_name(name)?;
-            return Ok(Self::Demo(name.to_owned()));
-        }
-        if let Ok(addr) = s.parse::<SocketAddr>() {
-            if addr.port() == 0 {
-                return Err("port must not be 0".into());
-            }
-            return Ok(Self::Static(addr));
-        }
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("\"{s}\" is not HOST:PORT or IP:PORT"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("\"{port}\" in \"{s}\" is not a port number"))?;
-        if port == 0 {
-            return Err("port must not be 0".into());
-        }
-        let valid = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !valid {
-            return Err(format!("\"{host}\" is not a valid host name"));
-        }
-        Ok(Self::Dns(host.to_ascii_lowercase(), port))
-    }
-}
-
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("\"{s}\" is not an IP:PORT address"))
@@ -333,19 +278,6 @@ fn addrs_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
-fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("\"{name}\" must be 1-64 of [A-Za-z0-9_-]"))
-    }
 }
 
 fn check_host_pattern(host: &str) -> Result<(), String> {

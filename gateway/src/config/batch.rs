@@ -1,6 +1,6 @@
 //! `[routes.batch]`: the batch route's settings and their validation.
 
-use crate::config::ConfigError;
+use super::error::ConfigError;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -105,7 +105,7 @@ impl BatchSection {
     }
 
     /// `upstream_path` as an origin-form URI, `None` when it is not one.
-    pub(super) fn upstream_uri(&self) -> Option<Uri> {
+    pub(crate) fn upstream_uri(&self) -> Option<Uri> {
         if !self.upstream_path.starts_with('/') {
             return None;
         }
