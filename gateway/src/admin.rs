@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 /// Everything the admin pages read.
 #[derive(Debug)]
-pub struct Admin {
+pub(crate) struct Admin {
     /// Gateway state.
     pub shared: Arc<Shared>,
     /// The running demo upstreams, by `shared.demo` order.
@@ -26,7 +26,7 @@ pub struct Admin {
 }
 
 /// Serves the admin pages on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -100,7 +100,7 @@ impl Admin {
     }
 
     /// The `/state` document.
-    pub fn state(&self) -> serde_json::Value {
+    pub(crate) fn state(&self) -> serde_json::Value {
         let shared = &self.shared;
         let snap = shared.current.load();
         let clusters: Vec<_> = snap
@@ -175,7 +175,7 @@ impl Admin {
 
     /// The `/metrics` text: sharded counters are summed into the Prometheus recorder, then the
     /// handle renders.
-    pub fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let (recorder, handle) = prometheus();
         let s = &self.shared.stats;
         let snap = self.shared.current.load();

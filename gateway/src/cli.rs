@@ -20,7 +20,7 @@ use std::time::Duration;
 /// A many-core HTTP reverse proxy built on the tollgate layers.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about)]
-pub struct Args {
+pub(crate) struct Args {
     /// Configuration file (default: ./tollgate.toml if it exists, else the built-in default).
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -40,7 +40,7 @@ pub struct Args {
 
 /// `--mode` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ModeArg {
+pub(crate) enum ModeArg {
     /// One thread, runtime, listener and pool per core.
     ThreadPerCore,
     /// One multi-thread runtime.
@@ -49,7 +49,7 @@ pub enum ModeArg {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run one demo upstream alone (the benchmark's backend).
     DemoUpstream {
         /// Address to bind.
@@ -69,7 +69,7 @@ pub enum Command {
 
 /// `--kind` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum KindArg {
+pub(crate) enum KindArg {
     /// Answers at once.
     Fast,
     /// Answers after a delay.
@@ -79,7 +79,7 @@ pub enum KindArg {
 }
 
 /// Sets up `tracing` output as the config asks; `RUST_LOG` overrides the level.
-pub fn init_logging(log: &LogConfig) {
+pub(crate) fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -93,7 +93,7 @@ pub fn init_logging(log: &LogConfig) {
 }
 
 /// Runs the command line; the binary's `main`.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Command::DemoUpstream {
         listen,

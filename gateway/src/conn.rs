@@ -10,9 +10,10 @@
 //! read so far at once, and the head must still be complete within `timeouts.header_read_ms`
 //! of the pause being noticed (plus one `park_ms`), so a slow client gains no time.
 
+use super::answer::RespBody;
+use super::ctx::{ConnCtx, Tracked};
 use super::fast;
-use super::proxy::{self, RespBody};
-use super::server::{ConnCtx, Tracked};
+use super::proxy;
 use super::state::Snapshot;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};

@@ -21,7 +21,7 @@ type RespBody = Either<Incoming, Full<Bytes>>;
 
 /// A demo upstream's behaviour and counters.
 #[derive(Debug)]
-pub struct Demo {
+pub(crate) struct Demo {
     kind: DemoKind,
     name: String,
     delay: Duration,
@@ -33,7 +33,7 @@ pub struct Demo {
 
 impl Demo {
     /// A demo upstream of `kind`; `delay` applies to `slow`.
-    pub fn new(name: &str, kind: DemoKind, delay: Duration) -> Self {
+    pub(crate) fn new(name: &str, kind: DemoKind, delay: Duration) -> Self {
         Self {
             kind,
             name: name.to_owned(),
@@ -98,7 +98,7 @@ fn kind_name(kind: DemoKind) -> &'static str {
 
 /// The failure a `flaky` demo upstream injects.
 #[derive(Debug)]
-pub struct DemoError;
+pub(crate) struct DemoError;
 
 impl std::fmt::Display for DemoError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,7 +109,7 @@ impl std::fmt::Display for DemoError {
 impl std::error::Error for DemoError {}
 
 /// Serves `demo` on `listener` (HTTP/1.1 and h2c) until the task is dropped.
-pub async fn serve(listener: TcpListener, demo: Arc<Demo>) {
+pub(crate) async fn serve(listener: TcpListener, demo: Arc<Demo>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {

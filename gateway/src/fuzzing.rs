@@ -7,7 +7,7 @@
 //!   (without Redis) build: the gateway's validation accepts nothing its layers refuse. An
 //!   error names a field and a problem and displays as `FILE: FIELD: PROBLEM`.
 //! - `route_table`: lookups never panic, and agree with the reference predicate
-//!   [`route_matches`]: a returned route matches the request, every route ranked more specific
+//!   `route_matches`: a returned route matches the request, every route ranked more specific
 //!   that also matches is ruled out by its methods, and `NotFound`/`MethodNotAllowed` happen
 //!   exactly when no route matches host and path / only method-mismatched ones do.
 //! - `gateway_h1` (the HTTP/1.1 fast path's pure parsers, against independent httparse parses):

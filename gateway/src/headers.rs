@@ -27,7 +27,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Removes hop-by-hop headers and any header named in `Connection`. With `keep_te_trailers`,
 /// a `TE: trailers` survives (gRPC needs it end to end over HTTP/2).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     // Fast path: one pass over the names (standard names compare as enum tags) instead of a
     // hash lookup per hop-by-hop name; most messages carry none.
     if !headers.keys().any(|k| HOP_BY_HOP.iter().any(|h| h == k)) {
@@ -64,7 +64,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
 }
 
 /// The `Via` token for a message version: `1.0`, `1.1`, `2`.
-pub fn via_value(version: Version) -> HeaderValue {
+pub(crate) fn via_value(version: Version) -> HeaderValue {
     HeaderValue::from_static(match version {
         Version::HTTP_09 => "0.9 tollgate",
         Version::HTTP_10 => "1.0 tollgate",
@@ -76,7 +76,7 @@ pub fn via_value(version: Version) -> HeaderValue {
 
 /// A client connection's forwarding values, computed once per connection.
 #[derive(Debug)]
-pub struct Forwarding {
+pub(crate) struct Forwarding {
     ip: String,
     ip_value: HeaderValue,
     proto: &'static str,
@@ -103,7 +103,7 @@ impl Clone for Forwarding {
 
 impl Forwarding {
     /// The values for a client at `client` speaking `proto` (`http` or `https`).
-    pub fn new(client: IpAddr, proto: &'static str) -> Self {
+    pub(crate) fn new(client: IpAddr, proto: &'static str) -> Self {
         let ip = client.to_string();
         let element = if client.is_ipv6() {
             format!("for=\"[{ip}]\";proto={proto}")
@@ -122,18 +122,18 @@ impl Forwarding {
     }
 
     /// The client's address as text (`X-Forwarded-For`).
-    pub fn ip(&self) -> &str {
+    pub(crate) fn ip(&self) -> &str {
         &self.ip
     }
 
     /// `http` or `https` (`X-Forwarded-Proto`).
-    pub fn proto(&self) -> &'static str {
+    pub(crate) fn proto(&self) -> &'static str {
         self.proto
     }
 
     /// The `Forwarded` element for a request whose `Host` header is `host` (raw bytes, as the
     /// gateway's own HTTP/1.1 path reads it); formatted only when the host changes.
-    pub fn forwarded_for(&self, host: Option<&[u8]>) -> HeaderValue {
+    pub(crate) fn forwarded_for(&self, host: Option<&[u8]>) -> HeaderValue {
         let Some(host) = host else {
             return self.element_value.clone();
         };
@@ -172,7 +172,7 @@ impl Forwarding {
 
 /// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, `Forwarded`
 /// (appended) and `Via` (appended) for a request in message version `version` for `host`.
-pub fn add_forwarding(
+pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
     fwd: &Forwarding,
     host: Option<&HeaderValue>,

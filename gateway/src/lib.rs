@@ -4,24 +4,47 @@
 //! - HTTP/1.1 and HTTP/2 on every listener (h2c by prior knowledge; over TLS by ALPN, rustls
 //!   with the `ring` provider); gRPC passes through with its trailers; bodies stream both ways.
 //! - Routes by host, path prefix and method to clusters of static, DNS (re-resolved) or demo
-//!   endpoints ([`config`](crate::config), [`route`](crate::route)).
+//!   endpoints ([`config`]).
 //! - Hot reload on SIGHUP and when the file changes (polled each second): validated, then
 //!   swapped whole with `arc-swap`; in-flight requests keep the snapshot they started with; an
-//!   invalid file is logged and the running config kept ([`Gateway::reload`](crate::Gateway::reload)).
-//! - Admin pages: `/metrics`, `/healthz`, `/readyz`, `/config`, `/state` ([`admin`](crate::admin)).
+//!   invalid file is logged and the running config kept ([`Gateway::reload`]).
+//! - Admin pages: `/metrics`, `/healthz`, `/readyz`, `/config`, `/state` ([`Gateway::state`]).
 //! - Graceful shutdown: stop accepting, let in-flight requests finish until the drain deadline.
 //! - Thread-per-core (default): one thread per core, each with a current-thread runtime, its own
 //!   `SO_REUSEPORT` listener and its own upstream pools; or one multi-thread runtime.
-//! - Plain HTTP/1.1 requests to plain routes take the gateway's own HTTP/1.1 path
-//!   ([`fast`](crate::fast)): parsed with httparse, forwarded on a pooled upstream
-//!   socket from the client connection's task, relayed by their framing; anything else
-//!   (HTTP/2, TLS, layered routes, unusual requests) is served by hyper.
-//!
+//! - Plain HTTP/1.1 requests to plain routes take the gateway's own HTTP/1.1 path (`fast/`):
+//!   parsed with httparse, forwarded on a pooled upstream socket from the client connection's
+//!   task, relayed by their framing; anything else (HTTP/2, TLS, layered routes, unusual
+//!   requests) is served by hyper.
 //! - Every tollgate layer is a config section: admission policies on listeners and routes, a
 //!   cache or a batcher on a route, and breaker, pool, balance (with health checks and outlier
 //!   ejection), per-endpoint breakers and budgeted retries on a cluster, stacked in the order
-//!   [`stack`](crate::stack) documents; their state shows on `/state` and `/metrics`
-//!   and survives reloads that leave their settings alone.
+//!   `stack/mod.rs` documents; their state shows on `/state` and `/metrics` and survives
+//!   reloads that leave their settings alone.
+//!
+//! # The files, bottom to top
+//!
+//! Each file imports only files on its own floor or below (no import cycle between files):
+//!
+//! | floor | files | what |
+//! |---|---|---|
+//! | leaves | `error.rs`, `body.rs`, `headers.rs`, `stats.rs` | the layered path's timeouts, the request body type, forwarding and hop-by-hop fields, counters |
+//! | config | `config/` | the TOML file: one file per section, the endpoint syntax, `ConfigError`, `validate.rs` |
+//! | upstream | `pool.rs`, `route.rs`, `answer.rs` | per-thread upstream connections, the route table, and the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status) |
+//! | layers | `stack/` | each layer built from its section and composed per route and cluster; `stack/endpoints.rs` is a snapshot's cluster |
+//! | state | `state.rs` | the immutable `Snapshot` swapped on reload, and what outlives reloads |
+//! | connections | `ctx.rs`, `fast/`, `proxy.rs`, `conn.rs` | one client connection: its context, the HTTP/1.1 fast path, the hyper path per request, the connection loop that picks between them |
+//! | serving | `server.rs`, `tls.rs`, `admin.rs`, `demo.rs`, `runtime.rs` | listeners and accept loops, TLS, admin pages, demo upstreams, worker threads |
+//! | top | `lib.rs`, `cli.rs`, `main.rs` | start, reload and shutdown; the command line; the binary |
+//!
+//! One request, followed through them: `server.rs` accepts the connection and makes its
+//! `ctx.rs` context; `conn.rs` reads the first bytes and hands an HTTP/1.1 request for a plain
+//! route to `fast/` (`fast/head.rs` parses and routes it with `route.rs`, `fast/exchange.rs`
+//! sends it on a `fast/upstream.rs` socket, `fast/relay.rs` relays the answer) and everything
+//! else to hyper, whose requests `proxy.rs` serves: it looks the route up in the `state.rs`
+//! snapshot, runs it through the route's `stack/` (cache, timeout, admission, retry, breaker,
+//! pool, balance, endpoint breaker, then `stack/upstream.rs` over a `pool.rs` connection), and
+//! turns any failure into its answer with `answer.rs`.
 //!
 //! ```no_run
 //! use tollgate_gateway::{Gateway, StartOptions, config::Config};
@@ -33,31 +56,36 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod admin;
-pub mod cli;
+mod admin;
+mod answer;
+mod body;
+mod cli;
 pub mod config;
 mod conn;
-pub mod demo;
-pub mod fast;
+mod ctx;
+mod demo;
+mod error;
+mod fast;
 // The fuzz targets' entry points: only under cargo-fuzz (`cfg(fuzzing)`) or the `fuzzing`
 // feature (`tests/fuzz_replay.rs` replays the corpus through it on stable); never in the docs.
 #[cfg(any(fuzzing, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod headers;
-pub mod pool;
-pub mod proxy;
-pub mod route;
-pub mod runtime;
-pub mod server;
-pub mod stack;
-pub mod state;
-pub mod stats;
-pub mod tls;
+mod headers;
+mod pool;
+mod proxy;
+mod route;
+mod runtime;
+mod server;
+mod stack;
+mod state;
+mod stats;
+mod tls;
 
 use config::{Config, ConfigError, RuntimeMode};
 use demo::Demo;
-use state::{DemoInfo, ListenerInfo, ReloadStatus, Shared, Snapshot};
+pub use state::{DemoInfo, ListenerInfo};
+use state::{ReloadStatus, Shared, Snapshot};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +93,23 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// The `tollgate` binary's entry point: reads the command line (`--config`, `--check`,
+/// `--workers`, `demo-upstream`, ...), starts the gateway and runs it until SIGINT or SIGTERM.
+pub fn cli_main() -> std::process::ExitCode {
+    cli::main()
+}
+
+/// Reads a running [`Gateway`]'s `/state` document; cheap to clone, `Send`.
+#[derive(Debug, Clone)]
+pub struct StateView(Arc<admin::Admin>);
+
+impl StateView {
+    /// The `/state` document now; see [`Gateway::state`].
+    pub fn state(&self) -> serde_json::Value {
+        self.0.state()
+    }
+}
 
 /// How to start a [`Gateway`].
 #[derive(Debug, Clone)]
@@ -125,6 +170,7 @@ impl std::error::Error for StartError {
 #[derive(Debug)]
 pub struct Gateway {
     shared: Arc<Shared>,
+    admin: Arc<admin::Admin>,
     shutdown: watch::Sender<bool>,
     workers_done: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
@@ -279,6 +325,7 @@ impl Gateway {
             shared: shared.clone(),
             demos: demos.iter().map(|(_, d)| d.clone()).collect(),
         });
+        let state_admin = admin.clone();
         let watch = path.map(|p| {
             let shared = shared.clone();
             let mut last = file_stamp(&p);
@@ -309,6 +356,7 @@ impl Gateway {
             workers_done,
             workers: worker_handles,
             control: Some(control),
+            admin: state_admin,
         })
     }
 
@@ -328,8 +376,20 @@ impl Gateway {
     }
 
     /// The shared state (snapshot, counters).
-    pub fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// What the admin page's `/state` serves, now: clusters (endpoints, breaker states, pool
+    /// limits, retries), routes, admission policies, caches, batchers, counters and reloads.
+    pub fn state(&self) -> serde_json::Value {
+        self.admin.state()
+    }
+
+    /// A handle that reads the same document from another task or thread while the gateway
+    /// runs (a monitor, a test sampling the state under load).
+    pub fn state_view(&self) -> StateView {
+        StateView(self.admin.clone())
     }
 
     /// Re-reads the watched config file and applies it, as SIGHUP does.

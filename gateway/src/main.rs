@@ -1,5 +1,5 @@
 //! The `tollgate` binary: the reference gateway. See [`tollgate_gateway`].
 
 fn main() -> std::process::ExitCode {
-    tollgate_gateway::cli::main()
+    tollgate_gateway::cli_main()
 }

@@ -23,11 +23,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The body sent upstream: the client's body, streamed, cut at the size limit.
-pub type ReqBody = super::stack::GwBody;
+pub(crate) type ReqBody = crate::body::GwBody;
 
 /// Idle HTTP/1.1 connections kept per endpoint and thread; more are closed (a burst's extra
 /// connections do not linger).
-pub const MAX_IDLE_PER_ENDPOINT: usize = 128;
+pub(crate) const MAX_IDLE_PER_ENDPOINT: usize = 128;
 
 struct Idle {
     sender: http1::SendRequest<ReqBody>,
@@ -60,7 +60,7 @@ thread_local! {
 
 /// Why an upstream request failed.
 #[derive(Debug)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// The TCP connect did not finish within the connect timeout.
     ConnectTimeout,
     /// The TCP connect failed (refused, unreachable).
@@ -91,7 +91,7 @@ impl std::error::Error for UpstreamError {
 }
 
 /// Whether `err`'s source chain holds an error of type `T`.
-pub fn is_caused_by<T: std::error::Error + 'static>(err: &UpstreamError) -> bool {
+pub(crate) fn is_caused_by<T: std::error::Error + 'static>(err: &UpstreamError) -> bool {
     let UpstreamError::Http(e) = err else {
         return false;
     };
@@ -107,7 +107,7 @@ pub fn is_caused_by<T: std::error::Error + 'static>(err: &UpstreamError) -> bool
 
 /// Connection settings.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Pooled connections idle longer are closed.
@@ -210,7 +210,7 @@ async fn h2_sender(
 ///
 /// # Errors
 /// [`UpstreamError`] when no response head arrives.
-pub async fn send_h1(
+pub(crate) async fn send_h1(
     addr: SocketAddr,
     mut req: Request<ReqBody>,
     s: Settings,
@@ -304,7 +304,7 @@ async fn send_fresh_h1(
 ///
 /// # Errors
 /// [`UpstreamError`] when no response head arrives.
-pub async fn send_h2(
+pub(crate) async fn send_h2(
     addr: SocketAddr,
     req: Request<ReqBody>,
     s: Settings,
@@ -327,7 +327,7 @@ pub async fn send_h2(
 /// read to the end, and fails when the upstream sends nothing for the idle timeout (so a body
 /// that stalls halfway cuts the client's answer rather than holding it open).
 #[derive(Debug)]
-pub struct UpBody {
+pub(crate) struct UpBody {
     inner: Incoming,
     back: Option<(SocketAddr, http1::SendRequest<ReqBody>, usize)>,
     idle: Duration,
@@ -338,7 +338,7 @@ pub struct UpBody {
 
 /// An upstream that stopped sending its response body for the idle timeout.
 #[derive(Debug)]
-pub struct BodyStalled;
+pub(crate) struct BodyStalled;
 
 impl std::fmt::Display for BodyStalled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -404,5 +404,54 @@ impl Body for UpBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The address an answer came from, put in the response's extensions by the upstream service
+/// (for the access log).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamAddr(pub std::net::SocketAddr);
+
+/// Connection settings the endpoints read on each call, so a reload that only changes the
+/// global timeouts keeps the stack (and its breaker, limit and latency state).
+#[derive(Debug)]
+pub(crate) struct SharedSettings {
+    connect_ms: std::sync::atomic::AtomicU64,
+    idle_ms: std::sync::atomic::AtomicU64,
+}
+
+impl From<Settings> for SharedSettings {
+    fn from(s: Settings) -> Self {
+        Self::new(s)
+    }
+}
+
+impl SharedSettings {
+    pub(crate) fn new(s: Settings) -> Self {
+        let ms = |d: Duration| std::sync::atomic::AtomicU64::new(d.as_millis() as u64);
+        Self {
+            connect_ms: ms(s.connect_timeout),
+            idle_ms: ms(s.idle_timeout),
+        }
+    }
+
+    pub(crate) fn store(&self, s: Settings) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Relaxed: independent values; a request may start with the old one a moment longer.
+        self.connect_ms
+            .store(s.connect_timeout.as_millis() as u64, Relaxed);
+        self.idle_ms
+            .store(s.idle_timeout.as_millis() as u64, Relaxed);
+    }
+
+    /// The current settings (idle connections capped by `max_idle`).
+    pub(crate) fn load(&self) -> Settings {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Relaxed: see `store`.
+        Settings {
+            connect_timeout: Duration::from_millis(self.connect_ms.load(Relaxed)),
+            idle_timeout: Duration::from_millis(self.idle_ms.load(Relaxed)),
+            max_idle: MAX_IDLE_PER_ENDPOINT,
+        }
     }
 }

@@ -12,72 +12,27 @@
 //! connections ([`pool`]). A request clones only thread-local or connection-local
 //! `Arc`s, so cores share no reference counts on the hot path.
 
+use super::answer::{Blame, RespBody, error_response, local_response};
 use super::config::UpstreamProtocol;
+use super::ctx::ConnCtx;
 use super::headers::{add_forwarding, strip_hop_by_hop, via_value};
-use super::pool::{self, ReqBody, UpBody, UpstreamError};
+use super::pool::{self, ReqBody, UpstreamAddr, UpstreamError};
 use super::route::RouteMatch;
-use super::server::ConnCtx;
 use super::stack::GwBody;
 use super::stack::admission::{AdmissionPolicy, AdmitCtx};
-use super::stack::respond::{Blame, error_response};
+use super::stack::endpoints::Cluster;
 use super::stack::route::RouteService;
-use super::state::{Cluster, RoutePlan, Shared, Snapshot, cluster_service};
-use bytes::Bytes;
+use super::state::{Local, RoutePlan, Snapshot, cluster_service, local};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 use tower::ServiceExt;
-
-/// The body sent to the client: the upstream's body, streamed, or a short local answer.
-pub type RespBody = Either<UpBody, Full<Bytes>>;
-
-/// What one worker thread serves with: its own `Arc` of the current snapshot.
-#[derive(Debug)]
-pub(super) struct Local {
-    shared_id: usize,
-    pub(super) snap: Arc<Snapshot>,
-}
-
-thread_local! {
-    static LOCAL: RefCell<Option<Arc<Local>>> = const { RefCell::new(None) };
-}
-
-/// This thread's [`Local`] for the current snapshot.
-pub(super) fn local(shared: &Shared) -> Arc<Local> {
-    let shared_id = shared as *const Shared as usize;
-    let cur = shared.current.load();
-    LOCAL.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if let Some(l) = slot.as_ref()
-            && l.shared_id == shared_id
-            && l.snap.generation == cur.generation
-        {
-            return l.clone();
-        }
-        let l = Arc::new(Local {
-            shared_id,
-            snap: arc_swap::Guard::into_inner(cur),
-        });
-        *slot = Some(l.clone());
-        l
-    })
-}
-
-/// A short local answer.
-pub fn local_response(status: StatusCode, msg: &'static str) -> Response<RespBody> {
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(msg.as_bytes()))));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    r
-}
 
 /// Decrements the in-flight counters however the request ends (including cancellation).
 struct InFlight<'a>(&'a ConnCtx);
@@ -91,7 +46,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Serves one request; never fails (errors become responses).
-pub async fn handle(
+pub(crate) async fn handle(
     conn: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
@@ -303,11 +258,6 @@ async fn proxy(
     (local_response(status, msg), Some(addr))
 }
 
-/// The address an answer came from, put in the response's extensions by the upstream service
-/// (for the access log).
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamAddr(pub std::net::SocketAddr);
-
 /// Strips hop-by-hop headers, adds the forwarding headers, and keeps the client's `Host` when
 /// the cluster preserves it (otherwise the upstream service sets the endpoint's).
 fn forward_headers(conn: &ConnCtx, parts: &mut http::request::Parts, preserve_host: bool) {
@@ -422,5 +372,5 @@ fn classify(err: &UpstreamError, stats: &super::stats::Stats) -> (StatusCode, &'
         stats.body_too_large.incr();
         return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
-    super::stack::respond::upstream_failure(err, stats)
+    super::answer::upstream_failure(err, stats)
 }

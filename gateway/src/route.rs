@@ -74,7 +74,7 @@ fn method_bit(method: &str) -> u16 {
 
 /// The outcome of a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteMatch {
+pub(crate) enum RouteMatch {
     /// The route at this index of the config's `routes` matched.
     Route(usize),
     /// Some route matched host and path but none allows the method (405).
@@ -85,13 +85,13 @@ pub enum RouteMatch {
 
 /// Routes compiled for lookup.
 #[derive(Debug, Clone, Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: Vec<Route>,
 }
 
 impl RouteTable {
     /// Compiles routes (assumed validated: unknown methods never match).
-    pub fn new(routes: &[RouteConfig]) -> Self {
+    pub(crate) fn new(routes: &[RouteConfig]) -> Self {
         let mut compiled: Vec<Route> = routes
             .iter()
             .enumerate()
@@ -117,18 +117,13 @@ impl RouteTable {
     }
 
     /// Number of routes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.routes.len()
-    }
-
-    /// Whether there are no routes.
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
     }
 
     /// Finds the route for a request. `host` may carry a port and a trailing dot; `path` is the
     /// URI path (no query).
-    pub fn find(&self, host: &str, path: &str, method: &str) -> RouteMatch {
+    pub(crate) fn find(&self, host: &str, path: &str, method: &str) -> RouteMatch {
         let host = normalize_host(host);
         let bit = method_bit(method);
         let mut path_matched = false;
@@ -150,7 +145,7 @@ impl RouteTable {
 
 /// Strips a port and a trailing dot: `Example.com.:8080` → `Example.com`. IPv6 literals keep
 /// their brackets.
-pub fn normalize_host(host: &str) -> &str {
+pub(crate) fn normalize_host(host: &str) -> &str {
     let host = if host.starts_with('[') {
         match host.find(']') {
             Some(i) => &host[..=i],
@@ -178,7 +173,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// The reference semantics the fuzz target checks [`RouteTable::find`] against: does config
 /// route `r` match this request?
-pub fn route_matches(r: &RouteConfig, host: &str, path: &str, method: &str) -> bool {
+pub(crate) fn route_matches(r: &RouteConfig, host: &str, path: &str, method: &str) -> bool {
     HostMatch::new(&r.host).matches(normalize_host(host))
         && prefix_matches(r.path_prefix.trim_end_matches('/'), path)
         && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))

@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 /// The bound sockets of one worker: one per configured listener.
-pub type WorkerSockets = Vec<(std::net::TcpListener, Option<TlsAcceptor>)>;
+pub(crate) type WorkerSockets = Vec<(std::net::TcpListener, Option<TlsAcceptor>)>;
 
 /// Runs the accept loops of `sockets` on the current runtime until shutdown, then drains for at
 /// most the configured deadline.
@@ -53,7 +53,7 @@ async fn worker_main(sockets: WorkerSockets, shared: Arc<Shared>, shutdown: watc
 ///
 /// # Errors
 /// If a thread or runtime cannot be created.
-pub fn spawn_thread_per_core(
+pub(crate) fn spawn_thread_per_core(
     sockets: Vec<WorkerSockets>,
     shared: &Arc<Shared>,
     shutdown: &watch::Receiver<bool>,
@@ -78,7 +78,7 @@ pub fn spawn_thread_per_core(
 ///
 /// # Errors
 /// If the runtime or its driver thread cannot be created.
-pub fn spawn_multi_thread(
+pub(crate) fn spawn_multi_thread(
     workers: usize,
     sockets: WorkerSockets,
     shared: &Arc<Shared>,
@@ -101,7 +101,7 @@ pub fn spawn_multi_thread(
 }
 
 /// What the control thread runs.
-pub struct Control {
+pub(crate) struct Control {
     /// Admin listener and what it reads.
     pub admin: Option<(std::net::TcpListener, Arc<Admin>)>,
     /// Demo upstreams and their listeners.
@@ -125,7 +125,7 @@ impl std::fmt::Debug for Control {
 ///
 /// # Errors
 /// If the thread or runtime cannot be created.
-pub fn spawn_control(
+pub(crate) fn spawn_control(
     control: Control,
     shared: Arc<Shared>,
     mut workers_done: watch::Receiver<bool>,

@@ -3,19 +3,14 @@
 //! close when shutdown starts.
 
 use super::conn;
-use super::headers::Forwarding;
+use super::ctx::{ConnCtx, Tracked};
 use super::state::Shared;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -24,7 +19,7 @@ use tokio_util::task::TaskTracker;
 ///
 /// # Errors
 /// The socket calls' errors.
-pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -37,106 +32,9 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListe
     Ok(socket.into())
 }
 
-/// Per-connection state shared by its requests.
-#[derive(Debug)]
-pub struct ConnCtx {
-    /// Gateway state.
-    pub shared: Arc<Shared>,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-    /// Index of the listener (in config order) that accepted it.
-    pub listener: usize,
-    /// Forwarding header values for this client.
-    pub forwarding: Forwarding,
-    /// Requests of this connection in flight.
-    pub in_flight: AtomicUsize,
-    /// Milliseconds since `opened` of the last byte read or written.
-    last_active_ms: AtomicU64,
-    opened: Instant,
-}
-
-impl ConnCtx {
-    pub(super) fn touch(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
-        // Relaxed: only this connection's idle check reads it, and a stale value only delays
-        // an idle close by one check.
-        self.last_active_ms.store(ms, Ordering::Relaxed);
-    }
-
-    pub(super) fn idle_for(&self) -> Duration {
-        // Relaxed: see `touch`.
-        let last = self.last_active_ms.load(Ordering::Relaxed);
-        self.opened
-            .elapsed()
-            .saturating_sub(Duration::from_millis(last))
-    }
-}
-
-/// An I/O stream that records when bytes last moved, for the idle timeout.
-#[derive(Debug)]
-pub(super) struct Tracked<T> {
-    pub(super) inner: T,
-    ctx: Arc<ConnCtx>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.ctx.touch();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.ctx.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.ctx.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// Accepts connections until shutdown starts, serving each on its own task tracked by
 /// `tracker` (which shutdown waits on to drain).
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     index: usize,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -184,16 +82,7 @@ async fn serve(
     shared.stats.connections_total.incr();
     shared.stats.connections_open.incr();
     let _open = OpenConn(&shared);
-    let ctx = Arc::new(ConnCtx {
-        shared: shared.clone(),
-        peer,
-        tls: tls.is_some(),
-        listener: index,
-        forwarding: Forwarding::new(peer.ip(), if tls.is_some() { "https" } else { "http" }),
-        in_flight: AtomicUsize::new(0),
-        last_active_ms: AtomicU64::new(0),
-        opened: Instant::now(),
-    });
+    let ctx = Arc::new(ConnCtx::new(shared.clone(), peer, tls.is_some(), index));
     let io = Tracked {
         inner: stream,
         ctx: ctx.clone(),

@@ -5,140 +5,27 @@
 //! cluster's `endpoints`; workers only load them. A request keeps the snapshot it started with,
 //! so a reload never changes an in-flight request's route, timeouts or limits.
 
-use super::config::{Config, ConfigError, DemoKind, Endpoint, RuntimeMode, UpstreamProtocol};
-use super::pool::Settings;
+use super::config::{Config, ConfigError, DemoKind, RuntimeMode};
 use super::route::RouteTable;
 use super::stack::admission::AdmissionPolicy;
 use super::stack::batch::BatchRoute;
 use super::stack::cache::RouteCache;
-use super::stack::cluster::ClusterLayers;
+use super::stack::endpoints::Cluster;
 use super::stack::route::ClusterService;
-use super::stats::{ClusterStats, EndpointStats, Stats};
+use super::stats::Stats;
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// One resolved upstream address.
-#[derive(Debug)]
-pub struct UpEndpoint {
-    /// Where to connect.
-    pub addr: SocketAddr,
-    /// `addr` as a URI authority string.
-    pub authority: String,
-    /// Counters, kept while the address stays in the cluster.
-    pub stats: Arc<EndpointStats>,
-}
-
-/// An upstream cluster of a snapshot.
-#[derive(Debug)]
-pub struct Cluster {
-    /// Its name.
-    pub name: String,
-    /// Protocol to its endpoints.
-    pub protocol: UpstreamProtocol,
-    /// Forward the client's `Host`.
-    pub preserve_host: bool,
-    /// The configured endpoints, demo names already replaced by addresses.
-    targets: Vec<Target>,
-    /// Resolved endpoints; replaced by DNS refresh.
-    pub endpoints: ArcSwap<Vec<Arc<UpEndpoint>>>,
-    /// DNS refresh period.
-    pub resolve_interval: Duration,
-    /// When DNS names are next resolved.
-    pub next_resolve: Mutex<Instant>,
-    /// Counters, kept across reloads while the name stays.
-    pub stats: Arc<ClusterStats>,
-    /// The layered stack, when the cluster has any layer section; kept across reloads while
-    /// the cluster's name and sections stay the same.
-    pub layers: Option<Arc<ClusterLayers>>,
-    /// Upstream connection settings.
-    pub settings: Settings,
-}
-
-#[derive(Debug, Clone)]
-enum Target {
-    Static(SocketAddr),
-    Dns(String, u16),
-}
-
-impl Cluster {
-    /// Whether any endpoint is a DNS name.
-    pub fn has_dns(&self) -> bool {
-        self.targets.iter().any(|t| matches!(t, Target::Dns(..)))
-    }
-
-    /// Resolves every target now (blocking), reusing endpoint counters by address.
-    ///
-    /// # Errors
-    /// The index of the first target that resolves to nothing, and why.
-    pub fn resolve(&self) -> Result<Vec<Arc<UpEndpoint>>, (usize, String)> {
-        let old = self.endpoints.load();
-        let mut out: Vec<Arc<UpEndpoint>> = Vec::new();
-        for (i, t) in self.targets.iter().enumerate() {
-            let addrs: Vec<SocketAddr> = match t {
-                Target::Static(a) => vec![*a],
-                Target::Dns(host, port) => (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(|e| (i, format!("cannot resolve \"{host}\": {e}")))?
-                    .collect(),
-            };
-            if addrs.is_empty() {
-                return Err((i, "resolves to no address".into()));
-            }
-            for addr in addrs {
-                if out.iter().any(|e| e.addr == addr) {
-                    continue;
-                }
-                let stats = old
-                    .iter()
-                    .find(|e| e.addr == addr)
-                    .map_or_else(Default::default, |e| e.stats.clone());
-                out.push(Arc::new(UpEndpoint {
-                    addr,
-                    authority: addr.to_string(),
-                    stats,
-                }));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Picks an endpoint round-robin with a per-thread counter (no shared cache line).
-    pub fn pick(&self) -> Option<(usize, SocketAddr)> {
-        thread_local! {
-            static NEXT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-        }
-        let eps = self.endpoints.load();
-        if eps.is_empty() {
-            return None;
-        }
-        let n = NEXT.with(|c| {
-            let n = c.get();
-            c.set(n.wrapping_add(1));
-            n
-        });
-        let i = n % eps.len();
-        eps[i].stats.requests.incr();
-        Some((i, eps[i].addr))
-    }
-
-    /// Counts a failure against the endpoint picked as `(index, addr)`, if it is still there.
-    pub fn endpoint_failed(&self, index: usize, addr: SocketAddr) {
-        let eps = self.endpoints.load();
-        if let Some(e) = eps.get(index).filter(|e| e.addr == addr) {
-            e.stats.failures.incr();
-        }
-    }
-}
-
 /// What one route does, compiled.
 #[derive(Debug)]
-pub struct RoutePlan {
+pub(crate) struct RoutePlan {
     /// Its cluster's index in [`Snapshot::clusters`].
     pub cluster: usize,
     /// Its overall request timeout.
@@ -157,14 +44,14 @@ pub struct RoutePlan {
 
 impl RoutePlan {
     /// Whether the route needs nothing beyond the part-1 fast path (given its cluster).
-    pub fn is_plain(&self) -> bool {
+    pub(crate) fn is_plain(&self) -> bool {
         self.admission.is_none() && self.cache.is_none() && self.batch.is_none()
     }
 }
 
 /// The effective configuration, compiled; immutable once built.
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Increases by one per applied reload, from 1.
     pub generation: u64,
     /// The configuration as parsed (served by `/config`).
@@ -206,7 +93,7 @@ impl Snapshot {
     ///
     /// # Errors
     /// A [`ConfigError`] for an endpoint that does not resolve or a demo that is not running.
-    pub fn build(
+    pub(crate) fn build(
         config: Config,
         source: &str,
         generation: u64,
@@ -220,66 +107,10 @@ impl Snapshot {
         };
         let mut clusters = Vec::with_capacity(config.clusters.len());
         for (ci, cc) in config.clusters.iter().enumerate() {
-            let mut targets = Vec::new();
-            for (j, ep) in cc.endpoints.iter().enumerate() {
-                let field = || format!("clusters[{ci}].endpoints[{j}]");
-                targets.push(match Endpoint::parse(ep).map_err(|p| err(field(), p))? {
-                    Endpoint::Static(a) => Target::Static(a),
-                    Endpoint::Dns(h, p) => Target::Dns(h, p),
-                    Endpoint::Demo(name) => match demo.iter().find(|d| d.name == name) {
-                        Some(d) => Target::Static(d.addr),
-                        None => {
-                            return Err(err(
-                                field(),
-                                format!(
-                                    "demo upstream \"{name}\" is not running (restart to add demos)"
-                                ),
-                            ));
-                        }
-                    },
-                });
-            }
             let old_cluster = old.and_then(|o| o.clusters.iter().find(|c| c.name == cc.name));
-            let settings = Settings {
-                connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
-                idle_timeout: Duration::from_millis(config.timeouts.idle_ms),
-                max_idle: super::pool::MAX_IDLE_PER_ENDPOINT,
-            };
-            let layers = if ClusterLayers::wanted(cc) {
-                Some(ClusterLayers::build(
-                    cc,
-                    settings,
-                    old_cluster.and_then(|c| c.layers.as_ref()),
-                )?)
-            } else {
-                None
-            };
-            let cluster = Cluster {
-                layers,
-                settings,
-                name: cc.name.clone(),
-                protocol: cc.protocol,
-                preserve_host: cc.preserve_host,
-                targets,
-                endpoints: ArcSwap::from_pointee(
-                    old_cluster
-                        .map(|c| c.endpoints.load().to_vec())
-                        .unwrap_or_default(),
-                ),
-                resolve_interval: Duration::from_millis(cc.resolve_interval_ms),
-                next_resolve: Mutex::new(
-                    Instant::now() + Duration::from_millis(cc.resolve_interval_ms),
-                ),
-                stats: old_cluster.map(|c| c.stats.clone()).unwrap_or_default(),
-            };
-            let resolved = cluster
-                .resolve()
-                .map_err(|(j, p)| err(format!("clusters[{ci}].endpoints[{j}]"), p))?;
-            if let Some(layers) = &cluster.layers {
-                let addrs: Vec<SocketAddr> = resolved.iter().map(|e| e.addr).collect();
-                layers.sync_endpoints(&addrs);
-            }
-            cluster.endpoints.store(Arc::new(resolved));
+            let demo_addr = |name: &str| demo.iter().find(|d| d.name == name).map(|d| d.addr);
+            let cluster = Cluster::build(ci, cc, &config.timeouts, demo_addr, old_cluster)
+                .map_err(|e| e.in_file(source))?;
             clusters.push(Arc::new(cluster));
         }
         let mut admission: Vec<Arc<AdmissionPolicy>> = Vec::with_capacity(config.admission.len());
@@ -381,7 +212,7 @@ impl Snapshot {
 }
 
 /// A cluster as a service: its layered stack, or round robin when it has none.
-pub fn cluster_service(cluster: &Arc<Cluster>) -> ClusterService {
+pub(crate) fn cluster_service(cluster: &Arc<Cluster>) -> ClusterService {
     match &cluster.layers {
         Some(l) => ClusterService::Layered(l.clone()),
         None => ClusterService::Plain(cluster.clone(), cluster.settings),
@@ -412,7 +243,7 @@ pub struct ListenerInfo {
 
 /// The outcome of the latest reload attempt.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct ReloadStatus {
+pub(crate) struct ReloadStatus {
     /// Generation now serving.
     pub generation: u64,
     /// The error of the latest rejected reload, cleared by a successful one.
@@ -421,7 +252,7 @@ pub struct ReloadStatus {
 
 /// State shared by every worker and the control thread.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The snapshot serving new requests.
     pub current: ArcSwap<Snapshot>,
     /// Process-wide counters.
@@ -450,9 +281,41 @@ pub struct Shared {
 
 impl Shared {
     /// Whether shutdown has started.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         // Relaxed: a hint for `/readyz` and accept loops; the shutdown itself is signalled
         // through a watch channel.
         self.draining.load(Ordering::Relaxed)
     }
+}
+
+/// What one worker thread serves with: its own `Arc` of the current snapshot.
+#[derive(Debug)]
+pub(crate) struct Local {
+    shared_id: usize,
+    pub(crate) snap: Arc<Snapshot>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Arc<Local>>> = const { RefCell::new(None) };
+}
+
+/// This thread's [`Local`] for the current snapshot.
+pub(crate) fn local(shared: &Shared) -> Arc<Local> {
+    let shared_id = shared as *const Shared as usize;
+    let cur = shared.current.load();
+    LOCAL.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if let Some(l) = slot.as_ref()
+            && l.shared_id == shared_id
+            && l.snap.generation == cur.generation
+        {
+            return l.clone();
+        }
+        let l = Arc::new(Local {
+            shared_id,
+            snap: arc_swap::Guard::into_inner(cur),
+        });
+        *slot = Some(l.clone());
+        l
+    })
 }

@@ -7,7 +7,7 @@ use tollgate_core::counter::ShardedCounter;
 
 /// Process-wide counters.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Requests received (routed or not).
     pub requests: ShardedCounter,
     /// Responses by class: index 0 = 1xx ... 4 = 5xx.
@@ -44,7 +44,7 @@ pub struct Stats {
 
 impl Stats {
     /// Counts a response status.
-    pub fn response(&self, status: u16) {
+    pub(crate) fn response(&self, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.responses[class].incr();
     }
@@ -52,7 +52,7 @@ impl Stats {
 
 /// Counters of one cluster; kept across reloads while the cluster keeps its name.
 #[derive(Debug, Default)]
-pub struct ClusterStats {
+pub(crate) struct ClusterStats {
     /// Requests sent to the cluster.
     pub requests: ShardedCounter,
     /// Requests that failed upstream (error mapped to 502/504) or got a 5xx.
@@ -63,7 +63,7 @@ pub struct ClusterStats {
 
 /// Counters of one endpoint; kept across reloads and re-resolution while its address stays.
 #[derive(Debug, Default)]
-pub struct EndpointStats {
+pub(crate) struct EndpointStats {
     /// Requests sent.
     pub requests: ShardedCounter,
     /// Requests that failed (upstream error or 5xx).
@@ -72,7 +72,7 @@ pub struct EndpointStats {
 
 /// A serializable copy of [`Stats`] for `/state`.
 #[derive(Debug, Serialize)]
-pub struct StatsSnapshot {
+pub(crate) struct StatsSnapshot {
     requests: i64,
     responses_1xx: i64,
     responses_2xx: i64,
@@ -96,7 +96,7 @@ pub struct StatsSnapshot {
 
 impl Stats {
     /// Sums every counter.
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let r = &self.responses;
         StatsSnapshot {
             requests: self.requests.sum(),
@@ -125,7 +125,7 @@ impl Stats {
 /// The Prometheus recorder and its handle. The recorder is never installed globally: the
 /// counters are written into it, under `metrics::with_local_recorder`, each time `/metrics` is
 /// rendered, so an embedding program's own global recorder is left alone.
-pub fn prometheus() -> &'static (
+pub(crate) fn prometheus() -> &'static (
     metrics_exporter_prometheus::PrometheusRecorder,
     metrics_exporter_prometheus::PrometheusHandle,
 ) {

@@ -10,7 +10,7 @@ use tokio_rustls::TlsAcceptor;
 ///
 /// # Errors
 /// A lower-case description naming the file that could not be read or used.
-pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, String> {
+pub(crate) fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| format!("cannot read certificates from \"{}\": {e}", tls.cert))?;

@@ -69,7 +69,7 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// The `i`th admission policy's `/state` view.
 fn policy(gw: &Gateway, i: usize) -> serde_json::Value {
-    gw.shared().current.load().admission[i].state()
+    gw.state()["admission"][i].clone()
 }
 
 /// Sends a GET for `path` with `headers`; returns status, headers and body text.

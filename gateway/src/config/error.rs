@@ -25,7 +25,7 @@ impl ConfigError {
         }
     }
 
-    pub(super) fn in_file(mut self, file: &str) -> Self {
+    pub(crate) fn in_file(mut self, file: &str) -> Self {
         self.file = file.to_owned();
         self
     }

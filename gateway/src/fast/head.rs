@@ -11,11 +11,11 @@ use std::ops::Range;
 
 /// Header slots parsed per head; a head with more goes to hyper (which applies
 /// `limits.max_headers` and answers 431).
-pub const MAX_HEADERS: usize = 128;
+pub(crate) const MAX_HEADERS: usize = 128;
 
 /// What a parsed request head is, in offsets into the buffer it was parsed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
+pub(crate) struct Head {
     /// Length of the head, up to and including the blank line.
     pub len: usize,
     /// The declared body length (`Content-Length`; 0 without one).
@@ -36,7 +36,7 @@ pub struct Head {
 
 /// Where a routed request goes.
 #[derive(Debug)]
-pub enum Route<T> {
+pub(crate) enum Route<T> {
     /// Forward to `addr`; `preserve_host` keeps the client's `Host`.
     Forward {
         /// The caller's handle on the route (cluster, endpoint index...).
@@ -54,7 +54,7 @@ pub enum Route<T> {
 
 /// The outcome of [`prepare`].
 #[derive(Debug)]
-pub enum Step<T> {
+pub(crate) enum Step<T> {
     /// The head is not complete yet.
     Partial,
     /// The head is complete but its body is not: the request is this many bytes long.
@@ -123,7 +123,7 @@ fn name_of(name: &str) -> Name {
 }
 
 /// Comma-separated tokens of a header value, trimmed, empty ones skipped.
-pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|b| *b == b',')
         .map(<[u8]>::trim_ascii)
@@ -132,7 +132,7 @@ pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Whether `name` is listed in any `Connection` field of `headers` (such a header describes
 /// the connection and is not forwarded, RFC 9110 §7.6.1).
-pub fn named_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+pub(crate) fn named_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
@@ -185,7 +185,7 @@ fn parse_length(value: &[u8]) -> Option<u64> {
 /// (which answers 431); a body over `max_body` is refused (413); one over `max_held_body` goes
 /// to hyper, which streams it.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest head, bytes (`limits.max_header_bytes`).
     pub max_bytes: usize,
     /// Most header fields (`limits.max_headers`).
@@ -199,7 +199,7 @@ pub struct Limits {
 /// Parses the request head at the start of `buf`; when the fast path takes it, asks `route`
 /// (with host, path, method and declared body length) where it goes and writes the upstream
 /// head into `out` (cleared first).
-pub fn prepare<T>(
+pub(crate) fn prepare<T>(
     buf: &[u8],
     limits: Limits,
     fwd: &Forwarding,

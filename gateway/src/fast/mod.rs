@@ -27,15 +27,14 @@
 
 mod date;
 mod exchange;
-pub mod head;
+pub(crate) mod head;
 mod relay;
-pub mod response;
+pub(crate) mod response;
 mod upstream;
 
 use super::config::UpstreamProtocol;
-use super::proxy;
+use super::ctx::ConnCtx;
 use super::route::RouteMatch;
-use super::server::ConnCtx;
 use bytes::Bytes;
 use exchange::{Exchange, Failure};
 use head::{Head, Route, Step};
@@ -389,7 +388,7 @@ impl Drop for InFlight<'_> {
 /// Serves the request whose head starts the pending client bytes.
 async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
     let start = Instant::now();
-    let local = proxy::local(&ctx.shared);
+    let local = crate::state::local(&ctx.shared);
     let snap = &local.snap;
     let stats = &ctx.shared.stats;
     let listener_layers = snap

@@ -7,7 +7,7 @@ use super::head::{MAX_HEADERS, named_in_connection, tokens};
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// No body (`HEAD`, 204, 304).
     Empty,
     /// `Content-Length`.
@@ -20,7 +20,7 @@ pub enum Framing {
 
 /// A parsed response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RespHead {
+pub(crate) struct RespHead {
     /// Length of the head, up to and including the blank line.
     pub len: usize,
     /// The status code.
@@ -33,7 +33,7 @@ pub struct RespHead {
 
 /// The outcome of [`prepare`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RespStep {
+pub(crate) enum RespStep {
     /// The head is not complete yet.
     Partial,
     /// An informational (1xx) head of this length: skip it and read on.
@@ -75,7 +75,7 @@ fn name_of(name: &str) -> Name {
 /// when `head_method`) and writes the client's head into `out` (cleared first), with
 /// `Connection: close` when `close` (or when the body ends with the upstream's close) and
 /// `Date: date` when the upstream sent none.
-pub fn prepare(
+pub(crate) fn prepare(
     buf: &[u8],
     head_method: bool,
     close: bool,
@@ -224,7 +224,7 @@ fn status_digits(status: u16) -> [u8; 3] {
 /// A chunked body's end, found as the bytes go by (RFC 9112 §7.1); the bytes themselves are
 /// relayed unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Chunked {
+pub(crate) struct Chunked {
     state: State,
 }
 
@@ -256,7 +256,7 @@ enum State {
 
 /// A chunked body that does not follow the grammar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BadChunk;
+pub(crate) struct BadChunk;
 
 impl Chunked {
     /// Feeds the next bytes of the body. `Ok(Some(n))`: the body ends after `data[..n]`;
@@ -264,7 +264,7 @@ impl Chunked {
     ///
     /// # Errors
     /// [`BadChunk`] when the bytes are not a chunked body.
-    pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, BadChunk> {
+    pub(crate) fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, BadChunk> {
         let mut i = 0;
         while i < data.len() {
             let b = data[i];

@@ -28,7 +28,7 @@
 mod tests;
 mod ticket;
 
-pub use crate::config::admission::{AdmissionSection, ClassSection, ClientClass, RateLimitSection};
+pub(crate) use crate::config::admission::AdmissionSection;
 
 use crate::config::ConfigError;
 use http::Request;
@@ -45,7 +45,7 @@ use tower::{Layer, Service, ServiceExt};
 
 /// What admission knows of a request besides the request itself.
 #[derive(Debug, Clone)]
-pub struct AdmitCtx {
+pub(crate) struct AdmitCtx {
     /// The client's address.
     pub client: IpAddr,
     /// The route's `priority` class name, if it sets one.
@@ -92,7 +92,7 @@ impl<S: Service<R>, R> Service<Admit<R>> for Unwrap<S> {
 /// A built admission policy, shared by every route and listener that names it, and kept
 /// across reloads while its section is unchanged.
 #[derive(Debug)]
-pub struct AdmissionPolicy {
+pub(crate) struct AdmissionPolicy {
     section: AdmissionSection,
     rules: Rules,
     layer: AdmissionLayer<Carried>,
@@ -106,7 +106,7 @@ impl AdmissionPolicy {
     /// # Errors
     /// The section's first bad field (named relative to the section), as
     /// [`AdmissionSection::validate`] finds it.
-    pub fn build(
+    pub(crate) fn build(
         section: &AdmissionSection,
         old: Option<&Arc<AdmissionPolicy>>,
     ) -> Result<Arc<Self>, ConfigError> {
@@ -128,14 +128,14 @@ impl AdmissionPolicy {
     }
 
     /// The policy's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.section.name
     }
 
     /// Admits `req` into `inner`, or rejects it with the layer's
     /// [`Rejected`](tollgate_admission::Rejected) (or a core `DeadlineExceeded` when an
     /// admitted request outlives its deadline).
-    pub fn call<S: super::UpstreamService>(
+    pub(crate) fn call<S: super::UpstreamService>(
         &self,
         inner: S,
         req: super::UpRequest,
@@ -176,7 +176,7 @@ impl AdmissionPolicy {
 
     /// The policy's state for `/state`: limit, in flight, and per class admitted, queued,
     /// rejections by reason and queue-wait percentiles.
-    pub fn state(&self) -> serde_json::Value {
+    pub(crate) fn state(&self) -> serde_json::Value {
         let snap = self.handle.snapshot();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let classes: Vec<serde_json::Value> = snap
@@ -213,7 +213,7 @@ impl AdmissionPolicy {
 
     /// Records the policy's metrics into the current `metrics` recorder: in flight, limit,
     /// and per class queued, admitted, rejected by reason and the p99 queue wait.
-    pub fn record_metrics(&self) {
+    pub(crate) fn record_metrics(&self) {
         let snap = self.handle.snapshot();
         let p = self.section.name.clone();
         metrics::gauge!("tollgate_admission_in_flight", "policy" => p.clone())

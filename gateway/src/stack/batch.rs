@@ -30,12 +30,12 @@
 //! batches already sent finish on the old one. A changed section builds a new route; requests
 //! queued on the old one are still sent and answered.
 
-use super::retry::TryTimedOut;
 use super::route::ClusterService;
 use super::{GwBody, UpRequest};
+use crate::answer::RespBody;
 use crate::config::ConfigError;
+use crate::error::TryTimedOut;
 use crate::pool::UpstreamError;
-use crate::proxy::RespBody;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -57,12 +57,12 @@ use tollgate_core::counter::ShardedCounter;
 use tollgate_core::error::{Panicked, find_cause};
 use tower::{Layer, Service, ServiceExt};
 
-pub use crate::config::batch::BatchSection;
+pub(crate) use crate::config::batch::BatchSection;
 
 /// The upstream answered the batch call with a non-2xx status; every caller of the batch gets
 /// that status and body.
 #[derive(Debug, Clone)]
-pub struct BatchAnswerStatus {
+pub(crate) struct BatchAnswerStatus {
     /// The upstream's status.
     pub status: StatusCode,
     /// The upstream's `content-type`, if any.
@@ -81,7 +81,7 @@ impl std::error::Error for BatchAnswerStatus {}
 
 /// The upstream's 2xx answer could not be split back to the callers.
 #[derive(Debug)]
-pub enum BadBatchAnswer {
+pub(crate) enum BadBatchAnswer {
     /// The body failed while it was read (the connection broke).
     Read(BoxError),
     /// The body was larger than `max_response_bytes`.
@@ -127,7 +127,7 @@ impl std::error::Error for BadBatchAnswer {
 
 /// The batch call ran past `timeout_ms`.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchTimedOut(Duration);
+pub(crate) struct BatchTimedOut(Duration);
 
 impl fmt::Display for BatchTimedOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -376,7 +376,7 @@ fn error_answer(err: &BoxError) -> Response<RespBody> {
 
 /// A batch route, built once per route and kept across reloads while unchanged.
 #[derive(Debug)]
-pub struct BatchRoute {
+pub(crate) struct BatchRoute {
     section: BatchSection,
     batcher: Batcher<Bytes, Bytes>,
     handle: BatchHandle<Bytes, Bytes>,
@@ -394,7 +394,7 @@ impl BatchRoute {
     ///
     /// # Errors
     /// The section is invalid (validation should have caught it first).
-    pub fn build(
+    pub(crate) fn build(
         section: &BatchSection,
         route: &str,
         inner: ClusterService,
@@ -429,14 +429,9 @@ impl BatchRoute {
         }))
     }
 
-    /// The section this route was built from.
-    pub fn section(&self) -> &BatchSection {
-        &self.section
-    }
-
     /// Answers one client request: its JSON body joins a batch, its answer is its element of
     /// the upstream's array. Never fails: every failure is an answer (see the module docs).
-    pub async fn call(&self, req: Request<Incoming>) -> Response<RespBody> {
+    pub(crate) async fn call(&self, req: Request<Incoming>) -> Response<RespBody> {
         let (parts, body) = req.into_parts();
         let item = match read_item(&parts.headers, body, self.section.max_body_bytes).await {
             Ok(item) => item,
@@ -473,7 +468,7 @@ impl BatchRoute {
     }
 
     /// State for `/state`.
-    pub fn state(&self) -> serde_json::Value {
+    pub(crate) fn state(&self) -> serde_json::Value {
         let s = self.handle.snapshot();
         serde_json::json!({
             "upstream_path": self.section.upstream_path,
@@ -500,7 +495,7 @@ impl BatchRoute {
     }
 
     /// Records metrics labelled `route` into the current `metrics` recorder.
-    pub fn record_metrics(&self, route: &str) {
+    pub(crate) fn record_metrics(&self, route: &str) {
         let s = self.handle.snapshot();
         let r = || route.to_owned();
         metrics::counter!("tollgate_route_batch_calls_total", "route" => r()).absolute(s.batches);

@@ -38,15 +38,15 @@ mod policy;
 #[cfg(test)]
 mod tests;
 
-pub use crate::config::cache::{CacheSection, RedisSection};
-pub use policy::{GwPolicy, Stored, X_CACHE};
+pub(crate) use crate::config::cache::CacheSection;
+pub(crate) use policy::{GwPolicy, Stored, X_CACHE};
 
 use super::UpRequest;
 use super::route::RouteService;
+use crate::answer::RespBody;
 use crate::config::ConfigError;
 use crate::headers::strip_hop_by_hop;
 use crate::pool::UpBody;
-use crate::proxy::RespBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -248,7 +248,7 @@ fn redis_runtime() -> Result<tokio::runtime::Handle, ConfigError> {
 }
 
 /// A route's built cache, kept across reloads while the route and its section are unchanged.
-pub struct RouteCache {
+pub(crate) struct RouteCache {
     section: CacheSection,
     policy: GwPolicy,
     layer: CacheLayer<GwPolicy>,
@@ -272,7 +272,7 @@ impl RouteCache {
     ///
     /// # Errors
     /// The layer refused the configuration.
-    pub fn build(
+    pub(crate) fn build(
         section: &CacheSection,
         route: &str,
         old: Option<&Arc<RouteCache>>,
@@ -309,21 +309,11 @@ impl RouteCache {
         }))
     }
 
-    /// The section it was built from.
-    pub fn section(&self) -> &CacheSection {
-        &self.section
-    }
-
-    /// The handle on its tiers: statistics, invalidation, L3 status.
-    pub fn handle(&self) -> &CacheHandle<HttpKey, Stored> {
-        &self.handle
-    }
-
     /// Serves `req` from the cache or through `inner`, with `x-cache` on the answer.
     ///
     /// # Errors
     /// The upstream's error when no stale response may stand in for it.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         inner: RouteService,
         req: UpRequest,
@@ -377,7 +367,7 @@ impl RouteCache {
     }
 
     /// State for `/state`.
-    pub fn state(&self) -> serde_json::Value {
+    pub(crate) fn state(&self) -> serde_json::Value {
         let s = self.handle.stats();
         serde_json::json!({
             "entries": self.handle.l2_entries(),
@@ -398,7 +388,7 @@ impl RouteCache {
     }
 
     /// Records metrics labelled `route` into the current `metrics` recorder.
-    pub fn record_metrics(&self, route: &str) {
+    pub(crate) fn record_metrics(&self, route: &str) {
         let s = self.handle.stats();
         let r = || route.to_owned();
         for (tier, n) in [("l1", s.l1_hits), ("l2", s.l2_hits), ("l3", s.l3_hits)] {

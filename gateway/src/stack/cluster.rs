@@ -11,10 +11,9 @@ use super::upstream::Upstream;
 use super::{UpRequest, UpResponse};
 use crate::config::retry::RetrySection;
 use crate::config::{ClusterConfig, ConfigError, UpstreamProtocol};
-use crate::pool::Settings;
+use crate::pool::{Settings, SharedSettings};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tollgate_balance::{Balance, BalanceHandle};
 use tollgate_breaker::{Breaker, BreakerHandle, BreakerLayer};
 use tollgate_core::BoxError;
@@ -24,22 +23,18 @@ use tower::util::Either;
 use tower::{Layer, ServiceExt};
 
 /// The classifier every gateway layer uses: an error or a 5xx answer is a failure.
-pub type Cls = ServerErrorsAreFailures;
+pub(crate) type Cls = ServerErrorsAreFailures;
 
 /// One endpoint: its breaker (when `endpoint_breaker` is set) over the upstream.
-pub type EndpointSvc = Either<Breaker<Upstream, Cls>, Upstream>;
+pub(crate) type EndpointSvc = Either<Breaker<Upstream, Cls>, Upstream>;
 /// The cluster's balancer over its endpoints.
-pub type Balanced = Balance<SocketAddr, EndpointSvc, Cls>;
+pub(crate) type Balanced = Balance<SocketAddr, EndpointSvc, Cls>;
 /// The adaptive limit over the balancer, when `pool` is set.
-pub type Pooled = Either<PoolSizer<Balanced, Cls>, Balanced>;
+pub(crate) type Pooled = Either<PoolSizer<Balanced, Cls>, Balanced>;
 /// The cluster breaker over the rest, when `breaker` is set.
-pub type ClusterSvc = Either<Breaker<Pooled, Cls>, Pooled>;
+pub(crate) type ClusterSvc = Either<Breaker<Pooled, Cls>, Pooled>;
 
-pub use crate::config::retry::RetryOn;
-
-pub use crate::config::cluster::{
-    BalanceSection, BreakerSection, HealthSection, OutlierSection, PoolAlgorithm, PoolSection,
-};
+pub(crate) use crate::config::cluster::{BalanceSection, BreakerSection, PoolSection};
 
 /// What decides whether a built stack can be kept across a reload: every setting it was built
 /// from.
@@ -56,7 +51,7 @@ struct Key {
 /// A cluster's built stack and the handles that look into it. Kept across reloads (with its
 /// breaker, limit, latency and ejection state) while the cluster keeps its name and settings.
 #[derive(Debug)]
-pub struct ClusterLayers {
+pub(crate) struct ClusterLayers {
     key: Key,
     name: String,
     svc: ClusterSvc,
@@ -69,53 +64,9 @@ pub struct ClusterLayers {
     settings: Arc<SharedSettings>,
 }
 
-/// Connection settings the endpoints read on each call, so a reload that only changes the
-/// global timeouts keeps the stack (and its breaker, limit and latency state).
-#[derive(Debug)]
-pub struct SharedSettings {
-    connect_ms: std::sync::atomic::AtomicU64,
-    idle_ms: std::sync::atomic::AtomicU64,
-}
-
-impl From<Settings> for SharedSettings {
-    fn from(s: Settings) -> Self {
-        Self::new(s)
-    }
-}
-
-impl SharedSettings {
-    fn new(s: Settings) -> Self {
-        let ms = |d: Duration| std::sync::atomic::AtomicU64::new(d.as_millis() as u64);
-        Self {
-            connect_ms: ms(s.connect_timeout),
-            idle_ms: ms(s.idle_timeout),
-        }
-    }
-
-    fn store(&self, s: Settings) {
-        use std::sync::atomic::Ordering::Relaxed;
-        // Relaxed: independent values; a request may start with the old one a moment longer.
-        self.connect_ms
-            .store(s.connect_timeout.as_millis() as u64, Relaxed);
-        self.idle_ms
-            .store(s.idle_timeout.as_millis() as u64, Relaxed);
-    }
-
-    /// The current settings (idle connections capped by `max_idle`).
-    pub fn load(&self) -> Settings {
-        use std::sync::atomic::Ordering::Relaxed;
-        // Relaxed: see `store`.
-        Settings {
-            connect_timeout: Duration::from_millis(self.connect_ms.load(Relaxed)),
-            idle_timeout: Duration::from_millis(self.idle_ms.load(Relaxed)),
-            max_idle: crate::pool::MAX_IDLE_PER_ENDPOINT,
-        }
-    }
-}
-
 impl ClusterLayers {
     /// Whether `cc` asks for a stack at all.
-    pub fn wanted(cc: &ClusterConfig) -> bool {
+    pub(crate) fn wanted(cc: &ClusterConfig) -> bool {
         cc.balance.is_some()
             || cc.breaker.is_some()
             || cc.endpoint_breaker.is_some()
@@ -127,7 +78,7 @@ impl ClusterLayers {
     ///
     /// # Errors
     /// A layer refused its configuration (validation should have caught it first).
-    pub fn build(
+    pub(crate) fn build(
         cc: &ClusterConfig,
         settings: Settings,
         old: Option<&Arc<ClusterLayers>>,
@@ -188,7 +139,7 @@ impl ClusterLayers {
 
     /// Makes the balancer's endpoint set equal `addrs`: new ones are added (with their own
     /// breaker when `endpoint_breaker` is set), gone ones removed; kept ones keep their state.
-    pub fn sync_endpoints(&self, addrs: &[SocketAddr]) {
+    pub(crate) fn sync_endpoints(&self, addrs: &[SocketAddr]) {
         let mut breakers = self
             .endpoint_breakers
             .lock()
@@ -230,7 +181,7 @@ impl ClusterLayers {
     /// Starts the active health checks on the current runtime (the control thread's) unless
     /// they run already; returns the new task's abort handle, so the caller can stop it once
     /// this stack leaves the current snapshot (a worker may hold the old snapshot a while).
-    pub fn ensure_health_checks(&self) -> Option<tokio::task::AbortHandle> {
+    pub(crate) fn ensure_health_checks(&self) -> Option<tokio::task::AbortHandle> {
         let h = self.key.balance.as_ref().and_then(|b| b.health.clone())?;
         let mut task = self.health.lock().unwrap_or_else(|p| p.into_inner());
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
@@ -243,18 +194,8 @@ impl ClusterLayers {
         Some(abort)
     }
 
-    /// A fresh clone of the stack for one request.
-    pub fn service(&self) -> ClusterSvc {
-        self.svc.clone()
-    }
-
-    /// The retry policy, when `retry` is set.
-    pub fn retry(&self) -> Option<&RetryPolicy> {
-        self.retry.as_ref()
-    }
-
     /// Sends `req` through the stack (retrying when configured and allowed).
-    pub async fn send(&self, req: UpRequest) -> Result<UpResponse, BoxError> {
+    pub(crate) async fn send(&self, req: UpRequest) -> Result<UpResponse, BoxError> {
         match &self.retry {
             Some(policy) => policy.send(self.svc.clone(), req).await,
             None => self.svc.clone().oneshot(req).await,
@@ -262,7 +203,7 @@ impl ClusterLayers {
     }
 
     /// The stack's state for `/state`.
-    pub fn state(&self) -> serde_json::Value {
+    pub(crate) fn state(&self) -> serde_json::Value {
         let breakers = self
             .endpoint_breakers
             .lock()
@@ -310,7 +251,7 @@ impl ClusterLayers {
 
     /// Records the stack's gauges and counters, labelled `cluster`, into the current
     /// `metrics` recorder (the admin page's, while `/metrics` renders).
-    pub fn record_metrics(&self) {
+    pub(crate) fn record_metrics(&self) {
         let c = self.name.clone();
         let open = |h: &BreakerHandle| {
             f64::from(u8::from(matches!(

@@ -15,14 +15,14 @@ use tollgate_balance::HealthCheck;
 
 /// Checks an endpoint with `GET path`.
 #[derive(Debug, Clone)]
-pub struct HttpHealthCheck {
+pub(crate) struct HttpHealthCheck {
     path: Arc<str>,
     protocol: UpstreamProtocol,
 }
 
 impl HttpHealthCheck {
     /// A check of `path` over `protocol`.
-    pub fn new(path: String, protocol: UpstreamProtocol) -> Self {
+    pub(crate) fn new(path: String, protocol: UpstreamProtocol) -> Self {
         Self {
             path: path.into(),
             protocol,

@@ -22,37 +22,29 @@
 //! A route and cluster with none of these sections take the part-1 fast path: round robin and
 //! no tower stack at all.
 
-pub mod admission;
-pub mod batch;
-pub mod cache;
-pub mod cluster;
-pub mod health;
-pub mod respond;
-pub mod retry;
-pub mod route;
-pub mod upstream;
+pub(crate) mod admission;
+pub(crate) mod batch;
+pub(crate) mod cache;
+pub(crate) mod cluster;
+pub(crate) mod endpoints;
+pub(crate) mod health;
+pub(crate) mod retry;
+pub(crate) mod route;
+pub(crate) mod upstream;
 
 use super::pool::UpBody;
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{Full, Limited};
-use hyper::body::Incoming;
+use http::Response;
 use tollgate_core::BoxError;
 use tower::Service;
 
-/// The body sent upstream: the client's body, streamed and cut at the size limit, or a body
-/// the gateway built (a retried request's empty body, a batch, a health check).
-pub type GwBody = http_body_util::Either<Limited<Incoming>, Full<Bytes>>;
-
-/// A request on its way upstream.
-pub type UpRequest = Request<GwBody>;
+pub(crate) use crate::body::{GwBody, UpRequest};
 
 /// An upstream's answer, its body streamed.
-pub type UpResponse = Response<UpBody>;
+pub(crate) type UpResponse = Response<UpBody>;
 
 /// What a cluster's stack is: a cloneable service from [`UpRequest`] to [`UpResponse`] whose
 /// errors are boxed (a tollgate rejection, a timeout, or an [`UpstreamError`](super::pool::UpstreamError)).
-pub trait UpstreamService:
+pub(crate) trait UpstreamService:
     Service<UpRequest, Response = UpResponse, Error = BoxError, Future: Send + 'static>
     + Clone
     + Send

@@ -9,6 +9,7 @@
 
 use super::{GwBody, UpRequest, UpResponse};
 use crate::config::retry::{RetryOn, RetrySection};
+use crate::error::TryTimedOut;
 use crate::pool::UpstreamError;
 use bytes::Bytes;
 use http::{Method, Request};
@@ -95,7 +96,7 @@ impl Budget {
 
 /// A cluster's retry policy and budget, shared by every request to it.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     inner: Arc<Inner>,
 }
 
@@ -108,18 +109,6 @@ struct Inner {
     exhausted: ShardedCounter,
 }
 
-/// A try that ran past `per_try_timeout_ms`.
-#[derive(Debug)]
-pub struct TryTimedOut;
-
-impl std::fmt::Display for TryTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("upstream try timed out")
-    }
-}
-
-impl std::error::Error for TryTimedOut {}
-
 /// Whether `method` may be sent twice.
 fn idempotent(method: &Method) -> bool {
     matches!(
@@ -130,7 +119,7 @@ fn idempotent(method: &Method) -> bool {
 
 impl RetryPolicy {
     /// The policy of `section`, with an empty budget.
-    pub fn new(section: &RetrySection) -> Self {
+    pub(crate) fn new(section: &RetrySection) -> Self {
         Self {
             inner: Arc::new(Inner {
                 per_try: (section.per_try_timeout_ms > 0)
@@ -149,7 +138,7 @@ impl RetryPolicy {
     }
 
     /// Whether `req` may be retried: an idempotent method and a body the gateway holds.
-    pub fn retryable(req: &UpRequest) -> bool {
+    pub(crate) fn retryable(req: &UpRequest) -> bool {
         idempotent(req.method()) && matches!(req.body(), http_body_util::Either::Right(_))
     }
 
@@ -193,7 +182,7 @@ impl RetryPolicy {
     ///
     /// # Errors
     /// The last try's error.
-    pub async fn send<S>(&self, svc: S, req: UpRequest) -> Result<UpResponse, BoxError>
+    pub(crate) async fn send<S>(&self, svc: S, req: UpRequest) -> Result<UpResponse, BoxError>
     where
         S: Service<UpRequest, Response = UpResponse, Error = BoxError> + Clone,
     {
@@ -227,12 +216,12 @@ impl RetryPolicy {
     }
 
     /// Retries sent so far.
-    pub fn retries(&self) -> u64 {
+    pub(crate) fn retries(&self) -> u64 {
         self.inner.retries.sum().max(0) as u64
     }
 
     /// State for `/state`.
-    pub fn state(&self) -> serde_json::Value {
+    pub(crate) fn state(&self) -> serde_json::Value {
         serde_json::json!({
             "retries": self.retries(),
             "budget_exhausted": self.inner.exhausted.sum().max(0),
@@ -240,7 +229,7 @@ impl RetryPolicy {
     }
 
     /// Records the retry counters, labelled `cluster`, into the current `metrics` recorder.
-    pub fn record_metrics(&self, cluster: &str) {
+    pub(crate) fn record_metrics(&self, cluster: &str) {
         metrics::counter!("tollgate_cluster_retries_total", "cluster" => cluster.to_owned())
             .absolute(self.retries());
         metrics::counter!(

@@ -2,11 +2,13 @@
 //! path), behind the route's admission policy.
 
 use super::admission::{AdmissionPolicy, AdmitCtx};
-use super::cluster::{ClusterLayers, SharedSettings};
+use super::cluster::ClusterLayers;
+use super::endpoints::Cluster;
 use super::upstream::Upstream;
 use super::{UpRequest, UpResponse};
+use crate::error::RouteTimedOut;
 use crate::pool::Settings;
-use crate::state::Cluster;
+use crate::pool::SharedSettings;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,11 +18,11 @@ use tollgate_core::BoxError;
 use tower::{Service, ServiceExt};
 
 /// A boxed response future of the route services.
-pub type BoxFuture = Pin<Box<dyn Future<Output = Result<UpResponse, BoxError>> + Send>>;
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<UpResponse, BoxError>> + Send>>;
 
 /// A cluster as a service: its layered stack, or round robin over its endpoints.
 #[derive(Debug, Clone)]
-pub enum ClusterService {
+pub(crate) enum ClusterService {
     /// The cluster's layers (breaker, pool, balance, retries).
     Layered(Arc<ClusterLayers>),
     /// No layers: round robin, as the part-1 fast path does.
@@ -75,7 +77,7 @@ impl Service<UpRequest> for ClusterService {
 /// the route's overall timeout. A route cache sits outside it, so a timed-out fetch is a
 /// failure the cache can hide with a stale answer.
 #[derive(Debug, Clone)]
-pub struct RouteService {
+pub(crate) struct RouteService {
     /// The admission policy and what it needs to know of the request.
     pub admission: Option<(Arc<AdmissionPolicy>, AdmitCtx)>,
     /// The cluster.
@@ -83,18 +85,6 @@ pub struct RouteService {
     /// The route's overall timeout (`request_timeout_ms`, else `timeouts.request_ms`).
     pub timeout: Duration,
 }
-
-/// A request that ran past its route's overall timeout (answered 504).
-#[derive(Debug)]
-pub struct RouteTimedOut;
-
-impl std::fmt::Display for RouteTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("upstream timed out")
-    }
-}
-
-impl std::error::Error for RouteTimedOut {}
 
 impl Service<UpRequest> for RouteService {
     type Response = UpResponse;

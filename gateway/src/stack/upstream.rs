@@ -1,11 +1,11 @@
 //! The innermost service: one upstream endpoint, reached through the worker thread's own
 //! connection pool ([`crate::pool`]).
 
-use super::cluster::SharedSettings;
 use super::{GwBody, UpRequest, UpResponse};
 use crate::config::UpstreamProtocol;
 use crate::pool;
-use crate::proxy::UpstreamAddr;
+use crate::pool::SharedSettings;
+use crate::pool::UpstreamAddr;
 use http::header::{self, HeaderValue};
 use http::{Request, Uri, Version};
 use std::future::Future;
@@ -20,7 +20,7 @@ use tower::Service;
 /// endpoint fills in what depends on its address: the absolute URI HTTP/2 needs, and `Host`
 /// when the route did not forward the client's.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     addr: SocketAddr,
     authority: Arc<str>,
     host: HeaderValue,
@@ -33,7 +33,7 @@ impl Upstream {
     /// The endpoint at `addr`, spoken to with `protocol`. With `limiter` (the cluster's
     /// adaptive limit), each worker keeps at most that many idle connections to it, so the
     /// connection pool follows what the upstream was learned to take.
-    pub fn new(
+    pub(crate) fn new(
         addr: SocketAddr,
         protocol: UpstreamProtocol,
         settings: Arc<SharedSettings>,
@@ -50,15 +50,10 @@ impl Upstream {
             limiter,
         }
     }
-
-    /// The endpoint's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
 }
 
 /// The future of one upstream request (boxed: it is hyper's connection handshake and send).
-pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<UpResponse, BoxError>> + Send>>;
+pub(crate) type UpstreamFuture = Pin<Box<dyn Future<Output = Result<UpResponse, BoxError>> + Send>>;
 
 impl Service<UpRequest> for Upstream {
     type Response = UpResponse;

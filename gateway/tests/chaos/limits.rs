@@ -155,10 +155,7 @@ async fn overload_keeps_the_top_class_served() {
         }
         // Memory stays bounded: what the gateway holds is at most the policy's limit in flight
         // plus `max_queued` waiting, sampled all through the overload.
-        let admin = tollgate_gateway::admin::Admin {
-            shared: gw.shared().clone(),
-            demos: vec![],
-        };
+        let admin = gw.state_view();
         let sampler = {
             let done = done.clone();
             tokio::spawn(async move {

@@ -2,6 +2,7 @@
 
 use super::ticket::{Rules, ip_key};
 use super::*;
+use crate::config::admission::ClassSection;
 use crate::config::admission::{MAX_COUNT, MAX_MS, Net, default_classes};
 use http::Request;
 use std::sync::Mutex;

@@ -13,7 +13,7 @@ use tollgate_cache::{CachePolicy, CachePolicyFor, Cacheability};
 use tollgate_core::counter::ShardedCounter;
 
 /// The header telling clients how the cache answered.
-pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub(crate) static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub(super) const HIT: &str = "HIT";
 pub(super) const STALE: &str = "STALE";
 pub(super) const MISS: &str = "MISS";
@@ -27,7 +27,7 @@ pub(super) fn mark<B>(res: &mut Response<B>, how: &'static str) {
 
 /// What the cache stores: the response, and how long it is fresh (to tell `HIT` from `STALE`).
 #[derive(Debug, Clone)]
-pub struct Stored {
+pub(crate) struct Stored {
     pub(super) res: Arc<CachedResponse>,
     pub(super) fresh_for: Duration,
 }
@@ -39,7 +39,7 @@ pub(super) struct TooBig;
 /// The gateway's policy: [`HttpPolicy`] with a weight floor (so `max_entries` bounds L2 too)
 /// and the `x-cache` header on everything it rebuilds. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct GwPolicy(pub(super) Arc<PolicyInner>);
+pub(crate) struct GwPolicy(pub(super) Arc<PolicyInner>);
 
 #[derive(Debug)]
 pub(super) struct PolicyInner {

@@ -2,6 +2,7 @@
 
 use super::policy::{GwCodec, TooBig};
 use super::*;
+use crate::config::cache::RedisSection;
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{Method, Request, Response};

@@ -2,10 +2,8 @@
 //! [`tollgate::http::Rejection`] (503/429/504 with `Retry-After`), upstream failures as part 1
 //! mapped them (502/504/413).
 
-use super::retry::TryTimedOut;
-use super::route::RouteTimedOut;
-use crate::pool::UpstreamError;
-use crate::proxy::{RespBody, local_response};
+use crate::error::{RouteTimedOut, TryTimedOut};
+use crate::pool::{UpBody, UpstreamError};
 use crate::stats::Stats;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -14,10 +12,22 @@ use http_body_util::{Either, Full, LengthLimitError};
 use tollgate_core::BoxError;
 use tollgate_core::error::find_cause;
 
+/// The body sent to the client: the upstream's body, streamed, or a short local answer.
+pub(crate) type RespBody = Either<UpBody, Full<Bytes>>;
+
+/// A short local answer.
+pub(crate) fn local_response(status: StatusCode, msg: &'static str) -> Response<RespBody> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(msg.as_bytes()))));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
 /// Whether the failure is the endpoint's (counted against it) rather than the client's or a
 /// local rejection's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blame {
+pub(crate) enum Blame {
     /// The upstream failed or timed out.
     Upstream,
     /// A layer refused the request, or the client's body was too large.
@@ -63,7 +73,7 @@ fn grpc_rejection(r: &tollgate::http::Rejection, message: &str) -> Response<Full
 
 /// The status and message for an upstream failure (counted in `stats`): 504 for a connect
 /// timeout, 502 for a refused connect or a connection that failed after it was made.
-pub fn upstream_failure(err: &UpstreamError, stats: &Stats) -> (StatusCode, &'static str) {
+pub(crate) fn upstream_failure(err: &UpstreamError, stats: &Stats) -> (StatusCode, &'static str) {
     match err {
         UpstreamError::ConnectTimeout => {
             stats.upstream_connect_errors.incr();
@@ -81,7 +91,11 @@ pub fn upstream_failure(err: &UpstreamError, stats: &Stats) -> (StatusCode, &'st
 }
 
 /// The answer to `err`, and whom it blames; `grpc` asks for gRPC statuses.
-pub fn error_response(err: &BoxError, grpc: bool, stats: &Stats) -> (Response<RespBody>, Blame) {
+pub(crate) fn error_response(
+    err: &BoxError,
+    grpc: bool,
+    stats: &Stats,
+) -> (Response<RespBody>, Blame) {
     let err: &(dyn std::error::Error + 'static) = &**err;
     if find_cause::<LengthLimitError>(err).is_some() {
         stats.body_too_large.incr();

@@ -1,0 +1,122 @@
+//! One client connection's context, shared by its requests on either HTTP path, and the I/O
+//! wrapper that keeps its idle clock.
+
+use crate::headers::Forwarding;
+use crate::state::Shared;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Per-connection state shared by its requests.
+#[derive(Debug)]
+pub(crate) struct ConnCtx {
+    /// Gateway state.
+    pub shared: Arc<Shared>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Index of the listener (in config order) that accepted it.
+    pub listener: usize,
+    /// Forwarding header values for this client.
+    pub forwarding: Forwarding,
+    /// Requests of this connection in flight.
+    pub in_flight: AtomicUsize,
+    /// Milliseconds since `opened` of the last byte read or written.
+    last_active_ms: AtomicU64,
+    opened: Instant,
+}
+
+impl ConnCtx {
+    /// The context of a connection from `peer`, accepted by listener `listener` (config order).
+    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr, tls: bool, listener: usize) -> Self {
+        Self {
+            shared,
+            peer,
+            listener,
+            forwarding: Forwarding::new(peer.ip(), if tls { "https" } else { "http" }),
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        // Relaxed: only this connection's idle check reads it, and a stale value only delays
+        // an idle close by one check.
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn idle_for(&self) -> Duration {
+        // Relaxed: see `touch`.
+        let last = self.last_active_ms.load(Ordering::Relaxed);
+        self.opened
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+}
+
+/// An I/O stream that records when bytes last moved, for the idle timeout.
+#[derive(Debug)]
+pub(crate) struct Tracked<T> {
+    pub(crate) inner: T,
+    pub(crate) ctx: Arc<ConnCtx>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.ctx.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.ctx.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.ctx.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
