@@ -78,33 +78,13 @@ pub fn status(rejection: &Rejection) -> Status {
 
 /// [`status`] with `message` as the status message.
 pub fn status_with_message(rejection: &Rejection, message: impl Into<String>) -> Status {
-    let code = match rejection {
-        Rejection::RateLimited { .. } => Code::ResourceExhausted,
-        Rejection::DeadlineExceeded => Code::DeadlineExceeded,
-        _ => Code::Unavailable,
-    };
-    let mut status = Status::new(code, message);
-    if let Some(ms) = pushback_ms(rejection) {
+    let mut status = Status::new(Code::from_i32(rejection.grpc_code()), message);
+    if let Some(ms) = rejection.pushback_ms() {
         status
             .metadata_mut()
             .insert(PUSHBACK_HEADER, MetadataValue::from(ms));
     }
     status
-}
-
-/// The pushback in milliseconds: the hint rounded up, at least 1; 1000 without a hint; `None`
-/// for a deadline.
-fn pushback_ms(rejection: &Rejection) -> Option<u64> {
-    if matches!(rejection, Rejection::DeadlineExceeded) {
-        return None;
-    }
-    Some(match rejection.retry_after() {
-        None => 1000,
-        Some(d) => {
-            let ms = d.as_nanos().div_ceil(1_000_000);
-            u64::try_from(ms).unwrap_or(u64::MAX).max(1)
-        }
-    })
 }
 
 /// The gRPC status for a known rejection in `err`'s chain (its message the text of the error

@@ -1,6 +1,34 @@
-//! Errors of the layered request path as answers: tollgate rejections by
-//! [`tollgate::http::Rejection`] (503/429/504 with `Retry-After`), upstream failures as part 1
-//! mapped them (502/504/413).
+//! The one table from every failure to its answer. Every path that answers a request by itself
+//! (the HTTP/1.1 fast path, the hyper path, layered and batch routes) takes its status and text
+//! from here, so the same failure reads the same on every path:
+//!
+//! | what happened | [`Answer`] | status | text | blamed on |
+//! |---|---|---|---|---|
+//! | no route for the host and path | `NoRoute` | 404 | `no route` | client |
+//! | a route, but not for this method | `MethodNotAllowed` | 405 | `method not allowed` | client |
+//! | a request target the upstream URI cannot hold | `BadTarget` | 400 | `bad request target` | client |
+//! | an HTTP/1.1 request without `Host`, or with two | `BadHost` | 400 | `request needs exactly one host` | client |
+//! | a request head over `limits.max_header_bytes` or `limits.max_headers` | `HeadTooLarge` | 431 | `request header fields too large` | client |
+//! | the client's request body broke its own framing (a bad chunk) | `BodyUnreadable` | 400 | `request body could not be read` | client |
+//! | the request body is over `limits.max_body_bytes` (or a batch route's `max_body_bytes`) | `BodyTooLarge` | 413 | `request body too large` | client |
+//! | a batch route's request body is not JSON | `NotJson` | 400 | `request body is not valid JSON` | client |
+//! | the cluster has no endpoint | `NoEndpoint` | 503 | `no upstream endpoint` | cluster |
+//! | connecting to the endpoint timed out | `ConnectTimedOut` | 504 | `upstream connect timed out` | endpoint |
+//! | connecting was refused or failed | `ConnectFailed` | 502 | `upstream connect failed` | endpoint |
+//! | the connection failed after it was made (reset, garbage) | `ConnectionFailed` | 502 | `upstream connection failed` | endpoint |
+//! | a try or the whole request ran past its timeout | `TimedOut` | 504 | `upstream timed out` | endpoint |
+//! | an in-process upstream (a layer's inner service) panicked | `HandlerFailed` | 502 | `upstream handler failed` | endpoint |
+//! | any other failure on the way upstream | `RequestFailed` | 502 | `upstream request failed` | endpoint |
+//! | a batch call failed for another reason | `BatchFailed` | 502 | `batch call failed` | endpoint |
+//!
+//! A batch route also answers with the status and body the upstream gave a whole batch, and
+//! with the batch's own timeout (504) and malformed-answer (502) errors, whose text says which
+//! limit or element was at fault.
+//!
+//! Tollgate's own rejections (overloaded, shed, circuit open, no endpoints, rate limited,
+//! deadline passed) are mapped by the facade's [`Rejection`] (503/429/504 with `Retry-After`,
+//! or the gRPC status with `grpc-retry-pushback-ms` for a gRPC request), the same mapping an
+//! axum or tonic user of the layers gets; [`error_response`] applies both.
 
 use crate::error::{RouteTimedOut, TryTimedOut};
 use crate::pool::{UpBody, UpstreamError};
@@ -9,20 +37,12 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full, LengthLimitError};
+use tollgate::http::Rejection;
 use tollgate_core::BoxError;
-use tollgate_core::error::find_cause;
+use tollgate_core::error::{Panicked, find_cause};
 
 /// The body sent to the client: the upstream's body, streamed, or a short local answer.
 pub(crate) type RespBody = Either<UpBody, Full<Bytes>>;
-
-/// A short local answer.
-pub(crate) fn local_response(status: StatusCode, msg: &'static str) -> Response<RespBody> {
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(msg.as_bytes()))));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    r
-}
 
 /// Whether the failure is the endpoint's (counted against it) rather than the client's or a
 /// local rejection's.
@@ -30,109 +50,259 @@ pub(crate) fn local_response(status: StatusCode, msg: &'static str) -> Response<
 pub(crate) enum Blame {
     /// The upstream failed or timed out.
     Upstream,
-    /// A layer refused the request, or the client's body was too large.
+    /// A layer refused the request, or the client's request was at fault.
     Local,
 }
 
-/// A gRPC "trailers-only" answer for a rejection: `UNAVAILABLE` (503), `RESOURCE_EXHAUSTED`
-/// (429) or `DEADLINE_EXCEEDED` (504), with `grpc-retry-pushback-ms` when there is a hint.
-fn grpc_rejection(r: &tollgate::http::Rejection, message: &str) -> Response<Full<Bytes>> {
-    let code = match r.status() {
-        StatusCode::TOO_MANY_REQUESTS => 8,
-        StatusCode::GATEWAY_TIMEOUT => 4,
-        _ => 14,
-    };
-    let mut resp = Response::new(Full::default());
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert("grpc-status", HeaderValue::from(code));
-    let msg: String = message
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b' ' || b == b'-' {
-                b as char
-            } else {
-                '_'
+/// A failure the gateway answers by itself; see the table in the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    NoRoute,
+    MethodNotAllowed,
+    BadTarget,
+    BadHost,
+    HeadTooLarge,
+    BodyTooLarge,
+    BodyUnreadable,
+    NotJson,
+    NoEndpoint,
+    ConnectTimedOut,
+    ConnectFailed,
+    ConnectionFailed,
+    TimedOut,
+    HandlerFailed,
+    RequestFailed,
+    BatchFailed,
+}
+
+impl Answer {
+    /// Its HTTP status.
+    pub(crate) const fn status(self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadTarget | Self::BadHost | Self::BodyUnreadable | Self::NotJson => {
+                StatusCode::BAD_REQUEST
             }
-        })
-        .collect();
-    if let Ok(v) = HeaderValue::from_str(&msg) {
-        h.insert("grpc-message", v);
+            Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ConnectTimedOut | Self::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+            Self::ConnectFailed
+            | Self::ConnectionFailed
+            | Self::HandlerFailed
+            | Self::RequestFailed
+            | Self::BatchFailed => StatusCode::BAD_GATEWAY,
+        }
     }
-    if let Some(d) = r.retry_after() {
-        h.insert(
-            "grpc-retry-pushback-ms",
-            HeaderValue::from(d.as_millis() as u64),
-        );
+
+    /// Its text, the answer's whole `text/plain` body (with its line end).
+    pub(crate) const fn text(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no route\n",
+            Self::MethodNotAllowed => "method not allowed\n",
+            Self::BadTarget => "bad request target\n",
+            Self::BadHost => "request needs exactly one host\n",
+            Self::HeadTooLarge => "request header fields too large\n",
+            Self::BodyTooLarge => "request body too large\n",
+            Self::BodyUnreadable => "request body could not be read\n",
+            Self::NotJson => "request body is not valid JSON\n",
+            Self::NoEndpoint => "no upstream endpoint\n",
+            Self::ConnectTimedOut => "upstream connect timed out\n",
+            Self::ConnectFailed => "upstream connect failed\n",
+            Self::ConnectionFailed => "upstream connection failed\n",
+            Self::TimedOut => "upstream timed out\n",
+            Self::HandlerFailed => "upstream handler failed\n",
+            Self::RequestFailed => "upstream request failed\n",
+            Self::BatchFailed => "batch call failed\n",
+        }
     }
-    resp
+
+    /// Whether it counts against the endpoint (and the cluster's failures).
+    pub(crate) const fn blame(self) -> Blame {
+        match self {
+            Self::NoRoute
+            | Self::MethodNotAllowed
+            | Self::BadTarget
+            | Self::BadHost
+            | Self::HeadTooLarge
+            | Self::BodyTooLarge
+            | Self::BodyUnreadable
+            | Self::NotJson
+            | Self::NoEndpoint => Blame::Local,
+            Self::ConnectTimedOut
+            | Self::ConnectFailed
+            | Self::ConnectionFailed
+            | Self::TimedOut
+            | Self::HandlerFailed
+            | Self::RequestFailed
+            | Self::BatchFailed => Blame::Upstream,
+        }
+    }
+
+    /// The answer for a failed upstream connection or exchange.
+    pub(crate) fn of_upstream(err: &UpstreamError) -> Self {
+        match err {
+            UpstreamError::ConnectTimeout => Self::ConnectTimedOut,
+            UpstreamError::Connect(_) => Self::ConnectFailed,
+            UpstreamError::Http(_) => Self::ConnectionFailed,
+        }
+    }
+
+    /// Counts it in the gateway's counters (`/state`'s `stats`).
+    pub(crate) fn count(self, stats: &Stats) {
+        match self {
+            Self::ConnectTimedOut | Self::ConnectFailed => stats.upstream_connect_errors.incr(),
+            Self::ConnectionFailed => stats.upstream_resets.incr(),
+            Self::TimedOut => stats.upstream_timeouts.incr(),
+            Self::BodyTooLarge => stats.body_too_large.incr(),
+            Self::NoRoute | Self::MethodNotAllowed => stats.unrouted.incr(),
+            Self::BadTarget
+            | Self::BadHost
+            | Self::HeadTooLarge
+            | Self::BodyUnreadable
+            | Self::NotJson
+            | Self::NoEndpoint
+            | Self::HandlerFailed
+            | Self::RequestFailed
+            | Self::BatchFailed => {}
+        }
+    }
+
+    /// The answer as a response: its status and text, `text/plain`.
+    pub(crate) fn response(self) -> Response<RespBody> {
+        let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(
+            self.text().as_bytes(),
+        ))));
+        *r.status_mut() = self.status();
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    }
 }
 
-/// The status and message for an upstream failure (counted in `stats`): 504 for a connect
-/// timeout, 502 for a refused connect or a connection that failed after it was made.
-pub(crate) fn upstream_failure(err: &UpstreamError, stats: &Stats) -> (StatusCode, &'static str) {
-    match err {
-        UpstreamError::ConnectTimeout => {
-            stats.upstream_connect_errors.incr();
-            (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n")
-        }
-        UpstreamError::Connect(_) => {
-            stats.upstream_connect_errors.incr();
-            (StatusCode::BAD_GATEWAY, "upstream connect failed\n")
-        }
-        UpstreamError::Http(_) => {
-            stats.upstream_resets.incr();
-            (StatusCode::BAD_GATEWAY, "upstream connection failed\n")
-        }
+/// What `err`, a failed request's error, means: a tollgate rejection (with the error in the
+/// chain that decided it) or one of the gateway's own answers.
+pub(crate) fn classify<'e>(
+    err: &'e (dyn std::error::Error + 'static),
+) -> Result<Answer, (Rejection, &'e (dyn std::error::Error + 'static))> {
+    if find_cause::<LengthLimitError>(err).is_some() {
+        return Ok(Answer::BodyTooLarge);
     }
+    if let Some(up) = find_cause::<UpstreamError>(err) {
+        if crate::pool::client_body_failed(up) {
+            return Ok(Answer::BodyUnreadable);
+        }
+        return Ok(Answer::of_upstream(up));
+    }
+    if find_cause::<TryTimedOut>(err).is_some() || find_cause::<RouteTimedOut>(err).is_some() {
+        return Ok(Answer::TimedOut);
+    }
+    if let Some(found) = Rejection::find(err) {
+        return Err(found);
+    }
+    if find_cause::<Panicked>(err).is_some() {
+        return Ok(Answer::HandlerFailed);
+    }
+    Ok(Answer::RequestFailed)
 }
 
-/// The answer to `err`, and whom it blames; `grpc` asks for gRPC statuses.
+/// The answer to `err` (counted in `stats`), and whom it blames; `grpc` asks for gRPC
+/// statuses for rejections.
 pub(crate) fn error_response(
     err: &BoxError,
     grpc: bool,
     stats: &Stats,
 ) -> (Response<RespBody>, Blame) {
     let err: &(dyn std::error::Error + 'static) = &**err;
-    if find_cause::<LengthLimitError>(err).is_some() {
-        stats.body_too_large.incr();
-        return (
-            local_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
-            Blame::Local,
+    match classify(err) {
+        Ok(answer) => {
+            answer.count(stats);
+            if answer == Answer::RequestFailed {
+                tracing::debug!(error = %err, "request failed");
+            }
+            (answer.response(), answer.blame())
+        }
+        Err((r, cause)) => {
+            stats.rejected.incr();
+            let resp: Response<Full<Bytes>> = if grpc {
+                r.to_grpc_response_with(&cause.to_string())
+            } else {
+                r.to_response_with(&cause.to_string())
+            };
+            (resp.map(Either::Right), Blame::Local)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tollgate_core::error::Overloaded;
+
+    #[test]
+    fn every_answer_has_one_status_text_and_blame() {
+        use Answer::*;
+        let all = [
+            NoRoute,
+            MethodNotAllowed,
+            BadTarget,
+            BadHost,
+            HeadTooLarge,
+            BodyTooLarge,
+            BodyUnreadable,
+            NotJson,
+            NoEndpoint,
+            ConnectTimedOut,
+            ConnectFailed,
+            ConnectionFailed,
+            TimedOut,
+            HandlerFailed,
+            RequestFailed,
+            BatchFailed,
+        ];
+        for a in all {
+            let text = a.text();
+            assert!(text.ends_with('\n') && !text.trim().is_empty(), "{a:?}");
+            assert!(!text.starts_with(char::is_uppercase), "{a:?}: lower case");
+            let is_client = a.status().is_client_error() || a == NoEndpoint;
+            assert_eq!(a.blame() == Blame::Local, is_client, "{a:?}");
+            let r = a.response();
+            assert_eq!(r.status(), a.status());
+            assert_eq!(r.headers()["content-type"], "text/plain");
+        }
+    }
+
+    #[test]
+    fn errors_find_their_answer_through_the_chain() {
+        let stats = Stats::default();
+        let timed_out: BoxError = Box::new(TryTimedOut);
+        let (r, blame) = error_response(&timed_out, false, &stats);
+        assert_eq!(
+            (r.status(), blame),
+            (StatusCode::GATEWAY_TIMEOUT, Blame::Upstream)
+        );
+        assert_eq!(stats.upstream_timeouts.sum(), 1);
+
+        let shed: BoxError = Box::new(Overloaded::new(Some(Duration::from_millis(1500))));
+        let (r, blame) = error_response(&shed, false, &stats);
+        assert_eq!(
+            (r.status(), blame),
+            (StatusCode::SERVICE_UNAVAILABLE, Blame::Local)
+        );
+        assert_eq!(r.headers()["retry-after"], "2");
+        let (r, _) = error_response(&shed, true, &stats);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-retry-pushback-ms"], "1500");
+        assert_eq!(stats.rejected.sum(), 2);
+
+        let other: BoxError = "something else".into();
+        let (r, blame) = error_response(&other, false, &stats);
+        assert_eq!(
+            (r.status(), blame),
+            (StatusCode::BAD_GATEWAY, Blame::Upstream)
         );
     }
-    if let Some(up) = find_cause::<UpstreamError>(err) {
-        let (status, msg) = upstream_failure(up, stats);
-        return (local_response(status, msg), Blame::Upstream);
-    }
-    if find_cause::<TryTimedOut>(err).is_some() || find_cause::<RouteTimedOut>(err).is_some() {
-        stats.upstream_timeouts.incr();
-        return (
-            local_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
-            Blame::Upstream,
-        );
-    }
-    if let Some((r, cause)) = tollgate::http::Rejection::find(err) {
-        stats.rejected.incr();
-        let resp: Response<Full<Bytes>> = if grpc {
-            grpc_rejection(&r, &cause.to_string())
-        } else {
-            r.to_response_with(&cause.to_string())
-        };
-        return (resp.map(Either::Right), Blame::Local);
-    }
-    if find_cause::<tollgate_core::error::Panicked>(err).is_some() {
-        return (
-            local_response(StatusCode::BAD_GATEWAY, "upstream handler failed\n"),
-            Blame::Upstream,
-        );
-    }
-    tracing::debug!(error = %err, "request failed");
-    (
-        local_response(StatusCode::BAD_GATEWAY, "upstream request failed\n"),
-        Blame::Upstream,
-    )
 }

@@ -105,6 +105,24 @@ pub(crate) fn is_caused_by<T: std::error::Error + 'static>(err: &UpstreamError) 
     false
 }
 
+/// Whether the request failed because the client's own body did (a chunk-size line hyper
+/// could not read, a client gone mid-body): the upstream client reports a body error with the
+/// client connection's `hyper::Error` inside it. The bodies sent upstream are the client's or
+/// built whole in memory, so a `hyper::Error` below the top one can only be the client's.
+pub(crate) fn client_body_failed(err: &UpstreamError) -> bool {
+    let UpstreamError::Http(e) = err else {
+        return false;
+    };
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if c.is::<hyper::Error>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 /// Connection settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {

@@ -12,11 +12,11 @@
 //! connections ([`pool`]). A request clones only thread-local or connection-local
 //! `Arc`s, so cores share no reference counts on the hot path.
 
-use super::answer::{Blame, RespBody, error_response, local_response};
+use super::answer::{Answer, Blame, RespBody, error_response};
 use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
 use super::headers::{add_forwarding, strip_hop_by_hop, via_value};
-use super::pool::{self, ReqBody, UpstreamAddr, UpstreamError};
+use super::pool::{self, ReqBody, UpstreamAddr};
 use super::route::RouteMatch;
 use super::stack::GwBody;
 use super::stack::admission::{AdmissionPolicy, AdmitCtx};
@@ -24,7 +24,7 @@ use super::stack::endpoints::Cluster;
 use super::stack::route::RouteService;
 use super::state::{Local, RoutePlan, Snapshot, cluster_service, local};
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -105,11 +105,21 @@ async fn proxy(
     let stats = &conn.shared.stats;
     // A reverse proxy opens no tunnels: CONNECT is refused whatever the routes allow.
     if req.method() == http::Method::CONNECT {
-        stats.unrouted.incr();
-        return (
-            local_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-            None,
-        );
+        return answer_locally(Answer::MethodNotAllowed, stats);
+    }
+    // hyper bounds a head by its read buffer only while the head is incomplete, so one that
+    // arrives whole in a few large reads can pass `max_header_bytes`: measured here, and the
+    // connection closed after the 431 as the fast path does (HTTP/2 has its own limit).
+    if req.version() <= Version::HTTP_11 && head_size(&req) > snap.config.limits.max_header_bytes {
+        let (mut resp, addr) = answer_locally(Answer::HeadTooLarge, stats);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return (resp, addr);
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host` (HTTP/2 has `:authority`).
+    if req.version() == Version::HTTP_11 && req.headers().get_all(header::HOST).iter().count() != 1
+    {
+        return answer_locally(Answer::BadHost, stats);
     }
     let host = host_of(&req).unwrap_or("");
     let route = match snap
@@ -117,17 +127,8 @@ async fn proxy(
         .find(host, req.uri().path(), req.method().as_str())
     {
         RouteMatch::Route(i) => i,
-        RouteMatch::NotFound => {
-            stats.unrouted.incr();
-            return (local_response(StatusCode::NOT_FOUND, "no route\n"), None);
-        }
-        RouteMatch::MethodNotAllowed => {
-            stats.unrouted.incr();
-            return (
-                local_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-                None,
-            );
-        }
+        RouteMatch::NotFound => return answer_locally(Answer::NoRoute, stats),
+        RouteMatch::MethodNotAllowed => return answer_locally(Answer::MethodNotAllowed, stats),
     };
     let cluster: &Arc<Cluster> = &snap.clusters[snap.route_cluster[route]];
     let plan = &snap.route_plans[route];
@@ -142,21 +143,14 @@ async fn proxy(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > max) {
-            stats.body_too_large.incr();
-            return (
-                local_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
-                None,
-            );
+            return answer_locally(Answer::BodyTooLarge, stats);
         }
     }
     if !plan.is_plain() || cluster.layers.is_some() || listener_admission.is_some() {
         return layered(conn, snap, plan, cluster, listener_admission, req).await;
     }
     let Some((ep_index, addr)) = cluster.pick() else {
-        return (
-            local_response(StatusCode::SERVICE_UNAVAILABLE, "no upstream endpoint\n"),
-            None,
-        );
+        return answer_locally(Answer::NoEndpoint, stats);
     };
     let (mut parts, body) = req.into_parts();
     // The client's host as a header value: a cheap clone of `Host` (HTTP/1.1), or built
@@ -181,12 +175,7 @@ async fn proxy(
     };
     let uri = match uri {
         Ok(u) => u,
-        Err(_) => {
-            return (
-                local_response(StatusCode::BAD_REQUEST, "bad request target\n"),
-                None,
-            );
-        }
+        Err(_) => return answer_locally(Answer::BadTarget, stats),
     };
     let inbound_version = parts.version;
     strip_hop_by_hop(&mut parts.headers, true);
@@ -233,7 +222,7 @@ async fn proxy(
     };
     let result = tokio::time::timeout(snap.route_timeout[route], send).await;
     cluster.stats.in_flight.decr();
-    let (status, msg) = match result {
+    let answer = match result {
         Ok(Ok(resp)) => {
             let (mut rp, body) = resp.into_parts();
             if rp.status.is_server_error() {
@@ -244,18 +233,19 @@ async fn proxy(
             rp.headers.append(header::VIA, via_value(rp.version));
             return (Response::from_parts(rp, Either::Left(body)), Some(addr));
         }
-        Ok(Err(e)) => classify(&e, stats),
-        Err(_elapsed) => {
-            stats.upstream_timeouts.incr();
-            (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
-        }
+        // A body cut at the size limit is the client's fault, whatever else broke.
+        Ok(Err(e)) if pool::is_caused_by::<LengthLimitError>(&e) => Answer::BodyTooLarge,
+        Ok(Err(e)) if pool::client_body_failed(&e) => Answer::BodyUnreadable,
+        Ok(Err(e)) => Answer::of_upstream(&e),
+        Err(_elapsed) => Answer::TimedOut,
     };
-    if status != StatusCode::PAYLOAD_TOO_LARGE {
+    answer.count(stats);
+    if answer.blame() == Blame::Upstream {
         cluster.stats.failures.incr();
         cluster.endpoint_failed(ep_index, addr);
     }
-    tracing::debug!(upstream = %addr, status = status.as_u16(), "upstream request failed");
-    (local_response(status, msg), Some(addr))
+    tracing::debug!(upstream = %addr, status = answer.status().as_u16(), "upstream request failed");
+    (answer.response(), Some(addr))
 }
 
 /// Strips hop-by-hop headers, adds the forwarding headers, and keeps the client's `Host` when
@@ -301,10 +291,7 @@ async fn layered(
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let (mut parts, body) = req.into_parts();
     let Ok(uri) = Uri::try_from(parts.uri.path_and_query().map_or("/", |p| p.as_str())) else {
-        return (
-            local_response(StatusCode::BAD_REQUEST, "bad request target\n"),
-            None,
-        );
+        return (Answer::BadTarget.response(), None);
     };
     forward_headers(conn, &mut parts, cluster.preserve_host);
     parts.uri = uri;
@@ -366,11 +353,26 @@ async fn layered(
     }
 }
 
-/// Maps an upstream failure to a status and message.
-fn classify(err: &UpstreamError, stats: &super::stats::Stats) -> (StatusCode, &'static str) {
-    if pool::is_caused_by::<LengthLimitError>(err) {
-        stats.body_too_large.incr();
-        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-    }
-    super::answer::upstream_failure(err, stats)
+/// A local answer to a request that went nowhere (counted in `stats`).
+fn answer_locally(
+    answer: Answer,
+    stats: &super::stats::Stats,
+) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
+    answer.count(stats);
+    (answer.response(), None)
+}
+
+/// The size of `req`'s head as it came on the wire, near enough: the request line and each
+/// field with its separators.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n".len()
+        + 1;
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + ": \r\n".len())
+        .sum();
+    line + fields + 2
 }

@@ -32,6 +32,8 @@
 //!   body, an unsolicited `100 Continue`, a streaming echo, `idle_ms` below `park_ms`, `Date`
 //!   on every answer, `CONNECT` refused (405), fragments, a `PUT` never replayed, a 413 while
 //!   the body still comes, a dribbled head.
+//! - **[`limits`]:** heads far over the limit (431, closed), `Host` missing or repeated (400),
+//!   bad chunked request bodies (400, closed, never 502).
 //!
 //! A scenario that fails on one path is kept, ignored on that path with the reason (see
 //! [`on_both_paths!`]), so the failure is fixed rather than forgotten. None is at present.
@@ -51,6 +53,8 @@ mod failures;
 mod framing;
 #[path = "h1_fast/headers.rs"]
 mod headers;
+#[path = "h1_fast/limits.rs"]
+mod limits;
 #[path = "h1_fast/review.rs"]
 mod review;
 #[path = "h1_fast/upstreams.rs"]
@@ -139,4 +143,7 @@ on_both_paths!(
     review::a_put_with_a_body_dropped_unanswered_is_not_replayed,
     review::a_413_while_the_body_is_still_coming,
     review::a_head_dribbled_byte_by_byte,
+    limits::heads_far_over_the_limit_are_431,
+    limits::host_missing_or_repeated_is_400,
+    limits::bad_chunked_request_bodies_are_400,
 );

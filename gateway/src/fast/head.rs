@@ -5,6 +5,7 @@
 //! (`fuzz/fuzz_targets/gateway_h1.rs`).
 
 use super::super::headers::Forwarding;
+use crate::answer::Answer;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -48,8 +49,8 @@ pub(crate) enum Route<T> {
     },
     /// Not a plain route: hyper serves the request (and the connection, from here).
     Hyper,
-    /// Answer at once with this status and text.
-    Local(u16, &'static str),
+    /// Answer at once.
+    Local(Answer),
 }
 
 /// The outcome of [`prepare`].
@@ -62,14 +63,12 @@ pub(crate) enum Step<T> {
     /// Not for the fast path (HTTP/1.0, chunked body, `Expect`, upgrade, malformed...): hyper
     /// serves it, with its own error answers.
     Hyper,
-    /// Answer locally with `status` and text `msg`.
+    /// Answer locally.
     Local {
         /// The request head.
         head: Head,
-        /// The status.
-        status: u16,
-        /// The body text.
-        msg: &'static str,
+        /// The answer.
+        answer: Answer,
     },
     /// Forward: `out` now holds the upstream's request head.
     Forward {
@@ -181,8 +180,8 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-/// The limits a request is held to: a head past `max_bytes` or `max_headers` goes to hyper
-/// (which answers 431); a body over `max_body` is refused (413); one over `max_held_body` goes
+/// The limits a request is held to: a head past `max_bytes` or `max_headers` is answered 431
+/// and the connection closed; a body over `max_body` is refused (413); one over `max_held_body` goes
 /// to hyper, which streams it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -217,7 +216,20 @@ pub(crate) fn prepare<T>(
         Err(_) => return Step::Hyper,
     };
     if len > limits.max_bytes || req.headers.len() > limits.max_headers {
-        return Step::Hyper;
+        // Answered here: hyper given a whole head in one read would parse past its limit.
+        return Step::Local {
+            head: Head {
+                len,
+                body_len: 0,
+                close: true,
+                head_method: req.method == Some("HEAD"),
+                idempotent: false,
+                method: req.method.map_or(0..0, |m| offset(buf, m.as_bytes())),
+                path: 0..0,
+                host: 0..0,
+            },
+            answer: Answer::HeadTooLarge,
+        };
     }
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Step::Hyper;
@@ -273,7 +285,7 @@ pub(crate) fn prepare<T>(
         return Step::Hyper;
     };
     let body_len = body_len.unwrap_or(0);
-    let local = |status, msg| Step::Local {
+    let local = |answer| Step::Local {
         head: Head {
             len,
             body_len,
@@ -284,11 +296,10 @@ pub(crate) fn prepare<T>(
             path: offset(buf, path.as_bytes()),
             host: offset(buf, host),
         },
-        status,
-        msg,
+        answer,
     };
     if limits.max_body.is_some_and(|max| body_len > max) {
-        return local(413, "request body too large\n");
+        return local(Answer::BodyTooLarge);
     }
     if body_len > limits.max_held_body {
         return Step::Hyper;
@@ -316,7 +327,7 @@ pub(crate) fn prepare<T>(
             preserve_host,
         } => (t, addr, preserve_host),
         Route::Hyper => return Step::Hyper,
-        Route::Local(status, msg) => return Step::Local { head, status, msg },
+        Route::Local(answer) => return Step::Local { head, answer },
     };
     out.clear();
     out.extend_from_slice(method.as_bytes());

@@ -35,6 +35,7 @@ mod upstream;
 use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
 use super::route::RouteMatch;
+use crate::answer::Answer;
 use bytes::Bytes;
 use exchange::{Exchange, Failure};
 use head::{Head, Route, Step};
@@ -276,9 +277,11 @@ pub(super) async fn serve(client: &mut TcpStream, ctx: &ConnCtx, pre: Bytes) -> 
                     Next::Hyper => return to_hyper(&mut bufs),
                 }
             } else if let Wait::Head { scanned, .. } = &mut wait {
-                // A head past the limit goes to hyper, which answers 431.
+                // A head past the limit before it is even complete: 431, and close.
                 if pending > max_head {
-                    return to_hyper(&mut bufs);
+                    refuse_head(client, ctx, b, pending, idle).await;
+                    give_bufs(bufs.take().unwrap_or_else(take_bufs));
+                    return Outcome::Closed;
                 }
                 *scanned = pending;
             }
@@ -332,6 +335,39 @@ pub(super) async fn serve(client: &mut TcpStream, ctx: &ConnCtx, pre: Bytes) -> 
             Some(Ok(n)) => b.cin.end += n,
         }
     }
+}
+
+/// Answers 431 to a head that passed the limit before it was complete, lingering so that the
+/// client, still sending, reads the answer; the caller closes.
+async fn refuse_head(
+    client: &mut TcpStream,
+    ctx: &ConnCtx,
+    b: &mut Bufs,
+    len: usize,
+    idle: Duration,
+) {
+    let head = Head {
+        len,
+        body_len: 0,
+        close: true,
+        head_method: false,
+        idempotent: false,
+        method: 0..0,
+        path: 0..0,
+        host: 0..0,
+    };
+    ctx.shared.stats.requests.incr();
+    answer(
+        client,
+        ctx,
+        b,
+        &head,
+        Answer::HeadTooLarge,
+        true,
+        true,
+        idle,
+    )
+    .await;
 }
 
 /// Hands the pending bytes to hyper.
@@ -426,11 +462,11 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                             addr,
                             preserve_host: cluster.preserve_host,
                         },
-                        None => Route::Local(503, "no upstream endpoint\n"),
+                        None => Route::Local(Answer::NoEndpoint),
                     }
                 }
-                RouteMatch::NotFound => Route::Local(404, "no route\n"),
-                RouteMatch::MethodNotAllowed => Route::Local(405, "method not allowed\n"),
+                RouteMatch::NotFound => Route::Local(Answer::NoRoute),
+                RouteMatch::MethodNotAllowed => Route::Local(Answer::MethodNotAllowed),
             }
         },
     );
@@ -438,42 +474,24 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         Step::Partial => return Next::Partial,
         Step::NeedBody(need) => return Next::NeedBody(need),
         Step::Hyper => return Next::Hyper,
-        Step::Local { head, status, msg } => {
+        Step::Local {
+            head,
+            answer: local,
+        } => {
             stats.requests.incr();
-            match status {
-                404 | 405 => stats.unrouted.incr(),
-                413 => stats.body_too_large.incr(),
-                _ => {}
-            }
+            local.count(stats);
             // A body already read is skipped; one still to come is not read: close after the
             // answer (lingering, so that the client reads it).
             let have = (b.cin.pending().len() - head.len) as u64;
             let unread = head.body_len > have;
             let close = head.close || unread || ctx.shared.is_draining();
             b.cin.start += head.len + head.body_len.min(have) as usize;
-            let next = answer(
-                client,
-                ctx,
-                b,
-                &head,
-                status,
-                msg,
-                close,
-                unread,
-                snap.idle_timeout,
-            )
-            .await;
-            stats.duration_us.add(start.elapsed().as_micros() as i64);
-            log_access(
-                ctx,
-                snap,
-                &b.cin.data[head_at..],
-                &head,
-                status,
-                None,
+            let done = Done {
+                head_at,
                 start,
-            );
-            return next;
+                upstream: None,
+            };
+            return answer_and_log(client, ctx, b, snap, &head, local, close, unread, done).await;
         }
         Step::Forward { head, target, addr } => (head, target, addr),
     };
@@ -504,57 +522,30 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
     let deadline = start + snap.route_timeout[target.route];
     let failure = match tokio::time::timeout_at(deadline, exchange.run(b)).await {
         Ok(done) => done,
-        Err(_elapsed) => {
-            stats.upstream_timeouts.incr();
-            Failure::Timeout
-        }
+        Err(_elapsed) => Failure::Timeout,
     };
     let (mut up, resp) = match failure {
         Failure::Answered(up, resp) => (up, resp),
         failed => {
             in_flight.end();
-            let (status, msg) = match failed {
-                Failure::ConnectTimeout => {
-                    stats.upstream_connect_errors.incr();
-                    (504, "upstream connect timed out\n")
-                }
-                Failure::Connect => {
-                    stats.upstream_connect_errors.incr();
-                    (502, "upstream connect failed\n")
-                }
-                Failure::Timeout => (504, "upstream timed out\n"),
-                Failure::Reset | Failure::Answered(..) => {
-                    stats.upstream_resets.incr();
-                    (502, "upstream connection failed\n")
-                }
+            let failed = match failed {
+                Failure::ConnectTimeout => Answer::ConnectTimedOut,
+                Failure::Connect => Answer::ConnectFailed,
+                Failure::Timeout => Answer::TimedOut,
+                Failure::Reset | Failure::Answered(..) => Answer::ConnectionFailed,
             };
+            failed.count(stats);
             cluster.stats.failures.incr();
             cluster.endpoint_failed(target.endpoint, addr);
+            let status = failed.status().as_u16();
             tracing::debug!(upstream = %addr, status, "upstream request failed");
             let close = exchange_close(&head, ctx);
-            let next = answer(
-                client,
-                ctx,
-                b,
-                &head,
-                status,
-                msg,
-                close,
-                false,
-                snap.idle_timeout,
-            )
-            .await;
-            stats.duration_us.add(start.elapsed().as_micros() as i64);
-            log_access(
-                ctx,
-                snap,
-                &b.cin.data[head_at..],
-                &head,
-                status,
-                Some(addr),
+            let done = Done {
+                head_at,
                 start,
-            );
-            return next;
+                upstream: Some(addr),
+            };
+            return answer_and_log(client, ctx, b, snap, &head, failed, close, false, done).await;
         }
     };
     in_flight.end();
@@ -600,6 +591,48 @@ fn exchange_close(head: &Head, ctx: &ConnCtx) -> bool {
     head.close || ctx.shared.is_draining()
 }
 
+/// Where a request's bytes start in the client buffer, when it started, and the upstream it
+/// went to, for its access log line.
+struct Done {
+    head_at: usize,
+    start: Instant,
+    upstream: Option<SocketAddr>,
+}
+
+/// Writes `local` (see [`answer`]), then counts the request's time and logs it.
+#[allow(clippy::too_many_arguments)]
+async fn answer_and_log(
+    client: &mut TcpStream,
+    ctx: &ConnCtx,
+    b: &mut Bufs,
+    snap: &crate::state::Snapshot,
+    head: &Head,
+    local: Answer,
+    close: bool,
+    unread: bool,
+    done: Done,
+) -> Next {
+    let next = answer(
+        client,
+        ctx,
+        b,
+        head,
+        local,
+        close,
+        unread,
+        snap.idle_timeout,
+    )
+    .await;
+    let stats = &ctx.shared.stats;
+    stats
+        .duration_us
+        .add(done.start.elapsed().as_micros() as i64);
+    let status = local.status().as_u16();
+    let bytes = &b.cin.data[done.head_at..];
+    log_access(ctx, snap, bytes, head, status, done.upstream, done.start);
+    next
+}
+
 /// Writes a short local answer (its text left out for `HEAD`). With `close`, the connection
 /// ends after it; with `unread` too (a body the client is still sending), it lingers first,
 /// reading and dropping what comes for up to a second, so that the client sees the answer
@@ -610,13 +643,13 @@ async fn answer(
     ctx: &ConnCtx,
     b: &mut Bufs,
     head: &Head,
-    status: u16,
-    msg: &'static str,
+    local: Answer,
     close: bool,
     unread: bool,
     idle: Duration,
 ) -> Next {
     use std::io::Write as _;
+    let (status, msg) = (local.status().as_u16(), local.text());
     ctx.shared.stats.response(status);
     ctx.touch();
     let reason = http::StatusCode::from_u16(status)

@@ -3,6 +3,7 @@
 
 mod reference;
 
+use crate::answer::Answer;
 use crate::fast::head;
 use crate::fast::response::{self, BadChunk, Chunked, Framing, RespStep};
 use crate::headers::Forwarding;
@@ -117,7 +118,7 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
                 addr,
                 preserve_host: route == 0,
             },
-            2 => Route::Local(404, "no route\n"),
+            2 => Route::Local(Answer::NoRoute),
             _ => Route::Hyper,
         }
     });
@@ -138,6 +139,16 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
         !matches!(step, Step::Partial),
         "complete head taken as partial"
     );
+    // A head over the limits is refused here (431, close), whatever else it holds.
+    if msg.len > limits.max_bytes || msg.headers.len() > limits.max_headers {
+        let Step::Local { head, answer } = step else {
+            panic!("head over the limits: {step:?}");
+        };
+        assert_eq!(answer, Answer::HeadTooLarge);
+        assert!(head.close && head.len == msg.len, "{head:?}");
+        assert!(seen.is_none(), "the route was asked");
+        return None;
+    }
     // What the fast path takes: everything else is hyper's, and the route is not asked.
     let hosts: Vec<&[u8]> = msg.fields("host").collect();
     let lengths: Vec<Option<u64>> = msg.fields("content-length").map(request_length).collect();
@@ -170,7 +181,8 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
     // Body limits and a body still to come are decided before the route.
     let head = if limits.max_body.is_some_and(|max| body_len > max) {
         let Step::Local {
-            head, status: 413, ..
+            head,
+            answer: Answer::BodyTooLarge,
         } = step
         else {
             panic!("body over max_body: {step:?}");
@@ -215,8 +227,8 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
                 h1_forwarded(&out, &msg, &fwd, host, &want_host, body_len);
                 head
             }
-            (2, Step::Local { head, status, msg }) => {
-                assert_eq!((status, msg), (404, "no route\n"));
+            (2, Step::Local { head, answer }) => {
+                assert_eq!(answer, Answer::NoRoute);
                 head
             }
             (3, Step::Hyper) => return None,

@@ -32,10 +32,8 @@
 
 use super::route::ClusterService;
 use super::{GwBody, UpRequest};
-use crate::answer::RespBody;
+use crate::answer::{Answer, RespBody, classify};
 use crate::config::ConfigError;
-use crate::error::TryTimedOut;
-use crate::pool::UpstreamError;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -350,28 +348,20 @@ fn error_answer(err: &BoxError) -> Response<RespBody> {
     if let Some(bad) = find_cause::<BadBatchAnswer>(err) {
         return plain(StatusCode::BAD_GATEWAY, format!("{bad}\n"));
     }
-    if let Some(up) = find_cause::<UpstreamError>(err) {
-        let (status, msg) = match up {
-            UpstreamError::ConnectTimeout => {
-                (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out")
+    // Everything else as on every other route (`answer.rs`); a failure with no answer of its
+    // own is the batch call's.
+    match classify(err) {
+        Ok(Answer::RequestFailed | Answer::HandlerFailed) => {
+            if find_cause::<Panicked>(err).is_none() {
+                tracing::debug!(error = %err, "batch request failed");
             }
-            UpstreamError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream connect failed"),
-            UpstreamError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream connection failed"),
-        };
-        return plain(status, format!("{msg}\n"));
-    }
-    if find_cause::<TryTimedOut>(err).is_some() {
-        return plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n".into());
-    }
-    if let Some((r, cause)) = tollgate::http::Rejection::find(err) {
-        return r
+            Answer::BatchFailed.response()
+        }
+        Ok(answer) => answer.response(),
+        Err((r, cause)) => r
             .to_response_with::<Full<Bytes>>(&cause.to_string())
-            .map(Either::Right);
+            .map(Either::Right),
     }
-    if find_cause::<Panicked>(err).is_none() {
-        tracing::debug!(error = %err, "batch request failed");
-    }
-    plain(StatusCode::BAD_GATEWAY, "batch call failed\n".into())
 }
 
 /// A batch route, built once per route and kept across reloads while unchanged.
@@ -437,24 +427,15 @@ impl BatchRoute {
             Ok(item) => item,
             Err(BadItem::TooLarge) => {
                 self.too_large.incr();
-                return plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body too large\n".into(),
-                );
+                return Answer::BodyTooLarge.response();
             }
             Err(BadItem::Unreadable) => {
                 self.bad_requests.incr();
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    "request body could not be read\n".into(),
-                );
+                return Answer::BodyUnreadable.response();
             }
             Err(BadItem::NotJson) => {
                 self.bad_requests.incr();
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    "request body is not valid JSON\n".into(),
-                );
+                return Answer::NotJson.response();
             }
         };
         match self.batcher.clone().oneshot(item).await {

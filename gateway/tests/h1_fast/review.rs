@@ -10,7 +10,6 @@ use crate::upstreams::*;
 use crate::upstreams::{get, post};
 use crate::wire::*;
 use std::cell::Cell;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, sleep, timeout};
@@ -29,26 +28,6 @@ fn post_bytes(target: &str, body: &[u8]) -> Vec<u8> {
     .into_bytes();
     out.extend_from_slice(body);
     out
-}
-
-/// The standard upstream ([`answer`]), recording every request line it reads.
-async fn logging_upstream() -> (RawUp, Arc<Mutex<Vec<String>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let up = raw_upstream(move |mut w, _| {
-        let log = log.clone();
-        async move {
-            while let Ok(Some(req)) = w.rd.request().await {
-                log.lock().unwrap().push(req.head.first.clone());
-                let (bytes, close) = answer(&req).await;
-                if w.w.write_all(&bytes).await.is_err() || close {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
-    (up, seen)
 }
 
 /// R1. HEAD answered locally (404 unrouted, 502 refused upstream), pipelined with a GET in one

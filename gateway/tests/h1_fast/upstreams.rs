@@ -6,8 +6,8 @@ use crate::wire::{Req, Wire};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -274,4 +274,24 @@ pub(crate) fn post(target: &str, body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// The standard upstream ([`answer`]), recording every request line it reads.
+pub(crate) async fn logging_upstream() -> (RawUp, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let up = raw_upstream(move |mut w, _| {
+        let log = log.clone();
+        async move {
+            while let Ok(Some(req)) = w.rd.request().await {
+                log.lock().unwrap().push(req.head.first.clone());
+                let (bytes, close) = answer(&req).await;
+                if w.w.write_all(&bytes).await.is_err() || close {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (up, seen)
 }

@@ -1,6 +1,7 @@
 //! Unit tests of batch routes: validation, joining and splitting, errors as answers.
 
 use super::*;
+use crate::pool::UpstreamError;
 use tollgate_batch::Overflow;
 
 fn b(s: &str) -> Bytes {
