@@ -133,6 +133,9 @@ access_log = false
 [timeouts]
 header_read_ms = 120000
 idle_ms = 120000
+[limits]
+# as nginx's keepalive_requests above: no reconnects in the middle of a run
+max_requests_per_connection = 1000000
 [[listeners]]
 name = "bench"
 listen = "127.0.0.1:$GATEWAY_PORT"

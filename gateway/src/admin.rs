@@ -196,6 +196,10 @@ impl Admin {
                 s.connections_timed_out.sum(),
             );
             c(
+                "tollgate_connections_over_budget_total",
+                s.connections_over_budget.sum(),
+            );
+            c(
                 "tollgate_upstream_connect_errors_total",
                 s.upstream_connect_errors.sum(),
             );

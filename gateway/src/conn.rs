@@ -176,6 +176,12 @@ where
                     Pin::new(&mut *conn).graceful_shutdown();
                 }
             }
+            // The connection spent its request budget: its requests in flight finish, then it
+            // closes.
+            () = ctx.over_budget(), if !closing => {
+                closing = true;
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
             () = &mut sleep, if !closing && !parking => {
                 let idle_for = ctx.idle_for();
                 // Relaxed: a heuristic; graceful shutdown lets a request that starts now finish.
@@ -226,6 +232,12 @@ async fn drive_h2<C>(
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
+            }
+            // The connection spent its request budget: GOAWAY, and its streams in flight
+            // finish.
+            () = ctx.over_budget(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
             }
             () = &mut sleep, if !closing => {
                 let idle_for = ctx.idle_for();

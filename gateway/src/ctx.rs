@@ -26,6 +26,10 @@ pub(crate) struct ConnCtx {
     pub forwarding: Forwarding,
     /// Requests of this connection in flight.
     pub in_flight: AtomicUsize,
+    /// Requests this connection has made, and those it abandoned while they were worked on:
+    /// the connection's budget (`limits.max_requests_per_connection`,
+    /// `limits.max_abandoned_per_connection`).
+    budget: Budget,
     /// Milliseconds since `opened` of the last byte read or written.
     last_active_ms: AtomicU64,
     opened: Instant,
@@ -40,6 +44,7 @@ impl ConnCtx {
             listener,
             forwarding: Forwarding::new(peer.ip(), if tls { "https" } else { "http" }),
             in_flight: AtomicUsize::new(0),
+            budget: Budget::default(),
             last_active_ms: AtomicU64::new(0),
             opened: Instant::now(),
         }
@@ -50,6 +55,47 @@ impl ConnCtx {
         // Relaxed: only this connection's idle check reads it, and a stale value only delays
         // an idle close by one check.
         self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Counts a new request against the connection's budget; `true` when it is the last one
+    /// the connection may make (the caller closes the connection after its answer, or sends
+    /// GOAWAY).
+    pub(crate) fn start_request(&self, max_requests: u64) -> bool {
+        // Relaxed: the count of this connection's own requests; an off-by-one between
+        // concurrent HTTP/2 streams only moves the GOAWAY by one request.
+        let n = self.budget.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = max_requests != 0 && n >= max_requests;
+        if last {
+            self.close_after_current();
+        }
+        last
+    }
+
+    /// Counts a request the client abandoned while it was worked on; past the budget, asks
+    /// the connection's driver to close it gracefully (GOAWAY on HTTP/2).
+    pub(crate) fn abandoned(&self, max_abandoned: u64) {
+        // Relaxed: see `start_request`.
+        let n = self.budget.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+        let requests = self.budget.requests.load(Ordering::Relaxed);
+        if max_abandoned != 0 && n > max_abandoned && n * 2 > requests {
+            if !self.budget.closing.swap(true, Ordering::Relaxed) {
+                self.shared.stats.connections_over_budget.incr();
+            }
+            self.budget.close.notify_one();
+        }
+    }
+
+    /// Asks the connection's driver to close it once its requests in flight are answered.
+    fn close_after_current(&self) {
+        // Relaxed: the flag only keeps the counter to one increment; `Notify` carries the
+        // wake-up (a permit is stored when nobody waits yet).
+        self.budget.closing.store(true, Ordering::Relaxed);
+        self.budget.close.notify_one();
+    }
+
+    /// Resolves when the connection has spent its budget and should close gracefully.
+    pub(crate) async fn over_budget(&self) {
+        self.budget.close.notified().await;
     }
 
     pub(crate) fn idle_for(&self) -> Duration {
@@ -119,4 +165,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// A connection's request budget; see [`ConnCtx::start_request`] and [`ConnCtx::abandoned`].
+#[derive(Debug, Default)]
+struct Budget {
+    requests: AtomicU64,
+    abandoned: AtomicU64,
+    closing: std::sync::atomic::AtomicBool,
+    close: tokio::sync::Notify,
 }

@@ -34,14 +34,23 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-/// Decrements the in-flight counters however the request ends (including cancellation).
-struct InFlight<'a>(&'a ConnCtx);
+/// Decrements the in-flight counters however the request ends; a request dropped before its
+/// answer was ready (the client reset the stream or went away) counts against the
+/// connection's budget of abandoned requests (`max_abandoned`; `done` marks the others).
+struct InFlight<'a> {
+    conn: &'a ConnCtx,
+    max_abandoned: u64,
+    done: bool,
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.shared.stats.in_flight.decr();
+        self.conn.shared.stats.in_flight.decr();
         // Relaxed: read only by this connection's idle check, a heuristic.
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.done {
+            self.conn.abandoned(self.max_abandoned);
+        }
     }
 }
 
@@ -56,8 +65,17 @@ pub(crate) async fn handle(
     shared.stats.in_flight.incr();
     // Relaxed: see `InFlight::drop`.
     conn.in_flight.fetch_add(1, Ordering::Relaxed);
-    let _guard = InFlight(&conn);
     let local = local(shared);
+    let limits = &local.snap.config.limits;
+    let mut guard = InFlight {
+        conn: &conn,
+        max_abandoned: limits.max_abandoned_per_connection,
+        done: false,
+    };
+    // The last request the connection may make: the driver closes it (HTTP/1.1 after this
+    // answer, HTTP/2 with GOAWAY) once this answer is out.
+    let last = conn.start_request(limits.max_requests_per_connection);
+    let h1 = req.version() <= Version::HTTP_11;
     let log = local.snap.config.log.access_log.then(|| {
         (
             req.method().clone(),
@@ -66,7 +84,12 @@ pub(crate) async fn handle(
             req.version(),
         )
     });
-    let (resp, upstream) = proxy(&conn, &local, req).await;
+    let (mut resp, upstream) = proxy(&conn, &local, req).await;
+    guard.done = true;
+    if last && h1 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = resp.status();
     shared.stats.response(status.as_u16());
     let micros = start.elapsed().as_micros() as u64;

@@ -222,8 +222,7 @@ async fn refresh_dns(shared: Arc<Shared>) {
                     match r {
                         Ok(eps) => {
                             if let Some(layers) = &cluster.layers {
-                                let addrs: Vec<_> = eps.iter().map(|e| e.addr).collect();
-                                layers.sync_endpoints(&addrs);
+                                layers.sync_endpoints(&super::stack::endpoints::counted(&eps));
                             }
                             cluster.endpoints.store(Arc::new(eps));
                         }

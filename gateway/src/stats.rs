@@ -22,6 +22,8 @@ pub(crate) struct Stats {
     pub connections_timed_out: ShardedCounter,
     /// Idle HTTP/1.1 client connections parked now (open, buffers freed).
     pub connections_parked: ShardedCounter,
+    /// Client connections sent GOAWAY (or closed) for abandoning too many requests in flight.
+    pub connections_over_budget: ShardedCounter,
     /// Upstream connect failures (502) and connect timeouts (504).
     pub upstream_connect_errors: ShardedCounter,
     /// Upstream response-head timeouts (504).
@@ -84,6 +86,7 @@ pub(crate) struct StatsSnapshot {
     connections_total: i64,
     connections_timed_out: i64,
     connections_parked: i64,
+    connections_over_budget: i64,
     upstream_connect_errors: i64,
     upstream_timeouts: i64,
     upstream_resets: i64,
@@ -110,6 +113,7 @@ impl Stats {
             connections_total: self.connections_total.sum(),
             connections_timed_out: self.connections_timed_out.sum(),
             connections_parked: self.connections_parked.sum(),
+            connections_over_budget: self.connections_over_budget.sum(),
             upstream_connect_errors: self.upstream_connect_errors.sum(),
             upstream_timeouts: self.upstream_timeouts.sum(),
             upstream_resets: self.upstream_resets.sum(),

@@ -288,3 +288,57 @@ async fn grpc_requests_get_grpc_statuses_for_rejections() {
     })
     .await;
 }
+
+/// `/state`'s per-endpoint counters count on a balanced cluster too: each endpoint's requests
+/// are what it served, and they add up to the cluster's; a dead endpoint's failures show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_endpoint_counters_count_on_balanced_clusters() {
+    bounded(async {
+        let (a, seen_a) = named("a").await;
+        let (b, seen_b) = named("b").await;
+        let gw = start(config(&format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{a}\", \"{b}\"]\n\
+             [clusters.balance]\n\
+             [[routes]]\ncluster = \"up\"\n"
+        )));
+        for _ in 0..40 {
+            let (s, _) = get(addr(&gw), "/").await;
+            assert_eq!(s, StatusCode::OK);
+        }
+        let state = gw.state();
+        let cluster = &state["clusters"][0];
+        let count = |addr: std::net::SocketAddr, what: &str| {
+            cluster["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["addr"] == addr.to_string())
+                .map(|e| e[what].as_u64().unwrap())
+                .unwrap()
+        };
+        assert_eq!(count(a, "requests"), seen_a.load(Ordering::Relaxed) as u64);
+        assert_eq!(count(b, "requests"), seen_b.load(Ordering::Relaxed) as u64);
+        assert_eq!(count(a, "requests") + count(b, "requests"), 40, "{cluster}");
+        assert_eq!(cluster["requests"], 40, "{cluster}");
+        stop(gw).await;
+
+        // A dead endpoint's failures are its own (alone in its cluster, so that the balancer
+        // cannot prefer the other one).
+        let dead = refused();
+        let gw = start(config(&format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{dead}\"]\n\
+             [clusters.balance]\n\
+             [[routes]]\ncluster = \"up\"\n"
+        )));
+        for _ in 0..20 {
+            let (s, _) = get(addr(&gw), "/").await;
+            assert_eq!(s, StatusCode::BAD_GATEWAY);
+        }
+        let state = gw.state();
+        let dead_ep = &state["clusters"][0]["endpoints"][0];
+        assert_eq!(dead_ep["requests"], 20, "{dead_ep}");
+        assert_eq!(dead_ep["failures"], 20, "{dead_ep}");
+        stop(gw).await;
+    })
+    .await;
+}

@@ -146,4 +146,5 @@ on_both_paths!(
     limits::heads_far_over_the_limit_are_431,
     limits::host_missing_or_repeated_is_400,
     limits::bad_chunked_request_bodies_are_400,
+    limits::a_connection_closes_after_its_maximum_of_requests,
 );

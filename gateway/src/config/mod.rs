@@ -193,6 +193,18 @@ pub struct LimitsConfig {
     /// declared length gets 413 before the upstream is contacted; a longer streamed body is
     /// cut and gets 413 if no response has started.
     pub max_body_bytes: u64,
+    /// Requests one client connection may make; 0 means no limit. Default 10000. An HTTP/1.1
+    /// connection closes after the answer to the last one (`Connection: close`); an HTTP/2
+    /// connection gets GOAWAY and its streams in flight finish. Clients open a new connection,
+    /// as they do for nginx's `keepalive_requests`. Reloadable; applies to new requests.
+    pub max_requests_per_connection: u64,
+    /// Requests of one client connection that the client may abandon while the gateway is
+    /// working on them (an HTTP/2 stream reset, a client gone) before the connection gets
+    /// GOAWAY: past this many, and past half of the connection's requests, the connection is
+    /// spending the gateway's and the upstreams' work on answers nobody reads (the "rapid
+    /// reset" pattern). A browser or gRPC client that cancels some calls never comes near it.
+    /// 0 means no limit. Default 100. Reloadable.
+    pub max_abandoned_per_connection: u64,
 }
 
 impl Default for LimitsConfig {
@@ -201,6 +213,8 @@ impl Default for LimitsConfig {
             max_header_bytes: 65_536,
             max_headers: 100,
             max_body_bytes: 10 * 1024 * 1024,
+            max_requests_per_connection: 10_000,
+            max_abandoned_per_connection: 100,
         }
     }
 }

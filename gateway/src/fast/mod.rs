@@ -484,7 +484,8 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
             // answer (lingering, so that the client reads it).
             let have = (b.cin.pending().len() - head.len) as u64;
             let unread = head.body_len > have;
-            let close = head.close || unread || ctx.shared.is_draining();
+            let last = ctx.start_request(snap.config.limits.max_requests_per_connection);
+            let close = head.close || unread || last || ctx.shared.is_draining();
             b.cin.start += head.len + head.body_len.min(have) as usize;
             let done = Done {
                 head_at,
@@ -495,6 +496,11 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         }
         Step::Forward { head, target, addr } => (head, target, addr),
     };
+    let mut head = head;
+    // The connection's last request: answered with `Connection: close`, then closed.
+    if ctx.start_request(snap.config.limits.max_requests_per_connection) {
+        head.close = true;
+    }
     let cluster = &snap.clusters[snap.route_cluster[target.route]];
     stats.requests.incr();
     stats.in_flight.incr();

@@ -12,6 +12,7 @@ use super::{UpRequest, UpResponse};
 use crate::config::retry::RetrySection;
 use crate::config::{ClusterConfig, ConfigError, UpstreamProtocol};
 use crate::pool::{Settings, SharedSettings};
+use crate::stats::EndpointStats;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tollgate_balance::{Balance, BalanceHandle};
@@ -139,7 +140,8 @@ impl ClusterLayers {
 
     /// Makes the balancer's endpoint set equal `addrs`: new ones are added (with their own
     /// breaker when `endpoint_breaker` is set), gone ones removed; kept ones keep their state.
-    pub(crate) fn sync_endpoints(&self, addrs: &[SocketAddr]) {
+    pub(crate) fn sync_endpoints(&self, endpoints: &[(SocketAddr, Arc<EndpointStats>)]) {
+        let addrs: Vec<SocketAddr> = endpoints.iter().map(|(a, _)| *a).collect();
         let mut breakers = self
             .endpoint_breakers
             .lock()
@@ -149,12 +151,14 @@ impl ClusterLayers {
             self.balance.remove(gone);
             breakers.retain(|(a, _)| a != gone);
         }
-        for &addr in addrs.iter().filter(|a| !have.contains(a)) {
+        for (addr, stats) in endpoints.iter().filter(|(a, _)| !have.contains(a)) {
+            let addr = *addr;
             let up = Upstream::new(
                 addr,
                 self.key.protocol,
                 self.settings.clone(),
                 self.limiter.clone(),
+                Some(stats.clone()),
             );
             match &self.key.endpoint_breaker {
                 Some(b) => {

@@ -191,10 +191,17 @@ impl Cluster {
             .resolve()
             .map_err(|(j, p)| ConfigError::new(format!("clusters[{ci}].endpoints[{j}]"), p))?;
         if let Some(layers) = &cluster.layers {
-            let addrs: Vec<SocketAddr> = resolved.iter().map(|e| e.addr).collect();
-            layers.sync_endpoints(&addrs);
+            layers.sync_endpoints(&counted(&resolved));
         }
         cluster.endpoints.store(Arc::new(resolved));
         Ok(cluster)
     }
+}
+
+/// Each endpoint's address and counters, for [`ClusterLayers::sync_endpoints`].
+pub(crate) fn counted(endpoints: &[Arc<UpEndpoint>]) -> Vec<(SocketAddr, Arc<EndpointStats>)> {
+    endpoints
+        .iter()
+        .map(|e| (e.addr, e.stats.clone()))
+        .collect()
 }

@@ -56,6 +56,8 @@ impl Service<UpRequest> for ClusterService {
                     cluster.protocol,
                     Arc::new(SharedSettings::from(*settings)),
                     None,
+                    // `pick` counted the request, `endpoint_failed` counts a failure.
+                    None,
                 );
                 Box::pin(async move {
                     let result = up.oneshot(req).await;

@@ -6,6 +6,7 @@ use crate::config::UpstreamProtocol;
 use crate::pool;
 use crate::pool::SharedSettings;
 use crate::pool::UpstreamAddr;
+use crate::stats::EndpointStats;
 use http::header::{self, HeaderValue};
 use http::{Request, Uri, Version};
 use std::future::Future;
@@ -27,6 +28,9 @@ pub(crate) struct Upstream {
     protocol: UpstreamProtocol,
     settings: Arc<SharedSettings>,
     limiter: Option<tollgate_pool::Limiter>,
+    /// The endpoint's counters in `/state` (requests, failures), when the caller does not count
+    /// them itself.
+    stats: Option<Arc<EndpointStats>>,
 }
 
 impl Upstream {
@@ -38,6 +42,7 @@ impl Upstream {
         protocol: UpstreamProtocol,
         settings: Arc<SharedSettings>,
         limiter: Option<tollgate_pool::Limiter>,
+        stats: Option<Arc<EndpointStats>>,
     ) -> Self {
         let authority: Arc<str> = addr.to_string().into();
         let host = HeaderValue::from_str(&authority).unwrap_or(HeaderValue::from_static("-"));
@@ -48,6 +53,7 @@ impl Upstream {
             protocol,
             settings,
             limiter,
+            stats,
         }
     }
 }
@@ -70,6 +76,10 @@ impl Service<UpRequest> for Upstream {
             parts.headers.insert(header::HOST, self.host.clone());
         }
         let addr = self.addr;
+        if let Some(s) = &self.stats {
+            s.requests.incr();
+        }
+        let stats = self.stats.clone();
         let mut settings = self.settings.load();
         if let Some(l) = &self.limiter {
             settings.max_idle = l.limit().max(1);
@@ -79,9 +89,8 @@ impl Service<UpRequest> for Upstream {
                 parts.version = Version::HTTP_11;
                 let req = Request::from_parts(parts, body);
                 Box::pin(async move {
-                    let mut resp = pool::send_h1(addr, req, settings).await?;
-                    resp.extensions_mut().insert(UpstreamAddr(addr));
-                    Ok(resp)
+                    let sent = pool::send_h1(addr, req, settings).await;
+                    answered(sent, addr, stats.as_deref())
                 })
             }
             UpstreamProtocol::H2c => {
@@ -98,11 +107,34 @@ impl Service<UpRequest> for Upstream {
                 }
                 let req = Request::from_parts(parts, body);
                 Box::pin(async move {
-                    let mut resp = pool::send_h2(addr, req, settings).await?;
-                    resp.extensions_mut().insert(UpstreamAddr(addr));
-                    Ok(resp)
+                    let sent = pool::send_h2(addr, req, settings).await;
+                    answered(sent, addr, stats.as_deref())
                 })
             }
+        }
+    }
+}
+
+/// Counts an upstream failure or 5xx against the endpoint, and marks an answer with the
+/// address it came from.
+fn answered(
+    sent: Result<UpResponse, pool::UpstreamError>,
+    addr: SocketAddr,
+    stats: Option<&EndpointStats>,
+) -> Result<UpResponse, BoxError> {
+    match sent {
+        Ok(mut resp) => {
+            if let Some(s) = stats.filter(|_| resp.status().is_server_error()) {
+                s.failures.incr();
+            }
+            resp.extensions_mut().insert(UpstreamAddr(addr));
+            Ok(resp)
+        }
+        Err(e) => {
+            if let Some(s) = stats {
+                s.failures.incr();
+            }
+            Err(e.into())
         }
     }
 }

@@ -111,3 +111,38 @@ pub(crate) async fn bad_chunked_request_bodies_are_400(fast: bool) {
     }
     stop(gw).await;
 }
+
+/// 54. A connection that made `max_requests_per_connection` requests (3 here) gets its last
+///     answer with `Connection: close` and is closed; a request pipelined behind it is not
+///     answered (nor forwarded), and a new connection is served.
+pub(crate) async fn a_connection_closes_after_its_maximum_of_requests(fast: bool) {
+    let path = label(fast);
+    let (up, seen) = logging_upstream().await;
+    let mut config = cfg(&single(up.addr, "http1"), fast);
+    config.limits.max_requests_per_connection = 3;
+    let gw = start(config);
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(&[get("/1"), get("/2"), get("/3"), get("/4")].concat())
+        .await;
+    for n in 1..=3 {
+        let r = c.reply("GET").await;
+        assert_eq!(r.status(), 200, "{path}: request {n}");
+        assert_eq!(
+            r.head.lists("connection", "close"),
+            n == 3,
+            "{path}: request {n}: {:?}",
+            r.head.raw
+        );
+    }
+    c.expect_closed(path).await;
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send_and_reply(&get("/5"), "GET")
+        .await
+        .expect(200, "GET /5", path);
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|l| l.starts_with("GET /4 ")),
+        "{path}: /4 was forwarded: {seen:?}"
+    );
+    stop(gw).await;
+}
