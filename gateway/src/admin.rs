@@ -199,6 +199,8 @@ impl Admin {
                 "tollgate_connections_over_budget_total",
                 s.connections_over_budget.sum(),
             );
+            c("tollgate_upgrades_total", s.upgrades_total.sum());
+            g("tollgate_upgrades_open", s.upgrades_open.sum());
             c(
                 "tollgate_upstream_connect_errors_total",
                 s.upstream_connect_errors.sum(),

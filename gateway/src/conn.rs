@@ -15,6 +15,7 @@ use super::ctx::{ConnCtx, Tracked};
 use super::fast;
 use super::proxy;
 use super::state::Snapshot;
+use super::tunnel;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -202,18 +203,52 @@ where
     }
 }
 
-/// Drives an HTTP/2 connection until it ends, shutdown closes it or it idles past `idle`.
-async fn drive_h2<C>(
+/// A hyper connection future that can be asked to close gracefully: HTTP/2 (GOAWAY) and
+/// HTTP/1.1 with upgrades on.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<C: GracefulConnection<Error = hyper::Error>> Graceful for C {
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// An HTTP/1.1 connection with upgrades on (see [`tunnel`](crate::tunnel)).
+struct Upgradeable<I>(http1::UpgradeableConnection<I, Svc>);
+
+impl<I> Future for Upgradeable<I>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<I> Graceful for Upgradeable<I>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn close_gracefully(mut self: Pin<&mut Self>) {
+        Pin::new(&mut self.0).graceful_shutdown();
+    }
+}
+
+/// Drives an HTTP/2 connection, or an HTTP/1.1 one with upgrades on, until it ends (or is
+/// upgraded), shutdown closes it or it idles past `idle`.
+async fn drive_graceful<C: Graceful>(
     mut conn: Pin<&mut C>,
     ctx: &ConnCtx,
     shutdown: &mut watch::Receiver<bool>,
     idle: Duration,
-) where
-    C: GracefulConnection<Error = hyper::Error>,
-{
+) {
     let mut closing = *shutdown.borrow();
     if closing {
-        conn.as_mut().graceful_shutdown();
+        conn.as_mut().close_gracefully();
     }
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
@@ -230,14 +265,14 @@ async fn drive_h2<C>(
             changed = shutdown.changed(), if !closing => {
                 if changed.is_err() || *shutdown.borrow() {
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().close_gracefully();
                 }
             }
             // The connection spent its request budget: GOAWAY, and its streams in flight
             // finish.
             () = ctx.over_budget(), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().close_gracefully();
             }
             () = &mut sleep, if !closing => {
                 let idle_for = ctx.idle_for();
@@ -245,7 +280,7 @@ async fn drive_h2<C>(
                 if idle_for >= idle && ctx.in_flight.load(Ordering::Relaxed) == 0 {
                     closing = true;
                     ctx.shared.stats.connections_timed_out.incr();
-                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().close_gracefully();
                 } else {
                     let wait = idle.saturating_sub(idle_for).max(Duration::from_millis(50));
                     sleep.as_mut().reset(Instant::now() + wait);
@@ -268,7 +303,7 @@ where
     drop(snap);
     let conn = b.serve_connection(TokioIo::new(io), Svc(ctx.clone()));
     tokio::pin!(conn);
-    drive_h2(conn, ctx, shutdown, idle).await;
+    drive_graceful(conn, ctx, shutdown, idle).await;
 }
 
 /// Reads until the bytes either differ from the HTTP/2 preface or complete it.
@@ -362,6 +397,19 @@ pub(super) async fn serve_plain(
         );
         let builder = h1_builder(&snap);
         drop(snap);
+        if io.pre.as_deref().is_some_and(tunnel::head_asks_upgrade) {
+            // An upgrade (a WebSocket handshake) on its way: hyper serves the connection with
+            // upgrades on, and it is never parked.
+            ctx.set_upgradeable();
+            let conn = Upgradeable(
+                builder
+                    .serve_connection(TokioIo::new(io), Svc(ctx.clone()))
+                    .with_upgrades(),
+            );
+            tokio::pin!(conn);
+            Box::pin(drive_graceful(conn, &ctx, &mut shutdown, idle)).await;
+            return;
+        }
         // Boxed so that a parked connection's task keeps no room for it.
         let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), Svc(ctx.clone())));
         // Boxed too: a parked task then keeps room only for its socket and timers.
@@ -445,9 +493,13 @@ pub(super) async fn serve_tls(
     let idle = snap.idle_timeout;
     let builder = h1_builder(&snap);
     drop(snap);
-    let mut conn = Box::new(builder.serve_connection(TokioIo::new(tls), Svc(ctx.clone())));
-    drive_h1(&mut conn, &ctx, &mut shutdown, idle, None).await;
-    let mut io = conn.into_parts().io.into_inner();
-    // Sends TLS close_notify.
-    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    // No parking on TLS: upgrades are always on.
+    ctx.set_upgradeable();
+    let conn = Upgradeable(
+        builder
+            .serve_connection(TokioIo::new(tls), Svc(ctx.clone()))
+            .with_upgrades(),
+    );
+    tokio::pin!(conn);
+    drive_graceful(conn, &ctx, &mut shutdown, idle).await;
 }

@@ -30,6 +30,8 @@ pub(crate) struct ConnCtx {
     /// the connection's budget (`limits.max_requests_per_connection`,
     /// `limits.max_abandoned_per_connection`).
     budget: Budget,
+    /// Whether hyper serves this connection with upgrades on (see `tunnel.rs`).
+    upgradeable: std::sync::atomic::AtomicBool,
     /// Milliseconds since `opened` of the last byte read or written.
     last_active_ms: AtomicU64,
     opened: Instant,
@@ -45,6 +47,7 @@ impl ConnCtx {
             forwarding: Forwarding::new(peer.ip(), if tls { "https" } else { "http" }),
             in_flight: AtomicUsize::new(0),
             budget: Budget::default(),
+            upgradeable: std::sync::atomic::AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
             opened: Instant::now(),
         }
@@ -91,6 +94,18 @@ impl ConnCtx {
         // wake-up (a permit is stored when nobody waits yet).
         self.budget.closing.store(true, Ordering::Relaxed);
         self.budget.close.notify_one();
+    }
+
+    /// Marks the connection as served with upgrades on.
+    pub(crate) fn set_upgradeable(&self) {
+        // Relaxed: set by the connection's task before hyper serves a request on it.
+        self.upgradeable.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a request on this connection may upgrade it.
+    pub(crate) fn upgradeable(&self) -> bool {
+        // Relaxed: see `set_upgradeable`.
+        self.upgradeable.load(Ordering::Relaxed)
     }
 
     /// Resolves when the connection has spent its budget and should close gracefully.

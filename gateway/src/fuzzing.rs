@@ -1,5 +1,5 @@
 //! Fuzz entry points (`fuzz/fuzz_targets/gateway_config.rs`, `route_table.rs`,
-//! `gateway_h1.rs`), also replayed on the committed corpus by `tests/fuzz_replay.rs`.
+//! `gateway_h1.rs`, `proxy_header.rs`), also replayed on the committed corpus by `tests/fuzz_replay.rs`.
 //!
 //! Invariants checked:
 //! - `gateway_config`: parsing and validating any bytes never panics; an accepted config
@@ -40,6 +40,9 @@
 //!   - `Chunked::feed` gives the same end or error whole, cut anywhere and byte by byte; the end
 //!     is within the bytes; after it nothing is consumed; and it agrees with the reference
 //!     decoder `decode_chunked` wherever that decides.
+//! - `proxy_header`: reading a PROXY protocol header never panics and never reads past the
+//!   header: on success exactly the bytes `client_of` accepts as one header were taken, and a
+//!   v1 header is at most 107 bytes.
 
 mod h1;
 
@@ -207,6 +210,31 @@ pub fn route_table(data: &[u8]) {
                 assert!(!routes.iter().any(|r| route_matches(r, host, path, method)));
             }
             RouteMatch::NotFound => assert!(!any_path, "{host:?} {path:?} should match"),
+        }
+    }
+}
+
+/// The `proxy_header` target: see the module docs.
+pub fn proxy_header(data: &[u8]) {
+    use std::task::{Context, Poll, Waker};
+    let mut input = data;
+    // Reading from a slice never waits: one poll finishes it.
+    let read = {
+        let mut fut = std::pin::pin!(crate::proxy_protocol::read_header(&mut input));
+        match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => r,
+            Poll::Pending => panic!("reading from a slice waited"),
+        }
+    };
+    let taken = data.len() - input.len();
+    if let Ok(client) = read {
+        assert_eq!(
+            crate::proxy_protocol::client_of(&data[..taken]),
+            Some(client),
+            "the bytes taken are the header"
+        );
+        if data.starts_with(b"PROXY ") {
+            assert!(taken <= 107, "a v1 line of {taken} bytes");
         }
     }
 }

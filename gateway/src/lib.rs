@@ -74,6 +74,8 @@ pub mod fuzzing;
 mod headers;
 mod pool;
 mod proxy;
+mod proxy_protocol;
+mod request_id;
 mod route;
 mod runtime;
 mod server;
@@ -81,6 +83,7 @@ mod stack;
 mod state;
 mod stats;
 mod tls;
+mod tunnel;
 
 use config::{Config, ConfigError, RuntimeMode};
 use demo::Demo;

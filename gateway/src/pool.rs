@@ -289,6 +289,43 @@ pub(crate) async fn send_h1(
     ))
 }
 
+/// A request marker: the request asks to upgrade the connection (a WebSocket handshake), so
+/// it goes on a connection of its own that hyper may hand over after a `101`, never pooled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Upgrading;
+
+/// Sends `req` (an upgrade request, see [`Upgrading`]) to `addr` on a new HTTP/1.1
+/// connection that stays available for `hyper::upgrade::on` on the answer.
+///
+/// # Errors
+/// [`UpstreamError`] when no response head arrives.
+pub(crate) async fn send_upgrade(
+    addr: SocketAddr,
+    req: Request<ReqBody>,
+    s: Settings,
+) -> Result<Response<UpBody>, UpstreamError> {
+    let stream = connect(addr, s).await?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(UpstreamError::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+        }
+    });
+    sender.ready().await.map_err(UpstreamError::Http)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(UpstreamError::Http)?;
+    Ok(resp.map(|body| UpBody {
+        inner: body,
+        back: None,
+        idle: s.idle_timeout,
+        stall: None,
+    }))
+}
+
 /// Whether a request may be sent twice (RFC 9110 §9.2.2).
 fn idempotent<B>(req: &Request<B>) -> bool {
     use http::Method;

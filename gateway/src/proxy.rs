@@ -23,6 +23,7 @@ use super::stack::admission::{AdmissionPolicy, AdmitCtx};
 use super::stack::endpoints::Cluster;
 use super::stack::route::RouteService;
 use super::state::{Local, RoutePlan, Snapshot, cluster_service, local};
+use super::tunnel;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
@@ -57,7 +58,7 @@ impl Drop for InFlight<'_> {
 /// Serves one request; never fails (errors become responses).
 pub(crate) async fn handle(
     conn: Arc<ConnCtx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
     let shared = &conn.shared;
@@ -76,6 +77,7 @@ pub(crate) async fn handle(
     // answer, HTTP/2 with GOAWAY) once this answer is out.
     let last = conn.start_request(limits.max_requests_per_connection);
     let h1 = req.version() <= Version::HTTP_11;
+    let id = request_id(&local.snap, &mut req);
     let log = local.snap.config.log.access_log.then(|| {
         (
             req.method().clone(),
@@ -86,6 +88,10 @@ pub(crate) async fn handle(
     });
     let (mut resp, upstream) = proxy(&conn, &local, req).await;
     guard.done = true;
+    // The gateway's own answers carry the request id (an upstream's answer is its own).
+    if let (Some((name, value)), None) = (&id, upstream) {
+        resp.headers_mut().insert(name.clone(), value.clone());
+    }
     if last && h1 {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -104,6 +110,7 @@ pub(crate) async fn handle(
             ?version,
             status = status.as_u16(),
             upstream = upstream.map(|a| a.to_string()).unwrap_or_default(),
+            request_id = id.as_ref().and_then(|(_, v)| v.to_str().ok()).unwrap_or("-"),
             micros,
         );
     }
@@ -122,7 +129,7 @@ fn host_of<B>(req: &Request<B>) -> Option<&str> {
 async fn proxy(
     conn: &ConnCtx,
     local: &Local,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
     let snap = &local.snap;
     let stats = &conn.shared.stats;
@@ -170,11 +177,15 @@ async fn proxy(
         }
     }
     if !plan.is_plain() || cluster.layers.is_some() || listener_admission.is_some() {
-        return layered(conn, snap, plan, cluster, listener_admission, req).await;
+        let upgrade = tunnel::requested(&mut req, conn);
+        return layered(conn, snap, plan, cluster, listener_admission, req, upgrade).await;
     }
     let Some((ep_index, addr)) = cluster.pick() else {
         return answer_locally(Answer::NoEndpoint, stats);
     };
+    let upgrade = (cluster.protocol == UpstreamProtocol::Http1)
+        .then(|| tunnel::requested(&mut req, conn))
+        .flatten();
     let (mut parts, body) = req.into_parts();
     // The client's host as a header value: a cheap clone of `Host` (HTTP/1.1), or built
     // from the `:authority` (HTTP/2).
@@ -220,6 +231,9 @@ async fn proxy(
             }
         }
     }
+    if let Some(u) = &upgrade {
+        tunnel::restore(&mut parts.headers, u);
+    }
     parts.uri = uri;
     parts.version = match cluster.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
@@ -239,6 +253,9 @@ async fn proxy(
     cluster.stats.in_flight.incr();
     let send = async {
         match cluster.protocol {
+            UpstreamProtocol::Http1 if upgrade.is_some() => {
+                pool::send_upgrade(addr, upstream_req, settings).await
+            }
             UpstreamProtocol::Http1 => pool::send_h1(addr, upstream_req, settings).await,
             UpstreamProtocol::H2c => pool::send_h2(addr, upstream_req, settings).await,
         }
@@ -254,7 +271,12 @@ async fn proxy(
             }
             strip_hop_by_hop(&mut rp.headers, false);
             rp.headers.append(header::VIA, via_value(rp.version));
-            return (Response::from_parts(rp, Either::Left(body)), Some(addr));
+            let resp = Response::from_parts(rp, Either::Left(body));
+            let resp = match upgrade {
+                Some(u) => tunnel::finish(u, resp, snap.upgrade_idle_timeout, &conn.shared),
+                None => resp,
+            };
+            return (resp, Some(addr));
         }
         // A body cut at the size limit is the client's fault, whatever else broke.
         Ok(Err(e)) if pool::is_caused_by::<LengthLimitError>(&e) => Answer::BodyTooLarge,
@@ -302,8 +324,11 @@ async fn layered(
     cluster: &Arc<Cluster>,
     listener_admission: Option<&Arc<AdmissionPolicy>>,
     req: Request<Incoming>,
+    upgrade: Option<tunnel::Upgrade>,
 ) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
     let stats = &conn.shared.stats;
+    // An upgrade only to an HTTP/1.1 cluster; otherwise the request goes as a plain one.
+    let upgrade = upgrade.filter(|_| cluster.protocol == UpstreamProtocol::Http1);
     if let Some(batch) = &plan.batch {
         let resp = batch.call(req).await;
         return (resp, None);
@@ -317,6 +342,10 @@ async fn layered(
         return (Answer::BadTarget.response(), None);
     };
     forward_headers(conn, &mut parts, cluster.preserve_host);
+    if let Some(u) = &upgrade {
+        tunnel::restore(&mut parts.headers, u);
+        parts.extensions.insert(pool::Upgrading);
+    }
     parts.uri = uri;
     // A request without a body is held whole, so that it can be retried or cached.
     let body: GwBody = if body.is_end_stream() {
@@ -345,8 +374,9 @@ async fn layered(
     cluster.stats.requests.incr();
     cluster.stats.in_flight.incr();
     let result = match &plan.cache {
-        Some(cache) => cache.call(inner, req).await,
-        None => inner.oneshot(req).await.map(|r| r.map(Either::Left)),
+        // An upgrade is never cached.
+        Some(cache) if upgrade.is_none() => cache.call(inner, req).await,
+        _ => inner.oneshot(req).await.map(|r| r.map(Either::Left)),
     };
     cluster.stats.in_flight.decr();
     match result {
@@ -358,7 +388,12 @@ async fn layered(
             let addr = rp.extensions.get::<UpstreamAddr>().map(|a| a.0);
             strip_hop_by_hop(&mut rp.headers, false);
             rp.headers.append(header::VIA, via_value(rp.version));
-            (Response::from_parts(rp, body), addr)
+            let resp = Response::from_parts(rp, body);
+            let resp = match upgrade {
+                Some(u) => tunnel::finish(u, resp, snap.upgrade_idle_timeout, &conn.shared),
+                None => resp,
+            };
+            (resp, addr)
         }
         Err(e) => {
             let (resp, blame) = error_response(&e, grpc, stats);
@@ -398,4 +433,21 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .map(|(n, v)| n.as_str().len() + v.len() + ": \r\n".len())
         .sum();
     line + fields + 2
+}
+
+/// Gives `req` its request id (see `request_id.rs`): the client's when trusted and well formed,
+/// else a fresh one, replacing whatever the client sent; `None` when request ids are off.
+fn request_id<B>(snap: &Snapshot, req: &mut Request<B>) -> Option<(http::HeaderName, HeaderValue)> {
+    let name = snap.request_id_name.as_ref()?;
+    let kept = req
+        .headers()
+        .get(name)
+        .filter(|v| snap.request_id.trust && crate::request_id::keepable(v.as_bytes()))
+        .cloned();
+    let value = match kept {
+        Some(v) => v,
+        None => HeaderValue::from_bytes(&crate::request_id::fresh()).ok()?,
+    };
+    req.headers_mut().insert(name.clone(), value.clone());
+    Some((name.clone(), value))
 }

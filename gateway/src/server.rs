@@ -4,6 +4,7 @@
 
 use super::conn;
 use super::ctx::{ConnCtx, Tracked};
+use super::proxy_protocol;
 use super::state::Shared;
 use std::io;
 use std::net::SocketAddr;
@@ -82,6 +83,31 @@ async fn serve(
     shared.stats.connections_total.incr();
     shared.stats.connections_open.incr();
     let _open = OpenConn(&shared);
+    let mut stream = stream;
+    let (proxied, header_read) = {
+        let snap = shared.current.load();
+        let proxied = snap
+            .config
+            .listeners
+            .get(index)
+            .is_some_and(|l| l.proxy_protocol);
+        (proxied, snap.header_read_timeout)
+    };
+    let peer = if proxied {
+        match tokio::time::timeout(header_read, proxy_protocol::read_header(&mut stream)).await {
+            Ok(Ok(client)) => client.unwrap_or(peer),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "no valid PROXY protocol header; closing");
+                return;
+            }
+            Err(_) => {
+                shared.stats.connections_timed_out.incr();
+                return;
+            }
+        }
+    } else {
+        peer
+    };
     let ctx = Arc::new(ConnCtx::new(shared.clone(), peer, tls.is_some(), index));
     let io = Tracked {
         inner: stream,

@@ -78,6 +78,12 @@ pub(crate) struct Snapshot {
     pub header_read_timeout: Duration,
     /// Client idle timeout (and upstream pool idle timeout).
     pub idle_timeout: Duration,
+    /// Idle timeout of an upgraded (tunnelled) connection.
+    pub upgrade_idle_timeout: Duration,
+    /// The request-id field (`server.request_id_header`), as the fast path takes it.
+    pub request_id: crate::request_id::Policy,
+    /// The same field's name for the hyper path; `None` when request ids are off.
+    pub request_id_name: Option<http::HeaderName>,
     /// Idle time after which an HTTP/1.1 client connection is parked.
     pub park_timeout: Duration,
     /// Largest request body, if limited.
@@ -203,6 +209,16 @@ impl Snapshot {
             connect_timeout: Duration::from_millis(t.connect_ms),
             header_read_timeout: Duration::from_millis(t.header_read_ms),
             idle_timeout: Duration::from_millis(t.idle_ms),
+            upgrade_idle_timeout: Duration::from_millis(t.upgrade_idle_ms),
+            request_id: crate::request_id::Policy::new(
+                &config.server.request_id_header,
+                config.server.trust_request_id,
+            ),
+            request_id_name: http::HeaderName::from_bytes(
+                config.server.request_id_header.as_bytes(),
+            )
+            .ok()
+            .filter(|_| !config.server.request_id_header.is_empty()),
             park_timeout: Duration::from_millis(t.park_ms),
             max_body: Some(config.limits.max_body_bytes).filter(|b| *b > 0),
             loaded_at: Instant::now(),

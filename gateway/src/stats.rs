@@ -24,6 +24,10 @@ pub(crate) struct Stats {
     pub connections_parked: ShardedCounter,
     /// Client connections sent GOAWAY (or closed) for abandoning too many requests in flight.
     pub connections_over_budget: ShardedCounter,
+    /// Connections upgraded (WebSocket and other `101` upgrades) and tunnelled.
+    pub upgrades_total: ShardedCounter,
+    /// Upgraded connections tunnelled now.
+    pub upgrades_open: ShardedCounter,
     /// Upstream connect failures (502) and connect timeouts (504).
     pub upstream_connect_errors: ShardedCounter,
     /// Upstream response-head timeouts (504).
@@ -87,6 +91,8 @@ pub(crate) struct StatsSnapshot {
     connections_timed_out: i64,
     connections_parked: i64,
     connections_over_budget: i64,
+    upgrades_total: i64,
+    upgrades_open: i64,
     upstream_connect_errors: i64,
     upstream_timeouts: i64,
     upstream_resets: i64,
@@ -114,6 +120,8 @@ impl Stats {
             connections_timed_out: self.connections_timed_out.sum(),
             connections_parked: self.connections_parked.sum(),
             connections_over_budget: self.connections_over_budget.sum(),
+            upgrades_total: self.upgrades_total.sum(),
+            upgrades_open: self.upgrades_open.sum(),
             upstream_connect_errors: self.upstream_connect_errors.sum(),
             upstream_timeouts: self.upstream_timeouts.sum(),
             upstream_resets: self.upstream_resets.sum(),

@@ -20,3 +20,9 @@ fn gateway_h1_corpus() {
     let replayed = fuzz::replay("gateway_h1", tollgate_gateway::fuzzing::gateway_h1);
     assert!(replayed.corpus > 0, "no corpus for gateway_h1");
 }
+
+#[test]
+fn proxy_header_corpus() {
+    let replayed = fuzz::replay("proxy_header", tollgate_gateway::fuzzing::proxy_header);
+    assert!(replayed.corpus > 0, "no corpus for proxy_header");
+}

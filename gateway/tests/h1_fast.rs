@@ -32,6 +32,7 @@
 //!   body, an unsolicited `100 Continue`, a streaming echo, `idle_ms` below `park_ms`, `Date`
 //!   on every answer, `CONNECT` refused (405), fragments, a `PUT` never replayed, a 413 while
 //!   the body still comes, a dribbled head.
+//! - **[`ids`]:** request ids made, replaced, kept when trusted, on local answers, off.
 //! - **[`limits`]:** heads far over the limit (431, closed), `Host` missing or repeated (400),
 //!   bad chunked request bodies (400, closed, never 502).
 //!
@@ -53,6 +54,8 @@ mod failures;
 mod framing;
 #[path = "h1_fast/headers.rs"]
 mod headers;
+#[path = "h1_fast/ids.rs"]
+mod ids;
 #[path = "h1_fast/limits.rs"]
 mod limits;
 #[path = "h1_fast/review.rs"]
@@ -147,4 +150,6 @@ on_both_paths!(
     limits::host_missing_or_repeated_is_400,
     limits::bad_chunked_request_bodies_are_400,
     limits::a_connection_closes_after_its_maximum_of_requests,
+    ids::every_request_gets_a_fresh_request_id,
+    ids::a_trusted_request_id_is_kept,
 );

@@ -82,6 +82,12 @@ pub struct ServerConfig {
     /// chunked request bodies, `Expect`, upgrades, malformed or oversized heads) go to hyper
     /// either way. Reloadable; applies to new connections.
     pub h1_fast_path: bool,
+    /// The request-id field: every request carries one to the upstream, in the access log and
+    /// on the gateway's own answers; empty turns it off. Default `x-request-id`. Reloadable.
+    pub request_id_header: String,
+    /// Keep a request id the client sent (1 to 200 visible ASCII bytes) instead of making a
+    /// fresh one. Turn it on only behind a proxy that sets the field. Default `false`.
+    pub trust_request_id: bool,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +97,8 @@ impl Default for ServerConfig {
             workers: 0,
             drain_timeout_ms: 10_000,
             h1_fast_path: true,
+            request_id_header: "x-request-id".into(),
+            trust_request_id: false,
         }
     }
 }
@@ -166,6 +174,9 @@ pub struct TimeoutsConfig {
     /// (about 20 KiB) are freed until its next byte arrives, ms. Default 100. Waking costs a
     /// few microseconds, so only connections idle for longer than this pay it.
     pub park_ms: u64,
+    /// An upgraded connection (a WebSocket, after its `101 Switching Protocols`) with no byte
+    /// moving either way for this long is closed, ms. Default 300000 (5 minutes).
+    pub upgrade_idle_ms: u64,
 }
 
 impl Default for TimeoutsConfig {
@@ -176,6 +187,7 @@ impl Default for TimeoutsConfig {
             request_ms: 30_000,
             idle_ms: 60_000,
             park_ms: 100,
+            upgrade_idle_ms: 300_000,
         }
     }
 }
@@ -233,6 +245,13 @@ pub struct ListenerConfig {
     /// Name of an `[[admission]]` policy for requests whose route names none. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission: Option<String>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, from a load balancer in
+    /// front) whose client address then stands for the connection's peer: in the forwarding
+    /// fields, admission's per-client keys and CIDR rules, and the access log. A connection
+    /// without a valid header within `timeouts.header_read_ms` is closed. Default `false`.
+    /// Needs a restart to change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 /// Certificate and key for a TLS listener.

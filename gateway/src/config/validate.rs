@@ -33,6 +33,20 @@ impl Config {
         if !self.admin.listen.is_empty() {
             parse_addr(&self.admin.listen).map_err(|p| e("admin.listen", p))?;
         }
+        let rid = &self.server.request_id_header;
+        if !rid.is_empty()
+            && (rid.len() > crate::request_id::MAX_NAME
+                || http::HeaderName::from_bytes(rid.as_bytes()).is_err()
+                || rid.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            return Err(e(
+                "server.request_id_header",
+                format!(
+                    "\"{rid}\" is not a lower-case header field name of at most {} bytes",
+                    crate::request_id::MAX_NAME
+                ),
+            ));
+        }
         let t = &self.timeouts;
         for (name, v) in [
             ("timeouts.connect_ms", t.connect_ms),
@@ -40,6 +54,7 @@ impl Config {
             ("timeouts.request_ms", t.request_ms),
             ("timeouts.idle_ms", t.idle_ms),
             ("timeouts.park_ms", t.park_ms),
+            ("timeouts.upgrade_idle_ms", t.upgrade_idle_ms),
         ] {
             if v == 0 || v > 86_400_000 {
                 return Err(e(name, "must be between 1 and 86400000 ms"));

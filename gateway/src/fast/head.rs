@@ -6,6 +6,7 @@
 
 use super::super::headers::Forwarding;
 use crate::answer::Answer;
+use crate::request_id::{Policy, keepable};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -33,6 +34,9 @@ pub(crate) struct Head {
     pub path: Range<usize>,
     /// See `method`.
     pub host: Range<usize>,
+    /// The client's request id, when it is kept (see [`Limits::request_id`]); otherwise the
+    /// request carries [`Limits::fresh_id`].
+    pub request_id: Option<Range<usize>>,
 }
 
 /// Where a routed request goes.
@@ -193,6 +197,10 @@ pub(crate) struct Limits {
     pub max_body: Option<u64>,
     /// Largest body the fast path reads whole before forwarding.
     pub max_held_body: u64,
+    /// The request-id field (`server.request_id_header`, `server.trust_request_id`).
+    pub request_id: Policy,
+    /// The id this request gets unless it keeps the client's.
+    pub fresh_id: [u8; 32],
 }
 
 /// Parses the request head at the start of `buf`; when the fast path takes it, asks `route`
@@ -227,6 +235,7 @@ pub(crate) fn prepare<T>(
                 method: req.method.map_or(0..0, |m| offset(buf, m.as_bytes())),
                 path: 0..0,
                 host: 0..0,
+                request_id: None,
             },
             answer: Answer::HeadTooLarge,
         };
@@ -244,7 +253,13 @@ pub(crate) fn prepare<T>(
     let mut body_len: Option<u64> = None;
     let mut close = false;
     let mut names_headers = false;
+    let rid = limits.request_id;
+    let is_rid = |name: &str| rid.is_on() && name.as_bytes().eq_ignore_ascii_case(rid.name());
+    let mut kept_id: Option<Range<usize>> = None;
     for h in req.headers.iter() {
+        if is_rid(h.name) && rid.trust && kept_id.is_none() && keepable(h.value) {
+            kept_id = Some(offset(buf, h.value));
+        }
         match name_of(h.name) {
             Name::Host => {
                 if host.is_some() {
@@ -295,6 +310,7 @@ pub(crate) fn prepare<T>(
             method: offset(buf, method.as_bytes()),
             path: offset(buf, path.as_bytes()),
             host: offset(buf, host),
+            request_id: kept_id.clone(),
         },
         answer,
     };
@@ -319,6 +335,7 @@ pub(crate) fn prepare<T>(
         method: offset(buf, method.as_bytes()),
         path: offset(buf, path.as_bytes()),
         host: offset(buf, host),
+        request_id: kept_id.clone(),
     };
     let (target_handle, addr, preserve_host) = match route(host_str, path, method, body_len) {
         Route::Forward {
@@ -365,6 +382,8 @@ pub(crate) fn prepare<T>(
             }
             // Repeats (all equal, or the head went to hyper) are sent once.
             Name::ContentLength => !std::mem::replace(&mut length_written, true),
+            // The request id is written once, below.
+            Name::Other if is_rid(h.name) => false,
             Name::Other => !(names_headers && named_in_connection(req.headers, h.name)),
         };
         if write {
@@ -390,7 +409,17 @@ pub(crate) fn prepare<T>(
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\nforwarded: ");
     out.extend_from_slice(fwd.forwarded_for(Some(host)).as_bytes());
-    out.extend_from_slice(b"\r\nvia: 1.1 tollgate\r\n\r\n");
+    out.extend_from_slice(b"\r\nvia: 1.1 tollgate\r\n");
+    if rid.is_on() {
+        out.extend_from_slice(rid.name());
+        out.extend_from_slice(b": ");
+        match &kept_id {
+            Some(r) => out.extend_from_slice(&buf[r.clone()]),
+            None => out.extend_from_slice(&limits.fresh_id),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
     Step::Forward {
         head,
         target: target_handle,

@@ -36,6 +36,7 @@ use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
 use super::route::RouteMatch;
 use crate::answer::Answer;
+use crate::request_id::{self, Id};
 use bytes::Bytes;
 use exchange::{Exchange, Failure};
 use head::{Head, Route, Step};
@@ -355,16 +356,21 @@ async fn refuse_head(
         method: 0..0,
         path: 0..0,
         host: 0..0,
+        request_id: None,
     };
     ctx.shared.stats.requests.incr();
+    let local = crate::state::local(&ctx.shared);
+    let rid = local.snap.request_id;
+    let fresh = request_id::fresh();
+    let id = (rid.name(), if rid.is_on() { &fresh[..] } else { &[][..] });
     answer(
         client,
         ctx,
         b,
         &head,
         Answer::HeadTooLarge,
-        true,
-        true,
+        (true, true),
+        id,
         idle,
     )
     .await;
@@ -431,11 +437,25 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         .listener_admission
         .get(ctx.listener)
         .is_some_and(Option::is_some);
+    let rid = snap.request_id;
+    let fresh_id = if rid.is_on() {
+        request_id::fresh()
+    } else {
+        [0; 32]
+    };
     let limits = head::Limits {
         max_bytes: snap.config.limits.max_header_bytes,
         max_headers: snap.config.limits.max_headers,
         max_body: snap.max_body,
         max_held_body: MAX_HELD_BODY,
+        request_id: rid,
+        fresh_id,
+    };
+    // This request's id: the client's when kept, else the fresh one.
+    let id_of = |head: &Head, bytes: &[u8]| match (&head.request_id, rid.is_on()) {
+        (_, false) => Id::NONE,
+        (Some(r), true) => Id::from(&bytes[r.clone()]),
+        (None, true) => Id::from(&fresh_id),
     };
     let head_at = b.cin.start;
     let step = head::prepare(
@@ -491,6 +511,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                 head_at,
                 start,
                 upstream: None,
+                id: id_of(&head, &b.cin.data[head_at..]),
             };
             return answer_and_log(client, ctx, b, snap, &head, local, close, unread, done).await;
         }
@@ -550,6 +571,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                 head_at,
                 start,
                 upstream: Some(addr),
+                id: id_of(&head, &b.cin.data[head_at..]),
             };
             return answer_and_log(client, ctx, b, snap, &head, failed, close, false, done).await;
         }
@@ -561,15 +583,13 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         cluster.stats.failures.incr();
         cluster.endpoint_failed(target.endpoint, addr);
     }
-    log_access(
-        ctx,
-        snap,
-        &b.cin.data[head_at..],
-        &head,
-        resp.status,
-        Some(addr),
+    let done = Done {
+        head_at,
         start,
-    );
+        upstream: Some(addr),
+        id: id_of(&head, &b.cin.data[head_at..]),
+    };
+    log_access(ctx, snap, &b.cin.data[head_at..], &head, resp.status, &done);
     let relayed = relay::relay(client, &mut up, b, resp, snap.idle_timeout).await;
     ctx.touch();
     match relayed {
@@ -603,6 +623,8 @@ struct Done {
     head_at: usize,
     start: Instant,
     upstream: Option<SocketAddr>,
+    /// The request's id, on the answer and in the log line.
+    id: Id,
 }
 
 /// Writes `local` (see [`answer`]), then counts the request's time and logs it.
@@ -618,14 +640,15 @@ async fn answer_and_log(
     unread: bool,
     done: Done,
 ) -> Next {
+    let id = (snap.request_id.name(), done.id.as_bytes());
     let next = answer(
         client,
         ctx,
         b,
         head,
         local,
-        close,
-        unread,
+        (close, unread),
+        id,
         snap.idle_timeout,
     )
     .await;
@@ -635,7 +658,7 @@ async fn answer_and_log(
         .add(done.start.elapsed().as_micros() as i64);
     let status = local.status().as_u16();
     let bytes = &b.cin.data[done.head_at..];
-    log_access(ctx, snap, bytes, head, status, done.upstream, done.start);
+    log_access(ctx, snap, bytes, head, status, &done);
     next
 }
 
@@ -650,8 +673,8 @@ async fn answer(
     b: &mut Bufs,
     head: &Head,
     local: Answer,
-    close: bool,
-    unread: bool,
+    (close, unread): (bool, bool),
+    (id_name, id): (&[u8], &[u8]),
     idle: Duration,
 ) -> Next {
     use std::io::Write as _;
@@ -671,6 +694,12 @@ async fn answer(
     b.out.extend_from_slice(b"date: ");
     b.out.extend_from_slice(&date::value(Instant::now()));
     b.out.extend_from_slice(b"\r\n");
+    if !id.is_empty() {
+        b.out.extend_from_slice(id_name);
+        b.out.extend_from_slice(b": ");
+        b.out.extend_from_slice(id);
+        b.out.extend_from_slice(b"\r\n");
+    }
     if close {
         b.out.extend_from_slice(b"connection: close\r\n");
     }
@@ -711,8 +740,7 @@ fn log_access(
     head_bytes: &[u8],
     head: &Head,
     status: u16,
-    upstream: Option<SocketAddr>,
-    start: Instant,
+    done: &Done,
 ) {
     if !snap.config.log.access_log {
         return;
@@ -731,7 +759,8 @@ fn log_access(
         path = text(&head.path),
         version = ?http::Version::HTTP_11,
         status,
-        upstream = upstream.map(|a| a.to_string()).unwrap_or_default(),
-        micros = start.elapsed().as_micros() as u64,
+        upstream = done.upstream.map(|a| a.to_string()).unwrap_or_default(),
+        request_id = done.id.as_str(),
+        micros = done.start.elapsed().as_micros() as u64,
     );
 }

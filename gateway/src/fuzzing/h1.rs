@@ -56,6 +56,10 @@ pub fn gateway_h1(data: &[u8]) {
                 max_headers: MAX_FIELDS[usize::from((lim >> 4) & 7)],
                 max_body: (flags & 0x80 != 0).then_some(4),
                 max_held_body: if lim & 8 != 0 { 8 } else { u64::MAX },
+                // The request id is checked by the wire scenarios; the reference here knows
+                // the forwarded head without it.
+                request_id: crate::request_id::Policy::OFF,
+                fresh_id: [b'0'; 32],
             };
             let mut at = 0;
             for i in 0..8 {

@@ -87,9 +87,14 @@ impl Service<UpRequest> for Upstream {
         match self.protocol {
             UpstreamProtocol::Http1 => {
                 parts.version = Version::HTTP_11;
+                let upgrade = parts.extensions.get::<pool::Upgrading>().is_some();
                 let req = Request::from_parts(parts, body);
                 Box::pin(async move {
-                    let sent = pool::send_h1(addr, req, settings).await;
+                    let sent = if upgrade {
+                        pool::send_upgrade(addr, req, settings).await
+                    } else {
+                        pool::send_h1(addr, req, settings).await
+                    };
                     answered(sent, addr, stats.as_deref())
                 })
             }

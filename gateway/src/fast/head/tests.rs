@@ -8,6 +8,8 @@ const LIMITS: Limits = Limits {
     max_headers: 100,
     max_body: Some(1000),
     max_held_body: 100,
+    request_id: crate::request_id::Policy::OFF,
+    fresh_id: [b'0'; 32],
 };
 
 fn fwd() -> Forwarding {
