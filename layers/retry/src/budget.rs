@@ -1,0 +1,309 @@
+//! The retry budget: a lock-free sliding window of atomic buckets, shared by every clone.
+//!
+//! Time is cut into buckets of `window / 10`, numbered from the budget's creation (tokio time).
+//! Each bucket is one `AtomicU64` holding the bucket's number (high 32 bits) and a count (low
+//! 32 bits), so a bucket is rotated to a new number and its count reset by one compare-and-swap,
+//! and a stale bucket is simply ignored by readers: no lock, no sweeper, no clock thread.
+//!
+//! # Ground rules
+//!
+//! - **Deposits** (one per request) go to this thread's shard (`tollgate_core::counter`'s
+//!   shard index), a cache-padded ring of buckets, with one `fetch_add` when the bucket is
+//!   current. Cores never write each other's lines on the request path; tower's `TpsBudget`
+//!   takes a mutex and bumps one shared counter on every deposit.
+//! - **Withdrawals** (one per retry or hedge) go to one unsharded ring. A withdrawal reads the
+//!   deposits and withdrawals of the window, and succeeds only by a compare-and-swap of the
+//!   current withdrawal bucket from the value it read: two withdrawals in one bucket are
+//!   ordered by that word's modification order, so they cannot both spend the last token
+//!   (tower's check-then-subtract can). Deposits only ever raise the allowance, so reading them
+//!   a moment early is conservative.
+//! - A thread whose clock reading is a bucket behind may count into the newer bucket another
+//!   thread rotated: the request is counted a bucket late, never lost or doubled.
+//!
+//! Invariant (checked by the property test against a model, and by the loom model): within any
+//! window, successful withdrawals never exceed `reserve + ratio * deposits` of that window,
+//! where `reserve = min_per_second * window`.
+
+use crate::config::BudgetConfig;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
+use std::fmt;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Buckets per window.
+pub(crate) const BUCKETS: usize = 10;
+/// Ratios are kept in millionths, so the arithmetic is integer.
+const PPM: u64 = 1_000_000;
+/// The most deposit shards (each read by a withdrawal: `BUCKETS` loads apiece).
+const MAX_SHARDS: usize = 16;
+
+type Ring = [AtomicU64; BUCKETS];
+
+fn pack(bucket: u32, count: u32) -> u64 {
+    (u64::from(bucket) << 32) | u64::from(count)
+}
+
+fn unpack(word: u64) -> (u32, u32) {
+    ((word >> 32) as u32, word as u32)
+}
+
+/// `count` of `word` if its bucket is within the window ending at `now` (wrapping numbers).
+fn live(word: u64, now: u32) -> u64 {
+    let (bucket, count) = unpack(word);
+    if (now.wrapping_sub(bucket) as usize) < BUCKETS {
+        u64::from(count)
+    } else {
+        0
+    }
+}
+
+fn new_ring() -> Ring {
+    // Bucket number u32::MAX - BUCKETS is outside the window of every bucket near 0.
+    std::array::from_fn(|_| AtomicU64::new(pack(u32::MAX - BUCKETS as u32, 0)))
+}
+
+/// The budget's arithmetic on bucket numbers, without a clock (for models and fuzzing).
+pub(crate) struct BudgetCore {
+    deposits: Box<[CachePadded<Ring>]>,
+    withdrawals: CachePadded<Ring>,
+    ratio_ppm: u64,
+    reserve: u64,
+}
+
+impl BudgetCore {
+    pub(crate) fn new(ratio: f64, reserve: u64, shards: usize) -> Self {
+        let shards = shards.clamp(1, MAX_SHARDS);
+        Self {
+            deposits: (0..shards).map(|_| CachePadded::new(new_ring())).collect(),
+            withdrawals: CachePadded::new(new_ring()),
+            ratio_ppm: (ratio * PPM as f64).round() as u64,
+            reserve,
+        }
+    }
+
+    /// Adds `n` to the current bucket of `ring`, rotating it first if it is stale.
+    fn add(ring: &Ring, now: u32, n: u32) {
+        let cell = &ring[now as usize % BUCKETS];
+        // Relaxed: counts only; rotation is a CAS on the same word, so every add lands in
+        // exactly one bucket number.
+        let mut word = cell.load(Ordering::Relaxed);
+        loop {
+            let (bucket, _) = unpack(word);
+            // The bucket is current, or newer than this thread's reading: count into it.
+            if (bucket.wrapping_sub(now) as i32) >= 0 {
+                cell.fetch_add(u64::from(n), Ordering::Relaxed);
+                return;
+            }
+            match cell.compare_exchange_weak(
+                word,
+                pack(now, n),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    fn sum(ring: &Ring, now: u32) -> u64 {
+        ring.iter()
+            .map(|c| live(c.load(Ordering::Relaxed), now))
+            .sum()
+    }
+
+    /// Records one request in bucket `now`, on deposit shard `shard`.
+    pub(crate) fn deposit(&self, now: u32, shard: usize) {
+        Self::add(&self.deposits[shard % self.deposits.len()], now, 1);
+    }
+
+    /// Requests counted in the window ending at bucket `now`.
+    pub(crate) fn deposits(&self, now: u32) -> u64 {
+        self.deposits.iter().map(|r| Self::sum(r, now)).sum()
+    }
+
+    /// Retries and hedges spent in the window ending at bucket `now`.
+    pub(crate) fn withdrawals(&self, now: u32) -> u64 {
+        Self::sum(&self.withdrawals, now)
+    }
+
+    /// What the window ending at `now` allows in all.
+    pub(crate) fn allowance(&self, now: u32) -> u64 {
+        self.reserve
+            .saturating_add(self.deposits(now).saturating_mul(self.ratio_ppm) / PPM)
+    }
+
+    /// Spends one token in bucket `now` if the window has one left.
+    pub(crate) fn try_withdraw(&self, now: u32) -> bool {
+        self.withdraw(now, false)
+    }
+
+    /// Spends one token in bucket `now` if the window has one left *and* the last two buckets
+    /// have not spent more than their own share (`ratio` of their requests plus two tenths of
+    /// the reserve). Hedges use it: a hedge is sent because an answer is late, and answers are
+    /// late together when the service is congested, so a hedge must not borrow the whole
+    /// window's savings at once and double the load exactly then.
+    pub(crate) fn try_withdraw_paced(&self, now: u32) -> bool {
+        self.withdraw(now, true)
+    }
+
+    fn recent_deposits(&self, now: u32) -> u64 {
+        let prev = now.wrapping_sub(1);
+        self.deposits
+            .iter()
+            .map(|ring| {
+                [now, prev]
+                    .iter()
+                    .map(|&b| {
+                        let (bucket, count) =
+                            unpack(ring[b as usize % BUCKETS].load(Ordering::Relaxed));
+                        if bucket == b { u64::from(count) } else { 0 }
+                    })
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    fn withdraw(&self, now: u32, paced: bool) -> bool {
+        let allowance = self.allowance(now);
+        let recent_allowance = if paced {
+            (self.reserve * 2 / BUCKETS as u64)
+                .saturating_add(self.recent_deposits(now).saturating_mul(self.ratio_ppm) / PPM)
+        } else {
+            u64::MAX
+        };
+        let slot = now as usize % BUCKETS;
+        let prev = now.wrapping_sub(1);
+        let cell = &self.withdrawals[slot];
+        // Relaxed: the decision is the CAS below on one word; other buckets of the window do
+        // not change while `now` is current (they are only rotated to later numbers).
+        let mut word = cell.load(Ordering::Relaxed);
+        loop {
+            let (bucket, count) = unpack(word);
+            let here = if bucket == now {
+                count
+            } else if (bucket.wrapping_sub(now) as i32) > 0 {
+                // This thread's clock reading is a whole window behind another's: refuse
+                // rather than spend in a window it cannot see.
+                return false;
+            } else {
+                0
+            };
+            let mut others = 0;
+            let mut previous = 0;
+            for (i, c) in self.withdrawals.iter().enumerate() {
+                if i == slot {
+                    continue;
+                }
+                let w = c.load(Ordering::Relaxed);
+                others += live(w, now);
+                if unpack(w).0 == prev {
+                    previous = u64::from(unpack(w).1);
+                }
+            }
+            if others + u64::from(here) >= allowance
+                || previous + u64::from(here) >= recent_allowance
+                || here == u32::MAX
+            {
+                return false;
+            }
+            match cell.compare_exchange_weak(
+                word,
+                pack(now, here + 1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+}
+
+/// A retry budget shared by every clone: deposits one token share per request, withdraws one
+/// token per retry or hedge. See the [`BudgetConfig`] for the sizing.
+#[derive(Clone)]
+pub struct Budget {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    core: BudgetCore,
+    origin: Instant,
+    bucket_nanos: u64,
+}
+
+/// What a [`Budget`] holds right now, from [`Budget::snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSnapshot {
+    /// Requests counted in the window.
+    pub requests: u64,
+    /// Retries and hedges spent in the window.
+    pub spent: u64,
+    /// Retries and hedges the window allows in all (`reserve + ratio * requests`).
+    pub allowance: u64,
+}
+
+impl Budget {
+    /// A budget sized by `config`, with one deposit shard per core (at most 16).
+    ///
+    /// `config` should have passed [`RetryConfig::validate`](crate::RetryConfig::validate).
+    pub fn new(config: &BudgetConfig) -> Self {
+        let reserve = (f64::from(config.min_per_second) * config.window.as_secs_f64()) as u64;
+        let bucket = config.window / BUCKETS as u32;
+        Self {
+            inner: std::sync::Arc::new(Inner {
+                core: BudgetCore::new(config.ratio, reserve, tollgate_core::counter::shard_count()),
+                origin: Instant::now(),
+                bucket_nanos: (bucket.as_nanos() as u64).max(1),
+            }),
+        }
+    }
+
+    fn bucket(&self) -> u32 {
+        let since = Instant::now().saturating_duration_since(self.inner.origin);
+        (since.as_nanos() as u64 / self.inner.bucket_nanos) as u32
+    }
+
+    /// Counts one request.
+    pub fn deposit(&self) {
+        self.inner
+            .core
+            .deposit(self.bucket(), tollgate_core::counter::shard_index());
+    }
+
+    /// Spends one retry, if the window allows it.
+    pub fn try_withdraw(&self) -> bool {
+        self.inner.core.try_withdraw(self.bucket())
+    }
+
+    /// Spends one hedge, if the window allows it and the last two buckets (a fifth of the
+    /// window) have not spent more than their own share: hedges are paced, retries are not.
+    pub fn try_withdraw_hedge(&self) -> bool {
+        self.inner.core.try_withdraw_paced(self.bucket())
+    }
+
+    /// The window's counts as of now (sums every shard: for metrics, not the request path).
+    pub fn snapshot(&self) -> BudgetSnapshot {
+        let now = self.bucket();
+        BudgetSnapshot {
+            requests: self.inner.core.deposits(now),
+            spent: self.inner.core.withdrawals(now),
+            allowance: self.inner.core.allowance(now),
+        }
+    }
+
+    /// The length of one bucket (a tenth of the window).
+    pub fn bucket_length(&self) -> Duration {
+        Duration::from_nanos(self.inner.bucket_nanos)
+    }
+}
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Budget")
+            .field("snapshot", &self.snapshot())
+            .finish()
+    }
+}
