@@ -198,9 +198,63 @@ fn group(c: &mut Criterion, name: &str, flaky: bool) {
     }
 }
 
+/// The budgets alone: one deposit per call, every thread on one shared budget. tower's
+/// `TpsBudget` takes a mutex and bumps one shared counter per deposit; tollgate's `Budget`
+/// bumps this thread's shard of the current bucket.
+fn budgets(c: &mut Criterion) {
+    let ours = tollgate_retry::Budget::new(&BudgetConfig::default());
+    let tower = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
+    let each = |threads: usize, iters: u64, f: &(dyn Fn() + Sync)| -> Duration {
+        let barrier = Barrier::new(threads);
+        let total: Duration = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            f();
+                        }
+                        start.elapsed()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        total / threads as u32
+    };
+    let mut g = c.benchmark_group("budget_deposit");
+    for threads in [1usize, 2] {
+        g.bench_function(
+            BenchmarkId::new("tollgate", format!("{threads}-thread")),
+            |b| b.iter_custom(|iters| each(threads, iters, &|| ours.deposit())),
+        );
+        g.bench_function(
+            BenchmarkId::new("tower", format!("{threads}-thread")),
+            |b| b.iter_custom(|iters| each(threads, iters, &|| tower.deposit())),
+        );
+    }
+    g.finish();
+    for threads in [1usize, 2] {
+        let (mut t_ours, mut t_tower) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..5 {
+            t_ours += each(threads, 200_000, &|| ours.deposit());
+            t_tower += each(threads, 200_000, &|| tower.deposit());
+        }
+        println!(
+            "budget_deposit/{threads}-thread: tollgate {:.1} ns, tower {:.1} ns, tower/tollgate = {:.2}",
+            t_ours.as_nanos() as f64 / 1e6,
+            t_tower.as_nanos() as f64 / 1e6,
+            t_tower.as_secs_f64() / t_ours.as_secs_f64()
+        );
+    }
+}
+
 fn retry(c: &mut Criterion) {
     group(c, "success", false);
     group(c, "fail_then_retry", true);
+    budgets(c);
 }
 
 criterion_group!(benches, retry);

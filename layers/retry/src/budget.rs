@@ -12,13 +12,19 @@
 //!   current. Cores never write each other's lines on the request path; tower's `TpsBudget`
 //!   takes a mutex and bumps one shared counter on every deposit.
 //! - **Withdrawals** (one per retry or hedge) go to one unsharded ring. A withdrawal reads the
-//!   deposits and withdrawals of the window, and succeeds only by a compare-and-swap of the
-//!   current withdrawal bucket from the value it read: two withdrawals in one bucket are
+//!   withdrawals of the window, then the deposits, and succeeds only by a compare-and-swap of
+//!   the current withdrawal bucket from the value it read: two withdrawals in one bucket are
 //!   ordered by that word's modification order, so they cannot both spend the last token
-//!   (tower's check-then-subtract can). Deposits only ever raise the allowance, so reading them
-//!   a moment early is conservative.
+//!   (tower's check-then-subtract can). The CAS releases and the loads acquire, so a thread
+//!   that sees another's withdrawal also sees the deposit that thread made before it; deposits
+//!   themselves are `Relaxed` (more deposits only raise the allowance).
 //! - A thread whose clock reading is a bucket behind may count into the newer bucket another
 //!   thread rotated: the request is counted a bucket late, never lost or doubled.
+//! - Rings have one slot more than the window has buckets. A thread a bucket ahead rotates the
+//!   slot of the bucket that just left its window; with as many slots as buckets, that slot is
+//!   still the oldest bucket of a thread a bucket behind, which would then see that bucket's
+//!   withdrawals but no longer its deposits and refuse for thousands of requests at once. With
+//!   the spare slot, threads within a bucket of each other read the same counts.
 //!
 //! Invariant (checked by the property test against a model, and by the loom model): within any
 //! window, successful withdrawals never exceed `reserve + ratio * deposits` of that window,
@@ -33,12 +39,15 @@ use tokio::time::Instant;
 
 /// Buckets per window.
 pub(crate) const BUCKETS: usize = 10;
+/// Slots per ring: one more than the window, so the slot a thread one bucket ahead rotates is
+/// never one a thread one bucket behind still reads (see the ground rules).
+const SLOTS: usize = BUCKETS + 1;
 /// Ratios are kept in millionths, so the arithmetic is integer.
 const PPM: u64 = 1_000_000;
-/// The most deposit shards (each read by a withdrawal: `BUCKETS` loads apiece).
+/// The most deposit shards (each read by a withdrawal: `SLOTS` loads apiece).
 const MAX_SHARDS: usize = 16;
 
-type Ring = [AtomicU64; BUCKETS];
+type Ring = [AtomicU64; SLOTS];
 
 fn pack(bucket: u32, count: u32) -> u64 {
     (u64::from(bucket) << 32) | u64::from(count)
@@ -59,8 +68,8 @@ fn live(word: u64, now: u32) -> u64 {
 }
 
 fn new_ring() -> Ring {
-    // Bucket number u32::MAX - BUCKETS is outside the window of every bucket near 0.
-    std::array::from_fn(|_| AtomicU64::new(pack(u32::MAX - BUCKETS as u32, 0)))
+    // Bucket number u32::MAX - SLOTS is outside the window of every bucket near 0.
+    std::array::from_fn(|_| AtomicU64::new(pack(u32::MAX - SLOTS as u32, 0)))
 }
 
 /// The budget's arithmetic on bucket numbers, without a clock (for models and fuzzing).
@@ -84,7 +93,7 @@ impl BudgetCore {
 
     /// Adds `n` to the current bucket of `ring`, rotating it first if it is stale.
     fn add(ring: &Ring, now: u32, n: u32) {
-        let cell = &ring[now as usize % BUCKETS];
+        let cell = &ring[now as usize % SLOTS];
         // Relaxed: counts only; rotation is a CAS on the same word, so every add lands in
         // exactly one bucket number.
         let mut word = cell.load(Ordering::Relaxed);
@@ -116,6 +125,30 @@ impl BudgetCore {
     /// Records one request in bucket `now`, on deposit shard `shard`.
     pub(crate) fn deposit(&self, now: u32, shard: usize) {
         Self::add(&self.deposits[shard % self.deposits.len()], now, 1);
+    }
+
+    /// Requests counted in the window ending at bucket `now`, or the newest bucket found if a
+    /// slot already holds one after `now`.
+    fn window_deposits(&self, now: u32) -> Result<u64, u32> {
+        let mut sum = 0;
+        let mut newest = None::<u32>;
+        for ring in self.deposits.iter() {
+            for c in ring.iter() {
+                let w = c.load(Ordering::Relaxed);
+                let ahead = unpack(w).0.wrapping_sub(now) as i32;
+                if ahead > 0 {
+                    newest = Some(newest.map_or(unpack(w).0, |n| {
+                        if (unpack(w).0.wrapping_sub(n) as i32) > 0 {
+                            unpack(w).0
+                        } else {
+                            n
+                        }
+                    }));
+                }
+                sum += live(w, now);
+            }
+        }
+        newest.map_or(Ok(sum), Err)
     }
 
     /// Requests counted in the window ending at bucket `now`.
@@ -157,7 +190,7 @@ impl BudgetCore {
                     .iter()
                     .map(|&b| {
                         let (bucket, count) =
-                            unpack(ring[b as usize % BUCKETS].load(Ordering::Relaxed));
+                            unpack(ring[b as usize % SLOTS].load(Ordering::Relaxed));
                         if bucket == b { u64::from(count) } else { 0 }
                     })
                     .sum::<u64>()
@@ -165,57 +198,75 @@ impl BudgetCore {
             .sum()
     }
 
-    fn withdraw(&self, now: u32, paced: bool) -> bool {
-        let allowance = self.allowance(now);
-        let recent_allowance = if paced {
-            (self.reserve * 2 / BUCKETS as u64)
-                .saturating_add(self.recent_deposits(now).saturating_mul(self.ratio_ppm) / PPM)
-        } else {
-            u64::MAX
-        };
-        let slot = now as usize % BUCKETS;
-        let prev = now.wrapping_sub(1);
-        let cell = &self.withdrawals[slot];
-        // Relaxed: the decision is the CAS below on one word; other buckets of the window do
-        // not change while `now` is current (they are only rotated to later numbers).
-        let mut word = cell.load(Ordering::Relaxed);
+    fn withdraw(&self, mut now: u32, paced: bool) -> bool {
         loop {
-            let (bucket, count) = unpack(word);
-            let here = if bucket == now {
-                count
-            } else if (bucket.wrapping_sub(now) as i32) > 0 {
-                // This thread's clock reading is a whole window behind another's: refuse
-                // rather than spend in a window it cannot see.
-                return false;
-            } else {
-                0
-            };
+            // Acquire: pairs with the Release of the CAS below in other threads; whoever sees
+            // a withdrawal also sees the deposit its thread made before it (read below).
+            let words: [u64; SLOTS] =
+                std::array::from_fn(|i| self.withdrawals[i].load(Ordering::Acquire));
+            // A thread that read the clock and then stalled would judge a window other threads
+            // have left: adopt the newest bucket in the ring instead.
+            let newest = words
+                .iter()
+                .map(|&w| unpack(w).0)
+                .filter(|b| (b.wrapping_sub(now) as i32) > 0)
+                .max_by_key(|b| b.wrapping_sub(now));
+            if let Some(newer) = newest {
+                now = newer;
+            }
+            let slot = now as usize % SLOTS;
+            let prev = now.wrapping_sub(1);
+            let (bucket, count) = unpack(words[slot]);
+            let here = if bucket == now { count } else { 0 };
             let mut others = 0;
             let mut previous = 0;
-            for (i, c) in self.withdrawals.iter().enumerate() {
-                if i == slot {
-                    continue;
-                }
-                let w = c.load(Ordering::Relaxed);
-                others += live(w, now);
-                if unpack(w).0 == prev {
-                    previous = u64::from(unpack(w).1);
+            for (i, &w) in words.iter().enumerate() {
+                if i != slot {
+                    others += live(w, now);
+                    if unpack(w).0 == prev {
+                        previous = u64::from(unpack(w).1);
+                    }
                 }
             }
+            // Deposits are read after the withdrawals: reading them first would let another
+            // thread's deposit-then-withdraw pairs land in between, counting their withdrawals
+            // without their deposits (a refusal of a fully paid-for retry). A deposit slot
+            // already rotated past `now` means another thread has moved on since the ring was
+            // read: start over from its bucket.
+            let deposits = match self.window_deposits(now) {
+                Ok(d) => d,
+                Err(newer) => {
+                    now = newer;
+                    continue;
+                }
+            };
+            let allowance = self
+                .reserve
+                .saturating_add(deposits.saturating_mul(self.ratio_ppm) / PPM);
+            let recent_allowance = if paced {
+                (self.reserve * 2 / BUCKETS as u64)
+                    .saturating_add(self.recent_deposits(now).saturating_mul(self.ratio_ppm) / PPM)
+            } else {
+                u64::MAX
+            };
             if others + u64::from(here) >= allowance
                 || previous + u64::from(here) >= recent_allowance
                 || here == u32::MAX
             {
                 return false;
             }
-            match cell.compare_exchange_weak(
-                word,
-                pack(now, here + 1),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(actual) => word = actual,
+            // AcqRel: the Release pairs with the Acquire loads above in other threads
+            // (publishing this thread's earlier deposits); a failed exchange starts over.
+            if self.withdrawals[slot]
+                .compare_exchange(
+                    words[slot],
+                    pack(now, here + 1),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return true;
             }
         }
     }

@@ -103,3 +103,35 @@ fn threads_never_overspend_one_window() {
     assert_eq!(won, 100);
     assert_eq!(core.withdrawals(7), 100);
 }
+
+#[test]
+fn paired_deposits_and_withdrawals_never_run_dry() {
+    // Ratio 1: each request pays for its own retry, so four threads doing request-then-retry
+    // pairs on one budget never see it refuse, with a rotation every millisecond and threads
+    // stalling (on a busy machine) between reading the clock and spending. Found two races:
+    // deposits read before withdrawals, and a stalled thread judging an old window.
+    let budget = crate::Budget::new(&crate::BudgetConfig {
+        ratio: 1.0,
+        // A reserve of 10 covers the pairs that straddle a bucket boundary (the deposit in
+        // one bucket, the withdrawal in the next), whose deposit ages out first.
+        min_per_second: 1000,
+        window: std::time::Duration::from_millis(10),
+    });
+    let refused: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let budget = &budget;
+                s.spawn(move || {
+                    (0..100_000)
+                        .filter(|_| {
+                            budget.deposit();
+                            !budget.try_withdraw()
+                        })
+                        .count() as u64
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(refused, 0);
+}

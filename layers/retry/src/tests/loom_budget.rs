@@ -23,17 +23,17 @@ fn loom_two_withdrawals_one_token() {
 #[test]
 fn loom_deposits_race_a_rotation() {
     loom::model(|| {
-        // Shard 0's bucket 3 holds bucket 3's deposit; two threads move to bucket 13 (the same
-        // slot, one window later) at once: each deposit is counted exactly once.
+        // Shard 0's slot for bucket 3 holds its deposit; two threads move to bucket 14 (the
+        // same slot, 11 buckets later) at once: each deposit is counted exactly once.
         let core = Arc::new(BudgetCore::new(1.0, 0, 1));
         core.deposit(3, 0);
         let a = {
             let core = core.clone();
-            thread::spawn(move || core.deposit(13, 0))
+            thread::spawn(move || core.deposit(14, 0))
         };
-        core.deposit(13, 0);
+        core.deposit(14, 0);
         a.join().unwrap();
-        assert_eq!(core.deposits(13), 2);
+        assert_eq!(core.deposits(14), 2);
     });
 }
 
@@ -51,5 +51,24 @@ fn loom_withdrawal_races_a_deposit() {
         a.join().unwrap();
         assert!(core.withdrawals(5) <= core.allowance(5));
         assert_eq!(core.withdrawals(5), u64::from(won));
+    });
+}
+
+#[test]
+fn loom_paired_requests_pay_for_their_retries() {
+    loom::model(|| {
+        // No reserve, ratio 1: each thread's request pays for its own retry, so neither may be
+        // refused, however the two pairs interleave.
+        let core = Arc::new(BudgetCore::new(1.0, 0, 2));
+        let a = {
+            let core = core.clone();
+            thread::spawn(move || {
+                core.deposit(4, 0);
+                core.try_withdraw(4)
+            })
+        };
+        core.deposit(4, 1);
+        let b = core.try_withdraw(4);
+        assert!(a.join().unwrap() && b, "a paid-for retry was refused");
     });
 }
