@@ -97,8 +97,7 @@ impl Default for HedgeConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     /// Attempts per request, the first included (hedges count as attempts), in
-    /// `1..=`[`MAX_ATTEMPTS`]. `1` turns retries off but still allows nothing else either:
-    /// hedging needs at least 2. Default 3.
+    /// `1..=`[`MAX_ATTEMPTS`]. `1` turns retries (and hedging) off. Default 3.
     pub max_attempts: u32,
     /// The budget retries and hedges draw from, shared by every service the layer builds.
     pub budget: BudgetConfig,

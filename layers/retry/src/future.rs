@@ -39,9 +39,12 @@ where
     first: Option<S::Future>,
     #[pin]
     second: Option<S::Future>,
-    #[pin]
-    timer: Option<Sleep>,
-    wait: Wait,
+    /// Boxed, and kept for reuse once made: a `Sleep` is over 100 bytes, and inline it would
+    /// be moved with every response future, timer or not (a tenth of the success path's
+    /// cost). Only a request that backs off or is hedged allocates it.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// What the timer is armed for, if it is.
+    wait: Option<Wait>,
     /// An attempt waiting for the service to be ready (`true`: a hedge).
     launch: Option<bool>,
     /// When the attempt in each slot started (only with hedging on, which learns latencies).
@@ -66,7 +69,7 @@ where
                 "in_flight",
                 &(self.first.is_some() as u8 + self.second.is_some() as u8),
             )
-            .field("waiting", &self.timer.as_ref().map(|_| self.wait))
+            .field("waiting", &self.wait)
             .finish_non_exhaustive()
     }
 }
@@ -92,12 +95,12 @@ where
         };
         let start = core.estimator.is_some().then(Instant::now);
         let fut = svc.call(req);
-        let timer = start.and_then(|s| hedge_timer(&shared, 1, replay.is_some(), s));
+        let hedge_at = start.and_then(|s| hedge_deadline(&shared, 1, replay.is_some(), s));
         ResponseFuture {
             first: Some(fut),
             second: None,
-            wait: Wait::Hedge,
-            timer,
+            wait: hedge_at.map(|_| Wait::Hedge),
+            timer: hedge_at.map(|at| Box::pin(tokio::time::sleep_until(at))),
             launch: None,
             started: [start, None],
             svc,
@@ -110,19 +113,28 @@ where
     }
 }
 
-/// The hedge timer for an attempt started at `start`, if one may follow it.
-fn hedge_timer<P>(
+/// When to hedge an attempt started at `start`, if a hedge may follow it.
+fn hedge_deadline<P>(
     shared: &Shared<P>,
     attempts: u32,
     replayable: bool,
     start: Instant,
-) -> Option<Sleep> {
+) -> Option<Instant> {
     let core = &shared.core;
     if !replayable || attempts >= core.config.max_attempts {
         return None;
     }
     let delay = core.estimator.as_ref()?.delay()?;
-    Some(tokio::time::sleep_until(start + delay))
+    Some(start + delay)
+}
+
+/// Arms the timer for `wait` at `at`, reusing its allocation if it has one.
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, slot: &mut Option<Wait>, wait: Wait, at: Instant) {
+    match timer {
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+    *slot = Some(wait);
 }
 
 /// The answer when the layer stops retrying a retryable result.
@@ -190,9 +202,10 @@ where
                             }
                             let alone = this.first.is_none() || this.second.is_none();
                             if let (true, Some(s)) = (alone, start) {
-                                let timer = hedge_timer(shared, *this.attempts, true, s);
-                                *this.wait = Wait::Hedge;
-                                this.timer.set(timer);
+                                *this.wait = None;
+                                if let Some(at) = hedge_deadline(shared, *this.attempts, true, s) {
+                                    arm(this.timer, this.wait, Wait::Hedge, at);
+                                }
                             }
                         }
                     }
@@ -241,7 +254,7 @@ where
                         // The winner: cancel the rest.
                         this.first.set(None);
                         this.second.set(None);
-                        this.timer.set(None);
+                        *this.wait = None;
                         return Poll::Ready(result);
                     }
                     Action::RetryAfter(d) => Some(d),
@@ -268,21 +281,19 @@ where
                 *this.last = Some(result);
                 if pause.is_zero() {
                     // No timer (and no runtime timer needed) for an immediate retry.
-                    this.timer.set(None);
+                    *this.wait = None;
                     *this.launch = Some(false);
                 } else {
-                    *this.wait = Wait::Backoff;
-                    this.timer
-                        .set(Some(tokio::time::sleep_until(Instant::now() + pause)));
+                    arm(this.timer, this.wait, Wait::Backoff, Instant::now() + pause);
                 }
                 continue;
             }
 
             // 3. The timer: a retry's backoff, or the hedge delay.
-            if let Some(t) = this.timer.as_mut().as_pin_mut() {
-                ready!(t.poll(cx));
-                this.timer.set(None);
-                match *this.wait {
+            if let (Some(wait), Some(t)) = (*this.wait, this.timer.as_mut()) {
+                ready!(t.as_mut().poll(cx));
+                *this.wait = None;
+                match wait {
                     Wait::Backoff => *this.launch = Some(false),
                     Wait::Hedge => {
                         if *this.attempts < core.config.max_attempts

@@ -53,6 +53,20 @@
 //! budget caps it, the winner's loser still ran. Neither helps when the service is simply at
 //! capacity: the budget keeps retries from making that worse, admission control fixes it.
 //!
+//! # Cost
+//!
+//! Per request: one `Arc` clone (as in tower's retry), one clock read and one `fetch_add` on
+//! this core's bucket of the budget (the budget takes no lock and writes no cache line that
+//! another core writes), no allocation without hedging; the
+//! response future holds the readied inner service and a copy of the request for replays. A
+//! retry or hedge reads the window (a few dozen atomic loads) and spends with one
+//! compare-and-swap; a backoff or hedge allocates its timer once. Measured on a shared, busy
+//! 2-core machine (`benches/retry.rs`, both in the same run): a deposit into the budget alone
+//! costs about what tower's `TpsBudget` costs on one thread and less with two (the clock read
+//! dominates both); the whole layer's success path costs about twice tower's `Retry` (about
+//! 100 ns against 50 ns a call, the difference being the larger response future and its
+//! state machine, which also carries hedging).
+//!
 //! # Example
 //!
 //! ```
