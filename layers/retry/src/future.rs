@@ -30,6 +30,10 @@ enum Wait {
 }
 
 /// The response future of [`Retry`](crate::Retry).
+///
+/// What only retries, hedges and attempt markers need lives in a part allocated by the first
+/// of them, so the future of a request that succeeds at once stays small and allocates
+/// nothing (a tokio `Sleep` alone is over 100 bytes).
 #[pin_project]
 pub struct ResponseFuture<S, P, Req>
 where
@@ -39,23 +43,54 @@ where
     first: Option<S::Future>,
     #[pin]
     second: Option<S::Future>,
-    /// Boxed, and kept for reuse once made: a `Sleep` is over 100 bytes, and inline it would
-    /// be moved with every response future, timer or not (a tenth of the success path's
-    /// cost). Only a request that backs off or is hedged allocates it.
-    timer: Option<Pin<Box<Sleep>>>,
-    /// What the timer is armed for, if it is.
-    wait: Option<Wait>,
     /// An attempt waiting for the service to be ready (`true`: a hedge).
     launch: Option<bool>,
-    /// When the attempt in each slot started (only with hedging on, which learns latencies).
-    started: [Option<Instant>; 2],
+    attempts: u32,
     svc: S,
     replay: Option<Req>,
-    attempt: Option<Attempt>,
-    attempts: u32,
-    /// The latest retryable result, answered if nothing better comes.
-    last: Option<Result<S::Response, BoxError>>,
+    cold: Option<Pin<Box<Cold<S::Response>>>>,
     shared: Arc<Shared<P>>,
+}
+
+/// The state of retries and hedges.
+#[pin_project]
+struct Cold<Res> {
+    #[pin]
+    timer: Option<Sleep>,
+    /// What the timer is armed for, if it is.
+    wait: Option<Wait>,
+    /// When the attempt in each slot started (only with hedging on, which learns latencies).
+    started: [Option<Instant>; 2],
+    attempt: Option<Attempt>,
+    /// The latest retryable result, answered if nothing better comes.
+    last: Option<Result<Res, BoxError>>,
+}
+
+impl<Res> Cold<Res> {
+    fn new() -> Pin<Box<Self>> {
+        Box::pin(Self {
+            timer: None,
+            wait: None,
+            started: [None, None],
+            attempt: None,
+            last: None,
+        })
+    }
+
+    /// Arms the timer for `wait` at `at`, reusing the timer if there is one.
+    fn arm(self: Pin<&mut Self>, wait: Wait, at: Instant) {
+        let mut this = self.project();
+        match this.timer.as_mut().as_pin_mut() {
+            Some(t) => t.reset(at),
+            None => this.timer.set(Some(tokio::time::sleep_until(at))),
+        }
+        *this.wait = Some(wait);
+    }
+}
+
+/// The cold part of a future, made on first use.
+fn cold<Res>(cold: &mut Option<Pin<Box<Cold<Res>>>>) -> Pin<&mut Cold<Res>> {
+    cold.get_or_insert_with(Cold::new).as_mut()
 }
 
 impl<S, P, Req> fmt::Debug for ResponseFuture<S, P, Req>
@@ -69,7 +104,7 @@ where
                 "in_flight",
                 &(self.first.is_some() as u8 + self.second.is_some() as u8),
             )
-            .field("waiting", &self.wait)
+            .field("waiting", &self.cold.as_ref().and_then(|c| c.wait))
             .finish_non_exhaustive()
     }
 }
@@ -95,19 +130,25 @@ where
         };
         let start = core.estimator.is_some().then(Instant::now);
         let fut = svc.call(req);
-        let hedge_at = start.and_then(|s| hedge_deadline(&shared, 1, replay.is_some(), s));
+        let mut cold_part = None;
+        if attempt.is_some() || start.is_some() {
+            let mut c = cold(&mut cold_part);
+            let hedge_at = start.and_then(|s| hedge_deadline(&shared, 1, replay.is_some(), s));
+            if let Some(at) = hedge_at {
+                c.as_mut().arm(Wait::Hedge, at);
+            }
+            let c = c.project();
+            c.started[0] = start;
+            *c.attempt = attempt;
+        }
         ResponseFuture {
             first: Some(fut),
             second: None,
-            wait: hedge_at.map(|_| Wait::Hedge),
-            timer: hedge_at.map(|at| Box::pin(tokio::time::sleep_until(at))),
             launch: None,
-            started: [start, None],
+            attempts: 1,
             svc,
             replay,
-            attempt,
-            attempts: 1,
-            last: None,
+            cold: cold_part,
             shared,
         }
     }
@@ -126,15 +167,6 @@ fn hedge_deadline<P>(
     }
     let delay = core.estimator.as_ref()?.delay()?;
     Some(start + delay)
-}
-
-/// Arms the timer for `wait` at `at`, reusing its allocation if it has one.
-fn arm(timer: &mut Option<Pin<Box<Sleep>>>, slot: &mut Option<Wait>, wait: Wait, at: Instant) {
-    match timer {
-        Some(t) => t.as_mut().reset(at),
-        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
-    }
-    *slot = Some(wait);
 }
 
 /// The answer when the layer stops retrying a retryable result.
@@ -185,26 +217,32 @@ where
                             .and_then(|r| shared.policy.clone_request(r));
                         if let Some(mut req) = copy {
                             *this.attempts += 1;
-                            if let Some(prev) = this.attempt.as_mut() {
-                                let next = prev.next(hedge);
-                                shared.policy.on_attempt(&mut req, &next);
-                                *prev = next;
+                            if let Some(c) = this.cold.as_mut() {
+                                let c = c.as_mut().project();
+                                if let Some(prev) = c.attempt.as_mut() {
+                                    let next = prev.next(hedge);
+                                    shared.policy.on_attempt(&mut req, &next);
+                                    *prev = next;
+                                }
                             }
                             tracing::trace!(attempt = *this.attempts, hedge, "sending again");
                             let start = core.estimator.is_some().then(Instant::now);
                             let fut = this.svc.call(req);
-                            if this.first.is_none() {
+                            let slot = if this.first.is_none() {
                                 this.first.set(Some(fut));
-                                this.started[0] = start;
+                                0
                             } else {
                                 this.second.set(Some(fut));
-                                this.started[1] = start;
-                            }
-                            let alone = this.first.is_none() || this.second.is_none();
-                            if let (true, Some(s)) = (alone, start) {
-                                *this.wait = None;
-                                if let Some(at) = hedge_deadline(shared, *this.attempts, true, s) {
-                                    arm(this.timer, this.wait, Wait::Hedge, at);
+                                1
+                            };
+                            if let Some(s) = start {
+                                let mut c = cold(this.cold);
+                                c.as_mut().project().started[slot] = Some(s);
+                                let alone = this.first.is_none() || this.second.is_none();
+                                let hedge_at = hedge_deadline(shared, *this.attempts, true, s);
+                                *c.as_mut().project().wait = None;
+                                if let (true, Some(at)) = (alone, hedge_at) {
+                                    c.arm(Wait::Hedge, at);
                                 }
                             }
                         }
@@ -243,8 +281,9 @@ where
                     // Not replayable: nothing to decide.
                     (_, None) => Action::Return,
                 };
+                let started = this.cold.as_ref().and_then(|c| c.started[slot]);
                 if let (Ok(_), Action::Return, Some(est), Some(start)) =
-                    (&result, action, &core.estimator, this.started[slot])
+                    (&result, action, &core.estimator, started)
                 {
                     let now = Instant::now();
                     est.record(now.saturating_duration_since(start), now);
@@ -254,7 +293,7 @@ where
                         // The winner: cancel the rest.
                         this.first.set(None);
                         this.second.set(None);
-                        *this.wait = None;
+                        *this.cold = None;
                         return Poll::Ready(result);
                     }
                     Action::RetryAfter(d) => Some(d),
@@ -262,7 +301,7 @@ where
                 };
                 if this.first.is_some() || this.second.is_some() || this.launch.is_some() {
                     // Another attempt is already under way and stands in for the retry.
-                    *this.last = Some(result);
+                    *cold(this.cold).project().last = Some(result);
                     continue;
                 }
                 if pause.is_some_and(|d| d > core.config.max_pushback) {
@@ -278,21 +317,27 @@ where
                 let pause = pause.unwrap_or_else(|| {
                     full_jitter(&core.config.backoff, *this.attempts, &core.jitter)
                 });
-                *this.last = Some(result);
+                let mut c = cold(this.cold);
+                *c.as_mut().project().last = Some(result);
                 if pause.is_zero() {
                     // No timer (and no runtime timer needed) for an immediate retry.
-                    *this.wait = None;
+                    *c.project().wait = None;
                     *this.launch = Some(false);
                 } else {
-                    arm(this.timer, this.wait, Wait::Backoff, Instant::now() + pause);
+                    c.arm(Wait::Backoff, Instant::now() + pause);
                 }
                 continue;
             }
 
             // 3. The timer: a retry's backoff, or the hedge delay.
-            if let (Some(wait), Some(t)) = (*this.wait, this.timer.as_mut()) {
-                ready!(t.as_mut().poll(cx));
-                *this.wait = None;
+            if let Some(c) = this.cold.as_mut()
+                && let Some(wait) = c.wait
+            {
+                let c = c.as_mut().project();
+                if let Some(t) = c.timer.as_pin_mut() {
+                    ready!(t.poll(cx));
+                }
+                *c.wait = None;
                 match wait {
                     Wait::Backoff => *this.launch = Some(false),
                     Wait::Hedge => {
@@ -309,7 +354,11 @@ where
 
             if this.first.is_none() && this.second.is_none() && this.launch.is_none() {
                 // Unreachable in practice: every path that empties both slots returns.
-                if let Some(last) = this.last.take() {
+                if let Some(last) = this
+                    .cold
+                    .as_mut()
+                    .and_then(|c| c.as_mut().project().last.take())
+                {
                     return Poll::Ready(last);
                 }
             }
