@@ -137,6 +137,6 @@ pub use config::{BackoffConfig, BudgetConfig, HedgeConfig, MAX_ATTEMPTS, RetryCo
 pub use error::RetriesExhausted;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
-pub use policy::{Action, Policy, PolicyFn, RetryErrors, policy_fn};
+pub use policy::{Action, MarkAttempts, Policy, PolicyFn, RetryErrors, policy_fn};
 pub use service::Retry;
 pub use tollgate_core::attempt::{Attempt, Attempts, TriedEndpoints};

@@ -108,3 +108,52 @@ where
         Some(req.clone())
     }
 }
+
+/// Wraps a policy so that every attempt of a request that implements
+/// [`Attempts`](tollgate_core::attempt::Attempts) carries its [`Attempt`] marker (the
+/// [`HttpPolicy`](crate::http::HttpPolicy) does this itself for `http::Request`).
+///
+/// ```
+/// use tollgate_core::attempt::{Attempt, Attempts};
+/// use tollgate_retry::{MarkAttempts, RetryErrors, RetryConfig, RetryLayer};
+///
+/// #[derive(Clone)]
+/// struct Query { sql: String, attempt: Option<Attempt> }
+///
+/// impl Attempts for Query {
+///     fn attempt(&self) -> Option<&Attempt> { self.attempt.as_ref() }
+///     fn set_attempt(&mut self, attempt: Attempt) { self.attempt = Some(attempt) }
+/// }
+///
+/// let layer = RetryLayer::new(RetryConfig::default()).unwrap().with_policy(MarkAttempts(RetryErrors));
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MarkAttempts<P>(pub P);
+
+impl<P, Req, Res> Policy<Req, Res> for MarkAttempts<P>
+where
+    P: Policy<Req, Res>,
+    Req: tollgate_core::attempt::Attempts,
+{
+    fn classify(&self, req: &Req, result: Result<&Res, &BoxError>) -> Action {
+        self.0.classify(req, result)
+    }
+
+    fn clone_request(&self, req: &Req) -> Option<Req> {
+        self.0.clone_request(req)
+    }
+
+    fn on_attempt(&self, req: &mut Req, attempt: &Attempt) {
+        req.set_attempt(attempt.clone());
+        self.0.on_attempt(req, attempt);
+    }
+
+    fn marks_attempts(&self) -> bool {
+        true
+    }
+
+    fn on_give_up(&self, res: &mut Res) {
+        self.0.on_give_up(res);
+    }
+}

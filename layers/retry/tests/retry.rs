@@ -312,6 +312,55 @@ async fn attempts_are_marked_with_the_endpoints_already_tried() {
     assert_eq!(seen[2].tried, vec![100, 101]);
 }
 
+#[derive(Clone, Debug)]
+struct Marked {
+    attempt: Option<Attempt>,
+}
+
+impl tollgate_core::attempt::Attempts for Marked {
+    fn attempt(&self) -> Option<&Attempt> {
+        self.attempt.as_ref()
+    }
+    fn set_attempt(&mut self, attempt: Attempt) {
+        self.attempt = Some(attempt);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn mark_attempts_puts_the_marker_on_any_attempts_request() {
+    // A "balancer" that records endpoint 10 + attempt number and checks the tried set.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let backend = service_fn(move |req: Marked| {
+        let attempt = req.attempt.expect("marked");
+        s.lock()
+            .unwrap()
+            .push((attempt.number(), attempt.tried().keys().collect::<Vec<_>>()));
+        attempt.tried().record(10 + u64::from(attempt.number()));
+        async move {
+            if attempt.number() < 2 {
+                Err(Boom)
+            } else {
+                Ok(0u32)
+            }
+        }
+    });
+    let layer = RetryLayer::new(config())
+        .unwrap()
+        .with_policy(tollgate_retry::MarkAttempts(tollgate_retry::RetryErrors));
+    let mut svc = layer.layer(backend);
+    svc.ready()
+        .await
+        .unwrap()
+        .call(Marked { attempt: None })
+        .await
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(0, vec![]), (1, vec![10]), (2, vec![10, 11])]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn every_request_gets_exactly_one_answer() {
     // Many concurrent requests through clones, some failing, some slow, with hedging on.
