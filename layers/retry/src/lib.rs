@@ -35,8 +35,9 @@
 //!   buffers request bodies up to 64 KiB so they can be sent again (larger ones are sent once).
 //! - **Endpoint hints.** A policy can mark each attempt with a
 //!   [`tollgate_core::attempt::Attempt`] (the HTTP policy puts it in the request's
-//!   extensions); all attempts of a request share its `TriedEndpoints` set, so a balancer that
-//!   records the endpoint it picks can skip it for the retry.
+//!   extensions; [`MarkAttempts`] does it for any request type that implements
+//!   [`Attempts`]); all attempts of a request share its [`TriedEndpoints`] set, so a balancer
+//!   that records the endpoint it picks can skip it for the retry or the hedge.
 //!
 //! # When to use it, and when not
 //!

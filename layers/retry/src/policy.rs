@@ -111,7 +111,7 @@ where
 
 /// Wraps a policy so that every attempt of a request that implements
 /// [`Attempts`](tollgate_core::attempt::Attempts) carries its [`Attempt`] marker (the
-/// [`HttpPolicy`](crate::http::HttpPolicy) does this itself for `http::Request`).
+/// `http::HttpPolicy` does this itself for `http::Request`).
 ///
 /// ```
 /// use tollgate_core::attempt::{Attempt, Attempts};
