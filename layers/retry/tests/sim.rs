@@ -145,9 +145,9 @@ async fn hedging_cuts_the_tail_of_slow_calls() {
 
 /// Under load (4 backends of 8 workers at about 70% utilization) slow calls also make others
 /// queue, answers are late together, and hedges that all went out at once would add load
-/// exactly when it hurts (unpaced, p99.9 rose from 100 ms to 285-390 ms in these runs). Hedges are
-/// paced by the budget's last two buckets: the tail must not get worse, nor the load grow past
-/// 5%.
+/// exactly when it hurts (unpaced, p99.9 rose from 100 ms to 285-390 ms in these runs).
+/// Hedges are paced by the budget's last two buckets: the tail must not get worse, nor the
+/// load grow past 5%.
 #[tokio::test(start_paused = true)]
 async fn hedging_under_load_does_not_feed_on_itself() {
     let st = ServiceTime::Bimodal {
