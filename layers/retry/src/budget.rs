@@ -25,10 +25,15 @@
 //!   still the oldest bucket of a thread a bucket behind, which would then see that bucket's
 //!   withdrawals but no longer its deposits and refuse for thousands of requests at once. With
 //!   the spare slot, threads within a bucket of each other read the same counts.
+//! - A withdrawing thread that finds a bucket newer than its clock reading in either ring (it
+//!   stalled after reading the clock, or while reading the rings) starts over from that
+//!   bucket, so it never judges one window's withdrawals against another window's deposits.
 //!
-//! Invariant (checked by the property test against a model, and by the loom model): within any
-//! window, successful withdrawals never exceed `reserve + ratio * deposits` of that window,
-//! where `reserve = min_per_second * window`.
+//! Invariant (checked by the property test against a model, by the fuzz target and by the loom
+//! models): when a withdrawal succeeds, the withdrawals of its window do not exceed
+//! `reserve + ratio * deposits` of that window, where `reserve = min_per_second * window`.
+//! (Deposits leave the window before the withdrawals they paid for, so the bound is checked
+//! when spending, not at every later moment.)
 
 use crate::config::BudgetConfig;
 use crate::sync::atomic::{AtomicU64, Ordering};
