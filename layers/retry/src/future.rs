@@ -1,8 +1,8 @@
 //! [`ResponseFuture`]: one request's attempts, retries and hedge.
 //!
-//! At most two attempts are in flight (the first and a hedge, or a hedge and its hedge); a
-//! retry waits until none is. The first answer the policy accepts wins, and every other
-//! attempt is dropped (cancelled) on the spot.
+//! At most two attempts are in flight (an attempt and its hedge); a retry waits until none is,
+//! and a failure while the other attempt is still running just waits for that one. The first
+//! answer the policy accepts wins, and the other attempt is dropped (cancelled) on the spot.
 
 use crate::backoff::full_jitter;
 use crate::error::RetriesExhausted;
