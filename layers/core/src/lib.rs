@@ -2,6 +2,8 @@
 //!
 //! Only what at least two layers need lives here:
 //!
+//! - [`attempt`]: the marker a retry layer puts on each attempt of a request, so a balancer
+//!   can skip the endpoints its earlier attempts went to.
 //! - [`classify`]: decide whether a call was a success, a failure or neither, looking at the
 //!   response as well as the error (so an HTTP 5xx can count as a failure and a 4xx not).
 //! - [`ewma`]: exponentially weighted moving averages, plain and lock-free.
@@ -17,6 +19,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod attempt;
 pub mod classify;
 pub mod counter;
 pub mod error;

@@ -1,0 +1,374 @@
+//! The retry budget: a lock-free sliding window of atomic buckets, shared by every clone.
+//!
+//! Time is cut into buckets of `window / 10`, numbered from the budget's creation (tokio time).
+//! Each bucket is one `AtomicU64` holding the bucket's number (high 32 bits) and a count (low
+//! 32 bits), so a bucket is rotated to a new number and its count reset by one compare-and-swap,
+//! and a stale bucket is simply ignored by readers: no lock, no sweeper, no clock thread.
+//!
+//! # Ground rules
+//!
+//! - **Deposits** (one per request) go to this thread's shard (`tollgate_core::counter`'s
+//!   shard index), a cache-padded ring of buckets, with one `fetch_add` when the bucket is
+//!   current. Cores never write each other's lines on the request path; tower's `TpsBudget`
+//!   takes a mutex and bumps one shared counter on every deposit.
+//! - **Withdrawals** (one per retry or hedge) go to one unsharded ring. A withdrawal reads the
+//!   withdrawals of the window, then the deposits, and succeeds only by a compare-and-swap of
+//!   the current withdrawal bucket from the value it read: two withdrawals in one bucket are
+//!   ordered by that word's modification order, so they cannot both spend the last token
+//!   (tower's check-then-subtract can). The CAS releases and the loads acquire, so a thread
+//!   that sees another's withdrawal also sees the deposit that thread made before it; deposits
+//!   themselves are `Relaxed` (more deposits only raise the allowance).
+//! - A thread whose clock reading is a bucket behind may count into the newer bucket another
+//!   thread rotated: the request is counted a bucket late, never lost or doubled.
+//! - Rings have one slot more than the window has buckets. A thread a bucket ahead rotates the
+//!   slot of the bucket that just left its window; with as many slots as buckets, that slot is
+//!   still the oldest bucket of a thread a bucket behind, which would then see that bucket's
+//!   withdrawals but no longer its deposits and refuse for thousands of requests at once. With
+//!   the spare slot, threads within a bucket of each other read the same counts.
+//! - A withdrawing thread that finds a bucket newer than its clock reading in either ring (it
+//!   stalled after reading the clock, or while reading the rings) starts over from that
+//!   bucket, so it never judges one window's withdrawals against another window's deposits.
+//!
+//! Invariant (checked by the property test against a model, by the fuzz target and by the loom
+//! models): when a withdrawal succeeds, the withdrawals of its window do not exceed
+//! `reserve + ratio * deposits` of that window, where `reserve = min_per_second * window`.
+//! (Deposits leave the window before the withdrawals they paid for, so the bound is checked
+//! when spending, not at every later moment.)
+
+use crate::config::BudgetConfig;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
+use std::fmt;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Buckets per window.
+pub(crate) const BUCKETS: usize = 10;
+/// Slots per ring: one more than the window, so the slot a thread one bucket ahead rotates is
+/// never one a thread one bucket behind still reads (see the ground rules).
+const SLOTS: usize = BUCKETS + 1;
+/// Ratios are kept in millionths, so the arithmetic is integer.
+const PPM: u64 = 1_000_000;
+/// The most deposit shards (each read by a withdrawal: `SLOTS` loads apiece).
+const MAX_SHARDS: usize = 16;
+
+type Ring = [AtomicU64; SLOTS];
+
+fn pack(bucket: u32, count: u32) -> u64 {
+    (u64::from(bucket) << 32) | u64::from(count)
+}
+
+fn unpack(word: u64) -> (u32, u32) {
+    ((word >> 32) as u32, word as u32)
+}
+
+/// `count` of `word` if its bucket is within the window ending at `now` (wrapping numbers).
+fn live(word: u64, now: u32) -> u64 {
+    let (bucket, count) = unpack(word);
+    if (now.wrapping_sub(bucket) as usize) < BUCKETS {
+        u64::from(count)
+    } else {
+        0
+    }
+}
+
+fn new_ring() -> Ring {
+    // Bucket number u32::MAX - SLOTS is outside the window of every bucket near 0.
+    std::array::from_fn(|_| AtomicU64::new(pack(u32::MAX - SLOTS as u32, 0)))
+}
+
+/// The budget's arithmetic on bucket numbers, without a clock (for models and fuzzing).
+pub(crate) struct BudgetCore {
+    deposits: Box<[CachePadded<Ring>]>,
+    withdrawals: CachePadded<Ring>,
+    ratio_ppm: u64,
+    reserve: u64,
+}
+
+impl BudgetCore {
+    pub(crate) fn new(ratio: f64, reserve: u64, shards: usize) -> Self {
+        let shards = shards.clamp(1, MAX_SHARDS).next_power_of_two();
+        Self {
+            deposits: (0..shards).map(|_| CachePadded::new(new_ring())).collect(),
+            withdrawals: CachePadded::new(new_ring()),
+            ratio_ppm: (ratio * PPM as f64).round() as u64,
+            reserve,
+        }
+    }
+
+    /// Adds `n` to the current bucket of `ring`, rotating it first if it is stale.
+    fn add(ring: &Ring, now: u32, n: u32) {
+        let cell = &ring[now as usize % SLOTS];
+        // Relaxed: counts only; rotation is a CAS on the same word, so every add lands in
+        // exactly one bucket number.
+        let mut word = cell.load(Ordering::Relaxed);
+        loop {
+            let (bucket, _) = unpack(word);
+            // The bucket is current, or newer than this thread's reading: count into it.
+            if (bucket.wrapping_sub(now) as i32) >= 0 {
+                cell.fetch_add(u64::from(n), Ordering::Relaxed);
+                return;
+            }
+            match cell.compare_exchange_weak(
+                word,
+                pack(now, n),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    fn sum(ring: &Ring, now: u32) -> u64 {
+        ring.iter()
+            .map(|c| live(c.load(Ordering::Relaxed), now))
+            .sum()
+    }
+
+    /// Records one request in bucket `now`, on deposit shard `shard`.
+    pub(crate) fn deposit(&self, now: u32, shard: usize) {
+        // The shard count is a power of two (see `new`).
+        Self::add(&self.deposits[shard & (self.deposits.len() - 1)], now, 1);
+    }
+
+    /// Requests counted in the window ending at bucket `now`, or the newest bucket found if a
+    /// slot already holds one after `now`.
+    fn window_deposits(&self, now: u32) -> Result<u64, u32> {
+        let mut sum = 0;
+        let mut newest = None::<u32>;
+        for ring in self.deposits.iter() {
+            for c in ring.iter() {
+                let w = c.load(Ordering::Relaxed);
+                let ahead = unpack(w).0.wrapping_sub(now) as i32;
+                if ahead > 0 {
+                    newest = Some(newest.map_or(unpack(w).0, |n| {
+                        if (unpack(w).0.wrapping_sub(n) as i32) > 0 {
+                            unpack(w).0
+                        } else {
+                            n
+                        }
+                    }));
+                }
+                sum += live(w, now);
+            }
+        }
+        newest.map_or(Ok(sum), Err)
+    }
+
+    /// Requests counted in the window ending at bucket `now`.
+    pub(crate) fn deposits(&self, now: u32) -> u64 {
+        self.deposits.iter().map(|r| Self::sum(r, now)).sum()
+    }
+
+    /// Retries and hedges spent in the window ending at bucket `now`.
+    pub(crate) fn withdrawals(&self, now: u32) -> u64 {
+        Self::sum(&self.withdrawals, now)
+    }
+
+    /// What the window ending at `now` allows in all.
+    pub(crate) fn allowance(&self, now: u32) -> u64 {
+        self.reserve
+            .saturating_add(self.deposits(now).saturating_mul(self.ratio_ppm) / PPM)
+    }
+
+    /// Spends one token in bucket `now` if the window has one left.
+    pub(crate) fn try_withdraw(&self, now: u32) -> bool {
+        self.withdraw(now, false)
+    }
+
+    /// Spends one token in bucket `now` if the window has one left *and* the last two buckets
+    /// have not spent more than their own share (`ratio` of their requests plus two tenths of
+    /// the reserve). Hedges use it: a hedge is sent because an answer is late, and answers are
+    /// late together when the service is congested, so a hedge must not borrow the whole
+    /// window's savings at once and double the load exactly then.
+    pub(crate) fn try_withdraw_paced(&self, now: u32) -> bool {
+        self.withdraw(now, true)
+    }
+
+    fn recent_deposits(&self, now: u32) -> u64 {
+        let prev = now.wrapping_sub(1);
+        self.deposits
+            .iter()
+            .map(|ring| {
+                [now, prev]
+                    .iter()
+                    .map(|&b| {
+                        let (bucket, count) =
+                            unpack(ring[b as usize % SLOTS].load(Ordering::Relaxed));
+                        if bucket == b { u64::from(count) } else { 0 }
+                    })
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    fn withdraw(&self, mut now: u32, paced: bool) -> bool {
+        loop {
+            // Acquire: pairs with the Release of the CAS below in other threads; whoever sees
+            // a withdrawal also sees the deposit its thread made before it (read below).
+            let words: [u64; SLOTS] =
+                std::array::from_fn(|i| self.withdrawals[i].load(Ordering::Acquire));
+            // A thread that read the clock and then stalled would judge a window other threads
+            // have left: adopt the newest bucket in the ring instead.
+            let newest = words
+                .iter()
+                .map(|&w| unpack(w).0)
+                .filter(|b| (b.wrapping_sub(now) as i32) > 0)
+                .max_by_key(|b| b.wrapping_sub(now));
+            if let Some(newer) = newest {
+                now = newer;
+            }
+            let slot = now as usize % SLOTS;
+            let prev = now.wrapping_sub(1);
+            let (bucket, count) = unpack(words[slot]);
+            let here = if bucket == now { count } else { 0 };
+            let mut others = 0;
+            let mut previous = 0;
+            for (i, &w) in words.iter().enumerate() {
+                if i != slot {
+                    others += live(w, now);
+                    if unpack(w).0 == prev {
+                        previous = u64::from(unpack(w).1);
+                    }
+                }
+            }
+            // Deposits are read after the withdrawals: reading them first would let another
+            // thread's deposit-then-withdraw pairs land in between, counting their withdrawals
+            // without their deposits (a refusal of a fully paid-for retry). A deposit slot
+            // already rotated past `now` means another thread has moved on since the ring was
+            // read: start over from its bucket.
+            let deposits = match self.window_deposits(now) {
+                Ok(d) => d,
+                Err(newer) => {
+                    now = newer;
+                    continue;
+                }
+            };
+            let allowance = self
+                .reserve
+                .saturating_add(deposits.saturating_mul(self.ratio_ppm) / PPM);
+            let recent_allowance = if paced {
+                (self.reserve * 2 / BUCKETS as u64)
+                    .saturating_add(self.recent_deposits(now).saturating_mul(self.ratio_ppm) / PPM)
+            } else {
+                u64::MAX
+            };
+            if others + u64::from(here) >= allowance
+                || previous + u64::from(here) >= recent_allowance
+                || here == u32::MAX
+            {
+                return false;
+            }
+            // AcqRel: the Release pairs with the Acquire loads above in other threads
+            // (publishing this thread's earlier deposits); a failed exchange starts over.
+            if self.withdrawals[slot]
+                .compare_exchange(
+                    words[slot],
+                    pack(now, here + 1),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+}
+
+/// A retry budget shared by every clone: deposits one token share per request, withdraws one
+/// token per retry or hedge. See the [`BudgetConfig`] for the sizing.
+#[derive(Clone)]
+pub struct Budget {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    core: BudgetCore,
+    origin: Instant,
+    bucket_nanos: u64,
+    /// `2^64 / bucket_nanos`, rounded up: bucket numbers by a multiplication, not a division
+    /// (a 64-bit division costs as much as the rest of a deposit).
+    bucket_inverse: u128,
+}
+
+/// What a [`Budget`] holds right now, from [`Budget::snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSnapshot {
+    /// Requests counted in the window.
+    pub requests: u64,
+    /// Retries and hedges spent in the window.
+    pub spent: u64,
+    /// Retries and hedges the window allows in all (`reserve + ratio * requests`).
+    pub allowance: u64,
+}
+
+impl Budget {
+    /// A budget sized by `config`, with one deposit shard per core (at most 16).
+    ///
+    /// `config` should have passed [`RetryConfig::validate`](crate::RetryConfig::validate).
+    pub fn new(config: &BudgetConfig) -> Self {
+        let reserve = (f64::from(config.min_per_second) * config.window.as_secs_f64()) as u64;
+        let bucket = config.window / BUCKETS as u32;
+        Self {
+            inner: std::sync::Arc::new(Inner {
+                core: BudgetCore::new(config.ratio, reserve, tollgate_core::counter::shard_count()),
+                origin: Instant::now(),
+                bucket_nanos: (bucket.as_nanos() as u64).max(1),
+                bucket_inverse: (1u128 << 64) / u128::from((bucket.as_nanos() as u64).max(1)) + 1,
+            }),
+        }
+    }
+
+    fn bucket(&self) -> u32 {
+        let since = Instant::now().saturating_duration_since(self.inner.origin);
+        let nanos = since.as_secs() * 1_000_000_000 + u64::from(since.subsec_nanos());
+        // Exact for every time below 2^64 / bucket_inverse's error (over a century at 1 ms
+        // buckets); off by one at most at a bucket's very edge otherwise, which only moves a
+        // count to the neighbouring bucket.
+        ((u128::from(nanos) * self.inner.bucket_inverse) >> 64) as u32
+    }
+
+    /// Counts one request.
+    pub fn deposit(&self) {
+        self.inner
+            .core
+            .deposit(self.bucket(), tollgate_core::counter::shard_index());
+    }
+
+    /// Spends one retry, if the window allows it.
+    pub fn try_withdraw(&self) -> bool {
+        self.inner.core.try_withdraw(self.bucket())
+    }
+
+    /// Spends one hedge, if the window allows it and the last two buckets (a fifth of the
+    /// window) have not spent more than their own share: hedges are paced, retries are not.
+    pub fn try_withdraw_hedge(&self) -> bool {
+        self.inner.core.try_withdraw_paced(self.bucket())
+    }
+
+    /// The window's counts as of now (sums every shard: for metrics, not the request path).
+    pub fn snapshot(&self) -> BudgetSnapshot {
+        let now = self.bucket();
+        BudgetSnapshot {
+            requests: self.inner.core.deposits(now),
+            spent: self.inner.core.withdrawals(now),
+            allowance: self.inner.core.allowance(now),
+        }
+    }
+
+    /// The length of one bucket (a tenth of the window).
+    pub fn bucket_length(&self) -> Duration {
+        Duration::from_nanos(self.inner.bucket_nanos)
+    }
+}
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Budget")
+            .field("snapshot", &self.snapshot())
+            .finish()
+    }
+}
