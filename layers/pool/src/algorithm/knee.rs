@@ -36,7 +36,8 @@ pub struct KneeConfig {
     /// How many baseline candidates are kept: the newest. Sustained overload yields none, so
     /// the baseline freezes instead of drifting. Default 8; at least 1.
     pub baseline_candidates: u32,
-    /// The quantile of the candidates taken as the baseline. Default 0.1; in `[0, 1]`.
+    /// The quantile of the candidates taken as the baseline. Default 0.5 (the median); in
+    /// `[0, 1]`.
     pub baseline_quantile: f64,
     /// When no window has had calm samples for this long, or for `probe_rtts` baseline RTTs
     /// if that is longer, the limit is cut to `probe_factor` for `probe_windows` windows so
@@ -63,7 +64,7 @@ impl Default for KneeConfig {
             failure_ratio: 0.05,
             calm_samples: 64,
             baseline_candidates: 8,
-            baseline_quantile: 0.1,
+            baseline_quantile: 0.5,
             probe_interval: Duration::from_secs(4),
             probe_rtts: 200,
             probe_factor: 0.5,
@@ -137,7 +138,7 @@ enum Phase {
 /// A backend of `k` workers with mean service time `S` serves `C = k / S` requests per second.
 /// By Little's law it carries `k = C × S` requests without queueing; every request in flight
 /// beyond that waits. So under overload the right limit is `throughput × baseline`, plus a
-/// small queue (`target`, a quarter of `k`, plus one) so that a worker that frees up always
+/// small queue (`target`, a quarter of `k`, plus two) so that a worker that frees up always
 /// finds the next request waiting: goodput stays at capacity and the added latency is about a
 /// quarter of a service time.
 ///
@@ -152,14 +153,14 @@ enum Phase {
 ///   concurrency the backend has shown it sustains, `max throughput × baseline`) found a free
 ///   worker, so its RTT is the backend's own service time, at any load: the limiter keeps
 ///   their RTTs apart (the *calm* samples of a [`Window`]).
-/// - **A noise-corrected low quantile, not a minimum.** Each window with calm samples gives a
-///   candidate: their mean *plus 1.28 standard errors of that mean* (the limiter measures the
-///   spread of the samples). If a window's mean is normal around `S` with that standard
-///   error, the 10th percentile of such candidates is `S` itself, whatever the noise. The
-///   baseline is the 10th percentile of the last `baseline_candidates` candidates. Under
-///   sustained overload no request is calm, so the baseline freezes instead of creeping up
-///   with the queue (Gradient2's failure); a probe (the limit halved for two windows, every
-///   `probe_interval` without a calm sample) lets some through.
+/// - **A median of means, not a minimum.** Every `calm_samples` (64) calm samples make one
+///   candidate, their mean; the baseline is the median of the last `baseline_candidates` (8).
+///   Calm samples did not queue, so nothing has to be stripped off with a low quantile, and
+///   the median of means of 64 samples sits on the true mean whatever the spread (a mean of
+///   64 is close to normal even for a 5% tail at 10x). Under sustained overload no request is
+///   calm, so the baseline freezes instead of creeping up with the queue (Gradient2's
+///   failure); a probe (the limit halved for two windows, every `probe_interval` without a
+///   calm sample) lets some through.
 /// - **Noise-scaled decisions.** A window counts as queued only when its mean RTT is above
 ///   `baseline × (1 + tolerance)` by more than two of its own standard errors, for
 ///   `queued_windows` windows in a row, and only when the limit is really in use (mean
@@ -310,8 +311,7 @@ impl LimitAlgorithm for Knee {
         // The first windows only see the requests that finished first: skip them, or a tail of
         // slow requests would be missing from the first candidate.
         if let Some(mean) = w.calm_rtt.filter(|_| self.windows > WARM_UP) {
-            // Gather calm samples; every `calm_samples` of them make one candidate: their
-            // mean plus 1.28 standard errors.
+            // Gather calm samples; every `calm_samples` of them make one candidate: their mean.
             let (n, m) = (w.calm_samples as f64, mean.as_secs_f64());
             let sd = w.calm_rtt_sd.map_or(0.0, |d| d.as_secs_f64());
             self.calm.0 += w.calm_samples;
@@ -319,10 +319,10 @@ impl LimitAlgorithm for Knee {
             self.calm.2 += sd * sd * (n - 1.0).max(0.0) + m * m * n;
             self.last_calm = Some(w.now);
             if self.calm.0 >= u64::from(c.calm_samples)
-                && let Some((_, mean, se)) = self.calm_stats()
+                && let Some((_, mean, _)) = self.calm_stats()
             {
                 self.calm = (0, 0.0, 0.0);
-                self.add_candidate(mean + 1.28 * se);
+                self.add_candidate(mean);
             }
         }
         // Calm requests cannot have queued: if they took well over the baseline, the backend
@@ -335,7 +335,7 @@ impl LimitAlgorithm for Knee {
         {
             self.candidates.clear();
             self.calm = (0, 0.0, 0.0);
-            self.add_candidate(mean + 1.28 * se);
+            self.add_candidate(mean);
             self.queued = 0;
             // Cuts made against the old baseline were wrong: back to what Little's law gives
             // with the new one (the backend kept its workers, only each request got slower).
