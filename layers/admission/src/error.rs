@@ -91,7 +91,7 @@ impl Rejected {
             Reason::RateLimited => {
                 Cause::RateLimited(RateLimited::new(retry_after.unwrap_or_default()))
             }
-            Reason::Deadline => Cause::Deadline(DeadlineExceeded::new()),
+            Reason::Deadline => Cause::Deadline(DeadlineExceeded::not_sent()),
             _ => Cause::Overloaded(Overloaded::new(retry_after)),
         };
         Self {

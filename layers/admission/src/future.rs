@@ -68,10 +68,12 @@ impl Permit {
 
     /// Records how the call ended, then gives the slot back.
     fn finish<T>(mut self, result: &Result<T, BoxError>) {
-        self.outcome = if result.is_ok() {
-            Outcome::Success
-        } else {
-            Outcome::Failure
+        self.outcome = match result {
+            Ok(_) => Outcome::Success,
+            // A tollgate rejection below (no endpoints, a pool shedding) is not the backend
+            // failing: the pool's permit does not learn from it.
+            Err(e) if tollgate_core::error::is_rejection(&**e) => Outcome::Ignored,
+            Err(_) => Outcome::Failure,
         };
         self.settle_pool();
         if self.ctrl.flags.throttle

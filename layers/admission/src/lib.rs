@@ -160,3 +160,9 @@ pub use handle::AdmissionHandle;
 pub use layer::AdmissionLayer;
 pub use service::Admission;
 pub use stats::{ClassSnapshot, QueueWait, Snapshot};
+/// tollgate-pool, whose [`Limiter`](tollgate_pool::Limiter) and
+/// [`PoolConfig`](tollgate_pool::PoolConfig) [`AdmissionLayer::with_pool`] takes: build them
+/// through this re-export, with no direct dependency on tollgate-pool.
+#[cfg(feature = "pool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pool")))]
+pub use tollgate_pool as pool;

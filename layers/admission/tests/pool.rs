@@ -4,8 +4,8 @@
 #![cfg(feature = "pool")]
 
 use std::time::Duration;
+use tollgate_admission::pool::{Limiter, PoolConfig};
 use tollgate_admission::{AdmissionConfig, AdmissionLayer, Ticket};
-use tollgate_pool::{Limiter, PoolConfig};
 use tollgate_sim::{LoadGen, Recorder, ServiceTime, SimBackend, SimRequest};
 use tower_layer::Layer;
 

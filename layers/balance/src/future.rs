@@ -6,6 +6,7 @@ use pin_project::pin_project;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use tollgate_core::classify::classify_upstream;
 use tollgate_core::{BoxError, Classify, Outcome};
 
 /// A slot taken on one endpoint: reserved by `poll_ready`, started by `call`, given back when
@@ -105,9 +106,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let res = ready!(this.inner.poll(cx));
-        if let Some(slot) = this.slot.take() {
-            slot.complete(this.classify.classify(res.as_ref()));
-        }
-        Poll::Ready(res.map_err(Into::into))
+        let Some(slot) = this.slot.take() else {
+            return Poll::Ready(res.map_err(Into::into));
+        };
+        // A rejection by a tollgate layer below (the endpoint's pool shedding) is not the
+        // endpoint failing: ignored by the outlier detector.
+        let (outcome, res) = classify_upstream(this.classify, res);
+        slot.complete(outcome);
+        Poll::Ready(res)
     }
 }

@@ -259,11 +259,18 @@ where
                         Poll::Ready(Ok(()))
                     }
                     Poll::Ready(Err(e)) => {
+                        let e: BoxError = e.into();
                         if let Some(mut slot) = self.slot.take() {
+                            // A tollgate rejection below is not the endpoint failing.
+                            let outcome = if tollgate_core::error::is_rejection(&*e) {
+                                tollgate_core::Outcome::Ignored
+                            } else {
+                                tollgate_core::Outcome::Failure
+                            };
                             slot.inflight.start(self.shared.fleet.common.now());
-                            slot.inflight.complete(tollgate_core::Outcome::Failure);
+                            slot.inflight.complete(outcome);
                         }
-                        Poll::Ready(Err(e.into()))
+                        Poll::Ready(Err(e))
                     }
                     Poll::Pending => {
                         slot.picked_at = None;

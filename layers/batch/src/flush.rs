@@ -347,7 +347,7 @@ where
             }
             if item.deadline.is_some_and(|d| d <= now) {
                 expired += 1;
-                let _ = item.slot.send(Err(Box::new(DeadlineExceeded::new())));
+                let _ = item.slot.send(Err(Box::new(DeadlineExceeded::not_sent())));
                 continue;
             }
             weight += item.weight;

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::time::Instant;
+use tollgate_core::classify::classify_upstream;
 use tollgate_core::{BoxError, Classify, Outcome};
 
 /// What a response future holds on to: the breaker and the classifier. A service has one per
@@ -136,11 +137,14 @@ where
             ))),
             KindProj::Called(fut) => {
                 let result = ready!(fut.poll(cx));
-                if let Some(mut guard) = this.guard.take() {
-                    let outcome = guard.local.classify.classify(result.as_ref());
-                    guard.finish(outcome);
-                }
-                Poll::Ready(result.map_err(Into::into))
+                let Some(mut guard) = this.guard.take() else {
+                    return Poll::Ready(result.map_err(Into::into));
+                };
+                // A rejection by a tollgate layer below (a pool shedding, no endpoints) says
+                // nothing about the upstream: ignored, never a failure.
+                let (outcome, result) = classify_upstream(&guard.local.classify, result);
+                guard.finish(outcome);
+                Poll::Ready(result)
             }
         }
     }

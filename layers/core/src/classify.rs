@@ -46,6 +46,42 @@ where
     }
 }
 
+/// Classifies a finished call as a layer that watches the upstream should record it: what
+/// `classify` says, except that a rejection made by a tollgate layer below
+/// ([`is_rejection`](crate::error::is_rejection): a pool or admission shedding, no endpoints,
+/// a deadline already past) is [`Outcome::Ignored`], never a failure. Also converts the error
+/// (the conversion the caller makes anyway), so a rejection costs no extra allocation.
+///
+/// ```
+/// use tollgate_core::classify::classify_upstream;
+/// use tollgate_core::error::Overloaded;
+/// use tollgate_core::{BoxError, ErrorsAreFailures, Outcome};
+///
+/// let shed: Result<(), BoxError> = Err(Box::new(Overloaded::new(None)));
+/// assert_eq!(classify_upstream(&ErrorsAreFailures, shed).0, Outcome::Ignored);
+/// let failed: Result<(), std::io::Error> = Err(std::io::Error::other("reset"));
+/// assert_eq!(classify_upstream(&ErrorsAreFailures, failed).0, Outcome::Failure);
+/// ```
+#[inline]
+pub fn classify_upstream<T, E, C>(
+    classify: &C,
+    result: Result<T, E>,
+) -> (Outcome, Result<T, crate::BoxError>)
+where
+    E: Into<crate::BoxError>,
+    C: Classify<T, E> + ?Sized,
+{
+    let outcome = classify.classify(result.as_ref());
+    let result = result.map_err(Into::into);
+    let outcome = match &result {
+        Err(e) if outcome == Outcome::Failure && crate::error::is_rejection(&**e) => {
+            Outcome::Ignored
+        }
+        _ => outcome,
+    };
+    (outcome, result)
+}
+
 /// The default classifier: every `Ok` is a success and every `Err` a failure.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorsAreFailures;

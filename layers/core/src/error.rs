@@ -88,13 +88,31 @@ impl fmt::Display for RateLimited {
 impl Error for RateLimited {}
 
 /// The request's deadline passed, or could not be met, before it was answered.
+///
+/// [`DeadlineExceeded::new`] says nothing about whether the request reached the upstream (a
+/// timeout around the whole call: the upstream may be what was slow), so a breaker above it
+/// counts it as a failure. [`DeadlineExceeded::not_sent`] is a rejection: the deadline was
+/// already past, or could not be met, before the request was sent, which says nothing about
+/// the upstream ([`is_rejection`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DeadlineExceeded(());
+pub struct DeadlineExceeded {
+    not_sent: bool,
+}
 
 impl DeadlineExceeded {
-    /// Creates the error.
+    /// Creates the error; the request may have been sent.
     pub fn new() -> Self {
-        Self(())
+        Self { not_sent: false }
+    }
+
+    /// The deadline passed (or could not be met) before the request was sent: a rejection.
+    pub fn not_sent() -> Self {
+        Self { not_sent: true }
+    }
+
+    /// Whether the request was turned away before it was sent ([`DeadlineExceeded::not_sent`]).
+    pub fn was_not_sent(&self) -> bool {
+        self.not_sent
     }
 }
 
@@ -158,6 +176,54 @@ impl fmt::Display for Closed {
 }
 
 impl Error for Closed {}
+
+/// The service has no endpoints to send the request to (a balancer over an empty set); the
+/// request was not sent.
+///
+/// Returned at once, never after a wait: an empty endpoint set is a configuration or discovery
+/// problem the caller should see, not a reason to hang. tollgate-balance re-exports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NoEndpoints(());
+
+impl NoEndpoints {
+    /// Creates the error.
+    pub fn new() -> Self {
+        Self(())
+    }
+}
+
+impl fmt::Display for NoEndpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("no endpoints to balance over")
+    }
+}
+
+impl Error for NoEndpoints {}
+
+/// Whether `err` (or an error in its `source()` chain) is a rejection made by a tollgate layer
+/// before the request reached the upstream: [`Overloaded`] (a pool or admission shedding),
+/// [`RateLimited`], [`NoEndpoints`], or a [`DeadlineExceeded::not_sent`].
+///
+/// A rejection says nothing about the upstream's health, so breakers, outlier detectors and
+/// limiters above the layer that made it record it as
+/// [`Outcome::Ignored`](crate::Outcome::Ignored), whatever their classifier says (see
+/// [`classify_upstream`](crate::classify::classify_upstream)): otherwise a pool shedding
+/// under load would open the breaker above it and turn shedding into an outage.
+pub fn is_rejection(err: &(dyn Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<Overloaded>()
+            || e.is::<RateLimited>()
+            || e.is::<NoEndpoints>()
+            || e.downcast_ref::<DeadlineExceeded>()
+                .is_some_and(DeadlineExceeded::was_not_sent)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
 
 /// An invalid configuration value, naming the field and what is wrong with it.
 ///
@@ -226,6 +292,22 @@ mod tests {
     }
 
     #[test]
+    fn rejections_are_told_from_failures() {
+        assert!(is_rejection(&Wrapper(Box::new(Overloaded::new(None)))));
+        assert!(is_rejection(&RateLimited::new(Duration::ZERO)));
+        assert!(is_rejection(&NoEndpoints::new()));
+        assert!(is_rejection(&Wrapper(Box::new(
+            DeadlineExceeded::not_sent()
+        ))));
+        // A timeout around a call that was sent may be the upstream's fault.
+        assert!(!is_rejection(&DeadlineExceeded::new()));
+        assert!(!is_rejection(&Closed::new()));
+        assert!(!is_rejection(&Wrapper(Box::new(std::io::Error::other(
+            "x"
+        )))));
+    }
+
+    #[test]
     fn messages_are_lower_case_without_stop() {
         let msgs = [
             Overloaded::new(None).to_string(),
@@ -233,6 +315,7 @@ mod tests {
             DeadlineExceeded::new().to_string(),
             Panicked::from_payload(&"boom").to_string(),
             Closed::new().to_string(),
+            NoEndpoints::new().to_string(),
             ConfigError::new("window_size", "must be at least 1").to_string(),
         ];
         for m in msgs {

@@ -1,6 +1,6 @@
 //! Per-request overhead of tollgate-pool against its peers, in one run: tower's static
-//! `ConcurrencyLimit`, tower-resilience's adaptive limiter (AIMD), and `PoolSizer` (Vegas; in
-//! the default reject mode and in wait mode), single-threaded and with 2 threads sharing one
+//! `ConcurrencyLimit`, tower-resilience's adaptive limiter (AIMD), and `PoolSizer` (the default
+//! algorithm, Knee; in the default reject mode and in wait mode), single-threaded and with 2 threads sharing one
 //! instance (each thread its own clone). `bare_service` (no layer) is the control: its 2-thread
 //! figure shows what the host itself adds.
 //!
@@ -108,11 +108,11 @@ fn peers() -> Vec<(&'static str, Make)> {
             }),
         ),
         (
-            "tollgate_pool_vegas",
+            "tollgate_pool_default",
             Box::new(|| {
-                // The inner service answers in nanoseconds, so Vegas would (rightly) shrink the
-                // limit to about one per thread; the floor keeps this about overhead. The
-                // algorithm still runs every window.
+                // The inner service answers in nanoseconds, so the default algorithm would
+                // (rightly) shrink the limit to a few per thread; the floor keeps this about
+                // overhead. The algorithm still runs every window.
                 let config = PoolConfig {
                     min_limit: 1_000,
                     initial_limit: 10_000,
@@ -124,11 +124,11 @@ fn peers() -> Vec<(&'static str, Make)> {
             }),
         ),
         (
-            "tollgate_pool_vegas_wait_mode",
+            "tollgate_pool_default_wait_mode",
             Box::new(|| {
-                // The inner service answers in nanoseconds, so Vegas would (rightly) shrink the
-                // limit to about one per thread; the floor keeps this about overhead. The
-                // algorithm still runs every window.
+                // The inner service answers in nanoseconds, so the default algorithm would
+                // (rightly) shrink the limit to a few per thread; the floor keeps this about
+                // overhead. The algorithm still runs every window.
                 let config = PoolConfig {
                     min_limit: 1_000,
                     initial_limit: 10_000,

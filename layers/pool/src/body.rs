@@ -205,8 +205,15 @@ where
                 Poll::Ready(Ok(response.map(|b| PermitBody::new(b, permit))))
             }
             Err(e) => {
+                let e: BoxError = e.into();
+                // A tollgate rejection below is not the backend failing (see `PoolSizer`).
+                let outcome = if tollgate_core::error::is_rejection(&*e) {
+                    tollgate_core::Outcome::Ignored
+                } else {
+                    outcome
+                };
                 permit.finish(outcome);
-                Poll::Ready(Err(e.into()))
+                Poll::Ready(Err(e))
             }
         }
     }

@@ -29,7 +29,7 @@ pub struct PoolConfig {
     pub initial_limit: usize,
     /// What happens at the limit. Default [`AtLimit::Reject`].
     pub at_limit: AtLimit,
-    /// The algorithm that moves the limit. Default [`AlgorithmConfig::Vegas`].
+    /// The algorithm that moves the limit. Default [`AlgorithmConfig::Knee`].
     pub algorithm: AlgorithmConfig,
     /// RTT samples wanted per window. Default 64; at least `min_window_samples`. At low rates
     /// every request is timed; at higher rates one in `completions / samples_per_window` is

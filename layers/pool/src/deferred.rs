@@ -6,6 +6,7 @@ use crate::permit::Permit;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use tollgate_core::classify::classify_upstream;
 use tollgate_core::error::Overloaded;
 use tollgate_core::{BoxError, Classify, ErrorsAreFailures};
 use tower_service::Service;
@@ -157,10 +158,13 @@ where
                     let res = ready!(fut.poll(cx));
                     // Drop the inner future before giving the permit back (see `PoolSizer`).
                     this.state.set(State::Done);
-                    if let Some(permit) = this.permit.take() {
-                        permit.finish(this.classify.classify(res.as_ref()));
-                    }
-                    return Poll::Ready(res.map_err(Into::into));
+                    let Some(permit) = this.permit.take() else {
+                        return Poll::Ready(res.map_err(Into::into));
+                    };
+                    // A tollgate rejection below is not the backend failing (see `PoolSizer`).
+                    let (outcome, res) = classify_upstream(this.classify, res);
+                    permit.finish(outcome);
+                    return Poll::Ready(res);
                 }
                 StateProj::Done => panic!("DeferredFuture polled after completion"),
             }

@@ -4,6 +4,7 @@ use crate::permit::Permit;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use tollgate_core::classify::classify_upstream;
 use tollgate_core::error::Overloaded;
 use tollgate_core::{BoxError, Classify};
 
@@ -56,9 +57,13 @@ where
         // Drop the inner future before giving the permit back: whatever it holds (a
         // connection, a buffer) is part of the request's concurrency.
         this.inner.set(None);
-        if let Some(permit) = this.permit.take() {
-            permit.finish(this.classify.classify(res.as_ref()));
-        }
-        Poll::Ready(res.map_err(Into::into))
+        let Some(permit) = this.permit.take() else {
+            return Poll::Ready(res.map_err(Into::into));
+        };
+        // A rejection by a tollgate layer below (admission shedding, no endpoints) says
+        // nothing about the backend's capacity: not a failure, and not an RTT sample either.
+        let (outcome, res) = classify_upstream(this.classify, res);
+        permit.finish(outcome);
+        Poll::Ready(res)
     }
 }

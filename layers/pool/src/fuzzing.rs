@@ -6,7 +6,7 @@
 //! acquire never leaves more in flight than the limit; a failed one only happens at the limit;
 //! the limiter's in-flight count equals the permits held.
 
-use crate::algorithm::{AimdConfig, AlgorithmConfig, Gradient2Config, VegasConfig};
+use crate::algorithm::{AimdConfig, AlgorithmConfig, Gradient2Config, KneeConfig, VegasConfig};
 use crate::config::{AtLimit, PoolConfig};
 use crate::limiter::Limiter;
 use crate::permit::Permit;
@@ -38,13 +38,14 @@ fn config(u: &mut Unstructured<'_>) -> arbitrary::Result<PoolConfig> {
     let min_limit = u.int_in_range(1..=8usize)?;
     let max_limit = min_limit + u.int_in_range(0..=64usize)?;
     let initial_limit = u.int_in_range(min_limit..=max_limit)?;
-    let algorithm = match u.int_in_range(0..=2u8)? {
+    let algorithm = match u.int_in_range(0..=3u8)? {
         0 => AlgorithmConfig::Vegas(VegasConfig::default()),
         1 => AlgorithmConfig::Aimd(AimdConfig {
             rtt_threshold: Some(Duration::from_millis(u.int_in_range(1..=100u64)?)),
             ..AimdConfig::default()
         }),
-        _ => AlgorithmConfig::Gradient2(Gradient2Config::default()),
+        2 => AlgorithmConfig::Gradient2(Gradient2Config::default()),
+        _ => AlgorithmConfig::Knee(KneeConfig::default()),
     };
     Ok(PoolConfig {
         min_limit,

@@ -47,6 +47,12 @@ struct ShardStats {
     dropped: AtomicU64,
     samples: AtomicU64,
     rtt_sum_ns: AtomicU64,
+    /// Sum of squared RTTs, in microseconds squared (ns squared would overflow).
+    rtt_sq_us: AtomicU64,
+    /// The same three for calm samples only (see `Permit::calm`).
+    calm_samples: AtomicU64,
+    calm_rtt_sum_ns: AtomicU64,
+    calm_rtt_sq_us: AtomicU64,
     limited: AtomicU64,
     rejected: AtomicU64,
     dropped_total: AtomicU64,
@@ -84,6 +90,9 @@ struct Shared {
     /// Time one request in this many (per thread); set by the updater from the last window's
     /// completions and `samples_per_window`.
     sample_every: CachePadded<AtomicU64>,
+    /// A timed request that starts with at most this many in flight (itself included) is
+    /// calm; from the algorithm's `calm_below` after each window (`usize::MAX`: all are).
+    calm_below: CachePadded<AtomicUsize>,
     updater: Mutex<Updater>,
     config: PoolConfig,
 }
@@ -316,6 +325,7 @@ impl Core {
             limit_bits: AtomicU64::new((config.initial_limit as f64).to_bits()),
             permits: AtomicUsize::new(config.initial_limit),
             sample_every: CachePadded::new(AtomicU64::new(1)),
+            calm_below: CachePadded::new(AtomicUsize::new(usize::MAX)),
             updater: Mutex::new(Updater {
                 algorithm,
                 window_start: now,
@@ -374,6 +384,15 @@ impl Core {
         }
     }
 
+    /// Whether a request starting now (already holding its permit) is calm: few enough in
+    /// flight that it cannot have queued at the backend. Only timed requests ask.
+    #[inline]
+    pub(crate) fn is_calm(&self) -> bool {
+        // Relaxed: a threshold the updater moves once per window; any recent value will do.
+        let below = self.shared.calm_below.load(Ordering::Relaxed);
+        below == usize::MAX || self.in_flight() <= below
+    }
+
     /// Counts one refused request in the snapshot's `rejected`.
     pub(crate) fn reject(&self) {
         // Relaxed: statistics.
@@ -423,6 +442,7 @@ impl Core {
         outcome: Outcome,
         now: Option<Instant>,
         weight: u64,
+        calm: bool,
         release: bool,
     ) {
         let home = home();
@@ -437,6 +457,14 @@ impl Core {
                     st.samples.fetch_add(1, Ordering::Relaxed);
                     st.rtt_sum_ns
                         .fetch_add(rtt.as_nanos() as u64, Ordering::Relaxed);
+                    let us = rtt.as_micros().min(u128::from(u32::MAX)) as u64;
+                    st.rtt_sq_us.fetch_add(us * us, Ordering::Relaxed);
+                    if calm {
+                        st.calm_samples.fetch_add(1, Ordering::Relaxed);
+                        st.calm_rtt_sum_ns
+                            .fetch_add(rtt.as_nanos() as u64, Ordering::Relaxed);
+                        st.calm_rtt_sq_us.fetch_add(us * us, Ordering::Relaxed);
+                    }
                 }
             }
             Outcome::Failure => {

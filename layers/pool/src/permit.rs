@@ -20,6 +20,9 @@ pub struct Permit {
     start: Option<Instant>,
     /// Requests this one stands for in the window's success count (see `Core::finish`).
     weight: u64,
+    /// Timed, and started with few enough requests in flight that it cannot have queued at
+    /// the backend ([`LimitAlgorithm::calm_below`](crate::LimitAlgorithm::calm_below)).
+    calm: bool,
     state: PermitState,
 }
 
@@ -39,6 +42,7 @@ impl Permit {
             handle,
             start: None,
             weight: 1,
+            calm: false,
             state: PermitState::Idle,
         }
     }
@@ -53,6 +57,8 @@ impl Permit {
         match self.handle.core.sample_now() {
             Some(weight) => {
                 self.weight = weight;
+                // Only timed requests read the in-flight count (a few relaxed loads).
+                self.calm = self.handle.core.is_calm();
                 self.start = Some(Instant::now());
             }
             None => self.weight = 0,
@@ -105,7 +111,7 @@ impl Permit {
         };
         self.handle
             .core
-            .finish(rtt, outcome, now, self.weight, release);
+            .finish(rtt, outcome, now, self.weight, self.calm, release);
     }
 
     /// Finishes with `outcome` and an RTT measured by the caller.
@@ -116,9 +122,10 @@ impl Permit {
             self.handle.core.release(home());
             return;
         }
+        let calm = self.calm;
         self.handle
             .core
-            .finish(Some(rtt), outcome, Some(Instant::now()), 1, true);
+            .finish(Some(rtt), outcome, Some(Instant::now()), 1, calm, true);
     }
 }
 

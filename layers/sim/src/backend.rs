@@ -40,6 +40,16 @@ pub enum ServiceTime {
         /// Mean service time.
         mean: Duration,
     },
+    /// Log-normal with the given mean: `exp(mu + sigma * Z)` for a standard normal `Z`, with
+    /// `mu` chosen so the mean is `mean` (a right-skewed, heavy-ish tail, typical of real
+    /// services).
+    LogNormal {
+        /// Mean service time.
+        mean: Duration,
+        /// Standard deviation of the underlying normal (0.5 is a moderate tail: p99 about
+        /// 2.8x the median).
+        sigma: f64,
+    },
     /// `fast` most of the time, `slow` with probability `slow_fraction` (a tail).
     Bimodal {
         /// The usual service time.
@@ -64,6 +74,7 @@ impl ServiceTime {
             ServiceTime::Constant(d) => d,
             ServiceTime::Uniform { min, max } => (min + max) / 2,
             ServiceTime::Exponential { mean } => mean,
+            ServiceTime::LogNormal { mean, .. } => mean,
             ServiceTime::Bimodal {
                 fast,
                 slow,
@@ -72,6 +83,47 @@ impl ServiceTime {
                 fast.as_secs_f64() * (1.0 - slow_fraction) + slow.as_secs_f64() * slow_fraction,
             ),
         }
+    }
+
+    /// The coefficient of variation (standard deviation / mean) of the distribution.
+    pub fn cv(&self) -> f64 {
+        let mean = self.mean().as_secs_f64();
+        if mean <= 0.0 {
+            return 0.0;
+        }
+        let var = match *self {
+            ServiceTime::Constant(_) => 0.0,
+            ServiceTime::Uniform { min, max } => {
+                let w = max.as_secs_f64() - min.as_secs_f64();
+                w * w / 12.0
+            }
+            ServiceTime::Exponential { mean } => mean.as_secs_f64().powi(2),
+            ServiceTime::LogNormal { mean, sigma } => {
+                mean.as_secs_f64().powi(2) * ((sigma * sigma).exp() - 1.0)
+            }
+            ServiceTime::Bimodal {
+                fast,
+                slow,
+                slow_fraction,
+            } => {
+                let (f, s) = (fast.as_secs_f64(), slow.as_secs_f64());
+                f * f * (1.0 - slow_fraction) + s * s * slow_fraction - mean * mean
+            }
+        };
+        var.max(0.0).sqrt() / mean
+    }
+
+    /// The `q` quantile (`0..=1`) of the distribution, estimated from `n` seeded draws
+    /// (exact for `Constant`).
+    pub fn quantile(&self, q: f64, n: usize, seed: u64) -> Duration {
+        if let ServiceTime::Constant(d) = *self {
+            return d;
+        }
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut v: Vec<Duration> = (0..n.max(1)).map(|_| self.sample(&mut rng)).collect();
+        v.sort_unstable();
+        let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i]
     }
 
     /// Draws one service time.
@@ -89,6 +141,14 @@ impl ServiceTime {
             ServiceTime::Exponential { mean } => {
                 let u: f64 = rng.random::<f64>();
                 Duration::from_secs_f64(-mean.as_secs_f64() * (1.0 - u).ln())
+            }
+            ServiceTime::LogNormal { mean, sigma } => {
+                // Box-Muller: one standard normal from two uniforms.
+                let u1: f64 = 1.0 - rng.random::<f64>();
+                let u2: f64 = rng.random::<f64>();
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                let mu = mean.as_secs_f64().ln() - sigma * sigma / 2.0;
+                Duration::from_secs_f64((mu + sigma * z).exp())
             }
             ServiceTime::Bimodal {
                 fast,

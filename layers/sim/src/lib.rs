@@ -12,7 +12,10 @@
 //!   Poisson or uniform arrivals; a seeded class mix; optional deadlines and client timeouts)
 //!   that drives any `Service<SimRequest>`.
 //! - [`Recorder`]: per-window and per-class counts: goodput, errors, rejections by kind, latency
-//!   percentiles (p50, p99, p99.9), and the ledger `issued = ok + errors + rejected`.
+//!   percentiles (p50, p99, p99.9), and the ledger `issued = ok + errors + rejected`; plus
+//!   gauges a test samples (a limit, requests in flight).
+//! - [`Timeline`]: a run's offered load, goodput, rejections, limit, in flight and p99 per
+//!   window, written as CSV and as an SVG chart ([`Timeline::write`]).
 //!
 //! The model's capacity is `workers / mean service time` requests per second; the concurrency
 //! that saturates it without queueing is `workers` (Little's law).
@@ -50,8 +53,10 @@ mod backend;
 mod load;
 mod recorder;
 mod request;
+pub mod timeline;
 
 pub use backend::{BackendStats, Change, ServiceTime, SimBackend, SimBackendBuilder, SimFuture};
 pub use load::{Arrivals, LoadGen, Profile, RunStats};
 pub use recorder::{Completion, Recorder, Summary};
 pub use request::{SimError, SimRequest, SimResponse};
+pub use timeline::{Timeline, TimelineRow};

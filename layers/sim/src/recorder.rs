@@ -126,6 +126,8 @@ struct Inner {
     windows: Vec<BTreeMap<u8, Counts>>,
     rejections: Vec<(&'static str, Matcher)>,
     outstanding: i64,
+    /// gauges[i][name] = (sum, samples) of the values recorded in window i.
+    gauges: Vec<BTreeMap<&'static str, (f64, u32)>>,
 }
 
 impl Inner {
@@ -187,6 +189,7 @@ impl Recorder {
             windows: Vec::new(),
             rejections,
             outstanding: 0,
+            gauges: Vec::new(),
         };
         Self {
             inner: Arc::new(Mutex::new(inner)),
@@ -254,6 +257,38 @@ impl Recorder {
             }
             Completion::Rejected(kind) => *c.rejected.entry(kind).or_default() += 1,
         }
+    }
+
+    /// Records one sample of a gauge (a limit, requests in flight) now; the timeline shows the
+    /// mean of each window's samples.
+    pub fn gauge(&self, name: &'static str, value: f64) {
+        let mut inner = self.lock();
+        let i = (Instant::now()
+            .saturating_duration_since(inner.start)
+            .as_nanos()
+            / inner.window.as_nanos()) as usize;
+        if inner.gauges.len() <= i {
+            inner.gauges.resize_with(i + 1, BTreeMap::new);
+        }
+        let g = inner.gauges[i].entry(name).or_insert((0.0, 0));
+        g.0 += value;
+        g.1 += 1;
+    }
+
+    /// The mean of the samples of gauge `name` in each window (`None` where there were none),
+    /// from the first window to the last with anything recorded.
+    pub fn gauge_windows(&self, name: &str) -> Vec<Option<f64>> {
+        let inner = self.lock();
+        let n = inner.windows.len().max(inner.gauges.len());
+        (0..n)
+            .map(|i| {
+                inner
+                    .gauges
+                    .get(i)
+                    .and_then(|g| g.get(name))
+                    .map(|&(sum, k)| sum / f64::from(k.max(1)))
+            })
+            .collect()
     }
 
     /// Requests issued and not finished yet.

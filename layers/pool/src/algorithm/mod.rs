@@ -5,18 +5,21 @@
 //! the next limit. Running the algorithm once per window, on one thread at a time, keeps the
 //! per-request path down to a few uncontended atomic increments.
 //!
-//! | | reacts to | baseline | meets every scenario |
+//! | | reacts to | baseline | the matrix (`tests/matrix`, 192 cells) |
 //! |---|---|---|---|
-//! | [`Vegas`] (default) | queueing (`limit × (1 − baseline/rtt)`), failures | windowed minimum, re-probed | yes |
-//! | [`Aimd`] | failures, RTT above a fixed threshold | none (fixed threshold) | no: see its docs |
-//! | [`Gradient2`] | long-term vs short-term RTT, failures | long-term EWMA | no: see its docs |
+//! | [`Knee`] (default) | queueing (`throughput × baseline` by Little's law), failures | calm requests only, median of their means | 162 of 192; the rest listed in the test |
+//! | [`Vegas`] | queueing (`throughput × (rtt − baseline)`), failures | windowed minimum, re-probed | no: a noisy minimum collapses it (issue #15) |
+//! | [`Aimd`] | failures, RTT above a fixed threshold | none (fixed threshold) | 131 of 192 with its defaults: see its docs |
+//! | [`Gradient2`] | long-term vs short-term RTT, failures | long-term EWMA | 129 of 192 with its defaults: see its docs |
 
 mod aimd;
 mod gradient2;
+mod knee;
 mod vegas;
 
 pub use aimd::{Aimd, AimdConfig};
 pub use gradient2::{Gradient2, Gradient2Config};
+pub use knee::{Knee, KneeConfig};
 pub use vegas::{Vegas, VegasConfig};
 
 use std::fmt;
@@ -37,6 +40,18 @@ pub struct Window {
     pub samples: u64,
     /// Mean RTT of the samples (call to completion), `None` without samples.
     pub mean_rtt: Option<Duration>,
+    /// Standard deviation of the RTT samples (microsecond resolution), `None` with fewer than
+    /// two. `rtt_sd / sqrt(samples)` is the standard error of `mean_rtt`: how far the mean
+    /// of a window moves by chance alone.
+    pub rtt_sd: Option<Duration>,
+    /// Of the samples, those of *calm* requests: timed requests that started with at most
+    /// [`LimitAlgorithm::calm_below`] requests in flight, so few that they cannot have queued
+    /// at the backend. All samples when the algorithm sets no threshold.
+    pub calm_samples: u64,
+    /// Mean RTT of the calm samples.
+    pub calm_rtt: Option<Duration>,
+    /// Standard deviation of the calm samples' RTTs.
+    pub calm_rtt_sd: Option<Duration>,
     /// Calls that ended in a success (timed or not).
     pub successes: u64,
     /// Calls that ended in a failure, as the classifier decided.
@@ -55,6 +70,11 @@ impl Window {
     /// limit: growing an application-limited one says nothing about the backend.
     pub fn saturated(&self) -> bool {
         self.limited > 0 || self.in_flight as f64 >= self.limit.floor()
+    }
+
+    /// Completions (successes and failures) per second: the window's throughput.
+    pub fn throughput(&self) -> f64 {
+        (self.successes + self.failures) as f64 / self.duration.as_secs_f64().max(1e-9)
     }
 
     /// Failures as a fraction of finished calls (0 without any).
@@ -87,6 +107,14 @@ pub trait LimitAlgorithm: Send + fmt::Debug + 'static {
     /// The next limit, given the current one (`window.limit`) and what the window saw.
     fn update(&mut self, window: &Window) -> f64;
 
+    /// Requests in flight (the new one included) at or below which a starting request counts
+    /// as *calm* in the next window ([`Window::calm_rtt`]): the algorithm's estimate of a
+    /// concurrency the backend serves without queueing. `None` (the default): every request.
+    /// Read after each [`update`](LimitAlgorithm::update).
+    fn calm_below(&self) -> Option<usize> {
+        None
+    }
+
     /// The RTT estimates, for snapshots.
     fn rtt(&self) -> RttEstimates {
         RttEstimates::default()
@@ -99,7 +127,9 @@ pub trait LimitAlgorithm: Send + fmt::Debug + 'static {
 /// Plain-data choice of a built-in algorithm, for [`PoolConfig`](crate::PoolConfig).
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlgorithmConfig {
-    /// [`Vegas`] with baseline re-probing (the default).
+    /// [`Knee`] (the default).
+    Knee(KneeConfig),
+    /// [`Vegas`] with baseline re-probing.
     Vegas(VegasConfig),
     /// [`Aimd`].
     Aimd(AimdConfig),
@@ -109,7 +139,7 @@ pub enum AlgorithmConfig {
 
 impl Default for AlgorithmConfig {
     fn default() -> Self {
-        AlgorithmConfig::Vegas(VegasConfig::default())
+        AlgorithmConfig::Knee(KneeConfig::default())
     }
 }
 
@@ -121,6 +151,7 @@ impl AlgorithmConfig {
     /// A [`ConfigError`](tollgate_core::error::ConfigError) naming the field.
     pub fn validate(&self) -> Result<(), tollgate_core::error::ConfigError> {
         match self {
+            AlgorithmConfig::Knee(c) => c.validate(),
             AlgorithmConfig::Vegas(c) => c.validate(),
             AlgorithmConfig::Aimd(c) => c.validate(),
             AlgorithmConfig::Gradient2(c) => c.validate(),
@@ -129,6 +160,7 @@ impl AlgorithmConfig {
 
     pub(crate) fn build(&self) -> Box<dyn LimitAlgorithm> {
         match self {
+            AlgorithmConfig::Knee(c) => Box::new(Knee::new(c.clone())),
             AlgorithmConfig::Vegas(c) => Box::new(Vegas::new(c.clone())),
             AlgorithmConfig::Aimd(c) => Box::new(Aimd::new(c.clone())),
             AlgorithmConfig::Gradient2(c) => Box::new(Gradient2::new(c.clone())),

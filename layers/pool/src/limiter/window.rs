@@ -80,7 +80,14 @@ impl Core {
         };
         let samples = take(|st| &st.samples);
         let rtt_sum = take(|st| &st.rtt_sum_ns);
+        let rtt_sq = take(|st| &st.rtt_sq_us);
         let mean_rtt = (samples > 0).then(|| Duration::from_nanos(rtt_sum / samples));
+        let rtt_sd = sd(samples, rtt_sum, rtt_sq);
+        let calm_samples = take(|st| &st.calm_samples);
+        let calm_sum = take(|st| &st.calm_rtt_sum_ns);
+        let calm_sq = take(|st| &st.calm_rtt_sq_us);
+        let calm_rtt = (calm_samples > 0).then(|| Duration::from_nanos(calm_sum / calm_samples));
+        let calm_rtt_sd = sd(calm_samples, calm_sum, calm_sq);
         let limit = self.limit_f64();
         let window = Window {
             now,
@@ -88,6 +95,10 @@ impl Core {
             limit,
             samples,
             mean_rtt,
+            rtt_sd,
+            calm_samples,
+            calm_rtt,
+            calm_rtt_sd,
             successes: take(|st| &st.successes),
             failures: take(|st| &st.failures),
             dropped: take(|st| &st.dropped),
@@ -99,6 +110,9 @@ impl Core {
         // Relaxed: a sampling rate, read as a hint (ground rules: only the updater writes).
         s.sample_every.store(every, Ordering::Relaxed);
         let next = u.algorithm.update(&window);
+        let calm_below = u.algorithm.calm_below().unwrap_or(usize::MAX);
+        // Relaxed: a threshold read as a hint (ground rules: only the updater writes).
+        s.calm_below.store(calm_below, Ordering::Relaxed);
         let next = if next.is_finite() { next } else { limit };
         let next = next.clamp(c.min_limit as f64, c.max_limit as f64);
         if mean_rtt.is_some() {
@@ -172,4 +186,14 @@ impl Core {
             }
         })
     }
+}
+
+/// The sample standard deviation of `n` RTTs from their sum (ns) and sum of squares (us²).
+fn sd(n: u64, sum_ns: u64, sq_us: u64) -> Option<Duration> {
+    (n > 1).then(|| {
+        let k = n as f64;
+        let mean_us = sum_ns as f64 / 1e3 / k;
+        let var = (sq_us as f64 / k - mean_us * mean_us).max(0.0) * k / (k - 1.0);
+        Duration::from_secs_f64(var.sqrt() / 1e6)
+    })
 }
