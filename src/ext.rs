@@ -85,7 +85,8 @@ mod sealed {
         feature = "admission",
         feature = "batch",
         feature = "cache",
-        feature = "balance"
+        feature = "balance",
+        feature = "retry"
     ))]
     pub trait SealedLayer {}
 }
@@ -178,6 +179,20 @@ mod balance_kinds {
     impl BalanceKind for BalanceLayer {}
 }
 
+/// Layers accepted by [`ServiceBuilderExt::retry`]: `RetryLayer` with any policy.
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub trait RetryKind: sealed::SealedLayer {}
+
+#[cfg(feature = "retry")]
+mod retry_kinds {
+    use super::{RetryKind, sealed::SealedLayer};
+    use tollgate_retry::RetryLayer;
+
+    impl<P> SealedLayer for RetryLayer<P> {}
+    impl<P> RetryKind for RetryLayer<P> {}
+}
+
 /// The tollgate layers as [`ServiceBuilder`] methods, each behind the feature of its layer.
 ///
 /// Sealed: implemented for `tower::ServiceBuilder` only. Each method is `self.layer(layer)`;
@@ -220,6 +235,12 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
     #[cfg(feature = "balance")]
     #[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
     fn balance<T: BalanceKind>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
+
+    /// Adds budgeted retries and hedging (`RetryLayer`): outside the balancer, so that each
+    /// attempt is balanced (and counted by breakers and pools) like a first one.
+    #[cfg(feature = "retry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+    fn retry<T: RetryKind>(self, layer: T) -> ServiceBuilder<Stack<T, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -250,6 +271,11 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
 
     #[cfg(feature = "balance")]
     fn balance<T: BalanceKind>(self, layer: T) -> ServiceBuilder<Stack<T, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "retry")]
+    fn retry<T: RetryKind>(self, layer: T) -> ServiceBuilder<Stack<T, L>> {
         self.layer(layer)
     }
 }

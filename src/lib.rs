@@ -11,6 +11,7 @@
 //! | `admission` | `admission` | priority admission: highest first, lowest shed first, deadlines, rate limits |
 //! | `cache` | `cache` | read-through caching over a per-core L1, a shared L2 and an optional Redis L3 |
 //! | `balance` | `balance` | power-of-two-choices balancing over peak-EWMA latency, ejection, health checks |
+//! | `retry` | `retry` | retries within a budget shared by every clone, backoff, pushback, hedging after a learned p95 |
 //!
 //! Default features are empty; `full` enables every layer. [`core`] (always present) holds what
 //! the layers share: failure classification, errors and test probes.
@@ -51,6 +52,11 @@ pub use tollgate_cache as cache;
 #[cfg(feature = "balance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
 pub use tollgate_balance as balance;
+
+/// Budgeted retries and hedging: see the `tollgate-retry` crate.
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub use tollgate_retry as retry;
 
 pub mod ext;
 pub use ext::ServiceBuilderExt;

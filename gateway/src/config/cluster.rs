@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tollgate_balance::{BalanceConfig, HealthConfig, OutlierConfig};
 use tollgate_breaker::{Backoff, BreakerConfig, SlidingWindow};
-use tollgate_pool::algorithm::{AimdConfig, AlgorithmConfig, Gradient2Config, VegasConfig};
+use tollgate_pool::algorithm::{
+    AimdConfig, AlgorithmConfig, Gradient2Config, KneeConfig, VegasConfig,
+};
 use tollgate_pool::{AtLimit, PoolConfig};
 
 /// `[clusters.breaker]` and `[clusters.endpoint_breaker]`: a circuit breaker.
@@ -130,8 +132,11 @@ impl BreakerSection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolAlgorithm {
-    /// TCP Vegas: grows while latency stays at its baseline (the default).
+    /// Knee (the default): Little's law against a baseline measured on requests that could
+    /// not have queued; needs no tuning for the workload (see tollgate-pool).
     #[default]
+    Knee,
+    /// TCP Vegas: grows while latency stays at its baseline.
     Vegas,
     /// Additive increase, multiplicative decrease on failures and timeouts.
     Aimd,
@@ -143,7 +148,7 @@ pub enum PoolAlgorithm {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSection {
-    /// How the limit learns. Default `vegas`.
+    /// How the limit learns: `knee`, `vegas`, `aimd` or `gradient2`. Default `knee`.
     pub algorithm: PoolAlgorithm,
     /// Lowest limit, requests. Default 4.
     pub min_limit: usize,
@@ -159,7 +164,7 @@ pub struct PoolSection {
 impl Default for PoolSection {
     fn default() -> Self {
         Self {
-            algorithm: PoolAlgorithm::Vegas,
+            algorithm: PoolAlgorithm::Knee,
             min_limit: 4,
             max_limit: 1000,
             initial_limit: 32,
@@ -183,6 +188,7 @@ impl PoolSection {
                 }
             },
             algorithm: match self.algorithm {
+                PoolAlgorithm::Knee => AlgorithmConfig::Knee(KneeConfig::default()),
                 PoolAlgorithm::Vegas => AlgorithmConfig::Vegas(VegasConfig::default()),
                 PoolAlgorithm::Aimd => AlgorithmConfig::Aimd(AimdConfig::default()),
                 PoolAlgorithm::Gradient2 => AlgorithmConfig::Gradient2(Gradient2Config::default()),
