@@ -9,11 +9,11 @@
 # What it does:
 # - builds `target/release/tollgate` (the backend is `tollgate demo-upstream`, a bare hyper
 #   server on a current-thread runtime);
-# - installs nginx and wrk with apt-get when missing;
+# - installs nginx, HAProxy and wrk with apt-get when missing;
 # - pins the load generator to LOADGEN_CPUS and backend + proxy to SERVER_CPUS (on a 2-core
 #   machine: wrk on core 0, everything else on core 1), same worker count for nginx and the
 #   gateway;
-# - runs wrk against the backend directly, nginx, the gateway (thread-per-core) and the gateway
+# - runs wrk against the backend directly, nginx, HAProxy, the gateway (thread-per-core) and the gateway
 #   in multi-thread-runtime mode (`gateway-mt`), the gateway's full layer stack (`gateway-stack`:
 #   admission + breaker + pool + balance on `/stack`) and a cached route (`gateway-cache`: every
 #   request a cache hit on `/cached`) and the plain route with the HTTP/1.1 fast path off
@@ -46,6 +46,7 @@ NGINX_PORT=19080
 GATEWAY_PORT=19081
 GATEWAY_MT_PORT=19082
 GATEWAY_HYPER_PORT=19083
+HAPROXY_PORT=19084
 
 need() {
   local missing=()
@@ -56,7 +57,7 @@ need() {
     apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
-need nginx wrk
+need nginx haproxy wrk
 command -v nginx >/dev/null || PATH=$PATH:/usr/sbin
 
 cargo build --release --bin tollgate -q
@@ -120,6 +121,32 @@ http {
 EOF
 $PIN_SERVER nginx -c "$TMP/nginx.conf" -p "$TMP/nginx" &
 PIDS+=($!)
+
+# HAProxy, the other anchor: same backend, same worker count (nbthread), keep-alive both ways
+# and idle upstream connections shared between clients, as a reverse proxy is commonly tuned.
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+  nbthread $WORKERS
+  maxconn 200000
+  pidfile $TMP/haproxy.pid
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  timeout http-keep-alive 120s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend app
+backend app
+  server b1 127.0.0.1:$BACKEND_PORT maxconn 256
+EOF
+$PIN_SERVER haproxy -db -f "$TMP/haproxy.cfg" &
+PIDS+=($!)
+HAPROXY_PID=$!
 
 # The gateway: same backend, same worker count, access log off.
 cat >"$TMP/gw.toml" <<EOF
@@ -186,6 +213,7 @@ GATEWAY_HYPER_PID=$!
 
 wait_port $BACKEND_PORT
 wait_port $NGINX_PORT
+wait_port $HAPROXY_PORT
 wait_port $GATEWAY_PORT
 wait_port $GATEWAY_MT_PORT
 wait_port $GATEWAY_HYPER_PORT
@@ -213,10 +241,10 @@ ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
-TARGETS=${TARGETS:-backend nginx gateway gateway-hyper gateway-mt gateway-stack gateway-cache}
-declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT)
-declare -A URLPATH=([backend]=/ [nginx]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached)
-declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID)
+TARGETS=${TARGETS:-backend nginx haproxy gateway gateway-hyper gateway-mt gateway-stack gateway-cache}
+declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT)
+declare -A URLPATH=([backend]=/ [nginx]=/ [haproxy]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached)
+declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [haproxy]=$HAPROXY_PID [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID)
 RESULTS=$TMP/results
 : >"$RESULTS"
 echo "tollgate proxy benchmark: $(nproc) cores, workers=$WORKERS, wrk -t$THREADS -c$CONNS -d${DURATION}s, $ROUNDS rounds, load on cpus ${LOADGEN_CPUS:-any}, servers on ${SERVER_CPUS:-any}"
@@ -254,6 +282,16 @@ if has gateway && has nginx; then
   awk -v gr="${MED[gateway,2]}" -v nr="${MED[nginx,2]}" -v g99="${MED[gateway,4]}" -v n99="${MED[nginx,4]}" \
     -v gc="${MED[gateway,6]}" -v nc="${MED[nginx,6]}" -v g999="${MED[gateway,5]}" -v n999="${MED[nginx,5]}" \
     'BEGIN{printf "gateway/nginx: rps %.2fx  p99 %.2fx  p99.9 %.2fx  cpu/req %.2fx\n", gr/nr, g99/n99, g999/n999, gc/nc}'
+fi
+if has gateway && has haproxy; then
+  awk -v gr="${MED[gateway,2]}" -v hr="${MED[haproxy,2]}" -v g99="${MED[gateway,4]}" -v h99="${MED[haproxy,4]}" \
+    -v gc="${MED[gateway,6]}" -v hc="${MED[haproxy,6]}" \
+    'BEGIN{printf "gateway/haproxy: rps %.2fx  p99 %.2fx  cpu/req %.2fx\n", gr/hr, g99/h99, gc/hc}'
+fi
+if has gateway-stack && has nginx && has haproxy; then
+  awk -v sr="${MED[gateway-stack,2]}" -v nr="${MED[nginx,2]}" -v hr="${MED[haproxy,2]}" \
+    -v s99="${MED[gateway-stack,4]}" -v n99="${MED[nginx,4]}" -v h99="${MED[haproxy,4]}" \
+    'BEGIN{printf "layered route/nginx: rps %.2fx  p99 %.2fx; layered route/haproxy: rps %.2fx  p99 %.2fx (target: rps >= 1.0x, p99 <= 1.0x)\n", sr/nr, s99/n99, sr/hr, s99/h99}'
 fi
 if has gateway && has gateway-hyper; then
   awk -v gr="${MED[gateway,2]}" -v hr="${MED[gateway-hyper,2]}" -v gc="${MED[gateway,6]}" -v hc="${MED[gateway-hyper,6]}" \

@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# HTTP/2 through the gateway against nginx and HAProxy, all in front of the same minimal hyper
+# backend on loopback, with h2load (many streams on few connections).
+#
+#   gateway/benches/h2.sh                      # 1 worker each, 3 interleaved rounds of 5 s
+#   WORKERS=2 ROUNDS=5 DURATION=10 CONNS=8 STREAMS=16 gateway/benches/h2.sh
+#   TARGETS="nginx gateway" gateway/benches/h2.sh
+#
+# Two workloads, each against every proxy:
+# - `GET`: h2c from the client (prior knowledge), HTTP/1.1 keep-alive to the backend;
+# - `grpc`: unary gRPC-shaped POSTs (`content-type: application/grpc`, `te: trailers`, a 5-byte
+#   framed message) passed through over h2c end to end (nginx `grpc_pass`, HAProxy
+#   `proto h2`, a gateway cluster with `protocol = "h2c"`).
+# It builds `target/release/tollgate` (the backend is `tollgate demo-upstream`), installs nginx,
+# HAProxy and h2load (Debian's `nghttp2-client`) with apt-get when missing, pins h2load to
+# LOADGEN_CPUS and the servers to SERVER_CPUS, and prints the median requests/s, mean and max
+# latency of each, the gateway/nginx and gateway/haproxy ratios, and each proxy's CPU time per
+# request (from /proc/PID/stat). On a shared machine compare only figures from the same run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+WORKERS=${WORKERS:-1}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-8}
+STREAMS=${STREAMS:-16}
+if [ "$(nproc)" -ge 2 ]; then
+  PIN_LOAD="taskset -c ${LOADGEN_CPUS:-0}"
+  PIN_SERVER="taskset -c ${SERVER_CPUS:-1-$(( $(nproc) - 1 ))}"
+else
+  PIN_LOAD=""
+  PIN_SERVER=""
+fi
+BACKEND_PORT=19100
+NGINX_PORT=19180
+NGINX_GRPC_PORT=19181
+HAPROXY_PORT=19182
+HAPROXY_GRPC_PORT=19183
+GATEWAY_PORT=19184
+
+need() {
+  local missing=()
+  for pair in "$@"; do
+    local tool=${pair%%:*} pkg=${pair#*:}
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+need nginx:nginx haproxy:haproxy h2load:nghttp2-client
+PATH=$PATH:/usr/sbin
+
+cargo build --release --bin tollgate -q
+BIN=$PWD/target/release/tollgate
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  exit 1
+}
+
+# The backend: HTTP/1.1 and h2c on one port.
+$PIN_SERVER "$BIN" demo-upstream --listen 127.0.0.1:$BACKEND_PORT >/dev/null &
+PIDS+=($!)
+
+mkdir -p "$TMP/nginx"
+cat >"$TMP/nginx.conf" <<EOF
+user root;
+worker_processes $WORKERS;
+worker_rlimit_nofile 200000;
+daemon off;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 30000; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/nginx;
+  proxy_temp_path $TMP/nginx;
+  fastcgi_temp_path $TMP/nginx;
+  uwsgi_temp_path $TMP/nginx;
+  scgi_temp_path $TMP/nginx;
+  keepalive_requests 1000000;
+  http2_max_concurrent_streams 1024;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT http2 reuseport backlog=4096;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_GRPC_PORT http2 reuseport backlog=4096;
+    location / { grpc_pass grpc://backend; }
+  }
+}
+EOF
+$PIN_SERVER nginx -c "$TMP/nginx.conf" -p "$TMP/nginx" &
+PIDS+=($!)
+
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+  nbthread $WORKERS
+  maxconn 200000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  option http-keep-alive
+  http-reuse always
+frontend get
+  bind 127.0.0.1:$HAPROXY_PORT proto h2
+  default_backend h1
+frontend grpc
+  bind 127.0.0.1:$HAPROXY_GRPC_PORT proto h2
+  default_backend h2
+backend h1
+  server b1 127.0.0.1:$BACKEND_PORT maxconn 256
+backend h2
+  server b1 127.0.0.1:$BACKEND_PORT proto h2 maxconn 256
+EOF
+$PIN_SERVER haproxy -db -f "$TMP/haproxy.cfg" &
+PIDS+=($!)
+HAPROXY_PID=$!
+
+cat >"$TMP/gw.toml" <<EOF
+[server]
+workers = $WORKERS
+[admin]
+listen = ""
+[log]
+level = "warn"
+access_log = false
+[timeouts]
+header_read_ms = 120000
+idle_ms = 120000
+[limits]
+max_requests_per_connection = 0
+[[listeners]]
+name = "bench"
+listen = "127.0.0.1:$GATEWAY_PORT"
+[[clusters]]
+name = "h1"
+endpoints = ["127.0.0.1:$BACKEND_PORT"]
+[[clusters]]
+name = "h2"
+endpoints = ["127.0.0.1:$BACKEND_PORT"]
+protocol = "h2c"
+[[routes]]
+path_prefix = "/grpc."
+cluster = "h2"
+[[routes]]
+cluster = "h1"
+EOF
+$PIN_SERVER "$BIN" --config "$TMP/gw.toml" >/dev/null 2>&1 &
+PIDS+=($!)
+GATEWAY_PID=$!
+
+for p in $BACKEND_PORT $NGINX_PORT $NGINX_GRPC_PORT $HAPROXY_PORT $HAPROXY_GRPC_PORT $GATEWAY_PORT; do
+  wait_port "$p"
+done
+NGINX_MASTER=$(cat "$TMP/nginx.pid")
+
+# A unary gRPC-shaped body: the 5-byte frame header and a 4-byte message.
+printf '\x00\x00\x00\x00\x04ping' >"$TMP/grpc.bin"
+
+ticks() {
+  local total=0
+  for p in "$@" $(for q in "$@"; do pgrep -P "$q" || true; done); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$(( total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}') ))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
+TARGETS=${TARGETS:-nginx haproxy gateway nginx-grpc haproxy-grpc gateway-grpc}
+declare -A PORT=([nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT
+  [nginx-grpc]=$NGINX_GRPC_PORT [haproxy-grpc]=$HAPROXY_GRPC_PORT [gateway-grpc]=$GATEWAY_PORT)
+declare -A PID=([nginx]=$NGINX_MASTER [haproxy]=$HAPROXY_PID [gateway]=$GATEWAY_PID
+  [nginx-grpc]=$NGINX_MASTER [haproxy-grpc]=$HAPROXY_PID [gateway-grpc]=$GATEWAY_PID)
+
+to_us() { # to_us 1.23ms -> 1230
+  awk -v v="$1" 'BEGIN{ n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+    if (u == "s") n *= 1e6; else if (u == "ms") n *= 1e3; printf "%.0f", n }'
+}
+
+RESULTS=$TMP/results
+: >"$RESULTS"
+echo "tollgate HTTP/2 benchmark: $(nproc) cores, workers=$WORKERS, h2load -c$CONNS -m$STREAMS -D$DURATION, $ROUNDS rounds"
+for t in $TARGETS; do # warm-up
+  url="http://127.0.0.1:${PORT[$t]}/"
+  [[ $t == *-grpc ]] && url="http://127.0.0.1:${PORT[$t]}/grpc.bench.Echo/Ping"
+  $PIN_LOAD h2load -c "$CONNS" -m "$STREAMS" -D 1 "$url" >/dev/null 2>&1 || true
+done
+for r in $(seq "$ROUNDS"); do
+  for t in $TARGETS; do
+    args=()
+    url="http://127.0.0.1:${PORT[$t]}/"
+    if [[ $t == *-grpc ]]; then
+      url="http://127.0.0.1:${PORT[$t]}/grpc.bench.Echo/Ping"
+      args=(-d "$TMP/grpc.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+    fi
+    before=$(ticks "${PID[$t]}")
+    out=$($PIN_LOAD h2load -c "$CONNS" -m "$STREAMS" -D "$DURATION" "${args[@]}" "$url" 2>&1 || true)
+    after=$(ticks "${PID[$t]}")
+    rps=$(echo "$out" | awk '/^finished in/ {print $4}' | tr -d ,)
+    ok=$(echo "$out" | awk '/^requests:/ {print $8}')
+    failed=$(echo "$out" | awk '/^requests:/ {print $10}')
+    mean=$(to_us "$(echo "$out" | awk '/^time for request:/ {print $6}')")
+    max=$(to_us "$(echo "$out" | awk '/^time for request:/ {print $5}')")
+    cpu_us=$(awk -v d=$(( after - before )) -v hz="$HZ" -v n="${ok:-0}" 'BEGIN{ if (n > 0) printf "%.1f", d * 1e6 / hz / n; else print "0" }')
+    echo "$t ${rps:-0} ${mean:-0} ${max:-0} $cpu_us ${failed:-0}" >>"$RESULTS"
+    printf 'round %d %-13s %10.0f req/s  mean %6s us  max %7s us  cpu %6s us/req  failed %s\n' \
+      "$r" "$t" "${rps:-0}" "${mean:-0}" "${max:-0}" "$cpu_us" "${failed:-0}"
+  done
+done
+
+echo
+echo "medians over $ROUNDS rounds:"
+median() { sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+declare -A MED
+for t in $TARGETS; do
+  for col in 2 3 4 5; do
+    MED[$t,$col]=$(awk -v t="$t" -v c="$col" '$1==t{print $c}' "$RESULTS" | median)
+  done
+  printf '%-13s %10.0f req/s  mean %6.0f us  max %7.0f us  cpu %6.1f us/req\n' \
+    "$t" "${MED[$t,2]}" "${MED[$t,3]}" "${MED[$t,4]}" "${MED[$t,5]}"
+done
+has() { [[ " $TARGETS " == *" $1 "* ]]; }
+for pair in "gateway nginx" "gateway haproxy" "gateway-grpc nginx-grpc" "gateway-grpc haproxy-grpc"; do
+  read -r a b <<<"$pair"
+  if has "$a" && has "$b"; then
+    awk -v ar="${MED[$a,2]}" -v br="${MED[$b,2]}" -v am="${MED[$a,3]}" -v bm="${MED[$b,3]}" \
+      -v ac="${MED[$a,5]}" -v bc="${MED[$b,5]}" -v a="$a" -v b="$b" \
+      'BEGIN{ printf "%s/%s: req/s %.2fx  mean latency %.2fx  cpu/req %.2fx\n", a, b, ar/br, am/bm, (bc > 0 ? ac/bc : 0) }'
+  fi
+done
