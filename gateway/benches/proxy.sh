@@ -127,7 +127,8 @@ PIDS+=($!)
 cat >"$TMP/haproxy.cfg" <<EOF
 global
   nbthread $WORKERS
-  maxconn 200000
+  # Two descriptors a connection (client and server side), within the open-file limit.
+  maxconn $(( $(ulimit -n) / 2 - 64 ))
   pidfile $TMP/haproxy.pid
 defaults
   mode http

@@ -117,6 +117,7 @@ impl RouteTable {
     }
 
     /// Number of routes.
+    #[cfg(any(fuzzing, feature = "fuzzing"))]
     pub(crate) fn len(&self) -> usize {
         self.routes.len()
     }
@@ -173,6 +174,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// The reference semantics the fuzz target checks [`RouteTable::find`] against: does config
 /// route `r` match this request?
+#[cfg(any(fuzzing, feature = "fuzzing"))]
 pub(crate) fn route_matches(r: &RouteConfig, host: &str, path: &str, method: &str) -> bool {
     HostMatch::new(&r.host).matches(normalize_host(host))
         && prefix_matches(r.path_prefix.trim_end_matches('/'), path)
