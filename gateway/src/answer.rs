@@ -76,6 +76,27 @@ pub(crate) enum Answer {
 }
 
 impl Answer {
+    /// Every answer, in the table's order.
+    #[cfg(test)]
+    const ALL: [Answer; 16] = [
+        Self::NoRoute,
+        Self::MethodNotAllowed,
+        Self::BadTarget,
+        Self::BadHost,
+        Self::HeadTooLarge,
+        Self::BodyTooLarge,
+        Self::BodyUnreadable,
+        Self::NotJson,
+        Self::NoEndpoint,
+        Self::ConnectTimedOut,
+        Self::ConnectFailed,
+        Self::ConnectionFailed,
+        Self::TimedOut,
+        Self::HandlerFailed,
+        Self::RequestFailed,
+        Self::BatchFailed,
+    ];
+
     /// Its HTTP status.
     pub(crate) const fn status(self) -> StatusCode {
         match self {
@@ -243,30 +264,11 @@ mod tests {
 
     #[test]
     fn every_answer_has_one_status_text_and_blame() {
-        use Answer::*;
-        let all = [
-            NoRoute,
-            MethodNotAllowed,
-            BadTarget,
-            BadHost,
-            HeadTooLarge,
-            BodyTooLarge,
-            BodyUnreadable,
-            NotJson,
-            NoEndpoint,
-            ConnectTimedOut,
-            ConnectFailed,
-            ConnectionFailed,
-            TimedOut,
-            HandlerFailed,
-            RequestFailed,
-            BatchFailed,
-        ];
-        for a in all {
+        for a in Answer::ALL {
             let text = a.text();
             assert!(text.ends_with('\n') && !text.trim().is_empty(), "{a:?}");
             assert!(!text.starts_with(char::is_uppercase), "{a:?}: lower case");
-            let is_client = a.status().is_client_error() || a == NoEndpoint;
+            let is_client = a.status().is_client_error() || a == Answer::NoEndpoint;
             assert_eq!(a.blame() == Blame::Local, is_client, "{a:?}");
             let r = a.response();
             assert_eq!(r.status(), a.status());

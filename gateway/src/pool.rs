@@ -178,16 +178,81 @@ async fn open_h1(
     addr: SocketAddr,
     s: Settings,
 ) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
+    open_h1_with(addr, s, false).await
+}
+
+/// A new HTTP/1.1 connection to `addr`, its driver on a task of its own; with `upgrades`, the
+/// driver hands the connection over after a `101` (see [`send_upgrade`]).
+async fn open_h1_with(
+    addr: SocketAddr,
+    s: Settings,
+    upgrades: bool,
+) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
     let stream = connect(addr, s).await?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(UpstreamError::Http)?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let ended = if upgrades {
+            conn.with_upgrades().await
+        } else {
+            conn.await
+        };
+        if let Err(e) = ended {
             tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
         }
     });
     Ok(sender)
+}
+
+/// Sends `req` on `sender` once it is ready.
+async fn send_on<S>(
+    sender: &mut S,
+    req: Request<ReqBody>,
+) -> Result<Response<Incoming>, UpstreamError>
+where
+    S: Sender,
+{
+    sender.ready().await.map_err(UpstreamError::Http)?;
+    sender.send(req).await.map_err(UpstreamError::Http)
+}
+
+/// The answer body of a connection: returned `back` to the pool at its end, when pooled.
+fn up_body(
+    body: Incoming,
+    back: Option<(SocketAddr, http1::SendRequest<ReqBody>, usize)>,
+    s: Settings,
+) -> UpBody {
+    UpBody {
+        inner: body,
+        back,
+        idle: s.idle_timeout,
+        stall: None,
+    }
+}
+
+/// What [`send_on`] needs of hyper's HTTP/1.1 and HTTP/2 senders.
+trait Sender {
+    async fn ready(&mut self) -> Result<(), hyper::Error>;
+    async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<Incoming>, hyper::Error>;
+}
+
+impl Sender for http1::SendRequest<ReqBody> {
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        http1::SendRequest::ready(self).await
+    }
+    async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<Incoming>, hyper::Error> {
+        self.send_request(req).await
+    }
+}
+
+impl Sender for http2::SendRequest<ReqBody> {
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        http2::SendRequest::ready(self).await
+    }
+    async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<Incoming>, hyper::Error> {
+        self.send_request(req).await
+    }
 }
 
 async fn h2_sender(
@@ -304,26 +369,9 @@ pub(crate) async fn send_upgrade(
     req: Request<ReqBody>,
     s: Settings,
 ) -> Result<Response<UpBody>, UpstreamError> {
-    let stream = connect(addr, s).await?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(UpstreamError::Http)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
-        }
-    });
-    sender.ready().await.map_err(UpstreamError::Http)?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(UpstreamError::Http)?;
-    Ok(resp.map(|body| UpBody {
-        inner: body,
-        back: None,
-        idle: s.idle_timeout,
-        stall: None,
-    }))
+    let mut sender = open_h1_with(addr, s, true).await?;
+    let resp = send_on(&mut sender, req).await?;
+    Ok(resp.map(|body| up_body(body, None, s)))
 }
 
 /// Whether a request may be sent twice (RFC 9110 §9.2.2).
@@ -342,17 +390,8 @@ async fn send_fresh_h1(
     s: Settings,
 ) -> Result<Response<UpBody>, UpstreamError> {
     let mut sender = open_h1(addr, s).await?;
-    sender.ready().await.map_err(UpstreamError::Http)?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(UpstreamError::Http)?;
-    Ok(resp.map(|body| UpBody {
-        inner: body,
-        back: Some((addr, sender, s.max_idle)),
-        idle: s.idle_timeout,
-        stall: None,
-    }))
+    let resp = send_on(&mut sender, req).await?;
+    Ok(resp.map(|body| up_body(body, Some((addr, sender, s.max_idle)), s)))
 }
 
 /// Sends `req` to `addr` over the thread's HTTP/2 connection (the URI must be absolute).
@@ -365,17 +404,8 @@ pub(crate) async fn send_h2(
     s: Settings,
 ) -> Result<Response<UpBody>, UpstreamError> {
     let mut sender = h2_sender(addr, s).await?;
-    sender.ready().await.map_err(UpstreamError::Http)?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(UpstreamError::Http)?;
-    Ok(resp.map(|body| UpBody {
-        inner: body,
-        back: None,
-        idle: s.idle_timeout,
-        stall: None,
-    }))
+    let resp = send_on(&mut sender, req).await?;
+    Ok(resp.map(|body| up_body(body, None, s)))
 }
 
 /// An upstream response body that returns its HTTP/1.1 connection to the thread's pool once

@@ -38,16 +38,21 @@ pub(crate) struct Upgrade {
     client: OnUpgrade,
 }
 
-/// Whether `headers` ask to upgrade: an `Upgrade` field and `upgrade` among `Connection`'s
-/// tokens.
+/// Whether a request's fields ask to upgrade: an `Upgrade` field and `upgrade` among
+/// `Connection`'s tokens; `values(name)` gives the values of the fields named `name`.
+fn fields_ask_upgrade<'a, I>(values: impl Fn(&'static str) -> I) -> bool
+where
+    I: Iterator<Item = &'a [u8]>,
+{
+    values("upgrade").next().is_some()
+        && values("connection")
+            .flat_map(|v| v.split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// Whether `headers` ask to upgrade (see [`fields_ask_upgrade`]).
 pub(crate) fn asks_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    fields_ask_upgrade(|name| headers.get_all(name).iter().map(HeaderValue::as_bytes))
 }
 
 /// Whether the request head at the start of `bytes` (complete or not) asks to upgrade.
@@ -57,16 +62,13 @@ pub(crate) fn head_asks_upgrade(bytes: &[u8]) -> bool {
     if req.parse(bytes).is_err() {
         return false;
     }
-    let mut map = HeaderMap::new();
-    for f in req.headers.iter().take_while(|f| !f.name.is_empty()) {
-        if let (Ok(n), Ok(v)) = (
-            header::HeaderName::from_bytes(f.name.as_bytes()),
-            HeaderValue::from_bytes(f.value),
-        ) {
-            map.append(n, v);
-        }
-    }
-    asks_upgrade(&map)
+    let fields = &*req.headers;
+    fields_ask_upgrade(|name| {
+        fields
+            .iter()
+            .filter(move |f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    })
 }
 
 /// The upgrade `req` asks for, when its connection can be handed over.
