@@ -27,55 +27,15 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-8}
 STREAMS=${STREAMS:-16}
-if [ "$(nproc)" -ge 2 ]; then
-  PIN_LOAD="taskset -c ${LOADGEN_CPUS:-0}"
-  PIN_SERVER="taskset -c ${SERVER_CPUS:-1-$(( $(nproc) - 1 ))}"
-else
-  PIN_LOAD=""
-  PIN_SERVER=""
-fi
 BACKEND_PORT=19100
 NGINX_PORT=19180
 HAPROXY_PORT=19182
 HAPROXY_POST_PORT=19183
 GATEWAY_PORT=19184
 
-need() {
-  local missing=()
-  for pair in "$@"; do
-    local tool=${pair%%:*} pkg=${pair#*:}
-    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$pkg")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
-}
-need nginx:nginx haproxy:haproxy h2load:nghttp2-client
-PATH=$PATH:/usr/sbin
-
-cargo build --release --bin tollgate -q
-BIN=$PWD/target/release/tollgate
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on port $1" >&2
-  exit 1
-}
+# shellcheck source=gateway/benches/lib.sh
+source gateway/benches/lib.sh
+need nginx haproxy h2load:nghttp2-client
 
 # The backend: HTTP/1.1 and h2c on one port.
 $PIN_SERVER "$BIN" demo-upstream --listen 127.0.0.1:$BACKEND_PORT >/dev/null &
@@ -181,16 +141,6 @@ NGINX_MASTER=$(cat "$TMP/nginx.pid")
 # The POST body.
 printf 'ping-pong' >"$TMP/post.bin"
 
-ticks() {
-  local total=0
-  for p in "$@" $(for q in "$@"; do pgrep -P "$q" || true; done); do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$(( total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}') ))
-  done
-  echo "$total"
-}
-HZ=$(getconf CLK_TCK)
-
 TARGETS=${TARGETS:-nginx haproxy gateway nginx-post haproxy-post gateway-post}
 declare -A PORT=([nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT
   [nginx-post]=$NGINX_PORT [haproxy-post]=$HAPROXY_POST_PORT [gateway-post]=$GATEWAY_PORT)
@@ -239,7 +189,6 @@ done
 
 echo
 echo "medians over $ROUNDS rounds:"
-median() { sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 declare -A MED
 for t in $TARGETS; do
   for col in 2 3 4 5; do

@@ -32,15 +32,6 @@ DURATION=${DURATION:-5}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
-if [ "$(nproc)" -ge 2 ]; then
-  LOADGEN_CPUS=${LOADGEN_CPUS:-0}
-  SERVER_CPUS=${SERVER_CPUS:-1-$(( $(nproc) - 1 ))}
-  PIN_LOAD="taskset -c $LOADGEN_CPUS"
-  PIN_SERVER="taskset -c $SERVER_CPUS"
-else
-  PIN_LOAD=""
-  PIN_SERVER=""
-fi
 BACKEND_PORT=19000
 NGINX_PORT=19080
 GATEWAY_PORT=19081
@@ -48,39 +39,9 @@ GATEWAY_MT_PORT=19082
 GATEWAY_HYPER_PORT=19083
 HAPROXY_PORT=19084
 
-need() {
-  local missing=()
-  for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
-}
+# shellcheck source=gateway/benches/lib.sh
+source gateway/benches/lib.sh
 need nginx haproxy wrk
-command -v nginx >/dev/null || PATH=$PATH:/usr/sbin
-
-cargo build --release --bin tollgate -q
-BIN=$PWD/target/release/tollgate
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-wait_port() {
-  for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
-    sleep 0.1
-  done
-  echo "nothing answers on port $1" >&2
-  exit 1
-}
 
 # The backend.
 $PIN_SERVER "$BIN" demo-upstream --listen 127.0.0.1:$BACKEND_PORT >/dev/null &
@@ -229,19 +190,6 @@ done = function(summary, latency, requests)
 end
 EOF
 
-# CPU clock ticks (user + system) of a process and its children processes (nginx workers).
-ticks() {
-  local total=0
-  for p in "$@" $(for q in "$@"; do pgrep -P "$q" || true; done); do
-    [ -r "/proc/$p/stat" ] || continue
-    local f
-    f=$(sed 's/^.*) //' "/proc/$p/stat")
-    total=$(( total + $(echo "$f" | awk '{print $12 + $13}') ))
-  done
-  echo "$total"
-}
-HZ=$(getconf CLK_TCK)
-
 TARGETS=${TARGETS:-backend nginx haproxy gateway gateway-hyper gateway-mt gateway-stack gateway-cache}
 declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT)
 declare -A URLPATH=([backend]=/ [nginx]=/ [haproxy]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached)
@@ -269,7 +217,6 @@ done
 
 echo
 echo "medians over $ROUNDS rounds:"
-median() { sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 declare -A MED
 for t in $TARGETS; do
   for col in 2 3 4 5 6; do

@@ -1,0 +1,69 @@
+# Shared by the proxy benchmarks (`proxy.sh`, `h2.sh`); sourced from the repository root after
+# the script has set its own options. It pins the load generator and the servers, installs what
+# is missing, builds the gateway, and gives the helpers below.
+#
+# In: LOADGEN_CPUS, SERVER_CPUS (optional). Out: PIN_LOAD, PIN_SERVER, BIN, TMP (removed at
+# exit), PIDS (killed at exit, with the nginx master named by $TMP/nginx.pid), HZ.
+
+if [ "$(nproc)" -ge 2 ]; then
+  LOADGEN_CPUS=${LOADGEN_CPUS:-0}
+  SERVER_CPUS=${SERVER_CPUS:-1-$(( $(nproc) - 1 ))}
+  PIN_LOAD="taskset -c $LOADGEN_CPUS"
+  PIN_SERVER="taskset -c $SERVER_CPUS"
+else
+  PIN_LOAD=""
+  PIN_SERVER=""
+fi
+
+# need TOOL[:PACKAGE]...: installs the Debian packages of the tools that are missing.
+need() {
+  local missing=()
+  for pair in "$@"; do
+    local tool=${pair%%:*} pkg=${pair#*:}
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  PATH=$PATH:/usr/sbin
+}
+
+cargo build --release --bin tollgate -q
+BIN=$PWD/target/release/tollgate
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid" 2>/dev/null)" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+# wait_port PORT: until something accepts connections on it (10 s at most).
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  exit 1
+}
+
+# ticks PID...: CPU clock ticks (user + system) of the processes and their children (nginx
+# workers).
+ticks() {
+  local total=0
+  for p in "$@" $(for q in "$@"; do pgrep -P "$q" || true; done); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$(( total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}') ))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
+# median: the median of the numbers on standard input, one a line.
+median() { sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
