@@ -39,14 +39,13 @@ pub trait EndpointSignal: fmt::Debug + Send + Sync + 'static {
 }
 
 /// A [`tollgate_breaker::BreakerHandle`] as a signal: the endpoint is left out while its
-/// breaker is open or forced open (half-open lets the breaker choose its probes).
+/// breaker would reject a call ([`admits_now`](tollgate_breaker::BreakerHandle::admits_now)):
+/// open and waiting, forced open, or half-open with every probe slot taken. Once an open
+/// breaker's wait is over the endpoint is picked again, so that its probe is sent.
 #[cfg(feature = "breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
 impl EndpointSignal for tollgate_breaker::BreakerHandle {
     fn is_available(&self) -> bool {
-        !matches!(
-            self.state(),
-            tollgate_breaker::State::Open | tollgate_breaker::State::ForcedOpen
-        )
+        self.admits_now()
     }
 }

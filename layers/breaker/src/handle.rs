@@ -32,6 +32,26 @@ impl BreakerHandle {
         self.core.state()
     }
 
+    /// Whether a call made now would be let through, without taking anything: false while
+    /// open and still waiting, forced open, or half-open with every probe slot taken; true once
+    /// an open breaker's wait is over, although [`state`](Self::state) still says
+    /// [`State::Open`] until the next call moves it to half-open. This is what a balancer asks
+    /// before sending an endpoint traffic: an open endpoint whose wait has ended must get its
+    /// probe, or it would stay open for ever.
+    ///
+    /// ```
+    /// use tollgate_breaker::{BreakerConfig, BreakerLayer};
+    ///
+    /// let layer = BreakerLayer::new(BreakerConfig::default()).unwrap();
+    /// let handle = layer.handle();
+    /// assert!(handle.admits_now());
+    /// handle.force_open();
+    /// assert!(!handle.admits_now());
+    /// ```
+    pub fn admits_now(&self) -> bool {
+        self.core.admits_now(|| now_ns(&self.core))
+    }
+
     /// State, window counts and rates, probe counts, and time until the next probe.
     pub fn snapshot(&self) -> Snapshot {
         self.core.snapshot(now_ns(&self.core))

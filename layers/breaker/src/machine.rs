@@ -154,6 +154,25 @@ impl Core {
         }
     }
 
+    /// Like [`may_admit`](Self::may_admit), and false too while half-open with every probe
+    /// slot of the current period taken: whether a call made now would be let through.
+    pub(crate) fn admits_now(&self, now: impl FnOnce() -> u64) -> bool {
+        // Acquire: as in `acquire`.
+        let s = self.state.load(Acquire);
+        match s & STATE_MASK {
+            FORCED_OPEN => false,
+            // Relaxed: ordered after the Acquire load above, as in `acquire_slow`.
+            OPEN => now() >= self.open_until.load(Relaxed),
+            HALF_OPEN => {
+                // Relaxed: a hint; `admit_probe`'s CAS decides. A probe word of an older
+                // generation is a period whose slots nobody has taken yet.
+                let h = self.probes.load(Relaxed);
+                gen_of(h) != generation(s) || field(h, ADMITTED_SHIFT) < self.settings.probes
+            }
+            _ => true,
+        }
+    }
+
     /// Admits a call or rejects it. `now` is called only when the breaker is open.
     ///
     /// # Errors
