@@ -16,6 +16,19 @@
 //! Default features are empty; `full` enables every layer. [`core`] (always present) holds what
 //! the layers share: failure classification, errors and test probes.
 //!
+//! Feature `serde` derives `Serialize` and `Deserialize` on the chosen layers' configuration
+//! types, so a service reads them from its own config file: durations are written `"250ms"`,
+//! `"5s"`, `"1m"`, a field left out keeps its default, and an unknown field is refused (the
+//! reference gateway's `[clusters.breaker]`, `[clusters.pool]` and `[clusters.balance]` sections
+//! are these types). With `breaker` and `serde`:
+//!
+//! ```toml
+//! minimum_calls = 20
+//! failure_rate_threshold = 0.5
+//! wait_in_open = "5s"
+//! sliding_window = { type = "time", length = "30s", buckets = 10 }
+//! ```
+//!
 //! The reference gateway (the `tollgate` binary) is its own crate, `tollgate-gateway`: none of
 //! its dependencies (hyper, rustls, clap, toml, ...) reach this one.
 #![forbid(unsafe_code)]

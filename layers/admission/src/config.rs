@@ -8,21 +8,26 @@ use tollgate_core::error::ConfigError;
 pub const MAX_CLASSES: usize = 64;
 
 /// One priority class. Classes are listed highest priority first in [`AdmissionConfig::classes`].
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassConfig {
     /// The name used in rejections and snapshots. No default; must be non-empty and unique.
     pub name: String,
     /// How many requests of this class may wait for capacity at once; a request arriving at a
     /// full queue is rejected at once. Default 128 requests. May be 0 (never queue).
+    #[cfg_attr(feature = "serde", serde(default = "serde_defaults::queue_capacity"))]
     pub queue_capacity: usize,
     /// Slots of capacity kept for this class while it has requests waiting: other classes cannot
     /// take a free slot this class is owed, and freed slots go to it first. While it has nobody
     /// waiting, other classes borrow its idle share. Default 0 slots.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub reserved: usize,
     /// Slots kept free for this class and those above it: a request of a lower class is
     /// admitted only while more slots are free than the headrooms above it add up to, so this
     /// class's requests start at once instead of waiting for a slot to free. Unlike
     /// `reserved`, it is not lent: it costs that much capacity while unused. Default 0 slots.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub headroom: usize,
 }
 
@@ -63,12 +68,16 @@ impl ClassConfig {
 /// and drops waiters older than `target`, as long as enough fresher waiters remain to keep
 /// every slot busy (or the queue is full). A queue that does not stand serves its oldest
 /// waiter first. A waiter always gives up after `interval`.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CodelConfig {
     /// The queue wait past which waiters are dropped while their queue stands. Default 5 ms.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub target: Duration,
     /// How long a queue must stay non-empty to count as standing, and the most time any
     /// request waits. Default 100 ms.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub interval: Duration,
     /// Whether a standing queue serves newest first. Default `true`.
     pub adaptive_lifo: bool,
@@ -86,18 +95,23 @@ impl Default for CodelConfig {
 
 /// A per-key GCRA quota (see [`Ticket::key`](crate::Ticket::key)), checked before a request
 /// queues. Requests without a key are not rate limited.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitConfig {
     /// Requests each key may make per `period`, and the burst it may spend at once. No default;
     /// must be at least 1.
     pub burst: u32,
     /// The time in which a key's whole burst refills. No default; must be non-zero.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub period: Duration,
     /// The most keys tracked at once; beyond it the key closest to a fresh bucket is forgotten,
     /// so memory stays bounded. Default 100 000 keys.
+    #[cfg_attr(feature = "serde", serde(default = "serde_defaults::max_keys"))]
     pub max_keys: usize,
     /// Keep the quota in Redis, shared by every instance using the same server and key prefix;
     /// the local limiter answers while Redis cannot. Default `None` (local only).
+    #[cfg_attr(feature = "serde", serde(default))]
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub redis: Option<RedisConfig>,
@@ -117,6 +131,8 @@ impl RateLimitConfig {
 }
 
 /// Where the shared quota lives.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -124,12 +140,24 @@ pub struct RedisConfig {
     /// The server, as a `redis://` URL. No default.
     pub url: String,
     /// Prepended to each key's name. Default `"tollgate:rl:"`.
+    #[cfg_attr(feature = "serde", serde(default = "serde_defaults::key_prefix"))]
     pub key_prefix: String,
     /// The most time one check (connecting included) may take before the local limit is used
     /// instead. Default 20 ms.
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "humantime_serde", default = "serde_defaults::redis_timeout")
+    )]
     pub timeout: Duration,
     /// After a failure, how long to use only the local limit before trying Redis again.
     /// Default 1 s.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "humantime_serde",
+            default = "serde_defaults::redis_retry_after"
+        )
+    )]
     pub retry_after: Duration,
 }
 
@@ -160,12 +188,15 @@ impl RedisConfig {
 
 /// Client-side adaptive throttling from the Google SRE book: while the backend rejects, reject
 /// locally with probability `max(0, (requests - k * accepts) / (requests + 1))`.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ThrottleConfig {
     /// The multiplier `K`: 2.0 lets through about twice what the backend accepts. Default 2.0;
     /// must be at least 1.
     pub k: f64,
     /// The window over which requests and accepts are counted. Default 120 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub window: Duration,
     /// The random generator's seed, so tests are deterministic. Default 0.
     pub seed: u64,
@@ -182,6 +213,8 @@ impl Default for ThrottleConfig {
 }
 
 /// How the layer answers `poll_ready`.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadyMode {
     /// `poll_ready` forwards the inner service's readiness; `call` calls the instance it readied.
@@ -196,6 +229,8 @@ pub enum ReadyMode {
 
 /// Everything the admission layer can be told. Build a layer with
 /// [`AdmissionLayer::new`](crate::AdmissionLayer::new), which validates it.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdmissionConfig {
     /// The classes, highest priority first. Default: `critical_plus`, `critical`,
@@ -396,5 +431,33 @@ mod tests {
             edit(&mut c);
             assert_eq!(c.validate().unwrap_err().field(), field);
         }
+    }
+}
+
+/// Defaults of the fields a config read with `serde` may leave out, where the type as a whole
+/// has required fields (and so no `Default`): the same values as the constructors'.
+#[cfg(feature = "serde")]
+mod serde_defaults {
+    pub(super) fn queue_capacity() -> usize {
+        super::ClassConfig::new("").queue_capacity
+    }
+
+    pub(super) fn max_keys() -> usize {
+        super::RateLimitConfig::new(1, std::time::Duration::from_secs(1)).max_keys
+    }
+
+    #[cfg(feature = "redis")]
+    pub(super) fn key_prefix() -> String {
+        super::RedisConfig::new("").key_prefix
+    }
+
+    #[cfg(feature = "redis")]
+    pub(super) fn redis_timeout() -> std::time::Duration {
+        super::RedisConfig::new("").timeout
+    }
+
+    #[cfg(feature = "redis")]
+    pub(super) fn redis_retry_after() -> std::time::Duration {
+        super::RedisConfig::new("").retry_after
     }
 }

@@ -116,6 +116,10 @@
 //!   [Fail at Scale](https://queue.acm.org/detail.cfm?id=2839461).
 //! - Google SRE book, [Handling Overload](https://sre.google/sre-book/handling-overload/):
 //!   criticalities and client-side adaptive throttling.
+//!
+//! With feature `serde`, [`AdmissionConfig`] and the types inside it implement `Serialize` and
+//! `Deserialize`: durations read and write as `"250ms"`, `"5s"`, `"1m"`, a field left out keeps its
+//! default, and an unknown field is an error that names it.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -6,19 +6,24 @@ use tollgate_core::error::ConfigError;
 /// How the balancer scores, ejects, checks and ramps its endpoints.
 ///
 /// Every field has a default (see [`Default`]); `validate` names the first bad field.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct BalanceConfig {
     /// Time constant of the peak-EWMA latency estimate: how fast a slow sample is forgotten,
     /// and how fast an idle endpoint's estimate decays towards zero so it is tried again.
     /// Default 10 s (Finagle's and Linkerd's choice).
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub decay: Duration,
     /// Latency assumed for an endpoint before its first response; it decays with `decay` like
     /// an estimate, so an endpoint never tried is tried eventually. Default 30 ms.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub default_rtt: Duration,
     /// Weight of each outcome in an endpoint's failure rate, in `(0, 1]`. Default 0.1.
     pub failure_weight: f64,
     /// Time constant with which an endpoint's failure rate decays towards zero while it gets no
     /// requests, so a failing endpoint is eventually tried again. Default 30 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub failure_decay: Duration,
     /// Exponent of the failure penalty: the cost is divided by `(1 - failure rate)^penalty`,
     /// so an endpoint that fails fast looks expensive rather than cheap. 0 turns the penalty
@@ -28,6 +33,7 @@ pub struct BalanceConfig {
     /// its endpoint (the caller timed out on it); one dropped sooner is ignored, since callers
     /// also cancel for reasons of their own. Either way its running time raises the latency
     /// estimate. `Duration::MAX` never counts a cancellation. Default 1 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub cancel_failure_after: Duration,
     /// Share of endpoints (in `(0, 1]`) that must be admitted (healthy and not ejected); below
     /// it the balancer panics and spreads requests over every endpoint rather than overload
@@ -36,6 +42,7 @@ pub struct BalanceConfig {
     /// How long a new or recovered endpoint's weight ramps up, linearly, from
     /// `slow_start_min_weight` to its full weight. Zero turns slow start off. Endpoints given
     /// when the balancer is built start at full weight. Default zero.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub slow_start: Duration,
     /// The share of its weight an endpoint starts slow start with, in `(0, 1]`. Default 0.1.
     pub slow_start_min_weight: f64,
@@ -49,19 +56,24 @@ pub struct BalanceConfig {
 }
 
 /// When an endpoint is taken out of rotation because it fails more than its peers.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutlierConfig {
     /// Consecutive failures that eject an endpoint; 0 turns this check off. Default 5.
     pub consecutive_failures: u32,
     /// How long the first ejection lasts; the n-th repeat lasts n times as long. Default 30 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub base_ejection_time: Duration,
     /// The longest an ejection may last. Default 300 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_ejection_time: Duration,
     /// The largest share of endpoints ejected at once, in `[0, 1]` (rounded down: 0.5 of 5 is
     /// 2). Default 0.5.
     pub max_ejection_share: f64,
     /// How often success rates are compared across the fleet; also the time an endpoint must
     /// stay clear of ejection for its repeat count to go down by one. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub interval: Duration,
     /// Whether to eject endpoints whose success rate is below the fleet's (mean minus
     /// `success_rate_stdev_factor` standard deviations). Default true.
@@ -76,11 +88,15 @@ pub struct OutlierConfig {
 }
 
 /// Active health checks: a probe per endpoint at a fixed interval.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
     /// Time between check rounds. Default 1 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub interval: Duration,
     /// A check that has not answered by then fails. Default 500 ms.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub timeout: Duration,
     /// Consecutive failed checks that mark an endpoint unhealthy. Default 3.
     pub unhealthy_threshold: u32,

@@ -4,6 +4,8 @@ use std::time::Duration;
 use tollgate_core::error::ConfigError;
 
 /// What a caller meets when the queue is full.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overflow {
     /// `poll_ready` waits until the queue has room (backpressure). The default.
@@ -19,6 +21,8 @@ pub enum Overflow {
 /// A batch is sent when it holds `max_items` requests, when it weighs `max_weight`, when its
 /// oldest request has waited the (adaptive) linger, when a request's deadline would otherwise
 /// pass, or at once when the backend is idle and requests are sparse, whichever comes first.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchConfig {
     /// The most requests in one batch call. Default 64; at least 1.
@@ -32,6 +36,7 @@ pub struct BatchConfig {
     /// The layer lingers less when the arrival rate says the batch will fill sooner, and not at
     /// all when the backend is idle and requests are sparse. Default 10 ms; zero sends every
     /// request as soon as the flusher sees it.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_linger: Duration,
     /// Whether a request that finds nothing in flight and a sparse arrival rate is sent at
     /// once instead of lingering. Default `true`.

@@ -96,6 +96,10 @@
 //! [DataLoader](https://github.com/graphql/dataloader) (folding duplicate keys, keyed
 //! results), and Zebra's [`tower-batch-control`](https://docs.rs/tower-batch-control) (a single
 //! worker task per layer).
+//!
+//! With feature `serde`, [`BatchConfig`] and the types inside it implement `Serialize` and
+//! `Deserialize`: durations read and write as `"250ms"`, `"5s"`, `"1m"`, a field left out keeps its
+//! default, and an unknown field is an error that names it.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

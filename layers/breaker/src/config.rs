@@ -11,6 +11,11 @@ pub const MAX_WINDOW_CALLS: u32 = (1 << 21) - 1;
 pub const MAX_HALF_OPEN_CALLS: u32 = 1000;
 
 /// Which calls the failure and slow-call rates are computed over.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)
+)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SlidingWindow {
     /// The last `size` calls, exactly (in the order their results were recorded).
@@ -23,6 +28,7 @@ pub enum SlidingWindow {
     /// clock once, which on the machines measured cost more than the rest of the call.
     Time {
         /// How far back the window looks. Must be at least one nanosecond per bucket.
+        #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
         length: Duration,
         /// How many buckets the window is split into, `1..=3600`. Each bucket holds at most
         /// [`MAX_WINDOW_CALLS`] calls.
@@ -37,6 +43,8 @@ impl Default for SlidingWindow {
 }
 
 /// Exponential growth of the open wait when probes keep failing.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// Each consecutive open lasts `multiplier` times the previous one. Finite, `>= 1.0`.
@@ -44,6 +52,7 @@ pub struct Backoff {
     pub multiplier: f64,
     /// The longest an open state lasts, jitter included. At least
     /// [`BreakerConfig::wait_in_open`]. Default 10 minutes.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_wait: Duration,
     /// Each wait is multiplied by a random factor in `1 - jitter ..= 1 + jitter` (then capped),
     /// so many breakers opened together do not probe together. `0.0..=1.0`. Default `0.1`.
@@ -80,6 +89,8 @@ impl Default for Backoff {
 /// };
 /// assert!(config.validate().is_ok());
 /// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
     /// A name for logs and state-change events. Default `"breaker"`.
@@ -96,12 +107,14 @@ pub struct BreakerConfig {
     pub slow_call_rate_threshold: f64,
     /// A call that takes at least this long is slow. `None` (the default) turns slow-call
     /// detection off, and with it the clock reads that time each call.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub slow_call_duration: Option<Duration>,
     /// Also open after this many failures in a row, whatever the window says (at least `1`).
     /// Default `None` (off).
     pub consecutive_failures: Option<u32>,
     /// How long the breaker stays open before it lets probes through. Default 60 s; more than
     /// zero.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub wait_in_open: Duration,
     /// Grow the open wait each time the probes fail. Default `None` (always `wait_in_open`).
     pub backoff: Option<Backoff>,
@@ -239,6 +252,8 @@ impl BreakerConfig {
 }
 
 /// Bounds on the breakers a [`KeyedBreaker`](crate::KeyedBreaker) keeps, one per key.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyLimits {
     /// The most keys (breakers) kept at once; when a new key would exceed it, idle keys go
@@ -246,6 +261,7 @@ pub struct KeyLimits {
     pub max_keys: usize,
     /// A key unused for this long is dropped (its breaker forgotten) at the next sweep, which
     /// runs when new keys arrive. More than zero. Default 10 minutes.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub idle_timeout: Duration,
 }
 

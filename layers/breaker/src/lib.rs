@@ -82,6 +82,10 @@
 //! assert_eq!(handle.snapshot().failure_rate, Some(1.0));
 //! # }
 //! ```
+//!
+//! With feature `serde`, [`BreakerConfig`] and the types inside it implement `Serialize` and
+//! `Deserialize`: durations read and write as `"250ms"`, `"5s"`, `"1m"`, a field left out keeps its
+//! default, and an unknown field is an error that names it.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -7,6 +7,8 @@ use tollgate_core::error::ConfigError;
 ///
 /// Durations a response gives itself (through the policy) are capped at `max_ttl`; the defaults
 /// here apply where the policy leaves a field `None`.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     /// L1 slots per worker thread (each thread serving requests keeps its own table). A power
@@ -15,29 +17,37 @@ pub struct CacheConfig {
     /// The longest an L1 copy answers before the next request looks at L2 again, so L2 sees
     /// the key's popularity and invalidations from other threads settle. Default 1 s; not zero
     /// when L1 is on.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub l1_ttl: Duration,
     /// L2 capacity: entries, or weight units (what [`CachePolicy::weight`](crate::policy::CachePolicy::weight)
     /// returns: bytes for the HTTP policy) for a policy whose `WEIGHTED` is true. At least 1.
     /// Default 67 108 864.
     pub l2_capacity: u64,
     /// Freshness of a stored response whose policy gives none. Default 60 s; not zero.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub default_ttl: Duration,
     /// Upper bound for any freshness or stale window. Default 1 day; at least `default_ttl`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_ttl: Duration,
     /// Entries not read for this long are dropped (`None`: never). Default `None`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub time_to_idle: Option<Duration>,
     /// Freshness of negative answers ([`Cacheability::Negative`](crate::policy::Cacheability::Negative));
     /// zero stores none. Default 5 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub negative_ttl: Duration,
     /// Default stale-while-revalidate window (RFC 5861). Default 0 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub stale_while_revalidate: Duration,
     /// Default stale-if-error window (RFC 5861). Default 0 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub stale_if_error: Duration,
     /// XFetch's β (Vattani et al.): larger refreshes earlier; 0 turns early refresh off.
     /// Finite, at least 0. Default 1.0.
     pub xfetch_beta: f64,
     /// How long a request waits for another request already fetching the same key before it
     /// asks the inner service itself. Not zero. Default 5 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub coalesce_timeout: Duration,
     /// Seed of the random numbers behind XFetch, so runs repeat. Default `0x7011_6a7e`.
     pub seed: u64,

@@ -75,6 +75,10 @@
 //!
 //! With Redis, build the layer with `CacheLayer::with_redis` (feature `redis`) inside a tokio runtime; see
 //! `examples/cache.rs` (`cargo run -p tollgate-cache --features redis --example cache`).
+//!
+//! With feature `serde`, [`CacheConfig`] and the types inside it implement `Serialize` and
+//! `Deserialize`: durations read and write as `"250ms"`, `"5s"`, `"1m"`, a field left out keeps its
+//! default, and an unknown field is an error that names it.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

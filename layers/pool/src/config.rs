@@ -6,6 +6,11 @@ use std::time::Duration;
 use tollgate_core::error::ConfigError;
 
 /// What a request does when every permit is in use.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)
+)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AtLimit {
     /// Fail at once with [`Overloaded`](tollgate_core::error::Overloaded) (the default).
@@ -14,11 +19,14 @@ pub enum AtLimit {
     /// `max_wait`, then fail with `Overloaded`. Never waits for ever.
     Wait {
         /// The longest a request waits for a permit. Must be positive.
+        #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
         max_wait: Duration,
     },
 }
 
 /// Settings of a [`Limiter`](crate::Limiter).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     /// The limit never goes below this. Default 1 request; at least 1.
@@ -39,8 +47,10 @@ pub struct PoolConfig {
     /// A window lasts this many recent RTTs. Default 2.0.
     pub window_rtts: f64,
     /// Shortest window. Default 10 ms.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub min_window: Duration,
     /// Longest window; a window closes after this long even with few samples. Default 1 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_window: Duration,
     /// A window needs this many RTT samples to close before `max_window`. Default 10.
     pub min_window_samples: u32,

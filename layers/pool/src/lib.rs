@@ -88,6 +88,10 @@
 //! For servers that call services without waiting on `poll_ready` for capacity, use
 //! [`PoolSizerLayer::deferred`]. To take permits outside a service (an admission layer),
 //! use [`Limiter::try_acquire`] and [`Permit`] directly.
+//!
+//! With feature `serde`, [`PoolConfig`] and the types inside it implement `Serialize` and
+//! `Deserialize`: durations read and write as `"250ms"`, `"5s"`, `"1m"`, a field left out keeps its
+//! default, and an unknown field is an error that names it.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -14,6 +14,8 @@ pub const MAX_ATTEMPTS: u32 = MAX_TRIED as u32;
 /// Over any window, retries and hedges are at most
 /// `min_per_second * window + ratio * requests`, so under a total outage the load on the
 /// service grows by at most `ratio` (plus the floor), never by the number of attempts.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetConfig {
     /// Retries allowed per request seen in the window, as a fraction (`0.1`: one retry per ten
@@ -24,6 +26,7 @@ pub struct BudgetConfig {
     pub min_per_second: u32,
     /// How far back requests and retries count. Split into 10 buckets; at least 10 ms, at most
     /// an hour. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub window: Duration,
 }
 
@@ -41,11 +44,15 @@ impl Default for BudgetConfig {
 /// uniformly random time in `0..=min(max, base * 2^(n-1))` ("full jitter", see
 /// <https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/>). A pushback from
 /// the response (`Retry-After`, `grpc-retry-pushback-ms`) replaces it.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackoffConfig {
     /// The cap of the first retry's wait. Default 25 ms. Zero retries at once.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub base: Duration,
     /// The largest wait. At least `base`. Default 1 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max: Duration,
 }
 
@@ -64,6 +71,8 @@ impl Default for BackoffConfig {
 /// successful attempts over the last [`window`](HedgeConfig::window), clamped to
 /// `min_delay..=max_delay`. Until [`min_samples`](HedgeConfig::min_samples) latencies are
 /// known, requests are not hedged. With `percentile: None` the delay is always `min_delay`.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct HedgeConfig {
     /// Which latency percentile sets the delay, in `0.5..=1.0`, or `None` for a fixed delay of
@@ -71,13 +80,16 @@ pub struct HedgeConfig {
     /// service is healthy, fewer when the budget says so.
     pub percentile: Option<f64>,
     /// The shortest delay, and the delay when `percentile` is `None`. Default 1 ms.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub min_delay: Duration,
     /// The longest delay. At least `min_delay`. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_delay: Duration,
     /// Latencies needed in the window before the learned delay is used. At least 1. Default 20.
     pub min_samples: u32,
     /// How far back latencies count (two halves; the older is dropped as a new one starts).
     /// At least 10 ms. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub window: Duration,
 }
 
@@ -94,6 +106,8 @@ impl Default for HedgeConfig {
 }
 
 /// Configuration of a [`RetryLayer`](crate::RetryLayer).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     /// Attempts per request, the first included (hedges count as attempts), in
@@ -105,6 +119,7 @@ pub struct RetryConfig {
     pub backoff: BackoffConfig,
     /// The longest pushback (`Retry-After`, `grpc-retry-pushback-ms`) the layer waits for; a
     /// longer one ends the retries and returns the answer to the caller. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_pushback: Duration,
     /// Hedging, off (`None`) by default.
     pub hedge: Option<HedgeConfig>,

@@ -107,6 +107,10 @@
 //! assert_eq!(budget.snapshot().spent, 2);
 //! # }
 //! ```
+//!
+//! With feature `serde`, [`RetryConfig`] and the types inside it implement `Serialize` and
+//! `Deserialize`: durations read and write as `"250ms"`, `"5s"`, `"1m"`, a field left out keeps its
+//! default, and an unknown field is an error that names it.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

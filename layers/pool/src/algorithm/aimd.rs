@@ -5,6 +5,8 @@ use std::time::Duration;
 use tollgate_core::error::ConfigError;
 
 /// Settings of [`Aimd`].
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct AimdConfig {
     /// Added to the limit after each saturated window without trouble. Default 1.0 (requests).
@@ -13,6 +15,7 @@ pub struct AimdConfig {
     pub backoff: f64,
     /// A window whose mean RTT exceeds this counts as trouble. Default `None`: only failures
     /// count, so AIMD cannot see queueing that does not cause failures.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub rtt_threshold: Option<Duration>,
     /// A window whose failure ratio reaches this counts as trouble. Default 0.05; in `(0, 1]`.
     pub failure_ratio: f64,

@@ -5,6 +5,8 @@ use std::time::Duration;
 use tollgate_core::error::ConfigError;
 
 /// Settings of [`Gradient2`]; the defaults are Netflix's.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gradient2Config {
     /// Weight of each new limit. Default 0.2; in `(0, 1]`.

@@ -8,6 +8,8 @@ use tollgate_core::error::ConfigError;
 
 /// Settings of [`Knee`]. The defaults need no tuning for the workload: every threshold is
 /// relative (to the baseline RTT, to the limit) or scaled by the measured noise.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct KneeConfig {
     /// The queue the limit aims for under overload, as a fraction of the backend's
@@ -42,6 +44,7 @@ pub struct KneeConfig {
     /// When no window has had calm samples for this long, or for `probe_rtts` baseline RTTs
     /// if that is longer, the limit is cut to `probe_factor` for `probe_windows` windows so
     /// the queue drains and calm requests measure the baseline. Default 4 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub probe_interval: Duration,
     /// The probe interval in baseline RTTs, when longer than `probe_interval`. Default 200.
     pub probe_rtts: u32,

@@ -125,6 +125,12 @@ pub trait LimitAlgorithm: Send + fmt::Debug + 'static {
 }
 
 /// Plain-data choice of a built-in algorithm, for [`PoolConfig`](crate::PoolConfig).
+///
+/// With the `serde` feature it reads from a name with the algorithm's defaults
+/// (`algorithm = "knee"`) or from a table with `type` and the settings to change
+/// (`algorithm = { type = "vegas", queued_windows = 3 }`), and writes the table form.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "type", rename_all = "snake_case"))]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlgorithmConfig {
     /// [`Knee`] (the default).
@@ -140,6 +146,60 @@ pub enum AlgorithmConfig {
 impl Default for AlgorithmConfig {
     fn default() -> Self {
         AlgorithmConfig::Knee(KneeConfig::default())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for AlgorithmConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// The table form.
+        #[derive(serde::Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Tagged {
+            Knee(KneeConfig),
+            Vegas(VegasConfig),
+            Aimd(AimdConfig),
+            Gradient2(Gradient2Config),
+        }
+        const NAMES: &[&str] = &["knee", "vegas", "aimd", "gradient2"];
+
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = AlgorithmConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "an algorithm's name (\"knee\", \"vegas\", \"aimd\", \"gradient2\") or a table \
+                     with `type` and its settings",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+                Ok(match name {
+                    "knee" => AlgorithmConfig::Knee(KneeConfig::default()),
+                    "vegas" => AlgorithmConfig::Vegas(VegasConfig::default()),
+                    "aimd" => AlgorithmConfig::Aimd(AimdConfig::default()),
+                    "gradient2" => AlgorithmConfig::Gradient2(Gradient2Config::default()),
+                    other => return Err(E::unknown_variant(other, NAMES)),
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let tagged: Tagged = serde::Deserialize::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(match tagged {
+                    Tagged::Knee(c) => AlgorithmConfig::Knee(c),
+                    Tagged::Vegas(c) => AlgorithmConfig::Vegas(c),
+                    Tagged::Aimd(c) => AlgorithmConfig::Aimd(c),
+                    Tagged::Gradient2(c) => AlgorithmConfig::Gradient2(c),
+                })
+            }
+        }
+        d.deserialize_any(Either)
     }
 }
 

@@ -7,6 +7,8 @@ use tokio::time::Instant;
 use tollgate_core::error::ConfigError;
 
 /// Settings of [`Vegas`].
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct VegasConfig {
     /// Estimated queue (requests waiting at the backend) below which a saturated limit grows.
@@ -29,10 +31,12 @@ pub struct VegasConfig {
     /// Failure ratio that counts as loss. Default 0.05; in `(0, 1]`.
     pub failure_ratio: f64,
     /// The baseline is the smallest window RTT seen within this long. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub baseline_window: Duration,
     /// When no window has been below the limit for this long (sustained overload, where every
     /// RTT includes queueing), the limit is cut for a few windows so the queue drains and the
     /// baseline is measured again. Default 4 s; must be shorter than `baseline_window`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub probe_interval: Duration,
     /// The limit during a probe, as a fraction of the limit. Default 0.5; in `(0, 1)`.
     pub probe_factor: f64,
