@@ -84,7 +84,7 @@ async fn pool_shedding_never_opens_the_breaker() {
             // above a pool held at 8 in flight.
             let gw = start(config(&format!(
                 "[[clusters]]\nname = \"up\"\nendpoints = [\"{up}\"]\n\
-                 [clusters.breaker]\nfailure_rate = 50\nminimum_calls = 20\nwindow = 100\n\
+                 [clusters.breaker]\nfailure_rate_threshold = 0.5\nminimum_calls = 20\nsliding_window.type = \"count\"\nsliding_window.size = 100\n\
                  [clusters.pool]\nmin_limit = 8\nmax_limit = 8\ninitial_limit = 8\n\
                  [[routes]]\ncluster = \"up\"\n"
             )));

@@ -116,7 +116,7 @@ async fn open_cluster_breaker_answers_503_with_retry_after() {
         let dead = refused();
         let gw = start(config(&format!(
             "[[clusters]]\nname = \"up\"\nendpoints = [\"{dead}\"]\n\
-             [clusters.breaker]\nminimum_calls = 4\nwindow = 4\nwait_in_open_ms = 60000\n\
+             [clusters.breaker]\nminimum_calls = 4\nsliding_window.type = \"count\"\nsliding_window.size = 4\nwait_in_open = \"60s\"\n\
              [[routes]]\ncluster = \"up\"\n"
         )));
         for _ in 0..4 {
@@ -148,9 +148,9 @@ async fn reload_keeps_the_state_of_unchanged_clusters() {
                  [timeouts]\nconnect_ms = 300\nrequest_ms = {timeout}\n\
                  [[listeners]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n\
                  [[clusters]]\nname = \"dead\"\nendpoints = [\"{dead}\"]\n\
-                 [clusters.breaker]\nminimum_calls = 2\nwindow = 2\nwait_in_open_ms = 60000\n\
+                 [clusters.breaker]\nminimum_calls = 2\nsliding_window.type = \"count\"\nsliding_window.size = 2\nwait_in_open = \"60s\"\n\
                  [[clusters]]\nname = \"ok\"\nendpoints = [\"{ok}\"]\n\
-                 [clusters.breaker]\nminimum_calls = 2\nwindow = 2\nwait_in_open_ms = {wait}\n\
+                 [clusters.breaker]\nminimum_calls = 2\nsliding_window.type = \"count\"\nsliding_window.size = 2\nwait_in_open = \"{wait}ms\"\n\
                  [[routes]]\npath_prefix = \"/dead\"\ncluster = \"dead\"\n\
                  [[routes]]\ncluster = \"ok\"\n"
             )
@@ -196,16 +196,40 @@ fn bad_layer_fields_are_named() {
                 [[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\"]\n";
     let cases = [
         (
-            "[clusters.breaker]\nfailure_rate = 0\n",
-            "clusters[0].breaker.failure_rate",
+            "[clusters.breaker]\nfailure_rate_threshold = 1.5\n",
+            "clusters[0].breaker.failure_rate_threshold",
+        ),
+        (
+            "[clusters.breaker]\nwait_in_open = \"soon\"\n",
+            "clusters[0].breaker.wait_in_open",
+        ),
+        (
+            "[clusters.breaker]\nsliding_window = { type = \"count\", size = 0 }\n",
+            "clusters[0].breaker.sliding_window.size",
         ),
         (
             "[clusters.pool]\nmin_limit = 10\nmax_limit = 5\n",
             "clusters[0].pool.max_limit",
         ),
         (
-            "[clusters.balance]\nhealth = { path = \"nope\" }\n",
-            "clusters[0].balance.health.path",
+            "[clusters.pool]\nalgorithm = \"fifo\"\n",
+            "clusters[0].pool.algorithm",
+        ),
+        (
+            "[clusters.health_check]\npath = \"nope\"\n",
+            "clusters[0].health_check.path",
+        ),
+        (
+            "[clusters.balance]\noutlier = { max_ejection_share = 2.0 }\n",
+            "clusters[0].balance.outlier.max_ejection_share",
+        ),
+        (
+            "[clusters.balance]\nhealth = { interval = \"2s\" }\n",
+            "clusters[0].balance.health",
+        ),
+        (
+            "[clusters.balance]\ndefault_rtt_ms = 5\n",
+            "clusters[0].balance.default_rtt_ms",
         ),
         (
             "[clusters.retry]\nattempts = 99\n",
@@ -257,7 +281,7 @@ async fn grpc_requests_get_grpc_statuses_for_rejections() {
         let dead = refused();
         let gw = start(config(&format!(
             "[[clusters]]\nname = \"up\"\nendpoints = [\"{dead}\"]\nprotocol = \"h2c\"\n\
-             [clusters.breaker]\nminimum_calls = 2\nwindow = 2\nwait_in_open_ms = 60000\n\
+             [clusters.breaker]\nminimum_calls = 2\nsliding_window.type = \"count\"\nsliding_window.size = 2\nwait_in_open = \"60s\"\n\
              [[routes]]\ncluster = \"up\"\n"
         )));
         let call = || {

@@ -16,7 +16,7 @@ mod validate;
 use admission::AdmissionSection;
 use batch::BatchSection;
 use cache::CacheSection;
-use cluster::{BalanceSection, BreakerSection, PoolSection};
+use cluster::{BalanceConfig, BreakerConfig, HealthCheck, PoolConfig};
 use retry::RetrySection;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -293,20 +293,25 @@ pub struct ClusterConfig {
     /// Forward the client's `Host` (true, the default) or set it to the endpoint's address.
     #[serde(default = "default_true")]
     pub preserve_host: bool,
-    /// Latency-aware balancing (P2C over peak-EWMA, ejection, health checks, slow start).
-    /// Default none: round robin.
+    /// Latency-aware balancing (P2C over peak-EWMA, outlier ejection, slow start):
+    /// tollgate-balance's `BalanceConfig`. Default none: round robin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balance: Option<BalanceSection>,
-    /// One circuit breaker for the whole cluster. Default none.
+    pub balance: Option<BalanceConfig>,
+    /// Active HTTP health checks (`path`); their timing is `balance.health`. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub breaker: Option<BreakerSection>,
-    /// One circuit breaker per endpoint; an open one takes its endpoint out of rotation.
-    /// Needs `balance`. Default none.
+    pub health_check: Option<HealthCheck>,
+    /// One circuit breaker for the whole cluster: tollgate-breaker's `BreakerConfig` (named
+    /// after the cluster unless `name` is set). Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint_breaker: Option<BreakerSection>,
-    /// Adaptive limit on requests in flight to the cluster. Default none.
+    pub breaker: Option<BreakerConfig>,
+    /// One circuit breaker per endpoint, the same type (named `cluster/endpoint`); an open one
+    /// takes its endpoint out of rotation. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool: Option<PoolSection>,
+    pub endpoint_breaker: Option<BreakerConfig>,
+    /// Adaptive limit on requests in flight to the cluster: tollgate-pool's `PoolConfig`.
+    /// Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolConfig>,
     /// Budgeted retries of idempotent requests without a body. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySection>,

@@ -1,7 +1,7 @@
 //! Validation of a parsed [`Config`]: every field checked, the error naming it.
 
 use super::endpoint::{Endpoint, check_name};
-use super::{Config, ConfigError, RouteKind};
+use super::{Config, ConfigError, RouteKind, cluster};
 use std::net::SocketAddr;
 
 /// Methods a route may name.
@@ -171,16 +171,26 @@ impl Config {
                 ));
             }
             if let Some(b) = &c.balance {
-                b.validate(&at("balance"))?;
+                cluster::validate_balance(b, &at("balance"))?;
+                if c.health_check.is_none() && b.health != cluster::HealthConfig::default() {
+                    return Err(e(
+                        at("balance.health"),
+                        "sets the timing of health checks that are off: add \
+                         [clusters.health_check] (with its `path`) to turn them on",
+                    ));
+                }
+            }
+            if let Some(h) = &c.health_check {
+                h.validate(&at("health_check"))?;
             }
             if let Some(b) = &c.breaker {
-                b.validate(&at("breaker"))?;
+                cluster::validate_breaker(b, &at("breaker"))?;
             }
             if let Some(b) = &c.endpoint_breaker {
-                b.validate(&at("endpoint_breaker"))?;
+                cluster::validate_breaker(b, &at("endpoint_breaker"))?;
             }
             if let Some(p) = &c.pool {
-                p.validate(&at("pool"))?;
+                cluster::validate_pool(p, &at("pool"))?;
             }
             if let Some(r) = &c.retry {
                 r.validate(&at("retry"))?;

@@ -35,16 +35,18 @@ pub(crate) type Pooled = Either<PoolSizer<Balanced, Cls>, Balanced>;
 /// The cluster breaker over the rest, when `breaker` is set.
 pub(crate) type ClusterSvc = Either<Breaker<Pooled, Cls>, Pooled>;
 
-pub(crate) use crate::config::cluster::{BalanceSection, BreakerSection, PoolSection};
+pub(crate) use crate::config::cluster::{BalanceConfig, BreakerConfig, HealthCheck, PoolConfig};
+use crate::config::cluster::{layer_error, named};
 
 /// What decides whether a built stack can be kept across a reload: every setting it was built
 /// from.
 #[derive(Debug, Clone, PartialEq)]
 struct Key {
-    balance: Option<BalanceSection>,
-    breaker: Option<BreakerSection>,
-    endpoint_breaker: Option<BreakerSection>,
-    pool: Option<PoolSection>,
+    balance: Option<BalanceConfig>,
+    health_check: Option<HealthCheck>,
+    breaker: Option<BreakerConfig>,
+    endpoint_breaker: Option<BreakerConfig>,
+    pool: Option<PoolConfig>,
     retry: Option<RetrySection>,
     protocol: UpstreamProtocol,
 }
@@ -69,6 +71,7 @@ impl ClusterLayers {
     /// Whether `cc` asks for a stack at all.
     pub(crate) fn wanted(cc: &ClusterConfig) -> bool {
         cc.balance.is_some()
+            || cc.health_check.is_some()
             || cc.breaker.is_some()
             || cc.endpoint_breaker.is_some()
             || cc.pool.is_some()
@@ -86,6 +89,7 @@ impl ClusterLayers {
     ) -> Result<Arc<Self>, ConfigError> {
         let key = Key {
             balance: cc.balance.clone(),
+            health_check: cc.health_check.clone(),
             breaker: cc.breaker.clone(),
             endpoint_breaker: cc.endpoint_breaker.clone(),
             pool: cc.pool.clone(),
@@ -98,16 +102,15 @@ impl ClusterLayers {
             return Ok(old.clone());
         }
         let at = |f: &str| format!("clusters.{}.{f}", cc.name);
-        let layer_err =
-            |f: &str, e: tollgate_core::error::ConfigError| ConfigError::new(at(f), e.to_string());
-        let balance_cfg = key.balance.clone().unwrap_or_default().to_config();
+        let layer_err = |f: &str, e: tollgate_core::error::ConfigError| layer_error(&at(f), &e);
+        let balance_cfg = key.balance.clone().unwrap_or_default();
         let balanced: Balanced = Balance::new(std::iter::empty(), balance_cfg)
             .map_err(|e| layer_err("balance", e))?
             .with_classifier(Cls::default());
         let handle = balanced.handle();
         let (pooled, limiter) = match &key.pool {
             Some(p) => {
-                let limiter = Limiter::new(p.to_config()).map_err(|e| layer_err("pool", e))?;
+                let limiter = Limiter::new(p.clone()).map_err(|e| layer_err("pool", e))?;
                 let svc = PoolSizer::new(balanced, limiter.clone(), Cls::default());
                 (Either::Left(svc), Some(limiter))
             }
@@ -115,7 +118,7 @@ impl ClusterLayers {
         };
         let (svc, breaker) = match &key.breaker {
             Some(b) => {
-                let layer = BreakerLayer::new(b.to_config(&cc.name))
+                let layer = BreakerLayer::new(named(b, &cc.name))
                     .map_err(|e| layer_err("breaker", e))?
                     .with_classifier(Cls::default());
                 let handle = layer.handle();
@@ -163,7 +166,7 @@ impl ClusterLayers {
             match &self.key.endpoint_breaker {
                 Some(b) => {
                     let name = format!("{}/{addr}", self.name);
-                    let Ok(layer) = BreakerLayer::new(b.to_config(&name)) else {
+                    let Ok(layer) = BreakerLayer::new(named(b, &name)) else {
                         continue;
                     };
                     let layer = layer.with_classifier(Cls::default());
@@ -186,7 +189,7 @@ impl ClusterLayers {
     /// they run already; returns the new task's abort handle, so the caller can stop it once
     /// this stack leaves the current snapshot (a worker may hold the old snapshot a while).
     pub(crate) fn ensure_health_checks(&self) -> Option<tokio::task::AbortHandle> {
-        let h = self.key.balance.as_ref().and_then(|b| b.health.clone())?;
+        let h = self.key.health_check.clone()?;
         let mut task = self.health.lock().unwrap_or_else(|p| p.into_inner());
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return None;

@@ -16,11 +16,11 @@ async fn flaky_endpoint_ejected_and_readmitted_by_health_checks() {
         let rest = cluster(
             "flaky",
             &[&good, &flaky],
-            "[clusters.balance]\npanic_threshold = 10\n\
-             [clusters.balance.health]\npath = \"/healthz\"\ninterval_ms = 50\ntimeout_ms = 40\n\
+            "[clusters.balance]\npanic_threshold = 0.1\n\
+             [clusters.health_check]\npath = \"/healthz\"\n[clusters.balance.health]\ninterval = \"50ms\"\ntimeout = \"40ms\"\n\
              unhealthy_threshold = 1\nhealthy_threshold = 1\n\
-             [clusters.endpoint_breaker]\nminimum_calls = 4\nwindow = 10\nwait_in_open_ms = 300\n\
-             half_open_calls = 1\n",
+             [clusters.endpoint_breaker]\nminimum_calls = 4\nsliding_window.type = \"count\"\nsliding_window.size = 10\nwait_in_open = \"300ms\"\n\
+             permitted_calls_in_half_open = 1\n",
             "",
         );
         let gw = start(config(&rest));
@@ -76,11 +76,11 @@ async fn flaky_endpoint_ejected_passively_and_readmitted() {
         let rest = cluster(
             "flaky",
             &[&good, &flaky],
-            "[clusters.balance]\npanic_threshold = 10\n\
-             [clusters.balance.outlier]\nconsecutive_failures = 3\nbase_ejection_ms = 3000\n\
-             max_ejection_ms = 3000\n\
-             [clusters.endpoint_breaker]\nminimum_calls = 4\nwindow = 10\n\
-             wait_in_open_ms = 3000\nhalf_open_calls = 1\n",
+            "[clusters.balance]\npanic_threshold = 0.1\n\
+             [clusters.balance.outlier]\nconsecutive_failures = 3\nbase_ejection_time = \"3s\"\n\
+             max_ejection_time = \"3s\"\n\
+             [clusters.endpoint_breaker]\nminimum_calls = 4\nsliding_window.type = \"count\"\nsliding_window.size = 10\n\
+             wait_in_open = \"3s\"\npermitted_calls_in_half_open = 1\n",
             "",
         );
         let gw = start(config(&rest));

@@ -14,8 +14,8 @@ async fn cluster_breaker_trips_and_recovers() {
         let rest = cluster(
             "brk",
             &[&up],
-            "[clusters.breaker]\nfailure_rate = 50\nminimum_calls = 5\nwindow = 10\n\
-             wait_in_open_ms = 600\nhalf_open_calls = 1\n",
+            "[clusters.breaker]\nfailure_rate_threshold = 0.5\nminimum_calls = 5\nsliding_window.type = \"count\"\nsliding_window.size = 10\n\
+             wait_in_open = \"600ms\"\npermitted_calls_in_half_open = 1\n",
             "",
         );
         let gw = start(config(&rest));

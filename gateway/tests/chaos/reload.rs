@@ -28,8 +28,8 @@ async fn reload_during_load_loses_nothing() {
                 ) + &cluster(
                     "broken",
                     &[&broken],
-                    "[clusters.breaker]\nminimum_calls = 3\nwindow = 5\n\
-                     wait_in_open_ms = 60000\n",
+                    "[clusters.breaker]\nminimum_calls = 3\nsliding_window.type = \"count\"\nsliding_window.size = 5\n\
+                     wait_in_open = \"60s\"\n",
                     "",
                 )),
                 header_read_ms,
@@ -122,7 +122,7 @@ async fn reload_of_the_idle_timeout_keeps_breaker_state() {
         let rest = cluster(
             "broken",
             &[&broken],
-            "[clusters.breaker]\nminimum_calls = 3\nwindow = 5\nwait_in_open_ms = 60000\n",
+            "[clusters.breaker]\nminimum_calls = 3\nsliding_window.type = \"count\"\nsliding_window.size = 5\nwait_in_open = \"60s\"\n",
             "",
         );
         let dir = scratch("chaos_reload_idle");
@@ -174,8 +174,8 @@ async fn reload_keeps_learned_state_and_swaps_endpoints_in_place() {
         ) + &cluster(
             "tripped",
             &[&failing],
-            "[clusters.endpoint_breaker]\nminimum_calls = 5\nwindow = 10\n\
-             wait_in_open_ms = 60000\n",
+            "[clusters.endpoint_breaker]\nminimum_calls = 5\nsliding_window.type = \"count\"\nsliding_window.size = 10\n\
+             wait_in_open = \"60s\"\n",
             "",
         );
         let file = |other_sections: &str, eps: &[&ChaosUpstream]| {
@@ -297,7 +297,7 @@ fn health_configs(up: &ChaosUpstream) -> (String, String) {
         cluster(
             "hc",
             &[up],
-            "[clusters.balance]\n[clusters.balance.health]\ninterval_ms = 20\ntimeout_ms = 20\n",
+            "[clusters.balance]\n[clusters.health_check]\npath = \"/healthz\"\n[clusters.balance.health]\ninterval = \"20ms\"\ntimeout = \"20ms\"\n",
             "",
         ),
         cluster("hc", &[up], "[clusters.balance]\n", ""),
