@@ -104,7 +104,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
-pub mod config;
+mod config;
 pub mod error;
 mod execute;
 mod flush;
@@ -113,12 +113,12 @@ pub mod future;
 #[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
 pub mod fuzzing;
 mod gate;
-pub mod handle;
-pub mod layer;
+mod handle;
+mod layer;
 mod queue;
-pub mod results;
-pub mod service;
-pub mod stats;
+mod results;
+mod service;
+mod stats;
 mod sync;
 #[cfg(all(test, loom))]
 mod tests;

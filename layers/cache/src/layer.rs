@@ -3,7 +3,7 @@
 use crate::config::CacheConfig;
 use crate::policy::CachePolicy;
 use crate::service::Cache;
-use crate::stats::CacheStats;
+use crate::stats::CacheSnapshot;
 use crate::tiers::{LocalTiers, Remote, Tiers};
 use std::fmt;
 use std::sync::Arc;
@@ -119,8 +119,14 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// The counters so far: hits per tier, coalesced waits, stale served, L3 errors, ...
-    pub fn stats(&self) -> CacheStats {
+    pub fn snapshot(&self) -> CacheSnapshot {
         self.tiers.stats()
+    }
+
+    /// The same as [`snapshot`](Self::snapshot), its name before every layer's handle had a
+    /// `snapshot()`.
+    pub fn stats(&self) -> CacheSnapshot {
+        self.snapshot()
     }
 
     /// Drops `key` from L1 and L2 here and, when there is an L3, from Redis and (through

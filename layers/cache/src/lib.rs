@@ -1,6 +1,6 @@
 //! Multi-level read-through caching tower layer: per-core L1, shared L2, optional Redis L3.
 //!
-//! [`CacheLayer`] puts a cache in front of any service. A [`policy`] decides what is cached:
+//! [`CacheLayer`] puts a cache in front of any service. A [`CachePolicy`] decides what is cached:
 //! the key of a request (or `None` to pass it through), whether and how long a response is kept,
 //! and how a response becomes a shared value. Look-ups go through three tiers and fill upward:
 //!
@@ -24,7 +24,7 @@
 //!   Lowenstein, [*Optimal Probabilistic Cache Stampede Prevention*](https://www.vldb.org/pvldb/vol8/p886-vattani.pdf)
 //!   (VLDB 2015), with a seeded generator;
 //! - **invalidation** by key through a [`CacheHandle`], reaching other instances through L3's
-//!   pub/sub; the handle also reports [`CacheStats`]: hit ratio per tier, coalesced waits, stale
+//!   pub/sub; the handle also reports [`CacheSnapshot`]: hit ratio per tier, coalesced waits, stale
 //!   answers, L3 errors.
 //!
 //! The `http` module's policy (feature `http`) caches `GET`/`HEAD` responses as a shared
@@ -83,7 +83,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cache_control;
-pub mod config;
+mod config;
 mod entry;
 mod flight;
 pub mod future;
@@ -93,12 +93,12 @@ pub mod fuzzing;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod l1;
-pub mod layer;
-pub mod policy;
+mod layer;
+mod policy;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
-pub mod service;
+mod service;
 mod stats;
 mod tiers;
 
@@ -106,4 +106,7 @@ pub use config::CacheConfig;
 pub use layer::{CacheHandle, CacheLayer};
 pub use policy::{CachePolicy, CachePolicyFor, Cacheability, FnPolicy, Freshness};
 pub use service::Cache;
-pub use stats::CacheStats;
+pub use stats::CacheSnapshot;
+
+/// The old name of [`CacheSnapshot`].
+pub type CacheStats = CacheSnapshot;

@@ -23,9 +23,9 @@ pub(crate) struct Stats {
 
 impl Stats {
     /// The counters, given L1's hits (counted in L1's own tables).
-    pub(crate) fn snapshot(&self, l1_hits: u64) -> CacheStats {
+    pub(crate) fn snapshot(&self, l1_hits: u64) -> CacheSnapshot {
         let n = |c: &ShardedCounter| c.sum().max(0) as u64;
-        CacheStats {
+        CacheSnapshot {
             lookups: n(&self.l2_lookups) + l1_hits,
             l1_hits,
             l2_hits: n(&self.l2_hits),
@@ -47,7 +47,7 @@ impl Stats {
 /// A snapshot of the cache's counters since it was built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub struct CacheStats {
+pub struct CacheSnapshot {
     /// Requests that had a key (everything but bypassed ones).
     pub lookups: u64,
     /// Answered from this thread's L1.
@@ -78,7 +78,7 @@ pub struct CacheStats {
     pub l3_errors: u64,
 }
 
-impl CacheStats {
+impl CacheSnapshot {
     fn ratio(n: u64, d: u64) -> f64 {
         if d == 0 { 0.0 } else { n as f64 / d as f64 }
     }

@@ -346,7 +346,7 @@ where
     }
 
     /// The counters, with L1's hits summed over its tables.
-    pub(crate) fn stats(&self) -> crate::stats::CacheStats {
+    pub(crate) fn stats(&self) -> crate::stats::CacheSnapshot {
         self.stats.snapshot(self.l1.as_ref().map_or(0, L1::hits))
     }
 

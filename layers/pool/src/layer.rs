@@ -56,6 +56,12 @@ impl<C> PoolSizerLayer<C> {
         &self.limiter
     }
 
+    /// A handle on the shared limiter, like every layer's: watch it with
+    /// [`snapshot`](Limiter::snapshot).
+    pub fn handle(&self) -> crate::PoolHandle {
+        self.limiter.clone()
+    }
+
     /// For `http::Response`s: holds each permit until the response body ends, not just the
     /// headers (feature `http-body`).
     #[cfg(feature = "http-body")]
@@ -87,6 +93,12 @@ impl<C> DeferredPoolSizerLayer<C> {
     /// The shared limiter.
     pub fn limiter(&self) -> &Limiter {
         &self.limiter
+    }
+
+    /// A handle on the shared limiter, like every layer's: watch it with
+    /// [`snapshot`](Limiter::snapshot).
+    pub fn handle(&self) -> crate::PoolHandle {
+        self.limiter.clone()
     }
 }
 

@@ -124,6 +124,20 @@ pub use deferred::{DeferredFuture, DeferredPoolSizer};
 pub use future::ResponseFuture;
 pub use layer::{DeferredPoolSizerLayer, PoolSizerLayer};
 pub use limiter::{Limiter, Snapshot};
+
+/// The pool's handle, named like the other layers' (`BreakerHandle`, `AdmissionHandle`, ...): a
+/// [`Limiter`] is already a cheap clone of the shared limit, with a
+/// [`snapshot`](Limiter::snapshot).
+///
+/// ```
+/// use tollgate_pool::{Limiter, PoolConfig, PoolSizerLayer};
+///
+/// let layer = PoolSizerLayer::new(Limiter::new(PoolConfig::default()).unwrap());
+/// let handle = layer.handle();
+/// assert_eq!(handle.snapshot().limit, 20.0);
+/// assert_eq!(handle.snapshot().in_flight, 0);
+/// ```
+pub type PoolHandle = Limiter;
 pub use permit::Permit;
 pub use service::PoolSizer;
 /// The pool's rejection: a request refused at the limit (at once in

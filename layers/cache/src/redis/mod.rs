@@ -14,7 +14,7 @@
 //!
 //! **Redis never fails a request.** Every operation has `response_timeout`; a failure (an
 //! error, a timeout, garbage that does not decode) counts in
-//! [`CacheStats::l3_errors`](crate::stats::CacheStats::l3_errors), and `breaker_failures`
+//! [`CacheSnapshot::l3_errors`](crate::stats::CacheSnapshot::l3_errors), and `breaker_failures`
 //! failures in a row open a small breaker that skips L3 for `breaker_cooldown`, then lets one
 //! read through to probe it. Connections are made in the background and retried every
 //! `reconnect_interval` until Redis answers; requests meanwhile go on to the inner service.
