@@ -119,7 +119,7 @@ impl<K: PartialEq, S> BalanceHandle<K, S> {
     }
 
     /// [`insert_weighted`](Self::insert_weighted) with an external health signal (a circuit
-    /// breaker's handle, with the `breaker` feature): while it says the endpoint is not
+    /// breaker's handle is one): while it says the endpoint is not
     /// available, picks leave the endpoint out.
     ///
     /// # Errors

@@ -20,8 +20,8 @@
 //! - **Active health checks** with your probe ([`HealthCheck`]), run by a task you spawn
 //!   ([`BalanceHandle::health_checks`]) or the balancer spawns
 //!   ([`Balance::spawn_health_checks`]); it stops when the balancer is dropped.
-//! - **External signals**: an [`EndpointSignal`] per endpoint (a circuit breaker's handle with
-//!   the `breaker` feature) takes it out of rotation while it says so.
+//! - **External signals**: an [`EndpointSignal`] per endpoint (a circuit breaker's handle: it
+//!   implements the trait, which lives in tollgate-core) takes it out of rotation while it says so.
 //! - **Panic mode**: when fewer than `panic_threshold` of the endpoints are admitted (healthy,
 //!   not ejected and available by their signal), picks spread over all of them rather than
 //!   overload the few.

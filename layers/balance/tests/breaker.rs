@@ -1,5 +1,5 @@
-//! A per-endpoint circuit breaker as the balancer's external signal (feature `breaker`).
-#![cfg(feature = "breaker")]
+//! A per-endpoint circuit breaker as the balancer's external signal (its handle implements
+//! `tollgate_core::signal::EndpointSignal`).
 
 mod common;
 

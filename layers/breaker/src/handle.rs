@@ -72,3 +72,15 @@ impl BreakerHandle {
         self.core.move_to(None, State::Closed);
     }
 }
+
+/// The breaker as a balancer's per-endpoint signal (tollgate-balance's
+/// `BalanceHandle::insert_with_signal`): the endpoint is left out while its breaker would
+/// reject a call ([`admits_now`](BreakerHandle::admits_now)): open and waiting, forced open, or
+/// half-open with every probe slot taken. Once an open breaker's wait is over the endpoint is
+/// picked again, so that its probe is sent.
+impl tollgate_core::signal::EndpointSignal for BreakerHandle {
+    #[inline]
+    fn is_available(&self) -> bool {
+        self.admits_now()
+    }
+}

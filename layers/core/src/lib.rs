@@ -9,6 +9,7 @@
 //! - [`ewma`]: exponentially weighted moving averages, plain and lock-free.
 //! - [`counter`]: striped atomic counters and per-thread shard indices for many-core hot paths.
 //! - [`error`]: the common rejection errors and helpers that walk an error's `source()` chain.
+//! - [`signal`]: the per-endpoint health signal a balancer consults (a breaker's handle is one).
 //! - [`sync`]: atomics that switch to `loom` under `--cfg loom`, for the layers' loom models.
 //! - `testing` (feature `testing`): probe services and the contract test every layer runs.
 //!
@@ -24,6 +25,7 @@ pub mod classify;
 pub mod counter;
 pub mod error;
 pub mod ewma;
+pub mod signal;
 pub mod sync;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
