@@ -72,6 +72,7 @@ async fn tls_with_alpn_h2_and_http1() {
         cfg.listeners[0].tls = Some(tollgate_gateway::config::TlsConfig {
             cert: dir.join("cert.pem").display().to_string(),
             key: dir.join("key.pem").display().to_string(),
+            ..Default::default()
         });
         let gw = start(cfg);
         assert!(gw.listeners()[0].tls);
@@ -95,6 +96,7 @@ fn unreadable_certificate_is_a_config_error_naming_the_field() {
     cfg.listeners[0].tls = Some(tollgate_gateway::config::TlsConfig {
         cert: "/nonexistent/cert.pem".into(),
         key: "/nonexistent/key.pem".into(),
+        ..Default::default()
     });
     let err = tollgate_gateway::Gateway::start(tollgate_gateway::StartOptions::new(cfg, "t.toml"))
         .unwrap_err()

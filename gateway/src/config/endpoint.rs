@@ -1,4 +1,5 @@
-//! A cluster endpoint as written in the file: `IP:PORT`, `HOST:PORT` or `demo:NAME`.
+//! A cluster endpoint as written in the file: `IP:PORT`, `HOST:PORT` or `demo:NAME`, the first
+//! two optionally `https://` (TLS; port 443 when left out).
 
 use std::net::SocketAddr;
 
@@ -14,11 +15,25 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `IP:PORT`, `HOST:PORT` or `demo:NAME`.
+    /// Parses `IP:PORT`, `HOST:PORT` or `demo:NAME`; an `https://` in front is taken off
+    /// (see [`Endpoint::is_tls`]), with port 443 when none follows.
     ///
     /// # Errors
     /// A lower-case problem description.
     pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix(HTTPS) {
+            if rest.starts_with("demo:") {
+                return Err("demo upstreams speak plain HTTP: leave out https://".into());
+            }
+            let with_port = if rest.parse::<SocketAddr>().is_ok() || has_port(rest) {
+                rest.to_owned()
+            } else if rest.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("[{rest}]:443")
+            } else {
+                format!("{rest}:443")
+            };
+            return Self::parse(&with_port).map_err(|p| format!("{p} (in \"{s}\")"));
+        }
         if let Some(name) = s.strip_prefix("demo:") {
             check_name(name)?;
             return Ok(Self::Demo(name.to_owned()));
@@ -52,6 +67,22 @@ impl Endpoint {
         }
         Ok(Self::Dns(host.to_ascii_lowercase(), port))
     }
+}
+
+const HTTPS: &str = "https://";
+
+impl Endpoint {
+    /// Whether the endpoint as written speaks TLS (`https://...`).
+    pub fn is_tls(s: &str) -> bool {
+        s.starts_with(HTTPS)
+    }
+}
+
+/// Whether `s` (`HOST:PORT`, `[IPv6]:PORT`) ends in a port.
+fn has_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && !p.is_empty() && !h.ends_with(':'))
+        && !s.ends_with(']')
 }
 
 /// Names of listeners, clusters, policies and demos: 1-64 of `[A-Za-z0-9_-]`.
