@@ -475,3 +475,42 @@ fn tls_settings_are_checked_naming_the_field() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_file_is_read_again_on_reload() {
+    bounded(async {
+        let dir = scratch("up_tls_reload");
+        let ca = Ca::new("test ca");
+        let cert = ca.leaf(&["localhost"], false);
+        let (up, _) = tls_upstream(UpstreamTls {
+            cert: &cert,
+            alpn: &[b"http/1.1"],
+            client_ca: None,
+            tls12: false,
+        })
+        .await;
+        let ca_file = write(&dir, "ca.pem", &ca.pem());
+        let cfg = tls_config(
+            &format!("https://{up}"),
+            &format!("ca_file = \"{ca_file}\"\nserver_name = \"localhost\""),
+            "",
+        );
+        let gw = start(cfg.clone());
+        assert_eq!(get(addr(&gw), "/").await.0, StatusCode::OK);
+
+        // A file that cannot be used rejects the reload, naming the field; the old one serves.
+        write(&dir, "ca.pem", "not a certificate");
+        let err = gw.apply(cfg.clone(), "test.toml").unwrap_err();
+        assert_eq!(err.field, "clusters[0].tls.ca_file", "{err}");
+        assert_eq!(get(addr(&gw), "/").await.0, StatusCode::OK);
+
+        // Another CA's file applies: the upstream's certificate is no longer trusted.
+        write(&dir, "ca.pem", &Ca::new("other ca").pem());
+        gw.apply(cfg, "test.toml").unwrap();
+        let (status, body) = get(addr(&gw), "/").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert_eq!(body, "upstream certificate rejected\n");
+        stop(gw).await;
+    })
+    .await;
+}

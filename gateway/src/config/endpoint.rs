@@ -98,3 +98,42 @@ pub(super) fn check_name(name: &str) -> Result<(), String> {
         Err(format!("\"{name}\" must be 1-64 of [A-Za-z0-9_-]"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_endpoints_parse_with_port_443_by_default() {
+        let ok = |s: &str| Endpoint::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(
+            ok("https://127.0.0.1:8443"),
+            Endpoint::Static("127.0.0.1:8443".parse().unwrap())
+        );
+        assert_eq!(
+            ok("https://127.0.0.1"),
+            Endpoint::Static("127.0.0.1:443".parse().unwrap())
+        );
+        assert_eq!(
+            ok("https://[::1]"),
+            Endpoint::Static("[::1]:443".parse().unwrap())
+        );
+        assert_eq!(
+            ok("https://Api.Example.com"),
+            Endpoint::Dns("api.example.com".into(), 443)
+        );
+        assert_eq!(
+            ok("https://api.example.com:8443"),
+            Endpoint::Dns("api.example.com".into(), 8443)
+        );
+        assert!(Endpoint::is_tls("https://x:1") && !Endpoint::is_tls("x:1"));
+        for bad in [
+            "https://",
+            "https://demo:fast",
+            "https://a..b",
+            "https://host:0",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
