@@ -11,18 +11,14 @@
 //! way, under a key that adds the TLS name and settings to the address; when the endpoint picks
 //! HTTP/2 by ALPN, its connection is the thread's multiplexed one for that key.
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::cell::RefCell;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -33,8 +29,10 @@ pub(crate) type ReqBody = crate::body::GwBody;
 /// connections do not linger).
 pub(crate) const MAX_IDLE_PER_ENDPOINT: usize = 128;
 
+mod body;
 mod tls;
 
+pub(crate) use body::UpBody;
 pub(crate) use tls::send_tls;
 
 /// What connections are pooled under: the address, and 0 for plain TCP or the endpoint's
@@ -278,12 +276,7 @@ fn up_body(
     back: Option<(Key, http1::SendRequest<ReqBody>, usize)>,
     s: Settings,
 ) -> UpBody {
-    UpBody {
-        inner: body,
-        back,
-        idle: s.idle_timeout,
-        stall: None,
-    }
+    UpBody::new(body, back, s.idle_timeout)
 }
 
 /// What [`send_on`] needs of hyper's HTTP/1.1 and HTTP/2 senders.
@@ -417,12 +410,7 @@ async fn send_h1_on(
             });
         match sender.try_send_request(req).await {
             Ok(resp) => {
-                return Ok(resp.map(|body| UpBody {
-                    inner: body,
-                    back: Some((peer.key, sender, s.max_idle)),
-                    idle: s.idle_timeout,
-                    stall: None,
-                }));
+                return Ok(resp.map(|body| up_body(body, Some((peer.key, sender, s.max_idle)), s)));
             }
             Err(mut e) => match (e.take_message(), replay) {
                 // Never written: the connection was already closing. Try another.
@@ -498,90 +486,6 @@ pub(crate) async fn send_h2(
     let mut sender = h2_sender(addr, s).await?;
     let resp = send_on(&mut sender, req).await?;
     Ok(resp.map(|body| up_body(body, None, s)))
-}
-
-/// An upstream response body that returns its HTTP/1.1 connection to the thread's pool once
-/// read to the end, and fails when the upstream sends nothing for the idle timeout (so a body
-/// that stalls halfway cuts the client's answer rather than holding it open).
-#[derive(Debug)]
-pub(crate) struct UpBody {
-    inner: Incoming,
-    back: Option<(Key, http1::SendRequest<ReqBody>, usize)>,
-    idle: Duration,
-    /// Armed the first time the body has to wait (a body that arrives at once allocates no
-    /// timer), reset on every frame.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-/// An upstream that stopped sending its response body for the idle timeout.
-#[derive(Debug)]
-pub(crate) struct BodyStalled;
-
-impl std::fmt::Display for BodyStalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("upstream response body stalled")
-    }
-}
-
-impl std::error::Error for BodyStalled {}
-
-impl UpBody {
-    fn give_back(&mut self) {
-        if let Some((key, sender, max_idle)) = self.back.take() {
-            checkin_h1(key, sender, max_idle);
-        }
-    }
-}
-
-impl Drop for UpBody {
-    fn drop(&mut self) {
-        if self.inner.is_end_stream() {
-            self.give_back();
-        }
-    }
-}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                let idle = this.idle;
-                let stall = this
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                ready!(stall.as_mut().poll(cx));
-                this.back = None;
-                return Poll::Ready(Some(Err(Box::new(BodyStalled))));
-            }
-        };
-        if let Some(stall) = this.stall.as_mut() {
-            stall.as_mut().reset(Instant::now() + this.idle);
-        }
-        match &frame {
-            Some(Err(_)) => this.back = None,
-            // hyper's server stops polling once `is_end_stream` is true, so the end may come
-            // with the last data frame rather than as `None`.
-            Some(Ok(_)) if !this.inner.is_end_stream() => {}
-            _ => this.give_back(),
-        }
-        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// The address an answer came from, put in the response's extensions by the upstream service
