@@ -35,7 +35,7 @@
 //! | leaves | `error.rs`, `body.rs`, `headers.rs`, `stats.rs` | the layered path's timeouts, the request body type, forwarding and hop-by-hop fields, counters |
 //! | config | `config/` | the TOML file: one file per section, the endpoint syntax, `ConfigError`, `validate.rs` |
 //! | tls | `tls.rs`, `tls/` | rustls both ways: listener certificates chosen by SNI and swapped on reload, and the client side of `https://` endpoints (trust, client certificate, SNI name, ALPN) |
-//! | upstream | `pool.rs`, `pool/tls.rs`, `route.rs`, `answer.rs` | per-thread upstream connections (plain, or TLS with HTTP/2 or HTTP/1.1 by ALPN), the route table, and the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status) |
+//! | upstream | `pool.rs`, `pool/`, `route.rs`, `answer.rs` | per-thread upstream connections (plain, or TLS with HTTP/2 or HTTP/1.1 by ALPN), the route table, and the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status) |
 //! | layers | `stack/` | each layer built from its section and composed per route and cluster; `stack/endpoints.rs` is a snapshot's cluster |
 //! | state | `state.rs` | the immutable `Snapshot` swapped on reload, and what outlives reloads |
 //! | connections | `ctx.rs`, `fast/`, `proxy.rs`, `conn.rs` | one client connection: its context, the HTTP/1.1 fast path, the hyper path per request, the connection loop that picks between them |

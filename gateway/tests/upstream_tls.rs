@@ -108,9 +108,10 @@ struct UpstreamTls<'a> {
     tls12: bool,
 }
 
-/// Handshakes the upstream completed, and whether the last client presented a certificate.
+/// Handshakes the upstream completed, and the paths it was asked for.
 struct Seen {
     handshakes: AtomicUsize,
+    paths: Mutex<Vec<String>>,
 }
 
 /// A TLS upstream on loopback answering `VERSION PATH client-cert=yes|no`.
@@ -149,6 +150,7 @@ async fn tls_upstream(u: UpstreamTls<'_>) -> (SocketAddr, Arc<Seen>) {
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen {
         handshakes: AtomicUsize::new(0),
+        paths: Mutex::new(Vec::new()),
     });
     let seen2 = seen.clone();
     tokio::spawn(async move {
@@ -164,14 +166,17 @@ async fn tls_upstream(u: UpstreamTls<'_>) -> (SocketAddr, Arc<Seen>) {
                 };
                 seen.handshakes.fetch_add(1, Ordering::SeqCst);
                 let client_cert = tls.get_ref().1.peer_certificates().is_some();
-                let svc = hyper::service::service_fn(move |req: http::Request<_>| async move {
-                    let body = format!(
-                        "{:?} {} client-cert={}",
-                        req.version(),
-                        req.uri().path(),
-                        if client_cert { "yes" } else { "no" }
-                    );
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                    seen.paths.lock().unwrap().push(req.uri().path().to_owned());
+                    async move {
+                        let body = format!(
+                            "{:?} {} client-cert={}",
+                            req.version(),
+                            req.uri().path(),
+                            if client_cert { "yes" } else { "no" }
+                        );
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                    }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)
@@ -510,6 +515,46 @@ async fn ca_file_is_read_again_on_reload() {
         let (status, body) = get(addr(&gw), "/").await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
         assert_eq!(body, "upstream certificate rejected\n");
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_go_over_tls() {
+    bounded(async {
+        let dir = scratch("up_tls_health");
+        let ca = Ca::new("test ca");
+        let cert = ca.leaf(&["localhost"], false);
+        let (up, seen) = tls_upstream(UpstreamTls {
+            cert: &cert,
+            alpn: &[b"h2", b"http/1.1"],
+            client_ca: None,
+            tls12: false,
+        })
+        .await;
+        let ca_file = write(&dir, "ca.pem", &ca.pem());
+        let gw = start(tls_config(
+            &format!("https://{up}"),
+            &format!("ca_file = \"{ca_file}\"\nserver_name = \"localhost\""),
+            "[clusters.balance]\nhealth = { path = \"/healthz\", interval_ms = 20, timeout_ms = 20 }\n",
+        ));
+        // The control thread's checks reach the upstream through TLS (waits for the first
+        // few; the test's deadline bounds it).
+        while seen
+            .paths
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == "/healthz")
+            .count()
+            < 3
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let (status, body) = get(addr(&gw), "/after-checks").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, "HTTP/2.0 /after-checks client-cert=no");
         stop(gw).await;
     })
     .await;
