@@ -114,8 +114,8 @@ struct Seen {
     paths: Mutex<Vec<String>>,
 }
 
-/// A TLS upstream on loopback answering `VERSION PATH client-cert=yes|no`.
-async fn tls_upstream(u: UpstreamTls<'_>) -> (SocketAddr, Arc<Seen>) {
+/// The upstream's acceptor.
+fn acceptor(u: &UpstreamTls<'_>) -> tokio_rustls::TlsAcceptor {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(u.cert.0.as_bytes())
         .collect::<Result<_, _>>()
@@ -145,7 +145,12 @@ async fn tls_upstream(u: UpstreamTls<'_>) -> (SocketAddr, Arc<Seen>) {
     };
     let mut config = builder.with_single_cert(chain, key).unwrap();
     config.alpn_protocols = u.alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A TLS upstream on loopback answering `VERSION PATH client-cert=yes|no`.
+async fn tls_upstream(u: UpstreamTls<'_>) -> (SocketAddr, Arc<Seen>) {
+    let acceptor = acceptor(&u);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen {
@@ -555,6 +560,63 @@ async fn health_checks_go_over_tls() {
         let (status, body) = get(addr(&gw), "/after-checks").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body, "HTTP/2.0 /after-checks client-cert=no");
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_over_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    bounded(async {
+        let dir = scratch("up_tls_ws");
+        let ca = Ca::new("test ca");
+        let cert = ca.leaf(&["localhost"], false);
+        // It would pick h2 if offered: the gateway offers http/1.1 only for an upgrade.
+        let acceptor = acceptor(&UpstreamTls {
+            cert: &cert,
+            alpn: &[b"h2", b"http/1.1"],
+            client_ca: None,
+            tls12: false,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_text() && ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let ca_file = write(&dir, "ca.pem", &ca.pem());
+        let gw = start(tls_config(
+            &format!("https://{up}"),
+            &format!("ca_file = \"{ca_file}\"\nserver_name = \"localhost\""),
+            "",
+        ));
+        let tcp = tokio::net::TcpStream::connect(addr(&gw)).await.unwrap();
+        let req = format!("ws://{}/ws", addr(&gw))
+            .into_client_request()
+            .unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        ws.send(Message::text("over tls")).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed, Message::text("over tls"));
+        let _ = ws.close(None).await;
         stop(gw).await;
     })
     .await;
