@@ -15,6 +15,8 @@
 //! | the cluster has no endpoint | `NoEndpoint` | 503 | `no upstream endpoint` | cluster |
 //! | connecting to the endpoint timed out | `ConnectTimedOut` | 504 | `upstream connect timed out` | endpoint |
 //! | connecting was refused or failed | `ConnectFailed` | 502 | `upstream connect failed` | endpoint |
+//! | the gateway refused an `https://` endpoint's certificate (wrong name, expired, unknown CA) | `TlsCertRejected` | 502 | `upstream certificate rejected` | endpoint |
+//! | any other failed TLS handshake with an endpoint (it refused the gateway) | `TlsFailed` | 502 | `upstream tls handshake failed` | endpoint |
 //! | the connection failed after it was made (reset, garbage) | `ConnectionFailed` | 502 | `upstream connection failed` | endpoint |
 //! | a try or the whole request ran past its timeout | `TimedOut` | 504 | `upstream timed out` | endpoint |
 //! | an in-process upstream (a layer's inner service) panicked | `HandlerFailed` | 502 | `upstream handler failed` | endpoint |
@@ -68,6 +70,8 @@ pub(crate) enum Answer {
     NoEndpoint,
     ConnectTimedOut,
     ConnectFailed,
+    TlsCertRejected,
+    TlsFailed,
     ConnectionFailed,
     TimedOut,
     HandlerFailed,
@@ -78,7 +82,7 @@ pub(crate) enum Answer {
 impl Answer {
     /// Every answer, in the table's order.
     #[cfg(test)]
-    const ALL: [Answer; 16] = [
+    const ALL: [Answer; 18] = [
         Self::NoRoute,
         Self::MethodNotAllowed,
         Self::BadTarget,
@@ -90,6 +94,8 @@ impl Answer {
         Self::NoEndpoint,
         Self::ConnectTimedOut,
         Self::ConnectFailed,
+        Self::TlsCertRejected,
+        Self::TlsFailed,
         Self::ConnectionFailed,
         Self::TimedOut,
         Self::HandlerFailed,
@@ -110,6 +116,8 @@ impl Answer {
             Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectTimedOut | Self::TimedOut => StatusCode::GATEWAY_TIMEOUT,
             Self::ConnectFailed
+            | Self::TlsCertRejected
+            | Self::TlsFailed
             | Self::ConnectionFailed
             | Self::HandlerFailed
             | Self::RequestFailed
@@ -131,6 +139,8 @@ impl Answer {
             Self::NoEndpoint => "no upstream endpoint\n",
             Self::ConnectTimedOut => "upstream connect timed out\n",
             Self::ConnectFailed => "upstream connect failed\n",
+            Self::TlsCertRejected => "upstream certificate rejected\n",
+            Self::TlsFailed => "upstream tls handshake failed\n",
             Self::ConnectionFailed => "upstream connection failed\n",
             Self::TimedOut => "upstream timed out\n",
             Self::HandlerFailed => "upstream handler failed\n",
@@ -153,6 +163,8 @@ impl Answer {
             | Self::NoEndpoint => Blame::Local,
             Self::ConnectTimedOut
             | Self::ConnectFailed
+            | Self::TlsCertRejected
+            | Self::TlsFailed
             | Self::ConnectionFailed
             | Self::TimedOut
             | Self::HandlerFailed
@@ -166,6 +178,8 @@ impl Answer {
         match err {
             UpstreamError::ConnectTimeout => Self::ConnectTimedOut,
             UpstreamError::Connect(_) => Self::ConnectFailed,
+            UpstreamError::Tls(e) if crate::tls::upstream::failure(e).1 => Self::TlsCertRejected,
+            UpstreamError::Tls(_) => Self::TlsFailed,
             UpstreamError::Http(_) => Self::ConnectionFailed,
         }
     }
@@ -173,7 +187,12 @@ impl Answer {
     /// Counts it in the gateway's counters (`/state`'s `stats`).
     pub(crate) fn count(self, stats: &Stats) {
         match self {
-            Self::ConnectTimedOut | Self::ConnectFailed => stats.upstream_connect_errors.incr(),
+            Self::ConnectTimedOut
+            | Self::ConnectFailed
+            | Self::TlsCertRejected
+            | Self::TlsFailed => {
+                stats.upstream_connect_errors.incr();
+            }
             Self::ConnectionFailed => stats.upstream_resets.incr(),
             Self::TimedOut => stats.upstream_timeouts.incr(),
             Self::BodyTooLarge => stats.body_too_large.incr(),

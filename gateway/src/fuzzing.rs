@@ -87,7 +87,7 @@ fn build_layers(config: &Config) {
         max_idle: super::pool::MAX_IDLE_PER_ENDPOINT,
     };
     for c in config.clusters.iter().filter(|c| ClusterLayers::wanted(c)) {
-        if let Err(e) = ClusterLayers::build(c, settings, None) {
+        if let Err(e) = ClusterLayers::build(c, settings, None, None) {
             panic!("validated cluster {} does not build: {e}", c.name);
         }
     }

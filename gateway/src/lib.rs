@@ -2,7 +2,11 @@
 //! hyper 1 and hyper-util.
 //!
 //! - HTTP/1.1 and HTTP/2 on every listener (h2c by prior knowledge; over TLS by ALPN, rustls
-//!   with the `ring` provider); gRPC passes through with its trailers; bodies stream both ways.
+//!   with the `ring` provider, certificates chosen by SNI and reloaded with the config); gRPC
+//!   passes through with its trailers; bodies stream both ways.
+//! - `https://` upstreams: certificates checked against the system's trust store or a CA file,
+//!   an optional client certificate, HTTP/2 or HTTP/1.1 by ALPN, connections pooled as for
+//!   plain ones.
 //! - Routes by host, path prefix and method to clusters of static, DNS (re-resolved) or demo
 //!   endpoints ([`config`]).
 //! - Hot reload on SIGHUP and when the file changes (polled each second): validated, then
@@ -30,11 +34,12 @@
 //! |---|---|---|
 //! | leaves | `error.rs`, `body.rs`, `headers.rs`, `stats.rs` | the layered path's timeouts, the request body type, forwarding and hop-by-hop fields, counters |
 //! | config | `config/` | the TOML file: one file per section, the endpoint syntax, `ConfigError`, `validate.rs` |
-//! | upstream | `pool.rs`, `route.rs`, `answer.rs` | per-thread upstream connections, the route table, and the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status) |
+//! | tls | `tls.rs`, `tls/` | rustls both ways: listener certificates chosen by SNI and swapped on reload, and the client side of `https://` endpoints (trust, client certificate, SNI name, ALPN) |
+//! | upstream | `pool.rs`, `pool/`, `route.rs`, `answer.rs` | per-thread upstream connections (plain, or TLS with HTTP/2 or HTTP/1.1 by ALPN), the route table, and the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status) |
 //! | layers | `stack/` | each layer built from its section and composed per route and cluster; `stack/endpoints.rs` is a snapshot's cluster |
 //! | state | `state.rs` | the immutable `Snapshot` swapped on reload, and what outlives reloads |
 //! | connections | `ctx.rs`, `fast/`, `proxy.rs`, `conn.rs` | one client connection: its context, the HTTP/1.1 fast path, the hyper path per request, the connection loop that picks between them |
-//! | serving | `server.rs`, `tls.rs`, `admin.rs`, `demo.rs`, `runtime.rs` | listeners and accept loops, TLS, admin pages, demo upstreams, worker threads |
+//! | serving | `server.rs`, `admin.rs`, `demo.rs`, `runtime.rs` | listeners and accept loops, admin pages, demo upstreams, worker threads |
 //! | top | `lib.rs`, `cli.rs`, `main.rs` | start, reload and shutdown; the command line; the binary |
 //!
 //! One request, followed through them: `server.rs` accepts the connection and makes its
@@ -233,10 +238,18 @@ impl Gateway {
         let mut per_worker: Vec<runtime::WorkerSockets> = Vec::new();
         let mut listeners = Vec::new();
         let mut multi: runtime::WorkerSockets = Vec::new();
+        let mut listener_certs = Vec::new();
         per_worker.resize_with(workers, Vec::new);
         for (i, lc) in config.listeners.iter().enumerate() {
-            let tls = match &lc.tls {
-                Some(t) => Some(tls::acceptor(t).map_err(|p| {
+            let certs = match &lc.tls {
+                Some(t) => Some(tls::listener::ListenerCerts::new(
+                    tls::listener::load(t, &format!("listeners[{i}].tls"))
+                        .map_err(|e| StartError::Config(e.in_file(&source)))?,
+                )),
+                None => None,
+            };
+            let tls = match &certs {
+                Some(c) => Some(tls::listener::acceptor(c.clone()).map_err(|p| {
                     StartError::Config(ConfigError {
                         file: source.clone(),
                         field: format!("listeners[{i}].tls"),
@@ -245,6 +258,7 @@ impl Gateway {
                 })?),
                 None => None,
             };
+            listener_certs.push(certs);
             let want: SocketAddr = lc.listen.parse().map_err(|_| {
                 StartError::Io(
                     format!("listener {}", lc.name),
@@ -310,6 +324,7 @@ impl Gateway {
                 last_error: None,
             }),
             started: tokio::time::Instant::now(),
+            listener_certs,
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -462,6 +477,38 @@ fn reload(shared: &Shared, why: &str) -> Result<u64, ConfigError> {
     apply(shared, Config::load(&path), &path.display().to_string())
 }
 
+/// The certificates of each listener that terminates TLS now and still does in `config`
+/// (a listener that starts or stops TLS needs a restart).
+fn load_listener_certs(
+    shared: &Shared,
+    config: &Config,
+) -> Result<Vec<Option<tls::listener::CertSet>>, ConfigError> {
+    shared
+        .listener_certs
+        .iter()
+        .enumerate()
+        .map(|(i, running)| match (running, config.listeners.get(i)) {
+            (Some(_), Some(lc)) => match &lc.tls {
+                Some(t) => tls::listener::load(t, &format!("listeners[{i}].tls")).map(Some),
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+/// The listeners with their certificate files left out (a reload applies those), for the
+/// "needs a restart" warning: whether each has TLS still counts.
+fn listeners_but_certs(config: &Config) -> Vec<config::ListenerConfig> {
+    let mut listeners = config.listeners.clone();
+    for l in &mut listeners {
+        if let Some(t) = &mut l.tls {
+            *t = config::TlsConfig::default();
+        }
+    }
+    listeners
+}
+
 /// Validates, compiles and swaps in a config; on error logs it and keeps the old one.
 fn apply(
     shared: &Shared,
@@ -471,11 +518,25 @@ fn apply(
     let mut status = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
     let old = shared.current.load_full();
     let result = config
-        .and_then(|c| Snapshot::build(c, source, old.generation + 1, &shared.demo, Some(&old)));
+        .and_then(|c| Snapshot::build(c, source, old.generation + 1, &shared.demo, Some(&old)))
+        .and_then(|snap| {
+            // Every listener certificate is read again; one that cannot be used rejects the
+            // reload before anything is swapped.
+            let certs = load_listener_certs(shared, &snap.config).map_err(|e| e.in_file(source))?;
+            Ok((snap, certs))
+        });
     match result {
-        Ok(snap) => {
+        Ok((snap, certs)) => {
+            for (running, new) in shared.listener_certs.iter().zip(certs) {
+                if let (Some(running), Some(new)) = (running, new) {
+                    running.replace(new);
+                }
+            }
             for (section, changed) in [
-                ("listeners", snap.config.listeners != old.config.listeners),
+                (
+                    "listeners",
+                    listeners_but_certs(&snap.config) != listeners_but_certs(&old.config),
+                ),
                 ("server", snap.config.server != old.config.server),
                 ("admin", snap.config.admin != old.config.admin),
                 ("demo", snap.config.demo != old.config.demo),

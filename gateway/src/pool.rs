@@ -6,19 +6,19 @@
 //! pool when the response body has been read to the end ([`UpBody`]); a request that a pooled
 //! connection could not even start (the upstream had closed it) is retried once on a fresh
 //! connection.
+//!
+//! An `https://` endpoint's connections ([`send_tls`], in `pool/tls.rs`) are pooled the same
+//! way, under a key that adds the TLS name and settings to the address; when the endpoint picks
+//! HTTP/2 by ALPN, its connection is the thread's multiplexed one for that key.
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::cell::RefCell;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -29,6 +29,16 @@ pub(crate) type ReqBody = crate::body::GwBody;
 /// connections do not linger).
 pub(crate) const MAX_IDLE_PER_ENDPOINT: usize = 128;
 
+mod body;
+mod tls;
+
+pub(crate) use body::UpBody;
+pub(crate) use tls::send_tls;
+
+/// What connections are pooled under: the address, and 0 for plain TCP or the endpoint's
+/// [`TlsPeer::key`](crate::tls::upstream::TlsPeer) for TLS.
+type Key = (SocketAddr, u64);
+
 struct Idle {
     sender: http1::SendRequest<ReqBody>,
     since: Instant,
@@ -37,16 +47,16 @@ struct Idle {
 /// A thread's connections. Endpoints are few, so a vector scan beats hashing the address.
 #[derive(Default)]
 struct Pool {
-    h1: Vec<(SocketAddr, Vec<Idle>)>,
-    h2: Vec<(SocketAddr, http2::SendRequest<ReqBody>)>,
+    h1: Vec<(Key, Vec<Idle>)>,
+    h2: Vec<(Key, http2::SendRequest<ReqBody>)>,
 }
 
 impl Pool {
-    fn h1_list(&mut self, addr: SocketAddr) -> &mut Vec<Idle> {
-        let i = match self.h1.iter().position(|(a, _)| *a == addr) {
+    fn h1_list(&mut self, key: Key) -> &mut Vec<Idle> {
+        let i = match self.h1.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
-                self.h1.push((addr, Vec::new()));
+                self.h1.push((key, Vec::new()));
                 self.h1.len() - 1
             }
         };
@@ -65,6 +75,9 @@ pub(crate) enum UpstreamError {
     ConnectTimeout,
     /// The TCP connect failed (refused, unreachable).
     Connect(std::io::Error),
+    /// The TLS handshake with an `https://` endpoint failed (its certificate was refused, or
+    /// it refused the gateway's); logged at `warn` with the reason where it happened.
+    Tls(std::io::Error),
     /// The connection failed after it was made (reset, closed early, protocol error), or the
     /// request body failed (see [`is_caused_by`]).
     Http(hyper::Error),
@@ -75,6 +88,7 @@ impl std::fmt::Display for UpstreamError {
         match self {
             Self::ConnectTimeout => f.write_str("upstream connect timed out"),
             Self::Connect(e) => write!(f, "upstream connect failed: {e}"),
+            Self::Tls(e) => write!(f, "upstream tls handshake failed: {e}"),
             Self::Http(e) => write!(f, "upstream connection failed: {e}"),
         }
     }
@@ -84,7 +98,7 @@ impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::ConnectTimeout => None,
-            Self::Connect(e) => Some(e),
+            Self::Connect(e) | Self::Tls(e) => Some(e),
             Self::Http(e) => Some(e),
         }
     }
@@ -144,10 +158,10 @@ async fn connect(addr: SocketAddr, s: Settings) -> Result<tokio::net::TcpStream,
     Ok(stream)
 }
 
-fn checkout_h1(addr: SocketAddr, s: Settings) -> Option<http1::SendRequest<ReqBody>> {
+fn checkout_h1(key: Key, s: Settings) -> Option<http1::SendRequest<ReqBody>> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.h1_list(addr);
+        let list = p.h1_list(key);
         while let Some(idle) = list.pop() {
             if !idle.sender.is_closed() && idle.since.elapsed() < s.idle_timeout {
                 return Some(idle.sender);
@@ -157,14 +171,14 @@ fn checkout_h1(addr: SocketAddr, s: Settings) -> Option<http1::SendRequest<ReqBo
     })
 }
 
-fn checkin_h1(addr: SocketAddr, sender: http1::SendRequest<ReqBody>, max_idle: usize) {
+fn checkin_h1(key: Key, sender: http1::SendRequest<ReqBody>, max_idle: usize) {
     if sender.is_closed() {
         return;
     }
     // `try_with`: a body may be dropped while its thread is exiting.
     let _ = POOL.try_with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.h1_list(addr);
+        let list = p.h1_list(key);
         if list.len() < max_idle.min(MAX_IDLE_PER_ENDPOINT) {
             list.push(Idle {
                 sender,
@@ -174,22 +188,61 @@ fn checkin_h1(addr: SocketAddr, sender: http1::SendRequest<ReqBody>, max_idle: u
     });
 }
 
-async fn open_h1(
-    addr: SocketAddr,
-    s: Settings,
-) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
-    open_h1_with(addr, s, false).await
+/// A new connection to `peer`: HTTP/1.1 on plain TCP; over TLS, HTTP/2 when the endpoint
+/// picked it by ALPN (then it becomes the thread's shared one for the key). An `upgrade`
+/// connection is HTTP/1.1, and hyper may hand it over after a `101`.
+async fn open(peer: &Peer<'_>, s: Settings, upgrade: bool) -> Result<Opened, UpstreamError> {
+    let stream = connect(peer.addr, s).await?;
+    match peer.tls {
+        None => Ok(Opened::H1(h1_on(stream, peer.addr, upgrade).await?)),
+        Some(t) => {
+            let (stream, h2) = tls::handshake(stream, peer.addr, t, s, upgrade).await?;
+            if h2 {
+                let sender = h2_on(stream, peer.addr).await?;
+                keep_h2(peer.key, &sender);
+                Ok(Opened::H2(sender))
+            } else {
+                Ok(Opened::H1(h1_on(stream, peer.addr, upgrade).await?))
+            }
+        }
+    }
 }
 
-/// A new HTTP/1.1 connection to `addr`, its driver on a task of its own; with `upgrades`, the
-/// driver hands the connection over after a `101` (see [`send_upgrade`]).
-async fn open_h1_with(
+/// A connection [`open`] made.
+enum Opened {
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
+}
+
+/// Where a request goes: the address, its pool key, and its TLS peer for `https://`.
+#[derive(Clone, Copy)]
+struct Peer<'a> {
     addr: SocketAddr,
-    s: Settings,
+    key: Key,
+    tls: Option<&'a crate::tls::upstream::TlsPeer>,
+}
+
+impl Peer<'_> {
+    fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            key: (addr, 0),
+            tls: None,
+        }
+    }
+}
+
+/// An HTTP/1.1 connection over `io`, its driver on a task of its own; with `upgrades`, the
+/// driver hands the connection over after a `101` (see [`send_upgrade`]).
+async fn h1_on<T>(
+    io: T,
+    addr: SocketAddr,
     upgrades: bool,
-) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
-    let stream = connect(addr, s).await?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+) -> Result<http1::SendRequest<ReqBody>, UpstreamError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(UpstreamError::Http)?;
     tokio::spawn(async move {
@@ -220,15 +273,10 @@ where
 /// The answer body of a connection: returned `back` to the pool at its end, when pooled.
 fn up_body(
     body: Incoming,
-    back: Option<(SocketAddr, http1::SendRequest<ReqBody>, usize)>,
+    back: Option<(Key, http1::SendRequest<ReqBody>, usize)>,
     s: Settings,
 ) -> UpBody {
-    UpBody {
-        inner: body,
-        back,
-        idle: s.idle_timeout,
-        stall: None,
-    }
+    UpBody::new(body, back, s.idle_timeout)
 }
 
 /// What [`send_on`] needs of hyper's HTTP/1.1 and HTTP/2 senders.
@@ -255,24 +303,34 @@ impl Sender for http2::SendRequest<ReqBody> {
     }
 }
 
-async fn h2_sender(
-    addr: SocketAddr,
-    s: Settings,
-) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
-    let existing = POOL.with(|p| {
+/// The thread's open HTTP/2 connection for `key`, if any.
+fn pooled_h2(key: Key) -> Option<http2::SendRequest<ReqBody>> {
+    POOL.with(|p| {
         p.borrow()
             .h2
             .iter()
-            .find(|(a, c)| *a == addr && !c.is_closed())
+            .find(|(k, c)| *k == key && !c.is_closed())
             .map(|(_, c)| c.clone())
+    })
+}
+
+/// Makes `sender` the thread's HTTP/2 connection for `key`.
+fn keep_h2(key: Key, sender: &http2::SendRequest<ReqBody>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.h2.retain(|(k, _)| *k != key);
+        p.h2.push((key, sender.clone()));
     });
-    if let Some(sender) = existing {
-        return Ok(sender);
-    }
-    let stream = connect(addr, s).await?;
+}
+
+/// An HTTP/2 connection over `io`, its driver on a task of its own.
+async fn h2_on<T>(io: T, addr: SocketAddr) -> Result<http2::SendRequest<ReqBody>, UpstreamError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(UpstreamError::Http)?;
     tokio::spawn(async move {
@@ -280,11 +338,20 @@ async fn h2_sender(
             tracing::debug!(upstream = %addr, error = %e, "upstream h2 connection ended");
         }
     });
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        p.h2.retain(|(a, _)| *a != addr);
-        p.h2.push((addr, sender.clone()));
-    });
+    Ok(sender)
+}
+
+async fn h2_sender(
+    addr: SocketAddr,
+    s: Settings,
+) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
+    let key = (addr, 0);
+    if let Some(sender) = pooled_h2(key) {
+        return Ok(sender);
+    }
+    let stream = connect(addr, s).await?;
+    let sender = h2_on(stream, addr).await?;
+    keep_h2(key, &sender);
     Ok(sender)
 }
 
@@ -295,20 +362,34 @@ async fn h2_sender(
 /// [`UpstreamError`] when no response head arrives.
 pub(crate) async fn send_h1(
     addr: SocketAddr,
+    req: Request<ReqBody>,
+    s: Settings,
+) -> Result<Response<UpBody>, UpstreamError> {
+    send_h1_on(Peer::plain(addr), req, s).await
+}
+
+/// [`send_h1`] to `peer`; over TLS the fresh connection may turn out HTTP/2 (ALPN), and the
+/// request goes on it as HTTP/2.
+async fn send_h1_on(
+    peer: Peer<'_>,
     mut req: Request<ReqBody>,
     s: Settings,
 ) -> Result<Response<UpBody>, UpstreamError> {
+    let addr = peer.addr;
     // Up to two pooled connections, then a fresh one.
     for attempt in 0..3 {
         let pooled = if attempt < 2 {
-            checkout_h1(addr, s)
+            checkout_h1(peer.key, s)
         } else {
             None
         };
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(s) => s,
-            None => open_h1(addr, s).await?,
+            None => match open(&peer, s, false).await? {
+                Opened::H1(sender) => sender,
+                Opened::H2(mut sender) => return tls::send_as_h2(&mut sender, &peer, req, s).await,
+            },
         };
         match sender.ready().await {
             Ok(()) => {}
@@ -329,12 +410,7 @@ pub(crate) async fn send_h1(
             });
         match sender.try_send_request(req).await {
             Ok(resp) => {
-                return Ok(resp.map(|body| UpBody {
-                    inner: body,
-                    back: Some((addr, sender, s.max_idle)),
-                    idle: s.idle_timeout,
-                    stall: None,
-                }));
+                return Ok(resp.map(|body| up_body(body, Some((peer.key, sender, s.max_idle)), s)));
             }
             Err(mut e) => match (e.take_message(), replay) {
                 // Never written: the connection was already closing. Try another.
@@ -343,7 +419,7 @@ pub(crate) async fn send_h1(
                     tracing::debug!(upstream = %addr, "reused connection closed unanswered; sending again");
                     req = copy;
                     // A fresh connection next.
-                    return send_fresh_h1(addr, req, s).await;
+                    return send_fresh_h1(peer, req, s).await;
                 }
                 _ => return Err(UpstreamError::Http(e.into_error())),
             },
@@ -369,7 +445,8 @@ pub(crate) async fn send_upgrade(
     req: Request<ReqBody>,
     s: Settings,
 ) -> Result<Response<UpBody>, UpstreamError> {
-    let mut sender = open_h1_with(addr, s, true).await?;
+    let stream = connect(addr, s).await?;
+    let mut sender = h1_on(stream, addr, true).await?;
     let resp = send_on(&mut sender, req).await?;
     Ok(resp.map(|body| up_body(body, None, s)))
 }
@@ -385,13 +462,16 @@ fn idempotent<B>(req: &Request<B>) -> bool {
 
 /// Sends `req` on a new connection.
 async fn send_fresh_h1(
-    addr: SocketAddr,
+    peer: Peer<'_>,
     req: Request<ReqBody>,
     s: Settings,
 ) -> Result<Response<UpBody>, UpstreamError> {
-    let mut sender = open_h1(addr, s).await?;
+    let mut sender = match open(&peer, s, false).await? {
+        Opened::H1(sender) => sender,
+        Opened::H2(mut sender) => return tls::send_as_h2(&mut sender, &peer, req, s).await,
+    };
     let resp = send_on(&mut sender, req).await?;
-    Ok(resp.map(|body| up_body(body, Some((addr, sender, s.max_idle)), s)))
+    Ok(resp.map(|body| up_body(body, Some((peer.key, sender, s.max_idle)), s)))
 }
 
 /// Sends `req` to `addr` over the thread's HTTP/2 connection (the URI must be absolute).
@@ -406,90 +486,6 @@ pub(crate) async fn send_h2(
     let mut sender = h2_sender(addr, s).await?;
     let resp = send_on(&mut sender, req).await?;
     Ok(resp.map(|body| up_body(body, None, s)))
-}
-
-/// An upstream response body that returns its HTTP/1.1 connection to the thread's pool once
-/// read to the end, and fails when the upstream sends nothing for the idle timeout (so a body
-/// that stalls halfway cuts the client's answer rather than holding it open).
-#[derive(Debug)]
-pub(crate) struct UpBody {
-    inner: Incoming,
-    back: Option<(SocketAddr, http1::SendRequest<ReqBody>, usize)>,
-    idle: Duration,
-    /// Armed the first time the body has to wait (a body that arrives at once allocates no
-    /// timer), reset on every frame.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-/// An upstream that stopped sending its response body for the idle timeout.
-#[derive(Debug)]
-pub(crate) struct BodyStalled;
-
-impl std::fmt::Display for BodyStalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("upstream response body stalled")
-    }
-}
-
-impl std::error::Error for BodyStalled {}
-
-impl UpBody {
-    fn give_back(&mut self) {
-        if let Some((addr, sender, max_idle)) = self.back.take() {
-            checkin_h1(addr, sender, max_idle);
-        }
-    }
-}
-
-impl Drop for UpBody {
-    fn drop(&mut self) {
-        if self.inner.is_end_stream() {
-            self.give_back();
-        }
-    }
-}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                let idle = this.idle;
-                let stall = this
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                ready!(stall.as_mut().poll(cx));
-                this.back = None;
-                return Poll::Ready(Some(Err(Box::new(BodyStalled))));
-            }
-        };
-        if let Some(stall) = this.stall.as_mut() {
-            stall.as_mut().reset(Instant::now() + this.idle);
-        }
-        match &frame {
-            Some(Err(_)) => this.back = None,
-            // hyper's server stops polling once `is_end_stream` is true, so the end may come
-            // with the last data frame rather than as `None`.
-            Some(Ok(_)) if !this.inner.is_end_stream() => {}
-            _ => this.give_back(),
-        }
-        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// The address an answer came from, put in the response's extensions by the upstream service

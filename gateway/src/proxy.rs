@@ -197,8 +197,14 @@ async fn proxy(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // A TLS request leaves in HTTP/1.1 form; the pool turns it into HTTP/2 if the endpoint
+    // picks that by ALPN.
+    let shape = match cluster.tls {
+        Some(_) => UpstreamProtocol::Http1,
+        None => cluster.protocol,
+    };
     // HTTP/1.1 upstreams get origin form; HTTP/2 needs scheme and authority.
-    let uri = match cluster.protocol {
+    let uri = match shape {
         UpstreamProtocol::Http1 => Uri::try_from(path_and_query).map_err(|_| ()),
         UpstreamProtocol::H2c => Uri::builder()
             .scheme("http")
@@ -235,7 +241,7 @@ async fn proxy(
         tunnel::restore(&mut parts.headers, u);
     }
     parts.uri = uri;
-    parts.version = match cluster.protocol {
+    parts.version = match shape {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::H2c => Version::HTTP_2,
     };
@@ -252,6 +258,16 @@ async fn proxy(
     cluster.stats.requests.incr();
     cluster.stats.in_flight.incr();
     let send = async {
+        if let Some(tls) = &cluster.tls {
+            return match tls.peer(addr) {
+                Some(peer) => {
+                    pool::send_tls(addr, &peer, upstream_req, settings, upgrade.is_some()).await
+                }
+                None => Err(pool::UpstreamError::Connect(
+                    std::io::ErrorKind::AddrNotAvailable.into(),
+                )),
+            };
+        }
         match cluster.protocol {
             UpstreamProtocol::Http1 if upgrade.is_some() => {
                 pool::send_upgrade(addr, upstream_req, settings).await

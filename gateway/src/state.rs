@@ -293,6 +293,9 @@ pub(crate) struct Shared {
     pub started: Instant,
     /// Notified when a reload applied a new snapshot.
     pub reloaded: tokio::sync::Notify,
+    /// Each listener's certificates when it terminates TLS (by listener index); a reload
+    /// replaces their contents.
+    pub listener_certs: Vec<Option<Arc<crate::tls::listener::ListenerCerts>>>,
 }
 
 impl Shared {

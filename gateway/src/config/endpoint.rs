@@ -1,4 +1,5 @@
-//! A cluster endpoint as written in the file: `IP:PORT`, `HOST:PORT` or `demo:NAME`.
+//! A cluster endpoint as written in the file: `IP:PORT`, `HOST:PORT` or `demo:NAME`, the first
+//! two optionally `https://` (TLS; port 443 when left out).
 
 use std::net::SocketAddr;
 
@@ -14,11 +15,25 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `IP:PORT`, `HOST:PORT` or `demo:NAME`.
+    /// Parses `IP:PORT`, `HOST:PORT` or `demo:NAME`; an `https://` in front is taken off
+    /// (see [`Endpoint::is_tls`]), with port 443 when none follows.
     ///
     /// # Errors
     /// A lower-case problem description.
     pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix(HTTPS) {
+            if rest.starts_with("demo:") {
+                return Err("demo upstreams speak plain HTTP: leave out https://".into());
+            }
+            let with_port = if rest.parse::<SocketAddr>().is_ok() || has_port(rest) {
+                rest.to_owned()
+            } else if rest.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("[{rest}]:443")
+            } else {
+                format!("{rest}:443")
+            };
+            return Self::parse(&with_port).map_err(|p| format!("{p} (in \"{s}\")"));
+        }
         if let Some(name) = s.strip_prefix("demo:") {
             check_name(name)?;
             return Ok(Self::Demo(name.to_owned()));
@@ -54,6 +69,22 @@ impl Endpoint {
     }
 }
 
+const HTTPS: &str = "https://";
+
+impl Endpoint {
+    /// Whether the endpoint as written speaks TLS (`https://...`).
+    pub fn is_tls(s: &str) -> bool {
+        s.starts_with(HTTPS)
+    }
+}
+
+/// Whether `s` (`HOST:PORT`, `[IPv6]:PORT`) ends in a port.
+fn has_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && !p.is_empty() && !h.ends_with(':'))
+        && !s.ends_with(']')
+}
+
 /// Names of listeners, clusters, policies and demos: 1-64 of `[A-Za-z0-9_-]`.
 pub(super) fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -65,5 +96,44 @@ pub(super) fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("\"{name}\" must be 1-64 of [A-Za-z0-9_-]"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_endpoints_parse_with_port_443_by_default() {
+        let ok = |s: &str| Endpoint::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(
+            ok("https://127.0.0.1:8443"),
+            Endpoint::Static("127.0.0.1:8443".parse().unwrap())
+        );
+        assert_eq!(
+            ok("https://127.0.0.1"),
+            Endpoint::Static("127.0.0.1:443".parse().unwrap())
+        );
+        assert_eq!(
+            ok("https://[::1]"),
+            Endpoint::Static("[::1]:443".parse().unwrap())
+        );
+        assert_eq!(
+            ok("https://Api.Example.com"),
+            Endpoint::Dns("api.example.com".into(), 443)
+        );
+        assert_eq!(
+            ok("https://api.example.com:8443"),
+            Endpoint::Dns("api.example.com".into(), 8443)
+        );
+        assert!(Endpoint::is_tls("https://x:1") && !Endpoint::is_tls("x:1"));
+        for bad in [
+            "https://",
+            "https://demo:fast",
+            "https://a..b",
+            "https://host:0",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
     }
 }

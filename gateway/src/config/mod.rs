@@ -11,6 +11,7 @@ pub mod cluster;
 mod endpoint;
 mod error;
 pub mod retry;
+pub mod tls;
 mod validate;
 
 use admission::AdmissionSection;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 pub use endpoint::Endpoint;
 pub use error::ConfigError;
+pub use tls::{CertConfig, TlsConfig, UpstreamTlsSection};
 
 /// The configuration shipped with the binary and used when no `--config` is given and there is
 /// no `tollgate.toml` in the working directory.
@@ -239,7 +241,8 @@ pub struct ListenerConfig {
     pub name: String,
     /// `IP:PORT` to bind; port 0 picks a free port (printed at start). Required.
     pub listen: String,
-    /// TLS termination (HTTP/1.1 and HTTP/2 by ALPN). Default none (plain HTTP/1.1 and h2c).
+    /// TLS termination (HTTP/1.1 and HTTP/2 by ALPN), with certificates chosen by SNI name
+    /// ([`TlsConfig`]). Default none (plain HTTP/1.1 and h2c).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Name of an `[[admission]]` policy for requests whose route names none. Default none.
@@ -252,16 +255,6 @@ pub struct ListenerConfig {
     /// Needs a restart to change.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub proxy_protocol: bool,
-}
-
-/// Certificate and key for a TLS listener.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain path, relative to the working directory.
-    pub cert: String,
-    /// PEM private key path (PKCS#8, PKCS#1 or SEC1).
-    pub key: String,
 }
 
 /// The protocol spoken to a cluster's endpoints.
@@ -283,8 +276,12 @@ pub struct ClusterConfig {
     pub name: String,
     /// Endpoints: `IP:PORT` (static), `HOST:PORT` (resolved now and every
     /// `resolve_interval_ms`), or `demo:NAME` (the address of a demo upstream). At least one.
+    /// `https://HOST:PORT` or `https://IP:PORT` (port 443 when left out) speaks TLS to the
+    /// endpoint (see `tls`); a cluster's endpoints are all `https://` or none.
     pub endpoints: Vec<String>,
-    /// Protocol to the endpoints. Default `http1`.
+    /// Protocol to the endpoints. Default `http1`. Over TLS (`https://` endpoints), `http1`
+    /// offers HTTP/2 and HTTP/1.1 by ALPN and speaks what the endpoint picks; `h2c` offers
+    /// HTTP/2 only (gRPC).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// DNS re-resolution period for `HOST:PORT` endpoints, ms. Default 5000, at least 100.
@@ -315,6 +312,11 @@ pub struct ClusterConfig {
     /// Budgeted retries of idempotent requests without a body. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySection>,
+    /// TLS to `https://` endpoints: CA file, client certificate, server name. Default none
+    /// (the system's trust store, no client certificate); refused without `https://`
+    /// endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsSection>,
 }
 
 fn default_resolve_ms() -> u64 {

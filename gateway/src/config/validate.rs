@@ -100,12 +100,7 @@ impl Config {
                 ));
             }
             if let Some(tls) = &lc.tls {
-                if tls.cert.is_empty() {
-                    return Err(e(at("tls.cert"), "must name a PEM certificate file"));
-                }
-                if tls.key.is_empty() {
-                    return Err(e(at("tls.key"), "must name a PEM key file"));
-                }
+                tls.validate(&at("tls"))?;
             }
         }
         for (i, a) in self.admission.iter().enumerate() {
@@ -164,6 +159,7 @@ impl Config {
                 };
                 p.map_err(|p| e(format!("clusters[{i}].endpoints[{j}]"), p))?;
             }
+            check_tls(c).map_err(|(f, p)| e(at(&f), p))?;
             if !(100..=86_400_000).contains(&c.resolve_interval_ms) {
                 return Err(e(
                     at("resolve_interval_ms"),
@@ -290,6 +286,30 @@ fn check_priority(config: &Config, r: &super::RouteConfig, class: &str) -> Resul
         }
     }
     Ok(())
+}
+
+/// A cluster's endpoints are all `https://` or none, and `[clusters.tls]` needs them.
+fn check_tls(c: &super::ClusterConfig) -> Result<(), (String, String)> {
+    let tls = c.endpoints.first().is_some_and(|ep| Endpoint::is_tls(ep));
+    if let Some(j) = c
+        .endpoints
+        .iter()
+        .position(|ep| Endpoint::is_tls(ep) != tls)
+    {
+        return Err((
+            format!("endpoints[{j}]"),
+            "mixes https:// and plain endpoints; a cluster's endpoints are all one or the other"
+                .into(),
+        ));
+    }
+    match &c.tls {
+        Some(_) if !tls => Err((
+            "tls".into(),
+            "applies to https:// endpoints only (write the endpoints as https://HOST:PORT)".into(),
+        )),
+        Some(t) => t.validate("tls").map_err(|err| (err.field, err.problem)),
+        None => Ok(()),
+    }
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {

@@ -436,6 +436,8 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                     if !snap.route_plans[route].is_plain()
                         || cluster.layers.is_some()
                         || cluster.protocol != UpstreamProtocol::Http1
+                        // The fast path's upstream sockets are plain TCP.
+                        || cluster.tls.is_some()
                     {
                         return Route::Hyper;
                     }

@@ -13,6 +13,7 @@ use crate::config::retry::RetrySection;
 use crate::config::{ClusterConfig, ConfigError, UpstreamProtocol};
 use crate::pool::{Settings, SharedSettings};
 use crate::stats::EndpointStats;
+use crate::tls::upstream::ClusterTls;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tollgate_balance::{Balance, BalanceHandle};
@@ -49,6 +50,8 @@ struct Key {
     pool: Option<PoolConfig>,
     retry: Option<RetrySection>,
     protocol: UpstreamProtocol,
+    /// [`ClusterTls::id`]: the TLS settings and the contents of their files.
+    tls: Option<u64>,
 }
 
 /// A cluster's built stack and the handles that look into it. Kept across reloads (with its
@@ -65,6 +68,7 @@ pub(crate) struct ClusterLayers {
     retry: Option<RetryPolicy>,
     health: Mutex<Option<tokio::task::JoinHandle<()>>>,
     settings: Arc<SharedSettings>,
+    tls: Option<Arc<ClusterTls>>,
 }
 
 impl ClusterLayers {
@@ -85,6 +89,7 @@ impl ClusterLayers {
     pub(crate) fn build(
         cc: &ClusterConfig,
         settings: Settings,
+        tls: Option<Arc<ClusterTls>>,
         old: Option<&Arc<ClusterLayers>>,
     ) -> Result<Arc<Self>, ConfigError> {
         let key = Key {
@@ -95,6 +100,7 @@ impl ClusterLayers {
             pool: cc.pool.clone(),
             retry: cc.retry.clone(),
             protocol: cc.protocol,
+            tls: tls.as_ref().map(|t| t.id()),
         };
         if let Some(old) = old.filter(|o| o.key == key) {
             // The global timeouts may have changed: the kept endpoints read them on each call.
@@ -138,6 +144,7 @@ impl ClusterLayers {
             retry,
             health: Mutex::new(None),
             settings: Arc::new(SharedSettings::new(settings)),
+            tls,
         }))
     }
 
@@ -159,6 +166,7 @@ impl ClusterLayers {
             let up = Upstream::new(
                 addr,
                 self.key.protocol,
+                self.tls.clone(),
                 self.settings.clone(),
                 self.limiter.clone(),
                 Some(stats.clone()),
@@ -194,7 +202,7 @@ impl ClusterLayers {
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return None;
         }
-        let check = HttpHealthCheck::new(h.path.clone(), self.key.protocol);
+        let check = HttpHealthCheck::new(h.path.clone(), self.key.protocol, self.tls.clone());
         let handle = tokio::spawn(self.balance.health_checks(check));
         let abort = handle.abort_handle();
         *task = Some(handle);

@@ -6,6 +6,7 @@ use super::cluster::ClusterLayers;
 use crate::config::{ClusterConfig, ConfigError, Endpoint, TimeoutsConfig, UpstreamProtocol};
 use crate::pool::{MAX_IDLE_PER_ENDPOINT, Settings};
 use crate::stats::{ClusterStats, EndpointStats};
+use crate::tls::upstream::ClusterTls;
 use arc_swap::ArcSwap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,9 @@ pub(crate) struct Cluster {
     pub layers: Option<Arc<ClusterLayers>>,
     /// Upstream connection settings.
     pub settings: Settings,
+    /// TLS to the endpoints, when they are `https://`; kept across reloads while its
+    /// settings and files stay the same.
+    pub tls: Option<Arc<ClusterTls>>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +70,7 @@ impl Cluster {
     pub(crate) fn resolve(&self) -> Result<Vec<Arc<UpEndpoint>>, (usize, String)> {
         let old = self.endpoints.load();
         let mut out: Vec<Arc<UpEndpoint>> = Vec::new();
+        let mut names: Vec<(SocketAddr, Option<&str>)> = Vec::new();
         for (i, t) in self.targets.iter().enumerate() {
             let addrs: Vec<SocketAddr> = match t {
                 Target::Static(a) => vec![*a],
@@ -81,12 +86,22 @@ impl Cluster {
                 if out.iter().any(|e| e.addr == addr) {
                     continue;
                 }
+                names.push((
+                    addr,
+                    match t {
+                        Target::Dns(host, _) => Some(host.as_str()),
+                        Target::Static(_) => None,
+                    },
+                ));
                 let stats = old
                     .iter()
                     .find(|e| e.addr == addr)
                     .map_or_else(Default::default, |e| e.stats.clone());
                 out.push(Arc::new(UpEndpoint { addr, stats }));
             }
+        }
+        if let Some(tls) = &self.tls {
+            tls.set_peers(&names);
         }
         Ok(out)
     }
@@ -160,10 +175,21 @@ impl Cluster {
             idle_timeout: Duration::from_millis(timeouts.idle_ms),
             max_idle: MAX_IDLE_PER_ENDPOINT,
         };
+        let tls = if cc.endpoints.iter().any(|ep| Endpoint::is_tls(ep)) {
+            let built =
+                ClusterTls::build(cc.tls.as_ref(), cc.protocol, &format!("clusters[{ci}].tls"))?;
+            let kept = old_cluster
+                .and_then(|c| c.tls.clone())
+                .filter(|t| t.id() == built.id());
+            Some(kept.unwrap_or_else(|| Arc::new(built)))
+        } else {
+            None
+        };
         let layers = if ClusterLayers::wanted(cc) {
             Some(ClusterLayers::build(
                 cc,
                 settings,
+                tls.clone(),
                 old_cluster.and_then(|c| c.layers.as_ref()),
             )?)
         } else {
@@ -172,6 +198,7 @@ impl Cluster {
         let cluster = Self {
             layers,
             settings,
+            tls,
             name: cc.name.clone(),
             protocol: cc.protocol,
             preserve_host: cc.preserve_host,

@@ -1,7 +1,10 @@
 //! Active HTTP health checks for balanced clusters: `GET path` on a fresh connection; a 2xx
-//! answer passes. The balancer bounds each check by its `timeout_ms` and counts thresholds.
+//! answer passes (over TLS for `https://` endpoints, on the checking thread's pooled
+//! connections). The balancer bounds each check by its `timeout_ms` and counts thresholds.
 
 use crate::config::UpstreamProtocol;
+use crate::pool::{self, MAX_IDLE_PER_ENDPOINT, Settings};
+use crate::tls::upstream::ClusterTls;
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Empty;
@@ -18,14 +21,51 @@ use tollgate_balance::HealthCheck;
 pub(crate) struct HttpHealthCheck {
     path: Arc<str>,
     protocol: UpstreamProtocol,
+    tls: Option<Arc<ClusterTls>>,
 }
 
 impl HttpHealthCheck {
-    /// A check of `path` over `protocol`.
-    pub(crate) fn new(path: String, protocol: UpstreamProtocol) -> Self {
+    /// A check of `path` over `protocol` (and `tls` for `https://` endpoints).
+    pub(crate) fn new(
+        path: String,
+        protocol: UpstreamProtocol,
+        tls: Option<Arc<ClusterTls>>,
+    ) -> Self {
         Self {
             path: path.into(),
             protocol,
+            tls,
+        }
+    }
+
+    /// A check over TLS, as HTTP/2 or HTTP/1.1 as the endpoint picks by ALPN.
+    async fn probe_tls(addr: SocketAddr, path: Arc<str>, tls: Arc<ClusterTls>) -> bool {
+        let Some(peer) = tls.peer(addr) else {
+            return false;
+        };
+        let Ok(req) = Request::get(&*path)
+            .header(header::HOST, peer.name.to_str().as_ref())
+            .header(header::USER_AGENT, "tollgate-health")
+            .body(http_body_util::Either::Right(
+                http_body_util::Full::default(),
+            ))
+        else {
+            return false;
+        };
+        // The balancer bounds the whole check by `timeout_ms`.
+        let settings = Settings {
+            connect_timeout: std::time::Duration::from_secs(60),
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_idle: MAX_IDLE_PER_ENDPOINT,
+        };
+        match pool::send_tls(addr, &peer, req, settings, false).await {
+            Ok(resp) => {
+                let ok = resp.status().is_success();
+                // Read to the end, so an HTTP/1.1 connection goes back to the pool.
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                ok
+            }
+            Err(_) => false,
         }
     }
 
@@ -74,6 +114,9 @@ impl HealthCheck<SocketAddr> for HttpHealthCheck {
     type Future = Pin<Box<dyn Future<Output = bool> + Send>>;
 
     fn check(&self, addr: &SocketAddr) -> Self::Future {
-        Box::pin(Self::probe(*addr, self.path.clone(), self.protocol))
+        match &self.tls {
+            Some(tls) => Box::pin(Self::probe_tls(*addr, self.path.clone(), tls.clone())),
+            None => Box::pin(Self::probe(*addr, self.path.clone(), self.protocol)),
+        }
     }
 }

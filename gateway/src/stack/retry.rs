@@ -155,9 +155,11 @@ impl RetryPolicy {
                     return on.contains(&RetryOn::Timeout);
                 }
                 match find_cause::<UpstreamError>(&**e) {
-                    Some(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) => {
-                        on.contains(&RetryOn::Connect)
-                    }
+                    Some(
+                        UpstreamError::Connect(_)
+                        | UpstreamError::ConnectTimeout
+                        | UpstreamError::Tls(_),
+                    ) => on.contains(&RetryOn::Connect),
                     Some(UpstreamError::Http(_)) => on.contains(&RetryOn::Reset),
                     None => false,
                 }

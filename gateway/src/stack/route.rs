@@ -54,6 +54,7 @@ impl Service<UpRequest> for ClusterService {
                 let up = Upstream::new(
                     addr,
                     cluster.protocol,
+                    cluster.tls.clone(),
                     Arc::new(SharedSettings::from(*settings)),
                     None,
                     // `pick` counted the request, `endpoint_failed` counts a failure.

@@ -7,6 +7,7 @@ use crate::pool;
 use crate::pool::SharedSettings;
 use crate::pool::UpstreamAddr;
 use crate::stats::EndpointStats;
+use crate::tls::upstream::ClusterTls;
 use http::header::{self, HeaderValue};
 use http::{Request, Uri, Version};
 use std::future::Future;
@@ -26,6 +27,8 @@ pub(crate) struct Upstream {
     authority: Arc<str>,
     host: HeaderValue,
     protocol: UpstreamProtocol,
+    /// The cluster's TLS, for an `https://` endpoint.
+    tls: Option<Arc<ClusterTls>>,
     settings: Arc<SharedSettings>,
     limiter: Option<tollgate_pool::Limiter>,
     /// The endpoint's counters in `/state` (requests, failures), when the caller does not count
@@ -34,12 +37,13 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    /// The endpoint at `addr`, spoken to with `protocol`. With `limiter` (the cluster's
+    /// The endpoint at `addr`, spoken to with `protocol` (over `tls` when set). With `limiter` (the cluster's
     /// adaptive limit), each worker keeps at most that many idle connections to it, so the
     /// connection pool follows what the upstream was learned to take.
     pub(crate) fn new(
         addr: SocketAddr,
         protocol: UpstreamProtocol,
+        tls: Option<Arc<ClusterTls>>,
         settings: Arc<SharedSettings>,
         limiter: Option<tollgate_pool::Limiter>,
         stats: Option<Arc<EndpointStats>>,
@@ -51,6 +55,7 @@ impl Upstream {
             authority,
             host,
             protocol,
+            tls,
             settings,
             limiter,
             stats,
@@ -83,6 +88,23 @@ impl Service<UpRequest> for Upstream {
         let mut settings = self.settings.load();
         if let Some(l) = &self.limiter {
             settings.max_idle = l.limit().max(1);
+        }
+        if let Some(tls) = &self.tls {
+            // HTTP/1.1 form; sent as HTTP/2 when the endpoint picks it by ALPN.
+            parts.version = Version::HTTP_11;
+            let upgrade = self.protocol == UpstreamProtocol::Http1
+                && parts.extensions.get::<pool::Upgrading>().is_some();
+            let req = Request::from_parts(parts, body);
+            let peer = tls.peer(addr);
+            return Box::pin(async move {
+                let sent = match peer {
+                    Some(peer) => pool::send_tls(addr, &peer, req, settings, upgrade).await,
+                    None => Err(pool::UpstreamError::Connect(
+                        std::io::ErrorKind::AddrNotAvailable.into(),
+                    )),
+                };
+                answered(sent, addr, stats.as_deref())
+            });
         }
         match self.protocol {
             UpstreamProtocol::Http1 => {
