@@ -28,7 +28,7 @@
 //!
 //! | floor | files | what |
 //! |---|---|---|
-//! | leaves | `error.rs`, `body.rs`, `headers.rs`, `stats.rs` | the layered path's timeouts, the request body type, forwarding and hop-by-hop fields, counters |
+//! | leaves | `error.rs`, `body.rs`, `forwarded.rs`, `headers.rs`, `stats.rs` | the layered path's timeouts, the request body type, the client behind trusted proxies, forwarding and hop-by-hop fields, counters |
 //! | config | `config/` | the TOML file: one file per section, the endpoint syntax, `ConfigError`, `validate.rs` |
 //! | upstream | `pool.rs`, `route.rs`, `answer.rs` | per-thread upstream connections, the route table, and the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status) |
 //! | layers | `stack/` | each layer built from its section and composed per route and cluster; `stack/endpoints.rs` is a snapshot's cluster |
@@ -66,6 +66,7 @@ mod ctx;
 mod demo;
 mod error;
 mod fast;
+mod forwarded;
 // The fuzz targets' entry points: only under cargo-fuzz (`cfg(fuzzing)`) or the `fuzzing`
 // feature (`tests/fuzz_replay.rs` replays the corpus through it on stable); never in the docs.
 #[cfg(any(fuzzing, feature = "fuzzing"))]

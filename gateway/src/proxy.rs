@@ -15,7 +15,7 @@
 use super::answer::{Answer, Blame, RespBody, error_response};
 use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
-use super::headers::{add_forwarding, strip_hop_by_hop, via_value};
+use super::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
 use super::pool::{self, ReqBody, UpstreamAddr};
 use super::route::RouteMatch;
 use super::stack::GwBody;
@@ -80,6 +80,7 @@ pub(crate) async fn handle(
     let id = request_id(&local.snap, &mut req);
     let log = local.snap.config.log.access_log.then(|| {
         (
+            client_addr(req.headers(), &conn.forwarding),
             req.method().clone(),
             host_of(&req).unwrap_or("-").to_owned(),
             req.uri().path().to_owned(),
@@ -100,10 +101,10 @@ pub(crate) async fn handle(
     shared.stats.response(status.as_u16());
     let micros = start.elapsed().as_micros() as u64;
     shared.stats.duration_us.add(micros as i64);
-    if let Some((method, host, path, version)) = log {
+    if let Some((client, method, host, path, version)) = log {
         tracing::info!(
             target: "tollgate::access",
-            client = %conn.peer.ip(),
+            %client,
             %method,
             host,
             path,
@@ -341,6 +342,8 @@ async fn layered(
     let Ok(uri) = Uri::try_from(parts.uri.path_and_query().map_or("/", |p| p.as_str())) else {
         return (Answer::BadTarget.response(), None);
     };
+    // Read before `forward_headers` rewrites the chain.
+    let client = client_addr(&parts.headers, &conn.forwarding);
     forward_headers(conn, &mut parts, cluster.preserve_host);
     if let Some(u) = &upgrade {
         tunnel::restore(&mut parts.headers, u);
@@ -361,7 +364,7 @@ async fn layered(
         (
             p.clone(),
             AdmitCtx {
-                client: conn.peer.ip(),
+                client,
                 route_class: plan.priority.clone(),
             },
         )

@@ -80,6 +80,8 @@ pub(crate) struct Snapshot {
     pub idle_timeout: Duration,
     /// Idle timeout of an upgraded (tunnelled) connection.
     pub upgrade_idle_timeout: Duration,
+    /// `server.trusted_proxies`: peers whose forwarding fields are believed.
+    pub trusted_proxies: Arc<crate::forwarded::TrustedProxies>,
     /// The request-id field (`server.request_id_header`), as the fast path takes it.
     pub request_id: crate::request_id::Policy,
     /// The same field's name for the hyper path; `None` when request ids are off.
@@ -210,6 +212,10 @@ impl Snapshot {
             header_read_timeout: Duration::from_millis(t.header_read_ms),
             idle_timeout: Duration::from_millis(t.idle_ms),
             upgrade_idle_timeout: Duration::from_millis(t.upgrade_idle_ms),
+            trusted_proxies: Arc::new(
+                crate::forwarded::TrustedProxies::parse(&config.server.trusted_proxies)
+                    .map_err(|(i, problem)| err(format!("server.trusted_proxies[{i}]"), problem))?,
+            ),
             request_id: crate::request_id::Policy::new(
                 &config.server.request_id_header,
                 config.server.trust_request_id,

@@ -50,6 +50,8 @@ mod bodies;
 mod connections;
 #[path = "h1_fast/failures.rs"]
 mod failures;
+#[path = "h1_fast/forwarded.rs"]
+mod forwarded;
 #[path = "h1_fast/framing.rs"]
 mod framing;
 #[path = "h1_fast/headers.rs"]
@@ -152,4 +154,6 @@ on_both_paths!(
     limits::a_connection_closes_after_its_maximum_of_requests,
     ids::every_request_gets_a_fresh_request_id,
     ids::a_trusted_request_id_is_kept,
+    forwarded::a_trusted_proxy_names_the_client,
+    forwarded::an_untrusted_peer_cannot_spoof_its_address,
 );

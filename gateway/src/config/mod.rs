@@ -88,6 +88,14 @@ pub struct ServerConfig {
     /// Keep a request id the client sent (1 to 200 visible ASCII bytes) instead of making a
     /// fresh one. Turn it on only behind a proxy that sets the field. Default `false`.
     pub trust_request_id: bool,
+    /// Networks (CIDRs such as `"10.0.0.0/8"`, or single addresses) of proxies in front whose
+    /// `X-Forwarded-For` / `Forwarded` fields are believed: the chain is walked from the right
+    /// past trusted hops, and the first other address is the client (for admission's
+    /// per-client keys and CIDR rules, the access log and the forwarding fields sent on).
+    /// From any other peer the fields are not believed, and the peer is appended to them.
+    /// Default empty: no field is believed. Reloadable; applies to new connections.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +107,7 @@ impl Default for ServerConfig {
             h1_fast_path: true,
             request_id_header: "x-request-id".into(),
             trust_request_id: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -13,7 +13,7 @@ const LIMITS: Limits = Limits {
 };
 
 fn fwd() -> Forwarding {
-    Forwarding::new("192.0.2.7".parse().unwrap(), "http")
+    Forwarding::new("192.0.2.7".parse().unwrap(), "http", None)
 }
 
 fn forward(req: &[u8], preserve_host: bool) -> (Head, String) {
