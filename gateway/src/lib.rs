@@ -3,8 +3,8 @@
 //!
 //! - HTTP/1.1 and HTTP/2 on every listener (h2c by prior knowledge; over TLS by ALPN, rustls
 //!   with the `ring` provider); gRPC passes through with its trailers; bodies stream both ways.
-//! - Routes by host, path prefix and method to clusters of static, DNS (re-resolved) or demo
-//!   endpoints ([`config`]).
+//! - Routes by host, path prefix and method to clusters of static, DNS (re-resolved), DNS SRV
+//!   (`srv:`, weighted, re-resolved) or demo endpoints ([`config`]).
 //! - Hot reload on SIGHUP and when the file changes (polled each second): validated, then
 //!   swapped whole with `arc-swap`; in-flight requests keep the snapshot they started with; an
 //!   invalid file is logged and the running config kept ([`Gateway::reload`]).

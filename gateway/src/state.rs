@@ -117,8 +117,15 @@ impl Snapshot {
         for (ci, cc) in config.clusters.iter().enumerate() {
             let old_cluster = old.and_then(|o| o.clusters.iter().find(|c| c.name == cc.name));
             let demo_addr = |name: &str| demo.iter().find(|d| d.name == name).map(|d| d.addr);
-            let cluster = Cluster::build(ci, cc, &config.timeouts, demo_addr, old_cluster)
-                .map_err(|e| e.in_file(source))?;
+            let cluster = Cluster::build(
+                ci,
+                cc,
+                &config.timeouts,
+                &config.dns,
+                demo_addr,
+                old_cluster,
+            )
+            .map_err(|e| e.in_file(source))?;
             clusters.push(Arc::new(cluster));
         }
         let mut admission: Vec<Arc<AdmissionPolicy>> = Vec::with_capacity(config.admission.len());

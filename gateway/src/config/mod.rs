@@ -8,6 +8,7 @@ pub mod admission;
 pub mod batch;
 pub mod cache;
 pub mod cluster;
+mod dns;
 mod endpoint;
 mod error;
 pub mod retry;
@@ -21,6 +22,7 @@ use retry::RetrySection;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+pub use dns::DnsConfig;
 pub use endpoint::Endpoint;
 pub use error::ConfigError;
 
@@ -53,6 +55,8 @@ pub struct Config {
     pub demo: Vec<DemoConfig>,
     /// Named priority-admission policies that routes and listeners refer to.
     pub admission: Vec<AdmissionSection>,
+    /// The resolver for `srv:` endpoints.
+    pub dns: DnsConfig,
 }
 
 /// How requests are spread over cores.
@@ -291,12 +295,15 @@ pub struct ClusterConfig {
     /// Name that routes refer to. Required, unique.
     pub name: String,
     /// Endpoints: `IP:PORT` (static), `HOST:PORT` (resolved now and every
-    /// `resolve_interval_ms`), or `demo:NAME` (the address of a demo upstream). At least one.
+    /// `resolve_interval_ms`), `srv:NAME` (the targets of the DNS SRV records of `NAME`, such
+    /// as `srv:_http._tcp.example.com`, looked up now and every `resolve_interval_ms` through
+    /// `[dns]`), or `demo:NAME` (the address of a demo upstream). At least one.
     pub endpoints: Vec<String>,
     /// Protocol to the endpoints. Default `http1`.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
-    /// DNS re-resolution period for `HOST:PORT` endpoints, ms. Default 5000, at least 100.
+    /// DNS re-resolution period for `HOST:PORT` and `srv:` endpoints, ms. Default 5000, at
+    /// least 100.
     #[serde(default = "default_resolve_ms")]
     pub resolve_interval_ms: u64,
     /// Forward the client's `Host` (true, the default) or set it to the endpoint's address.
@@ -610,6 +617,12 @@ mod tests {
             Endpoint::parse("demo:fast"),
             Ok(Endpoint::Demo("fast".into()))
         );
+        assert_eq!(
+            Endpoint::parse("srv:_HTTP._tcp.Svc.example"),
+            Ok(Endpoint::Srv("_http._tcp.svc.example".into()))
+        );
+        assert!(Endpoint::parse("srv:").is_err());
+        assert!(Endpoint::parse("srv:a..b").is_err());
         assert!(Endpoint::parse("nohost").is_err());
         assert!(Endpoint::parse("a..b:80").is_err());
         assert!(Endpoint::parse("[::1]:0").is_err());
