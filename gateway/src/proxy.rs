@@ -134,8 +134,13 @@ async fn proxy(
 ) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
     let snap = &local.snap;
     let stats = &conn.shared.stats;
-    // A reverse proxy opens no tunnels: CONNECT is refused whatever the routes allow.
-    if req.method() == http::Method::CONNECT {
+    // A reverse proxy opens no tunnels: CONNECT is refused whatever the routes allow, but for
+    // a WebSocket over HTTP/2 (RFC 8441), routed as the `GET` of the HTTP/1.1 handshake it
+    // becomes (see `tunnel.rs`).
+    let h2_websocket = tunnel::is_h2_websocket(&req);
+    if h2_websocket {
+        *req.method_mut() = http::Method::GET;
+    } else if req.method() == http::Method::CONNECT {
         return answer_locally(Answer::MethodNotAllowed, stats);
     }
     // hyper bounds a head by its read buffer only while the head is incomplete, so one that
@@ -162,6 +167,10 @@ async fn proxy(
         RouteMatch::MethodNotAllowed => return answer_locally(Answer::MethodNotAllowed, stats),
     };
     let cluster: &Arc<Cluster> = &snap.clusters[snap.route_cluster[route]];
+    // The gateway speaks the WebSocket handshake only to HTTP/1.1 upstreams.
+    if h2_websocket && cluster.protocol != UpstreamProtocol::Http1 {
+        return answer_locally(Answer::MethodNotAllowed, stats);
+    }
     let plan = &snap.route_plans[route];
     let listener_admission = snap
         .listener_admission
