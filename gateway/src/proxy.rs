@@ -167,11 +167,12 @@ async fn proxy(
         RouteMatch::MethodNotAllowed => return answer_locally(Answer::MethodNotAllowed, stats),
     };
     let cluster: &Arc<Cluster> = &snap.clusters[snap.route_cluster[route]];
-    // The gateway speaks the WebSocket handshake only to HTTP/1.1 upstreams.
-    if h2_websocket && cluster.protocol != UpstreamProtocol::Http1 {
+    let plan = &snap.route_plans[route];
+    // The gateway speaks the WebSocket handshake only to HTTP/1.1 upstreams, and a batch
+    // answers no handshake.
+    if h2_websocket && (cluster.protocol != UpstreamProtocol::Http1 || plan.batch.is_some()) {
         return answer_locally(Answer::MethodNotAllowed, stats);
     }
-    let plan = &snap.route_plans[route];
     let listener_admission = snap
         .listener_admission
         .get(conn.listener)

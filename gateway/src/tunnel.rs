@@ -19,8 +19,10 @@
 //! (`Upgrade: websocket`, a fresh `Sec-WebSocket-Key`); the upstream's `101` reaches the client
 //! as a `200` (without `Sec-WebSocket-Accept`, which RFC 8441 does not use), and the HTTP/2
 //! stream and the upstream connection are joined like an HTTP/1.1 tunnel, with the same idle
-//! timeout. Any other `:protocol`, and a plain CONNECT, are refused (405); so is a WebSocket
-//! to a route whose cluster speaks HTTP/2 (the gateway opens no extended CONNECT upstream).
+//! timeout. An upstream that answers the handshake with a `2xx` other than `101` did not
+//! switch protocols and the client gets `502` (a `2xx` would mean an open tunnel). Any other
+//! `:protocol`, and a plain CONNECT, are refused (405); so is a WebSocket to a batch route or
+//! to a cluster that speaks HTTP/2 (the gateway opens no extended CONNECT upstream).
 
 use crate::ctx::ConnCtx;
 use crate::state::Shared;
@@ -160,6 +162,11 @@ pub(crate) fn finish<B>(
     shared: &Arc<Shared>,
 ) -> Response<B> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // A `2xx` would tell an HTTP/2 client its tunnel is open (RFC 8441 §5): an upstream
+        // that did not switch protocols failed the handshake.
+        if upgrade.h2 && resp.status().is_success() {
+            *resp.status_mut() = StatusCode::BAD_GATEWAY;
+        }
         return resp;
     }
     let upstream = hyper::upgrade::on(&mut resp);

@@ -283,6 +283,10 @@ async fn websockets_over_http2_reach_an_http1_upstream() {
                 .await
                 .unwrap();
             assert_eq!(resp.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+            let mut plain = extended_connect(at, "/ws", "websocket");
+            plain.extensions_mut().clear();
+            let resp = send.send_request(plain).await.unwrap();
+            assert_eq!(resp.status(), http::StatusCode::METHOD_NOT_ALLOWED);
             stop(gw).await;
         }
     })
@@ -321,6 +325,42 @@ async fn an_idle_http2_websocket_is_closed() {
             "{end:?}"
         );
         until_open(&gw, 0).await;
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_websocket_refused_or_not_switched_is_no_tunnel() {
+    bounded(async {
+        // Not a WebSocket server: 404 to `/ws`, 200 to anything else.
+        let up = upstream(|req: http::Request<hyper::body::Incoming>| async move {
+            if req.uri().path() == "/ws" {
+                text(http::StatusCode::NOT_FOUND, "no ws here")
+            } else {
+                text(http::StatusCode::OK, "a page")
+            }
+        })
+        .await;
+        let gw = start(config(&single(up, "http1")));
+        let at = addr(&gw);
+        let mut send = h2_connection(at).await;
+        let resp = send
+            .send_request(extended_connect(at, "/ws", "websocket"))
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            http::StatusCode::NOT_FOUND,
+            "as the upstream answered"
+        );
+        // A 200 instead of a 101 is not an open tunnel.
+        let resp = send
+            .send_request(extended_connect(at, "/page", "websocket"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), http::StatusCode::BAD_GATEWAY);
+        assert_eq!(gw.state()["stats"]["upgrades_total"], 0);
         stop(gw).await;
     })
     .await;
