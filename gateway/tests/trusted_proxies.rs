@@ -1,6 +1,6 @@
 //! `server.trusted_proxies` end to end, beside the HTTP/1.1 scenarios in `h1_fast/forwarded.rs`:
 //! HTTP/2 clients (the hyper path), admission's per-client rate limit keyed on the believed
-//! address, and the config check. Clients connect from 127.0.0.1 (trusted) or 127.0.0.2 (not).
+//! address, the access log on both paths, and the config check. Clients connect from 127.0.0.1 (trusted) or 127.0.0.2 (not).
 
 mod common;
 
@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use tollgate_gateway::config::Config;
 
 const TRUST: &str = "trusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1/32\"]\n";
@@ -161,6 +162,74 @@ async fn the_rate_limit_keys_on_the_believed_client() {
         stop(gw).await;
     })
     .await;
+}
+
+/// Every access-log line of this test binary's gateways (a global subscriber: the gateways'
+/// workers are threads of their own).
+fn access_log() -> Arc<Mutex<Vec<u8>>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("tollgate::access=info"))
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        log
+    })
+    .clone()
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_believed_client() {
+    let log = access_log();
+    bounded(async {
+        let up = inspect_upstream().await;
+        let mut c = trusting(&single(up, "http1"));
+        c.log.access_log = true;
+        let gw = start(c);
+        let at = addr(&gw);
+        // HTTP/1.1 (the fast path takes a plain route) and HTTP/2 from the trusted proxy, and
+        // a spoofing client.
+        for (from, h2, xff) in [
+            ("127.0.0.1", false, "203.0.113.55"),
+            ("127.0.0.1", true, "203.0.113.56"),
+            ("127.0.0.2", false, "203.0.113.57"),
+        ] {
+            let (status, _) = call(&client_from(from, h2), at, &[("x-forwarded-for", xff)]).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        stop(gw).await;
+    })
+    .await;
+    let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("path=\"/who\""))
+        .collect();
+    for want in [
+        "client=203.0.113.55",
+        "client=203.0.113.56",
+        "client=127.0.0.2",
+    ] {
+        assert!(lines.iter().any(|l| l.contains(want)), "{want}: {text}");
+    }
+    assert!(!text.contains("client=203.0.113.57"), "{text}");
 }
 
 #[test]
