@@ -204,13 +204,30 @@ impl Forwarding {
 /// peer is not trusted.
 pub(crate) fn walk(headers: &HeaderMap, fwd: &Forwarding) -> Option<Walk> {
     let trusted = fwd.trusted()?;
-    let (source, name) = if headers.contains_key(header::FORWARDED) {
+    // A field that `Connection` names is not forwarded (`strip_hop_by_hop`), so not believed.
+    let named = |name: &HeaderName| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|t| {
+                t.trim_ascii()
+                    .eq_ignore_ascii_case(name.as_str().as_bytes())
+            })
+    };
+    let present = |name: &HeaderName| headers.contains_key(name) && !named(name);
+    let (source, name) = if present(&header::FORWARDED) {
         (Source::Forwarded, &header::FORWARDED)
     } else {
         (Source::XForwardedFor, &X_FORWARDED_FOR)
     };
+    let dropped = named(name);
     Some(forwarded::walk(trusted, fwd.addr, source, || {
-        headers.get_all(name).iter().map(HeaderValue::as_bytes)
+        headers
+            .get_all(name)
+            .iter()
+            .filter(|_| !dropped)
+            .map(HeaderValue::as_bytes)
     }))
 }
 

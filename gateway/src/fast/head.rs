@@ -309,8 +309,8 @@ pub(crate) fn prepare<T>(
     let body_len = body_len.unwrap_or(0);
     // A trusted peer's chain, from the fields as they would be forwarded.
     let walk = fwd.trusted().map(|trusted| {
-        let has = |n: &str| req.headers.iter().any(|h| h.name.eq_ignore_ascii_case(n));
-        let (source, name) = if has("forwarded") {
+        let forwarded = chain_lines(req.headers, "forwarded", names_headers).next();
+        let (source, name) = if forwarded.is_some() {
             (Source::Forwarded, "forwarded")
         } else {
             (Source::XForwardedFor, "x-forwarded-for")

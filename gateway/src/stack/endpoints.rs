@@ -255,3 +255,37 @@ pub(crate) fn counted(endpoints: &[Arc<UpEndpoint>]) -> Vec<(SocketAddr, Arc<End
         .map(|e| (e.addr, e.stats.clone()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(weights: &[u32]) -> Vec<Arc<UpEndpoint>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Arc::new(UpEndpoint {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                    stats: Default::default(),
+                    weight: *w,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn weighted_turns_follow_the_weights() {
+        let turns = |w: &[u32], n: usize| -> Vec<usize> {
+            let e = eps(w);
+            (0..n).map(|i| weighted_turn(&e, i)).collect()
+        };
+        assert_eq!(turns(&[3, 1], 8), [0, 0, 0, 1, 0, 0, 0, 1]);
+        assert_eq!(
+            turns(&[0, 2, 1], 6),
+            [1, 1, 2, 1, 1, 2],
+            "weight 0 gets no turn"
+        );
+        assert_eq!(turns(&[0, 0], 4), [0, 1, 0, 1], "all 0: equal turns");
+    }
+}
