@@ -24,6 +24,10 @@
 //! - **[`failures`]:** upstreams that stall or die in the middle of a body, refused and mute
 //!   upstreams (502, 504), invalid answers (502); clients gone mid-body or mid-answer; and the
 //!   `/state` counters.
+//! - **[`forwarded`]:** `server.trusted_proxies`: a trusted proxy's `X-Forwarded-For` (several
+//!   lines) and `Forwarded` (IPv6 nodes, preferred over `X-Forwarded-For`) walked to the client
+//!   and rewritten to the believed chain; an `unknown` hop; a spoofing untrusted client's
+//!   fields passed on with the real peer appended.
 //! - **[`headers`]:** hop-by-hop fields both ways (also named in a second `Connection` field,
 //!   or nine of them), forwarding fields (`X-Forwarded-*`, `Forwarded`, `Via`, `Host`), heads
 //!   near and over the limits (431), `103 Early Hints`, routing misses (404) in a pipeline,
