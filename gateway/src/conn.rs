@@ -297,9 +297,12 @@ where
     let snap = ctx.shared.current.load_full();
     let idle = snap.idle_timeout;
     let mut b = http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new()).max_header_list_size(
-        u32::try_from(snap.config.limits.max_header_bytes).unwrap_or(u32::MAX),
-    );
+    b.timer(TokioTimer::new())
+        // WebSockets over HTTP/2 (RFC 8441; see `tunnel.rs`).
+        .enable_connect_protocol()
+        .max_header_list_size(
+            u32::try_from(snap.config.limits.max_header_bytes).unwrap_or(u32::MAX),
+        );
     drop(snap);
     let conn = b.serve_connection(TokioIo::new(io), Svc(ctx.clone()));
     tokio::pin!(conn);

@@ -40,11 +40,18 @@ pub(crate) struct ConnCtx {
 impl ConnCtx {
     /// The context of a connection from `peer`, accepted by listener `listener` (config order).
     pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr, tls: bool, listener: usize) -> Self {
+        // A peer in `server.trusted_proxies` (as configured when it connected) has its
+        // forwarding fields believed.
+        let trusted = {
+            let snap = shared.current.load();
+            let t = &snap.trusted_proxies;
+            (!t.is_empty() && t.contains(peer.ip())).then(|| t.clone())
+        };
         Self {
             shared,
             peer,
             listener,
-            forwarding: Forwarding::new(peer.ip(), if tls { "https" } else { "http" }),
+            forwarding: Forwarding::new(peer.ip(), if tls { "https" } else { "http" }, trusted),
             in_flight: AtomicUsize::new(0),
             budget: Budget::default(),
             upgradeable: std::sync::atomic::AtomicBool::new(false),

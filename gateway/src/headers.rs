@@ -1,7 +1,15 @@
 //! Proxy header rules: hop-by-hop headers are removed (RFC 9110 §7.6.1), and the forwarding
 //! headers `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, `Forwarded`
 //! (RFC 7239) and `Via` are added.
+//!
+//! From a peer in `server.trusted_proxies`, the `X-Forwarded-For` and `Forwarded` the request
+//! brought are rewritten to the chain the gateway believes (see [`forwarded`](crate::forwarded)):
+//! the client first, then the trusted hops, then the peer; both fields name the same chain,
+//! whichever one was walked. From any other peer they are passed on with the peer appended,
+//! as nginx's `$proxy_add_x_forwarded_for` and Envoy do: the entry the gateway adds is always
+//! the rightmost, and an upstream that walks from the right stops at it.
 
+use crate::forwarded::{self, Source, TrustedProxies, Walk};
 use arc_swap::ArcSwapOption;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -77,6 +85,9 @@ pub(crate) fn via_value(version: Version) -> HeaderValue {
 /// A client connection's forwarding values, computed once per connection.
 #[derive(Debug)]
 pub(crate) struct Forwarding {
+    addr: IpAddr,
+    /// The trusted networks, when the peer is in one: its forwarding fields are believed.
+    trusted: Option<Arc<TrustedProxies>>,
     ip: String,
     ip_value: HeaderValue,
     proto: &'static str,
@@ -91,6 +102,8 @@ pub(crate) struct Forwarding {
 impl Clone for Forwarding {
     fn clone(&self) -> Self {
         Self {
+            addr: self.addr,
+            trusted: self.trusted.clone(),
             ip: self.ip.clone(),
             ip_value: self.ip_value.clone(),
             proto: self.proto,
@@ -102,8 +115,13 @@ impl Clone for Forwarding {
 }
 
 impl Forwarding {
-    /// The values for a client at `client` speaking `proto` (`http` or `https`).
-    pub(crate) fn new(client: IpAddr, proto: &'static str) -> Self {
+    /// The values for a peer at `client` speaking `proto` (`http` or `https`); `trusted`
+    /// when the peer is in one of those networks (its forwarding fields are then believed).
+    pub(crate) fn new(
+        client: IpAddr,
+        proto: &'static str,
+        trusted: Option<Arc<TrustedProxies>>,
+    ) -> Self {
         let ip = client.to_string();
         let element = if client.is_ipv6() {
             format!("for=\"[{ip}]\";proto={proto}")
@@ -114,11 +132,23 @@ impl Forwarding {
             ip_value: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
             element_value: HeaderValue::from_str(&element)
                 .unwrap_or(HeaderValue::from_static("for=unknown")),
+            addr: client,
+            trusted,
             ip,
             proto,
             element,
             with_host: ArcSwapOption::empty(),
         }
+    }
+
+    /// The peer's address.
+    pub(crate) fn peer(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The trusted networks, when the peer is in one.
+    pub(crate) fn trusted(&self) -> Option<&TrustedProxies> {
+        self.trusted.as_deref()
     }
 
     /// The client's address as text (`X-Forwarded-For`).
@@ -170,6 +200,42 @@ impl Forwarding {
     }
 }
 
+/// The chain a trusted peer's forwarding fields name (see [`forwarded`]); `None` when the
+/// peer is not trusted.
+pub(crate) fn walk(headers: &HeaderMap, fwd: &Forwarding) -> Option<Walk> {
+    let trusted = fwd.trusted()?;
+    // A field that `Connection` names is not forwarded (`strip_hop_by_hop`), so not believed.
+    let named = |name: &HeaderName| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|t| {
+                t.trim_ascii()
+                    .eq_ignore_ascii_case(name.as_str().as_bytes())
+            })
+    };
+    let present = |name: &HeaderName| headers.contains_key(name) && !named(name);
+    let (source, name) = if present(&header::FORWARDED) {
+        (Source::Forwarded, &header::FORWARDED)
+    } else {
+        (Source::XForwardedFor, &X_FORWARDED_FOR)
+    };
+    let dropped = named(name);
+    Some(forwarded::walk(trusted, fwd.addr, source, || {
+        headers
+            .get_all(name)
+            .iter()
+            .filter(|_| !dropped)
+            .map(HeaderValue::as_bytes)
+    }))
+}
+
+/// The client's address: the peer's, or the one its trusted proxies name.
+pub(crate) fn client(headers: &HeaderMap, fwd: &Forwarding) -> IpAddr {
+    walk(headers, fwd).map_or(fwd.addr, |w| w.client)
+}
+
 /// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, `Forwarded`
 /// (appended) and `Via` (appended) for a request in message version `version` for `host`.
 pub(crate) fn add_forwarding(
@@ -178,6 +244,18 @@ pub(crate) fn add_forwarding(
     host: Option<&HeaderValue>,
     version: Version,
 ) {
+    if let Some(w) = walk(headers, fwd) {
+        rewrite_chain(headers, fwd, &w, host);
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(fwd.proto),
+        );
+        if let Some(h) = host {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+        headers.append(header::VIA, via_value(version));
+        return;
+    }
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::try_from(format!("{prev}, {}", fwd.ip)).ok(),
         None => Some(fwd.ip_value.clone()),
@@ -198,6 +276,35 @@ pub(crate) fn add_forwarding(
     };
     headers.append(header::FORWARDED, forwarded);
     headers.append(header::VIA, via_value(version));
+}
+
+/// Replaces a trusted peer's `X-Forwarded-For` and `Forwarded` with the chain `w` believes,
+/// the peer last.
+fn rewrite_chain(headers: &mut HeaderMap, fwd: &Forwarding, w: &Walk, host: Option<&HeaderValue>) {
+    let name = match w.source {
+        Source::Forwarded => &header::FORWARDED,
+        Source::XForwardedFor => &X_FORWARDED_FOR,
+    };
+    let values = || headers.get_all(name).iter().map(HeaderValue::as_bytes);
+    let mut xff = Vec::with_capacity(64);
+    forwarded::write_believed(&mut xff, w, values(), false);
+    xff.extend_from_slice(fwd.ip.as_bytes());
+    let mut elements = Vec::with_capacity(96);
+    forwarded::write_believed(&mut elements, w, values(), true);
+    let own = match host {
+        Some(h) => fwd.element_with_host(h),
+        None => fwd.element_value.clone(),
+    };
+    elements.extend_from_slice(own.as_bytes());
+    headers.remove(&X_FORWARDED_FOR);
+    headers.remove(header::FORWARDED);
+    // Addresses, commas and a header value already checked: always valid.
+    if let Ok(v) = HeaderValue::from_bytes(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&elements) {
+        headers.insert(header::FORWARDED, v);
+    }
 }
 
 #[cfg(test)]
@@ -236,7 +343,7 @@ mod tests {
     fn adds_forwarding_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        let fwd = Forwarding::new("::1".parse().unwrap(), "https");
+        let fwd = Forwarding::new("::1".parse().unwrap(), "https", None);
         let host = HeaderValue::from_static("a.example");
         add_forwarding(&mut h, &fwd, Some(&host), Version::HTTP_2);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
@@ -251,7 +358,7 @@ mod tests {
 
     #[test]
     fn forwarded_element_follows_the_host() {
-        let fwd = Forwarding::new("10.1.2.3".parse().unwrap(), "http");
+        let fwd = Forwarding::new("10.1.2.3".parse().unwrap(), "http", None);
         let forwarded = |host: Option<&'static str>| {
             let mut h = HeaderMap::new();
             let host = host.map(HeaderValue::from_static);

@@ -7,8 +7,8 @@
 //! - `https://` upstreams: certificates checked against the system's trust store or a CA file,
 //!   an optional client certificate, HTTP/2 or HTTP/1.1 by ALPN, connections pooled as for
 //!   plain ones.
-//! - Routes by host, path prefix and method to clusters of static, DNS (re-resolved) or demo
-//!   endpoints ([`config`]).
+//! - Routes by host, path prefix and method to clusters of static, DNS (re-resolved), DNS SRV
+//!   (`srv:`, weighted, re-resolved) or demo endpoints ([`config`]).
 //! - Hot reload on SIGHUP and when the file changes (polled each second): validated, then
 //!   swapped whole with `arc-swap`; in-flight requests keep the snapshot they started with; an
 //!   invalid file is logged and the running config kept ([`Gateway::reload`]).
@@ -32,7 +32,7 @@
 //!
 //! | floor | files | what |
 //! |---|---|---|
-//! | leaves | `error.rs`, `body.rs`, `headers.rs`, `stats.rs` | the layered path's timeouts, the request body type, forwarding and hop-by-hop fields, counters |
+//! | leaves | `error.rs`, `body.rs`, `forwarded.rs`, `headers.rs`, `stats.rs` | the layered path's timeouts, the request body type, the client behind trusted proxies, forwarding and hop-by-hop fields, counters |
 //! | config | `config/` | the TOML file: one file per section, the endpoint syntax, `ConfigError`, `validate.rs` |
 //! | tls | `tls.rs`, `tls/` | rustls both ways: listener certificates chosen by SNI and swapped on reload, and the client side of `https://` endpoints (trust, client certificate, SNI name, ALPN) |
 //! | upstream | `pool.rs`, `pool/`, `route.rs`, `answer.rs` | per-thread upstream connections (plain, or TLS with HTTP/2 or HTTP/1.1 by ALPN), the route table, and the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status) |
@@ -71,6 +71,7 @@ mod ctx;
 mod demo;
 mod error;
 mod fast;
+mod forwarded;
 // The fuzz targets' entry points: only under cargo-fuzz (`cfg(fuzzing)`) or the `fuzzing`
 // feature (`tests/fuzz_replay.rs` replays the corpus through it on stable); never in the docs.
 #[cfg(any(fuzzing, feature = "fuzzing"))]

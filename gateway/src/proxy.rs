@@ -15,7 +15,7 @@
 use super::answer::{Answer, Blame, RespBody, error_response};
 use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
-use super::headers::{add_forwarding, strip_hop_by_hop, via_value};
+use super::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
 use super::pool::{self, ReqBody, UpstreamAddr};
 use super::route::RouteMatch;
 use super::stack::GwBody;
@@ -80,6 +80,7 @@ pub(crate) async fn handle(
     let id = request_id(&local.snap, &mut req);
     let log = local.snap.config.log.access_log.then(|| {
         (
+            client_addr(req.headers(), &conn.forwarding),
             req.method().clone(),
             host_of(&req).unwrap_or("-").to_owned(),
             req.uri().path().to_owned(),
@@ -100,10 +101,10 @@ pub(crate) async fn handle(
     shared.stats.response(status.as_u16());
     let micros = start.elapsed().as_micros() as u64;
     shared.stats.duration_us.add(micros as i64);
-    if let Some((method, host, path, version)) = log {
+    if let Some((client, method, host, path, version)) = log {
         tracing::info!(
             target: "tollgate::access",
-            client = %conn.peer.ip(),
+            %client,
             %method,
             host,
             path,
@@ -133,8 +134,13 @@ async fn proxy(
 ) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
     let snap = &local.snap;
     let stats = &conn.shared.stats;
-    // A reverse proxy opens no tunnels: CONNECT is refused whatever the routes allow.
-    if req.method() == http::Method::CONNECT {
+    // A reverse proxy opens no tunnels: CONNECT is refused whatever the routes allow, but for
+    // a WebSocket over HTTP/2 (RFC 8441), routed as the `GET` of the HTTP/1.1 handshake it
+    // becomes (see `tunnel.rs`).
+    let h2_websocket = tunnel::is_h2_websocket(&req);
+    if h2_websocket {
+        *req.method_mut() = http::Method::GET;
+    } else if req.method() == http::Method::CONNECT {
         return answer_locally(Answer::MethodNotAllowed, stats);
     }
     // hyper bounds a head by its read buffer only while the head is incomplete, so one that
@@ -162,6 +168,11 @@ async fn proxy(
     };
     let cluster: &Arc<Cluster> = &snap.clusters[snap.route_cluster[route]];
     let plan = &snap.route_plans[route];
+    // The gateway speaks the WebSocket handshake only to HTTP/1.1 upstreams, and a batch
+    // answers no handshake.
+    if h2_websocket && (cluster.protocol != UpstreamProtocol::Http1 || plan.batch.is_some()) {
+        return answer_locally(Answer::MethodNotAllowed, stats);
+    }
     let listener_admission = snap
         .listener_admission
         .get(conn.listener)
@@ -357,6 +368,8 @@ async fn layered(
     let Ok(uri) = Uri::try_from(parts.uri.path_and_query().map_or("/", |p| p.as_str())) else {
         return (Answer::BadTarget.response(), None);
     };
+    // Read before `forward_headers` rewrites the chain.
+    let client = client_addr(&parts.headers, &conn.forwarding);
     forward_headers(conn, &mut parts, cluster.preserve_host);
     if let Some(u) = &upgrade {
         tunnel::restore(&mut parts.headers, u);
@@ -377,7 +390,7 @@ async fn layered(
         (
             p.clone(),
             AdmitCtx {
-                client: conn.peer.ip(),
+                client,
                 route_class: plan.priority.clone(),
             },
         )

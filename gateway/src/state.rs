@@ -80,6 +80,8 @@ pub(crate) struct Snapshot {
     pub idle_timeout: Duration,
     /// Idle timeout of an upgraded (tunnelled) connection.
     pub upgrade_idle_timeout: Duration,
+    /// `server.trusted_proxies`: peers whose forwarding fields are believed.
+    pub trusted_proxies: Arc<crate::forwarded::TrustedProxies>,
     /// The request-id field (`server.request_id_header`), as the fast path takes it.
     pub request_id: crate::request_id::Policy,
     /// The same field's name for the hyper path; `None` when request ids are off.
@@ -115,8 +117,15 @@ impl Snapshot {
         for (ci, cc) in config.clusters.iter().enumerate() {
             let old_cluster = old.and_then(|o| o.clusters.iter().find(|c| c.name == cc.name));
             let demo_addr = |name: &str| demo.iter().find(|d| d.name == name).map(|d| d.addr);
-            let cluster = Cluster::build(ci, cc, &config.timeouts, demo_addr, old_cluster)
-                .map_err(|e| e.in_file(source))?;
+            let cluster = Cluster::build(
+                ci,
+                cc,
+                &config.timeouts,
+                &config.dns,
+                demo_addr,
+                old_cluster,
+            )
+            .map_err(|e| e.in_file(source))?;
             clusters.push(Arc::new(cluster));
         }
         let mut admission: Vec<Arc<AdmissionPolicy>> = Vec::with_capacity(config.admission.len());
@@ -210,6 +219,10 @@ impl Snapshot {
             header_read_timeout: Duration::from_millis(t.header_read_ms),
             idle_timeout: Duration::from_millis(t.idle_ms),
             upgrade_idle_timeout: Duration::from_millis(t.upgrade_idle_ms),
+            trusted_proxies: Arc::new(
+                crate::forwarded::TrustedProxies::parse(&config.server.trusted_proxies)
+                    .map_err(|(i, problem)| err(format!("server.trusted_proxies[{i}]"), problem))?,
+            ),
             request_id: crate::request_id::Policy::new(
                 &config.server.request_id_header,
                 config.server.trust_request_id,

@@ -12,8 +12,17 @@
 //! Only a client connection that hyper serves with upgrades on can be handed over: every TLS
 //! HTTP/1.1 connection, and a plain one whose first request hyper takes is an upgrade (as a
 //! browser's WebSocket connection is); an upgrade asked later on a plain keep-alive connection
-//! is forwarded as a plain request, its `Upgrade` field dropped. HTTP/2 extended CONNECT
-//! (RFC 8441) is not supported yet.
+//! is forwarded as a plain request, its `Upgrade` field dropped.
+//!
+//! WebSockets over HTTP/2 (RFC 8441): an extended CONNECT with `:protocol = websocket` is
+//! routed as the `GET` it becomes and goes to an HTTP/1.1 upstream as the classic handshake
+//! (`Upgrade: websocket`, a fresh `Sec-WebSocket-Key`); the upstream's `101` reaches the client
+//! as a `200` (without `Sec-WebSocket-Accept`, which RFC 8441 does not use), and the HTTP/2
+//! stream and the upstream connection are joined like an HTTP/1.1 tunnel, with the same idle
+//! timeout. An upstream that answers the handshake with a `2xx` other than `101` did not
+//! switch protocols and the client gets `502` (a `2xx` would mean an open tunnel). Any other
+//! `:protocol`, and a plain CONNECT, are refused (405); so is a WebSocket to a batch route or
+//! to a cluster that speaks HTTP/2 (the gateway opens no extended CONNECT upstream).
 
 use crate::ctx::ConnCtx;
 use crate::state::Shared;
@@ -36,6 +45,18 @@ use tokio::time::Instant;
 pub(crate) struct Upgrade {
     protocol: HeaderValue,
     client: OnUpgrade,
+    /// An HTTP/2 extended CONNECT: the client's side speaks RFC 8441, the upstream's RFC 6455.
+    h2: bool,
+}
+
+/// Whether `req` is an HTTP/2 extended CONNECT for a WebSocket (RFC 8441).
+pub(crate) fn is_h2_websocket<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::CONNECT
+        && req.version() == Version::HTTP_2
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
 /// Whether a request's fields ask to upgrade: an `Upgrade` field and `upgrade` among
@@ -73,6 +94,15 @@ pub(crate) fn head_asks_upgrade(bytes: &[u8]) -> bool {
 
 /// The upgrade `req` asks for, when its connection can be handed over.
 pub(crate) fn requested<B>(req: &mut Request<B>, ctx: &ConnCtx) -> Option<Upgrade> {
+    // The CONNECT became a `GET` when it was routed; its `:protocol` stays as an extension.
+    if req.version() == Version::HTTP_2 && req.extensions().get::<hyper::ext::Protocol>().is_some()
+    {
+        return Some(Upgrade {
+            protocol: HeaderValue::from_static("websocket"),
+            client: hyper::upgrade::on(req),
+            h2: true,
+        });
+    }
     if req.version() != Version::HTTP_11 || !ctx.upgradeable() || !asks_upgrade(req.headers()) {
         return None;
     }
@@ -80,6 +110,7 @@ pub(crate) fn requested<B>(req: &mut Request<B>, ctx: &ConnCtx) -> Option<Upgrad
     Some(Upgrade {
         protocol,
         client: hyper::upgrade::on(req),
+        h2: false,
     })
 }
 
@@ -87,6 +118,39 @@ pub(crate) fn requested<B>(req: &mut Request<B>, ctx: &ConnCtx) -> Option<Upgrad
 pub(crate) fn restore(headers: &mut HeaderMap, upgrade: &Upgrade) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, upgrade.protocol.clone());
+    if upgrade.h2 {
+        // RFC 8441 has no key; the HTTP/1.1 handshake needs one (RFC 6455 §4.1).
+        headers.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+        if !headers.contains_key(header::SEC_WEBSOCKET_VERSION) {
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+    }
+}
+
+/// A `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1). Their randomness only
+/// keeps caches from replaying a handshake; the request id's generator is plenty.
+fn websocket_key() -> HeaderValue {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let fresh = crate::request_id::fresh();
+    let mut bytes = [0u8; 16];
+    for (b, pair) in bytes.iter_mut().zip(fresh.chunks(2)) {
+        let hex = |c: u8| (c as char).to_digit(16).unwrap_or(u32::from(c)) as u8;
+        *b = hex(pair[0]).wrapping_shl(4) ^ hex(pair[1]);
+    }
+    let mut out = [b'='; 24];
+    for (i, chunk) in bytes.chunks(3).enumerate() {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (j, b)| n | u32::from(*b) << (16 - 8 * j));
+        for k in 0..=chunk.len() {
+            out[i * 4 + k] = B64[(n >> (18 - 6 * k) & 63) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
 }
 
 /// Completes an upgrade with the upstream's answer: a `101` starts the tunnel (on its own
@@ -98,9 +162,30 @@ pub(crate) fn finish<B>(
     shared: &Arc<Shared>,
 ) -> Response<B> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // A `2xx` would tell an HTTP/2 client its tunnel is open (RFC 8441 §5): an upstream
+        // that did not switch protocols failed the handshake.
+        if upgrade.h2 && resp.status().is_success() {
+            *resp.status_mut() = StatusCode::BAD_GATEWAY;
+        }
         return resp;
     }
     let upstream = hyper::upgrade::on(&mut resp);
+    if upgrade.h2 {
+        // The stream itself is the tunnel: a `200` to the CONNECT (RFC 8441 §5).
+        *resp.status_mut() = StatusCode::OK;
+        let headers = resp.headers_mut();
+        for name in [
+            header::CONNECTION,
+            header::UPGRADE,
+            header::SEC_WEBSOCKET_ACCEPT,
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+        ] {
+            headers.remove(name);
+        }
+        tokio::spawn(run(upgrade.client, upstream, idle, shared.clone()));
+        return resp;
+    }
     let protocol = resp
         .headers()
         .get(header::UPGRADE)
@@ -223,5 +308,28 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_keys_are_16_bytes_in_base64() {
+        let a = websocket_key();
+        let b = websocket_key();
+        assert_ne!(a, b);
+        for k in [a, b] {
+            let k = k.as_bytes();
+            assert_eq!(k.len(), 24, "{k:?}");
+            assert_eq!(&k[22..], b"==", "{k:?}");
+            assert!(
+                k[..22]
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/'),
+                "{k:?}"
+            );
+        }
     }
 }

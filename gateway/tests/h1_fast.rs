@@ -24,6 +24,10 @@
 //! - **[`failures`]:** upstreams that stall or die in the middle of a body, refused and mute
 //!   upstreams (502, 504), invalid answers (502); clients gone mid-body or mid-answer; and the
 //!   `/state` counters.
+//! - **[`forwarded`]:** `server.trusted_proxies`: a trusted proxy's `X-Forwarded-For` (several
+//!   lines) and `Forwarded` (IPv6 nodes, preferred over `X-Forwarded-For`) walked to the client
+//!   and rewritten to the believed chain; an `unknown` hop; a spoofing untrusted client's
+//!   fields passed on with the real peer appended.
 //! - **[`headers`]:** hop-by-hop fields both ways (also named in a second `Connection` field,
 //!   or nine of them), forwarding fields (`X-Forwarded-*`, `Forwarded`, `Via`, `Host`), heads
 //!   near and over the limits (431), `103 Early Hints`, routing misses (404) in a pipeline,
@@ -50,6 +54,8 @@ mod bodies;
 mod connections;
 #[path = "h1_fast/failures.rs"]
 mod failures;
+#[path = "h1_fast/forwarded.rs"]
+mod forwarded;
 #[path = "h1_fast/framing.rs"]
 mod framing;
 #[path = "h1_fast/headers.rs"]
@@ -152,4 +158,6 @@ on_both_paths!(
     limits::a_connection_closes_after_its_maximum_of_requests,
     ids::every_request_gets_a_fresh_request_id,
     ids::a_trusted_request_id_is_kept,
+    forwarded::a_trusted_proxy_names_the_client,
+    forwarded::an_untrusted_peer_cannot_spoof_its_address,
 );

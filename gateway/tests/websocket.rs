@@ -186,3 +186,185 @@ async fn an_idle_tunnel_is_closed() {
     })
     .await;
 }
+
+/// An HTTP/2 connection to the gateway at `gw` (h2c by prior knowledge) that has seen the
+/// gateway's SETTINGS (it answered a GET), so that extended CONNECT may be sent.
+async fn h2_connection(
+    gw: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = TcpStream::connect(gw).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let get = http::Request::get(format!("http://{gw}/plain"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let _ = send.send_request(get).await.expect("a GET first");
+    send
+}
+
+/// An RFC 8441 extended CONNECT for `path` with `:protocol = protocol`.
+fn extended_connect(
+    gw: SocketAddr,
+    path: &str,
+    protocol: &'static str,
+) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    let mut req = http::Request::connect(format!("http://{gw}{path}"))
+        .version(http::Version::HTTP_2)
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static(protocol));
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_over_http2_reach_an_http1_upstream() {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    bounded(async {
+        let up = echo_server(None).await;
+        for layers in ["", "[clusters.breaker]\n"] {
+            let mut config = config(&format!(
+                "[[clusters]]\nname = \"ws\"\nendpoints = [\"{up}\"]\n{layers}\
+                 [[routes]]\ncluster = \"ws\"\n"
+            ));
+            config.timeouts.upgrade_idle_ms = 5_000;
+            let gw = start(config);
+            let at = addr(&gw);
+            let mut send = h2_connection(at).await;
+            // Two WebSockets on one HTTP/2 connection, each on its own stream.
+            let mut streams = Vec::new();
+            for i in 0..2 {
+                let resp = tokio::time::timeout(
+                    STEP,
+                    send.send_request(extended_connect(at, "/ws", "websocket")),
+                )
+                .await
+                .expect("an answer within STEP")
+                .expect("the CONNECT is answered");
+                assert_eq!(resp.status(), http::StatusCode::OK, "{layers:?} {i}");
+                assert!(resp.headers().get("sec-websocket-accept").is_none());
+                let io = hyper::upgrade::on(resp)
+                    .await
+                    .expect("the stream is a tunnel");
+                let ws = WebSocketStream::from_raw_socket(
+                    hyper_util::rt::TokioIo::new(io),
+                    Role::Client,
+                    None,
+                )
+                .await;
+                streams.push(ws);
+            }
+            for (i, ws) in streams.iter_mut().enumerate() {
+                ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+                let big = Message::binary(vec![i as u8; 256 * 1024]);
+                ws.send(big.clone()).await.unwrap();
+                let got = tokio::time::timeout(STEP, ws.next()).await.unwrap();
+                assert_eq!(got.unwrap().unwrap(), Message::text(format!("hello {i}")));
+                let got = tokio::time::timeout(STEP, ws.next()).await.unwrap();
+                assert_eq!(got.unwrap().unwrap(), big);
+            }
+            until_open(&gw, 2).await;
+            for mut ws in streams {
+                // The close frame goes out; the flush and END_STREAM after it may find the
+                // stream already reset with NO_ERROR (the upstream answered the close and
+                // hung up, and the gateway ended the tunnel), as HTTP/2 lets a server finish.
+                let _ = ws.close(None).await;
+                // The upstream's close frame comes back, or the stream just ends.
+                while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, ws.next()).await {}
+            }
+            until_open(&gw, 0).await;
+            assert_eq!(gw.state()["stats"]["upgrades_total"], 2, "{layers:?}");
+            // Another `:protocol`, or a plain CONNECT, is refused.
+            let resp = send
+                .send_request(extended_connect(at, "/ws", "connect-udp"))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+            let mut plain = extended_connect(at, "/ws", "websocket");
+            plain.extensions_mut().clear();
+            let resp = send.send_request(plain).await.unwrap();
+            assert_eq!(resp.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+            stop(gw).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_websocket_is_closed() {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    bounded(async {
+        let up = echo_server(None).await;
+        let mut config = config(&single(up, "http1"));
+        config.timeouts.upgrade_idle_ms = 300;
+        let gw = start(config);
+        let at = addr(&gw);
+        let mut send = h2_connection(at).await;
+        let resp = send
+            .send_request(extended_connect(at, "/ws", "websocket"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        let io = hyper::upgrade::on(resp).await.unwrap();
+        let mut ws =
+            WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(io), Role::Client, None)
+                .await;
+        ws.send(Message::text("one")).await.unwrap();
+        let got = tokio::time::timeout(STEP, ws.next()).await.unwrap();
+        assert_eq!(got.unwrap().unwrap(), Message::text("one"));
+        until_open(&gw, 1).await;
+        // Nothing moves: the tunnel is closed and the client's stream ends.
+        let end = tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("closed within STEP");
+        assert!(
+            !matches!(end, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+            "{end:?}"
+        );
+        until_open(&gw, 0).await;
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_websocket_refused_or_not_switched_is_no_tunnel() {
+    bounded(async {
+        // Not a WebSocket server: 404 to `/ws`, 200 to anything else.
+        let up = upstream(|req: http::Request<hyper::body::Incoming>| async move {
+            if req.uri().path() == "/ws" {
+                text(http::StatusCode::NOT_FOUND, "no ws here")
+            } else {
+                text(http::StatusCode::OK, "a page")
+            }
+        })
+        .await;
+        let gw = start(config(&single(up, "http1")));
+        let at = addr(&gw);
+        let mut send = h2_connection(at).await;
+        let resp = send
+            .send_request(extended_connect(at, "/ws", "websocket"))
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            http::StatusCode::NOT_FOUND,
+            "as the upstream answered"
+        );
+        // A 200 instead of a 101 is not an open tunnel.
+        let resp = send
+            .send_request(extended_connect(at, "/page", "websocket"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), http::StatusCode::BAD_GATEWAY);
+        assert_eq!(gw.state()["stats"]["upgrades_total"], 0);
+        stop(gw).await;
+    })
+    .await;
+}

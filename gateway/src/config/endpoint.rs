@@ -1,5 +1,5 @@
-//! A cluster endpoint as written in the file: `IP:PORT`, `HOST:PORT` or `demo:NAME`, the first
-//! two optionally `https://` (TLS; port 443 when left out).
+//! A cluster endpoint as written in the file: `IP:PORT`, `HOST:PORT`, `srv:NAME` or
+//! `demo:NAME`, the first three optionally `https://` (TLS; port 443 when left out).
 
 use std::net::SocketAddr;
 
@@ -10,13 +10,16 @@ pub enum Endpoint {
     Static(SocketAddr),
     /// A DNS name and port, re-resolved periodically.
     Dns(String, u16),
+    /// The targets of a DNS name's SRV records (lower case, without the final dot),
+    /// looked up periodically.
+    Srv(String),
     /// The address of the named demo upstream.
     Demo(String),
 }
 
 impl Endpoint {
-    /// Parses `IP:PORT`, `HOST:PORT` or `demo:NAME`; an `https://` in front is taken off
-    /// (see [`Endpoint::is_tls`]), with port 443 when none follows.
+    /// Parses `IP:PORT`, `HOST:PORT`, `srv:NAME` or `demo:NAME`; an `https://` in front is
+    /// taken off (see [`Endpoint::is_tls`]), with port 443 when none follows.
     ///
     /// # Errors
     /// A lower-case problem description.
@@ -38,6 +41,14 @@ impl Endpoint {
             check_name(name)?;
             return Ok(Self::Demo(name.to_owned()));
         }
+        if let Some(name) = s.strip_prefix("srv:") {
+            let name = name.strip_suffix('.').unwrap_or(name);
+            // Service and protocol labels start with `_` (RFC 2782).
+            if !host_name(name, true) {
+                return Err(format!("\"{name}\" is not a valid DNS name"));
+            }
+            return Ok(Self::Srv(name.to_ascii_lowercase()));
+        }
         if let Ok(addr) = s.parse::<SocketAddr>() {
             if addr.port() == 0 {
                 return Err("port must not be 0".into());
@@ -53,16 +64,7 @@ impl Endpoint {
         if port == 0 {
             return Err("port must not be 0".into());
         }
-        let valid = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !valid {
+        if !host_name(host, false) {
             return Err(format!("\"{host}\" is not a valid host name"));
         }
         Ok(Self::Dns(host.to_ascii_lowercase(), port))
@@ -83,6 +85,20 @@ fn has_port(s: &str) -> bool {
     s.rsplit_once(':')
         .is_some_and(|(h, p)| !h.is_empty() && !p.is_empty() && !h.ends_with(':'))
         && !s.ends_with(']')
+}
+
+/// Whether `name` is a DNS name of 1-63 byte labels of letters, digits and `-` (and `_`
+/// with `underscore`).
+fn host_name(name: &str, underscore: bool) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (underscore && b == b'_'))
+        })
 }
 
 /// Names of listeners, clusters, policies and demos: 1-64 of `[A-Za-z0-9_-]`.

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod batch;
 pub mod cache;
 pub mod cluster;
+mod dns;
 mod endpoint;
 mod error;
 pub mod retry;
@@ -22,6 +23,7 @@ use retry::RetrySection;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+pub use dns::DnsConfig;
 pub use endpoint::Endpoint;
 pub use error::ConfigError;
 pub use tls::{CertConfig, TlsConfig, UpstreamTlsSection};
@@ -55,6 +57,8 @@ pub struct Config {
     pub demo: Vec<DemoConfig>,
     /// Named priority-admission policies that routes and listeners refer to.
     pub admission: Vec<AdmissionSection>,
+    /// The resolver for `srv:` endpoints.
+    pub dns: DnsConfig,
 }
 
 /// How requests are spread over cores.
@@ -90,6 +94,14 @@ pub struct ServerConfig {
     /// Keep a request id the client sent (1 to 200 visible ASCII bytes) instead of making a
     /// fresh one. Turn it on only behind a proxy that sets the field. Default `false`.
     pub trust_request_id: bool,
+    /// Networks (CIDRs such as `"10.0.0.0/8"`, or single addresses) of proxies in front whose
+    /// `X-Forwarded-For` / `Forwarded` fields are believed: the chain is walked from the right
+    /// past trusted hops, and the first other address is the client (for admission's
+    /// per-client keys and CIDR rules, the access log and the forwarding fields sent on).
+    /// From any other peer the fields are not believed, and the peer is appended to them.
+    /// Default empty: no field is believed. Reloadable; applies to new connections.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +113,7 @@ impl Default for ServerConfig {
             h1_fast_path: true,
             request_id_header: "x-request-id".into(),
             trust_request_id: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -275,7 +288,9 @@ pub struct ClusterConfig {
     /// Name that routes refer to. Required, unique.
     pub name: String,
     /// Endpoints: `IP:PORT` (static), `HOST:PORT` (resolved now and every
-    /// `resolve_interval_ms`), or `demo:NAME` (the address of a demo upstream). At least one.
+    /// `resolve_interval_ms`), `srv:NAME` (the targets of the DNS SRV records of `NAME`, such
+    /// as `srv:_http._tcp.example.com`, looked up now and every `resolve_interval_ms` through
+    /// `[dns]`), or `demo:NAME` (the address of a demo upstream). At least one.
     /// `https://HOST:PORT` or `https://IP:PORT` (port 443 when left out) speaks TLS to the
     /// endpoint (see `tls`); a cluster's endpoints are all `https://` or none.
     pub endpoints: Vec<String>,
@@ -284,7 +299,8 @@ pub struct ClusterConfig {
     /// HTTP/2 only (gRPC).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
-    /// DNS re-resolution period for `HOST:PORT` endpoints, ms. Default 5000, at least 100.
+    /// DNS re-resolution period for `HOST:PORT` and `srv:` endpoints, ms. Default 5000, at
+    /// least 100.
     #[serde(default = "default_resolve_ms")]
     pub resolve_interval_ms: u64,
     /// Forward the client's `Host` (true, the default) or set it to the endpoint's address.
@@ -603,6 +619,12 @@ mod tests {
             Endpoint::parse("demo:fast"),
             Ok(Endpoint::Demo("fast".into()))
         );
+        assert_eq!(
+            Endpoint::parse("srv:_HTTP._tcp.Svc.example"),
+            Ok(Endpoint::Srv("_http._tcp.svc.example".into()))
+        );
+        assert!(Endpoint::parse("srv:").is_err());
+        assert!(Endpoint::parse("srv:a..b").is_err());
         assert!(Endpoint::parse("nohost").is_err());
         assert!(Endpoint::parse("a..b:80").is_err());
         assert!(Endpoint::parse("[::1]:0").is_err());

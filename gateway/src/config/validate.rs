@@ -47,6 +47,9 @@ impl Config {
                 ),
             ));
         }
+        self.dns.validate()?;
+        crate::forwarded::TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(|(i, p)| e(format!("server.trusted_proxies[{i}]"), p))?;
         let t = &self.timeouts;
         for (name, v) in [
             ("timeouts.connect_ms", t.connect_ms),

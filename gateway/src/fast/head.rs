@@ -6,9 +6,10 @@
 
 use super::super::headers::Forwarding;
 use crate::answer::Answer;
+use crate::forwarded::{self, Source};
 use crate::request_id::{Policy, keepable};
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
 /// Header slots parsed per head; a head with more goes to hyper (which applies
@@ -37,6 +38,8 @@ pub(crate) struct Head {
     /// The client's request id, when it is kept (see [`Limits::request_id`]); otherwise the
     /// request carries [`Limits::fresh_id`].
     pub request_id: Option<Range<usize>>,
+    /// The client a trusted peer's forwarding fields name (`None`: the peer).
+    pub client: Option<IpAddr>,
 }
 
 /// Where a routed request goes.
@@ -98,6 +101,8 @@ enum Name {
     /// Present means hyper serves the request.
     Refuse,
     XForwardedFor,
+    /// `Forwarded`: passed on, unless the peer is trusted (then rewritten).
+    Forwarded,
     /// Replaced by the gateway's own value.
     Replaced,
     Other,
@@ -111,6 +116,7 @@ fn name_of(name: &str) -> Name {
         6 if is("expect") => Name::Refuse,
         7 if is("upgrade") => Name::Refuse,
         7 if is("trailer") => Name::HopByHop,
+        9 if is("forwarded") => Name::Forwarded,
         10 if is("connection") => Name::Connection,
         10 if is("keep-alive") => Name::HopByHop,
         14 if is("content-length") => Name::ContentLength,
@@ -236,6 +242,7 @@ pub(crate) fn prepare<T>(
                 path: 0..0,
                 host: 0..0,
                 request_id: None,
+                client: None,
             },
             answer: Answer::HeadTooLarge,
         };
@@ -300,6 +307,18 @@ pub(crate) fn prepare<T>(
         return Step::Hyper;
     };
     let body_len = body_len.unwrap_or(0);
+    // A trusted peer's chain, from the fields as they would be forwarded.
+    let walk = fwd.trusted().map(|trusted| {
+        let forwarded = chain_lines(req.headers, "forwarded", names_headers).next();
+        let (source, name) = if forwarded.is_some() {
+            (Source::Forwarded, "forwarded")
+        } else {
+            (Source::XForwardedFor, "x-forwarded-for")
+        };
+        let values = || chain_lines(req.headers, name, names_headers);
+        (forwarded::walk(trusted, fwd.peer(), source, values), name)
+    });
+    let client = walk.map(|(w, _)| w.client);
     let local = |answer| Step::Local {
         head: Head {
             len,
@@ -311,6 +330,7 @@ pub(crate) fn prepare<T>(
             path: offset(buf, path.as_bytes()),
             host: offset(buf, host),
             request_id: kept_id.clone(),
+            client,
         },
         answer,
     };
@@ -336,6 +356,7 @@ pub(crate) fn prepare<T>(
         path: offset(buf, path.as_bytes()),
         host: offset(buf, host),
         request_id: kept_id.clone(),
+        client,
     };
     let (target_handle, addr, preserve_host) = match route(host_str, path, method, body_len) {
         Route::Forward {
@@ -372,6 +393,10 @@ pub(crate) fn prepare<T>(
                     });
                 false
             }
+            Name::XForwardedFor if walk.is_some() => false,
+            Name::Forwarded => {
+                walk.is_none() && !(names_headers && named_in_connection(req.headers, h.name))
+            }
             Name::XForwardedFor => {
                 // The first value, as `HeaderMap::get` reads it on the hyper path (which has
                 // dropped it already if `Connection` names it).
@@ -397,6 +422,9 @@ pub(crate) fn prepare<T>(
         out.extend_from_slice(b"te: trailers\r\n");
     }
     out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some((w, name)) = &walk {
+        forwarded::write_believed(out, w, chain_lines(req.headers, name, names_headers), false);
+    }
     // A previous value is kept only when it is visible ASCII (what `to_str` accepts).
     if let Some(prev) = xff.filter(|v| v.iter().all(|b| *b == b'\t' || (b' '..=b'~').contains(b))) {
         out.extend_from_slice(prev);
@@ -408,6 +436,9 @@ pub(crate) fn prepare<T>(
     out.extend_from_slice(b"\r\nx-forwarded-host: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\nforwarded: ");
+    if let Some((w, name)) = &walk {
+        forwarded::write_believed(out, w, chain_lines(req.headers, name, names_headers), true);
+    }
     out.extend_from_slice(fwd.forwarded_for(Some(host)).as_bytes());
     out.extend_from_slice(b"\r\nvia: 1.1 tollgate\r\n");
     if rid.is_on() {
@@ -425,6 +456,20 @@ pub(crate) fn prepare<T>(
         target: target_handle,
         addr,
     }
+}
+
+/// The values of the field `name` (lower case) that would be forwarded: every field line, in
+/// order, but not when `Connection` names the field (`names_headers`: some field may be).
+fn chain_lines<'h, 'b>(
+    headers: &'h [httparse::Header<'b>],
+    name: &'h str,
+    names_headers: bool,
+) -> impl DoubleEndedIterator<Item = &'b [u8]> + 'h {
+    let dropped = names_headers && named_in_connection(headers, name);
+    headers
+        .iter()
+        .filter(move |h| !dropped && h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
 }
 
 #[cfg(test)]

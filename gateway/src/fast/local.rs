@@ -32,6 +32,7 @@ pub(super) async fn refuse_head(
         path: 0..0,
         host: 0..0,
         request_id: None,
+        client: None,
     };
     ctx.shared.stats.requests.incr();
     let local = crate::state::local(&ctx.shared);
@@ -187,7 +188,7 @@ pub(super) fn log_access(
     };
     tracing::info!(
         target: "tollgate::access",
-        client = %ctx.peer.ip(),
+        client = %head.client.unwrap_or(ctx.peer.ip()),
         method = text(&head.method),
         host = text(&head.host),
         path = text(&head.path),

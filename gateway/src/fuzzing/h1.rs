@@ -104,6 +104,7 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
     let fwd = Forwarding::new(
         if v6 { "2001:db8::7" } else { "192.0.2.7" }.parse().ok()?,
         if flags & 4 != 0 { "https" } else { "http" },
+        None,
     );
     let addr: std::net::SocketAddr = if v6 {
         "[2001:db8::9]:8080"

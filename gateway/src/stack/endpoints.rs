@@ -3,7 +3,9 @@
 //! sections.
 
 use super::cluster::ClusterLayers;
-use crate::config::{ClusterConfig, ConfigError, Endpoint, TimeoutsConfig, UpstreamProtocol};
+use crate::config::{
+    ClusterConfig, ConfigError, DnsConfig, Endpoint, TimeoutsConfig, UpstreamProtocol,
+};
 use crate::pool::{MAX_IDLE_PER_ENDPOINT, Settings};
 use crate::stats::{ClusterStats, EndpointStats};
 use crate::tls::upstream::ClusterTls;
@@ -20,6 +22,8 @@ pub(crate) struct UpEndpoint {
     pub addr: SocketAddr,
     /// Counters, kept while the address stays in the cluster.
     pub stats: Arc<EndpointStats>,
+    /// Its share of a weighted cluster's round robin (an SRV record's weight; 1 otherwise).
+    pub weight: u32,
 }
 
 /// An upstream cluster of a snapshot.
@@ -49,18 +53,25 @@ pub(crate) struct Cluster {
     /// TLS to the endpoints, when they are `https://`; kept across reloads while its
     /// settings and files stay the same.
     pub tls: Option<Arc<ClusterTls>>,
+    /// The resolver for `srv:` targets (`[dns]`).
+    dns: DnsConfig,
+    /// Whether round robin follows the endpoints' weights (some target is `srv:`).
+    weighted: bool,
 }
 
 #[derive(Debug, Clone)]
 enum Target {
     Static(SocketAddr),
     Dns(String, u16),
+    Srv(String),
 }
 
 impl Cluster {
-    /// Whether any endpoint is a DNS name.
+    /// Whether any endpoint is a DNS name (A/AAAA or SRV).
     pub(crate) fn has_dns(&self) -> bool {
-        self.targets.iter().any(|t| matches!(t, Target::Dns(..)))
+        self.targets
+            .iter()
+            .any(|t| matches!(t, Target::Dns(..) | Target::Srv(_)))
     }
 
     /// Resolves every target now (blocking), reusing endpoint counters by address.
@@ -69,44 +80,59 @@ impl Cluster {
     /// The index of the first target that resolves to nothing, and why.
     pub(crate) fn resolve(&self) -> Result<Vec<Arc<UpEndpoint>>, (usize, String)> {
         let old = self.endpoints.load();
-        let mut out: Vec<Arc<UpEndpoint>> = Vec::new();
+        let mut found: Vec<(SocketAddr, u32)> = Vec::new();
+        // Each address's host name, for the TLS server name (none for an IP or an SRV target).
         let mut names: Vec<(SocketAddr, Option<&str>)> = Vec::new();
         for (i, t) in self.targets.iter().enumerate() {
-            let addrs: Vec<SocketAddr> = match t {
-                Target::Static(a) => vec![*a],
+            let addrs: Vec<(SocketAddr, u32)> = match t {
+                Target::Static(a) => vec![(*a, 1)],
                 Target::Dns(host, port) => (host.as_str(), *port)
                     .to_socket_addrs()
                     .map_err(|e| (i, format!("cannot resolve \"{host}\": {e}")))?
+                    .map(|a| (a, 1))
                     .collect(),
+                Target::Srv(name) => super::srv::lookup(name, &self.dns).map_err(|e| (i, e))?,
             };
             if addrs.is_empty() {
                 return Err((i, "resolves to no address".into()));
             }
-            for addr in addrs {
-                if out.iter().any(|e| e.addr == addr) {
-                    continue;
+            for (addr, weight) in addrs {
+                // An address named twice is one endpoint; an SRV target's weights add up.
+                match found.iter_mut().find(|(a, _)| *a == addr) {
+                    Some((_, w)) if matches!(t, Target::Srv(_)) => *w += weight,
+                    Some(_) => {}
+                    None => found.push((addr, weight)),
                 }
                 names.push((
                     addr,
                     match t {
                         Target::Dns(host, _) => Some(host.as_str()),
-                        Target::Static(_) => None,
+                        Target::Static(_) | Target::Srv(_) => None,
                     },
                 ));
-                let stats = old
-                    .iter()
-                    .find(|e| e.addr == addr)
-                    .map_or_else(Default::default, |e| e.stats.clone());
-                out.push(Arc::new(UpEndpoint { addr, stats }));
             }
         }
         if let Some(tls) = &self.tls {
             tls.set_peers(&names);
         }
-        Ok(out)
+        Ok(found
+            .into_iter()
+            .map(|(addr, weight)| {
+                let stats = old
+                    .iter()
+                    .find(|e| e.addr == addr)
+                    .map_or_else(Default::default, |e| e.stats.clone());
+                Arc::new(UpEndpoint {
+                    addr,
+                    stats,
+                    weight,
+                })
+            })
+            .collect())
     }
 
-    /// Picks an endpoint round-robin with a per-thread counter (no shared cache line).
+    /// Picks an endpoint round-robin with a per-thread counter (no shared cache line); in a
+    /// weighted cluster each endpoint gets `weight` consecutive turns of every round.
     pub(crate) fn pick(&self) -> Option<(usize, SocketAddr)> {
         thread_local! {
             static NEXT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -120,7 +146,11 @@ impl Cluster {
             c.set(n.wrapping_add(1));
             n
         });
-        let i = n % eps.len();
+        let i = if self.weighted {
+            weighted_turn(&eps, n)
+        } else {
+            n % eps.len()
+        };
         eps[i].stats.requests.incr();
         Some((i, eps[i].addr))
     }
@@ -132,6 +162,22 @@ impl Cluster {
             e.stats.failures.incr();
         }
     }
+}
+
+/// The endpoint whose turn the `n`th pick of a weighted round is.
+fn weighted_turn(eps: &[Arc<UpEndpoint>], n: usize) -> usize {
+    let total: u64 = eps.iter().map(|e| u64::from(e.weight)).sum();
+    if total == 0 {
+        return n % eps.len();
+    }
+    let mut at = n as u64 % total;
+    for (i, e) in eps.iter().enumerate() {
+        match at.checked_sub(u64::from(e.weight)) {
+            Some(rest) => at = rest,
+            None => return i,
+        }
+    }
+    0
 }
 
 impl Cluster {
@@ -146,6 +192,7 @@ impl Cluster {
         ci: usize,
         cc: &ClusterConfig,
         timeouts: &TimeoutsConfig,
+        dns: &DnsConfig,
         demo_addr: impl Fn(&str) -> Option<SocketAddr>,
         old_cluster: Option<&Arc<Cluster>>,
     ) -> Result<Self, ConfigError> {
@@ -156,6 +203,7 @@ impl Cluster {
                 match Endpoint::parse(ep).map_err(|p| ConfigError::new(field(), p))? {
                     Endpoint::Static(a) => Target::Static(a),
                     Endpoint::Dns(h, p) => Target::Dns(h, p),
+                    Endpoint::Srv(name) => Target::Srv(name),
                     Endpoint::Demo(name) => match demo_addr(&name) {
                         Some(addr) => Target::Static(addr),
                         None => {
@@ -195,7 +243,10 @@ impl Cluster {
         } else {
             None
         };
+        let weighted = targets.iter().any(|t| matches!(t, Target::Srv(_)));
         let cluster = Self {
+            dns: dns.clone(),
+            weighted,
             layers,
             settings,
             tls,
@@ -231,4 +282,38 @@ pub(crate) fn counted(endpoints: &[Arc<UpEndpoint>]) -> Vec<(SocketAddr, Arc<End
         .iter()
         .map(|e| (e.addr, e.stats.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(weights: &[u32]) -> Vec<Arc<UpEndpoint>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Arc::new(UpEndpoint {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                    stats: Default::default(),
+                    weight: *w,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn weighted_turns_follow_the_weights() {
+        let turns = |w: &[u32], n: usize| -> Vec<usize> {
+            let e = eps(w);
+            (0..n).map(|i| weighted_turn(&e, i)).collect()
+        };
+        assert_eq!(turns(&[3, 1], 8), [0, 0, 0, 1, 0, 0, 0, 1]);
+        assert_eq!(
+            turns(&[0, 2, 1], 6),
+            [1, 1, 2, 1, 1, 2],
+            "weight 0 gets no turn"
+        );
+        assert_eq!(turns(&[0, 0], 4), [0, 1, 0, 1], "all 0: equal turns");
+    }
 }

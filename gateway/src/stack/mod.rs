@@ -30,6 +30,7 @@ pub(crate) mod endpoints;
 pub(crate) mod health;
 pub(crate) mod retry;
 pub(crate) mod route;
+pub(crate) mod srv;
 pub(crate) mod upstream;
 
 use super::pool::UpBody;

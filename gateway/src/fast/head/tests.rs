@@ -13,7 +13,7 @@ const LIMITS: Limits = Limits {
 };
 
 fn fwd() -> Forwarding {
-    Forwarding::new("192.0.2.7".parse().unwrap(), "http")
+    Forwarding::new("192.0.2.7".parse().unwrap(), "http", None)
 }
 
 fn forward(req: &[u8], preserve_host: bool) -> (Head, String) {
@@ -243,4 +243,84 @@ fn the_route_decides() {
         Route::<()>::Hyper
     });
     assert!(matches!(got, Step::Hyper));
+}
+
+/// From a trusted peer, the fast path writes the same `X-Forwarded-For` and `Forwarded` as the
+/// hyper path (`headers::add_forwarding`), and names the same client.
+#[test]
+fn a_trusted_chain_matches_the_hyper_path() {
+    use crate::forwarded::TrustedProxies;
+    use std::sync::Arc;
+    let trusted = Arc::new(TrustedProxies::parse(&["10.0.0.0/8", "192.0.2.7"]).unwrap());
+    let cases: &[&[(&str, &str)]] = &[
+        &[],
+        &[("X-Forwarded-For", "6.6.6.6, 203.0.113.1, 10.1.1.1")],
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("X-Forwarded-For", "10.1.1.1"),
+        ],
+        &[("X-Forwarded-For", "unknown")],
+        &[("X-Forwarded-For", "10.2.2.2, 10.1.1.1")],
+        &[
+            ("x-forwarded-for", "1.1.1.1"),
+            (
+                "Forwarded",
+                "for=6.6.6.6, for=\"[2001:db8::5]:80\";proto=https",
+            ),
+            ("forwarded", "for=10.3.3.3;by=10.0.0.1"),
+        ],
+        &[("Forwarded", "for=_hidden, for=10.3.3.3")],
+        &[
+            ("Connection", "x-forwarded-for"),
+            ("X-Forwarded-For", "203.0.113.9"),
+        ],
+        &[
+            ("Connection", "forwarded"),
+            ("Forwarded", "for=203.0.113.8"),
+            ("X-Forwarded-For", "203.0.113.9"),
+        ],
+    ];
+    for fields in cases {
+        let fwd = Forwarding::new("192.0.2.7".parse().unwrap(), "http", Some(trusted.clone()));
+        let mut req = b"GET / HTTP/1.1\r\nHost: h.example\r\n".to_vec();
+        let mut map = http::HeaderMap::new();
+        for (k, v) in *fields {
+            req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        req.extend_from_slice(b"\r\n");
+        let mut out = Vec::new();
+        let step = prepare(&req, LIMITS, &fwd, &mut out, |_, _, _, _| Route::Forward {
+            target: (),
+            addr: UP.parse().unwrap(),
+            preserve_host: true,
+        });
+        let Step::Forward { head, .. } = step else {
+            panic!("not forwarded: {step:?}");
+        };
+        let client = crate::headers::client(&map, &fwd);
+        crate::headers::strip_hop_by_hop(&mut map, true);
+        let host = http::HeaderValue::from_static("h.example");
+        crate::headers::add_forwarding(&mut map, &fwd, Some(&host), http::Version::HTTP_11);
+        let text = String::from_utf8(out).unwrap();
+        let fast = |name: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .map(str::to_owned)
+                .collect()
+        };
+        let hyper = |name: &str| -> Vec<String> {
+            map.get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect()
+        };
+        for name in ["x-forwarded-for", "forwarded"] {
+            assert_eq!(fast(name), hyper(name), "{name} for {fields:?}: {text}");
+        }
+        assert_eq!(head.client, Some(client), "{fields:?}");
+    }
 }
