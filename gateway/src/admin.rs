@@ -1,9 +1,11 @@
 //! The admin listener: `/` (a page that polls `/state`), `/metrics` (Prometheus text),
 //! `/healthz`, `/readyz`, `/config` (the effective config as JSON) and `/state` (JSON).
 
+mod metrics;
+
 use super::demo::Demo;
+use super::histogram::HistogramSnapshot;
 use super::state::Shared;
-use super::stats::prometheus;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -43,6 +45,16 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
+}
+
+/// A route's latency since it appeared (every status class): count, p50 and p99 in ms.
+fn latency_json(by_class: &[HistogramSnapshot; 5]) -> serde_json::Value {
+    let mut all = HistogramSnapshot::default();
+    for h in by_class {
+        all.merge(h);
+    }
+    let ms = |q: f64| all.quantile(q).map(|s| s * 1e3);
+    json!({ "count": all.count(), "p50_ms": ms(0.5), "p99_ms": ms(0.99) })
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -141,6 +153,7 @@ impl Admin {
                     "priority": p.priority.as_deref(),
                     "cache": p.cache.as_ref().map(|c| c.state()),
                     "batch": p.batch.as_ref().map(|b| b.state()),
+                    "latency": latency_json(&p.stats.latency.snapshot()),
                 })
             })
             .collect();
@@ -173,77 +186,8 @@ impl Admin {
         })
     }
 
-    /// The `/metrics` text: sharded counters are summed into the Prometheus recorder, then the
-    /// handle renders.
+    /// The `/metrics` text; see `metrics.rs`.
     pub(crate) fn metrics(&self) -> String {
-        let (recorder, handle) = prometheus();
-        let s = &self.shared.stats;
-        let snap = self.shared.current.load();
-        metrics::with_local_recorder(recorder, || {
-            let c = |name: &'static str, v: i64| metrics::counter!(name).absolute(v.max(0) as u64);
-            let g = |name: &'static str, v: i64| metrics::gauge!(name).set(v as f64);
-            c("tollgate_requests_total", s.requests.sum());
-            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].into_iter().enumerate() {
-                metrics::counter!("tollgate_responses_total", "class" => class)
-                    .absolute(s.responses[i].sum().max(0) as u64);
-            }
-            g("tollgate_requests_in_flight", s.in_flight.sum());
-            g("tollgate_connections_open", s.connections_open.sum());
-            g("tollgate_connections_parked", s.connections_parked.sum());
-            c("tollgate_connections_total", s.connections_total.sum());
-            c(
-                "tollgate_connections_timed_out_total",
-                s.connections_timed_out.sum(),
-            );
-            c(
-                "tollgate_connections_over_budget_total",
-                s.connections_over_budget.sum(),
-            );
-            c("tollgate_upgrades_total", s.upgrades_total.sum());
-            g("tollgate_upgrades_open", s.upgrades_open.sum());
-            c(
-                "tollgate_upstream_connect_errors_total",
-                s.upstream_connect_errors.sum(),
-            );
-            c(
-                "tollgate_upstream_timeouts_total",
-                s.upstream_timeouts.sum(),
-            );
-            c("tollgate_upstream_resets_total", s.upstream_resets.sum());
-            c("tollgate_unrouted_total", s.unrouted.sum());
-            c("tollgate_body_too_large_total", s.body_too_large.sum());
-            c(
-                "tollgate_request_duration_microseconds_sum",
-                s.duration_us.sum(),
-            );
-            c("tollgate_reloads_total", s.reloads_ok.sum());
-            c("tollgate_reloads_failed_total", s.reloads_failed.sum());
-            g("tollgate_config_generation", snap.generation as i64);
-            for cl in &snap.clusters {
-                let name = cl.name.clone();
-                metrics::counter!("tollgate_cluster_requests_total", "cluster" => name.clone())
-                    .absolute(cl.stats.requests.sum().max(0) as u64);
-                metrics::counter!("tollgate_cluster_failures_total", "cluster" => name.clone())
-                    .absolute(cl.stats.failures.sum().max(0) as u64);
-                metrics::gauge!("tollgate_cluster_in_flight", "cluster" => name)
-                    .set(cl.stats.in_flight.sum() as f64);
-                if let Some(layers) = &cl.layers {
-                    layers.record_metrics();
-                }
-            }
-            c("tollgate_rejected_total", s.rejected.sum());
-            for a in &snap.admission {
-                a.record_metrics();
-            }
-            for p in &snap.route_plans {
-                if let Some(cache) = &p.cache {
-                    cache.record_metrics(&p.key);
-                }
-                if let Some(batch) = &p.batch {
-                    batch.record_metrics(&p.key);
-                }
-            }
-        });
-        handle.render()
+        metrics::render(&self.shared)
     }
 }

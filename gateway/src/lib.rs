@@ -28,13 +28,13 @@
 //!
 //! | floor | files | what |
 //! |---|---|---|
-//! | leaves | `error.rs`, `body.rs`, `headers.rs`, `stats.rs` | the layered path's timeouts, the request body type, forwarding and hop-by-hop fields, counters |
+//! | leaves | `error.rs`, `body.rs`, `headers.rs`, `histogram.rs`, `stats.rs` | the layered path's timeouts, the request body type, forwarding and hop-by-hop fields, latency histograms, counters |
 //! | config | `config/` | the TOML file: one file per section, the endpoint syntax, `ConfigError`, `validate.rs` |
 //! | upstream | `pool.rs`, `route.rs`, `answer.rs` | per-thread upstream connections, the route table, and the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status) |
 //! | layers | `stack/` | each layer built from its section and composed per route and cluster; `stack/endpoints.rs` is a snapshot's cluster |
 //! | state | `state.rs` | the immutable `Snapshot` swapped on reload, and what outlives reloads |
 //! | connections | `ctx.rs`, `fast/`, `proxy.rs`, `conn.rs` | one client connection: its context, the HTTP/1.1 fast path, the hyper path per request, the connection loop that picks between them |
-//! | serving | `server.rs`, `tls.rs`, `admin.rs`, `demo.rs`, `runtime.rs` | listeners and accept loops, TLS, admin pages, demo upstreams, worker threads |
+//! | serving | `server.rs`, `tls.rs`, `admin.rs` (`admin/metrics.rs`), `demo.rs`, `runtime.rs` | listeners and accept loops, TLS, admin pages (the Prometheus text), demo upstreams, worker threads |
 //! | top | `lib.rs`, `cli.rs`, `main.rs` | start, reload and shutdown; the command line; the binary |
 //!
 //! One request, followed through them: `server.rs` accepts the connection and makes its
@@ -72,6 +72,7 @@ mod fast;
 #[doc(hidden)]
 pub mod fuzzing;
 mod headers;
+mod histogram;
 mod pool;
 mod proxy;
 mod proxy_protocol;
