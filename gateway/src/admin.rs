@@ -1,11 +1,14 @@
-//! The admin listener: `/` (a page that polls `/state`), `/metrics` (Prometheus text),
-//! `/healthz`, `/readyz`, `/config` (the effective config as JSON) and `/state` (JSON).
+//! The admin listener: `/` (the live dashboard), `/metrics` (Prometheus text, `metrics.rs`),
+//! `/healthz`, `/readyz`, `/config` (the effective config as JSON), `/state` (JSON) and
+//! `/series` (the last minutes of one-second samples, `series.rs`).
 
 mod metrics;
+mod series;
 
 use super::demo::Demo;
 use super::histogram::HistogramSnapshot;
 use super::state::Shared;
+use super::stats::clock_ms;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -13,8 +16,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::json;
+use series::Series;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -25,10 +29,26 @@ pub(crate) struct Admin {
     pub shared: Arc<Shared>,
     /// The running demo upstreams, by `shared.demo` order.
     pub demos: Vec<Arc<Demo>>,
+    /// The dashboard's recent samples, written by the sampler `serve` starts.
+    series: Arc<Mutex<Series>>,
+}
+
+impl Admin {
+    /// The admin pages over `shared`.
+    pub(crate) fn new(shared: Arc<Shared>, demos: Vec<Arc<Demo>>) -> Self {
+        Self {
+            shared,
+            demos,
+            series: Arc::default(),
+        }
+    }
 }
 
 /// Serves the admin pages on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    // Dropped (and so stopped) with this task.
+    let sampler = tokio::spawn(series::run(admin.shared.clone(), admin.series.clone()));
+    let _stop = AbortOnDrop(sampler.abort_handle());
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -57,6 +77,15 @@ fn latency_json(by_class: &[HistogramSnapshot; 5]) -> serde_json::Value {
     json!({ "count": all.count(), "p50_ms": ms(0.5), "p99_ms": ms(0.99) })
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -67,18 +96,9 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     r
 }
 
-const INDEX: &str = r#"<!doctype html><meta charset="utf-8"><title>tollgate admin</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em}pre{background:#f4f4f4;padding:1em}</style>
-<h1>tollgate</h1>
-<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a>
-· <a href="/config">/config</a> · <a href="/state">/state</a></p>
-<h2>live state</h2><pre id="s">loading…</pre>
-<script>
-async function tick(){try{const r=await fetch('/state');document.getElementById('s').textContent=
-JSON.stringify(await r.json(),null,2)}catch(e){document.getElementById('s').textContent=String(e)}}
-tick();setInterval(tick,1000);
-</script>
-"#;
+/// The dashboard: one self-contained page (no external script, style or font), polling
+/// `/state` and `/series` every two seconds while it is visible.
+const INDEX: &str = include_str!("admin/dashboard.html");
 
 impl Admin {
     fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -107,6 +127,16 @@ impl Admin {
                 reply(StatusCode::OK, json, body + "\n")
             }
             "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics()),
+            "/series" => {
+                let since = req.uri().query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("since="))
+                        .and_then(|v| v.parse().ok())
+                });
+                let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+                let body = serde_json::to_string(&series.json(since)).unwrap_or_default();
+                reply(StatusCode::OK, json, body + "\n")
+            }
             _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         }
     }
@@ -172,6 +202,7 @@ impl Admin {
             "source": snap.source,
             "config_age_ms": snap.loaded_at.elapsed().as_millis() as u64,
             "uptime_ms": shared.started.elapsed().as_millis() as u64,
+            "clock_ms": clock_ms(),
             "mode": shared.mode,
             "workers": shared.workers,
             "draining": shared.is_draining(),

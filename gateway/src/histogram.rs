@@ -113,6 +113,16 @@ impl HistogramSnapshot {
         self.sum_us += other.sum_us;
     }
 
+    /// What was recorded since `earlier` (a snapshot of the same histogram).
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
+        let mut out = *self;
+        for (a, b) in out.buckets.iter_mut().zip(&earlier.buckets) {
+            *a = a.saturating_sub(*b);
+        }
+        out.sum_us = out.sum_us.saturating_sub(earlier.sum_us);
+        out
+    }
+
     /// The `q` quantile (0..=1) in seconds, estimated as Prometheus' `histogram_quantile`
     /// does: linear within the bucket that holds it, from the bucket's lower bound (0 for the
     /// first). One in the `+Inf` bucket reads as the largest finite bound. `None` when empty.
@@ -249,16 +259,19 @@ mod tests {
     }
 
     #[test]
-    fn merge_adds_counts() {
-        let (a, b) = (Histogram::new(), Histogram::new());
-        a.record(us(10));
-        b.record(us(700));
-        b.record(us(700));
-        let mut m = a.snapshot();
-        m.merge(&b.snapshot());
-        assert_eq!(m.count(), 3);
-        assert_eq!(m.buckets[3], 2);
-        assert_eq!(m.sum_us, 1_410);
+    fn since_and_merge_are_inverse() {
+        let h = Histogram::new();
+        h.record(us(10));
+        let a = h.snapshot();
+        h.record(us(700));
+        h.record(us(700));
+        let b = h.snapshot();
+        let d = b.since(&a);
+        assert_eq!(d.count(), 2);
+        assert_eq!(d.buckets[3], 2);
+        let mut m = a;
+        m.merge(&d);
+        assert_eq!(m, b);
     }
 
     #[test]

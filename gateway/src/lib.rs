@@ -8,7 +8,8 @@
 //! - Hot reload on SIGHUP and when the file changes (polled each second): validated, then
 //!   swapped whole with `arc-swap`; in-flight requests keep the snapshot they started with; an
 //!   invalid file is logged and the running config kept ([`Gateway::reload`]).
-//! - Admin pages: `/metrics`, `/healthz`, `/readyz`, `/config`, `/state` ([`Gateway::state`]).
+//! - Admin pages: a live dashboard at `/`, `/metrics` (with latency histograms), `/series`,
+//!   `/healthz`, `/readyz`, `/config`, `/state` ([`Gateway::state`]).
 //! - Graceful shutdown: stop accepting, let in-flight requests finish until the drain deadline.
 //! - Thread-per-core (default): one thread per core, each with a current-thread runtime, its own
 //!   `SO_REUSEPORT` listener and its own upstream pools; or one multi-thread runtime.
@@ -34,7 +35,7 @@
 //! | layers | `stack/` | each layer built from its section and composed per route and cluster; `stack/endpoints.rs` is a snapshot's cluster |
 //! | state | `state.rs` | the immutable `Snapshot` swapped on reload, and what outlives reloads |
 //! | connections | `ctx.rs`, `fast/`, `proxy.rs`, `conn.rs` | one client connection: its context, the HTTP/1.1 fast path, the hyper path per request, the connection loop that picks between them |
-//! | serving | `server.rs`, `tls.rs`, `admin.rs` (`admin/metrics.rs`), `demo.rs`, `runtime.rs` | listeners and accept loops, TLS, admin pages (the Prometheus text), demo upstreams, worker threads |
+//! | serving | `server.rs`, `tls.rs`, `admin.rs` (`admin/metrics.rs`, `admin/series.rs`, `admin/dashboard.html`), `demo.rs`, `runtime.rs` | listeners and accept loops, TLS, admin pages (the Prometheus text, the dashboard and its one-second samples), demo upstreams, worker threads |
 //! | top | `lib.rs`, `cli.rs`, `main.rs` | start, reload and shutdown; the command line; the binary |
 //!
 //! One request, followed through them: `server.rs` accepts the connection and makes its
@@ -325,10 +326,10 @@ impl Gateway {
         }
         .map_err(io("worker threads".into()))?;
 
-        let admin = Arc::new(admin::Admin {
-            shared: shared.clone(),
-            demos: demos.iter().map(|(_, d)| d.clone()).collect(),
-        });
+        let admin = Arc::new(admin::Admin::new(
+            shared.clone(),
+            demos.iter().map(|(_, d)| d.clone()).collect(),
+        ));
         let state_admin = admin.clone();
         let watch = path.map(|p| {
             let shared = shared.clone();

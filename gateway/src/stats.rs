@@ -3,6 +3,8 @@
 
 use super::histogram::{ByClass, Histogram};
 use serde::Serialize;
+use std::sync::OnceLock;
+use tokio::time::Instant;
 use tollgate_core::counter::ShardedCounter;
 
 /// Process-wide counters.
@@ -144,4 +146,12 @@ impl Stats {
             reloads_failed: self.reloads_failed.sum(),
         }
     }
+}
+
+/// Milliseconds since this process first asked: a clock for stamping rare events (a breaker's
+/// state change) that `/state` shows beside its own `clock_ms`, so a reader can tell how long
+/// ago they were without a wall clock.
+pub(crate) fn clock_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
 }

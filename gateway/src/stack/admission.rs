@@ -273,6 +273,34 @@ impl AdmissionPolicy {
             .map(|(c, h)| (c.name.as_str(), h.snapshot()))
             .collect()
     }
+
+    /// Admitted, rejected and shed totals per class, in class order (for `/series`).
+    pub(crate) fn class_totals(&self) -> Vec<ClassCounts> {
+        self.handle
+            .snapshot()
+            .classes
+            .iter()
+            .map(|c| ClassCounts {
+                name: c.name.to_string(),
+                admitted: c.admitted,
+                rejected: Reason::ALL.iter().map(|r| c.rejected(*r)).sum(),
+                shed: c.rejected(Reason::Shed),
+            })
+            .collect()
+    }
+}
+
+/// One class's totals since the policy was built.
+#[derive(Debug, Clone)]
+pub(crate) struct ClassCounts {
+    /// The class's name.
+    pub name: String,
+    /// Requests admitted.
+    pub admitted: u64,
+    /// Requests rejected, for any reason.
+    pub rejected: u64,
+    /// Of those, shed for a higher class.
+    pub shed: u64,
 }
 
 /// A rejection reason as a metric label or JSON key.
