@@ -67,10 +67,10 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     }
 }
 
-/// A route's latency since it appeared (every status class): count, p50 and p99 in ms.
-fn latency_json(by_class: &[HistogramSnapshot; 5]) -> serde_json::Value {
+/// A latency since it was first counted (all of `parts` together): count, p50 and p99 in ms.
+fn latency_json(parts: &[HistogramSnapshot]) -> serde_json::Value {
     let mut all = HistogramSnapshot::default();
-    for h in by_class {
+    for h in parts {
         all.merge(h);
     }
     let ms = |q: f64| all.quantile(q).map(|s| s * 1e3);
@@ -158,6 +158,7 @@ impl Admin {
                             "addr": e.addr,
                             "requests": e.stats.requests.sum(),
                             "failures": e.stats.failures.sum(),
+                            "latency": latency_json(std::slice::from_ref(&e.stats.latency.snapshot())),
                         })
                     })
                     .collect();

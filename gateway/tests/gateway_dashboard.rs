@@ -25,7 +25,7 @@ fn admin_config(rest: &str) -> Config {
     let text = format!(
         "[server]\nworkers = 2\ndrain_timeout_ms = 2000\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [log]\naccess_log = false\n\
-         [timeouts]\nconnect_ms = 300\nrequest_ms = 30000\n\
+         [timeouts]\nconnect_ms = 300\nrequest_ms = 120000\n\
          [[listeners]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n{rest}"
     );
     Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -293,6 +293,12 @@ async fn the_dashboard_shows_an_open_breaker_and_a_shed_class() {
                 assert_eq!(get(addr(&gw), path).await.0, StatusCode::OK);
             }
         }
+        let flaky = gw.state()["clusters"][0].clone();
+        assert_eq!(flaky["name"], "flaky");
+        assert_eq!(
+            flaky["endpoints"][0]["latency"]["count"], 2,
+            "two calls reached it before the breaker opened: {flaky}"
+        );
         let admin = admin(&gw);
         let series: serde_json::Value = loop {
             let (_, body) = get(admin, "/series").await;
@@ -331,6 +337,10 @@ async fn the_dashboard_shows_an_open_breaker_and_a_shed_class() {
         assert_eq!(cell(&dom, "data-shed=\"tight/high\""), "0");
         assert!(cell(&dom, "data-pool=\"fine\"").contains('/'), "{dom}");
         assert!(dom.contains("* /flaky"), "routes listed");
+        assert!(
+            dom.contains("data-endpoint-latency="),
+            "endpoint latencies listed"
+        );
         let hits = cell(&dom, "data-hit-ratio=\"* /cached\"");
         assert!(hits.ends_with('%') && hits != "0.0%", "hit ratio {hits}");
 
