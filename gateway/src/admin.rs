@@ -1,9 +1,14 @@
-//! The admin listener: `/` (a page that polls `/state`), `/metrics` (Prometheus text),
-//! `/healthz`, `/readyz`, `/config` (the effective config as JSON) and `/state` (JSON).
+//! The admin listener: `/` (the live dashboard), `/metrics` (Prometheus text, `metrics.rs`),
+//! `/healthz`, `/readyz`, `/config` (the effective config as JSON), `/state` (JSON) and
+//! `/series` (the last minutes of one-second samples, `series.rs`).
+
+mod metrics;
+mod series;
 
 use super::demo::Demo;
+use super::histogram::HistogramSnapshot;
 use super::state::Shared;
-use super::stats::prometheus;
+use super::stats::clock_ms;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -11,8 +16,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::json;
+use series::Series;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -23,10 +29,26 @@ pub(crate) struct Admin {
     pub shared: Arc<Shared>,
     /// The running demo upstreams, by `shared.demo` order.
     pub demos: Vec<Arc<Demo>>,
+    /// The dashboard's recent samples, written by the sampler `serve` starts.
+    series: Arc<Mutex<Series>>,
+}
+
+impl Admin {
+    /// The admin pages over `shared`.
+    pub(crate) fn new(shared: Arc<Shared>, demos: Vec<Arc<Demo>>) -> Self {
+        Self {
+            shared,
+            demos,
+            series: Arc::default(),
+        }
+    }
 }
 
 /// Serves the admin pages on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    // Dropped (and so stopped) with this task.
+    let sampler = tokio::spawn(series::run(admin.shared.clone(), admin.series.clone()));
+    let _stop = AbortOnDrop(sampler.abort_handle());
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -45,6 +67,25 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     }
 }
 
+/// A latency since it was first counted (all of `parts` together): count, p50 and p99 in ms.
+fn latency_json(parts: &[HistogramSnapshot]) -> serde_json::Value {
+    let mut all = HistogramSnapshot::default();
+    for h in parts {
+        all.merge(h);
+    }
+    let ms = |q: f64| all.quantile(q).map(|s| s * 1e3);
+    json!({ "count": all.count(), "p50_ms": ms(0.5), "p99_ms": ms(0.99) })
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -55,18 +96,9 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     r
 }
 
-const INDEX: &str = r#"<!doctype html><meta charset="utf-8"><title>tollgate admin</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em}pre{background:#f4f4f4;padding:1em}</style>
-<h1>tollgate</h1>
-<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a>
-· <a href="/config">/config</a> · <a href="/state">/state</a></p>
-<h2>live state</h2><pre id="s">loading…</pre>
-<script>
-async function tick(){try{const r=await fetch('/state');document.getElementById('s').textContent=
-JSON.stringify(await r.json(),null,2)}catch(e){document.getElementById('s').textContent=String(e)}}
-tick();setInterval(tick,1000);
-</script>
-"#;
+/// The dashboard: one self-contained page (no external script, style or font), polling
+/// `/state` and `/series` every two seconds while it is visible.
+const INDEX: &str = include_str!("admin/dashboard.html");
 
 impl Admin {
     fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -95,6 +127,16 @@ impl Admin {
                 reply(StatusCode::OK, json, body + "\n")
             }
             "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics()),
+            "/series" => {
+                let since = req.uri().query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("since="))
+                        .and_then(|v| v.parse().ok())
+                });
+                let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+                let body = serde_json::to_string(&series.json(since)).unwrap_or_default();
+                reply(StatusCode::OK, json, body + "\n")
+            }
             _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         }
     }
@@ -116,6 +158,7 @@ impl Admin {
                             "addr": e.addr,
                             "requests": e.stats.requests.sum(),
                             "failures": e.stats.failures.sum(),
+                            "latency": latency_json(std::slice::from_ref(&e.stats.latency.snapshot())),
                         })
                     })
                     .collect();
@@ -141,6 +184,7 @@ impl Admin {
                     "priority": p.priority.as_deref(),
                     "cache": p.cache.as_ref().map(|c| c.state()),
                     "batch": p.batch.as_ref().map(|b| b.state()),
+                    "latency": latency_json(&p.stats.latency.snapshot()),
                 })
             })
             .collect();
@@ -159,6 +203,7 @@ impl Admin {
             "source": snap.source,
             "config_age_ms": snap.loaded_at.elapsed().as_millis() as u64,
             "uptime_ms": shared.started.elapsed().as_millis() as u64,
+            "clock_ms": clock_ms(),
             "mode": shared.mode,
             "workers": shared.workers,
             "draining": shared.is_draining(),
@@ -173,77 +218,8 @@ impl Admin {
         })
     }
 
-    /// The `/metrics` text: sharded counters are summed into the Prometheus recorder, then the
-    /// handle renders.
+    /// The `/metrics` text; see `metrics.rs`.
     pub(crate) fn metrics(&self) -> String {
-        let (recorder, handle) = prometheus();
-        let s = &self.shared.stats;
-        let snap = self.shared.current.load();
-        metrics::with_local_recorder(recorder, || {
-            let c = |name: &'static str, v: i64| metrics::counter!(name).absolute(v.max(0) as u64);
-            let g = |name: &'static str, v: i64| metrics::gauge!(name).set(v as f64);
-            c("tollgate_requests_total", s.requests.sum());
-            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].into_iter().enumerate() {
-                metrics::counter!("tollgate_responses_total", "class" => class)
-                    .absolute(s.responses[i].sum().max(0) as u64);
-            }
-            g("tollgate_requests_in_flight", s.in_flight.sum());
-            g("tollgate_connections_open", s.connections_open.sum());
-            g("tollgate_connections_parked", s.connections_parked.sum());
-            c("tollgate_connections_total", s.connections_total.sum());
-            c(
-                "tollgate_connections_timed_out_total",
-                s.connections_timed_out.sum(),
-            );
-            c(
-                "tollgate_connections_over_budget_total",
-                s.connections_over_budget.sum(),
-            );
-            c("tollgate_upgrades_total", s.upgrades_total.sum());
-            g("tollgate_upgrades_open", s.upgrades_open.sum());
-            c(
-                "tollgate_upstream_connect_errors_total",
-                s.upstream_connect_errors.sum(),
-            );
-            c(
-                "tollgate_upstream_timeouts_total",
-                s.upstream_timeouts.sum(),
-            );
-            c("tollgate_upstream_resets_total", s.upstream_resets.sum());
-            c("tollgate_unrouted_total", s.unrouted.sum());
-            c("tollgate_body_too_large_total", s.body_too_large.sum());
-            c(
-                "tollgate_request_duration_microseconds_sum",
-                s.duration_us.sum(),
-            );
-            c("tollgate_reloads_total", s.reloads_ok.sum());
-            c("tollgate_reloads_failed_total", s.reloads_failed.sum());
-            g("tollgate_config_generation", snap.generation as i64);
-            for cl in &snap.clusters {
-                let name = cl.name.clone();
-                metrics::counter!("tollgate_cluster_requests_total", "cluster" => name.clone())
-                    .absolute(cl.stats.requests.sum().max(0) as u64);
-                metrics::counter!("tollgate_cluster_failures_total", "cluster" => name.clone())
-                    .absolute(cl.stats.failures.sum().max(0) as u64);
-                metrics::gauge!("tollgate_cluster_in_flight", "cluster" => name)
-                    .set(cl.stats.in_flight.sum() as f64);
-                if let Some(layers) = &cl.layers {
-                    layers.record_metrics();
-                }
-            }
-            c("tollgate_rejected_total", s.rejected.sum());
-            for a in &snap.admission {
-                a.record_metrics();
-            }
-            for p in &snap.route_plans {
-                if let Some(cache) = &p.cache {
-                    cache.record_metrics(&p.key);
-                }
-                if let Some(batch) = &p.batch {
-                    batch.record_metrics(&p.key);
-                }
-            }
-        });
-        handle.render()
+        metrics::render(&self.shared)
     }
 }

@@ -247,6 +247,11 @@ pub(crate) fn classify<'e>(
     Ok(Answer::RequestFailed)
 }
 
+/// Whether `err` is a layer's refusal (admission, breaker, pool limit) rather than a failure.
+pub(crate) fn is_rejection(err: &BoxError) -> bool {
+    classify(&**err).is_err()
+}
+
 /// The answer to `err` (counted in `stats`), and whom it blames; `grpc` asks for gRPC
 /// statuses for rejections.
 pub(crate) fn error_response(

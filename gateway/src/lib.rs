@@ -12,7 +12,8 @@
 //! - Hot reload on SIGHUP and when the file changes (polled each second): validated, then
 //!   swapped whole with `arc-swap`; in-flight requests keep the snapshot they started with; an
 //!   invalid file is logged and the running config kept ([`Gateway::reload`]).
-//! - Admin pages: `/metrics`, `/healthz`, `/readyz`, `/config`, `/state` ([`Gateway::state`]).
+//! - Admin pages: a live dashboard at `/`, `/metrics` (with latency histograms), `/series`,
+//!   `/healthz`, `/readyz`, `/config`, `/state` ([`Gateway::state`]).
 //! - Graceful shutdown: stop accepting, let in-flight requests finish until the drain deadline.
 //! - Thread-per-core (default): one thread per core, each with a current-thread runtime, its own
 //!   `SO_REUSEPORT` listener and its own upstream pools; or one multi-thread runtime.
@@ -32,14 +33,14 @@
 //!
 //! | floor | files | what |
 //! |---|---|---|
-//! | leaves | `error.rs`, `body.rs`, `forwarded.rs`, `headers.rs`, `stats.rs` | the layered path's timeouts, the request body type, the client behind trusted proxies, forwarding and hop-by-hop fields, counters |
+//! | leaves | `error.rs`, `body.rs`, `forwarded.rs`, `headers.rs`, `histogram.rs`, `stats.rs` | the layered path's timeouts, the request body type, the client behind trusted proxies, forwarding and hop-by-hop fields, latency histograms, counters |
 //! | config | `config/` | the TOML file: one file per section, the endpoint syntax, `ConfigError`, `validate.rs` |
 //! | tls | `tls.rs`, `tls/` | rustls both ways: listener certificates chosen by SNI and swapped on reload, and the client side of `https://` endpoints (trust, client certificate, SNI name, ALPN) |
 //! | upstream | `pool.rs`, `pool/`, `route.rs`, `answer.rs` | per-thread upstream connections (plain, or TLS with HTTP/2 or HTTP/1.1 by ALPN), the route table, and the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status) |
 //! | layers | `stack/` | each layer built from its section and composed per route and cluster; `stack/endpoints.rs` is a snapshot's cluster |
 //! | state | `state.rs` | the immutable `Snapshot` swapped on reload, and what outlives reloads |
 //! | connections | `ctx.rs`, `fast/`, `proxy.rs`, `conn.rs` | one client connection: its context, the HTTP/1.1 fast path, the hyper path per request, the connection loop that picks between them |
-//! | serving | `server.rs`, `admin.rs`, `demo.rs`, `runtime.rs` | listeners and accept loops, admin pages, demo upstreams, worker threads |
+//! | serving | `server.rs`, `admin.rs` (`admin/metrics.rs`, `admin/series.rs`, `admin/dashboard.html`), `demo.rs`, `runtime.rs` | listeners and accept loops, admin pages (the Prometheus text, the dashboard and its one-second samples), demo upstreams, worker threads |
 //! | top | `lib.rs`, `cli.rs`, `main.rs` | start, reload and shutdown; the command line; the binary |
 //!
 //! One request, followed through them: `server.rs` accepts the connection and makes its
@@ -78,6 +79,7 @@ mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;
 mod headers;
+mod histogram;
 mod pool;
 mod proxy;
 mod proxy_protocol;
@@ -340,10 +342,10 @@ impl Gateway {
         }
         .map_err(io("worker threads".into()))?;
 
-        let admin = Arc::new(admin::Admin {
-            shared: shared.clone(),
-            demos: demos.iter().map(|(_, d)| d.clone()).collect(),
-        });
+        let admin = Arc::new(admin::Admin::new(
+            shared.clone(),
+            demos.iter().map(|(_, d)| d.clone()).collect(),
+        ));
         let state_admin = admin.clone();
         let watch = path.map(|p| {
             let shared = shared.clone();

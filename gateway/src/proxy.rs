@@ -12,7 +12,7 @@
 //! connections ([`pool`]). A request clones only thread-local or connection-local
 //! `Arc`s, so cores share no reference counts on the hot path.
 
-use super::answer::{Answer, Blame, RespBody, error_response};
+use super::answer::{Answer, Blame, RespBody, error_response, is_rejection};
 use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
 use super::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
@@ -87,7 +87,7 @@ pub(crate) async fn handle(
             req.version(),
         )
     });
-    let (mut resp, upstream) = proxy(&conn, &local, req).await;
+    let (mut resp, upstream) = proxy(&conn, &local, req, start).await;
     guard.done = true;
     // The gateway's own answers carry the request id (an upstream's answer is its own).
     if let (Some((name, value)), None) = (&id, upstream) {
@@ -99,8 +99,9 @@ pub(crate) async fn handle(
     }
     let status = resp.status();
     shared.stats.response(status.as_u16());
-    let micros = start.elapsed().as_micros() as u64;
-    shared.stats.duration_us.add(micros as i64);
+    let elapsed = start.elapsed();
+    shared.stats.duration.record(status.as_u16(), elapsed);
+    let micros = elapsed.as_micros() as u64;
     if let Some((client, method, host, path, version)) = log {
         tracing::info!(
             target: "tollgate::access",
@@ -131,6 +132,7 @@ async fn proxy(
     conn: &ConnCtx,
     local: &Local,
     mut req: Request<Incoming>,
+    start: Instant,
 ) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
     let snap = &local.snap;
     let stats = &conn.shared.stats;
@@ -166,6 +168,24 @@ async fn proxy(
         RouteMatch::NotFound => return answer_locally(Answer::NoRoute, stats),
         RouteMatch::MethodNotAllowed => return answer_locally(Answer::MethodNotAllowed, stats),
     };
+    let out = routed(conn, snap, route, req, h2_websocket).await;
+    snap.route_plans[route]
+        .stats
+        .latency
+        .record(out.0.status().as_u16(), start.elapsed());
+    out
+}
+
+/// Serves a request matched to `route` (its latency is counted by the caller);
+/// `h2_websocket`: it is a WebSocket over HTTP/2, already turned into its handshake's `GET`.
+async fn routed(
+    conn: &ConnCtx,
+    snap: &Snapshot,
+    route: usize,
+    mut req: Request<Incoming>,
+    h2_websocket: bool,
+) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
+    let stats = &conn.shared.stats;
     let cluster: &Arc<Cluster> = &snap.clusters[snap.route_cluster[route]];
     let plan = &snap.route_plans[route];
     // The gateway speaks the WebSocket handshake only to HTTP/1.1 upstreams, and a batch
@@ -287,7 +307,9 @@ async fn proxy(
             UpstreamProtocol::H2c => pool::send_h2(addr, upstream_req, settings).await,
         }
     };
+    let sent = Instant::now();
     let result = tokio::time::timeout(snap.route_timeout[route], send).await;
+    cluster.endpoint_latency(ep_index, addr, sent.elapsed());
     cluster.stats.in_flight.decr();
     let answer = match result {
         Ok(Ok(resp)) => {
@@ -425,6 +447,9 @@ async fn layered(
             (resp, addr)
         }
         Err(e) => {
+            if is_rejection(&e) {
+                plan.stats.rejected.incr();
+            }
             let (resp, blame) = error_response(&e, grpc, stats);
             if blame == Blame::Upstream {
                 cluster.stats.failures.incr();

@@ -12,7 +12,7 @@ use super::stack::batch::BatchRoute;
 use super::stack::cache::RouteCache;
 use super::stack::endpoints::Cluster;
 use super::stack::route::ClusterService;
-use super::stats::Stats;
+use super::stats::{RouteStats, Stats};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::cell::RefCell;
@@ -40,6 +40,8 @@ pub(crate) struct RoutePlan {
     pub batch: Option<Arc<BatchRoute>>,
     /// Identity across reloads: host, path prefix and methods.
     pub key: String,
+    /// Its latency and rejections; kept across reloads with the key.
+    pub stats: Arc<RouteStats>,
 }
 
 impl RoutePlan {
@@ -202,6 +204,7 @@ impl Snapshot {
                 priority: r.priority.as_deref().map(Arc::from),
                 cache,
                 batch,
+                stats: old_plan.map_or_else(Default::default, |p| p.stats.clone()),
                 key,
             });
         }

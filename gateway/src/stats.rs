@@ -1,8 +1,10 @@
 //! Counters on the request path: sharded per core so that workers never share a cache line,
 //! summed only when `/metrics` or `/state` is read.
 
+use super::histogram::{ByClass, Histogram};
 use serde::Serialize;
 use std::sync::OnceLock;
+use tokio::time::Instant;
 use tollgate_core::counter::ShardedCounter;
 
 /// Process-wide counters.
@@ -40,8 +42,8 @@ pub(crate) struct Stats {
     pub body_too_large: ShardedCounter,
     /// Requests refused by a layer: admission, a breaker, a pool limit (503/429/504).
     pub rejected: ShardedCounter,
-    /// Sum of time to response head, microseconds.
-    pub duration_us: ShardedCounter,
+    /// Time to response head by status class, every request (routed or not).
+    pub duration: ByClass,
     /// Config reloads applied.
     pub reloads_ok: ShardedCounter,
     /// Config reloads rejected.
@@ -67,6 +69,16 @@ pub(crate) struct ClusterStats {
     pub in_flight: ShardedCounter,
 }
 
+/// Figures of one route; kept across reloads while the route keeps its key, dropped (with
+/// their metric series) when a reload removes the route.
+#[derive(Debug, Default)]
+pub(crate) struct RouteStats {
+    /// Time to response head by status class.
+    pub latency: ByClass,
+    /// Requests refused by a layer on the way (admission, breaker, pool limit).
+    pub rejected: ShardedCounter,
+}
+
 /// Counters of one endpoint; kept across reloads and re-resolution while its address stays.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointStats {
@@ -74,6 +86,8 @@ pub(crate) struct EndpointStats {
     pub requests: ShardedCounter,
     /// Requests that failed (upstream error or 5xx).
     pub failures: ShardedCounter,
+    /// Time from sending to the endpoint to its response head (or failure).
+    pub latency: Histogram,
 }
 
 /// A serializable copy of [`Stats`] for `/state`.
@@ -134,20 +148,10 @@ impl Stats {
     }
 }
 
-/// The Prometheus recorder and its handle. The recorder is never installed globally: the
-/// counters are written into it, under `metrics::with_local_recorder`, each time `/metrics` is
-/// rendered, so an embedding program's own global recorder is left alone.
-pub(crate) fn prometheus() -> &'static (
-    metrics_exporter_prometheus::PrometheusRecorder,
-    metrics_exporter_prometheus::PrometheusHandle,
-) {
-    static EXPORTER: OnceLock<(
-        metrics_exporter_prometheus::PrometheusRecorder,
-        metrics_exporter_prometheus::PrometheusHandle,
-    )> = OnceLock::new();
-    EXPORTER.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        (recorder, handle)
-    })
+/// Milliseconds since this process first asked: a clock for stamping rare events (a breaker's
+/// state change) that `/state` shows beside its own `clock_ms`, so a reader can tell how long
+/// ago they were without a wall clock.
+pub(crate) fn clock_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
 }

@@ -38,7 +38,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../../tollgate.toml");
 pub struct Config {
     /// Process-wide settings: runtime mode, worker count, drain deadline.
     pub server: ServerConfig,
-    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/config`, `/state`).
+    /// The admin listener (the dashboard at `/`, `/metrics`, `/series`, `/healthz`, `/readyz`,
+    /// `/config`, `/state`).
     pub admin: AdminConfig,
     /// Logging and the access log.
     pub log: LogConfig,

@@ -58,6 +58,8 @@ pub(super) struct Done {
     pub(super) head_at: usize,
     pub(super) start: Instant,
     pub(super) upstream: Option<SocketAddr>,
+    /// The route it matched, whose latency it counts in.
+    pub(super) route: Option<usize>,
     /// The request's id, on the answer and in the log line.
     pub(super) id: Id,
 }
@@ -88,10 +90,12 @@ pub(super) async fn answer_and_log(
     )
     .await;
     let stats = &ctx.shared.stats;
-    stats
-        .duration_us
-        .add(done.start.elapsed().as_micros() as i64);
     let status = local.status().as_u16();
+    let elapsed = done.start.elapsed();
+    stats.duration.record(status, elapsed);
+    if let Some(plan) = done.route.and_then(|r| snap.route_plans.get(r)) {
+        plan.stats.latency.record(status, elapsed);
+    }
     let bytes = &b.cin.data[done.head_at..];
     log_access(ctx, snap, bytes, head, status, &done);
     next

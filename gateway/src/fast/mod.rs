@@ -476,6 +476,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                 head_at,
                 start,
                 upstream: None,
+                route: None,
                 id: id_of(&head, &b.cin.data[head_at..]),
             };
             return answer_and_log(client, ctx, b, snap, &head, local, close, unread, done).await;
@@ -512,10 +513,12 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         date: date::value(start),
     };
     let deadline = start + snap.route_timeout[target.route];
+    let sent = Instant::now();
     let failure = match tokio::time::timeout_at(deadline, exchange.run(b)).await {
         Ok(done) => done,
         Err(_elapsed) => Failure::Timeout,
     };
+    cluster.endpoint_latency(target.endpoint, addr, sent.elapsed());
     let (mut up, resp) = match failure {
         Failure::Answered(up, resp) => (up, resp),
         failed => {
@@ -536,6 +539,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                 head_at,
                 start,
                 upstream: Some(addr),
+                route: Some(target.route),
                 id: id_of(&head, &b.cin.data[head_at..]),
             };
             return answer_and_log(client, ctx, b, snap, &head, failed, close, false, done).await;
@@ -543,7 +547,12 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
     };
     in_flight.end();
     stats.response(resp.status);
-    stats.duration_us.add(start.elapsed().as_micros() as i64);
+    let elapsed = start.elapsed();
+    stats.duration.record(resp.status, elapsed);
+    snap.route_plans[target.route]
+        .stats
+        .latency
+        .record(resp.status, elapsed);
     if resp.status >= 500 {
         cluster.stats.failures.incr();
         cluster.endpoint_failed(target.endpoint, addr);
@@ -552,6 +561,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         head_at,
         start,
         upstream: Some(addr),
+        route: Some(target.route),
         id: id_of(&head, &b.cin.data[head_at..]),
     };
     log_access(ctx, snap, &b.cin.data[head_at..], &head, resp.status, &done);

@@ -31,6 +31,7 @@ mod ticket;
 pub(crate) use crate::config::admission::AdmissionSection;
 
 use crate::config::ConfigError;
+use crate::histogram::{Histogram, HistogramSnapshot};
 use http::Request;
 use std::future::Future;
 use std::net::IpAddr;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use ticket::Rules;
+use tokio::time::Instant;
 use tollgate_admission::{AdmissionHandle, AdmissionLayer, Prioritize, Reason, Ticket};
 use tollgate_core::BoxError;
 use tollgate_core::error::DeadlineExceeded;
@@ -56,6 +58,8 @@ pub(crate) struct AdmitCtx {
 struct Admit<R> {
     req: R,
     ticket: Ticket,
+    /// When it reached the layer: the queue wait ends when the layer calls [`Unwrap`].
+    arrived: Instant,
 }
 
 /// The layer's prioritizer: the ticket was decided before the call and travels with it.
@@ -69,9 +73,10 @@ impl<R> Prioritize<Admit<R>> for Carried {
     }
 }
 
-/// Sends the request of an [`Admit`] on to the inner service.
+/// Sends the request of an [`Admit`] on to the inner service, counting how long it waited in
+/// `waits` (one histogram per class).
 #[derive(Debug, Clone)]
-struct Unwrap<S>(S);
+struct Unwrap<S>(S, Arc<[Histogram]>);
 
 impl<S: Service<R>, R> Service<Admit<R>> for Unwrap<S> {
     type Response = S::Response;
@@ -85,6 +90,9 @@ impl<S: Service<R>, R> Service<Admit<R>> for Unwrap<S> {
 
     #[inline]
     fn call(&mut self, a: Admit<R>) -> S::Future {
+        if let Some(h) = self.1.get(a.ticket.class) {
+            h.record(a.arrived.elapsed());
+        }
         self.0.call(a.req)
     }
 }
@@ -97,6 +105,8 @@ pub(crate) struct AdmissionPolicy {
     rules: Rules,
     layer: AdmissionLayer<Carried>,
     handle: AdmissionHandle,
+    /// Queue wait (arrival to admission) per class, by class index.
+    waits: Arc<[Histogram]>,
 }
 
 impl AdmissionPolicy {
@@ -124,6 +134,7 @@ impl AdmissionPolicy {
             rules,
             handle: layer.handle(),
             layer,
+            waits: section.classes.iter().map(|_| Histogram::new()).collect(),
         }))
     }
 
@@ -161,8 +172,12 @@ impl AdmissionPolicy {
         let deadline = ticket.deadline;
         let fut = self
             .layer
-            .layer(Unwrap(inner))
-            .oneshot(Admit { req, ticket });
+            .layer(Unwrap(inner, self.waits.clone()))
+            .oneshot(Admit {
+                req,
+                ticket,
+                arrived: Instant::now(),
+            });
         async move {
             match deadline {
                 None => fut.await,
@@ -246,6 +261,46 @@ impl AdmissionPolicy {
             }
         }
     }
+}
+
+impl AdmissionPolicy {
+    /// Queue-wait histograms, as `(class name, snapshot)` in class order.
+    pub(crate) fn queue_waits(&self) -> Vec<(&str, HistogramSnapshot)> {
+        self.section
+            .classes
+            .iter()
+            .zip(self.waits.iter())
+            .map(|(c, h)| (c.name.as_str(), h.snapshot()))
+            .collect()
+    }
+
+    /// Admitted, rejected and shed totals per class, in class order (for `/series`).
+    pub(crate) fn class_totals(&self) -> Vec<ClassCounts> {
+        self.handle
+            .snapshot()
+            .classes
+            .iter()
+            .map(|c| ClassCounts {
+                name: c.name.to_string(),
+                admitted: c.admitted,
+                rejected: Reason::ALL.iter().map(|r| c.rejected(*r)).sum(),
+                shed: c.rejected(Reason::Shed),
+            })
+            .collect()
+    }
+}
+
+/// One class's totals since the policy was built.
+#[derive(Debug, Clone)]
+pub(crate) struct ClassCounts {
+    /// The class's name.
+    pub name: String,
+    /// Requests admitted.
+    pub admitted: u64,
+    /// Requests rejected, for any reason.
+    pub rejected: u64,
+    /// Of those, shed for a higher class.
+    pub shed: u64,
 }
 
 /// A rejection reason as a metric label or JSON key.

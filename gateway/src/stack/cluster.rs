@@ -12,7 +12,7 @@ use super::{UpRequest, UpResponse};
 use crate::config::retry::RetrySection;
 use crate::config::{ClusterConfig, ConfigError, UpstreamProtocol};
 use crate::pool::{Settings, SharedSettings};
-use crate::stats::EndpointStats;
+use crate::stats::{EndpointStats, clock_ms};
 use crate::tls::upstream::ClusterTls;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,20 @@ pub(crate) type ClusterSvc = Either<Breaker<Pooled, Cls>, Pooled>;
 
 pub(crate) use crate::config::cluster::{BalanceConfig, BreakerConfig, HealthCheck, PoolConfig};
 use crate::config::cluster::{layer_error, named};
+
+/// A breaker state change, as the dashboard shows it.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    from: tollgate_breaker::State,
+    to: tollgate_breaker::State,
+    /// When, on [`clock_ms`]'s scale: a fixed value, so that a kept stack's `/state` stays
+    /// equal to itself (the page subtracts it from the document's `clock_ms`).
+    at_ms: u64,
+}
+
+fn state_name(s: tollgate_breaker::State) -> String {
+    format!("{s:?}").to_lowercase()
+}
 
 /// What decides whether a built stack can be kept across a reload: every setting it was built
 /// from.
@@ -66,6 +80,8 @@ pub(crate) struct ClusterLayers {
     endpoint_breakers: Mutex<Vec<(SocketAddr, BreakerHandle)>>,
     limiter: Option<Limiter>,
     retry: Option<RetryPolicy>,
+    /// The cluster breaker's last state change (written by its callback, rare).
+    last_change: Arc<Mutex<Option<Change>>>,
     health: Mutex<Option<tokio::task::JoinHandle<()>>>,
     settings: Arc<SharedSettings>,
     tls: Option<Arc<ClusterTls>>,
@@ -122,11 +138,21 @@ impl ClusterLayers {
             }
             None => (Either::Right(balanced), None),
         };
+        let last_change: Arc<Mutex<Option<Change>>> = Arc::default();
         let (svc, breaker) = match &key.breaker {
             Some(b) => {
+                let last = last_change.clone();
                 let layer = BreakerLayer::new(named(b, &cc.name))
                     .map_err(|e| layer_err("breaker", e))?
-                    .with_classifier(Cls::default());
+                    .with_classifier(Cls::default())
+                    .on_state_change(move |c| {
+                        let change = Change {
+                            from: c.from,
+                            to: c.to,
+                            at_ms: clock_ms(),
+                        };
+                        *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(change);
+                    });
                 let handle = layer.handle();
                 (Either::Left(layer.layer(pooled)), Some(handle))
             }
@@ -142,6 +168,7 @@ impl ClusterLayers {
             endpoint_breakers: Mutex::new(Vec::new()),
             limiter,
             retry,
+            last_change,
             health: Mutex::new(None),
             settings: Arc::new(SharedSettings::new(settings)),
             tls,
@@ -249,8 +276,14 @@ impl ClusterLayers {
             },
             "breaker": self.breaker.as_ref().map(|h| {
                 let s = h.snapshot();
+                let last = *self.last_change.lock().unwrap_or_else(|p| p.into_inner());
                 serde_json::json!({
-                    "state": format!("{:?}", s.state).to_lowercase(),
+                    "state": state_name(s.state),
+                    "last_change": last.map(|c| serde_json::json!({
+                        "from": state_name(c.from),
+                        "to": state_name(c.to),
+                        "at_ms": c.at_ms,
+                    })),
                     "failure_rate": s.failure_rate,
                     "slow_call_rate": s.slow_call_rate,
                     "calls": s.calls,

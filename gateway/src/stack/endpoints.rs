@@ -155,6 +155,15 @@ impl Cluster {
         Some((i, eps[i].addr))
     }
 
+    /// Counts an exchange's time against the endpoint picked as `(index, addr)`, if it is still
+    /// there.
+    pub(crate) fn endpoint_latency(&self, index: usize, addr: SocketAddr, took: Duration) {
+        let eps = self.endpoints.load();
+        if let Some(e) = eps.get(index).filter(|e| e.addr == addr) {
+            e.stats.latency.record(took);
+        }
+    }
+
     /// Counts a failure against the endpoint picked as `(index, addr)`, if it is still there.
     pub(crate) fn endpoint_failed(&self, index: usize, addr: SocketAddr) {
         let eps = self.endpoints.load();

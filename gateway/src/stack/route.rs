@@ -57,11 +57,13 @@ impl Service<UpRequest> for ClusterService {
                     cluster.tls.clone(),
                     Arc::new(SharedSettings::from(*settings)),
                     None,
-                    // `pick` counted the request, `endpoint_failed` counts a failure.
+                    // `pick` counted the request, `endpoint_failed` a failure, `endpoint_latency` its time.
                     None,
                 );
                 Box::pin(async move {
+                    let start = tokio::time::Instant::now();
                     let result = up.oneshot(req).await;
+                    cluster.endpoint_latency(index, addr, start.elapsed());
                     let failed = match &result {
                         Ok(r) => r.status().is_server_error(),
                         Err(_) => true,

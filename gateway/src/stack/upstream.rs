@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio::time::Instant;
 use tollgate_core::BoxError;
 use tower::Service;
 
@@ -85,6 +86,7 @@ impl Service<UpRequest> for Upstream {
             s.requests.incr();
         }
         let stats = self.stats.clone();
+        let start = Instant::now();
         let mut settings = self.settings.load();
         if let Some(l) = &self.limiter {
             settings.max_idle = l.limit().max(1);
@@ -103,7 +105,7 @@ impl Service<UpRequest> for Upstream {
                         std::io::ErrorKind::AddrNotAvailable.into(),
                     )),
                 };
-                answered(sent, addr, stats.as_deref())
+                answered(sent, addr, stats.as_deref(), start)
             });
         }
         match self.protocol {
@@ -117,7 +119,7 @@ impl Service<UpRequest> for Upstream {
                     } else {
                         pool::send_h1(addr, req, settings).await
                     };
-                    answered(sent, addr, stats.as_deref())
+                    answered(sent, addr, stats.as_deref(), start)
                 })
             }
             UpstreamProtocol::H2c => {
@@ -135,20 +137,24 @@ impl Service<UpRequest> for Upstream {
                 let req = Request::from_parts(parts, body);
                 Box::pin(async move {
                     let sent = pool::send_h2(addr, req, settings).await;
-                    answered(sent, addr, stats.as_deref())
+                    answered(sent, addr, stats.as_deref(), start)
                 })
             }
         }
     }
 }
 
-/// Counts an upstream failure or 5xx against the endpoint, and marks an answer with the
+/// Counts the exchange's time and an upstream failure or 5xx against the endpoint, and marks an answer with the
 /// address it came from.
 fn answered(
     sent: Result<UpResponse, pool::UpstreamError>,
     addr: SocketAddr,
     stats: Option<&EndpointStats>,
+    start: Instant,
 ) -> Result<UpResponse, BoxError> {
+    if let Some(s) = stats {
+        s.latency.record(start.elapsed());
+    }
     match sent {
         Ok(mut resp) => {
             if let Some(s) = stats.filter(|_| resp.status().is_server_error()) {
