@@ -15,84 +15,16 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::time::Instant;
 use tollgate_core::BoxError;
 use tollgate_core::counter::ShardedCounter;
 use tollgate_core::error::find_cause;
+use tollgate_retry::{Budget, BudgetConfig};
 use tower::{Service, ServiceExt};
 
-/// Seconds the budget looks back.
-const WINDOW_S: u64 = 10;
-
-#[derive(Debug, Default)]
-struct Slot {
-    second: AtomicU64,
-    requests: AtomicU64,
-    retries: AtomicU64,
-}
-
-/// The retry budget: requests and retries per second over the last [`WINDOW_S`] seconds.
-#[derive(Debug)]
-struct Budget {
-    start: Instant,
-    percent: f64,
-    floor_per_s: u64,
-    slots: [Slot; WINDOW_S as usize],
-}
-
-impl Budget {
-    fn second(&self) -> u64 {
-        // Seconds since start, from 1 so that a zeroed slot is never "current".
-        self.start.elapsed().as_secs() + 1
-    }
-
-    fn slot(&self, now: u64) -> &Slot {
-        let slot = &self.slots[(now % WINDOW_S) as usize];
-        // Relaxed throughout: the budget is a rate estimate; a count landing in a slot that is
-        // being recycled only nudges it.
-        let seen = slot.second.load(Ordering::Relaxed);
-        if seen != now
-            && slot
-                .second
-                .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            slot.requests.store(0, Ordering::Relaxed);
-            slot.retries.store(0, Ordering::Relaxed);
-        }
-        slot
-    }
-
-    fn deposit(&self) {
-        // Relaxed: see `slot`.
-        self.slot(self.second())
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn withdraw(&self) -> bool {
-        let now = self.second();
-        let (mut requests, mut retries) = (0u64, 0u64);
-        for s in &self.slots {
-            // Relaxed: see `slot`.
-            let sec = s.second.load(Ordering::Relaxed);
-            if sec + WINDOW_S > now && sec <= now {
-                requests += s.requests.load(Ordering::Relaxed);
-                retries += s.retries.load(Ordering::Relaxed);
-            }
-        }
-        let allowed = self.floor_per_s * WINDOW_S + (requests as f64 * self.percent / 100.0) as u64;
-        if retries < allowed {
-            // Relaxed: see `slot`.
-            self.slot(now).retries.fetch_add(1, Ordering::Relaxed);
-            true
-        } else {
-            false
-        }
-    }
-}
+/// How far back the budget looks: the retries of the last ten seconds against the requests of
+/// those ten seconds.
+const WINDOW: Duration = Duration::from_secs(10);
 
 /// A cluster's retry policy and budget, shared by every request to it.
 #[derive(Debug, Clone)]
@@ -117,6 +49,17 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
+/// tollgate-retry's budget (a ratio of the requests plus a floor per second, over
+/// [`WINDOW`], deposits sharded per core): the same budget a library user stacks with
+/// `RetryLayer`.
+fn budget(percent: f64, floor_per_s: u32) -> Budget {
+    Budget::new(&BudgetConfig {
+        ratio: percent / 100.0,
+        min_per_second: floor_per_s,
+        window: WINDOW,
+    })
+}
+
 impl RetryPolicy {
     /// The policy of `section`, with an empty budget.
     pub(crate) fn new(section: &RetrySection) -> Self {
@@ -124,12 +67,7 @@ impl RetryPolicy {
             inner: Arc::new(Inner {
                 per_try: (section.per_try_timeout_ms > 0)
                     .then(|| Duration::from_millis(section.per_try_timeout_ms)),
-                budget: Budget {
-                    start: Instant::now(),
-                    percent: section.budget_percent,
-                    floor_per_s: u64::from(section.budget_min_per_s),
-                    slots: Default::default(),
-                },
+                budget: budget(section.budget_percent, section.budget_min_per_s),
                 section: section.clone(),
                 retries: ShardedCounter::default(),
                 exhausted: ShardedCounter::default(),
@@ -206,7 +144,7 @@ impl RetryPolicy {
             *again.headers_mut() = parts.headers.clone();
             let result = self.try_once(svc.clone(), again).await;
             if tries < self.inner.section.attempts && self.wants_retry(&result) {
-                if self.inner.budget.withdraw() {
+                if self.inner.budget.try_withdraw() {
                     tries += 1;
                     self.inner.retries.incr();
                     continue;
@@ -246,35 +184,26 @@ impl RetryPolicy {
 mod tests {
     use super::*;
 
-    fn budget(percent: f64, floor_per_s: u64) -> Budget {
-        Budget {
-            start: Instant::now(),
-            percent,
-            floor_per_s,
-            slots: Default::default(),
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn retries_stay_within_the_share_of_requests() {
         let b = budget(20.0, 0);
-        assert!(!b.withdraw(), "no requests, no floor: no retries");
+        assert!(!b.try_withdraw(), "no requests, no floor: no retries");
         for _ in 0..100 {
             b.deposit();
         }
-        let allowed = (0..50).filter(|_| b.withdraw()).count();
+        let allowed = (0..50).filter(|_| b.try_withdraw()).count();
         assert_eq!(allowed, 20);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_floor_allows_retries_on_a_quiet_cluster_and_old_counts_expire() {
         let b = budget(20.0, 1);
-        let allowed = (0..50).filter(|_| b.withdraw()).count();
+        let allowed = (0..50).filter(|_| b.try_withdraw()).count();
         assert_eq!(allowed, 10, "one per second over the ten-second window");
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(!b.withdraw(), "the window still holds the ten retries");
+        assert!(!b.try_withdraw(), "the window still holds the ten retries");
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert!(b.withdraw(), "they have aged out");
+        assert!(b.try_withdraw(), "they have aged out");
     }
 
     #[test]
