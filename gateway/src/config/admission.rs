@@ -1,4 +1,10 @@
 //! `[[admission]]`: the policy's section, its parts and their validation.
+//!
+//! Unlike the cluster sections (which are the layers' own configs), this one is the gateway's:
+//! it holds what only an HTTP gateway has (the class header, client CIDR classes, the deadline
+//! header and `grpc-timeout`, the rate limit's key) beside tollgate-admission's settings, and
+//! builds an `AdmissionConfig` from them, whose `validate` still decides (its field named
+//! under `admission[i]`).
 
 use super::error::ConfigError;
 use http::HeaderName;

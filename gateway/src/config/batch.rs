@@ -1,4 +1,8 @@
 //! `[routes.batch]`: the batch route's settings and their validation.
+//!
+//! The gateway's own section, not tollgate-batch's `BatchConfig`: a batch route also names the
+//! upstream path its JSON arrays go to and the body and answer limits; it builds a
+//! `BatchConfig` whose `validate` still decides.
 
 use super::error::ConfigError;
 use http::Uri;

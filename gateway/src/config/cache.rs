@@ -1,4 +1,9 @@
 //! `[routes.cache]` and `[routes.cache.redis]`: plain data, checked once.
+//!
+//! The gateway's own section, not tollgate-cache's `CacheConfig`: an HTTP cache also needs the
+//! response body limits, `Vary` fields and the origin timeout, and sizes its tiers in entries
+//! and bytes; it builds a `CacheConfig` (and a Redis `RedisConfig`) whose `validate` still
+//! decides.
 
 use super::error::ConfigError;
 use http::header::HeaderName;

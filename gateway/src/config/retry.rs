@@ -1,5 +1,9 @@
 //! `[clusters.retry]`: how many tries, each try's timeout, the retry budget and which failures
-//! are retried. The retries themselves are `stack::retry`.
+//! are retried. The retries themselves are `stack::retry`, spending tollgate-retry's `Budget`.
+//!
+//! The gateway's own section, not tollgate-retry's `RetryConfig`: which HTTP failures are worth
+//! another try (`retry_on`) and the per-try timeout are the gateway's; hedging is not offered
+//! here yet.
 
 use super::error::ConfigError;
 use serde::{Deserialize, Serialize};
