@@ -197,6 +197,13 @@ for t in $TARGETS; do
   printf '%-13s %10.0f req/s  mean %6.0f us  max %7.0f us  cpu %6.1f us/req\n' \
     "$t" "${MED[$t,2]}" "${MED[$t,3]}" "${MED[$t,4]}" "${MED[$t,5]}"
 done
+# The medians as a chart (gateway/benches/chart.py), beside the printed table.
+CHART_DIR=${CHART_DIR:-target/bench}
+mkdir -p "$CHART_DIR"
+for t in $TARGETS; do echo "$t ${MED[$t,2]}"; done |
+  python3 "$(dirname "$0")/chart.py" --title "HTTP/2 proxy, requests per second (medians)" --unit "req/s" \
+    --note "$(basename "$0"), $ROUNDS rounds, $(nproc) cores" >"$CHART_DIR/h2.svg" &&
+  echo "chart: $CHART_DIR/h2.svg"
 has() { [[ " $TARGETS " == *" $1 "* ]]; }
 for pair in "gateway nginx" "gateway haproxy" "gateway-post nginx-post" "gateway-post haproxy-post"; do
   read -r a b <<<"$pair"

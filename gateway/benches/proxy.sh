@@ -225,6 +225,13 @@ for t in $TARGETS; do
   printf '%-13s %10.0f rps  p50 %6.0f us  p99 %6.0f us  p99.9 %6.0f us  cpu %6.1f us/req\n' \
     "$t" "${MED[$t,2]}" "${MED[$t,3]}" "${MED[$t,4]}" "${MED[$t,5]}" "${MED[$t,6]}"
 done
+# The medians as a chart (gateway/benches/chart.py), beside the printed table.
+CHART_DIR=${CHART_DIR:-target/bench}
+mkdir -p "$CHART_DIR"
+for t in $TARGETS; do echo "$t ${MED[$t,2]}"; done |
+  python3 "$(dirname "$0")/chart.py" --title "HTTP/1.1 proxy, requests per second (medians)" --unit "rps" \
+    --note "$(basename "$0"), $ROUNDS rounds, $(nproc) cores" >"$CHART_DIR/proxy.svg" &&
+  echo "chart: $CHART_DIR/proxy.svg"
 has() { [[ " $TARGETS " == *" $1 "* ]]; }
 if has gateway && has nginx; then
   awk -v gr="${MED[gateway,2]}" -v nr="${MED[nginx,2]}" -v g99="${MED[gateway,4]}" -v n99="${MED[nginx,4]}" \
