@@ -201,7 +201,7 @@ done
 CHART_DIR=${CHART_DIR:-target/bench}
 mkdir -p "$CHART_DIR"
 for t in $TARGETS; do echo "$t ${MED[$t,2]}"; done |
-  python3 "$(dirname "$0")/chart.py" --title "HTTP/2 proxy, requests per second (medians)" --unit "req/s" \
+  python3 gateway/benches/chart.py --title "HTTP/2 proxy, requests per second (medians)" --unit "req/s" \
     --note "$(basename "$0"), $ROUNDS rounds, $(nproc) cores" >"$CHART_DIR/h2.svg" &&
   echo "chart: $CHART_DIR/h2.svg"
 has() { [[ " $TARGETS " == *" $1 "* ]]; }

@@ -229,7 +229,7 @@ done
 CHART_DIR=${CHART_DIR:-target/bench}
 mkdir -p "$CHART_DIR"
 for t in $TARGETS; do echo "$t ${MED[$t,2]}"; done |
-  python3 "$(dirname "$0")/chart.py" --title "HTTP/1.1 proxy, requests per second (medians)" --unit "rps" \
+  python3 gateway/benches/chart.py --title "HTTP/1.1 proxy, requests per second (medians)" --unit "rps" \
     --note "$(basename "$0"), $ROUNDS rounds, $(nproc) cores" >"$CHART_DIR/proxy.svg" &&
   echo "chart: $CHART_DIR/proxy.svg"
 has() { [[ " $TARGETS " == *" $1 "* ]]; }
