@@ -93,7 +93,7 @@ pub trait CachePolicyFor<Req, Res>: CachePolicy {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tollgate_cache::policy::{Cacheability, FnPolicy, Freshness};
+/// use tollgate_cache::{Cacheability, FnPolicy, Freshness};
 /// let policy = FnPolicy::new(
 ///     |req: &u64| Some(*req),
 ///     |res: &String| {
