@@ -5,41 +5,12 @@
 //! compare-and-swap when nobody waits, and lets a finishing request hand its slot straight to
 //! the highest waiting class when somebody does. A [`Capacity`] only says how many may be in
 //! flight ([`Capacity::limit`], read on every admission) and learns from each finished request
-//! ([`Capacity::on_release`]), which is all an adaptive limit (tollgate-pool's) needs.
+//! ([`Capacity::on_release`]), which is all an adaptive limit (tollgate-pool's) needs. The
+//! trait lives in tollgate-core, so that tollgate-pool implements it for its `Limiter` without
+//! either crate depending on the other.
 
-use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-use tollgate_core::Outcome;
-
-/// A source of the concurrency limit.
-///
-/// The admission layer counts requests in flight itself, in one atomic word that also says
-/// whether anyone is queued: that is what lets a request take a slot with a single
-/// compare-and-swap when nobody waits, and lets a finishing request hand its slot straight to
-/// the highest waiting class when somebody does. A `Capacity` only says how many may be in
-/// flight ([`limit`](Self::limit), read on every admission) and learns from each finished
-/// request ([`on_release`](Self::on_release)), which is all an adaptive limit needs.
-///
-/// A limit that grows is noticed when the next request finishes, or at once through
-/// [`AdmissionHandle::capacity_changed`](crate::AdmissionHandle::capacity_changed).
-pub trait Capacity: Send + Sync + fmt::Debug + 'static {
-    /// The most requests that may be in flight now; at least 1 is assumed.
-    fn limit(&self) -> usize;
-
-    /// Whether [`on_release`](Self::on_release) wants each request's latency. Measuring it
-    /// reads the clock twice per request. Default `false`.
-    fn wants_latency(&self) -> bool {
-        false
-    }
-
-    /// An admitted request finished: its time in service (when
-    /// [`wants_latency`](Self::wants_latency)) and outcome (`Ignored` when its future was
-    /// dropped). Default: nothing.
-    fn on_release(&self, latency: Option<Duration>, outcome: Outcome) {
-        let _ = (latency, outcome);
-    }
-}
+pub use tollgate_core::capacity::{Capacity, Slot};
 
 /// A limit that changes only when told to.
 #[derive(Debug)]
@@ -75,6 +46,7 @@ impl Capacity for FixedLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_core::Outcome;
 
     #[test]
     fn a_fixed_limit_is_at_least_one() {
@@ -83,6 +55,6 @@ mod tests {
         l.set(7);
         assert_eq!(l.limit(), 7);
         assert!(!l.wants_latency());
-        l.on_release(None, Outcome::Success);
+        l.on_release(Slot::EMPTY, None, Outcome::Success);
     }
 }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
-use tollgate_core::Outcome;
+
 use tollgate_core::counter::{shard_count, shard_index};
 use tollgate_core::ewma::AtomicEwma;
 
@@ -45,21 +45,6 @@ const LATENCY_ALPHA: f64 = 0.1;
 pub(crate) enum LimitSource {
     Fixed(usize),
     Dynamic(Arc<dyn Capacity>),
-    /// tollgate-pool's adaptive limit; each admitted request also holds one of its permits.
-    #[cfg(feature = "pool")]
-    Pool(tollgate_pool::Limiter),
-}
-
-/// tollgate-pool's limit as a [`Capacity`]; the samples reach it through its permits.
-#[cfg(feature = "pool")]
-#[derive(Debug)]
-struct PoolLimit(tollgate_pool::Limiter);
-
-#[cfg(feature = "pool")]
-impl Capacity for PoolLimit {
-    fn limit(&self) -> usize {
-        self.0.limit()
-    }
 }
 
 #[derive(Debug)]
@@ -84,7 +69,7 @@ pub(crate) struct Hot {
 #[derive(Debug)]
 pub(crate) struct Controller {
     pub(crate) hot: CachePadded<Hot>,
-    dynamic: Option<Arc<dyn Capacity>>,
+    pub(crate) dynamic: Option<Arc<dyn Capacity>>,
     wants_latency: bool,
     pub(crate) classes: Box<[ClassInfo]>,
     /// Whether any class has a reservation, so `class_in_flight` must be kept.
@@ -96,9 +81,6 @@ pub(crate) struct Controller {
     pub(crate) max_queued: usize,
     pub(crate) slow: Mutex<Slow>,
     pub(crate) rate: Option<LocalLimiter>,
-    /// tollgate-pool's limiter, when it gives the limit.
-    #[cfg(feature = "pool")]
-    pub(crate) pool: Option<tollgate_pool::Limiter>,
     #[cfg(feature = "redis")]
     pub(crate) remote: Option<crate::remote::RemoteLimiter>,
     pub(crate) throttle: Option<Throttle>,
@@ -108,16 +90,9 @@ impl Controller {
     /// Builds the state for a validated config.
     pub(crate) fn new(config: &AdmissionConfig, limit: LimitSource) -> Self {
         let n = config.classes.len();
-        #[cfg(feature = "pool")]
-        let pool = match &limit {
-            LimitSource::Pool(l) => Some(l.clone()),
-            _ => None,
-        };
         let (fixed, dynamic) = match limit {
             LimitSource::Fixed(n) => (n, None),
             LimitSource::Dynamic(c) => (1, Some(c)),
-            #[cfg(feature = "pool")]
-            LimitSource::Pool(l) => (1, Some(Arc::new(PoolLimit(l)) as Arc<dyn Capacity>)),
         };
         Self {
             hot: CachePadded::new(Hot {
@@ -126,8 +101,6 @@ impl Controller {
             }),
             wants_latency: dynamic.as_ref().is_some_and(|c| c.wants_latency()),
             dynamic,
-            #[cfg(feature = "pool")]
-            pool,
             classes: config
                 .classes
                 .iter()
@@ -303,9 +276,6 @@ pub(crate) struct Flags {
     pub(crate) last_class: usize,
     /// Some class keeps headroom.
     pub(crate) headroom: bool,
-    /// The limit is tollgate-pool's: admitted requests take a pool permit too.
-    #[cfg(feature = "pool")]
-    pub(crate) pool: bool,
     /// The rate limit lives in Redis.
     #[cfg(feature = "redis")]
     pub(crate) remote: bool,
@@ -359,7 +329,8 @@ impl Shard {
 
     /// Gives back a slot taken by `try_fast` or granted from a queue.
     #[inline]
-    pub(crate) fn release(&self, class: usize, started: Option<Instant>, outcome: Outcome) {
+    /// Gives a slot back; `now` when the caller already read the clock (it timed the call).
+    pub(crate) fn release(&self, class: usize, started: Option<Instant>, now: Option<Instant>) {
         let ctrl = &*self.ctrl;
         if self.flags.track {
             // Relaxed: see `try_fast`.
@@ -367,18 +338,18 @@ impl Shard {
         }
         // Relaxed: see the ground rules.
         let prev = ctrl.hot.word.fetch_sub(1, Ordering::Relaxed);
-        if prev & WAITERS == 0 && started.is_none() && !self.flags.dynamic {
+        if prev & WAITERS == 0 && started.is_none() {
             return;
         }
-        ctrl.released(prev & WAITERS != 0, started, outcome);
+        ctrl.released(prev & WAITERS != 0, started, now);
     }
 }
 
 impl Controller {
-    /// The slow part of a release: dispatch to waiters, learn the latency, tell the capacity.
+    /// The slow part of a release: dispatch to waiters, learn the latency.
     #[cold]
-    fn released(&self, waiters: bool, started: Option<Instant>, outcome: Outcome) {
-        let now = (waiters || started.is_some()).then(Instant::now);
+    fn released(&self, waiters: bool, started: Option<Instant>, now: Option<Instant>) {
+        let now = now.or_else(|| (waiters || started.is_some()).then(Instant::now));
         if let Some(now) = now
             && waiters
         {
@@ -390,9 +361,6 @@ impl Controller {
             .map(|(s, n)| n.saturating_duration_since(s));
         if let Some(l) = latency {
             self.latency_ns.update(l.as_nanos() as f64, LATENCY_ALPHA);
-        }
-        if let Some(c) = &self.dynamic {
-            c.on_release(latency, outcome);
         }
     }
 }
@@ -431,8 +399,6 @@ impl Shards {
                         throttle: ctrl.throttle.is_some(),
                         last_class: n - 1,
                         headroom: ctrl.classes.iter().any(|c| c.headroom_above > 0),
-                        #[cfg(feature = "pool")]
-                        pool: ctrl.pool.is_some(),
                         #[cfg(feature = "redis")]
                         remote: ctrl.remote.is_some(),
                     },

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::time::{Instant, Sleep};
+use tollgate_core::capacity::Slot;
 use tollgate_core::error::{Overloaded, RateLimited, is_caused_by};
 use tollgate_core::{BoxError, Outcome};
 use tower_service::Service;
@@ -20,50 +21,34 @@ pub(crate) struct Permit {
     class: usize,
     started: Option<Instant>,
     outcome: Outcome,
-    /// tollgate-pool's permit, timing the call for its algorithm (feature `pool`).
-    #[cfg(feature = "pool")]
-    pool: Option<tollgate_pool::Permit>,
+    /// What a dynamic capacity took when the request started (a tollgate-pool permit's
+    /// worth, for instance), handed back when it ends.
+    slot: Slot,
+    /// It ended with an outcome (otherwise it was dropped: cancelled).
+    finished: bool,
 }
 
 impl Permit {
     #[inline]
     pub(crate) fn new(ctrl: ShardRef, class: usize, started: Option<Instant>) -> Self {
-        #[cfg(feature = "pool")]
-        let pool = if ctrl.flags.pool {
-            // The pool counts what it lends, and the admission layer admits no more than the
-            // pool's limit, so a permit is normally free; without one the call is not timed.
-            ctrl.pool
-                .as_ref()
-                .and_then(|l| l.try_acquire())
-                .map(|mut p| {
-                    p.start();
-                    p
-                })
-        } else {
-            None
+        let slot = match ctrl.dynamic.as_ref() {
+            Some(c) if ctrl.flags.dynamic => c.on_start(),
+            _ => Slot::EMPTY,
         };
         Self {
             ctrl,
             class,
             started,
             outcome: Outcome::Ignored,
-            #[cfg(feature = "pool")]
-            pool,
-        }
-    }
-
-    /// Hands the outcome to the pool's permit (which times the call), if there is one.
-    fn settle_pool(&mut self) {
-        #[cfg(feature = "pool")]
-        if let Some(p) = self.pool.take() {
-            p.finish(self.outcome);
+            slot,
+            finished: false,
         }
     }
 
     /// The inner service failed before the call: a failure, not an accept.
     fn fail(mut self) {
         self.outcome = Outcome::Failure;
-        self.settle_pool();
+        self.finished = true;
     }
 
     /// Records how the call ended, then gives the slot back.
@@ -75,7 +60,7 @@ impl Permit {
             Err(e) if tollgate_core::error::is_rejection(&**e) => Outcome::Ignored,
             Err(_) => Outcome::Failure,
         };
-        self.settle_pool();
+        self.finished = true;
         if self.ctrl.flags.throttle
             && let Some(t) = &self.ctrl.throttle
         {
@@ -94,7 +79,24 @@ impl Permit {
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        self.ctrl.release(self.class, self.started, self.outcome);
+        // The capacity hears first, so that its own books (a pool's permits) are square
+        // before the slot can go to the next request.
+        let mut now = None;
+        if self.ctrl.flags.dynamic
+            && let Some(c) = self.ctrl.dynamic.as_ref()
+        {
+            if self.finished {
+                now = self.started.map(|_| Instant::now());
+                let latency = self
+                    .started
+                    .zip(now)
+                    .map(|(s, n)| n.saturating_duration_since(s));
+                c.on_release(self.slot, latency, self.outcome);
+            } else {
+                c.on_cancel(self.slot);
+            }
+        }
+        self.ctrl.release(self.class, self.started, now);
     }
 }
 

@@ -34,7 +34,19 @@ impl AdmissionLayer<OneClass> {
     }
 
     /// A layer whose limit comes from `capacity` (an adaptive limit); `config.limit` is unused
-    /// except to check reservations against.
+    /// except to check reservations against. tollgate-pool's `Limiter` is a [`Capacity`]: each
+    /// admitted request then holds one of its permits, so the pool times it and learns.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tollgate_admission::{AdmissionConfig, AdmissionLayer};
+    /// use tollgate_pool::{Limiter, PoolConfig};
+    ///
+    /// let limiter = Limiter::new(PoolConfig::default()).unwrap();
+    /// let layer = AdmissionLayer::with_capacity(AdmissionConfig::default(), Arc::new(limiter))
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
     ///
     /// # Errors
     ///
@@ -45,23 +57,6 @@ impl AdmissionLayer<OneClass> {
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self::build(&config, LimitSource::Dynamic(capacity)))
-    }
-
-    /// A layer whose limit is tollgate-pool's adaptive limit: each admitted request also
-    /// holds one of `limiter`'s permits, so the pool times it and learns. `config.limit` is
-    /// unused except to check reservations against.
-    ///
-    /// # Errors
-    ///
-    /// The config's first invalid field, from [`AdmissionConfig::validate`].
-    #[cfg(feature = "pool")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "pool")))]
-    pub fn with_pool(
-        config: AdmissionConfig,
-        limiter: tollgate_pool::Limiter,
-    ) -> Result<Self, ConfigError> {
-        config.validate()?;
-        Ok(Self::build(&config, LimitSource::Pool(limiter)))
     }
 
     fn build(config: &AdmissionConfig, limit: LimitSource) -> Self {

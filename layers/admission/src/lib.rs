@@ -6,9 +6,10 @@
 //! and an optional rate-limit key. Then:
 //!
 //! - **Capacity** is a limit on requests in flight, fixed ([`AdmissionConfig::limit`]), from
-//!   any [`Capacity`], or tollgate-pool's adaptive limit (feature `pool`,
-//!   `AdmissionLayer::with_pool`: each admitted request holds a pool permit, so the pool
-//!   times it and learns). When nobody waits, a request takes a slot with one
+//!   any [`Capacity`], such as tollgate-pool's adaptive `Limiter`
+//!   ([`AdmissionLayer::with_capacity`]: each admitted request holds a pool permit, so the
+//!   pool times it and learns; the trait lives in tollgate-core, so neither crate depends on
+//!   the other). When nobody waits, a request takes a slot with one
 //!   compare-and-swap and no allocation.
 //! - **Priority**: when a slot frees, the highest class with waiters gets it. A class may
 //!   *reserve* slots ([`ClassConfig::reserved`]): while it has waiters, freed slots go to it
@@ -50,7 +51,6 @@
 //! - `http`: `http::HttpPrioritizer` (class from an extension or header, deadline from
 //!   `grpc-timeout`, rate-limit key from a header).
 //! - `redis`: the per-key quota kept in Redis (`RateLimitConfig::redis`).
-//! - `pool`: capacity from tollgate-pool.
 //! - `fuzzing`: the `fuzzing` module behind the `admission_ops` fuzz target.
 //!
 //! # When to use it, and when not
@@ -149,7 +149,7 @@ mod tests;
 mod throttle;
 mod waiter;
 
-pub use capacity::{Capacity, FixedLimit};
+pub use capacity::{Capacity, FixedLimit, Slot};
 pub use classify::{Key, OneClass, Prioritize, Ticket};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -164,9 +164,3 @@ pub use handle::AdmissionHandle;
 pub use layer::AdmissionLayer;
 pub use service::Admission;
 pub use stats::{ClassSnapshot, QueueWait, Snapshot};
-/// tollgate-pool, whose [`Limiter`](tollgate_pool::Limiter) and
-/// [`PoolConfig`](tollgate_pool::PoolConfig) [`AdmissionLayer::with_pool`] takes: build them
-/// through this re-export, with no direct dependency on tollgate-pool.
-#[cfg(feature = "pool")]
-#[cfg_attr(docsrs, doc(cfg(feature = "pool")))]
-pub use tollgate_pool as pool;

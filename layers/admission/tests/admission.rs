@@ -374,7 +374,7 @@ impl Capacity for Adaptive {
     fn wants_latency(&self) -> bool {
         true
     }
-    fn on_release(&self, latency: Option<Duration>, outcome: Outcome) {
+    fn on_release(&self, _: tollgate_admission::Slot, latency: Option<Duration>, outcome: Outcome) {
         self.releases.fetch_add(1, Ordering::Relaxed);
         if latency == Some(Duration::from_millis(10)) && outcome == Outcome::Success {
             self.measured.fetch_add(1, Ordering::Relaxed);

@@ -1,11 +1,11 @@
-//! Capacity from tollgate-pool's adaptive limit, on the simulator: when the backend loses half
+//! Capacity from tollgate-pool's adaptive limit (its `Limiter` is a `Capacity`), on the
+//! simulator: when the backend loses half
 //! its workers, the pool's limit falls and admission sheds more of the lower classes, while
 //! the top class keeps being served.
-#![cfg(feature = "pool")]
-
+use std::sync::Arc;
 use std::time::Duration;
-use tollgate_admission::pool::{Limiter, PoolConfig};
 use tollgate_admission::{AdmissionConfig, AdmissionLayer, Ticket};
+use tollgate_pool::{Limiter, PoolConfig};
 use tollgate_sim::{LoadGen, Recorder, ServiceTime, SimBackend, SimRequest};
 use tower_layer::Layer;
 
@@ -26,9 +26,10 @@ async fn the_adaptive_limit_follows_the_backend_and_priority_holds() {
         ..PoolConfig::default()
     })
     .unwrap();
-    let layer = AdmissionLayer::with_pool(AdmissionConfig::default(), limiter.clone())
-        .unwrap()
-        .prioritize(|r: &SimRequest| Ticket::new(usize::from(r.class)));
+    let layer =
+        AdmissionLayer::with_capacity(AdmissionConfig::default(), Arc::new(limiter.clone()))
+            .unwrap()
+            .prioritize(|r: &SimRequest| Ticket::new(usize::from(r.class)));
     let handle = layer.handle();
     let svc = layer.layer(backend);
 

@@ -4,6 +4,8 @@
 //!
 //! - [`attempt`]: the marker a retry layer puts on each attempt of a request, so a balancer
 //!   can skip the endpoints its earlier attempts went to.
+//! - [`capacity`]: a concurrency limit another layer defers to (an adaptive pool's, under an
+//!   admission layer's classes and queues).
 //! - [`classify`]: decide whether a call was a success, a failure or neither, looking at the
 //!   response as well as the error (so an HTTP 5xx can count as a failure and a 4xx not).
 //! - [`ewma`]: exponentially weighted moving averages, plain and lock-free.
@@ -21,6 +23,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod attempt;
+pub mod capacity;
 pub mod classify;
 pub mod counter;
 pub mod error;

@@ -99,6 +99,7 @@ pub mod algorithm;
 #[cfg(feature = "http-body")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http-body")))]
 pub mod body;
+mod capacity;
 mod config;
 mod deferred;
 mod future;

@@ -222,6 +222,12 @@ impl Limiter {
         }
     }
 
+    /// The shared state, for the [`Capacity`](tollgate_core::capacity::Capacity) impl.
+    #[inline]
+    pub(crate) fn core(&self) -> &Core {
+        &self.parts.core
+    }
+
     #[inline]
     fn permit(&self, home: usize) -> Permit {
         let handle = self.parts.handles[home & (self.parts.handles.len() - 1)].clone();
@@ -342,6 +348,11 @@ impl Core {
     /// The configuration.
     pub(crate) fn config(&self) -> &PoolConfig {
         &self.shared.config
+    }
+
+    /// The instant windows are counted from (timestamps in a capacity slot too).
+    pub(crate) fn epoch(&self) -> Instant {
+        self.shared.epoch
     }
 
     /// The number of permits (the limit's floor). One relaxed load.

@@ -31,7 +31,7 @@ fn loom_a_freed_slot_reaches_a_joining_waiter() {
         let shard = shards.local().clone();
         assert!(shard.try_fast(0));
         let other = shard.clone();
-        let finisher = loom::thread::spawn(move || other.release(0, None, Outcome::Success));
+        let finisher = loom::thread::spawn(move || other.release(0, None, None));
         let joined = shard.enqueue(1, None, Instant::now());
         finisher.join().unwrap();
         match joined {
@@ -47,7 +47,7 @@ fn loom_a_freed_slot_reaches_a_joining_waiter() {
             Enqueued::Rejected(r) => panic!("rejected: {r}"),
         }
         assert_eq!(shard.in_flight(), 1);
-        shard.release(1, None, Outcome::Success);
+        shard.release(1, None, None);
         assert_eq!(shard.in_flight(), 0);
     });
 }
@@ -63,7 +63,7 @@ fn loom_the_last_slot_goes_to_exactly_one() {
         let theirs = t.join().unwrap();
         assert!(mine ^ theirs, "exactly one takes the only slot");
         assert_eq!(a.in_flight(), 1);
-        a.release(0, None, Outcome::Success);
+        a.release(0, None, None);
         assert_eq!(a.in_flight(), 0);
     });
 }
