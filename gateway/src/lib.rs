@@ -91,6 +91,7 @@ mod stack;
 mod state;
 mod stats;
 mod tls;
+mod trace;
 mod tunnel;
 
 use config::{Config, ConfigError, RuntimeMode};
@@ -311,6 +312,16 @@ impl Gateway {
             None => None,
         };
 
+        let tracer = match &config.tracing {
+            Some(t) => Some(trace::Tracer::start(t).map_err(|p| {
+                StartError::Config(ConfigError {
+                    file: source.clone(),
+                    field: "tracing.otlp_endpoint".into(),
+                    problem: p,
+                })
+            })?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             reloaded: tokio::sync::Notify::new(),
             current: arc_swap::ArcSwap::from_pointee(snapshot),
@@ -328,6 +339,7 @@ impl Gateway {
             }),
             started: tokio::time::Instant::now(),
             listener_certs,
+            tracer,
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -445,11 +457,15 @@ impl Gateway {
     }
 
     /// Shuts down gracefully and waits until the workers have drained (or the drain deadline
-    /// passed) and every thread has stopped.
+    /// passed) and every thread has stopped; with `[tracing]`, then exports the spans still
+    /// buffered (waiting up to the exporter's 5 s timeout).
     pub fn shutdown(mut self) {
         self.begin_shutdown();
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        if let Some(t) = &self.shared.tracer {
+            t.shutdown();
         }
         let _ = self.workers_done.send(true);
         if let Some(c) = self.control.take() {
@@ -543,6 +559,7 @@ fn apply(
                 ("server", snap.config.server != old.config.server),
                 ("admin", snap.config.admin != old.config.admin),
                 ("demo", snap.config.demo != old.config.demo),
+                ("tracing", snap.config.tracing != old.config.tracing),
                 (
                     "log.format/log.level",
                     snap.config.log.format != old.config.log.format
