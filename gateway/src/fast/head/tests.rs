@@ -10,6 +10,7 @@ const LIMITS: Limits = Limits {
     max_held_body: 100,
     request_id: crate::request_id::Policy::OFF,
     fresh_id: [b'0'; 32],
+    trace: None,
 };
 
 fn fwd() -> Forwarding {
