@@ -94,7 +94,15 @@ pub(crate) async fn handle(
     let (mut resp, upstream) = proxy(&conn, &local, req, start).await;
     guard.done = true;
     if let Some((t, what)) = traced {
-        record_request(&t, &local.snap, what, resp.status().as_u16(), start);
+        let failure = resp.extensions().get::<trace::Failure>();
+        record_request(
+            &t,
+            &local.snap,
+            what,
+            resp.status().as_u16(),
+            failure,
+            start,
+        );
     }
     // The gateway's own answers carry the request id (an upstream's answer is its own).
     if let (Some((name, value)), None) = (&id, upstream) {
@@ -152,7 +160,14 @@ fn trace_context<B>(tracer: &Arc<Tracer>, req: &mut Request<B>) -> (Traced, [Str
 }
 
 /// Records the request span of a traced request: method, path, route, cluster, status.
-fn record_request(t: &Traced, snap: &Snapshot, what: [String; 3], status: u16, start: Instant) {
+fn record_request(
+    t: &Traced,
+    snap: &Snapshot,
+    what: [String; 3],
+    status: u16,
+    failure: Option<&trace::Failure>,
+    start: Instant,
+) {
     if !t.ctx.sampled {
         return;
     }
@@ -177,6 +192,11 @@ fn record_request(t: &Traced, snap: &Snapshot, what: [String; 3], status: u16, s
         {
             attributes.push(KeyValue::new("tollgate.cluster", c.name.clone()));
         }
+    }
+    if let Some(f) = failure {
+        let kind = if f.rejected { "rejected" } else { "failed" };
+        attributes.push(KeyValue::new("error.type", kind));
+        attributes.push(KeyValue::new("tollgate.error", f.message.clone()));
     }
     let span = trace::request_span(&t.ctx, start, attributes, status);
     t.tracer.record(&t.ctx, &t.clock, span);
@@ -522,10 +542,19 @@ async fn layered(
             (resp, addr)
         }
         Err(e) => {
-            if is_rejection(&e) {
+            let rejected = is_rejection(&e);
+            if rejected {
                 plan.stats.rejected.incr();
             }
-            let (resp, blame) = error_response(&e, grpc, stats);
+            let (mut resp, blame) = error_response(&e, grpc, stats);
+            // The request span says why (a breaker, pool, admission or budget rejection, or
+            // the upstream's failure).
+            if conn.shared.tracer.is_some() {
+                resp.extensions_mut().insert(trace::Failure {
+                    rejected,
+                    message: e.to_string(),
+                });
+            }
             if blame == Blame::Upstream {
                 cluster.stats.failures.incr();
             }

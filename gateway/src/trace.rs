@@ -339,6 +339,16 @@ pub(crate) fn upstream_attributes(
     a
 }
 
+/// Why a layered request failed, carried to its request span in the answer's extensions
+/// (only when tracing is on).
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    /// A layer refused it (breaker open, pool or admission full, retry budget spent...).
+    pub rejected: bool,
+    /// The error, as the debug log says it.
+    pub message: String,
+}
+
 /// What the hyper path's layers need to record spans: the request's context and the tracer,
 /// carried in the request's extensions.
 #[derive(Debug, Clone)]
