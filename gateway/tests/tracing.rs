@@ -303,3 +303,62 @@ fn the_section_is_validated_field_by_field() {
         assert_eq!(e.field, field, "{bad}: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_wait_is_a_span_with_class_and_outcome() {
+    bounded(async {
+        let (otlp, spans) = receiver().await;
+        let up = inspect_upstream().await;
+        let gw = start(config(&format!(
+            "[[admission]]\nname = \"rl\"\nclasses = [\"high\", \"low\"]\n\
+             rate_limit = {{ burst = 1, period_ms = 60000, key = \"header:x-api-key\" }}\n\
+             [[clusters]]\nname = \"up\"\nendpoints = [\"{up}\"]\n\
+             [[routes]]\ncluster = \"up\"\nadmission = \"rl\"\npriority = \"high\"\n\
+             [tracing]\notlp_endpoint = \"http://{otlp}\"\n"
+        )));
+        let client = h1_client();
+        let mut statuses = Vec::new();
+        for _ in 0..2 {
+            let req = Request::get(format!("http://{}/", addr(&gw)))
+                .header("x-api-key", "k")
+                .body(Full::default())
+                .unwrap();
+            statuses.push(send(&client, req).await.0);
+        }
+        assert_eq!(statuses, [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+        stop(gw).await;
+        let spans: Vec<Span> = spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect();
+        let mut outcomes: Vec<(String, String, u16)> = spans
+            .iter()
+            .filter(|s| s.name == "admission.wait")
+            .map(|w| {
+                let request = spans
+                    .iter()
+                    .find(|r| r.name == "request" && r.span_id == w.parent_span_id)
+                    .expect("the wait's request span");
+                let status = attr(request, "http.response.status_code").unwrap();
+                if status == "429" {
+                    assert_eq!(attr(request, "error.type").as_deref(), Some("rejected"));
+                    assert!(attr(request, "tollgate.error").is_some());
+                }
+                (
+                    attr(w, "tollgate.admission.class").unwrap(),
+                    attr(w, "tollgate.admission.outcome").unwrap(),
+                    status.parse().unwrap(),
+                )
+            })
+            .collect();
+        outcomes.sort_by_key(|o| o.2);
+        assert_eq!(outcomes.len(), 2, "{spans:#?}");
+        assert_eq!(outcomes[0], ("high".into(), "admitted".into(), 200));
+        assert_eq!(outcomes[1].0, "high");
+        assert_eq!(outcomes[1].1, "rate_limited");
+        assert_eq!(outcomes[1].2, 429);
+    })
+    .await;
+}
