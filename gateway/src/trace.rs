@@ -429,6 +429,62 @@ mod tests {
         assert_eq!(ctx.parent_id, [0; 8]);
     }
 
+    /// What tracing costs a request, off and on: `cargo test -p tollgate-gateway --release
+    /// --lib trace::tests::cost -- --ignored --nocapture`. On: ids drawn, the client's
+    /// `traceparent` parsed, ours written, and a request and an upstream span built and handed
+    /// to the batch processor (whose collector, on a closed port, drops them).
+    #[test]
+    #[ignore = "a timing loop, for release builds"]
+    fn cost() {
+        use std::hint::black_box;
+        const N: u32 = 200_000;
+        let off: Option<Arc<Tracer>> = black_box(None);
+        let t0 = Instant::now();
+        for _ in 0..N {
+            black_box(off.as_ref().map(|t| t.fresh()));
+        }
+        let per_off = t0.elapsed() / N;
+        let config = TracingConfig {
+            otlp_endpoint: "http://127.0.0.1:9".into(),
+            ..TracingConfig::default()
+        };
+        let tracer = Tracer::start(&config).unwrap();
+        let clock = Clock::now();
+        let t0 = Instant::now();
+        for _ in 0..N {
+            let ctx = TraceCtx::new(std::iter::once(black_box(CLIENT)), tracer.fresh());
+            black_box(ctx.value());
+        }
+        let per_header = t0.elapsed() / N;
+        let t0 = Instant::now();
+        for _ in 0..N {
+            let ctx = TraceCtx::new(std::iter::once(black_box(CLIENT)), tracer.fresh());
+            black_box(ctx.value());
+            let start = Instant::now();
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 8080));
+            let up = child_span(
+                &ctx,
+                "upstream",
+                SpanKind::Client,
+                start,
+                upstream_attributes(addr, Some(200)),
+                None,
+            );
+            tracer.record(&ctx, &clock, up);
+            let attributes = vec![
+                KeyValue::new("http.request.method", "GET".to_owned()),
+                KeyValue::new("url.path", "/api/items".to_owned()),
+                KeyValue::new("http.response.status_code", 200i64),
+                KeyValue::new("http.route", "/api".to_owned()),
+                KeyValue::new("tollgate.cluster", "api".to_owned()),
+            ];
+            tracer.record(&ctx, &clock, request_span(&ctx, start, attributes, 200));
+        }
+        let per_on = t0.elapsed() / N;
+        println!("off: {per_off:?}; on, context only: {per_header:?}; on, two spans: {per_on:?}");
+        tracer.shutdown();
+    }
+
     #[test]
     fn the_ratio_bounds_sampling() {
         assert!((0..1000).all(|_| Fresh::draw(1.0).sampled));
