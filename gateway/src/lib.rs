@@ -26,6 +26,9 @@
 //!   ejection), per-endpoint breakers and budgeted retries on a cluster, stacked in the order
 //!   `stack/mod.rs` documents; their state shows on `/state` and `/metrics` and survives
 //!   reloads that leave their settings alone.
+//! - Tracing (`[tracing]`, off by default): W3C `traceparent` continued or started on both
+//!   paths, the gateway's span sent upstream as the parent, spans of the request, admission
+//!   wait, retry attempts and upstream calls exported as OTLP/HTTP protobuf (`trace.rs`).
 //!
 //! # The files, bottom to top
 //!
@@ -36,7 +39,7 @@
 //! | leaves | `error.rs`, `body.rs`, `forwarded.rs`, `headers.rs`, `histogram.rs`, `stats.rs` | the layered path's timeouts, the request body type, the client behind trusted proxies, forwarding and hop-by-hop fields, latency histograms, counters |
 //! | config | `config/` | the TOML file: one file per section, the endpoint syntax, `ConfigError`, `validate.rs` |
 //! | tls | `tls.rs`, `tls/` | rustls both ways: listener certificates chosen by SNI and swapped on reload, and the client side of `https://` endpoints (trust, client certificate, SNI name, ALPN) |
-//! | upstream | `pool.rs`, `pool/`, `route.rs`, `answer.rs` | per-thread upstream connections (plain, or TLS with HTTP/2 or HTTP/1.1 by ALPN), the route table, and the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status) |
+//! | upstream | `pool.rs`, `pool/`, `route.rs`, `answer.rs`, `trace.rs` | per-thread upstream connections (plain, or TLS with HTTP/2 or HTTP/1.1 by ALPN), the route table, the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status), and W3C trace context with the span exporter |
 //! | layers | `stack/` | each layer built from its section and composed per route and cluster; `stack/endpoints.rs` is a snapshot's cluster |
 //! | state | `state.rs` | the immutable `Snapshot` swapped on reload, and what outlives reloads |
 //! | connections | `ctx.rs`, `fast/`, `proxy.rs`, `conn.rs` | one client connection: its context, the HTTP/1.1 fast path, the hyper path per request, the connection loop that picks between them |
@@ -91,6 +94,7 @@ mod stack;
 mod state;
 mod stats;
 mod tls;
+mod trace;
 mod tunnel;
 
 use config::{Config, ConfigError, RuntimeMode};
@@ -311,6 +315,16 @@ impl Gateway {
             None => None,
         };
 
+        let tracer = match &config.tracing {
+            Some(t) => Some(trace::Tracer::start(t).map_err(|p| {
+                StartError::Config(ConfigError {
+                    file: source.clone(),
+                    field: "tracing.otlp_endpoint".into(),
+                    problem: p,
+                })
+            })?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             reloaded: tokio::sync::Notify::new(),
             current: arc_swap::ArcSwap::from_pointee(snapshot),
@@ -328,6 +342,7 @@ impl Gateway {
             }),
             started: tokio::time::Instant::now(),
             listener_certs,
+            tracer,
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -445,11 +460,15 @@ impl Gateway {
     }
 
     /// Shuts down gracefully and waits until the workers have drained (or the drain deadline
-    /// passed) and every thread has stopped.
+    /// passed) and every thread has stopped; with `[tracing]`, then exports the spans still
+    /// buffered (waiting up to the exporter's 5 s timeout).
     pub fn shutdown(mut self) {
         self.begin_shutdown();
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        if let Some(t) = &self.shared.tracer {
+            t.shutdown();
         }
         let _ = self.workers_done.send(true);
         if let Some(c) = self.control.take() {
@@ -543,6 +562,7 @@ fn apply(
                 ("server", snap.config.server != old.config.server),
                 ("admin", snap.config.admin != old.config.admin),
                 ("demo", snap.config.demo != old.config.demo),
+                ("tracing", snap.config.tracing != old.config.tracing),
                 (
                     "log.format/log.level",
                     snap.config.log.format != old.config.log.format

@@ -23,12 +23,15 @@ use super::stack::admission::{AdmissionPolicy, AdmitCtx};
 use super::stack::endpoints::Cluster;
 use super::stack::route::RouteService;
 use super::state::{Local, RoutePlan, Snapshot, cluster_service, local};
+use super::trace::{self, TraceCtx, Traced, Tracer};
 use super::tunnel;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -78,6 +81,7 @@ pub(crate) async fn handle(
     let last = conn.start_request(limits.max_requests_per_connection);
     let h1 = req.version() <= Version::HTTP_11;
     let id = request_id(&local.snap, &mut req);
+    let traced = shared.tracer.as_ref().map(|t| trace_context(t, &mut req));
     let log = local.snap.config.log.access_log.then(|| {
         (
             client_addr(req.headers(), &conn.forwarding),
@@ -89,6 +93,17 @@ pub(crate) async fn handle(
     });
     let (mut resp, upstream) = proxy(&conn, &local, req, start).await;
     guard.done = true;
+    if let Some((t, what)) = traced {
+        let failure = resp.extensions().get::<trace::Failure>();
+        record_request(
+            &t,
+            &local.snap,
+            what,
+            resp.status().as_u16(),
+            failure,
+            start,
+        );
+    }
     // The gateway's own answers carry the request id (an upstream's answer is its own).
     if let (Some((name, value)), None) = (&id, upstream) {
         resp.headers_mut().insert(name.clone(), value.clone());
@@ -117,6 +132,74 @@ pub(crate) async fn handle(
         );
     }
     Ok(resp)
+}
+
+/// Gives `req` its trace context (see `trace.rs`): continues the client's `traceparent` or
+/// starts a trace, sends the gateway's span upstream as the parent, and carries the context
+/// to the layers in the request's extensions. Returns it with the request's method, host
+/// and path for the request span.
+fn trace_context<B>(tracer: &Arc<Tracer>, req: &mut Request<B>) -> (Traced, [String; 3]) {
+    let values = req.headers().get_all(trace::TRACEPARENT);
+    let ctx = TraceCtx::new(values.iter().map(HeaderValue::as_bytes), tracer.fresh());
+    if let Ok(v) = HeaderValue::from_bytes(&ctx.value()) {
+        req.headers_mut()
+            .insert(header::HeaderName::from_static(trace::TRACEPARENT), v);
+    }
+    let t = Traced {
+        ctx,
+        tracer: tracer.clone(),
+        clock: trace::Clock::now(),
+    };
+    req.extensions_mut().insert(t.clone());
+    let what = [
+        req.method().as_str().to_owned(),
+        host_of(req).unwrap_or("").to_owned(),
+        req.uri().path().to_owned(),
+    ];
+    (t, what)
+}
+
+/// Records the request span of a traced request: method, path, route, cluster, status.
+fn record_request(
+    t: &Traced,
+    snap: &Snapshot,
+    what: [String; 3],
+    status: u16,
+    failure: Option<&trace::Failure>,
+    start: Instant,
+) {
+    if !t.ctx.sampled {
+        return;
+    }
+    let [method, host, path] = what;
+    let route = match snap.routes.find(&host, &path, &method) {
+        RouteMatch::Route(r) => Some(r),
+        _ => None,
+    };
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", method),
+        KeyValue::new("url.path", path),
+        KeyValue::new("http.response.status_code", i64::from(status)),
+    ];
+    if let Some(r) = route {
+        if let Some(rc) = snap.config.routes.get(r) {
+            attributes.push(KeyValue::new("http.route", rc.path_prefix.clone()));
+        }
+        if let Some(c) = snap
+            .route_cluster
+            .get(r)
+            .and_then(|c| snap.clusters.get(*c))
+        {
+            attributes.push(KeyValue::new("tollgate.cluster", c.name.clone()));
+        }
+    }
+    if let Some(f) = failure {
+        let kind = if f.rejected { "rejected" } else { "failed" };
+        attributes.push(KeyValue::new("error.type", kind));
+        attributes.push(KeyValue::new("tollgate.error", f.message.clone()));
+    }
+    let span = trace::request_span(&t.ctx, start, attributes, status);
+    t.tracer.record(&t.ctx, &t.clock, span);
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
@@ -214,6 +297,7 @@ async fn routed(
     let Some((ep_index, addr)) = cluster.pick() else {
         return answer_locally(Answer::NoEndpoint, stats);
     };
+    let traced = req.extensions().get::<Traced>().cloned();
     let upgrade = (cluster.protocol == UpstreamProtocol::Http1)
         .then(|| tunnel::requested(&mut req, conn))
         .flatten();
@@ -311,6 +395,17 @@ async fn routed(
     let result = tokio::time::timeout(snap.route_timeout[route], send).await;
     cluster.endpoint_latency(ep_index, addr, sent.elapsed());
     cluster.stats.in_flight.decr();
+    if let Some(t) = &traced {
+        let status = match &result {
+            Ok(Ok(r)) => Some(r.status().as_u16()),
+            _ => None,
+        };
+        let error = status
+            .is_none_or(|s| s >= 500)
+            .then_some(std::borrow::Cow::Borrowed("upstream failed"));
+        let attributes = trace::upstream_attributes(addr, status);
+        t.child(None, "upstream", SpanKind::Client, sent, attributes, error);
+    }
     let answer = match result {
         Ok(Ok(resp)) => {
             let (mut rp, body) = resp.into_parts();
@@ -447,10 +542,19 @@ async fn layered(
             (resp, addr)
         }
         Err(e) => {
-            if is_rejection(&e) {
+            let rejected = is_rejection(&e);
+            if rejected {
                 plan.stats.rejected.incr();
             }
-            let (resp, blame) = error_response(&e, grpc, stats);
+            let (mut resp, blame) = error_response(&e, grpc, stats);
+            // The request span says why (a breaker, pool, admission or budget rejection, or
+            // the upstream's failure).
+            if conn.shared.tracer.is_some() {
+                resp.extensions_mut().insert(trace::Failure {
+                    rejected,
+                    message: e.to_string(),
+                });
+            }
             if blame == Blame::Upstream {
                 cluster.stats.failures.incr();
             }

@@ -109,11 +109,11 @@ fn next(state: &Cell<u64>) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A fresh request id: 32 lower-case hex digits.
-pub(crate) fn fresh() -> [u8; 32] {
+/// 64 well-mixed random bits from the thread's generator (request ids, trace and span ids).
+pub(crate) fn random() -> u64 {
     STATE.with(|state| {
         if state.get() == 0 {
-            // The thread's first id: a seed from the standard library's per-process random
+            // The thread's first draw: a seed from the standard library's per-process random
             // keys (the ones `HashMap` uses) and a counter.
             use std::hash::{BuildHasher, Hasher};
             let random = std::collections::hash_map::RandomState::new()
@@ -124,19 +124,25 @@ pub(crate) fn fresh() -> [u8; 32] {
             let seed = random ^ n.wrapping_mul(0xa076_1d64_78bd_642f);
             state.set(seed | 1);
         }
-        let (a, b) = (next(state), next(state));
-        let mut out = [0u8; 32];
-        for (i, byte) in a
-            .to_be_bytes()
-            .iter()
-            .chain(b.to_be_bytes().iter())
-            .enumerate()
-        {
-            out[2 * i] = HEX[usize::from(byte >> 4)];
-            out[2 * i + 1] = HEX[usize::from(byte & 15)];
-        }
-        out
+        next(state)
     })
+}
+
+/// A fresh request id: 32 lower-case hex digits.
+pub(crate) fn fresh() -> [u8; 32] {
+    let (a, b) = (random(), random());
+    let mut out = [0u8; 32];
+    hex_into(&a.to_be_bytes(), &mut out[..16]);
+    hex_into(&b.to_be_bytes(), &mut out[16..]);
+    out
+}
+
+/// Writes `bytes` as lower-case hex into `out` (twice as long).
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (i, byte) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(byte >> 4)];
+        out[2 * i + 1] = HEX[usize::from(byte & 15)];
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -312,6 +312,8 @@ pub(crate) struct Shared {
     /// Each listener's certificates when it terminates TLS (by listener index); a reload
     /// replaces their contents.
     pub listener_certs: Vec<Option<Arc<crate::tls::listener::ListenerCerts>>>,
+    /// The span exporter when `[tracing]` is on (fixed at start); `None` costs nothing.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl Shared {

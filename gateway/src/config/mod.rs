@@ -13,6 +13,7 @@ mod endpoint;
 mod error;
 pub mod retry;
 pub mod tls;
+pub mod tracing;
 mod validate;
 
 use admission::AdmissionSection;
@@ -60,6 +61,9 @@ pub struct Config {
     pub admission: Vec<AdmissionSection>,
     /// The resolver for `srv:` endpoints.
     pub dns: DnsConfig,
+    /// W3C trace context and OTLP span export; absent (the default): off, at no cost. Needs a
+    /// restart to change.
+    pub tracing: Option<tracing::TracingConfig>,
 }
 
 /// How requests are spread over cores.

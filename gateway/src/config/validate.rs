@@ -48,6 +48,9 @@ impl Config {
             ));
         }
         self.dns.validate()?;
+        if let Some(t) = &self.tracing {
+            t.validate()?;
+        }
         crate::forwarded::TrustedProxies::parse(&self.server.trusted_proxies)
             .map_err(|(i, p)| e(format!("server.trusted_proxies[{i}]"), p))?;
         let t = &self.timeouts;

@@ -8,6 +8,7 @@ use super::super::headers::Forwarding;
 use crate::answer::Answer;
 use crate::forwarded::{self, Source};
 use crate::request_id::{Policy, keepable};
+use crate::trace::{self, Fresh, TraceCtx};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -40,6 +41,8 @@ pub(crate) struct Head {
     pub request_id: Option<Range<usize>>,
     /// The client a trusted peer's forwarding fields name (`None`: the peer).
     pub client: Option<IpAddr>,
+    /// The trace context, when tracing is on (see [`Limits::trace`]).
+    pub trace: Option<TraceCtx>,
 }
 
 /// Where a routed request goes.
@@ -131,6 +134,10 @@ fn name_of(name: &str) -> Name {
     }
 }
 
+fn is_traceparent(name: &str) -> bool {
+    name.eq_ignore_ascii_case(trace::TRACEPARENT)
+}
+
 /// Comma-separated tokens of a header value, trimmed, empty ones skipped.
 pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
@@ -207,6 +214,9 @@ pub(crate) struct Limits {
     pub request_id: Policy,
     /// The id this request gets unless it keeps the client's.
     pub fresh_id: [u8; 32],
+    /// Tracing on: the ids a fresh trace and the gateway's span take. The client's
+    /// `traceparent` is replaced by one naming the gateway's span (see `trace.rs`).
+    pub trace: Option<Fresh>,
 }
 
 /// Parses the request head at the start of `buf`; when the fast path takes it, asks `route`
@@ -243,6 +253,7 @@ pub(crate) fn prepare<T>(
                 host: 0..0,
                 request_id: None,
                 client: None,
+                trace: None,
             },
             answer: Answer::HeadTooLarge,
         };
@@ -319,6 +330,11 @@ pub(crate) fn prepare<T>(
         (forwarded::walk(trusted, fwd.peer(), source, values), name)
     });
     let client = walk.map(|(w, _)| w.client);
+    let tracing = limits.trace;
+    let trace = tracing.map(|fresh| {
+        let values = req.headers.iter().filter(|h| is_traceparent(h.name));
+        TraceCtx::new(values.map(|h| h.value), fresh)
+    });
     let local = |answer| Step::Local {
         head: Head {
             len,
@@ -331,6 +347,7 @@ pub(crate) fn prepare<T>(
             host: offset(buf, host),
             request_id: kept_id.clone(),
             client,
+            trace,
         },
         answer,
     };
@@ -357,6 +374,7 @@ pub(crate) fn prepare<T>(
         host: offset(buf, host),
         request_id: kept_id.clone(),
         client,
+        trace,
     };
     let (target_handle, addr, preserve_host) = match route(host_str, path, method, body_len) {
         Route::Forward {
@@ -409,6 +427,8 @@ pub(crate) fn prepare<T>(
             Name::ContentLength => !std::mem::replace(&mut length_written, true),
             // The request id is written once, below.
             Name::Other if is_rid(h.name) => false,
+            // So is the trace context, when tracing is on.
+            Name::Other if tracing.is_some() && is_traceparent(h.name) => false,
             Name::Other => !(names_headers && named_in_connection(req.headers, h.name)),
         };
         if write {
@@ -448,6 +468,11 @@ pub(crate) fn prepare<T>(
             Some(r) => out.extend_from_slice(&buf[r.clone()]),
             None => out.extend_from_slice(&limits.fresh_id),
         }
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(t) = &trace {
+        out.extend_from_slice(b"traceparent: ");
+        out.extend_from_slice(&t.value());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

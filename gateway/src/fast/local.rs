@@ -7,6 +7,7 @@ use super::{Bufs, Next, date, write_all};
 use crate::answer::Answer;
 use crate::ctx::ConnCtx;
 use crate::request_id::{self, Id};
+use crate::trace;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,6 +34,7 @@ pub(super) async fn refuse_head(
         host: 0..0,
         request_id: None,
         client: None,
+        trace: None,
     };
     ctx.shared.stats.requests.incr();
     let local = crate::state::local(&ctx.shared);
@@ -62,6 +64,9 @@ pub(super) struct Done {
     pub(super) route: Option<usize>,
     /// The request's id, on the answer and in the log line.
     pub(super) id: Id,
+    /// When the upstream exchange started, when its answer head (or failure) came, and the
+    /// upstream's status if it answered.
+    pub(super) exchange: Option<(Instant, Instant, Option<u16>)>,
 }
 
 /// Writes `local` (see [`answer`]), then counts the request's time and logs it.
@@ -98,6 +103,7 @@ pub(super) async fn answer_and_log(
     }
     let bytes = &b.cin.data[done.head_at..];
     log_access(ctx, snap, bytes, head, status, &done);
+    record_trace(ctx, snap, bytes, head, status, &done);
     next
 }
 
@@ -201,5 +207,69 @@ pub(super) fn log_access(
         upstream = done.upstream.map(|a| a.to_string()).unwrap_or_default(),
         request_id = done.id.as_str(),
         micros = done.start.elapsed().as_micros() as u64,
+    );
+}
+
+/// Records a traced request's spans (see `trace.rs`): the request (method, path, route,
+/// cluster, status) and, when it went upstream, the upstream call (endpoint, status).
+pub(super) fn record_trace(
+    ctx: &ConnCtx,
+    snap: &crate::state::Snapshot,
+    head_bytes: &[u8],
+    head: &Head,
+    status: u16,
+    done: &Done,
+) {
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::SpanKind;
+    let (Some(tracer), Some(t)) = (&ctx.shared.tracer, &head.trace) else {
+        return;
+    };
+    if !t.sampled {
+        return;
+    }
+    let clock = trace::Clock::now();
+    let text = |r: &std::ops::Range<usize>| {
+        head_bytes
+            .get(r.clone())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", text(&head.method)),
+        KeyValue::new("url.path", text(&head.path)),
+        KeyValue::new("http.response.status_code", i64::from(status)),
+        KeyValue::new("network.protocol.version", "1.1"),
+    ];
+    if let Some(r) = done.route {
+        if let Some(rc) = snap.config.routes.get(r) {
+            attributes.push(KeyValue::new("http.route", rc.path_prefix.clone()));
+        }
+        if let Some(c) = snap
+            .route_cluster
+            .get(r)
+            .and_then(|c| snap.clusters.get(*c))
+        {
+            attributes.push(KeyValue::new("tollgate.cluster", c.name.clone()));
+        }
+    }
+    if let (Some(addr), Some((sent, answered, upstream_status))) = (done.upstream, done.exchange) {
+        let failed = upstream_status.is_none_or(|s| s >= 500);
+        let mut span = trace::child_span(
+            t,
+            "upstream",
+            SpanKind::Client,
+            sent,
+            trace::upstream_attributes(addr, upstream_status),
+            failed.then_some(std::borrow::Cow::Borrowed("upstream failed")),
+        );
+        span.end = answered;
+        tracer.record(t, &clock, span);
+    }
+    tracer.record(
+        t,
+        &clock,
+        trace::request_span(t, done.start, attributes, status),
     );
 }

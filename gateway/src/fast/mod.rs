@@ -41,7 +41,7 @@ use crate::request_id::{self, Id};
 use bytes::Bytes;
 use exchange::{Exchange, Failure};
 use head::{Head, Route, Step};
-use local::{Done, answer_and_log, log_access, refuse_head};
+use local::{Done, answer_and_log, log_access, record_trace, refuse_head};
 use response::Framing;
 use std::cell::RefCell;
 use std::io;
@@ -413,6 +413,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         max_held_body: MAX_HELD_BODY,
         request_id: rid,
         fresh_id,
+        trace: ctx.shared.tracer.as_ref().map(|t| t.fresh()),
     };
     // This request's id: the client's when kept, else the fresh one.
     let id_of = |head: &Head, bytes: &[u8]| match (&head.request_id, rid.is_on()) {
@@ -478,6 +479,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                 upstream: None,
                 route: None,
                 id: id_of(&head, &b.cin.data[head_at..]),
+                exchange: None,
             };
             return answer_and_log(client, ctx, b, snap, &head, local, close, unread, done).await;
         }
@@ -518,7 +520,8 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         Ok(done) => done,
         Err(_elapsed) => Failure::Timeout,
     };
-    cluster.endpoint_latency(target.endpoint, addr, sent.elapsed());
+    let answered = Instant::now();
+    cluster.endpoint_latency(target.endpoint, addr, answered - sent);
     let (mut up, resp) = match failure {
         Failure::Answered(up, resp) => (up, resp),
         failed => {
@@ -541,6 +544,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                 upstream: Some(addr),
                 route: Some(target.route),
                 id: id_of(&head, &b.cin.data[head_at..]),
+                exchange: Some((sent, answered, None)),
             };
             return answer_and_log(client, ctx, b, snap, &head, failed, close, false, done).await;
         }
@@ -563,8 +567,12 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         upstream: Some(addr),
         route: Some(target.route),
         id: id_of(&head, &b.cin.data[head_at..]),
+        exchange: Some((sent, answered, Some(resp.status))),
     };
     log_access(ctx, snap, &b.cin.data[head_at..], &head, resp.status, &done);
+    // The head's bytes are gone once the relay reuses the buffer: the spans are recorded
+    // now, the request span ending when the answer head is in.
+    record_trace(ctx, snap, &b.cin.data[head_at..], &head, resp.status, &done);
     let relayed = relay::relay(client, &mut up, b, resp, snap.idle_timeout).await;
     ctx.touch();
     match relayed {

@@ -60,6 +60,7 @@ pub fn gateway_h1(data: &[u8]) {
                 // the forwarded head without it.
                 request_id: crate::request_id::Policy::OFF,
                 fresh_id: [b'0'; 32],
+                trace: None,
             };
             let mut at = 0;
             for i in 0..8 {

@@ -32,7 +32,10 @@ pub(crate) use crate::config::admission::AdmissionSection;
 
 use crate::config::ConfigError;
 use crate::histogram::{Histogram, HistogramSnapshot};
+use crate::trace::Traced;
 use http::Request;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -40,7 +43,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use ticket::Rules;
 use tokio::time::Instant;
-use tollgate_admission::{AdmissionHandle, AdmissionLayer, Prioritize, Reason, Ticket};
+use tollgate_admission::{AdmissionHandle, AdmissionLayer, Prioritize, Reason, Rejected, Ticket};
 use tollgate_core::BoxError;
 use tollgate_core::error::DeadlineExceeded;
 use tower::{Layer, Service, ServiceExt};
@@ -74,9 +77,10 @@ impl<R> Prioritize<Admit<R>> for Carried {
 }
 
 /// Sends the request of an [`Admit`] on to the inner service, counting how long it waited in
-/// `waits` (one histogram per class).
+/// `waits` (one histogram per class), and recording the wait as a span when the request is
+/// traced (with its class name).
 #[derive(Debug, Clone)]
-struct Unwrap<S>(S, Arc<[Histogram]>);
+struct Unwrap<S>(S, Arc<[Histogram]>, Option<(Traced, Arc<str>)>);
 
 impl<S: Service<R>, R> Service<Admit<R>> for Unwrap<S> {
     type Response = S::Response;
@@ -93,8 +97,28 @@ impl<S: Service<R>, R> Service<Admit<R>> for Unwrap<S> {
         if let Some(h) = self.1.get(a.ticket.class) {
             h.record(a.arrived.elapsed());
         }
+        if let Some((t, class)) = &self.2 {
+            wait_span(t, class, a.arrived, "admitted");
+        }
         self.0.call(a.req)
     }
+}
+
+/// Records a traced request's admission wait, `arrived` to now, with its class and outcome.
+fn wait_span(t: &Traced, class: &str, arrived: Instant, outcome: &'static str) {
+    let attributes = vec![
+        KeyValue::new("tollgate.admission.class", class.to_owned()),
+        KeyValue::new("tollgate.admission.outcome", outcome),
+    ];
+    let error = (outcome != "admitted").then_some(std::borrow::Cow::Borrowed("rejected"));
+    t.child(
+        None,
+        "admission.wait",
+        SpanKind::Internal,
+        arrived,
+        attributes,
+        error,
+    );
 }
 
 /// A built admission policy, shared by every route and listener that names it, and kept
@@ -170,22 +194,35 @@ impl AdmissionPolicy {
     {
         let ticket = self.rules.ticket(&req, ctx);
         let deadline = ticket.deadline;
+        let arrived = Instant::now();
+        let traced = req.extensions().get::<Traced>().map(|t| {
+            let class = self.section.classes.get(ticket.class);
+            (t.clone(), Arc::from(class.map_or("", |c| c.name.as_str())))
+        });
+        let rejected = traced.clone();
         let fut = self
             .layer
-            .layer(Unwrap(inner, self.waits.clone()))
+            .layer(Unwrap(inner, self.waits.clone(), traced))
             .oneshot(Admit {
                 req,
                 ticket,
-                arrived: Instant::now(),
+                arrived,
             });
         async move {
-            match deadline {
+            let result = match deadline {
                 None => fut.await,
                 // The caller stops waiting at its deadline, so the call stops too.
                 Some(at) => tokio::time::timeout_at(at, fut)
                     .await
                     .unwrap_or_else(|_| Err(DeadlineExceeded::new().into())),
+            };
+            // A request the layer refused never reached `Unwrap`: its wait ends here.
+            if let (Some((t, class)), Err(e)) = (&rejected, &result)
+                && let Some(r) = e.downcast_ref::<Rejected>()
+            {
+                wait_span(t, class, arrived, reason_label(r.reason()));
             }
+            result
         }
     }
 

@@ -11,11 +11,16 @@ use super::{GwBody, UpRequest, UpResponse};
 use crate::config::retry::{RetryOn, RetrySection};
 use crate::error::TryTimedOut;
 use crate::pool::UpstreamError;
+use crate::trace::{self, Traced};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 use tollgate_core::BoxError;
 use tollgate_core::counter::ShardedCounter;
 use tollgate_core::error::find_cause;
@@ -135,6 +140,7 @@ impl RetryPolicy {
             http_body_util::Either::Right(b) => b,
             http_body_util::Either::Left(_) => Full::default(),
         };
+        let traced = parts.extensions.get::<Traced>();
         let mut tries = 0;
         loop {
             let mut again = Request::new(GwBody::Right(body.clone()));
@@ -142,7 +148,27 @@ impl RetryPolicy {
             *again.uri_mut() = parts.uri.clone();
             *again.version_mut() = parts.version;
             *again.headers_mut() = parts.headers.clone();
+            // Each try is a span of the request's trace, the parent of its upstream call.
+            let attempt = traced.map(|t| (t, trace::new_span_id(), Instant::now()));
+            if let Some((t, id, _)) = &attempt {
+                again.extensions_mut().insert(t.under(*id));
+            }
             let result = self.try_once(svc.clone(), again).await;
+            if let Some((t, id, start)) = attempt {
+                let error = match &result {
+                    Ok(r) if !r.status().is_server_error() => None,
+                    Ok(_) => Some(Cow::Borrowed("server error")),
+                    Err(e) => Some(Cow::Owned(e.to_string())),
+                };
+                t.child(
+                    Some(id),
+                    "retry.attempt",
+                    SpanKind::Internal,
+                    start,
+                    vec![KeyValue::new("tollgate.attempt", (tries + 1) as i64)],
+                    error,
+                );
+            }
             if tries < self.inner.section.attempts && self.wants_retry(&result) {
                 if self.inner.budget.try_withdraw() {
                     tries += 1;

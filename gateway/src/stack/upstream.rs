@@ -8,8 +8,11 @@ use crate::pool::SharedSettings;
 use crate::pool::UpstreamAddr;
 use crate::stats::EndpointStats;
 use crate::tls::upstream::ClusterTls;
+use crate::trace::{Traced, upstream_attributes};
 use http::header::{self, HeaderValue};
 use http::{Request, Uri, Version};
+use opentelemetry::trace::SpanKind;
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -87,6 +90,7 @@ impl Service<UpRequest> for Upstream {
         }
         let stats = self.stats.clone();
         let start = Instant::now();
+        let traced = parts.extensions.get::<Traced>().cloned();
         let mut settings = self.settings.load();
         if let Some(l) = &self.limiter {
             settings.max_idle = l.limit().max(1);
@@ -105,7 +109,7 @@ impl Service<UpRequest> for Upstream {
                         std::io::ErrorKind::AddrNotAvailable.into(),
                     )),
                 };
-                answered(sent, addr, stats.as_deref(), start)
+                answered(sent, addr, stats.as_deref(), start, traced)
             });
         }
         match self.protocol {
@@ -119,7 +123,7 @@ impl Service<UpRequest> for Upstream {
                     } else {
                         pool::send_h1(addr, req, settings).await
                     };
-                    answered(sent, addr, stats.as_deref(), start)
+                    answered(sent, addr, stats.as_deref(), start, traced)
                 })
             }
             UpstreamProtocol::H2c => {
@@ -137,7 +141,7 @@ impl Service<UpRequest> for Upstream {
                 let req = Request::from_parts(parts, body);
                 Box::pin(async move {
                     let sent = pool::send_h2(addr, req, settings).await;
-                    answered(sent, addr, stats.as_deref(), start)
+                    answered(sent, addr, stats.as_deref(), start, traced)
                 })
             }
         }
@@ -151,9 +155,29 @@ fn answered(
     addr: SocketAddr,
     stats: Option<&EndpointStats>,
     start: Instant,
+    traced: Option<Traced>,
 ) -> Result<UpResponse, BoxError> {
     if let Some(s) = stats {
         s.latency.record(start.elapsed());
+    }
+    if let Some(t) = traced {
+        let (status, error) = match &sent {
+            Ok(r) => (
+                Some(r.status().as_u16()),
+                r.status()
+                    .is_server_error()
+                    .then_some(Cow::Borrowed("server error")),
+            ),
+            Err(e) => (None, Some(Cow::Owned(e.to_string()))),
+        };
+        t.child(
+            None,
+            "upstream",
+            SpanKind::Client,
+            start,
+            upstream_attributes(addr, status),
+            error,
+        );
     }
     match sent {
         Ok(mut resp) => {

@@ -10,6 +10,7 @@ const LIMITS: Limits = Limits {
     max_held_body: 100,
     request_id: crate::request_id::Policy::OFF,
     fresh_id: [b'0'; 32],
+    trace: None,
 };
 
 fn fwd() -> Forwarding {
@@ -323,4 +324,54 @@ fn a_trusted_chain_matches_the_hyper_path() {
         }
         assert_eq!(head.client, Some(client), "{fields:?}");
     }
+}
+
+#[test]
+fn tracing_replaces_the_traceparent_and_keeps_tracestate() {
+    let limits = Limits {
+        trace: Some(crate::trace::Fresh::draw(1.0)),
+        ..LIMITS
+    };
+    let forward_traced = |req: &[u8]| {
+        let mut out = Vec::new();
+        let step = prepare(req, limits, &fwd(), &mut out, |_, _, _, _| Route::Forward {
+            target: (),
+            addr: UP.parse().unwrap(),
+            preserve_host: true,
+        });
+        match step {
+            Step::Forward { head, .. } => (head, String::from_utf8(out).unwrap()),
+            other => panic!("not forwarded: {other:?}"),
+        }
+    };
+    let client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let req =
+        format!("GET / HTTP/1.1\r\nHost: a\r\nTraceParent: {client}\r\ntracestate: v=1\r\n\r\n");
+    let (head, out) = forward_traced(req.as_bytes());
+    let t = head.trace.expect("a trace context");
+    assert_eq!(
+        t.parent_id,
+        [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+    );
+    let sent: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("traceparent: "))
+        .collect();
+    assert_eq!(sent.len(), 1, "{out}");
+    assert_eq!(&sent[0][..36], &client[..36]);
+    assert_ne!(&sent[0][36..52], &client[36..52]);
+    assert!(!out.contains("TraceParent"), "{out}");
+    assert!(out.contains("tracestate: v=1\r\n"), "{out}");
+    // Two values: a new trace.
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\ntraceparent: {client}\r\ntraceparent: {client}\r\n\r\n"
+    );
+    let (head, out) = forward_traced(req.as_bytes());
+    assert_eq!(head.trace.unwrap().parent_id, [0; 8]);
+    assert_eq!(out.matches("traceparent: ").count(), 1, "{out}");
+    assert!(!out.contains(&client[3..35]), "{out}");
+    // Off: passed on as it came, nothing added.
+    let (head, out) = forward(b"GET / HTTP/1.1\r\nHost: a\r\ntraceparent: x\r\n\r\n", true);
+    assert_eq!(head.trace, None);
+    assert_eq!(out.matches("traceparent").count(), 1, "{out}");
 }
