@@ -26,6 +26,7 @@ LABELS = {
     "gateway-mt": "tollgate, multi-thread runtime",
     "gateway-stack": "tollgate, admission+breaker+pool+balance",
     "gateway-cache": "tollgate, cache hit",
+    "gateway-traced": "tollgate, plain route, traced",
     "nginx-post": "nginx, POST",
     "haproxy-post": "HAProxy, POST",
     "gateway-post": "tollgate, POST",

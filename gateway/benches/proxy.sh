@@ -17,7 +17,9 @@
 #   in multi-thread-runtime mode (`gateway-mt`), the gateway's full layer stack (`gateway-stack`:
 #   admission + breaker + pool + balance on `/stack`) and a cached route (`gateway-cache`: every
 #   request a cache hit on `/cached`) and the plain route with the HTTP/1.1 fast path off
-#   (`gateway-hyper`: every request through hyper's HTTP/1.1) in interleaved rounds and
+#   (`gateway-hyper`: every request through hyper's HTTP/1.1) and the plain route with tracing on
+#   (`gateway-traced`: every request sampled, spans exported over OTLP/HTTP to a local sink that
+#   answers 200 and discards them) in interleaved rounds and
 #   prints the median RPS and p50/p99/p99.9 latency of each, the gateway/nginx ratios, and the
 #   CPU time per request of each proxy (from /proc/PID/stat, backend excluded);
 # - opens IDLE_CONNS keep-alive connections (one request each, then idle) to each proxy, paced
@@ -38,6 +40,8 @@ GATEWAY_PORT=19081
 GATEWAY_MT_PORT=19082
 GATEWAY_HYPER_PORT=19083
 HAPROXY_PORT=19084
+GATEWAY_TRACED_PORT=19085
+OTLP_PORT=19086
 
 # shellcheck source=gateway/benches/lib.sh
 source gateway/benches/lib.sh
@@ -173,12 +177,32 @@ $PIN_SERVER "$BIN" --config "$TMP/gw-hyper.toml" >/dev/null &
 PIDS+=($!)
 GATEWAY_HYPER_PID=$!
 
+# The same gateway with tracing on: every request sampled and exported (OTLP/HTTP, batched) to
+# a sink that answers 200 and keeps nothing, so the figure is the gateway's own cost.
+cat >"$TMP/otlp_sink.py" <<'EOF'
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+EOF
+python3 "$TMP/otlp_sink.py" $OTLP_PORT &
+PIDS+=($!)
+sed -e "s/127.0.0.1:$GATEWAY_PORT/127.0.0.1:$GATEWAY_TRACED_PORT/" "$TMP/gw.toml" >"$TMP/gw-traced.toml"
+printf '[tracing]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = 1.0\n' $OTLP_PORT >>"$TMP/gw-traced.toml"
+$PIN_SERVER "$BIN" --config "$TMP/gw-traced.toml" >/dev/null &
+PIDS+=($!)
+GATEWAY_TRACED_PID=$!
+
 wait_port $BACKEND_PORT
 wait_port $NGINX_PORT
 wait_port $HAPROXY_PORT
 wait_port $GATEWAY_PORT
 wait_port $GATEWAY_MT_PORT
 wait_port $GATEWAY_HYPER_PORT
+wait_port $GATEWAY_TRACED_PORT
 NGINX_MASTER=$(cat "$TMP/nginx.pid")
 
 cat >"$TMP/report.lua" <<'EOF'
@@ -190,10 +214,10 @@ done = function(summary, latency, requests)
 end
 EOF
 
-TARGETS=${TARGETS:-backend nginx haproxy gateway gateway-hyper gateway-mt gateway-stack gateway-cache}
-declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT)
-declare -A URLPATH=([backend]=/ [nginx]=/ [haproxy]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached)
-declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [haproxy]=$HAPROXY_PID [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID)
+TARGETS=${TARGETS:-backend nginx haproxy gateway gateway-hyper gateway-mt gateway-stack gateway-cache gateway-traced}
+declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT [gateway-traced]=$GATEWAY_TRACED_PORT)
+declare -A URLPATH=([backend]=/ [nginx]=/ [haproxy]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached [gateway-traced]=/)
+declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [haproxy]=$HAPROXY_PID [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID [gateway-traced]=$GATEWAY_TRACED_PID)
 RESULTS=$TMP/results
 : >"$RESULTS"
 echo "tollgate proxy benchmark: $(nproc) cores, workers=$WORKERS, wrk -t$THREADS -c$CONNS -d${DURATION}s, $ROUNDS rounds, load on cpus ${LOADGEN_CPUS:-any}, servers on ${SERVER_CPUS:-any}"
@@ -265,6 +289,11 @@ if has gateway-hyper && has gateway-stack; then
   # the layers' own cost.
   awk -v hr="${MED[gateway-hyper,2]}" -v sr="${MED[gateway-stack,2]}" -v hc="${MED[gateway-hyper,6]}" -v sc="${MED[gateway-stack,6]}" \
     'BEGIN{printf "full stack/plain route (both on hyper): rps %.2fx  cpu/req %.2fx (target: rps >= 0.90x)\n", sr/hr, sc/hc}'
+fi
+if has gateway && has gateway-traced; then
+  awk -v gr="${MED[gateway,2]}" -v tr="${MED[gateway-traced,2]}" -v gc="${MED[gateway,6]}" -v tc="${MED[gateway-traced,6]}" \
+    -v g99="${MED[gateway,4]}" -v t99="${MED[gateway-traced,4]}" \
+    'BEGIN{printf "tracing on/off (plain route): rps %.2fx  p99 %.2fx  cpu/req %+.1f us\n", tr/gr, t99/g99, tc-gc}'
 fi
 if has nginx && has gateway-cache; then
   awk -v cr="${MED[gateway-cache,2]}" -v nr="${MED[nginx,2]}" \
