@@ -182,15 +182,12 @@ fn record_request(
         KeyValue::new("http.response.status_code", i64::from(status)),
     ];
     if let Some(r) = route {
-        if let Some(rc) = snap.config.routes.get(r) {
-            attributes.push(KeyValue::new("http.route", rc.path_prefix.clone()));
+        let (prefix, cluster) = snap.route_labels(r);
+        if let Some(prefix) = prefix {
+            attributes.push(KeyValue::new("http.route", prefix.to_owned()));
         }
-        if let Some(c) = snap
-            .route_cluster
-            .get(r)
-            .and_then(|c| snap.clusters.get(*c))
-        {
-            attributes.push(KeyValue::new("tollgate.cluster", c.name.clone()));
+        if let Some(cluster) = cluster {
+            attributes.push(KeyValue::new("tollgate.cluster", cluster.to_owned()));
         }
     }
     if let Some(f) = failure {

@@ -97,6 +97,17 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
+    /// Route `r`'s path prefix and cluster name, for the labels of its trace spans.
+    pub(crate) fn route_labels(&self, r: usize) -> (Option<&str>, Option<&str>) {
+        let prefix = self.config.routes.get(r).map(|rc| rc.path_prefix.as_str());
+        let cluster = self
+            .route_cluster
+            .get(r)
+            .and_then(|c| self.clusters.get(*c))
+            .map(|c| c.name.as_str());
+        (prefix, cluster)
+    }
+
     /// Compiles a validated config. DNS names are resolved now (blocking); `demo` gives the
     /// bound address of each demo upstream; `old` lends counters to clusters that keep their
     /// name.

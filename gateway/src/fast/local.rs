@@ -179,6 +179,14 @@ async fn answer(
 /// The most a lingering close reads and drops.
 const LINGER_BYTES: usize = 1 << 20;
 
+/// The head's bytes in `r` as text, `-` when they are not UTF-8 (or not there).
+fn head_text<'a>(head_bytes: &'a [u8], r: &std::ops::Range<usize>) -> &'a str {
+    head_bytes
+        .get(r.clone())
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("-")
+}
+
 pub(super) fn log_access(
     ctx: &ConnCtx,
     snap: &crate::state::Snapshot,
@@ -190,12 +198,7 @@ pub(super) fn log_access(
     if !snap.config.log.access_log {
         return;
     }
-    let text = |r: &std::ops::Range<usize>| {
-        head_bytes
-            .get(r.clone())
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("-")
-    };
+    let text = |r: &std::ops::Range<usize>| head_text(head_bytes, r);
     tracing::info!(
         target: "tollgate::access",
         client = %head.client.unwrap_or(ctx.peer.ip()),
@@ -229,13 +232,7 @@ pub(super) fn record_trace(
         return;
     }
     let clock = trace::Clock::now();
-    let text = |r: &std::ops::Range<usize>| {
-        head_bytes
-            .get(r.clone())
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("-")
-            .to_owned()
-    };
+    let text = |r: &std::ops::Range<usize>| head_text(head_bytes, r).to_owned();
     let mut attributes = vec![
         KeyValue::new("http.request.method", text(&head.method)),
         KeyValue::new("url.path", text(&head.path)),
@@ -243,15 +240,12 @@ pub(super) fn record_trace(
         KeyValue::new("network.protocol.version", "1.1"),
     ];
     if let Some(r) = done.route {
-        if let Some(rc) = snap.config.routes.get(r) {
-            attributes.push(KeyValue::new("http.route", rc.path_prefix.clone()));
+        let (prefix, cluster) = snap.route_labels(r);
+        if let Some(prefix) = prefix {
+            attributes.push(KeyValue::new("http.route", prefix.to_owned()));
         }
-        if let Some(c) = snap
-            .route_cluster
-            .get(r)
-            .and_then(|c| snap.clusters.get(*c))
-        {
-            attributes.push(KeyValue::new("tollgate.cluster", c.name.clone()));
+        if let Some(cluster) = cluster {
+            attributes.push(KeyValue::new("tollgate.cluster", cluster.to_owned()));
         }
     }
     if let (Some(addr), Some((sent, answered, upstream_status))) = (done.upstream, done.exchange) {
