@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A horizontal bar chart, as a self-contained SVG, of the figures a bench prints.
 
-Reads `TARGET VALUE` lines (one per bar, in order) on standard input and writes the SVG to
-standard output. The anchors (nginx, HAProxy) and the bare backend are drawn grey, the gateway's
+Reads `TARGET VALUE [NOTE...]` lines (one per bar, in order) on standard input and writes the
+SVG to standard output; a NOTE is printed after the bar's value. The anchors (nginx, HAProxy) and the bare backend are drawn grey, the gateway's
 bars blue, and each bar carries its value and its ratio to the first anchor on the chart.
 
     printf 'nginx 39989\\ngateway 42217\\n' | python3 gateway/benches/chart.py \\
@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--title", required=True)
     ap.add_argument("--unit", default="req/s")
     ap.add_argument("--note", default="", help="a line under the title (the command, the machine)")
+    ap.add_argument("--no-ratio", action="store_true", help="leave out each bar's ratio to nginx")
     args = ap.parse_args()
 
     bars = []
@@ -50,17 +51,17 @@ def main():
         if len(parts) < 2:
             continue
         try:
-            bars.append((parts[0], float(parts[1])))
+            bars.append((parts[0], float(parts[1]), " ".join(parts[2:])))
         except ValueError:
             sys.exit(f"chart.py: not a number in {line.strip()!r}")
     if not bars:
         sys.exit("chart.py: no figures on standard input")
 
-    anchor = next((v for t, v in bars if t.split("-")[0] == "nginx"), None)
-    top = max(v for _, v in bars) or 1.0
+    anchor = None if args.no_ratio else next((v for t, v, _ in bars if t.split("-")[0] == "nginx"), None)
+    top = max(v for _, v, _ in bars) or 1.0
     label_w, bar_w, row_h, pad = 300, 420, 26, 12
     head = 54 if args.note else 38
-    width = label_w + bar_w + 190
+    width = label_w + bar_w + (330 if any(n for _, _, n in bars) else 190)
     height = head + row_h * len(bars) + pad
 
     out = [
@@ -71,7 +72,7 @@ def main():
     ]
     if args.note:
         out.append(f'<text x="{pad}" y="40" fill="#555555">{html.escape(args.note)}</text>')
-    for i, (target, value) in enumerate(bars):
+    for i, (target, value, note) in enumerate(bars):
         y = head + i * row_h
         w = max(1.0, bar_w * value / top)
         colour = "#9e9e9e" if is_anchor(target) else "#2f6fb3"
@@ -79,6 +80,8 @@ def main():
         text = f"{value:,.0f} {args.unit}"
         if anchor and not target.startswith("nginx"):
             text += f"  ({value / anchor:.2f}x nginx)"
+        if note:
+            text += f"  {note}"
         out += [
             f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end">{html.escape(label)}</text>',
             f'<rect x="{label_w}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" fill="{colour}"/>',

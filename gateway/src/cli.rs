@@ -58,9 +58,15 @@ pub(crate) enum Command {
         /// Behaviour.
         #[arg(long, value_enum, default_value = "fast")]
         kind: KindArg,
-        /// Delay of `slow`, ms.
+        /// Delay of `slow`, or mean service time of `busy`, ms.
         #[arg(long, default_value_t = 1500)]
         delay_ms: u64,
+        /// Workers of `busy`: the requests it serves at once.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        workers: u64,
+        /// Spread of `busy`'s service time, a fraction of `delay-ms` either side (uniform).
+        #[arg(long, default_value_t = 0.2, value_parser = jitter)]
+        jitter: f64,
         /// Runtime threads (1 = a current-thread runtime).
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -76,6 +82,18 @@ pub(crate) enum KindArg {
     Slow,
     /// Fails now and then.
     Flaky,
+    /// A fixed number of workers, a jittery service time, a FIFO queue.
+    Busy,
+}
+
+/// Parses `--jitter`: a fraction in `[0, 1)`.
+fn jitter(s: &str) -> Result<f64, String> {
+    let j: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..1.0).contains(&j) {
+        Ok(j)
+    } else {
+        Err("must be at least 0 and below 1".into())
+    }
 }
 
 /// Sets up `tracing` output as the config asks; `RUST_LOG` overrides the level.
@@ -99,10 +117,17 @@ pub(crate) fn main() -> ExitCode {
         listen,
         kind,
         delay_ms,
+        workers,
+        jitter,
         threads,
     }) = args.command
     {
-        return demo_upstream(listen, kind, delay_ms, threads);
+        let timing = demo::Timing {
+            delay: Duration::from_millis(delay_ms),
+            workers: usize::try_from(workers).unwrap_or(usize::MAX),
+            jitter,
+        };
+        return demo_upstream(listen, kind, timing, threads);
     }
     if let Some(path) = &args.check {
         return match Config::load(path) {
@@ -224,13 +249,14 @@ async fn wait_for_signals(gateway: &Gateway) {
 fn demo_upstream(
     listen: std::net::SocketAddr,
     kind: KindArg,
-    delay_ms: u64,
+    timing: demo::Timing,
     threads: usize,
 ) -> ExitCode {
     let kind = match kind {
         KindArg::Fast => DemoKind::Fast,
         KindArg::Slow => DemoKind::Slow,
         KindArg::Flaky => DemoKind::Flaky,
+        KindArg::Busy => DemoKind::Busy,
     };
     let rt = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -260,7 +286,7 @@ fn demo_upstream(
         let addr = listener.local_addr().map_or(listen, |a| a);
         println!("tollgate: demo upstream on http://{addr}/");
         let _ = std::io::stdout().flush();
-        let demo = Arc::new(Demo::new("demo", kind, Duration::from_millis(delay_ms)));
+        let demo = Arc::new(Demo::new("demo", kind, timing));
         tokio::select! {
             () = demo::serve(listener, demo) => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -234,7 +234,11 @@ impl Gateway {
                 Arc::new(Demo::new(
                     &d.name,
                     d.kind,
-                    Duration::from_millis(d.delay_ms),
+                    demo::Timing {
+                        delay: Duration::from_millis(d.delay_ms),
+                        workers: d.workers,
+                        jitter: d.jitter,
+                    },
                 )),
             ));
         }

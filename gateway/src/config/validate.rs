@@ -142,6 +142,12 @@ impl Config {
             if d.delay_ms > 600_000 {
                 return Err(e(at("delay_ms"), "must be at most 600000 ms"));
             }
+            if !(1..=10_000).contains(&d.workers) {
+                return Err(e(at("workers"), "must be between 1 and 10000"));
+            }
+            if !(0.0..1.0).contains(&d.jitter) {
+                return Err(e(at("jitter"), "must be at least 0 and below 1"));
+            }
         }
         for (i, c) in self.clusters.iter().enumerate() {
             let at = |f: &str| format!("clusters[{i}].{f}");
