@@ -134,6 +134,14 @@ impl Controller {
         }
     }
 
+    /// Tells a dynamic capacity that a request found the limit reached.
+    #[inline]
+    pub(crate) fn capacity_limited(&self) {
+        if let Some(c) = &self.dynamic {
+            c.on_limited();
+        }
+    }
+
     #[inline]
     pub(crate) fn limit(&self) -> usize {
         match &self.dynamic {

@@ -293,6 +293,8 @@ impl Controller {
         deadline: Option<Instant>,
         now: Instant,
     ) -> Enqueued {
+        // Demand is at the limit: an adaptive capacity learns that its limit is in use.
+        self.capacity_limited();
         let mut slow = self.lock();
         self.sweep(&mut slow, class, now, false);
         let cap = self.classes[class].queue_capacity;

@@ -70,6 +70,12 @@ pub trait Capacity: Send + Sync + fmt::Debug + 'static {
         let _ = (slot, latency, outcome);
     }
 
+    /// A request found the limit reached: the enforcing layer queues it (or refuses it) instead
+    /// of admitting it now. Demand is at the limit; a capacity that learns its limit from use
+    /// counts this as the limit being in use, as a refused permit would tell it in a layer of
+    /// its own. Default: nothing.
+    fn on_limited(&self) {}
+
     /// An admitted request was dropped before it finished (its caller gave up). Default:
     /// [`on_release`](Self::on_release) with no latency and [`Outcome::Ignored`].
     fn on_cancel(&self, slot: Slot) {

@@ -69,6 +69,13 @@ impl Capacity for Limiter {
         core.finish(rtt, outcome, now, weight, bits & CALM != 0, true);
     }
 
+    /// Counts demand at the limit, as a permit that was not free does in the pool's own layer:
+    /// the algorithm sees the window as saturated.
+    #[inline]
+    fn on_limited(&self) {
+        self.core().limited();
+    }
+
     /// Counts a cancellation and gives the token back, as dropping a started permit does.
     #[inline]
     fn on_cancel(&self, slot: Slot) {

@@ -404,6 +404,14 @@ impl Core {
         below == usize::MAX || self.in_flight() <= below
     }
 
+    /// Counts demand at the limit without a permit taken (a layer that enforces the limit
+    /// itself queued the request): the window sees it as `limited`.
+    #[inline]
+    pub(crate) fn limited(&self) {
+        // Relaxed: statistics.
+        self.stats(home()).limited.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one refused request in the snapshot's `rejected`.
     pub(crate) fn reject(&self) {
         // Relaxed: statistics.

@@ -1,17 +1,52 @@
 //! The matrix's building blocks: cells (a service-time distribution on a backend), the
 //! scenarios run on them, and the bars each scenario must meet.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tollgate_pool::{
     AimdConfig, AlgorithmConfig, Gradient2Config, Limiter, PoolConfig, PoolSizerLayer,
 };
 use tollgate_sim::timeline::{IN_FLIGHT, LIMIT};
 use tollgate_sim::{
-    Change, LoadGen, Profile, Recorder, ServiceTime, SimBackend, Summary, Timeline,
+    Change, LoadGen, Profile, Recorder, ServiceTime, SimBackend, SimRequest, SimResponse, Summary,
+    Timeline,
 };
-use tower::ServiceBuilder;
+use tower::util::BoxCloneService;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+/// The service under test, built in front of the backend from the run's limiter.
+pub(crate) type FrontFn =
+    fn(Limiter, SimBackend) -> BoxCloneService<SimRequest, SimResponse, BoxError>;
+
+/// What stands in front of the backend, and the name its timelines are filed under.
+static FRONT: OnceLock<(&'static str, FrontFn)> = OnceLock::new();
+
+/// Puts `front` in front of the backend in every run of this test binary instead of the pool's
+/// own layer: tollgate-admission's matrix includes this harness and runs the same scenarios
+/// with the limiter as admission's capacity. Call it before the first run; later calls are
+/// ignored.
+#[allow(dead_code)]
+pub(crate) fn set_front(name: &'static str, front: FrontFn) {
+    let _ = FRONT.set((name, front));
+}
+
+/// The pool's own layer: reject mode, as `PoolConfig` says.
+fn pool_front(
+    limiter: Limiter,
+    backend: SimBackend,
+) -> BoxCloneService<SimRequest, SimResponse, BoxError> {
+    BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(PoolSizerLayer::new(limiter))
+            .service(backend)
+            .map_err(Into::into),
+    )
+}
+
+fn front() -> (&'static str, FrontFn) {
+    *FRONT.get_or_init(|| ("", pool_front))
+}
 
 pub(crate) const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -254,12 +289,17 @@ impl Run {
     }
 }
 
-/// Where timelines go: `target/sim/<algo>/`.
+/// Where timelines go: `target/sim/<algo>/`, or `target/sim/<front>-<algo>/` for another
+/// front (see [`set_front`]).
 fn timeline_dir(algo: Algo) -> std::path::PathBuf {
-    let name = match algo {
+    let mut name = match algo {
         Algo::Fixed(_) => "fixed".to_owned(),
         a => format!("{a:?}").to_lowercase(),
     };
+    let (front, _) = front();
+    if !front.is_empty() {
+        name = format!("{front}-{name}");
+    }
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/sim")
         .join(name)
@@ -288,9 +328,7 @@ pub(crate) async fn run_observed(
         backend.schedule(*at, *change);
     }
     let limiter = Limiter::new(algo.config()).unwrap();
-    let svc = ServiceBuilder::new()
-        .layer(PoolSizerLayer::new(limiter.clone()))
-        .service(backend);
+    let svc = (front().1)(limiter.clone(), backend);
     let rec = Recorder::new();
     let done = Arc::new(AtomicBool::new(false));
     let start = tokio::time::Instant::now();
