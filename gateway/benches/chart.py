@@ -30,6 +30,8 @@ LABELS = {
     "nginx-post": "nginx, POST",
     "haproxy-post": "HAProxy, POST",
     "gateway-post": "tollgate, POST",
+    "gateway-before": "tollgate (BEFORE_BIN), plain route",
+    "gateway-stack-before": "tollgate (BEFORE_BIN), layered route",
 }
 
 

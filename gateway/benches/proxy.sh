@@ -5,6 +5,7 @@
 #   WORKERS=2 ROUNDS=5 DURATION=10 gateway/benches/proxy.sh
 #   IDLE_CONNS=0 gateway/benches/proxy.sh        # skip the idle keep-alive memory check
 #   TARGETS="backend nginx gateway" gateway/benches/proxy.sh   # only some of the targets
+#   BEFORE_BIN=/path/to/older/tollgate gateway/benches/proxy.sh  # an older build beside this one
 #
 # What it does:
 # - builds `target/release/tollgate` (the backend is `tollgate demo-upstream`, a bare hyper
@@ -41,6 +42,7 @@ GATEWAY_MT_PORT=19082
 GATEWAY_HYPER_PORT=19083
 HAPROXY_PORT=19084
 GATEWAY_TRACED_PORT=19085
+GATEWAY_BEFORE_PORT=19087
 OTLP_PORT=19086
 
 # shellcheck source=gateway/benches/lib.sh
@@ -196,6 +198,19 @@ $PIN_SERVER "$BIN" --config "$TMP/gw-traced.toml" >/dev/null &
 PIDS+=($!)
 GATEWAY_TRACED_PID=$!
 
+# BEFORE_BIN: an older build of the gateway (another commit's `target/release/tollgate`) with
+# the same config on its own port, as the targets `gateway-before` (plain route) and
+# `gateway-stack-before` (layered route), so that two builds are compared in one run. The
+# `[limits]` lines are left out: builds before #18 do not know them.
+GATEWAY_BEFORE_PID=
+if [ -n "${BEFORE_BIN:-}" ]; then
+  sed -e "s/127.0.0.1:$GATEWAY_PORT/127.0.0.1:$GATEWAY_BEFORE_PORT/" -e '/^\[limits\]/d' \
+    -e '/^max_requests_per_connection/d' -e '/^# as nginx/d' "$TMP/gw.toml" >"$TMP/gw-before.toml"
+  $PIN_SERVER "$BEFORE_BIN" --config "$TMP/gw-before.toml" >/dev/null &
+  PIDS+=($!)
+  GATEWAY_BEFORE_PID=$!
+fi
+
 wait_port $BACKEND_PORT
 wait_port $NGINX_PORT
 wait_port $HAPROXY_PORT
@@ -203,6 +218,7 @@ wait_port $GATEWAY_PORT
 wait_port $GATEWAY_MT_PORT
 wait_port $GATEWAY_HYPER_PORT
 wait_port $GATEWAY_TRACED_PORT
+[ -n "$GATEWAY_BEFORE_PID" ] && wait_port $GATEWAY_BEFORE_PORT
 NGINX_MASTER=$(cat "$TMP/nginx.pid")
 
 cat >"$TMP/report.lua" <<'EOF'
@@ -214,10 +230,10 @@ done = function(summary, latency, requests)
 end
 EOF
 
-TARGETS=${TARGETS:-backend nginx haproxy gateway gateway-hyper gateway-mt gateway-stack gateway-cache gateway-traced}
-declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT [gateway-traced]=$GATEWAY_TRACED_PORT)
-declare -A URLPATH=([backend]=/ [nginx]=/ [haproxy]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached [gateway-traced]=/)
-declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [haproxy]=$HAPROXY_PID [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID [gateway-traced]=$GATEWAY_TRACED_PID)
+TARGETS=${TARGETS:-backend nginx haproxy gateway gateway-hyper gateway-mt gateway-stack gateway-cache gateway-traced${BEFORE_BIN:+ gateway-before gateway-stack-before}}
+declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT [gateway-traced]=$GATEWAY_TRACED_PORT [gateway-before]=$GATEWAY_BEFORE_PORT [gateway-stack-before]=$GATEWAY_BEFORE_PORT)
+declare -A URLPATH=([backend]=/ [nginx]=/ [haproxy]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached [gateway-traced]=/ [gateway-before]=/ [gateway-stack-before]=/stack)
+declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [haproxy]=$HAPROXY_PID [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID [gateway-traced]=$GATEWAY_TRACED_PID [gateway-before]=$GATEWAY_BEFORE_PID [gateway-stack-before]=$GATEWAY_BEFORE_PID)
 RESULTS=$TMP/results
 : >"$RESULTS"
 echo "tollgate proxy benchmark: $(nproc) cores, workers=$WORKERS, wrk -t$THREADS -c$CONNS -d${DURATION}s, $ROUNDS rounds, load on cpus ${LOADGEN_CPUS:-any}, servers on ${SERVER_CPUS:-any}"
@@ -295,6 +311,14 @@ if has gateway && has gateway-traced; then
     -v g99="${MED[gateway,4]}" -v t99="${MED[gateway-traced,4]}" \
     'BEGIN{printf "tracing on/off (plain route): rps %.2fx  p99 %.2fx  cpu/req %+.1f us\n", tr/gr, t99/g99, tc-gc}'
 fi
+for pair in "gateway gateway-before" "gateway-stack gateway-stack-before"; do
+  read -r now then <<<"$pair"
+  if has "$now" && has "$then"; then
+    awk -v t="$now" -v nr="${MED[$now,2]}" -v br="${MED[$then,2]}" -v n99="${MED[$now,4]}" -v b99="${MED[$then,4]}" \
+      -v nc="${MED[$now,6]}" -v bc="${MED[$then,6]}" \
+      'BEGIN{printf "%s, this build/BEFORE_BIN: rps %.2fx  p99 %.2fx  cpu/req %.2fx\n", t, nr/br, n99/b99, nc/bc}'
+  fi
+done
 if has nginx && has gateway-cache; then
   awk -v cr="${MED[gateway-cache,2]}" -v nr="${MED[nginx,2]}" \
     'BEGIN{printf "cache-hit route/nginx proxy: rps %.2fx (target: >= 2x)\n", cr/nr}'
