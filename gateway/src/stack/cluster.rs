@@ -16,7 +16,7 @@ use crate::stats::{EndpointStats, clock_ms};
 use crate::tls::upstream::ClusterTls;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tollgate_balance::{Balance, BalanceHandle};
+use tollgate_balance::{AvoidTried, Balance, BalanceHandle};
 use tollgate_breaker::{Breaker, BreakerHandle, BreakerLayer};
 use tollgate_core::BoxError;
 use tollgate_core::classify::ServerErrorsAreFailures;
@@ -29,8 +29,9 @@ pub(crate) type Cls = ServerErrorsAreFailures;
 
 /// One endpoint: its breaker (when `endpoint_breaker` is set) over the upstream.
 pub(crate) type EndpointSvc = Either<Breaker<Upstream, Cls>, Upstream>;
-/// The cluster's balancer over its endpoints.
-pub(crate) type Balanced = Balance<SocketAddr, EndpointSvc, Cls>;
+/// The cluster's balancer over its endpoints; a retry or hedge avoids the endpoints its request
+/// already tried (the `Attempt` that `stack::retry` puts in each try's extensions).
+pub(crate) type Balanced = Balance<SocketAddr, EndpointSvc, Cls, AvoidTried>;
 /// The adaptive limit over the balancer, when `pool` is set.
 pub(crate) type Pooled = Either<PoolSizer<Balanced, Cls>, Balanced>;
 /// The cluster breaker over the rest, when `breaker` is set.
@@ -128,7 +129,8 @@ impl ClusterLayers {
         let balance_cfg = key.balance.clone().unwrap_or_default();
         let balanced: Balanced = Balance::new(std::iter::empty(), balance_cfg)
             .map_err(|e| layer_err("balance", e))?
-            .with_classifier(Cls::default());
+            .with_classifier(Cls::default())
+            .avoid_tried();
         let handle = balanced.handle();
         let (pooled, limiter) = match &key.pool {
             Some(p) => {
@@ -158,7 +160,12 @@ impl ClusterLayers {
             }
             None => (Either::Right(pooled), None),
         };
-        let retry = key.retry.as_ref().map(RetryPolicy::new);
+        let retry = key
+            .retry
+            .as_ref()
+            .map(RetryPolicy::new)
+            .transpose()
+            .map_err(|e| layer_err("retry", e))?;
         Ok(Arc::new(Self {
             name: cc.name.clone(),
             key,
