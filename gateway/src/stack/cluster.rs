@@ -6,7 +6,7 @@
 //! latency-aware P2C one (with the `[clusters.balance]` section's settings, or the defaults).
 
 use super::health::HttpHealthCheck;
-use super::retry::RetryPolicy;
+use super::retry::{Retried, RetryPolicy};
 use super::upstream::Upstream;
 use super::{UpRequest, UpResponse};
 use crate::config::retry::RetrySection;
@@ -80,7 +80,8 @@ pub(crate) struct ClusterLayers {
     breaker: Option<BreakerHandle>,
     endpoint_breakers: Mutex<Vec<(SocketAddr, BreakerHandle)>>,
     limiter: Option<Limiter>,
-    retry: Option<RetryPolicy>,
+    /// The retry policy and the stack under its retry layer, when `retry` is set.
+    retry: Option<(RetryPolicy, Retried<ClusterSvc>)>,
     /// The cluster breaker's last state change (written by its callback, rare).
     last_change: Arc<Mutex<Option<Change>>>,
     health: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -165,7 +166,11 @@ impl ClusterLayers {
             .as_ref()
             .map(RetryPolicy::new)
             .transpose()
-            .map_err(|e| layer_err("retry", e))?;
+            .map_err(|e| layer_err("retry", e))?
+            .map(|policy| {
+                let retried = policy.wrap(svc.clone());
+                (policy, retried)
+            });
         Ok(Arc::new(Self {
             name: cc.name.clone(),
             key,
@@ -246,7 +251,7 @@ impl ClusterLayers {
     /// Sends `req` through the stack (retrying when configured and allowed).
     pub(crate) async fn send(&self, req: UpRequest) -> Result<UpResponse, BoxError> {
         match &self.retry {
-            Some(policy) => policy.send(self.svc.clone(), req).await,
+            Some((policy, retried)) => policy.send(retried.clone(), req).await,
             None => self.svc.clone().oneshot(req).await,
         }
     }
@@ -300,7 +305,7 @@ impl ClusterLayers {
                 "limit": l.limit(),
                 "in_flight": l.in_flight(),
             })),
-            "retry": self.retry.as_ref().map(RetryPolicy::state),
+            "retry": self.retry.as_ref().map(|(p, _)| p.state()),
         })
     }
 
@@ -345,7 +350,7 @@ impl ClusterLayers {
             )
             .set(open(h));
         }
-        if let Some(r) = &self.retry {
+        if let Some((r, _)) = &self.retry {
             r.record_metrics(&c);
         }
     }

@@ -45,7 +45,7 @@ use tollgate_core::attempt::{Attempt, Attempts};
 use tollgate_core::counter::ShardedCounter;
 use tollgate_core::error::find_cause;
 use tollgate_retry::http::Exhausted;
-use tollgate_retry::{Action, Policy, RetriesExhausted, RetryLayer};
+use tollgate_retry::{Action, Policy, RetriesExhausted, Retry, RetryLayer};
 use tower::{Layer, Service, ServiceExt};
 
 /// One try's future (a boxed one: the route's path boxes its futures already).
@@ -246,22 +246,28 @@ impl RetryPolicy {
         Ok(Request::from_parts(parts, GwBody::Right(Full::new(bytes))))
     }
 
-    /// Sends `req` through `svc` with retries and hedges as the section and the budget allow.
+    /// The retry service over `svc`, built once per stack; each request goes through a clone
+    /// (two `Arc` clones) with [`send`](Self::send).
+    pub(crate) fn wrap<S>(&self, svc: S) -> Retried<S> {
+        self.inner.layer.layer(Try {
+            svc,
+            per_try: self.inner.per_try,
+            counters: self.inner.counters.clone(),
+        })
+    }
+
+    /// Sends `req` through `retried` (a clone of the [`wrap`](Self::wrap)ped stack) with
+    /// retries and hedges as the section and the budget allow.
     ///
     /// # Errors
     /// The last try's error (inside a `RetriesExhausted` when tries were left undone).
     pub(crate) async fn send<S: UpstreamService>(
         &self,
-        svc: S,
+        retried: Retried<S>,
         req: UpRequest,
     ) -> Result<UpResponse, BoxError> {
         let req = self.replayable(req).await?;
-        let tried = Try {
-            svc,
-            per_try: self.inner.per_try,
-            counters: self.inner.counters.clone(),
-        };
-        let result = self.inner.layer.layer(tried).oneshot(req).await;
+        let result = retried.oneshot(req).await;
         if let Err(e) = &result
             && find_cause::<RetriesExhausted>(&**e).is_some_and(RetriesExhausted::budget_exhausted)
         {
@@ -309,10 +315,13 @@ impl RetryPolicy {
     }
 }
 
+/// A stack `S` under the retry layer.
+pub(crate) type Retried<S> = Retry<Try<S>, GwPolicy>;
+
 /// One try: the cluster's stack under the per-try timeout, counted, and traced as a
 /// `retry.attempt` span (the parent of its upstream call) when the request is traced.
 #[derive(Debug, Clone)]
-struct Try<S> {
+pub(crate) struct Try<S> {
     svc: S,
     per_try: Option<Duration>,
     counters: Arc<Counters>,
