@@ -404,7 +404,7 @@ impl<K: PartialEq, S, C, A> Balance<K, S, C, A> {
         let fleet = &self.shared.fleet;
         let now = fleet.common.now();
         let snap = fleet.load();
-        let untried = |ep: &&Arc<crate::endpoint::Endpoint<K, S>>| {
+        let untried = |ep: &&crate::sync::Arc<crate::endpoint::Endpoint<K, S>>| {
             ep.core.id != id && !tried.contains(ep.core.id) && ep.core.admitted(now)
         };
         let n = snap.endpoints.iter().filter(untried).count();
