@@ -32,7 +32,7 @@
 //! or the gRPC status with `grpc-retry-pushback-ms` for a gRPC request), the same mapping an
 //! axum or tonic user of the layers gets; [`error_response`] applies both.
 
-use crate::error::{RouteTimedOut, TryTimedOut};
+use crate::error::{ClientBodyFailed, RouteTimedOut, TryTimedOut};
 use crate::pool::{UpBody, UpstreamError};
 use crate::stats::Stats;
 use bytes::Bytes;
@@ -228,6 +228,9 @@ pub(crate) fn classify<'e>(
 ) -> Result<Answer, (Rejection, &'e (dyn std::error::Error + 'static))> {
     if find_cause::<LengthLimitError>(err).is_some() {
         return Ok(Answer::BodyTooLarge);
+    }
+    if find_cause::<ClientBodyFailed>(err).is_some() {
+        return Ok(Answer::BodyUnreadable);
     }
     if let Some(up) = find_cause::<UpstreamError>(err) {
         if crate::pool::client_body_failed(up) {

@@ -24,3 +24,20 @@ impl std::fmt::Display for TryTimedOut {
 }
 
 impl std::error::Error for TryTimedOut {}
+
+/// The client's request body failed while the gateway buffered it for retries (the client went
+/// away mid-body, or broke its framing): answered like a body the upstream could not read.
+#[derive(Debug)]
+pub(crate) struct ClientBodyFailed(pub(crate) tollgate_core::BoxError);
+
+impl std::fmt::Display for ClientBodyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body could not be read: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}

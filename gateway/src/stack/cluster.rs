@@ -6,7 +6,7 @@
 //! latency-aware P2C one (with the `[clusters.balance]` section's settings, or the defaults).
 
 use super::health::HttpHealthCheck;
-use super::retry::RetryPolicy;
+use super::retry::{Retried, RetryPolicy};
 use super::upstream::Upstream;
 use super::{UpRequest, UpResponse};
 use crate::config::retry::RetrySection;
@@ -16,7 +16,7 @@ use crate::stats::{EndpointStats, clock_ms};
 use crate::tls::upstream::ClusterTls;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tollgate_balance::{Balance, BalanceHandle};
+use tollgate_balance::{AvoidTried, Balance, BalanceHandle};
 use tollgate_breaker::{Breaker, BreakerHandle, BreakerLayer};
 use tollgate_core::BoxError;
 use tollgate_core::classify::ServerErrorsAreFailures;
@@ -29,8 +29,9 @@ pub(crate) type Cls = ServerErrorsAreFailures;
 
 /// One endpoint: its breaker (when `endpoint_breaker` is set) over the upstream.
 pub(crate) type EndpointSvc = Either<Breaker<Upstream, Cls>, Upstream>;
-/// The cluster's balancer over its endpoints.
-pub(crate) type Balanced = Balance<SocketAddr, EndpointSvc, Cls>;
+/// The cluster's balancer over its endpoints; a retry or hedge avoids the endpoints its request
+/// already tried (the `Attempt` that `stack::retry` puts in each try's extensions).
+pub(crate) type Balanced = Balance<SocketAddr, EndpointSvc, Cls, AvoidTried>;
 /// The adaptive limit over the balancer, when `pool` is set.
 pub(crate) type Pooled = Either<PoolSizer<Balanced, Cls>, Balanced>;
 /// The cluster breaker over the rest, when `breaker` is set.
@@ -79,7 +80,8 @@ pub(crate) struct ClusterLayers {
     breaker: Option<BreakerHandle>,
     endpoint_breakers: Mutex<Vec<(SocketAddr, BreakerHandle)>>,
     limiter: Option<Limiter>,
-    retry: Option<RetryPolicy>,
+    /// The retry policy and the stack under its retry layer, when `retry` is set.
+    retry: Option<(RetryPolicy, Retried<ClusterSvc>)>,
     /// The cluster breaker's last state change (written by its callback, rare).
     last_change: Arc<Mutex<Option<Change>>>,
     health: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -128,7 +130,8 @@ impl ClusterLayers {
         let balance_cfg = key.balance.clone().unwrap_or_default();
         let balanced: Balanced = Balance::new(std::iter::empty(), balance_cfg)
             .map_err(|e| layer_err("balance", e))?
-            .with_classifier(Cls::default());
+            .with_classifier(Cls::default())
+            .avoid_tried();
         let handle = balanced.handle();
         let (pooled, limiter) = match &key.pool {
             Some(p) => {
@@ -158,7 +161,16 @@ impl ClusterLayers {
             }
             None => (Either::Right(pooled), None),
         };
-        let retry = key.retry.as_ref().map(RetryPolicy::new);
+        let retry = key
+            .retry
+            .as_ref()
+            .map(RetryPolicy::new)
+            .transpose()
+            .map_err(|e| layer_err("retry", e))?
+            .map(|policy| {
+                let retried = policy.wrap(svc.clone());
+                (policy, retried)
+            });
         Ok(Arc::new(Self {
             name: cc.name.clone(),
             key,
@@ -239,7 +251,7 @@ impl ClusterLayers {
     /// Sends `req` through the stack (retrying when configured and allowed).
     pub(crate) async fn send(&self, req: UpRequest) -> Result<UpResponse, BoxError> {
         match &self.retry {
-            Some(policy) => policy.send(self.svc.clone(), req).await,
+            Some((policy, retried)) => policy.send(retried.clone(), req).await,
             None => self.svc.clone().oneshot(req).await,
         }
     }
@@ -293,7 +305,7 @@ impl ClusterLayers {
                 "limit": l.limit(),
                 "in_flight": l.in_flight(),
             })),
-            "retry": self.retry.as_ref().map(RetryPolicy::state),
+            "retry": self.retry.as_ref().map(|(p, _)| p.state()),
         })
     }
 
@@ -338,7 +350,7 @@ impl ClusterLayers {
             )
             .set(open(h));
         }
-        if let Some(r) = &self.retry {
+        if let Some((r, _)) = &self.retry {
             r.record_metrics(&c);
         }
     }

@@ -7,7 +7,7 @@
 //!   cache (route; GET/HEAD; L1/L2, optional Redis L3, stale-if-error)
 //!     -> overall timeout (route `request_timeout_ms`, else `timeouts.request_ms`)
 //!       -> admission (named policy: the route's, else the listener's)
-//!         -> retry (cluster; budgeted; idempotent requests without a body) + per-try timeout
+//!         -> retry (cluster; tollgate-retry: budgeted retries and hedges, replayed bodies) + per-try timeout
 //!           -> cluster breaker -> pool (adaptive in-flight limit)
 //!             -> balance (P2C over peak-EWMA, outlier ejection, health checks, slow start)
 //!               -> endpoint breaker (an open one ejects its endpoint) -> upstream

@@ -1,37 +1,57 @@
-//! `[clusters.retry]`: budgeted retries of idempotent requests without a body, each try with
-//! its own timeout, all inside the route's overall timeout.
+//! `[clusters.retry]`: tollgate-retry's `Retry` layer over the cluster's stack, with the
+//! gateway's policy ([`GwPolicy`]), each try under its own timeout and traced as its own span.
 //!
-//! A retry is allowed while the retries of the last ten seconds stay under `budget_percent` of
-//! the requests of those ten seconds plus `budget_min_per_s` per second, so a failing cluster
-//! gets at most that much extra load (the retry storm a fixed "3 tries" causes cannot happen).
-//! Only `GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE` and `TRACE` requests whose body is empty are
-//! retried: a streamed body cannot be sent twice.
+//! - **Budget**: every request deposits, every retry and hedge withdraws; over ten seconds
+//!   the extra tries stay under `budget_percent` of the requests plus `budget_min_per_s` per
+//!   second, so a failing cluster gets at most that much extra load.
+//! - **What is retried** ([`GwPolicy`]): the `retry_on` failures of idempotent requests
+//!   (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`, `TRACE`, or any with an `Idempotency-Key`);
+//!   a request that is not idempotent only when its connection could not be made (nothing was
+//!   sent), unless `non_idempotent` says otherwise; a gRPC answer whose `grpc-status` header
+//!   is in `grpc_codes` whatever the method. `Retry-After` and `grpc-retry-pushback-ms`
+//!   replace the backoff (a negative pushback ends the retries). A tollgate rejection further
+//!   in (breaker open, pool full) is not retried.
+//! - **Bodies**: a body of known length up to `replay_limit_bytes` is read whole first
+//!   ([`RetryPolicy::replayable`]) and every try replays it; a larger body, or one of unknown
+//!   length (chunked), is streamed to the first try and never retried.
+//! - **Endpoints**: every try carries tollgate-core's `Attempt` in its extensions, and the
+//!   cluster's balancer (`Balance::avoid_tried`) sends a retry or hedge to an endpoint the
+//!   request has not tried while an admitted one is ready: a retry does not go back to the
+//!   endpoint that just refused the connection.
+//! - **Hedging** (`hedge`): a second try when the first is slower than the learned
+//!   percentile, from the same budget; the first answer wins and the other try is dropped,
+//!   which closes its upstream connection.
 
-use super::{GwBody, UpRequest, UpResponse};
+use super::{GwBody, UpRequest, UpResponse, UpstreamService};
 use crate::config::retry::{RetryOn, RetrySection};
-use crate::error::TryTimedOut;
+use crate::error::{ClientBodyFailed, TryTimedOut};
 use crate::pool::UpstreamError;
 use crate::trace::{self, Traced};
 use bytes::Bytes;
-use http::{Method, Request};
-use http_body_util::Full;
+use http::{HeaderMap, Method, Request};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tollgate_core::BoxError;
+use tollgate_core::attempt::{Attempt, Attempts};
 use tollgate_core::counter::ShardedCounter;
 use tollgate_core::error::find_cause;
-use tollgate_retry::{Budget, BudgetConfig};
-use tower::{Service, ServiceExt};
+use tollgate_retry::http::Exhausted;
+use tollgate_retry::{Action, Policy, RetriesExhausted, Retry, RetryLayer};
+use tower::{Layer, Service, ServiceExt};
 
-/// How far back the budget looks: the retries of the last ten seconds against the requests of
-/// those ten seconds.
-const WINDOW: Duration = Duration::from_secs(10);
+/// One try's future (a boxed one: the route's path boxes its futures already).
+type TryFuture = Pin<Box<dyn Future<Output = Result<UpResponse, BoxError>> + Send>>;
 
-/// A cluster's retry policy and budget, shared by every request to it.
+/// A cluster's retry layer and counters, shared by every request to it.
 #[derive(Debug, Clone)]
 pub(crate) struct RetryPolicy {
     inner: Arc<Inner>,
@@ -39,122 +59,313 @@ pub(crate) struct RetryPolicy {
 
 #[derive(Debug)]
 struct Inner {
-    section: RetrySection,
+    layer: RetryLayer<GwPolicy>,
     per_try: Option<Duration>,
-    budget: Budget,
+    replay_limit: usize,
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
     retries: ShardedCounter,
+    hedges: ShardedCounter,
     exhausted: ShardedCounter,
 }
 
-/// Whether `method` may be sent twice.
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
+/// What the gateway retries; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub(crate) struct GwPolicy {
+    on: Arc<[RetryOn]>,
+    grpc_codes: Arc<[u32]>,
+    non_idempotent: bool,
 }
 
-/// tollgate-retry's budget (a ratio of the requests plus a floor per second, over
-/// [`WINDOW`], deposits sharded per core): the same budget a library user stacks with
-/// `RetryLayer`.
-fn budget(percent: f64, floor_per_s: u32) -> Budget {
-    Budget::new(&BudgetConfig {
-        ratio: percent / 100.0,
-        min_per_second: floor_per_s,
-        window: WINDOW,
-    })
+/// Whether `req` may be sent twice whatever happened to the first try.
+fn idempotent<B>(req: &Request<B>) -> bool {
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    ) || req.headers().contains_key("idempotency-key")
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+impl GwPolicy {
+    fn new(section: &RetrySection) -> Self {
+        Self {
+            on: section.retry_on.iter().copied().collect(),
+            grpc_codes: section.grpc_codes.iter().copied().collect(),
+            non_idempotent: section.non_idempotent,
+        }
+    }
+
+    fn on(&self, what: RetryOn) -> bool {
+        self.on.contains(&what)
+    }
+
+    fn classify_response<B, R>(&self, req: &Request<B>, res: &http::Response<R>) -> Action {
+        if res.extensions().get::<Exhausted>().is_some() {
+            return Action::Return;
+        }
+        let headers = res.headers();
+        // gRPC's pushback: a negative or malformed value says "do not retry".
+        let pushback = match header(headers, "grpc-retry-pushback-ms") {
+            None => None,
+            Some(v) => match v.parse::<i64>() {
+                Ok(ms) if ms >= 0 => Some(Duration::from_millis(ms as u64)),
+                _ => return Action::Return,
+            },
+        };
+        let retry = match header(headers, "grpc-status") {
+            // A Trailers-Only answer: nothing was processed, gRPC calls it safe to retry.
+            Some(code) => code
+                .parse::<u32>()
+                .is_ok_and(|c| self.grpc_codes.contains(&c)),
+            None => {
+                let status = res.status();
+                let wanted = (status.is_server_error() && self.on(RetryOn::ServerError))
+                    || (status == http::StatusCode::SERVICE_UNAVAILABLE
+                        && self.on(RetryOn::Unavailable));
+                wanted && (self.non_idempotent || idempotent(req))
+            }
+        };
+        if !retry {
+            return Action::Return;
+        }
+        let retry_after = header(headers, "retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        match pushback.or(retry_after) {
+            Some(d) => Action::RetryAfter(d),
+            None => Action::Retry,
+        }
+    }
+
+    fn classify_error<B>(&self, req: &Request<B>, err: &BoxError) -> Action {
+        let err: &(dyn std::error::Error + 'static) = &**err;
+        let (what, sent) = if find_cause::<TryTimedOut>(err).is_some() {
+            (RetryOn::Timeout, true)
+        } else {
+            match find_cause::<UpstreamError>(err) {
+                Some(
+                    UpstreamError::Connect(_)
+                    | UpstreamError::ConnectTimeout
+                    | UpstreamError::Tls(_),
+                ) => (RetryOn::Connect, false),
+                Some(UpstreamError::Http(_)) => (RetryOn::Reset, true),
+                // A rejection further in (breaker, pool) or no endpoint: not an upstream failure.
+                None => return Action::Return,
+            }
+        };
+        if self.on(what) && (!sent || self.non_idempotent || idempotent(req)) {
+            Action::Retry
+        } else {
+            Action::Return
+        }
+    }
+}
+
+impl Policy<UpRequest, UpResponse> for GwPolicy {
+    fn classify(&self, req: &UpRequest, result: Result<&UpResponse, &BoxError>) -> Action {
+        match result {
+            Ok(res) => self.classify_response(req, res),
+            Err(e) => self.classify_error(req, e),
+        }
+    }
+
+    /// A copy for another try, when the body is held whole (see [`RetryPolicy::replayable`]).
+    fn clone_request(&self, req: &UpRequest) -> Option<UpRequest> {
+        let GwBody::Right(body) = req.body() else {
+            return None;
+        };
+        let mut copy = Request::new(GwBody::Right(body.clone()));
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+
+    fn on_attempt(&self, req: &mut UpRequest, attempt: &Attempt) {
+        req.set_attempt(attempt.clone());
+    }
+
+    fn marks_attempts(&self) -> bool {
+        true
+    }
+
+    fn on_give_up(&self, res: &mut UpResponse) {
+        res.extensions_mut().insert(Exhausted);
+    }
 }
 
 impl RetryPolicy {
-    /// The policy of `section`, with an empty budget.
-    pub(crate) fn new(section: &RetrySection) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                per_try: (section.per_try_timeout_ms > 0)
-                    .then(|| Duration::from_millis(section.per_try_timeout_ms)),
-                budget: budget(section.budget_percent, section.budget_min_per_s),
-                section: section.clone(),
-                retries: ShardedCounter::default(),
-                exhausted: ShardedCounter::default(),
-            }),
-        }
-    }
-
-    /// Whether `req` may be retried: an idempotent method and a body the gateway holds.
-    pub(crate) fn retryable(req: &UpRequest) -> bool {
-        idempotent(req.method()) && matches!(req.body(), http_body_util::Either::Right(_))
-    }
-
-    fn wants_retry(&self, result: &Result<UpResponse, BoxError>) -> bool {
-        let on = &self.inner.section.retry_on;
-        match result {
-            Ok(r) => {
-                (r.status().is_server_error() && on.contains(&RetryOn::ServerError))
-                    || (r.status() == http::StatusCode::SERVICE_UNAVAILABLE
-                        && on.contains(&RetryOn::Unavailable))
-            }
-            Err(e) => {
-                if find_cause::<TryTimedOut>(&**e).is_some() {
-                    return on.contains(&RetryOn::Timeout);
-                }
-                match find_cause::<UpstreamError>(&**e) {
-                    Some(
-                        UpstreamError::Connect(_)
-                        | UpstreamError::ConnectTimeout
-                        | UpstreamError::Tls(_),
-                    ) => on.contains(&RetryOn::Connect),
-                    Some(UpstreamError::Http(_)) => on.contains(&RetryOn::Reset),
-                    None => false,
-                }
-            }
-        }
-    }
-
-    async fn try_once<S>(&self, svc: S, req: UpRequest) -> Result<UpResponse, BoxError>
-    where
-        S: Service<UpRequest, Response = UpResponse, Error = BoxError>,
-    {
-        match self.inner.per_try {
-            Some(t) => match tokio::time::timeout(t, svc.oneshot(req)).await {
-                Ok(r) => r,
-                Err(_) => Err(Box::new(TryTimedOut)),
-            },
-            None => svc.oneshot(req).await,
-        }
-    }
-
-    /// Sends `req` through `svc`, retrying while the policy, the attempts and the budget allow.
+    /// The policy of `section` (already validated), with an empty budget.
     ///
     /// # Errors
-    /// The last try's error.
-    pub(crate) async fn send<S>(&self, svc: S, req: UpRequest) -> Result<UpResponse, BoxError>
-    where
-        S: Service<UpRequest, Response = UpResponse, Error = BoxError> + Clone,
-    {
-        self.inner.budget.deposit();
-        if !Self::retryable(&req) {
-            return self.try_once(svc, req).await;
+    /// tollgate-retry refused the section's configuration.
+    pub(crate) fn new(section: &RetrySection) -> Result<Self, tollgate_core::error::ConfigError> {
+        let layer = RetryLayer::new(section.retry_config())?.with_policy(GwPolicy::new(section));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                layer,
+                per_try: (section.per_try_timeout_ms > 0)
+                    .then(|| Duration::from_millis(section.per_try_timeout_ms)),
+                replay_limit: section.replay_limit_bytes,
+                counters: Arc::default(),
+            }),
+        })
+    }
+
+    /// `req` with its body held whole when its length is known and at most the replay limit,
+    /// so that every try can send it; otherwise `req` unchanged (sent once).
+    ///
+    /// # Errors
+    /// The client's body failed while it was read ([`ClientBodyFailed`]; a body longer than
+    /// the gateway's limit has a `LengthLimitError` in it).
+    pub(crate) async fn replayable(&self, req: UpRequest) -> Result<UpRequest, BoxError> {
+        let known = req.body().size_hint().exact();
+        if !matches!(req.body(), GwBody::Left(_))
+            || known.is_none_or(|len| len > self.inner.replay_limit as u64)
+        {
+            return Ok(req);
         }
         let (parts, body) = req.into_parts();
-        let body: Full<Bytes> = match body {
-            http_body_util::Either::Right(b) => b,
-            http_body_util::Either::Left(_) => Full::default(),
-        };
-        let traced = parts.extensions.get::<Traced>();
-        let mut tries = 0;
-        loop {
-            let mut again = Request::new(GwBody::Right(body.clone()));
-            *again.method_mut() = parts.method.clone();
-            *again.uri_mut() = parts.uri.clone();
-            *again.version_mut() = parts.version;
-            *again.headers_mut() = parts.headers.clone();
-            // Each try is a span of the request's trace, the parent of its upstream call.
-            let attempt = traced.map(|t| (t, trace::new_span_id(), Instant::now()));
-            if let Some((t, id, _)) = &attempt {
-                again.extensions_mut().insert(t.under(*id));
+        let collected = body
+            .collect()
+            .await
+            .map_err(|e| BoxError::from(ClientBodyFailed(e)))?;
+        // Trailers on a request of known length are rare; they are not kept.
+        let bytes: Bytes = collected.to_bytes();
+        Ok(Request::from_parts(parts, GwBody::Right(Full::new(bytes))))
+    }
+
+    /// The retry service over `svc`, built once per stack; each request goes through a clone
+    /// (two `Arc` clones) with [`send`](Self::send).
+    pub(crate) fn wrap<S>(&self, svc: S) -> Retried<S> {
+        self.inner.layer.layer(Try {
+            svc,
+            per_try: self.inner.per_try,
+            counters: self.inner.counters.clone(),
+        })
+    }
+
+    /// Sends `req` through `retried` (a clone of the [`wrap`](Self::wrap)ped stack) with
+    /// retries and hedges as the section and the budget allow.
+    ///
+    /// # Errors
+    /// The last try's error (inside a `RetriesExhausted` when tries were left undone).
+    pub(crate) async fn send<S: UpstreamService>(
+        &self,
+        retried: Retried<S>,
+        req: UpRequest,
+    ) -> Result<UpResponse, BoxError> {
+        let req = self.replayable(req).await?;
+        let result = retried.oneshot(req).await;
+        if let Err(e) = &result
+            && find_cause::<RetriesExhausted>(&**e).is_some_and(RetriesExhausted::budget_exhausted)
+        {
+            self.inner.counters.exhausted.incr();
+        }
+        result
+    }
+
+    /// Retries sent so far (hedges not counted).
+    pub(crate) fn retries(&self) -> u64 {
+        self.inner.counters.retries.sum().max(0) as u64
+    }
+
+    /// Hedges sent so far.
+    pub(crate) fn hedges(&self) -> u64 {
+        self.inner.counters.hedges.sum().max(0) as u64
+    }
+
+    fn exhausted(&self) -> u64 {
+        self.inner.counters.exhausted.sum().max(0) as u64
+    }
+
+    /// State for `/state`.
+    pub(crate) fn state(&self) -> serde_json::Value {
+        let b = self.inner.layer.budget().snapshot();
+        serde_json::json!({
+            "retries": self.retries(),
+            "hedges": self.hedges(),
+            "budget_exhausted": self.exhausted(),
+            "budget": { "requests": b.requests, "spent": b.spent, "allowance": b.allowance },
+        })
+    }
+
+    /// Records the retry counters, labelled `cluster`, into the current `metrics` recorder.
+    pub(crate) fn record_metrics(&self, cluster: &str) {
+        metrics::counter!("tollgate_cluster_retries_total", "cluster" => cluster.to_owned())
+            .absolute(self.retries());
+        metrics::counter!("tollgate_cluster_hedges_total", "cluster" => cluster.to_owned())
+            .absolute(self.hedges());
+        metrics::counter!(
+            "tollgate_cluster_retry_budget_exhausted_total",
+            "cluster" => cluster.to_owned()
+        )
+        .absolute(self.exhausted());
+    }
+}
+
+/// A stack `S` under the retry layer.
+pub(crate) type Retried<S> = Retry<Try<S>, GwPolicy>;
+
+/// One try: the cluster's stack under the per-try timeout, counted, and traced as a
+/// `retry.attempt` span (the parent of its upstream call) when the request is traced.
+#[derive(Debug, Clone)]
+pub(crate) struct Try<S> {
+    svc: S,
+    per_try: Option<Duration>,
+    counters: Arc<Counters>,
+}
+
+impl<S: UpstreamService> Service<UpRequest> for Try<S> {
+    type Response = UpResponse;
+    type Error = BoxError;
+    type Future = TryFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.svc.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: UpRequest) -> TryFuture {
+        let number = match req.attempt() {
+            Some(a) if a.is_hedge() => {
+                self.counters.hedges.incr();
+                a.number()
             }
-            let result = self.try_once(svc.clone(), again).await;
-            if let Some((t, id, start)) = attempt {
+            Some(a) => {
+                if a.number() > 0 {
+                    self.counters.retries.incr();
+                }
+                a.number()
+            }
+            None => 0,
+        };
+        let traced = req.extensions().get::<Traced>().cloned();
+        let span = traced.map(|t| (t, trace::new_span_id(), Instant::now()));
+        if let Some((t, id, _)) = &span {
+            req.extensions_mut().insert(t.under(*id));
+        }
+        let fut = self.svc.call(req);
+        let per_try = self.per_try;
+        Box::pin(async move {
+            let result = match per_try {
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(BoxError::from(TryTimedOut)),
+                },
+                None => fut.await,
+            };
+            if let Some((t, id, start)) = span {
                 let error = match &result {
                     Ok(r) if !r.status().is_server_error() => None,
                     Ok(_) => Some(Cow::Borrowed("server error")),
@@ -165,95 +376,14 @@ impl RetryPolicy {
                     "retry.attempt",
                     SpanKind::Internal,
                     start,
-                    vec![KeyValue::new("tollgate.attempt", (tries + 1) as i64)],
+                    vec![KeyValue::new("tollgate.attempt", i64::from(number) + 1)],
                     error,
                 );
             }
-            if tries < self.inner.section.attempts && self.wants_retry(&result) {
-                if self.inner.budget.try_withdraw() {
-                    tries += 1;
-                    self.inner.retries.incr();
-                    continue;
-                }
-                self.inner.exhausted.incr();
-            }
-            return result;
-        }
-    }
-
-    /// Retries sent so far.
-    pub(crate) fn retries(&self) -> u64 {
-        self.inner.retries.sum().max(0) as u64
-    }
-
-    /// State for `/state`.
-    pub(crate) fn state(&self) -> serde_json::Value {
-        serde_json::json!({
-            "retries": self.retries(),
-            "budget_exhausted": self.inner.exhausted.sum().max(0),
+            result
         })
-    }
-
-    /// Records the retry counters, labelled `cluster`, into the current `metrics` recorder.
-    pub(crate) fn record_metrics(&self, cluster: &str) {
-        metrics::counter!("tollgate_cluster_retries_total", "cluster" => cluster.to_owned())
-            .absolute(self.retries());
-        metrics::counter!(
-            "tollgate_cluster_retry_budget_exhausted_total",
-            "cluster" => cluster.to_owned()
-        )
-        .absolute(self.inner.exhausted.sum().max(0) as u64);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn retries_stay_within_the_share_of_requests() {
-        let b = budget(20.0, 0);
-        assert!(!b.try_withdraw(), "no requests, no floor: no retries");
-        for _ in 0..100 {
-            b.deposit();
-        }
-        let allowed = (0..50).filter(|_| b.try_withdraw()).count();
-        assert_eq!(allowed, 20);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_floor_allows_retries_on_a_quiet_cluster_and_old_counts_expire() {
-        let b = budget(20.0, 1);
-        let allowed = (0..50).filter(|_| b.try_withdraw()).count();
-        assert_eq!(allowed, 10, "one per second over the ten-second window");
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(!b.try_withdraw(), "the window still holds the ten retries");
-        tokio::time::advance(Duration::from_secs(6)).await;
-        assert!(b.try_withdraw(), "they have aged out");
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        let bad = RetrySection {
-            budget_percent: 150.0,
-            ..RetrySection::default()
-        };
-        assert_eq!(
-            bad.validate("clusters[0].retry").unwrap_err().field,
-            "clusters[0].retry.budget_percent"
-        );
-        assert!(RetrySection::default().validate("x").is_ok());
-    }
-
-    #[test]
-    fn only_idempotent_requests_with_a_held_body_are_retryable() {
-        let get = Request::get("/")
-            .body(GwBody::Right(Full::default()))
-            .unwrap();
-        assert!(RetryPolicy::retryable(&get));
-        let post = Request::post("/")
-            .body(GwBody::Right(Full::default()))
-            .unwrap();
-        assert!(!RetryPolicy::retryable(&post));
-    }
-}
+mod tests;

@@ -1,13 +1,22 @@
 //! `[clusters.retry]`: what is retried, where, and how much.
 
 use crate::chaos::*;
-use http::{Method, StatusCode};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Two endpoints, one resetting every connection: with `[clusters.retry]` every GET succeeds
-/// (its failed try is retried on the good endpoint). On a cluster of the resetting endpoint
-/// alone, a GET is tried `1 + attempts` times, while a POST with a body is tried exactly once
-/// (its body was streamed upstream and cannot be sent again).
+/// (its failed try is retried on the good endpoint: the balancer skips the endpoint the request
+/// already tried, with no ejection needed). On a cluster of the resetting endpoint alone, a GET
+/// and a PUT with a body are tried `1 + attempts` times (the PUT's body is replayed), while a
+/// POST with a body is tried exactly once (it reached the endpoint, and a POST is not
+/// idempotent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_rescue_idempotent_requests_only() {
     bounded(async {
@@ -16,11 +25,12 @@ async fn retries_rescue_idempotent_requests_only() {
         let good = ChaosUpstream::start(Mode::Slow).await;
         good.set_delay(Duration::from_millis(40));
         let bad = ChaosUpstream::start(Mode::Reset).await;
-        let retry = "[clusters.retry]\nattempts = 3\nbudget_percent = 20\nbudget_min_per_s = 10\n";
-        // One failure ejects an endpoint of the pair, so a retry cannot land on the resetting
-        // endpoint again: the balancer does not avoid the endpoint a request just failed on,
-        // and a fast-failing endpoint looks cheap to it.
-        let pair = format!("{retry}[clusters.balance.outlier]\nconsecutive_failures = 1\n");
+        let retry = "[clusters.retry]\nattempts = 3\nbudget_percent = 20\nbudget_min_per_s = 10\n\
+                     backoff = { base = \"1ms\", max = \"5ms\" }\n";
+        // No ejection: only the tried-endpoint hint keeps a retry off the resetting endpoint.
+        let pair = format!(
+            "{retry}[clusters.balance.outlier]\nconsecutive_failures = 0\nsuccess_rate = false\n"
+        );
         let rest =
             cluster("pair", &[&good, &bad], &pair, "") + &cluster("alone", &[&bad], retry, "");
         let gw = start(config(&rest));
@@ -51,6 +61,20 @@ async fn retries_rescue_idempotent_requests_only() {
             3 * 4,
             "GETs retried up to attempts"
         );
+        // ...so is a PUT with a body (buffered and replayed)...
+        let before = bad.requests();
+        for _ in 0..2 {
+            let r = call(
+                &client,
+                Method::PUT,
+                &format!("{base}/alone"),
+                Some(b"payload"),
+            )
+            .await
+            .expect("the PUT is answered");
+            assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+        }
+        assert_eq!(bad.requests() - before, 2 * 4, "a PUT's body is replayed");
         // ...and a POST with a body exactly once.
         let before = bad.requests();
         for _ in 0..5 {
@@ -67,7 +91,162 @@ async fn retries_rescue_idempotent_requests_only() {
         assert_eq!(
             bad.requests() - before,
             5,
-            "a POST with a body is never retried"
+            "a POST that reached the endpoint is never retried"
+        );
+        stop(gw).await;
+    })
+    .await;
+}
+
+/// A POST whose connection could not be made was never sent, so it is retried on the other
+/// endpoint, its body replayed: every POST to a cluster with a dead endpoint succeeds, and the
+/// live endpoint reads each exactly once (`tests/endpoint_kill.rs` checks the bodies' bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_refused_at_connect_is_retried_elsewhere() {
+    bounded(async {
+        // Slower than the balancer's first guess for an endpoint it has not measured (30 ms),
+        // so the dead endpoint is picked too.
+        let good = ChaosUpstream::start(Mode::Slow).await;
+        good.set_delay(Duration::from_millis(40));
+        // A port nothing listens on: connecting is refused.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let rest = format!(
+            "[[clusters]]\nname = \"pair\"\nendpoints = [\"{}\", \"{dead}\"]\n\
+             [clusters.retry]\nattempts = 1\nbackoff = {{ base = \"1ms\", max = \"1ms\" }}\n\
+             [clusters.balance.outlier]\nconsecutive_failures = 0\nsuccess_rate = false\n\
+             [[routes]]\npath_prefix = \"/pair\"\ncluster = \"pair\"\n",
+            good.addr
+        );
+        let gw = start(config(&rest));
+        let client = client();
+        let url = format!("http://{}/pair", addr(&gw));
+        for i in 0..20 {
+            let r = call(&client, Method::POST, &url, Some(b"order=1"))
+                .await
+                .expect("the POST is answered");
+            assert_eq!(r.status, StatusCode::OK, "POST {i}: {}", r.body);
+        }
+        assert_eq!(
+            good.requests(),
+            20,
+            "every POST reached the live endpoint once"
+        );
+        let s = state(&gw).await;
+        assert!(
+            layers(&s, "pair")["retry"]["retries"]
+                .as_u64()
+                .is_some_and(|r| r >= 1),
+            "the dead endpoint was never picked: {s:#}"
+        );
+        stop(gw).await;
+    })
+    .await;
+}
+
+/// An upstream for the hedging test: it answers `/N` after 400 ms when `N % 2 == parity`
+/// (body `slow from ADDR`) and at once otherwise (`fast from ADDR`), and counts the requests it
+/// holds.
+async fn parity_upstream(parity: u64) -> (SocketAddr, Arc<AtomicU64>) {
+    let held = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = held.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let count = count.clone();
+                    async move {
+                        // Relaxed: a counter the test reads after the answers came.
+                        count.fetch_add(1, Ordering::Relaxed);
+                        struct Release(Arc<AtomicU64>);
+                        impl Drop for Release {
+                            fn drop(&mut self) {
+                                self.0.fetch_sub(1, Ordering::Relaxed);
+                            }
+                        }
+                        let _release = Release(count);
+                        let n: u64 = req
+                            .uri()
+                            .path()
+                            .rsplit('/')
+                            .next()
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(1);
+                        let slow = n % 2 == parity;
+                        if slow {
+                            tokio::time::sleep(Duration::from_millis(400)).await;
+                        }
+                        let speed = if slow { "slow" } else { "fast" };
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(format!("{speed} from {addr}\n")),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, held)
+}
+
+/// Hedging: each of two endpoints answers half the paths after 400 ms and the other half at
+/// once, the other endpoint's half being the slow one. With the hedge delay held at 30 ms
+/// (`min_delay = max_delay`) once one latency is known, a try that is slow is hedged to the
+/// other endpoint (the balancer skips the one in flight), which answers at once: every client
+/// gets a fast answer, exactly one, and the slow tries, dropped, end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_to_the_other_endpoint_answers_first() {
+    bounded(async {
+        let (a, held_a) = parity_upstream(0).await;
+        let (b, held_b) = parity_upstream(1).await;
+        let rest = format!(
+            "[[clusters]]\nname = \"hedged\"\nendpoints = [\"{a}\", \"{b}\"]\n\
+             [clusters.retry]\nattempts = 1\n\
+             hedge = {{ min_delay = \"30ms\", max_delay = \"30ms\", min_samples = 1 }}\n\
+             [clusters.balance.outlier]\nconsecutive_failures = 0\nsuccess_rate = false\n\
+             [[routes]]\npath_prefix = \"/hedged\"\ncluster = \"hedged\"\n\
+             request_timeout_ms = 1500\n"
+        );
+        let gw = start(config(&rest));
+        let client = client();
+        let url = format!("http://{}/hedged", addr(&gw));
+        // Until a latency is known nothing is hedged: one warm-up request, whatever answers.
+        assert_eq!(
+            get(&client, &format!("{url}/warm")).await.status,
+            StatusCode::OK
+        );
+        let mut replies = Vec::new();
+        for i in 0..16 {
+            let r = get(&client, &format!("{url}/{i}")).await;
+            assert_eq!(r.status, StatusCode::OK, "GET {i}: {}", r.body);
+            replies.push(r.body);
+        }
+        assert!(
+            replies.iter().all(|b| b.starts_with("fast from ")),
+            "{replies:?}"
+        );
+        let s = state(&gw).await;
+        assert!(
+            layers(&s, "hedged")["retry"]["hedges"]
+                .as_u64()
+                .is_some_and(|h| h >= 1),
+            "{s:#}"
+        );
+        let held = || held_a.load(Ordering::Relaxed) + held_b.load(Ordering::Relaxed);
+        assert!(
+            eventually(Duration::from_secs(5), || async { held() == 0 }).await,
+            "the endpoints still hold {} dropped tries",
+            held()
         );
         stop(gw).await;
     })

@@ -14,6 +14,8 @@
 //!   ([`Common::try_eject`](crate::common::Common::try_eject)); readers on the request path load them `Relaxed` (a pick racing
 //!   with an ejection may still go to the endpoint, as if it had come a moment earlier).
 //! - `healthy` and the check counters are written only by the health-check task.
+//! - `backoff_until` only grows (`fetch_max`), written by completions whose answer asked to
+//!   back off; picks read it `Relaxed` (a hint, like the ejection).
 //!
 //! Times are nanoseconds since the balancer's base instant ([`Common::now`](crate::common::Common::now)), so the
 //! arithmetic here is pure and runs under loom and the fuzzer without a clock.
@@ -30,6 +32,11 @@ const EMPTY: u64 = u64::MAX;
 const NO_RAMP: u64 = u64::MAX;
 /// The smallest success rate the failure penalty divides by.
 const MIN_SUCCESS: f64 = 1e-3;
+/// How much dearer an endpoint looks while it asked to back off (429/503 with `Retry-After`):
+/// it still gets requests when the other choice is as loaded or worse, but far fewer.
+pub(crate) const BACK_OFF_PENALTY: f64 = 16.0;
+/// The longest back-off an answer can ask for.
+pub(crate) const MAX_BACK_OFF: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The state of one endpoint. See the module's ground rules.
 ///
@@ -55,6 +62,8 @@ pub(crate) struct Core {
     fail: AtomicU64,
     fail_at: AtomicU64,
     pub(crate) ramp_from: AtomicU64,
+    /// Until when (ns) the endpoint asked to back off; 0 when it did not.
+    backoff_until: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     swept_successes: AtomicU64,
@@ -106,6 +115,7 @@ impl Core {
             checks_passed: AtomicU32::new(0),
             checks_failed: AtomicU32::new(0),
             ramp_from: AtomicU64::new(ramp),
+            backoff_until: AtomicU64::new(0),
             signal,
         }
     }
@@ -227,7 +237,24 @@ impl Core {
                 cost /= (1.0 - f).max(MIN_SUCCESS).powf(c.failure_penalty);
             }
         }
+        if self.backing_off(now) {
+            cost *= BACK_OFF_PENALTY;
+        }
         cost
+    }
+
+    /// Records that the endpoint asked, at `now`, for no requests during `wait` (at most
+    /// [`MAX_BACK_OFF`]); a longer request already recorded stands.
+    pub(crate) fn back_off(&self, now: u64, wait: std::time::Duration) {
+        let until = now.saturating_add(crate::common::nanos(wait.min(MAX_BACK_OFF)));
+        // Relaxed: a hint for picks; it guards no other memory.
+        self.backoff_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether the endpoint's last back-off request still holds at `now`.
+    pub(crate) fn backing_off(&self, now: u64) -> bool {
+        // Relaxed: see `back_off`.
+        self.backoff_until.load(Ordering::Relaxed) > now
     }
 
     /// Takes a slot for a new request unless the endpoint was removed; see the ground rules.

@@ -109,6 +109,13 @@ where
         let Some(slot) = this.slot.take() else {
             return Poll::Ready(res.map_err(Into::into));
         };
+        // A 429/503 with `Retry-After` (per the classifier) lowers the endpoint's share.
+        if let Ok(r) = &res
+            && let Some(wait) = this.classify.back_off(r)
+        {
+            let core = slot.core();
+            core.back_off(core.common.now(), wait);
+        }
         // A rejection by a tollgate layer below (the endpoint's pool shedding) is not the
         // endpoint failing: ignored by the outlier detector.
         let (outcome, res) = classify_upstream(this.classify, res);

@@ -28,6 +28,14 @@
 //! - **Slow start**: a new or recovered endpoint's weight ramps up over `slow_start`.
 //! - **Draining**: an endpoint removed from the set finishes its requests and gets no new ones.
 //! - **No endpoints** is a [`NoEndpoints`] error at once, never a hang.
+//! - **Back-off signals**: an answer that asks for fewer requests (per the classifier's
+//!   [`back_off`](tollgate_core::Classify::back_off): with feature `http`,
+//!   `ServerErrorsAreFailures` reads a 429 or 503 with `Retry-After`) makes its endpoint look 16
+//!   times dearer for that long (at most 5 minutes), so it gets a far lower share without
+//!   leaving rotation.
+//! - **Retries avoid tried endpoints** ([`Balance::avoid_tried`]): a retry or hedge marked by
+//!   tollgate-retry goes to an endpoint the request has not tried yet while an admitted one
+//!   exists, so a retry does not return to the endpoint that just failed it.
 //! - [`BalanceHandle::endpoints`] reports cost, latency, in flight, state and share per
 //!   endpoint.
 //!
@@ -121,6 +129,7 @@ mod pick;
 mod service;
 mod signal;
 mod sync;
+mod tried;
 
 #[cfg(any(fuzzing, feature = "fuzzing"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
@@ -137,3 +146,4 @@ pub use health::HealthCheck;
 pub use layer::BalanceLayer;
 pub use service::Balance;
 pub use signal::EndpointSignal;
+pub use tried::{AvoidTried, IgnoreTried, TriedHint};

@@ -9,11 +9,13 @@ use crate::handle::BalanceHandle;
 use crate::health::{self, HealthCheck};
 use crate::pick::{self, Rng};
 use crate::sync::atomic::Ordering;
+use crate::tried::{AvoidTried, IgnoreTried, TriedHint};
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tollgate_core::attempt::TriedEndpoints;
 use tollgate_core::error::ConfigError;
 use tollgate_core::{BoxError, Classify, ErrorsAreFailures};
 use tower::discover::Discover;
@@ -47,18 +49,23 @@ struct Slot<S> {
 ///
 /// Cheap to clone; every clone shares the endpoint set and its statistics, with no worker
 /// task and no buffer in between.
-pub struct Balance<K, S, C = ErrorsAreFailures> {
+///
+/// `A` says where a request's retry marker is found ([`IgnoreTried`] by default; see
+/// [`avoid_tried`](Self::avoid_tried)).
+pub struct Balance<K, S, C = ErrorsAreFailures, A = IgnoreTried> {
     shared: Arc<Shared<K, S>>,
     classify: C,
+    tried: A,
     rng: Rng,
     slot: Option<Slot<S>>,
 }
 
-impl<K: fmt::Debug, S, C: fmt::Debug> fmt::Debug for Balance<K, S, C> {
+impl<K: fmt::Debug, S, C: fmt::Debug, A: fmt::Debug> fmt::Debug for Balance<K, S, C, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balance")
             .field("endpoints", &self.shared)
             .field("classify", &self.classify)
+            .field("tried", &self.tried)
             .field(
                 "reserved",
                 &self.slot.as_ref().map(|s| s.inflight.core().id),
@@ -127,22 +134,75 @@ impl<K: PartialEq, S> Balance<K, S> {
         Balance {
             shared,
             classify: ErrorsAreFailures,
+            tried: IgnoreTried,
             rng,
             slot: None,
         }
     }
 }
 
-impl<K, S, C> Balance<K, S, C> {
+impl<K, S, C, A> Balance<K, S, C, A> {
     /// Uses `classify` to decide which responses and errors count as failures of an endpoint
     /// (by default every error does and no response does).
-    pub fn with_classifier<C2>(self, classify: C2) -> Balance<K, S, C2> {
+    pub fn with_classifier<C2>(self, classify: C2) -> Balance<K, S, C2, A> {
         let Balance {
-            shared, rng, slot, ..
+            shared,
+            rng,
+            slot,
+            tried,
+            ..
         } = self;
         Balance {
             shared,
             classify,
+            tried,
+            rng,
+            slot,
+        }
+    }
+
+    /// Reads each request's [`Attempt`](tollgate_core::attempt::Attempt) marker (requests
+    /// that implement [`Attempts`](tollgate_core::attempt::Attempts), such as `http::Request`,
+    /// which tollgate-retry marks): the endpoint of every attempt is recorded in the request's
+    /// tried set, and a retry or hedge whose reserved endpoint is in that set goes to another
+    /// admitted endpoint not in it, when one exists and its service is ready at once. With
+    /// only tried endpoints admitted, the retry goes where `poll_ready` picked.
+    ///
+    /// ```
+    /// use tollgate_balance::{Balance, BalanceConfig};
+    /// use tollgate_core::attempt::Attempt;
+    /// use tower::{ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tollgate_core::BoxError> {
+    /// let replica = |name: &'static str| {
+    ///     service_fn(move |_: http::Request<()>| async move { Ok::<_, std::io::Error>(name) })
+    /// };
+    /// let balance = Balance::new([("a", replica("a")), ("b", replica("b"))], BalanceConfig::default())?
+    ///     .avoid_tried();
+    /// let mut first = http::Request::new(());
+    /// first.extensions_mut().insert(Attempt::first());
+    /// let attempt = first.extensions().get::<Attempt>().unwrap().clone();
+    /// let went_to = balance.clone().oneshot(first).await?;
+    /// // The retry shares the first attempt's tried set, so it goes to the other replica.
+    /// let mut retry = http::Request::new(());
+    /// retry.extensions_mut().insert(attempt.next(false));
+    /// assert_ne!(balance.oneshot(retry).await?, went_to);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn avoid_tried(self) -> Balance<K, S, C, AvoidTried> {
+        let Balance {
+            shared,
+            rng,
+            slot,
+            classify,
+            ..
+        } = self;
+        Balance {
+            shared,
+            classify,
+            tried: AvoidTried,
             rng,
             slot,
         }
@@ -174,7 +234,7 @@ impl<K, S, C> Balance<K, S, C> {
     }
 }
 
-impl<K, S, C> Balance<K, S, C>
+impl<K, S, C, A> Balance<K, S, C, A>
 where
     K: PartialEq + Send + Sync + 'static,
     S: Send + Sync + 'static,
@@ -210,25 +270,27 @@ where
     }
 }
 
-impl<K, S, C: Clone> Clone for Balance<K, S, C> {
+impl<K, S, C: Clone, A: Clone> Clone for Balance<K, S, C, A> {
     /// A clone shares the endpoint set; it starts with no endpoint reserved and its own random
     /// sequence.
     fn clone(&self) -> Self {
         Balance {
             shared: self.shared.clone(),
             classify: self.classify.clone(),
+            tried: self.tried.clone(),
             rng: Rng::new(self.shared.fleet.next_seed()),
             slot: None,
         }
     }
 }
 
-impl<K, S, C, R> Service<R> for Balance<K, S, C>
+impl<K, S, C, A, R> Service<R> for Balance<K, S, C, A>
 where
     K: PartialEq,
     S: Service<R> + Clone,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error> + Clone,
+    A: TriedHint<R>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -298,20 +360,92 @@ where
         }
     }
 
-    /// Sends `req` to the endpoint `poll_ready` reserved.
+    /// Sends `req` to the endpoint `poll_ready` reserved, or, for a retry or hedge that
+    /// already went there (see [`avoid_tried`](Self::avoid_tried)), to another endpoint.
     ///
     /// # Panics
     ///
     /// If `poll_ready` did not return `Ready(Ok(()))` first.
     fn call(&mut self, req: R) -> Self::Future {
         let slot = self.slot.take().filter(|s| s.ready);
+        let mut slot = slot.expect("poll_ready must succeed before call");
+        if let Some(attempt) = self.tried.attempt(&req) {
+            slot = self.avoid(slot, attempt.tried());
+        }
         let Slot {
             mut inflight,
             mut service,
             picked_at,
             ..
-        } = slot.expect("poll_ready must succeed before call");
+        } = slot;
         inflight.start(picked_at.unwrap_or_else(|| self.shared.fleet.common.now()));
         ResponseFuture::new(service.call(req), inflight, self.classify.clone())
+    }
+}
+
+impl<K: PartialEq, S, C, A> Balance<K, S, C, A> {
+    /// The slot a request with the tried set `tried` goes to: `slot` unless its endpoint was
+    /// tried and another admitted, untried endpoint's service is ready at once. Records the
+    /// endpoint chosen in `tried`.
+    ///
+    /// Readiness: the replacement's service clone is polled here, with a no-op waker, and used
+    /// only if it is ready at once; otherwise it is dropped (giving back whatever its
+    /// `poll_ready` reserved) and the request keeps the endpoint `poll_ready` readied. A first
+    /// attempt (nothing tried) only records its endpoint: a few atomics, no allocation.
+    fn avoid<R>(&mut self, slot: Slot<S>, tried: &TriedEndpoints) -> Slot<S>
+    where
+        S: Service<R> + Clone,
+    {
+        let id = slot.inflight.core().id;
+        if !tried.contains(id) {
+            tried.record(id);
+            return slot;
+        }
+        let fleet = &self.shared.fleet;
+        let now = fleet.common.now();
+        let snap = fleet.load();
+        let untried = |ep: &&crate::sync::Arc<crate::endpoint::Endpoint<K, S>>| {
+            ep.core.id != id && !tried.contains(ep.core.id) && ep.core.admitted(now)
+        };
+        let n = snap.endpoints.iter().filter(untried).count();
+        if n == 0 {
+            return slot;
+        }
+        let nth = |j: usize| {
+            snap.endpoints
+                .iter()
+                .filter(untried)
+                .nth(j)
+                .expect("j is below the count of untried endpoints")
+        };
+        let Some(choice) = pick::choose_by(n, |j| &nth(j).core, now, &mut self.rng) else {
+            return slot;
+        };
+        let ep = nth(choice.index);
+        if !ep.core.reserve() {
+            return slot;
+        }
+        let inflight = InFlight::reserved(ep.handle());
+        let mut service = ep.service.clone();
+        let mut cx = Context::from_waker(Waker::noop());
+        match service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {
+                tried.record(ep.core.id);
+                tracing::trace!(
+                    from = id,
+                    to = ep.core.id,
+                    "retry sent to an untried endpoint"
+                );
+                Slot {
+                    inflight,
+                    service,
+                    ready: true,
+                    picked_at: Some(now),
+                }
+            }
+            // Not ready at once (or failing): keep the endpoint `poll_ready` readied; the
+            // dropped `inflight` and clone give their reservations back.
+            _ => slot,
+        }
     }
 }

@@ -35,6 +35,14 @@ pub enum Outcome {
 pub trait Classify<Res, E> {
     /// Classifies one finished call.
     fn classify(&self, result: Result<&Res, &E>) -> Outcome;
+
+    /// How long the service behind `res` asked for fewer requests (an HTTP 429 or 503 with
+    /// `Retry-After`), if it did. A balancer lowers that endpoint's share for so long. `None`
+    /// by default.
+    fn back_off(&self, res: &Res) -> Option<std::time::Duration> {
+        let _ = res;
+        None
+    }
 }
 
 impl<F, Res, E> Classify<Res, E> for F
@@ -112,11 +120,57 @@ impl<B, E> Classify<http::Response<B>, E> for ServerErrorsAreFailures {
             Err(_) => Outcome::Failure,
         }
     }
+
+    /// A 429 or 503 with `Retry-After` in seconds (a date is not read).
+    fn back_off(&self, res: &http::Response<B>) -> Option<std::time::Duration> {
+        if !matches!(res.status().as_u16(), 429 | 503) {
+            return None;
+        }
+        let secs = res
+            .headers()
+            .get(http::header::RETRY_AFTER)?
+            .to_str()
+            .ok()?;
+        secs.trim()
+            .parse::<u64>()
+            .ok()
+            .map(std::time::Duration::from_secs)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn a_429_or_503_with_retry_after_asks_to_back_off() {
+        let c = ServerErrorsAreFailures;
+        let res = |s: u16, after: Option<&str>| {
+            let mut b = http::Response::builder().status(s);
+            if let Some(a) = after {
+                b = b.header("retry-after", a);
+            }
+            b.body(()).unwrap()
+        };
+        let back_off = |r: &http::Response<()>| Classify::<_, ()>::back_off(&c, r);
+        assert_eq!(
+            back_off(&res(429, Some("3"))),
+            Some(std::time::Duration::from_secs(3))
+        );
+        assert_eq!(
+            back_off(&res(503, Some(" 1 "))),
+            Some(std::time::Duration::from_secs(1))
+        );
+        assert_eq!(back_off(&res(503, None)), None);
+        assert_eq!(back_off(&res(500, Some("3"))), None);
+        assert_eq!(
+            back_off(&res(503, Some("Wed, 21 Oct 2015 07:28:00 GMT"))),
+            None
+        );
+        let closure = |_: Result<&u16, &()>| Outcome::Success;
+        assert_eq!(closure.back_off(&503), None, "closures never ask");
+    }
 
     #[test]
     fn errors_are_failures() {
