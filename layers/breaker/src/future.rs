@@ -142,7 +142,20 @@ where
                 };
                 // A rejection by a tollgate layer below (a pool shedding, no endpoints) says
                 // nothing about the upstream: ignored, never a failure.
-                let (outcome, result) = classify_upstream(&guard.local.classify, result);
+                let (mut outcome, result) = classify_upstream(&guard.local.classify, result);
+                // An upstream that asks to be left alone for a while (429 or 503 with
+                // `Retry-After`) has failed this call, and an open breaker waits at least that
+                // long before its probe.
+                if let Ok(res) = &result
+                    && let Some(pause) = guard.local.classify.back_off(res)
+                {
+                    outcome = Outcome::Failure;
+                    let core = &guard.local.core;
+                    core.back_off(
+                        now_ns(core)
+                            .saturating_add(u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX)),
+                    );
+                }
                 guard.finish(outcome);
                 Poll::Ready(result)
             }

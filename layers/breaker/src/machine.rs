@@ -15,6 +15,9 @@
 //!   which writes nothing but the state word and then the probe word.
 //! - `open_until` is written under the lock before the Release CAS that publishes OPEN, and
 //!   nobody writes it while the state is OPEN.
+//! - `back_off_until` only ever grows (`fetch_max`): the latest time an upstream asked not to be
+//!   called before (a 429 or 503 with `Retry-After`). While OPEN, the breaker waits for the later
+//!   of it and `open_until` before a probe; it never keeps a closed breaker from admitting.
 //! - `probes` (the half-open word: generation, admitted, results, failures, slow calls) changes
 //!   by CAS only. It is reset to a fresh generation only when its own generation is older (or
 //!   garbage after a wrap), so a stale thread cannot wipe a newer half-open period. Admission
@@ -50,6 +53,8 @@ pub(crate) type Listener = std::sync::Arc<dyn Fn(&StateChange) + Send + Sync>;
 pub(crate) struct Core {
     state: CachePadded<AtomicU64>,
     open_until: CachePadded<AtomicU64>,
+    /// Nanoseconds on the breaker's clock before which the upstream asked not to be called.
+    back_off_until: AtomicU64,
     probes: CachePadded<AtomicU64>,
     consecutive: CachePadded<AtomicU32>,
     window: Window,
@@ -102,6 +107,7 @@ impl Core {
         Self {
             state: CachePadded::new(AtomicU64::new(pack(CLOSED, 0))),
             open_until: CachePadded::new(AtomicU64::new(0)),
+            back_off_until: AtomicU64::new(0),
             probes: CachePadded::new(AtomicU64::new(0)),
             consecutive: CachePadded::new(AtomicU32::new(0)),
             window,
@@ -149,7 +155,7 @@ impl Core {
         match s & STATE_MASK {
             FORCED_OPEN => false,
             // Relaxed: ordered after the Acquire load above, as in `acquire_slow`.
-            OPEN => now() >= self.open_until.load(Relaxed),
+            OPEN => now() >= self.reopen_at(),
             _ => true,
         }
     }
@@ -162,7 +168,7 @@ impl Core {
         match s & STATE_MASK {
             FORCED_OPEN => false,
             // Relaxed: ordered after the Acquire load above, as in `acquire_slow`.
-            OPEN => now() >= self.open_until.load(Relaxed),
+            OPEN => now() >= self.reopen_at(),
             HALF_OPEN => {
                 // Relaxed: a hint; `admit_probe`'s CAS decides. A probe word of an older
                 // generation is a period whose slots nobody has taken yet.
@@ -197,8 +203,8 @@ impl Core {
                 FORCED_OPEN => return Err(Open::new(None)),
                 OPEN => {
                     let t = now();
-                    // Relaxed: ordered after the Acquire load of `state` that saw OPEN.
-                    let until = self.open_until.load(Relaxed);
+                    // Relaxed (both loads): ordered after the Acquire load of `state` that saw OPEN.
+                    let until = self.reopen_at();
                     if t < until {
                         return Err(Open::new(Some(Duration::from_nanos(until - t))));
                     }
@@ -229,6 +235,25 @@ impl Core {
             // Acquire: as in `acquire`.
             s = self.state.load(Acquire);
         }
+    }
+
+    /// When an open breaker may let a probe through: its wait's end, or later when the upstream
+    /// asked for a longer pause.
+    #[inline]
+    fn reopen_at(&self) -> u64 {
+        // Relaxed: see the callers.
+        self.open_until
+            .load(Relaxed)
+            .max(self.back_off_until.load(Relaxed))
+    }
+
+    /// The upstream asked not to be called before `until` (nanoseconds on the breaker's clock):
+    /// while the breaker is open, or once it opens, no probe goes before then.
+    #[inline]
+    pub(crate) fn back_off(&self, until: u64) {
+        // Relaxed: a deadline read after the Acquire load of an OPEN state; a probe that races
+        // a later back-off was already due.
+        self.back_off_until.fetch_max(until, Relaxed);
     }
 
     /// Resets the probe word for generation `g` unless it already holds `g` or a newer one.
@@ -516,7 +541,7 @@ impl Core {
         let h = self.probes.load(Relaxed);
         let probing = s & STATE_MASK == HALF_OPEN && gen_of(h) == generation(s);
         let retry_after = (s & STATE_MASK == OPEN)
-            .then(|| Duration::from_nanos(self.open_until.load(Relaxed).saturating_sub(now)));
+            .then(|| Duration::from_nanos(self.reopen_at().saturating_sub(now)));
         Snapshot {
             state: state_of(s),
             calls: c.calls,

@@ -37,8 +37,9 @@ pub trait Classify<Res, E> {
     fn classify(&self, result: Result<&Res, &E>) -> Outcome;
 
     /// How long the service behind `res` asked for fewer requests (an HTTP 429 or 503 with
-    /// `Retry-After`), if it did. A balancer lowers that endpoint's share for so long. `None`
-    /// by default.
+    /// `Retry-After`), if it did. A balancer lowers that endpoint's share for so long; a breaker
+    /// counts the call as failed and, once open, waits at least so long before its probe.
+    /// `None` by default.
     fn back_off(&self, res: &Res) -> Option<std::time::Duration> {
         let _ = res;
         None
