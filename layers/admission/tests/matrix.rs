@@ -66,10 +66,10 @@ const SCENARIOS: [Scenario; 6] = [
 ///   small queue at the backend: the pool alone passes these cells;
 /// - the latency shift on noisy backends, as in the pool's matrix.
 const KNOWN_SHORT: &[(&str, &str)] = &[
-    ("", ""),
     ("Bimodal 10ms x10", "Shift"),
     ("Bimodal 10ms x100", "Shift"),
     ("Bimodal 10ms x4", "Light70"),
+    ("Bimodal 10ms x4", "Light80"),
     ("Bimodal 10ms x4", "Restore"),
     ("Constant 10ms x10", "Halve"),
     ("Constant 10ms x10", "Step"),
@@ -79,11 +79,12 @@ const KNOWN_SHORT: &[(&str, &str)] = &[
     ("Constant 10ms x4", "Shift"),
     ("Constant 10ms x4", "Step"),
     ("Exponential 10ms x10", "Halve"),
+    ("Exponential 10ms x10", "Shift"),
     ("Exponential 10ms x4", "Halve"),
     ("Exponential 10ms x4", "Step"),
-    ("LogNormal 10ms x10", "Halve"),
     ("LogNormal 10ms x10", "Shift"),
     ("LogNormal 10ms x4", "Halve"),
+    ("LogNormal 10ms x4", "Shift"),
     ("LogNormal 10ms x4", "Step"),
     ("Uniform20 10ms x10", "Halve"),
     ("Uniform20 10ms x10", "Step"),
