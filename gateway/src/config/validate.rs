@@ -1,7 +1,7 @@
 //! Validation of a parsed [`Config`]: every field checked, the error naming it.
 
 use super::endpoint::{Endpoint, check_name};
-use super::{Config, ConfigError, RouteKind, cluster};
+use super::{Config, ConfigError, RouteKind, cluster, route};
 use std::net::SocketAddr;
 
 /// Methods a route may name.
@@ -221,12 +221,7 @@ impl Config {
                     ));
                 }
             }
-            if !self.clusters.iter().any(|c| c.name == r.cluster) {
-                return Err(e(
-                    at("cluster"),
-                    format!("names unknown cluster \"{}\"", r.cluster),
-                ));
-            }
+            self.check_route_match(r, i)?;
             if let Some(ms) = r.request_timeout_ms
                 && (ms == 0 || ms > 86_400_000)
             {
@@ -265,6 +260,49 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// A route's conditions and its cluster or split.
+    fn check_route_match(&self, r: &super::RouteConfig, i: usize) -> Result<(), ConfigError> {
+        let at = format!("routes[{i}]");
+        if r.headers.len() + r.query.len() > route::MAX_CONDITIONS {
+            return Err(ConfigError::new(
+                format!("{at}.headers"),
+                format!(
+                    "at most {} header and query conditions in all",
+                    route::MAX_CONDITIONS
+                ),
+            ));
+        }
+        for (j, h) in r.headers.iter().enumerate() {
+            h.validate(&format!("{at}.headers[{j}]"))?;
+        }
+        for (j, q) in r.query.iter().enumerate() {
+            q.validate(&format!("{at}.query[{j}]"))?;
+        }
+        let known = |name: &str| self.clusters.iter().any(|c| c.name == name);
+        match (&r.cluster, r.clusters.is_empty()) {
+            (Some(c), true) if !known(c) => Err(ConfigError::new(
+                format!("{at}.cluster"),
+                format!("names unknown cluster \"{c}\""),
+            )),
+            (Some(_), true) => Ok(()),
+            (Some(_), false) => Err(ConfigError::new(
+                format!("{at}.clusters"),
+                "set `cluster` or `clusters`, not both",
+            )),
+            (None, true) => Err(ConfigError::new(
+                format!("{at}.cluster"),
+                "a route needs `cluster` (or `clusters`, a weighted split)",
+            )),
+            (None, false) if r.kind == RouteKind::Batch => Err(ConfigError::new(
+                format!("{at}.clusters"),
+                "a batch route sends to one cluster: use `cluster`",
+            )),
+            (None, false) => route::validate_split(&r.clusters, &at, known),
+        }
     }
 }
 
