@@ -248,6 +248,7 @@ pub fn route_table(data: &[u8]) {
             query,
             cluster: Some("c".into()),
             clusters: Vec::new(),
+            sticky: None,
             request_timeout_ms: None,
             kind: Default::default(),
             admission: None,

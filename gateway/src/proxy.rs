@@ -234,7 +234,7 @@ async fn proxy(
         Ok(h2_websocket) => match found {
             RouteMatch::Route(route) => {
                 let plan = &local.snap.route_plans[route];
-                let branch = plan.pick();
+                let branch = plan.pick(req.headers());
                 let out = routed(conn, &local.snap, (route, branch), req, h2_websocket).await;
                 plan.branches[branch]
                     .stats

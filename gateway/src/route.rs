@@ -38,9 +38,13 @@
 //! A [`Split`] sends a route's requests to its clusters in proportion to their weights, by
 //! smooth weighted round robin (nginx's) over one atomic counter: lock-free, deterministic,
 //! and exact over every run of `sum(weights)` (reduced by their gcd) consecutive requests.
+//! With a sticky key (a header or a cookie), a request that carries it goes to the branch
+//! its FNV-1a hash falls in, the branches taking shares of the hash space by weight, so one
+//! client stays on one cluster (until the weights change); one without takes the round's
+//! next step.
 
 use super::config::RouteConfig;
-use super::config::route::{HeaderMatch, QueryMatch};
+use super::config::route::{HeaderMatch, QueryMatch, StickyKey};
 use http::HeaderName;
 use std::cmp::Reverse;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -462,20 +466,75 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// A route's weighted split across its clusters (branches, in config order): smooth weighted
-/// round robin, its order computed once and walked by one atomic counter.
+/// round robin, its order computed once and walked by one atomic counter; with a sticky key,
+/// the key's hash picks the branch instead.
 #[derive(Debug)]
 pub(crate) struct Split {
     /// The branch of each step of one round, `sum(weights) / gcd` steps long.
     order: Box<[u8]>,
+    /// Per branch, the sum of the (reduced) weights up to and including it.
+    cumulative: Box<[u64]>,
     next: AtomicUsize,
+    sticky: Option<Sticky>,
+}
+
+/// Where a sticky split finds a request's key.
+#[derive(Debug, Clone)]
+enum Sticky {
+    /// The first value of this field.
+    Header(HeaderName),
+    /// The value of this cookie, in any `Cookie` field.
+    Cookie(Box<[u8]>),
+}
+
+impl Sticky {
+    fn new(k: &StickyKey) -> Option<Self> {
+        match (&k.header, &k.cookie) {
+            (Some(h), None) => HeaderName::from_bytes(h.as_bytes()).ok().map(Self::Header),
+            (None, Some(c)) => Some(Self::Cookie(c.as_bytes().into())),
+            _ => None,
+        }
+    }
+
+    /// The hash of the request's key, if it carries one.
+    fn hash<F: Fields + ?Sized>(&self, fields: &F) -> Option<u64> {
+        let mut hash = None;
+        match self {
+            Self::Header(name) => {
+                fields.any_value(name, |v| {
+                    hash = Some(fnv1a(v));
+                    true
+                });
+            }
+            Self::Cookie(name) => {
+                fields.any_value(&http::header::COOKIE, |v| {
+                    let value = v.split(|b| *b == b';').find_map(|pair| {
+                        let pair = pair.trim_ascii();
+                        pair.strip_prefix(&name[..])?.strip_prefix(b"=")
+                    });
+                    hash = value.map(fnv1a);
+                    hash.is_some()
+                });
+            }
+        }
+        hash
+    }
+}
+
+/// 64-bit FNV-1a: fixed, so a key maps to the same cluster on every worker, path and restart.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl Split {
-    /// The split for `weights` (validated: 1 to 255 of them, each at least 1).
+    /// The split for `weights` (validated: 1 to 16 of them, each 1 to 10000; a 0 counts as
+    /// 1).
     ///
     /// # Panics
     /// With no weight, or more than 256.
-    pub(crate) fn new(weights: &[u32]) -> Self {
+    pub(crate) fn new(weights: &[u32], sticky: Option<&StickyKey>) -> Self {
         assert!(
             !weights.is_empty() && weights.len() <= 256,
             "1 to 256 branches"
@@ -497,14 +556,29 @@ impl Split {
             current[best] -= total;
             order.push(best as u8);
         }
+        let cumulative = w
+            .iter()
+            .scan(0_u64, |sum, wi| {
+                *sum += *wi as u64;
+                Some(*sum)
+            })
+            .collect();
         Self {
             order: order.into(),
+            cumulative,
             next: AtomicUsize::new(0),
+            sticky: sticky.and_then(Sticky::new),
         }
     }
 
-    /// The branch for the next request.
-    pub(crate) fn pick(&self) -> usize {
+    /// The branch for this request: its sticky key's, else the next step of the round.
+    pub(crate) fn pick<F: Fields + ?Sized>(&self, fields: &F) -> usize {
+        if let Some(hash) = self.sticky.as_ref().and_then(|s| s.hash(fields)) {
+            // Keys spread over the branches in proportion to their weights.
+            let total = self.cumulative.last().copied().unwrap_or(1);
+            let point = hash % total;
+            return self.cumulative.partition_point(|c| *c <= point);
+        }
         // Relaxed: only the count matters, and each request takes its own step (a wrap after
         // 2^64 requests shifts the round once).
         let n = self.next.fetch_add(1, Ordering::Relaxed);

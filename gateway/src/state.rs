@@ -6,7 +6,7 @@
 //! so a reload never changes an in-flight request's route, timeouts or limits.
 
 use super::config::{Config, ConfigError, DemoKind, RuntimeMode, UpstreamProtocol};
-use super::route::{RouteTable, Split};
+use super::route::{Fields, RouteTable, Split};
 use super::stack::admission::AdmissionPolicy;
 use super::stack::batch::BatchRoute;
 use super::stack::cache::RouteCache;
@@ -66,10 +66,10 @@ impl RoutePlan {
         self.admission.is_none() && self.cache.is_none() && self.batch.is_none()
     }
 
-    /// The branch (index into `branches`) this request goes to: the split's next step, or
-    /// the only one. Call once per request that is forwarded.
-    pub(crate) fn pick(&self) -> usize {
-        self.split.as_ref().map_or(0, Split::pick)
+    /// The branch (index into `branches`) this request goes to: by its sticky key, the
+    /// split's next step, or the only one. Call once per request that is forwarded.
+    pub(crate) fn pick<F: Fields + ?Sized>(&self, fields: &F) -> usize {
+        self.split.as_ref().map_or(0, |s| s.pick(fields))
     }
 }
 
@@ -243,7 +243,7 @@ impl Snapshot {
             };
             let split = (branches.len() > 1).then(|| {
                 let weights: Vec<u32> = branches.iter().map(|b| b.weight).collect();
-                Split::new(&weights)
+                Split::new(&weights, r.sticky.as_ref())
             });
             let admission = policy(&r.admission);
             let plain = admission.is_none() && cache.is_none() && batch.is_none();

@@ -72,7 +72,13 @@ async fn ask(
 }
 
 /// Method, target, fields; the status and body wanted.
-type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], StatusCode, &'a str);
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    StatusCode,
+    &'a str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_and_query_conditions_route_alike_on_every_path() {
@@ -286,6 +292,50 @@ async fn concurrent_requests_split_exactly() {
             assert_eq!((a, b), (180, 20), "{path:?}");
             stop(gw).await;
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_split_keeps_a_client_on_one_cluster_on_every_path() {
+    bounded(async {
+        let (v1, v2) = (named("v1").await, named("v2").await);
+        let rest = format!(
+            "[[clusters]]\nname = \"v1\"\nendpoints = [\"{v1}\"]\n\
+             [[clusters]]\nname = \"v2\"\nendpoints = [\"{v2}\"]\n\
+             [[routes]]\n\
+             clusters = [{{ cluster = \"v1\", weight = 1 }}, {{ cluster = \"v2\", weight = 1 }}]\n\
+             sticky = {{ cookie = \"session\" }}\n"
+        );
+        // Which cluster each client lands on, per path: the same on every path.
+        let mut seen: Vec<Vec<String>> = Vec::new();
+        for path in Path::ALL {
+            let gw = start(config(path, &rest));
+            let client = path.client();
+            let mut landed = Vec::new();
+            for user in 0..8 {
+                let cookie = format!("theme=dark; session=user-{user}");
+                let mut answers = Vec::new();
+                for _ in 0..5 {
+                    let (s, b) = ask(&client, addr(&gw), "GET", "/", &[("cookie", &cookie)]).await;
+                    assert_eq!(s, StatusCode::OK);
+                    answers.push(b);
+                    // A request without the cookie in between takes the round's turn.
+                    let (s, _) = ask(&client, addr(&gw), "GET", "/", &[]).await;
+                    assert_eq!(s, StatusCode::OK);
+                }
+                answers.dedup();
+                assert_eq!(answers.len(), 1, "{path:?} user-{user}: {answers:?}");
+                landed.push(answers.remove(0));
+            }
+            // Eight keys do not all hash to one side.
+            assert!(landed.iter().any(|l| l == "v1") && landed.iter().any(|l| l == "v2"));
+            seen.push(landed);
+            // The 40 requests without a key took turns; the next 10 split 5 and 5.
+            assert_eq!(tally(path, addr(&gw), "/", 10).await, (5, 5), "{path:?}");
+            stop(gw).await;
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
     })
     .await;
 }

@@ -381,6 +381,11 @@ pub struct RouteConfig {
     /// the weights. Default none. At most 16; not for `kind = "batch"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<route::WeightedCluster>,
+    /// With `clusters`: a request carrying this key (`{ header = "x-user" }` or
+    /// `{ cookie = "session" }`) goes to the cluster its key hashes to, so that one client
+    /// stays on one cluster; requests without it take the split's turn. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<route::StickyKey>,
     /// Overrides `timeouts.request_ms` for this route, ms. Default none.
     #[serde(default)]
     pub request_timeout_ms: Option<u64>,

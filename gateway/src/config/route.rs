@@ -60,6 +60,49 @@ pub struct WeightedCluster {
     pub weight: u32,
 }
 
+/// `routes.sticky`: keeps a client on one cluster of a split, by a key it sends. Exactly one
+/// of `header` and `cookie`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyKey {
+    /// The key is the first value of this header field (case-insensitive name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// The key is the value of this cookie (case-sensitive name) in the `Cookie` fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+impl StickyKey {
+    /// Checks the key; `at` is its path (`routes[2].sticky`).
+    ///
+    /// # Errors
+    /// The field at fault.
+    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        match (&self.header, &self.cookie) {
+            (Some(h), None) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => Err(
+                ConfigError::new(format!("{at}.header"), "is not a header field name"),
+            ),
+            (None, Some(c))
+                if c.is_empty()
+                    || !c
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"=;,\"".contains(&b)) =>
+            {
+                Err(ConfigError::new(
+                    format!("{at}.cookie"),
+                    "is not a cookie name (visible ASCII without = ; , or \")",
+                ))
+            }
+            (Some(_), None) | (None, Some(_)) => Ok(()),
+            _ => Err(ConfigError::new(
+                at,
+                "needs exactly one of `header` and `cookie`",
+            )),
+        }
+    }
+}
+
 impl HeaderMatch {
     /// Checks the condition; `at` is its path (`routes[2].headers[0]`).
     ///
@@ -263,7 +306,9 @@ mod tests {
              [[routes.headers]]\nname = \"user-agent\"\nprefix = \"curl/\"\n\
              [[routes.headers]]\nname = \"cookie\"\npresent = true\ninvert = true\n\
              [[routes.query]]\nname = \"v\"\nvalue = \"2\"\n\
-             [[routes.query]]\nname = \"debug\"\npresent = true\n"
+             [[routes.query]]\nname = \"debug\"\npresent = true\n\
+             [[routes]]\npath_prefix = \"/y\"\nsticky = {{ cookie = \"session\" }}\n\
+             clusters = [{{ cluster = \"a\", weight = 1 }}, {{ cluster = \"b\", weight = 1 }}]\n"
         );
         let c = Config::parse(&text, "r.toml").unwrap();
         let r = &c.routes[1];
@@ -412,6 +457,39 @@ mod tests {
             ),
         ];
         for (route, field, problem) in cases {
+            let (f, p) = refused(&route);
+            assert_eq!(f, field, "{route}: {p}");
+            assert!(p.contains(problem), "{route}: {f}: {p}");
+        }
+        let sticky_cases = [
+            (
+                "cluster = \"a\"\nsticky = { header = \"x-user\" }\n".to_owned(),
+                "routes[1].sticky",
+                "weighted split",
+            ),
+            (
+                split("{ cluster = \"a\", weight = 1 }") + "sticky = {}\n",
+                "routes[1].sticky",
+                "exactly one of",
+            ),
+            (
+                split("{ cluster = \"a\", weight = 1 }")
+                    + "sticky = { header = \"x\", cookie = \"y\" }\n",
+                "routes[1].sticky",
+                "exactly one of",
+            ),
+            (
+                split("{ cluster = \"a\", weight = 1 }") + "sticky = { header = \"a b\" }\n",
+                "routes[1].sticky.header",
+                "not a header field name",
+            ),
+            (
+                split("{ cluster = \"a\", weight = 1 }") + "sticky = { cookie = \"a=b\" }\n",
+                "routes[1].sticky.cookie",
+                "not a cookie name",
+            ),
+        ];
+        for (route, field, problem) in sticky_cases {
             let (f, p) = refused(&route);
             assert_eq!(f, field, "{route}: {p}");
             assert!(p.contains(problem), "{route}: {f}: {p}");

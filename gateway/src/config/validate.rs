@@ -282,6 +282,15 @@ impl Config {
         for (j, q) in r.query.iter().enumerate() {
             q.validate(&format!("{at}.query[{j}]"))?;
         }
+        if let Some(sticky) = &r.sticky {
+            if r.clusters.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.sticky"),
+                    "applies to a weighted split (`clusters`) only",
+                ));
+            }
+            sticky.validate(&format!("{at}.sticky"))?;
+        }
         let known = |name: &str| self.clusters.iter().any(|c| c.name == name);
         match (&r.cluster, r.clusters.is_empty()) {
             (Some(c), true) if !known(c) => Err(ConfigError::new(

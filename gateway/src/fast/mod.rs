@@ -440,7 +440,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                     if !plan.fast {
                         return Route::Hyper;
                     }
-                    let branch = plan.pick();
+                    let branch = plan.pick(req.fields);
                     let cluster = &snap.clusters[plan.branches[branch].cluster];
                     match cluster.pick() {
                         Some((endpoint, addr)) => Route::Forward {

@@ -1,7 +1,7 @@
 //! Route matching, precedence and the weighted split.
 
 use super::*;
-use crate::config::route::{HeaderMatch, QueryMatch};
+use crate::config::route::{HeaderMatch, QueryMatch, StickyKey};
 use proptest::prelude::*;
 
 fn route(host: &str, prefix: &str, methods: &[&str], cluster: &str) -> RouteConfig {
@@ -13,6 +13,7 @@ fn route(host: &str, prefix: &str, methods: &[&str], cluster: &str) -> RouteConf
         query: Vec::new(),
         cluster: Some(cluster.into()),
         clusters: Vec::new(),
+        sticky: None,
         request_timeout_ms: None,
         kind: Default::default(),
         admission: None,
@@ -267,16 +268,16 @@ fn hyper_fields_match_as_httparse_lines() {
 
 #[test]
 fn split_is_exact_and_smooth() {
-    let s = Split::new(&[95, 5]);
+    let s = Split::new(&[95, 5], None);
     // 95:5 reduces to 19:1.
     assert_eq!(s.round(), 20);
-    let picks: Vec<usize> = (0..200).map(|_| s.pick()).collect();
+    let picks: Vec<usize> = (0..200).map(|_| s.pick(&http::HeaderMap::new())).collect();
     assert_eq!(picks.iter().filter(|b| **b == 1).count(), 10);
     // Smooth: the small branch's picks are spread out, one per round.
     let ones: Vec<usize> = (0..200).filter(|i| picks[*i] == 1).collect();
     assert!(ones.windows(2).all(|w| w[1] - w[0] == 20), "{ones:?}");
-    let s = Split::new(&[2, 1, 1]);
-    let picks: Vec<usize> = (0..4).map(|_| s.pick()).collect();
+    let s = Split::new(&[2, 1, 1], None);
+    let picks: Vec<usize> = (0..4).map(|_| s.pick(&http::HeaderMap::new())).collect();
     assert_eq!(picks, [0, 1, 2, 0]);
 }
 
@@ -288,16 +289,94 @@ proptest! {
         weights in proptest::collection::vec(1_u32..200, 1..6),
         skip in 0_usize..500,
     ) {
-        let s = Split::new(&weights);
+        let s = Split::new(&weights, None);
         let g = weights.iter().fold(0, |a, w| gcd(a, *w));
         for _ in 0..skip {
-            s.pick();
+            s.pick(&http::HeaderMap::new());
         }
         let mut counts = vec![0_u32; weights.len()];
         for _ in 0..s.round() {
-            counts[s.pick()] += 1;
+            counts[s.pick(&http::HeaderMap::new())] += 1;
         }
         let want: Vec<u32> = weights.iter().map(|w| w / g).collect();
         prop_assert_eq!(counts, want);
     }
+}
+
+fn sticky(header: Option<&str>, cookie: Option<&str>) -> StickyKey {
+    StickyKey {
+        header: header.map(Into::into),
+        cookie: cookie.map(Into::into),
+    }
+}
+
+fn map(fields: &[(&str, &str)]) -> http::HeaderMap {
+    let mut m = http::HeaderMap::new();
+    for (k, v) in fields {
+        m.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    m
+}
+
+#[test]
+fn a_sticky_key_keeps_its_branch() {
+    let s = Split::new(&[1, 1, 2], Some(&sticky(Some("X-User"), None)));
+    let mut by_branch = [0_usize; 3];
+    for user in 0..1000 {
+        let fields = map(&[("x-user", &format!("user-{user}"))]);
+        let first = s.pick(&fields);
+        // The same key, again and again, between other requests: the same branch.
+        for _ in 0..3 {
+            s.pick(&map(&[]));
+            assert_eq!(s.pick(&fields), first);
+        }
+        by_branch[first] += 1;
+    }
+    // Keys spread by weight (1:1:2 of 1000; FNV-1a is fixed, so these counts are too).
+    assert!(
+        by_branch
+            .iter()
+            .zip([250, 250, 500])
+            .all(|(n, w)| n.abs_diff(w) < 60),
+        "{by_branch:?}"
+    );
+    // Without the key: the round, whose steps the keyed requests did not take.
+    let s = Split::new(&[1, 1], Some(&sticky(Some("x-user"), None)));
+    let keyed = map(&[("x-user", "alice")]);
+    let alice = s.pick(&keyed);
+    let unkeyed: Vec<usize> = (0..4)
+        .map(|_| {
+            s.pick(&keyed);
+            s.pick(&map(&[]))
+        })
+        .collect();
+    assert_eq!(unkeyed, [0, 1, 0, 1]);
+    assert_eq!(s.pick(&keyed), alice);
+}
+
+#[test]
+fn a_sticky_cookie_is_found_among_others() {
+    let by_cookie = Split::new(&[1, 1, 1, 1], Some(&sticky(None, Some("session"))));
+    let by_header = Split::new(&[1, 1, 1, 1], Some(&sticky(Some("x-s"), None)));
+    for key in ["abc", "def", "ghi", "jkl", "mno"] {
+        let want = by_header.pick(&map(&[("x-s", key)]));
+        let cookies = [
+            format!("session={key}"),
+            format!("a=1; session={key}; b=2"),
+            format!("a=1;session={key}"),
+        ];
+        for c in &cookies {
+            assert_eq!(by_cookie.pick(&map(&[("cookie", c)])), want, "{c}");
+        }
+        // In a second `Cookie` field (HTTP/2 sends one per cookie).
+        let two = map(&[("cookie", "a=1"), ("cookie", &format!("session={key}"))]);
+        assert_eq!(by_cookie.pick(&two), want);
+    }
+    // A cookie whose name only starts with `session` is not the key: the round goes on.
+    let s = Split::new(&[1, 1], Some(&sticky(None, Some("session"))));
+    let other = map(&[("cookie", "sessionx=abc; xsession=abc")]);
+    assert_eq!((s.pick(&other), s.pick(&other), s.pick(&other)), (0, 1, 0));
 }

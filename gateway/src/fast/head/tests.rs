@@ -463,6 +463,7 @@ mod lookups_agree {
                 query,
                 cluster: Some("c".into()),
                 clusters: Vec::new(),
+                sticky: None,
                 request_timeout_ms: None,
                 kind: Default::default(),
                 admission: None,
