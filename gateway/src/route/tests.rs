@@ -380,3 +380,109 @@ fn a_sticky_cookie_is_found_among_others() {
     let other = map(&[("cookie", "sessionx=abc; xsession=abc")]);
     assert_eq!((s.pick(&other), s.pick(&other), s.pick(&other)), (0, 1, 0));
 }
+
+/// Counts this thread's allocations, so that a test can show a stretch of code makes none.
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// The system allocator, counting allocations per thread.
+    struct Counting;
+
+    // SAFETY: every call is passed to `System` unchanged, which keeps `GlobalAlloc`'s
+    // contract; the count is a `const` thread-local `Cell`, which neither allocates nor
+    // recurses into the allocator (`try_with` skips it while the thread is torn down).
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            // SAFETY: the caller keeps `alloc`'s contract, which `System::alloc` shares.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System` (through `alloc` above) with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// How many allocations `f` made on this thread.
+    pub(super) fn allocations(f: impl FnOnce()) -> usize {
+        let before = ALLOCATIONS.with(Cell::get);
+        f();
+        ALLOCATIONS.with(Cell::get) - before
+    }
+}
+
+#[test]
+fn lookups_and_picks_allocate_nothing() {
+    let mut conditioned = route("*", "/api", &["GET"], "c");
+    conditioned.headers = vec![
+        header("x-canary", Some("1"), None, false),
+        header("user-agent", None, Some("curl/"), false),
+        header("cookie", None, None, true),
+    ];
+    conditioned.query = vec![query("version", Some("2 beta")), query("debug", None)];
+    let t = RouteTable::new(&[
+        route("*", "/", &[], "any"),
+        conditioned,
+        route("*.example.com", "/", &["POST"], "wild"),
+    ]);
+    let lines = [
+        httparse::Header {
+            name: "X-Canary",
+            value: b"1",
+        },
+        httparse::Header {
+            name: "user-agent",
+            value: b"curl/8",
+        },
+    ];
+    let query = format!("{}version=2+beta&debug", "a=%41&".repeat(200));
+    let fast = Request {
+        host: "a.example.com:80",
+        path: "/api/x",
+        query: Some(&query),
+        method: "GET",
+        fields: &lines[..],
+    };
+    let http_req = http::Request::get(format!("/api/x?{query}"))
+        .header("host", "a.example.com")
+        .header("x-canary", "1")
+        .header("user-agent", "curl/8")
+        .body(())
+        .unwrap();
+    let sticky_split = Split::new(&[3, 1], Some(&sticky(None, Some("session"))));
+    let cookies = map(&[("cookie", "a=1; session=abc")]);
+    let mut found = Vec::with_capacity(8);
+    let n = counting::allocations(|| {
+        found.push(t.find(&fast));
+        found.push(t.find_http(&http_req, "GET"));
+        found.push(t.find(&Request {
+            method: "PUT",
+            ..fast
+        }));
+        found.push(RouteMatch::Route(sticky_split.pick(&cookies)));
+        found.push(RouteMatch::Route(sticky_split.pick(&lines[..])));
+    });
+    assert_eq!(n, 0, "{found:?}");
+    // The counter does count.
+    assert_eq!(
+        counting::allocations(|| drop(std::hint::black_box(vec![1_u8]))),
+        1
+    );
+    assert_eq!(
+        found[..3],
+        [
+            RouteMatch::Route(1),
+            RouteMatch::Route(1),
+            RouteMatch::Route(0)
+        ]
+    );
+}
