@@ -383,7 +383,8 @@ pub struct RouteConfig {
     pub clusters: Vec<route::WeightedCluster>,
     /// With `clusters`: a request carrying this key (`{ header = "x-user" }` or
     /// `{ cookie = "session" }`) goes to the cluster its key hashes to, so that one client
-    /// stays on one cluster; requests without it take the split's turn. Default none.
+    /// stays on one cluster; requests without it take the split's turn. Not the request-id
+    /// field or `traceparent`, which the gateway sets itself. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<route::StickyKey>,
     /// Overrides `timeouts.request_ms` for this route, ms. Default none.

@@ -488,6 +488,12 @@ mod tests {
                 "routes[1].sticky.cookie",
                 "not a cookie name",
             ),
+            (
+                split("{ cluster = \"a\", weight = 1 }")
+                    + "sticky = { header = \"X-Request-Id\" }\n",
+                "routes[1].sticky.header",
+                "sets itself",
+            ),
         ];
         for (route, field, problem) in sticky_cases {
             let (f, p) = refused(&route);

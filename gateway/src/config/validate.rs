@@ -290,6 +290,17 @@ impl Config {
                 ));
             }
             sticky.validate(&format!("{at}.sticky"))?;
+            // hyper's path picks the branch after the gateway set these fields; the fast path
+            // before: a key in them would land a client on different clusters.
+            if let Some(h) = &sticky.header
+                && (h.eq_ignore_ascii_case(&self.server.request_id_header)
+                    || h.eq_ignore_ascii_case("traceparent"))
+            {
+                return Err(ConfigError::new(
+                    format!("{at}.sticky.header"),
+                    format!("\"{h}\" is a field the gateway sets itself; key on another"),
+                ));
+            }
         }
         let known = |name: &str| self.clusters.iter().any(|c| c.name == name);
         match (&r.cluster, r.clusters.is_empty()) {
