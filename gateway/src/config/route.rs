@@ -152,7 +152,7 @@ impl HeaderMatch {
             {
                 return Err(e(
                     f,
-                    "holds a byte no header value can hold (a control byte)",
+                    "holds a byte a header value cannot hold here (a control byte or non-ASCII)",
                 ));
             }
         }
