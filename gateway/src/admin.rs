@@ -177,14 +177,35 @@ impl Admin {
             .route_plans
             .iter()
             .map(|p| {
+                let name = |b: &crate::state::Branch| snap.clusters[b.cluster].name.as_str();
+                // A split's clusters, with their weights and what each served.
+                let split: Option<Vec<_>> = p.split.as_ref().map(|_| {
+                    p.branches
+                        .iter()
+                        .map(|b| {
+                            json!({
+                                "cluster": name(b),
+                                "weight": b.weight,
+                                "latency": latency_json(&b.stats.latency.snapshot()),
+                            })
+                        })
+                        .collect()
+                });
+                let latency: Vec<_> = p
+                    .branches
+                    .iter()
+                    .flat_map(|b| b.stats.latency.snapshot())
+                    .collect();
                 json!({
                     "route": p.key,
-                    "cluster": snap.clusters[p.cluster].name,
+                    // The cluster, or the split's joined with `+`.
+                    "cluster": p.branches.iter().map(name).collect::<Vec<_>>().join("+"),
+                    "split": split,
                     "admission": p.admission.as_ref().map(|a| a.name()),
                     "priority": p.priority.as_deref(),
                     "cache": p.cache.as_ref().map(|c| c.state()),
                     "batch": p.batch.as_ref().map(|b| b.state()),
-                    "latency": latency_json(&p.stats.latency.snapshot()),
+                    "latency": latency_json(&latency),
                 })
             })
             .collect();

@@ -6,10 +6,13 @@
 //!   compiles into a route table, and its cluster stacks, admission policies and route caches
 //!   (without Redis) build: the gateway's validation accepts nothing its layers refuse. An
 //!   error names a field and a problem and displays as `FILE: FIELD: PROBLEM`.
-//! - `route_table`: lookups never panic, and agree with the reference predicate
-//!   `route_matches`: a returned route matches the request, every route ranked more specific
-//!   that also matches is ruled out by its methods, and `NotFound`/`MethodNotAllowed` happen
-//!   exactly when no route matches host and path / only method-mismatched ones do.
+//! - `route_table`: lookups never panic, the fast path's fields (httparse lines) and hyper's
+//!   (`HeaderMap`) give the same answer, and it agrees with the reference predicate
+//!   `route_matches` (host, path, header and query conditions, the query decoded whole): a
+//!   returned route matches the request and comes first in the reference order (host rank,
+//!   prefix length, number of conditions, file order) among the routes that match, and
+//!   `NotFound`/`MethodNotAllowed` happen exactly when no route matches host, path and
+//!   conditions / only method-mismatched ones do.
 //! - `gateway_h1` (the HTTP/1.1 fast path's pure parsers, against independent httparse parses):
 //!   - `head::prepare` never panics, whatever the bytes and limits. `Partial` exactly when
 //!     httparse (128 slots) finds the head incomplete, `Hyper` when it errs. A complete head
@@ -140,17 +143,73 @@ const PATHS: &[&str] = &[
 ];
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "HEAD", "BREW"];
 
+/// Header conditions the route-table fuzzer draws from: `(name, value, prefix, invert)`;
+/// neither value nor prefix means `present`.
+const HEADER_CONDS: &[(&str, Option<&str>, Option<&str>, bool)] = &[
+    ("x-canary", Some("1"), None, false),
+    ("X-Canary", None, None, false),
+    ("x-canary", None, None, true),
+    ("user-agent", None, Some("curl/"), false),
+    ("x-tier", Some("gold"), None, true),
+    ("x-tier", None, Some("g"), false),
+];
+/// Query conditions: `(name, value)`; no value means `present`.
+const QUERY_CONDS: &[(&str, Option<&str>)] = &[
+    ("debug", None),
+    ("v", Some("2")),
+    ("a b", Some("c&d")),
+    ("v", Some("")),
+];
+/// Field lines a request may carry (a bit each).
+const FIELDS: &[(&str, &[u8])] = &[
+    ("x-canary", b"1"),
+    ("X-CANARY", b"0"),
+    ("user-agent", b"curl/8.0"),
+    ("User-Agent", b"Curl/8.0"),
+    ("x-tier", b"gold"),
+    ("x-tier", b"silver"),
+    ("x-other", b"1"),
+    ("x-tier", b"g"),
+];
+/// Query strings a request may carry (`None`: no `?`).
+const QUERIES: &[Option<&str>] = &[
+    None,
+    Some(""),
+    Some("debug"),
+    Some("v=2"),
+    Some("v=%32&debug="),
+    Some("a+b=c%26d"),
+    Some("a%20b=c%26d&v"),
+    Some("v=2%"),
+    Some("&&v=&x=%zz"),
+    Some("v%3D2"),
+];
+
+/// The reference ranking: what is tried earlier ranks lower.
+fn rank(r: &RouteConfig) -> std::cmp::Reverse<(u8, usize, usize, usize)> {
+    let host = match r.host.as_str() {
+        "*" => (0, 0),
+        h if h.starts_with('*') => (1, h.len() - 1),
+        _ => (2, 0),
+    };
+    let prefix = r.path_prefix.trim_end_matches('/').len();
+    let conditions = r.headers.len() + r.query.len();
+    std::cmp::Reverse((host.0, host.1, prefix, conditions))
+}
+
 /// Builds a route table from `data` and checks lookups against the reference predicate.
 ///
 /// # Panics
 /// When an invariant above fails.
 pub fn route_table(data: &[u8]) {
+    use super::config::route::{HeaderMatch, QueryMatch};
+    use super::route::Request;
     let mut bytes = data.iter().copied();
     let mut next = move || bytes.next();
     let Some(n) = next() else { return };
     let mut routes = Vec::new();
     for _ in 0..(n % 8) {
-        let (Some(h), Some(p), Some(m)) = (next(), next(), next()) else {
+        let (Some(h), Some(p), Some(m), Some(c)) = (next(), next(), next(), next()) else {
             break;
         };
         let methods = METHODS[..5]
@@ -159,11 +218,37 @@ pub fn route_table(data: &[u8]) {
             .filter(|(i, _)| m & (1 << i) != 0)
             .map(|(_, s)| (*s).to_owned())
             .collect();
+        // Bits 0-1: header conditions, 2-3: query conditions; each picks one more byte.
+        let mut headers = Vec::new();
+        for _ in 0..(c & 3) {
+            let (name, value, prefix, invert) =
+                HEADER_CONDS[usize::from(next().unwrap_or(0)) % HEADER_CONDS.len()];
+            headers.push(HeaderMatch {
+                name: name.into(),
+                value: value.map(Into::into),
+                prefix: prefix.map(Into::into),
+                present: (value.is_none() && prefix.is_none()).then_some(true),
+                invert,
+            });
+        }
+        let mut query = Vec::new();
+        for _ in 0..((c >> 2) & 3) {
+            let (name, value) = QUERY_CONDS[usize::from(next().unwrap_or(0)) % QUERY_CONDS.len()];
+            query.push(QueryMatch {
+                name: name.into(),
+                value: value.map(Into::into),
+                present: value.is_none().then_some(true),
+            });
+        }
         routes.push(RouteConfig {
             host: HOSTS[h as usize % HOSTS.len()].to_owned(),
             path_prefix: PREFIXES[p as usize % PREFIXES.len()].to_owned(),
             methods,
-            cluster: "c".into(),
+            headers,
+            query,
+            cluster: Some("c".into()),
+            clusters: Vec::new(),
+            sticky: None,
             request_timeout_ms: None,
             kind: Default::default(),
             admission: None,
@@ -173,7 +258,10 @@ pub fn route_table(data: &[u8]) {
         });
     }
     let table = RouteTable::new(&routes);
-    while let (Some(h), Some(p), Some(m)) = (next(), next(), next()) {
+    assert_eq!(table.len(), routes.len());
+    while let (Some(h), Some(p), Some(m), Some(f), Some(q)) =
+        (next(), next(), next(), next(), next())
+    {
         // Occasionally take a raw host or path straight from the input.
         let raw: String = std::iter::from_fn(&mut next)
             .take((h % 4) as usize)
@@ -186,28 +274,66 @@ pub fn route_table(data: &[u8]) {
         };
         let path = PATHS[p as usize % PATHS.len()];
         let method = METHODS[m as usize % METHODS.len()];
-        let any_path = routes.iter().any(|r| {
-            route_matches(
-                &RouteConfig {
-                    methods: vec![],
-                    ..r.clone()
-                },
-                host,
-                path,
-                method,
-            )
+        let query = QUERIES[usize::from(q) % QUERIES.len()];
+        let fields: Vec<(&str, &[u8])> = FIELDS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| f & (1 << i) != 0)
+            .map(|(_, kv)| *kv)
+            .collect();
+        // The same request as each path holds its fields: httparse's lines, hyper's map.
+        let lines: Vec<httparse::Header<'_>> = fields
+            .iter()
+            .map(|(name, value)| httparse::Header { name, value })
+            .collect();
+        let mut map = http::HeaderMap::new();
+        for (name, value) in &fields {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        let found = table.find(&Request {
+            host,
+            path,
+            query,
+            method,
+            fields: lines.as_slice(),
         });
-        match table.find(host, path, method) {
+        let found_map = table.find(&Request {
+            host,
+            path,
+            query,
+            method,
+            fields: &map,
+        });
+        assert_eq!(found, found_map, "httparse and HeaderMap fields disagree");
+        let full = |r: &RouteConfig| route_matches(r, host, path, query, method, &fields);
+        let any_method = |r: &RouteConfig| {
+            let r = RouteConfig {
+                methods: vec![],
+                ..r.clone()
+            };
+            full(&r)
+        };
+        let any_path = routes.iter().any(any_method);
+        match found {
             RouteMatch::Route(i) => {
                 assert!(i < routes.len());
-                assert!(
-                    route_matches(&routes[i], host, path, method),
-                    "{host:?} {path:?} {method} -> {i}"
-                );
+                assert!(full(&routes[i]), "{host:?} {path:?} {method} -> {i}");
+                // The first in the reference order among the routes that match.
+                for (j, r) in routes.iter().enumerate() {
+                    if j != i && full(r) {
+                        assert!(
+                            (rank(&routes[i]), i) < (rank(r), j),
+                            "route {i} chosen over {j}, which ranks first"
+                        );
+                    }
+                }
             }
             RouteMatch::MethodNotAllowed => {
                 assert!(any_path);
-                assert!(!routes.iter().any(|r| route_matches(r, host, path, method)));
+                assert!(!routes.iter().any(full));
             }
             RouteMatch::NotFound => assert!(!any_path, "{host:?} {path:?} should match"),
         }

@@ -39,7 +39,7 @@
 //! | leaves | `error.rs`, `body.rs`, `forwarded.rs`, `headers.rs`, `histogram.rs`, `stats.rs` | the layered path's timeouts, the request body type, the client behind trusted proxies, forwarding and hop-by-hop fields, latency histograms, counters |
 //! | config | `config/` | the TOML file: one file per section, the endpoint syntax, `ConfigError`, `validate.rs` |
 //! | tls | `tls.rs`, `tls/` | rustls both ways: listener certificates chosen by SNI and swapped on reload, and the client side of `https://` endpoints (trust, client certificate, SNI name, ALPN) |
-//! | upstream | `pool.rs`, `pool/`, `route.rs`, `answer.rs`, `trace.rs` | per-thread upstream connections (plain, or TLS with HTTP/2 or HTTP/1.1 by ALPN), the route table, the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status), and W3C trace context with the span exporter |
+//! | upstream | `pool.rs`, `pool/`, `route.rs`, `answer.rs`, `trace.rs` | per-thread upstream connections (plain, or TLS with HTTP/2 or HTTP/1.1 by ALPN), the route table (host, path, header and query conditions, weighted splits), the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status), and W3C trace context with the span exporter |
 //! | layers | `stack/` | each layer built from its section and composed per route and cluster; `stack/endpoints.rs` is a snapshot's cluster |
 //! | state | `state.rs` | the immutable `Snapshot` swapped on reload, and what outlives reloads |
 //! | connections | `ctx.rs`, `fast/`, `proxy.rs`, `conn.rs` | one client connection: its context, the HTTP/1.1 fast path, the hyper path per request, the connection loop that picks between them |
@@ -51,7 +51,8 @@
 //! route to `fast/` (`fast/head.rs` parses and routes it with `route.rs`, `fast/exchange.rs`
 //! sends it on a `fast/upstream.rs` socket, `fast/relay.rs` relays the answer) and everything
 //! else to hyper, whose requests `proxy.rs` serves: it looks the route up in the `state.rs`
-//! snapshot, runs it through the route's `stack/` (cache, timeout, admission, retry, breaker,
+//! snapshot (on the fields as the client sent them, as the fast path does), picks the
+//! cluster of a weighted split, runs it through the route's `stack/` (cache, timeout, admission, retry, breaker,
 //! pool, balance, endpoint breaker, then `stack/upstream.rs` over a `pool.rs` connection), and
 //! turns any failure into its answer with `answer.rs`.
 //!

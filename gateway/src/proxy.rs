@@ -17,12 +17,12 @@ use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
 use super::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
 use super::pool::{self, ReqBody, UpstreamAddr};
-use super::route::RouteMatch;
+use super::route::{RouteMatch, host_of};
 use super::stack::GwBody;
 use super::stack::admission::{AdmissionPolicy, AdmitCtx};
 use super::stack::endpoints::Cluster;
 use super::stack::route::RouteService;
-use super::state::{Local, RoutePlan, Snapshot, cluster_service, local};
+use super::state::{Branch, Local, RoutePlan, Snapshot, cluster_service, local};
 use super::trace::{self, TraceCtx, Traced, Tracer};
 use super::tunnel;
 use http::header::{self, HeaderValue};
@@ -80,6 +80,17 @@ pub(crate) async fn handle(
     // answer, HTTP/2 with GOAWAY) once this answer is out.
     let last = conn.start_request(limits.max_requests_per_connection);
     let h1 = req.version() <= Version::HTTP_11;
+    // Routed on the request as the client sent it (before the gateway sets its request id
+    // and trace context), as the fast path routes it; a WebSocket over HTTP/2 as the `GET`
+    // of its handshake.
+    let found = {
+        let method = if tunnel::is_h2_websocket(&req) {
+            "GET"
+        } else {
+            req.method().as_str()
+        };
+        local.snap.routes.find_http(&req, method)
+    };
     let id = request_id(&local.snap, &mut req);
     let traced = shared.tracer.as_ref().map(|t| trace_context(t, &mut req));
     let log = local.snap.config.log.access_log.then(|| {
@@ -91,7 +102,7 @@ pub(crate) async fn handle(
             req.version(),
         )
     });
-    let (mut resp, upstream) = proxy(&conn, &local, req, start).await;
+    let (mut resp, upstream, served) = proxy(&conn, &local, req, start, found).await;
     guard.done = true;
     if let Some((t, what)) = traced {
         let failure = resp.extensions().get::<trace::Failure>();
@@ -99,6 +110,7 @@ pub(crate) async fn handle(
             &t,
             &local.snap,
             what,
+            served,
             resp.status().as_u16(),
             failure,
             start,
@@ -136,9 +148,9 @@ pub(crate) async fn handle(
 
 /// Gives `req` its trace context (see `trace.rs`): continues the client's `traceparent` or
 /// starts a trace, sends the gateway's span upstream as the parent, and carries the context
-/// to the layers in the request's extensions. Returns it with the request's method, host
-/// and path for the request span.
-fn trace_context<B>(tracer: &Arc<Tracer>, req: &mut Request<B>) -> (Traced, [String; 3]) {
+/// to the layers in the request's extensions. Returns it with the request's method and path
+/// for the request span.
+fn trace_context<B>(tracer: &Arc<Tracer>, req: &mut Request<B>) -> (Traced, [String; 2]) {
     let values = req.headers().get_all(trace::TRACEPARENT);
     let ctx = TraceCtx::new(values.iter().map(HeaderValue::as_bytes), tracer.fresh());
     if let Ok(v) = HeaderValue::from_bytes(&ctx.value()) {
@@ -153,17 +165,18 @@ fn trace_context<B>(tracer: &Arc<Tracer>, req: &mut Request<B>) -> (Traced, [Str
     req.extensions_mut().insert(t.clone());
     let what = [
         req.method().as_str().to_owned(),
-        host_of(req).unwrap_or("").to_owned(),
         req.uri().path().to_owned(),
     ];
     (t, what)
 }
 
-/// Records the request span of a traced request: method, path, route, cluster, status.
+/// Records the request span of a traced request: method, path, route, the cluster that
+/// served it (`served`: its route and branch), status.
 fn record_request(
     t: &Traced,
     snap: &Snapshot,
-    what: [String; 3],
+    what: [String; 2],
+    served: Option<(usize, usize)>,
     status: u16,
     failure: Option<&trace::Failure>,
     start: Instant,
@@ -171,18 +184,14 @@ fn record_request(
     if !t.ctx.sampled {
         return;
     }
-    let [method, host, path] = what;
-    let route = match snap.routes.find(&host, &path, &method) {
-        RouteMatch::Route(r) => Some(r),
-        _ => None,
-    };
+    let [method, path] = what;
     let mut attributes = vec![
         KeyValue::new("http.request.method", method),
         KeyValue::new("url.path", path),
         KeyValue::new("http.response.status_code", i64::from(status)),
     ];
-    if let Some(r) = route {
-        let (prefix, cluster) = snap.route_labels(r);
+    if let Some((r, b)) = served {
+        let (prefix, cluster) = snap.route_labels(r, b);
         if let Some(prefix) = prefix {
             attributes.push(KeyValue::new("http.route", prefix.to_owned()));
         }
@@ -199,75 +208,90 @@ fn record_request(
     t.tracer.record(&t.ctx, &t.clock, span);
 }
 
-/// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
-fn host_of<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
-}
-
+/// Serves a request `found` routed; returns the answer, the endpoint that gave it, and the
+/// route and branch that served it.
 async fn proxy(
     conn: &ConnCtx,
     local: &Local,
     mut req: Request<Incoming>,
     start: Instant,
-) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
+    found: RouteMatch,
+) -> (
+    Response<RespBody>,
+    Option<std::net::SocketAddr>,
+    Option<(usize, usize)>,
+) {
+    let (resp, addr) = match pre_route(local, &mut req) {
+        Err(refused) => {
+            let (mut resp, addr) = answer_locally(refused, &conn.shared.stats);
+            if refused == Answer::HeadTooLarge {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            (resp, addr)
+        }
+        Ok(h2_websocket) => match found {
+            RouteMatch::Route(route) => {
+                let plan = &local.snap.route_plans[route];
+                let branch = plan.pick(req.headers());
+                let out = routed(conn, &local.snap, (route, branch), req, h2_websocket).await;
+                plan.branches[branch]
+                    .stats
+                    .latency
+                    .record(out.0.status().as_u16(), start.elapsed());
+                return (out.0, out.1, Some((route, branch)));
+            }
+            RouteMatch::NotFound => answer_locally(Answer::NoRoute, &conn.shared.stats),
+            RouteMatch::MethodNotAllowed => {
+                answer_locally(Answer::MethodNotAllowed, &conn.shared.stats)
+            }
+        },
+    };
+    (resp, addr, None)
+}
+
+/// The checks before routing: a refused `CONNECT`, an oversized head (answered with
+/// `Connection: close`), a bad `Host`. A WebSocket over HTTP/2 becomes its handshake's `GET`
+/// here (then `Ok(true)`).
+fn pre_route(local: &Local, req: &mut Request<Incoming>) -> Result<bool, Answer> {
     let snap = &local.snap;
-    let stats = &conn.shared.stats;
     // A reverse proxy opens no tunnels: CONNECT is refused whatever the routes allow, but for
     // a WebSocket over HTTP/2 (RFC 8441), routed as the `GET` of the HTTP/1.1 handshake it
     // becomes (see `tunnel.rs`).
-    let h2_websocket = tunnel::is_h2_websocket(&req);
+    let h2_websocket = tunnel::is_h2_websocket(req);
     if h2_websocket {
         *req.method_mut() = http::Method::GET;
     } else if req.method() == http::Method::CONNECT {
-        return answer_locally(Answer::MethodNotAllowed, stats);
+        return Err(Answer::MethodNotAllowed);
     }
     // hyper bounds a head by its read buffer only while the head is incomplete, so one that
     // arrives whole in a few large reads can pass `max_header_bytes`: measured here, and the
     // connection closed after the 431 as the fast path does (HTTP/2 has its own limit).
-    if req.version() <= Version::HTTP_11 && head_size(&req) > snap.config.limits.max_header_bytes {
-        let (mut resp, addr) = answer_locally(Answer::HeadTooLarge, stats);
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return (resp, addr);
+    if req.version() <= Version::HTTP_11 && head_size(req) > snap.config.limits.max_header_bytes {
+        return Err(Answer::HeadTooLarge);
     }
     // RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host` (HTTP/2 has `:authority`).
     if req.version() == Version::HTTP_11 && req.headers().get_all(header::HOST).iter().count() != 1
     {
-        return answer_locally(Answer::BadHost, stats);
+        return Err(Answer::BadHost);
     }
-    let host = host_of(&req).unwrap_or("");
-    let route = match snap
-        .routes
-        .find(host, req.uri().path(), req.method().as_str())
-    {
-        RouteMatch::Route(i) => i,
-        RouteMatch::NotFound => return answer_locally(Answer::NoRoute, stats),
-        RouteMatch::MethodNotAllowed => return answer_locally(Answer::MethodNotAllowed, stats),
-    };
-    let out = routed(conn, snap, route, req, h2_websocket).await;
-    snap.route_plans[route]
-        .stats
-        .latency
-        .record(out.0.status().as_u16(), start.elapsed());
-    out
+    Ok(h2_websocket)
 }
 
-/// Serves a request matched to `route` (its latency is counted by the caller);
-/// `h2_websocket`: it is a WebSocket over HTTP/2, already turned into its handshake's `GET`.
+/// Serves a request matched to route `route`, sending it to the cluster of the route's
+/// branch `branch` (its latency is counted by the caller); `h2_websocket`: it is a WebSocket
+/// over HTTP/2, already turned into its handshake's `GET`.
 async fn routed(
     conn: &ConnCtx,
     snap: &Snapshot,
-    route: usize,
+    (route, branch): (usize, usize),
     mut req: Request<Incoming>,
     h2_websocket: bool,
 ) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
     let stats = &conn.shared.stats;
-    let cluster: &Arc<Cluster> = &snap.clusters[snap.route_cluster[route]];
     let plan = &snap.route_plans[route];
+    let branch = &plan.branches[branch];
+    let cluster: &Arc<Cluster> = &snap.clusters[branch.cluster];
     // The gateway speaks the WebSocket handshake only to HTTP/1.1 upstreams, and a batch
     // answers no handshake.
     if h2_websocket && (cluster.protocol != UpstreamProtocol::Http1 || plan.batch.is_some()) {
@@ -289,7 +313,7 @@ async fn routed(
     }
     if !plan.is_plain() || cluster.layers.is_some() || listener_admission.is_some() {
         let upgrade = tunnel::requested(&mut req, conn);
-        return layered(conn, snap, plan, cluster, listener_admission, req, upgrade).await;
+        return layered(conn, snap, plan, branch, listener_admission, req, upgrade).await;
     }
     let Some((ep_index, addr)) = cluster.pick() else {
         return answer_locally(Answer::NoEndpoint, stats);
@@ -462,12 +486,13 @@ async fn layered(
     conn: &ConnCtx,
     snap: &Snapshot,
     plan: &RoutePlan,
-    cluster: &Arc<Cluster>,
+    branch: &Branch,
     listener_admission: Option<&Arc<AdmissionPolicy>>,
     req: Request<Incoming>,
     upgrade: Option<tunnel::Upgrade>,
 ) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
     let stats = &conn.shared.stats;
+    let cluster = &snap.clusters[branch.cluster];
     // An upgrade only to an HTTP/1.1 cluster; otherwise the request goes as a plain one.
     let upgrade = upgrade.filter(|_| cluster.protocol == UpstreamProtocol::Http1);
     if let Some(batch) = &plan.batch {
@@ -541,7 +566,7 @@ async fn layered(
         Err(e) => {
             let rejected = is_rejection(&e);
             if rejected {
-                plan.stats.rejected.incr();
+                branch.stats.rejected.incr();
             }
             let (mut resp, blame) = error_response(&e, grpc, stats);
             // The request span says why (a breaker, pool, admission or budget rejection, or

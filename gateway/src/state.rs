@@ -5,8 +5,8 @@
 //! cluster's `endpoints`; workers only load them. A request keeps the snapshot it started with,
 //! so a reload never changes an in-flight request's route, timeouts or limits.
 
-use super::config::{Config, ConfigError, DemoKind, RuntimeMode};
-use super::route::RouteTable;
+use super::config::{Config, ConfigError, DemoKind, RuntimeMode, UpstreamProtocol};
+use super::route::{Fields, RouteTable, Split};
 use super::stack::admission::AdmissionPolicy;
 use super::stack::batch::BatchRoute;
 use super::stack::cache::RouteCache;
@@ -23,11 +23,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// One cluster a route sends to: its only one, or one branch of its weighted split.
+#[derive(Debug)]
+pub(crate) struct Branch {
+    /// The cluster's index in [`Snapshot::clusters`].
+    pub cluster: usize,
+    /// Its weight in the split (1 for a route's only cluster).
+    pub weight: u32,
+    /// The latency and rejections of the route's requests this cluster served (the
+    /// `cluster` label of the route's metrics); kept across reloads with the route's key and
+    /// the cluster's name.
+    pub stats: Arc<RouteStats>,
+}
+
 /// What one route does, compiled.
 #[derive(Debug)]
 pub(crate) struct RoutePlan {
-    /// Its cluster's index in [`Snapshot::clusters`].
-    pub cluster: usize,
+    /// Where its requests go, in config order: one branch, or its split's.
+    pub branches: Vec<Branch>,
+    /// The weighted split over `branches`, when there are several.
+    pub split: Option<Split>,
+    /// Whether the fast path serves it: a plain route whose every cluster is a plain
+    /// HTTP/1.1 one (no layers, no TLS).
+    pub fast: bool,
     /// Its overall request timeout.
     pub timeout: Duration,
     /// Its admission policy: the route's, else none (the listener's applies).
@@ -38,16 +56,20 @@ pub(crate) struct RoutePlan {
     pub cache: Option<Arc<RouteCache>>,
     /// Its batcher (`kind = "batch"`).
     pub batch: Option<Arc<BatchRoute>>,
-    /// Identity across reloads: host, path prefix and methods.
+    /// Identity across reloads: host, path prefix, methods and conditions.
     pub key: String,
-    /// Its latency and rejections; kept across reloads with the key.
-    pub stats: Arc<RouteStats>,
 }
 
 impl RoutePlan {
-    /// Whether the route needs nothing beyond the part-1 fast path (given its cluster).
+    /// Whether the route needs nothing beyond the part-1 fast path (given its clusters).
     pub(crate) fn is_plain(&self) -> bool {
         self.admission.is_none() && self.cache.is_none() && self.batch.is_none()
+    }
+
+    /// The branch (index into `branches`) this request goes to: by its sticky key, the
+    /// split's next step, or the only one. Call once per request that is forwarded.
+    pub(crate) fn pick<F: Fields + ?Sized>(&self, fields: &F) -> usize {
+        self.split.as_ref().map_or(0, |s| s.pick(fields))
     }
 }
 
@@ -62,8 +84,6 @@ pub(crate) struct Snapshot {
     pub source: String,
     /// Compiled routes.
     pub routes: RouteTable,
-    /// Per config route: its cluster's index in `clusters`.
-    pub route_cluster: Vec<usize>,
     /// Per config route: its request timeout.
     pub route_timeout: Vec<Duration>,
     /// Per config route: its compiled layers.
@@ -97,15 +117,18 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Route `r`'s path prefix and cluster name, for the labels of its trace spans.
-    pub(crate) fn route_labels(&self, r: usize) -> (Option<&str>, Option<&str>) {
+    /// Route `r`'s path prefix and the name of its branch `b`'s cluster, for the labels of
+    /// its trace spans.
+    pub(crate) fn route_labels(&self, r: usize, b: usize) -> (Option<&str>, Option<&str>) {
         let prefix = self.config.routes.get(r).map(|rc| rc.path_prefix.as_str());
-        let cluster = self
-            .route_cluster
-            .get(r)
-            .and_then(|c| self.clusters.get(*c))
-            .map(|c| c.name.as_str());
+        let cluster = self.branch_cluster(r, b).map(|c| c.name.as_str());
         (prefix, cluster)
+    }
+
+    /// The cluster of route `r`'s branch `b`.
+    pub(crate) fn branch_cluster(&self, r: usize, b: usize) -> Option<&Arc<Cluster>> {
+        let branch = self.route_plans.get(r)?.branches.get(b)?;
+        self.clusters.get(branch.cluster)
     }
 
     /// Compiles a validated config. DNS names are resolved now (blocking); `demo` gives the
@@ -162,17 +185,6 @@ impl Snapshot {
             .map(|l| policy(&l.admission))
             .collect();
         let routes = RouteTable::new(&config.routes);
-        let route_cluster: Vec<usize> = config
-            .routes
-            .iter()
-            .map(|r| {
-                config
-                    .clusters
-                    .iter()
-                    .position(|c| c.name == r.cluster)
-                    .unwrap_or(0)
-            })
-            .collect();
         let t = &config.timeouts;
         let route_timeout: Vec<Duration> = config
             .routes
@@ -181,16 +193,37 @@ impl Snapshot {
             .collect();
         let mut route_plans = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
-            // `HOST PREFIX` or `HOST PREFIX METHODS`: names the route in `/state` and metric
-            // labels, and finds its caches and batchers again after a reload.
-            let key = if r.methods.is_empty() {
-                format!("{} {}", r.host, r.path_prefix)
-            } else {
-                format!("{} {} {}", r.host, r.path_prefix, r.methods.join(","))
-            };
+            let key = r.key();
             let old_plan = old.and_then(|o| o.route_plans.iter().find(|p| p.key == key));
-            let ci = route_cluster[i];
-            let cluster = &clusters[ci];
+            let branches: Vec<Branch> = r
+                .branches()
+                .map(|(name, weight)| {
+                    let cluster = config
+                        .clusters
+                        .iter()
+                        .position(|c| c.name == name)
+                        .unwrap_or(0);
+                    // Counters stay with the route's key and the cluster's name.
+                    let stats = old.zip(old_plan).and_then(|(o, p)| {
+                        p.branches
+                            .iter()
+                            .find(|b| o.clusters.get(b.cluster).is_some_and(|c| c.name == name))
+                            .map(|b| b.stats.clone())
+                    });
+                    Branch {
+                        cluster,
+                        weight,
+                        stats: stats.unwrap_or_default(),
+                    }
+                })
+                .collect();
+            let Some(first) = branches.first() else {
+                return Err(err(
+                    format!("routes[{i}].cluster"),
+                    "a route needs `cluster` (or `clusters`, a weighted split)".into(),
+                ));
+            };
+            let cluster = &clusters[first.cluster];
             let cache = match &r.cache {
                 Some(c) => Some(
                     RouteCache::build(c, &key, old_plan.and_then(|p| p.cache.as_ref()))
@@ -208,14 +241,29 @@ impl Snapshot {
                 }
                 _ => None,
             };
+            let split = (branches.len() > 1).then(|| {
+                let weights: Vec<u32> = branches.iter().map(|b| b.weight).collect();
+                Split::new(&weights, r.sticky.as_ref())
+            });
+            let admission = policy(&r.admission);
+            let plain = admission.is_none() && cache.is_none() && batch.is_none();
+            let fast = plain
+                && branches.iter().all(|b| {
+                    let c = &clusters[b.cluster];
+                    c.layers.is_none()
+                        && c.protocol == UpstreamProtocol::Http1
+                        // The fast path's upstream sockets are plain TCP.
+                        && c.tls.is_none()
+                });
             route_plans.push(RoutePlan {
-                cluster: ci,
+                branches,
+                split,
+                fast,
                 timeout: route_timeout[i],
-                admission: policy(&r.admission),
+                admission,
                 priority: r.priority.as_deref().map(Arc::from),
                 cache,
                 batch,
-                stats: old_plan.map_or_else(Default::default, |p| p.stats.clone()),
                 key,
             });
         }
@@ -226,7 +274,6 @@ impl Snapshot {
             listener_admission,
             source: source.to_owned(),
             routes,
-            route_cluster,
             route_timeout,
             clusters,
             connect_timeout: Duration::from_millis(t.connect_ms),

@@ -466,7 +466,7 @@ async fn in_process_reload_swaps_routes_and_rejects_invalid() {
         assert_eq!(get(addr(&gw), "/x").await.0, StatusCode::NOT_FOUND);
         assert_eq!(get(addr(&gw), "/only").await.0, StatusCode::OK);
         let mut bad = next;
-        bad.routes[0].cluster = "missing".into();
+        bad.routes[0].cluster = Some("missing".into());
         let err = gw.apply(bad, "bad.toml").unwrap_err();
         assert_eq!(
             err.to_string(),

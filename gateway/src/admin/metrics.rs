@@ -76,13 +76,16 @@ fn counters(shared: &Shared, snap: &Snapshot) {
         a.record_metrics();
     }
     for p in &snap.route_plans {
-        let cluster = snap.clusters[p.cluster].name.clone();
-        metrics::counter!(
-            "tollgate_route_rejected_total",
-            "route" => p.key.clone(),
-            "cluster" => cluster
-        )
-        .absolute(p.stats.rejected.sum().max(0) as u64);
+        // One series per cluster the route sends to (each branch of a split).
+        for b in &p.branches {
+            let cluster = snap.clusters[b.cluster].name.clone();
+            metrics::counter!(
+                "tollgate_route_rejected_total",
+                "route" => p.key.clone(),
+                "cluster" => cluster
+            )
+            .absolute(b.stats.rejected.sum().max(0) as u64);
+        }
         if let Some(cache) = &p.cache {
             cache.record_metrics(&p.key);
         }
@@ -124,9 +127,11 @@ fn histograms(out: &mut String, shared: &Shared, snap: &Snapshot) {
     let routes: Vec<_> = snap
         .route_plans
         .iter()
-        .map(|p| {
-            let cluster = snap.clusters[p.cluster].name.as_str();
-            (p.key.as_str(), cluster, p.stats.latency.snapshot())
+        .flat_map(|p| {
+            p.branches.iter().map(|b| {
+                let cluster = snap.clusters[b.cluster].name.as_str();
+                (p.key.as_str(), cluster, b.stats.latency.snapshot())
+            })
         })
         .collect();
     family(

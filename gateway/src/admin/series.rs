@@ -149,20 +149,28 @@ fn read(shared: &Shared) -> Reading {
     r.global.errors = by_class[4].count();
     r.global.rejected = shared.stats.rejected.sum().max(0) as u64;
     for p in &snap.route_plans {
-        let by_class = p.stats.latency.snapshot();
+        // A route's totals are its branches' (the clusters of a split), each also counted
+        // in the cluster that served it.
         let mut t = Totals::default();
-        for h in &by_class {
-            t.latency.merge(h);
+        for b in &p.branches {
+            let by_class = b.stats.latency.snapshot();
+            let mut bt = Totals::default();
+            for h in &by_class {
+                bt.latency.merge(h);
+            }
+            bt.errors = by_class[4].count();
+            bt.rejected = b.stats.rejected.sum().max(0) as u64;
+            let c = r
+                .clusters
+                .entry(snap.clusters[b.cluster].name.clone())
+                .or_default();
+            c.latency.merge(&bt.latency);
+            c.errors += bt.errors;
+            c.rejected += bt.rejected;
+            t.latency.merge(&bt.latency);
+            t.errors += bt.errors;
+            t.rejected += bt.rejected;
         }
-        t.errors = by_class[4].count();
-        t.rejected = p.stats.rejected.sum().max(0) as u64;
-        let c = r
-            .clusters
-            .entry(snap.clusters[p.cluster].name.clone())
-            .or_default();
-        c.latency.merge(&t.latency);
-        c.errors += t.errors;
-        c.rejected += t.rejected;
         r.routes.insert(p.key.clone(), t);
     }
     for c in &snap.clusters {

@@ -12,6 +12,7 @@ mod dns;
 mod endpoint;
 mod error;
 pub mod retry;
+pub mod route;
 pub mod tls;
 pub mod tracing;
 mod validate;
@@ -52,8 +53,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Upstream clusters that routes send to.
     pub clusters: Vec<ClusterConfig>,
-    /// Routes, matched most specific first (exact host, then wildcard host, then any host; then
-    /// longest path prefix; then file order).
+    /// Routes, tried most specific first (exact host, then wildcard host, then any host; then
+    /// longest path prefix; then most header and query conditions; then file order); the
+    /// first that matches wins.
     pub routes: Vec<RouteConfig>,
     /// Demo upstreams the binary starts itself on loopback (for the shipped config and tests).
     pub demo: Vec<DemoConfig>,
@@ -360,12 +362,31 @@ pub struct RouteConfig {
     /// `/apix`). Must start with `/`. Default `/`.
     #[serde(default = "default_prefix")]
     pub path_prefix: String,
-    /// Methods allowed (upper case); empty means any. Default empty. A request whose host and
-    /// path match only routes with other methods gets 405.
+    /// Methods allowed (upper case); empty means any. Default empty. A request whose host,
+    /// path and conditions match only routes with other methods gets 405.
     #[serde(default)]
     pub methods: Vec<String>,
-    /// Cluster name. Required.
-    pub cluster: String,
+    /// Header conditions, all of which must hold (`[[routes.headers]]`). Default none. At most
+    /// 32 header and query conditions together.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<route::HeaderMatch>,
+    /// Query parameter conditions, all of which must hold (`[[routes.query]]`). Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<route::QueryMatch>,
+    /// Cluster name. Exactly one of `cluster` and `clusters` is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// A weighted split across clusters (`[[routes.clusters]]`, each a `cluster` and a
+    /// `weight`), instead of `cluster`: each request goes to one of them, in proportion to
+    /// the weights. Default none. At most 16; not for `kind = "batch"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<route::WeightedCluster>,
+    /// With `clusters`: a request carrying this key (`{ header = "x-user" }` or
+    /// `{ cookie = "session" }`) goes to the cluster its key hashes to, so that one client
+    /// stays on one cluster; requests without it take the split's turn. Not the request-id
+    /// field or `traceparent`, which the gateway sets itself. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<route::StickyKey>,
     /// Overrides `timeouts.request_ms` for this route, ms. Default none.
     #[serde(default)]
     pub request_timeout_ms: Option<u64>,

@@ -1,7 +1,7 @@
 //! Validation of a parsed [`Config`]: every field checked, the error naming it.
 
 use super::endpoint::{Endpoint, check_name};
-use super::{Config, ConfigError, RouteKind, cluster};
+use super::{Config, ConfigError, RouteKind, cluster, route};
 use std::net::SocketAddr;
 
 /// Methods a route may name.
@@ -227,12 +227,7 @@ impl Config {
                     ));
                 }
             }
-            if !self.clusters.iter().any(|c| c.name == r.cluster) {
-                return Err(e(
-                    at("cluster"),
-                    format!("names unknown cluster \"{}\"", r.cluster),
-                ));
-            }
+            self.check_route_match(r, i)?;
             if let Some(ms) = r.request_timeout_ms
                 && (ms == 0 || ms > 86_400_000)
             {
@@ -271,6 +266,69 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// A route's conditions and its cluster or split.
+    fn check_route_match(&self, r: &super::RouteConfig, i: usize) -> Result<(), ConfigError> {
+        let at = format!("routes[{i}]");
+        if r.headers.len() + r.query.len() > route::MAX_CONDITIONS {
+            return Err(ConfigError::new(
+                format!("{at}.headers"),
+                format!(
+                    "at most {} header and query conditions in all",
+                    route::MAX_CONDITIONS
+                ),
+            ));
+        }
+        for (j, h) in r.headers.iter().enumerate() {
+            h.validate(&format!("{at}.headers[{j}]"))?;
+        }
+        for (j, q) in r.query.iter().enumerate() {
+            q.validate(&format!("{at}.query[{j}]"))?;
+        }
+        if let Some(sticky) = &r.sticky {
+            if r.clusters.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.sticky"),
+                    "applies to a weighted split (`clusters`) only",
+                ));
+            }
+            sticky.validate(&format!("{at}.sticky"))?;
+            // hyper's path picks the branch after the gateway set these fields; the fast path
+            // before: a key in them would land a client on different clusters.
+            if let Some(h) = &sticky.header
+                && (h.eq_ignore_ascii_case(&self.server.request_id_header)
+                    || h.eq_ignore_ascii_case("traceparent"))
+            {
+                return Err(ConfigError::new(
+                    format!("{at}.sticky.header"),
+                    format!("\"{h}\" is a field the gateway sets itself; key on another"),
+                ));
+            }
+        }
+        let known = |name: &str| self.clusters.iter().any(|c| c.name == name);
+        match (&r.cluster, r.clusters.is_empty()) {
+            (Some(c), true) if !known(c) => Err(ConfigError::new(
+                format!("{at}.cluster"),
+                format!("names unknown cluster \"{c}\""),
+            )),
+            (Some(_), true) => Ok(()),
+            (Some(_), false) => Err(ConfigError::new(
+                format!("{at}.clusters"),
+                "set `cluster` or `clusters`, not both",
+            )),
+            (None, true) => Err(ConfigError::new(
+                format!("{at}.cluster"),
+                "a route needs `cluster` (or `clusters`, a weighted split)",
+            )),
+            (None, false) if r.kind == RouteKind::Batch => Err(ConfigError::new(
+                format!("{at}.clusters"),
+                "a batch route sends to one cluster: use `cluster`",
+            )),
+            (None, false) => route::validate_split(&r.clusters, &at, known),
+        }
     }
 }
 

@@ -219,15 +219,18 @@ pub(crate) struct Limits {
     pub trace: Option<Fresh>,
 }
 
+/// The request as the route lookup sees it on the fast path: the parsed fields as they are.
+pub(crate) type RouteRequest<'a, 'b> = crate::route::Request<'a, [httparse::Header<'b>]>;
+
 /// Parses the request head at the start of `buf`; when the fast path takes it, asks `route`
-/// (with host, path, method and declared body length) where it goes and writes the upstream
-/// head into `out` (cleared first).
+/// (with host, path, query, method, the fields, and the declared body length) where it goes
+/// and writes the upstream head into `out` (cleared first).
 pub(crate) fn prepare<T>(
     buf: &[u8],
     limits: Limits,
     fwd: &Forwarding,
     out: &mut Vec<u8>,
-    route: impl FnOnce(&str, &str, &str, u64) -> Route<T>,
+    route: impl FnOnce(&RouteRequest<'_, '_>, u64) -> Route<T>,
 ) -> Step<T> {
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -266,7 +269,10 @@ pub(crate) fn prepare<T>(
     if !target.starts_with('/') || !target.bytes().all(uri_byte) || method == "CONNECT" {
         return Step::Hyper;
     }
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
     let mut host: Option<&[u8]> = None;
     let mut body_len: Option<u64> = None;
     let mut close = false;
@@ -376,7 +382,17 @@ pub(crate) fn prepare<T>(
         client,
         trace,
     };
-    let (target_handle, addr, preserve_host) = match route(host_str, path, method, body_len) {
+    let routed = route(
+        &RouteRequest {
+            host: host_str,
+            path,
+            query,
+            method,
+            fields: &*req.headers,
+        },
+        body_len,
+    );
+    let (target_handle, addr, preserve_host) = match routed {
         Route::Forward {
             target: t,
             addr,

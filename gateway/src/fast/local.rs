@@ -60,8 +60,9 @@ pub(super) struct Done {
     pub(super) head_at: usize,
     pub(super) start: Instant,
     pub(super) upstream: Option<SocketAddr>,
-    /// The route it matched, whose latency it counts in.
-    pub(super) route: Option<usize>,
+    /// The route it matched and the branch (cluster) that served it, whose latency it
+    /// counts in.
+    pub(super) route: Option<(usize, usize)>,
     /// The request's id, on the answer and in the log line.
     pub(super) id: Id,
     /// When the upstream exchange started, when its answer head (or failure) came, and the
@@ -98,8 +99,11 @@ pub(super) async fn answer_and_log(
     let status = local.status().as_u16();
     let elapsed = done.start.elapsed();
     stats.duration.record(status, elapsed);
-    if let Some(plan) = done.route.and_then(|r| snap.route_plans.get(r)) {
-        plan.stats.latency.record(status, elapsed);
+    if let Some(branch) = done
+        .route
+        .and_then(|(r, b)| snap.route_plans.get(r)?.branches.get(b))
+    {
+        branch.stats.latency.record(status, elapsed);
     }
     let bytes = &b.cin.data[done.head_at..];
     log_access(ctx, snap, bytes, head, status, &done);
@@ -239,8 +243,8 @@ pub(super) fn record_trace(
         KeyValue::new("http.response.status_code", i64::from(status)),
         KeyValue::new("network.protocol.version", "1.1"),
     ];
-    if let Some(r) = done.route {
-        let (prefix, cluster) = snap.route_labels(r);
+    if let Some((r, b)) = done.route {
+        let (prefix, cluster) = snap.route_labels(r, b);
         if let Some(prefix) = prefix {
             attributes.push(KeyValue::new("http.route", prefix.to_owned()));
         }

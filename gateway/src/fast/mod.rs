@@ -33,7 +33,6 @@ mod relay;
 pub(crate) mod response;
 mod upstream;
 
-use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
 use super::route::RouteMatch;
 use crate::answer::Answer;
@@ -361,10 +360,12 @@ enum Next {
     Hyper,
 }
 
-/// Where a request goes: its route index and the endpoint's index.
+/// Where a request goes: its route index, the route's branch (cluster) and the endpoint's
+/// index in that cluster.
 #[derive(Debug, Clone, Copy)]
 struct Target {
     route: usize,
+    branch: usize,
     endpoint: usize,
 }
 
@@ -427,24 +428,27 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         limits,
         &ctx.forwarding,
         &mut b.out,
-        |host, path, method, _body_len| {
+        |req, _body_len| {
             if listener_layers {
                 return Route::Hyper;
             }
-            match snap.routes.find(host, path, method) {
+            match snap.routes.find(req) {
                 RouteMatch::Route(route) => {
-                    let cluster = &snap.clusters[snap.route_cluster[route]];
-                    if !snap.route_plans[route].is_plain()
-                        || cluster.layers.is_some()
-                        || cluster.protocol != UpstreamProtocol::Http1
-                        // The fast path's upstream sockets are plain TCP.
-                        || cluster.tls.is_some()
-                    {
+                    let plan = &snap.route_plans[route];
+                    // Decided before the split's pick, so that a request hyper serves takes
+                    // one step of the split, there.
+                    if !plan.fast {
                         return Route::Hyper;
                     }
+                    let branch = plan.pick(req.fields);
+                    let cluster = &snap.clusters[plan.branches[branch].cluster];
                     match cluster.pick() {
                         Some((endpoint, addr)) => Route::Forward {
-                            target: Target { route, endpoint },
+                            target: Target {
+                                route,
+                                branch,
+                                endpoint,
+                            },
                             addr,
                             preserve_host: cluster.preserve_host,
                         },
@@ -490,7 +494,9 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
     if ctx.start_request(snap.config.limits.max_requests_per_connection) {
         head.close = true;
     }
-    let cluster = &snap.clusters[snap.route_cluster[target.route]];
+    let plan = &snap.route_plans[target.route];
+    let branch = &plan.branches[target.branch];
+    let cluster = &snap.clusters[branch.cluster];
     stats.requests.incr();
     stats.in_flight.incr();
     cluster.stats.requests.incr();
@@ -542,7 +548,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                 head_at,
                 start,
                 upstream: Some(addr),
-                route: Some(target.route),
+                route: Some((target.route, target.branch)),
                 id: id_of(&head, &b.cin.data[head_at..]),
                 exchange: Some((sent, answered, None)),
             };
@@ -553,10 +559,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
     stats.response(resp.status);
     let elapsed = start.elapsed();
     stats.duration.record(resp.status, elapsed);
-    snap.route_plans[target.route]
-        .stats
-        .latency
-        .record(resp.status, elapsed);
+    branch.stats.latency.record(resp.status, elapsed);
     if resp.status >= 500 {
         cluster.stats.failures.incr();
         cluster.endpoint_failed(target.endpoint, addr);
@@ -565,7 +568,7 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         head_at,
         start,
         upstream: Some(addr),
-        route: Some(target.route),
+        route: Some((target.route, target.branch)),
         id: id_of(&head, &b.cin.data[head_at..]),
         exchange: Some((sent, answered, Some(resp.status))),
     };

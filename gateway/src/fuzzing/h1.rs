@@ -116,8 +116,20 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
     .ok()?;
     let mut seen = None;
     let mut out = b"stale".to_vec();
-    let step = head::prepare(buf, limits, &fwd, &mut out, |host, path, method, len| {
-        seen = Some((host.to_owned(), path.to_owned(), method.to_owned(), len));
+    let step = head::prepare(buf, limits, &fwd, &mut out, |r, len| {
+        let fields: Vec<(String, Vec<u8>)> = r
+            .fields
+            .iter()
+            .map(|h| (h.name.to_owned(), h.value.to_vec()))
+            .collect();
+        seen = Some((
+            r.host.to_owned(),
+            r.path.to_owned(),
+            r.query.map(str::to_owned),
+            r.method.to_owned(),
+            fields,
+            len,
+        ));
         match route {
             0 | 1 => Route::Forward {
                 target: 7_u8,
@@ -211,9 +223,18 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
         assert!(seen.is_none(), "the route was asked");
         return None;
     } else {
+        // The route sees the query and every field line as received (for its conditions).
+        let query = msg.target.split_once('?').map(|(_, q)| q.to_owned());
         assert_eq!(
             seen,
-            Some((host.into(), path.into(), msg.method.clone(), body_len))
+            Some((
+                host.into(),
+                path.into(),
+                query,
+                msg.method.clone(),
+                msg.headers.clone(),
+                body_len
+            ))
         );
         let want_host = if route == 0 {
             host.as_bytes().to_vec()

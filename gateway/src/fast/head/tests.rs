@@ -19,7 +19,7 @@ fn fwd() -> Forwarding {
 
 fn forward(req: &[u8], preserve_host: bool) -> (Head, String) {
     let mut out = Vec::new();
-    let step = prepare(req, LIMITS, &fwd(), &mut out, |_, _, _, _| Route::Forward {
+    let step = prepare(req, LIMITS, &fwd(), &mut out, |_, _| Route::Forward {
         target: (),
         addr: UP.parse().unwrap(),
         preserve_host,
@@ -34,7 +34,7 @@ fn forward(req: &[u8], preserve_host: bool) -> (Head, String) {
 }
 
 fn step(req: &[u8]) -> Step<()> {
-    prepare(req, LIMITS, &fwd(), &mut Vec::new(), |_, _, _, _| {
+    prepare(req, LIMITS, &fwd(), &mut Vec::new(), |_, _| {
         Route::Forward {
             target: (),
             addr: UP.parse().unwrap(),
@@ -219,19 +219,28 @@ fn te_named_in_connection_is_dropped() {
 fn the_route_decides() {
     let req = b"DELETE /x?q HTTP/1.1\r\nHost: H.example\r\nContent-Length: 7\r\n\r\n1234567";
     let mut seen = None;
-    let got = prepare(
-        req,
-        LIMITS,
-        &fwd(),
-        &mut Vec::new(),
-        |host, path, method, len| {
-            seen = Some((host.to_owned(), path.to_owned(), method.to_owned(), len));
-            Route::<()>::Local(Answer::BodyTooLarge)
-        },
-    );
+    let got = prepare(req, LIMITS, &fwd(), &mut Vec::new(), |r, len| {
+        let fields: Vec<_> = r.fields.iter().map(|h| (h.name, h.value)).collect();
+        seen = Some((
+            r.host.to_owned(),
+            r.path.to_owned(),
+            r.query.map(str::to_owned),
+            r.method.to_owned(),
+            len,
+            fields.len(),
+        ));
+        Route::<()>::Local(Answer::BodyTooLarge)
+    });
     assert_eq!(
         seen,
-        Some(("H.example".into(), "/x".into(), "DELETE".into(), 7))
+        Some((
+            "H.example".into(),
+            "/x".into(),
+            Some("q".into()),
+            "DELETE".into(),
+            7,
+            2
+        ))
     );
     assert!(matches!(
         got,
@@ -240,7 +249,7 @@ fn the_route_decides() {
             ..
         }
     ));
-    let got = prepare(req, LIMITS, &fwd(), &mut Vec::new(), |_, _, _, _| {
+    let got = prepare(req, LIMITS, &fwd(), &mut Vec::new(), |_, _| {
         Route::<()>::Hyper
     });
     assert!(matches!(got, Step::Hyper));
@@ -294,7 +303,7 @@ fn a_trusted_chain_matches_the_hyper_path() {
         }
         req.extend_from_slice(b"\r\n");
         let mut out = Vec::new();
-        let step = prepare(&req, LIMITS, &fwd, &mut out, |_, _, _, _| Route::Forward {
+        let step = prepare(&req, LIMITS, &fwd, &mut out, |_, _| Route::Forward {
             target: (),
             addr: UP.parse().unwrap(),
             preserve_host: true,
@@ -334,7 +343,7 @@ fn tracing_replaces_the_traceparent_and_keeps_tracestate() {
     };
     let forward_traced = |req: &[u8]| {
         let mut out = Vec::new();
-        let step = prepare(req, limits, &fwd(), &mut out, |_, _, _, _| Route::Forward {
+        let step = prepare(req, limits, &fwd(), &mut out, |_, _| Route::Forward {
             target: (),
             addr: UP.parse().unwrap(),
             preserve_host: true,
@@ -374,4 +383,133 @@ fn tracing_replaces_the_traceparent_and_keeps_tracestate() {
     let (head, out) = forward(b"GET / HTTP/1.1\r\nHost: a\r\ntraceparent: x\r\n\r\n", true);
     assert_eq!(head.trace, None);
     assert_eq!(out.matches("traceparent").count(), 1, "{out}");
+}
+
+/// The fast path's route lookup (on httparse's fields, from `prepare`) and hyper's path's
+/// (`RouteTable::find_http` on the request's `HeaderMap`) choose the same route.
+mod lookups_agree {
+    use super::*;
+    use crate::config::RouteConfig;
+    use crate::config::route::{HeaderMatch, QueryMatch};
+    use crate::route::RouteTable;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    const HOSTS: [&str; 4] = ["*", "a.example", "*.example", "b.a.example"];
+    const REQ_HOSTS: [&str; 5] = [
+        "a.example",
+        "A.example:8080",
+        "b.a.example.",
+        "c.example",
+        "x",
+    ];
+    const PREFIXES: [&str; 4] = ["/", "/api", "/api/v2", "/x"];
+    const PATHS: [&str; 5] = ["/", "/api", "/api/v2/z", "/x/y", "/apix"];
+    const METHODS: [&str; 4] = ["GET", "POST", "DELETE", "PATCH"];
+    const NAMES: [&str; 3] = ["x-a", "X-B", "user-agent"];
+    const VALUES: [&str; 4] = ["1", "curl/8", "gold", "g"];
+    const PARAMS: [&str; 3] = ["v", "debug", "a b"];
+    const PARAM_VALUES: [&str; 3] = ["2", "", "c&d"];
+    const QUERIES: [&str; 9] = [
+        "v=2",
+        "v=%32",
+        "debug",
+        "a+b=c%26d",
+        "a%20b=c%26d&v=",
+        "&&debug=1",
+        "v=2%",
+        "x=%zz&v=2",
+        "",
+    ];
+
+    fn header_cond() -> impl Strategy<Value = HeaderMatch> {
+        (0..NAMES.len(), 0..VALUES.len(), 0..3_u8, any::<bool>()).prop_map(
+            |(n, v, kind, invert)| HeaderMatch {
+                name: NAMES[n].into(),
+                value: (kind == 0).then(|| VALUES[v].into()),
+                prefix: (kind == 1).then(|| VALUES[v][..1].into()),
+                present: (kind == 2).then_some(true),
+                invert,
+            },
+        )
+    }
+
+    fn query_cond() -> impl Strategy<Value = QueryMatch> {
+        (0..PARAMS.len(), proptest::option::of(0..PARAM_VALUES.len())).prop_map(|(n, v)| {
+            QueryMatch {
+                name: PARAMS[n].into(),
+                value: v.map(|v| PARAM_VALUES[v].into()),
+                present: v.is_none().then_some(true),
+            }
+        })
+    }
+
+    fn route() -> impl Strategy<Value = RouteConfig> {
+        (
+            0..HOSTS.len(),
+            0..PREFIXES.len(),
+            0..16_u8,
+            vec(header_cond(), 0..3),
+            vec(query_cond(), 0..2),
+        )
+            .prop_map(|(h, p, m, headers, query)| RouteConfig {
+                host: HOSTS[h].into(),
+                path_prefix: PREFIXES[p].into(),
+                methods: (0..METHODS.len())
+                    .filter(|i| m & (1 << i) != 0)
+                    .map(|i| METHODS[i].into())
+                    .collect(),
+                headers,
+                query,
+                cluster: Some("c".into()),
+                clusters: Vec::new(),
+                sticky: None,
+                request_timeout_ms: None,
+                kind: Default::default(),
+                admission: None,
+                priority: None,
+                cache: None,
+                batch: None,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn fast_and_hyper_lookups_agree(
+            routes in vec(route(), 0..7),
+            host in 0..REQ_HOSTS.len(),
+            path in 0..PATHS.len(),
+            query in proptest::option::of(vec(0..QUERIES.len(), 1..3)),
+            method in 0..METHODS.len(),
+            fields in vec((0..NAMES.len(), 0..VALUES.len()), 0..4),
+        ) {
+            let table = RouteTable::new(&routes);
+            let (host, method) = (REQ_HOSTS[host], METHODS[method]);
+            let target = match &query {
+                Some(q) => {
+                    let q: Vec<&str> = q.iter().map(|i| QUERIES[*i]).collect();
+                    format!("{}?{}", PATHS[path], q.join("&"))
+                }
+                None => PATHS[path].to_owned(),
+            };
+            let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n");
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(&target)
+                .header("host", host);
+            for (n, v) in &fields {
+                raw.push_str(&format!("{}: {}\r\n", NAMES[*n], VALUES[*v]));
+                req = req.header(NAMES[*n], VALUES[*v]);
+            }
+            raw.push_str("\r\n");
+            let mut fast = None;
+            let step = prepare(raw.as_bytes(), LIMITS, &fwd(), &mut Vec::new(), |r, _| {
+                fast = Some(table.find(r));
+                Route::<()>::Local(Answer::NoRoute)
+            });
+            prop_assert!(matches!(step, Step::Local { .. }), "{step:?}");
+            let hyper = table.find_http(&req.body(()).unwrap(), method);
+            prop_assert_eq!(fast, Some(hyper));
+        }
+    }
 }
