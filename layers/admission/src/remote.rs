@@ -5,18 +5,26 @@
 //! time (TAT, microseconds), rejects with the wait if `now < TAT - tolerance`, else stores
 //! `max(TAT, now) + interval` with an expiry just past it (idle keys vanish by themselves).
 //!
-//! Every call is bounded by [`RedisConfig::timeout`]. When Redis cannot be reached (connect
-//! error, command error, timeout), the request is checked against the local limiter instead
-//! and Redis is left alone for [`RedisConfig::retry_after`], so an outage costs one timeout,
-//! not one per request.
+//! Every check is bounded by [`RedisConfig::response_timeout`] once connected (and by
+//! [`RedisConfig::connect_timeout`] more while it connects). When Redis cannot answer (connect
+//! error, command error, timeout), the request is checked against the local limiter instead;
+//! after [`RedisConfig::failures`] failures in a row an [`OutageGuard`] keeps requests away
+//! from Redis for [`RedisConfig::cooldown`], then lets one probe, so an outage costs a few
+//! timeouts, not one per request.
+//!
+//! The connection is an [`ArcSwapOption`]: a request reads it without a lock. A command error
+//! drops it (the next check connects again); a timeout keeps it, since a server that is only
+//! slow (or frozen and thawed) answers on it again.
 
 use crate::classify::Key;
-use crate::config::RedisConfig;
+use crate::config::{KEY_PREFIX, RedisConfig};
 use crate::ratelimit::LocalLimiter;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tollgate_core::outage::OutageGuard;
 
 const GCRA: &str = r"
 local t = redis.call('TIME')
@@ -37,14 +45,14 @@ return 0
 #[derive(Debug)]
 pub(crate) struct RemoteLimiter {
     client: redis::Client,
-    conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    conn: ArcSwapOption<MultiplexedConnection>,
     script: redis::Script,
     config: RedisConfig,
     interval_us: u64,
     tolerance_us: u64,
+    /// The origin of the guard's clock.
     base: Instant,
-    /// Nanoseconds after `base` until which Redis is not tried (0: try it).
-    down_until: AtomicU64,
+    guard: OutageGuard,
 }
 
 /// How a remote check ended.
@@ -70,53 +78,44 @@ impl RemoteLimiter {
         let interval_us = (period.as_micros() as u64 / u64::from(burst.max(1))).max(1);
         Self {
             client: redis::Client::open(config.url.as_str()).expect("validated URL"),
-            conn: Mutex::new(None),
+            conn: ArcSwapOption::empty(),
             script: redis::Script::new(GCRA),
             config: config.clone(),
             interval_us,
             tolerance_us: interval_us.saturating_mul(u64::from(burst.max(1) - 1)),
             base: Instant::now(),
-            down_until: AtomicU64::new(0),
+            guard: OutageGuard::new(config.failures, config.cooldown),
         }
     }
 
-    fn since_base(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.base).as_nanos() as u64
+    fn since_base(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.base)
     }
 
-    /// Whether Redis should be tried now.
-    pub(crate) fn is_up(&self, now: Instant) -> bool {
-        // Relaxed: a hint; a racing reader tries Redis once more or once less.
-        self.since_base(now) >= self.down_until.load(Ordering::Relaxed)
+    /// Whether this request should try Redis (after a cooldown, only the one probe does).
+    pub(crate) fn allow(&self, now: Instant) -> bool {
+        self.guard.allow(self.since_base(now))
     }
 
-    fn mark_down(&self) {
-        let until = self.since_base(Instant::now() + self.config.retry_after);
-        // Relaxed: see `is_up`.
-        self.down_until.store(until, Ordering::Relaxed);
-        // Drop the connection: the next try reconnects.
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        if let Some(c) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-            return Ok(c);
-        }
+    async fn connect(&self) -> redis::RedisResult<Arc<MultiplexedConnection>> {
         let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(self.config.timeout)
-            .set_response_timeout(self.config.timeout);
-        let c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
-        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+            .set_connection_timeout(self.config.connect_timeout)
+            .set_response_timeout(self.config.response_timeout);
+        let c = Arc::new(
+            self.client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await?,
+        );
+        // Two requests may connect at once; the later one's connection wins, the other's
+        // closes when its request ends.
+        self.conn.store(Some(c.clone()));
         Ok(c)
     }
 
-    async fn eval(&self, key: Key) -> redis::RedisResult<u64> {
-        let mut conn = self.connection().await?;
+    async fn eval(&self, conn: &MultiplexedConnection, key: Key) -> redis::RedisResult<u64> {
+        let mut conn = conn.clone();
         self.script
-            .key(format!("{}{key}", self.config.key_prefix))
+            .key(format!("{}{key}", self.config.key_prefix_or(KEY_PREFIX)))
             .arg(self.interval_us)
             .arg(self.tolerance_us)
             .invoke_async(&mut conn)
@@ -125,13 +124,39 @@ impl RemoteLimiter {
 
     /// Checks `key` in Redis, falling back to `local` when Redis cannot answer in time.
     pub(crate) async fn check(&self, key: Key, local: &LocalLimiter) -> Checked {
-        match tokio::time::timeout(self.config.timeout, self.eval(key)).await {
-            Ok(Ok(0)) => Checked::Remote(Ok(())),
-            Ok(Ok(wait_us)) => Checked::Remote(Err(Duration::from_micros(wait_us))),
-            Ok(Err(_)) | Err(_) => {
-                self.mark_down();
+        match self.ask(key).await {
+            Some(wait_us) => {
+                self.guard.success();
+                Checked::Remote(match wait_us {
+                    0 => Ok(()),
+                    us => Err(Duration::from_micros(us)),
+                })
+            }
+            None => {
+                self.guard.failure(self.since_base(Instant::now()));
                 Checked::Local(local.check(key))
             }
+        }
+    }
+
+    /// Redis's answer (0, or the wait in microseconds), or `None` if it gave none in time.
+    async fn ask(&self, key: Key) -> Option<u64> {
+        let conn = match self.conn.load_full() {
+            Some(c) => c,
+            None => tokio::time::timeout(self.config.connect_timeout, self.connect())
+                .await
+                .ok()?
+                .ok()?,
+        };
+        match tokio::time::timeout(self.config.response_timeout, self.eval(&conn, key)).await {
+            Ok(Ok(wait_us)) => Some(wait_us),
+            Ok(Err(_)) => {
+                // The connection may be dead (a killed server): the next check connects anew.
+                let _ = self.conn.compare_and_swap(&Some(conn), None);
+                None
+            }
+            // Slow or frozen: keep the connection, it answers again once the server does.
+            Err(_) => None,
         }
     }
 }

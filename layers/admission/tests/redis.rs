@@ -29,9 +29,9 @@ fn by_tenant(r: &&'static str) -> Ticket {
 }
 
 /// A gateway instance: 5 requests per minute per tenant, kept in the Redis at `url`.
-fn instance(url: &str, retry_after: Duration) -> (Svc, AdmissionHandle) {
+fn instance(url: &str, cooldown: Duration) -> (Svc, AdmissionHandle) {
     let redis = RedisConfig {
-        retry_after,
+        cooldown,
         ..RedisConfig::new(url)
     };
     let rate = RateLimitConfig {
@@ -96,7 +96,7 @@ async fn a_dead_redis_falls_back_to_the_local_limit() {
     let Some(mut server) = RedisServer::start() else {
         return;
     };
-    let (mut a, handle) = instance(&server.url(), Duration::ZERO);
+    let (mut a, handle) = instance(&server.url(), Duration::from_millis(1));
     assert_eq!(send(&mut a, "acme").await, None);
     server.stop();
     // Requests are not failed: the local limiter (5 per minute, fresh) answers.
@@ -109,10 +109,11 @@ async fn a_dead_redis_falls_back_to_the_local_limit() {
         1
     );
 
-    // Back up (empty): the shared quota applies again.
+    // Back up (empty): the shared quota applies again, once the 1 ms cooldown has passed.
     server.restart();
+    tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(send(&mut a, "initech").await, None);
-    let (mut b, _) = instance(&server.url(), Duration::ZERO);
+    let (mut b, _) = instance(&server.url(), Duration::from_millis(1));
     for _ in 0..4 {
         assert_eq!(send(&mut b, "initech").await, None);
     }
@@ -127,8 +128,8 @@ async fn a_frozen_redis_costs_one_short_timeout() {
     let (mut a, _) = instance(&server.url(), Duration::from_secs(3600));
     assert_eq!(send(&mut a, "acme").await, None);
     server.pause();
-    // The first request waits out the 20 ms timeout, then the local limit answers; later ones
-    // do not try Redis at all while it is marked down.
+    // The first `failures` (5) requests each wait out the 50 ms response timeout, then the
+    // local limit answers; later ones do not try Redis at all while the guard is open.
     let started = tokio::time::Instant::now();
     for _ in 0..5 {
         assert_eq!(send(&mut a, "acme").await, None);
