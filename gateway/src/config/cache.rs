@@ -10,7 +10,7 @@ use http::header::HeaderName;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tollgate_cache::CacheConfig;
-use tollgate_cache::redis::RedisConfig;
+use tollgate_cache::redis::{RedisConfig, RedisTierConfig};
 
 /// A route's cache (`[routes.cache]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,10 +99,10 @@ pub struct RedisSection {
 
 impl Default for RedisSection {
     fn default() -> Self {
-        let d = RedisConfig::default();
+        let d = RedisTierConfig::new("");
         Self {
             url: String::new(),
-            key_prefix: d.key_prefix,
+            key_prefix: d.key_prefix().to_owned(),
             channel: d.channel,
             timeout_ms: 50,
             connect_timeout_ms: 250,
@@ -115,15 +115,17 @@ impl Default for RedisSection {
 
 impl RedisSection {
     /// The tier's configuration.
-    pub fn to_config(&self) -> RedisConfig {
-        RedisConfig {
-            url: self.url.clone(),
-            key_prefix: self.key_prefix.clone(),
+    pub fn to_config(&self) -> RedisTierConfig {
+        RedisTierConfig {
+            server: RedisConfig {
+                url: self.url.clone(),
+                key_prefix: Some(self.key_prefix.clone()),
+                response_timeout: ms(self.timeout_ms),
+                connect_timeout: ms(self.connect_timeout_ms),
+                failures: self.breaker_failures,
+                cooldown: ms(self.breaker_cooldown_ms),
+            },
             channel: self.channel.clone(),
-            response_timeout: ms(self.timeout_ms),
-            connect_timeout: ms(self.connect_timeout_ms),
-            breaker_failures: self.breaker_failures,
-            breaker_cooldown: ms(self.breaker_cooldown_ms),
             reconnect_interval: ms(self.reconnect_interval_ms),
         }
     }
@@ -149,9 +151,12 @@ impl RedisSection {
         }
         self.to_config().validate().map_err(|err| {
             let field = match err.field() {
-                "response_timeout" => "timeout_ms",
-                "connect_timeout" => "connect_timeout_ms",
-                "breaker_cooldown" => "breaker_cooldown_ms",
+                "server.url" => "url",
+                "server.key_prefix" => "key_prefix",
+                "server.response_timeout" => "timeout_ms",
+                "server.connect_timeout" => "connect_timeout_ms",
+                "server.failures" => "breaker_failures",
+                "server.cooldown" => "breaker_cooldown_ms",
                 "reconnect_interval" => "reconnect_interval_ms",
                 f => f,
             };
