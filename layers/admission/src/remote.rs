@@ -5,9 +5,12 @@
 //! time (TAT, microseconds), rejects with the wait if `now < TAT - tolerance`, else stores
 //! `max(TAT, now) + interval` with an expiry just past it (idle keys vanish by themselves).
 //!
-//! Every check is bounded by [`RedisConfig::response_timeout`] once connected (and by
-//! [`RedisConfig::connect_timeout`] more while it connects). When Redis cannot answer (connect
-//! error, command error, timeout), the request is checked against the local limiter instead;
+//! Every check, connecting included, waits at most [`RedisConfig::response_timeout`]. A
+//! connection is made by a background task (bounded by [`RedisConfig::connect_timeout`],
+//! one at a time) that a request without one starts and waits for within its own bound, so a
+//! slow connect is not lost when that request gives up, and a frozen server never holds a
+//! request longer than the response timeout. When Redis cannot answer (connect error, command
+//! error, timeout), the request is checked against the local limiter instead;
 //! after [`RedisConfig::failures`] failures in a row an [`OutageGuard`] keeps requests away
 //! from Redis for [`RedisConfig::cooldown`], then lets one probe, so an outage costs a few
 //! timeouts, not one per request.
@@ -22,7 +25,9 @@ use crate::ratelimit::LocalLimiter;
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tollgate_core::outage::OutageGuard;
 
@@ -44,8 +49,7 @@ return 0
 /// The Redis side of the rate limit. See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct RemoteLimiter {
-    client: redis::Client,
-    conn: ArcSwapOption<MultiplexedConnection>,
+    link: Arc<Link>,
     script: redis::Script,
     config: RedisConfig,
     interval_us: u64,
@@ -77,8 +81,14 @@ impl RemoteLimiter {
     pub(crate) fn new(config: &RedisConfig, burst: u32, period: Duration) -> Self {
         let interval_us = (period.as_micros() as u64 / u64::from(burst.max(1))).max(1);
         Self {
-            client: redis::Client::open(config.url.as_str()).expect("validated URL"),
-            conn: ArcSwapOption::empty(),
+            link: Arc::new(Link {
+                client: redis::Client::open(config.url.as_str()).expect("validated URL"),
+                conn: ArcSwapOption::empty(),
+                connecting: AtomicBool::new(false),
+                done: Notify::new(),
+                connect_timeout: config.connect_timeout,
+                response_timeout: config.response_timeout,
+            }),
             script: redis::Script::new(GCRA),
             config: config.clone(),
             interval_us,
@@ -95,21 +105,6 @@ impl RemoteLimiter {
     /// Whether this request should try Redis (after a cooldown, only the one probe does).
     pub(crate) fn allow(&self, now: Instant) -> bool {
         self.guard.allow(self.since_base(now))
-    }
-
-    async fn connect(&self) -> redis::RedisResult<Arc<MultiplexedConnection>> {
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(self.config.connect_timeout)
-            .set_response_timeout(self.config.response_timeout);
-        let c = Arc::new(
-            self.client
-                .get_multiplexed_async_connection_with_config(&cfg)
-                .await?,
-        );
-        // Two requests may connect at once; the later one's connection wins, the other's
-        // closes when its request ends.
-        self.conn.store(Some(c.clone()));
-        Ok(c)
     }
 
     async fn eval(&self, conn: &MultiplexedConnection, key: Key) -> redis::RedisResult<u64> {
@@ -139,24 +134,83 @@ impl RemoteLimiter {
         }
     }
 
-    /// Redis's answer (0, or the wait in microseconds), or `None` if it gave none in time.
+    /// Redis's answer (0, or the wait in microseconds), or `None` if it gave none within the
+    /// response timeout (a connection made meanwhile included).
     async fn ask(&self, key: Key) -> Option<u64> {
-        let conn = match self.conn.load_full() {
+        let link = &self.link;
+        let until = Instant::now() + link.response_timeout;
+        let conn = match link.conn.load_full() {
             Some(c) => c,
-            None => tokio::time::timeout(self.config.connect_timeout, self.connect())
-                .await
-                .ok()?
-                .ok()?,
+            None => {
+                let done = link.done.notified();
+                tokio::pin!(done);
+                // Registered before the connect starts, so its end cannot be missed.
+                done.as_mut().enable();
+                Link::start_connecting(link);
+                tokio::time::timeout_at(until, done).await.ok()?;
+                link.conn.load_full()?
+            }
         };
-        match tokio::time::timeout(self.config.response_timeout, self.eval(&conn, key)).await {
+        match tokio::time::timeout_at(until, self.eval(&conn, key)).await {
             Ok(Ok(wait_us)) => Some(wait_us),
             Ok(Err(_)) => {
                 // The connection may be dead (a killed server): the next check connects anew.
-                let _ = self.conn.compare_and_swap(&Some(conn), None);
+                let _ = link.conn.compare_and_swap(&Some(conn), None);
                 None
             }
             // Slow or frozen: keep the connection, it answers again once the server does.
             Err(_) => None,
         }
+    }
+}
+
+/// The connection to Redis and the one background task that makes it.
+#[derive(Debug)]
+struct Link {
+    client: redis::Client,
+    conn: ArcSwapOption<MultiplexedConnection>,
+    /// Whether a connect task is running.
+    connecting: AtomicBool,
+    /// Woken when a connect task ends (made a connection or not).
+    done: Notify,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl Link {
+    /// Starts a connect task unless one is running (on the current tokio runtime).
+    fn start_connecting(me: &Arc<Link>) {
+        // Acquire/Release: pairs with the store in the task; whoever sees `false` also sees
+        // the connection the last task stored.
+        if me.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Connecting(me.clone());
+        tokio::spawn(async move {
+            let me = &me.0;
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(me.connect_timeout)
+                .set_response_timeout(me.response_timeout);
+            let made = tokio::time::timeout(
+                me.connect_timeout,
+                me.client.get_multiplexed_async_connection_with_config(&cfg),
+            )
+            .await;
+            if let Ok(Ok(c)) = made {
+                me.conn.store(Some(Arc::new(c)));
+            }
+        });
+    }
+}
+
+/// A running connect task's claim: when the task ends, or is dropped with its runtime, the
+/// next request may start another, and those waiting are woken.
+struct Connecting(Arc<Link>);
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        // Release: pairs with the swap in `start_connecting`.
+        self.0.connecting.store(false, Ordering::Release);
+        self.0.done.notify_waiters();
     }
 }

@@ -142,3 +142,53 @@ async fn a_frozen_redis_costs_one_short_timeout() {
     );
     server.resume();
 }
+
+#[tokio::test]
+async fn connecting_to_a_frozen_redis_waits_at_most_the_response_timeout() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // A long connect timeout: a request must not wait for it, only for the response timeout.
+    let redis = RedisConfig {
+        connect_timeout: Duration::from_secs(30),
+        response_timeout: Duration::from_millis(50),
+        ..RedisConfig::new(server.url())
+    };
+    let layer = AdmissionLayer::new(AdmissionConfig {
+        rate_limit: Some(RateLimitConfig {
+            redis: Some(redis),
+            ..RateLimitConfig::new(2, Duration::from_secs(60))
+        }),
+        ..AdmissionConfig::default()
+    })
+    .unwrap()
+    .prioritize(by_tenant as fn(&&'static str) -> Ticket);
+    let mut svc: Svc = layer.layer(tower::service_fn(ok as fn(&'static str) -> _));
+    server.pause();
+    let resume = Resume(&server);
+    let started = tokio::time::Instant::now();
+    // The local limit answers (2 a minute): the third is refused.
+    assert_eq!(send(&mut svc, "acme").await, None);
+    assert_eq!(send(&mut svc, "acme").await, None);
+    assert_eq!(send(&mut svc, "acme").await, Some(Reason::RateLimited));
+    // Three requests, each bounded by 50 ms: far below the 30 s connect timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(resume);
+}
+
+/// Thaws a frozen server when dropped, even in a panic, so that its own drop can kill it.
+struct Resume<'a>(&'a RedisServer);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+}
