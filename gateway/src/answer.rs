@@ -31,14 +31,31 @@
 //! deadline passed) are mapped by the facade's [`Rejection`] (503/429/504 with `Retry-After`,
 //! or the gRPC status with `grpc-retry-pushback-ms` for a gRPC request), the same mapping an
 //! axum or tonic user of the layers gets; [`error_response`] applies both.
+//!
+//! A 429 from an admission policy's rate limit also carries the policy's quota in the fields of
+//! the IETF draft *RateLimit header fields for HTTP* (draft-ietf-httpapi-ratelimit-headers,
+//! structured-field form of drafts 08–10), unless its `rate_limit.headers = "none"`:
+//!
+//! ```text
+//! Retry-After: 12
+//! RateLimit-Policy: "api";q=100;w=60
+//! RateLimit: "api";r=0;t=12
+//! ```
+//!
+//! The policy stage wraps its rate-limit rejections in [`QuotaSpent`], which carries the
+//! policy's [`RateLimitFields`] (rendered once, when the policy is built); the rejection stays
+//! the wrapper's `source()`, so the mapping above still finds it.
 
 use crate::error::{ClientBodyFailed, RouteTimedOut, TryTimedOut};
 use crate::pool::{UpBody, UpstreamError};
 use crate::stats::Stats;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full, LengthLimitError};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 use tollgate::http::Rejection;
 use tollgate_core::BoxError;
 use tollgate_core::error::{Panicked, find_cause};
@@ -221,6 +238,87 @@ impl Answer {
     }
 }
 
+/// `RateLimit-Policy`: the quota policies that apply to the answer's resource.
+pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`: what is left of a policy's quota, and when it resets.
+pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// A rate-limited policy's fields, rendered once when the policy is built.
+#[derive(Debug, Clone)]
+pub(crate) struct RateLimitFields {
+    /// `RateLimit-Policy`: `"name";q=QUOTA;w=WINDOW_SECONDS`.
+    policy: HeaderValue,
+    /// The policy's name as a structured-field string (`"name"`), the item of `RateLimit`.
+    item: String,
+}
+
+impl RateLimitFields {
+    /// The fields of the policy `name`, allowing `quota` requests per `window` (written in
+    /// whole seconds, rounded up, as the draft asks). A name's `"` and `\` are escaped and any
+    /// byte a structured-field string cannot hold (not printable ASCII) becomes `_`.
+    pub(crate) fn new(name: &str, quota: u32, window: Duration) -> Self {
+        let mut item = String::with_capacity(name.len() + 2);
+        item.push('"');
+        for c in name.chars() {
+            match c {
+                '"' | '\\' => {
+                    item.push('\\');
+                    item.push(c);
+                }
+                ' '..='~' => item.push(c),
+                _ => item.push('_'),
+            }
+        }
+        item.push('"');
+        let w = window.as_secs() + u64::from(window.subsec_nanos() > 0);
+        let policy = format!("{item};q={quota};w={}", w.max(1));
+        Self {
+            policy: HeaderValue::try_from(policy).expect("printable ASCII"),
+            item,
+        }
+    }
+
+    /// Adds both fields to a 429 answer whose quota resets in `reset_secs`.
+    fn add_rejected(&self, headers: &mut http::HeaderMap, reset_secs: u64) {
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
+        let value = format!("{};r=0;t={reset_secs}", self.item);
+        headers.insert(
+            RATELIMIT.clone(),
+            HeaderValue::try_from(value).expect("printable ASCII"),
+        );
+    }
+}
+
+/// A rate-limit rejection, with the fields of the policy that gave it. It reads as the
+/// rejection and returns it from `source()`.
+#[derive(Debug)]
+pub(crate) struct QuotaSpent {
+    fields: Arc<RateLimitFields>,
+    source: BoxError,
+}
+
+impl QuotaSpent {
+    /// Wraps `rejection` (an admission layer's rate-limit rejection) with `fields`.
+    pub(crate) fn new(fields: Arc<RateLimitFields>, rejection: BoxError) -> Self {
+        Self {
+            fields,
+            source: rejection,
+        }
+    }
+}
+
+impl fmt::Display for QuotaSpent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl std::error::Error for QuotaSpent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
 /// What `err`, a failed request's error, means: a tollgate rejection (with the error in the
 /// chain that decided it) or one of the gateway's own answers.
 pub(crate) fn classify<'e>(
@@ -273,11 +371,17 @@ pub(crate) fn error_response(
         }
         Err((r, cause)) => {
             stats.rejected.incr();
-            let resp: Response<Full<Bytes>> = if grpc {
+            let mut resp: Response<Full<Bytes>> = if grpc {
                 r.to_grpc_response_with(&cause.to_string())
             } else {
                 r.to_response_with(&cause.to_string())
             };
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS
+                && let Some(spent) = find_cause::<QuotaSpent>(err)
+            {
+                let reset = r.retry_after_secs().unwrap_or(1);
+                spent.fields.add_rejected(resp.headers_mut(), reset);
+            }
             (resp.map(Either::Right), Blame::Local)
         }
     }
@@ -333,5 +437,40 @@ mod tests {
             (r.status(), blame),
             (StatusCode::BAD_GATEWAY, Blame::Upstream)
         );
+    }
+
+    #[test]
+    fn a_spent_quota_answers_429_with_the_policy_fields() {
+        use tollgate_core::error::RateLimited;
+        let stats = Stats::default();
+        let fields = Arc::new(RateLimitFields::new("api", 100, Duration::from_secs(60)));
+        let spent: BoxError = Box::new(QuotaSpent::new(
+            fields.clone(),
+            Box::new(RateLimited::new(Duration::from_millis(11_200))),
+        ));
+        let (r, blame) = error_response(&spent, false, &stats);
+        assert_eq!(
+            (r.status(), blame),
+            (StatusCode::TOO_MANY_REQUESTS, Blame::Local)
+        );
+        assert_eq!(r.headers()["retry-after"], "12");
+        assert_eq!(r.headers()["ratelimit-policy"], "\"api\";q=100;w=60");
+        assert_eq!(r.headers()["ratelimit"], "\"api\";r=0;t=12");
+        assert!(is_rejection(&spent));
+
+        // Without the wrapper (a policy with `headers = "none"`): `Retry-After` only.
+        let bare: BoxError = Box::new(RateLimited::new(Duration::from_secs(1)));
+        let (r, _) = error_response(&bare, false, &stats);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(r.headers().get("ratelimit").is_none());
+        assert!(r.headers().get("ratelimit-policy").is_none());
+    }
+
+    #[test]
+    fn policy_names_become_valid_structured_field_strings() {
+        let f = RateLimitFields::new("a\"b\\c\u{e9}", 5, Duration::from_millis(1500));
+        assert_eq!(f.policy, "\"a\\\"b\\\\c_\";q=5;w=2");
+        let f = RateLimitFields::new("x", 1, Duration::from_millis(1));
+        assert_eq!(f.policy, "\"x\";q=1;w=1");
     }
 }

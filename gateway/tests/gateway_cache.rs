@@ -436,7 +436,7 @@ async fn redis_keys(port: u16) -> u64 {
 }
 
 fn redis_section(url: &str) -> String {
-    format!("redis = {{ url = \"{url}\", key_prefix = \"gwtest:\" }}")
+    format!("redis = {{ server = {{ url = \"{url}\", key_prefix = \"gwtest:\" }} }}")
 }
 
 async fn l3_connected(gw: &Gateway) {

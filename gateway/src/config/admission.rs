@@ -14,6 +14,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 use tollgate_admission::{AdmissionConfig, ClassConfig, CodelConfig, RateLimitConfig};
+use tollgate_core::redis::RedisConfig;
 
 /// The most requests `limit`, `max_queued` and a class's `max_queued` may name.
 pub(crate) const MAX_COUNT: usize = 1_000_000;
@@ -205,7 +206,8 @@ pub struct ClientClass {
     pub class: String,
 }
 
-/// `rate_limit`: a GCRA quota per client.
+/// `rate_limit`: a GCRA quota per client, kept in this process or shared by every gateway
+/// instance through Redis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSection {
@@ -222,6 +224,40 @@ pub struct RateLimitSection {
     /// Default 100000 clients; 1 to 10000000.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// Keep the quota in Redis, shared by every instance pointing at the same server and key
+    /// prefix (a fleet-wide quota): tollgate-core's Redis settings, `{ url = "redis://...",
+    /// key_prefix, connect_timeout, response_timeout, failures, cooldown }` (durations as
+    /// `"50ms"`; keys default to the prefix `"tollgate:rl:"`). While Redis fails or is slower
+    /// than `response_timeout`, this instance's local quota answers; after `failures` failures
+    /// in a row Redis is left alone for `cooldown`, then probed again. Default none (local).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+    /// Which answers carry the IETF draft's `RateLimit-Policy` and `RateLimit` fields:
+    /// `"rejected"` (the 429 answers, beside `Retry-After`) or `"none"`. Default
+    /// `"rejected"`.
+    #[serde(default, skip_serializing_if = "RateLimitHeaders::is_default")]
+    pub headers: RateLimitHeaders,
+}
+
+/// `rate_limit.headers`: which answers carry the `RateLimit-Policy` and `RateLimit` fields.
+///
+/// There is no `"all"`: a successful answer's `RateLimit` field needs the quota the client
+/// has left, which the admission layer's check does not report (the local GCRA and the Redis
+/// script answer only "go" or "wait this long").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitHeaders {
+    /// On 429 answers. Default.
+    #[default]
+    Rejected,
+    /// On no answer (`Retry-After` only).
+    None,
+}
+
+impl RateLimitHeaders {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_key() -> String {
@@ -416,9 +452,21 @@ impl AdmissionSection {
             if !(1..=10_000_000).contains(&r.max_keys) {
                 return bad("rate_limit.max_keys", "must be between 1 and 10000000");
             }
+            if let Some(redis) = &r.redis {
+                redis.validate().map_err(|e| {
+                    (
+                        format!("rate_limit.redis.{}", e.field()),
+                        e.problem().to_owned(),
+                    )
+                })?;
+            }
         }
-        // Whatever the layer still refuses (the checks above should leave nothing).
+        // Whatever the layer still refuses (the checks above should leave little: the Redis
+        // client's own reading of the URL, named as the layer names it).
         self.to_config().validate().map_err(|e| {
+            if e.field().starts_with("rate_limit.redis.") {
+                return (e.field().to_owned(), e.problem().to_owned());
+            }
             (
                 "(section)".to_owned(),
                 format!("{}: {}", e.field(), e.problem()),
@@ -448,6 +496,7 @@ impl AdmissionSection {
             },
             rate_limit: self.rate_limit.as_ref().map(|r| RateLimitConfig {
                 max_keys: r.max_keys,
+                redis: r.redis.clone(),
                 ..RateLimitConfig::new(r.burst, Duration::from_millis(r.period_ms))
             }),
             ..AdmissionConfig::default()

@@ -2,15 +2,17 @@
 //!
 //! The gateway's own section, not tollgate-cache's `CacheConfig`: an HTTP cache also needs the
 //! response body limits, `Vary` fields and the origin timeout, and sizes its tiers in entries
-//! and bytes; it builds a `CacheConfig` (and a Redis `RedisConfig`) whose `validate` still
-//! decides.
+//! and bytes; it builds a `CacheConfig` whose `validate` still decides. Its `redis` table is
+//! tollgate-cache's own `RedisTierConfig` (tollgate-core's Redis settings nested as `server`,
+//! the one shape every tollgate Redis user shares, plus the tier's `channel` and
+//! `reconnect_interval`; durations as `"50ms"`).
 
 use super::error::ConfigError;
 use http::header::HeaderName;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tollgate_cache::CacheConfig;
-use tollgate_cache::redis::RedisConfig;
+use tollgate_cache::redis::RedisTierConfig;
 
 /// A route's cache (`[routes.cache]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,9 +51,13 @@ pub struct CacheSection {
     /// per combination of values), e.g. `["accept-encoding"]`. `Host` is always in the key.
     /// Default none.
     pub vary: Vec<String>,
-    /// A Redis L3 shared by several gateway instances. Default none.
+    /// A Redis L3 shared by several gateway instances: tollgate-cache's `RedisTierConfig`,
+    /// `{ server = { url = "redis://host:port/db", key_prefix, connect_timeout,
+    /// response_timeout, failures, cooldown }, channel, reconnect_interval }` (keys default to
+    /// the prefix `"tollgate:cache:"`, the channel to `"tollgate:cache:invalidate"`). Default
+    /// none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis: Option<RedisSection>,
+    pub redis: Option<RedisTierConfig>,
 }
 
 impl Default for CacheSection {
@@ -70,93 +76,6 @@ impl Default for CacheSection {
             vary: Vec::new(),
             redis: None,
         }
-    }
-}
-
-/// `[routes.cache.redis]`: the shared L3.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisSection {
-    /// Where Redis listens, `redis://host:port/db`. Required.
-    pub url: String,
-    /// Prefix of every key written. Default `"tollgate:cache:"`.
-    pub key_prefix: String,
-    /// Pub/sub channel of invalidations. Default `"tollgate:cache:invalidate"`.
-    pub channel: String,
-    /// Longest a Redis command may take before the request goes on without it, ms.
-    /// Default 50; 1 to 60000.
-    pub timeout_ms: u64,
-    /// Longest a connection attempt may take, ms. Default 250; 1 to 60000.
-    pub connect_timeout_ms: u64,
-    /// Failures in a row after which Redis is skipped for `breaker_cooldown_ms`. Default 5.
-    pub breaker_failures: u32,
-    /// How long Redis is skipped after `breaker_failures`, ms. Default 1000; 1 to 3600000.
-    pub breaker_cooldown_ms: u64,
-    /// Pause between connection attempts while Redis is unreachable, ms. Default 500; 1 to
-    /// 3600000.
-    pub reconnect_interval_ms: u64,
-}
-
-impl Default for RedisSection {
-    fn default() -> Self {
-        let d = RedisConfig::default();
-        Self {
-            url: String::new(),
-            key_prefix: d.key_prefix,
-            channel: d.channel,
-            timeout_ms: 50,
-            connect_timeout_ms: 250,
-            breaker_failures: 5,
-            breaker_cooldown_ms: 1_000,
-            reconnect_interval_ms: 500,
-        }
-    }
-}
-
-impl RedisSection {
-    /// The tier's configuration.
-    pub fn to_config(&self) -> RedisConfig {
-        RedisConfig {
-            url: self.url.clone(),
-            key_prefix: self.key_prefix.clone(),
-            channel: self.channel.clone(),
-            response_timeout: ms(self.timeout_ms),
-            connect_timeout: ms(self.connect_timeout_ms),
-            breaker_failures: self.breaker_failures,
-            breaker_cooldown: ms(self.breaker_cooldown_ms),
-            reconnect_interval: ms(self.reconnect_interval_ms),
-        }
-    }
-
-    fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        let e = |f: &str, p: &str| Err(ConfigError::new(format!("{at}.{f}"), p));
-        if self.url.is_empty() {
-            return e("url", "must be set (redis://host:port/db)");
-        }
-        for (f, v, max) in [
-            ("timeout_ms", self.timeout_ms, 60_000),
-            ("connect_timeout_ms", self.connect_timeout_ms, 60_000),
-            ("breaker_cooldown_ms", self.breaker_cooldown_ms, 3_600_000),
-            (
-                "reconnect_interval_ms",
-                self.reconnect_interval_ms,
-                3_600_000,
-            ),
-        ] {
-            if !(1..=max).contains(&v) {
-                return e(f, &format!("must be between 1 and {max} ms"));
-            }
-        }
-        self.to_config().validate().map_err(|err| {
-            let field = match err.field() {
-                "response_timeout" => "timeout_ms",
-                "connect_timeout" => "connect_timeout_ms",
-                "breaker_cooldown" => "breaker_cooldown_ms",
-                "reconnect_interval" => "reconnect_interval_ms",
-                f => f,
-            };
-            ConfigError::new(format!("{at}.{field}"), err.problem())
-        })
     }
 }
 
@@ -236,7 +155,9 @@ impl CacheSection {
             return e(&format!("vary[{i}]"), "not a header name");
         }
         if let Some(r) = &self.redis {
-            r.validate(&format!("{at}.redis"))?;
+            r.validate().map_err(|err| {
+                ConfigError::new(format!("{at}.redis.{}", err.field()), err.problem())
+            })?;
         }
         self.to_config()
             .validate()

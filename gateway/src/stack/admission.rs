@@ -18,7 +18,14 @@
 //! Capacity, per-class queues, shedding from the lowest class up and the CoDel queue bound
 //! are the layer's. Its rejections reach the client through [`tollgate::http::Rejection`]: queue
 //! full, shed and queue timeout are 503 with `Retry-After`, a spent rate limit 429 with
-//! `Retry-After`, a deadline 504.
+//! `Retry-After` (and, unless `rate_limit.headers = "none"`, the draft's `RateLimit-Policy` and
+//! `RateLimit` fields: the rejection goes up wrapped in [`QuotaSpent`] with the policy's
+//! fields, rendered once here), a deadline 504.
+//!
+//! With `rate_limit.redis`, the quota lives in Redis and every gateway instance using the same
+//! server and key prefix shares it (tollgate-admission's shared GCRA). While Redis fails or is
+//! slower than its `response_timeout`, each instance's local quota answers instead, so an
+//! outage never fails or holds a request longer than that timeout.
 //!
 //! The policy is built once; a request costs its ticket (a few header lookups), two reference
 //! counts and the layer's own fast path. The ticket travels beside the request (no extension,
@@ -30,7 +37,9 @@ mod ticket;
 
 pub(crate) use crate::config::admission::AdmissionSection;
 
+use crate::answer::{QuotaSpent, RateLimitFields};
 use crate::config::ConfigError;
+use crate::config::admission::RateLimitHeaders;
 use crate::histogram::{Histogram, HistogramSnapshot};
 use crate::trace::Traced;
 use http::Request;
@@ -131,6 +140,8 @@ pub(crate) struct AdmissionPolicy {
     handle: AdmissionHandle,
     /// Queue wait (arrival to admission) per class, by class index.
     waits: Arc<[Histogram]>,
+    /// The `RateLimit-Policy`/`RateLimit` fields of its 429 answers, when it sends them.
+    quota: Option<Arc<RateLimitFields>>,
 }
 
 impl AdmissionPolicy {
@@ -159,6 +170,17 @@ impl AdmissionPolicy {
             handle: layer.handle(),
             layer,
             waits: section.classes.iter().map(|_| Histogram::new()).collect(),
+            quota: section
+                .rate_limit
+                .as_ref()
+                .filter(|r| r.headers == RateLimitHeaders::Rejected)
+                .map(|r| {
+                    Arc::new(RateLimitFields::new(
+                        &section.name,
+                        r.burst,
+                        Duration::from_millis(r.period_ms),
+                    ))
+                }),
         }))
     }
 
@@ -200,6 +222,7 @@ impl AdmissionPolicy {
             (t.clone(), Arc::from(class.map_or("", |c| c.name.as_str())))
         });
         let rejected = traced.clone();
+        let quota = self.quota.clone();
         let fut = self
             .layer
             .layer(Unwrap(inner, self.waits.clone(), traced))
@@ -222,7 +245,15 @@ impl AdmissionPolicy {
             {
                 wait_span(t, class, arrived, reason_label(r.reason()));
             }
-            result
+            match (result, quota) {
+                (Err(e), Some(fields))
+                    if e.downcast_ref::<Rejected>()
+                        .is_some_and(|r| r.reason() == Reason::RateLimited) =>
+                {
+                    Err(Box::new(QuotaSpent::new(fields, e)) as BoxError)
+                }
+                (result, _) => result,
+            }
         }
     }
 

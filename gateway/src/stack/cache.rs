@@ -293,7 +293,7 @@ impl RouteCache {
             Some(r) => {
                 let rt = redis_runtime()?;
                 let _entered = rt.enter();
-                let tier = RedisTier::new(r.to_config(), GwCodec(policy.clone()));
+                let tier = RedisTier::new(r.clone(), GwCodec(policy.clone()));
                 CacheLayer::with_redis(config, policy.clone(), tier).map_err(|e| {
                     ConfigError::new(format!("redis.{}", e.field()), e.problem().to_owned())
                 })?

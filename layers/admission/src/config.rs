@@ -130,60 +130,33 @@ impl RateLimitConfig {
     }
 }
 
-/// Where the shared quota lives.
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the shared quota lives: tollgate-core's one shape for Redis settings. The rate
+/// limit's keys default to the prefix `"tollgate:rl:"`.
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub struct RedisConfig {
-    /// The server, as a `redis://` URL. No default.
-    pub url: String,
-    /// Prepended to each key's name. Default `"tollgate:rl:"`.
-    #[cfg_attr(feature = "serde", serde(default = "serde_defaults::key_prefix"))]
-    pub key_prefix: String,
-    /// The most time one check (connecting included) may take before the local limit is used
-    /// instead. Default 20 ms.
-    #[cfg_attr(
-        feature = "serde",
-        serde(with = "humantime_serde", default = "serde_defaults::redis_timeout")
-    )]
-    pub timeout: Duration,
-    /// After a failure, how long to use only the local limit before trying Redis again.
-    /// Default 1 s.
-    #[cfg_attr(
-        feature = "serde",
-        serde(
-            with = "humantime_serde",
-            default = "serde_defaults::redis_retry_after"
-        )
-    )]
-    pub retry_after: Duration,
-}
+pub use tollgate_core::redis::RedisConfig;
 
+/// The key prefix of the rate limit's keys when [`RedisConfig::key_prefix`] is left out.
 #[cfg(feature = "redis")]
-impl RedisConfig {
-    /// A config for the server at `url`, with the defaults.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            key_prefix: "tollgate:rl:".into(),
-            timeout: Duration::from_millis(20),
-            retry_after: Duration::from_secs(1),
-        }
-    }
+pub(crate) const KEY_PREFIX: &str = "tollgate:rl:";
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        redis::Client::open(self.url.as_str())
-            .map_err(|e| ConfigError::new("rate_limit.redis.url", e.to_string()))?;
-        if self.timeout.is_zero() {
-            return Err(ConfigError::new(
-                "rate_limit.redis.timeout",
-                "must be non-zero",
-            ));
-        }
-        Ok(())
-    }
+/// Checks `redis` as the rate limit's, naming its fields under `rate_limit.redis`.
+#[cfg(feature = "redis")]
+fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
+    redis.validate().map_err(|e| {
+        let field = match e.field() {
+            "url" => "rate_limit.redis.url",
+            "connect_timeout" => "rate_limit.redis.connect_timeout",
+            "response_timeout" => "rate_limit.redis.response_timeout",
+            "failures" => "rate_limit.redis.failures",
+            "cooldown" => "rate_limit.redis.cooldown",
+            _ => "rate_limit.redis",
+        };
+        ConfigError::new(field, e.problem())
+    })?;
+    redis::Client::open(redis.url.as_str())
+        .map_err(|e| ConfigError::new("rate_limit.redis.url", e.to_string()))?;
+    Ok(())
 }
 
 /// Client-side adaptive throttling from the Google SRE book: while the backend rejects, reject
@@ -351,7 +324,7 @@ impl AdmissionConfig {
             }
             #[cfg(feature = "redis")]
             if let Some(redis) = &r.redis {
-                redis.validate()?;
+                validate_redis(redis)?;
             }
         }
         if let Some(t) = &self.throttle {
@@ -444,20 +417,5 @@ mod serde_defaults {
 
     pub(super) fn max_keys() -> usize {
         super::RateLimitConfig::new(1, std::time::Duration::from_secs(1)).max_keys
-    }
-
-    #[cfg(feature = "redis")]
-    pub(super) fn key_prefix() -> String {
-        super::RedisConfig::new("").key_prefix
-    }
-
-    #[cfg(feature = "redis")]
-    pub(super) fn redis_timeout() -> std::time::Duration {
-        super::RedisConfig::new("").timeout
-    }
-
-    #[cfg(feature = "redis")]
-    pub(super) fn redis_retry_after() -> std::time::Duration {
-        super::RedisConfig::new("").retry_after
     }
 }

@@ -160,7 +160,7 @@ where
                 {
                     return ResponseFuture::rejected(shard.reject(class, Reason::Deadline, None));
                 }
-                if shard.remote.as_ref().is_some_and(|r| r.is_up(now)) {
+                if shard.remote.as_ref().is_some_and(|r| r.allow(now)) {
                     let check = remote_check(shard.clone(), key);
                     let shard = shard.clone();
                     let (svc, readied) = park(&mut self.inner, self.mode);

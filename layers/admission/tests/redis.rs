@@ -29,9 +29,9 @@ fn by_tenant(r: &&'static str) -> Ticket {
 }
 
 /// A gateway instance: 5 requests per minute per tenant, kept in the Redis at `url`.
-fn instance(url: &str, retry_after: Duration) -> (Svc, AdmissionHandle) {
+fn instance(url: &str, cooldown: Duration) -> (Svc, AdmissionHandle) {
     let redis = RedisConfig {
-        retry_after,
+        cooldown,
         ..RedisConfig::new(url)
     };
     let rate = RateLimitConfig {
@@ -96,7 +96,7 @@ async fn a_dead_redis_falls_back_to_the_local_limit() {
     let Some(mut server) = RedisServer::start() else {
         return;
     };
-    let (mut a, handle) = instance(&server.url(), Duration::ZERO);
+    let (mut a, handle) = instance(&server.url(), Duration::from_millis(1));
     assert_eq!(send(&mut a, "acme").await, None);
     server.stop();
     // Requests are not failed: the local limiter (5 per minute, fresh) answers.
@@ -109,10 +109,11 @@ async fn a_dead_redis_falls_back_to_the_local_limit() {
         1
     );
 
-    // Back up (empty): the shared quota applies again.
+    // Back up (empty): the shared quota applies again, once the 1 ms cooldown has passed.
     server.restart();
+    tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(send(&mut a, "initech").await, None);
-    let (mut b, _) = instance(&server.url(), Duration::ZERO);
+    let (mut b, _) = instance(&server.url(), Duration::from_millis(1));
     for _ in 0..4 {
         assert_eq!(send(&mut b, "initech").await, None);
     }
@@ -127,8 +128,8 @@ async fn a_frozen_redis_costs_one_short_timeout() {
     let (mut a, _) = instance(&server.url(), Duration::from_secs(3600));
     assert_eq!(send(&mut a, "acme").await, None);
     server.pause();
-    // The first request waits out the 20 ms timeout, then the local limit answers; later ones
-    // do not try Redis at all while it is marked down.
+    // The first `failures` (5) requests each wait out the 50 ms response timeout, then the
+    // local limit answers; later ones do not try Redis at all while the guard is open.
     let started = tokio::time::Instant::now();
     for _ in 0..5 {
         assert_eq!(send(&mut a, "acme").await, None);
@@ -140,4 +141,54 @@ async fn a_frozen_redis_costs_one_short_timeout() {
         started.elapsed()
     );
     server.resume();
+}
+
+#[tokio::test]
+async fn connecting_to_a_frozen_redis_waits_at_most_the_response_timeout() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // A long connect timeout: a request must not wait for it, only for the response timeout.
+    let redis = RedisConfig {
+        connect_timeout: Duration::from_secs(30),
+        response_timeout: Duration::from_millis(50),
+        ..RedisConfig::new(server.url())
+    };
+    let layer = AdmissionLayer::new(AdmissionConfig {
+        rate_limit: Some(RateLimitConfig {
+            redis: Some(redis),
+            ..RateLimitConfig::new(2, Duration::from_secs(60))
+        }),
+        ..AdmissionConfig::default()
+    })
+    .unwrap()
+    .prioritize(by_tenant as fn(&&'static str) -> Ticket);
+    let mut svc: Svc = layer.layer(tower::service_fn(ok as fn(&'static str) -> _));
+    server.pause();
+    let resume = Resume(&server);
+    let started = tokio::time::Instant::now();
+    // The local limit answers (2 a minute): the third is refused.
+    assert_eq!(send(&mut svc, "acme").await, None);
+    assert_eq!(send(&mut svc, "acme").await, None);
+    assert_eq!(send(&mut svc, "acme").await, Some(Reason::RateLimited));
+    // Three requests, each bounded by 50 ms: far below the 30 s connect timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(resume);
+}
+
+/// Thaws a frozen server when dropped, even in a panic, so that its own drop can kill it.
+struct Resume<'a>(&'a RedisServer);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
 }

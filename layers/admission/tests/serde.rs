@@ -67,3 +67,37 @@ fn an_unknown_field_is_refused() {
         .to_string();
     assert!(err.contains("limits"), "{err}");
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn the_shared_quota_takes_the_one_redis_shape() {
+    let c: AdmissionConfig = toml::from_str(
+        r#"rate_limit = { burst = 100, period = "1m", redis = { url = "redis://127.0.0.1:6379", response_timeout = "20ms" } }"#,
+    )
+    .unwrap();
+    let redis = c.rate_limit.as_ref().unwrap().redis.as_ref().unwrap();
+    assert_eq!(
+        *redis,
+        tollgate_admission::RedisConfig {
+            response_timeout: Duration::from_millis(20),
+            ..tollgate_admission::RedisConfig::new("redis://127.0.0.1:6379")
+        }
+    );
+    c.validate().unwrap();
+    // The old names are gone: an unknown field is refused.
+    assert!(
+        toml::from_str::<AdmissionConfig>(
+            r#"rate_limit = { burst = 1, period = "1s", redis = { url = "redis://h", retry_after = "1s" } }"#,
+        )
+        .is_err()
+    );
+    // And a bad value is named under the rate limit.
+    let c: AdmissionConfig = toml::from_str(
+        r#"rate_limit = { burst = 1, period = "1s", redis = { url = "redis://h", failures = 0 } }"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.validate().unwrap_err().field(),
+        "rate_limit.redis.failures"
+    );
+}

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tollgate_cache::redis::{BytesCodec, RedisConfig, RedisTier};
+use tollgate_cache::redis::{BytesCodec, RedisTier, RedisTierConfig};
 use tollgate_cache::{CacheConfig, CacheLayer, Cacheability, FnPolicy, Freshness};
 use tollgate_core::BoxError;
 use tollgate_core::testing::redis::RedisServer;
@@ -72,7 +72,7 @@ async fn main() -> Result<(), BoxError> {
             Some(url) => CacheLayer::with_redis(
                 cfg.clone(),
                 policy(),
-                RedisTier::new(RedisConfig::new(url), BytesCodec),
+                RedisTier::new(RedisTierConfig::new(url), BytesCodec),
             )?,
             None => CacheLayer::new(cfg.clone(), policy())?,
         })

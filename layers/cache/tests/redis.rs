@@ -8,7 +8,7 @@ mod support;
 use std::future::Future;
 use std::time::Duration;
 use support::{Origin, Resp, policy};
-use tollgate_cache::redis::{Codec, RedisConfig, RedisTier};
+use tollgate_cache::redis::{Codec, RedisTier, RedisTierConfig};
 use tollgate_cache::{CacheConfig, CacheHandle, CacheLayer};
 use tollgate_core::testing::redis::RedisServer;
 use tower_layer::Layer;
@@ -53,7 +53,7 @@ fn server() -> Option<RedisServer> {
 }
 
 fn instance(url: &str, cfg: CacheConfig) -> (CacheLayer<support::Policy>, Origin) {
-    let tier = RedisTier::new(RedisConfig::new(url), TestCodec);
+    let tier = RedisTier::new(RedisTierConfig::new(url), TestCodec);
     (
         CacheLayer::with_redis(cfg, policy(), tier).unwrap(),
         Origin::default(),
@@ -255,7 +255,7 @@ async fn a_frozen_redis_costs_one_timeout_not_a_hang() {
                 Resp::Found(k, k as usize + 1)
             );
         }
-        // At most `breaker_failures` reads wait out the 50 ms timeout, then the breaker skips L3.
+        // At most `server.failures` reads wait out the 50 ms timeout, then the breaker skips L3.
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "took {:?}",
@@ -326,8 +326,8 @@ fn an_invalid_redis_config_is_refused_at_build_time() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let tier = RedisTier::new(RedisConfig::new("not a url"), TestCodec);
+        let tier = RedisTier::new(RedisTierConfig::new("not a url"), TestCodec);
         let err = CacheLayer::with_redis(CacheConfig::default(), policy(), tier).unwrap_err();
-        assert_eq!(err.field(), "url");
+        assert_eq!(err.field(), "server.url");
     });
 }

@@ -53,3 +53,32 @@ fn an_unknown_field_is_refused() {
         .to_string();
     assert!(err.contains("ttl"), "{err}");
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn the_redis_tier_nests_the_one_redis_shape() {
+    use tollgate_cache::redis::{RedisConfig, RedisTierConfig};
+    let c: RedisTierConfig = toml::from_str(
+        r#"
+server = { url = "redis://127.0.0.1:6379", key_prefix = "app:", failures = 3 }
+reconnect_interval = "2s"
+"#,
+    )
+    .unwrap();
+    let mut want = RedisTierConfig::with_server(RedisConfig {
+        failures: 3,
+        ..RedisConfig::new("redis://127.0.0.1:6379").with_key_prefix("app:")
+    });
+    want.reconnect_interval = std::time::Duration::from_secs(2);
+    assert_eq!(c, want);
+    assert_eq!(c.key_prefix(), "app:");
+    c.validate().unwrap();
+    let back: RedisTierConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+    // The settings every Redis user shares are refused at the tier's level, and vice versa.
+    assert!(toml::from_str::<RedisTierConfig>("url = \"redis://h\"").is_err());
+    assert!(
+        toml::from_str::<RedisTierConfig>("server = { url = \"redis://h\", channel = \"x\" }")
+            .is_err()
+    );
+}

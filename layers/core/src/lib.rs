@@ -11,6 +11,10 @@
 //! - [`ewma`]: exponentially weighted moving averages, plain and lock-free.
 //! - [`counter`]: striped atomic counters and per-thread shard indices for many-core hot paths.
 //! - [`error`]: the common rejection errors and helpers that walk an error's `source()` chain.
+//! - [`outage`]: the guard that keeps a layer away from a failing shared store (Redis) for a
+//!   cooldown, then probes it once.
+//! - [`redis`]: one shape for the Redis settings of every layer that keeps state there (plain
+//!   data; each layer brings its own client).
 //! - [`signal`]: the per-endpoint health signal a balancer consults (a breaker's handle is one).
 //! - [`sync`]: atomics that switch to `loom` under `--cfg loom`, for the layers' loom models.
 //! - `testing` (feature `testing`): probe services and the contract test every layer runs.
@@ -28,6 +32,8 @@ pub mod classify;
 pub mod counter;
 pub mod error;
 pub mod ewma;
+pub mod outage;
+pub mod redis;
 pub mod signal;
 pub mod sync;
 #[cfg(feature = "testing")]

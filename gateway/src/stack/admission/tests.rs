@@ -2,7 +2,7 @@
 
 use super::ticket::{Rules, ip_key};
 use super::*;
-use crate::config::admission::ClassSection;
+use crate::config::admission::{ClassSection, RateLimitHeaders};
 use crate::config::admission::{MAX_COUNT, MAX_MS, Net, default_classes};
 use http::Request;
 use std::sync::Mutex;
@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tollgate::http::Rejection;
 use tollgate_admission::Key;
 use tollgate_admission::Rejected;
+use tollgate_core::redis::RedisConfig;
 
 const FULL: &str = r#"
     name = "default"
@@ -72,10 +73,45 @@ fn the_full_form_parses_and_round_trips() {
         "name = \"d\"\nclasses = [{ name = \"a\", queue = 3 }]",
         "name = \"d\"\nclasses = [3]",
         "name = \"d\"\nrate_limit = { burst = 1, period_ms = 1, keys = \"x\" }",
+        "name = \"d\"\nrate_limit = { burst = 1, period_ms = 1, headers = \"all\" }",
+        "name = \"d\"\nrate_limit = { burst = 1, period_ms = 1, redis = { url = \"redis://h\", timeout = \"1s\" } }",
         "limit = 3",
     ] {
         assert!(toml::from_str::<AdmissionSection>(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn a_shared_quota_reads_the_one_redis_shape() {
+    let s = section(
+        "name = \"d\"\nrate_limit = { burst = 10, period_ms = 1000, headers = \"none\", \
+         redis = { url = \"redis://127.0.0.1:6379\", response_timeout = \"20ms\", cooldown = \"2s\" } }",
+    );
+    s.validate("a").unwrap();
+    let r = s.rate_limit.as_ref().unwrap();
+    assert_eq!(r.headers, RateLimitHeaders::None);
+    assert_eq!(
+        r.redis,
+        Some(RedisConfig {
+            response_timeout: Duration::from_millis(20),
+            cooldown: Duration::from_secs(2),
+            ..RedisConfig::new("redis://127.0.0.1:6379")
+        })
+    );
+    assert_eq!(
+        s.to_config().rate_limit.unwrap().redis,
+        r.redis,
+        "the layer gets the same settings"
+    );
+    let back: AdmissionSection = toml::from_str(&toml::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(
+        section("name = \"d\"\nrate_limit = { burst = 1, period_ms = 1 }")
+            .rate_limit
+            .unwrap()
+            .headers,
+        RateLimitHeaders::Rejected
+    );
 }
 
 #[test]
@@ -147,6 +183,28 @@ fn bad_fields_are_named() {
         (
             "rate_limit.max_keys",
             Box::new(|s| s.rate_limit.as_mut().unwrap().max_keys = 0),
+        ),
+        (
+            "rate_limit.redis.url",
+            Box::new(|s| s.rate_limit.as_mut().unwrap().redis = Some(RedisConfig::new("h:6379"))),
+        ),
+        (
+            "rate_limit.redis.response_timeout",
+            Box::new(|s| {
+                s.rate_limit.as_mut().unwrap().redis = Some(RedisConfig {
+                    response_timeout: Duration::ZERO,
+                    ..RedisConfig::new("redis://127.0.0.1:6379")
+                })
+            }),
+        ),
+        (
+            "rate_limit.redis.failures",
+            Box::new(|s| {
+                s.rate_limit.as_mut().unwrap().redis = Some(RedisConfig {
+                    failures: 0,
+                    ..RedisConfig::new("redis://127.0.0.1:6379")
+                })
+            }),
         ),
     ];
     for (field, edit) in cases {
@@ -309,7 +367,8 @@ fn policy_and_inner(
 
 fn rejection(r: Result<String, BoxError>) -> (Rejection, Option<Reason>) {
     let e = r.unwrap_err();
-    let reason = e.downcast_ref::<Rejected>().map(Rejected::reason);
+    // A rate-limit rejection comes wrapped in `QuotaSpent` (with the policy's fields).
+    let reason = tollgate_core::error::find_cause::<Rejected>(&*e).map(Rejected::reason);
     (Rejection::of(&*e).expect("a known rejection"), reason)
 }
 
@@ -408,6 +467,11 @@ async fn a_spent_rate_limit_is_429_per_client() {
         )
     );
     assert_eq!(r.retry_after_secs(), Some(1));
+    let spent = policy
+        .admit(inner.clone(), req(&[("x-id", "a")]), &a)
+        .await
+        .unwrap_err();
+    assert!(spent.is::<crate::answer::QuotaSpent>(), "{spent:?}");
     let b = ctx("192.0.2.2", None);
     policy
         .admit(inner.clone(), req(&[("x-id", "b")]), &b)

@@ -2,12 +2,12 @@
 
 use super::policy::{GwCodec, TooBig};
 use super::*;
-use crate::config::cache::RedisSection;
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{Method, Request, Response};
 use std::time::Duration;
 use tollgate_cache::redis::Codec;
+use tollgate_cache::redis::RedisTierConfig;
 use tollgate_cache::{CachePolicy, CachePolicyFor};
 
 fn section(toml_text: &str) -> CacheSection {
@@ -44,13 +44,14 @@ fn the_suggested_section_parses_and_validates() {
         max_entries = 10000
         max_body_bytes = 1048576
         vary = ["accept-encoding"]
-        redis = { url = "redis://127.0.0.1:6379", key_prefix = "tollgate:" }
+        redis = { server = { url = "redis://127.0.0.1:6379", key_prefix = "tollgate:" } }
         "#,
     );
     s.validate("routes[0].cache").unwrap();
     let r = s.redis.as_ref().unwrap();
-    assert_eq!(r.key_prefix, "tollgate:");
-    assert_eq!(r.timeout_ms, 50);
+    assert_eq!(r.key_prefix(), "tollgate:");
+    assert_eq!(r.server.response_timeout, Duration::from_millis(50));
+    assert_eq!(r.channel, "tollgate:cache:invalidate");
     CacheSection::default().validate("c").unwrap();
     for s in [s.clone(), CacheSection::default()] {
         let text = toml::to_string(&s).unwrap();
@@ -58,7 +59,14 @@ fn the_suggested_section_parses_and_validates() {
     }
     assert_eq!(section(""), CacheSection::default());
     assert!(toml::from_str::<CacheSection>("ttl_ms = 5").is_err());
-    assert!(toml::from_str::<CacheSection>("redis = { url = \"redis://x\", db = 1 }").is_err());
+    assert!(
+        toml::from_str::<CacheSection>("redis = { server = { url = \"redis://x\", db = 1 } }")
+            .is_err()
+    );
+    assert!(
+        toml::from_str::<CacheSection>("redis = { url = \"redis://x\" }").is_err(),
+        "the server's settings are under `server`"
+    );
 }
 
 #[test]
@@ -85,23 +93,26 @@ fn validation_names_the_bad_field() {
             "c.max_body_bytes",
         ),
         ("vary = [\"accept\", \"bad header\"]", "c.vary[1]"),
-        ("redis = {}", "c.redis.url"),
-        ("redis = { url = \"http://x\" }", "c.redis.url"),
+        ("redis = { server = { url = \"\" } }", "c.redis.server.url"),
         (
-            "redis = { url = \"redis://x\", timeout_ms = 0 }",
-            "c.redis.timeout_ms",
+            "redis = { server = { url = \"http://x\" } }",
+            "c.redis.server.url",
         ),
         (
-            "redis = { url = \"redis://x\", channel = \"\" }",
+            "redis = { server = { url = \"redis://x\", response_timeout = \"0s\" } }",
+            "c.redis.server.response_timeout",
+        ),
+        (
+            "redis = { server = { url = \"redis://x\" }, channel = \"\" }",
             "c.redis.channel",
         ),
         (
-            "redis = { url = \"redis://x\", breaker_failures = 0 }",
-            "c.redis.breaker_failures",
+            "redis = { server = { url = \"redis://x\", failures = 0 } }",
+            "c.redis.server.failures",
         ),
         (
-            "redis = { url = \"redis://x\", reconnect_interval_ms = 0 }",
-            "c.redis.reconnect_interval_ms",
+            "redis = { server = { url = \"redis://x\" }, reconnect_interval = \"0s\" }",
+            "c.redis.reconnect_interval",
         ),
     ];
     for (text, field) in cases {
@@ -255,10 +266,7 @@ async fn build_keeps_an_equal_section_and_never_blocks_on_redis() {
     assert!(!Arc::ptr_eq(&a, &c));
     // Nothing listens on port 1: the tier keeps trying in the background.
     let with_redis = CacheSection {
-        redis: Some(RedisSection {
-            url: "redis://127.0.0.1:1".into(),
-            ..RedisSection::default()
-        }),
+        redis: Some(RedisTierConfig::new("redis://127.0.0.1:1")),
         ..s
     };
     let d = RouteCache::build(&with_redis, "r", None).unwrap();

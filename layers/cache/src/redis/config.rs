@@ -1,82 +1,112 @@
-//! The Redis tier's configuration.
+//! The Redis tier's configuration: tollgate-core's one shape for Redis settings, nested as
+//! `server`, plus what only a cache tier has (its invalidation channel and reconnection pace).
+//!
+//! Nested rather than flattened, so the core settings keep refusing unknown fields when read
+//! with `serde` (serde cannot refuse unknown fields through `#[serde(flatten)]`) and a reader
+//! sees at once which settings every Redis user shares:
+//!
+//! ```toml
+//! [redis]
+//! server = { url = "redis://127.0.0.1:6379", response_timeout = "50ms" }
+//! channel = "tollgate:cache:invalidate"
+//! reconnect_interval = "500ms"
+//! ```
 
 use std::time::Duration;
 use tollgate_core::error::ConfigError;
+pub use tollgate_core::redis::RedisConfig;
+
+/// The key prefix of the tier's entries when [`RedisConfig::key_prefix`] is left out.
+pub const KEY_PREFIX: &str = "tollgate:cache:";
 
 /// Configuration of the Redis tier.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisConfig {
-    /// Where Redis listens, `redis://host:port/db`. Required (default empty, which fails
-    /// validation).
-    pub url: String,
-    /// Prefix of every key the tier writes. Default `"tollgate:cache:"`.
-    pub key_prefix: String,
-    /// Pub/sub channel carrying invalidated keys. Default `"tollgate:cache:invalidate"`.
+pub struct RedisTierConfig {
+    /// The server and its timeouts and outage behaviour, in the shape every layer shares.
+    /// Its `key_prefix` defaults to [`KEY_PREFIX`]; after `server.failures` failures in a
+    /// row the tier is skipped for `server.cooldown`, then one read probes it. Required (its
+    /// `url` has no default).
+    pub server: RedisConfig,
+    /// Pub/sub channel carrying invalidated keys. Default `"tollgate:cache:invalidate"`; not
+    /// empty.
+    #[cfg_attr(feature = "serde", serde(default = "serde_defaults::channel"))]
     pub channel: String,
-    /// The longest any Redis command may take before it counts as failed. Not zero.
-    /// Default 50 ms.
-    pub response_timeout: Duration,
-    /// The longest a connection attempt may take. Not zero. Default 250 ms.
-    pub connect_timeout: Duration,
-    /// Failures in a row that open the breaker. At least 1. Default 5.
-    pub breaker_failures: u32,
-    /// How long an open breaker skips L3 before one probe. Not zero. Default 1 s.
-    pub breaker_cooldown: Duration,
-    /// Pause between connection attempts while Redis is unreachable. Not zero. Default 500 ms.
+    /// Pause between connection attempts while Redis is unreachable. Default 500 ms; not zero.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "humantime_serde",
+            default = "serde_defaults::reconnect_interval"
+        )
+    )]
     pub reconnect_interval: Duration,
 }
 
-impl Default for RedisConfig {
-    fn default() -> Self {
+impl RedisTierConfig {
+    /// The defaults, talking to `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self::with_server(RedisConfig::new(url))
+    }
+
+    /// The tier's defaults around `server`.
+    pub fn with_server(server: RedisConfig) -> Self {
         Self {
-            url: String::new(),
-            key_prefix: "tollgate:cache:".into(),
+            server,
             channel: "tollgate:cache:invalidate".into(),
-            response_timeout: Duration::from_millis(50),
-            connect_timeout: Duration::from_millis(250),
-            breaker_failures: 5,
-            breaker_cooldown: Duration::from_secs(1),
             reconnect_interval: Duration::from_millis(500),
         }
     }
-}
 
-impl RedisConfig {
-    /// The defaults, talking to `url`.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            ..Self::default()
-        }
+    /// The prefix of every key the tier writes.
+    pub fn key_prefix(&self) -> &str {
+        self.server.key_prefix_or(KEY_PREFIX)
     }
 
     /// Checks every field.
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first field out of range.
+    /// A [`ConfigError`] naming the first field out of range (`server.url`, `channel`, ...).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Err(e) = redis::Client::open(self.url.as_str()) {
-            return Err(ConfigError::new("url", format!("not a Redis URL: {e}")));
+        self.server.validate().map_err(|e| {
+            let field = match e.field() {
+                "url" => "server.url",
+                "connect_timeout" => "server.connect_timeout",
+                "response_timeout" => "server.response_timeout",
+                "failures" => "server.failures",
+                "cooldown" => "server.cooldown",
+                _ => "server",
+            };
+            ConfigError::new(field, e.problem())
+        })?;
+        if let Err(e) = redis::Client::open(self.server.url.as_str()) {
+            return Err(ConfigError::new(
+                "server.url",
+                format!("not a Redis URL: {e}"),
+            ));
         }
         if self.channel.is_empty() {
             return Err(ConfigError::new("channel", "must not be empty"));
         }
-        let nonzero = [
-            ("response_timeout", self.response_timeout),
-            ("connect_timeout", self.connect_timeout),
-            ("breaker_cooldown", self.breaker_cooldown),
-            ("reconnect_interval", self.reconnect_interval),
-        ];
-        for (field, d) in nonzero {
-            if d.is_zero() {
-                return Err(ConfigError::new(field, "must not be zero"));
-            }
-        }
-        if self.breaker_failures == 0 {
-            return Err(ConfigError::new("breaker_failures", "must be at least 1"));
+        if self.reconnect_interval.is_zero() {
+            return Err(ConfigError::new("reconnect_interval", "must not be zero"));
         }
         Ok(())
+    }
+}
+
+/// Defaults of the fields a config read with `serde` may leave out: the same values as
+/// [`RedisTierConfig::new`]'s.
+#[cfg(feature = "serde")]
+mod serde_defaults {
+    pub(super) fn channel() -> String {
+        super::RedisTierConfig::new("").channel
+    }
+
+    pub(super) fn reconnect_interval() -> std::time::Duration {
+        super::RedisTierConfig::new("").reconnect_interval
     }
 }
 
@@ -87,22 +117,32 @@ mod tests {
 
     #[test]
     fn config_names_the_bad_field() {
-        RedisConfig::new("redis://127.0.0.1:6379")
+        RedisTierConfig::new("redis://127.0.0.1:6379")
             .validate()
             .unwrap();
         assert_eq!(
-            RedisConfig::default().validate().unwrap_err().field(),
-            "url"
+            RedisTierConfig::new("").validate().unwrap_err().field(),
+            "server.url"
         );
-        let c = RedisConfig {
-            response_timeout: Duration::ZERO,
-            ..RedisConfig::new("redis://127.0.0.1/")
-        };
-        assert_eq!(c.validate().unwrap_err().field(), "response_timeout");
-        let c = RedisConfig {
-            breaker_failures: 0,
-            ..RedisConfig::new("redis://127.0.0.1/")
-        };
-        assert_eq!(c.validate().unwrap_err().field(), "breaker_failures");
+        let mut c = RedisTierConfig::new("redis://127.0.0.1/");
+        c.server.response_timeout = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().field(), "server.response_timeout");
+        let mut c = RedisTierConfig::new("redis://127.0.0.1/");
+        c.server.failures = 0;
+        assert_eq!(c.validate().unwrap_err().field(), "server.failures");
+        let mut c = RedisTierConfig::new("redis://127.0.0.1/");
+        c.channel.clear();
+        assert_eq!(c.validate().unwrap_err().field(), "channel");
+        let mut c = RedisTierConfig::new("redis://127.0.0.1/");
+        c.reconnect_interval = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().field(), "reconnect_interval");
+    }
+
+    #[test]
+    fn keys_default_to_the_cache_prefix() {
+        let c = RedisTierConfig::new("redis://h");
+        assert_eq!(c.key_prefix(), KEY_PREFIX);
+        let c = RedisTierConfig::with_server(RedisConfig::new("redis://h").with_key_prefix("a:"));
+        assert_eq!(c.key_prefix(), "a:");
     }
 }

@@ -14,22 +14,23 @@
 //!
 //! **Redis never fails a request.** Every operation has `response_timeout`; a failure (an
 //! error, a timeout, garbage that does not decode) counts in
-//! [`CacheSnapshot::l3_errors`](crate::stats::CacheSnapshot::l3_errors), and `breaker_failures`
-//! failures in a row open a small breaker that skips L3 for `breaker_cooldown`, then lets one
-//! read through to probe it. Connections are made in the background and retried every
-//! `reconnect_interval` until Redis answers; requests meanwhile go on to the inner service.
+//! [`CacheSnapshot::l3_errors`](crate::stats::CacheSnapshot::l3_errors), and `server.failures`
+//! failures in a row open tollgate-core's [`OutageGuard`], which skips L3 for
+//! `server.cooldown`, then lets one read through to probe it. Connections are made in the
+//! background and retried every `reconnect_interval` until Redis answers; requests meanwhile
+//! go on to the inner service. Requests read the connection from an [`ArcSwapOption`], without
+//! a lock.
 
-mod breaker;
 mod codec;
 mod config;
 
 pub use codec::{BytesCodec, Codec};
-pub use config::RedisConfig;
+pub use config::{KEY_PREFIX, RedisConfig, RedisTierConfig};
 
 use crate::entry::Entry;
 use crate::stats::Stats;
 use crate::tiers::{LocalTiers, Remote, RemoteGet, RemoteHit};
-use breaker::Breaker;
+use arc_swap::ArcSwapOption;
 use codec::{decode_entry, encode_entry};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -39,19 +40,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::task::AbortHandle;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tollgate_core::error::ConfigError;
+use tollgate_core::outage::OutageGuard;
 
 /// A Redis L3 for [`CacheLayer::with_redis`](crate::layer::CacheLayer::with_redis).
 #[derive(Debug, Clone)]
 pub struct RedisTier<C> {
-    config: RedisConfig,
+    config: RedisTierConfig,
     codec: C,
 }
 
 impl<C> RedisTier<C> {
     /// A tier talking to `config.url`, encoding with `codec`.
-    pub fn new(config: RedisConfig, codec: C) -> Self {
+    pub fn new(config: RedisTierConfig, codec: C) -> Self {
         Self { config, codec }
     }
 
@@ -64,20 +66,24 @@ impl<C> RedisTier<C> {
         V: Send + Sync + 'static,
     {
         self.config.validate()?;
-        let client = redis::Client::open(self.config.url.as_str())
-            .map_err(|e| ConfigError::new("url", format!("not a Redis URL: {e}")))?;
+        let client = redis::Client::open(self.config.server.url.as_str())
+            .map_err(|e| ConfigError::new("server.url", format!("not a Redis URL: {e}")))?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            ConfigError::new("url", "the Redis tier must be built inside a tokio runtime")
+            ConfigError::new(
+                "server.url",
+                "the Redis tier must be built inside a tokio runtime",
+            )
         })?;
-        let breaker = Breaker::new(&self.config);
+        let guard = OutageGuard::new(self.config.server.failures, self.config.server.cooldown);
         Ok(Arc::new(RedisRemote {
             shared: Arc::new(Shared {
                 cfg: self.config,
                 codec: self.codec,
                 client,
                 runtime,
-                conn: Mutex::new(None),
-                breaker,
+                conn: ArcSwapOption::empty(),
+                guard,
+                base: Instant::now(),
                 stats: OnceLock::new(),
                 local: OnceLock::new(),
                 tasks: Mutex::new(Vec::new()),
@@ -89,13 +95,15 @@ impl<C> RedisTier<C> {
 }
 
 struct Shared<K, V, C> {
-    cfg: RedisConfig,
+    cfg: RedisTierConfig,
     codec: C,
     client: redis::Client,
     runtime: tokio::runtime::Handle,
     /// The connection once made; `ConnectionManager` reconnects by itself after that.
-    conn: Mutex<Option<ConnectionManager>>,
-    breaker: Breaker,
+    conn: ArcSwapOption<ConnectionManager>,
+    guard: OutageGuard,
+    /// The origin of the guard's clock.
+    base: Instant,
     stats: OnceLock<Weak<Stats>>,
     local: OnceLock<Weak<dyn LocalTiers<K>>>,
     tasks: Mutex<Vec<AbortHandle>>,
@@ -124,7 +132,7 @@ where
     C: Codec<K, V>,
 {
     fn redis_key(&self, key: &K) -> Vec<u8> {
-        let mut k = self.cfg.key_prefix.as_bytes().to_vec();
+        let mut k = self.cfg.key_prefix().as_bytes().to_vec();
         k.extend_from_slice(&self.codec.encode_key(key));
         k
     }
@@ -136,7 +144,17 @@ where
     }
 
     fn conn(&self) -> Option<ConnectionManager> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.conn.load().as_deref().cloned()
+    }
+
+    /// Whether an operation may use Redis now (see [`OutageGuard::allow`]).
+    fn allow(&self) -> bool {
+        self.guard.allow(self.base.elapsed())
+    }
+
+    fn failure(&self) {
+        self.guard.failure(self.base.elapsed());
+        self.error();
     }
 
     fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
@@ -146,27 +164,30 @@ where
         tasks.push(handle);
     }
 
-    /// Runs `pipe` with the response timeout; records the outcome with the breaker.
+    /// Runs `pipe` with the response timeout; records the outcome with the guard.
     async fn run<T: redis::FromRedisValue>(
         &self,
         mut conn: ConnectionManager,
         pipe: redis::Pipeline,
     ) -> Option<T> {
-        match timeout(self.cfg.response_timeout, pipe.query_async::<T>(&mut conn)).await {
+        match timeout(
+            self.cfg.server.response_timeout,
+            pipe.query_async::<T>(&mut conn),
+        )
+        .await
+        {
             Ok(Ok(v)) => {
-                self.breaker.success();
+                self.guard.success();
                 Some(v)
             }
             Ok(Err(e)) => {
                 tracing::trace!(error = %e, "cache: redis command failed");
-                self.breaker.failure();
-                self.error();
+                self.failure();
                 None
             }
             Err(_) => {
                 tracing::trace!("cache: redis command timed out");
-                self.breaker.failure();
-                self.error();
+                self.failure();
                 None
             }
         }
@@ -177,18 +198,18 @@ where
         loop {
             let Some(s) = me.upgrade() else { return };
             let cfg = ConnectionManagerConfig::new()
-                .set_connection_timeout(s.cfg.connect_timeout)
-                .set_response_timeout(s.cfg.response_timeout)
+                .set_connection_timeout(s.cfg.server.connect_timeout)
+                .set_response_timeout(s.cfg.server.response_timeout)
                 .set_number_of_retries(1)
                 .set_max_delay(s.cfg.reconnect_interval.as_millis() as u64);
             let attempt = timeout(
-                s.cfg.connect_timeout * 2,
+                s.cfg.server.connect_timeout * 2,
                 ConnectionManager::new_with_config(s.client.clone(), cfg),
             )
             .await;
             match attempt {
                 Ok(Ok(conn)) => {
-                    *s.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                    s.conn.store(Some(Arc::new(conn)));
                     tracing::trace!("cache: redis connected");
                     return;
                 }
@@ -210,7 +231,7 @@ where
                 ps.subscribe(s.cfg.channel.as_str()).await.ok()?;
                 Some(ps)
             };
-            if let Ok(Some(ps)) = timeout(s.cfg.connect_timeout * 2, connect).await {
+            if let Ok(Some(ps)) = timeout(s.cfg.server.connect_timeout * 2, connect).await {
                 let local = s.local.get().cloned();
                 if subscribed_before && let Some(local) = local.as_ref().and_then(Weak::upgrade) {
                     // Invalidations published while we were away are lost: drop everything.
@@ -219,7 +240,7 @@ where
                 subscribed_before = true;
                 // Relaxed: a status flag for health checks; nothing is published through it.
                 s.subscribed.store(true, Ordering::Relaxed);
-                let prefix_len = s.cfg.key_prefix.len();
+                let prefix_len = s.cfg.key_prefix().len();
                 drop(s);
                 let mut stream = ps.into_on_message();
                 while let Some(msg) = stream.next().await {
@@ -270,7 +291,7 @@ where
 {
     fn get(&self, key: &K) -> Option<RemoteGet<V>> {
         let s = &self.shared;
-        if !s.breaker.allow() {
+        if !s.allow() {
             return None;
         }
         let conn = s.conn()?;
@@ -301,7 +322,7 @@ where
     fn set(&self, key: &K, entry: &Entry<V>) {
         let s = &self.shared;
         let ms = entry.keep_for.as_millis() as u64;
-        if ms == 0 || !s.breaker.allow() {
+        if ms == 0 || !s.allow() {
             return;
         }
         let Some(conn) = s.conn() else { return };
@@ -325,7 +346,7 @@ where
     }
 
     fn invalidate(&self, key: &K) {
-        // Not behind the breaker: invalidations are rare and worth a try.
+        // Not behind the guard: invalidations are rare and worth a try.
         let s = &self.shared;
         let Some(conn) = s.conn() else {
             s.error();
