@@ -288,3 +288,58 @@ async fn hash_with_none_builds_no_ring_and_picks_by_p2c() {
         assert_eq!(a, b);
     }
 }
+
+/// An endpoint that answers with its name at once, ready unless told otherwise (never woken:
+/// the balancer polls a replacement once, with a no-op waker).
+#[derive(Clone, Debug)]
+struct Gated(u32, Arc<AtomicBool>);
+
+impl Service<u64> for Gated {
+    type Response = u32;
+    type Error = std::io::Error;
+    type Future = Ready<Result<u32, std::io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
+        if self.1.load(Ordering::SeqCst) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _: u64) -> Self::Future {
+        ready(Ok(self.0))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_not_ready_at_once_is_skipped_for_the_next_one_on_the_ring() {
+    let gates: Vec<Arc<AtomicBool>> = (0..4).map(|_| Arc::new(AtomicBool::new(true))).collect();
+    let mut svc = hashed((0..4).map(|i| (i, Gated(i, gates[i as usize].clone()))), 10);
+    let mut home = Vec::new();
+    for k in 0..400u64 {
+        home.push(svc.ready().await.unwrap().call(k).await.unwrap());
+    }
+    gates[1].store(false, Ordering::SeqCst);
+    for k in 0..400u64 {
+        // `poll_ready` may pick the unready endpoint and wait on it: a fresh clone picks again.
+        let mut ready = loop {
+            let mut clone = svc.clone();
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if let Poll::Ready(r) = clone.poll_ready(&mut cx) {
+                r.unwrap();
+                break clone;
+            }
+        };
+        let to = ready.call(k).await.unwrap();
+        assert_ne!(to, 1, "key {k} went to the unready endpoint");
+        if home[k as usize] != 1 {
+            assert_eq!(
+                to, home[k as usize],
+                "key {k} moved though its endpoint was ready"
+            );
+        }
+    }
+    let stats = svc.handle().endpoints();
+    assert!(stats.iter().all(|e| e.in_flight == 0), "{stats:?}");
+}
