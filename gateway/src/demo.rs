@@ -191,7 +191,7 @@ mod tests {
         let (lo, hi) = times
             .iter()
             .fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(*t), b.max(*t)));
-        assert!(lo >= 5.0 && lo < 5.1, "shortest {lo} ms");
+        assert!((5.0..5.1).contains(&lo), "shortest {lo} ms");
         assert!(hi < 15.0 && hi > 14.9, "longest {hi} ms");
         // The same request number always draws the same time.
         assert_eq!(demo.service_time(7), demo.service_time(7));

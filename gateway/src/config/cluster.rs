@@ -3,6 +3,13 @@
 //! their `serde` feature: one set of defaults and one validation, the layer's, with the section's
 //! path in front of the field a layer names. Durations are written `"250ms"`, `"5s"`, `"1m"`.
 //!
+//! `[clusters.balance] hash` turns on consistent hashing with bounded load:
+//! `{ header = "x-user-id" }`, `{ cookie = "session" }` or `{ path = true }` names the request's
+//! key (tollgate-balance's `HttpKey`, read from the `http::Request` the gateway forwards), with
+//! `load_factor` and `vnodes` beside it. The key's source lives in the layer's own section, not
+//! in a gateway-side field: tollgate-balance reads it with its `http` feature, so axum and tonic
+//! users of the layer configure it the same way.
+//!
 //! What only the gateway knows stays here: the breakers' names (the cluster's, and
 //! `cluster/endpoint` per endpoint), and the path of the active health check (`health_check`,
 //! whose timing is `[clusters.balance.health]`).
@@ -78,10 +85,12 @@ pub(crate) fn validate_pool(c: &PoolConfig, at: &str) -> Result<(), ConfigError>
     c.validate().map_err(|e| layer_error(at, &e))
 }
 
-/// Checks a balance section.
+/// Checks a balance section, its hash key (`hash.header` must be a header name) included.
 ///
 /// # Errors
 /// The first field the balancer refuses.
 pub(crate) fn validate_balance(c: &BalanceConfig, at: &str) -> Result<(), ConfigError> {
-    c.validate().map_err(|e| layer_error(at, &e))
+    c.validate().map_err(|e| layer_error(at, &e))?;
+    tollgate_balance::HttpKey::from_config(&c.hash).map_err(|e| layer_error(at, &e))?;
+    Ok(())
 }

@@ -3,7 +3,9 @@
 //! config sections and as the tower stack built from them.
 //!
 //! Any of these sections on a cluster turns on the stack; its balancer is then always the
-//! latency-aware P2C one (with the `[clusters.balance]` section's settings, or the defaults).
+//! latency-aware P2C one (with the `[clusters.balance]` section's settings, or the defaults),
+//! hashing a header, cookie or the path to pick the endpoint when `[clusters.balance] hash`
+//! names one.
 
 use super::health::HttpHealthCheck;
 use super::retry::{Retried, RetryPolicy};
@@ -16,7 +18,7 @@ use crate::stats::{EndpointStats, clock_ms};
 use crate::tls::upstream::ClusterTls;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tollgate_balance::{AvoidTried, Balance, BalanceHandle};
+use tollgate_balance::{AvoidTried, Balance, BalanceHandle, HttpKey};
 use tollgate_breaker::{Breaker, BreakerHandle, BreakerLayer};
 use tollgate_core::BoxError;
 use tollgate_core::classify::ServerErrorsAreFailures;
@@ -30,8 +32,10 @@ pub(crate) type Cls = ServerErrorsAreFailures;
 /// One endpoint: its breaker (when `endpoint_breaker` is set) over the upstream.
 pub(crate) type EndpointSvc = Either<Breaker<Upstream, Cls>, Upstream>;
 /// The cluster's balancer over its endpoints; a retry or hedge avoids the endpoints its request
-/// already tried (the `Attempt` that `stack::retry` puts in each try's extensions).
-pub(crate) type Balanced = Balance<SocketAddr, EndpointSvc, Cls, AvoidTried>;
+/// already tried (the `Attempt` that `stack::retry` puts in each try's extensions). With
+/// `[clusters.balance] hash = { header | cookie | path }`, requests with the same key go to the
+/// same endpoint within the load bound (`None`: no key, every request by P2C).
+pub(crate) type Balanced = Balance<SocketAddr, EndpointSvc, Cls, AvoidTried, Option<HttpKey>>;
 /// The adaptive limit over the balancer, when `pool` is set.
 pub(crate) type Pooled = Either<PoolSizer<Balanced, Cls>, Balanced>;
 /// The cluster breaker over the rest, when `breaker` is set.
@@ -128,10 +132,12 @@ impl ClusterLayers {
         let at = |f: &str| format!("clusters.{}.{f}", cc.name);
         let layer_err = |f: &str, e: tollgate_core::error::ConfigError| layer_error(&at(f), &e);
         let balance_cfg = key.balance.clone().unwrap_or_default();
+        let hash = HttpKey::from_config(&balance_cfg.hash).map_err(|e| layer_err("balance", e))?;
         let balanced: Balanced = Balance::new(std::iter::empty(), balance_cfg)
             .map_err(|e| layer_err("balance", e))?
             .with_classifier(Cls::default())
-            .avoid_tried();
+            .avoid_tried()
+            .hash_with(hash);
         let handle = balanced.handle();
         let (pooled, limiter) = match &key.pool {
             Some(p) => {

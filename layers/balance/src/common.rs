@@ -44,6 +44,10 @@ pub(crate) struct Common {
     pub(crate) panic_threshold: f64,
     pub(crate) outlier: OutlierConfig,
     pub(crate) health: HealthConfig,
+    /// `hash.load_factor`: the bound on a hashed endpoint's load.
+    pub(crate) load_factor: f64,
+    /// `hash.vnodes`: ring points per endpoint of average weight.
+    pub(crate) vnodes: u32,
     ejections: Mutex<Ejections>,
     /// One per shard ([`shard_index`]).
     samplers: Box<[Sampler]>,
@@ -77,6 +81,8 @@ impl Common {
             panic_threshold: config.panic_threshold,
             outlier: config.outlier.clone(),
             health: config.health.clone(),
+            load_factor: config.hash.load_factor,
+            vnodes: config.hash.vnodes,
             ejections: Mutex::new(Ejections::default()),
             samplers: (0..shard_count()).map(|_| Sampler::default()).collect(),
         }

@@ -50,6 +50,9 @@ pub struct BalanceConfig {
     pub outlier: OutlierConfig,
     /// Active health checks (used when checks run; see `Balance::spawn_health_checks`).
     pub health: HealthConfig,
+    /// Consistent hashing with bounded load (used when a request key is read; see
+    /// `Balance::hash_by`).
+    pub hash: HashConfig,
     /// Seed of the random choices. `None` seeds each balancer clone differently per thread;
     /// `Some` makes a single-threaded run repeatable. Default `None`.
     pub seed: Option<u64>,
@@ -118,7 +121,49 @@ impl Default for BalanceConfig {
             slow_start_min_weight: 0.1,
             outlier: OutlierConfig::default(),
             health: HealthConfig::default(),
+            hash: HashConfig::default(),
             seed: None,
+        }
+    }
+}
+
+/// Consistent hashing with bounded load: requests with the same key go to the same endpoint
+/// while its in-flight load stays within `load_factor` times its share of the fleet's; past
+/// that, to the next endpoint clockwise on the ring.
+///
+/// `header`, `cookie` and `path` say where an `http::Request`'s key is found (read by
+/// [`HttpKey::from_config`](crate::HttpKey), feature `http`, as the gateway does); at most
+/// one is set. A key read by `Balance::hash_by` ignores them.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashConfig {
+    /// The bound `c` on an endpoint's in-flight load, as a multiple of its fair share: it takes
+    /// a request only while its load, with the request, is at most
+    /// `ceil(c × (total in flight + 1) ÷ endpoints)` (weighted by its share of the weights).
+    /// At least 1; lower keeps loads more even, higher keeps more keys in place. Default 1.25.
+    pub load_factor: f64,
+    /// Points on the ring per endpoint of average weight (an endpoint's count scales with its
+    /// weight), in `[1, 4096]`; more points spread keys more evenly. Default 128.
+    pub vnodes: u32,
+    /// Hash the value of this request header. Default none.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub header: Option<String>,
+    /// Hash the value of this cookie. Default none.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub cookie: Option<String>,
+    /// Hash the request path (without the query). Default false.
+    pub path: bool,
+}
+
+impl Default for HashConfig {
+    fn default() -> Self {
+        Self {
+            load_factor: 1.25,
+            vnodes: 128,
+            header: None,
+            cookie: None,
+            path: false,
         }
     }
 }
@@ -195,7 +240,8 @@ impl BalanceConfig {
         unit("panic_threshold", self.panic_threshold, true)?;
         unit("slow_start_min_weight", self.slow_start_min_weight, false)?;
         self.outlier.validate()?;
-        self.health.validate()
+        self.health.validate()?;
+        self.hash.validate()
     }
 }
 
@@ -256,6 +302,47 @@ impl HealthConfig {
     }
 }
 
+impl HashConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field out of range, or the key fields when more
+    /// than one is set.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.load_factor.is_finite() && (1.0..=100.0).contains(&self.load_factor)) {
+            return Err(ConfigError::new(
+                "hash.load_factor",
+                format!("must be in [1, 100], got {}", self.load_factor),
+            ));
+        }
+        if !(1..=4096).contains(&self.vnodes) {
+            return Err(ConfigError::new(
+                "hash.vnodes",
+                format!("must be in [1, 4096], got {}", self.vnodes),
+            ));
+        }
+        let sources = usize::from(self.header.is_some())
+            + usize::from(self.cookie.is_some())
+            + usize::from(self.path);
+        if sources > 1 {
+            return Err(ConfigError::new(
+                "hash",
+                "sets more than one of `header`, `cookie` and `path`",
+            ));
+        }
+        if self.header.as_deref() == Some("") || self.cookie.as_deref() == Some("") {
+            let field = if self.header.is_some() {
+                "hash.header"
+            } else {
+                "hash.cookie"
+            };
+            return Err(ConfigError::new(field, "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -290,5 +377,15 @@ mod tests {
         c.panic_threshold = 0.5;
         c.decay = Duration::ZERO;
         assert_eq!(c.validate().unwrap_err().field(), "decay");
+        c.decay = Duration::from_secs(1);
+        c.hash.load_factor = 0.9;
+        assert_eq!(c.validate().unwrap_err().field(), "hash.load_factor");
+        c.hash.load_factor = 1.25;
+        c.hash.vnodes = 0;
+        assert_eq!(c.validate().unwrap_err().field(), "hash.vnodes");
+        c.hash.vnodes = 64;
+        c.hash.header = Some("x-user".into());
+        c.hash.path = true;
+        assert_eq!(c.validate().unwrap_err().field(), "hash");
     }
 }

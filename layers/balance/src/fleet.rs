@@ -13,6 +13,7 @@
 use crate::common::Common;
 use crate::endpoint::{Core, Endpoint};
 use crate::pick::thread_seed;
+use crate::ring::Ring;
 use crate::signal::EndpointSignal;
 use crate::sync::atomic::{AtomicU64, Ordering, fence};
 use crate::sync::{Arc, Mutex, lock};
@@ -21,6 +22,8 @@ use std::fmt;
 /// An immutable endpoint set.
 pub(crate) struct Snapshot<K, S> {
     pub(crate) endpoints: Box<[Arc<Endpoint<K, S>>]>,
+    /// The hash ring over `endpoints` (indices into it), when hashing is on.
+    pub(crate) ring: Option<Ring>,
 }
 
 impl<K: fmt::Debug, S> fmt::Debug for Snapshot<K, S> {
@@ -90,6 +93,8 @@ mod cell {
 /// What only writers touch.
 struct Writer<K, S> {
     next_id: u64,
+    /// How endpoint keys are placed on the hash ring; `None` while hashing is off.
+    ring_key: Option<fn(&K) -> u64>,
     draining: Vec<Arc<Endpoint<K, S>>>,
 }
 
@@ -139,9 +144,11 @@ impl<K: PartialEq, S> Fleet<K, S> {
             common,
             cell: cell::Cell::new(Snapshot {
                 endpoints: Box::new([]),
+                ring: None,
             }),
             writer: Mutex::new(Writer {
                 next_id: 0,
+                ring_key: None,
                 draining: Vec::new(),
             }),
             next_sweep: AtomicU64::new(0),
@@ -156,13 +163,27 @@ impl<K: PartialEq, S> Fleet<K, S> {
         self.cell.load()
     }
 
-    fn publish(&self, endpoints: Vec<Arc<Endpoint<K, S>>>) {
+    fn publish(&self, w: &Writer<K, S>, endpoints: Vec<Arc<Endpoint<K, S>>>) {
         let ids: Vec<u64> = endpoints.iter().map(|e| e.core.id).collect();
         self.common
             .set_members(endpoints.len(), |id| ids.contains(&id));
+        // The ring is rebuilt here, with the set, never on the request path.
+        let ring = w
+            .ring_key
+            .map(|key| Ring::build(&endpoints, key, self.common.vnodes));
         self.cell.store(Snapshot {
             endpoints: endpoints.into_boxed_slice(),
+            ring,
         });
+    }
+
+    /// Turns hashing on: from now on each snapshot carries a ring placing endpoints by
+    /// `key`. Rebuilds the current one's.
+    pub(crate) fn enable_ring(&self, key: fn(&K) -> u64) {
+        let mut w = lock(&self.writer);
+        w.ring_key = Some(key);
+        let list: Vec<_> = self.load().endpoints.to_vec();
+        self.publish(&w, list);
     }
 
     /// Marks endpoints that just left the snapshot as removed and keeps them draining.
@@ -218,7 +239,7 @@ impl<K: PartialEq, S> Fleet<K, S> {
                 Vec::new()
             }
         };
-        self.publish(list);
+        self.publish(&w, list);
         self.retire(&mut w, gone);
     }
 
@@ -231,17 +252,24 @@ impl<K: PartialEq, S> Fleet<K, S> {
             return false;
         };
         let gone = list.remove(i);
-        self.publish(list);
+        self.publish(&w, list);
         self.retire(&mut w, vec![gone]);
         true
     }
 
     /// Sets the weight of the endpoint with `key`; returns whether it was there.
     pub(crate) fn set_weight(&self, key: &K, weight: f64) -> bool {
+        let w = lock(&self.writer);
         let snap = self.load();
         match snap.endpoints.iter().find(|e| e.key == *key) {
             Some(e) => {
                 e.core.set_weight(weight);
+                if w.ring_key.is_some() {
+                    // The ring gives each endpoint points in proportion to its weight.
+                    let list = snap.endpoints.to_vec();
+                    drop(snap);
+                    self.publish(&w, list);
+                }
                 true
             }
             None => false,

@@ -36,6 +36,12 @@
 //! - **Retries avoid tried endpoints** ([`Balance::avoid_tried`]): a retry or hedge marked by
 //!   tollgate-retry goes to an endpoint the request has not tried yet while an admitted one
 //!   exists, so a retry does not return to the endpoint that just failed it.
+//! - **Consistent hashing with bounded load** ([`Balance::hash_by`], [`HashConfig`];
+//!   [Mirrokni, Thorup and Zadimoghaddam, 2018](https://arxiv.org/abs/1608.01350)): requests
+//!   with the same key (a user, a session, a path: `HttpKey` with feature `http`) go to the
+//!   same endpoint, for its caches, while its in-flight load stays within `load_factor` times
+//!   its fair share; past that, the key spills to the next endpoint on the ring, so one hot key
+//!   cannot sink one endpoint. Requests without a key are picked by power of two choices.
 //! - [`BalanceHandle::endpoints`] reports cost, latency, in flight, state and share per
 //!   endpoint.
 //!
@@ -73,9 +79,11 @@
 //!
 //! # When to use it, and when not
 //!
-//! Use it in front of several interchangeable replicas whose latency varies. For one upstream,
-//! or when requests must stick to an endpoint (sessions, caches by key), use something else;
-//! for very small or idle fleets, round robin is simpler and as good.
+//! Use it in front of several interchangeable replicas whose latency varies, with hashing
+//! when a key's requests gain from landing on the same replica (its caches). Hashing is not
+//! stickiness: a key moves when its endpoint is at its bound, leaves or is ejected, so state
+//! that must not move (sessions held only in memory) needs something else. For one upstream,
+//! or for very small or idle fleets, round robin is simpler and as good.
 //!
 //! # Example
 //!
@@ -123,9 +131,13 @@ mod error;
 mod fleet;
 mod future;
 mod handle;
+mod hash;
+#[cfg(feature = "http")]
+mod hash_http;
 mod health;
 mod layer;
 mod pick;
+mod ring;
 mod service;
 mod signal;
 mod sync;
@@ -138,10 +150,14 @@ pub mod fuzzing;
 #[cfg(all(test, loom))]
 mod tests;
 
-pub use config::{BalanceConfig, HealthConfig, OutlierConfig};
+pub use config::{BalanceConfig, HashConfig, HealthConfig, OutlierConfig};
 pub use error::NoEndpoints;
 pub use future::ResponseFuture;
 pub use handle::{BalanceHandle, EndpointState, EndpointStats};
+pub use hash::{KeyFn, NoKey, RequestKey, hash_bytes};
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use hash_http::HttpKey;
 pub use health::HealthCheck;
 pub use layer::BalanceLayer;
 pub use service::Balance;

@@ -6,8 +6,10 @@ use crate::error::NoEndpoints;
 use crate::fleet::{Fleet, Start};
 use crate::future::{InFlight, ResponseFuture};
 use crate::handle::BalanceHandle;
+use crate::hash::{KeyFn, NoKey, RequestKey};
 use crate::health::{self, HealthCheck};
 use crate::pick::{self, Rng};
+use crate::ring;
 use crate::sync::atomic::Ordering;
 use crate::tried::{AvoidTried, IgnoreTried, TriedHint};
 use std::fmt;
@@ -51,21 +53,26 @@ struct Slot<S> {
 /// task and no buffer in between.
 ///
 /// `A` says where a request's retry marker is found ([`IgnoreTried`] by default; see
-/// [`avoid_tried`](Self::avoid_tried)).
-pub struct Balance<K, S, C = ErrorsAreFailures, A = IgnoreTried> {
+/// [`avoid_tried`](Self::avoid_tried)); `H` where its hash key is found ([`NoKey`] by default;
+/// see [`hash_by`](Self::hash_by)).
+pub struct Balance<K, S, C = ErrorsAreFailures, A = IgnoreTried, H = NoKey> {
     shared: Arc<Shared<K, S>>,
     classify: C,
     tried: A,
+    hash: H,
     rng: Rng,
     slot: Option<Slot<S>>,
 }
 
-impl<K: fmt::Debug, S, C: fmt::Debug, A: fmt::Debug> fmt::Debug for Balance<K, S, C, A> {
+impl<K: fmt::Debug, S, C: fmt::Debug, A: fmt::Debug, H: fmt::Debug> fmt::Debug
+    for Balance<K, S, C, A, H>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balance")
             .field("endpoints", &self.shared)
             .field("classify", &self.classify)
             .field("tried", &self.tried)
+            .field("hash", &self.hash)
             .field(
                 "reserved",
                 &self.slot.as_ref().map(|s| s.inflight.core().id),
@@ -135,27 +142,30 @@ impl<K: PartialEq, S> Balance<K, S> {
             shared,
             classify: ErrorsAreFailures,
             tried: IgnoreTried,
+            hash: NoKey,
             rng,
             slot: None,
         }
     }
 }
 
-impl<K, S, C, A> Balance<K, S, C, A> {
+impl<K, S, C, A, H> Balance<K, S, C, A, H> {
     /// Uses `classify` to decide which responses and errors count as failures of an endpoint
     /// (by default every error does and no response does).
-    pub fn with_classifier<C2>(self, classify: C2) -> Balance<K, S, C2, A> {
+    pub fn with_classifier<C2>(self, classify: C2) -> Balance<K, S, C2, A, H> {
         let Balance {
             shared,
             rng,
             slot,
             tried,
+            hash,
             ..
         } = self;
         Balance {
             shared,
             classify,
             tried,
+            hash,
             rng,
             slot,
         }
@@ -191,18 +201,96 @@ impl<K, S, C, A> Balance<K, S, C, A> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn avoid_tried(self) -> Balance<K, S, C, AvoidTried> {
+    pub fn avoid_tried(self) -> Balance<K, S, C, AvoidTried, H> {
         let Balance {
             shared,
             rng,
             slot,
             classify,
+            hash,
             ..
         } = self;
         Balance {
             shared,
             classify,
             tried: AvoidTried,
+            hash,
+            rng,
+            slot,
+        }
+    }
+
+    /// Sends each request with a key to the endpoint its key maps to on a consistent-hash ring
+    /// (cache locality), within a bound on that endpoint's load: `key` reads the request's key
+    /// (`None`: the request is picked by power of two choices, as without hashing). See
+    /// [`HashConfig`](crate::HashConfig) for the bound and the ring, and
+    /// [`hash_with`](Self::hash_with) for a key reader with a name, such as
+    /// [`HttpKey`](crate::HttpKey).
+    ///
+    /// Endpoints are placed on the ring by the hash of their key `K`, so every balancer with
+    /// the same endpoints maps keys the same way, and adding or removing one of N endpoints
+    /// moves about 1/N of the keys. Endpoints not admitted (ejected, unhealthy, unavailable by
+    /// their signal) or whose service is not ready at once are passed over, as are those at
+    /// their load bound: the key goes on clockwise to the next one.
+    ///
+    /// Readiness: `poll_ready` still readies a power-of-two-choices pick, since the request is
+    /// not known yet; `call` reads the key and, when it maps elsewhere, moves the request to
+    /// that endpoint if its service is ready at once, giving the first reservation back.
+    ///
+    /// ```
+    /// use tollgate_balance::{Balance, BalanceConfig};
+    /// use tower::{ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tollgate_core::BoxError> {
+    /// // Requests are (user id, payload); each replica answers with its name.
+    /// let replica = |name: &'static str| {
+    ///     service_fn(move |_: (u64, &str)| async move { Ok::<_, std::io::Error>(name) })
+    /// };
+    /// let balance = Balance::new(
+    ///     [("a", replica("a")), ("b", replica("b")), ("c", replica("c"))],
+    ///     BalanceConfig::default(),
+    /// )?
+    /// .hash_by(|req: &(u64, &str)| Some(req.0));
+    /// let first = balance.clone().oneshot((42, "x")).await?;
+    /// for _ in 0..10 {
+    ///     // One at a time, loads stay even: user 42 always lands on the same replica.
+    ///     assert_eq!(balance.clone().oneshot((42, "y")).await?, first);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn hash_by<F>(self, key: F) -> Balance<K, S, C, A, Option<KeyFn<F>>>
+    where
+        K: PartialEq + std::hash::Hash,
+    {
+        self.hash_with(Some(KeyFn(key)))
+    }
+
+    /// [`hash_by`](Self::hash_by) with a key reader of a type that has a name, such as
+    /// [`HttpKey`](crate::HttpKey) (feature `http`) or your own [`RequestKey`]. `None` reads
+    /// no key and builds no ring (every request is picked by power of two choices), so one
+    /// balancer type serves configurations with and without hashing.
+    pub fn hash_with<H2>(self, key: Option<H2>) -> Balance<K, S, C, A, Option<H2>>
+    where
+        K: PartialEq + std::hash::Hash,
+    {
+        if key.is_some() {
+            self.shared.fleet.enable_ring(ring::hash_of::<K>);
+        }
+        let Balance {
+            shared,
+            rng,
+            slot,
+            classify,
+            tried,
+            ..
+        } = self;
+        Balance {
+            shared,
+            classify,
+            tried,
+            hash: key,
             rng,
             slot,
         }
@@ -270,7 +358,7 @@ where
     }
 }
 
-impl<K, S, C: Clone, A: Clone> Clone for Balance<K, S, C, A> {
+impl<K, S, C: Clone, A: Clone, H: Clone> Clone for Balance<K, S, C, A, H> {
     /// A clone shares the endpoint set; it starts with no endpoint reserved and its own random
     /// sequence.
     fn clone(&self) -> Self {
@@ -278,19 +366,21 @@ impl<K, S, C: Clone, A: Clone> Clone for Balance<K, S, C, A> {
             shared: self.shared.clone(),
             classify: self.classify.clone(),
             tried: self.tried.clone(),
+            hash: self.hash.clone(),
             rng: Rng::new(self.shared.fleet.next_seed()),
             slot: None,
         }
     }
 }
 
-impl<K, S, C, A, R> Service<R> for Balance<K, S, C, A>
+impl<K, S, C, A, H, R> Service<R> for Balance<K, S, C, A, H>
 where
     K: PartialEq,
     S: Service<R> + Clone,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error> + Clone,
     A: TriedHint<R>,
+    H: RequestKey<R>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -360,8 +450,10 @@ where
         }
     }
 
-    /// Sends `req` to the endpoint `poll_ready` reserved, or, for a retry or hedge that
-    /// already went there (see [`avoid_tried`](Self::avoid_tried)), to another endpoint.
+    /// Sends `req` to the endpoint `poll_ready` reserved, or, for a request with a hash key
+    /// (see [`hash_by`](Self::hash_by)), to the endpoint its key maps to within the load bound,
+    /// or, for a retry or hedge that already went there (see
+    /// [`avoid_tried`](Self::avoid_tried)), to another endpoint.
     ///
     /// # Panics
     ///
@@ -369,6 +461,9 @@ where
     fn call(&mut self, req: R) -> Self::Future {
         let slot = self.slot.take().filter(|s| s.ready);
         let mut slot = slot.expect("poll_ready must succeed before call");
+        if let Some(key) = self.hash.key(&req) {
+            slot = self.hashed(slot, key);
+        }
         if let Some(attempt) = self.tried.attempt(&req) {
             slot = self.avoid(slot, attempt.tried());
         }
@@ -383,7 +478,51 @@ where
     }
 }
 
-impl<K: PartialEq, S, C, A> Balance<K, S, C, A> {
+impl<K: PartialEq, S, C, A, H> Balance<K, S, C, A, H> {
+    /// The slot a request with hash key `key` goes to: the first endpoint clockwise from the
+    /// key on the ring that is admitted, under its load bound and whose service is ready at
+    /// once (`slot` itself when its endpoint is that one); `slot` when none is.
+    ///
+    /// Readiness, as in [`avoid`](Self::avoid): a replacement's service clone is polled with a
+    /// no-op waker and used only if ready at once; otherwise it is dropped, giving back its
+    /// reservation, and the walk goes on. No allocation: a binary search and a walk over the
+    /// snapshot's ring.
+    fn hashed<R>(&mut self, slot: Slot<S>, key: u64) -> Slot<S>
+    where
+        S: Service<R> + Clone,
+    {
+        let fleet = &self.shared.fleet;
+        let snap = fleet.load();
+        let Some(ring) = snap.ring.as_ref().filter(|r| !r.is_empty()) else {
+            return slot;
+        };
+        let now = fleet.common.now();
+        let own = slot.inflight.core().id;
+        let load_factor = fleet.common.load_factor;
+        for ep in ring::bounded(&snap.endpoints, ring, key, own, now, load_factor) {
+            if ep.core.id == own {
+                return slot;
+            }
+            if !ep.core.reserve() {
+                continue;
+            }
+            let inflight = InFlight::reserved(ep.handle());
+            let mut service = ep.service.clone();
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(Ok(())) = service.poll_ready(&mut cx) {
+                tracing::trace!(from = own, to = ep.core.id, "request sent by its hash key");
+                return Slot {
+                    inflight,
+                    service,
+                    ready: true,
+                    picked_at: Some(now),
+                };
+            }
+            // Not ready at once: the dropped `inflight` and clone give back their reservations.
+        }
+        slot
+    }
+
     /// The slot a request with the tried set `tried` goes to: `slot` unless its endpoint was
     /// tried and another admitted, untried endpoint's service is ready at once. Records the
     /// endpoint chosen in `tried`.

@@ -93,3 +93,38 @@ async fn a_first_attempt_marked_for_retries_allocates_nothing_in_the_balancer() 
         "{allocations} allocations in 10,000 marked requests"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_pick_allocates_nothing() {
+    let config = BalanceConfig {
+        seed: Some(7),
+        ..Default::default()
+    };
+    let mut svc = Balance::new((0..8).map(|i| (i, Echo)), config)
+        .unwrap()
+        .hash_by(|req: &u64| Some(*req % 64));
+    for i in 0..1_000 {
+        ServiceExt::<u64>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(i)
+            .await
+            .unwrap();
+    }
+    tokio::time::advance(std::time::Duration::from_millis(5)).await;
+    let before = thread_allocations();
+    for i in 0..10_000 {
+        let res = ServiceExt::<u64>::ready(&mut svc)
+            .await
+            .unwrap()
+            .call(i)
+            .await
+            .unwrap();
+        assert_eq!(res, i);
+    }
+    let allocations = thread_allocations() - before;
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations in 10,000 keyed requests"
+    );
+}

@@ -28,3 +28,14 @@ async fn the_default_config_keeps_the_contract_too() {
     let layer = BalanceLayer::new(BalanceConfig::default()).unwrap();
     contract::check(|probe| layer.layer(probe)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hashing_balancer_keeps_the_contract() {
+    let layer = BalanceLayer::new(BalanceConfig::default()).unwrap();
+    contract::check(|probe| {
+        layer
+            .layer(probe)
+            .hash_by(|_: &tollgate_core::testing::ProbeRequest| Some(7))
+    })
+    .await;
+}

@@ -14,6 +14,9 @@ consecutive_failures = 3
 base_ejection_time = "10s"
 [health]
 interval = "2s"
+[hash]
+load_factor = 1.5
+header = "x-user-id"
 "#;
 
 #[test]
@@ -29,6 +32,9 @@ fn reads_the_documented_form() {
         BalanceConfig::default().outlier.max_ejection_time
     );
     assert_eq!(c.health.interval, Duration::from_secs(2));
+    assert_eq!(c.hash.load_factor, 1.5);
+    assert_eq!(c.hash.vnodes, 128);
+    assert_eq!(c.hash.header.as_deref(), Some("x-user-id"));
     c.validate().unwrap();
 }
 
@@ -61,4 +67,10 @@ fn an_unknown_field_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("consecutive"), "{err}");
+}
+
+#[test]
+fn a_hash_section_with_two_keys_names_the_section() {
+    let c: BalanceConfig = toml::from_str("hash = { header = \"x\", path = true }").unwrap();
+    assert_eq!(c.validate().unwrap_err().field(), "hash");
 }
