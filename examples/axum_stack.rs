@@ -1,6 +1,7 @@
 //! An axum app behind admission, a circuit breaker, an adaptive pool and a cache, with a small
 //! load driver that shows what clients see: shedding by priority (503), a rate limit (429), an
-//! open breaker (503 with the time to the next probe) and cache hits. Stops by itself in a few
+//! open breaker (503 with the time to the next probe) and cache hits; and a client with
+//! budgeted retries in front of a route that fails now and then. Stops by itself in a few
 //! seconds.
 //!
 //! ```text
@@ -34,7 +35,9 @@ use tollgate::core::BoxError;
 use tollgate::core::classify::ServerErrorsAreFailures;
 use tollgate::http::RejectionLayer;
 use tollgate::pool::{PoolConfig, PoolSizerLayer};
-use tower::ServiceBuilder;
+use tollgate::retry::http::{HttpPolicy as RetryPolicy, ReplayBody};
+use tollgate::retry::{RetryConfig, RetryLayer};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -115,6 +118,9 @@ async fn main() -> Result<(), BoxError> {
             }
         });
 
+    // `/sometimes` answers 503 to every third request it sees.
+    let attempts = Arc::new(AtomicU64::new(0));
+    let seen = attempts.clone();
     let app = Router::new()
         .route("/work", get(handle_work).layer(work))
         .route(
@@ -122,6 +128,20 @@ async fn main() -> Result<(), BoxError> {
             get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "database down") }).layer(flaky),
         )
         .route("/quota", get(|| async { "ok" }).layer(quota))
+        .route(
+            "/sometimes",
+            get(move || {
+                // Relaxed: a sequence number.
+                let n = attempts.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    if n % 3 == 2 {
+                        (StatusCode::SERVICE_UNAVAILABLE, "busy, try again")
+                    } else {
+                        (StatusCode::OK, "ok")
+                    }
+                }
+            }),
+        )
         .route_service("/report", report);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -197,6 +217,32 @@ async fn main() -> Result<(), BoxError> {
         "   rendered {} time(s); cache hit ratio {:.2}",
         renders.load(Ordering::Relaxed),
         cache_stats.stats().hit_ratio()
+    );
+
+    println!(
+        "\n5. 20 requests to /sometimes through a client that retries (503 every 3rd attempt):"
+    );
+    // Idempotent GETs answered 502/503/504 (or failing to connect) are tried again, after a
+    // jittered backoff or the server's Retry-After, within a budget of 10% of the requests
+    // plus a floor, shared by every clone of the client.
+    let retry = RetryLayer::new(RetryConfig::default())?.with_policy(RetryPolicy::default());
+    let budget = retry.budget().clone();
+    let retry_client: Client<HttpConnector, ReplayBody<Empty<Bytes>>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut retrying = ServiceBuilder::new().layer(retry).service(retry_client);
+    let mut ok = 0;
+    for _ in 0..20 {
+        let req = Request::get(format!("http://{addr}/sometimes"))
+            .body(ReplayBody::empty())
+            .expect("valid request");
+        let res = retrying.ready().await?.call(req).await?;
+        ok += u32::from(res.status() == StatusCode::OK);
+    }
+    println!(
+        "   {ok} of 20 answered 200; the server saw {} attempts; {} retries spent from the budget",
+        // Relaxed: read after the requests.
+        seen.load(Ordering::Relaxed),
+        budget.snapshot().spent
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! tonic servers with server-side tollgate layers, and a client with balance + breaker + pool
-//! over three local servers, one of them failing. Needs no `protoc`: the service is written by
-//! hand in `examples/support/echo.rs`. Stops by itself in about a second.
+//! tonic servers with server-side tollgate layers, and clients with balance + breaker + pool
+//! over three local servers, one of them failing, and with budgeted retries and hedging over
+//! two (one of them down, the other slow now and then). Needs no `protoc`: the service is
+//! written by hand in `examples/support/echo.rs`. Stops by itself in about two seconds.
 //!
 //! ```text
 //! cargo run --example tonic-stack --features full,grpc
@@ -21,10 +22,13 @@ use tollgate::core::BoxError;
 use tollgate::grpc::{GrpcFailures, PUSHBACK_HEADER, named};
 use tollgate::http::RejectionLayer;
 use tollgate::pool::{PoolConfig, PoolSizerLayer};
+use tollgate::retry::http::{DEFAULT_REPLAY_LIMIT, HttpPolicy, ReplayBody};
+use tollgate::retry::{HedgeConfig, RetryConfig, RetryLayer};
 use tonic::Status;
+use tonic::body::Body;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
-use tower::{Layer, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -138,6 +142,123 @@ async fn main() -> Result<(), BoxError> {
             ),
         }
     }
+    retries_and_hedges().await
+}
+
+/// Part 3: a client that retries and hedges within one budget, over a balancer that sends a
+/// request's retry or hedge to a server it has not tried.
+async fn retries_and_hedges() -> Result<(), BoxError> {
+    println!(
+        "\n3. 60 calls with retries and hedging, over server \"down\" (always UNAVAILABLE) and"
+    );
+    println!("   servers \"d\" and \"e\" (10 ms, but 300 ms on every 25th call each):");
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut servers = vec![EchoServer::new(|_| async {
+        Err(Status::unavailable("restarting"))
+    })];
+    for name in ["d", "e"] {
+        let (served, seq) = (
+            served.clone(),
+            std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        );
+        servers.push(EchoServer::new(move |req| {
+            // Relaxed: counts and a sequence number.
+            served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                let pause = if n % 25 == 24 { 300 } else { 10 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                Ok(EchoReply {
+                    message: req.message,
+                    server: name.into(),
+                })
+            }
+        }));
+    }
+    let mut channels = Vec::new();
+    for (i, server) in servers.into_iter().enumerate() {
+        let addr = spawn_server(server, 64).await?;
+        channels.push((
+            i,
+            Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?,
+        ));
+    }
+    // The balancer records the server each attempt went to (in the request's `Attempt`
+    // marker, which the retry layer's HTTP policy puts in the extensions) and sends the
+    // request's next attempt elsewhere when it can.
+    // A server that fails twice in a row is ejected for a while, so hedges go to one that
+    // answers.
+    let balance = Balance::new(
+        channels,
+        BalanceConfig {
+            outlier: OutlierConfig {
+                consecutive_failures: 2,
+                ..OutlierConfig::default()
+            },
+            ..BalanceConfig::default()
+        },
+    )?
+    .with_classifier(GrpcFailures)
+    .avoid_tried();
+    // UNAVAILABLE is retried (gRPC's own advice), within a budget of 10% of the calls plus a
+    // floor; a call still unanswered after the p95 of recent latencies is hedged.
+    let retry = RetryLayer::new(RetryConfig {
+        hedge: Some(HedgeConfig::default()),
+        ..RetryConfig::default()
+    })?
+    .with_policy(HttpPolicy::default());
+    let budget = retry.budget().clone();
+    let retrying = ServiceBuilder::new()
+        .layer(retry)
+        .map_request(|req: http::Request<ReplayBody<Body>>| req.map(Body::new))
+        .service(balance);
+    // Request bodies are streams: buffer each (up to 64 KiB) so that attempts can replay it.
+    let stack = tower::service_fn(move |req: http::Request<Body>| {
+        let mut svc = retrying.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = ReplayBody::buffer(body, DEFAULT_REPLAY_LIMIT).await?;
+            svc.ready()
+                .await?
+                .call(http::Request::from_parts(parts, body))
+                .await
+        }
+    });
+    let mut client = EchoClient::new(stack);
+    let mut tally: BTreeMap<String, u32> = BTreeMap::new();
+    let mut took = Vec::new();
+    for i in 0..100 {
+        let started = tokio::time::Instant::now();
+        let key = match client.echo(&format!("call {i}")).await {
+            Ok(reply) => format!("ok from {}", reply.server),
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        };
+        took.push(started.elapsed());
+        *tally.entry(key).or_default() += 1;
+    }
+    for (outcome, n) in &tally {
+        println!("   {n:>2} x {outcome}");
+    }
+    let b = budget.snapshot();
+    println!(
+        "   retries and hedges spent from the budget: {} of the {} it allows for {} calls",
+        b.spent, b.allowance, b.requests
+    );
+    let mut sorted = took.clone();
+    sorted.sort_unstable();
+    println!(
+        "   attempts served by d and e: {}; median call {:?}; calls over 100 ms: {} (every \
+         25th attempt on d or e takes 300 ms; a call still waiting after the p95 of recent \
+         latencies is hedged on the other)",
+        // Relaxed: read after the calls.
+        served.load(std::sync::atomic::Ordering::Relaxed),
+        sorted[sorted.len() / 2],
+        took.iter()
+            .filter(|t| **t > Duration::from_millis(100))
+            .count(),
+    );
     Ok(())
 }
 

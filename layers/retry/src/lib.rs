@@ -39,6 +39,21 @@
 //!   [`Attempts`]); all attempts of a request share its [`TriedEndpoints`] set, so a balancer
 //!   that records the endpoint it picks can skip it for the retry or the hedge.
 //!
+//! # Stacked on axum and tonic clients
+//!
+//! Two runnable examples in the facade crate put the layer on real clients:
+//!
+//! - `cargo run -p tollgate --example axum-stack --features full,http` (part 5): a hyper client
+//!   with `RetryLayer` and [`HttpPolicy`](http::HttpPolicy) in front of an axum route that
+//!   answers 503 to every third request: every request gets its 200, and the budget shows the
+//!   retries spent.
+//! - `cargo run -p tollgate --example tonic-stack --features full,grpc` (part 3): a tonic client
+//!   whose channel stack is request bodies buffered into a [`ReplayBody`](http::ReplayBody), the
+//!   retry layer with hedging, and a tollgate-balance balancer with `avoid_tried` over three
+//!   servers, one of them always `UNAVAILABLE` and two that take 300 ms on every 25th call:
+//!   every call succeeds, and no call waits for a slow attempt, each one hedged on the other
+//!   server.
+//!
 //! # When to use it, and when not
 //!
 //! Use it in front of a service whose failures are often transient (a replica restarting, a
