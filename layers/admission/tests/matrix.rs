@@ -13,8 +13,12 @@
 #[path = "../../pool/tests/matrix/harness.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod harness;
+#[path = "../../pool/tests/matrix/scenario.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod scenario;
 
 use harness::*;
+use scenario::{SCENARIOS, play};
 use std::sync::Arc;
 use tollgate_admission::{AdmissionConfig, AdmissionLayer};
 use tollgate_pool::Limiter;
@@ -35,25 +39,6 @@ fn admission_front(
 
 /// The 10 ms column: (mean service time in ms, workers).
 const BACKENDS: [(u64, usize); 3] = [(10, 4), (10, 10), (10, 100)];
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Scenario {
-    Step,
-    Halve,
-    Restore,
-    Light70,
-    Light80,
-    Shift,
-}
-
-const SCENARIOS: [Scenario; 6] = [
-    Scenario::Step,
-    Scenario::Halve,
-    Scenario::Restore,
-    Scenario::Light70,
-    Scenario::Light80,
-    Scenario::Shift,
-];
 
 /// Cells where admission over the default limit does not meet the bar yet (issue #15 stays
 /// open for them): they run and print their figures but do not fail the test; every other cell
@@ -98,25 +83,13 @@ const KNOWN_SHORT: &[(&str, &str)] = &[
     ("Uniform50 10ms x4", "Step"),
 ];
 
-async fn play(cell: Cell, s: Scenario) -> Verdict {
-    let algo = Algo::Default;
-    match s {
-        Scenario::Step => scenario::step(cell, algo).await,
-        Scenario::Halve => scenario::halve(cell, algo).await,
-        Scenario::Restore => scenario::restore(cell, algo).await,
-        Scenario::Light70 => scenario::light(cell, algo, 0.7, 0.001).await,
-        Scenario::Light80 => scenario::light(cell, algo, 0.8, 0.01).await,
-        Scenario::Shift => scenario::latency_shift(cell, algo).await,
-    }
-}
-
 async fn column(dist: Dist) {
     set_front("admission", admission_front);
     let mut failures = Vec::new();
     for (mean, workers) in BACKENDS {
         let cell = Cell::new(dist, mean, workers);
         for s in SCENARIOS {
-            let v = play(cell, s).await;
+            let v = play(cell, s, Algo::Default).await;
             let mark = if v.pass { "pass" } else { "FAIL" };
             eprintln!(
                 "| Admission+Default | {} | {s:?} | {mark} | {} |",

@@ -15,33 +15,15 @@
 //! `report_aimd` and `report_gradient2` (ignored) print the same table for those algorithms.
 
 mod harness;
+mod scenario;
 
 use harness::*;
+use scenario::{SCENARIOS, Scenario, play};
 use std::time::Duration;
 use tollgate_sim::Profile;
 
 /// The backends: (mean service time in ms, workers).
 const BACKENDS: [(u64, usize); 5] = [(10, 4), (10, 10), (10, 100), (2, 10), (100, 10)];
-
-/// The scenarios with a bar, for the matrix and the oracle.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Scenario {
-    Step,
-    Halve,
-    Restore,
-    Light70,
-    Light80,
-    Shift,
-}
-
-const SCENARIOS: [Scenario; 6] = [
-    Scenario::Step,
-    Scenario::Halve,
-    Scenario::Restore,
-    Scenario::Light70,
-    Scenario::Light80,
-    Scenario::Shift,
-];
 
 /// Why a cell is left out, if it is. None is: every cell runs at tokio's 1 ms timer
 /// resolution, the 2 ms ones included (their RTTs are quantised to whole milliseconds, which
@@ -92,17 +74,6 @@ fn known_short(cell: &Cell, what: &str) -> bool {
     KNOWN_SHORT
         .iter()
         .any(|(c, w)| *c == cell.name() && *w == what)
-}
-
-async fn play(cell: Cell, s: Scenario, algo: Algo) -> Verdict {
-    match s {
-        Scenario::Step => scenario::step(cell, algo).await,
-        Scenario::Halve => scenario::halve(cell, algo).await,
-        Scenario::Restore => scenario::restore(cell, algo).await,
-        Scenario::Light70 => scenario::light(cell, algo, 0.7, 0.001).await,
-        Scenario::Light80 => scenario::light(cell, algo, 0.8, 0.01).await,
-        Scenario::Shift => scenario::latency_shift(cell, algo).await,
-    }
 }
 
 /// Runs every backend and scenario of `dist` with `algo`; prints one table row per cell and
