@@ -28,7 +28,7 @@ use crate::error::{ClientBodyFailed, TryTimedOut};
 use crate::pool::UpstreamError;
 use crate::trace::{self, Traced};
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request};
+use http::{HeaderMap, Request};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use opentelemetry::KeyValue;
@@ -44,7 +44,7 @@ use tollgate_core::BoxError;
 use tollgate_core::attempt::{Attempt, Attempts};
 use tollgate_core::counter::ShardedCounter;
 use tollgate_core::error::find_cause;
-use tollgate_retry::http::Exhausted;
+use tollgate_retry::http::{Exhausted, idempotent, pushback_action};
 use tollgate_retry::{Action, Policy, RetriesExhausted, Retry, RetryLayer};
 use tower::{Layer, Service, ServiceExt};
 
@@ -80,14 +80,6 @@ pub(crate) struct GwPolicy {
     non_idempotent: bool,
 }
 
-/// Whether `req` may be sent twice whatever happened to the first try.
-fn idempotent<B>(req: &Request<B>) -> bool {
-    matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    ) || req.headers().contains_key("idempotency-key")
-}
-
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get(name)
@@ -113,14 +105,6 @@ impl GwPolicy {
             return Action::Return;
         }
         let headers = res.headers();
-        // gRPC's pushback: a negative or malformed value says "do not retry".
-        let pushback = match header(headers, "grpc-retry-pushback-ms") {
-            None => None,
-            Some(v) => match v.parse::<i64>() {
-                Ok(ms) if ms >= 0 => Some(Duration::from_millis(ms as u64)),
-                _ => return Action::Return,
-            },
-        };
         let retry = match header(headers, "grpc-status") {
             // A Trailers-Only answer: nothing was processed, gRPC calls it safe to retry.
             Some(code) => code
@@ -134,16 +118,7 @@ impl GwPolicy {
                 wanted && (self.non_idempotent || idempotent(req))
             }
         };
-        if !retry {
-            return Action::Return;
-        }
-        let retry_after = header(headers, "retry-after")
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        match pushback.or(retry_after) {
-            Some(d) => Action::RetryAfter(d),
-            None => Action::Retry,
-        }
+        pushback_action(headers, retry)
     }
 
     fn classify_error<B>(&self, req: &Request<B>, err: &BoxError) -> Action {

@@ -241,7 +241,9 @@ impl Default for HttpPolicy {
     }
 }
 
-fn idempotent<B>(req: &Request<B>) -> bool {
+/// Whether `req` may be sent twice whatever happened to the first attempt: an idempotent
+/// method (RFC 9110), or an `Idempotency-Key` field.
+pub fn idempotent<B>(req: &Request<B>) -> bool {
     matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -264,36 +266,43 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// What to do with an answer that `retryable` (by its status or gRPC status) says may be
+/// retried: [`Action::Return`] when it may not, or when gRPC's `grpc-retry-pushback-ms` is
+/// negative or malformed ("do not retry"); else [`Action::RetryAfter`] the pushback, or the
+/// `Retry-After` seconds, or a plain [`Action::Retry`].
+pub fn pushback_action(headers: &HeaderMap, retryable: bool) -> Action {
+    let pushback = match header(headers, "grpc-retry-pushback-ms") {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(ms) if ms >= 0 => Some(Duration::from_millis(ms.unsigned_abs())),
+            _ => return Action::Return,
+        },
+    };
+    if !retryable {
+        return Action::Return;
+    }
+    let retry_after = header(headers, "retry-after")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    match pushback.or(retry_after) {
+        Some(d) => Action::RetryAfter(d),
+        None => Action::Retry,
+    }
+}
+
 impl HttpPolicy {
     fn classify_response<B, R>(&self, req: &Request<B>, res: &Response<R>) -> Action {
         if res.extensions().get::<Exhausted>().is_some() {
             return Action::Return;
         }
         let headers = res.headers();
-        // gRPC's pushback: a negative or malformed value says "do not retry".
-        let pushback = match header(headers, "grpc-retry-pushback-ms") {
-            None => None,
-            Some(v) => match v.parse::<i64>() {
-                Ok(ms) if ms >= 0 => Some(Duration::from_millis(ms as u64)),
-                _ => return Action::Return,
-            },
-        };
         let retry = if let Some(code) = header(headers, "grpc-status") {
             code.parse::<u32>()
                 .is_ok_and(|c| self.retry_grpc_codes.contains(&c))
         } else {
             self.retry_statuses.contains(&res.status().as_u16()) && idempotent(req)
         };
-        if !retry {
-            return Action::Return;
-        }
-        let retry_after = header(headers, "retry-after")
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        match pushback.or(retry_after) {
-            Some(d) => Action::RetryAfter(d),
-            None => Action::Retry,
-        }
+        pushback_action(headers, retry)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::retry::RetrySection;
+use http::Method;
 
 fn policy(f: impl FnOnce(&mut RetrySection)) -> GwPolicy {
     let mut s = RetrySection::default();
