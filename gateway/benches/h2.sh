@@ -41,23 +41,9 @@ need nginx haproxy h2load:nghttp2-client
 $PIN_SERVER "$BIN" demo-upstream --listen 127.0.0.1:$BACKEND_PORT >/dev/null &
 PIDS+=($!)
 
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx.conf" <<EOF
-user root;
-worker_processes $WORKERS;
-worker_rlimit_nofile 200000;
-daemon off;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 30000; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx;
-  proxy_temp_path $TMP/nginx;
-  fastcgi_temp_path $TMP/nginx;
-  uwsgi_temp_path $TMP/nginx;
-  scgi_temp_path $TMP/nginx;
-  keepalive_requests 1000000;
+{
+  nginx_head
+  cat <<EOF
   http2_max_concurrent_streams 1024;
   upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 256; }
   server {
@@ -70,6 +56,7 @@ http {
   }
 }
 EOF
+} >"$TMP/nginx.conf"
 $PIN_SERVER nginx -c "$TMP/nginx.conf" -p "$TMP/nginx" &
 PIDS+=($!)
 

@@ -43,6 +43,29 @@ cleanup() {
 trap cleanup EXIT
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
+# nginx_head: the start of an nginx config every bench shares (workers, files under $TMP, no
+# access log, long keep-alive), up to inside its `http` block; the caller writes the rest.
+nginx_head() {
+  mkdir -p "$TMP/nginx"
+  cat <<EOF
+user root;
+worker_processes $WORKERS;
+worker_rlimit_nofile 200000;
+daemon off;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 30000; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/nginx;
+  proxy_temp_path $TMP/nginx;
+  fastcgi_temp_path $TMP/nginx;
+  uwsgi_temp_path $TMP/nginx;
+  scgi_temp_path $TMP/nginx;
+  keepalive_requests 1000000;
+EOF
+}
+
 # wait_port PORT: until something accepts connections on it (10 s at most).
 wait_port() {
   for _ in $(seq 100); do

@@ -57,23 +57,9 @@ $PIN_SERVER "$BIN" demo-upstream --listen 127.0.0.1:$BACKEND_PORT --kind busy \
   --delay-ms "$SERVICE_MS" --workers "$WORKERS_BACKEND" --jitter "$JITTER" --threads 1 >/dev/null &
 PIDS+=($!)
 
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx.conf" <<EOF
-user root;
-worker_processes $WORKERS;
-worker_rlimit_nofile 200000;
-daemon off;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx/error.log crit;
-events { worker_connections 30000; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx;
-  proxy_temp_path $TMP/nginx;
-  fastcgi_temp_path $TMP/nginx;
-  uwsgi_temp_path $TMP/nginx;
-  scgi_temp_path $TMP/nginx;
-  keepalive_requests 1000000;
+{
+  nginx_head
+  cat <<EOF
   upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 256; }
   server {
     listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
@@ -85,6 +71,7 @@ http {
   }
 }
 EOF
+} >"$TMP/nginx.conf"
 $PIN_SERVER nginx -c "$TMP/nginx.conf" -p "$TMP/nginx" &
 PIDS+=($!)
 

@@ -55,23 +55,9 @@ PIDS+=($!)
 BACKEND_PID=$!
 
 # nginx, as commonly tuned for a keep-alive reverse proxy.
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx.conf" <<EOF
-user root;
-worker_processes $WORKERS;
-worker_rlimit_nofile 200000;
-daemon off;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 30000; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx;
-  proxy_temp_path $TMP/nginx;
-  fastcgi_temp_path $TMP/nginx;
-  uwsgi_temp_path $TMP/nginx;
-  scgi_temp_path $TMP/nginx;
-  keepalive_requests 1000000;
+{
+  nginx_head
+  cat <<EOF
   keepalive_timeout 120s;
   upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 256; }
   server {
@@ -86,6 +72,7 @@ http {
   }
 }
 EOF
+} >"$TMP/nginx.conf"
 $PIN_SERVER nginx -c "$TMP/nginx.conf" -p "$TMP/nginx" &
 PIDS+=($!)
 
