@@ -349,10 +349,14 @@ async fn h2_sender(
     if let Some(sender) = pooled_h2(key) {
         return Ok(sender);
     }
-    let stream = connect(addr, s).await?;
-    let sender = h2_on(stream, addr).await?;
-    keep_h2(key, &sender);
-    Ok(sender)
+    // Boxed, as in `send_h1_on`: the handshake's state stays out of every request's future.
+    Box::pin(async move {
+        let stream = connect(addr, s).await?;
+        let sender = h2_on(stream, addr).await?;
+        keep_h2(key, &sender);
+        Ok(sender)
+    })
+    .await
 }
 
 /// Sends `req` to `addr` over HTTP/1.1 on a pooled connection (the URI should be in origin
@@ -384,11 +388,16 @@ async fn send_h1_on(
             None
         };
         let reused = pooled.is_some();
+        // Opening a connection (a TLS handshake, perhaps) and the rarer paths below are
+        // boxed: inline, their state would make every request's future kilobytes larger, and
+        // that future is moved (copied) a few times per request.
         let mut sender = match pooled {
             Some(s) => s,
-            None => match open(&peer, s, false).await? {
+            None => match Box::pin(open(&peer, s, false)).await? {
                 Opened::H1(sender) => sender,
-                Opened::H2(mut sender) => return tls::send_as_h2(&mut sender, &peer, req, s).await,
+                Opened::H2(mut sender) => {
+                    return Box::pin(tls::send_as_h2(&mut sender, &peer, req, s)).await;
+                }
             },
         };
         match sender.ready().await {
@@ -419,7 +428,7 @@ async fn send_h1_on(
                     tracing::debug!(upstream = %addr, "reused connection closed unanswered; sending again");
                     req = copy;
                     // A fresh connection next.
-                    return send_fresh_h1(peer, req, s).await;
+                    return Box::pin(send_fresh_h1(peer, req, s)).await;
                 }
                 _ => return Err(UpstreamError::Http(e.into_error())),
             },

@@ -393,11 +393,20 @@ async fn routed(
     };
     cluster.stats.requests.incr();
     cluster.stats.in_flight.incr();
+    // The TLS and upgrade sends are boxed: their state would make every request's future
+    // (moved a few times per request) kilobytes larger.
     let send = async {
         if let Some(tls) = &cluster.tls {
             return match tls.peer(addr) {
                 Some(peer) => {
-                    pool::send_tls(addr, &peer, upstream_req, settings, upgrade.is_some()).await
+                    Box::pin(pool::send_tls(
+                        addr,
+                        &peer,
+                        upstream_req,
+                        settings,
+                        upgrade.is_some(),
+                    ))
+                    .await
                 }
                 None => Err(pool::UpstreamError::Connect(
                     std::io::ErrorKind::AddrNotAvailable.into(),
@@ -406,7 +415,7 @@ async fn routed(
         }
         match cluster.protocol {
             UpstreamProtocol::Http1 if upgrade.is_some() => {
-                pool::send_upgrade(addr, upstream_req, settings).await
+                Box::pin(pool::send_upgrade(addr, upstream_req, settings)).await
             }
             UpstreamProtocol::Http1 => pool::send_h1(addr, upstream_req, settings).await,
             UpstreamProtocol::H2c => pool::send_h2(addr, upstream_req, settings).await,
@@ -496,7 +505,9 @@ async fn layered(
     // An upgrade only to an HTTP/1.1 cluster; otherwise the request goes as a plain one.
     let upgrade = upgrade.filter(|_| cluster.protocol == UpstreamProtocol::Http1);
     if let Some(batch) = &plan.batch {
-        let resp = batch.call(req).await;
+        // Boxed, as the cache's call below: rarer paths whose state would make every
+        // request's future larger.
+        let resp = Box::pin(batch.call(req)).await;
         return (resp, None);
     }
     let grpc = req
@@ -543,7 +554,7 @@ async fn layered(
     cluster.stats.in_flight.incr();
     let result = match &plan.cache {
         // An upgrade is never cached.
-        Some(cache) if upgrade.is_none() => cache.call(inner, req).await,
+        Some(cache) if upgrade.is_none() => Box::pin(cache.call(inner, req)).await,
         _ => inner.oneshot(req).await.map(|r| r.map(Either::Left)),
     };
     cluster.stats.in_flight.decr();

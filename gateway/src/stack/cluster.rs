@@ -7,10 +7,10 @@
 //! hashing a header, cookie or the path to pick the endpoint when `[clusters.balance] hash`
 //! names one.
 
+use super::UpRequest;
 use super::health::HttpHealthCheck;
 use super::retry::{Retried, RetryPolicy};
 use super::upstream::Upstream;
-use super::{UpRequest, UpResponse};
 use crate::config::retry::RetrySection;
 use crate::config::{ClusterConfig, ConfigError, UpstreamProtocol};
 use crate::pool::{Settings, SharedSettings};
@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tollgate_balance::{AvoidTried, Balance, BalanceHandle, HttpKey};
 use tollgate_breaker::{Breaker, BreakerHandle, BreakerLayer};
-use tollgate_core::BoxError;
 use tollgate_core::classify::ServerErrorsAreFailures;
 use tollgate_pool::{Limiter, PoolSizer};
 use tower::util::Either;
@@ -255,10 +254,20 @@ impl ClusterLayers {
     }
 
     /// Sends `req` through the stack (retrying when configured and allowed).
-    pub(crate) async fn send(&self, req: UpRequest) -> Result<UpResponse, BoxError> {
+    pub(crate) fn send(self: &Arc<Self>, req: UpRequest) -> super::route::BoxFuture {
+        // Each way boxed on its own: one with no retries holds no retry state (futures are
+        // moved a few times per request, so their size is paid for on each).
         match &self.retry {
-            Some((policy, retried)) => policy.send(retried.clone(), req).await,
-            None => self.svc.clone().oneshot(req).await,
+            Some(_) => {
+                let this = self.clone();
+                Box::pin(async move {
+                    match &this.retry {
+                        Some((policy, retried)) => policy.send(retried.clone(), req).await,
+                        None => this.svc.clone().oneshot(req).await,
+                    }
+                })
+            }
+            None => Box::pin(self.svc.clone().oneshot(req)),
         }
     }
 

@@ -40,10 +40,7 @@ impl Service<UpRequest> for ClusterService {
 
     fn call(&mut self, req: UpRequest) -> BoxFuture {
         match self {
-            ClusterService::Layered(layers) => {
-                let layers = layers.clone();
-                Box::pin(async move { layers.send(req).await })
-            }
+            ClusterService::Layered(layers) => layers.send(req),
             ClusterService::Plain(cluster, settings) => {
                 let Some((index, addr)) = cluster.pick() else {
                     return Box::pin(std::future::ready(Err(BoxError::from(

@@ -119,7 +119,9 @@ impl Service<UpRequest> for Upstream {
                 let req = Request::from_parts(parts, body);
                 Box::pin(async move {
                     let sent = if upgrade {
-                        pool::send_upgrade(addr, req, settings).await
+                        // Boxed: a fresh connection's handshake would make every request's
+                        // future kilobytes larger.
+                        Box::pin(pool::send_upgrade(addr, req, settings)).await
                     } else {
                         pool::send_h1(addr, req, settings).await
                     };
