@@ -171,7 +171,7 @@ async fn hedging_under_load_does_not_feed_on_itself() {
 
 /// Three retry layers stacked over a backend failing half its calls: only the innermost
 /// retries (the outer ones see `RetriesExhausted`), and its budget caps the extra load.
-async fn storm(ratio: f64, seed: u64) -> (f64, f64) {
+async fn storm(budget: BudgetConfig, seed: u64) -> (f64, f64) {
     let backend = SimBackend::builder()
         .workers(100)
         .service_time(ms(5))
@@ -180,10 +180,7 @@ async fn storm(ratio: f64, seed: u64) -> (f64, f64) {
         .build();
     let layer = || {
         RetryLayer::new(RetryConfig {
-            budget: BudgetConfig {
-                ratio,
-                ..BudgetConfig::default()
-            },
+            budget: budget.clone(),
             seed: Some(seed),
             ..RetryConfig::default()
         })
@@ -203,24 +200,116 @@ async fn storm(ratio: f64, seed: u64) -> (f64, f64) {
     (amplification, total.ok as f64 / stats.issued as f64)
 }
 
+fn ratio(ratio: f64) -> BudgetConfig {
+    BudgetConfig {
+        ratio,
+        ..BudgetConfig::default()
+    }
+}
+
+/// At 2000 requests a second the ratio's share (100 or 200 a second) is above the floor (10 a
+/// second), which then adds nothing: the stack's extra load is the ratio. The 20 s run is two
+/// whole windows, each allowing `ratio` of its requests, so the retries spent are within
+/// `ratio` of the requests, and half the calls failing spends all of it.
 #[tokio::test(start_paused = true)]
 async fn stacked_layers_in_a_failure_storm_stay_within_one_budget() {
     for seed in [1u64, 2, 3] {
-        // 5% a layer: the whole stack adds at most 5% plus the floor (10/s of 2000/s).
-        let (amp, ok) = storm(0.05, seed).await;
+        let (amp, ok) = storm(ratio(0.05), seed).await;
         println!(
-            "ratio 0.05, seed {seed}: load x{amp:.4}, {:.1}% ok",
+            "ratio 0.05, seed {seed}: load x{amp:.6}, {:.1}% ok",
+            ok * 100.0
+        );
+        assert!(amp <= 1.05, "seed {seed}: x{amp}");
+        assert!(amp >= 1.049, "seed {seed}: the budget is spent: x{amp}");
+        // The defaults (ratio 0.1): one layer's worth, not 1.1^3 = 1.33.
+        let (amp, ok) = storm(BudgetConfig::default(), seed).await;
+        println!(
+            "defaults, seed {seed}: load x{amp:.6}, {:.1}% ok",
             ok * 100.0
         );
         assert!(amp <= 1.1, "seed {seed}: x{amp}");
-        assert!(amp >= 1.04, "seed {seed}: the budget is spent: x{amp}");
-        // The default 10%: still one layer's worth, not 1.1^3 = 1.33.
-        let (amp, ok) = storm(0.1, seed).await;
+        assert!(amp >= 1.099, "seed {seed}: the budget is spent: x{amp}");
+    }
+}
+
+/// At 5 requests a second a tenth of the requests is half a retry a second, but the floor
+/// (10 a second) allows every retry a half-failing backend needs (about 3.75 a second): no
+/// request is refused a retry for want of budget. Without the floor most are.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_service_retries_on_the_floor() {
+    for seed in [1u64, 2, 3] {
+        let with_floor = quiet(BudgetConfig::default(), seed).await;
+        let without = quiet(
+            BudgetConfig {
+                min_per_second: 0,
+                ..BudgetConfig::default()
+            },
+            seed,
+        )
+        .await;
         println!(
-            "ratio 0.10, seed {seed}: load x{amp:.4}, {:.1}% ok",
-            ok * 100.0
+            "5/s, seed {seed}: {:.1}% ok and x{:.2} load with the floor, {:.1}% ok and x{:.2} \
+             load and {} refused for budget without",
+            with_floor.ok * 100.0,
+            with_floor.load,
+            without.ok * 100.0,
+            without.load,
+            without.refused
         );
-        assert!(amp <= 1.1 + 0.005 + 0.002, "seed {seed}: x{amp}");
+        assert_eq!(with_floor.refused, 0, "seed {seed}: a retry was refused");
+        // Two retries for each first failure but the lucky: 1 + 0.5 + 0.25 attempts each.
+        assert!(with_floor.load > 1.6, "seed {seed}: x{}", with_floor.load);
+        // Only three failures in a row fail: 1 in 8.
+        assert!(with_floor.ok > 0.75, "seed {seed}: {}", with_floor.ok);
+        assert!(without.refused > 20, "seed {seed}: {}", without.refused);
+        assert!(without.ok < with_floor.ok, "seed {seed}");
+    }
+}
+
+struct Quiet {
+    ok: f64,
+    load: f64,
+    refused: u32,
+}
+
+/// 100 requests at 5 a second, one after the other, to a backend failing half its calls.
+async fn quiet(budget: BudgetConfig, seed: u64) -> Quiet {
+    use tollgate_retry::RetriesExhausted;
+    use tower::ServiceExt;
+    let backend = SimBackend::builder()
+        .service_time(ms(5))
+        .failure_rate(0.5)
+        .seed(seed)
+        .build();
+    let layer = RetryLayer::new(RetryConfig {
+        budget,
+        seed: Some(seed),
+        ..RetryConfig::default()
+    })
+    .unwrap();
+    let svc = layer.layer(backend.clone());
+    let start = tokio::time::Instant::now();
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..100u32 {
+        tokio::time::sleep_until(start + ms(200) * i).await;
+        match svc.clone().oneshot(SimRequest::new(u64::from(i))).await {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                let e = e
+                    .downcast_ref::<RetriesExhausted>()
+                    .expect("a failure the layer gave up on");
+                if e.budget_exhausted() {
+                    refused += 1;
+                } else {
+                    assert_eq!(e.attempts(), 3, "{e}");
+                }
+            }
+        }
+    }
+    Quiet {
+        ok: f64::from(ok) / 100.0,
+        load: backend.stats().accepted as f64 / 100.0,
+        refused,
     }
 }
 
@@ -284,7 +373,7 @@ async fn stacked_tower_retries_multiply_for_comparison() {
     .await
     .unwrap();
     let amplification = backend.stats().accepted as f64 / stats.issued as f64;
-    let (ours, _) = storm(0.05, 1).await;
+    let (ours, _) = storm(ratio(0.05), 1).await;
     println!("tower x3 at 5%: load x{amplification:.4}; tollgate x3 at 5%: x{ours:.4}");
     assert!(
         ours < amplification,
