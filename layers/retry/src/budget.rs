@@ -31,9 +31,11 @@
 //!
 //! Invariant (checked by the property test against a model, by the fuzz target and by the loom
 //! models): when a withdrawal succeeds, the withdrawals of its window do not exceed
-//! `reserve + ratio * deposits` of that window, where `reserve = min_per_second * window`.
-//! (Deposits leave the window before the withdrawals they paid for, so the bound is checked
-//! when spending, not at every later moment.)
+//! `max(floor, ratio * deposits)` of that window, where `floor = min_per_second * window`.
+//! The floor is a minimum, not an addition: it lets a quiet service retry, and stops counting
+//! once `ratio` of the traffic is larger (as Envoy's retry budget takes the larger of its
+//! percentage and its minimum concurrency). (Deposits leave the window before the withdrawals
+//! they paid for, so the bound is checked when spending, not at every later moment.)
 
 use crate::config::BudgetConfig;
 use crate::sync::atomic::{AtomicU64, Ordering};
@@ -82,17 +84,18 @@ pub(crate) struct BudgetCore {
     deposits: Box<[CachePadded<Ring>]>,
     withdrawals: CachePadded<Ring>,
     ratio_ppm: u64,
-    reserve: u64,
+    /// Withdrawals a window allows whatever its deposits.
+    floor: u64,
 }
 
 impl BudgetCore {
-    pub(crate) fn new(ratio: f64, reserve: u64, shards: usize) -> Self {
+    pub(crate) fn new(ratio: f64, floor: u64, shards: usize) -> Self {
         let shards = shards.clamp(1, MAX_SHARDS).next_power_of_two();
         Self {
             deposits: (0..shards).map(|_| CachePadded::new(new_ring())).collect(),
             withdrawals: CachePadded::new(new_ring()),
             ratio_ppm: (ratio * PPM as f64).round() as u64,
-            reserve,
+            floor,
         }
     }
 
@@ -167,10 +170,15 @@ impl BudgetCore {
         Self::sum(&self.withdrawals, now)
     }
 
+    /// What a window with `deposits` requests allows in all: `ratio` of them, or the floor if
+    /// that is more.
+    fn allow(&self, deposits: u64, floor: u64) -> u64 {
+        (deposits.saturating_mul(self.ratio_ppm) / PPM).max(floor)
+    }
+
     /// What the window ending at `now` allows in all.
     pub(crate) fn allowance(&self, now: u32) -> u64 {
-        self.reserve
-            .saturating_add(self.deposits(now).saturating_mul(self.ratio_ppm) / PPM)
+        self.allow(self.deposits(now), self.floor)
     }
 
     /// Spends one token in bucket `now` if the window has one left.
@@ -179,8 +187,8 @@ impl BudgetCore {
     }
 
     /// Spends one token in bucket `now` if the window has one left *and* the last two buckets
-    /// have not spent more than their own share (`ratio` of their requests plus two tenths of
-    /// the reserve). Hedges use it: a hedge is sent because an answer is late, and answers are
+    /// have not spent more than their own share (`ratio` of their requests, or two tenths of
+    /// the floor if that is more). Hedges use it: a hedge is sent because an answer is late, and answers are
     /// late together when the service is congested, so a hedge must not borrow the whole
     /// window's savings at once and double the load exactly then.
     pub(crate) fn try_withdraw_paced(&self, now: u32) -> bool {
@@ -246,12 +254,9 @@ impl BudgetCore {
                     continue;
                 }
             };
-            let allowance = self
-                .reserve
-                .saturating_add(deposits.saturating_mul(self.ratio_ppm) / PPM);
+            let allowance = self.allow(deposits, self.floor);
             let recent_allowance = if paced {
-                (self.reserve * 2 / BUCKETS as u64)
-                    .saturating_add(self.recent_deposits(now).saturating_mul(self.ratio_ppm) / PPM)
+                self.allow(self.recent_deposits(now), self.floor * 2 / BUCKETS as u64)
             } else {
                 u64::MAX
             };
@@ -301,7 +306,8 @@ pub struct BudgetSnapshot {
     pub requests: u64,
     /// Retries and hedges spent in the window.
     pub spent: u64,
-    /// Retries and hedges the window allows in all (`reserve + ratio * requests`).
+    /// Retries and hedges the window allows in all: `ratio * requests`, or
+    /// `min_per_second * window` if that is more.
     pub allowance: u64,
 }
 
@@ -310,11 +316,11 @@ impl Budget {
     ///
     /// `config` should have passed [`RetryConfig::validate`](crate::RetryConfig::validate).
     pub fn new(config: &BudgetConfig) -> Self {
-        let reserve = (f64::from(config.min_per_second) * config.window.as_secs_f64()) as u64;
+        let floor = (f64::from(config.min_per_second) * config.window.as_secs_f64()) as u64;
         let bucket = config.window / BUCKETS as u32;
         Self {
             inner: std::sync::Arc::new(Inner {
-                core: BudgetCore::new(config.ratio, reserve, tollgate_core::counter::shard_count()),
+                core: BudgetCore::new(config.ratio, floor, tollgate_core::counter::shard_count()),
                 origin: Instant::now(),
                 bucket_nanos: (bucket.as_nanos() as u64).max(1),
                 bucket_inverse: (1u128 << 64) / u128::from((bucket.as_nanos() as u64).max(1)) + 1,

@@ -8,12 +8,19 @@ use tollgate_core::error::ConfigError;
 /// The most attempts (first try, retries and hedges together) one request may make.
 pub const MAX_ATTEMPTS: u32 = MAX_TRIED as u32;
 
-/// How the retry budget is sized: a share of the requests seen plus a floor per second, over a
+/// How the retry budget is sized: a share of the requests seen, with a floor per second, over a
 /// sliding window. Retries and hedges both draw from it.
 ///
-/// Over any window, retries and hedges are at most
-/// `min_per_second * window + ratio * requests`, so under a total outage the load on the
-/// service grows by at most `ratio` (plus the floor), never by the number of attempts.
+/// A retry or hedge is allowed while the retries and hedges already spent in the window are
+/// fewer than `max(ratio * requests, min_per_second * window)`, requests being those counted
+/// in the same window. The floor is a minimum, not an addition: a quiet service can retry up
+/// to `min_per_second` times a second whatever its traffic, and once `ratio` of the traffic is
+/// more than that, the floor no longer counts. So under a total outage the load on a busy
+/// service grows by at most `ratio`, never by the number of attempts (as Envoy's retry budget
+/// takes the larger of its `budget_percent` and `min_retry_concurrency`).
+///
+/// With the defaults (`0.1`, `10` per second, 10 s): up to 100 retries per 10 s below 1000
+/// requests per 10 s (100 per second), and a tenth of the requests above.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]
@@ -21,8 +28,9 @@ pub struct BudgetConfig {
     /// Retries allowed per request seen in the window, as a fraction (`0.1`: one retry per ten
     /// requests). Finite, in `0.0..=10.0`. Default `0.1`.
     pub ratio: f64,
-    /// Retries allowed per second of the window whatever the traffic, so that a quiet service
-    /// can still retry. Default `10` per second.
+    /// The floor: retries allowed per second of the window whatever the traffic, so that a
+    /// quiet service can still retry. A minimum, not added to `ratio`: the window allows
+    /// `max(ratio * requests, min_per_second * window)`. Default `10` per second.
     pub min_per_second: u32,
     /// How far back requests and retries count. Split into 10 buckets; at least 10 ms, at most
     /// an hour. Default 10 s.

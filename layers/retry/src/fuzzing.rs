@@ -34,13 +34,13 @@ pub fn run(data: &[u8]) {
     let Ok(ratio_pct) = u.int_in_range(0u32..=300) else {
         return;
     };
-    let Ok(reserve) = u.int_in_range(0u64..=50) else {
+    let Ok(floor) = u.int_in_range(0u64..=50) else {
         return;
     };
     let Ok(shards) = u.int_in_range(1usize..=4) else {
         return;
     };
-    let core = BudgetCore::new(f64::from(ratio_pct) / 100.0, reserve, shards);
+    let core = BudgetCore::new(f64::from(ratio_pct) / 100.0, floor, shards);
     let mut deposits: BTreeMap<u32, u64> = BTreeMap::new();
     let mut withdrawals: BTreeMap<u32, u64> = BTreeMap::new();
     let window = |m: &BTreeMap<u32, u64>, now: u32, width: u32| -> u64 {
@@ -61,11 +61,12 @@ pub fn run(data: &[u8]) {
             }
             Op::Withdraw | Op::Hedge => {
                 let b = BUCKETS as u32;
-                let allowed = reserve + window(&deposits, now, b) * u64::from(ratio_pct) / 100;
+                // The floor is a minimum, not added to the ratio's share.
+                let allowed = (window(&deposits, now, b) * u64::from(ratio_pct) / 100).max(floor);
                 let mut expect = window(&withdrawals, now, b) < allowed;
                 let got = if matches!(op, Op::Hedge) {
-                    let recent = reserve * 2 / BUCKETS as u64
-                        + window(&deposits, now, 2) * u64::from(ratio_pct) / 100;
+                    let recent = (window(&deposits, now, 2) * u64::from(ratio_pct) / 100)
+                        .max(floor * 2 / BUCKETS as u64);
                     expect &= window(&withdrawals, now, 2) < recent;
                     core.try_withdraw_paced(now)
                 } else {

@@ -8,9 +8,10 @@
 //! - **A budget, not a count.** Every request deposits into a [`Budget`] shared by every
 //!   service the layer builds and all their clones; every retry and every hedge withdraws.
 //!   Over a sliding window the extra attempts are at most
-//!   [`ratio`](BudgetConfig::ratio) of the requests plus a [floor per
-//!   second](BudgetConfig::min_per_second), so an outage raises the load on the service by
-//!   that fraction instead of multiplying it by the attempt count (the retry budget of
+//!   [`ratio`](BudgetConfig::ratio) of the requests, or a [floor per
+//!   second](BudgetConfig::min_per_second) if that is more (the floor is a minimum for quiet
+//!   services, not added on top), so an outage raises the load on a busy service by that
+//!   fraction instead of multiplying it by the attempt count (the retry budget of
 //!   [Finagle](https://twitter.github.io/finagle/guide/Clients.html#retries) and Linkerd, and
 //!   the token bucket of gRPC's [A6 retry design](https://github.com/grpc/proposal/blob/master/A6-client-retries.md)).
 //!   The window is a ring of atomic buckets keyed by tokio time, with deposits sharded per

@@ -40,7 +40,7 @@ fn loom_deposits_race_a_rotation() {
 #[test]
 fn loom_withdrawal_races_a_deposit() {
     loom::model(|| {
-        // No reserve; the deposit earns one token. The withdrawal either sees it or not, but
+        // No floor; the deposit earns one token. The withdrawal either sees it or not, but
         // never spends more than the window allows.
         let core = Arc::new(BudgetCore::new(1.0, 0, 2));
         let a = {
@@ -57,7 +57,7 @@ fn loom_withdrawal_races_a_deposit() {
 #[test]
 fn loom_paired_requests_pay_for_their_retries() {
     loom::model(|| {
-        // No reserve, ratio 1: each thread's request pays for its own retry, so neither may be
+        // No floor, ratio 1: each thread's request pays for its own retry, so neither may be
         // refused, however the two pairs interleave.
         let core = Arc::new(BudgetCore::new(1.0, 0, 2));
         let a = {
