@@ -5,7 +5,7 @@ use crate::classify::OneClass;
 use crate::config::{AdmissionConfig, ReadyMode};
 use crate::controller::{Controller, LimitSource, Shards};
 use crate::handle::AdmissionHandle;
-use crate::service::Admission;
+use crate::service::{Admission, Parts};
 use std::fmt;
 use std::sync::Arc;
 use tollgate_core::error::ConfigError;
@@ -15,8 +15,9 @@ use tower_layer::Layer;
 /// set of queues and one limit, so a server that builds a service per connection still admits
 /// against a single capacity.
 pub struct AdmissionLayer<P = OneClass> {
-    shards: Arc<Shards>,
-    prioritizer: Arc<P>,
+    /// What every service this layer makes shares: built once, so that `layer` allocates
+    /// nothing (a server may wrap a fresh inner service per request).
+    parts: Arc<Parts<P>>,
     mode: ReadyMode,
 }
 
@@ -61,8 +62,10 @@ impl AdmissionLayer<OneClass> {
 
     fn build(config: &AdmissionConfig, limit: LimitSource) -> Self {
         Self {
-            shards: Arc::new(Shards::new(Controller::new(config, limit))),
-            prioritizer: Arc::new(OneClass(0)),
+            parts: Arc::new(Parts {
+                shards: Arc::new(Shards::new(Controller::new(config, limit))),
+                prioritizer: Arc::new(OneClass(0)),
+            }),
             mode: config.ready_mode,
         }
     }
@@ -73,23 +76,24 @@ impl<P> AdmissionLayer<P> {
     /// `-> Ticket`, or a [`Prioritize`](crate::Prioritize) type).
     pub fn prioritize<Q>(self, prioritizer: Q) -> AdmissionLayer<Q> {
         AdmissionLayer {
-            shards: self.shards,
-            prioritizer: Arc::new(prioritizer),
+            parts: Arc::new(Parts {
+                shards: self.parts.shards.clone(),
+                prioritizer: Arc::new(prioritizer),
+            }),
             mode: self.mode,
         }
     }
 
     /// A handle to observe the layer and change its limit.
     pub fn handle(&self) -> AdmissionHandle {
-        AdmissionHandle::new(self.shards.clone())
+        AdmissionHandle::new(self.parts.shards.clone())
     }
 }
 
 impl<P> Clone for AdmissionLayer<P> {
     fn clone(&self) -> Self {
         Self {
-            shards: self.shards.clone(),
-            prioritizer: self.prioritizer.clone(),
+            parts: self.parts.clone(),
             mode: self.mode,
         }
     }
@@ -107,11 +111,6 @@ impl<S, P> Layer<S> for AdmissionLayer<P> {
     type Service = Admission<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Admission::new(
-            inner,
-            self.shards.clone(),
-            self.prioritizer.clone(),
-            self.mode,
-        )
+        Admission::new(inner, self.parts.clone(), self.mode)
     }
 }

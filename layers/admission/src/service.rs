@@ -23,21 +23,14 @@ pub struct Admission<S, P = OneClass> {
 
 /// What the clones of one service share, behind one reference count: a clone (one per request
 /// in many servers) costs one increment.
-struct Parts<P> {
-    shards: Arc<Shards>,
-    prioritizer: Arc<P>,
+pub(crate) struct Parts<P> {
+    pub(crate) shards: Arc<Shards>,
+    pub(crate) prioritizer: Arc<P>,
 }
 
 impl<S, P> Admission<S, P> {
-    pub(crate) fn new(inner: S, shards: Arc<Shards>, prioritizer: Arc<P>, mode: ReadyMode) -> Self {
-        Self {
-            inner,
-            parts: Arc::new(Parts {
-                shards,
-                prioritizer,
-            }),
-            mode,
-        }
+    pub(crate) fn new(inner: S, parts: Arc<Parts<P>>, mode: ReadyMode) -> Self {
+        Self { inner, parts, mode }
     }
 
     /// The inner service.
