@@ -79,7 +79,15 @@ impl Body for GrpcBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.message.as_ref().map_or(0, |m| m.len() as u64))
+        let len = self.message.as_ref().map_or(0, |m| m.len() as u64);
+        if self.trailers.is_some() {
+            // No exact length, so an HTTP/1.1 answer is chunked and can carry the trailers.
+            let mut hint = SizeHint::new();
+            hint.set_lower(len);
+            hint
+        } else {
+            SizeHint::with_exact(len)
+        }
     }
 }
 
@@ -327,7 +335,11 @@ mod tests {
     async fn a_unary_call_is_echoed_with_status_zero_in_trailers() {
         for payload in [&b""[..], b"hello", &[0xffu8; 3000]] {
             let sent = frame(0, payload.len() as u32, payload);
-            let (headers, body, trailers) = read(answer(grpc_post(sent.clone())).await).await;
+            let r = answer(grpc_post(sent.clone())).await;
+            // No exact length: HTTP/1.1 sends it chunked, with room for the trailers.
+            assert_eq!(r.body().size_hint().exact(), None);
+            assert_eq!(r.body().size_hint().lower(), sent.len() as u64);
+            let (headers, body, trailers) = read(r).await;
             assert_eq!(headers[header::CONTENT_TYPE], "application/grpc+proto");
             assert!(headers.get("grpc-status").is_none());
             assert_eq!(body.as_ref(), sent.as_slice());
@@ -347,6 +359,7 @@ mod tests {
         );
         assert!(body.is_empty());
         assert!(trailers.is_none());
+        assert_eq!(GrpcBody::default().size_hint().exact(), Some(0));
 
         // Over the limit: refused while reading, before the whole body is held.
         let big = frame(0, (MAX_MESSAGE + 1) as u32, &vec![0; MAX_MESSAGE + 1]);
