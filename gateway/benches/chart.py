@@ -3,7 +3,8 @@
 
 Reads `TARGET VALUE [NOTE...]` lines (one per bar, in order) on standard input and writes the
 SVG to standard output; a NOTE is printed after the bar's value. The anchors (nginx, HAProxy) and the bare backend are drawn grey, the gateway's
-bars blue, and each bar carries its value and its ratio to the first anchor on the chart.
+bars blue, and each bar carries its value and its ratio to nginx: to the nginx bar of the same
+workload (`gateway-grpc` to `nginx-grpc`) where the chart has one, else to the first nginx bar.
 
     printf 'nginx 39989\\ngateway 42217\\n' | python3 gateway/benches/chart.py \\
         --title 'HTTP/1.1 proxy, requests per second' --unit 'req/s' >proxy.svg
@@ -30,6 +31,9 @@ LABELS = {
     "nginx-post": "nginx, POST",
     "haproxy-post": "HAProxy, POST",
     "gateway-post": "tollgate, POST",
+    "nginx-grpc": "nginx, unary gRPC (grpc_pass)",
+    "haproxy-grpc": "HAProxy, unary gRPC",
+    "gateway-grpc": "tollgate, unary gRPC (h2c cluster)",
     "gateway-before": "tollgate (BEFORE_BIN), plain route",
     "gateway-stack-before": "tollgate (BEFORE_BIN), layered route",
 }
@@ -59,7 +63,8 @@ def main():
     if not bars:
         sys.exit("chart.py: no figures on standard input")
 
-    anchor = None if args.no_ratio else next((v for t, v, _ in bars if t.split("-")[0] == "nginx"), None)
+    nginx = {t: v for t, v, _ in bars if t.split("-")[0] == "nginx"}
+    first = None if args.no_ratio else next(iter(nginx.values()), None)
     top = max(v for _, v, _ in bars) or 1.0
     label_w, bar_w, row_h, pad = 300, 420, 26, 12
     head = 54 if args.note else 38
@@ -80,6 +85,8 @@ def main():
         colour = "#9e9e9e" if is_anchor(target) else "#2f6fb3"
         label = LABELS.get(target, target)
         text = f"{value:,.0f} {args.unit}"
+        workload = target.partition("-")[2]
+        anchor = nginx.get(f"nginx-{workload}", first) if first else None
         if anchor and not target.startswith("nginx"):
             text += f"  ({value / anchor:.2f}x nginx)"
         if note:

@@ -50,7 +50,8 @@ pub(crate) enum ModeArg {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Run one demo upstream alone (the benchmark's backend).
+    /// Run one demo upstream alone (the benchmark's backend). It answers gRPC requests as a
+    /// unary gRPC server that echoes the message.
     DemoUpstream {
         /// Address to bind.
         #[arg(long, default_value = "127.0.0.1:9000")]

@@ -3,9 +3,16 @@
 //! `busy` has a fixed number of workers and a jittery service time. The `fast` one doubles as
 //! the minimal hyper backend of the proxy benchmark and `busy` as the upstream of the overload
 //! benchmark (`tollgate demo-upstream`).
+//!
+//! Every kind answers a gRPC request as a unary gRPC server, echoing its message with
+//! `grpc-status: 0` (`grpc.rs`): a gRPC route needs no kind of its own, and a slow, flaky or busy
+//! gRPC backend is the same config as an HTTP one.
+
+mod grpc;
 
 use super::config::DemoKind;
 use bytes::Bytes;
+use grpc::{GrpcBody, Refusal};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -18,8 +25,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tollgate_core::counter::ShardedCounter;
 
-/// A demo reply: the request body echoed back, or a short text.
-type RespBody = Either<Incoming, Full<Bytes>>;
+/// A demo reply: the request body echoed back, a short text, or a gRPC reply.
+type RespBody = Either<Incoming, Either<Full<Bytes>, GrpcBody>>;
 
 /// How long a demo upstream takes: the delay of `slow`, the service time of `busy`.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +81,7 @@ impl Demo {
     }
 
     fn text(&self, status: StatusCode, body: String) -> Response<RespBody> {
-        let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        let mut r = Response::new(Either::Right(Either::Left(Full::new(Bytes::from(body)))));
         *r.status_mut() = status;
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -88,6 +95,7 @@ impl Demo {
         req: Request<Incoming>,
     ) -> Result<Response<RespBody>, DemoError> {
         self.served.incr();
+        let grpc = grpc::is_grpc(req.headers());
         let echo = matches!(*req.method(), Method::POST | Method::PUT);
         match self.kind {
             DemoKind::Fast => {}
@@ -111,10 +119,22 @@ impl Demo {
                     return Err(DemoError);
                 }
                 if n % 5 == 4 {
-                    let body = format!("demo upstream '{}' failed on purpose\n", self.name);
-                    return Ok(self.text(StatusCode::INTERNAL_SERVER_ERROR, body));
+                    let body = format!("demo upstream '{}' failed on purpose", self.name);
+                    if grpc {
+                        // As a gRPC server fails: HTTP 200, the status in `grpc-status`.
+                        let ct = req.headers().get(header::CONTENT_TYPE).cloned();
+                        let refusal = Refusal {
+                            code: grpc::code::UNAVAILABLE,
+                            message: body,
+                        };
+                        return Ok(grpc_reply(grpc::refuse(ct, &refusal)));
+                    }
+                    return Ok(self.text(StatusCode::INTERNAL_SERVER_ERROR, body + "\n"));
                 }
             }
+        }
+        if grpc {
+            return Ok(grpc_reply(grpc::answer(req).await));
         }
         if echo {
             return Ok(Response::new(Either::Left(req.into_body())));
@@ -126,6 +146,10 @@ impl Demo {
         );
         Ok(self.text(StatusCode::OK, body))
     }
+}
+
+fn grpc_reply(r: Response<GrpcBody>) -> Response<RespBody> {
+    r.map(|b| Either::Right(Either::Right(b)))
 }
 
 fn kind_name(kind: DemoKind) -> &'static str {

@@ -429,7 +429,10 @@ fn default_prefix() -> String {
     "/".into()
 }
 
-/// What a demo upstream does.
+/// What a demo upstream does. Every kind answers a gRPC request (`content-type:
+/// application/grpc`) as a unary gRPC server, after its delay, queue or failure: the message
+/// echoed back with `grpc-status: 0`, a malformed one refused with `grpc-status: 13` (a flaky
+/// upstream's failures are `grpc-status: 14`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DemoKind {
@@ -437,7 +440,8 @@ pub enum DemoKind {
     Fast,
     /// Answers after `delay_ms`.
     Slow,
-    /// Mostly answers; every 5th request gets 500 and every 7th has its connection reset.
+    /// Mostly answers; every 5th request gets 500 (gRPC: `UNAVAILABLE`) and every 7th has its
+    /// connection reset.
     Flaky,
     /// A backend of fixed capacity: `workers` requests at a time, each for a service time
     /// drawn uniformly within `delay_ms × (1 ± jitter)`; the others wait in its FIFO queue, as
