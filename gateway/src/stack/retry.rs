@@ -2,8 +2,9 @@
 //! gateway's policy ([`GwPolicy`]), each try under its own timeout and traced as its own span.
 //!
 //! - **Budget**: every request deposits, every retry and hedge withdraws; over ten seconds
-//!   the extra tries stay under `budget_percent` of the requests plus `budget_min_per_s` per
-//!   second, so a failing cluster gets at most that much extra load.
+//!   the extra tries stay under the larger of `budget_percent` of the requests and
+//!   `budget_min_per_s` per second (the floor is for quiet clusters, not added on top), so a
+//!   failing cluster gets at most that much extra load.
 //! - **What is retried** ([`GwPolicy`]): the `retry_on` failures of idempotent requests
 //!   (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`, `TRACE`, or any with an `Idempotency-Key`);
 //!   a request that is not idempotent only when its connection could not be made (nothing was
