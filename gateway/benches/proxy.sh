@@ -16,7 +16,9 @@
 #   gateway;
 # - runs wrk against the backend directly, nginx, HAProxy, the gateway (thread-per-core) and the gateway
 #   in multi-thread-runtime mode (`gateway-mt`), the gateway's full layer stack (`gateway-stack`:
-#   admission + breaker + pool + balance on `/stack`) and a cached route (`gateway-cache`: every
+#   admission + breaker + pool + balance on `/stack`), the same stack with a retry policy behind
+#   a route cache that every request misses (`gateway-retry`: a new query string each time, on
+#   `/retry`), a cached route (`gateway-cache`: every
 #   request a cache hit on `/cached`) and the plain route with the HTTP/1.1 fast path off
 #   (`gateway-hyper`: every request through hyper's HTTP/1.1) and the plain route with tracing on
 #   (`gateway-traced`: every request sampled, spans exported over OTLP/HTTP to a local sink that
@@ -143,9 +145,25 @@ max_limit = 100000
 path_prefix = "/stack"
 cluster = "backend-stack"
 admission = "bench"
+[[clusters]]
+name = "backend-retry"
+endpoints = ["127.0.0.1:$BACKEND_PORT"]
+[clusters.balance]
+[clusters.breaker]
+[clusters.pool]
+initial_limit = 1000
+min_limit = 100
+max_limit = 100000
+[clusters.retry]
 [[routes]]
 path_prefix = "/cached"
 cluster = "backend"
+[routes.cache]
+default_ttl_ms = 3600000
+[[routes]]
+path_prefix = "/retry"
+cluster = "backend-retry"
+admission = "bench"
 [routes.cache]
 default_ttl_ms = 3600000
 [[routes]]
@@ -208,6 +226,15 @@ wait_port $GATEWAY_TRACED_PORT
 [ -n "$GATEWAY_BEFORE_PID" ] && wait_port $GATEWAY_BEFORE_PORT
 NGINX_MASTER=$(cat "$TMP/nginx.pid")
 
+# `gateway-retry` asks for a new URL each time (a query counter), so that every request
+# misses the route's cache and goes through the retry layer and the stack.
+cat >"$TMP/unique.lua" <<'EOF'
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/retry?n=" .. n)
+end
+EOF
 cat >"$TMP/report.lua" <<'EOF'
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -216,11 +243,12 @@ done = function(summary, latency, requests)
     latency:percentile(99.9), summary.requests, e.connect + e.read + e.write + e.status + e.timeout))
 end
 EOF
+cat "$TMP/report.lua" >>"$TMP/unique.lua"
 
-TARGETS=${TARGETS:-backend nginx haproxy gateway gateway-hyper gateway-mt gateway-stack gateway-cache gateway-traced${BEFORE_BIN:+ gateway-before gateway-stack-before}}
-declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT [gateway-traced]=$GATEWAY_TRACED_PORT [gateway-before]=$GATEWAY_BEFORE_PORT [gateway-stack-before]=$GATEWAY_BEFORE_PORT)
-declare -A URLPATH=([backend]=/ [nginx]=/ [haproxy]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-cache]=/cached [gateway-traced]=/ [gateway-before]=/ [gateway-stack-before]=/stack)
-declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [haproxy]=$HAPROXY_PID [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID [gateway-traced]=$GATEWAY_TRACED_PID [gateway-before]=$GATEWAY_BEFORE_PID [gateway-stack-before]=$GATEWAY_BEFORE_PID)
+TARGETS=${TARGETS:-backend nginx haproxy gateway gateway-hyper gateway-mt gateway-stack gateway-retry gateway-cache gateway-traced${BEFORE_BIN:+ gateway-before gateway-stack-before}}
+declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-retry]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT [gateway-traced]=$GATEWAY_TRACED_PORT [gateway-before]=$GATEWAY_BEFORE_PORT [gateway-stack-before]=$GATEWAY_BEFORE_PORT)
+declare -A URLPATH=([backend]=/ [nginx]=/ [haproxy]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-retry]=/retry [gateway-cache]=/cached [gateway-traced]=/ [gateway-before]=/ [gateway-stack-before]=/stack)
+declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [haproxy]=$HAPROXY_PID [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-retry]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID [gateway-traced]=$GATEWAY_TRACED_PID [gateway-before]=$GATEWAY_BEFORE_PID [gateway-stack-before]=$GATEWAY_BEFORE_PID)
 RESULTS=$TMP/results
 : >"$RESULTS"
 echo "tollgate proxy benchmark: $(nproc) cores, workers=$WORKERS, wrk -t$THREADS -c$CONNS -d${DURATION}s, $ROUNDS rounds, load on cpus ${LOADGEN_CPUS:-any}, servers on ${SERVER_CPUS:-any}"
@@ -231,7 +259,9 @@ done
 for r in $(seq "$ROUNDS"); do
   for t in $TARGETS; do
     before=$(ticks "${PID[$t]}")
-    line=$($PIN_LOAD wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s "$TMP/report.lua" \
+    script=$TMP/report.lua
+    [ "$t" = gateway-retry ] && script=$TMP/unique.lua
+    line=$($PIN_LOAD wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s "$script" \
       "http://127.0.0.1:${PORT[$t]}${URLPATH[$t]}" | grep '^RESULT')
     after=$(ticks "${PID[$t]}")
     read -r _ rps p50 p99 p999 reqs errs <<<"$line"
@@ -286,6 +316,10 @@ fi
 if has gateway && has gateway-stack; then
   awk -v gr="${MED[gateway,2]}" -v sr="${MED[gateway-stack,2]}" -v gc="${MED[gateway,6]}" -v sc="${MED[gateway-stack,6]}" \
     'BEGIN{printf "full stack/plain route (fast path): rps %.2fx  cpu/req %.2fx\n", sr/gr, sc/gc}'
+fi
+if has gateway && has gateway-retry; then
+  awk -v gr="${MED[gateway,2]}" -v rr="${MED[gateway-retry,2]}" -v gc="${MED[gateway,6]}" -v rc="${MED[gateway-retry,6]}" \
+    'BEGIN{printf "retry + cache-miss route/plain route: rps %.2fx  cpu/req %.2fx (target: rps >= 0.90x)\n", rr/gr, rc/gc}'
 fi
 if has gateway-hyper && has gateway-stack; then
   # The layered route runs on hyper's HTTP/1.1: against the plain route on hyper, the ratio is
