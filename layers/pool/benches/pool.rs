@@ -1,6 +1,7 @@
 //! Per-request overhead of tollgate-pool against its peers, in one run: tower's static
 //! `ConcurrencyLimit`, tower-resilience's adaptive limiter (AIMD), and `PoolSizer` (the default
-//! algorithm, Knee; in the default reject mode and in wait mode), single-threaded and with 2 threads sharing one
+//! algorithm, Knee; in the default reject mode and in wait mode; and Vegas, the default before
+//! Knee), single-threaded and with 2 threads sharing one
 //! instance (each thread its own clone). `bare_service` (no layer) is the control: its 2-thread
 //! figure shows what the host itself adds.
 //!
@@ -20,7 +21,7 @@ use std::sync::Barrier;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::time::Instant;
-use tollgate_pool::{AtLimit, PoolConfig, PoolSizerLayer};
+use tollgate_pool::{AlgorithmConfig, AtLimit, PoolConfig, PoolSizerLayer, VegasConfig};
 use tower::{Layer, Service, ServiceBuilder, service_fn};
 use tower_resilience::adaptive::{AdaptiveLimiterLayer, Aimd};
 
@@ -117,6 +118,21 @@ fn peers() -> Vec<(&'static str, Make)> {
                     min_limit: 1_000,
                     initial_limit: 10_000,
                     max_limit: 20_000,
+                    ..PoolConfig::default()
+                };
+                let layer = PoolSizerLayer::from_config(config).unwrap();
+                Box::new(ServiceBuilder::new().layer(layer).service(inner())) as Box<dyn Bench>
+            }),
+        ),
+        (
+            // The default before Knee, for a before/after figure in the same run.
+            "tollgate_pool_vegas",
+            Box::new(|| {
+                let config = PoolConfig {
+                    min_limit: 1_000,
+                    initial_limit: 10_000,
+                    max_limit: 20_000,
+                    algorithm: AlgorithmConfig::Vegas(VegasConfig::default()),
                     ..PoolConfig::default()
                 };
                 let layer = PoolSizerLayer::from_config(config).unwrap();
