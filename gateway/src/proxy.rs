@@ -22,7 +22,7 @@ use super::stack::GwBody;
 use super::stack::admission::{AdmissionPolicy, AdmitCtx};
 use super::stack::endpoints::Cluster;
 use super::stack::route::RouteService;
-use super::state::{Branch, Local, RoutePlan, Snapshot, cluster_service, local};
+use super::state::{Branch, Local, RoutePlan, Snapshot, local};
 use super::trace::{self, TraceCtx, Traced, Tracer};
 use super::tunnel;
 use http::header::{self, HeaderValue};
@@ -536,7 +536,7 @@ async fn layered(
     });
     let inner = RouteService {
         admission,
-        cluster: cluster_service(cluster),
+        cluster: branch.service(cluster),
         timeout: plan.timeout,
     };
     cluster.stats.requests.incr();

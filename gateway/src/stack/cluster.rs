@@ -254,6 +254,11 @@ impl ClusterLayers {
         Some(abort)
     }
 
+    /// The stack under the cluster's retry layer (a route's `[routes.retry]` wraps it).
+    pub(crate) fn stack(&self) -> &ClusterSvc {
+        &self.svc
+    }
+
     /// Sends `req` through the stack (retrying when configured and allowed).
     pub(crate) async fn send(&self, req: UpRequest) -> Result<UpResponse, BoxError> {
         match &self.retry {
