@@ -12,7 +12,7 @@
 //! connections ([`pool`]). A request clones only thread-local or connection-local
 //! `Arc`s, so cores share no reference counts on the hot path.
 
-use super::answer::{Answer, Blame, RespBody, error_response, is_rejection};
+use super::answer::{Answer, Blame, QuotaLeft, RespBody, error_response, is_rejection};
 use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
 use super::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
@@ -555,6 +555,10 @@ async fn layered(
             }
             let addr = rp.extensions.get::<UpstreamAddr>().map(|a| a.0);
             strip_hop_by_hop(&mut rp.headers, false);
+            // `rate_limit.headers = "all"`: what the client's key has left.
+            if let Some(q) = rp.extensions.get::<QuotaLeft>() {
+                q.add_to(&mut rp.headers);
+            }
             rp.headers.append(header::VIA, via_value(rp.version));
             let resp = Response::from_parts(rp, body);
             let resp = match upgrade {
