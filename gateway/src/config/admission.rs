@@ -235,8 +235,8 @@ pub struct RateLimitSection {
     /// Which answers carry the IETF draft's `RateLimit-Policy` and `RateLimit` fields:
     /// `"all"` (every answer the upstream gives an admitted request, with what the client's key
     /// has left, and the 429 answers), `"rejected"` (the 429 answers, beside `Retry-After`) or
-    /// `"none"`. Default `"rejected"`: about 60 bytes and one formatted field per answer are
-    /// left to the routes that ask for them.
+    /// `"none"`. Default `"rejected"`: the two fields on every successful answer (and the
+    /// formatting of `RateLimit`) are left to the policies that ask for them.
     #[serde(default, skip_serializing_if = "RateLimitHeaders::is_default")]
     pub headers: RateLimitHeaders,
 }
