@@ -1,7 +1,8 @@
 //! `[routes.retry]` end to end on loopback: a route's own retries in place of its cluster's
 //! (a route that retries over a cluster that does not, a route that turns its cluster's
-//! retries off), a POST body replayed on the override over HTTP/1.1 and h2c, the override's
-//! budget and counters kept across reloads, and bad sections refused naming the field.
+//! retries off), a POST body replayed on the override over HTTP/1.1 and h2c, a gRPC call
+//! retried after UNAVAILABLE, the override's budget and counters kept across reloads, and bad
+//! sections refused naming the field.
 //!
 //! The upstream answers the first request for each path 503 and every later one 200 (echoing
 //! the body it read), so whether a request was retried shows in its status and in how many
@@ -140,6 +141,64 @@ async fn a_post_body_is_replayed_on_the_override() {
                 } else {
                     assert_eq!(got.len(), 1, "{path}");
                 }
+            }
+        }
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_is_retried_on_the_override_after_unavailable() {
+    bounded(async {
+        // A gRPC upstream: a path's first call gets a Trailers-Only UNAVAILABLE, later ones OK
+        // with the request's message back.
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let up = upstream(move |req| {
+            let log = log.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let first = {
+                    let mut log = log.lock().unwrap();
+                    let tries = log.entry(path).or_default();
+                    tries.push(body.clone());
+                    tries.len() == 1
+                };
+                let (code, body) = if first {
+                    ("14", Bytes::new())
+                } else {
+                    ("0", body)
+                };
+                let mut r = text(StatusCode::OK, body);
+                r.headers_mut()
+                    .insert("content-type", "application/grpc".parse().unwrap());
+                r.headers_mut().insert("grpc-status", code.parse().unwrap());
+                r
+            }
+        })
+        .await;
+        let gw = start(config(&routes(up, 2)));
+        // A length-prefixed gRPC message.
+        let message = Bytes::from_static(b"\0\0\0\0\x05hello");
+        for (path, code, n) in [
+            ("/on/pkg.Svc/Call", "0", 2),
+            ("/none/pkg.Svc/Call", "14", 1),
+        ] {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(format!("http://{}{path}", addr(&gw)))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(Full::new(message.clone()))
+                .unwrap();
+            let (s, headers, body, _) = send(&h2_client(), req).await;
+            assert_eq!(s, StatusCode::OK, "{path}");
+            assert_eq!(headers["grpc-status"], code, "{path}");
+            assert_eq!(tries(&seen, path), n, "{path}");
+            if code == "0" {
+                assert_eq!(body, message, "{path}: the message, replayed");
             }
         }
         stop(gw).await;
