@@ -81,7 +81,9 @@ fn route_retry(state: &serde_json::Value, i: usize) -> serde_json::Value {
 async fn a_route_retries_where_its_cluster_does_not_and_turns_off_what_it_does() {
     bounded(async {
         let (up, seen) = fails_first().await;
-        let gw = start(config(&routes(up, 2)));
+        let mut cfg = config(&routes(up, 2));
+        cfg.admin.listen = "127.0.0.1:0".into();
+        let gw = start(cfg);
         let at = addr(&gw);
         for (path, status, n) in [
             // The route's own retries over a cluster without any.
@@ -108,6 +110,17 @@ async fn a_route_retries_where_its_cluster_does_not_and_turns_off_what_it_does()
         let cluster = &state["clusters"][1]["layers"]["retry"];
         assert_eq!(cluster["retries"], 1, "{cluster}");
         assert_eq!(cluster["budget"]["requests"], 1, "{cluster}");
+        // `/metrics` counts the override's retries under its route and cluster.
+        let (_, metrics) = get(gw.admin_addr().unwrap(), "/metrics").await;
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("tollgate_route_retries_total{"))
+            .unwrap_or_else(|| panic!("no route retries in\n{metrics}"));
+        assert!(
+            line.contains("route=\"* /on\"") && line.contains("cluster=\"plain\""),
+            "{line}"
+        );
+        assert!(line.ends_with(" 1"), "{line}");
         stop(gw).await;
     })
     .await;

@@ -78,6 +78,14 @@ impl RouteRetry {
         }
     }
 
+    /// Records the override's counters, labelled `route` and `cluster` (nothing when it turns
+    /// retries off).
+    pub(crate) fn record_metrics(&self, route: &str, cluster: &str) {
+        if let Some((p, _)) = &self.retry {
+            p.record_route_metrics(route, cluster);
+        }
+    }
+
     /// The override's retry state for `/state` (`None` when it turns retries off).
     pub(crate) fn state(&self) -> Option<serde_json::Value> {
         self.retry.as_ref().map(|(p, _)| p.state())
