@@ -196,6 +196,18 @@ impl Admin {
                     .iter()
                     .flat_map(|b| b.stats.latency.snapshot())
                     .collect();
+                // `[routes.retry]`: per cluster, the override's counters and budget (`null`
+                // where it turns retries off).
+                let retry: Option<Vec<_>> =
+                    p.branches.iter().any(|b| b.retry.is_some()).then(|| {
+                        p.branches
+                            .iter()
+                            .filter_map(|b| {
+                                let r = b.retry.as_ref()?;
+                                Some(json!({ "cluster": name(b), "retry": r.state() }))
+                            })
+                            .collect()
+                    });
                 json!({
                     "route": p.key,
                     // The cluster, or the split's joined with `+`.
@@ -205,6 +217,7 @@ impl Admin {
                     "priority": p.priority.as_deref(),
                     "cache": p.cache.as_ref().map(|c| c.state()),
                     "batch": p.batch.as_ref().map(|b| b.state()),
+                    "retry": retry,
                     "latency": latency_json(&latency),
                 })
             })

@@ -42,6 +42,15 @@
 //! RateLimit: "api";r=0;t=12
 //! ```
 //!
+//! With `rate_limit.headers = "all"` the upstream's answers to admitted requests carry them
+//! too ([`QuotaLeft`]): `r` is what the client's key has left after this request, `t` the
+//! seconds until it may make one more than that (0 when its whole quota is left):
+//!
+//! ```text
+//! RateLimit-Policy: "api";q=100;w=60
+//! RateLimit: "api";r=97;t=1
+//! ```
+//!
 //! The policy stage wraps its rate-limit rejections in [`QuotaSpent`], which carries the
 //! policy's [`RateLimitFields`] (rendered once, when the policy is built); the rejection stays
 //! the wrapper's `source()`, so the mapping above still finds it.
@@ -50,15 +59,16 @@ use crate::error::{ClientBodyFailed, RouteTimedOut, TryTimedOut};
 use crate::pool::{UpBody, UpstreamError};
 use crate::stats::Stats;
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full, LengthLimitError};
-use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
 use tollgate::http::Rejection;
 use tollgate_core::BoxError;
 use tollgate_core::error::{Panicked, find_cause};
+
+mod quota;
+
+pub(crate) use quota::{QuotaLeft, QuotaSpent, RateLimitFields};
 
 /// The body sent to the client: the upstream's body, streamed, or a short local answer.
 pub(crate) type RespBody = Either<UpBody, Full<Bytes>>;
@@ -238,87 +248,6 @@ impl Answer {
     }
 }
 
-/// `RateLimit-Policy`: the quota policies that apply to the answer's resource.
-pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `RateLimit`: what is left of a policy's quota, and when it resets.
-pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-/// A rate-limited policy's fields, rendered once when the policy is built.
-#[derive(Debug, Clone)]
-pub(crate) struct RateLimitFields {
-    /// `RateLimit-Policy`: `"name";q=QUOTA;w=WINDOW_SECONDS`.
-    policy: HeaderValue,
-    /// The policy's name as a structured-field string (`"name"`), the item of `RateLimit`.
-    item: String,
-}
-
-impl RateLimitFields {
-    /// The fields of the policy `name`, allowing `quota` requests per `window` (written in
-    /// whole seconds, rounded up, as the draft asks). A name's `"` and `\` are escaped and any
-    /// byte a structured-field string cannot hold (not printable ASCII) becomes `_`.
-    pub(crate) fn new(name: &str, quota: u32, window: Duration) -> Self {
-        let mut item = String::with_capacity(name.len() + 2);
-        item.push('"');
-        for c in name.chars() {
-            match c {
-                '"' | '\\' => {
-                    item.push('\\');
-                    item.push(c);
-                }
-                ' '..='~' => item.push(c),
-                _ => item.push('_'),
-            }
-        }
-        item.push('"');
-        let w = window.as_secs() + u64::from(window.subsec_nanos() > 0);
-        let policy = format!("{item};q={quota};w={}", w.max(1));
-        Self {
-            policy: HeaderValue::try_from(policy).expect("printable ASCII"),
-            item,
-        }
-    }
-
-    /// Adds both fields to a 429 answer whose quota resets in `reset_secs`.
-    fn add_rejected(&self, headers: &mut http::HeaderMap, reset_secs: u64) {
-        headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
-        let value = format!("{};r=0;t={reset_secs}", self.item);
-        headers.insert(
-            RATELIMIT.clone(),
-            HeaderValue::try_from(value).expect("printable ASCII"),
-        );
-    }
-}
-
-/// A rate-limit rejection, with the fields of the policy that gave it. It reads as the
-/// rejection and returns it from `source()`.
-#[derive(Debug)]
-pub(crate) struct QuotaSpent {
-    fields: Arc<RateLimitFields>,
-    source: BoxError,
-}
-
-impl QuotaSpent {
-    /// Wraps `rejection` (an admission layer's rate-limit rejection) with `fields`.
-    pub(crate) fn new(fields: Arc<RateLimitFields>, rejection: BoxError) -> Self {
-        Self {
-            fields,
-            source: rejection,
-        }
-    }
-}
-
-impl fmt::Display for QuotaSpent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.source, f)
-    }
-}
-
-impl std::error::Error for QuotaSpent {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.source)
-    }
-}
-
 /// What `err`, a failed request's error, means: a tollgate rejection (with the error in the
 /// chain that decided it) or one of the gateway's own answers.
 pub(crate) fn classify<'e>(
@@ -380,7 +309,7 @@ pub(crate) fn error_response(
                 && let Some(spent) = find_cause::<QuotaSpent>(err)
             {
                 let reset = r.retry_after_secs().unwrap_or(1);
-                spent.fields.add_rejected(resp.headers_mut(), reset);
+                spent.fields().add_rejected(resp.headers_mut(), reset);
             }
             (resp.map(Either::Right), Blame::Local)
         }
@@ -390,6 +319,7 @@ pub(crate) fn error_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::time::Duration;
     use tollgate_core::error::Overloaded;
 
@@ -464,13 +394,5 @@ mod tests {
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(r.headers().get("ratelimit").is_none());
         assert!(r.headers().get("ratelimit-policy").is_none());
-    }
-
-    #[test]
-    fn policy_names_become_valid_structured_field_strings() {
-        let f = RateLimitFields::new("a\"b\\c\u{e9}", 5, Duration::from_millis(1500));
-        assert_eq!(f.policy, "\"a\\\"b\\\\c_\";q=5;w=2");
-        let f = RateLimitFields::new("x", 1, Duration::from_millis(1));
-        assert_eq!(f.policy, "\"x\";q=1;w=1");
     }
 }

@@ -255,6 +255,7 @@ pub fn route_table(data: &[u8]) {
             priority: None,
             cache: None,
             batch: None,
+            retry: None,
         });
     }
     let table = RouteTable::new(&routes);

@@ -12,7 +12,7 @@
 //! connections ([`pool`]). A request clones only thread-local or connection-local
 //! `Arc`s, so cores share no reference counts on the hot path.
 
-use super::answer::{Answer, Blame, RespBody, error_response, is_rejection};
+use super::answer::{Answer, Blame, QuotaLeft, RespBody, error_response, is_rejection};
 use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
 use super::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
@@ -22,7 +22,7 @@ use super::stack::GwBody;
 use super::stack::admission::{AdmissionPolicy, AdmitCtx};
 use super::stack::endpoints::Cluster;
 use super::stack::route::RouteService;
-use super::state::{Branch, Local, RoutePlan, Snapshot, cluster_service, local};
+use super::state::{Branch, Local, RoutePlan, Snapshot, local};
 use super::trace::{self, TraceCtx, Traced, Tracer};
 use super::tunnel;
 use http::header::{self, HeaderValue};
@@ -547,7 +547,7 @@ async fn layered(
     });
     let inner = RouteService {
         admission,
-        cluster: cluster_service(cluster),
+        cluster: branch.service(cluster),
         timeout: plan.timeout,
     };
     cluster.stats.requests.incr();
@@ -566,6 +566,10 @@ async fn layered(
             }
             let addr = rp.extensions.get::<UpstreamAddr>().map(|a| a.0);
             strip_hop_by_hop(&mut rp.headers, false);
+            // `rate_limit.headers = "all"`: what the client's key has left.
+            if let Some(q) = rp.extensions.get::<QuotaLeft>() {
+                q.add_to(&mut rp.headers);
+            }
             rp.headers.append(header::VIA, via_value(rp.version));
             let resp = Response::from_parts(rp, body);
             let resp = match upgrade {

@@ -12,6 +12,7 @@ use super::stack::batch::BatchRoute;
 use super::stack::cache::RouteCache;
 use super::stack::endpoints::Cluster;
 use super::stack::route::ClusterService;
+use super::stack::route_retry::RouteRetry;
 use super::stats::{RouteStats, Stats};
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -34,6 +35,20 @@ pub(crate) struct Branch {
     /// `cluster` label of the route's metrics); kept across reloads with the route's key and
     /// the cluster's name.
     pub stats: Arc<RouteStats>,
+    /// The route's own retries over this cluster (`[routes.retry]`), in place of the
+    /// cluster's; kept across reloads with the route's key, the cluster's name and the section.
+    pub retry: Option<Arc<RouteRetry>>,
+}
+
+impl Branch {
+    /// The service this branch's requests go through: the cluster under the route's own
+    /// retries, else the cluster's own stack.
+    pub(crate) fn service(&self, cluster: &Arc<Cluster>) -> ClusterService {
+        match &self.retry {
+            Some(r) => ClusterService::RouteRetried(r.clone()),
+            None => cluster_service(cluster),
+        }
+    }
 }
 
 /// What one route does, compiled.
@@ -153,9 +168,16 @@ impl Snapshot {
         for (ci, cc) in config.clusters.iter().enumerate() {
             let old_cluster = old.and_then(|o| o.clusters.iter().find(|c| c.name == cc.name));
             let demo_addr = |name: &str| demo.iter().find(|d| d.name == name).map(|d| d.addr);
+            // A route's own retries need the cluster's layers (the balancer that sends a retry
+            // to an endpoint not yet tried), even when the cluster has no section of its own.
+            let route_retries = config.routes.iter().any(|r| {
+                r.retry.as_ref().is_some_and(|s| s.attempts > 0)
+                    && r.branches().any(|(name, _)| name == cc.name)
+            });
             let cluster = Cluster::build(
                 ci,
                 cc,
+                route_retries,
                 &config.timeouts,
                 &config.dns,
                 demo_addr,
@@ -195,28 +217,39 @@ impl Snapshot {
         for (i, r) in config.routes.iter().enumerate() {
             let key = r.key();
             let old_plan = old.and_then(|o| o.route_plans.iter().find(|p| p.key == key));
-            let branches: Vec<Branch> = r
-                .branches()
-                .map(|(name, weight)| {
-                    let cluster = config
-                        .clusters
+            let mut branches: Vec<Branch> = Vec::new();
+            for (name, weight) in r.branches() {
+                let cluster = config
+                    .clusters
+                    .iter()
+                    .position(|c| c.name == name)
+                    .unwrap_or(0);
+                // Counters and retry budgets stay with the route's key and the cluster's name.
+                let old_branch = old.zip(old_plan).and_then(|(o, p)| {
+                    p.branches
                         .iter()
-                        .position(|c| c.name == name)
-                        .unwrap_or(0);
-                    // Counters stay with the route's key and the cluster's name.
-                    let stats = old.zip(old_plan).and_then(|(o, p)| {
-                        p.branches
-                            .iter()
-                            .find(|b| o.clusters.get(b.cluster).is_some_and(|c| c.name == name))
-                            .map(|b| b.stats.clone())
-                    });
-                    Branch {
-                        cluster,
-                        weight,
-                        stats: stats.unwrap_or_default(),
-                    }
-                })
-                .collect();
+                        .find(|b| o.clusters.get(b.cluster).is_some_and(|c| c.name == name))
+                });
+                let retry = match (&r.retry, &clusters[cluster].layers) {
+                    (Some(section), Some(layers)) => Some(
+                        RouteRetry::build(
+                            section,
+                            layers,
+                            old_branch.and_then(|b| b.retry.as_ref()),
+                            &format!("routes[{i}].retry"),
+                        )
+                        .map_err(|e| e.in_file(source))?,
+                    ),
+                    // `attempts = 0` over a cluster without layers: nothing to turn off.
+                    _ => None,
+                };
+                branches.push(Branch {
+                    cluster,
+                    weight,
+                    stats: old_branch.map(|b| b.stats.clone()).unwrap_or_default(),
+                    retry,
+                });
+            }
             let Some(first) = branches.first() else {
                 return Err(err(
                     format!("routes[{i}].cluster"),

@@ -294,3 +294,69 @@ async fn a_frozen_redis_holds_each_request_at_most_its_response_timeout() {
     })
     .await;
 }
+
+/// The `RateLimit` field's `r` and `t` (`"api";r=R;t=T`).
+fn ratelimit(headers: &HeaderMap) -> (u64, u64) {
+    let v = headers["ratelimit"].to_str().unwrap();
+    let rest = v
+        .strip_prefix("\"api\";r=")
+        .unwrap_or_else(|| panic!("{v}"));
+    let (r, t) = rest.split_once(";t=").unwrap_or_else(|| panic!("{v}"));
+    (r.parse().unwrap(), t.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_headers_all_every_answer_carries_what_is_left_then_the_429() {
+    bounded(async {
+        let up = upstream(|_req| async { text(StatusCode::OK, "ok") }).await;
+        // Three a minute: one frees every 20 s.
+        let gw = gateway(up, 3, ", headers = \"all\"");
+        for (proto, client) in [("h1", h1_client()), ("h2", h2_client())] {
+            let at = addr(&gw);
+            for left in [2, 1, 0] {
+                let (status, headers) = call(&client, at, proto).await;
+                assert_eq!(status, StatusCode::OK, "{proto}");
+                assert_eq!(headers["ratelimit-policy"], "\"api\";q=3;w=60", "{proto}");
+                let (r, t) = ratelimit(&headers);
+                assert_eq!(r, left, "{proto}");
+                // The next one within the 20 s interval (rounded up to whole seconds).
+                assert!((1..=20).contains(&t), "{proto}: {t}");
+            }
+            let (status, headers) = call(&client, at, proto).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{proto}");
+            assert_eq!(headers["ratelimit-policy"], "\"api\";q=3;w=60", "{proto}");
+            let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert_eq!(ratelimit(&headers), (0, retry), "{proto}");
+            // Another client's answers count its own quota.
+            let (status, headers) = call(&client, at, &format!("{proto}-other")).await;
+            assert_eq!(status, StatusCode::OK, "{proto}");
+            assert_eq!(ratelimit(&headers).0, 2, "{proto}");
+        }
+        stop(gw).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_headers_all_a_shared_quota_counts_both_gateways() {
+    let Some(server) = redis() else { return };
+    bounded(async {
+        let up = upstream(|_req| async { text(StatusCode::OK, "ok") }).await;
+        let redis = shared(&server.url(), ", key_prefix = \"gwall:\"");
+        let extra = format!(", headers = \"all\"{redis}");
+        let a = gateway(up, 4, &extra);
+        let b = gateway(up, 4, &extra);
+        let c = h1_client();
+        for (gw, left) in [(&a, 3), (&b, 2), (&a, 1), (&b, 0)] {
+            let (status, headers) = call(&c, addr(gw), "acme").await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(ratelimit(&headers).0, left, "what both gateways spent");
+        }
+        let (status, headers) = call(&c, addr(&a), "acme").await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(ratelimit(&headers).0, 0);
+        stop(a).await;
+        stop(b).await;
+    })
+    .await;
+}

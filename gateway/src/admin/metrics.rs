@@ -85,6 +85,9 @@ fn counters(shared: &Shared, snap: &Snapshot) {
                 "cluster" => cluster
             )
             .absolute(b.stats.rejected.sum().max(0) as u64);
+            if let Some(r) = &b.retry {
+                r.record_metrics(&p.key, &snap.clusters[b.cluster].name);
+            }
         }
         if let Some(cache) = &p.cache {
             cache.record_metrics(&p.key);

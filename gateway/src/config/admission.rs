@@ -233,20 +233,24 @@ pub struct RateLimitSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConfig>,
     /// Which answers carry the IETF draft's `RateLimit-Policy` and `RateLimit` fields:
-    /// `"rejected"` (the 429 answers, beside `Retry-After`) or `"none"`. Default
-    /// `"rejected"`.
+    /// `"all"` (every answer the upstream gives an admitted request, with what the client's key
+    /// has left, and the 429 answers), `"rejected"` (the 429 answers, beside `Retry-After`) or
+    /// `"none"`. Default `"rejected"`: the two fields on every successful answer (and the
+    /// formatting of `RateLimit`) are left to the policies that ask for them.
     #[serde(default, skip_serializing_if = "RateLimitHeaders::is_default")]
     pub headers: RateLimitHeaders,
 }
 
 /// `rate_limit.headers`: which answers carry the `RateLimit-Policy` and `RateLimit` fields.
 ///
-/// There is no `"all"`: a successful answer's `RateLimit` field needs the quota the client
-/// has left, which the admission layer's check does not report (the local GCRA and the Redis
-/// script answer only "go" or "wait this long").
+/// `"all"` follows the draft's intent (clients pace themselves on what is left); it is not the
+/// default so that a policy costs no bytes on its successful answers unless it asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitHeaders {
+    /// On every answer the upstream gives an admitted request (what the client's key has
+    /// left, from the local quota or the Redis one), and on 429 answers.
+    All,
     /// On 429 answers. Default.
     #[default]
     Rejected,

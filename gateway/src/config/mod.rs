@@ -332,7 +332,8 @@ pub struct ClusterConfig {
     /// Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolConfig>,
-    /// Budgeted retries of idempotent requests without a body. Default none.
+    /// Budgeted retries and hedges (`[clusters.retry]`); a route's `[routes.retry]` replaces
+    /// it for that route's requests. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySection>,
     /// TLS to `https://` endpoints: CA file, client certificate, server name. Default none
@@ -407,6 +408,13 @@ pub struct RouteConfig {
     /// Batching settings; required when `kind = "batch"`, refused otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchSection>,
+    /// `[routes.retry]`: this route's retries, in place of its cluster's `[clusters.retry]`
+    /// (the same fields). Precedence: the route's section, else the cluster's; `attempts = 0`
+    /// turns retries off for this route even where its cluster retries. The override has its
+    /// own budget per cluster of the route (see `stack::route_retry`). Default none: the
+    /// cluster's retries. Not for `kind = "batch"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySection>,
 }
 
 /// What a route does with its requests.

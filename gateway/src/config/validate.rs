@@ -264,6 +264,16 @@ impl Config {
             if let Some(c) = &r.cache {
                 c.validate(&at("cache"))?;
             }
+            if let Some(retry) = &r.retry {
+                if r.kind == RouteKind::Batch {
+                    return Err(e(
+                        at("retry"),
+                        "a batch route's requests take its cluster's retries; set them in \
+                         [clusters.retry]",
+                    ));
+                }
+                retry.validate(&at("retry"))?;
+            }
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ fn route(host: &str, prefix: &str, methods: &[&str], cluster: &str) -> RouteConf
         priority: None,
         cache: None,
         batch: None,
+        retry: None,
     }
 }
 

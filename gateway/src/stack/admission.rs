@@ -20,7 +20,12 @@
 //! full, shed and queue timeout are 503 with `Retry-After`, a spent rate limit 429 with
 //! `Retry-After` (and, unless `rate_limit.headers = "none"`, the draft's `RateLimit-Policy` and
 //! `RateLimit` fields: the rejection goes up wrapped in [`QuotaSpent`] with the policy's
-//! fields, rendered once here), a deadline 504.
+//! fields, rendered once here), a deadline 504. With `rate_limit.headers = "all"`, an admitted
+//! request's answer carries what its key has left as a [`QuotaLeft`] extension (the layer
+//! reports it through the prioritizer's `rate_checked`, into the request's own [`Admit`]
+//! wrapper, with no lock and no allocation; the extension and the rendered `RateLimit` value
+//! are the only allocations "all" adds), which the request path turns into the same two
+//! fields after the route's cache (a cached answer spent no quota and carries none).
 //!
 //! With `rate_limit.redis`, the quota lives in Redis and every gateway instance using the same
 //! server and key prefix shares it (tollgate-admission's shared GCRA). While Redis fails or is
@@ -32,12 +37,14 @@
 //! no allocation), and the layer's prioritizer only reads it back.
 
 #[cfg(test)]
+mod quota_tests;
+#[cfg(test)]
 mod tests;
 mod ticket;
 
 pub(crate) use crate::config::admission::AdmissionSection;
 
-use crate::answer::{QuotaSpent, RateLimitFields};
+use crate::answer::{QuotaLeft, QuotaSpent, RateLimitFields};
 use crate::config::ConfigError;
 use crate::config::admission::RateLimitHeaders;
 use crate::histogram::{Histogram, HistogramSnapshot};
@@ -52,7 +59,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use ticket::Rules;
 use tokio::time::Instant;
-use tollgate_admission::{AdmissionHandle, AdmissionLayer, Prioritize, Reason, Rejected, Ticket};
+use tollgate_admission::{
+    AdmissionHandle, AdmissionLayer, Prioritize, RateLimitState, Reason, Rejected, Ticket,
+};
 use tollgate_core::BoxError;
 use tollgate_core::error::DeadlineExceeded;
 use tower::{Layer, Service, ServiceExt};
@@ -72,6 +81,9 @@ struct Admit<R> {
     ticket: Ticket,
     /// When it reached the layer: the queue wait ends when the layer calls [`Unwrap`].
     arrived: Instant,
+    /// What its rate-limit key had left when it passed (set by the layer through
+    /// [`Carried`]'s `rate_checked`).
+    left: Option<RateLimitState>,
 }
 
 /// The layer's prioritizer: the ticket was decided before the call and travels with it.
@@ -83,33 +95,94 @@ impl<R> Prioritize<Admit<R>> for Carried {
     fn prioritize(&self, a: &Admit<R>) -> Ticket {
         a.ticket
     }
+
+    #[inline]
+    fn rate_checked(a: &mut Admit<R>, state: RateLimitState) {
+        a.left = Some(state);
+    }
+}
+
+/// An answer that can carry what a request's rate-limit key had left.
+pub(crate) trait CarriesQuota {
+    /// Takes `quota` along (an HTTP answer as a [`QuotaLeft`] extension).
+    fn carry(&mut self, quota: QuotaLeft);
+}
+
+impl<B> CarriesQuota for http::Response<B> {
+    #[inline]
+    fn carry(&mut self, quota: QuotaLeft) {
+        self.extensions_mut().insert(quota);
+    }
 }
 
 /// Sends the request of an [`Admit`] on to the inner service, counting how long it waited in
 /// `waits` (one histogram per class), and recording the wait as a span when the request is
-/// traced (with its class name).
+/// traced (with its class name); with `rate_limit.headers = "all"` (`every`, the policy's
+/// fields), its answer carries what its key had left.
 #[derive(Debug, Clone)]
-struct Unwrap<S>(S, Arc<[Histogram]>, Option<(Traced, Arc<str>)>);
+struct Unwrap<S> {
+    inner: S,
+    waits: Arc<[Histogram]>,
+    traced: Option<(Traced, Arc<str>)>,
+    every: Option<Arc<RateLimitFields>>,
+}
 
-impl<S: Service<R>, R> Service<Admit<R>> for Unwrap<S> {
+impl<S: Service<R>, R> Service<Admit<R>> for Unwrap<S>
+where
+    S::Response: CarriesQuota,
+{
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Carry<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     #[inline]
-    fn call(&mut self, a: Admit<R>) -> S::Future {
-        if let Some(h) = self.1.get(a.ticket.class) {
+    fn call(&mut self, a: Admit<R>) -> Self::Future {
+        if let Some(h) = self.waits.get(a.ticket.class) {
             h.record(a.arrived.elapsed());
         }
-        if let Some((t, class)) = &self.2 {
+        if let Some((t, class)) = &self.traced {
             wait_span(t, class, a.arrived, "admitted");
         }
-        self.0.call(a.req)
+        let quota = self.every.as_ref().zip(a.left).map(|(f, left)| QuotaLeft {
+            fields: f.clone(),
+            left,
+        });
+        Carry {
+            fut: self.inner.call(a.req),
+            quota,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's future; its answer takes the request's [`QuotaLeft`] along.
+    struct Carry<F> {
+        #[pin]
+        fut: F,
+        quota: Option<QuotaLeft>,
+    }
+}
+
+impl<F, T, E> Future for Carry<F>
+where
+    F: Future<Output = Result<T, E>>,
+    T: CarriesQuota,
+{
+    type Output = Result<T, E>;
+
+    #[inline]
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut out = std::task::ready!(this.fut.poll(cx));
+        if let (Ok(res), Some(q)) = (&mut out, this.quota.take()) {
+            res.carry(q);
+        }
+        Poll::Ready(out)
     }
 }
 
@@ -142,6 +215,8 @@ pub(crate) struct AdmissionPolicy {
     waits: Arc<[Histogram]>,
     /// The `RateLimit-Policy`/`RateLimit` fields of its 429 answers, when it sends them.
     quota: Option<Arc<RateLimitFields>>,
+    /// The same, when every answer carries them (`rate_limit.headers = "all"`).
+    every: Option<Arc<RateLimitFields>>,
 }
 
 impl AdmissionPolicy {
@@ -164,23 +239,31 @@ impl AdmissionPolicy {
         let layer = AdmissionLayer::new(section.to_config())
             .map_err(|e| ConfigError::new("(section)", format!("{}: {}", e.field(), e.problem())))?
             .prioritize(Carried);
+        let quota = section
+            .rate_limit
+            .as_ref()
+            .filter(|r| r.headers != RateLimitHeaders::None)
+            .map(|r| {
+                Arc::new(RateLimitFields::new(
+                    &section.name,
+                    r.burst,
+                    Duration::from_millis(r.period_ms),
+                ))
+            });
+        let every = quota.clone().filter(|_| {
+            section
+                .rate_limit
+                .as_ref()
+                .is_some_and(|r| r.headers == RateLimitHeaders::All)
+        });
         Ok(Arc::new(Self {
             section: section.clone(),
             rules,
             handle: layer.handle(),
             layer,
             waits: section.classes.iter().map(|_| Histogram::new()).collect(),
-            quota: section
-                .rate_limit
-                .as_ref()
-                .filter(|r| r.headers == RateLimitHeaders::Rejected)
-                .map(|r| {
-                    Arc::new(RateLimitFields::new(
-                        &section.name,
-                        r.burst,
-                        Duration::from_millis(r.period_ms),
-                    ))
-                }),
+            quota,
+            every,
         }))
     }
 
@@ -211,7 +294,7 @@ impl AdmissionPolicy {
     where
         S: Service<Request<R>, Error = BoxError> + Clone + Send + 'static,
         S::Future: Send + 'static,
-        S::Response: Send + 'static,
+        S::Response: CarriesQuota + Send + 'static,
         R: Send + 'static,
     {
         let ticket = self.rules.ticket(&req, ctx);
@@ -223,14 +306,18 @@ impl AdmissionPolicy {
         });
         let rejected = traced.clone();
         let quota = self.quota.clone();
-        let fut = self
-            .layer
-            .layer(Unwrap(inner, self.waits.clone(), traced))
-            .oneshot(Admit {
-                req,
-                ticket,
-                arrived,
-            });
+        let unwrap = Unwrap {
+            inner,
+            waits: self.waits.clone(),
+            traced,
+            every: self.every.clone(),
+        };
+        let fut = self.layer.layer(unwrap).oneshot(Admit {
+            req,
+            ticket,
+            arrived,
+            left: None,
+        });
         async move {
             let result = match deadline {
                 None => fut.await,

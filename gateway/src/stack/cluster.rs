@@ -253,6 +253,11 @@ impl ClusterLayers {
         Some(abort)
     }
 
+    /// The stack under the cluster's retry layer (a route's `[routes.retry]` wraps it).
+    pub(crate) fn stack(&self) -> &ClusterSvc {
+        &self.svc
+    }
+
     /// Sends `req` through the stack (retrying when configured and allowed).
     pub(crate) fn send(self: &Arc<Self>, req: UpRequest) -> super::route::BoxFuture {
         // Each way boxed on its own: one with no retries holds no retry state (futures are

@@ -192,7 +192,8 @@ fn weighted_turn(eps: &[Arc<UpEndpoint>], n: usize) -> usize {
 impl Cluster {
     /// Builds `clusters[ci]` of a new snapshot, keeping the counters, resolved endpoints and
     /// layer state of `old` (the cluster of that name in the running snapshot); `demo_addr`
-    /// gives a running demo upstream's address.
+    /// gives a running demo upstream's address. `route_retries`: some route has its own
+    /// retries over this cluster, which need its layers even without a section of its own.
     ///
     /// # Errors
     /// A [`ConfigError`] (its file left empty) for an endpoint that does not resolve or a demo
@@ -200,6 +201,7 @@ impl Cluster {
     pub(crate) fn build(
         ci: usize,
         cc: &ClusterConfig,
+        route_retries: bool,
         timeouts: &TimeoutsConfig,
         dns: &DnsConfig,
         demo_addr: impl Fn(&str) -> Option<SocketAddr>,
@@ -242,7 +244,7 @@ impl Cluster {
         } else {
             None
         };
-        let layers = if ClusterLayers::wanted(cc) {
+        let layers = if ClusterLayers::wanted(cc) || route_retries {
             Some(ClusterLayers::build(
                 cc,
                 settings,

@@ -7,7 +7,8 @@
 //!   cache (route; GET/HEAD; L1/L2, optional Redis L3, stale-if-error)
 //!     -> overall timeout (route `request_timeout_ms`, else `timeouts.request_ms`)
 //!       -> admission (named policy: the route's, else the listener's)
-//!         -> retry (cluster; tollgate-retry: budgeted retries and hedges, replayed bodies) + per-try timeout
+//!         -> retry (the route's `[routes.retry]`, else the cluster's; tollgate-retry: budgeted
+//!            retries and hedges, replayed bodies) + per-try timeout
 //!           -> cluster breaker -> pool (adaptive in-flight limit)
 //!             -> balance (P2C over peak-EWMA, outlier ejection, health checks, slow start)
 //!               -> endpoint breaker (an open one ejects its endpoint) -> upstream
@@ -30,6 +31,7 @@ pub(crate) mod endpoints;
 pub(crate) mod health;
 pub(crate) mod retry;
 pub(crate) mod route;
+pub(crate) mod route_retry;
 pub(crate) mod srv;
 pub(crate) mod upstream;
 

@@ -289,6 +289,16 @@ impl RetryPolicy {
         )
         .absolute(self.exhausted());
     }
+
+    /// Records the counters of a route's own retries (`[routes.retry]`) over `cluster`,
+    /// labelled `route` and `cluster`, into the current `metrics` recorder.
+    pub(crate) fn record_route_metrics(&self, route: &str, cluster: &str) {
+        let labels = [("route", route.to_owned()), ("cluster", cluster.to_owned())];
+        metrics::counter!("tollgate_route_retries_total", &labels).absolute(self.retries());
+        metrics::counter!("tollgate_route_hedges_total", &labels).absolute(self.hedges());
+        metrics::counter!("tollgate_route_retry_budget_exhausted_total", &labels)
+            .absolute(self.exhausted());
+    }
 }
 
 /// A stack `S` under the retry layer.

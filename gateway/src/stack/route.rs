@@ -1,9 +1,10 @@
-//! The services a route sends through: a cluster (its layered stack, or the plain round-robin
-//! path), behind the route's admission policy.
+//! The services a route sends through: a cluster (its layered stack, the same under the
+//! route's own retries, or the plain round-robin path), behind the route's admission policy.
 
 use super::admission::{AdmissionPolicy, AdmitCtx};
 use super::cluster::ClusterLayers;
 use super::endpoints::Cluster;
+use super::route_retry::RouteRetry;
 use super::upstream::Upstream;
 use super::{UpRequest, UpResponse};
 use crate::error::RouteTimedOut;
@@ -27,6 +28,8 @@ pub(crate) enum ClusterService {
     Layered(Arc<ClusterLayers>),
     /// No layers: round robin, as the part-1 fast path does.
     Plain(Arc<Cluster>, Settings),
+    /// The cluster's layers under a route's own retries (`[routes.retry]`).
+    RouteRetried(Arc<RouteRetry>),
 }
 
 impl Service<UpRequest> for ClusterService {
@@ -41,6 +44,10 @@ impl Service<UpRequest> for ClusterService {
     fn call(&mut self, req: UpRequest) -> BoxFuture {
         match self {
             ClusterService::Layered(layers) => layers.send(req),
+            ClusterService::RouteRetried(retry) => {
+                let retry = retry.clone();
+                Box::pin(async move { retry.send(req).await })
+            }
             ClusterService::Plain(cluster, settings) => {
                 let Some((index, addr)) = cluster.pick() else {
                     return Box::pin(std::future::ready(Err(BoxError::from(

@@ -1,5 +1,6 @@
 //! Putting a request in a class: the [`Prioritize`] trait and what it returns, a [`Ticket`].
 
+use crate::ratelimit::RateLimitState;
 use std::fmt;
 use tokio::time::Instant;
 
@@ -84,6 +85,16 @@ impl From<usize> for Ticket {
 pub trait Prioritize<R> {
     /// The request's ticket. Called once per request, on the request path: keep it cheap.
     fn prioritize(&self, req: &R) -> Ticket;
+
+    /// Called once a request with a rate-limit key passed its rate limit (local or shared),
+    /// before it is admitted or queued, with what its key has left: a way to hand the count
+    /// to the response (the `RateLimit` field of an HTTP answer) without a lock or an
+    /// allocation. Does nothing by default.
+    fn rate_checked(_req: &mut R, _state: RateLimitState)
+    where
+        Self: Sized,
+    {
+    }
 }
 
 impl<R, F, T> Prioritize<R> for F

@@ -4,6 +4,7 @@
 use crate::controller::{Controller, ShardRef};
 use crate::error::{Reason, Rejected};
 use crate::queue::{Enqueued, WaiterId};
+use crate::ratelimit::RateLimitState;
 use pin_project::pin_project;
 use std::fmt;
 use std::future::Future;
@@ -197,10 +198,14 @@ struct Queued<S, R> {
 }
 
 /// The rate-limit check in flight, and what admission needs afterwards.
-pub(crate) type RateCheck = Pin<Box<dyn Future<Output = Result<(), std::time::Duration>> + Send>>;
+pub(crate) type RateCheck =
+    Pin<Box<dyn Future<Output = Result<Option<RateLimitState>, std::time::Duration>> + Send>>;
 
 struct Limiting<S, R> {
     check: RateCheck,
+    /// The prioritizer's [`rate_checked`](crate::Prioritize::rate_checked), called on the
+    /// request once the check lets it through.
+    report: fn(&mut R, RateLimitState),
     shard: ShardRef,
     svc: Option<S>,
     req: Option<R>,
@@ -274,9 +279,11 @@ where
         class: usize,
         deadline: Option<Instant>,
         readied: bool,
+        report: fn(&mut R, RateLimitState),
     ) -> Self {
         let limiting = Limiting {
             check,
+            report,
             shard,
             svc: Some(svc),
             req: Some(req),
@@ -406,7 +413,7 @@ where
                     let now = Instant::now();
                     let checked = match res {
                         Err(wait) => Err(l.shard.reject(l.class, Reason::RateLimited, Some(wait))),
-                        Ok(()) => match &l.shard.throttle {
+                        Ok(state) => match &l.shard.throttle {
                             Some(t) if !t.admit(now) => {
                                 let hint = l.shard.retry_hint(0);
                                 Err(l.shard.reject(l.class, Reason::Throttled, Some(hint)))
@@ -414,8 +421,11 @@ where
                             _ => {
                                 let svc =
                                     l.svc.take().expect("a limiting future holds its service");
-                                let req =
+                                let mut req =
                                     l.req.take().expect("a limiting future holds its request");
+                                if let Some(state) = state {
+                                    (l.report)(&mut req, state);
+                                }
                                 admit(
                                     l.shard.clone(),
                                     l.class,

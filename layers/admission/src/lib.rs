@@ -32,7 +32,10 @@
 //!   `http::Deadline` extension.
 //! - **Rate limits** per key with `governor`'s GCRA ([`RateLimitConfig`]), the number of keys
 //!   bounded. With feature `redis`, the quota can live in Redis and be shared by several
-//!   gateway instances, falling back to the local limit when Redis cannot be reached.
+//!   gateway instances, falling back to the local limit when Redis cannot be reached. A
+//!   request that passes learns what its key has left ([`RateLimitState`]: the requests it
+//!   may still make at once and the time until one more frees) through
+//!   [`Prioritize::rate_checked`], written into the request itself: no lock, no allocation.
 //! - **Client-side throttling** ([`ThrottleConfig`]), the SRE book's adaptive formula.
 //! - **Typed rejections**: [`Rejected`] carries the class, a [`Reason`] and a suggested
 //!   retry-after; its `source()` is `tollgate-core`'s `Overloaded`, `RateLimited` or
@@ -162,5 +165,6 @@ pub use error::{Reason, Rejected};
 pub use future::ResponseFuture;
 pub use handle::AdmissionHandle;
 pub use layer::AdmissionLayer;
+pub use ratelimit::RateLimitState;
 pub use service::Admission;
 pub use stats::{ClassSnapshot, QueueWait, Snapshot};

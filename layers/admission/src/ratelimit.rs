@@ -7,14 +7,21 @@
 //! (a lenient choice: such a key gets a fresh burst early, and memory stays bounded).
 //!
 //! Time comes from tokio's clock ([`TokioClock`]), so paused-time tests are deterministic.
+//!
+//! An admitted request learns what its key has left ([`RateLimitState`]): the requests it may
+//! still make at once (`governor`'s `StateInformationMiddleware`) and the time until one more
+//! frees, from the TAT the store just wrote. `governor` does not hand the TAT out, so the store
+//! leaves it in a thread-local cell that the same (synchronous) check reads back: no lock and
+//! no allocation beyond the check's own.
 
 use crate::classify::Key;
 use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
 use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -22,6 +29,41 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 const SHARDS: usize = 16;
+
+thread_local! {
+    /// The TAT this thread's last check stored, nanoseconds on the limiter's clock.
+    static LAST_TAT: Cell<u64> = const { Cell::new(0) };
+}
+
+/// What a key has left after an admitted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitState {
+    /// Requests the key may still make at once, 0 to `burst - 1`.
+    pub remaining: u32,
+    /// The time until the key may make one request more than `remaining` (`Duration::ZERO`
+    /// when its whole burst is left).
+    pub reset: Duration,
+}
+
+impl RateLimitState {
+    /// The state of a key `room` short of an empty bucket after this request
+    /// (`now + tolerance + interval - TAT`), for requests `interval` apart with `tolerance`
+    /// (`interval * (burst - 1)`), all counted in `unit_nanos` nanoseconds.
+    pub(crate) fn from_room(room: u64, interval: u64, tolerance: u64, unit_nanos: u64) -> Self {
+        let interval = interval.max(1);
+        let full = tolerance.saturating_add(interval);
+        let remaining = (room.min(full) / interval).min(u64::from(u32::MAX)) as u32;
+        let reset = if room >= full {
+            0
+        } else {
+            interval - room % interval
+        };
+        Self {
+            remaining,
+            reset: Duration::from_nanos(reset.saturating_mul(unit_nanos)),
+        }
+    }
+}
 
 /// A `governor` clock that reads tokio's (possibly paused) clock, as the time since it was made.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +138,7 @@ impl StateStore for BoundedStore {
             Self::evict(&mut map, now, self.per_shard);
         }
         map.insert(*key, next.as_u64());
+        LAST_TAT.with(|t| t.set(next.as_u64()));
         Ok(out)
     }
 }
@@ -103,8 +146,13 @@ impl StateStore for BoundedStore {
 /// The local, in-process per-key limiter.
 #[derive(Debug)]
 pub(crate) struct LocalLimiter {
-    limiter: RateLimiter<Key, BoundedStore, TokioClock, NoOpMiddleware<Duration>>,
+    limiter: RateLimiter<Key, BoundedStore, TokioClock, StateInformationMiddleware>,
     clock: TokioClock,
+    /// The limiter's origin on `clock`: TATs count from it.
+    start: Duration,
+    /// Nanoseconds between requests and the burst's tolerance, as the GCRA counts them.
+    interval: u64,
+    tolerance: u64,
 }
 
 impl LocalLimiter {
@@ -117,17 +165,37 @@ impl LocalLimiter {
             |q| q.allow_burst(burst),
         );
         let clock = TokioClock::new();
+        let interval = quota.replenish_interval().as_nanos() as u64;
+        // governor counts TATs from the clock's reading when the limiter is made.
+        let start = clock.now();
         Self {
-            limiter: RateLimiter::new(quota, BoundedStore::new(max_keys, clock), clock),
+            limiter: RateLimiter::<_, _, _, NoOpMiddleware<Duration>>::new(
+                quota,
+                BoundedStore::new(max_keys, clock),
+                clock,
+            )
+            .with_middleware::<StateInformationMiddleware>(),
             clock,
+            start,
+            interval,
+            tolerance: interval.saturating_mul(u64::from(quota.burst_size().get() - 1)),
         }
     }
 
-    /// `Ok` if `key` may go now, else how long until it may.
-    pub(crate) fn check(&self, key: Key) -> Result<(), Duration> {
-        self.limiter
-            .check_key(&key)
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    /// What `key` has left if it may go now, else how long until it may.
+    pub(crate) fn check(&self, key: Key) -> Result<RateLimitState, Duration> {
+        match self.limiter.check_key(&key) {
+            Ok(snapshot) => {
+                let now = self.clock.now().saturating_sub(self.start).as_nanos() as u64;
+                let tat = LAST_TAT.with(Cell::get);
+                let room = (now + self.tolerance + self.interval).saturating_sub(tat);
+                let mut state = RateLimitState::from_room(room, self.interval, self.tolerance, 1);
+                // governor's count, from its own reading of the clock.
+                state.remaining = snapshot.remaining_burst_capacity();
+                Ok(state)
+            }
+            Err(not_until) => Err(not_until.wait_time_from(self.clock.now())),
+        }
     }
 
     /// Keys tracked now.

@@ -3,7 +3,9 @@
 //! One Lua script does the whole GCRA step atomically on the server, on the server's clock
 //! (`TIME`), so instances with skewed clocks agree: it reads the key's theoretical arrival
 //! time (TAT, microseconds), rejects with the wait if `now < TAT - tolerance`, else stores
-//! `max(TAT, now) + interval` with an expiry just past it (idle keys vanish by themselves).
+//! `max(TAT, now) + interval` with an expiry just past it (idle keys vanish by themselves) and
+//! answers how far the key is from an empty bucket (`now + tolerance + interval - TAT`), from
+//! which an admitted request learns what its key has left ([`RateLimitState`]).
 //!
 //! Every check, connecting included, waits at most [`RedisConfig::response_timeout`]. A
 //! connection is made by a background task (bounded by [`RedisConfig::connect_timeout`],
@@ -21,7 +23,7 @@
 
 use crate::classify::Key;
 use crate::config::{KEY_PREFIX, RedisConfig};
-use crate::ratelimit::LocalLimiter;
+use crate::ratelimit::{LocalLimiter, RateLimitState};
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use std::sync::Arc;
@@ -39,11 +41,11 @@ local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if not tat or tat < now then tat = now end
 if now < tat - tolerance then
-  return tat - tolerance - now
+  return {tat - tolerance - now, 0}
 end
 local next_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
-return 0
+return {0, now + tolerance + interval - next_tat}
 ";
 
 /// The Redis side of the rate limit. See the [module docs](self).
@@ -62,14 +64,14 @@ pub(crate) struct RemoteLimiter {
 /// How a remote check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Checked {
-    /// Redis answered: `Ok`, or the wait until the key may go.
-    Remote(Result<(), Duration>),
+    /// Redis answered: what the key has left, or the wait until it may go.
+    Remote(Result<RateLimitState, Duration>),
     /// Redis could not be reached; the local limit answered.
-    Local(Result<(), Duration>),
+    Local(Result<RateLimitState, Duration>),
 }
 
 impl Checked {
-    pub(crate) fn result(self) -> Result<(), Duration> {
+    pub(crate) fn result(self) -> Result<RateLimitState, Duration> {
         match self {
             Checked::Remote(r) | Checked::Local(r) => r,
         }
@@ -107,7 +109,7 @@ impl RemoteLimiter {
         self.guard.allow(self.since_base(now))
     }
 
-    async fn eval(&self, conn: &MultiplexedConnection, key: Key) -> redis::RedisResult<u64> {
+    async fn eval(&self, conn: &MultiplexedConnection, key: Key) -> redis::RedisResult<(u64, u64)> {
         let mut conn = conn.clone();
         self.script
             .key(format!("{}{key}", self.config.key_prefix_or(KEY_PREFIX)))
@@ -120,10 +122,15 @@ impl RemoteLimiter {
     /// Checks `key` in Redis, falling back to `local` when Redis cannot answer in time.
     pub(crate) async fn check(&self, key: Key, local: &LocalLimiter) -> Checked {
         match self.ask(key).await {
-            Some(wait_us) => {
+            Some((wait_us, room_us)) => {
                 self.guard.success();
                 Checked::Remote(match wait_us {
-                    0 => Ok(()),
+                    0 => Ok(RateLimitState::from_room(
+                        room_us,
+                        self.interval_us,
+                        self.tolerance_us,
+                        1_000,
+                    )),
                     us => Err(Duration::from_micros(us)),
                 })
             }
@@ -134,9 +141,9 @@ impl RemoteLimiter {
         }
     }
 
-    /// Redis's answer (0, or the wait in microseconds), or `None` if it gave none within the
-    /// response timeout (a connection made meanwhile included).
-    async fn ask(&self, key: Key) -> Option<u64> {
+    /// Redis's answer (0 and the key's room, or the wait, in microseconds), or `None` if it
+    /// gave none within the response timeout (a connection made meanwhile included).
+    async fn ask(&self, key: Key) -> Option<(u64, u64)> {
         let link = &self.link;
         let until = Instant::now() + link.response_timeout;
         let conn = match link.conn.load_full() {
@@ -152,7 +159,7 @@ impl RemoteLimiter {
             }
         };
         match tokio::time::timeout_at(until, self.eval(&conn, key)).await {
-            Ok(Ok(wait_us)) => Some(wait_us),
+            Ok(Ok(answer)) => Some(answer),
             Ok(Err(_)) => {
                 // The connection may be dead (a killed server): the next check connects anew.
                 let _ = link.conn.compare_and_swap(&Some(conn), None);

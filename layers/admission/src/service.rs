@@ -6,6 +6,7 @@ use crate::controller::{Controller, ShardRef, Shards};
 use crate::error::{Reason, Rejected};
 use crate::future::{Permit, ResponseFuture, Waiter};
 use crate::queue::Enqueued;
+use crate::ratelimit::RateLimitState;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -67,15 +68,20 @@ fn park<S: Clone>(inner: &mut S, mode: ReadyMode) -> (S, bool) {
 fn remote_check(shard: ShardRef, key: crate::classify::Key) -> crate::future::RateCheck {
     Box::pin(async move {
         let (Some(remote), Some(local)) = (&shard.remote, &shard.rate) else {
-            return Ok(());
+            return Ok(None);
         };
-        remote.check(key, local).await.result()
+        remote.check(key, local).await.result().map(Some)
     })
 }
 
-/// Checks that need no capacity: deadline, rate limit, throttle. Returns the time it read.
+/// Checks that need no capacity: deadline, rate limit, throttle. Returns the time it read and
+/// what the request's key has left when it has one.
 #[cold]
-fn precheck(shard: &ShardRef, class: usize, ticket: &Ticket) -> Result<Instant, Rejected> {
+fn precheck(
+    shard: &ShardRef,
+    class: usize,
+    ticket: &Ticket,
+) -> Result<(Instant, Option<RateLimitState>), Rejected> {
     let ctrl: &Controller = shard;
     let now = Instant::now();
     if let Some(d) = ticket.deadline
@@ -83,10 +89,12 @@ fn precheck(shard: &ShardRef, class: usize, ticket: &Ticket) -> Result<Instant, 
     {
         return Err(ctrl.reject(class, Reason::Deadline, None));
     }
-    if let (Some(rate), Some(key)) = (&ctrl.rate, ticket.key)
-        && let Err(wait) = rate.check(key)
-    {
-        return Err(ctrl.reject(class, Reason::RateLimited, Some(wait)));
+    let mut left = None;
+    if let (Some(rate), Some(key)) = (&ctrl.rate, ticket.key) {
+        match rate.check(key) {
+            Ok(state) => left = Some(state),
+            Err(wait) => return Err(ctrl.reject(class, Reason::RateLimited, Some(wait))),
+        }
     }
     if let Some(t) = &ctrl.throttle
         && !t.admit(now)
@@ -94,7 +102,7 @@ fn precheck(shard: &ShardRef, class: usize, ticket: &Ticket) -> Result<Instant, 
         let hint = ctrl.retry_hint(0);
         return Err(ctrl.reject(class, Reason::Throttled, Some(hint)));
     }
-    Ok(now)
+    Ok((now, left))
 }
 
 impl<S: Clone, P> Clone for Admission<S, P> {
@@ -137,7 +145,7 @@ where
         }
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
+    fn call(&mut self, mut req: R) -> Self::Future {
         let ticket = self.parts.prioritizer.prioritize(&req);
         let shard = self.parts.shards.local();
         let class = shard.class_of(ticket.class);
@@ -165,11 +173,17 @@ where
                         class,
                         ticket.deadline,
                         readied,
+                        P::rate_checked,
                     );
                 }
             }
             match precheck(shard, class, &ticket) {
-                Ok(t) => now = Some(t),
+                Ok((t, left)) => {
+                    now = Some(t);
+                    if let Some(state) = left {
+                        P::rate_checked(&mut req, state);
+                    }
+                }
                 Err(rejected) => return ResponseFuture::rejected(rejected),
             }
         }

@@ -470,6 +470,7 @@ mod lookups_agree {
                 priority: None,
                 cache: None,
                 batch: None,
+                retry: None,
             })
     }
 

@@ -26,18 +26,18 @@ const FULL: &str = r#"
     rate_limit = { burst = 2, period_ms = 1000, key = "header:x-api-key" }
 "#;
 
-fn section(text: &str) -> AdmissionSection {
+pub(super) fn section(text: &str) -> AdmissionSection {
     toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn ctx(ip: &str, route: Option<&str>) -> AdmitCtx {
+pub(super) fn ctx(ip: &str, route: Option<&str>) -> AdmitCtx {
     AdmitCtx {
         client: ip.parse().unwrap(),
         route_class: route.map(Arc::from),
     }
 }
 
-fn req(headers: &[(&str, &str)]) -> Request<()> {
+pub(super) fn req(headers: &[(&str, &str)]) -> Request<()> {
     let mut b = Request::get("/");
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -73,7 +73,7 @@ fn the_full_form_parses_and_round_trips() {
         "name = \"d\"\nclasses = [{ name = \"a\", queue = 3 }]",
         "name = \"d\"\nclasses = [3]",
         "name = \"d\"\nrate_limit = { burst = 1, period_ms = 1, keys = \"x\" }",
-        "name = \"d\"\nrate_limit = { burst = 1, period_ms = 1, headers = \"all\" }",
+        "name = \"d\"\nrate_limit = { burst = 1, period_ms = 1, headers = \"some\" }",
         "name = \"d\"\nrate_limit = { burst = 1, period_ms = 1, redis = { url = \"redis://h\", timeout = \"1s\" } }",
         "limit = 3",
     ] {
@@ -111,6 +111,13 @@ fn a_shared_quota_reads_the_one_redis_shape() {
             .unwrap()
             .headers,
         RateLimitHeaders::Rejected
+    );
+    assert_eq!(
+        section("name = \"d\"\nrate_limit = { burst = 1, period_ms = 1, headers = \"all\" }")
+            .rate_limit
+            .unwrap()
+            .headers,
+        RateLimitHeaders::All
     );
 }
 
@@ -339,7 +346,7 @@ fn an_equal_section_keeps_the_built_policy() {
 type Log = Arc<Mutex<Vec<String>>>;
 
 /// A policy over an inner service that sleeps `ms` then logs the request's `x-id`.
-fn policy_and_inner(
+pub(super) fn policy_and_inner(
     text: &str,
     ms: u64,
 ) -> (

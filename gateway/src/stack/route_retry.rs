@@ -1,0 +1,93 @@
+//! `[routes.retry]`: a route's own retries over one of its clusters, in place of the
+//! cluster's `[clusters.retry]`.
+//!
+//! Precedence: the route's section, else the cluster's. A route section with `attempts = 0`
+//! turns retries off for that route: its requests go straight to the cluster's breaker, pool
+//! and balancer, with no retry layer (nothing buffered, nothing counted in any budget).
+//!
+//! **Budget.** The override is its own tollgate-retry layer over the cluster's stack, so it
+//! has its own budget (sized by its own `budget_percent` and `budget_min_per_s`) and its own
+//! latency estimate for hedging, one per route and cluster. tollgate-retry keeps a budget per
+//! layer and a layer per configuration (attempts, backoff, hedging), so two sections with
+//! different settings cannot spend one budget. What protects the upstream still holds: each
+//! request deposits into exactly one budget (its route's override, else its cluster's), so the
+//! retries and hedges a cluster receives stay within the largest `budget_percent` of its
+//! requests plus the sum of the `budget_min_per_s` reserves. Keep an override's
+//! `budget_percent` at or under the cluster's to keep the cluster's bound.
+//!
+//! **Reloads.** An override whose section is unchanged keeps its budget and latency estimate:
+//! the kept policy wraps the cluster's new stack when the cluster's layers were rebuilt.
+
+use super::cluster::{ClusterLayers, ClusterSvc};
+use super::retry::{Retried, RetryPolicy};
+use super::{UpRequest, UpResponse};
+use crate::config::ConfigError;
+use crate::config::cluster::layer_error;
+use crate::config::retry::RetrySection;
+use std::sync::Arc;
+use tollgate_core::BoxError;
+use tower::ServiceExt;
+
+/// A route's retries over one cluster's stack.
+#[derive(Debug)]
+pub(crate) struct RouteRetry {
+    section: RetrySection,
+    layers: Arc<ClusterLayers>,
+    /// The policy and the cluster's stack under it; `None`: retries off (`attempts = 0`).
+    retry: Option<(RetryPolicy, Retried<ClusterSvc>)>,
+}
+
+impl RouteRetry {
+    /// The override `section` (validated) over `layers`, keeping `old`'s budget and latency
+    /// estimate when it was built from an equal section. `at` names the section in errors.
+    ///
+    /// # Errors
+    /// tollgate-retry refused the section (validation should have caught it first).
+    pub(crate) fn build(
+        section: &RetrySection,
+        layers: &Arc<ClusterLayers>,
+        old: Option<&Arc<RouteRetry>>,
+        at: &str,
+    ) -> Result<Arc<Self>, ConfigError> {
+        let old = old.filter(|o| o.section == *section);
+        if let Some(o) = old.filter(|o| Arc::ptr_eq(&o.layers, layers)) {
+            return Ok(o.clone());
+        }
+        let retry = if section.attempts == 0 {
+            None
+        } else {
+            let policy = match old.and_then(|o| o.retry.as_ref()) {
+                Some((p, _)) => p.clone(),
+                None => RetryPolicy::new(section).map_err(|e| layer_error(at, &e))?,
+            };
+            let retried = policy.wrap(layers.stack().clone());
+            Some((policy, retried))
+        };
+        Ok(Arc::new(Self {
+            section: section.clone(),
+            layers: layers.clone(),
+            retry,
+        }))
+    }
+
+    /// Sends `req` with the route's retries (or none), past the cluster's own retry layer.
+    pub(crate) async fn send(&self, req: UpRequest) -> Result<UpResponse, BoxError> {
+        match &self.retry {
+            Some((policy, retried)) => policy.send(retried.clone(), req).await,
+            None => self.layers.stack().clone().oneshot(req).await,
+        }
+    }
+
+    /// Records the override's counters, labelled `route` and `cluster` (nothing when it turns
+    /// retries off).
+    pub(crate) fn record_metrics(&self, route: &str, cluster: &str) {
+        if let Some((p, _)) = &self.retry {
+            p.record_route_metrics(route, cluster);
+        }
+    }
+
+    /// The override's retry state for `/state` (`None` when it turns retries off).
+    pub(crate) fn state(&self) -> Option<serde_json::Value> {
+        self.retry.as_ref().map(|(p, _)| p.state())
+    }
+}
