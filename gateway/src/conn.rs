@@ -215,7 +215,7 @@ impl<C: GracefulConnection<Error = hyper::Error>> Graceful for C {
     }
 }
 
-/// An HTTP/1.1 connection with upgrades on (see [`tunnel`](crate::tunnel)).
+/// An HTTP/1.1 connection with upgrades on (see [`tunnel`]).
 struct Upgradeable<I>(http1::UpgradeableConnection<I, Svc>);
 
 impl<I> Future for Upgradeable<I>

@@ -3,7 +3,7 @@
 //! (RFC 7239) and `Via` are added.
 //!
 //! From a peer in `server.trusted_proxies`, the `X-Forwarded-For` and `Forwarded` the request
-//! brought are rewritten to the chain the gateway believes (see [`forwarded`](crate::forwarded)):
+//! brought are rewritten to the chain the gateway believes (see [`forwarded`]):
 //! the client first, then the trusted hops, then the peer; both fields name the same chain,
 //! whichever one was walked. From any other peer they are passed on with the peer appended,
 //! as nginx's `$proxy_add_x_forwarded_for` and Envoy do: the entry the gateway adds is always

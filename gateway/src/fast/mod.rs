@@ -12,7 +12,7 @@
 //! the connection's busy spell (until it idles): HTTP/1.0, chunked request bodies, `Expect`,
 //! upgrades, absolute-form targets, malformed or oversized heads, routes with layers, HTTP/2
 //! upstreams. The two paths add and strip the same headers and map upstream failures to the
-//! same answers (see [`proxy`]). `server.h1_fast_path = false` sends everything
+//! same answers (see [`proxy`](crate::proxy)). `server.h1_fast_path = false` sends everything
 //! to hyper.
 //!
 //! | event | fast path |

@@ -273,7 +273,7 @@ impl AdmissionPolicy {
     }
 
     /// Admits `req` into `inner`, or rejects it with the layer's
-    /// [`Rejected`](tollgate_admission::Rejected) (or a core `DeadlineExceeded` when an
+    /// [`Rejected`] (or a core `DeadlineExceeded` when an
     /// admitted request outlives its deadline).
     pub(crate) fn call<S: super::UpstreamService>(
         &self,

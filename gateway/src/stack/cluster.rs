@@ -259,7 +259,7 @@ impl ClusterLayers {
     }
 
     /// Sends `req` through the stack (retrying when configured and allowed).
-    pub(crate) fn send(self: &Arc<Self>, req: UpRequest) -> super::route::BoxFuture {
+    pub(crate) fn send(self: &Arc<Self>, req: UpRequest) -> super::BoxFuture {
         // Each way boxed on its own: one with no retries holds no retry state (futures are
         // moved a few times per request, so their size is paid for on each).
         match &self.retry {

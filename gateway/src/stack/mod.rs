@@ -45,6 +45,10 @@ pub(crate) use crate::body::{GwBody, UpRequest};
 /// An upstream's answer, its body streamed.
 pub(crate) type UpResponse = Response<UpBody>;
 
+/// A boxed response future of the route and cluster services.
+pub(crate) type BoxFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<UpResponse, BoxError>> + Send>>;
+
 /// What a cluster's stack is: a cloneable service from [`UpRequest`] to [`UpResponse`] whose
 /// errors are boxed (a tollgate rejection, a timeout, or an [`UpstreamError`](super::pool::UpstreamError)).
 pub(crate) trait UpstreamService:

@@ -10,16 +10,13 @@ use super::{UpRequest, UpResponse};
 use crate::error::RouteTimedOut;
 use crate::pool::Settings;
 use crate::pool::SharedSettings;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tollgate_core::BoxError;
 use tower::{Service, ServiceExt};
 
-/// A boxed response future of the route services.
-pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<UpResponse, BoxError>> + Send>>;
+pub(crate) use super::BoxFuture;
 
 /// A cluster as a service: its layered stack, or round robin over its endpoints.
 #[derive(Debug, Clone)]
