@@ -1,0 +1,162 @@
+//! The request path through a route's layers (see [`stack`](crate::stack) for their order):
+//! the request made ready for the upstream (forwarding headers, a body held whole when it has
+//! none), sent through the route's cache, admission and cluster stack, and the answer or the
+//! layer's rejection turned into the client's answer.
+
+use crate::answer::{Answer, Blame, QuotaLeft, RespBody, error_response, is_rejection};
+use crate::config::UpstreamProtocol;
+use crate::ctx::ConnCtx;
+use crate::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
+use crate::pool::{self, UpstreamAddr};
+use crate::stack::GwBody;
+use crate::stack::admission::AdmissionPolicy;
+use crate::stack::admission::AdmitCtx;
+use crate::stack::route::RouteService;
+use crate::state::{Branch, RoutePlan, Snapshot};
+use crate::{trace, tunnel};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body::Body as _;
+use http_body_util::{Either, Full, Limited};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+/// Strips hop-by-hop headers, adds the forwarding headers, and keeps the client's `Host` when
+/// the cluster preserves it (otherwise the upstream service sets the endpoint's).
+fn forward_headers(conn: &ConnCtx, parts: &mut http::request::Parts, preserve_host: bool) {
+    let host: Option<HeaderValue> = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    strip_hop_by_hop(&mut parts.headers, true);
+    add_forwarding(
+        &mut parts.headers,
+        &conn.forwarding,
+        host.as_ref(),
+        parts.version,
+    );
+    parts.headers.remove(header::HOST);
+    if preserve_host && let Some(h) = host {
+        parts.headers.insert(header::HOST, h);
+    }
+}
+
+/// The request path through the layers (see [`stack`](crate::stack) for the order).
+pub(super) async fn layered(
+    conn: &ConnCtx,
+    snap: &Snapshot,
+    plan: &RoutePlan,
+    branch: &Branch,
+    listener_admission: Option<&Arc<AdmissionPolicy>>,
+    req: Request<Incoming>,
+    upgrade: Option<tunnel::Upgrade>,
+) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
+    let stats = &conn.shared.stats;
+    let cluster = &snap.clusters[branch.cluster];
+    // An upgrade only to an HTTP/1.1 cluster; otherwise the request goes as a plain one.
+    let upgrade = upgrade.filter(|_| cluster.protocol == UpstreamProtocol::Http1);
+    if let Some(batch) = &plan.batch {
+        // Boxed, as the cache's call below: rarer paths whose state would make every
+        // request's future larger.
+        let resp = Box::pin(batch.call(req)).await;
+        return (resp, None);
+    }
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let (mut parts, body) = req.into_parts();
+    let Ok(uri) = Uri::try_from(parts.uri.path_and_query().map_or("/", |p| p.as_str())) else {
+        return (Answer::BadTarget.response(), None);
+    };
+    // Read before `forward_headers` rewrites the chain.
+    let client = client_addr(&parts.headers, &conn.forwarding);
+    forward_headers(conn, &mut parts, cluster.preserve_host);
+    if let Some(u) = &upgrade {
+        tunnel::restore(&mut parts.headers, u);
+        parts.extensions.insert(pool::Upgrading);
+    }
+    parts.uri = uri;
+    // A request without a body is held whole, so that it can be retried or cached.
+    let body: GwBody = if body.is_end_stream() {
+        Either::Right(Full::default())
+    } else {
+        let limit = snap
+            .max_body
+            .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        Either::Left(Limited::new(body, limit))
+    };
+    let req = Request::from_parts(parts, body);
+    let admission = plan.admission.as_ref().or(listener_admission).map(|p| {
+        (
+            p.clone(),
+            AdmitCtx {
+                client,
+                route_class: plan.priority.clone(),
+            },
+        )
+    });
+    let inner = RouteService {
+        admission,
+        cluster: branch.service(cluster),
+        timeout: plan.timeout,
+    };
+    cluster.stats.requests.incr();
+    cluster.stats.in_flight.incr();
+    let result = match &plan.cache {
+        // An upgrade is never cached.
+        Some(cache) if upgrade.is_none() => Box::pin(cache.call(inner, req)).await,
+        _ => inner.oneshot(req).await.map(|r| r.map(Either::Left)),
+    };
+    cluster.stats.in_flight.decr();
+    match result {
+        Ok(resp) => {
+            let (mut rp, body) = resp.into_parts();
+            if rp.status.is_server_error() {
+                cluster.stats.failures.incr();
+            }
+            let addr = rp.extensions.get::<UpstreamAddr>().map(|a| a.0);
+            strip_hop_by_hop(&mut rp.headers, false);
+            // `rate_limit.headers = "all"`: what the client's key has left.
+            if let Some(q) = rp.extensions.get::<QuotaLeft>() {
+                q.add_to(&mut rp.headers);
+            }
+            rp.headers.append(header::VIA, via_value(rp.version));
+            let resp = Response::from_parts(rp, body);
+            let resp = match upgrade {
+                Some(u) => tunnel::finish(u, resp, snap.upgrade_idle_timeout, &conn.shared),
+                None => resp,
+            };
+            (resp, addr)
+        }
+        Err(e) => {
+            let rejected = is_rejection(&e);
+            if rejected {
+                branch.stats.rejected.incr();
+            }
+            let (mut resp, blame) = error_response(&e, grpc, stats);
+            // The request span says why (a breaker, pool, admission or budget rejection, or
+            // the upstream's failure).
+            if conn.shared.tracer.is_some() {
+                resp.extensions_mut().insert(trace::Failure {
+                    rejected,
+                    message: e.to_string(),
+                });
+            }
+            if blame == Blame::Upstream {
+                cluster.stats.failures.incr();
+            }
+            tracing::debug!(
+                cluster = %cluster.name,
+                status = resp.status().as_u16(),
+                error = %e,
+                "request failed"
+            );
+            (resp, None)
+        }
+    }
+}
