@@ -321,15 +321,7 @@ async fn routed(
         .then(|| tunnel::requested(&mut req, conn))
         .flatten();
     let (mut parts, body) = req.into_parts();
-    // The client's host as a header value: a cheap clone of `Host` (HTTP/1.1), or built
-    // from the `:authority` (HTTP/2).
-    let host: Option<HeaderValue> = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
+    let host = layered::client_host(&parts);
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     // A TLS request leaves in HTTP/1.1 form; the pool turns it into HTTP/2 if the endpoint
     // picks that by ALPN.

@@ -22,16 +22,22 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 use tower::ServiceExt;
 
-/// Strips hop-by-hop headers, adds the forwarding headers, and keeps the client's `Host` when
-/// the cluster preserves it (otherwise the upstream service sets the endpoint's).
-fn forward_headers(conn: &ConnCtx, parts: &mut http::request::Parts, preserve_host: bool) {
-    let host: Option<HeaderValue> = match parts.headers.get(header::HOST) {
+/// The client's host as a header value: a cheap clone of `Host` (HTTP/1.1), or built from the
+/// `:authority` (HTTP/2).
+pub(super) fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
+    match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
         None => parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
+    }
+}
+
+/// Strips hop-by-hop headers, adds the forwarding headers, and keeps the client's `Host` when
+/// the cluster preserves it (otherwise the upstream service sets the endpoint's).
+fn forward_headers(conn: &ConnCtx, parts: &mut http::request::Parts, preserve_host: bool) {
+    let host = client_host(parts);
     strip_hop_by_hop(&mut parts.headers, true);
     add_forwarding(
         &mut parts.headers,
