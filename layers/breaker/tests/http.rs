@@ -2,7 +2,7 @@
 //! does not, and responses pass through unchanged.
 
 use std::time::Duration;
-use tollgate_breaker::{BreakerConfig, BreakerLayer, Open, SlidingWindow, State};
+use tollgate_breaker::{BreakerConfig, BreakerHandle, BreakerLayer, Open, SlidingWindow, State};
 use tollgate_core::BoxError;
 use tollgate_core::classify::ServerErrorsAreFailures;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
@@ -17,6 +17,32 @@ where
         .expect("answered")
 }
 
+/// A breaker with `config` and the HTTP classifier over a service answering the status it is
+/// sent; with `retry_after`, a 429 comes with `Retry-After: 30`.
+fn status_breaker(
+    config: BreakerConfig,
+    retry_after: bool,
+) -> (
+    BreakerHandle,
+    impl Service<u16, Response = http::Response<()>, Error = BoxError>,
+) {
+    let layer = BreakerLayer::new(config)
+        .unwrap()
+        .with_classifier(ServerErrorsAreFailures);
+    let handle = layer.handle();
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer)
+            .service(service_fn(move |status: u16| async move {
+                let mut b = http::Response::builder().status(status);
+                if retry_after && status == 429 {
+                    b = b.header("retry-after", "30");
+                }
+                Ok::<_, BoxError>(b.body(()).unwrap())
+            }));
+    (handle, svc)
+}
+
 #[tokio::test(start_paused = true)]
 async fn server_errors_trip_the_breaker_and_client_errors_do_not() {
     let config = BreakerConfig {
@@ -24,16 +50,7 @@ async fn server_errors_trip_the_breaker_and_client_errors_do_not() {
         minimum_calls: 10,
         ..BreakerConfig::default()
     };
-    let layer = BreakerLayer::new(config)
-        .unwrap()
-        .with_classifier(ServerErrorsAreFailures);
-    let handle = layer.handle();
-    let mut svc =
-        ServiceBuilder::new()
-            .layer(layer)
-            .service(service_fn(|status: u16| async move {
-                Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
-            }));
+    let (handle, mut svc) = status_breaker(config, false);
     for _ in 0..10 {
         assert_eq!(get(&mut svc, 404).await.unwrap().status(), 404);
     }
@@ -58,35 +75,16 @@ async fn retry_after_fails_the_call_and_holds_the_breaker_open() {
         permitted_calls_in_half_open: 1,
         ..BreakerConfig::default()
     };
-    let layer = BreakerLayer::new(config)
-        .unwrap()
-        .with_classifier(ServerErrorsAreFailures);
-    let handle = layer.handle();
-    let mut svc =
-        ServiceBuilder::new()
-            .layer(layer)
-            .service(service_fn(|status: u16| async move {
-                let mut b = http::Response::builder().status(status);
-                if status == 429 {
-                    b = b.header("retry-after", "30");
-                }
-                Ok::<_, BoxError>(b.body(()).unwrap())
-            }));
+    let (handle, mut svc) = status_breaker(config, true);
     // A plain 429 (no Retry-After) is the client's doing, as any 4xx.
-    let plain_layer = BreakerLayer::new(BreakerConfig {
-        sliding_window: SlidingWindow::Count { size: 4 },
-        minimum_calls: 4,
-        ..BreakerConfig::default()
-    })
-    .unwrap()
-    .with_classifier(ServerErrorsAreFailures);
-    let plain_handle = plain_layer.handle();
-    let mut plain =
-        ServiceBuilder::new()
-            .layer(plain_layer)
-            .service(service_fn(|status: u16| async move {
-                Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
-            }));
+    let (plain_handle, mut plain) = status_breaker(
+        BreakerConfig {
+            sliding_window: SlidingWindow::Count { size: 4 },
+            minimum_calls: 4,
+            ..BreakerConfig::default()
+        },
+        false,
+    );
     for _ in 0..4 {
         assert_eq!(get(&mut plain, 429).await.unwrap().status(), 429);
     }
