@@ -54,20 +54,19 @@ impl RateLimitFields {
     /// Adds both fields to an answer of an admitted request whose key has `left`, the reset
     /// in whole seconds rounded up (0 when the whole quota is left).
     pub(crate) fn add_admitted(&self, headers: &mut http::HeaderMap, left: RateLimitState) {
-        headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
         let reset = left.reset;
         let t = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
-        let value = format!("{};r={};t={t}", self.item, left.remaining);
-        headers.insert(
-            RATELIMIT.clone(),
-            HeaderValue::try_from(value).expect("printable ASCII"),
-        );
+        self.add(headers, left.remaining, t);
     }
 
     /// Adds both fields to a 429 answer whose quota resets in `reset_secs`.
     pub(crate) fn add_rejected(&self, headers: &mut http::HeaderMap, reset_secs: u64) {
+        self.add(headers, 0, reset_secs);
+    }
+
+    fn add(&self, headers: &mut http::HeaderMap, remaining: u32, reset_secs: u64) {
         headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
-        let value = format!("{};r=0;t={reset_secs}", self.item);
+        let value = format!("{};r={remaining};t={reset_secs}", self.item);
         headers.insert(
             RATELIMIT.clone(),
             HeaderValue::try_from(value).expect("printable ASCII"),
