@@ -259,21 +259,8 @@ impl ClusterLayers {
     }
 
     /// Sends `req` through the stack (retrying when configured and allowed).
-    pub(crate) fn send(self: &Arc<Self>, req: UpRequest) -> super::BoxFuture {
-        // Each way boxed on its own: one with no retries holds no retry state (futures are
-        // moved a few times per request, so their size is paid for on each).
-        match &self.retry {
-            Some(_) => {
-                let this = self.clone();
-                Box::pin(async move {
-                    match &this.retry {
-                        Some((policy, retried)) => policy.send(retried.clone(), req).await,
-                        None => this.svc.clone().oneshot(req).await,
-                    }
-                })
-            }
-            None => Box::pin(self.svc.clone().oneshot(req)),
-        }
+    pub(crate) fn send(&self, req: UpRequest) -> super::BoxFuture {
+        send_through(self.retry.as_ref(), &self.svc, req)
     }
 
     /// The stack's state for `/state`.
@@ -373,5 +360,22 @@ impl ClusterLayers {
         if let Some((r, _)) = &self.retry {
             r.record_metrics(&c);
         }
+    }
+}
+
+/// Sends `req` through `retry` (a policy and the stack under its retry layer) when set, else
+/// straight through `stack`. Each way boxed on its own: one with no retries holds no retry
+/// state (futures are moved a few times per request, so their size is paid for on each).
+pub(crate) fn send_through(
+    retry: Option<&(RetryPolicy, Retried<ClusterSvc>)>,
+    stack: &ClusterSvc,
+    req: UpRequest,
+) -> super::BoxFuture {
+    match retry {
+        Some((policy, retried)) => {
+            let (policy, retried) = (policy.clone(), retried.clone());
+            Box::pin(async move { policy.send(retried, req).await })
+        }
+        None => Box::pin(stack.clone().oneshot(req)),
     }
 }

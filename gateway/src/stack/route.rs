@@ -41,10 +41,7 @@ impl Service<UpRequest> for ClusterService {
     fn call(&mut self, req: UpRequest) -> BoxFuture {
         match self {
             ClusterService::Layered(layers) => layers.send(req),
-            ClusterService::RouteRetried(retry) => {
-                let retry = retry.clone();
-                Box::pin(async move { retry.send(req).await })
-            }
+            ClusterService::RouteRetried(retry) => retry.send(req),
             ClusterService::Plain(cluster, settings) => {
                 let Some((index, addr)) = cluster.pick() else {
                     return Box::pin(std::future::ready(Err(BoxError::from(

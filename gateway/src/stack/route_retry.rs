@@ -18,15 +18,13 @@
 //! **Reloads.** An override whose section is unchanged keeps its budget and latency estimate:
 //! the kept policy wraps the cluster's new stack when the cluster's layers were rebuilt.
 
-use super::cluster::{ClusterLayers, ClusterSvc};
+use super::UpRequest;
+use super::cluster::{ClusterLayers, ClusterSvc, send_through};
 use super::retry::{Retried, RetryPolicy};
-use super::{UpRequest, UpResponse};
 use crate::config::ConfigError;
 use crate::config::cluster::layer_error;
 use crate::config::retry::RetrySection;
 use std::sync::Arc;
-use tollgate_core::BoxError;
-use tower::ServiceExt;
 
 /// A route's retries over one cluster's stack.
 #[derive(Debug)]
@@ -71,11 +69,8 @@ impl RouteRetry {
     }
 
     /// Sends `req` with the route's retries (or none), past the cluster's own retry layer.
-    pub(crate) async fn send(&self, req: UpRequest) -> Result<UpResponse, BoxError> {
-        match &self.retry {
-            Some((policy, retried)) => policy.send(retried.clone(), req).await,
-            None => self.layers.stack().clone().oneshot(req).await,
-        }
+    pub(crate) fn send(&self, req: UpRequest) -> super::BoxFuture {
+        send_through(self.retry.as_ref(), self.layers.stack(), req)
     }
 
     /// Records the override's counters, labelled `route` and `cluster` (nothing when it turns
