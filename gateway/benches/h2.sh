@@ -77,16 +77,9 @@ EOF
 $PIN_SERVER nginx -c "$TMP/nginx.conf" -p "$TMP/nginx" &
 PIDS+=($!)
 
-cat >"$TMP/haproxy.cfg" <<EOF
-global
-  nbthread $WORKERS
-  # Two descriptors a connection (client and server side), within the open-file limit.
-  maxconn $(( $(ulimit -n) / 2 - 64 ))
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 120s
-  timeout server 120s
+{
+  haproxy_head
+  cat <<EOF
   option http-keep-alive
   http-reuse always
 frontend get
@@ -100,6 +93,7 @@ backend h1
 backend h2
   server b1 127.0.0.1:$BACKEND_PORT proto h2 maxconn 256
 EOF
+} >"$TMP/haproxy.cfg"
 $PIN_SERVER haproxy -db -f "$TMP/haproxy.cfg" &
 PIDS+=($!)
 HAPROXY_PID=$!

@@ -43,6 +43,24 @@ cleanup() {
 trap cleanup EXIT
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
+# haproxy_head: the start of a HAProxy config every bench shares (threads as workers, the
+# open-file limit's connections, pid under $TMP, HTTP mode and its connect/client/server
+# timeouts), up to inside its `defaults` section; the caller writes the rest.
+haproxy_head() {
+  cat <<EOF
+global
+  nbthread $WORKERS
+  # Two descriptors a connection (client and server side), within the open-file limit.
+  maxconn $(( $(ulimit -n) / 2 - 64 ))
+  pidfile $TMP/haproxy.pid
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+EOF
+}
+
 # nginx_head: the start of an nginx config every bench shares (workers, files under $TMP, no
 # access log, long keep-alive), up to inside its `http` block; the caller writes the rest.
 nginx_head() {

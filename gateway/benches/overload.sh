@@ -75,16 +75,9 @@ EOF
 $PIN_SERVER nginx -c "$TMP/nginx.conf" -p "$TMP/nginx" &
 PIDS+=($!)
 
-cat >"$TMP/haproxy.cfg" <<EOF
-global
-  nbthread $WORKERS
-  maxconn $(( $(ulimit -n) / 2 - 64 ))
-  pidfile $TMP/haproxy.pid
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 120s
-  timeout server 120s
+{
+  haproxy_head
+  cat <<EOF
   timeout queue ${TIMEOUT}s
   timeout http-keep-alive 120s
   option http-keep-alive
@@ -96,6 +89,7 @@ frontend bench
 backend app
   server b1 127.0.0.1:$BACKEND_PORT maxconn $WORKERS_BACKEND
 EOF
+} >"$TMP/haproxy.cfg"
 $PIN_SERVER haproxy -db -f "$TMP/haproxy.cfg" &
 PIDS+=($!)
 

@@ -80,17 +80,9 @@ PIDS+=($!)
 
 # HAProxy, the other anchor: same backend, same worker count (nbthread), keep-alive both ways
 # and idle upstream connections shared between clients, as a reverse proxy is commonly tuned.
-cat >"$TMP/haproxy.cfg" <<EOF
-global
-  nbthread $WORKERS
-  # Two descriptors a connection (client and server side), within the open-file limit.
-  maxconn $(( $(ulimit -n) / 2 - 64 ))
-  pidfile $TMP/haproxy.pid
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 120s
-  timeout server 120s
+{
+  haproxy_head
+  cat <<EOF
   timeout http-keep-alive 120s
   option http-keep-alive
   option forwardfor
@@ -101,6 +93,7 @@ frontend bench
 backend app
   server b1 127.0.0.1:$BACKEND_PORT maxconn 256
 EOF
+} >"$TMP/haproxy.cfg"
 $PIN_SERVER haproxy -db -f "$TMP/haproxy.cfg" &
 PIDS+=($!)
 HAPROXY_PID=$!
