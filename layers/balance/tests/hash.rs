@@ -3,11 +3,13 @@
 //! key spills within the bound, and endpoints out of rotation are skipped. All deterministic:
 //! seeded balancers on paused time, endpoints that answer at once (or never, to hold load).
 
+mod common;
+
 use std::future::{Pending, Ready, pending, ready};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use tollgate_balance::{Balance, BalanceConfig, EndpointSignal, OutlierConfig};
+use tollgate_balance::{Balance, EndpointSignal};
 use tower::{Service, ServiceExt};
 
 /// An endpoint that answers with its name at once.
@@ -46,17 +48,7 @@ impl Service<u64> for Stuck {
     }
 }
 
-fn config(seed: u64) -> BalanceConfig {
-    BalanceConfig {
-        seed: Some(seed),
-        outlier: OutlierConfig {
-            consecutive_failures: 0,
-            success_rate: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
+use common::without_ejection as config;
 
 type Keyed<S> = Balance<
     u32,

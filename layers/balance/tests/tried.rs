@@ -1,11 +1,13 @@
 //! Retries and hedges marked with an `Attempt` avoid the endpoints their request already tried
 //! (`Balance::avoid_tried`).
 
+mod common;
+
 use std::future::{Ready, poll_fn, ready};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use tollgate_balance::{Balance, BalanceConfig, OutlierConfig};
+use tollgate_balance::Balance;
 use tollgate_core::attempt::Attempt;
 use tower::{Service, ServiceExt};
 
@@ -46,18 +48,8 @@ impl Service<Req> for Named {
     }
 }
 
-fn config(seed: u64) -> BalanceConfig {
-    BalanceConfig {
-        seed: Some(seed),
-        // Keep every endpoint admitted: the tests steer by the tried set alone.
-        outlier: OutlierConfig {
-            consecutive_failures: 0,
-            success_rate: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
+// Keep every endpoint admitted: the tests steer by the tried set alone.
+use common::without_ejection as config;
 
 fn marked(attempt: &Attempt) -> Req {
     let mut req = http::Request::new(());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tollgate_balance::Balance;
+use tollgate_balance::{Balance, BalanceConfig, OutlierConfig};
 use tower::{Service, ServiceExt};
 
 /// An endpoint that answers after `latency`, failing when told to; counts its requests.
@@ -106,4 +106,18 @@ where
         t.await.unwrap();
     }
     (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst))
+}
+
+/// A seeded config that ejects no endpoint (no consecutive-failure or success-rate ejection),
+/// for tests that steer the pick by other means.
+pub fn without_ejection(seed: u64) -> BalanceConfig {
+    BalanceConfig {
+        seed: Some(seed),
+        outlier: OutlierConfig {
+            consecutive_failures: 0,
+            success_rate: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
