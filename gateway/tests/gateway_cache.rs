@@ -418,23 +418,6 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Keys in the Redis at `port` (`DBSIZE` over RESP, by hand).
-async fn redis_keys(port: u16) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"DBSIZE\r\n").await.unwrap();
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).await.unwrap();
-    let reply = std::str::from_utf8(&buf[..n]).unwrap();
-    reply
-        .trim()
-        .trim_start_matches(':')
-        .parse()
-        .unwrap_or_else(|_| panic!("unexpected DBSIZE reply {reply:?}"))
-}
-
 fn redis_section(url: &str) -> String {
     format!("redis = {{ server = {{ url = \"{url}\", key_prefix = \"gwtest:\" }} }}")
 }

@@ -71,23 +71,6 @@ async fn timed(at: SocketAddr, key: &str, limit: Duration) -> StatusCode {
     status
 }
 
-/// Keys in the Redis at `port` (`DBSIZE` over RESP, by hand).
-async fn redis_keys(port: u16) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"DBSIZE\r\n").await.unwrap();
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).await.unwrap();
-    let reply = std::str::from_utf8(&buf[..n]).unwrap();
-    reply
-        .trim()
-        .trim_start_matches(':')
-        .parse()
-        .unwrap_or_else(|_| panic!("unexpected DBSIZE reply {reply:?}"))
-}
-
 /// Sends requests with fresh keys (each allowed) until Redis holds a key: the gateway uses
 /// Redis again. Bounded: at most 200 tries, 20 ms apart.
 async fn until_redis_is_used(at: SocketAddr, port: u16, tag: &str) {
