@@ -194,6 +194,55 @@ fn bench(c: &mut Criterion) {
         }
         group.finish();
     }
+    ratios();
+}
+
+/// The targets of issue #15 as ratios from one direct run, the peers interleaved round by
+/// round so that all see the same machine load: tollgate's default at most 2x tower's static
+/// `ConcurrencyLimit` single-threaded and below it with 2 threads, and at least 5x faster than
+/// tower-resilience's adaptive limiter with 2 threads.
+fn ratios() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let all = peers();
+    let pick = |name: &str| {
+        let (_, make) = all.iter().find(|(n, _)| *n == name).expect("a peer");
+        make()
+    };
+    let ours = pick("tollgate_pool_default");
+    let tower = pick("tower_concurrency_limit");
+    let resilience = pick("tower_resilience_adaptive_aimd");
+    const ROUNDS: u32 = 5;
+    const ITERS: u64 = 200_000;
+    for threads in [1usize, 2] {
+        // One round first, not counted: the limiter's first windows time every request.
+        ours.run(threads, ITERS);
+        tower.run(threads, ITERS);
+        let (mut t_ours, mut t_tower, mut t_res) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        for _ in 0..ROUNDS {
+            t_ours += ours.run(threads, ITERS);
+            t_tower += tower.run(threads, ITERS);
+            t_res += resilience.run(threads, ITERS / 10);
+        }
+        let per = |t: Duration, iters: u64| t.as_nanos() as f64 / f64::from(ROUNDS) / iters as f64;
+        let (o, t, r) = (
+            per(t_ours, ITERS),
+            per(t_tower, ITERS),
+            per(t_res, ITERS / 10),
+        );
+        println!(
+            "pool/{threads}-thread: tollgate {o:.1} ns, tower ConcurrencyLimit {t:.1} ns \
+             (tollgate/tower = {:.2}, target {}), tower-resilience {r:.1} ns \
+             (resilience/tollgate = {:.1}{})",
+            o / t,
+            if threads == 1 { "<= 2" } else { "< 1" },
+            r / o,
+            if threads == 2 { ", target >= 5" } else { "" },
+        );
+    }
 }
 
 criterion_group!(benches, bench);

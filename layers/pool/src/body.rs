@@ -8,6 +8,7 @@
 
 use crate::limiter::{Limiter, WaitSlot};
 use crate::permit::Permit;
+use crate::reserved::Reserved;
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
@@ -77,10 +78,8 @@ where
 #[derive(Debug)]
 pub struct BodyPoolSizer<S, C = ErrorsAreFailures> {
     inner: S,
-    limiter: Limiter,
+    reserved: Reserved,
     classify: C,
-    permit: Option<Permit>,
-    rejected: bool,
     wait: Option<Pin<Box<WaitSlot>>>,
 }
 
@@ -89,10 +88,8 @@ impl<S, C> BodyPoolSizer<S, C> {
     pub fn new(inner: S, limiter: Limiter, classify: C) -> Self {
         Self {
             inner,
-            limiter,
+            reserved: Reserved::new(limiter),
             classify,
-            permit: None,
-            rejected: false,
             wait: None,
         }
     }
@@ -118,7 +115,7 @@ impl<S: Clone, C: Clone> Clone for BodyPoolSizer<S, C> {
     fn clone(&self) -> Self {
         Self::new(
             self.inner.clone(),
-            self.limiter.clone(),
+            self.reserved.limiter().clone(),
             self.classify.clone(),
         )
     }
@@ -135,33 +132,21 @@ where
     type Future = BodyFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.permit.is_none() && !self.rejected {
-            match ready!(self.limiter.poll_acquire(cx, &mut self.wait)) {
-                Ok(permit) => self.permit = Some(permit),
-                Err(_) => {
-                    self.rejected = true;
-                    return Poll::Ready(Ok(()));
-                }
-            }
-        }
-        if self.rejected {
+        if !ready!(self.reserved.poll_reserve(cx, &mut self.wait)) {
+            // Refused: `call` answers `Overloaded` without the inner service.
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        if std::mem::take(&mut self.rejected) {
+        let Some(mut permit) = self.reserved.take() else {
             return BodyFuture {
                 inner: None,
                 permit: None,
                 classify: self.classify.clone(),
             };
-        }
-        let mut permit = self
-            .permit
-            .take()
-            .expect("poll_ready must succeed before call");
+        };
         permit.start();
         BodyFuture {
             inner: Some(self.inner.call(req)),

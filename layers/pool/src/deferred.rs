@@ -158,12 +158,14 @@ where
                     let res = ready!(fut.poll(cx));
                     // Drop the inner future before giving the permit back (see `PoolSizer`).
                     this.state.set(State::Done);
-                    let Some(permit) = this.permit.take() else {
+                    let Some(permit) = this.permit.as_mut() else {
                         return Poll::Ready(res.map_err(Into::into));
                     };
                     // A tollgate rejection below is not the backend failing (see `PoolSizer`).
                     let (outcome, res) = classify_upstream(this.classify, res);
-                    permit.finish(outcome);
+                    // In place, as `PoolSizer`'s future does.
+                    permit.finish_in_place(outcome);
+                    *this.permit = None;
                     return Poll::Ready(res);
                 }
                 StateProj::Done => panic!("DeferredFuture polled after completion"),

@@ -57,13 +57,16 @@ where
         // Drop the inner future before giving the permit back: whatever it holds (a
         // connection, a buffer) is part of the request's concurrency.
         this.inner.set(None);
-        let Some(permit) = this.permit.take() else {
+        let Some(permit) = this.permit.as_mut() else {
             return Poll::Ready(res.map_err(Into::into));
         };
         // A rejection by a tollgate layer below (admission shedding, no endpoints) says
         // nothing about the backend's capacity: not a failure, and not an RTT sample either.
         let (outcome, res) = classify_upstream(this.classify, res);
-        permit.finish(outcome);
+        // Finished where it lies (the permit is not moved out first: it was written moments
+        // ago by `call`, and reading it back whole would stall on those stores).
+        permit.finish_in_place(outcome);
+        *this.permit = None;
         Poll::Ready(res)
     }
 }

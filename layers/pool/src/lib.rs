@@ -106,6 +106,7 @@ mod future;
 mod layer;
 mod limiter;
 mod permit;
+mod reserved;
 mod service;
 mod tokens;
 

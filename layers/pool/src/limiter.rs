@@ -228,8 +228,9 @@ impl Limiter {
         &self.parts.core
     }
 
+    /// A permit for a token already taken on `home`'s shard.
     #[inline]
-    fn permit(&self, home: usize) -> Permit {
+    pub(crate) fn permit(&self, home: usize) -> Permit {
         let handle = self.parts.handles[home & (self.parts.handles.len() - 1)].clone();
         Permit::new(handle)
     }

@@ -14,12 +14,18 @@ use tollgate_core::Outcome;
 /// [`finish`](Permit::finish). Dropping a started permit unfinished counts it as *cancelled*:
 /// the permit is given back, no RTT is recorded, and it is never mistaken for a fast success.
 /// Dropping a permit that was never started just gives it back.
+///
+/// Kept small (24 bytes: a pointer and two words) because it moves with every request: from
+/// `poll_ready` to `call` and into the response future.
 #[derive(Debug)]
 pub struct Permit {
     handle: Arc<CachePadded<Handle>>,
-    start: Option<Instant>,
-    /// Requests this one stands for in the window's success count (see `Core::finish`).
-    weight: u64,
+    /// When the RTT clock started, in nanoseconds after the limiter's epoch plus one; 0 when
+    /// this request is not timed.
+    start: u64,
+    /// Requests this one stands for in the window's success count (see `Core::finish`);
+    /// sampling rates are capped well below `u32::MAX`.
+    weight: u32,
     /// Timed, and started with few enough requests in flight that it cannot have queued at
     /// the backend ([`LimitAlgorithm::calm_below`](crate::LimitAlgorithm::calm_below)).
     calm: bool,
@@ -27,6 +33,7 @@ pub struct Permit {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum PermitState {
     Idle,
     Started,
@@ -40,7 +47,7 @@ impl Permit {
     pub(crate) fn new(handle: Arc<CachePadded<Handle>>) -> Self {
         Permit {
             handle,
-            start: None,
+            start: 0,
             weight: 1,
             calm: false,
             state: PermitState::Idle,
@@ -56,10 +63,10 @@ impl Permit {
         self.state = PermitState::Started;
         match self.handle.core.sample_now() {
             Some(weight) => {
-                self.weight = weight;
+                self.weight = u32::try_from(weight).unwrap_or(u32::MAX);
                 // Only timed requests read the in-flight count (a few relaxed loads).
                 self.calm = self.handle.core.is_calm();
-                self.start = Some(Instant::now());
+                self.start = self.handle.core.nanos_since_epoch(Instant::now()) + 1;
             }
             None => self.weight = 0,
         }
@@ -79,8 +86,17 @@ impl Permit {
     /// was not started or not sampled).
     #[inline]
     pub fn finish(mut self, outcome: Outcome) {
-        self.record(outcome, true);
-        self.state = PermitState::Finished;
+        self.finish_in_place(outcome);
+    }
+
+    /// [`finish`](Permit::finish) without moving the permit; dropping it afterwards only
+    /// releases the reference to the limiter.
+    #[inline]
+    pub(crate) fn finish_in_place(&mut self, outcome: Outcome) {
+        if self.state != PermitState::Finished {
+            self.record(outcome, true);
+            self.state = PermitState::Finished;
+        }
     }
 
     /// Records `outcome` and the RTT so far now, but keeps the permit until it is dropped: for
@@ -102,16 +118,23 @@ impl Permit {
             }
             return;
         }
-        let (rtt, now) = match self.start.take() {
-            Some(start) => {
+        let (rtt, now) = match std::mem::take(&mut self.start) {
+            0 => (None, None),
+            start => {
                 let now = Instant::now();
-                (Some(now.saturating_duration_since(start)), Some(now))
+                let core = &self.handle.core;
+                let ns = core.nanos_since_epoch(now).saturating_sub(start - 1);
+                (Some(Duration::from_nanos(ns)), Some(now))
             }
-            None => (None, None),
         };
-        self.handle
-            .core
-            .finish(rtt, outcome, now, self.weight, self.calm, release);
+        self.handle.core.finish(
+            rtt,
+            outcome,
+            now,
+            u64::from(self.weight),
+            self.calm,
+            release,
+        );
     }
 
     /// Finishes with `outcome` and an RTT measured by the caller.
@@ -139,3 +162,6 @@ impl Drop for Permit {
         }
     }
 }
+
+// A permit moves with every request; keep it at a pointer and two words.
+const _: () = assert!(std::mem::size_of::<Permit>() <= 24);

@@ -2,7 +2,7 @@
 
 use crate::future::ResponseFuture;
 use crate::limiter::{Limiter, WaitSlot};
-use crate::permit::Permit;
+use crate::reserved::Reserved;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tollgate_core::{BoxError, Classify, ErrorsAreFailures};
@@ -20,10 +20,8 @@ use tower_service::Service;
 #[derive(Debug)]
 pub struct PoolSizer<S, C = ErrorsAreFailures> {
     inner: S,
-    limiter: Limiter,
+    reserved: Reserved,
     classify: C,
-    permit: Option<Permit>,
-    rejected: bool,
     wait: Option<Pin<Box<WaitSlot>>>,
 }
 
@@ -32,17 +30,15 @@ impl<S, C> PoolSizer<S, C> {
     pub fn new(inner: S, limiter: Limiter, classify: C) -> Self {
         Self {
             inner,
-            limiter,
+            reserved: Reserved::new(limiter),
             classify,
-            permit: None,
-            rejected: false,
             wait: None,
         }
     }
 
     /// The limiter (for snapshots).
     pub fn limiter(&self) -> &Limiter {
-        &self.limiter
+        self.reserved.limiter()
     }
 
     /// The inner service.
@@ -66,7 +62,7 @@ impl<S: Clone, C: Clone> Clone for PoolSizer<S, C> {
     fn clone(&self) -> Self {
         Self::new(
             self.inner.clone(),
-            self.limiter.clone(),
+            self.reserved.limiter().clone(),
             self.classify.clone(),
         )
     }
@@ -82,31 +78,23 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.permit.is_none() && !self.rejected {
-            match ready!(self.limiter.poll_acquire(cx, &mut self.wait)) {
-                Ok(permit) => self.permit = Some(permit),
-                Err(_) => {
-                    self.rejected = true;
-                    return Poll::Ready(Ok(()));
-                }
-            }
-        }
-        if self.rejected {
+        if !ready!(self.reserved.poll_reserve(cx, &mut self.wait)) {
+            // Refused: `call` answers `Overloaded` without the inner service.
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: R) -> Self::Future {
-        if std::mem::take(&mut self.rejected) {
-            return ResponseFuture::rejected(self.classify.clone());
+        match self.reserved.take() {
+            None => ResponseFuture::rejected(self.classify.clone()),
+            Some(mut permit) => {
+                permit.start();
+                ResponseFuture::new(self.inner.call(req), permit, self.classify.clone())
+            }
         }
-        let mut permit = self
-            .permit
-            .take()
-            .expect("poll_ready must succeed before call");
-        permit.start();
-        ResponseFuture::new(self.inner.call(req), permit, self.classify.clone())
     }
 }

@@ -15,15 +15,36 @@ use tollgate_core::error::Overloaded;
 impl Core {
     /// Polls for a permit; `slot` keeps the wait registration between polls (start with
     /// `None`, keep it until this returns `Ready`).
+    ///
+    /// The free-token case is inlined into the caller; everything else is out of line.
+    #[inline]
     pub(crate) fn poll_acquire(
         &self,
         cx: &mut Context<'_>,
         slot: &mut Option<Pin<Box<WaitSlot>>>,
     ) -> Poll<Result<usize, Overloaded>> {
         if slot.is_none() {
-            if let Some(home) = self.try_acquire() {
+            let home = home();
+            if self.shared.tokens.take(home) {
                 return Poll::Ready(Ok(home));
             }
+        }
+        self.poll_acquire_slow(cx, slot)
+    }
+
+    /// [`poll_acquire`](Core::poll_acquire) when no token was free at once: count the demand,
+    /// then refuse or wait as configured.
+    #[cold]
+    #[inline(never)]
+    fn poll_acquire_slow(
+        &self,
+        cx: &mut Context<'_>,
+        slot: &mut Option<Pin<Box<WaitSlot>>>,
+    ) -> Poll<Result<usize, Overloaded>> {
+        if slot.is_none() {
+            // The take in `poll_acquire` found no token: demand at the limit, as a failed
+            // `try_acquire` counts it.
+            self.limited();
             match self.shared.config.at_limit {
                 AtLimit::Reject => {
                     self.reject();

@@ -15,7 +15,9 @@ thread_local! {
 }
 
 impl Core {
-    fn nanos_since_epoch(&self, now: Instant) -> u64 {
+    /// `now` in nanoseconds after the limiter's epoch.
+    #[inline]
+    pub(crate) fn nanos_since_epoch(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.shared.epoch).as_nanos() as u64
     }
 
