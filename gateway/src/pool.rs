@@ -497,11 +497,6 @@ pub(crate) async fn send_h2(
     Ok(resp.map(|body| up_body(body, None, s)))
 }
 
-/// The address an answer came from, put in the response's extensions by the upstream service
-/// (for the access log).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct UpstreamAddr(pub std::net::SocketAddr);
-
 /// Connection settings the endpoints read on each call, so a reload that only changes the
 /// global timeouts keeps the stack (and its breaker, limit and latency state).
 #[derive(Debug)]

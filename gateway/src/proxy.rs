@@ -492,7 +492,11 @@ fn request_id<B>(snap: &Snapshot, req: &mut Request<B>) -> Option<(http::HeaderN
         .cloned();
     let value = match kept {
         Some(v) => v,
-        None => HeaderValue::from_bytes(&crate::request_id::fresh()).ok()?,
+        // One allocation, shared by the request's copy and the response's.
+        None => {
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(crate::request_id::fresh()))
+                .ok()?
+        }
     };
     req.headers_mut().insert(name.clone(), value.clone());
     Some((name.clone(), value))

@@ -23,6 +23,9 @@ pub(crate) struct UpBody {
     /// Armed the first time the body has to wait (a body that arrives at once allocates no
     /// timer), reset on every frame.
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The endpoint that answered, set by the upstream service (for the access log). Carried
+    /// here rather than in the response's extensions, whose first insert allocates a map.
+    upstream: Option<std::net::SocketAddr>,
 }
 
 /// An upstream that stopped sending its response body for the idle timeout.
@@ -50,7 +53,18 @@ impl UpBody {
             back,
             idle,
             stall: None,
+            upstream: None,
         }
+    }
+
+    /// Marks the answer as coming from `addr`.
+    pub(crate) fn set_upstream(&mut self, addr: std::net::SocketAddr) {
+        self.upstream = Some(addr);
+    }
+
+    /// The endpoint that answered, if the upstream service said.
+    pub(crate) fn upstream(&self) -> Option<std::net::SocketAddr> {
+        self.upstream
     }
 
     fn give_back(&mut self) {

@@ -7,7 +7,7 @@ use crate::answer::{Answer, Blame, QuotaLeft, RespBody, error_response, is_rejec
 use crate::config::UpstreamProtocol;
 use crate::ctx::ConnCtx;
 use crate::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
-use crate::pool::{self, UpstreamAddr};
+use crate::pool;
 use crate::stack::GwBody;
 use crate::stack::admission::AdmissionPolicy;
 use crate::stack::admission::AdmitCtx;
@@ -15,6 +15,7 @@ use crate::stack::route::RouteService;
 use crate::state::{Branch, RoutePlan, Snapshot};
 use crate::{trace, tunnel};
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body::Body as _;
 use http_body_util::{Either, Full, Limited};
@@ -76,9 +77,6 @@ pub(super) async fn layered(
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let (mut parts, body) = req.into_parts();
-    let Ok(uri) = Uri::try_from(parts.uri.path_and_query().map_or("/", |p| p.as_str())) else {
-        return (Answer::BadTarget.response(), None);
-    };
     // Read before `forward_headers` rewrites the chain.
     let client = client_addr(&parts.headers, &conn.forwarding);
     forward_headers(conn, &mut parts, cluster.preserve_host);
@@ -86,6 +84,14 @@ pub(super) async fn layered(
         tunnel::restore(&mut parts.headers, u);
         parts.extensions.insert(pool::Upgrading);
     }
+    // The upstream gets the origin form: the client's path and query, moved (not copied) out
+    // of its target; `forward_headers` above has read its authority.
+    let path = std::mem::take(&mut parts.uri).into_parts().path_and_query;
+    let mut origin = http::uri::Parts::default();
+    origin.path_and_query = Some(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    let Ok(uri) = Uri::from_parts(origin) else {
+        return (Answer::BadTarget.response(), None);
+    };
     parts.uri = uri;
     // A request without a body is held whole, so that it can be retried or cached.
     let body: GwBody = if body.is_end_stream() {
@@ -125,7 +131,10 @@ pub(super) async fn layered(
             if rp.status.is_server_error() {
                 cluster.stats.failures.incr();
             }
-            let addr = rp.extensions.get::<UpstreamAddr>().map(|a| a.0);
+            let addr = match &body {
+                Either::Left(up) => up.upstream(),
+                Either::Right(_) => None,
+            };
             strip_hop_by_hop(&mut rp.headers, false);
             // `rate_limit.headers = "all"`: what the client's key has left.
             if let Some(q) = rp.extensions.get::<QuotaLeft>() {

@@ -99,16 +99,26 @@ impl Service<UpRequest> for RouteService {
     }
 
     fn call(&mut self, req: UpRequest) -> BoxFuture {
-        let fut: BoxFuture = match &self.admission {
-            Some((policy, ctx)) => Box::pin(policy.call(self.cluster.clone(), req, ctx)),
-            None => self.cluster.call(req),
-        };
         let timeout = self.timeout;
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, fut).await {
-                Ok(result) => result,
-                Err(_) => Err(BoxError::from(RouteTimedOut)),
+        let timed_out = |_| Err(BoxError::from(RouteTimedOut));
+        // One box for the whole call: the admission stage's future lives inside it.
+        match &self.admission {
+            Some((policy, ctx)) => {
+                let admitted = policy.call(self.cluster.clone(), req, ctx);
+                Box::pin(async move {
+                    tokio::time::timeout(timeout, admitted)
+                        .await
+                        .unwrap_or_else(timed_out)
+                })
             }
-        })
+            None => {
+                let sent = self.cluster.call(req);
+                Box::pin(async move {
+                    tokio::time::timeout(timeout, sent)
+                        .await
+                        .unwrap_or_else(timed_out)
+                })
+            }
+        }
     }
 }

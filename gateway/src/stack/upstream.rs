@@ -5,7 +5,6 @@ use super::{GwBody, UpRequest, UpResponse};
 use crate::config::UpstreamProtocol;
 use crate::pool;
 use crate::pool::SharedSettings;
-use crate::pool::UpstreamAddr;
 use crate::stats::EndpointStats;
 use crate::tls::upstream::ClusterTls;
 use crate::trace::{Traced, upstream_attributes};
@@ -186,7 +185,7 @@ fn answered(
             if let Some(s) = stats.filter(|_| resp.status().is_server_error()) {
                 s.failures.incr();
             }
-            resp.extensions_mut().insert(UpstreamAddr(addr));
+            resp.body_mut().set_upstream(addr);
             Ok(resp)
         }
         Err(e) => {

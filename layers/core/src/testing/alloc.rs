@@ -17,10 +17,14 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
 }
+
+/// Allocations made by every thread of the process.
+static PROCESS: AtomicU64 = AtomicU64::new(0);
 
 /// Allocations made by the current thread since it started (0 unless [`Counting`] is the
 /// global allocator).
@@ -28,9 +32,19 @@ pub fn thread_allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
+/// Allocations made by every thread of the process since it started (0 unless [`Counting`] is
+/// the global allocator): for work that runs on threads the test does not own, such as a
+/// server's workers, measured while the test's own threads allocate nothing.
+pub fn process_allocations() -> u64 {
+    // Relaxed: a count read after the work it measures has been observed to finish.
+    PROCESS.load(Ordering::Relaxed)
+}
+
 fn count() {
     // `try_with`: allocations happen while a thread's locals are being torn down.
     let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+    // Relaxed: a statistic.
+    PROCESS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The system allocator, counting each thread's allocations; install it with
