@@ -7,7 +7,9 @@
 #   TARGETS="nginx gateway" gateway/benches/h2.sh
 #
 # Three workloads, each against every proxy:
-# - `GET`: h2c from the client (prior knowledge), HTTP/1.1 keep-alive to the backend;
+# - `GET`: h2c from the client (prior knowledge), HTTP/1.1 keep-alive to the backend; the
+#   gateway also serves it through a layered route (`gateway-stack`: admission + breaker +
+#   pool + P2C balance, the pool's floor above the streams in flight so that nothing is shed);
 # - `post`: small POSTs (a 9-byte body, echoed) over h2c to the proxy and over h2c on to the
 #   backend where the proxy speaks it upstream (HAProxy `proto h2`, a gateway cluster with
 #   `protocol = "h2c"`); nginx has no HTTP/2 upstream outside `grpc_pass`, so its POSTs go on
@@ -121,6 +123,22 @@ endpoints = ["127.0.0.1:$BACKEND_PORT"]
 name = "h2"
 endpoints = ["127.0.0.1:$BACKEND_PORT"]
 protocol = "h2c"
+[[admission]]
+name = "bench"
+limit = 100000
+[[clusters]]
+name = "h1-stack"
+endpoints = ["127.0.0.1:$BACKEND_PORT"]
+[clusters.balance]
+[clusters.breaker]
+[clusters.pool]
+initial_limit = 1000
+min_limit = $(( CONNS * STREAMS * 2 ))
+max_limit = 100000
+[[routes]]
+path_prefix = "/stack"
+cluster = "h1-stack"
+admission = "bench"
 [[routes]]
 path_prefix = "/post"
 cluster = "h2"
@@ -144,11 +162,13 @@ NGINX_MASTER=$(cat "$TMP/nginx.pid")
 printf 'ping-pong' >"$TMP/post.bin"
 printf '\x00\x00\x00\x00\x0b\x0a\x09ping-pong' >"$TMP/grpc.bin"
 
-TARGETS=${TARGETS:-nginx haproxy gateway nginx-post haproxy-post gateway-post nginx-grpc haproxy-grpc gateway-grpc}
+TARGETS=${TARGETS:-nginx haproxy gateway gateway-stack nginx-post haproxy-post gateway-post nginx-grpc haproxy-grpc gateway-grpc}
 declare -A PORT=([nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT
+  [gateway-stack]=$GATEWAY_PORT
   [nginx-post]=$NGINX_PORT [haproxy-post]=$HAPROXY_POST_PORT [gateway-post]=$GATEWAY_PORT
   [nginx-grpc]=$NGINX_PORT [haproxy-grpc]=$HAPROXY_POST_PORT [gateway-grpc]=$GATEWAY_PORT)
 declare -A PID=([nginx]=$NGINX_MASTER [haproxy]=$HAPROXY_PID [gateway]=$GATEWAY_PID
+  [gateway-stack]=$GATEWAY_PID
   [nginx-post]=$NGINX_MASTER [haproxy-post]=$HAPROXY_PID [gateway-post]=$GATEWAY_PID
   [nginx-grpc]=$NGINX_MASTER [haproxy-grpc]=$HAPROXY_PID [gateway-grpc]=$GATEWAY_PID)
 GRPC_HEADERS=(-H 'content-type: application/grpc' -H 'te: trailers')
@@ -158,6 +178,7 @@ request() {
   url="http://127.0.0.1:${PORT[$1]}/"
   args=()
   case $1 in
+    *-stack) url+="stack" ;;
     *-post) url+="post" args=(-d "$TMP/post.bin") ;;
     *-grpc) url+="bench.Echo/Echo" args=(-d "$TMP/grpc.bin" "${GRPC_HEADERS[@]}") ;;
   esac
@@ -236,7 +257,8 @@ for t in $TARGETS; do echo "$t ${MED[$t,2]}"; done |
     --note "$(basename "$0"), $ROUNDS rounds, $(nproc) cores" >"$CHART_DIR/h2.svg" &&
   echo "chart: $CHART_DIR/h2.svg"
 has() { [[ " $TARGETS " == *" $1 "* ]]; }
-for pair in "gateway nginx" "gateway haproxy" "gateway-post nginx-post" "gateway-post haproxy-post" \
+for pair in "gateway nginx" "gateway haproxy" "gateway-stack nginx" "gateway-stack haproxy" \
+  "gateway-stack gateway" "gateway-post nginx-post" "gateway-post haproxy-post" \
   "gateway-grpc nginx-grpc" "gateway-grpc haproxy-grpc"; do
   read -r a b <<<"$pair"
   if has "$a" && has "$b"; then

@@ -259,7 +259,7 @@ impl ClusterLayers {
     }
 
     /// Sends `req` through the stack (retrying when configured and allowed).
-    pub(crate) fn send(&self, req: UpRequest) -> super::BoxFuture {
+    pub(crate) fn send(&self, req: UpRequest) -> ClusterCall {
         send_through(self.retry.as_ref(), &self.svc, req)
     }
 
@@ -364,18 +364,56 @@ impl ClusterLayers {
 }
 
 /// Sends `req` through `retry` (a policy and the stack under its retry layer) when set, else
-/// straight through `stack`. Each way boxed on its own: one with no retries holds no retry
-/// state (futures are moved a few times per request, so their size is paid for on each).
+/// straight through `stack`. The retried way is boxed on its own (its retry state would make
+/// every request's future larger; futures are moved a few times per request); the straight
+/// way is not boxed at all, so a request with no retries allocates nothing here.
 pub(crate) fn send_through(
     retry: Option<&(RetryPolicy, Retried<ClusterSvc>)>,
     stack: &ClusterSvc,
     req: UpRequest,
-) -> super::BoxFuture {
+) -> ClusterCall {
     match retry {
         Some((policy, retried)) => {
             let (policy, retried) = (policy.clone(), retried.clone());
-            Box::pin(async move { policy.send(retried, req).await })
+            ClusterCall::Boxed {
+                fut: Box::pin(async move { policy.send(retried, req).await }),
+            }
         }
-        None => Box::pin(stack.clone().oneshot(req)),
+        None => ClusterCall::Direct {
+            fut: stack.clone().oneshot(req),
+        },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a cluster's stack: its own future when the request goes straight through
+    /// the layers, a boxed one otherwise (retries, or a cluster without layers).
+    #[project = ClusterCallProj]
+    pub(crate) enum ClusterCall {
+        /// Straight through the layers.
+        Direct { #[pin] fut: tower::util::Oneshot<ClusterSvc, UpRequest> },
+        /// Anything else.
+        Boxed { fut: super::BoxFuture },
+    }
+}
+
+impl ClusterCall {
+    /// A boxed future as a cluster's answer.
+    pub(crate) fn boxed(fut: super::BoxFuture) -> Self {
+        Self::Boxed { fut }
+    }
+}
+
+impl std::future::Future for ClusterCall {
+    type Output = Result<super::UpResponse, tower::BoxError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            ClusterCallProj::Direct { fut } => fut.poll(cx),
+            ClusterCallProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
     }
 }

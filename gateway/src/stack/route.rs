@@ -2,7 +2,7 @@
 //! route's own retries, or the plain round-robin path), behind the route's admission policy.
 
 use super::admission::{AdmissionPolicy, AdmitCtx};
-use super::cluster::ClusterLayers;
+use super::cluster::{ClusterCall, ClusterLayers};
 use super::endpoints::Cluster;
 use super::route_retry::RouteRetry;
 use super::upstream::Upstream;
@@ -32,21 +32,21 @@ pub(crate) enum ClusterService {
 impl Service<UpRequest> for ClusterService {
     type Response = UpResponse;
     type Error = BoxError;
-    type Future = BoxFuture;
+    type Future = ClusterCall;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: UpRequest) -> BoxFuture {
+    fn call(&mut self, req: UpRequest) -> ClusterCall {
         match self {
             ClusterService::Layered(layers) => layers.send(req),
             ClusterService::RouteRetried(retry) => retry.send(req),
             ClusterService::Plain(cluster, settings) => {
                 let Some((index, addr)) = cluster.pick() else {
-                    return Box::pin(std::future::ready(Err(BoxError::from(
+                    return ClusterCall::boxed(Box::pin(std::future::ready(Err(BoxError::from(
                         tollgate_balance::NoEndpoints::new(),
-                    ))));
+                    )))));
                 };
                 let cluster = cluster.clone();
                 let up = Upstream::new(
@@ -58,7 +58,7 @@ impl Service<UpRequest> for ClusterService {
                     // `pick` counted the request, `endpoint_failed` a failure, `endpoint_latency` its time.
                     None,
                 );
-                Box::pin(async move {
+                ClusterCall::boxed(Box::pin(async move {
                     let start = tokio::time::Instant::now();
                     let result = up.oneshot(req).await;
                     cluster.endpoint_latency(index, addr, start.elapsed());
@@ -70,7 +70,7 @@ impl Service<UpRequest> for ClusterService {
                         cluster.endpoint_failed(index, addr);
                     }
                     result
-                })
+                }))
             }
         }
     }

@@ -19,7 +19,7 @@
 //! the kept policy wraps the cluster's new stack when the cluster's layers were rebuilt.
 
 use super::UpRequest;
-use super::cluster::{ClusterLayers, ClusterSvc, send_through};
+use super::cluster::{ClusterCall, ClusterLayers, ClusterSvc, send_through};
 use super::retry::{Retried, RetryPolicy};
 use crate::config::ConfigError;
 use crate::config::cluster::layer_error;
@@ -69,7 +69,7 @@ impl RouteRetry {
     }
 
     /// Sends `req` with the route's retries (or none), past the cluster's own retry layer.
-    pub(crate) fn send(&self, req: UpRequest) -> super::BoxFuture {
+    pub(crate) fn send(&self, req: UpRequest) -> ClusterCall {
         send_through(self.retry.as_ref(), self.layers.stack(), req)
     }
 
