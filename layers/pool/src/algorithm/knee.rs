@@ -175,8 +175,9 @@ enum Phase {
 /// queued it drops to `throughput × baseline × (1 + target) + 2`. When demand touched the
 /// limit in a burst while the limit was mostly idle and the RTT shows no significant queue,
 /// it grows by `4 × increase_ratio` (each hit is a rejection, and room is cheap); when demand
-/// reached it with less than half the target's queueing, by `max(increase_min, increase_ratio × limit)`; in between, by a fifth
-/// of `increase_ratio`, so that it keeps testing for capacity while cuts keep it in check. An
+/// reached it with less than half the target's queueing, by
+/// `max(increase_min, increase_ratio × limit)`; in between, by a fifth of `increase_ratio`,
+/// so that it keeps testing for capacity while cuts keep it in check. An
 /// application-limited window (demand never reached the limit) changes nothing, so the limit
 /// stays bounded at low load.
 ///
@@ -195,8 +196,8 @@ enum Phase {
 /// towards the next candidate mix in up to 63 from before the change, and tip only once the
 /// new ones outweigh them: on a slow or noisy backend that took longer than the 2 s the
 /// matrix allows, while each cut against the old baseline (to about `0.6 ×` the workers plus
-/// two for a doubled service time, and lower at each further cut) starved the backend. So Knee also
-/// tests the calm samples of the latest *run* of windows whose calm mean sat above the
+/// two for a doubled service time, and lower at each further cut) starved the backend. So
+/// Knee also tests the calm samples of the latest *run* of windows whose calm mean sat above the
 /// baseline: a window whose calm mean is at or below it ends the run, so the run holds only
 /// samples taken since the change. It must span at least `queued_windows` windows, as a cut
 /// must (one may be a burst: on a bimodal backend a short window's calm samples can all be
@@ -206,7 +207,11 @@ enum Phase {
 /// baseline (the runs are picked for a mean above the baseline, not above the threshold, so
 /// that picking them biases the test little). With it, 5 latency-shift cells of the matrix
 /// that re-learned too late now pass (bimodal 10 ms x4 and x10 and 100 ms x10, exponential
-/// 100 ms x10, log-normal 10 ms x4), and none that passed fails.
+/// 100 ms x10, log-normal 10 ms x4), and none that passed fails. The run cannot tell a
+/// backend that slowed down from one that lost workers while the calm threshold still counts
+/// the old ones: calm requests then queue, and on the exponential 10 ms x4 halving (a cell
+/// that was already short) a run of them restarted the baseline at 31 ms (the mean service
+/// time is 10 ms), leaving the limit at 12.6 for 2 workers where it was 5.4.
 ///
 /// # Where it falls short
 ///
