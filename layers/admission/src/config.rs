@@ -68,6 +68,13 @@ impl ClassConfig {
 /// and drops waiters older than `target`, as long as enough fresher waiters remain to keep
 /// every slot busy (or the queue is full). A queue that does not stand serves its oldest
 /// waiter first. A waiter always gives up after `interval`.
+///
+/// With an adaptive capacity
+/// ([`AdmissionLayer::with_capacity`](crate::AdmissionLayer::with_capacity)), a standing queue
+/// that receives requests at least 1.15x as fast as it hands out slots (over about 500 ms)
+/// drops waiters older than three slot gaps whenever that is shorter than `target`, fresher
+/// waiters or not: the capacity's limit already keeps a small queue at the backend, and under
+/// overload a longer wait in front of it only makes the requests that are served late.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,12 @@
 //!   after 100 ms; once a class's queue has not emptied for 100 ms (or dropped a waiter in the
 //!   last 100 ms), newest first (adaptive LIFO) and waiters older than 5 ms are dropped
 //!   (CoDel) while enough fresher ones wait to keep every slot busy, so served requests wait
-//!   about the target under sustained overload and no slot idles in a lull.
+//!   about the target under sustained overload and no slot idles in a lull. With an adaptive
+//!   [`Capacity`], which keeps a small queue at the backend of its own, a queue that receives
+//!   requests at least 1.15x as fast as it hands out slots (averaged over about 500 ms) drops
+//!   waiters older than three slot gaps (the time three slots take to free, where that is
+//!   under the 5 ms target) even without fresher ones to cover them, so the wait adds little
+//!   to the backend's own.
 //! - **Deadlines**: a request that cannot finish by its deadline (given the measured service
 //!   time) is rejected before it takes capacity, or leaves the queue when it no longer can.
 //!   With feature `http`, deadlines come from the `grpc-timeout` header or a
@@ -140,6 +145,7 @@ mod handle;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod layer;
+mod pressure;
 mod queue;
 mod ratelimit;
 #[cfg(feature = "redis")]

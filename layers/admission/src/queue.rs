@@ -9,11 +9,13 @@
 //! Queue discipline, after Meta's adaptive LIFO with CoDel: a class whose queue has not been
 //! empty for `codel.interval` is *standing*. A standing queue drops waiters older than
 //! `codel.target` and serves the newest first; otherwise it serves the oldest first and a
-//! waiter gives up after `codel.interval`.
+//! waiter gives up after `codel.interval`. With an adaptive capacity, an overloaded standing
+//! queue bounds the wait more tightly, by how fast it hands out slots (see `pressure`).
 
 use crate::config::ClassConfig;
 use crate::controller::{COUNT, Controller, WAITERS};
 use crate::error::{Reason, Rejected};
+use crate::pressure::Pressure;
 use crate::stats::Histogram;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -69,6 +71,8 @@ pub(crate) struct Slow {
     pub(crate) slots: Vec<Slot>,
     free: Vec<u32>,
     pub(crate) queued: usize,
+    /// Arrival and grant rates, for the overload bound of an adaptive capacity.
+    pressure: Pressure,
 }
 
 /// A queued request's claim on its slot; stale claims (after the slot was reused) are ignored.
@@ -105,6 +109,7 @@ impl Slow {
             slots: Vec::new(),
             free: Vec::new(),
             queued: 0,
+            pressure: Pressure::default(),
         }
     }
 
@@ -190,11 +195,18 @@ impl Controller {
     ///
     /// `room`: a request arrives at a full queue, so expired waiters go regardless (they are
     /// past the bound, and the alternative is turning the fresh request away).
+    ///
+    /// With an adaptive capacity and an overloaded queue, the bound may be tighter than the
+    /// target, and then waiters past it go regardless too (see `pressure`).
     fn sweep(&self, slow: &mut Slow, class: usize, now: Instant, room: bool) {
         if !slow.standing(class, now, self.codel.interval) {
             return;
         }
-        let target = self.codel.target;
+        let overload = self
+            .dynamic
+            .as_ref()
+            .and_then(|_| slow.pressure.overload_bound(self.codel.target));
+        let target = overload.unwrap_or(self.codel.target);
         // Waiters served per target: the limit times target / service time (at least 1).
         let per_target = {
             let service = self.latency_estimate();
@@ -211,7 +223,9 @@ impl Controller {
             now.saturating_duration_since(slots[*i as usize].enqueued) > target
         });
         let fresh = q.len() - expired;
-        if expired == 0 || (!room && (fresh as f64) < FRESH_COVER * per_target) {
+        // Under overload, fresher waiters arrive before long: the old ones need no cover.
+        let covered = overload.is_some() || (fresh as f64) >= FRESH_COVER * per_target;
+        if expired == 0 || (!room && !covered) {
             return;
         }
         for _ in 0..expired {
@@ -277,6 +291,7 @@ impl Controller {
             let cq = &mut slow.queues[c];
             cq.admitted += 1;
             cq.wait.record(waited);
+            slow.pressure.granted();
             slow.left(c);
             slow.finish(i, SlotState::Granted);
         }
@@ -296,6 +311,7 @@ impl Controller {
         // Demand is at the limit: an adaptive capacity learns that its limit is in use.
         self.capacity_limited();
         let mut slow = self.lock();
+        slow.pressure.arrived(now, self.codel.interval);
         self.sweep(&mut slow, class, now, false);
         let cap = self.classes[class].queue_capacity;
         if slow.queues[class].q.len() >= cap || slow.queued >= self.max_queued {
@@ -364,6 +380,7 @@ impl Controller {
             // Relaxed: see `pick`.
             self.class_in_flight[class].fetch_add(1, Ordering::Relaxed);
         }
+        slow.pressure.granted();
         let cq = &mut slow.queues[class];
         cq.admitted += 1;
         cq.wait.record(Duration::ZERO);

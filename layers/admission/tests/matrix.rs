@@ -3,7 +3,8 @@
 //! step, halve, restore, light-load and latency-shift scenarios, with `AdmissionConfig` and
 //! `PoolConfig` both at their defaults and the pool's `Limiter` as admission's capacity
 //! (`AdmissionLayer::with_capacity`). Requests that find the limit reached wait in admission's
-//! queue (CoDel-bounded, FIFO) instead of being rejected at once, so the bars include that wait.
+//! queue (CoDel-bounded, tighter under overload with an adaptive capacity) instead of being
+//! rejected at once, so the bars include that wait.
 //!
 //! The scenarios, bars and timelines are the pool matrix's own (`layers/pool/tests/matrix/
 //! harness.rs`, included here), so both layers are held to the same criteria; timelines go
@@ -45,21 +46,21 @@ const BACKENDS: [(u64, usize); 3] = [(10, 4), (10, 10), (10, 100)];
 /// must pass. Three groups:
 /// - the 4-worker pools (2 after halving), short in the pool's own matrix too: the p99 bar
 ///   leaves a limit band one or two requests wide;
-/// - step and halve on the steadier distributions with 10 and 100 workers: goodput holds at
-///   capacity, but the p99 of what is served is 1.3-1.8x the bar, because admission's default
-///   queue lets a waiter be served after up to a few CoDel targets (5 ms) on top of the pool's
-///   small queue at the backend: the pool alone passes these cells;
+/// - halve with 10 workers (5 after halving) on the steadier distributions, and on the
+///   exponential one, where the pool's limit also settles far above the 5 workers (27.6):
+///   goodput holds at capacity, but no window meets the p99 bar. The queue hands out only
+///   ~500 slots a second there, so three slot gaps (6 ms) exceed the CoDel target and the
+///   overload bound of an adaptive capacity (`src/pressure.rs`) does not apply: a waiter may
+///   still be served after a few targets on top of the pool's small queue at the backend (the
+///   pool alone, which rejects at once, passes these cells). A 5 ms bound applied there
+///   regardless lost goodput on the 4-worker pools (restore and shift);
 /// - the latency shift on noisy backends, as in the pool's matrix.
 const KNOWN_SHORT: &[(&str, &str)] = &[
     ("Bimodal 10ms x10", "Shift"),
-    ("Bimodal 10ms x100", "Shift"),
     ("Bimodal 10ms x4", "Light70"),
     ("Bimodal 10ms x4", "Light80"),
     ("Bimodal 10ms x4", "Restore"),
     ("Constant 10ms x10", "Halve"),
-    ("Constant 10ms x10", "Step"),
-    ("Constant 10ms x100", "Halve"),
-    ("Constant 10ms x100", "Step"),
     ("Constant 10ms x4", "Halve"),
     ("Constant 10ms x4", "Shift"),
     ("Constant 10ms x4", "Step"),
@@ -72,13 +73,11 @@ const KNOWN_SHORT: &[(&str, &str)] = &[
     ("LogNormal 10ms x4", "Shift"),
     ("LogNormal 10ms x4", "Step"),
     ("Uniform20 10ms x10", "Halve"),
-    ("Uniform20 10ms x10", "Step"),
     ("Uniform20 10ms x4", "Halve"),
     ("Uniform20 10ms x4", "Shift"),
     ("Uniform20 10ms x4", "Step"),
     ("Uniform50 10ms x10", "Halve"),
     ("Uniform50 10ms x10", "Shift"),
-    ("Uniform50 10ms x10", "Step"),
     ("Uniform50 10ms x4", "Halve"),
     ("Uniform50 10ms x4", "Step"),
 ];

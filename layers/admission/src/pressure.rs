@@ -1,0 +1,163 @@
+//! Sustained overload, measured at the queue, and the tighter wait bound it allows when the
+//! capacity is adaptive.
+//!
+//! The CoDel sweep (see `queue`) drops waiters older than `codel.target` only while enough
+//! fresher ones wait to keep every slot busy for a target: with a fixed limit, admission's
+//! queue is the only buffer in front of the backend, and a slot left idle is throughput lost.
+//! An adaptive capacity (tollgate-pool's limiter) keeps its limit a little above what the
+//! backend serves at once, so the backend holds a small queue of its own, and every moment a
+//! waiter spends in admission's queue comes on top of that one. Under sustained overload,
+//! waiting there only makes the requests that are served late: admission's matrix (issue #15)
+//! measured the p99 of what admission served at 1.3-1.8x its bar on the steadier backends,
+//! where the pool alone, which rejects at once, met it.
+//!
+//! So with an adaptive capacity, while the queue is overloaded, a waiter is late once it has
+//! waited as long as [`GAPS`] slots take to free (the queue's grant rate gives the gap), and
+//! the sweep drops it whether or not fresher waiters would cover its slot: under overload,
+//! fresher ones arrive before long. This applies only where that bound is tighter than
+//! `codel.target`; on a queue that drains more slowly (a few slots, or long service times) the
+//! usual rule stands, since there a dropped waiter's slot may idle (and on the matrix's
+//! 4-worker pools, dropping there lost goodput).
+//!
+//! *Overloaded* means requests reach the queue at least [`RATIO`] times as fast as it hands out
+//! slots, both rates averaged over about [`SMOOTHING`] CoDel intervals: a burst at moderate
+//! load, which the queue absorbs and drains, does not count, and a queue that drops what it
+//! cannot serve in time still counts as overloaded (the drops are not grants).
+//!
+//! Everything here lives under the queue's lock, is a few words and never allocates.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How many slot gaps a waiter may wait under overload (see the module docs). On the matrix
+/// (issue #15), 2.5 and 3 gave the same cells with no regression; at 2 the bound reaches the
+/// 10-worker pools after halving (~500 grants a second), where it failed lognormal's halve
+/// (p99 93 ms) and bimodal's with 100 workers; at 4 it sits at 4 ms on 10-worker pools, near
+/// the target, and lognormal's and exponential's steps failed (p99 ~100 ms).
+const GAPS: f64 = 3.0;
+
+/// Arrivals over grants at which the queue counts as overloaded. The matrix's overloads are
+/// 1.4x (step) and 1.8x (halve); at 90% of capacity (restore), bursts that average a little
+/// over 1 must not count: with 1.1 the 4-worker restore lost goodput, 1.15 and 1.25 gave the
+/// same cells.
+const RATIO: f64 = 1.15;
+
+/// The rates' averaging horizon, in counting windows of at least one CoDel interval each
+/// (about 500 ms at the default interval under load).
+const SMOOTHING: f64 = 5.0;
+
+/// The queue's arrival and grant rates.
+#[derive(Debug, Default)]
+pub(crate) struct Pressure {
+    /// When the current counting window started (`None` before the first arrival).
+    since: Option<Instant>,
+    arrivals: u32,
+    grants: u32,
+    /// Requests that reached the queue, per second (averaged).
+    arrival_rate: f64,
+    /// Slots handed out by the queue, per second (averaged).
+    grant_rate: f64,
+}
+
+impl Pressure {
+    /// A request reached the queue at `now`; closes the counting window once it is `interval`
+    /// long and folds it into the averages.
+    pub(crate) fn arrived(&mut self, now: Instant, interval: Duration) {
+        let Some(since) = self.since else {
+            self.since = Some(now);
+            self.arrivals = 1;
+            return;
+        };
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= interval && !elapsed.is_zero() {
+            let secs = elapsed.as_secs_f64();
+            // Each window weighs the same, however long (a window is as long as the time to
+            // the first arrival after `interval`; after a lull, the next few windows still
+            // bring the averages down within the horizon).
+            let w = 1.0 / SMOOTHING;
+            self.arrival_rate += w * (f64::from(self.arrivals) / secs - self.arrival_rate);
+            self.grant_rate += w * (f64::from(self.grants) / secs - self.grant_rate);
+            self.since = Some(now);
+            self.arrivals = 0;
+            self.grants = 0;
+        }
+        self.arrivals = self.arrivals.saturating_add(1);
+    }
+
+    /// The queue handed out a slot.
+    pub(crate) fn granted(&mut self) {
+        self.grants = self.grants.saturating_add(1);
+    }
+
+    /// The wait past which a waiter is late, when the queue is overloaded and that bound is
+    /// tighter than `target`; `None` otherwise (the usual CoDel rule applies).
+    pub(crate) fn overload_bound(&self, target: Duration) -> Option<Duration> {
+        if self.grant_rate <= 0.0 || self.arrival_rate < RATIO * self.grant_rate {
+            return None;
+        }
+        let bound = GAPS / self.grant_rate;
+        (bound < target.as_secs_f64()).then(|| Duration::from_secs_f64(bound))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Feeds `n` arrivals and `g` grants per 10 ms for `windows` windows of 100 ms.
+    fn feed(p: &mut Pressure, start: Instant, windows: u32, n: u32, g: u32) -> Instant {
+        let mut now = start;
+        for _ in 0..windows * 10 {
+            for _ in 0..n {
+                p.arrived(now, 100 * MS);
+            }
+            for _ in 0..g {
+                p.granted();
+            }
+            now += 10 * MS;
+        }
+        now
+    }
+
+    #[test]
+    fn no_bound_before_any_rate() {
+        let p = Pressure::default();
+        assert_eq!(p.overload_bound(5 * MS), None);
+    }
+
+    #[test]
+    fn sustained_overload_bounds_the_wait_by_three_slot_gaps() {
+        let mut p = Pressure::default();
+        // 1,400 arrivals and 1,000 grants per second: a slot frees every millisecond.
+        feed(&mut p, Instant::now(), 30, 14, 10);
+        let bound = p.overload_bound(5 * MS).expect("overloaded");
+        assert!((bound.as_secs_f64() - 0.003).abs() < 0.000_2, "{bound:?}");
+    }
+
+    #[test]
+    fn moderate_load_is_not_overload() {
+        let mut p = Pressure::default();
+        feed(&mut p, Instant::now(), 30, 9, 9);
+        assert_eq!(p.overload_bound(5 * MS), None);
+    }
+
+    #[test]
+    fn a_slowly_draining_queue_keeps_the_usual_rule() {
+        let mut p = Pressure::default();
+        // 1,400 arrivals and 500 grants per second: three gaps are 6 ms, over the target.
+        feed(&mut p, Instant::now(), 30, 14, 5);
+        assert_eq!(p.overload_bound(5 * MS), None);
+        assert!(p.overload_bound(10 * MS).is_some());
+    }
+
+    #[test]
+    fn the_averages_forget_an_overload() {
+        let mut p = Pressure::default();
+        let now = feed(&mut p, Instant::now(), 30, 14, 10);
+        assert!(p.overload_bound(5 * MS).is_some());
+        feed(&mut p, now, 30, 9, 9);
+        assert_eq!(p.overload_bound(5 * MS), None);
+    }
+}
