@@ -56,9 +56,7 @@ const BACKENDS: [(u64, usize); 3] = [(10, 4), (10, 10), (10, 100)];
 ///   regardless lost goodput on the 4-worker pools (restore and shift);
 /// - the latency shift on noisy backends, as in the pool's matrix.
 const KNOWN_SHORT: &[(&str, &str)] = &[
-    ("Bimodal 10ms x10", "Shift"),
     ("Bimodal 10ms x4", "Light70"),
-    ("Bimodal 10ms x4", "Light80"),
     ("Bimodal 10ms x4", "Restore"),
     ("Constant 10ms x10", "Halve"),
     ("Constant 10ms x4", "Halve"),
