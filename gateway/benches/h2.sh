@@ -126,15 +126,7 @@ protocol = "h2c"
 [[admission]]
 name = "bench"
 limit = 100000
-[[clusters]]
-name = "h1-stack"
-endpoints = ["127.0.0.1:$BACKEND_PORT"]
-[clusters.balance]
-[clusters.breaker]
-[clusters.pool]
-initial_limit = 1000
-min_limit = $(( CONNS * STREAMS * 2 ))
-max_limit = 100000
+$(stack_cluster h1-stack $((CONNS * STREAMS * 2)))
 [[routes]]
 path_prefix = "/stack"
 cluster = "h1-stack"

@@ -108,3 +108,19 @@ HZ=$(getconf CLK_TCK)
 
 # median: the median of the numbers on standard input, one a line.
 median() { sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# stack_cluster NAME MIN_LIMIT: a gateway cluster NAME with the layered stack (balance,
+# breaker, pool) over the backend on $BACKEND_PORT, the pool's floor at MIN_LIMIT.
+stack_cluster() {
+  cat <<EOF
+[[clusters]]
+name = "$1"
+endpoints = ["127.0.0.1:$BACKEND_PORT"]
+[clusters.balance]
+[clusters.breaker]
+[clusters.pool]
+initial_limit = 1000
+min_limit = $2
+max_limit = 100000
+EOF
+}

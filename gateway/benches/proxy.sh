@@ -99,20 +99,6 @@ PIDS+=($!)
 HAPROXY_PID=$!
 
 # The gateway: same backend, same worker count, access log off.
-# A cluster with the layered stack (balance, breaker, pool) over the backend, named $1.
-stack_cluster() {
-  cat <<EOF
-[[clusters]]
-name = "$1"
-endpoints = ["127.0.0.1:$BACKEND_PORT"]
-[clusters.balance]
-[clusters.breaker]
-[clusters.pool]
-initial_limit = 1000
-min_limit = 100
-max_limit = 100000
-EOF
-}
 cat >"$TMP/gw.toml" <<EOF
 [server]
 workers = $WORKERS
@@ -139,12 +125,12 @@ default_class = "normal"
 [[clusters]]
 name = "backend"
 endpoints = ["127.0.0.1:$BACKEND_PORT"]
-$(stack_cluster backend-stack)
+$(stack_cluster backend-stack 100)
 [[routes]]
 path_prefix = "/stack"
 cluster = "backend-stack"
 admission = "bench"
-$(stack_cluster backend-retry)
+$(stack_cluster backend-retry 100)
 [clusters.retry]
 [[routes]]
 path_prefix = "/cached"
