@@ -1,7 +1,8 @@
 //! `[routes.retry]` end to end on loopback: a route's own retries in place of its cluster's
 //! (a route that retries over a cluster that does not, a route that turns its cluster's
 //! retries off), a POST body replayed on the override over HTTP/1.1 and h2c, a gRPC call
-//! retried after UNAVAILABLE, the override's budget and counters kept across reloads, and bad
+//! retried after UNAVAILABLE, the override's budget and counters kept across reloads, an
+//! override drawing on its cluster's budget (and following it across reloads), and bad
 //! sections refused naming the field.
 //!
 //! The upstream answers the first request for each path 503 and every later one 200 (echoing
@@ -268,6 +269,115 @@ async fn reload_keeps_an_unchanged_override_and_rebuilds_a_changed_one() {
         let (s, _) = get(addr(&gw), "/on/r3").await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(on(&gw)["retries"], 1);
+        stop(gw).await;
+    })
+    .await;
+}
+
+/// An override over a cluster that retries, sizing its budget as the cluster does (here by
+/// leaving it at the defaults), draws on the cluster's own budget: requests through the
+/// override and through the cluster's other routes count in one budget. One with its own
+/// `budget_percent` keeps a budget of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_shares_its_clusters_budget_unless_it_sizes_its_own() {
+    bounded(async {
+        let (up, seen) = fails_first().await;
+        let cfg = config(&format!(
+            "[[clusters]]\nname = \"retrying\"\nendpoints = [\"{up}\"]\n\
+             [clusters.retry]\nattempts = 1\n{RETRY_503}\
+             [[routes]]\npath_prefix = \"/shared\"\ncluster = \"retrying\"\n\
+             [routes.retry]\nattempts = 3\n{RETRY_503}\
+             [[routes]]\npath_prefix = \"/own\"\ncluster = \"retrying\"\n\
+             [routes.retry]\nattempts = 3\nbudget_percent = 50.0\n{RETRY_503}\
+             [[routes]]\npath_prefix = \"/cluster\"\ncluster = \"retrying\"\n"
+        ));
+        let gw = start(cfg);
+        let at = addr(&gw);
+        for path in ["/cluster/a", "/cluster/b", "/shared/a", "/own/a"] {
+            let (s, body) = get(at, path).await;
+            assert_eq!(s, StatusCode::OK, "{path}: {body}");
+            assert_eq!(tries(&seen, path), 2, "{path}");
+        }
+        let state = gw.state();
+        let cluster = &state["clusters"][0]["layers"]["retry"];
+        let shared = route_retry(&state, 0);
+        let own = route_retry(&state, 1);
+        assert_eq!(shared["budget_shared_with_cluster"], true, "{shared}");
+        assert_eq!(own["budget_shared_with_cluster"], false, "{own}");
+        // One budget for the cluster's two requests and the override's one, and the retries
+        // of all three spent from it; the other override counts only its own.
+        assert_eq!(cluster["budget"]["requests"], 3, "{cluster}");
+        assert_eq!(cluster["budget"]["spent"], 3, "{cluster}");
+        assert_eq!(shared["budget"], cluster["budget"], "{shared}");
+        assert_eq!(own["budget"]["requests"], 1, "{own}");
+        assert_eq!(own["budget"]["spent"], 1, "{own}");
+        // The counters stay per layer.
+        assert_eq!(cluster["retries"], 2, "{cluster}");
+        assert_eq!(shared["retries"], 1, "{shared}");
+        stop(gw).await;
+    })
+    .await;
+}
+
+/// Reloads move a sharing override onto its cluster's new budget when the cluster's retries
+/// are rebuilt, and off it when the cluster stops retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharing_override_follows_its_clusters_budget_across_reloads() {
+    bounded(async {
+        let (up, _) = fails_first().await;
+        let dir = scratch("route-retry-shared-reload");
+        let path = dir.join("gw.toml");
+        let text = |cluster_retry: &str| {
+            format!(
+                "[server]\nworkers = 2\n[admin]\nlisten = \"\"\n[log]\naccess_log = false\n\
+                 [[listeners]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n\
+                 [[clusters]]\nname = \"c\"\nendpoints = [\"{up}\"]\n{cluster_retry}\
+                 [[routes]]\npath_prefix = \"/shared\"\ncluster = \"c\"\n\
+                 [routes.retry]\nattempts = 3\n{RETRY_503}\
+                 [[routes]]\ncluster = \"c\"\n"
+            )
+        };
+        let retrying =
+            |attempts: u32| format!("[clusters.retry]\nattempts = {attempts}\n{RETRY_503}");
+        std::fs::write(&path, text(&retrying(1))).unwrap();
+        let mut opts = tollgate_gateway::StartOptions::new(Config::load(&path).unwrap(), "gw.toml");
+        opts.path = Some(path.clone());
+        let gw = tollgate_gateway::Gateway::start(opts).unwrap();
+        let reload = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            tokio::task::block_in_place(|| gw.reload()).unwrap()
+        };
+        let views = |gw: &tollgate_gateway::Gateway| {
+            let state = gw.state();
+            (
+                route_retry(&state, 0),
+                state["clusters"][0]["layers"]["retry"].clone(),
+            )
+        };
+        let (s, _) = get(addr(&gw), "/shared/1").await;
+        assert_eq!(s, StatusCode::OK);
+        let (shared, cluster) = views(&gw);
+        assert_eq!(shared["budget"]["requests"], 1, "{shared}");
+        assert_eq!(shared["budget"], cluster["budget"], "{shared} {cluster}");
+        // The cluster's retries change: its budget starts afresh, and the override with it.
+        reload(text(&retrying(2)));
+        let (shared, cluster) = views(&gw);
+        assert_eq!(cluster["budget"]["requests"], 0, "{cluster}");
+        assert_eq!(shared["budget"], cluster["budget"], "{shared} {cluster}");
+        let (s, _) = get(addr(&gw), "/other/1").await;
+        assert_eq!(s, StatusCode::OK);
+        let (shared, cluster) = views(&gw);
+        assert_eq!(cluster["budget"]["requests"], 1, "{cluster}");
+        assert_eq!(shared["budget"], cluster["budget"], "{shared} {cluster}");
+        assert_eq!(shared["budget_shared_with_cluster"], true, "{shared}");
+        // The cluster stops retrying: the override keeps retrying, on a budget of its own.
+        reload(text(""));
+        let (shared, cluster) = views(&gw);
+        assert!(cluster.is_null(), "{cluster}");
+        assert_eq!(shared["budget_shared_with_cluster"], false, "{shared}");
+        let (s, _) = get(addr(&gw), "/shared/2").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(views(&gw).0["budget"]["requests"], 1, "{}", views(&gw).0);
         stop(gw).await;
     })
     .await;

@@ -231,9 +231,10 @@ pub struct RouteConfig {
     pub batch: Option<BatchSection>,
     /// `[routes.retry]`: this route's retries, in place of its cluster's `[clusters.retry]`
     /// (the same fields). Precedence: the route's section, else the cluster's; `attempts = 0`
-    /// turns retries off for this route even where its cluster retries. The override has its
-    /// own budget per cluster of the route (see `stack::route_retry`). Default none: the
-    /// cluster's retries. Not for `kind = "batch"`.
+    /// turns retries off for this route even where its cluster retries. Over a cluster that
+    /// retries with the same budget settings, the override draws on the cluster's budget;
+    /// otherwise it has its own, per cluster of the route (see `stack::route_retry`). Default
+    /// none: the cluster's retries. Not for `kind = "batch"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySection>,
 }

@@ -141,6 +141,13 @@ impl RetrySection {
         })
     }
 
+    /// Whether `other` sizes its budget the same way (`budget_percent`, `budget_min_per_s`):
+    /// a route's override then draws on its cluster's budget.
+    pub fn same_budget(&self, other: &RetrySection) -> bool {
+        self.budget_percent == other.budget_percent
+            && self.budget_min_per_s == other.budget_min_per_s
+    }
+
     /// The tollgate-retry configuration of this section (not validated).
     pub fn retry_config(&self) -> RetryConfig {
         RetryConfig {

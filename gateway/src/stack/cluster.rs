@@ -258,6 +258,14 @@ impl ClusterLayers {
         &self.svc
     }
 
+    /// The cluster's `[clusters.retry]` section and its policy, when set.
+    pub(crate) fn retry(&self) -> Option<(&RetrySection, &RetryPolicy)> {
+        self.key
+            .retry
+            .as_ref()
+            .zip(self.retry.as_ref().map(|(p, _)| p))
+    }
+
     /// Sends `req` through the stack (retrying when configured and allowed).
     pub(crate) fn send(&self, req: UpRequest) -> ClusterCall {
         send_through(self.retry.as_ref(), &self.svc, req)

@@ -61,6 +61,8 @@ pub(crate) struct RetryPolicy {
 #[derive(Debug)]
 struct Inner {
     layer: RetryLayer<GwPolicy>,
+    /// Draws on another policy's budget (see [`RetryPolicy::sharing_budget`]).
+    shared_budget: bool,
     per_try: Option<Duration>,
     replay_limit: usize,
     counters: Arc<Counters>,
@@ -187,10 +189,35 @@ impl RetryPolicy {
     /// # Errors
     /// tollgate-retry refused the section's configuration.
     pub(crate) fn new(section: &RetrySection) -> Result<Self, tollgate_core::error::ConfigError> {
-        let layer = RetryLayer::new(section.retry_config())?.with_policy(GwPolicy::new(section));
+        Self::build(section, None)
+    }
+
+    /// The policy of `section` (already validated), drawing on `shared`'s budget instead of
+    /// one of its own (a route's override over a cluster with the same budget settings).
+    ///
+    /// # Errors
+    /// tollgate-retry refused the section's configuration.
+    pub(crate) fn sharing_budget(
+        section: &RetrySection,
+        shared: &RetryPolicy,
+    ) -> Result<Self, tollgate_core::error::ConfigError> {
+        Self::build(section, Some(shared))
+    }
+
+    fn build(
+        section: &RetrySection,
+        shared: Option<&RetryPolicy>,
+    ) -> Result<Self, tollgate_core::error::ConfigError> {
+        let config = section.retry_config();
+        let layer = match shared {
+            Some(s) => RetryLayer::with_budget(config, s.inner.layer.budget().clone())?,
+            None => RetryLayer::new(config)?,
+        }
+        .with_policy(GwPolicy::new(section));
         Ok(Self {
             inner: Arc::new(Inner {
                 layer,
+                shared_budget: shared.is_some(),
                 per_try: (section.per_try_timeout_ms > 0)
                     .then(|| Duration::from_millis(section.per_try_timeout_ms)),
                 replay_limit: section.replay_limit_bytes,
@@ -267,6 +294,19 @@ impl RetryPolicy {
     }
 
     /// State for `/state`.
+    /// Whether this policy draws on another policy's budget.
+    pub(crate) fn shares_a_budget(&self) -> bool {
+        self.inner.shared_budget
+    }
+
+    /// Whether this policy draws on `other`'s very budget.
+    pub(crate) fn shares_budget_with(&self, other: &RetryPolicy) -> bool {
+        self.inner
+            .layer
+            .budget()
+            .is_shared_with(other.inner.layer.budget())
+    }
+
     pub(crate) fn state(&self) -> serde_json::Value {
         let b = self.inner.layer.budget().snapshot();
         serde_json::json!({

@@ -5,18 +5,21 @@
 //! turns retries off for that route: its requests go straight to the cluster's breaker, pool
 //! and balancer, with no retry layer (nothing buffered, nothing counted in any budget).
 //!
-//! **Budget.** The override is its own tollgate-retry layer over the cluster's stack, so it
-//! has its own budget (sized by its own `budget_percent` and `budget_min_per_s`) and its own
-//! latency estimate for hedging, one per route and cluster. tollgate-retry keeps a budget per
-//! layer and a layer per configuration (attempts, backoff, hedging), so two sections with
-//! different settings cannot spend one budget. What protects the upstream still holds: each
-//! request deposits into exactly one budget (its route's override, else its cluster's), so the
-//! retries and hedges a cluster receives stay within the largest `budget_percent` of its
-//! requests plus the sum of the `budget_min_per_s` reserves. Keep an override's
-//! `budget_percent` at or under the cluster's to keep the cluster's bound.
+//! **Budget.** Where the cluster retries too and the override sizes its budget the same way
+//! (the same `budget_percent` and `budget_min_per_s`, as when it leaves both at their
+//! defaults), the override draws on the cluster's own budget: every request of the cluster,
+//! through the override or not, earns retries for both, and together they stay within the
+//! cluster's bound, as with a per-cluster retry budget and per-route retry policies. An
+//! override that sizes its budget differently, or one over a cluster without retries, has its
+//! own budget (tollgate-retry keeps one per layer unless told to share). Each request deposits
+//! into exactly one budget, so the retries and hedges a cluster receives then stay within the
+//! largest `budget_percent` of its requests plus the sum of the `budget_min_per_s` reserves.
+//! Every override has its own latency estimate for hedging.
 //!
 //! **Reloads.** An override whose section is unchanged keeps its budget and latency estimate:
-//! the kept policy wraps the cluster's new stack when the cluster's layers were rebuilt.
+//! the kept policy wraps the cluster's new stack when the cluster's layers were rebuilt, unless
+//! it shared the cluster's budget and the cluster's retries were rebuilt too (or it should now
+//! share and did not): then it is built again, on the budget it should draw on.
 
 use super::UpRequest;
 use super::cluster::{ClusterCall, ClusterLayers, ClusterSvc, send_through};
@@ -54,10 +57,24 @@ impl RouteRetry {
         let retry = if section.attempts == 0 {
             None
         } else {
-            let policy = match old.and_then(|o| o.retry.as_ref()) {
-                Some((p, _)) => p.clone(),
-                None => RetryPolicy::new(section).map_err(|e| layer_error(at, &e))?,
-            };
+            // The cluster's policy when its budget is the one to draw on.
+            let cluster = layers
+                .retry()
+                .filter(|(s, _)| s.same_budget(section))
+                .map(|(_, p)| p);
+            let kept = old
+                .and_then(|o| o.retry.as_ref())
+                .map(|(p, _)| p)
+                .filter(|p| {
+                    // Kept only while it draws on the right budget.
+                    cluster.map_or(!p.shares_a_budget(), |c| p.shares_budget_with(c))
+                });
+            let policy = match (kept, cluster) {
+                (Some(p), _) => Ok(p.clone()),
+                (None, Some(c)) => RetryPolicy::sharing_budget(section, c),
+                (None, None) => RetryPolicy::new(section),
+            }
+            .map_err(|e| layer_error(at, &e))?;
             let retried = policy.wrap(layers.stack().clone());
             Some((policy, retried))
         };
@@ -83,6 +100,10 @@ impl RouteRetry {
 
     /// The override's retry state for `/state` (`None` when it turns retries off).
     pub(crate) fn state(&self) -> Option<serde_json::Value> {
-        self.retry.as_ref().map(|(p, _)| p.state())
+        self.retry.as_ref().map(|(p, _)| {
+            let mut state = p.state();
+            state["budget_shared_with_cluster"] = p.shares_a_budget().into();
+            state
+        })
     }
 }

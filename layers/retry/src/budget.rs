@@ -355,6 +355,12 @@ impl Budget {
         self.inner.core.try_withdraw_paced(self.bucket())
     }
 
+    /// Whether `other` is this very budget (a clone of it), not merely one with the same
+    /// settings.
+    pub fn is_shared_with(&self, other: &Budget) -> bool {
+        std::sync::Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The window's counts as of now (sums every shard: for metrics, not the request path).
     pub fn snapshot(&self) -> BudgetSnapshot {
         let now = self.bucket();

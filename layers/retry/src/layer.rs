@@ -40,6 +40,31 @@ impl RetryLayer {
             policy: RetryErrors,
         })
     }
+
+    /// A layer configured by `config` that draws its retries and hedges from `budget`, shared
+    /// with the layers it came from, instead of a budget of its own: several retry policies
+    /// over one backend (a route that retries differently from the rest of its cluster) then
+    /// stay within one bound. `config.budget` is not used; the shared budget's settings apply.
+    ///
+    /// ```
+    /// use tollgate_retry::{RetryConfig, RetryLayer};
+    ///
+    /// let cluster = RetryLayer::new(RetryConfig::default()).unwrap();
+    /// let eager = RetryConfig { max_attempts: 4, ..RetryConfig::default() };
+    /// let route = RetryLayer::with_budget(eager, cluster.budget().clone()).unwrap();
+    /// assert!(route.budget().is_shared_with(cluster.budget()));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the invalid field (see [`RetryConfig::validate`]).
+    pub fn with_budget(config: RetryConfig, budget: Budget) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            core: Arc::new(Core::with_budget(config, budget)),
+            policy: RetryErrors,
+        })
+    }
 }
 
 impl<P> RetryLayer<P> {

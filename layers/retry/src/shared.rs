@@ -17,8 +17,14 @@ pub(crate) struct Core {
 
 impl Core {
     pub(crate) fn new(config: RetryConfig) -> Self {
+        let budget = Budget::new(&config.budget);
+        Self::with_budget(config, budget)
+    }
+
+    /// With `budget` (shared with other layers) instead of one sized by `config.budget`.
+    pub(crate) fn with_budget(config: RetryConfig, budget: Budget) -> Self {
         Self {
-            budget: Budget::new(&config.budget),
+            budget,
             jitter: Jitter::new(config.seed),
             estimator: config.hedge.as_ref().map(LatencyEstimator::new),
             config,

@@ -151,6 +151,69 @@ async fn the_budget_caps_retries_across_clones() {
     assert_eq!((snap.requests, snap.spent, snap.allowance), (100, 10, 10));
 }
 
+/// Two layers with different attempts drawing on one budget (`RetryLayer::with_budget`):
+/// requests through either earn retries for both, and retries through either spend them, so
+/// together they stay within the one budget's ratio.
+#[tokio::test(start_paused = true)]
+async fn layers_sharing_a_budget_stay_within_it_together() {
+    let budget = BudgetConfig {
+        ratio: 0.1,
+        min_per_second: 0,
+        window: Duration::from_secs(10),
+    };
+    let no_backoff = BackoffConfig {
+        base: Duration::ZERO,
+        max: Duration::ZERO,
+    };
+    let cluster = RetryLayer::new(RetryConfig {
+        max_attempts: 2,
+        budget: budget.clone(),
+        backoff: no_backoff.clone(),
+        seed: Some(1),
+        ..RetryConfig::default()
+    })
+    .unwrap();
+    // The route's own setting for the budget is ignored: the shared one applies.
+    let route = RetryLayer::with_budget(
+        RetryConfig {
+            max_attempts: 5,
+            budget: BudgetConfig {
+                ratio: 1.0,
+                ..budget
+            },
+            backoff: no_backoff,
+            seed: Some(2),
+            ..RetryConfig::default()
+        },
+        cluster.budget().clone(),
+    )
+    .unwrap();
+    assert!(route.budget().is_shared_with(cluster.budget()));
+    assert!(
+        !RetryLayer::new(config())
+            .unwrap()
+            .budget()
+            .is_shared_with(cluster.budget())
+    );
+    // 100 requests that succeed through the cluster's layer earn 10 retries...
+    let ok = Arc::new(AtomicU32::new(0));
+    let healthy = cluster.layer(flaky(0, ok.clone()));
+    for i in 0..100 {
+        healthy.clone().oneshot(i).await.unwrap();
+    }
+    // ...which 20 failing requests through the route's layer spend, and no more.
+    let calls = Arc::new(AtomicU32::new(0));
+    let failing = route.layer(flaky(u32::MAX, calls.clone()));
+    for i in 0..20 {
+        failing.clone().oneshot(i).await.unwrap_err();
+    }
+    // 120 requests in the window allow 12 retries in all.
+    assert_eq!(calls.load(Ordering::SeqCst), 20 + 12);
+    let snap = route.budget().snapshot();
+    assert_eq!((snap.requests, snap.spent, snap.allowance), (120, 12, 12));
+    assert_eq!(cluster.budget().snapshot(), snap);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pushback_replaces_the_backoff_and_a_long_one_stops() {
     let calls = Arc::new(AtomicU32::new(0));
