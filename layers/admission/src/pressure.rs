@@ -12,12 +12,20 @@
 //! where the pool alone, which rejects at once, met it.
 //!
 //! So with an adaptive capacity, while the queue is overloaded, a waiter is late once it has
-//! waited as long as [`GAPS`] slots take to free (the queue's grant rate gives the gap), and
-//! the sweep drops it whether or not fresher waiters would cover its slot: under overload,
-//! fresher ones arrive before long. This applies only where that bound is tighter than
-//! `codel.target`; on a queue that drains more slowly (a few slots, or long service times) the
-//! usual rule stands, since there a dropped waiter's slot may idle (and on the matrix's
-//! 4-worker pools, dropping there lost goodput).
+//! waited as long as [`GAPS`] slots take to free (the queue's grant rate gives the gap), but
+//! never later than [`CEILING`] of `codel.target`, and the sweep drops it whether or not
+//! fresher waiters would cover its slot: under overload, fresher ones arrive before long.
+//!
+//! The ceiling matters where slots free a few milliseconds apart (a 10-worker pool halved to 5,
+//! about 500 grants a second: three gaps are 6 ms). There a waiter's wait adds one for one to
+//! the backend's own queue time, and on the steadier backends that sum is what the p99 bar
+//! sees: served at 6 ms, or after the target (5 ms), constant and uniform ±20% stayed over
+//! their bars, at 4 ms they meet them.
+//!
+//! This applies only while [`GAPS`] gaps are within [`REACH`] targets; on a queue that drains
+//! more slowly (a few slots, or long service times) the usual rule stands, since there a
+//! dropped waiter's slot may idle (on the matrix's 4-worker pools after halving or a latency
+//! shift, 200 grants a second, dropping lost goodput).
 //!
 //! *Overloaded* means requests reach the queue at least [`RATIO`] times as fast as it hands out
 //! slots, both rates averaged over about [`SMOOTHING`] CoDel intervals: a burst at moderate
@@ -30,11 +38,30 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How many slot gaps a waiter may wait under overload (see the module docs). On the matrix
-/// (issue #15), 2.5 and 3 gave the same cells with no regression; at 2 the bound reaches the
-/// 10-worker pools after halving (~500 grants a second), where it failed lognormal's halve
-/// (p99 93 ms) and bimodal's with 100 workers; at 4 it sits at 4 ms on 10-worker pools, near
-/// the target, and lognormal's and exponential's steps failed (p99 ~100 ms).
+/// (issue #15), with the bound applied only where it was under the target, 2.5 and 3 gave the
+/// same cells with no regression; at 2 the bound reaches the 10-worker pools after halving
+/// (~500 grants a second), where it failed lognormal's halve (p99 93 ms) and bimodal's with
+/// 100 workers; at 4 it sits at 4 ms on 10-worker pools, near the target, and lognormal's and
+/// exponential's steps failed (p99 ~100 ms). With the ceiling and reach below, 2.5 and 3.5
+/// each lose cells too (bimodal's halve with 100 workers among them).
 const GAPS: f64 = 3.0;
+
+/// The most an overloaded queue lets a waiter wait, as a fraction of `codel.target` (see the
+/// module docs). On the matrix (issue #15), 0.8 and 0.9 gave the same cells; at 0.7 uniform
+/// ±50%'s halve with 10 workers failed again, at 1 constant's and uniform ±20%'s did.
+const CEILING: f64 = 0.8;
+
+/// How many `codel.target`s [`GAPS`] slot gaps may span for the overload bound to apply. On
+/// the matrix (issue #15), 1.75 and 2 gave the same cells; at 1 (the earlier rule, without
+/// the ceiling) the 10-worker halves on the steadier backends stayed over their p99 bars, at
+/// 1.5 log-normal's failed, and at 2.25 and above the bimodal latency shift with 10 workers
+/// lost goodput (and at 3, with 4 workers too).
+///
+/// The grant rate counts the slots the queue hands out, not the requests the fast path admits
+/// while nobody waits, so it reads low where the bound keeps emptying the queue: on the
+/// 4-worker steps (400 grants a second) it reads about 300, three gaps about 10 ms, and the
+/// bound comes and goes there.
+const REACH: f64 = 2.0;
 
 /// Arrivals over grants at which the queue counts as overloaded. The matrix's overloads are
 /// 1.4x (step) and 1.8x (halve); at 90% of capacity (restore), bursts that average a little
@@ -89,14 +116,16 @@ impl Pressure {
         self.grants = self.grants.saturating_add(1);
     }
 
-    /// The wait past which a waiter is late, when the queue is overloaded and that bound is
-    /// tighter than `target`; `None` otherwise (the usual CoDel rule applies).
+    /// The wait past which a waiter is late, when the queue is overloaded and drains fast
+    /// enough (see the module docs); `None` otherwise (the usual CoDel rule applies). Always
+    /// under `target`.
     pub(crate) fn overload_bound(&self, target: Duration) -> Option<Duration> {
         if self.grant_rate <= 0.0 || self.arrival_rate < RATIO * self.grant_rate {
             return None;
         }
-        let bound = GAPS / self.grant_rate;
-        (bound < target.as_secs_f64()).then(|| Duration::from_secs_f64(bound))
+        let gaps = GAPS / self.grant_rate;
+        let target = target.as_secs_f64();
+        (gaps < REACH * target).then(|| Duration::from_secs_f64(gaps.min(CEILING * target)))
     }
 }
 
@@ -144,10 +173,19 @@ mod tests {
     }
 
     #[test]
-    fn a_slowly_draining_queue_keeps_the_usual_rule() {
+    fn the_bound_stays_under_the_target() {
         let mut p = Pressure::default();
         // 1,400 arrivals and 500 grants per second: three gaps are 6 ms, over the target.
         feed(&mut p, Instant::now(), 30, 14, 5);
+        let bound = p.overload_bound(5 * MS).expect("overloaded");
+        assert!((bound.as_secs_f64() - 0.004).abs() < 0.000_01, "{bound:?}");
+    }
+
+    #[test]
+    fn a_slowly_draining_queue_keeps_the_usual_rule() {
+        let mut p = Pressure::default();
+        // 300 arrivals and 200 grants per second: three gaps are 15 ms, over two targets.
+        feed(&mut p, Instant::now(), 30, 3, 2);
         assert_eq!(p.overload_bound(5 * MS), None);
         assert!(p.overload_bound(10 * MS).is_some());
     }

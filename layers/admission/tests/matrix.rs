@@ -46,35 +46,27 @@ const BACKENDS: [(u64, usize); 3] = [(10, 4), (10, 10), (10, 100)];
 /// must pass. Three groups:
 /// - the 4-worker pools (2 after halving), short in the pool's own matrix too: the p99 bar
 ///   leaves a limit band one or two requests wide;
-/// - halve with 10 workers (5 after halving) on the steadier distributions, and on the
-///   exponential one, where the pool's limit also settles far above the 5 workers (27.6):
-///   goodput holds at capacity, but no window meets the p99 bar. The queue hands out only
-///   ~500 slots a second there, so three slot gaps (6 ms) exceed the CoDel target and the
-///   overload bound of an adaptive capacity (`src/pressure.rs`) does not apply: a waiter may
-///   still be served after a few targets on top of the pool's small queue at the backend (the
-///   pool alone, which rejects at once, passes these cells). A 5 ms bound applied there
-///   regardless lost goodput on the 4-worker pools (restore and shift);
+/// - halve with 10 workers (5 after halving) on the exponential backend, where the pool's limit
+///   settles far above the 5 workers (about 28-33): goodput holds at capacity, but the backend's
+///   own queue leaves no room under the p99 bar for any wait in admission's (the overload bound
+///   of an adaptive capacity, `src/pressure.rs`, already keeps that wait under 4 ms there);
 /// - the latency shift on noisy backends, as in the pool's matrix.
 const KNOWN_SHORT: &[(&str, &str)] = &[
     ("Bimodal 10ms x4", "Light70"),
     ("Bimodal 10ms x4", "Restore"),
-    ("Constant 10ms x10", "Halve"),
     ("Constant 10ms x4", "Halve"),
     ("Constant 10ms x4", "Shift"),
     ("Constant 10ms x4", "Step"),
     ("Exponential 10ms x10", "Halve"),
-    ("Exponential 10ms x10", "Shift"),
     ("Exponential 10ms x4", "Halve"),
     ("Exponential 10ms x4", "Step"),
     ("LogNormal 10ms x10", "Shift"),
     ("LogNormal 10ms x4", "Halve"),
     ("LogNormal 10ms x4", "Shift"),
     ("LogNormal 10ms x4", "Step"),
-    ("Uniform20 10ms x10", "Halve"),
     ("Uniform20 10ms x4", "Halve"),
     ("Uniform20 10ms x4", "Shift"),
     ("Uniform20 10ms x4", "Step"),
-    ("Uniform50 10ms x10", "Halve"),
     ("Uniform50 10ms x10", "Shift"),
     ("Uniform50 10ms x4", "Halve"),
     ("Uniform50 10ms x4", "Step"),
