@@ -57,6 +57,12 @@
 //! writes its timeline (CSV and SVG) under `target/sim/`. `layers/pool/docs/limit.svg` is the
 //! default on a jittery backend through a step, a halving and a restore (`tests/chart.rs`).
 //! `tests/scenarios.rs` keeps the older scenarios for Vegas, AIMD and Gradient2.
+//!
+//! Per request, `benches/pool.rs` runs tower's static `ConcurrencyLimit` and
+//! tower-resilience's adaptive limiter in the same run and prints the ratios: on the 2-core
+//! development machine, 23–25 ns single-threaded (1.4x the static limit's 17–18 ns), and with
+//! 2 threads sharing one limiter 0.26–0.32x the static limit's cost and 13–24x less than
+//! tower-resilience's. `tests/no_alloc.rs` checks that a warm request allocates nothing.
 
 //! # Example
 //!
