@@ -72,8 +72,10 @@ impl ClassConfig {
 /// With an adaptive capacity
 /// ([`AdmissionLayer::with_capacity`](crate::AdmissionLayer::with_capacity)), a standing queue
 /// that receives requests at least 1.15x as fast as it hands out slots (over about 500 ms)
-/// drops waiters older than three slot gaps, or 80% of `target` if that is sooner, fresher
-/// waiters or not, while three gaps are within twice `target`: the capacity's limit already
+/// drops waiters older than three slot gaps, or 70% of `target` if that is sooner, fresher
+/// waiters or not. The bound starts while three of the queue's gaps are within twice `target`,
+/// and holds while three gaps of all admissions (the queue's plus those taken without waiting)
+/// are, so it does not lapse each time it empties the queue: the capacity's limit already
 /// keeps a small queue at the backend, and under overload a longer wait in front of it only
 /// makes the requests that are served late.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]

@@ -84,6 +84,10 @@ pub(crate) struct Controller {
     #[cfg(feature = "redis")]
     pub(crate) remote: Option<crate::remote::RemoteLimiter>,
     pub(crate) throttle: Option<Throttle>,
+    /// Requests each shard admitted by `try_fast`, per class: one line per shard, written only
+    /// by the threads of that shard, summed under the lock when a counting window closes (see
+    /// `pressure`) and for snapshots.
+    fast_admitted: Box<[CachePadded<[AtomicU64; MAX_CLASSES]>]>,
 }
 
 impl Controller {
@@ -131,7 +135,26 @@ impl Controller {
                 Some(crate::remote::RemoteLimiter::new(redis, r.burst, r.period))
             }),
             throttle: config.throttle.as_ref().map(Throttle::new),
+            fast_admitted: (0..shard_count())
+                .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
         }
+    }
+
+    /// Requests of `class` admitted by `try_fast` so far, over all shards.
+    pub(crate) fn fast_admitted(&self, class: usize) -> u64 {
+        // Relaxed: statistics and an averaged rate (`pressure`); a reading a few requests
+        // behind is fine.
+        self.fast_admitted
+            .iter()
+            .map(|s| s[class].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Requests admitted by `try_fast` so far, over all shards and classes: read under the
+    /// queue's lock each time the overload rates close a counting window (see `pressure`).
+    pub(crate) fn fast_admitted_total(&self) -> u64 {
+        (0..self.classes.len()).map(|c| self.fast_admitted(c)).sum()
     }
 
     /// Tells a dynamic capacity that a request found the limit reached.
@@ -216,8 +239,11 @@ impl Controller {
         Rejected::new(class, self.classes[class].name.clone(), reason, retry_after)
     }
 
-    /// A snapshot of every class; `fast[c]` counts class `c`'s requests admitted by `try_fast`.
-    pub(crate) fn snapshot(&self, fast: &[u64]) -> Snapshot {
+    /// A snapshot of every class.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let fast: Vec<u64> = (0..self.classes.len())
+            .map(|c| self.fast_admitted(c))
+            .collect();
         let slow = self.lock();
         let classes = self
             .classes
@@ -253,18 +279,18 @@ impl Controller {
 /// Every request clones a reference to the controller, to give its slot back when it ends. If
 /// all threads cloned one `Arc`, its reference count would be a second cache line written by
 /// every core on every request; each thread instead clones the handle of its own shard
-/// ([`shard_index`]), whose count and admission counters no other core touches while there are
-/// no more threads than shards.
+/// ([`shard_index`]), whose count and admission counters (the shard's line of the controller's
+/// `fast_admitted`, where the queue's lock holder can sum them) no other core touches while
+/// there are no more threads than shards.
 ///
 /// The shard also keeps copies of the controller's settings that the fast path reads, so a
-/// request touches only its shard's line and the controller's hot line.
+/// request touches only its shard's lines and the controller's hot line.
 #[derive(Debug)]
 pub(crate) struct Shard {
     ctrl: Arc<Controller>,
     pub(crate) flags: Flags,
-    /// Inline rather than boxed: two shards' small boxes could share a cache line, and every
-    /// admission writes here.
-    admitted: [AtomicU64; MAX_CLASSES],
+    /// This shard's line in the controller's `fast_admitted`.
+    index: usize,
 }
 
 /// Settings the fast path reads, copied into each shard.
@@ -327,10 +353,11 @@ impl Shard {
             // Relaxed: reservations are approximate by one request, see the ground rules.
             self.ctrl.class_in_flight[class].fetch_add(1, Ordering::Relaxed);
         }
-        // Relaxed, and a load and a store rather than a locked add: statistics only. Each
+        // Relaxed, and a load and a store rather than a locked add: statistics, and the
+        // overload bound's averaged admission rate, which a lost increment barely moves. Each
         // thread has its own shard while there are no more threads than shards; past that,
         // two threads sharing a shard may rarely lose an increment.
-        let cell = &self.admitted[class];
+        let cell = &self.ctrl.fast_admitted[self.index][class];
         cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         true
     }
@@ -397,7 +424,7 @@ impl Shards {
         let ctrl = Arc::new(ctrl);
         let n = ctrl.classes.len();
         let list = (0..shard_count())
-            .map(|_| {
+            .map(|index| {
                 Arc::new(CachePadded::new(Shard {
                     flags: Flags {
                         track: ctrl.track,
@@ -411,7 +438,7 @@ impl Shards {
                         remote: ctrl.remote.is_some(),
                     },
                     ctrl: ctrl.clone(),
-                    admitted: std::array::from_fn(|_| AtomicU64::new(0)),
+                    index,
                 }))
             })
             .collect();
@@ -429,15 +456,6 @@ impl Shards {
     }
 
     pub(crate) fn snapshot(&self) -> Snapshot {
-        let fast: Vec<u64> = (0..self.ctrl().classes.len())
-            // Relaxed: statistics only.
-            .map(|c| {
-                self.list
-                    .iter()
-                    .map(|s| s.admitted[c].load(Ordering::Relaxed))
-                    .sum()
-            })
-            .collect();
-        self.ctrl().snapshot(&fast)
+        self.ctrl().snapshot()
     }
 }

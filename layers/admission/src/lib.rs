@@ -28,9 +28,11 @@
 //!   about the target under sustained overload and no slot idles in a lull. With an adaptive
 //!   [`Capacity`], which keeps a small queue at the backend of its own, a queue that receives
 //!   requests at least 1.15x as fast as it hands out slots (averaged over about 500 ms) drops
-//!   waiters older than three slot gaps (the time three slots take to free) or 4 ms (80% of
-//!   the target), whichever is sooner, where three gaps are under twice the target, even
-//!   without fresher ones to cover them, so the wait adds little to the backend's own.
+//!   waiters older than three slot gaps (the time three slots take to free) or 3.5 ms (70% of
+//!   the target), whichever is sooner, even without fresher ones to cover them, so the wait
+//!   adds little to the backend's own. It starts where three of the queue's gaps are under
+//!   twice the target, and holds while three gaps of all admissions (the queue's grants and
+//!   the requests admitted without waiting) are.
 //! - **Deadlines**: a request that cannot finish by its deadline (given the measured service
 //!   time) is rejected before it takes capacity, or leaves the queue when it no longer can.
 //!   With feature `http`, deadlines come from the `grpc-timeout` header or a

@@ -311,7 +311,8 @@ impl Controller {
         // Demand is at the limit: an adaptive capacity learns that its limit is in use.
         self.capacity_limited();
         let mut slow = self.lock();
-        slow.pressure.arrived(now, self.codel.interval);
+        slow.pressure
+            .arrived(now, self.codel.interval, || self.fast_admitted_total());
         self.sweep(&mut slow, class, now, false);
         let cap = self.classes[class].queue_capacity;
         if slow.queues[class].q.len() >= cap || slow.queued >= self.max_queued {

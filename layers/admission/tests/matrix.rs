@@ -45,11 +45,12 @@ const BACKENDS: [(u64, usize); 3] = [(10, 4), (10, 10), (10, 100)];
 /// open for them): they run and print their figures but do not fail the test; every other cell
 /// must pass. Three groups:
 /// - the 4-worker pools (2 after halving), short in the pool's own matrix too: the p99 bar
-///   leaves a limit band one or two requests wide;
+///   leaves a limit band one or two requests wide (the steps pass on the exponential,
+///   log-normal and uniform ±50% backends, where the overload bound holds);
 /// - halve with 10 workers (5 after halving) on the exponential backend, where the pool's limit
 ///   settles far above the 5 workers (about 28-33): goodput holds at capacity, but the backend's
 ///   own queue leaves no room under the p99 bar for any wait in admission's (the overload bound
-///   of an adaptive capacity, `src/pressure.rs`, already keeps that wait under 4 ms there);
+///   of an adaptive capacity, `src/pressure.rs`, already keeps that wait under 3.5 ms there);
 /// - the latency shift on noisy backends, as in the pool's matrix.
 const KNOWN_SHORT: &[(&str, &str)] = &[
     ("Bimodal 10ms x4", "Light70"),
@@ -59,17 +60,14 @@ const KNOWN_SHORT: &[(&str, &str)] = &[
     ("Constant 10ms x4", "Step"),
     ("Exponential 10ms x10", "Halve"),
     ("Exponential 10ms x4", "Halve"),
-    ("Exponential 10ms x4", "Step"),
     ("LogNormal 10ms x10", "Shift"),
     ("LogNormal 10ms x4", "Halve"),
     ("LogNormal 10ms x4", "Shift"),
-    ("LogNormal 10ms x4", "Step"),
     ("Uniform20 10ms x4", "Halve"),
     ("Uniform20 10ms x4", "Shift"),
     ("Uniform20 10ms x4", "Step"),
     ("Uniform50 10ms x10", "Shift"),
     ("Uniform50 10ms x4", "Halve"),
-    ("Uniform50 10ms x4", "Step"),
 ];
 
 async fn column(dist: Dist) {
