@@ -51,7 +51,6 @@ const KNOWN_SHORT: &[(&str, &str)] = &[
     ("Constant 100ms x10", "Shift"),
     ("Constant 10ms x4", "Halve"),
     ("Exponential 100ms x10", "Restore"),
-    ("Exponential 10ms x10", "Restore"),
     ("Exponential 10ms x4", "Halve"),
     ("Exponential 10ms x4", "Restore"),
     ("LogNormal 100ms x10", "Halve"),
