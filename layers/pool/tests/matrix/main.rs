@@ -56,7 +56,6 @@ const KNOWN_SHORT: &[(&str, &str)] = &[
     ("LogNormal 100ms x10", "Halve"),
     ("LogNormal 10ms x4", "Halve"),
     ("LogNormal 10ms x4", "Step"),
-    ("LogNormal 2ms x10", "Shift"),
     ("Uniform20 100ms x10", "Halve"),
     ("Uniform20 10ms x4", "Halve"),
     ("Uniform50 100ms x10", "Shift"),
