@@ -1,6 +1,6 @@
 //! Additive increase, multiplicative decrease.
 
-use super::{LimitAlgorithm, RttEstimates, Window, check_range};
+use super::{LimitAlgorithm, RttEstimates, Window, check_cut, check_range};
 use std::time::Duration;
 use tollgate_core::error::ConfigError;
 
@@ -40,13 +40,7 @@ impl AimdConfig {
     /// A [`ConfigError`] naming the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_range("increase", self.increase, f64::MIN_POSITIVE, 1e6)?;
-        check_range(
-            "backoff",
-            self.backoff,
-            f64::MIN_POSITIVE,
-            1.0 - f64::EPSILON,
-        )?;
-        check_range("failure_ratio", self.failure_ratio, f64::MIN_POSITIVE, 1.0)?;
+        check_cut(self.backoff, self.failure_ratio)?;
         if self.rtt_threshold.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::new(
                 "rtt_threshold",

@@ -1,6 +1,6 @@
 //! Netflix's Gradient2: long-term against short-term RTT.
 
-use super::{LimitAlgorithm, RttEstimates, Window, check_range};
+use super::{LimitAlgorithm, RttEstimates, Window, check_cut, check_range};
 use std::time::Duration;
 use tollgate_core::error::ConfigError;
 
@@ -51,13 +51,7 @@ impl Gradient2Config {
             return Err(ConfigError::new("long_window", "must be at least 1"));
         }
         check_range("queue_size", self.queue_size, 0.0, 1e6)?;
-        check_range(
-            "backoff",
-            self.backoff,
-            f64::MIN_POSITIVE,
-            1.0 - f64::EPSILON,
-        )?;
-        check_range("failure_ratio", self.failure_ratio, f64::MIN_POSITIVE, 1.0)?;
+        check_cut(self.backoff, self.failure_ratio)?;
         Ok(())
     }
 }

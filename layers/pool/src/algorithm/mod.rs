@@ -228,6 +228,16 @@ impl AlgorithmConfig {
     }
 }
 
+/// The cut every algorithm makes on failures: `backoff` in (0, 1) and `failure_ratio` in
+/// (0, 1], each named when out of range.
+pub(crate) fn check_cut(
+    backoff: f64,
+    failure_ratio: f64,
+) -> Result<(), tollgate_core::error::ConfigError> {
+    check_range("backoff", backoff, f64::MIN_POSITIVE, 1.0 - f64::EPSILON)?;
+    check_range("failure_ratio", failure_ratio, f64::MIN_POSITIVE, 1.0)
+}
+
 /// `Err` naming `field` unless `value` is finite and within `[lo, hi]`.
 pub(crate) fn check_range(
     field: &'static str,

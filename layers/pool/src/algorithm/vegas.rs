@@ -1,6 +1,6 @@
 //! TCP Vegas applied to concurrency, with a re-probed baseline.
 
-use super::{LimitAlgorithm, RttEstimates, Window, check_positive, check_range};
+use super::{LimitAlgorithm, RttEstimates, Window, check_cut, check_positive, check_range};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -76,13 +76,7 @@ impl VegasConfig {
         }
         check_range("increase_ratio", self.increase_ratio, 0.0, 10.0)?;
         check_range("increase_min", self.increase_min, f64::MIN_POSITIVE, 1e6)?;
-        check_range(
-            "backoff",
-            self.backoff,
-            f64::MIN_POSITIVE,
-            1.0 - f64::EPSILON,
-        )?;
-        check_range("failure_ratio", self.failure_ratio, f64::MIN_POSITIVE, 1.0)?;
+        check_cut(self.backoff, self.failure_ratio)?;
         check_positive("baseline_window", self.baseline_window)?;
         check_positive("probe_interval", self.probe_interval)?;
         if self.probe_interval >= self.baseline_window {

@@ -1,6 +1,6 @@
 //! [`KneeConfig`]: Knee's settings and their validation.
 
-use super::super::{check_positive, check_range};
+use super::super::{check_cut, check_positive, check_range};
 use std::time::Duration;
 use tollgate_core::error::ConfigError;
 
@@ -93,13 +93,7 @@ impl KneeConfig {
         }
         check_range("increase_ratio", self.increase_ratio, 0.0, 10.0)?;
         check_range("increase_min", self.increase_min, f64::MIN_POSITIVE, 1e6)?;
-        check_range(
-            "backoff",
-            self.backoff,
-            f64::MIN_POSITIVE,
-            1.0 - f64::EPSILON,
-        )?;
-        check_range("failure_ratio", self.failure_ratio, f64::MIN_POSITIVE, 1.0)?;
+        check_cut(self.backoff, self.failure_ratio)?;
         if self.calm_samples < 2 {
             return Err(ConfigError::new("calm_samples", "must be at least 2"));
         }
