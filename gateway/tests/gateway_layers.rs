@@ -161,11 +161,7 @@ async fn reload_keeps_the_state_of_unchanged_clusters() {
                  [[routes]]\ncluster = \"ok\"\n"
             )
         };
-        std::fs::write(&path, text(3000, 1000)).unwrap();
-        let config = Config::load(&path).unwrap();
-        let mut opts = tollgate_gateway::StartOptions::new(config, "gw.toml");
-        opts.path = Some(path.clone());
-        let gw = tollgate_gateway::Gateway::start(opts).unwrap();
+        let gw = start_watching(&path, &text(3000, 1000));
         for _ in 0..2 {
             get(addr(&gw), "/dead").await;
         }
@@ -176,11 +172,8 @@ async fn reload_keeps_the_state_of_unchanged_clusters() {
         let before = breaker(&gw);
         assert_eq!(before["state"], "open", "{before}");
         // An unrelated change, then a change to the other cluster's breaker.
-        std::fs::write(&path, text(4000, 1000)).unwrap();
-        let g = tokio::task::block_in_place(|| gw.reload()).unwrap();
-        assert_eq!(g, 2);
-        std::fs::write(&path, text(4000, 2000)).unwrap();
-        tokio::task::block_in_place(|| gw.reload()).unwrap();
+        assert_eq!(rewrite(&gw, &path, &text(4000, 1000)), 2);
+        rewrite(&gw, &path, &text(4000, 2000));
         // A rebuilt breaker would be closed and have seen no call.
         assert_eq!(
             breaker(&gw),

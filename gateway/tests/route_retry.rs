@@ -238,19 +238,13 @@ async fn reload_keeps_an_unchanged_override_and_rebuilds_a_changed_one() {
                 )
             )
         };
-        std::fs::write(&path, text(3000, "", 2)).unwrap();
-        let mut opts = tollgate_gateway::StartOptions::new(Config::load(&path).unwrap(), "gw.toml");
-        opts.path = Some(path.clone());
-        let gw = tollgate_gateway::Gateway::start(opts).unwrap();
+        let gw = start_watching(&path, &text(3000, "", 2));
         let (s, _) = get(addr(&gw), "/on/r1").await;
         assert_eq!(s, StatusCode::OK);
         let on = |gw: &tollgate_gateway::Gateway| route_retry(&gw.state(), 0);
         let before = on(&gw);
         assert_eq!(before["retries"], 1, "{before}");
-        let reload = |text: String| {
-            std::fs::write(&path, text).unwrap();
-            tokio::task::block_in_place(|| gw.reload()).unwrap()
-        };
+        let reload = |text: String| rewrite(&gw, &path, &text);
         // An unrelated change, then one that rebuilds the cluster's own layers: the override
         // keeps its budget and counters, over the cluster's new stack.
         reload(text(4000, "", 2));
@@ -339,14 +333,8 @@ async fn a_sharing_override_follows_its_clusters_budget_across_reloads() {
         };
         let retrying =
             |attempts: u32| format!("[clusters.retry]\nattempts = {attempts}\n{RETRY_503}");
-        std::fs::write(&path, text(&retrying(1))).unwrap();
-        let mut opts = tollgate_gateway::StartOptions::new(Config::load(&path).unwrap(), "gw.toml");
-        opts.path = Some(path.clone());
-        let gw = tollgate_gateway::Gateway::start(opts).unwrap();
-        let reload = |text: String| {
-            std::fs::write(&path, text).unwrap();
-            tokio::task::block_in_place(|| gw.reload()).unwrap()
-        };
+        let gw = start_watching(&path, &text(&retrying(1)));
+        let reload = |text: String| rewrite(&gw, &path, &text);
         let views = |gw: &tollgate_gateway::Gateway| {
             let state = gw.state();
             (

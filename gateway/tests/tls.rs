@@ -198,11 +198,7 @@ async fn certificates_chosen_by_sni_and_reloaded() {
             single(up, "http1")
         );
         let path = dir.join("tollgate.toml");
-        std::fs::write(&path, &text).unwrap();
-        let cfg = tollgate_gateway::config::Config::load(&path).unwrap();
-        let mut opts = tollgate_gateway::StartOptions::new(cfg, &path.display().to_string());
-        opts.path = Some(path.clone());
-        let gw = tollgate_gateway::Gateway::start(opts).unwrap();
+        let gw = start_watching(&path, &text);
         let at = addr(&gw);
 
         // Names from the certificate's SANs (wildcards too), explicit server_names (which

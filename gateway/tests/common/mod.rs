@@ -145,6 +145,22 @@ pub fn start(config: Config) -> Gateway {
     Gateway::start(StartOptions::new(config, "test.toml")).expect("gateway starts")
 }
 
+/// Writes `text` to `path` and starts a gateway from it, watching the file (so that
+/// [`rewrite`] can reload it).
+pub fn start_watching(path: &std::path::Path, text: &str) -> Gateway {
+    std::fs::write(path, text).unwrap();
+    let config = Config::load(path).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let mut opts = StartOptions::new(config, &path.display().to_string());
+    opts.path = Some(path.to_owned());
+    Gateway::start(opts).expect("gateway starts")
+}
+
+/// Writes `text` to the watched `path` and reloads `gw` from it; the new generation.
+pub fn rewrite(gw: &Gateway, path: &std::path::Path, text: &str) -> u64 {
+    std::fs::write(path, text).unwrap();
+    tokio::task::block_in_place(|| gw.reload()).unwrap()
+}
+
 /// Stops a gateway without blocking the runtime.
 pub async fn stop(gw: Gateway) {
     tokio::task::spawn_blocking(move || gw.shutdown())
