@@ -13,6 +13,7 @@
 //! `Arc`s, so cores share no reference counts on the hot path.
 
 use super::answer::{Answer, Blame, RespBody};
+use super::body::ClientBody;
 use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
 use super::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
@@ -24,8 +25,7 @@ use super::trace::{self, TraceCtx, Traced, Tracer};
 use super::tunnel;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use http_body_util::{Either, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use http_body_util::{Either, LengthLimitError};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use std::convert::Infallible;
@@ -57,9 +57,9 @@ impl Drop for InFlight<'_> {
 }
 
 /// Serves one request; never fails (errors become responses).
-pub(crate) async fn handle(
+pub(crate) async fn handle<B: ClientBody>(
     conn: Arc<ConnCtx>,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
     let shared = &conn.shared;
@@ -208,10 +208,10 @@ fn record_request(
 
 /// Serves a request `found` routed; returns the answer, the endpoint that gave it, and the
 /// route and branch that served it.
-async fn proxy(
+async fn proxy<B: ClientBody>(
     conn: &ConnCtx,
     local: &Local,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     start: Instant,
     found: RouteMatch,
 ) -> (
@@ -251,7 +251,7 @@ async fn proxy(
 /// The checks before routing: a refused `CONNECT`, an oversized head (answered with
 /// `Connection: close`), a bad `Host`. A WebSocket over HTTP/2 becomes its handshake's `GET`
 /// here (then `Ok(true)`).
-fn pre_route(local: &Local, req: &mut Request<Incoming>) -> Result<bool, Answer> {
+fn pre_route<B>(local: &Local, req: &mut Request<B>) -> Result<bool, Answer> {
     let snap = &local.snap;
     // A reverse proxy opens no tunnels: CONNECT is refused whatever the routes allow, but for
     // a WebSocket over HTTP/2 (RFC 8441), routed as the `GET` of the HTTP/1.1 handshake it
@@ -279,11 +279,11 @@ fn pre_route(local: &Local, req: &mut Request<Incoming>) -> Result<bool, Answer>
 /// Serves a request matched to route `route`, sending it to the cluster of the route's
 /// branch `branch` (its latency is counted by the caller); `h2_websocket`: it is a WebSocket
 /// over HTTP/2, already turned into its handshake's `GET`.
-async fn routed(
+async fn routed<B: ClientBody>(
     conn: &ConnCtx,
     snap: &Snapshot,
     (route, branch): (usize, usize),
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     h2_websocket: bool,
 ) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
     let stats = &conn.shared.stats;
@@ -374,8 +374,7 @@ async fn routed(
     let limit = snap
         .max_body
         .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
-    let upstream_req: Request<ReqBody> =
-        Request::from_parts(parts, Either::Left(Limited::new(body, limit)));
+    let upstream_req: Request<ReqBody> = Request::from_parts(parts, body.limited(limit));
     let settings = pool::Settings {
         connect_timeout: snap.connect_timeout,
         idle_timeout: snap.idle_timeout,

@@ -11,6 +11,7 @@
 //! after its head (now cut after `idle_ms`), a reload of the global timeouts rebuilding every
 //! stack (now kept), and a replaced stack's health checks outliving the reload (now stopped).
 
+#[macro_use]
 mod chaos;
 
 #[path = "chaos/ejection.rs"]

@@ -24,10 +24,11 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long shutdown waits for in-flight requests, in ms. Default 10000.
     pub drain_timeout_ms: u64,
-    /// Serve plain HTTP/1.1 requests to plain routes (no layers) on the gateway's own
-    /// HTTP/1.1 path instead of hyper's. Default `true`. Requests it does not take (HTTP/1.0,
-    /// chunked request bodies, `Expect`, upgrades, malformed or oversized heads) go to hyper
-    /// either way. Reloadable; applies to new connections.
+    /// Read HTTP/1.1 requests on the gateway's own HTTP/1.1 path instead of hyper's: plain
+    /// routes (no layers) are forwarded there, layered routes are read there and served
+    /// through their layers. Default `true`. Requests it does not take (HTTP/1.0, chunked
+    /// request bodies or bodies over 64 KiB, `Expect`, upgrades, malformed or oversized
+    /// heads) go to hyper either way. Reloadable; applies to new connections.
     pub h1_fast_path: bool,
     /// The request-id field: every request carries one to the upstream, in the access log and
     /// on the gateway's own answers; empty turns it off. Default `x-request-id`. Reloadable.

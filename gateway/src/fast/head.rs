@@ -1,8 +1,8 @@
 //! Request heads on the fast path: parse one with httparse, decide whether the fast path
 //! takes it, and write the head the upstream gets.
 //!
-//! Pure (no I/O, no allocation beyond `out` growing), so it is unit-tested here and fuzzed
-//! (`fuzz/fuzz_targets/gateway_h1.rs`).
+//! Pure (no I/O, no allocation beyond `out` growing, or the [`http::Request`] a layered route
+//! gets), so it is unit-tested here and fuzzed (`fuzz/fuzz_targets/gateway_h1.rs`).
 
 use super::super::headers::Forwarding;
 use crate::answer::Answer;
@@ -57,8 +57,9 @@ pub(crate) enum Route<T> {
         /// Keep the client's `Host` (otherwise the endpoint's address).
         preserve_host: bool,
     },
-    /// Not a plain route: hyper serves the request (and the connection, from here).
-    Hyper,
+    /// Not a plain route: served as an [`http::Request`] by the same service as hyper's
+    /// requests (see [`layered`](super::layered)).
+    Layered,
     /// Answer at once.
     Local(Answer),
 }
@@ -79,6 +80,14 @@ pub(crate) enum Step<T> {
         head: Head,
         /// The answer.
         answer: Answer,
+    },
+    /// Serve through the layers: the head as an [`http::Request`] (its body, `body_len`
+    /// bytes, follows the head in the buffer).
+    Layered {
+        /// The request head.
+        head: Head,
+        /// The request as hyper would hand it over, without its body.
+        request: http::Request<()>,
     },
     /// Forward: `out` now holds the upstream's request head.
     Forward {
@@ -398,7 +407,12 @@ pub(crate) fn prepare<T>(
             addr,
             preserve_host,
         } => (t, addr, preserve_host),
-        Route::Hyper => return Step::Hyper,
+        Route::Layered => {
+            return match request::build(buf, len, method, target, req.headers) {
+                Some(request) => Step::Layered { head, request },
+                None => Step::Hyper,
+            };
+        }
         Route::Local(answer) => return Step::Local { head, answer },
     };
     out.clear();
@@ -512,6 +526,8 @@ fn chain_lines<'h, 'b>(
         .filter(move |h| !dropped && h.name.eq_ignore_ascii_case(name))
         .map(|h| h.value)
 }
+
+pub(super) mod request;
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,4 @@
-//! The gateway's own HTTP/1.1 path for plain routes.
+//! The gateway's own HTTP/1.1 path.
 //!
 //! A plain route (no cache, admission, batch, or cluster layers, an HTTP/1.1 upstream) needs
 //! no more than: parse the head, pick an endpoint, write the head (with the forwarding headers)
@@ -8,12 +8,16 @@
 //! while it has a request (they go back to a per-thread free list between requests, so an idle
 //! keep-alive connection holds none).
 //!
+//! Every other route (layers, HTTP/2 or TLS upstreams, a listener with its own admission) is
+//! read here too, and its request, held whole with its body, goes through the same service as
+//! hyper's requests, its answer written back here ([`layered`]): the front end is this one,
+//! the rest is shared.
+//!
 //! What it does not take, hyper serves, with hyper's own answers and limits, for the rest of
-//! the connection's busy spell (until it idles): HTTP/1.0, chunked request bodies, `Expect`,
-//! upgrades, absolute-form targets, malformed or oversized heads, routes with layers, HTTP/2
-//! upstreams. The two paths add and strip the same headers and map upstream failures to the
-//! same answers (see [`proxy`](crate::proxy)). `server.h1_fast_path = false` sends everything
-//! to hyper.
+//! the connection's busy spell (until it idles): HTTP/1.0, chunked request bodies, bodies over
+//! 64 KiB, `Expect`, upgrades, absolute-form targets, malformed or oversized heads. The two
+//! paths add and strip the same headers and map upstream failures to the same answers (see
+//! [`proxy`](crate::proxy)). `server.h1_fast_path = false` sends everything to hyper.
 //!
 //! | event | fast path |
 //! |---|---|
@@ -28,6 +32,7 @@
 mod date;
 mod exchange;
 pub(crate) mod head;
+mod layered;
 mod local;
 mod relay;
 pub(crate) mod response;
@@ -45,6 +50,7 @@ use response::Framing;
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
@@ -231,7 +237,7 @@ fn head_ends(bytes: &[u8], from: usize) -> bool {
 
 /// Serves plain HTTP/1.1 requests on `client`, starting with the bytes `pre` already read,
 /// until the connection closes, idles, or sends a request this path does not take.
-pub(super) async fn serve(client: &mut TcpStream, ctx: &ConnCtx, pre: Bytes) -> Outcome {
+pub(super) async fn serve(client: &mut TcpStream, ctx: &Arc<ConnCtx>, pre: Bytes) -> Outcome {
     let mut bufs: Option<Bufs> = None;
     if !pre.is_empty() {
         let b = bufs.insert(take_bufs());
@@ -392,7 +398,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Serves the request whose head starts the pending client bytes.
-async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
+async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Next {
     let start = Instant::now();
     let local = crate::state::local(&ctx.shared);
     let snap = &local.snap;
@@ -430,15 +436,15 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
         &mut b.out,
         |req, _body_len| {
             if listener_layers {
-                return Route::Hyper;
+                return Route::Layered;
             }
             match snap.routes.find(req) {
                 RouteMatch::Route(route) => {
                     let plan = &snap.route_plans[route];
-                    // Decided before the split's pick, so that a request hyper serves takes
-                    // one step of the split, there.
+                    // Decided before the split's pick, so that a request served through the
+                    // layers takes one step of the split, there.
                     if !plan.fast {
-                        return Route::Hyper;
+                        return Route::Layered;
                     }
                     let branch = plan.pick(req.fields);
                     let cluster = &snap.clusters[plan.branches[branch].cluster];
@@ -486,6 +492,15 @@ async fn request(client: &mut TcpStream, ctx: &ConnCtx, b: &mut Bufs) -> Next {
                 exchange: None,
             };
             return answer_and_log(client, ctx, b, snap, &head, local, close, unread, done).await;
+        }
+        Step::Layered { head, request } => {
+            // The body (held whole) goes with the request; the buffer moves past both.
+            let body_at = b.cin.start + head.len;
+            let body_end = body_at + head.body_len as usize;
+            let body = head::request::held(&b.cin.data[body_at..body_end]);
+            b.cin.start = body_end;
+            let req = request.map(|()| http_body_util::Full::new(body));
+            return layered::serve(client, ctx, b, &head, req).await;
         }
         Step::Forward { head, target, addr } => (head, target, addr),
     };

@@ -28,7 +28,7 @@ const MAX_FIELDS: [usize; 8] = [0, 1, 2, 100, 8, 64, 128, usize::MAX];
 /// (`0`), response heads (`1`) or chunked bodies (`2`), by its value modulo 3.
 ///
 /// - request: byte 1 picks the route's answer (bits 0-1: forward keeping the `Host`, forward
-///   to the endpoint's address, local 404, hyper; bit 6: rotate it per pipelined head), the
+///   to the endpoint's address, local 404, through the layers; bit 6: rotate it per pipelined head), the
 ///   scheme (bit 2: https), the address family (bit 3: IPv6) and a 4-byte body limit (bit 7);
 ///   byte 2 the limits (bits 0-2: `MAX_BYTES`, bit 3: 8-byte held bodies, bits 4-6:
 ///   `MAX_FIELDS`); the rest is up to 8 pipelined requests.
@@ -137,7 +137,7 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
                 preserve_host: route == 0,
             },
             2 => Route::Local(Answer::NoRoute),
-            _ => Route::Hyper,
+            _ => Route::Layered,
         }
     });
     let msg = match parse_request(buf, SLOTS) {
@@ -258,7 +258,15 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
                 assert_eq!(answer, Answer::NoRoute);
                 head
             }
-            (3, Step::Hyper) => return None,
+            (3, Step::Layered { head, request }) => {
+                h1_layered(&request, &msg);
+                head
+            }
+            // Only what `http` itself refuses goes to hyper instead (which answers 400).
+            (3, Step::Hyper) => {
+                assert!(!http_takes(&msg), "{msg:?}");
+                return None;
+            }
             (_, step) => panic!("route {route} gave {step:?}"),
         };
         assert_eq!(
@@ -279,6 +287,54 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
     assert_eq!(head.head_method, msg.method == "HEAD");
     let used = u64::try_from(head.len).ok()?.checked_add(body_len)?;
     usize::try_from(used).ok().filter(|u| *u <= buf.len())
+}
+
+/// Whether `http` holds `msg`'s method, target and every field.
+fn http_takes(msg: &Msg) -> bool {
+    http::Method::from_bytes(msg.method.as_bytes()).is_ok()
+        && http::Uri::try_from(msg.target.as_str()).is_ok()
+        && msg.headers.iter().all(|(n, v)| {
+            http::HeaderName::from_bytes(n.as_bytes()).is_ok()
+                && http::HeaderValue::from_bytes(v).is_ok()
+        })
+}
+
+/// Checks that a layered route's request is the client's `msg` as hyper would hand it over:
+/// method, target, version and every field in order (names lower-cased).
+fn h1_layered(req: &http::Request<()>, msg: &Msg) {
+    assert_eq!(req.method().as_str(), msg.method);
+    assert_eq!(req.uri().to_string(), msg.target);
+    assert_eq!(req.version(), http::Version::HTTP_11);
+    let got: Vec<(&str, &[u8])> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    // A repeated `Content-Length` (all equal, or the head is hyper's) is kept once.
+    let mut want: Vec<(String, &[u8])> = Vec::new();
+    for (n, v) in &msg.headers {
+        let n = n.to_ascii_lowercase();
+        if n == "content-length" && want.iter().any(|(m, _)| *m == n) {
+            continue;
+        }
+        want.push((n, v.as_slice()));
+    }
+    // `HeaderMap` groups repeated names; compare name by name, in order within each.
+    assert_eq!(got.len(), want.len(), "{got:?} {want:?}");
+    for (name, _) in &want {
+        let a: Vec<&[u8]> = req
+            .headers()
+            .get_all(name.as_str())
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let b: Vec<&[u8]> = want
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(a, b, "{name}");
+    }
 }
 
 /// Checks the upstream head `out` written for the client's request `msg`.

@@ -4,6 +4,7 @@
 //! layer's rejection turned into the client's answer.
 
 use crate::answer::{Answer, Blame, QuotaLeft, RespBody, error_response, is_rejection};
+use crate::body::ClientBody;
 use crate::config::UpstreamProtocol;
 use crate::ctx::ConnCtx;
 use crate::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
@@ -17,9 +18,7 @@ use crate::{trace, tunnel};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
-use http_body::Body as _;
-use http_body_util::{Either, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{Either, Full};
 use std::sync::Arc;
 use tower::ServiceExt;
 
@@ -53,13 +52,13 @@ fn forward_headers(conn: &ConnCtx, parts: &mut http::request::Parts, preserve_ho
 }
 
 /// The request path through the layers (see [`stack`](crate::stack) for the order).
-pub(super) async fn layered(
+pub(super) async fn layered<B: ClientBody>(
     conn: &ConnCtx,
     snap: &Snapshot,
     plan: &RoutePlan,
     branch: &Branch,
     listener_admission: Option<&Arc<AdmissionPolicy>>,
-    req: Request<Incoming>,
+    req: Request<B>,
     upgrade: Option<tunnel::Upgrade>,
 ) -> (Response<RespBody>, Option<std::net::SocketAddr>) {
     let stats = &conn.shared.stats;
@@ -100,7 +99,7 @@ pub(super) async fn layered(
         let limit = snap
             .max_body
             .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
-        Either::Left(Limited::new(body, limit))
+        body.limited(limit)
     };
     let req = Request::from_parts(parts, body);
     let admission = plan.admission.as_ref().or(listener_admission).map(|p| {

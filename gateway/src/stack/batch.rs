@@ -33,6 +33,7 @@
 use super::route::ClusterService;
 use super::{GwBody, UpRequest};
 use crate::answer::{Answer, RespBody, classify};
+use crate::body::ClientBody;
 use crate::config::ConfigError;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -40,7 +41,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use serde::de::IgnoredAny;
 use std::convert::Infallible;
 use std::fmt;
@@ -421,7 +421,7 @@ impl BatchRoute {
 
     /// Answers one client request: its JSON body joins a batch, its answer is its element of
     /// the upstream's array. Never fails: every failure is an answer (see the module docs).
-    pub(crate) async fn call(&self, req: Request<Incoming>) -> Response<RespBody> {
+    pub(crate) async fn call<B: ClientBody>(&self, req: Request<B>) -> Response<RespBody> {
         let (parts, body) = req.into_parts();
         let item = match read_item(&parts.headers, body, self.section.max_body_bytes).await {
             Ok(item) => item,

@@ -5,10 +5,10 @@ use crate::chaos::*;
 use http::StatusCode;
 use std::time::Duration;
 
+on_both_front_ends!(flaky_endpoint_ejected_and_readmitted_by_health_checks);
 /// A flaky endpoint (answering 503) next to a good one, with active health checks and
 /// endpoint breakers: it is taken out of rotation and gets no traffic, `/state` says so, and
 /// once it heals the health checks bring it back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flaky_endpoint_ejected_and_readmitted_by_health_checks() {
     bounded(async {
         let good = ChaosUpstream::start(Mode::Ok).await;
@@ -61,13 +61,13 @@ async fn flaky_endpoint_ejected_and_readmitted_by_health_checks() {
     .await;
 }
 
+on_both_front_ends!(flaky_endpoint_ejected_passively_and_readmitted);
 /// The same without health checks: passive outlier ejection and the endpoint breaker take a
 /// 503-answering endpoint out; after it heals, the ejection and the breaker's open wait end
 /// and traffic reaches it again.
 ///
 /// The good endpoint is the slower one: an endpoint that fails fast looks cheap to a
 /// latency-aware balancer (the "black hole"), which is what ejection is for.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flaky_endpoint_ejected_passively_and_readmitted() {
     bounded(async {
         let good = ChaosUpstream::start(Mode::Slow).await;

@@ -5,6 +5,7 @@ use crate::chaos::*;
 use http::{Method, StatusCode};
 use std::time::Duration;
 
+on_both_front_ends!(broken_upstreams_get_one_answer_each);
 /// An upstream that resets, answers garbage, hangs, or is slower than the route's timeout:
 /// every request gets exactly one answer (502 or 504), never a hang, through a layered
 /// cluster and through the plain one alike; and once the upstreams heal, the same gateway
@@ -12,7 +13,6 @@ use std::time::Duration;
 ///
 /// Each client task sends its requests one after another on a kept-alive connection, so an
 /// extra (second) answer to a request would break the exchange that follows it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_upstreams_get_one_answer_each() {
     bounded(async {
         let cases = [
@@ -74,10 +74,10 @@ async fn broken_upstreams_get_one_answer_each() {
     .await;
 }
 
+on_both_front_ends!(a_body_stalled_upstream_does_not_hang_the_client);
 /// An upstream that sends its answer's head and then stalls in the middle of the body: the
 /// client is not left waiting; the gateway cuts the answer (the client sees the body fail)
 /// within a generous bound, on the layered and the plain path alike.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_stalled_upstream_does_not_hang_the_client() {
     bounded(async {
         let up = ChaosUpstream::start(Mode::StallBody).await;
@@ -103,10 +103,10 @@ async fn a_body_stalled_upstream_does_not_hang_the_client() {
     .await;
 }
 
+on_both_front_ends!(http2_streams_fail_alone);
 /// HTTP/2 clients multiplex many streams on one connection: when some streams' upstreams
 /// reset, answer garbage or hang, only those streams fail (502/504), the others on the same
 /// connection succeed, and the connection stays usable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_fail_alone() {
     bounded(async {
         let good = ChaosUpstream::start(Mode::Ok).await;

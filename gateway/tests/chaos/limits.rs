@@ -4,10 +4,10 @@ use crate::chaos::*;
 use http::StatusCode;
 use std::time::Duration;
 
+on_both_front_ends!(cluster_breaker_trips_and_recovers);
 /// A cluster breaker over an upstream that starts failing: once the failure rate passes the
 /// threshold the breaker opens, answers 503 with `Retry-After` without touching the upstream,
 /// and closes again after the upstream heals and the open wait ends.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_breaker_trips_and_recovers() {
     bounded(async {
         let up = ChaosUpstream::start(Mode::Unavailable).await;
@@ -61,10 +61,10 @@ async fn cluster_breaker_trips_and_recovers() {
     .await;
 }
 
+on_both_front_ends!(pool_limit_rejects_the_excess);
 /// A slow upstream and many requests at once against `[clusters.pool]`: what the limit does
 /// not admit is refused at once with 503, every request gets an answer, and the upstream
 /// never holds more than the pool's maximum.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_limit_rejects_the_excess() {
     bounded(async {
         let up = ChaosUpstream::start(Mode::Slow).await;
@@ -103,11 +103,11 @@ async fn pool_limit_rejects_the_excess() {
     .await;
 }
 
+on_both_front_ends!(overload_keeps_the_top_class_served);
 /// Overload at ten times capacity with four priority classes: an admission limit of 4 over an
 /// upstream taking 40 ms, and 40 clients at once (2 critical, 6 high, 12 normal, 20 low, the
 /// class named by `x-priority`). The critical class keeps at least 99% success, every request
 /// of every class gets an answer (200, or 503 for the shed), and the low class is the one shed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_keeps_the_top_class_served() {
     bounded(async {
         use std::sync::Arc;

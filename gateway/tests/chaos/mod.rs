@@ -20,6 +20,33 @@ use tollgate_gateway::{Gateway, StartOptions};
 
 pub use upstream::{ChaosUpstream, Mode};
 
+tokio::task_local! {
+    /// Set while a test runs with `server.h1_fast_path = false`: hyper's server reads the
+    /// client's requests instead of the gateway's HTTP/1.1 fast path (see
+    /// [`on_both_front_ends!`]).
+    pub static HYPER_FRONT: bool;
+}
+
+/// The test `name` (an `async fn name()` in the same module) run on both HTTP/1.1 front
+/// ends, as `name::fast_front` and `name::hyper_front`: [`config_text`] sets
+/// `server.h1_fast_path` from [`HYPER_FRONT`] (in the text, so that reloads keep it).
+#[allow(unused_macros)]
+macro_rules! on_both_front_ends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fast_front() {
+                super::$name().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hyper_front() {
+                crate::chaos::HYPER_FRONT.scope(true, super::$name()).await;
+            }
+        }
+    };
+}
+
 /// Every test finishes within this (real time: these tests use real sockets).
 pub const TEST_DEADLINE: Duration = Duration::from_secs(45);
 
@@ -43,8 +70,9 @@ pub fn config_text(rest: &str, header_read_ms: u64) -> String {
 
 /// [`config_text`] with the idle timeout of client and pooled upstream connections too.
 pub fn config_text_idle(rest: &str, header_read_ms: u64, idle_ms: u64) -> String {
+    let fast = !HYPER_FRONT.try_with(|h| *h).unwrap_or(false);
     format!(
-        "[server]\nworkers = 2\ndrain_timeout_ms = 2000\n\
+        "[server]\nworkers = 2\ndrain_timeout_ms = 2000\nh1_fast_path = {fast}\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [log]\naccess_log = false\n\
          [timeouts]\nconnect_ms = 300\nheader_read_ms = {header_read_ms}\nrequest_ms = 2000\n\
@@ -86,7 +114,13 @@ pub fn addr(gw: &Gateway) -> SocketAddr {
 
 /// A fresh scratch directory under the target dir.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    // Each front end's run of a test has its own (they may run at once).
+    let front = if HYPER_FRONT.try_with(|h| *h).unwrap_or(false) {
+        "hyper"
+    } else {
+        "fast"
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{front}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

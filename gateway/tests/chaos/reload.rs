@@ -4,10 +4,10 @@ use crate::chaos::*;
 use http::{Method, StatusCode};
 use std::time::Duration;
 
+on_both_front_ends!(reload_during_load_loses_nothing);
 /// Reloads while clients keep sending: first an unrelated timeout changes, then a section of
 /// the loaded cluster. No request fails or goes unanswered, and the open breaker of an
 /// unchanged cluster stays open across both reloads (its state was kept, not rebuilt).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_during_load_loses_nothing() {
     bounded(async {
         use std::sync::Arc;
@@ -113,9 +113,9 @@ async fn reload_during_load_loses_nothing() {
     .await;
 }
 
+on_both_front_ends!(reload_of_the_idle_timeout_keeps_breaker_state);
 /// A reload that changes only `[timeouts] idle_ms` (how long idle client and pooled upstream
 /// connections are kept) touches no cluster section: an open cluster breaker stays open.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_of_the_idle_timeout_keeps_breaker_state() {
     bounded(async {
         let broken = ChaosUpstream::start(Mode::Unavailable).await;
@@ -149,11 +149,11 @@ async fn reload_of_the_idle_timeout_keeps_breaker_state() {
     .await;
 }
 
+on_both_front_ends!(reload_keeps_learned_state_and_swaps_endpoints_in_place);
 /// What a cluster learned survives a reload that leaves its sections alone: an AIMD pool
 /// limit driven down by failures, and an open endpoint breaker, are the same after another
 /// cluster's section changes; and a reload that only edits the endpoint list keeps the stack
 /// too (the new endpoint joins it, the removed one stops getting traffic).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_keeps_learned_state_and_swaps_endpoints_in_place() {
     bounded(async {
         let failing = ChaosUpstream::start(Mode::Unavailable).await;
@@ -264,9 +264,9 @@ async fn reload_keeps_learned_state_and_swaps_endpoints_in_place() {
     .await;
 }
 
+on_both_front_ends!(reload_starts_health_checks);
 /// A reload that turns a cluster's health checks on starts them (the control thread starts a
 /// new stack's checks within about a second).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_starts_health_checks() {
     bounded(async {
         let up = ChaosUpstream::start(Mode::Ok).await;
@@ -304,9 +304,9 @@ fn health_configs(up: &ChaosUpstream) -> (String, String) {
     )
 }
 
+on_both_front_ends!(reload_stops_replaced_health_checks);
 /// A reload that turns a cluster's health checks off stops them, even while the gateway is
 /// idle: the replaced stack's checker must not keep probing in the background.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_stops_replaced_health_checks() {
     bounded(async {
         let up = ChaosUpstream::start(Mode::Ok).await;

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+on_both_front_ends!(retries_rescue_idempotent_requests_only);
 /// Two endpoints, one resetting every connection: with `[clusters.retry]` every GET succeeds
 /// (its failed try is retried on the good endpoint: the balancer skips the endpoint the request
 /// already tried, with no ejection needed). On a cluster of the resetting endpoint alone, a GET
 /// and a PUT with a body are tried `1 + attempts` times (the PUT's body is replayed), while a
 /// POST with a body is tried exactly once (it reached the endpoint, and a POST is not
 /// idempotent).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_rescue_idempotent_requests_only() {
     bounded(async {
         // The good endpoint is slower than the balancer's first guess for an endpoint it has
@@ -98,10 +98,10 @@ async fn retries_rescue_idempotent_requests_only() {
     .await;
 }
 
+on_both_front_ends!(a_post_refused_at_connect_is_retried_elsewhere);
 /// A POST whose connection could not be made was never sent, so it is retried on the other
 /// endpoint, its body replayed: every POST to a cluster with a dead endpoint succeeds, and the
 /// live endpoint reads each exactly once (`tests/endpoint_kill.rs` checks the bodies' bytes).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_refused_at_connect_is_retried_elsewhere() {
     bounded(async {
         // Slower than the balancer's first guess for an endpoint it has not measured (30 ms),
@@ -199,12 +199,12 @@ async fn parity_upstream(parity: u64) -> (SocketAddr, Arc<AtomicU64>) {
     (addr, held)
 }
 
+on_both_front_ends!(a_hedge_to_the_other_endpoint_answers_first);
 /// Hedging: each of two endpoints answers half the paths after 400 ms and the other half at
 /// once, the other endpoint's half being the slow one. With the hedge delay held at 30 ms
 /// (`min_delay = max_delay`) once one latency is known, a try that is slow is hedged to the
 /// other endpoint (the balancer skips the one in flight), which answers at once: every client
 /// gets a fast answer, exactly one, and the slow tries, dropped, end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hedge_to_the_other_endpoint_answers_first() {
     bounded(async {
         let (a, held_a) = parity_upstream(0).await;
@@ -253,10 +253,10 @@ async fn a_hedge_to_the_other_endpoint_answers_first() {
     .await;
 }
 
+on_both_front_ends!(retry_budget_caps_the_extra_load);
 /// Every endpoint fails: retries stay within the budget, so the upstreams see at most
 /// `requests + max(requests × budget_percent, budget_min_per_s × 10 s)` tries, not
 /// `requests × (1 + attempts)`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_budget_caps_the_extra_load() {
     bounded(async {
         let a = ChaosUpstream::start(Mode::Reset).await;
@@ -293,10 +293,10 @@ async fn retry_budget_caps_the_extra_load() {
     .await;
 }
 
+on_both_front_ends!(per_try_timeout_retries_a_hung_try);
 /// A hung endpoint next to a good one, with a per-try timeout: a GET whose try hangs is cut
 /// at `per_try_timeout_ms` and retried, so every GET is answered 200 well inside the route's
 /// overall timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_try_timeout_retries_a_hung_try() {
     bounded(async {
         let good = ChaosUpstream::start(Mode::Slow).await;

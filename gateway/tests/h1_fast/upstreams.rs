@@ -253,15 +253,28 @@ pub(crate) async fn app_upstream() -> RawUp {
     raw_upstream(|w, _| serve(w)).await
 }
 
-/// The test config with `rest`, on the fast path or hyper's.
+/// The test config with `rest`, on the fast path or hyper's; on a layered run (see
+/// [`crate::LAYERED`]) every cluster gets a balancer with its defaults.
 pub(crate) fn cfg(rest: &str, fast: bool) -> Config {
     let mut c = config(rest);
     c.server.h1_fast_path = fast;
+    if crate::layered() {
+        for cluster in &mut c.clusters {
+            cluster
+                .balance
+                .get_or_insert_with(|| toml::from_str("").expect("balance defaults"));
+        }
+    }
     c
 }
 
 pub(crate) fn label(fast: bool) -> &'static str {
-    if fast { "fast path" } else { "hyper path" }
+    match (fast, crate::layered()) {
+        (true, false) => "fast path",
+        (false, false) => "hyper path",
+        (true, true) => "layered route, fast path",
+        (false, true) => "layered route, hyper path",
+    }
 }
 
 pub(crate) fn get(target: &str) -> Vec<u8> {

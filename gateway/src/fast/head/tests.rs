@@ -250,9 +250,18 @@ fn the_route_decides() {
         }
     ));
     let got = prepare(req, LIMITS, &fwd(), &mut Vec::new(), |_, _| {
-        Route::<()>::Hyper
+        Route::<()>::Layered
     });
-    assert!(matches!(got, Step::Hyper));
+    let Step::Layered { head, request } = got else {
+        panic!("{got:?}");
+    };
+    // The layers get the request as sent, the body following the head in the buffer.
+    assert_eq!(head.body_len, 7);
+    assert_eq!(&req[head.len..], b"1234567");
+    assert_eq!(request.method(), http::Method::DELETE);
+    assert_eq!(request.uri(), "/x?q");
+    assert_eq!(request.headers()["host"], "H.example");
+    assert_eq!(request.headers()["content-length"], "7");
 }
 
 /// From a trusted peer, the fast path writes the same `X-Forwarded-For` and `Forwarded` as the
