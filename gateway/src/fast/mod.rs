@@ -29,6 +29,7 @@
 //! | client sends nothing for `timeouts.park_ms` | handed back to the connection loop, which parks it |
 //! | incomplete head after `timeouts.header_read_ms` | connection closed (slowloris) |
 
+mod bufs;
 mod date;
 mod exchange;
 pub(crate) mod head;
@@ -42,18 +43,14 @@ use super::ctx::ConnCtx;
 use super::route::RouteMatch;
 use crate::answer::Answer;
 use crate::request_id::{self, Id};
+use bufs::{Bufs, give_bufs, read, read_now, take_bufs, write_all};
 use bytes::Bytes;
 use exchange::{Exchange, Failure};
 use head::{Head, Route, Step};
 use local::{Done, answer_and_log, log_access, record_trace, refuse_head};
 use response::Framing;
-use std::cell::RefCell;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -68,143 +65,12 @@ pub(super) enum Outcome {
     Hyper(Bytes),
 }
 
-/// A buffer with its bytes at `start..end` (always initialized: `data.len()` is its size).
-#[derive(Debug)]
-struct Buf {
-    data: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl Buf {
-    fn new() -> Self {
-        Self {
-            data: vec![0; BUF],
-            start: 0,
-            end: 0,
-        }
-    }
-
-    fn pending(&self) -> &[u8] {
-        &self.data[self.start..self.end]
-    }
-
-    fn clear(&mut self) {
-        self.start = 0;
-        self.end = 0;
-    }
-
-    /// Room to read into: moves pending bytes to the front, then grows up to `max`.
-    fn room(&mut self, max: usize) -> Option<&mut [u8]> {
-        if self.end == self.data.len() && self.start > 0 {
-            self.data.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end == self.data.len() {
-            if self.data.len() >= max {
-                return None;
-            }
-            let size = (self.data.len() * 2).min(max);
-            self.data.resize(size, 0);
-        }
-        Some(&mut self.data[self.end..])
-    }
-}
-
-/// A connection's buffers while it has a request: client bytes in, upstream bytes in, and
-/// bytes out (either way).
-#[derive(Debug)]
-struct Bufs {
-    cin: Buf,
-    uin: Buf,
-    out: Vec<u8>,
-}
-
-/// Initial buffer size.
-const BUF: usize = 16 * 1024;
-/// Buffers grown past this (a large head) are not kept for reuse.
-const KEEP: usize = 4 * BUF;
 /// The largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Spare buffer sets kept per thread.
-const SPARE: usize = 64;
+
 /// The largest request body the fast path reads whole before forwarding it; larger bodies are
 /// streamed by hyper.
 const MAX_HELD_BODY: u64 = 64 * 1024;
-
-thread_local! {
-    static FREE: RefCell<Vec<Bufs>> = const { RefCell::new(Vec::new()) };
-}
-
-fn take_bufs() -> Bufs {
-    FREE.with(|f| f.borrow_mut().pop()).unwrap_or_else(|| Bufs {
-        cin: Buf::new(),
-        uin: Buf::new(),
-        out: Vec::with_capacity(BUF),
-    })
-}
-
-fn give_bufs(mut b: Bufs) {
-    if b.cin.data.len() > KEEP || b.uin.data.len() > KEEP || b.out.capacity() > KEEP {
-        return;
-    }
-    b.cin.clear();
-    b.uin.clear();
-    b.out.clear();
-    // `try_with`: a connection may end while its thread exits.
-    let _ = FREE.try_with(|f| {
-        let mut f = f.borrow_mut();
-        if f.len() < SPARE {
-            f.push(b);
-        }
-    });
-}
-
-/// Reads what `s` has now, without waiting: `None` when it had nothing after all. A read that
-/// leaves the socket drained tells tokio so (no extra `read` later just to learn it).
-async fn read_now(s: &mut TcpStream, into: &mut [u8]) -> Option<io::Result<usize>> {
-    std::future::poll_fn(|cx| {
-        let mut rb = ReadBuf::new(into);
-        match Pin::new(&mut *s).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(rb.filled().len()))),
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-            Poll::Pending => Poll::Ready(None),
-        }
-    })
-    .await
-}
-
-/// Writes all of `bytes` to `s`, failing if no byte moves for `idle`.
-async fn write_all(s: &mut TcpStream, bytes: &[u8], idle: Duration) -> io::Result<()> {
-    let mut off = 0;
-    while off < bytes.len() {
-        // Most writes complete at once, with no timer.
-        let n = match s.try_write(&bytes[off..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(idle, s.write(&bytes[off..])).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-                }
-            }
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        off += n;
-    }
-    Ok(())
-}
-
-/// Reads into `into`, failing if nothing arrives for `idle`; `Ok(0)` is the peer's close.
-async fn read(s: &mut TcpStream, into: &mut [u8], idle: Duration) -> io::Result<usize> {
-    match tokio::time::timeout(idle, s.read(into)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
-    }
-}
 
 /// What the connection waits for.
 #[derive(Debug, Clone, Copy)]
