@@ -36,3 +36,10 @@ pub(super) fn std_error(sd: Option<Duration>, n: u64) -> f64 {
         _ => 0.0,
     }
 }
+
+/// The median of `values` (the upper one of an even count), `None` without any.
+pub(super) fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
