@@ -56,7 +56,6 @@ const KNOWN_SHORT: &[(&str, &str)] = &[
     ("Bimodal 10ms x4", "Light70"),
     ("Bimodal 10ms x4", "Restore"),
     ("Constant 10ms x4", "Halve"),
-    ("Constant 10ms x4", "Shift"),
     ("Constant 10ms x4", "Step"),
     ("Exponential 10ms x10", "Halve"),
     ("Exponential 10ms x4", "Halve"),

@@ -7,7 +7,7 @@
 //!
 //! | | reacts to | baseline | the matrix (`tests/matrix`, 192 cells) |
 //! |---|---|---|---|
-//! | [`Knee`] (default) | queueing (`throughput × baseline` by Little's law), failures | calm requests only, median of their means | 172 of 192; the rest listed in the test |
+//! | [`Knee`] (default) | queueing (`throughput × baseline` by Little's law), failures | calm requests only, median of their means | 174 of 192; the rest listed in the test |
 //! | [`Vegas`] | queueing (`throughput × (rtt − baseline)`), failures | windowed minimum, re-probed | no: a noisy minimum collapses it (issue #15) |
 //! | [`Aimd`] | failures, RTT above a fixed threshold | none (fixed threshold) | 131 of 192 with its defaults: see its docs |
 //! | [`Gradient2`] | long-term vs short-term RTT, failures | long-term EWMA | 129 of 192 with its defaults: see its docs |
