@@ -51,8 +51,7 @@ pub(super) async fn serve(
     req: Request<Full<Bytes>>,
 ) -> Next {
     let trailers = te_trailers(req.headers());
-    // Boxed: its state would make every fast-path request's future (plain routes' too) larger.
-    let Ok(resp) = Box::pin(proxy::handle(ctx.clone(), req)).await;
+    let Ok(resp) = proxy::handle(ctx.clone(), req).await;
     let to = To {
         head_method: head.head_method,
         close: head.close || ctx.shared.is_draining(),

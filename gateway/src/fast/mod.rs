@@ -366,7 +366,10 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
             let body = head::request::held(&b.cin.data[body_at..body_end]);
             b.cin.start = body_end;
             let req = request.map(|()| http_body_util::Full::new(body));
-            return layered::serve(client, ctx, b, &head, req).await;
+            // Boxed (the one box of the service call hyper's server makes too): inline, the
+            // layered path's state would make every request's future, plain routes' too,
+            // kilobytes larger, and that future is moved once per request.
+            return Box::pin(layered::serve(client, ctx, b, &head, req)).await;
         }
         Step::Forward { head, target, addr } => (head, target, addr),
     };
