@@ -5,6 +5,7 @@
 //! The upstream holds every request until the test opens its gate, and the tests wait on the
 //! policy's own state (requests queued, requests seen upstream), so no step depends on timing.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -105,7 +106,7 @@ fn retry_after(h: &HeaderMap) -> u64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(low_is_shed_before_high_and_overflow_is_503_with_retry_after);
 async fn low_is_shed_before_high_and_overflow_is_503_with_retry_after() {
     bounded(async {
         let up = Gated::start().await;
@@ -166,7 +167,7 @@ async fn low_is_shed_before_high_and_overflow_is_503_with_retry_after() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(a_spent_rate_limit_is_429_with_retry_after);
 async fn a_spent_rate_limit_is_429_with_retry_after() {
     bounded(async {
         let up = upstream(|_req| async { text(StatusCode::OK, "ok") }).await;
@@ -206,7 +207,7 @@ async fn a_spent_rate_limit_is_429_with_retry_after() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(deadlines_from_grpc_timeout_and_a_header_are_504);
 async fn deadlines_from_grpc_timeout_and_a_header_are_504() {
     bounded(async {
         let up = Gated::start().await;

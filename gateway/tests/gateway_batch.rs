@@ -1,6 +1,7 @@
 //! Batch routes end to end on loopback: single JSON requests gathered into one upstream array,
 //! each caller answered with its own element, and every failure answered.
 
+#[macro_use]
 mod common;
 
 use bytes::Bytes;
@@ -105,7 +106,10 @@ async fn post_many(gw: SocketAddr, n: usize) -> Vec<(StatusCode, Bytes)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+on_both_front_ends!(
+    concurrent_callers_share_batches_and_each_gets_its_own_answer,
+    4
+);
 async fn concurrent_callers_share_batches_and_each_gets_its_own_answer() {
     bounded(async {
         // The upstream takes a while per batch and one batch is in flight at a time, so the
@@ -127,7 +131,7 @@ async fn concurrent_callers_share_batches_and_each_gets_its_own_answer() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(bad_bodies_are_answered_without_a_batch);
 async fn bad_bodies_are_answered_without_a_batch() {
     bounded(async {
         let (up, seen) = batch_upstream(Mode::Echo, Duration::ZERO).await;
@@ -150,7 +154,7 @@ async fn bad_bodies_are_answered_without_a_batch() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(a_short_answer_fails_every_caller_of_the_batch);
 async fn a_short_answer_fails_every_caller_of_the_batch() {
     bounded(async {
         let (up, seen) = batch_upstream(Mode::Short, Duration::from_millis(100)).await;
@@ -167,7 +171,7 @@ async fn a_short_answer_fails_every_caller_of_the_batch() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(a_non_2xx_batch_answer_reaches_every_caller);
 async fn a_non_2xx_batch_answer_reaches_every_caller() {
     bounded(async {
         let (up, _) = batch_upstream(Mode::Busy, Duration::ZERO).await;
@@ -181,7 +185,7 @@ async fn a_non_2xx_batch_answer_reaches_every_caller() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(an_unreachable_upstream_is_answered);
 async fn an_unreachable_upstream_is_answered() {
     bounded(async {
         // A port that was free a moment ago: nothing listens there now.
@@ -201,7 +205,7 @@ async fn an_unreachable_upstream_is_answered() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(the_fast_demo_upstream_serves_as_a_batch_endpoint);
 async fn the_fast_demo_upstream_serves_as_a_batch_endpoint() {
     bounded(async {
         // The demo echoes the array it is sent, so each caller gets its own item back.
@@ -221,7 +225,7 @@ async fn the_fast_demo_upstream_serves_as_a_batch_endpoint() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(a_reload_keeps_an_unchanged_batch_route_and_follows_its_cluster);
 async fn a_reload_keeps_an_unchanged_batch_route_and_follows_its_cluster() {
     bounded(async {
         let (up1, seen1) = batch_upstream(Mode::Echo, Duration::ZERO).await;
@@ -269,7 +273,7 @@ async fn until(mut cond: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(a_full_queue_is_answered_503_with_retry_after);
 async fn a_full_queue_is_answered_503_with_retry_after() {
     bounded(async {
         let (up, seen) = batch_upstream(Mode::Echo, Duration::from_millis(500)).await;
@@ -300,7 +304,7 @@ async fn a_full_queue_is_answered_503_with_retry_after() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(a_slow_batch_call_times_out_with_504);
 async fn a_slow_batch_call_times_out_with_504() {
     bounded(async {
         let (up, _) = batch_upstream(Mode::Echo, Duration::from_secs(30)).await;

@@ -5,6 +5,7 @@
 //!
 //! These use real sockets and real time; every wait is bounded.
 
+#[macro_use]
 mod common;
 
 use bytes::Bytes;
@@ -134,7 +135,7 @@ fn cache_state(gw: &Gateway) -> serde_json::Value {
     state
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(a_repeated_get_is_a_hit);
 async fn a_repeated_get_is_a_hit() {
     bounded(async {
         let origin = Origin::start().await;
@@ -168,7 +169,7 @@ async fn a_repeated_get_is_a_hit() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(posts_credentials_and_no_store_are_not_cached);
 async fn posts_credentials_and_no_store_are_not_cached() {
     bounded(async {
         let origin = Origin::start().await;
@@ -201,7 +202,7 @@ async fn posts_credentials_and_no_store_are_not_cached() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(bodies_over_the_cap_pass_whole_and_uncached);
 async fn bodies_over_the_cap_pass_whole_and_uncached() {
     bounded(async {
         let origin = Origin::start().await;
@@ -226,7 +227,7 @@ async fn bodies_over_the_cap_pass_whole_and_uncached() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(stale_if_error_hides_an_upstream_outage);
 async fn stale_if_error_hides_an_upstream_outage() {
     bounded(async {
         let origin = Origin::start().await;
@@ -274,7 +275,7 @@ async fn stale_if_error_hides_an_upstream_outage() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(stale_if_error_covers_a_hanging_upstream_with_origin_timeout);
 async fn stale_if_error_covers_a_hanging_upstream_with_origin_timeout() {
     bounded(async {
         let origin = Origin::start().await;
@@ -297,7 +298,7 @@ async fn stale_if_error_covers_a_hanging_upstream_with_origin_timeout() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(stale_while_revalidate_answers_at_once_and_refreshes_behind);
 async fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
     bounded(async {
         let origin = Origin::start().await;
@@ -327,7 +328,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(validators_are_answered_by_the_cache);
 async fn validators_are_answered_by_the_cache() {
     bounded(async {
         let origin = Origin::start().await;
@@ -365,7 +366,7 @@ async fn validators_are_answered_by_the_cache() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(concurrent_misses_make_one_upstream_call);
 async fn concurrent_misses_make_one_upstream_call() {
     bounded(async {
         let origin = Origin::start().await;
@@ -429,7 +430,7 @@ async fn l3_connected(gw: &Gateway) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(two_gateways_share_the_redis_l3);
 async fn two_gateways_share_the_redis_l3() {
     let Some(server) = redis() else { return };
     bounded(async {
@@ -476,7 +477,7 @@ async fn two_gateways_share_the_redis_l3() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(killing_redis_mid_run_fails_no_request);
 async fn killing_redis_mid_run_fails_no_request() {
     let Some(mut server) = redis() else { return };
     bounded(async {

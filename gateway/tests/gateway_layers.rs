@@ -1,6 +1,7 @@
 //! The cluster layers in the gateway: breaker, pool, balance and retries on a route, the
 //! `/state` view of them, their validation, and their state kept across reloads.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -36,7 +37,7 @@ const LAYERS: &str = "[clusters.balance]\nseed = 7\n\
      [clusters.pool]\ninitial_limit = 16\n\
      [clusters.retry]\nattempts = 2\nbudget_min_per_s = 100\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(layered_cluster_serves_gets_and_streams_posts);
 async fn layered_cluster_serves_gets_and_streams_posts() {
     bounded(async {
         let (a, seen_a) = named("a").await;
@@ -79,7 +80,7 @@ async fn layered_cluster_serves_gets_and_streams_posts() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(gets_are_retried_and_posts_only_when_nothing_was_sent);
 async fn gets_are_retried_and_posts_only_when_nothing_was_sent() {
     bounded(async {
         let dead = refused();
@@ -116,7 +117,7 @@ async fn gets_are_retried_and_posts_only_when_nothing_was_sent() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(open_cluster_breaker_answers_503_with_retry_after);
 async fn open_cluster_breaker_answers_503_with_retry_after() {
     bounded(async {
         let dead = refused();
@@ -141,7 +142,7 @@ async fn open_cluster_breaker_answers_503_with_retry_after() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(reload_keeps_the_state_of_unchanged_clusters);
 async fn reload_keeps_the_state_of_unchanged_clusters() {
     bounded(async {
         let dead = refused();
@@ -274,7 +275,7 @@ fn a_route_priority_must_be_a_class_of_its_policy() {
     assert_eq!(err.field, "routes[0].priority", "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(grpc_requests_get_grpc_statuses_for_rejections);
 async fn grpc_requests_get_grpc_statuses_for_rejections() {
     bounded(async {
         let dead = refused();
@@ -312,9 +313,9 @@ async fn grpc_requests_get_grpc_statuses_for_rejections() {
     .await;
 }
 
+on_both_front_ends!(per_endpoint_counters_count_on_balanced_clusters);
 /// `/state`'s per-endpoint counters count on a balanced cluster too: each endpoint's requests
 /// are what it served, and they add up to the cluster's; a dead endpoint's failures show.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_endpoint_counters_count_on_balanced_clusters() {
     bounded(async {
         let (a, seen_a) = named("a").await;

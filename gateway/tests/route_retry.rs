@@ -9,6 +9,7 @@
 //! the body it read), so whether a request was retried shows in its status and in how many
 //! tries the upstream saw for its path.
 
+#[macro_use]
 mod common;
 
 use bytes::Bytes;
@@ -78,7 +79,7 @@ fn route_retry(state: &serde_json::Value, i: usize) -> serde_json::Value {
     state["routes"][i]["retry"][0]["retry"].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(a_route_retries_where_its_cluster_does_not_and_turns_off_what_it_does);
 async fn a_route_retries_where_its_cluster_does_not_and_turns_off_what_it_does() {
     bounded(async {
         let (up, seen) = fails_first().await;
@@ -127,7 +128,7 @@ async fn a_route_retries_where_its_cluster_does_not_and_turns_off_what_it_does()
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(a_post_body_is_replayed_on_the_override);
 async fn a_post_body_is_replayed_on_the_override() {
     bounded(async {
         let (up, seen) = fails_first().await;
@@ -162,7 +163,7 @@ async fn a_post_body_is_replayed_on_the_override() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(a_grpc_call_is_retried_on_the_override_after_unavailable);
 async fn a_grpc_call_is_retried_on_the_override_after_unavailable() {
     bounded(async {
         // A gRPC upstream: a path's first call gets a Trailers-Only UNAVAILABLE, later ones OK
@@ -220,7 +221,7 @@ async fn a_grpc_call_is_retried_on_the_override_after_unavailable() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_front_ends!(reload_keeps_an_unchanged_override_and_rebuilds_a_changed_one);
 async fn reload_keeps_an_unchanged_override_and_rebuilds_a_changed_one() {
     bounded(async {
         let (up, _) = fails_first().await;
@@ -268,11 +269,11 @@ async fn reload_keeps_an_unchanged_override_and_rebuilds_a_changed_one() {
     .await;
 }
 
+on_both_front_ends!(an_override_shares_its_clusters_budget_unless_it_sizes_its_own);
 /// An override over a cluster that retries, sizing its budget as the cluster does (here by
 /// leaving it at the defaults), draws on the cluster's own budget: requests through the
 /// override and through the cluster's other routes count in one budget. One with its own
 /// `budget_percent` keeps a budget of its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_override_shares_its_clusters_budget_unless_it_sizes_its_own() {
     bounded(async {
         let (up, seen) = fails_first().await;
@@ -313,9 +314,9 @@ async fn an_override_shares_its_clusters_budget_unless_it_sizes_its_own() {
     .await;
 }
 
+on_both_front_ends!(a_sharing_override_follows_its_clusters_budget_across_reloads);
 /// Reloads move a sharing override onto its cluster's new budget when the cluster's retries
 /// are rebuilt, and off it when the cluster stops retrying.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sharing_override_follows_its_clusters_budget_across_reloads() {
     bounded(async {
         let (up, _) = fails_first().await;

@@ -25,6 +25,57 @@ use tokio::net::TcpListener;
 use tollgate_gateway::config::Config;
 use tollgate_gateway::{Gateway, StartOptions};
 
+tokio::task_local! {
+    /// Set while a test runs with `server.h1_fast_path = false`: hyper's server reads the
+    /// client's requests instead of the gateway's HTTP/1.1 fast path (see
+    /// [`on_both_front_ends!`]).
+    pub static HYPER_FRONT: bool;
+}
+
+/// Whether the running test asks for hyper's front end (see [`HYPER_FRONT`]).
+pub fn hyper_front() -> bool {
+    HYPER_FRONT.try_with(|h| *h).unwrap_or(false)
+}
+
+/// The test `name` (an `async fn name()` beside it) run on both HTTP/1.1 front ends, as
+/// `name::fast_front` and `name::hyper_front` (on a runtime of `threads` workers, 2 unless
+/// given): [`config`], [`start_watching`] and [`rewrite`] set `server.h1_fast_path` from
+/// [`HYPER_FRONT`], and [`scratch`] gives each its own directory.
+#[allow(unused_macros)]
+macro_rules! on_both_front_ends {
+    ($name:ident) => {
+        on_both_front_ends!($name, 2);
+    };
+    ($name:ident, $threads:literal) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = $threads)]
+            async fn fast_front() {
+                super::$name().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = $threads)]
+            async fn hyper_front() {
+                crate::common::HYPER_FRONT.scope(true, super::$name()).await;
+            }
+        }
+    };
+}
+
+/// `text` (a whole config) with `server.h1_fast_path = false` when the running test asks for
+/// hyper's front end.
+pub fn front_text(text: &str) -> String {
+    if !hyper_front() {
+        return text.to_owned();
+    }
+    match text.find("[server]\n") {
+        Some(at) => {
+            let end = at + "[server]\n".len();
+            format!("{}h1_fast_path = false\n{}", &text[..end], &text[end..])
+        }
+        None => format!("[server]\nh1_fast_path = false\n{text}"),
+    }
+}
+
 /// Every test finishes within this (real time: these tests use real sockets).
 pub const TEST_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -129,7 +180,11 @@ pub fn config(rest: &str) -> Config {
          [limits]\nmax_header_bytes = 8192\nmax_body_bytes = 100000\n\
          [[listeners]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n{rest}"
     );
-    Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
+    let mut config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    if hyper_front() {
+        config.server.h1_fast_path = false;
+    }
+    config
 }
 
 /// One cluster `up` with `addr` and a catch-all route to it.
@@ -148,6 +203,7 @@ pub fn start(config: Config) -> Gateway {
 /// Writes `text` to `path` and starts a gateway from it, watching the file (so that
 /// [`rewrite`] can reload it).
 pub fn start_watching(path: &std::path::Path, text: &str) -> Gateway {
+    let text = &front_text(text);
     std::fs::write(path, text).unwrap();
     let config = Config::load(path).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let mut opts = StartOptions::new(config, &path.display().to_string());
@@ -157,7 +213,7 @@ pub fn start_watching(path: &std::path::Path, text: &str) -> Gateway {
 
 /// Writes `text` to the watched `path` and reloads `gw` from it; the new generation.
 pub fn rewrite(gw: &Gateway, path: &std::path::Path, text: &str) -> u64 {
-    std::fs::write(path, text).unwrap();
+    std::fs::write(path, front_text(text)).unwrap();
     tokio::task::block_in_place(|| gw.reload()).unwrap()
 }
 
@@ -297,7 +353,9 @@ impl Drop for Bin {
 
 /// A fresh scratch directory under the target dir.
 pub fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    // Each front end's run of a test has its own (they may run at once).
+    let front = if hyper_front() { "hyper" } else { "fast" };
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{front}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
