@@ -10,8 +10,11 @@ use std::cell::RefCell;
 /// Fields the gateway may add to a request.
 const ADDED: usize = 8;
 
-/// The size of the per-thread blocks that requests' heads and bodies are copied into.
-const BLOCK: usize = 64 * 1024;
+/// The size of the per-thread blocks that requests' heads and bodies are copied into. A
+/// block is freed when the last request copied into it is done, so a long-lived request keeps
+/// at most this much (or its own size, when larger) alive, as a connection's read buffer does
+/// on hyper's path; a few dozen ordinary heads share one allocation.
+const BLOCK: usize = 8 * 1024;
 
 /// A map kept for reuse only up to this many fields' room.
 const KEEP_MAP: usize = 64;
