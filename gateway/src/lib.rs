@@ -17,10 +17,11 @@
 //! - Graceful shutdown: stop accepting, let in-flight requests finish until the drain deadline.
 //! - Thread-per-core (default): one thread per core, each with a current-thread runtime, its own
 //!   `SO_REUSEPORT` listener and its own upstream pools; or one multi-thread runtime.
-//! - Plain HTTP/1.1 requests to plain routes take the gateway's own HTTP/1.1 path (`fast/`):
-//!   parsed with httparse, forwarded on a pooled upstream socket from the client connection's
-//!   task, relayed by their framing; anything else (HTTP/2, TLS, layered routes, unusual
-//!   requests) is served by hyper.
+//! - Plain HTTP/1.1 requests take the gateway's own HTTP/1.1 path (`fast/`): parsed with
+//!   httparse; to a plain route, forwarded on a pooled upstream socket from the client
+//!   connection's task and relayed by their framing; to any other route, served through its
+//!   layers as an `http::Request` and framed back there. HTTP/2, TLS and unusual requests
+//!   (HTTP/1.0, chunked or large request bodies, upgrades) are served by hyper.
 //! - Every tollgate layer is a config section: admission policies on listeners and routes, a
 //!   cache or a batcher on a route, and breaker, pool, balance (with health checks and outlier
 //!   ejection), per-endpoint breakers and budgeted retries on a cluster, stacked in the order
