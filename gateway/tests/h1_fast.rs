@@ -1,8 +1,9 @@
-//! HTTP/1.1 wire scenarios for plain routes, run on both of the gateway's HTTP/1.1 paths:
-//! its own fast path (`[server] h1_fast_path = true`, the default) and hyper's
-//! (`h1_fast_path = false`). Every scenario is one `async fn scenario(fast: bool)`;
-//! [`on_both_paths!`] turns it into `scenario::fast_path` and `scenario::hyper_path` tests,
-//! so `cargo test --test h1_fast fast_path` runs one path.
+//! HTTP/1.1 wire scenarios, run on both of the gateway's HTTP/1.1 front ends: its own fast
+//! path (`[server] h1_fast_path = true`, the default) and hyper's (`h1_fast_path = false`),
+//! each for plain routes and for the same routes through a layer. Every scenario is one
+//! `async fn scenario(fast: bool)`; [`on_both_paths!`] turns it into `scenario::fast_path`,
+//! `scenario::hyper_path`, `scenario::layered_fast_path` and `scenario::layered_hyper_path`
+//! tests, so `cargo test --test h1_fast layered_fast_path` runs one of them.
 //!
 //! The client and the upstreams are raw sockets driven byte by byte ([`wire::Wire`],
 //! [`upstreams::raw_upstream`]), so the tests see exactly what crosses the wire. The
