@@ -10,7 +10,7 @@ mod cut;
 mod stats;
 
 pub use config::KneeConfig;
-use stats::{median, stats, std_error, t_quantile};
+use stats::{quantile, stats, std_error, t_quantile};
 
 #[derive(Debug, Clone, Copy)]
 enum Phase {
@@ -188,10 +188,9 @@ enum Phase {
 #[derive(Debug)]
 pub struct Knee {
     config: KneeConfig,
-    /// Baseline candidates in seconds, oldest first.
-    candidates: VecDeque<f64>,
-    /// The spread of each candidate's samples (standard deviation over mean), as `candidates`.
-    spreads: VecDeque<f64>,
+    /// Baseline candidates, oldest first: the mean in seconds and the spread of its samples
+    /// (standard deviation over mean).
+    candidates: VecDeque<(f64, f64)>,
     baseline: Option<f64>,
     last_rtt: Option<Duration>,
     /// When a window last had calm samples.
@@ -230,7 +229,6 @@ impl Knee {
         Self {
             config,
             candidates: VecDeque::new(),
-            spreads: VecDeque::new(),
             baseline: None,
             last_rtt: None,
             last_calm: None,
@@ -258,20 +256,16 @@ impl Knee {
         if self.provisional && self.baseline.is_some() {
             // The first candidate gathered under a calm threshold.
             self.candidates.clear();
-            self.spreads.clear();
             self.provisional = false;
         }
         let first = self.baseline.is_none();
-        self.candidates.push_back(rtt);
-        self.spreads.push_back(se * (n as f64).sqrt() / rtt);
+        self.candidates
+            .push_back((rtt, se * (n as f64).sqrt() / rtt));
         while self.candidates.len() > self.config.baseline_candidates as usize {
             self.candidates.pop_front();
-            self.spreads.pop_front();
         }
-        let mut v: Vec<f64> = self.candidates.iter().copied().collect();
-        v.sort_by(f64::total_cmp);
-        let i = ((v.len() - 1) as f64 * self.config.baseline_quantile).round() as usize;
-        self.baseline = Some(v[i]);
+        let means = self.candidates.iter().map(|c| c.0);
+        self.baseline = quantile(means, self.config.baseline_quantile);
         if first {
             // From now on a threshold applies: what was gathered without one is not calm.
             self.calm = (0, 0.0, 0.0);
@@ -384,7 +378,6 @@ impl LimitAlgorithm for Knee {
         {
             let mean = candidate.1;
             self.candidates.clear();
-            self.spreads.clear();
             self.calm = (0, 0.0, 0.0);
             self.high = (0, 0.0, 0.0);
             self.high_windows = 0;
@@ -444,7 +437,7 @@ impl LimitAlgorithm for Knee {
         self.queued = if queued { self.queued + 1 } else { 0 };
         if self.queued >= c.queued_windows {
             self.queued = 0;
-            let spread = median(self.spreads.iter().copied()).unwrap_or(0.0);
+            let spread = quantile(self.candidates.iter().map(|c| c.1), 0.5).unwrap_or(0.0);
             let (next, capped) = cut::cut(throughput * base, spread, &c);
             self.hold = capped;
             return next.min(w.limit);

@@ -37,9 +37,11 @@ pub(super) fn std_error(sd: Option<Duration>, n: u64) -> f64 {
     }
 }
 
-/// The median of `values` (the upper one of an even count), `None` without any.
-pub(super) fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+/// The `q` quantile of `values`, the nearest one by rank (the median, `q = 0.5`, is the upper
+/// one of an even count); `None` without any.
+pub(super) fn quantile(values: impl Iterator<Item = f64>, q: f64) -> Option<f64> {
     let mut v: Vec<f64> = values.collect();
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied()
+    let last = v.len().checked_sub(1)?;
+    v.get((last as f64 * q).round() as usize).copied()
 }
