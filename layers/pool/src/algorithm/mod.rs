@@ -234,8 +234,17 @@ pub(crate) fn check_cut(
     backoff: f64,
     failure_ratio: f64,
 ) -> Result<(), tollgate_core::error::ConfigError> {
-    check_range("backoff", backoff, f64::MIN_POSITIVE, 1.0 - f64::EPSILON)?;
+    check_fraction("backoff", backoff)?;
     check_range("failure_ratio", failure_ratio, f64::MIN_POSITIVE, 1.0)
+}
+
+/// `Err` naming `field` unless `value` is a fraction strictly between 0 and 1 (a factor that
+/// shrinks: a backoff, a probe's cut).
+pub(crate) fn check_fraction(
+    field: &'static str,
+    value: f64,
+) -> Result<(), tollgate_core::error::ConfigError> {
+    check_range(field, value, f64::MIN_POSITIVE, 1.0 - f64::EPSILON)
 }
 
 /// `Err` naming `field` unless `value` is finite and within `[lo, hi]`.

@@ -1,6 +1,8 @@
 //! TCP Vegas applied to concurrency, with a re-probed baseline.
 
-use super::{LimitAlgorithm, RttEstimates, Window, check_cut, check_positive, check_range};
+use super::{
+    LimitAlgorithm, RttEstimates, Window, check_cut, check_fraction, check_positive, check_range,
+};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -85,12 +87,7 @@ impl VegasConfig {
                 "must be shorter than baseline_window",
             ));
         }
-        check_range(
-            "probe_factor",
-            self.probe_factor,
-            f64::MIN_POSITIVE,
-            1.0 - f64::EPSILON,
-        )?;
+        check_fraction("probe_factor", self.probe_factor)?;
         if self.probe_windows == 0 {
             return Err(ConfigError::new("probe_windows", "must be at least 1"));
         }

@@ -1,6 +1,6 @@
 //! [`KneeConfig`]: Knee's settings and their validation.
 
-use super::super::{check_cut, check_positive, check_range};
+use super::super::{check_cut, check_fraction, check_positive, check_range};
 use std::time::Duration;
 use tollgate_core::error::ConfigError;
 
@@ -105,12 +105,7 @@ impl KneeConfig {
         }
         check_range("baseline_quantile", self.baseline_quantile, 0.0, 1.0)?;
         check_positive("probe_interval", self.probe_interval)?;
-        check_range(
-            "probe_factor",
-            self.probe_factor,
-            f64::MIN_POSITIVE,
-            1.0 - f64::EPSILON,
-        )?;
+        check_fraction("probe_factor", self.probe_factor)?;
         if self.probe_windows < 2 {
             return Err(ConfigError::new("probe_windows", "must be at least 2"));
         }
