@@ -33,6 +33,14 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Whether a `TE` value lists `trailers` (RFC 9110 §10.1.4), with or without parameters.
+pub(crate) fn names_trailers(value: &[u8]) -> bool {
+    value.split(|b| *b == b',').any(|t| {
+        let t = t.split(|b| *b == b';').next().unwrap_or_default();
+        t.trim_ascii().eq_ignore_ascii_case(b"trailers")
+    })
+}
+
 /// Removes hop-by-hop headers and any header named in `Connection`. With `keep_te_trailers`,
 /// a `TE: trailers` survives (gRPC needs it end to end over HTTP/2).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
@@ -57,12 +65,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) 
         headers.remove(&name);
     }
     let te_trailers = keep_te_trailers
-        && headers.get_all(header::TE).iter().any(|v| {
-            v.as_bytes().split(|b| *b == b',').any(|t| {
-                let t = t.split(|b| *b == b';').next().unwrap_or_default();
-                t.trim_ascii().eq_ignore_ascii_case(b"trailers")
-            })
-        });
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| names_trailers(v.as_bytes()));
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }

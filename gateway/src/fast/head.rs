@@ -4,7 +4,7 @@
 //! Pure (no I/O, no allocation beyond `out` growing, or the [`http::Request`] a layered route
 //! gets), so it is unit-tested here and fuzzed (`fuzz/fuzz_targets/gateway_h1.rs`).
 
-use super::super::headers::Forwarding;
+use super::super::headers::{Forwarding, names_trailers};
 use crate::answer::Answer;
 use crate::forwarded::{self, Source};
 use crate::request_id::{Policy, keepable};
@@ -388,11 +388,7 @@ pub(crate) fn prepare<T>(
             Name::Host | Name::Connection | Name::HopByHop | Name::Replaced | Name::Refuse => false,
             Name::Te => {
                 let named = names_headers && named_in_connection(req.headers, h.name);
-                te_trailers |= !named
-                    && tokens(h.value).any(|t| {
-                        let t = t.split(|b| *b == b';').next().unwrap_or_default();
-                        t.trim_ascii().eq_ignore_ascii_case(b"trailers")
-                    });
+                te_trailers |= !named && names_trailers(h.value);
                 false
             }
             Name::XForwardedFor if walk.is_some() => false,

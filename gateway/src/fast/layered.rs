@@ -42,13 +42,14 @@ use tokio::time::Instant;
 const FLUSH_AT: usize = 64 * 1024;
 
 /// Serves `req` (the request whose head is `head`) through the route's layers and writes the
-/// answer.
+/// answer, a write failing when no byte moves for `idle`.
 pub(super) async fn serve(
     client: &mut TcpStream,
     ctx: &Arc<ConnCtx>,
     b: &mut Bufs,
     head: &Head,
     req: Request<Full<Bytes>>,
+    idle: Duration,
 ) -> Next {
     let trailers = te_trailers(req.headers());
     let Ok(resp) = proxy::handle(ctx.clone(), req).await;
@@ -56,7 +57,7 @@ pub(super) async fn serve(
         head_method: head.head_method,
         close: head.close || ctx.shared.is_draining(),
         trailers,
-        idle: ctx.shared.current.load().idle_timeout,
+        idle,
     };
     let next = respond(client, b, resp, to).await;
     ctx.touch();
@@ -65,12 +66,10 @@ pub(super) async fn serve(
 
 /// Whether the client takes trailers (`TE: trailers`, RFC 9110 §10.1.4).
 fn te_trailers(headers: &HeaderMap) -> bool {
-    headers.get_all(header::TE).iter().any(|v| {
-        super::head::tokens(v.as_bytes()).any(|t| {
-            let t = t.split(|b| *b == b';').next().unwrap_or_default();
-            t.trim_ascii().eq_ignore_ascii_case(b"trailers")
-        })
-    })
+    headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| crate::headers::names_trailers(v.as_bytes()))
 }
 
 /// What the answer is written for.
@@ -221,11 +220,15 @@ fn says_close(headers: &HeaderMap) -> bool {
 
 fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
     }
+}
+
+fn write_field(out: &mut Vec<u8>, name: &http::HeaderName, value: &http::HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes the answer's head into `out` (cleared first) and returns the body's framing.
@@ -266,19 +269,16 @@ fn write_head(
     } else {
         (Framing::Chunked, true)
     };
+    // The gateway frames the body itself: a transfer coding is its own, an unreadable
+    // length is dropped, and a 204 or 1xx has none (a 304 keeps the one it describes).
+    let length_dropped = declared.is_none() || (no_body && status != StatusCode::NOT_MODIFIED);
     let mut has_date = false;
     for (name, value) in headers {
-        // The gateway frames the body itself: a transfer coding is its own, an unreadable
-        // length is dropped, and a 204 or 1xx has none (a 304 keeps the one it describes).
-        let length_dropped = declared.is_none() || (no_body && status != StatusCode::NOT_MODIFIED);
         if name == header::TRANSFER_ENCODING || (name == header::CONTENT_LENGTH && length_dropped) {
             continue;
         }
         has_date |= name == header::DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
     }
     match framing {
         Framing::Length(n) if add => {

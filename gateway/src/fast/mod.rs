@@ -369,7 +369,8 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
             // Boxed (the one box of the service call hyper's server makes too): inline, the
             // layered path's state would make every request's future, plain routes' too,
             // kilobytes larger, and that future is moved once per request.
-            return Box::pin(layered::serve(client, ctx, b, &head, req)).await;
+            let idle = snap.idle_timeout;
+            return Box::pin(layered::serve(client, ctx, b, &head, req, idle)).await;
         }
         Step::Forward { head, target, addr } => (head, target, addr),
     };
