@@ -12,6 +12,7 @@
 //! stack (now kept), and a replaced stack's health checks outliving the reload (now stopped).
 
 #[macro_use]
+mod common;
 mod chaos;
 
 #[path = "chaos/ejection.rs"]

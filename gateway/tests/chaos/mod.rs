@@ -1,5 +1,7 @@
 //! Support for the gateway's chaos tests: the [`upstream::ChaosUpstream`] harness, a gateway
-//! with its admin listener on loopback, bounded client calls, and readers of `/state`.
+//! with its admin listener on loopback, bounded client calls, and readers of `/state`. The
+//! front end a test runs on comes from the common module's `HYPER_FRONT` (see its
+//! `on_both_front_ends!`), written into the config text so that reloads keep it.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod upstream;
@@ -19,33 +21,6 @@ use tollgate_gateway::config::Config;
 use tollgate_gateway::{Gateway, StartOptions};
 
 pub use upstream::{ChaosUpstream, Mode};
-
-tokio::task_local! {
-    /// Set while a test runs with `server.h1_fast_path = false`: hyper's server reads the
-    /// client's requests instead of the gateway's HTTP/1.1 fast path (see
-    /// [`on_both_front_ends!`]).
-    pub static HYPER_FRONT: bool;
-}
-
-/// The test `name` (an `async fn name()` in the same module) run on both HTTP/1.1 front
-/// ends, as `name::fast_front` and `name::hyper_front`: [`config_text`] sets
-/// `server.h1_fast_path` from [`HYPER_FRONT`] (in the text, so that reloads keep it).
-#[allow(unused_macros)]
-macro_rules! on_both_front_ends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn fast_front() {
-                super::$name().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn hyper_front() {
-                crate::chaos::HYPER_FRONT.scope(true, super::$name()).await;
-            }
-        }
-    };
-}
 
 /// Every test finishes within this (real time: these tests use real sockets).
 pub const TEST_DEADLINE: Duration = Duration::from_secs(45);
@@ -70,7 +45,7 @@ pub fn config_text(rest: &str, header_read_ms: u64) -> String {
 
 /// [`config_text`] with the idle timeout of client and pooled upstream connections too.
 pub fn config_text_idle(rest: &str, header_read_ms: u64, idle_ms: u64) -> String {
-    let fast = !HYPER_FRONT.try_with(|h| *h).unwrap_or(false);
+    let fast = !crate::common::hyper_front();
     format!(
         "[server]\nworkers = 2\ndrain_timeout_ms = 2000\nh1_fast_path = {fast}\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
@@ -115,7 +90,7 @@ pub fn addr(gw: &Gateway) -> SocketAddr {
 /// A fresh scratch directory under the target dir.
 pub fn scratch(name: &str) -> PathBuf {
     // Each front end's run of a test has its own (they may run at once).
-    let front = if HYPER_FRONT.try_with(|h| *h).unwrap_or(false) {
+    let front = if crate::common::hyper_front() {
         "hyper"
     } else {
         "fast"
