@@ -207,7 +207,9 @@ impl Answer {
             UpstreamError::Connect(_) => Self::ConnectFailed,
             UpstreamError::Tls(e) if crate::tls::upstream::failure(e).1 => Self::TlsCertRejected,
             UpstreamError::Tls(_) => Self::TlsFailed,
-            UpstreamError::Http(_) => Self::ConnectionFailed,
+            UpstreamError::Http(_) | UpstreamError::Exchange(_) => Self::ConnectionFailed,
+            // Answered as the client's fault where it is found (`client_body_failed`).
+            UpstreamError::Body(_) => Self::BodyUnreadable,
         }
     }
 

@@ -84,6 +84,7 @@ mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;
 mod headers;
+mod held;
 mod histogram;
 mod pool;
 mod proxy;

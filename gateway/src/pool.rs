@@ -30,6 +30,8 @@ pub(crate) type ReqBody = crate::body::GwBody;
 pub(crate) const MAX_IDLE_PER_ENDPOINT: usize = 128;
 
 mod body;
+pub(crate) mod direct;
+pub(crate) mod sockets;
 mod tls;
 
 pub(crate) use body::UpBody;
@@ -81,6 +83,12 @@ pub(crate) enum UpstreamError {
     /// The connection failed after it was made (reset, closed early, protocol error), or the
     /// request body failed (see [`is_caused_by`]).
     Http(hyper::Error),
+    /// The same on the gateway's own HTTP/1.1 client ([`direct`]): reset, closed before an
+    /// answer, or a malformed answer head.
+    Exchange(std::io::Error),
+    /// The client's request body failed while it was read whole for the direct client (cut
+    /// at the size limit, or the client gone).
+    Body(tollgate_core::BoxError),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -90,6 +98,8 @@ impl std::fmt::Display for UpstreamError {
             Self::Connect(e) => write!(f, "upstream connect failed: {e}"),
             Self::Tls(e) => write!(f, "upstream tls handshake failed: {e}"),
             Self::Http(e) => write!(f, "upstream connection failed: {e}"),
+            Self::Exchange(e) => write!(f, "upstream connection failed: {e}"),
+            Self::Body(e) => write!(f, "client request body failed: {e}"),
         }
     }
 }
@@ -98,18 +108,20 @@ impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::ConnectTimeout => None,
-            Self::Connect(e) | Self::Tls(e) => Some(e),
+            Self::Connect(e) | Self::Tls(e) | Self::Exchange(e) => Some(e),
             Self::Http(e) => Some(e),
+            Self::Body(e) => Some(&**e),
         }
     }
 }
 
 /// Whether `err`'s source chain holds an error of type `T`.
 pub(crate) fn is_caused_by<T: std::error::Error + 'static>(err: &UpstreamError) -> bool {
-    let UpstreamError::Http(e) = err else {
-        return false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = match err {
+        UpstreamError::Http(e) => Some(e),
+        UpstreamError::Body(e) => Some(&**e),
+        _ => return false,
     };
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cur {
         if c.is::<T>() {
             return true;
@@ -124,8 +136,10 @@ pub(crate) fn is_caused_by<T: std::error::Error + 'static>(err: &UpstreamError) 
 /// client connection's `hyper::Error` inside it. The bodies sent upstream are the client's or
 /// built whole in memory, so a `hyper::Error` below the top one can only be the client's.
 pub(crate) fn client_body_failed(err: &UpstreamError) -> bool {
-    let UpstreamError::Http(e) = err else {
-        return false;
+    let e = match err {
+        UpstreamError::Http(e) => e,
+        UpstreamError::Body(_) => return true,
+        _ => return false,
     };
     let mut cur = std::error::Error::source(e);
     while let Some(c) = cur {

@@ -3,7 +3,8 @@
 
 use super::head::Head;
 use super::response::{self, RespHead, RespStep};
-use super::{Bufs, MAX_RESPONSE_HEAD, date, upstream};
+use super::{Bufs, MAX_RESPONSE_HEAD, date};
+use crate::pool::sockets as upstream;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

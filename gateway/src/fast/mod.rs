@@ -37,11 +37,11 @@ mod layered;
 mod local;
 mod relay;
 pub(crate) mod response;
-mod upstream;
 
 use super::ctx::ConnCtx;
 use super::route::RouteMatch;
 use crate::answer::Answer;
+use crate::pool::sockets as upstream;
 use crate::request_id::{self, Id};
 use bufs::{Bufs, give_bufs, read, read_now, take_bufs, write_all};
 use bytes::Bytes;
@@ -363,7 +363,7 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
             // The body (held whole) goes with the request; the buffer moves past both.
             let body_at = b.cin.start + head.len;
             let body_end = body_at + head.body_len as usize;
-            let body = head::request::held(&b.cin.data[body_at..body_end]);
+            let body = crate::held::held(&b.cin.data[body_at..body_end]);
             b.cin.start = body_end;
             let req = request.map(|()| http_body_util::Full::new(body));
             // Boxed (the one box of the service call hyper's server makes too): inline, the

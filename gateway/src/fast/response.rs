@@ -100,70 +100,17 @@ pub(crate) fn prepare(
         100..=199 => return RespStep::Informational(len),
         _ => {}
     }
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut encoded = false;
-    let (mut saw_close, mut saw_keep_alive) = (false, false);
-    let mut names_headers = false;
-    let mut has_date = false;
-    for h in resp.headers.iter() {
-        match name_of(h.name) {
-            Name::Date => has_date = true,
-            Name::ContentLength => {
-                let Some(n) = std::str::from_utf8(h.value)
-                    .ok()
-                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|v| v.parse::<u64>().ok())
-                else {
-                    return RespStep::Bad;
-                };
-                if length.is_some_and(|m| m != n) {
-                    return RespStep::Bad;
-                }
-                length = Some(n);
-            }
-            Name::TransferEncoding => {
-                // Chunked only when it is the last coding (RFC 9112 §6.3); an empty field names
-                // no coding (RFC 9110 §5.6.1), but the field still means the length is not
-                // `Content-Length`.
-                encoded = true;
-                if let Some(last) = tokens(h.value).last() {
-                    chunked = last.eq_ignore_ascii_case(b"chunked");
-                }
-            }
-            Name::Connection => {
-                for t in tokens(h.value) {
-                    if t.eq_ignore_ascii_case(b"close") {
-                        saw_close = true;
-                        names_headers = true;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                        saw_keep_alive = true;
-                    } else {
-                        names_headers = true;
-                    }
-                }
-            }
-            Name::HopByHop | Name::Other => {}
-        }
-    }
-    // `close` wins over `keep-alive`; HTTP/1.0 closes unless kept alive (RFC 9112 §9.3).
-    let upstream_close = saw_close || (version == 0 && !saw_keep_alive);
-    // An HTTP/1.0 message cannot be chunked; a coding there means the framing is unknown
-    // (RFC 9112 §6.1).
-    if encoded && version == 0 {
+    let Some(fields) = Fields::read(resp.headers, version, status, head_method) else {
         return RespStep::Bad;
-    }
-    let framing = if head_method || status == 204 || status == 304 {
-        Framing::Empty
-    } else if encoded {
-        if chunked {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        }
-    } else {
-        length.map_or(Framing::Close, Framing::Length)
     };
+    let Fields {
+        framing,
+        encoded,
+        chunked,
+        names_headers,
+        has_date,
+        upstream_close,
+    } = fields;
     let close = close || framing == Framing::Close;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -211,6 +158,107 @@ pub(crate) fn prepare(
         framing,
         reusable: !upstream_close && framing != Framing::Close,
     })
+}
+
+/// What a response head's fields say about its framing and connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fields {
+    /// How the body ends.
+    pub framing: Framing,
+    /// A `Transfer-Encoding` was sent (so `Content-Length` does not count).
+    pub encoded: bool,
+    /// `chunked` is the last coding.
+    pub chunked: bool,
+    /// `Connection` names fields (hop-by-hop for this connection only).
+    pub names_headers: bool,
+    /// A `Date` was sent.
+    pub has_date: bool,
+    /// The upstream closes the connection after this answer (`Connection: close`, or
+    /// HTTP/1.0 without keep-alive).
+    pub upstream_close: bool,
+}
+
+impl Fields {
+    /// Reads the fields of a final (non-1xx) response head: `version` as httparse gives it
+    /// (0 or 1), the answer to a `HEAD` request when `head_method`. `None`: the framing
+    /// cannot be known (a bad or conflicting `Content-Length`, a coding on HTTP/1.0), so the
+    /// answer is not relayed (RFC 9112 §6.3).
+    pub(crate) fn read(
+        headers: &[httparse::Header<'_>],
+        version: u8,
+        status: u16,
+        head_method: bool,
+    ) -> Option<Self> {
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        let mut encoded = false;
+        let (mut saw_close, mut saw_keep_alive) = (false, false);
+        let mut names_headers = false;
+        let mut has_date = false;
+        for h in headers {
+            match name_of(h.name) {
+                Name::Date => has_date = true,
+                Name::ContentLength => {
+                    let n = std::str::from_utf8(h.value)
+                        .ok()
+                        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|v| v.parse::<u64>().ok())?;
+                    if length.is_some_and(|m| m != n) {
+                        return None;
+                    }
+                    length = Some(n);
+                }
+                Name::TransferEncoding => {
+                    // Chunked only when it is the last coding (RFC 9112 §6.3); an empty field names
+                    // no coding (RFC 9110 §5.6.1), but the field still means the length is not
+                    // `Content-Length`.
+                    encoded = true;
+                    if let Some(last) = tokens(h.value).last() {
+                        chunked = last.eq_ignore_ascii_case(b"chunked");
+                    }
+                }
+                Name::Connection => {
+                    for t in tokens(h.value) {
+                        if t.eq_ignore_ascii_case(b"close") {
+                            saw_close = true;
+                            names_headers = true;
+                        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                            saw_keep_alive = true;
+                        } else {
+                            names_headers = true;
+                        }
+                    }
+                }
+                Name::HopByHop | Name::Other => {}
+            }
+        }
+        // `close` wins over `keep-alive`; HTTP/1.0 closes unless kept alive (RFC 9112 §9.3).
+        let upstream_close = saw_close || (version == 0 && !saw_keep_alive);
+        // An HTTP/1.0 message cannot be chunked; a coding there means the framing is unknown
+        // (RFC 9112 §6.1).
+        if encoded && version == 0 {
+            return None;
+        }
+        let framing = if head_method || status == 204 || status == 304 {
+            Framing::Empty
+        } else if encoded {
+            if chunked {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            }
+        } else {
+            length.map_or(Framing::Close, Framing::Length)
+        };
+        Some(Self {
+            framing,
+            encoded,
+            chunked,
+            names_headers,
+            has_date,
+            upstream_close,
+        })
+    }
 }
 
 fn status_digits(status: u16) -> [u8; 3] {

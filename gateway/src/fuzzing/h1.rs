@@ -600,6 +600,7 @@ fn h1_chunked(body: &[u8], cuts: &[usize]) {
         assert_eq!(c.feed(b""), Ok(Some(0)));
     }
     assert_eq!(feed_pieces(body, cuts), whole, "cut at {cuts:?}");
+    h1_dechunk(body, cuts, whole);
     let expected = match decode_chunked(body) {
         Decoded::End(n) => Ok(Some(n)),
         Decoded::More => Ok(None),
@@ -607,4 +608,28 @@ fn h1_chunked(body: &[u8], cuts: &[usize]) {
         Decoded::Unknown => return,
     };
     assert_eq!(whole, expected, "{:?}", String::from_utf8_lossy(body));
+}
+
+/// Checks the direct client's chunked reader against the fast path's framing (`framed`,
+/// [`Chunked::feed`] on the whole body): it ends where the fast path does, never takes what
+/// the fast path refuses, reads the same data whatever the cuts, and refuses otherwise only a
+/// size line longer than it takes or trailers too large.
+fn h1_dechunk(body: &[u8], cuts: &[usize], framed: Result<Option<usize>, BadChunk>) {
+    let whole = crate::pool::direct::dechunk(body, &[]);
+    let cut = crate::pool::direct::dechunk(body, cuts);
+    match (&whole, &cut) {
+        (Ok(w), Ok(c)) => assert_eq!(w, c, "cut at {cuts:?}"),
+        (Err(_), Err(_)) => {}
+        _ => panic!("cuts changed the outcome: {whole:?} / {cut:?}"),
+    }
+    match (whole, framed) {
+        (Ok((_, _, end)), Ok(framed_end)) => assert_eq!(end, framed_end),
+        (Ok(got), Err(BadChunk)) => panic!("took what the fast path refuses: {got:?}"),
+        (Err(_), Ok(_)) => assert!(
+            body.split(|&b| b == b'\n').any(|line| line.len() > 4096) || body.len() > 64 * 1024,
+            "refused what the fast path takes: {:?}",
+            String::from_utf8_lossy(body)
+        ),
+        (Err(_), Err(BadChunk)) => {}
+    }
 }

@@ -135,7 +135,9 @@ impl GwPolicy {
                     | UpstreamError::ConnectTimeout
                     | UpstreamError::Tls(_),
                 ) => (RetryOn::Connect, false),
-                Some(UpstreamError::Http(_)) => (RetryOn::Reset, true),
+                Some(UpstreamError::Http(_) | UpstreamError::Exchange(_)) => (RetryOn::Reset, true),
+                // The client's body failed: sending it again cannot help.
+                Some(UpstreamError::Body(_)) => return Action::Return,
                 // A rejection further in (breaker, pool) or no endpoint: not an upstream failure.
                 None => return Action::Return,
             }

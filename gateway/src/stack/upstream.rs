@@ -5,6 +5,7 @@ use super::{GwBody, UpRequest, UpResponse};
 use crate::config::UpstreamProtocol;
 use crate::pool;
 use crate::pool::SharedSettings;
+use crate::pool::direct::Split;
 use crate::stats::EndpointStats;
 use crate::tls::upstream::ClusterTls;
 use crate::trace::{Traced, upstream_attributes};
@@ -122,7 +123,15 @@ impl Service<UpRequest> for Upstream {
                         // future kilobytes larger.
                         Box::pin(pool::send_upgrade(addr, req, settings)).await
                     } else {
-                        pool::send_h1(addr, req, settings).await
+                        // A body held whole (or small enough to read whole) goes on the
+                        // gateway's own client; a streamed one on hyper's.
+                        match pool::direct::split(req).await {
+                            Ok(Split::Direct(parts, body)) => {
+                                pool::direct::send(addr, parts, body, settings).await
+                            }
+                            Ok(Split::Hyper(req)) => pool::send_h1(addr, req, settings).await,
+                            Err(e) => Err(e),
+                        }
                     };
                     answered(sent, addr, stats.as_deref(), start, traced)
                 })

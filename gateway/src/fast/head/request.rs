@@ -2,7 +2,7 @@
 //! forward itself (routes with layers, HTTP/2 or TLS upstreams, listeners with admission):
 //! they go through the same service as hyper's requests (see [`layered`](super::super::layered)).
 
-use bytes::{Bytes, BytesMut};
+use crate::held::held;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri, Version};
 use std::cell::RefCell;
@@ -10,37 +10,12 @@ use std::cell::RefCell;
 /// Fields the gateway may add to a request.
 const ADDED: usize = 8;
 
-/// The size of the per-thread blocks that requests' heads and bodies are copied into. A
-/// block is freed when the last request copied into it is done, so a long-lived request keeps
-/// at most this much (or its own size, when larger) alive, as a connection's read buffer does
-/// on hyper's path; a few dozen ordinary heads share one allocation.
-const BLOCK: usize = 8 * 1024;
-
 /// A map kept for reuse only up to this many fields' room.
 const KEEP_MAP: usize = 64;
 
 thread_local! {
-    /// Where heads and bodies are copied: one block shared by the requests it holds, freed
-    /// when the last of them is, so a request's copy costs no allocation of its own (as
-    /// hyper's read buffer does).
-    static BLOCKS: RefCell<BytesMut> = RefCell::new(BytesMut::new());
     /// An answer's field map, emptied, for the next request (as hyper's server keeps one).
     static SPARE_MAP: RefCell<Option<HeaderMap>> = const { RefCell::new(None) };
-}
-
-/// `bytes` copied into this thread's current block.
-pub(in crate::fast) fn held(bytes: &[u8]) -> Bytes {
-    if bytes.is_empty() {
-        return Bytes::new();
-    }
-    BLOCKS.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.capacity() < bytes.len() {
-            b.reserve(bytes.len().max(BLOCK));
-        }
-        b.extend_from_slice(bytes);
-        b.split().freeze()
-    })
 }
 
 /// An empty map with room for `n` fields: the one kept by [`recycle`], or a new one.

@@ -1,5 +1,6 @@
-//! The fast path's upstream connections: plain `TcpStream`s kept idle per worker thread and
-//! endpoint, no task per connection. A connection is checked before reuse without a system
+//! Plain HTTP/1.1 upstream connections without a driver task: `TcpStream`s kept idle per
+//! worker thread and endpoint, shared by the fast path and the gateway's own HTTP/1.1 client
+//! ([`direct`](super::direct)), no task per connection. A connection is checked before reuse without a system
 //! call in the usual case (tokio knows from its last read whether the socket has news); one
 //! the upstream closed while idle is dropped then.
 
@@ -33,7 +34,7 @@ fn alive(stream: &TcpStream) -> bool {
 
 /// The most recently used idle connection to `addr` that is still open and was idle less
 /// than `idle`.
-pub(super) fn checkout(addr: SocketAddr, now: Instant, idle: Duration) -> Option<TcpStream> {
+pub(crate) fn checkout(addr: SocketAddr, now: Instant, idle: Duration) -> Option<TcpStream> {
     IDLE.with(|cell| {
         let mut pool = cell.borrow_mut();
         let list = &mut pool.by_endpoint.iter_mut().find(|(a, _)| *a == addr)?.1;
@@ -50,7 +51,7 @@ pub(super) fn checkout(addr: SocketAddr, now: Instant, idle: Duration) -> Option
 /// the oldest idle connection if it has been idle longer than `idle`, and once a second every
 /// idle connection that is closed or stale (to any endpoint), so that neither a burst's
 /// connections nor ones the upstream closed linger.
-pub(super) fn checkin(
+pub(crate) fn checkin(
     addr: SocketAddr,
     stream: TcpStream,
     now: Instant,
