@@ -73,11 +73,13 @@ impl ClassConfig {
 /// ([`AdmissionLayer::with_capacity`](crate::AdmissionLayer::with_capacity)), a standing queue
 /// that receives requests at least 1.15x as fast as it hands out slots (over about 500 ms)
 /// drops waiters older than three slot gaps, or 70% of `target` if that is sooner, fresher
-/// waiters or not. The bound starts while three of the queue's gaps are within twice `target`,
-/// and holds while three gaps of all admissions (the queue's plus those taken without waiting)
-/// are, so it does not lapse each time it empties the queue: the capacity's limit already
-/// keeps a small queue at the backend, and under overload a longer wait in front of it only
-/// makes the requests that are served late.
+/// waiters or not; less where the measured latency varies little (its standard deviation under
+/// half its mean: the bound shrinks in proportion), since requests that finish evenly keep the
+/// backend's workers busy from its own queue. The bound starts while three of the queue's gaps
+/// are within twice `target`, and holds while three gaps of all admissions (the queue's plus
+/// those taken without waiting) are, so it does not lapse each time it empties the queue: the
+/// capacity's limit already keeps a small queue at the backend, and under overload a longer
+/// wait in front of it only makes the requests that are served late.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

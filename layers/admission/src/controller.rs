@@ -77,6 +77,8 @@ pub(crate) struct Controller {
     pub(crate) class_in_flight: Box<[CachePadded<AtomicUsize>]>,
     rejected: Box<[[std::sync::atomic::AtomicU64; 6]]>,
     latency_ns: AtomicEwma,
+    /// The same average of the squared latency (nanoseconds squared), for its spread.
+    latency_sq_ns: AtomicEwma,
     pub(crate) codel: CodelConfig,
     pub(crate) max_queued: usize,
     pub(crate) slow: Mutex<Slow>,
@@ -122,6 +124,7 @@ impl Controller {
                 .collect(),
             rejected: (0..n).map(|_| Default::default()).collect(),
             latency_ns: AtomicEwma::new(),
+            latency_sq_ns: AtomicEwma::new(),
             codel: config.codel,
             max_queued: config.max_queued,
             slow: Mutex::new(Slow::new(&config.classes)),
@@ -203,6 +206,20 @@ impl Controller {
         self.latency_ns
             .value()
             .map_or(Duration::ZERO, |ns| Duration::from_nanos(ns as u64))
+    }
+
+    /// The spread of the measured latency: its standard deviation over its mean (from the two
+    /// averages; 0 before any latency was measured).
+    pub(crate) fn latency_cv(&self) -> f64 {
+        let (Some(mean), Some(sq)) = (self.latency_ns.value(), self.latency_sq_ns.value()) else {
+            return 0.0;
+        };
+        if mean <= 0.0 {
+            return 0.0;
+        }
+        // `max`: the two averages are updated one after the other, and by several threads;
+        // for a moment they may disagree by a sample.
+        (sq - mean * mean).max(0.0).sqrt() / mean
     }
 
     /// Whether a request due at `deadline` cannot finish if it starts at `now`.
@@ -395,7 +412,9 @@ impl Controller {
             .zip(now)
             .map(|(s, n)| n.saturating_duration_since(s));
         if let Some(l) = latency {
-            self.latency_ns.update(l.as_nanos() as f64, LATENCY_ALPHA);
+            let ns = l.as_nanos() as f64;
+            self.latency_ns.update(ns, LATENCY_ALPHA);
+            self.latency_sq_ns.update(ns * ns, LATENCY_ALPHA);
         }
     }
 }

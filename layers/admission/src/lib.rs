@@ -30,7 +30,8 @@
 //!   requests at least 1.15x as fast as it hands out slots (averaged over about 500 ms) drops
 //!   waiters older than three slot gaps (the time three slots take to free) or 3.5 ms (70% of
 //!   the target), whichever is sooner, even without fresher ones to cover them, so the wait
-//!   adds little to the backend's own. It starts where three of the queue's gaps are under
+//!   adds little to the backend's own; where the latency varies little (standard deviation
+//!   under half the mean), proportionally less. It starts where three of the queue's gaps are under
 //!   twice the target, and holds while three gaps of all admissions (the queue's grants and
 //!   the requests admitted without waiting) are.
 //! - **Deadlines**: a request that cannot finish by its deadline (given the measured service

@@ -27,6 +27,20 @@
 //! dropped waiter's slot may idle (on the matrix's 4-worker pools after halving or a latency
 //! shift, 200 grants a second, dropping lost goodput).
 //!
+//! How much of that bound a waiter needs depends on how evenly the backend's requests finish,
+//! so the bound scales with the spread of the latency admission measures (standard deviation
+//! over mean, averaged like the mean latency): in full from [`FULL_SPREAD`], in proportion
+//! below it. Where requests finish evenly, fresh arrivals refill the backend's own queue (the
+//! limit above its workers) long before it drains, so a waiter keeps busy no worker that would
+//! otherwise idle, and all its wait is added latency: on the matrix's 4-worker steps on the
+//! constant and uniform ±20% backends (a measured spread of about 0.12), waits up to the
+//! 3.5 ms ceiling put 2 of 8 windows over the p99 bar (23 ms against 22, 51 against 26),
+//! which the pool alone, which queues nothing, meets; at about 0.8 ms, a quarter of it, both
+//! pass. Where requests finish in bunches (exponential, log-normal and bimodal service times:
+//! spreads of 0.3 to 0.6 there), a bunch can drain the backend's queue before the next
+//! arrivals, and the waiters fill the slots it frees: their 4-worker steps lose goodput with
+//! a bound much tighter than the ceiling.
+//!
 //! The bound starts when the queue's own grants are that frequent, and then holds while all
 //! admissions are: the queue's grants plus what the fast path admitted while nobody waited.
 //! Without the second rate, the bound undoes itself: it empties the queue, the next requests
@@ -80,6 +94,16 @@ const REACH: f64 = 2.0;
 /// over 1 must not count: with 1.1 the 4-worker restore lost goodput, 1.15 and 1.25 gave the
 /// same cells (and again with the bound held on all admissions).
 const RATIO: f64 = 1.15;
+
+/// The latency spread (standard deviation over mean) at and above which the overload bound
+/// applies in full; under it, the bound shrinks in proportion, to nothing for a latency that
+/// does not vary (see the module docs). On the matrix (issue #15), 0.33 and 0.5 gave the same
+/// cells (the 4-worker steps on the constant and uniform ±20% backends pass, none lost); at 0.4
+/// one window of the uniform ±50% 4-worker step went over its p99 bar (55 ms against 32), and
+/// at 0.25 that step never settled; at 0.67 the 4-worker log-normal and bimodal steps and the
+/// 100-worker bimodal step failed, at 1 the 100-worker bimodal step and halving, the
+/// exponential 10-worker step and shift and the log-normal 4-worker step.
+const FULL_SPREAD: f64 = 0.5;
 
 /// The rates' averaging horizon, in counting windows of at least one CoDel interval each
 /// (about 500 ms at the default interval under load).
@@ -144,8 +168,9 @@ impl Pressure {
 
     /// The wait past which a waiter is late, when the queue is overloaded and drains fast
     /// enough (see the module docs); `None` otherwise (the usual CoDel rule applies). Always
-    /// under `target`.
-    pub(crate) fn overload_bound(&mut self, target: Duration) -> Option<Duration> {
+    /// under `target`, and shorter in proportion for a latency `spread` (standard deviation
+    /// over mean) under [`FULL_SPREAD`].
+    pub(crate) fn overload_bound(&mut self, target: Duration, spread: f64) -> Option<Duration> {
         if self.grant_rate <= 0.0 || self.arrival_rate < RATIO * self.grant_rate {
             self.bounded = false;
             return None;
@@ -156,8 +181,16 @@ impl Pressure {
         // Starts on the queue's grants, holds on all admissions (see the module docs).
         let admit_gaps = GAPS / self.admit_rate.max(self.grant_rate);
         self.bounded = gaps < reach || (self.bounded && admit_gaps < reach);
+        // Under `FULL_SPREAD`, requests finish evenly enough that the backend's own queue
+        // keeps its workers busy without the waiters (see the module docs). A NaN spread
+        // counts as none (`clamp` would pass it on, and a NaN wait cannot be a `Duration`).
+        let scale = if spread.is_nan() {
+            0.0
+        } else {
+            (spread / FULL_SPREAD).clamp(0.0, 1.0)
+        };
         self.bounded
-            .then(|| Duration::from_secs_f64(gaps.min(CEILING * target)))
+            .then(|| Duration::from_secs_f64(gaps.min(CEILING * target) * scale))
     }
 }
 
@@ -199,7 +232,7 @@ mod tests {
     #[test]
     fn no_bound_before_any_rate() {
         let mut p = Pressure::default();
-        assert_eq!(p.overload_bound(5 * MS), None);
+        assert_eq!(p.overload_bound(5 * MS, 1.0), None);
     }
 
     #[test]
@@ -207,7 +240,7 @@ mod tests {
         let mut p = Pressure::default();
         // 1,400 arrivals and 1,000 grants per second: a slot frees every millisecond.
         feed(&mut p, Instant::now(), 30, 14, 10);
-        let bound = p.overload_bound(5 * MS).expect("overloaded");
+        let bound = p.overload_bound(5 * MS, 1.0).expect("overloaded");
         assert!((bound.as_secs_f64() - 0.003).abs() < 0.000_2, "{bound:?}");
     }
 
@@ -215,7 +248,7 @@ mod tests {
     fn moderate_load_is_not_overload() {
         let mut p = Pressure::default();
         feed(&mut p, Instant::now(), 30, 9, 9);
-        assert_eq!(p.overload_bound(5 * MS), None);
+        assert_eq!(p.overload_bound(5 * MS, 1.0), None);
     }
 
     #[test]
@@ -223,8 +256,23 @@ mod tests {
         let mut p = Pressure::default();
         // 1,400 arrivals and 500 grants per second: three gaps are 6 ms, over the target.
         feed(&mut p, Instant::now(), 30, 14, 5);
-        let bound = p.overload_bound(5 * MS).expect("overloaded");
+        let bound = p.overload_bound(5 * MS, 1.0).expect("overloaded");
         assert!((bound.as_secs_f64() - 0.0035).abs() < 0.000_01, "{bound:?}");
+    }
+
+    #[test]
+    fn a_steady_latency_shrinks_the_bound() {
+        let mut p = Pressure::default();
+        feed(&mut p, Instant::now(), 30, 14, 10);
+        // Three gaps are 3 ms; a spread of half `FULL_SPREAD` halves that, none leaves none.
+        let half = p
+            .overload_bound(5 * MS, FULL_SPREAD / 2.0)
+            .expect("overloaded");
+        assert!((half.as_secs_f64() - 0.0015).abs() < 0.000_1, "{half:?}");
+        assert_eq!(p.overload_bound(5 * MS, 0.0), Some(Duration::ZERO));
+        assert_eq!(p.overload_bound(5 * MS, f64::NAN), Some(Duration::ZERO));
+        let full = p.overload_bound(5 * MS, 2.0).expect("overloaded");
+        assert!((full.as_secs_f64() - 0.003).abs() < 0.000_2, "{full:?}");
     }
 
     #[test]
@@ -232,17 +280,17 @@ mod tests {
         let mut p = Pressure::default();
         // 300 arrivals and 200 grants per second: three gaps are 15 ms, over two targets.
         feed(&mut p, Instant::now(), 30, 3, 2);
-        assert_eq!(p.overload_bound(5 * MS), None);
-        assert!(p.overload_bound(10 * MS).is_some());
+        assert_eq!(p.overload_bound(5 * MS, 1.0), None);
+        assert!(p.overload_bound(10 * MS, 1.0).is_some());
     }
 
     #[test]
     fn the_averages_forget_an_overload() {
         let mut p = Pressure::default();
         let now = feed(&mut p, Instant::now(), 30, 14, 10);
-        assert!(p.overload_bound(5 * MS).is_some());
+        assert!(p.overload_bound(5 * MS, 1.0).is_some());
         feed(&mut p, now, 30, 9, 9);
-        assert_eq!(p.overload_bound(5 * MS), None);
+        assert_eq!(p.overload_bound(5 * MS, 1.0), None);
     }
 
     #[test]
@@ -252,16 +300,16 @@ mod tests {
         // 500 arrivals and 400 grants a second at the queue: three gaps are 7.5 ms, under two
         // targets, so the bound starts.
         let mut now = feed(&mut p, Instant::now(), 30, 5, 4);
-        assert!(p.overload_bound(5 * MS).is_some());
+        assert!(p.overload_bound(5 * MS, 1.0).is_some());
         // Then the queue grants 200 a second (three of its gaps are 15 ms) and the fast path
         // admits 200: all admissions still free a slot every 2.5 ms, and the bound holds.
         for _ in 0..30 {
             now = feed_fast(&mut p, now, 1, 3, 2, 2, &mut fast);
-            assert!(p.overload_bound(5 * MS).is_some());
+            assert!(p.overload_bound(5 * MS, 1.0).is_some());
         }
         // The same admissions do not start it.
         let mut q = Pressure::default();
         feed_fast(&mut q, Instant::now(), 30, 3, 2, 2, &mut 0);
-        assert_eq!(q.overload_bound(5 * MS), None);
+        assert_eq!(q.overload_bound(5 * MS, 1.0), None);
     }
 }

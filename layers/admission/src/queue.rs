@@ -202,10 +202,10 @@ impl Controller {
         if !slow.standing(class, now, self.codel.interval) {
             return;
         }
-        let overload = self
-            .dynamic
-            .as_ref()
-            .and_then(|_| slow.pressure.overload_bound(self.codel.target));
+        let overload = self.dynamic.as_ref().and_then(|_| {
+            slow.pressure
+                .overload_bound(self.codel.target, self.latency_cv())
+        });
         let target = overload.unwrap_or(self.codel.target);
         // Waiters served per target: the limit times target / service time (at least 1).
         let per_target = {

@@ -45,18 +45,25 @@ const BACKENDS: [(u64, usize); 3] = [(10, 4), (10, 10), (10, 100)];
 /// open for them): they run and print their figures but do not fail the test; every other cell
 /// must pass. Three groups:
 /// - the 4-worker pools (2 after halving), short in the pool's own matrix too: the p99 bar
-///   leaves a limit band one or two requests wide (the steps pass on the exponential,
-///   log-normal and uniform ±50% backends, where the overload bound holds);
+///   leaves a limit band one or two requests wide (the steps pass: on the exponential,
+///   log-normal, bimodal and uniform ±50% backends with the overload bound's waits, on the
+///   constant and uniform ±20% ones with the shorter waits the bound allows a steady latency);
 /// - halve with 10 workers (5 after halving) on the exponential backend, where the pool's limit
-///   settles far above the 5 workers (about 28-33): goodput holds at capacity, but the backend's
-///   own queue leaves no room under the p99 bar for any wait in admission's (the overload bound
-///   of an adaptive capacity, `src/pressure.rs`, already keeps that wait under 3.5 ms there);
-/// - the latency shift on noisy backends, as in the pool's matrix.
+///   settles far above the 5 workers (about 28-33): admission's queue starts every request
+///   with the limit in flight, and right after the cut that is within the pool's calm
+///   threshold (three quarters of the 10 workers it had seen), so requests that queued behind
+///   the 5 workers count as calm and Knee restarts its baseline at 30-40 ms, a backend that
+///   slowed down;
+/// - the latency shift on noisy backends, which the pool alone passes: after the first cut
+///   against the old baseline, admission's queue keeps the limit in flight, above the calm
+///   threshold, so no calm sample shows the slower backend, and each further cut against the
+///   old baseline takes the limit lower (to 5-7 for 10 workers) until a probe, seconds later,
+///   lets calm samples through; alone, the pool's rejections leave gaps in which some requests
+///   start calm.
 const KNOWN_SHORT: &[(&str, &str)] = &[
     ("Bimodal 10ms x4", "Light70"),
     ("Bimodal 10ms x4", "Restore"),
     ("Constant 10ms x4", "Halve"),
-    ("Constant 10ms x4", "Step"),
     ("Exponential 10ms x10", "Halve"),
     ("Exponential 10ms x4", "Halve"),
     ("LogNormal 10ms x10", "Shift"),
@@ -64,7 +71,6 @@ const KNOWN_SHORT: &[(&str, &str)] = &[
     ("LogNormal 10ms x4", "Shift"),
     ("Uniform20 10ms x4", "Halve"),
     ("Uniform20 10ms x4", "Shift"),
-    ("Uniform20 10ms x4", "Step"),
     ("Uniform50 10ms x10", "Shift"),
     ("Uniform50 10ms x4", "Halve"),
 ];
