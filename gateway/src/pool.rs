@@ -7,6 +7,11 @@
 //! connection could not even start (the upstream had closed it) is retried once on a fresh
 //! connection.
 //!
+//! Requests to a plain-TCP HTTP/1.1 endpoint whose body is held whole (or small enough to be
+//! read whole) go on the gateway's own client instead ([`direct`]): no driver task, its idle
+//! sockets the ones the fast path keeps ([`sockets`]). hyper's client keeps the rest: streamed
+//! bodies, upgrades, TLS and HTTP/2.
+//!
 //! An `https://` endpoint's connections ([`send_tls`], in `pool/tls.rs`) are pooled the same
 //! way, under a key that adds the TLS name and settings to the address; when the endpoint picks
 //! HTTP/2 by ALPN, its connection is the thread's multiplexed one for that key.
