@@ -17,6 +17,7 @@ use super::body::ClientBody;
 use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
 use super::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
+use super::pool::direct::Split;
 use super::pool::{self, ReqBody};
 use super::route::{RouteMatch, host_of};
 use super::stack::endpoints::Cluster;
@@ -382,8 +383,9 @@ async fn routed<B: ClientBody>(
     };
     cluster.stats.requests.incr();
     cluster.stats.in_flight.incr();
-    // The TLS and upgrade sends are boxed: their state would make every request's future
-    // (moved a few times per request) kilobytes larger.
+    // The sends through hyper's client are boxed: their state would make every request's
+    // future (moved a few times per request) kilobytes larger. A body held whole, or small
+    // enough to be read whole, goes on the gateway's own HTTP/1.1 client (`pool::direct`).
     let send = async {
         if let Some(tls) = &cluster.tls {
             return match tls.peer(addr) {
@@ -406,8 +408,11 @@ async fn routed<B: ClientBody>(
             UpstreamProtocol::Http1 if upgrade.is_some() => {
                 Box::pin(pool::send_upgrade(addr, upstream_req, settings)).await
             }
-            UpstreamProtocol::Http1 => pool::send_h1(addr, upstream_req, settings).await,
-            UpstreamProtocol::H2c => pool::send_h2(addr, upstream_req, settings).await,
+            UpstreamProtocol::Http1 => match pool::direct::split(upstream_req).await? {
+                Split::Direct(parts, body) => pool::direct::send(addr, parts, body, settings).await,
+                Split::Hyper(req) => Box::pin(pool::send_h1(addr, req, settings)).await,
+            },
+            UpstreamProtocol::H2c => Box::pin(pool::send_h2(addr, upstream_req, settings)).await,
         }
     };
     let sent = Instant::now();

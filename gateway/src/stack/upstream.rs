@@ -129,7 +129,11 @@ impl Service<UpRequest> for Upstream {
                             Ok(Split::Direct(parts, body)) => {
                                 pool::direct::send(addr, parts, body, settings).await
                             }
-                            Ok(Split::Hyper(req)) => pool::send_h1(addr, req, settings).await,
+                            // Boxed: hyper's send would make every request's future
+                            // kilobytes larger.
+                            Ok(Split::Hyper(req)) => {
+                                Box::pin(pool::send_h1(addr, req, settings)).await
+                            }
                             Err(e) => Err(e),
                         }
                     };
