@@ -22,6 +22,10 @@
 //!   connection's task and relayed by their framing; to any other route, served through its
 //!   layers as an `http::Request` and framed back there. HTTP/2, TLS and unusual requests
 //!   (HTTP/1.0, chunked or large request bodies, upgrades) are served by hyper.
+//! - Upstream, plain-TCP HTTP/1.1 endpoints are reached with the gateway's own HTTP/1.1 client
+//!   (`pool/direct.rs`: no connection task, the fast path's idle sockets) for every request
+//!   whose body is held whole or small enough to be read whole; hyper's client takes streamed
+//!   bodies, upgrades, TLS and HTTP/2 endpoints.
 //! - Every tollgate layer is a config section: admission policies on listeners and routes, a
 //!   cache or a batcher on a route, and breaker, pool, balance (with health checks and outlier
 //!   ejection), per-endpoint breakers and budgeted retries on a cluster, stacked in the order
@@ -40,7 +44,7 @@
 //! | leaves | `error.rs`, `body.rs`, `forwarded.rs`, `headers.rs`, `histogram.rs`, `stats.rs` | the layered path's timeouts, the request body type, the client behind trusted proxies, forwarding and hop-by-hop fields, latency histograms, counters |
 //! | config | `config/` | the TOML file: one file per section, the endpoint syntax, `ConfigError`, `validate.rs` |
 //! | tls | `tls.rs`, `tls/` | rustls both ways: listener certificates chosen by SNI and swapped on reload, and the client side of `https://` endpoints (trust, client certificate, SNI name, ALPN) |
-//! | upstream | `pool.rs`, `pool/`, `route.rs`, `answer.rs`, `trace.rs` | per-thread upstream connections (plain, or TLS with HTTP/2 or HTTP/1.1 by ALPN), the route table (host, path, header and query conditions, weighted splits), the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status), and W3C trace context with the span exporter |
+//! | upstream | `held.rs`, `pool.rs`, `pool/`, `route.rs`, `answer.rs`, `trace.rs` | per-thread copy blocks for small heads and bodies; per-thread upstream connections (plain sockets for the fast path and the gateway's own HTTP/1.1 client, hyper's connections for the rest, TLS with HTTP/2 or HTTP/1.1 by ALPN), the route table (host, path, header and query conditions, weighted splits), the one table from every failure to its answer (HTTP status, message, `Retry-After`, gRPC status), and W3C trace context with the span exporter |
 //! | layers | `stack/` | each layer built from its section and composed per route and cluster; `stack/endpoints.rs` is a snapshot's cluster |
 //! | state | `state.rs` | the immutable `Snapshot` swapped on reload, and what outlives reloads |
 //! | connections | `ctx.rs`, `fast/`, `proxy.rs`, `conn.rs` | one client connection: its context, the HTTP/1.1 fast path, the hyper path per request, the connection loop that picks between them |
@@ -50,11 +54,12 @@
 //! One request, followed through them: `server.rs` accepts the connection and makes its
 //! `ctx.rs` context; `conn.rs` reads the first bytes and hands an HTTP/1.1 request for a plain
 //! route to `fast/` (`fast/head.rs` parses and routes it with `route.rs`, `fast/exchange.rs`
-//! sends it on a `fast/upstream.rs` socket, `fast/relay.rs` relays the answer) and everything
+//! sends it on a `pool/sockets.rs` socket, `fast/relay.rs` relays the answer) and everything
 //! else to hyper, whose requests `proxy.rs` serves: it looks the route up in the `state.rs`
 //! snapshot (on the fields as the client sent them, as the fast path does), picks the
 //! cluster of a weighted split, runs it through the route's `stack/` (cache, timeout, admission, retry, breaker,
-//! pool, balance, endpoint breaker, then `stack/upstream.rs` over a `pool.rs` connection), and
+//! pool, balance, endpoint breaker, then `stack/upstream.rs` over a `pool/direct.rs` socket or
+//! a `pool.rs` connection), and
 //! turns any failure into its answer with `answer.rs`.
 //!
 //! ```no_run
