@@ -361,6 +361,11 @@ fn parse(buf: &[u8], head_method: bool, fields: &mut HeaderMap) -> io::Result<Pa
             .map_err(|_| bad("bad field value in upstream answer"))?;
         fields.append(name, value);
     }
+    // A coding overrides a length, and a proxy drops the length before passing the answer on
+    // (RFC 9112 §6.1), as the fast path does.
+    if framing.encoded {
+        fields.remove(header::CONTENT_LENGTH);
+    }
     Ok(Parsed::Final(
         len,
         Head {

@@ -168,6 +168,16 @@ async fn informational_heads_are_skipped_and_chunks_decoded_with_their_trailers(
     assert_eq!((status, &data[..]), (200, &b"abcdefg"[..]));
     assert_eq!(trailers.unwrap()["x-sum"], "7");
     assert_eq!(idle_count(up.addr), 1);
+    // A coding overrides a length, which does not go on with the answer.
+    let up = raw(vec![Reply(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )])
+    .await;
+    let resp = send(up.addr, get("/"), Bytes::new(), settings())
+        .await
+        .unwrap();
+    assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
     // A `HEAD` answer has no body, whatever its length says.
     let up = raw(vec![Reply(
         b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n",
