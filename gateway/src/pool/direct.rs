@@ -6,7 +6,7 @@
 //! every request wakes two tasks several times. Here the request's own task writes the
 //! request on a pooled socket and parses the answer head (httparse, as the fast path does),
 //! and the body ([`DirectBody`]) reads the socket as it is polled and gives it back to the
-//! thread's idle sockets ([`sockets`](super::sockets), shared with the fast path) at its end.
+//! thread's idle sockets ([`sockets`], shared with the fast path) at its end.
 //!
 //! What it does not take goes to hyper's client as before ([`split`]): a streamed request
 //! body, a request with `Transfer-Encoding`, or one whose `Content-Length` disagrees with its
@@ -18,7 +18,9 @@
 
 mod body;
 
-use super::{MAX_IDLE_PER_ENDPOINT, ReqBody, Settings, UpBody, UpstreamError, connect, sockets};
+use super::{
+    MAX_IDLE_PER_ENDPOINT, ReqBody, Settings, UpBody, UpstreamError, connect, idempotent, sockets,
+};
 use crate::fast::head::MAX_HEADERS;
 use crate::fast::response::{Fields, Framing};
 use crate::held::held;
@@ -206,14 +208,6 @@ pub(crate) async fn send(
     }
     give_scratch(buf);
     Err(UpstreamError::Exchange(last))
-}
-
-/// Whether a request may be sent twice (RFC 9110 §9.2.2).
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
-    )
 }
 
 /// Whether the request's `Connection` asks to close after the answer.
