@@ -209,9 +209,9 @@ impl Fields {
                     length = Some(n);
                 }
                 Name::TransferEncoding => {
-                    // Chunked only when it is the last coding (RFC 9112 §6.3); an empty field names
-                    // no coding (RFC 9110 §5.6.1), but the field still means the length is not
-                    // `Content-Length`.
+                    // Chunked only when it is the last coding (RFC 9112 §6.3); an empty field
+                    // names no coding (RFC 9110 §5.6.1), but the field still means the length
+                    // is not `Content-Length`.
                     encoded = true;
                     if let Some(last) = tokens(h.value).last() {
                         chunked = last.eq_ignore_ascii_case(b"chunked");

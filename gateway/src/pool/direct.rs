@@ -196,7 +196,10 @@ pub(crate) async fn send(
                 return Ok(answer(head, parts.headers, stream, rest, addr, keep, s));
             }
             Err(Failed::Unanswered(e)) if reused && (written.is_err() || replayable) => {
-                tracing::debug!(upstream = %addr, error = %e, "reused connection closed unanswered; sending again");
+                tracing::debug!(
+                    upstream = %addr, error = %e,
+                    "reused connection closed unanswered; sending again"
+                );
                 last = e;
                 buf.clear();
             }

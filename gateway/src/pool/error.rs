@@ -13,8 +13,8 @@ pub(crate) enum UpstreamError {
     /// The connection failed after it was made (reset, closed early, protocol error), or the
     /// request body failed (see [`is_caused_by`]).
     Http(hyper::Error),
-    /// The same on the gateway's own HTTP/1.1 client ([`direct`](super::direct)): reset, closed before an
-    /// answer, or a malformed answer head.
+    /// The same on the gateway's own HTTP/1.1 client ([`direct`](super::direct)): reset,
+    /// closed before an answer, or a malformed answer head.
     Exchange(std::io::Error),
     /// The client's request body failed while it was read whole for the direct client (cut
     /// at the size limit, or the client gone).

@@ -1,8 +1,8 @@
 //! Plain HTTP/1.1 upstream connections without a driver task: `TcpStream`s kept idle per
 //! worker thread and endpoint, shared by the fast path and the gateway's own HTTP/1.1 client
-//! ([`direct`](super::direct)), no task per connection. A connection is checked before reuse without a system
-//! call in the usual case (tokio knows from its last read whether the socket has news); one
-//! the upstream closed while idle is dropped then.
+//! ([`direct`](super::direct)). A connection is checked before reuse without a system call in
+//! the usual case (tokio knows from its last read whether the socket has news); one the
+//! upstream closed while idle is dropped then.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
