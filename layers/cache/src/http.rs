@@ -28,24 +28,69 @@ use crate::policy::{CachePolicy, CachePolicyFor, Cacheability, Freshness};
 use bytes::Bytes;
 use http::header::{AGE, AUTHORIZATION, CACHE_CONTROL, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Version};
-use std::fmt::Write;
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The cache key of an HTTP request: method, URI and the values of the [`HttpPolicy::vary_on`]
 /// headers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct HttpKey(Arc<str>);
+///
+/// The key carries a 64-bit hash of its text, computed once when it is made (SipHash-1-3 with a
+/// fixed key), and hashes as that number alone: the tiers, the single-flight table and L2's
+/// table (which hashes it again with its own random key, and re-hashes every entry when it grows
+/// or sweeps its tombstones) then never walk the text again. Hash flooding stays out of reach:
+/// to crowd one bucket of L2 a client would need many texts with one and the same 64-bit hash.
+#[derive(Clone)]
+pub struct HttpKey {
+    hash: u64,
+    text: Arc<str>,
+}
 
 impl HttpKey {
     /// The key as text (`"GET http://host/path?q"` and one line per keyed header).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     /// A key from its text (what [`as_str`](Self::as_str) gave).
     pub fn from_text(text: &str) -> Self {
-        Self(text.into())
+        Self {
+            hash: text_hash(text),
+            text: text.into(),
+        }
+    }
+}
+
+/// The longest key text whose buffer a thread keeps for the next key.
+const KEPT_TEXT: usize = 4096;
+
+/// The hash of a key's text. Fixed within a process (and across processes built with the same
+/// standard library), so simulations repeat.
+fn text_hash(text: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(text.as_bytes());
+    h.finish()
+}
+
+impl PartialEq for HttpKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.text == other.text
+    }
+}
+
+impl Eq for HttpKey {}
+
+impl Hash for HttpKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl fmt::Debug for HttpKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("HttpKey").field(&self.text).finish()
     }
 }
 
@@ -147,7 +192,7 @@ impl CachePolicy for HttpPolicy {
     const WEIGHTED: bool = true;
 
     fn weight(&self, key: &HttpKey, value: &Arc<CachedResponse>) -> u32 {
-        (key.0.len() + value.size()).min(u32::MAX as usize) as u32
+        (key.text.len() + value.size()).min(u32::MAX as usize) as u32
     }
 }
 
@@ -161,17 +206,27 @@ impl<B> CachePolicyFor<Request<B>, Response<Bytes>> for HttpPolicy {
         if cache_control(req.headers()).no_store {
             return None;
         }
-        let mut key = String::with_capacity(64);
-        let _ = write!(key, "{} {}", req.method(), req.uri());
-        for name in &self.vary_on {
-            key.push('\n');
-            key.push_str(name.as_str());
-            for v in req.headers().get_all(name) {
-                key.push(':');
-                key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        // The text is written into a buffer this thread keeps, so that the key costs one
+        // allocation (its own), not two.
+        thread_local!(static TEXT: RefCell<String> = const { RefCell::new(String::new()) });
+        Some(TEXT.with_borrow_mut(|text| {
+            text.clear();
+            let _ = write!(text, "{} {}", req.method(), req.uri());
+            for name in &self.vary_on {
+                text.push('\n');
+                text.push_str(name.as_str());
+                for v in req.headers().get_all(name) {
+                    text.push(':');
+                    text.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                }
             }
-        }
-        Some(HttpKey(key.into()))
+            let key = HttpKey::from_text(text);
+            if text.capacity() > KEPT_TEXT {
+                // One very long key does not keep its buffer for the thread's life.
+                *text = String::new();
+            }
+            key
+        }))
     }
 
     fn classify(&self, res: &Response<Bytes>) -> Cacheability {
@@ -358,6 +413,33 @@ mod tests {
         r.headers_mut()
             .insert(CACHE_CONTROL, "no-store".parse().unwrap());
         assert!(key(&p, &r).is_none());
+    }
+
+    #[test]
+    fn a_key_hashes_as_its_text_wherever_it_was_made() {
+        use std::hash::BuildHasher;
+        let p = HttpPolicy::new();
+        let hasher = std::hash::RandomState::new();
+        let long = format!("http://a/{}", "x".repeat(2 * KEPT_TEXT));
+        for uri in [
+            "http://a/x?y=1",
+            "http://a/x?y=2",
+            long.as_str(),
+            "http://a/x?y=1",
+        ] {
+            let made = key(&p, &req(Method::GET, uri)).unwrap();
+            let read = HttpKey::from_text(made.as_str());
+            assert_eq!(made.as_str(), format!("GET {uri}"));
+            assert_eq!(made, read, "a key read back from L3 finds the local entry");
+            assert_eq!(hasher.hash_one(&made), hasher.hash_one(&read));
+        }
+        let (a, b) = (
+            key(&p, &req(Method::GET, "http://a/x?y=1")).unwrap(),
+            key(&p, &req(Method::GET, "http://a/x?y=2")).unwrap(),
+        );
+        assert_ne!(a, b);
+        assert_ne!(hasher.hash_one(&a), hasher.hash_one(&b));
+        assert!(format!("{a:?}").contains("http://a/x?y=1"));
     }
 
     #[test]

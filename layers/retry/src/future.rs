@@ -118,16 +118,18 @@ where
     /// Sends the first attempt on `svc`, which the caller has readied.
     pub(crate) fn new(mut svc: S, mut req: Req, shared: Arc<Shared<P>>) -> Self {
         let core = &shared.core;
-        let attempt = shared.policy.marks_attempts().then(|| {
-            let first = Attempt::first();
-            shared.policy.on_attempt(&mut req, &first);
-            first
-        });
+        // The copy is taken before the first attempt is marked, so it does not carry (and copy)
+        // the first attempt's mark: each replay is marked with its own before it is sent.
         let replay = if core.config.max_attempts > 1 {
             shared.policy.clone_request(&req)
         } else {
             None
         };
+        let attempt = shared.policy.marks_attempts().then(|| {
+            let first = Attempt::first();
+            shared.policy.on_attempt(&mut req, &first);
+            first
+        });
         let start = core.estimator.is_some().then(Instant::now);
         let fut = svc.call(req);
         let mut cold_part = None;

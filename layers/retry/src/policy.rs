@@ -34,8 +34,9 @@ pub trait Policy<Req, Res> {
 
     /// Marks the request about to be sent with its [`Attempt`], so a balancer further in can
     /// skip the endpoints earlier attempts went to (see
-    /// [`tollgate_core::attempt`]). Called before each attempt, the first included, and
-    /// before the copy for replays is taken. Does nothing by default.
+    /// [`tollgate_core::attempt`]). Called before each attempt, the first included (after
+    /// the copy for replays is taken, so the copy carries no mark of its own). Does nothing by
+    /// default.
     fn on_attempt(&self, req: &mut Req, attempt: &Attempt) {
         let _ = (req, attempt);
     }
