@@ -78,14 +78,21 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) 
 }
 
 /// The `Via` token for a message version: `1.0`, `1.1`, `2`.
+/// (Constants, so that the values are checked once, when the gateway is built, not on every
+/// request.)
 pub(crate) fn via_value(version: Version) -> HeaderValue {
-    HeaderValue::from_static(match version {
-        Version::HTTP_09 => "0.9 tollgate",
-        Version::HTTP_10 => "1.0 tollgate",
-        Version::HTTP_2 => "2 tollgate",
-        Version::HTTP_3 => "3 tollgate",
-        _ => "1.1 tollgate",
-    })
+    const V09: HeaderValue = HeaderValue::from_static("0.9 tollgate");
+    const V10: HeaderValue = HeaderValue::from_static("1.0 tollgate");
+    const V11: HeaderValue = HeaderValue::from_static("1.1 tollgate");
+    const V2: HeaderValue = HeaderValue::from_static("2 tollgate");
+    const V3: HeaderValue = HeaderValue::from_static("3 tollgate");
+    match version {
+        Version::HTTP_09 => V09,
+        Version::HTTP_10 => V10,
+        Version::HTTP_2 => V2,
+        Version::HTTP_3 => V3,
+        _ => V11,
+    }
 }
 
 /// A client connection's forwarding values, computed once per connection.
