@@ -284,6 +284,12 @@ enum State {
     Size {
         value: u64,
     },
+    /// Whitespace after the size digits: an extension's `;` or the CR must follow (RFC 9112
+    /// §7.1: `chunk-size [ chunk-ext ] CRLF`, an extension starting `BWS ";"`), as hyper's
+    /// decoder requires; `2 3` or `2 junk` is not a size.
+    SizeLws {
+        value: u64,
+    },
     /// Chunk extensions, up to the CR.
     Ext {
         value: u64,
@@ -331,11 +337,18 @@ impl Chunked {
                                 .ok_or(BadChunk)?,
                         },
                         (None, State::Start) => return Err(BadChunk),
-                        (None, _) if b == b';' || b == b' ' || b == b'\t' => State::Ext { value },
+                        (None, _) if b == b';' => State::Ext { value },
+                        (None, _) if b == b' ' || b == b'\t' => State::SizeLws { value },
                         (None, _) if b == b'\r' => State::SizeLf { value },
                         (None, _) => return Err(BadChunk),
                     }
                 }
+                State::SizeLws { value } => match b {
+                    b' ' | b'\t' => State::SizeLws { value },
+                    b';' => State::Ext { value },
+                    b'\r' => State::SizeLf { value },
+                    _ => return Err(BadChunk),
+                },
                 State::Ext { value } => match b {
                     b'\r' => State::SizeLf { value },
                     b'\n' => return Err(BadChunk),
@@ -520,8 +533,24 @@ mod tests {
             b"5\n",
             b"ffffffffffffffffff\r\n",
             b"0\r\nX\n",
+            // Something other than an extension after the size's whitespace (RFC 9112 §7.1).
+            b"2 3\r\nok\r\n0\r\n\r\n",
+            b"2 junk\r\nok\r\n0\r\n\r\n",
+            b"2\t \tx;a\r\nok\r\n0\r\n\r\n",
         ] {
             assert_eq!(Chunked::default().feed(bad), Err(BadChunk), "{bad:?}");
+        }
+        // Whitespace before an extension or the CR is allowed, as hyper allows it.
+        for good in [
+            &b"2 ;a=b\r\nok\r\n0\r\n\r\n"[..],
+            b"2\t \r\nok\r\n0 \r\n\r\n",
+            b"2;a=\"x y\"\r\nok\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(
+                Chunked::default().feed(good),
+                Ok(Some(good.len())),
+                "{good:?}"
+            );
         }
     }
 }

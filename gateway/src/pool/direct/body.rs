@@ -289,15 +289,19 @@ fn trailers(section: &[u8]) -> HeaderMap {
     map
 }
 
-/// The size of a chunk-size line (without its CRLF): hex digits, then extensions (anything
-/// after a `;`, space or tab, as the fast path takes them).
+/// The size of a chunk-size line (without its CRLF): hex digits, then optional whitespace and
+/// extensions (anything after a `;`), as the fast path takes them (RFC 9112 §7.1; hyper's
+/// decoder likewise refuses anything but a `;` after the whitespace).
 fn chunk_size(line: &[u8]) -> Option<u64> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     let rest = &line[digits..];
+    let lws = rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    let ext = &rest[lws..];
     if digits == 0
-        || rest
-            .first()
-            .is_some_and(|b| !matches!(b, b';' | b' ' | b'\t'))
+        || ext.first().is_some_and(|&b| b != b';')
         || rest.iter().any(|&b| b == b'\r' || b == b'\n')
     {
         return None;

@@ -190,6 +190,32 @@ async fn informational_heads_are_skipped_and_chunks_decoded_with_their_trailers(
     assert_eq!(idle_count(up.addr), 1);
 }
 
+/// RFC 9112 §7.1: `chunk-size [ chunk-ext ] CRLF`, an extension starting `BWS ";"`. A size
+/// line with something else after its whitespace (`2 3`, `2 junk`) is refused, as hyper's
+/// client refuses it, rather than read as size 2: a recipient that reads it otherwise would
+/// frame the body differently. Whitespace before an extension or the CR is allowed.
+#[tokio::test]
+async fn a_chunk_size_line_with_more_than_an_extension_after_its_whitespace_is_refused() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2 junk\r\nok\r\n0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2 3\r\nok\r\n0\r\n\r\n",
+    ] {
+        let up = raw(vec![Last(answer)]).await;
+        let r = exchange(up.addr, get("/"), b"").await;
+        assert!(
+            r.is_err(),
+            "{:?} taken: {r:?}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+    let up = raw(vec![Reply(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2 ;a=b\r\nok\r\n0\t\r\n\r\n",
+    )])
+    .await;
+    assert_eq!(exchange(up.addr, get("/"), b"").await.unwrap().1, b"ok");
+    assert_eq!(idle_count(up.addr), 1);
+}
+
 #[tokio::test]
 async fn broken_answers_fail_cleanly() {
     for (answer, what) in [
