@@ -292,3 +292,129 @@ async fn split_takes_what_it_can_send_as_hyper_would() {
     assert!(splits(req(Some("x"), false, b"abc")).await.is_none());
     assert!(splits(req(None, true, b"abc")).await.is_none());
 }
+
+/// 204 and 304 answers, and answers to HEAD, have no body whatever their framing fields say
+/// (RFC 9112 §6.3), and their socket is reused.
+#[tokio::test]
+async fn answers_without_a_body_keep_their_socket_whatever_their_length_says() {
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    for answer in [
+        &b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"[..],
+        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\netag: \"x\"\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
+    ] {
+        let up = raw(vec![Reply(answer), Reply(ok)]).await;
+        let (_, data, _) = exchange(up.addr, get("/"), b"").await.unwrap();
+        assert!(data.is_empty(), "{answer:?}");
+        assert_eq!(idle_count(up.addr), 1, "{answer:?}");
+        let (status, data, _) = exchange(up.addr, get("/2"), b"").await.unwrap();
+        assert_eq!((status, &data[..]), (200, &b"ok"[..]), "{answer:?}");
+        assert_eq!(*up.conns.lock().unwrap(), 1, "{answer:?}");
+    }
+    // HEAD: chunked or with a length, no body, and reusable.
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n",
+    ] {
+        let up = raw(vec![Reply(answer), Reply(ok)]).await;
+        let mut parts = get("/");
+        parts.method = Method::HEAD;
+        let (_, data, _) = exchange(up.addr, parts, b"").await.unwrap();
+        assert!(data.is_empty());
+        let (status, data, _) = exchange(up.addr, get("/2"), b"").await.unwrap();
+        assert_eq!((status, &data[..]), (200, &b"ok"[..]), "{answer:?}");
+        assert_eq!(*up.conns.lock().unwrap(), 1, "{answer:?}");
+    }
+}
+/// HTTP/1.0 answers are kept only with `keep-alive`; `close` on either side ends the socket.
+#[tokio::test]
+async fn http10_and_close_answers_keep_their_socket_only_when_they_may() {
+    // HTTP/1.0 kept alive with a length: reusable.
+    let ka: &[u8] = b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok";
+    let up = raw(vec![Reply(ka), Reply(ka)]).await;
+    exchange(up.addr, get("/"), b"").await.unwrap();
+    assert_eq!(idle_count(up.addr), 1);
+    // HTTP/1.0 with a length, no keep-alive: not kept.
+    let up = raw(vec![Reply(
+        b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )])
+    .await;
+    assert_eq!(exchange(up.addr, get("/"), b"").await.unwrap().1, b"ok");
+    assert_eq!(idle_count(up.addr), 0);
+    // Chunked with `Connection: close`: not kept.
+    let up = raw(vec![Reply(
+        b"HTTP/1.1 200 OK\r\nconnection: keep-alive, close\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )])
+    .await;
+    assert_eq!(exchange(up.addr, get("/"), b"").await.unwrap().1, b"ok");
+    assert_eq!(idle_count(up.addr), 0);
+    // The request asked to close.
+    let up = raw(vec![Reply(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )])
+    .await;
+    let mut parts = get("/");
+    parts
+        .headers
+        .insert("connection", HeaderValue::from_static("close"));
+    assert_eq!(exchange(up.addr, parts, b"").await.unwrap().1, b"ok");
+    assert_eq!(idle_count(up.addr), 0);
+}
+/// An upstream that closes anywhere inside a chunked body (data, a chunk's CRLF, the last
+/// chunk, the trailers) fails the body; it is never a short success.
+#[tokio::test]
+async fn closing_anywhere_in_a_chunked_body_fails_it() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\nx: y\r\n",
+    ] {
+        let up = raw(vec![Last(answer)]).await;
+        let err = exchange(up.addr, get("/"), b"").await.unwrap_err();
+        assert!(err.contains("closed before the end"), "{answer:?}: {err}");
+        assert_eq!(idle_count(up.addr), 0);
+    }
+}
+/// Field and framing oddities: obs-fold and malformed lengths are refused (as hyper's client
+/// refuses them), equal duplicated lengths are taken, quoted extensions are skipped.
+#[tokio::test]
+async fn odd_fields_and_framing_are_refused_or_read_as_hyper_reads_them() {
+    // obs-fold: refused (as hyper's client does by default).
+    let up = raw(vec![Last(
+        b"HTTP/1.1 200 OK\r\nx-a: 1\r\n  2\r\ncontent-length: 2\r\n\r\nok",
+    )])
+    .await;
+    let r = exchange(up.addr, get("/"), b"").await;
+    assert!(r.is_err(), "obs-fold taken: {r:?}");
+    // Equal duplicated lengths: taken.
+    let up = raw(vec![Reply(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
+    )])
+    .await;
+    assert_eq!(exchange(up.addr, get("/"), b"").await.unwrap().1, b"ok");
+    // A list of equal lengths: refused (RFC 9110 §8.6 lets a recipient refuse or take it;
+    // hyper takes it).
+    let up = raw(vec![Last(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok",
+    )])
+    .await;
+    assert!(exchange(up.addr, get("/"), b"").await.is_err());
+    // Bad lengths.
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0x2\r\n\r\nok",
+    ] {
+        let up = raw(vec![Last(answer)]).await;
+        let err = exchange(up.addr, get("/"), b"").await.unwrap_err();
+        assert!(err.contains("framing"), "{answer:?}: {err}");
+    }
+    // Chunk extensions, quoted.
+    let up = raw(vec![Reply(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a=\"b;c\";d\r\nok\r\n0;e\r\n\r\n",
+    )])
+    .await;
+    assert_eq!(exchange(up.addr, get("/"), b"").await.unwrap().1, b"ok");
+    assert_eq!(idle_count(up.addr), 1);
+}
