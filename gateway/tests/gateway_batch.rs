@@ -188,11 +188,8 @@ async fn a_non_2xx_batch_answer_reaches_every_caller() {
 on_both_front_ends!(an_unreachable_upstream_is_answered);
 async fn an_unreachable_upstream_is_answered() {
     bounded(async {
-        // A port that was free a moment ago: nothing listens there now.
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        // A port bound and never listening: connecting is refused.
+        let (closed, _refusing) = refusing();
         let gw = batch_gateway(&closed.to_string(), "");
         for (status, _) in post_many(addr(&gw), 3).await {
             assert!(

@@ -254,10 +254,7 @@ async fn stale_if_error_hides_an_upstream_outage() {
         assert_eq!(origin.calls(), 6);
         // The upstream is gone altogether (a reload points the cluster at a closed port): the
         // route and its section are unchanged, so the cache and its content survive.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let (closed, _refusing) = refusing();
         gw.apply(config(&cached_route(closed, section)), "test.toml")
             .expect("reload");
         for _ in 0..3 {

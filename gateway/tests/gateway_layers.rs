@@ -23,14 +23,6 @@ async fn named(name: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     (addr, seen)
 }
 
-/// A port that refuses connections.
-fn refused() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 const LAYERS: &str = "[clusters.balance]\nseed = 7\n\
      [clusters.breaker]\nminimum_calls = 1000\n\
      [clusters.endpoint_breaker]\nminimum_calls = 1000\n\
@@ -83,7 +75,7 @@ async fn layered_cluster_serves_gets_and_streams_posts() {
 on_both_front_ends!(gets_are_retried_and_posts_only_when_nothing_was_sent);
 async fn gets_are_retried_and_posts_only_when_nothing_was_sent() {
     bounded(async {
-        let dead = refused();
+        let (dead, _refusing) = refusing();
         let gw = start(config(&format!(
             "[[clusters]]\nname = \"up\"\nendpoints = [\"{dead}\"]\n\
              [clusters.retry]\nattempts = 2\nbudget_min_per_s = 1000\n\
@@ -120,7 +112,7 @@ async fn gets_are_retried_and_posts_only_when_nothing_was_sent() {
 on_both_front_ends!(open_cluster_breaker_answers_503_with_retry_after);
 async fn open_cluster_breaker_answers_503_with_retry_after() {
     bounded(async {
-        let dead = refused();
+        let (dead, _refusing) = refusing();
         let gw = start(config(&format!(
             "[[clusters]]\nname = \"up\"\nendpoints = [\"{dead}\"]\n\
              [clusters.breaker]\nminimum_calls = 4\nsliding_window.type = \"count\"\nsliding_window.size = 4\nwait_in_open = \"60s\"\n\
@@ -145,7 +137,7 @@ async fn open_cluster_breaker_answers_503_with_retry_after() {
 on_both_front_ends!(reload_keeps_the_state_of_unchanged_clusters);
 async fn reload_keeps_the_state_of_unchanged_clusters() {
     bounded(async {
-        let dead = refused();
+        let (dead, _refusing) = refusing();
         let (ok, _) = named("ok").await;
         let dir = scratch("layers-reload");
         let path = dir.join("gw.toml");
@@ -278,7 +270,7 @@ fn a_route_priority_must_be_a_class_of_its_policy() {
 on_both_front_ends!(grpc_requests_get_grpc_statuses_for_rejections);
 async fn grpc_requests_get_grpc_statuses_for_rejections() {
     bounded(async {
-        let dead = refused();
+        let (dead, _refusing) = refusing();
         let gw = start(config(&format!(
             "[[clusters]]\nname = \"up\"\nendpoints = [\"{dead}\"]\nprotocol = \"h2c\"\n\
              [clusters.breaker]\nminimum_calls = 2\nsliding_window.type = \"count\"\nsliding_window.size = 2\nwait_in_open = \"60s\"\n\
@@ -348,7 +340,7 @@ async fn per_endpoint_counters_count_on_balanced_clusters() {
 
         // A dead endpoint's failures are its own (alone in its cluster, so that the balancer
         // cannot prefer the other one).
-        let dead = refused();
+        let (dead, _refusing) = refusing();
         let gw = start(config(&format!(
             "[[clusters]]\nname = \"up\"\nendpoints = [\"{dead}\"]\n\
              [clusters.balance]\n\

@@ -242,11 +242,8 @@ async fn routing_misses_map_to_404_and_405() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_refused_is_502_and_reset_is_502() {
     bounded(async {
-        // A port that was bound and released: connecting is refused.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // A port bound and never listening: connecting is refused.
+        let (closed, _refusing) = refusing();
         // A server that accepts, reads a little, and closes without answering.
         let resetter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let reset_addr = resetter.local_addr().unwrap();

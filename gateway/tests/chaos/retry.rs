@@ -108,11 +108,8 @@ async fn a_post_refused_at_connect_is_retried_elsewhere() {
         // so the dead endpoint is picked too.
         let good = ChaosUpstream::start(Mode::Slow).await;
         good.set_delay(Duration::from_millis(40));
-        // A port nothing listens on: connecting is refused.
-        let dead = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        // A port bound and never listening: connecting is refused.
+        let (dead, _refusing) = crate::common::refusing();
         let rest = format!(
             "[[clusters]]\nname = \"pair\"\nendpoints = [\"{}\", \"{dead}\"]\n\
              [clusters.retry]\nattempts = 1\nbackoff = {{ base = \"1ms\", max = \"1ms\" }}\n\

@@ -25,6 +25,18 @@ use tokio::net::TcpListener;
 use tollgate_gateway::config::Config;
 use tollgate_gateway::{Gateway, StartOptions};
 
+/// An address that refuses connections while the returned socket lives: the socket is bound
+/// and never listens, so a connect gets a reset, and it holds the port, so no other test
+/// (nextest runs many at once) can bind it or be given it in the meantime, as a port bound and
+/// released could be.
+pub fn refusing() -> (SocketAddr, socket2::Socket) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (addr, s)
+}
+
 tokio::task_local! {
     /// Set while a test runs with `server.h1_fast_path = false`: hyper's server reads the
     /// client's requests instead of the gateway's HTTP/1.1 fast path (see

@@ -56,11 +56,8 @@ pub(crate) async fn a_stalled_response_body_cuts_the_client(fast: bool) {
 ///     the client connection survives both.
 pub(crate) async fn refused_and_mute_upstreams(fast: bool) {
     let path = label(fast);
-    // A port that was bound and released: connecting is refused.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port bound and never listening: connecting is refused.
+    let (closed, _refusing) = refusing();
     let mute = raw_upstream(|mut w, _| async move {
         let _ = w.rd.request().await;
         sleep(Duration::from_secs(20)).await;
@@ -192,10 +189,7 @@ pub(crate) async fn a_client_gone_mid_body_spoils_nothing(fast: bool) {
 pub(crate) async fn counters_agree_with_the_answers(fast: bool) {
     let path = label(fast);
     let up = app_upstream().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (closed, _refusing) = refusing();
     let mute = raw_upstream(|mut w, _| async move {
         let _ = w.rd.request().await;
         sleep(Duration::from_secs(2)).await;

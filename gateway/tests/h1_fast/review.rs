@@ -35,11 +35,8 @@ fn post_bytes(target: &str, body: &[u8]) -> Vec<u8> {
 pub(crate) async fn local_answers_to_head_have_no_body(fast: bool) {
     let path = label(fast);
     let up = app_upstream().await;
-    // A port that was bound and released: connecting is refused.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port bound and never listening: connecting is refused.
+    let (closed, _refusing) = refusing();
     let gw = start(cfg(
         &format!(
             "[[clusters]]\nname = \"closed\"\nendpoints = [\"{closed}\"]\n\
