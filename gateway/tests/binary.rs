@@ -213,10 +213,10 @@ async fn sigterm_drains_an_in_flight_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_http1_and_h2c_when_available() {
-    if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("curl is not installed; skipping the curl checks");
+    let Some(curl) = tollgate_core::testing::tools::find_or_install("curl", "curl") else {
+        eprintln!("curl is not installed and could not be; skipping the curl checks");
         return;
-    }
+    };
     bounded(async {
         let dir = scratch("curl");
         let path = dir.join("gw.toml");
@@ -224,8 +224,9 @@ async fn curl_http1_and_h2c_when_available() {
         let bin = Bin::start(&["--config", path.to_str().unwrap()], &dir);
         let url = format!("http://{}/curl", bin.listener);
         let run = |args: Vec<String>| {
+            let curl = curl.clone();
             tokio::task::spawn_blocking(move || {
-                let out = Command::new("curl").args(&args).output().unwrap();
+                let out = Command::new(&curl).args(&args).output().unwrap();
                 assert!(
                     out.status.success(),
                     "curl {args:?}: {}",

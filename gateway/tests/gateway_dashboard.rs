@@ -206,30 +206,26 @@ async fn trip_and_shed(gw: &Gateway, gate: &Semaphore) -> Vec<tokio::task::JoinH
     vec![l1, h1]
 }
 
-/// The chromium binary, or why the page test cannot run.
-fn chromium() -> Option<&'static str> {
-    let ok = std::process::Command::new("chromium")
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some("chromium");
+/// The chromium binary (installed with apt-get if missing, see
+/// `tollgate_core::testing::tools`), or why the page test cannot run.
+fn chromium() -> Option<std::path::PathBuf> {
+    if let Some(bin) = tollgate_core::testing::tools::find_or_install("chromium", "chromium") {
+        return Some(bin);
     }
     if std::env::var("TOLLGATE_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1") {
-        panic!("TOLLGATE_REQUIRE_CHROMIUM=1 but `chromium` is not installed");
+        panic!("TOLLGATE_REQUIRE_CHROMIUM=1 but `chromium` is not installed and could not be");
     }
     eprintln!(
-        "SKIP: `chromium` is not installed, so the dashboard is not checked in a browser \
-         (apt-get install chromium; TOLLGATE_REQUIRE_CHROMIUM=1 makes this a failure)"
+        "SKIP: `chromium` is not installed and could not be, so the dashboard is not checked \
+         in a browser (apt-get install chromium; TOLLGATE_REQUIRE_CHROMIUM=1 makes this a \
+         failure)"
     );
     None
 }
 
 /// Runs headless Chromium on `url` with `args` (its own profile directory, no network but the
 /// page), killed after 60 s; returns its stdout.
-async fn run_chromium(bin: &str, url: &str, args: &[&str]) -> String {
+async fn run_chromium(bin: &std::path::Path, url: &str, args: &[&str]) -> String {
     let profile = scratch("dashboard-chromium");
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args([
@@ -321,7 +317,7 @@ async fn the_dashboard_shows_an_open_breaker_and_a_shed_class() {
         assert!(last["clusters"]["flaky"]["rps"].is_number(), "{last}");
         assert!(last["routes"]["* /"]["errors"].is_number(), "{last}");
         let url = format!("http://{admin}/");
-        let dom = run_chromium(bin, &url, &["--virtual-time-budget=5000", "--dump-dom"]).await;
+        let dom = run_chromium(&bin, &url, &["--virtual-time-budget=5000", "--dump-dom"]).await;
         assert!(
             dom.contains("data-ready=\"1\""),
             "the page rendered:\n{dom}"
@@ -345,7 +341,7 @@ async fn the_dashboard_shows_an_open_breaker_and_a_shed_class() {
         assert!(hits.ends_with('%') && hits != "0.0%", "hit ratio {hits}");
 
         if let Ok(path) = std::env::var("TOLLGATE_DASHBOARD_SCREENSHOT") {
-            screenshot(bin, &gw, &path).await;
+            screenshot(&bin, &gw, &path).await;
         }
         gate.add_permits(100);
         for h in held {
@@ -357,7 +353,7 @@ async fn the_dashboard_shows_an_open_breaker_and_a_shed_class() {
 }
 
 /// Drives a mixed load for a while, then saves a 1280x800 screenshot of the page at `path`.
-async fn screenshot(bin: &str, gw: &Gateway, path: &str) {
+async fn screenshot(bin: &std::path::Path, gw: &Gateway, path: &str) {
     let at = addr(gw);
     let load = tokio::spawn(async move {
         let client = h1_client();

@@ -7,7 +7,8 @@
 //! without a reservation, dropped futures and dropped readied services give capacity back, inner
 //! errors pass through, and a panicking inner service leaves the layer working.
 //! [`fuzz::replay`] runs a fuzz target's committed corpus as a normal test, and
-//! [`redis::RedisServer`] starts a throwaway Redis for integration tests.
+//! [`redis::RedisServer`] starts a throwaway Redis for integration tests, and
+//! [`tools::find_or_install`] finds (or installs) the other programs tests drive.
 
 pub mod alloc;
 pub mod contract;
@@ -15,6 +16,7 @@ mod echo;
 pub mod fuzz;
 mod probe;
 pub mod redis;
+pub mod tools;
 
 pub use echo::Echo;
 pub use probe::{Probe, ProbeError, ProbeFuture, ProbeHandle, ProbeRequest};

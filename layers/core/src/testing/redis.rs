@@ -10,9 +10,10 @@
 //! # let _ = url;
 //! ```
 //!
-//! [`RedisServer::start`] returns `None` when `redis-server` is not on `PATH`, so a developer
-//! without Redis skips these tests; with `TOLLGATE_REQUIRE_REDIS=1` (CI) it panics instead, so
-//! a missing server fails the run. The server keeps nothing on disk (`--save ""`,
+//! [`RedisServer::start`] installs `redis-server` with `apt-get` when it is not on `PATH` (see
+//! [`tools`](super::tools)), and returns `None` when that cannot be done, so a developer
+//! without Redis or root skips these tests; with `TOLLGATE_REQUIRE_REDIS=1` (CI) it panics
+//! instead, so a missing server fails the run. The server keeps nothing on disk (`--save ""`,
 //! `--appendonly no`) and dies with its [`RedisServer`].
 //!
 //! Starting a process is real I/O: waiting for it to accept connections uses real time (at most
@@ -37,29 +38,23 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     listener.local_addr().expect("local address").port()
 }
 
 impl RedisServer {
-    /// Starts a server on a free loopback port, or `None` when `redis-server` is not installed.
+    /// Starts a server on a free loopback port, or `None` when `redis-server` is not installed
+    /// and cannot be (see [`tools::find_or_install`](super::tools::find_or_install)).
     ///
     /// # Panics
     ///
     /// When `redis-server` is missing and `TOLLGATE_REQUIRE_REDIS=1`, or when the server does
     /// not start accepting connections within [`START_TIMEOUT`].
     pub fn start() -> Option<Self> {
-        let Some(binary) = find_on_path("redis-server") else {
+        let Some(binary) = super::tools::find_or_install("redis-server", "redis-server") else {
             if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
-                panic!("redis-server is not on PATH and {REQUIRE_ENV}=1");
+                panic!("redis-server is not on PATH, could not be installed, and {REQUIRE_ENV}=1");
             }
             return None;
         };
