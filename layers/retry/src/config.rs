@@ -77,8 +77,10 @@ impl Default for BackoffConfig {
 ///
 /// The delay is learned: a [`percentile`](HedgeConfig::percentile) of the latencies of
 /// successful attempts over the last [`window`](HedgeConfig::window), clamped to
-/// `min_delay..=max_delay`. Until [`min_samples`](HedgeConfig::min_samples) latencies are
-/// known, requests are not hedged. With `percentile: None` the delay is always `min_delay`.
+/// `min_delay..=max_delay`, raised by up to as much again while most hedges lose (answer
+/// after the attempt they hedged: the calls they went to were queued, not slow) and brought
+/// back as they win. Until [`min_samples`](HedgeConfig::min_samples) latencies are known,
+/// requests are not hedged. With `percentile: None` the delay is always `min_delay`.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, PartialEq)]

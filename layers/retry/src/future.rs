@@ -62,6 +62,9 @@ struct Cold<Res> {
     /// When the attempt in each slot started (only with hedging on, which learns latencies).
     started: [Option<Instant>; 2],
     attempt: Option<Attempt>,
+    /// The slot a hedge was sent in and its epoch, if one was: whether it won teaches the
+    /// hedge delay.
+    hedge: Option<(usize, u32)>,
     /// The latest retryable result, answered if nothing better comes.
     last: Option<Result<Res, BoxError>>,
 }
@@ -73,6 +76,7 @@ impl<Res> Cold<Res> {
             wait: None,
             started: [None, None],
             attempt: None,
+            hedge: None,
             last: None,
         })
     }
@@ -240,6 +244,9 @@ where
                             if let Some(s) = start {
                                 let mut c = cold(this.cold);
                                 c.as_mut().project().started[slot] = Some(s);
+                                if let (true, Some(est)) = (hedge, &core.estimator) {
+                                    *c.as_mut().project().hedge = Some((slot, est.epoch()));
+                                }
                                 let alone = this.first.is_none() || this.second.is_none();
                                 let hedge_at = hedge_deadline(shared, *this.attempts, true, s);
                                 *c.as_mut().project().wait = None;
@@ -292,6 +299,11 @@ where
                 }
                 let pause = match action {
                     Action::Return => {
+                        if let (Some(est), Some((h, epoch))) =
+                            (&core.estimator, this.cold.as_ref().and_then(|c| c.hedge))
+                        {
+                            est.hedge_outcome(h == slot, epoch);
+                        }
                         // The winner: cancel the rest.
                         this.first.set(None);
                         this.second.set(None);

@@ -185,24 +185,24 @@ where
 }
 
 /// 1% of calls take 10x as long. Without queueing the best any hedging rule that does not
-/// hedge every call can do is `slow / (delay + fast)` with `delay >= fast`: 5x. The learned
-/// delay is the p95's histogram bucket edge (at most 6.25% above it) rounded up to tokio's
-/// 1 ms timer tick, which puts hedged answers at `fast + 11 ms` for a 10 ms `fast`: 4.76x.
+/// hedge every call can do is `slow / (delay + fast)` with `delay >= fast`: 5x, which the
+/// learned delay reaches: the p95 itself (the longest latency of its histogram bucket, 10 ms
+/// here, with an answer due in the deadline's timer tick winning), once its hedges have shown
+/// that they win. (The bucket's upper edge, the rule before, hedged a timer tick late: 4.76x.)
 ///
-/// Hedging at exactly the p95 (the largest latency of its bucket instead of the edge, with
-/// an answer in the deadline's tick winning) was tried: 5.00x on the first two cases, but
-/// wherever calls queue it also hedges every call queued a single millisecond, and the hedges
-/// queue in turn: 4.35x, 1.82x and 5.00x on the 10x2 case (seeds 1-3, +1.9-2.9% load), and no
-/// cut left at all under load below. The tick above the p95 is what keeps those calls out.
+/// Where calls queue (10 backends of 2 workers, 55% utilization) hedges at the p95 also go to
+/// calls queued a millisecond, lose, and add load; their losses keep the delay a tick or two
+/// above the p95, and the cut is 4.35-4.55x (it was 4.76x with the edge, and 1.79x hedging
+/// at the p95 with no regard to outcomes).
 #[tokio::test(start_paused = true)]
 async fn hedging_cuts_the_tail_of_slow_calls() {
     let cases = [
-        // (label, backends, workers, rps, fast, slow)
-        ("1x200 workers, 10/100 ms", 1, 200, 2000.0, 10, 100),
-        ("1x200 workers, 20/200 ms", 1, 200, 2000.0, 20, 200),
-        ("10x2 workers, 10/100 ms", 10, 2, 1000.0, 10, 100),
+        // (label, backends, workers, rps, fast, slow, least cut)
+        ("1x200 workers, 10/100 ms", 1, 200, 2000.0, 10, 100, 5.0),
+        ("1x200 workers, 20/200 ms", 1, 200, 2000.0, 20, 200, 5.0),
+        ("10x2 workers, 10/100 ms", 10, 2, 1000.0, 10, 100, 4.3),
     ];
-    for (label, backends, workers, rps, fast, slow) in cases {
+    for (label, backends, workers, rps, fast, slow, least) in cases {
         for seed in [1u64, 2, 3] {
             let st = ServiceTime::Bimodal {
                 fast: ms(fast),
@@ -219,7 +219,7 @@ async fn hedging_cuts_the_tail_of_slow_calls() {
                 (hedged.load - 1.0) * 100.0
             );
             assert!(base.p999 >= ms(slow), "the tail is there without hedging");
-            assert!(cut >= 4.5, "{label}, seed {seed}: cut only {cut:.2}x");
+            assert!(cut >= least, "{label}, seed {seed}: cut only {cut:.2}x");
             assert!(
                 hedged.load <= 1.05,
                 "{label}, seed {seed}: load {}",
@@ -233,8 +233,8 @@ async fn hedging_cuts_the_tail_of_slow_calls() {
 /// (80..=120 ms). Answers come on tokio's 1 ms timer grid, so a quarter of the fast calls take
 /// 12 ms and the p95 is 12 ms; a hedge answers after it plus a fast draw, and the p99.9 (about
 /// the 90th percentile of the hedged 1%) is the delay plus 12 ms, against 114-116 ms unhedged.
-/// Even hedged at exactly 12 ms (tried: 24 ms, 4.75-4.83x) that is under 5x. The learned
-/// delay, the p95's bucket edge rounded up to the next tick, hedges at 13 ms.
+/// Even hedged at exactly 12 ms, as the learned delay does here, that is under 5x: 24 ms,
+/// 4.75-4.83x (25 ms, 4.56-4.64x, with the bucket's edge the rule before).
 #[tokio::test(start_paused = true)]
 async fn hedging_cuts_the_tail_of_a_jittered_service() {
     for seed in [1u64, 2, 3] {
@@ -256,8 +256,9 @@ async fn hedging_cuts_the_tail_of_a_jittered_service() {
 /// Under load (4 backends of 8 workers at about 70% utilization) slow calls also make others
 /// queue, answers are late together, and hedges that all went out at once would add load
 /// exactly when it hurts (unpaced, p99.9 rose from 100 ms to 285-390 ms in these runs).
-/// Hedges are paced by the budget's last two buckets: the tail must not get worse, nor the
-/// load grow past 5%.
+/// Hedges are paced by the budget's last two buckets, and the hedges that lose here (calls that
+/// were only queued) raise the delay: the tail must get shorter (100 ms to 57-86 ms in these
+/// runs), and the load grow by no more than 5%.
 #[tokio::test(start_paused = true)]
 async fn hedging_under_load_does_not_feed_on_itself() {
     let st = ServiceTime::Bimodal {
@@ -274,7 +275,10 @@ async fn hedging_under_load_does_not_feed_on_itself() {
             hedged.p999,
             (hedged.load - 1.0) * 100.0
         );
-        assert!(hedged.p999 <= base.p999, "seed {seed}: the tail got worse");
+        assert!(
+            hedged.p999 < base.p999,
+            "seed {seed}: the tail is no shorter"
+        );
         assert!(hedged.load <= 1.05, "seed {seed}: load {}", hedged.load);
     }
 }
