@@ -174,7 +174,12 @@ impl LatencyEstimator {
         let b = bucket_of(latency);
         half.buckets[b].fetch_add(1, Ordering::Relaxed);
         let nanos = latency.as_nanos().min(u128::from(u64::MAX - 1)) as u64;
-        half.longest[b].fetch_max(nanos, Ordering::Relaxed);
+        // Read first: once a bucket's longest is known, most samples do not write (and do not
+        // take the cache line from the other cores).
+        let longest = &half.longest[b];
+        if longest.load(Ordering::Relaxed) < nanos {
+            longest.fetch_max(nanos, Ordering::Relaxed);
+        }
         if self.samples.fetch_add(1, Ordering::Relaxed) % RECOMPUTE_EVERY == RECOMPUTE_EVERY - 1
             || self.delay_nanos.load(Ordering::Relaxed) == UNKNOWN
         {
