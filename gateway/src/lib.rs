@@ -75,6 +75,7 @@
 mod admin;
 mod answer;
 mod body;
+mod boxed;
 mod cli;
 pub mod config;
 mod conn;

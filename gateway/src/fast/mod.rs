@@ -368,9 +368,10 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
             let req = request.map(|()| http_body_util::Full::new(body));
             // Boxed (the one box of the service call hyper's server makes too): inline, the
             // layered path's state would make every request's future, plain routes' too,
-            // kilobytes larger, and that future is moved once per request.
+            // kilobytes larger, and that future is moved once per request. Built in its box,
+            // not copied there (`boxed::pinned`).
             let idle = snap.idle_timeout;
-            return Box::pin(layered::serve(client, ctx, b, &head, req, idle)).await;
+            return crate::boxed::pinned(|| layered::serve(client, ctx, b, &head, req, idle)).await;
         }
         Step::Forward { head, target, addr } => (head, target, addr),
     };

@@ -101,24 +101,18 @@ impl Service<UpRequest> for RouteService {
     fn call(&mut self, req: UpRequest) -> BoxFuture {
         let timeout = self.timeout;
         let timed_out = |_| Err(BoxError::from(RouteTimedOut));
-        // One box for the whole call: the admission stage's future lives inside it.
+        // One box for the whole call: the admission stage's future lives inside it, built
+        // there rather than copied in (`boxed::pinned`).
         match &self.admission {
-            Some((policy, ctx)) => {
+            Some((policy, ctx)) => crate::boxed::pinned(|| {
                 let admitted = policy.call(self.cluster.clone(), req, ctx);
-                Box::pin(async move {
-                    tokio::time::timeout(timeout, admitted)
-                        .await
-                        .unwrap_or_else(timed_out)
-                })
-            }
-            None => {
-                let sent = self.cluster.call(req);
-                Box::pin(async move {
-                    tokio::time::timeout(timeout, sent)
-                        .await
-                        .unwrap_or_else(timed_out)
-                })
-            }
+                let admitted = tokio::time::timeout(timeout, admitted);
+                async move { admitted.await.unwrap_or_else(timed_out) }
+            }),
+            None => crate::boxed::pinned(|| {
+                let sent = tokio::time::timeout(timeout, self.cluster.call(req));
+                async move { sent.await.unwrap_or_else(timed_out) }
+            }),
         }
     }
 }

@@ -117,7 +117,8 @@ impl Service<UpRequest> for Upstream {
                 parts.version = Version::HTTP_11;
                 let upgrade = parts.extensions.get::<pool::Upgrading>().is_some();
                 let req = Request::from_parts(parts, body);
-                Box::pin(async move {
+                // Built in its box (`boxed::pinned`).
+                crate::boxed::pinned(|| async move {
                     let sent = if upgrade {
                         // Boxed: a fresh connection's handshake would make every request's
                         // future kilobytes larger.
