@@ -18,8 +18,9 @@
 #   `te: trailers`, one 11-byte length-prefixed message, which the demo upstream echoes with
 #   `grpc-status: 0` in trailers) over h2c end to end: nginx `grpc_pass` to an upstream block
 #   with `keepalive`, HAProxy `proto h2`, a gateway cluster with `protocol = "h2c"`.
-# Only 2xx answers count as served; others are printed as failed. A gRPC error comes as a 200
-# with `grpc-status` other than 0, which h2load cannot see: so each gRPC target is checked once
+# The rounds interleave the targets, even rounds in reverse order. Only 2xx answers count as
+# served; others are printed as failed. A gRPC error comes as a 200 with `grpc-status` other
+# than 0, which h2load cannot see: so each gRPC target is checked once
 # with nghttp before the timed rounds (status 0 in the trailers, the message echoed), and the
 # run stops if one fails.
 # It builds `target/release/tollgate` (the backend is `tollgate demo-upstream`), installs nginx,
@@ -209,7 +210,8 @@ for t in $TARGETS; do # warm-up
   $PIN_LOAD h2load -c "$CONNS" -m "$STREAMS" -D 1 "${args[@]}" "$url" >/dev/null 2>&1 || true
 done
 for r in $(seq "$ROUNDS"); do
-  for t in $TARGETS; do
+  # shellcheck disable=SC2086 # the targets are words
+  for t in $(round_order "$r" $TARGETS); do
     request "$t"
     before=$(ticks "${PID[$t]}")
     out=$($PIN_LOAD h2load -c "$CONNS" -m "$STREAMS" -D "$DURATION" "${args[@]}" "$url" 2>&1 || true)

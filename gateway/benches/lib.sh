@@ -106,6 +106,22 @@ ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
+# The targets in the order round $1 runs them (the rest of the arguments): as given in odd
+# rounds, reversed in even ones, so that a target's place in the round alternates (on the
+# 2-core machine, in one sitting, a build run second in every round gained about 4% over the
+# same build run first).
+round_order() {
+  local r=$1
+  shift
+  if (( r % 2 )); then
+    echo "$@"
+  else
+    local out=() i
+    for (( i = $#; i >= 1; i-- )); do out+=("${!i}"); done
+    echo "${out[@]}"
+  fi
+}
+
 # median: the median of the numbers on standard input, one a line.
 median() { sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 

@@ -22,7 +22,7 @@
 #   request a cache hit on `/cached`) and the plain route with the HTTP/1.1 fast path off
 #   (`gateway-hyper`: every request through hyper's HTTP/1.1) and the plain route with tracing on
 #   (`gateway-traced`: every request sampled, spans exported over OTLP/HTTP to a local sink that
-#   answers 200 and discards them) in interleaved rounds and
+#   answers 200 and discards them) in interleaved rounds (even rounds in reverse order) and
 #   prints the median RPS and p50/p99/p99.9 latency of each, the gateway/nginx ratios, and the
 #   CPU time per request of each proxy (from /proc/PID/stat, backend excluded);
 # - opens IDLE_CONNS keep-alive connections (one request each, then idle) to each proxy, paced
@@ -234,7 +234,8 @@ for t in $TARGETS; do
   $PIN_LOAD wrk -t"$THREADS" -c"$CONNS" -d1s "http://127.0.0.1:${PORT[$t]}${URLPATH[$t]}" >/dev/null
 done
 for r in $(seq "$ROUNDS"); do
-  for t in $TARGETS; do
+  # shellcheck disable=SC2086 # the targets are words
+  for t in $(round_order "$r" $TARGETS); do
     before=$(ticks "${PID[$t]}")
     script=$TMP/report.lua
     [ "$t" = gateway-retry ] && script=$TMP/unique.lua
