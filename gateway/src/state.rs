@@ -61,6 +61,11 @@ pub(crate) struct RoutePlan {
     /// Whether the fast path serves it: a plain route whose every cluster is a plain
     /// HTTP/1.1 one (no layers, no TLS).
     pub fast: bool,
+    /// Whether the fast path sends its requests through the layers itself when it does not
+    /// forward them ([`stacked`](crate::fast::stacked)): every cluster it sends to is plain
+    /// HTTP/1.1 without retries, and the route has no retries, cache or batch. (Not while
+    /// tracing: the layered path records the layers' spans.)
+    pub stacked: bool,
     /// Its overall request timeout.
     pub timeout: Duration,
     /// Its admission policy: the route's, else none (the listener's applies).
@@ -288,10 +293,20 @@ impl Snapshot {
                         // The fast path's upstream sockets are plain TCP.
                         && c.tls.is_none()
                 });
+            let stacked = cache.is_none()
+                && batch.is_none()
+                && branches.iter().all(|b| {
+                    let c = &clusters[b.cluster];
+                    b.retry.is_none()
+                        && c.protocol == UpstreamProtocol::Http1
+                        && c.tls.is_none()
+                        && c.layers.as_ref().is_none_or(|l| l.takes_raw())
+                });
             route_plans.push(RoutePlan {
                 branches,
                 split,
                 fast,
+                stacked,
                 timeout: route_timeout[i],
                 admission,
                 priority: r.priority.as_deref().map(Arc::from),

@@ -358,3 +358,84 @@ async fn per_endpoint_counters_count_on_balanced_clusters() {
     })
     .await;
 }
+
+on_both_front_ends!(a_full_pool_sheds_with_503_and_its_breaker_stays_closed);
+/// A pool at its limit answers 503 to the request above it, at once, with `Retry-After`; the
+/// cluster breaker above the pool does not count the shedding as the upstream failing (the
+/// layers compose under overload), on either front end: on the fast path the request goes
+/// through the cluster's stack itself.
+async fn a_full_pool_sheds_with_503_and_its_breaker_stays_closed() {
+    bounded(async {
+        let addr_up = upstream(|_req| async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            text(StatusCode::OK, "slow")
+        })
+        .await;
+        let gw = start(config(&format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{addr_up}\"]\n\
+             [clusters.breaker]\nminimum_calls = 2\nsliding_window.type = \"count\"\nsliding_window.size = 2\n\
+             [clusters.pool]\ninitial_limit = 1\nmin_limit = 1\nmax_limit = 1\n\
+             [[routes]]\ncluster = \"up\"\n"
+        )));
+        let at = addr(&gw);
+        for _ in 0..3 {
+            let slow = tokio::spawn(async move { get(at, "/").await });
+            // The first request holds the pool's one permit while the others come.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let req = Request::get(format!("http://{at}/"))
+                .body(Full::default())
+                .unwrap();
+            let (s, headers, body, _) = send(&h1_client(), req).await;
+            assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+            assert!(headers.contains_key("retry-after"), "{headers:?}");
+            assert_eq!(slow.await.unwrap(), (StatusCode::OK, "slow".to_owned()));
+        }
+        let state = gw.state();
+        let cluster = &state["clusters"][0];
+        assert_eq!(
+            cluster["layers"]["breaker"]["state"], "closed",
+            "three sheddings are not upstream failures: {cluster}"
+        );
+        stop(gw).await;
+    })
+    .await;
+}
+
+on_both_front_ends!(an_upstream_retry_after_holds_the_open_breaker);
+/// An upstream's `503` with `Retry-After: 30` counts as a failure, and the breaker it opens
+/// waits at least that long (its own wait is 1 s): the gateway's `503` says so. On the fast
+/// path the answer head is read by the gateway's own parser, which hands the field to the
+/// layers.
+async fn an_upstream_retry_after_holds_the_open_breaker() {
+    bounded(async {
+        let addr_up = upstream(|_req| async {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "busy");
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("30"));
+            r
+        })
+        .await;
+        let gw = start(config(&format!(
+            "[[clusters]]\nname = \"up\"\nendpoints = [\"{addr_up}\"]\n\
+             [clusters.breaker]\nminimum_calls = 2\nsliding_window.type = \"count\"\nsliding_window.size = 2\nwait_in_open = \"1s\"\n\
+             [[routes]]\ncluster = \"up\"\n"
+        )));
+        for _ in 0..2 {
+            let (s, body) = get(addr(&gw), "/").await;
+            assert_eq!((s, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
+        }
+        let req = Request::get(format!("http://{}/", addr(&gw)))
+            .body(Full::default())
+            .unwrap();
+        let (s, headers, body, _) = send(&h1_client(), req).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_ne!(body, "busy", "the breaker answers, not the upstream");
+        let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(
+            (20..=30).contains(&retry_after),
+            "the upstream's 30 s, not the breaker's 1 s: {retry_after}"
+        );
+        stop(gw).await;
+    })
+    .await;
+}

@@ -77,23 +77,41 @@ use std::time::Duration;
 /// The longest any single exchange in these tests may take.
 const STEP: Duration = Duration::from_secs(5);
 
+/// The layers a scenario's clusters get (see [`LAYERED`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layers {
+    /// A balancer (`[clusters.balance]` with its defaults): the fast path sends the request
+    /// through the cluster's stack itself (its `stacked` module).
+    Balance,
+    /// A balancer and a retry layer that never retries (`[clusters.retry] attempts = 0`): the
+    /// fast path hands the request to the service hyper's requests go through, as an `http`
+    /// request (its `layered` module), as it does for every route with retries or a cache.
+    Retry,
+}
+
 tokio::task_local! {
     /// Set while a scenario runs on a layered route: [`upstreams::cfg`] gives every cluster
-    /// a balancer (`[clusters.balance]` with its defaults), which takes its routes off the
-    /// plain path and through the layers, on whichever front end reads the request.
-    static LAYERED: bool;
+    /// these layers, which take its routes off the plain path and through the layers, on
+    /// whichever front end reads the request.
+    static LAYERED: Layers;
+}
+
+/// The layers the running scenario's clusters get (see [`LAYERED`]).
+fn layers() -> Option<Layers> {
+    LAYERED.try_with(|l| *l).ok()
 }
 
 /// Whether the running scenario's clusters get layers (see [`LAYERED`]).
 fn layered() -> bool {
-    LAYERED.try_with(|l| *l).unwrap_or(false)
+    layers().is_some()
 }
 
 /// Runs each scenario, named as `module::scenario` (an `async fn(fast: bool)` in that
 /// module), once per HTTP/1.1 front end and route kind, as the tests `scenario::fast_path`
-/// and `scenario::hyper_path` (plain routes) and `scenario::layered_fast_path` and
+/// and `scenario::hyper_path` (plain routes), `scenario::layered_fast_path` and
 /// `scenario::layered_hyper_path` (the same routes through a balancer layer, see
-/// [`LAYERED`]).
+/// [`LAYERED`]), and `scenario::retried_fast_path` (a balancer and a retry layer, which the
+/// fast path serves as `http` requests; on hyper's path it is the layered route again).
 ///
 /// A scenario may be followed by `[fast: "reason"]`, `[hyper: "reason"]` or
 /// `[layered: "reason"]` to ignore it there (a known failure, reported, kept so that it is
@@ -116,14 +134,21 @@ macro_rules! on_both_paths {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             $(#[ignore = $layered])?
             async fn layered_fast_path() {
-                let run = crate::LAYERED.scope(true, super::$group::$scenario(true));
+                let run = crate::LAYERED.scope(crate::Layers::Balance, super::$group::$scenario(true));
                 crate::common::bounded(run).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             $(#[ignore = $layered])?
             async fn layered_hyper_path() {
-                let run = crate::LAYERED.scope(true, super::$group::$scenario(false));
+                let run = crate::LAYERED.scope(crate::Layers::Balance, super::$group::$scenario(false));
+                crate::common::bounded(run).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[ignore = $layered])?
+            async fn retried_fast_path() {
+                let run = crate::LAYERED.scope(crate::Layers::Retry, super::$group::$scenario(true));
                 crate::common::bounded(run).await;
             }
         }

@@ -26,6 +26,15 @@ impl Buf {
         }
     }
 
+    /// A buffer that holds no memory: the place of one a request has taken along.
+    pub(super) const fn taken() -> Self {
+        Self {
+            data: Vec::new(),
+            start: 0,
+            end: 0,
+        }
+    }
+
     pub(super) fn pending(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
@@ -60,6 +69,19 @@ pub(super) struct Bufs {
     pub(super) cin: Buf,
     pub(super) uin: Buf,
     pub(super) out: Vec<u8>,
+}
+
+impl Bufs {
+    /// Gives back buffers that a request took along (see [`stacked`](super::stacked)) and
+    /// lost, failing: a fresh one in the place of each.
+    pub(super) fn refill(&mut self) {
+        if self.uin.data.is_empty() {
+            self.uin = Buf::new();
+        }
+        if self.out.capacity() == 0 {
+            self.out = Vec::with_capacity(BUF);
+        }
+    }
 }
 
 /// Initial buffer size.

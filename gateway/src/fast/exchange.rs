@@ -1,9 +1,9 @@
 //! One request's upstream exchange: a pooled or new connection, the request written, the
 //! answer head read (1xx skipped), a bodyless idempotent request retried once.
 
-use super::head::Head;
+use super::bufs::Buf;
 use super::response::{self, RespHead, RespStep};
-use super::{Bufs, MAX_RESPONSE_HEAD, date};
+use super::{MAX_RESPONSE_HEAD, date};
 use crate::pool::sockets as upstream;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,17 +16,22 @@ pub(super) enum Failure {
     /// An answer head: relay it.
     Answered(TcpStream, RespHead),
     ConnectTimeout,
-    Connect,
+    Connect(std::io::Error),
     /// Reset, closed or garbage before an answer head.
     Reset,
     /// No answer head within the route timeout.
     Timeout,
 }
 
-/// One request's upstream exchange: `out` holds the whole request (head and body).
-pub(super) struct Exchange<'a> {
+/// One request's upstream exchange: `out` holds the whole request (head and body); the
+/// answer head is read into `uin`, and `out` then holds the client's head.
+pub(super) struct Exchange {
     pub(super) addr: SocketAddr,
-    pub(super) head: &'a Head,
+    /// The request is a `HEAD`: its answer has no body.
+    pub(super) head_method: bool,
+    /// The request may be sent again on a new connection when a pooled one turns out closed
+    /// (an idempotent method without a body, as on the hyper path).
+    pub(super) replayable: bool,
     /// Tell the client the connection closes after this answer.
     pub(super) close: bool,
     pub(super) start: Instant,
@@ -44,10 +49,8 @@ enum Attempt {
     Reset,
 }
 
-impl Exchange<'_> {
-    pub(super) async fn run(&self, b: &mut Bufs) -> Failure {
-        // Sent again only what may be sent twice and has no body, as on the hyper path.
-        let replayable = self.head.idempotent && self.head.body_len == 0;
+impl Exchange {
+    pub(super) async fn run(&self, out: &mut Vec<u8>, uin: &mut Buf) -> Failure {
         for attempt in 0..2 {
             let pooled = if attempt == 0 {
                 upstream::checkout(self.addr, self.start, self.idle)
@@ -65,48 +68,48 @@ impl Exchange<'_> {
                             let _ = s.set_nodelay(true);
                             s
                         }
-                        Ok(Err(_)) => return Failure::Connect,
+                        Ok(Err(e)) => return Failure::Connect(e),
                         Err(_) => return Failure::ConnectTimeout,
                     }
                 }
             };
-            match self.once(&mut up, b).await {
+            match self.once(&mut up, out, uin).await {
                 Attempt::Answered(resp) => return Failure::Answered(up, resp),
-                Attempt::Unanswered if reused && replayable => continue,
+                Attempt::Unanswered if reused && self.replayable => continue,
                 Attempt::Unanswered | Attempt::Reset => return Failure::Reset,
             }
         }
         Failure::Reset
     }
 
-    async fn once(&self, up: &mut TcpStream, b: &mut Bufs) -> Attempt {
-        b.uin.clear();
+    async fn once(&self, up: &mut TcpStream, out: &mut Vec<u8>, uin: &mut Buf) -> Attempt {
+        uin.clear();
         // A failed write still reads: an upstream may answer (say, 413) and close before
         // reading the whole request.
-        let _ = up.write_all(&b.out).await;
+        let _ = up.write_all(out).await;
         loop {
-            let Some(room) = b.uin.room(MAX_RESPONSE_HEAD) else {
+            let Some(room) = uin.room(MAX_RESPONSE_HEAD) else {
                 return Attempt::Reset;
             };
             let n = match up.read(room).await {
-                Ok(0) | Err(_) if b.uin.end == 0 => return Attempt::Unanswered,
+                Ok(0) | Err(_) if uin.end == 0 => return Attempt::Unanswered,
                 Ok(0) | Err(_) => return Attempt::Reset,
                 Ok(n) => n,
             };
-            b.uin.end += n;
+            uin.end += n;
             loop {
                 match response::prepare(
-                    b.uin.pending(),
-                    self.head.head_method,
+                    uin.pending(),
+                    self.head_method,
                     self.close,
                     &self.date,
-                    &mut b.out,
+                    out,
                 ) {
                     RespStep::Partial => break,
-                    RespStep::Informational(len) => b.uin.start += len,
+                    RespStep::Informational(len) => uin.start += len,
                     RespStep::Bad => return Attempt::Reset,
                     RespStep::Head(resp) => {
-                        b.uin.start += resp.len;
+                        uin.start += resp.len;
                         return Attempt::Answered(resp);
                     }
                 }

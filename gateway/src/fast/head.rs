@@ -58,6 +58,16 @@ pub(crate) enum Route<T> {
         /// Keep the client's `Host` (otherwise the endpoint's address).
         preserve_host: bool,
     },
+    /// A route whose cluster's layers take the fast path's own request (see
+    /// [`stacked`](super::stacked)): the endpoint is picked later, by the cluster's balancer,
+    /// so the head is written without its `Host` line unless `preserve_host` keeps the
+    /// client's.
+    Stack {
+        /// The caller's handle on the route.
+        target: T,
+        /// Keep the client's `Host` (otherwise the endpoint's address, added by the endpoint).
+        preserve_host: bool,
+    },
     /// Not a plain route: served as an [`http::Request`] by the same service as hyper's
     /// requests (see [`layered`](super::layered)).
     Layered,
@@ -89,6 +99,16 @@ pub(crate) enum Step<T> {
         head: Head,
         /// The request as hyper would hand it over, without its body.
         request: http::Request<()>,
+    },
+    /// Through the cluster's layers: `out` now holds the upstream's request head, but for
+    /// the `Host` line, which goes at `host_at` when set (after the request line).
+    Stack {
+        /// The request head.
+        head: Head,
+        /// From the route.
+        target: T,
+        /// Where the endpoint's `Host` line goes, when the client's is not kept.
+        host_at: Option<usize>,
     },
     /// Forward: `out` now holds the upstream's request head.
     Forward {
@@ -355,12 +375,17 @@ pub(crate) fn prepare<T>(
         },
         body_len,
     );
+    // Where the request goes: an endpoint now, or the cluster's stack.
     let (target_handle, addr, preserve_host) = match routed {
         Route::Forward {
             target: t,
             addr,
             preserve_host,
-        } => (t, addr, preserve_host),
+        } => (t, Some(addr), preserve_host),
+        Route::Stack {
+            target: t,
+            preserve_host,
+        } => (t, None, preserve_host),
         Route::Layered => {
             return match request::build(buf, len, method, target, req.headers) {
                 Some(request) => Step::Layered { head, request },
@@ -373,13 +398,17 @@ pub(crate) fn prepare<T>(
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host_at = None;
     if preserve_host {
+        out.extend_from_slice(b"host: ");
         out.extend_from_slice(host);
+        out.extend_from_slice(b"\r\n");
+    } else if let Some(addr) = addr {
+        let _ = write!(out, "host: {addr}\r\n");
     } else {
-        let _ = write!(out, "{addr}");
+        host_at = Some(out.len());
     }
-    out.extend_from_slice(b"\r\n");
     let mut xff: Option<&[u8]> = None;
     let mut te_trailers = false;
     let mut length_written = false;
@@ -456,10 +485,17 @@ pub(crate) fn prepare<T>(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Step::Forward {
-        head,
-        target: target_handle,
-        addr,
+    match addr {
+        Some(addr) => Step::Forward {
+            head,
+            target: target_handle,
+            addr,
+        },
+        None => Step::Stack {
+            head,
+            target: target_handle,
+            host_at,
+        },
     }
 }
 

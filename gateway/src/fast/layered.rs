@@ -1,6 +1,6 @@
-//! Requests the fast path reads but does not forward itself: routes with layers (admission,
-//! cache, batch, retries, breakers, pool, balance, timeouts), HTTP/2 and TLS upstreams, and
-//! listeners with their own admission.
+//! Requests the fast path reads but neither forwards nor sends through the layers itself
+//! ([`stacked`](super::stacked)): routes with a cache, a batcher or retries, HTTP/2 and TLS
+//! upstreams, and every layered route while the gateway traces.
 //!
 //! The head parsed by [`head::prepare`](super::head::prepare) becomes an [`http::Request`]
 //! with its body held whole, and goes through the very function hyper's requests go through
@@ -74,15 +74,15 @@ fn te_trailers(headers: &HeaderMap) -> bool {
 
 /// What the answer is written for.
 #[derive(Debug, Clone, Copy)]
-struct To {
+pub(super) struct To {
     /// The request was a `HEAD`.
-    head_method: bool,
+    pub(super) head_method: bool,
     /// The connection ends after this answer.
-    close: bool,
+    pub(super) close: bool,
     /// The client takes trailers.
-    trailers: bool,
+    pub(super) trailers: bool,
     /// How long a write may stall.
-    idle: Duration,
+    pub(super) idle: Duration,
 }
 
 /// How the body is framed on the wire.
@@ -98,7 +98,12 @@ enum Framing {
 
 /// Writes `resp` to the client; `Next::Close` when the connection must end (asked for, or
 /// the body failed).
-async fn respond(client: &mut TcpStream, b: &mut Bufs, resp: Response<RespBody>, to: To) -> Next {
+pub(super) async fn respond(
+    client: &mut TcpStream,
+    b: &mut Bufs,
+    resp: Response<RespBody>,
+    to: To,
+) -> Next {
     let (parts, mut body) = resp.into_parts();
     let close = to.close || says_close(&parts.headers);
     let framing = write_head(&mut b.out, &parts, &body, to, close);

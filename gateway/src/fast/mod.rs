@@ -8,10 +8,12 @@
 //! while it has a request (they go back to a per-thread free list between requests, so an idle
 //! keep-alive connection holds none).
 //!
-//! Every other route (layers, HTTP/2 or TLS upstreams, a listener with its own admission) is
-//! read here too, and its request, held whole with its body, goes through the same service as
-//! hyper's requests, its answer written back here ([`layered`]): the front end is this one,
-//! the rest is shared.
+//! Every other route is read here too. A route with admission or cluster layers (breaker,
+//! pool, balance) over plain HTTP/1.1 clusters sends the same upstream head through the layers
+//! and relays the answer as above ([`stacked`]). The rest (a cache, a batcher, retries, HTTP/2
+//! or TLS upstreams, tracing on): the request, held whole with its body, goes through the
+//! same service as hyper's requests, its answer written back here ([`layered`]). The front
+//! end is this one, the layers are shared.
 //!
 //! What it does not take, hyper serves, with hyper's own answers and limits, for the rest of
 //! the connection's busy spell (until it idles): HTTP/1.0, chunked request bodies, bodies over
@@ -37,6 +39,7 @@ mod layered;
 mod local;
 mod relay;
 pub(crate) mod response;
+pub(crate) mod stacked;
 
 use super::ctx::ConnCtx;
 use super::route::RouteMatch;
@@ -269,10 +272,13 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
     let local = crate::state::local(&ctx.shared);
     let snap = &local.snap;
     let stats = &ctx.shared.stats;
-    let listener_layers = snap
+    let listener_policy = snap
         .listener_admission
         .get(ctx.listener)
-        .is_some_and(Option::is_some);
+        .and_then(Option::as_ref);
+    let listener_layers = listener_policy.is_some();
+    let tracing = ctx.shared.tracer.is_some();
+    let mut carried = stacked::Carried::default();
     let rid = snap.request_id;
     let fresh_id = if rid.is_on() {
         request_id::fresh()
@@ -301,16 +307,31 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
         &ctx.forwarding,
         &mut b.out,
         |req, _body_len| {
-            if listener_layers {
-                return Route::Layered;
-            }
             match snap.routes.find(req) {
                 RouteMatch::Route(route) => {
                     let plan = &snap.route_plans[route];
-                    // Decided before the split's pick, so that a request served through the
-                    // layers takes one step of the split, there.
-                    if !plan.fast {
-                        return Route::Layered;
+                    if !plan.fast || listener_layers {
+                        // Through the layers: on this path when the route's stack takes
+                        // its requests (see `stacked`), else as an `http` request.
+                        let policy = plan.admission.as_ref().or(listener_policy);
+                        if !plan.stacked || tracing {
+                            // Decided before the split's pick, so that a request served
+                            // through the layers takes one step of the split, there.
+                            return Route::Layered;
+                        }
+                        let branch = plan.pick(req.fields);
+                        let cluster = &snap.clusters[plan.branches[branch].cluster];
+                        let wanted = policy.map_or(&[][..], |p| p.raw_fields());
+                        let hash = cluster.layers.as_ref().and_then(|l| l.hash());
+                        carried = stacked::Carried::from_head(req.fields, req.path, wanted, hash);
+                        return Route::Stack {
+                            target: Target {
+                                route,
+                                branch,
+                                endpoint: 0,
+                            },
+                            preserve_host: cluster.preserve_host,
+                        };
                     }
                     let branch = plan.pick(req.fields);
                     let cluster = &snap.clusters[plan.branches[branch].cluster];
@@ -373,6 +394,30 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
             let idle = snap.idle_timeout;
             return crate::boxed::pinned(|| layered::serve(client, ctx, b, &head, req, idle)).await;
         }
+        Step::Stack {
+            head,
+            target,
+            host_at,
+        } => {
+            // The body (held whole) goes out with the head.
+            let body_at = b.cin.start + head.len;
+            let body_end = body_at + head.body_len as usize;
+            b.out.extend_from_slice(&b.cin.data[body_at..body_end]);
+            b.cin.start = body_end;
+            let id = id_of(&head, &b.cin.data[head_at..]);
+            let s = stacked::Stacked {
+                head,
+                target,
+                carried,
+                host_at,
+                start,
+                head_at,
+                id,
+            };
+            // Boxed, as the layered path's call: its state would make every request's future
+            // larger. Built in its box (`boxed::pinned`).
+            return crate::boxed::pinned(|| stacked::serve(client, ctx, b, snap, s)).await;
+        }
         Step::Forward { head, target, addr } => (head, target, addr),
     };
     let mut head = head;
@@ -399,7 +444,9 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
     b.cin.start = body_end;
     let exchange = Exchange {
         addr,
-        head: &head,
+        head_method: head.head_method,
+        // Sent again only what may be sent twice and has no body, as on the hyper path.
+        replayable: head.idempotent && head.body_len == 0,
         close: exchange_close(&head, ctx),
         start,
         connect_timeout: snap.connect_timeout,
@@ -408,10 +455,11 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
     };
     let deadline = start + snap.route_timeout[target.route];
     let sent = Instant::now();
-    let failure = match tokio::time::timeout_at(deadline, exchange.run(b)).await {
-        Ok(done) => done,
-        Err(_elapsed) => Failure::Timeout,
-    };
+    let failure =
+        match tokio::time::timeout_at(deadline, exchange.run(&mut b.out, &mut b.uin)).await {
+            Ok(done) => done,
+            Err(_elapsed) => Failure::Timeout,
+        };
     let answered = Instant::now();
     cluster.endpoint_latency(target.endpoint, addr, answered - sent);
     let (mut up, resp) = match failure {
@@ -420,7 +468,7 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
             in_flight.end();
             let failed = match failed {
                 Failure::ConnectTimeout => Answer::ConnectTimedOut,
-                Failure::Connect => Answer::ConnectFailed,
+                Failure::Connect(_) => Answer::ConnectFailed,
                 Failure::Timeout => Answer::TimedOut,
                 Failure::Reset | Failure::Answered(..) => Answer::ConnectionFailed,
             };

@@ -284,8 +284,16 @@ impl AdmissionPolicy {
         self.admit(inner, req, ctx)
     }
 
-    /// [`call`](Self::call) for any inner service (tests use one that needs no upstream).
-    fn admit<S, R>(
+    /// The fields a request's ticket is read from (class, deadline and rate-limit key): all
+    /// that the fast path carries of a request it sends through the layers itself.
+    pub(crate) fn raw_fields(&self) -> &[http::HeaderName] {
+        self.rules.reads()
+    }
+
+    /// [`call`](Self::call) for any inner service and request body: tests use a service that
+    /// needs no upstream, and the fast path its own requests (whose header map holds only
+    /// [`raw_fields`](Self::raw_fields)).
+    pub(crate) fn admit<S, R>(
         &self,
         inner: S,
         req: Request<R>,

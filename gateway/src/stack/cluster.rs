@@ -83,6 +83,8 @@ pub(crate) struct ClusterLayers {
     breaker: Option<BreakerHandle>,
     endpoint_breakers: Mutex<Vec<(SocketAddr, BreakerHandle)>>,
     limiter: Option<Limiter>,
+    /// The balancer's hash key, when `[clusters.balance] hash` names one.
+    hash: Option<HttpKey>,
     /// The retry policy and the stack under its retry layer, when `retry` is set.
     retry: Option<(RetryPolicy, Retried<ClusterSvc>)>,
     /// The cluster breaker's last state change (written by its callback, rare).
@@ -136,7 +138,7 @@ impl ClusterLayers {
             .map_err(|e| layer_err("balance", e))?
             .with_classifier(Cls::default())
             .avoid_tried()
-            .hash_with(hash);
+            .hash_with(hash.clone());
         let handle = balanced.handle();
         let (pooled, limiter) = match &key.pool {
             Some(p) => {
@@ -184,6 +186,7 @@ impl ClusterLayers {
             breaker,
             endpoint_breakers: Mutex::new(Vec::new()),
             limiter,
+            hash,
             retry,
             last_change,
             health: Mutex::new(None),
@@ -251,6 +254,18 @@ impl ClusterLayers {
         let abort = handle.abort_handle();
         *task = Some(handle);
         Some(abort)
+    }
+
+    /// Whether the stack takes the fast path's own requests
+    /// ([`stacked`](crate::fast::stacked)): not with retries, which replay an `http` request.
+    pub(crate) fn takes_raw(&self) -> bool {
+        self.retry.is_none()
+    }
+
+    /// The balancer's hash key: what a request must carry to the stack (its field, or its
+    /// path) to be hashed.
+    pub(crate) fn hash(&self) -> Option<&HttpKey> {
+        self.hash.as_ref()
     }
 
     /// The stack under the cluster's retry layer (a route's `[routes.retry]` wraps it).

@@ -3,6 +3,7 @@
 
 use super::{GwBody, UpRequest, UpResponse};
 use crate::config::UpstreamProtocol;
+use crate::fast::stacked::{RawRequest, RawResponse};
 use crate::pool;
 use crate::pool::SharedSettings;
 use crate::pool::direct::Split;
@@ -160,6 +161,52 @@ impl Service<UpRequest> for Upstream {
                 })
             }
         }
+    }
+}
+
+/// The future of one request from the fast path (boxed: it is the exchange's).
+pub(crate) type RawFuture = Pin<Box<dyn Future<Output = Result<RawResponse, BoxError>> + Send>>;
+
+/// The fast path's requests ([`stacked`](crate::fast::stacked)): the request already written,
+/// sent on the worker's pooled connections as a plain route's is. Only a plain HTTP/1.1
+/// endpoint takes them ([`RoutePlan::stacked`](crate::state::RoutePlan::stacked) picks the
+/// routes that send them); any other refuses them rather than send them in the wrong protocol.
+impl Service<RawRequest> for Upstream {
+    type Response = RawResponse;
+    type Error = BoxError;
+    type Future = RawFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: RawRequest) -> RawFuture {
+        if self.tls.is_some() || self.protocol != UpstreamProtocol::Http1 {
+            return Box::pin(std::future::ready(Err(BoxError::from(
+                "the fast path's request reached an endpoint that is not plain HTTP/1.1",
+            ))));
+        }
+        let addr = self.addr;
+        if let Some(s) = &self.stats {
+            s.requests.incr();
+        }
+        let stats = self.stats.clone();
+        let mut settings = self.settings.load();
+        if let Some(l) = &self.limiter {
+            settings.max_idle = l.limit().max(1);
+        }
+        let start = Instant::now();
+        crate::boxed::pinned(|| async move {
+            let sent = crate::fast::stacked::exchange(addr, req.into_body(), settings).await;
+            if let Some(s) = &stats {
+                s.latency.record(start.elapsed());
+                let failed = sent.as_ref().map_or(true, |r| r.status().is_server_error());
+                if failed {
+                    s.failures.incr();
+                }
+            }
+            sent.map_err(BoxError::from)
+        })
     }
 }
 

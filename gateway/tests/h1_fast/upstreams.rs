@@ -258,11 +258,16 @@ pub(crate) async fn app_upstream() -> RawUp {
 pub(crate) fn cfg(rest: &str, fast: bool) -> Config {
     let mut c = config(rest);
     c.server.h1_fast_path = fast;
-    if crate::layered() {
+    if let Some(layers) = crate::layers() {
         for cluster in &mut c.clusters {
             cluster
                 .balance
                 .get_or_insert_with(|| toml::from_str("").expect("balance defaults"));
+            if layers == crate::Layers::Retry {
+                cluster
+                    .retry
+                    .get_or_insert_with(|| toml::from_str("attempts = 0").expect("no retries"));
+            }
         }
     }
     c
@@ -272,6 +277,9 @@ pub(crate) fn label(fast: bool) -> &'static str {
     match (fast, crate::layered()) {
         (true, false) => "fast path",
         (false, false) => "hyper path",
+        (true, true) if crate::layers() == Some(crate::Layers::Retry) => {
+            "layered route with retries, fast path"
+        }
         (true, true) => "layered route, fast path",
         (false, true) => "layered route, hyper path",
     }

@@ -20,6 +20,8 @@ pub(super) struct Rules {
     grpc_timeout: bool,
     clients: Box<[(Net, usize)]>,
     key: Option<KeyFrom>,
+    /// Every field the ticket reads.
+    reads: Box<[HeaderName]>,
 }
 
 /// A deadline header's value: whole milliseconds, at most 12 digits.
@@ -69,7 +71,7 @@ impl Rules {
             clients.push((net, class));
         }
         let last = s.classes.len().saturating_sub(1);
-        Ok(Self {
+        let mut rules = Self {
             names: s.classes.iter().map(|c| c.name.as_str().into()).collect(),
             class_header: header("class_header", &s.class_header)?,
             default_class: s
@@ -86,7 +88,31 @@ impl Rules {
                 .map(|r| parse_key(&r.key))
                 .transpose()
                 .map_err(|p| ("rate_limit.key".to_owned(), p))?,
-        })
+            reads: Box::default(),
+        };
+        let key = match &rules.key {
+            Some(KeyFrom::Header(h)) => Some(h.clone()),
+            _ => None,
+        };
+        rules.reads = [
+            rules.class_header.clone(),
+            rules.deadline_header.clone(),
+            key,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(
+            rules
+                .grpc_timeout
+                .then(|| HeaderName::from_static("grpc-timeout")),
+        )
+        .collect();
+        Ok(rules)
+    }
+
+    /// Every field a request's ticket is read from.
+    pub(super) fn reads(&self) -> &[HeaderName] {
+        &self.reads
     }
 
     fn index_of(&self, name: &[u8]) -> Option<usize> {
