@@ -290,7 +290,9 @@ pub(super) async fn serve(
         Some(l) => Either::Left(l.stack().clone()),
         None => Either::Right(PlainRaw(cluster.clone())),
     };
-    let call = async {
+    // Pinned where it is built: moved into the timeout, this future (the layers' state) was
+    // the largest copy of the request.
+    let call = std::pin::pin!(async {
         match policy {
             Some(p) => {
                 let admit = AdmitCtx {
@@ -301,7 +303,7 @@ pub(super) async fn serve(
             }
             None => stack.oneshot(req).await,
         }
-    };
+    });
     let deadline = start + snap.route_timeout[target.route];
     let result = tokio::time::timeout_at(deadline, call)
         .await

@@ -320,13 +320,16 @@ impl AdmissionPolicy {
             traced,
             every: self.every.clone(),
         };
-        let fut = self.layer.layer(unwrap).oneshot(Admit {
-            req,
-            ticket,
-            arrived,
-            left: None,
-        });
+        let svc = self.layer.layer(unwrap);
         async move {
+            // Built and pinned in this future's state, not built outside and moved in (it holds
+            // the layers' futures: the largest copy of a request otherwise).
+            let fut = std::pin::pin!(svc.oneshot(Admit {
+                req,
+                ticket,
+                arrived,
+                left: None,
+            }));
             let result = match deadline {
                 None => fut.await,
                 // The caller stops waiting at its deadline, so the call stops too.
