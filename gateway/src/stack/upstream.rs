@@ -26,8 +26,14 @@ use tower::Service;
 /// One upstream endpoint as a service. The request arrives with an origin-form URI; the
 /// endpoint fills in what depends on its address: the absolute URI HTTP/2 needs, and `Host`
 /// when the route did not forward the client's.
+///
+/// A clone (the balancer makes one per request) shares one allocation: one reference count.
 #[derive(Debug, Clone)]
-pub(crate) struct Upstream {
+pub(crate) struct Upstream(Arc<Endpoint>);
+
+/// What an [`Upstream`] knows of its endpoint.
+#[derive(Debug)]
+struct Endpoint {
     addr: SocketAddr,
     authority: Arc<str>,
     host: HeaderValue,
@@ -55,7 +61,7 @@ impl Upstream {
     ) -> Self {
         let authority: Arc<str> = addr.to_string().into();
         let host = HeaderValue::from_str(&authority).unwrap_or(HeaderValue::from_static("-"));
-        Self {
+        Self(Arc::new(Endpoint {
             addr,
             authority,
             host,
@@ -64,7 +70,7 @@ impl Upstream {
             settings,
             limiter,
             stats,
-        }
+        }))
     }
 }
 
@@ -81,25 +87,26 @@ impl Service<UpRequest> for Upstream {
     }
 
     fn call(&mut self, req: Request<GwBody>) -> Self::Future {
+        let this = &*self.0;
         let (mut parts, body) = req.into_parts();
         if !parts.headers.contains_key(header::HOST) {
-            parts.headers.insert(header::HOST, self.host.clone());
+            parts.headers.insert(header::HOST, this.host.clone());
         }
-        let addr = self.addr;
-        if let Some(s) = &self.stats {
+        let addr = this.addr;
+        if let Some(s) = &this.stats {
             s.requests.incr();
         }
-        let stats = self.stats.clone();
+        let stats = this.stats.clone();
         let start = Instant::now();
         let traced = parts.extensions.get::<Traced>().cloned();
-        let mut settings = self.settings.load();
-        if let Some(l) = &self.limiter {
+        let mut settings = this.settings.load();
+        if let Some(l) = &this.limiter {
             settings.max_idle = l.limit().max(1);
         }
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &this.tls {
             // HTTP/1.1 form; sent as HTTP/2 when the endpoint picks it by ALPN.
             parts.version = Version::HTTP_11;
-            let upgrade = self.protocol == UpstreamProtocol::Http1
+            let upgrade = this.protocol == UpstreamProtocol::Http1
                 && parts.extensions.get::<pool::Upgrading>().is_some();
             let req = Request::from_parts(parts, body);
             let peer = tls.peer(addr);
@@ -113,7 +120,7 @@ impl Service<UpRequest> for Upstream {
                 answered(sent, addr, stats.as_deref(), start, traced)
             });
         }
-        match self.protocol {
+        match this.protocol {
             UpstreamProtocol::Http1 => {
                 parts.version = Version::HTTP_11;
                 let upgrade = parts.extensions.get::<pool::Upgrading>().is_some();
@@ -147,7 +154,7 @@ impl Service<UpRequest> for Upstream {
                 let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 match Uri::builder()
                     .scheme("http")
-                    .authority(&*self.authority)
+                    .authority(&*this.authority)
                     .path_and_query(pq)
                     .build()
                 {
@@ -181,18 +188,19 @@ impl Service<RawRequest> for Upstream {
     }
 
     fn call(&mut self, req: RawRequest) -> RawFuture {
-        if self.tls.is_some() || self.protocol != UpstreamProtocol::Http1 {
+        let this = &*self.0;
+        if this.tls.is_some() || this.protocol != UpstreamProtocol::Http1 {
             return Box::pin(std::future::ready(Err(BoxError::from(
                 "the fast path's request reached an endpoint that is not plain HTTP/1.1",
             ))));
         }
-        let addr = self.addr;
-        if let Some(s) = &self.stats {
+        let addr = this.addr;
+        if let Some(s) = &this.stats {
             s.requests.incr();
         }
-        let stats = self.stats.clone();
-        let mut settings = self.settings.load();
-        if let Some(l) = &self.limiter {
+        let stats = this.stats.clone();
+        let mut settings = this.settings.load();
+        if let Some(l) = &this.limiter {
             settings.max_idle = l.limit().max(1);
         }
         let start = Instant::now();
