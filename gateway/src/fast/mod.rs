@@ -251,7 +251,21 @@ struct InFlight<'a> {
     armed: bool,
 }
 
-impl InFlight<'_> {
+impl<'a> InFlight<'a> {
+    /// Counts a request to the cluster whose counters are `cluster`, in flight until
+    /// [`end`](Self::end) or the guard's drop.
+    fn start(stats: &'a super::stats::Stats, cluster: &'a super::stats::ClusterStats) -> Self {
+        stats.requests.incr();
+        stats.in_flight.incr();
+        cluster.requests.incr();
+        cluster.in_flight.incr();
+        Self {
+            stats,
+            cluster,
+            armed: true,
+        }
+    }
+
     fn end(&mut self) {
         if std::mem::take(&mut self.armed) {
             self.stats.in_flight.decr();
@@ -428,15 +442,7 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
     let plan = &snap.route_plans[target.route];
     let branch = &plan.branches[target.branch];
     let cluster = &snap.clusters[branch.cluster];
-    stats.requests.incr();
-    stats.in_flight.incr();
-    cluster.stats.requests.incr();
-    cluster.stats.in_flight.incr();
-    let mut in_flight = InFlight {
-        stats,
-        cluster: &cluster.stats,
-        armed: true,
-    };
+    let mut in_flight = InFlight::start(stats, &cluster.stats);
     // The body (held whole) goes out with the head.
     let body_at = b.cin.start + head.len;
     let body_end = body_at + head.body_len as usize;

@@ -47,18 +47,20 @@ use crate::pool::sockets as upstream;
 use crate::pool::{Settings, UpstreamError};
 use crate::request_id::Id;
 use crate::stack::admission::AdmitCtx;
-use crate::stack::route::PlainRaw;
+use crate::stack::endpoints::Cluster;
+use crate::stack::upstream::Upstream;
 use crate::state::Snapshot;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tollgate_balance::HttpKey;
 use tollgate_core::BoxError;
-use tower::ServiceExt;
 use tower::util::Either;
+use tower::{Service, ServiceExt};
 
 /// A request on its way through a cluster's stack from the fast path.
 pub(crate) type RawRequest = http::Request<RawBody>;
@@ -153,6 +155,96 @@ pub(crate) async fn exchange(
             std::io::ErrorKind::ConnectionReset,
             "reset, closed or garbage before an answer head",
         ))),
+    }
+}
+
+/// The future of one request through an endpoint (boxed: it is the exchange's).
+pub(crate) type RawFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<RawResponse, BoxError>> + Send>>;
+
+/// An endpoint of a cluster's stack takes this path's requests: the request already written,
+/// sent on the worker's pooled connections as a plain route's is, counted in the endpoint's
+/// counters as its `http` requests are. Only a plain HTTP/1.1 endpoint takes them
+/// ([`RoutePlan::stacked`](crate::state::RoutePlan::stacked) picks the routes that send them);
+/// any other refuses them rather than send them in the wrong protocol.
+impl Service<RawRequest> for Upstream {
+    type Response = RawResponse;
+    type Error = BoxError;
+    type Future = RawFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: RawRequest) -> RawFuture {
+        if !self.is_plain_h1() {
+            return refused(BoxError::from(
+                "the fast path's request reached an endpoint that is not plain HTTP/1.1",
+            ));
+        }
+        let stats = self.stats().cloned();
+        if let Some(s) = &stats {
+            s.requests.incr();
+        }
+        send(self.addr(), req, self.settings(), move |took, failed| {
+            if let Some(s) = &stats {
+                s.latency.record(took);
+                if failed {
+                    s.failures.incr();
+                }
+            }
+        })
+    }
+}
+
+/// A request refused before it was sent.
+fn refused(e: BoxError) -> RawFuture {
+    Box::pin(std::future::ready(Err(e)))
+}
+
+/// Sends `req` to `addr` ([`exchange`]), then tells `done` how long it took and whether it
+/// failed (an error or a 5xx).
+fn send(
+    addr: SocketAddr,
+    req: RawRequest,
+    settings: Settings,
+    done: impl FnOnce(std::time::Duration, bool) + Send + 'static,
+) -> RawFuture {
+    let start = Instant::now();
+    crate::boxed::pinned(|| async move {
+        let sent = exchange(addr, req.into_body(), settings).await;
+        let failed = sent.as_ref().map_or(true, |r| r.status().is_server_error());
+        done(start.elapsed(), failed);
+        sent.map_err(BoxError::from)
+    })
+}
+
+/// A cluster without layers as a service of the fast path's own requests
+/// ([`stacked`](crate::fast::stacked)): round robin, as a plain route's; its endpoints count
+/// the request, its time and a failure as they do for a plain route.
+#[derive(Debug, Clone)]
+pub(crate) struct PlainRaw(pub Arc<Cluster>);
+
+impl Service<RawRequest> for PlainRaw {
+    type Response = RawResponse;
+    type Error = BoxError;
+    type Future = RawFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: RawRequest) -> RawFuture {
+        let Some((index, addr)) = self.0.pick() else {
+            return refused(BoxError::from(tollgate_balance::NoEndpoints::new()));
+        };
+        let cluster = self.0.clone();
+        send(addr, req, cluster.settings, move |took, failed| {
+            cluster.endpoint_latency(index, addr, took);
+            if failed {
+                cluster.endpoint_failed(index, addr);
+            }
+        })
     }
 }
 
@@ -258,15 +350,7 @@ pub(super) async fn serve(
     let plan = &snap.route_plans[target.route];
     let branch = &plan.branches[target.branch];
     let cluster = &snap.clusters[branch.cluster];
-    stats.requests.incr();
-    stats.in_flight.incr();
-    cluster.stats.requests.incr();
-    cluster.stats.in_flight.incr();
-    let mut in_flight = InFlight {
-        stats,
-        cluster: &cluster.stats,
-        armed: true,
-    };
+    let mut in_flight = InFlight::start(stats, &cluster.stats);
     let body = RawBody {
         out: std::mem::take(&mut b.out),
         uin: std::mem::replace(&mut b.uin, Buf::taken()),

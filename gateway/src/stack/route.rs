@@ -5,10 +5,9 @@ use super::admission::{AdmissionPolicy, AdmitCtx};
 use super::cluster::{ClusterCall, ClusterLayers};
 use super::endpoints::Cluster;
 use super::route_retry::RouteRetry;
-use super::upstream::{RawFuture, Upstream};
+use super::upstream::Upstream;
 use super::{UpRequest, UpResponse};
 use crate::error::RouteTimedOut;
-use crate::fast::stacked::{RawRequest, RawResponse};
 use crate::pool::Settings;
 use crate::pool::SharedSettings;
 use std::sync::Arc;
@@ -74,41 +73,6 @@ impl Service<UpRequest> for ClusterService {
                 }))
             }
         }
-    }
-}
-
-/// A cluster without layers as a service of the fast path's own requests
-/// ([`stacked`](crate::fast::stacked)): round robin, as a plain route's; its endpoints count
-/// the request, its time and a failure as they do for a plain route.
-#[derive(Debug, Clone)]
-pub(crate) struct PlainRaw(pub Arc<Cluster>);
-
-impl Service<RawRequest> for PlainRaw {
-    type Response = RawResponse;
-    type Error = BoxError;
-    type Future = RawFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: RawRequest) -> RawFuture {
-        let Some((index, addr)) = self.0.pick() else {
-            return Box::pin(std::future::ready(Err(BoxError::from(
-                tollgate_balance::NoEndpoints::new(),
-            ))));
-        };
-        let cluster = self.0.clone();
-        crate::boxed::pinned(|| async move {
-            let start = tokio::time::Instant::now();
-            let sent =
-                crate::fast::stacked::exchange(addr, req.into_body(), cluster.settings).await;
-            cluster.endpoint_latency(index, addr, start.elapsed());
-            if sent.as_ref().map_or(true, |r| r.status().is_server_error()) {
-                cluster.endpoint_failed(index, addr);
-            }
-            sent.map_err(BoxError::from)
-        })
     }
 }
 

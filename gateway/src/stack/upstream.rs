@@ -3,7 +3,6 @@
 
 use super::{GwBody, UpRequest, UpResponse};
 use crate::config::UpstreamProtocol;
-use crate::fast::stacked::{RawRequest, RawResponse};
 use crate::pool;
 use crate::pool::SharedSettings;
 use crate::pool::direct::Split;
@@ -71,6 +70,34 @@ impl Upstream {
             limiter,
             stats,
         }))
+    }
+}
+
+impl Upstream {
+    /// The endpoint's address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+
+    /// Whether the endpoint speaks plain HTTP/1.1 (no TLS): what the fast path's own exchange
+    /// can reach.
+    pub(crate) fn is_plain_h1(&self) -> bool {
+        self.0.tls.is_none() && self.0.protocol == UpstreamProtocol::Http1
+    }
+
+    /// The connection settings as they are now, with as many idle connections per worker as
+    /// the cluster's limit when it has one.
+    pub(crate) fn settings(&self) -> pool::Settings {
+        let mut settings = self.0.settings.load();
+        if let Some(l) = &self.0.limiter {
+            settings.max_idle = l.limit().max(1);
+        }
+        settings
+    }
+
+    /// The endpoint's counters, when it keeps them itself.
+    pub(crate) fn stats(&self) -> Option<&Arc<EndpointStats>> {
+        self.0.stats.as_ref()
     }
 }
 
@@ -168,53 +195,6 @@ impl Service<UpRequest> for Upstream {
                 })
             }
         }
-    }
-}
-
-/// The future of one request from the fast path (boxed: it is the exchange's).
-pub(crate) type RawFuture = Pin<Box<dyn Future<Output = Result<RawResponse, BoxError>> + Send>>;
-
-/// The fast path's requests ([`stacked`](crate::fast::stacked)): the request already written,
-/// sent on the worker's pooled connections as a plain route's is. Only a plain HTTP/1.1
-/// endpoint takes them ([`RoutePlan::stacked`](crate::state::RoutePlan::stacked) picks the
-/// routes that send them); any other refuses them rather than send them in the wrong protocol.
-impl Service<RawRequest> for Upstream {
-    type Response = RawResponse;
-    type Error = BoxError;
-    type Future = RawFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: RawRequest) -> RawFuture {
-        let this = &*self.0;
-        if this.tls.is_some() || this.protocol != UpstreamProtocol::Http1 {
-            return Box::pin(std::future::ready(Err(BoxError::from(
-                "the fast path's request reached an endpoint that is not plain HTTP/1.1",
-            ))));
-        }
-        let addr = this.addr;
-        if let Some(s) = &this.stats {
-            s.requests.incr();
-        }
-        let stats = this.stats.clone();
-        let mut settings = this.settings.load();
-        if let Some(l) = &this.limiter {
-            settings.max_idle = l.limit().max(1);
-        }
-        let start = Instant::now();
-        crate::boxed::pinned(|| async move {
-            let sent = crate::fast::stacked::exchange(addr, req.into_body(), settings).await;
-            if let Some(s) = &stats {
-                s.latency.record(start.elapsed());
-                let failed = sent.as_ref().map_or(true, |r| r.status().is_server_error());
-                if failed {
-                    s.failures.incr();
-                }
-            }
-            sent.map_err(BoxError::from)
-        })
     }
 }
 
