@@ -30,7 +30,10 @@
 //!     `trailers` and `Connection` does not name it), no `expect`, one `content-length` iff the
 //!     client sent any, equal to `body_len`, the `x-forwarded-*` and `forwarded` values, the
 //!     client's other fields in order (less any named in `Connection`), and ends with
-//!     `via: 1.1 tollgate`. Pipelined requests are checked in turn.
+//!     `via: 1.1 tollgate`. A head sent through the layers on the fast path's own request
+//!     is that same head once the endpoint's `host` line goes where `host_at` says (right
+//!     after the request line), or as it is when the client's `Host` is kept. Pipelined
+//!     requests are checked in turn.
 //!   - `response::prepare` never panics; `Partial`/`Bad` as httparse; `101`, a status below
 //!     100, a coding in HTTP/1.0 and bad or conflicting lengths are `Bad`; other 1xx are
 //!     `Informational(len)`. A final head has the reference framing and reuse, and the client

@@ -11,11 +11,11 @@
 //! deadline and rate-limit fields, when the request has them), and whose answer is the
 //! upstream's head parsed, with the connection to relay the body from ([`RawAnswer`]). Both
 //! share the layers' state: one breaker, one limit, one set of endpoint latencies. The
-//! upstream's 429 or 503 brings its `Retry-After` along, which a breaker and the balancer
-//! read, as they read it on an `http` answer.
-//! endpoint the balancer picks ([`Upstream`](crate::stack::upstream::Upstream)) runs the same
-//! exchange as a plain route ([`Exchange`]), on the worker's pooled upstream connections,
-//! after adding its address as `Host` when the cluster does not keep the client's.
+//! endpoint the balancer picks ([`Upstream`]) runs the same exchange as a plain route
+//! ([`Exchange`]), on the worker's pooled upstream connections, after adding its address as
+//! `Host` when the cluster does not keep the client's. The upstream's 429 or 503 brings its
+//! `Retry-After` along, which a breaker and the balancer read, as they read it on an `http`
+//! answer.
 //!
 //! What a layered route costs over a plain one is then the layers' own work, the admission
 //! call and two boxed futures (this request's, and the endpoint's), instead of an `http`

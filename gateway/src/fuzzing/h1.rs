@@ -29,8 +29,10 @@ const MAX_FIELDS: [usize; 8] = [0, 1, 2, 100, 8, 64, 128, usize::MAX];
 /// Runs the HTTP/1.1 fast path's pure parsers on `data`: its first byte picks request heads
 /// (`0`), response heads (`1`) or chunked bodies (`2`), by its value modulo 3.
 ///
-/// - request: byte 1 picks the route's answer (bits 0-1: forward keeping the `Host`, forward
-///   to the endpoint's address, local 404, through the layers; bit 6: rotate it per pipelined head), the
+/// - request: byte 1 picks the route's answer (its value modulo 6: forward keeping the
+///   `Host`, forward to the endpoint's address, local 404, through the layers as an `http`
+///   request, through the layers on the fast path's own request keeping the `Host`, the same
+///   with the endpoint's address added later; bit 6: rotate it per pipelined head), the
 ///   scheme (bit 2: https), the address family (bit 3: IPv6) and a 4-byte body limit (bit 7);
 ///   byte 2 the limits (bits 0-2: `MAX_BYTES`, bit 3: 8-byte held bodies, bits 4-6:
 ///   `MAX_FIELDS`); the rest is up to 8 pipelined requests.
@@ -67,9 +69,9 @@ pub fn gateway_h1(data: &[u8]) {
             let mut at = 0;
             for i in 0..8 {
                 let route = if flags & 0x40 != 0 {
-                    (usize::from(flags) + i) & 3
+                    (usize::from(flags) + i) % 6
                 } else {
-                    usize::from(flags) & 3
+                    usize::from(flags) % 6
                 };
                 match h1_request(&rest[at..], route, flags, limits) {
                     Some(used) => at += used,
@@ -139,7 +141,11 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
                 preserve_host: route == 0,
             },
             2 => Route::Local(Answer::NoRoute),
-            _ => Route::Layered,
+            3 => Route::Layered,
+            _ => Route::Stack {
+                target: 7_u8,
+                preserve_host: route == 4,
+            },
         }
     });
     let msg = match parse_request(buf, SLOTS) {
@@ -238,7 +244,7 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
                 body_len
             ))
         );
-        let want_host = if route == 0 {
+        let want_host = if route == 0 || route == 4 {
             host.as_bytes().to_vec()
         } else {
             addr.to_string().into_bytes()
@@ -254,6 +260,31 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
             ) => {
                 assert_eq!((target, a), (7, addr));
                 h1_forwarded(&out, &msg, &fwd, host, &want_host, body_len);
+                head
+            }
+            // Through the layers on the fast path: the same head as forwarding, but for the
+            // `Host` line the endpoint adds after the request line when the client's is not
+            // kept.
+            (
+                4 | 5,
+                Step::Stack {
+                    head,
+                    target,
+                    host_at,
+                },
+            ) => {
+                assert_eq!(target, 7);
+                let mut sent = out.clone();
+                match host_at {
+                    None => assert_eq!(route, 4, "no place for the endpoint's host"),
+                    Some(at) => {
+                        assert_eq!(route, 5, "the client's host was to be kept");
+                        assert!(sent[..at].ends_with(b" HTTP/1.1\r\n"), "{at}");
+                        let line = format!("host: {addr}\r\n");
+                        sent.splice(at..at, line.bytes());
+                    }
+                }
+                h1_forwarded(&sent, &msg, &fwd, host, &want_host, body_len);
                 head
             }
             (2, Step::Local { head, answer }) => {
