@@ -413,11 +413,7 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
             target,
             host_at,
         } => {
-            // The body (held whole) goes out with the head.
-            let body_at = b.cin.start + head.len;
-            let body_end = body_at + head.body_len as usize;
-            b.out.extend_from_slice(&b.cin.data[body_at..body_end]);
-            b.cin.start = body_end;
+            held_body_out(b, &head);
             let id = id_of(&head, &b.cin.data[head_at..]);
             let s = stacked::Stacked {
                 head,
@@ -443,11 +439,7 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
     let branch = &plan.branches[target.branch];
     let cluster = &snap.clusters[branch.cluster];
     let mut in_flight = InFlight::start(stats, &cluster.stats);
-    // The body (held whole) goes out with the head.
-    let body_at = b.cin.start + head.len;
-    let body_end = body_at + head.body_len as usize;
-    b.out.extend_from_slice(&b.cin.data[body_at..body_end]);
-    b.cin.start = body_end;
+    held_body_out(b, &head);
     let exchange = Exchange {
         addr,
         head_method: head.head_method,
@@ -537,6 +529,15 @@ async fn request(client: &mut TcpStream, ctx: &Arc<ConnCtx>, b: &mut Bufs) -> Ne
             }
         }
     }
+}
+
+/// The request's body (held whole, after its head in the client buffer) goes out with the
+/// head written in `out`; the client buffer moves past both.
+fn held_body_out(b: &mut Bufs, head: &Head) {
+    let body_at = b.cin.start + head.len;
+    let body_end = body_at + head.body_len as usize;
+    b.out.extend_from_slice(&b.cin.data[body_at..body_end]);
+    b.cin.start = body_end;
 }
 
 fn exchange_close(head: &Head, ctx: &ConnCtx) -> bool {

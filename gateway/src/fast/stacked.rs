@@ -96,9 +96,6 @@ pub(crate) struct RawAnswer {
     addr: SocketAddr,
     /// Idle connections the endpoint keeps per worker.
     max_idle: usize,
-    /// When the request went out and when the answer head came.
-    sent: Instant,
-    answered: Instant,
 }
 
 /// Sends `body` to `addr` (with `Host: addr` when the route does not keep the client's) on a
@@ -135,8 +132,6 @@ pub(crate) async fn exchange(
                 uin: body.uin,
                 addr,
                 max_idle: settings.max_idle,
-                sent,
-                answered: Instant::now(),
             });
             *answer.status_mut() =
                 http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
@@ -404,8 +399,6 @@ pub(super) async fn serve(
                 uin,
                 addr,
                 max_idle,
-                sent,
-                answered,
             } = answer;
             b.out = out;
             b.uin = uin;
@@ -427,7 +420,9 @@ pub(super) async fn serve(
                 upstream: Some(addr),
                 route: Some((target.route, target.branch)),
                 id,
-                exchange: Some((sent, answered, Some(status))),
+                // Only the tracer reads the exchange's times, and this path is not taken
+                // while tracing.
+                exchange: None,
             };
             log_access(ctx, snap, &b.cin.data[head_at..], &head, status, &done);
             let relayed = relay::relay(client, &mut up, b, resp, idle).await;
