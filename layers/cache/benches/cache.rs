@@ -1,5 +1,7 @@
 //! An L1 hit through the whole layer against `moka::future::Cache::get` on the same hot keys,
-//! single-threaded and on two threads sharing the key set.
+//! single-threaded and on two threads sharing the key set; and a miss that stores (every key
+//! new, L2 full so that each store evicts) against the same work by hand on a
+//! `moka::sync::Cache` of the same capacity (`get`, then `insert`).
 //!
 //! Both are polled by hand with a no-op waker (each completes on its first poll), so the figures
 //! are the caches' own costs, not an executor's.
@@ -42,7 +44,14 @@ fn origin(k: u64) -> std::future::Ready<Result<u64, BoxError>> {
     std::future::ready(Ok(k))
 }
 
+/// Entries the miss benchmarks keep: L2 is filled to it before the clock starts.
+const MISS_CAPACITY: u64 = 10_000;
+
 fn layer() -> Cache<Origin, Policy> {
+    layer_with(CacheConfig::default())
+}
+
+fn layer_with(cfg: CacheConfig) -> Cache<Origin, Policy> {
     fn key(k: &u64) -> Option<u64> {
         Some(*k)
     }
@@ -51,7 +60,7 @@ fn layer() -> Cache<Origin, Policy> {
     }
     let cfg = CacheConfig {
         l1_ttl: Duration::from_secs(3600),
-        ..CacheConfig::default()
+        ..cfg
     };
     let policy: Policy = FnPolicy::new(
         key as fn(&u64) -> Option<u64>,
@@ -151,5 +160,44 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn bench_miss(c: &mut Criterion) {
+    let mut g = c.benchmark_group("miss_store_1_thread");
+    let mut svc = layer_with(CacheConfig {
+        l2_capacity: MISS_CAPACITY,
+        ..CacheConfig::default()
+    });
+    let mut next = HOT;
+    for _ in 0..2 * MISS_CAPACITY {
+        next += 1;
+        get_layer(&mut svc, next);
+    }
+    g.bench_function("layer", |b| {
+        b.iter(|| {
+            next += 1;
+            black_box(get_layer(&mut svc, black_box(next)))
+        })
+    });
+    let cache = moka::sync::Cache::new(MISS_CAPACITY);
+    let mut next = 0u64;
+    let miss = |cache: &moka::sync::Cache<u64, u64>, k: u64| match cache.get(&k) {
+        Some(v) => v,
+        None => {
+            cache.insert(k, k);
+            k
+        }
+    };
+    for _ in 0..2 * MISS_CAPACITY {
+        next += 1;
+        miss(&cache, next);
+    }
+    g.bench_function("moka_sync_get_insert", |b| {
+        b.iter(|| {
+            next += 1;
+            black_box(miss(&cache, black_box(next)))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_miss);
 criterion_main!(benches);

@@ -21,7 +21,7 @@ use crate::l1::{L1, Validity};
 use crate::stats::Stats;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher, RandomState};
+use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -104,26 +104,18 @@ impl<K, V> moka::Expiry<K, Arc<Entry<V>>> for Lifetime {
     }
 }
 
-/// L2's key hasher: a random SipHash key (the default, resisting hash flooding), or a fixed one
-/// derived from the config's seed for repeatable simulations.
-#[derive(Debug, Clone)]
-pub(crate) struct L2Hasher {
-    random: Option<RandomState>,
-    seed: u64,
-}
+/// L2's key hasher: foldhash's quality hasher with a random seed (the default: a key's bucket
+/// cannot be predicted, so a client cannot flood one), or a fixed one derived from the config's
+/// seed for repeatable simulations. Not SipHash: moka re-hashes every entry when it rebuilds its
+/// table, which a full cache with new keys arriving does again and again, and SipHash made that
+/// a quarter of a miss's cost (`benches/cache.rs`, `miss_store_1_thread`).
+pub(crate) type L2Hasher = foldhash::quality::SeedableRandomState;
 
-impl BuildHasher for L2Hasher {
-    type Hasher = DefaultHasher;
-
-    fn build_hasher(&self) -> DefaultHasher {
-        match &self.random {
-            Some(r) => r.build_hasher(),
-            None => {
-                let mut h = DefaultHasher::new();
-                h.write_u64(self.seed);
-                h
-            }
-        }
+fn l2_hasher(cfg: &CacheConfig) -> L2Hasher {
+    if cfg.deterministic {
+        L2Hasher::with_seed(cfg.seed, foldhash::SharedSeed::global_fixed())
+    } else {
+        L2Hasher::random()
     }
 }
 
@@ -170,10 +162,7 @@ where
         if let Some(tti) = cfg.time_to_idle {
             l2 = l2.time_to_idle(tti);
         }
-        let hasher = L2Hasher {
-            random: (!cfg.deterministic).then(RandomState::new),
-            seed: cfg.seed,
-        };
+        let hasher = l2_hasher(&cfg);
         let tiers = Arc::new(Self {
             l1: (cfg.l1_slots > 0).then(|| L1::new(cfg.l1_slots)),
             l2: l2.build_with_hasher(hasher),

@@ -6,7 +6,6 @@
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::hash::{BuildHasher, DefaultHasher, Hasher};
 use std::time::Duration;
 use tollgate_cache::{CacheConfig, CacheLayer, Cacheability, FnPolicy, Freshness};
 use tollgate_core::BoxError;
@@ -48,16 +47,12 @@ fn trace() -> Vec<u64> {
     (0..REQUESTS).map(|_| zipf.sample(&mut rng)).collect()
 }
 
-#[derive(Clone)]
-struct Seeded;
-
-impl BuildHasher for Seeded {
-    type Hasher = DefaultHasher;
-    fn build_hasher(&self) -> DefaultHasher {
-        let mut h = DefaultHasher::new();
-        h.write_u64(CacheConfig::default().seed);
-        h
-    }
+/// The hash key the layer's `deterministic` L2 uses.
+fn seeded() -> foldhash::quality::SeedableRandomState {
+    foldhash::quality::SeedableRandomState::with_seed(
+        CacheConfig::default().seed,
+        foldhash::SharedSeed::global_fixed(),
+    )
 }
 
 fn moka_alone(capacity: u64, trace: &[u64]) -> f64 {
@@ -65,7 +60,7 @@ fn moka_alone(capacity: u64, trace: &[u64]) -> f64 {
     // only by the layer.
     let cache = moka::sync::Cache::<u64, u64>::builder()
         .max_capacity(capacity)
-        .build_with_hasher(Seeded);
+        .build_with_hasher(seeded());
     let mut hits = 0;
     for &k in trace {
         if cache.get(&k).is_some() {
