@@ -63,7 +63,7 @@ pub(crate) struct RoutePlan {
     pub fast: bool,
     /// Whether the fast path sends its requests through the layers itself when it does not
     /// forward them ([`stacked`](crate::fast::stacked)): every cluster it sends to is plain
-    /// HTTP/1.1 without retries, and the route has no retries, cache or batch. (Not while
+    /// HTTP/1.1, and the route has no retries of its own, cache or batch. (Not while
     /// tracing: the layered path records the layers' spans.)
     pub stacked: bool,
     /// Its overall request timeout.
@@ -297,10 +297,7 @@ impl Snapshot {
                 && batch.is_none()
                 && branches.iter().all(|b| {
                     let c = &clusters[b.cluster];
-                    b.retry.is_none()
-                        && c.protocol == UpstreamProtocol::Http1
-                        && c.tls.is_none()
-                        && c.layers.as_ref().is_none_or(|l| l.takes_raw())
+                    b.retry.is_none() && c.protocol == UpstreamProtocol::Http1 && c.tls.is_none()
                 });
             route_plans.push(RoutePlan {
                 branches,

@@ -84,9 +84,13 @@ enum Layers {
     /// through the cluster's stack itself (its `stacked` module).
     Balance,
     /// A balancer and a retry layer that never retries (`[clusters.retry] attempts = 0`): the
-    /// fast path hands the request to the service hyper's requests go through, as an `http`
-    /// request (its `layered` module), as it does for every route with retries or a cache.
+    /// fast path sends the request through the retry layer and the stack itself.
     Retry,
+    /// A balancer and a route that turns retries off (`[routes.retry] attempts = 0`): the
+    /// fast path hands the request to the service hyper's requests go through, as an `http`
+    /// request (its `layered` module), as it does for every route with its own retries, a
+    /// cache or a batcher.
+    RouteRetry,
 }
 
 tokio::task_local! {
@@ -110,8 +114,9 @@ fn layered() -> bool {
 /// module), once per HTTP/1.1 front end and route kind, as the tests `scenario::fast_path`
 /// and `scenario::hyper_path` (plain routes), `scenario::layered_fast_path` and
 /// `scenario::layered_hyper_path` (the same routes through a balancer layer, see
-/// [`LAYERED`]), and `scenario::retried_fast_path` (a balancer and a retry layer, which the
-/// fast path serves as `http` requests; on hyper's path it is the layered route again).
+/// [`LAYERED`]), `scenario::retried_fast_path` (a balancer and a retry layer) and
+/// `scenario::http_fast_path` (a route the fast path serves as `http` requests); on hyper's
+/// path these two are the layered route again.
 ///
 /// A scenario may be followed by `[fast: "reason"]`, `[hyper: "reason"]` or
 /// `[layered: "reason"]` to ignore it there (a known failure, reported, kept so that it is
@@ -149,6 +154,13 @@ macro_rules! on_both_paths {
             $(#[ignore = $layered])?
             async fn retried_fast_path() {
                 let run = crate::LAYERED.scope(crate::Layers::Retry, super::$group::$scenario(true));
+                crate::common::bounded(run).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[ignore = $layered])?
+            async fn http_fast_path() {
+                let run = crate::LAYERED.scope(crate::Layers::RouteRetry, super::$group::$scenario(true));
                 crate::common::bounded(run).await;
             }
         }

@@ -26,10 +26,18 @@
 //! round robin here ([`PlainRaw`]), as on a plain route. A balancer's hash key travels too:
 //! its field (or the cookies) in the header map, or the path as the request's URI.
 //!
-//! Taken by a route that is not plain when every cluster it sends to speaks plain HTTP/1.1
-//! and has no retries, the route (and branch) has no retries, cache or batch, and the gateway
-//! is not tracing (see [`RoutePlan::stacked`](crate::state::RoutePlan::stacked)); every other
-//! such route goes through [`layered`]. The answers are the same on both: a
+//! A cluster's `[clusters.retry]` works here as on an `http` request ([`RetriedRaw`]): the
+//! retry layer keeps a copy of the written request (when its body is within
+//! `replay_limit_bytes`), classifies each try by the gateway's policy (the answer's status,
+//! `grpc-status` and pushback, copied into the answer's header map for it; the failure's
+//! kind; whether the method, or an `Idempotency-Key`, lets it be sent twice), marks each try
+//! so that the balancer avoids the endpoints already tried, and hedges; each try has the
+//! per-try timeout. A retry's or hedge's copy reads its answer into a buffer of its own.
+//!
+//! Taken by a route that is not plain when every cluster it sends to speaks plain HTTP/1.1,
+//! the route (and branch) has no retries of its own, cache or batch, and the gateway is not
+//! tracing (see [`RoutePlan::stacked`](crate::state::RoutePlan::stacked)); every other such
+//! route goes through [`layered`]. The answers are the same on both: a
 //! layer's rejection or an upstream failure is answered by [`error_response`] (with the
 //! request id), an upstream's answer relayed as it came (with what a rate limit has left,
 //! when the policy says so), with the same counters and access log.
@@ -47,7 +55,9 @@ use crate::pool::sockets as upstream;
 use crate::pool::{Settings, UpstreamError};
 use crate::request_id::Id;
 use crate::stack::admission::AdmitCtx;
+use crate::stack::cluster::ClusterSvc;
 use crate::stack::endpoints::Cluster;
+use crate::stack::retry::{Counted, GwPolicy, Retried, RetryPolicy, Try, TryCall};
 use crate::stack::upstream::Upstream;
 use crate::state::Snapshot;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -59,6 +69,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tollgate_balance::HttpKey;
 use tollgate_core::BoxError;
+use tollgate_core::attempt::{Attempt, Attempts};
+use tollgate_retry::http::Exhausted;
+use tollgate_retry::{Action, Policy};
 use tower::util::Either;
 use tower::{Service, ServiceExt};
 
@@ -78,9 +91,37 @@ pub(crate) struct RawBody {
     uin: Buf,
     host_at: Option<usize>,
     head_method: bool,
+    /// The exchange may send it again on a fresh connection when a pooled one was stale.
     replayable: bool,
     /// The client's connection ends after this answer.
     close: bool,
+    /// A method that may be sent twice, or a request with an `Idempotency-Key`: a retry
+    /// layer may repeat it after it was sent.
+    idempotent: bool,
+    /// A retry layer may send a copy (`[clusters.retry]`, and the body within its
+    /// `replay_limit_bytes`).
+    replay: bool,
+    /// A retry layer reads the answer: its `grpc-status`, `grpc-retry-pushback-ms` and
+    /// `Retry-After` go into the answer's header map whatever its status.
+    retry_fields: bool,
+}
+
+impl RawBody {
+    /// A copy to send again (a retry or a hedge), when it may be: the request's bytes, with
+    /// no answer buffer yet (the exchange takes one when it reads).
+    fn replay(&self) -> Option<Self> {
+        self.replay.then(|| Self {
+            out: self.out.clone(),
+            uin: Buf::taken(),
+            host_at: self.host_at,
+            head_method: self.head_method,
+            replayable: self.replayable,
+            close: self.close,
+            idempotent: self.idempotent,
+            replay: true,
+            retry_fields: self.retry_fields,
+        })
+    }
 }
 
 /// The upstream's answer head: parsed, its client head written out, the first body bytes
@@ -105,6 +146,10 @@ pub(crate) async fn exchange(
     mut body: RawBody,
     settings: Settings,
 ) -> Result<RawResponse, UpstreamError> {
+    if body.uin.data.is_empty() {
+        // A retry's or hedge's copy: its own buffer.
+        body.uin = Buf::new();
+    }
     if let Some(at) = body.host_at.take() {
         let mut line = [0u8; 64];
         let mut w = &mut line[..];
@@ -136,8 +181,17 @@ pub(crate) async fn exchange(
             *answer.status_mut() =
                 http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
             // The layers read `Retry-After` on a 429 or 503 (a breaker waits, a balancer
-            // lowers the endpoint's share).
-            if matches!(resp.status, 429 | 503)
+            // lowers the endpoint's share); a retry layer reads it, and gRPC's status and
+            // pushback, on any answer.
+            if body.retry_fields {
+                for name in [GRPC_STATUS, GRPC_PUSHBACK, "retry-after"] {
+                    if let Some(v) = field(&answer.body().out, name.as_bytes()) {
+                        answer
+                            .headers_mut()
+                            .insert(HeaderName::from_static(name), v);
+                    }
+                }
+            } else if matches!(resp.status, 429 | 503)
                 && let Some(v) = field(&answer.body().out, b"retry-after")
             {
                 answer.headers_mut().insert(header::RETRY_AFTER, v);
@@ -152,6 +206,9 @@ pub(crate) async fn exchange(
         ))),
     }
 }
+
+const GRPC_STATUS: &str = "grpc-status";
+const GRPC_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
 /// The future of one request through an endpoint (boxed: it is the exchange's).
 pub(crate) type RawFuture =
@@ -243,6 +300,81 @@ impl Service<RawRequest> for PlainRaw {
     }
 }
 
+/// `[clusters.retry]` on this path's requests: the same classification as for an `http`
+/// request (the answer's status, `grpc-status` and pushback; the failure's kind; whether the
+/// request may be sent twice), a copy of the written request for each retry or hedge, and
+/// each try marked so that the balancer avoids the endpoints already tried.
+impl Policy<RawRequest, RawResponse> for GwPolicy {
+    fn classify(&self, req: &RawRequest, result: Result<&RawResponse, &BoxError>) -> Action {
+        let idempotent = req.body().idempotent;
+        match result {
+            Ok(res) => self.classify_response(idempotent, res),
+            Err(e) => self.classify_error(idempotent, e),
+        }
+    }
+
+    fn clone_request(&self, req: &RawRequest) -> Option<RawRequest> {
+        let mut copy = http::Request::new(req.body().replay()?);
+        *copy.uri_mut() = req.uri().clone();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+
+    fn on_attempt(&self, req: &mut RawRequest, attempt: &Attempt) {
+        req.set_attempt(attempt.clone());
+    }
+
+    fn marks_attempts(&self) -> bool {
+        true
+    }
+
+    fn on_give_up(&self, res: &mut RawResponse) {
+        res.extensions_mut().insert(Exhausted);
+    }
+}
+
+/// One try of this path's request: counted, under the per-try timeout (never traced: the
+/// path is not taken while tracing).
+impl<S> Service<RawRequest> for Try<S>
+where
+    S: Service<RawRequest, Response = RawResponse, Error = BoxError>,
+{
+    type Response = RawResponse;
+    type Error = BoxError;
+    type Future = TryCall<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Service::<RawRequest>::poll_ready(self.inner_mut(), cx)
+    }
+
+    fn call(&mut self, req: RawRequest) -> Self::Future {
+        self.untraced(req)
+    }
+}
+
+/// A cluster's stack under its retry layer, for this path's requests: what the admission
+/// policy calls, as it calls the stack itself on a cluster without retries.
+#[derive(Clone)]
+pub(crate) struct RetriedRaw {
+    policy: RetryPolicy,
+    retried: Retried<ClusterSvc>,
+}
+
+impl Service<RawRequest> for RetriedRaw {
+    type Response = RawResponse;
+    type Error = BoxError;
+    type Future = Counted<<Retried<ClusterSvc> as Service<RawRequest>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Service::<RawRequest>::poll_ready(&mut self.retried, cx)
+    }
+
+    fn call(&mut self, req: RawRequest) -> Self::Future {
+        self.policy.counted(self.retried.call(req))
+    }
+}
+
 /// The value of the first field `name` (lower case) in a written head.
 fn field(head: &[u8], name: &[u8]) -> Option<HeaderValue> {
     head.split(|b| *b == b'\n').skip(1).find_map(|line| {
@@ -265,6 +397,8 @@ pub(super) struct Carried {
     /// A gRPC request (`Content-Type: application/grpc...`): rejections answer with gRPC
     /// statuses.
     pub(super) grpc: bool,
+    /// The request has an `Idempotency-Key`: a retry may repeat it whatever its method.
+    pub(super) idempotency_key: bool,
 }
 
 impl Carried {
@@ -290,6 +424,8 @@ impl Carried {
         for h in headers {
             if h.name.eq_ignore_ascii_case("content-type") {
                 carried.grpc = h.value.starts_with(b"application/grpc");
+            } else if h.name.eq_ignore_ascii_case("idempotency-key") {
+                carried.idempotency_key = true;
             }
             let Some(name) = wanted
                 .iter()
@@ -346,6 +482,7 @@ pub(super) async fn serve(
     let branch = &plan.branches[target.branch];
     let cluster = &snap.clusters[branch.cluster];
     let mut in_flight = InFlight::start(stats, &cluster.stats);
+    let retried = cluster.layers.as_ref().and_then(|l| l.retried());
     let body = RawBody {
         out: std::mem::take(&mut b.out),
         uin: std::mem::replace(&mut b.uin, Buf::taken()),
@@ -354,6 +491,9 @@ pub(super) async fn serve(
         // Sent again only what may be sent twice and has no body, as on the hyper path.
         replayable: head.idempotent && head.body_len == 0,
         close: exchange_close(&head, ctx),
+        idempotent: head.idempotent || carried.idempotency_key,
+        replay: retried.is_some_and(|(p, _)| head.body_len <= p.replay_limit() as u64),
+        retry_fields: retried.is_some(),
     };
     let mut req = http::Request::new(body);
     *req.headers_mut() = carried.fields;
@@ -364,10 +504,15 @@ pub(super) async fn serve(
         .listener_admission
         .get(ctx.listener)
         .and_then(Option::as_ref));
-    // The cluster's stack, or round robin over a cluster without layers.
-    let stack = match &cluster.layers {
-        Some(l) => Either::Left(l.stack().clone()),
-        None => Either::Right(PlainRaw(cluster.clone())),
+    // The cluster's stack (under its retry layer when it has one), or round robin over a
+    // cluster without layers.
+    let stack = match (&cluster.layers, retried) {
+        (_, Some((policy, retried))) => Either::Left(Either::Right(RetriedRaw {
+            policy: policy.clone(),
+            retried: retried.clone(),
+        })),
+        (Some(l), None) => Either::Left(Either::Left(l.stack().clone())),
+        (None, None) => Either::Right(PlainRaw(cluster.clone())),
     };
     // Pinned where it is built: moved into the timeout, this future (the layers' state) was
     // the largest copy of the request.
@@ -546,9 +691,16 @@ mod tests {
         assert_eq!(c.fields.len(), 1);
         assert_eq!(c.fields.get("x-priority").unwrap(), "high");
         assert!(c.uri.is_none());
+        assert!(!c.idempotency_key);
         let none = Carried::from_head(&headers[2..], "/a", &wanted, None);
         assert!(!none.grpc);
         assert!(none.fields.is_empty());
+        // A retry may repeat a request with an `Idempotency-Key`, whatever its method.
+        let keyed = [httparse::Header {
+            name: "Idempotency-Key",
+            value: b"order-1",
+        }];
+        assert!(Carried::from_head(&keyed, "/a", &wanted, None).idempotency_key);
         // The balancer's hash key: its field, or the path.
         let key = HttpKey::header(HeaderName::from_static("x-other"));
         let c = Carried::from_head(&headers, "/a", &[], Some(&key));

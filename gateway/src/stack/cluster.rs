@@ -256,10 +256,9 @@ impl ClusterLayers {
         Some(abort)
     }
 
-    /// Whether the stack takes the fast path's own requests
-    /// ([`stacked`](crate::fast::stacked)): not with retries, which replay an `http` request.
-    pub(crate) fn takes_raw(&self) -> bool {
-        self.retry.is_none()
+    /// The retry policy and the stack under its retry layer, when `[clusters.retry]` is set.
+    pub(crate) fn retried(&self) -> Option<(&RetryPolicy, &Retried<ClusterSvc>)> {
+        self.retry.as_ref().map(|(p, r)| (p, r))
     }
 
     /// The balancer's hash key: what a request must carry to the stack (its field, or its

@@ -103,7 +103,8 @@ impl GwPolicy {
         self.on.contains(&what)
     }
 
-    fn classify_response<B, R>(&self, req: &Request<B>, res: &http::Response<R>) -> Action {
+    /// What to do with an answer to a request that is (or is not) `idempotent`.
+    pub(crate) fn classify_response<R>(&self, idempotent: bool, res: &http::Response<R>) -> Action {
         if res.extensions().get::<Exhausted>().is_some() {
             return Action::Return;
         }
@@ -118,13 +119,14 @@ impl GwPolicy {
                 let wanted = (status.is_server_error() && self.on(RetryOn::ServerError))
                     || (status == http::StatusCode::SERVICE_UNAVAILABLE
                         && self.on(RetryOn::Unavailable));
-                wanted && (self.non_idempotent || idempotent(req))
+                wanted && (self.non_idempotent || idempotent)
             }
         };
         pushback_action(headers, retry)
     }
 
-    fn classify_error<B>(&self, req: &Request<B>, err: &BoxError) -> Action {
+    /// What to do with a failed try of a request that is (or is not) `idempotent`.
+    pub(crate) fn classify_error(&self, idempotent: bool, err: &BoxError) -> Action {
         let err: &(dyn std::error::Error + 'static) = &**err;
         let (what, sent) = if find_cause::<TryTimedOut>(err).is_some() {
             (RetryOn::Timeout, true)
@@ -142,7 +144,7 @@ impl GwPolicy {
                 None => return Action::Return,
             }
         };
-        if self.on(what) && (!sent || self.non_idempotent || idempotent(req)) {
+        if self.on(what) && (!sent || self.non_idempotent || idempotent) {
             Action::Retry
         } else {
             Action::Return
@@ -153,8 +155,8 @@ impl GwPolicy {
 impl Policy<UpRequest, UpResponse> for GwPolicy {
     fn classify(&self, req: &UpRequest, result: Result<&UpResponse, &BoxError>) -> Action {
         match result {
-            Ok(res) => self.classify_response(req, res),
-            Err(e) => self.classify_error(req, e),
+            Ok(res) => self.classify_response(idempotent(req), res),
+            Err(e) => self.classify_error(idempotent(req), e),
         }
     }
 
@@ -273,12 +275,30 @@ impl RetryPolicy {
     ) -> Result<UpResponse, BoxError> {
         let req = self.replayable(req).await?;
         let result = retried.oneshot(req).await;
-        if let Err(e) = &result
+        self.count_exhausted(&result);
+        result
+    }
+
+    /// `fut` (a request through [`Retried`]), counting its end as [`send`](Self::send) does.
+    pub(crate) fn counted<F>(&self, fut: F) -> Counted<F> {
+        Counted {
+            fut,
+            policy: self.clone(),
+        }
+    }
+
+    /// Counts a request the budget left without the retries it asked for.
+    pub(crate) fn count_exhausted<T>(&self, result: &Result<T, BoxError>) {
+        if let Err(e) = result
             && find_cause::<RetriesExhausted>(&**e).is_some_and(RetriesExhausted::budget_exhausted)
         {
             self.inner.counters.exhausted.incr();
         }
-        result
+    }
+
+    /// The longest request body a retry sends again (`replay_limit_bytes`).
+    pub(crate) fn replay_limit(&self) -> usize {
+        self.inner.replay_limit
     }
 
     /// Retries sent so far (hedges not counted).
@@ -343,6 +363,30 @@ impl RetryPolicy {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A request's way through [`Retried`], counted when the budget cut its retries short
+    /// ([`RetryPolicy::counted`]).
+    pub(crate) struct Counted<F> {
+        #[pin]
+        fut: F,
+        policy: RetryPolicy,
+    }
+}
+
+impl<F, T> Future for Counted<F>
+where
+    F: Future<Output = Result<T, BoxError>>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.fut.poll(cx));
+        this.policy.count_exhausted(&result);
+        Poll::Ready(result)
+    }
+}
+
 /// A stack `S` under the retry layer.
 pub(crate) type Retried<S> = Retry<Try<S>, GwPolicy>;
 
@@ -355,17 +399,10 @@ pub(crate) struct Try<S> {
     counters: Arc<Counters>,
 }
 
-impl<S: UpstreamService> Service<UpRequest> for Try<S> {
-    type Response = UpResponse;
-    type Error = BoxError;
-    type Future = TryFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.svc.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: UpRequest) -> TryFuture {
-        let number = match req.attempt() {
+impl<S> Try<S> {
+    /// Counts a try by its mark (a hedge, or a retry after the first); its number.
+    fn count(&self, attempt: Option<&Attempt>) -> u32 {
+        match attempt {
             Some(a) if a.is_hedge() => {
                 self.counters.hedges.incr();
                 a.number()
@@ -377,7 +414,71 @@ impl<S: UpstreamService> Service<UpRequest> for Try<S> {
                 a.number()
             }
             None => 0,
-        };
+        }
+    }
+
+    /// The stack the tries go to.
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        &mut self.svc
+    }
+
+    /// One try of `req` on the stack, counted and under the per-try timeout, without a span
+    /// (for requests that are not traced: the fast path's own).
+    pub(crate) fn untraced<Req>(&mut self, req: Req) -> TryCall<S::Future>
+    where
+        Req: Attempts,
+        S: Service<Req, Error = BoxError>,
+    {
+        self.count(req.attempt());
+        let fut = self.svc.call(req);
+        match self.per_try {
+            Some(t) => TryCall::Timed {
+                fut: tokio::time::timeout(t, fut),
+            },
+            None => TryCall::Direct { fut },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An untraced try's future ([`Try::untraced`]): the stack's own, under the per-try
+    /// timeout when there is one (a [`TryTimedOut`] when it runs out).
+    #[project = TryCallProj]
+    pub(crate) enum TryCall<F> {
+        /// No per-try timeout.
+        Direct { #[pin] fut: F },
+        /// Under `per_try_timeout_ms`.
+        Timed { #[pin] fut: tokio::time::Timeout<F> },
+    }
+}
+
+impl<F, T> Future for TryCall<F>
+where
+    F: Future<Output = Result<T, BoxError>>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            TryCallProj::Direct { fut } => fut.poll(cx),
+            TryCallProj::Timed { fut } => fut
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|_| Err(BoxError::from(TryTimedOut)))),
+        }
+    }
+}
+
+impl<S: UpstreamService> Service<UpRequest> for Try<S> {
+    type Response = UpResponse;
+    type Error = BoxError;
+    type Future = TryFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.svc.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: UpRequest) -> TryFuture {
+        let number = self.count(req.attempt());
         let traced = req.extensions().get::<Traced>().cloned();
         let span = traced.map(|t| (t, trace::new_span_id(), Instant::now()));
         if let Some((t, id, _)) = &span {

@@ -98,6 +98,68 @@ async fn retries_rescue_idempotent_requests_only() {
     .await;
 }
 
+on_both_front_ends!(an_idempotency_key_and_the_replay_limit_decide_what_is_sent_again);
+/// The resetting endpoint alone: a POST that carries an `Idempotency-Key` is tried
+/// `1 + attempts` times like a GET (the client says a repeat is safe), while a PUT whose body
+/// is over `replay_limit_bytes` is tried exactly once (its body is not kept to send again),
+/// and one within the limit `1 + attempts` times. Every request gets one answer.
+async fn an_idempotency_key_and_the_replay_limit_decide_what_is_sent_again() {
+    bounded(async {
+        let bad = ChaosUpstream::start(Mode::Reset).await;
+        let retry = "[clusters.retry]\nattempts = 2\nbudget_percent = 100\n\
+                     budget_min_per_s = 100\nreplay_limit_bytes = 1024\n\
+                     backoff = { base = \"1ms\", max = \"2ms\" }\n";
+        let gw = start(config(&cluster("alone", &[&bad], retry, "")));
+        let url = format!("http://{}/alone", addr(&gw));
+        let client = client();
+        let post = |key: Option<&str>| {
+            let mut b = Request::builder().method(Method::POST).uri(&url);
+            if let Some(k) = key {
+                b = b.header("idempotency-key", k);
+            }
+            b.body(Full::new(Bytes::from_static(b"payload"))).unwrap()
+        };
+
+        let before = bad.requests();
+        let r = send(&client, post(Some("order-1")))
+            .await
+            .expect("answered");
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+        assert_eq!(
+            bad.requests() - before,
+            3,
+            "a keyed POST is tried 1 + attempts times"
+        );
+
+        let before = bad.requests();
+        let r = send(&client, post(None)).await.expect("answered");
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+        assert_eq!(
+            bad.requests() - before,
+            1,
+            "a POST without a key is tried once"
+        );
+
+        static SMALL: [u8; 1024] = [b's'; 1024];
+        static LARGE: [u8; 1025] = [b'l'; 1025];
+        for (body, tries) in [(&SMALL[..], 3), (&LARGE[..], 1)] {
+            let before = bad.requests();
+            let r = call(&client, Method::PUT, &url, Some(body))
+                .await
+                .expect("answered");
+            assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+            assert_eq!(
+                bad.requests() - before,
+                tries,
+                "a PUT of {} bytes (replay limit 1024)",
+                body.len()
+            );
+        }
+        stop(gw).await;
+    })
+    .await;
+}
+
 on_both_front_ends!(a_post_refused_at_connect_is_retried_elsewhere);
 /// A POST whose connection could not be made was never sent, so it is retried on the other
 /// endpoint, its body replayed: every POST to a cluster with a dead endpoint succeeds, and the
@@ -138,6 +200,84 @@ async fn a_post_refused_at_connect_is_retried_elsewhere() {
                 .is_some_and(|r| r >= 1),
             "the dead endpoint was never picked: {s:#}"
         );
+        stop(gw).await;
+    })
+    .await;
+}
+
+/// An upstream that turns every request away, as its path says: `/u/grpc` with `200` and
+/// `grpc-status: 14` (gRPC's UNAVAILABLE in a Trailers-Only answer), `/u/stop` with `503` and
+/// `grpc-retry-pushback-ms: -1` ("do not retry"), anything else with a bare `503`; it counts
+/// the requests.
+async fn refusing_upstream() -> (SocketAddr, Arc<AtomicU64>) {
+    let seen = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    // Relaxed: a counter the test reads after the answers came.
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let b = hyper::Response::builder();
+                    let b = match req.uri().path() {
+                        "/u/grpc" => b.status(200).header("grpc-status", "14"),
+                        "/u/stop" => b.status(503).header("grpc-retry-pushback-ms", "-1"),
+                        _ => b.status(503),
+                    };
+                    std::future::ready(b.body(Full::new(Bytes::new())))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+on_both_front_ends!(the_answers_own_fields_decide_a_retry);
+/// A retry reads the upstream's answer: a `503` is tried `1 + attempts` times, a `503` with a
+/// negative `grpc-retry-pushback-ms` once, and a POST answered with `grpc-status: 14` (whatever
+/// its method: gRPC calls a Trailers-Only UNAVAILABLE safe to repeat) `1 + attempts` times.
+async fn the_answers_own_fields_decide_a_retry() {
+    bounded(async {
+        let (up, seen) = refusing_upstream().await;
+        let rest = format!(
+            "[[clusters]]\nname = \"u\"\nendpoints = [\"{up}\"]\n[clusters.retry]\nattempts = 2\n\
+             budget_percent = 100\nbudget_min_per_s = 100\n\
+             backoff = {{ base = \"1ms\", max = \"2ms\" }}\n\
+             [[routes]]\npath_prefix = \"/u\"\ncluster = \"u\"\n"
+        );
+        let gw = start(config(&rest));
+        let base = format!("http://{}/u", addr(&gw));
+        let client = client();
+        for (method, path, status, tries) in [
+            (Method::GET, "/plain", StatusCode::SERVICE_UNAVAILABLE, 3),
+            (Method::GET, "/stop", StatusCode::SERVICE_UNAVAILABLE, 1),
+            (Method::POST, "/grpc", StatusCode::OK, 3),
+        ] {
+            let before = seen.load(Ordering::Relaxed);
+            let r = call(
+                &client,
+                method.clone(),
+                &format!("{base}{path}"),
+                Some(b"x"),
+            )
+            .await
+            .expect("answered");
+            assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+            assert_eq!(
+                seen.load(Ordering::Relaxed) - before,
+                tries,
+                "{method} {path}: tries"
+            );
+        }
         stop(gw).await;
     })
     .await;

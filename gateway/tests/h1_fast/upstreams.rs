@@ -269,6 +269,13 @@ pub(crate) fn cfg(rest: &str, fast: bool) -> Config {
                     .get_or_insert_with(|| toml::from_str("attempts = 0").expect("no retries"));
             }
         }
+        if layers == crate::Layers::RouteRetry {
+            for route in &mut c.routes {
+                route
+                    .retry
+                    .get_or_insert_with(|| toml::from_str("attempts = 0").expect("no retries"));
+            }
+        }
     }
     c
 }
@@ -279,6 +286,9 @@ pub(crate) fn label(fast: bool) -> &'static str {
         (false, false) => "hyper path",
         (true, true) if crate::layers() == Some(crate::Layers::Retry) => {
             "layered route with retries, fast path"
+        }
+        (true, true) if crate::layers() == Some(crate::Layers::RouteRetry) => {
+            "layered route as http requests, fast path"
         }
         (true, true) => "layered route, fast path",
         (false, true) => "layered route, hyper path",

@@ -11,8 +11,9 @@ fn policy(f: impl FnOnce(&mut RetrySection)) -> GwPolicy {
     GwPolicy::new(&s)
 }
 
-fn req(method: Method) -> Request<()> {
-    Request::builder().method(method).body(()).unwrap()
+/// Whether a request with `method` (and no `Idempotency-Key`) may be sent twice.
+fn req(method: Method) -> bool {
+    idempotent(&Request::builder().method(method).body(()).unwrap())
 }
 
 fn res(status: u16, headers: &[(&str, &str)]) -> http::Response<()> {
@@ -33,26 +34,29 @@ fn connect_refused() -> BoxError {
 fn a_503_is_retried_for_idempotent_requests_only() {
     let p = policy(|_| {});
     assert_eq!(
-        p.classify_response(&req(Method::GET), &res(503, &[])),
+        p.classify_response(req(Method::GET), &res(503, &[])),
         Action::Retry
     );
     assert_eq!(
-        p.classify_response(&req(Method::POST), &res(503, &[])),
+        p.classify_response(req(Method::POST), &res(503, &[])),
         Action::Return
     );
     let keyed = Request::post("/")
         .header("idempotency-key", "k1")
         .body(())
         .unwrap();
-    assert_eq!(p.classify_response(&keyed, &res(503, &[])), Action::Retry);
     assert_eq!(
-        p.classify_response(&req(Method::GET), &res(500, &[])),
+        p.classify_response(idempotent(&keyed), &res(503, &[])),
+        Action::Retry
+    );
+    assert_eq!(
+        p.classify_response(req(Method::GET), &res(500, &[])),
         Action::Return,
         "5xx is not in the default retry_on"
     );
     let lax = policy(|s| s.non_idempotent = true);
     assert_eq!(
-        lax.classify_response(&req(Method::POST), &res(503, &[])),
+        lax.classify_response(req(Method::POST), &res(503, &[])),
         Action::Retry
     );
 }
@@ -61,12 +65,12 @@ fn a_503_is_retried_for_idempotent_requests_only() {
 fn pushback_replaces_the_backoff_and_a_negative_one_stops() {
     let p = policy(|_| {});
     assert_eq!(
-        p.classify_response(&req(Method::GET), &res(503, &[("retry-after", "2")])),
+        p.classify_response(req(Method::GET), &res(503, &[("retry-after", "2")])),
         Action::RetryAfter(Duration::from_secs(2))
     );
     assert_eq!(
         p.classify_response(
-            &req(Method::POST),
+            req(Method::POST),
             &res(
                 200,
                 &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "150")]
@@ -77,7 +81,7 @@ fn pushback_replaces_the_backoff_and_a_negative_one_stops() {
     );
     assert_eq!(
         p.classify_response(
-            &req(Method::POST),
+            req(Method::POST),
             &res(
                 200,
                 &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "-1")]
@@ -86,14 +90,14 @@ fn pushback_replaces_the_backoff_and_a_negative_one_stops() {
         Action::Return
     );
     assert_eq!(
-        p.classify_response(&req(Method::POST), &res(200, &[("grpc-status", "13")])),
+        p.classify_response(req(Method::POST), &res(200, &[("grpc-status", "13")])),
         Action::Return,
         "INTERNAL is not in grpc_codes"
     );
     let mut given_up = res(503, &[]);
     given_up.extensions_mut().insert(Exhausted);
     assert_eq!(
-        p.classify_response(&req(Method::GET), &given_up),
+        p.classify_response(req(Method::GET), &given_up),
         Action::Return,
         "an inner layer gave up on it already"
     );
@@ -103,20 +107,20 @@ fn pushback_replaces_the_backoff_and_a_negative_one_stops() {
 fn non_idempotent_requests_are_retried_only_when_nothing_was_sent() {
     let p = policy(|_| {});
     assert_eq!(
-        p.classify_error(&req(Method::POST), &connect_refused()),
+        p.classify_error(req(Method::POST), &connect_refused()),
         Action::Retry
     );
     let reset: BoxError = Box::new(TryTimedOut);
-    assert_eq!(p.classify_error(&req(Method::POST), &reset), Action::Return);
-    assert_eq!(p.classify_error(&req(Method::GET), &reset), Action::Retry);
+    assert_eq!(p.classify_error(req(Method::POST), &reset), Action::Return);
+    assert_eq!(p.classify_error(req(Method::GET), &reset), Action::Retry);
     let off = policy(|s| s.retry_on = vec![RetryOn::Timeout]);
     assert_eq!(
-        off.classify_error(&req(Method::GET), &connect_refused()),
+        off.classify_error(req(Method::GET), &connect_refused()),
         Action::Return
     );
     let rejected: BoxError = Box::new(tollgate_balance::NoEndpoints::new());
     assert_eq!(
-        p.classify_error(&req(Method::GET), &rejected),
+        p.classify_error(req(Method::GET), &rejected),
         Action::Return
     );
 }
