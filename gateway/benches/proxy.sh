@@ -16,9 +16,9 @@
 #   gateway;
 # - runs wrk against the backend directly, nginx, HAProxy, the gateway (thread-per-core) and the gateway
 #   in multi-thread-runtime mode (`gateway-mt`), the gateway's full layer stack (`gateway-stack`:
-#   admission + breaker + pool + balance on `/stack`), the same stack with a retry policy behind
-#   a route cache that every request misses (`gateway-retry`: a new query string each time, on
-#   `/retry`), a cached route (`gateway-cache`: every
+#   admission + breaker + pool + balance on `/stack`), the same stack with a retry policy
+#   (`gateway-retried`, on `/retried`), the same behind a route cache that every request misses
+#   (`gateway-retry`: a new query string each time, on `/retry`), a cached route (`gateway-cache`: every
 #   request a cache hit on `/cached`) and the plain route with the HTTP/1.1 fast path off
 #   (`gateway-hyper`: every request through hyper's HTTP/1.1) and the plain route with tracing on
 #   (`gateway-traced`: every request sampled, spans exported over OTLP/HTTP to a local sink that
@@ -133,6 +133,10 @@ admission = "bench"
 $(stack_cluster backend-retry 100)
 [clusters.retry]
 [[routes]]
+path_prefix = "/retried"
+cluster = "backend-retry"
+admission = "bench"
+[[routes]]
 path_prefix = "/cached"
 cluster = "backend"
 [routes.cache]
@@ -222,10 +226,10 @@ end
 EOF
 cat "$TMP/report.lua" >>"$TMP/unique.lua"
 
-TARGETS=${TARGETS:-backend nginx haproxy gateway gateway-hyper gateway-mt gateway-stack gateway-retry gateway-cache gateway-traced${BEFORE_BIN:+ gateway-before gateway-stack-before}}
-declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-retry]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT [gateway-traced]=$GATEWAY_TRACED_PORT [gateway-before]=$GATEWAY_BEFORE_PORT [gateway-stack-before]=$GATEWAY_BEFORE_PORT)
-declare -A URLPATH=([backend]=/ [nginx]=/ [haproxy]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-retry]=/retry [gateway-cache]=/cached [gateway-traced]=/ [gateway-before]=/ [gateway-stack-before]=/stack)
-declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [haproxy]=$HAPROXY_PID [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-retry]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID [gateway-traced]=$GATEWAY_TRACED_PID [gateway-before]=$GATEWAY_BEFORE_PID [gateway-stack-before]=$GATEWAY_BEFORE_PID)
+TARGETS=${TARGETS:-backend nginx haproxy gateway gateway-hyper gateway-mt gateway-stack gateway-retried gateway-retry gateway-cache gateway-traced${BEFORE_BIN:+ gateway-before gateway-stack-before}}
+declare -A PORT=([backend]=$BACKEND_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [gateway]=$GATEWAY_PORT [gateway-hyper]=$GATEWAY_HYPER_PORT [gateway-mt]=$GATEWAY_MT_PORT [gateway-stack]=$GATEWAY_PORT [gateway-retried]=$GATEWAY_PORT [gateway-retry]=$GATEWAY_PORT [gateway-cache]=$GATEWAY_PORT [gateway-traced]=$GATEWAY_TRACED_PORT [gateway-before]=$GATEWAY_BEFORE_PORT [gateway-stack-before]=$GATEWAY_BEFORE_PORT)
+declare -A URLPATH=([backend]=/ [nginx]=/ [haproxy]=/ [gateway]=/ [gateway-hyper]=/ [gateway-mt]=/ [gateway-stack]=/stack [gateway-retried]=/retried [gateway-retry]=/retry [gateway-cache]=/cached [gateway-traced]=/ [gateway-before]=/ [gateway-stack-before]=/stack)
+declare -A PID=([backend]=$BACKEND_PID [nginx]=$NGINX_MASTER [haproxy]=$HAPROXY_PID [gateway]=$GATEWAY_PID [gateway-hyper]=$GATEWAY_HYPER_PID [gateway-mt]=$GATEWAY_MT_PID [gateway-stack]=$GATEWAY_PID [gateway-retried]=$GATEWAY_PID [gateway-retry]=$GATEWAY_PID [gateway-cache]=$GATEWAY_PID [gateway-traced]=$GATEWAY_TRACED_PID [gateway-before]=$GATEWAY_BEFORE_PID [gateway-stack-before]=$GATEWAY_BEFORE_PID)
 RESULTS=$TMP/results
 : >"$RESULTS"
 echo "tollgate proxy benchmark: $(nproc) cores, workers=$WORKERS, wrk -t$THREADS -c$CONNS -d${DURATION}s, $ROUNDS rounds, load on cpus ${LOADGEN_CPUS:-any}, servers on ${SERVER_CPUS:-any}"
@@ -294,6 +298,10 @@ fi
 if has gateway && has gateway-stack; then
   awk -v gr="${MED[gateway,2]}" -v sr="${MED[gateway-stack,2]}" -v gc="${MED[gateway,6]}" -v sc="${MED[gateway-stack,6]}" \
     'BEGIN{printf "full stack/plain route (fast path): rps %.2fx  cpu/req %.2fx\n", sr/gr, sc/gc}'
+fi
+if has gateway && has gateway-retried; then
+  awk -v gr="${MED[gateway,2]}" -v rr="${MED[gateway-retried,2]}" -v gc="${MED[gateway,6]}" -v rc="${MED[gateway-retried,6]}" \
+    'BEGIN{printf "retry route/plain route: rps %.2fx  cpu/req %.2fx\n", rr/gr, rc/gc}'
 fi
 if has gateway && has gateway-retry; then
   awk -v gr="${MED[gateway,2]}" -v rr="${MED[gateway-retry,2]}" -v gc="${MED[gateway,6]}" -v rc="${MED[gateway-retry,6]}" \

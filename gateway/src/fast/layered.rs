@@ -1,6 +1,7 @@
 //! Requests the fast path reads but neither forwards nor sends through the layers itself
-//! ([`stacked`](super::stacked)): routes with a cache, a batcher or retries, HTTP/2 and TLS
-//! upstreams, and every layered route while the gateway traces.
+//! ([`stacked`](super::stacked)): routes with a cache, a batcher or retries of their own
+//! (`[routes.retry]`), HTTP/2 and TLS upstreams, and every layered route while the gateway
+//! traces.
 //!
 //! The head parsed by [`head::prepare`](super::head::prepare) becomes an [`http::Request`]
 //! with its body held whole, and goes through the very function hyper's requests go through

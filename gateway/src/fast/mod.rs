@@ -9,10 +9,11 @@
 //! keep-alive connection holds none).
 //!
 //! Every other route is read here too. A route with admission or cluster layers (breaker,
-//! pool, balance) over plain HTTP/1.1 clusters sends the same upstream head through the layers
-//! and relays the answer as above ([`stacked`]). The rest (a cache, a batcher, retries, HTTP/2
-//! or TLS upstreams, tracing on): the request, held whole with its body, goes through the
-//! same service as hyper's requests, its answer written back here ([`layered`]). The front
+//! pool, balance, the cluster's retries) over plain HTTP/1.1 clusters sends the same upstream
+//! head through the layers and relays the answer as above ([`stacked`]). The rest (a cache, a
+//! batcher, a route's own retries, HTTP/2 or TLS upstreams, tracing on): the request, held
+//! whole with its body, goes through the same service as hyper's requests, its answer written
+//! back here ([`layered`]). The front
 //! end is this one, the layers are shared.
 //!
 //! What it does not take, hyper serves, with hyper's own answers and limits, for the rest of
