@@ -57,7 +57,7 @@ use crate::request_id::Id;
 use crate::stack::admission::AdmitCtx;
 use crate::stack::cluster::ClusterSvc;
 use crate::stack::endpoints::Cluster;
-use crate::stack::retry::{Counted, GwPolicy, Retried, RetryPolicy, Try, TryCall};
+use crate::stack::retry::{Counted, Replay, Retried, RetryPolicy, Try, TryCall};
 use crate::stack::upstream::Upstream;
 use crate::state::Snapshot;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -69,9 +69,6 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tollgate_balance::HttpKey;
 use tollgate_core::BoxError;
-use tollgate_core::attempt::{Attempt, Attempts};
-use tollgate_retry::http::Exhausted;
-use tollgate_retry::{Action, Policy};
 use tower::util::Either;
 use tower::{Service, ServiceExt};
 
@@ -106,7 +103,14 @@ pub(crate) struct RawBody {
     retry_fields: bool,
 }
 
-impl RawBody {
+/// `[clusters.retry]` on this path's requests: the gateway's retry policy classifies them as
+/// it does `http` requests, with the method's (or an `Idempotency-Key`'s) verdict carried in
+/// the body, and replays the written request.
+impl Replay for RawBody {
+    fn idempotent(req: &RawRequest) -> bool {
+        req.body().idempotent
+    }
+
     /// A copy to send again (a retry or a hedge), when it may be: the request's bytes, with
     /// no answer buffer yet (the exchange takes one when it reads).
     fn replay(&self) -> Option<Self> {
@@ -184,8 +188,10 @@ pub(crate) async fn exchange(
             // lowers the endpoint's share); a retry layer reads it, and gRPC's status and
             // pushback, on any answer.
             if body.retry_fields {
-                for name in [GRPC_STATUS, GRPC_PUSHBACK, "retry-after"] {
-                    if let Some(v) = field(&answer.body().out, name.as_bytes()) {
+                let names = [GRPC_STATUS, GRPC_PUSHBACK, "retry-after"];
+                let found = fields(&answer.body().out, names.map(str::as_bytes));
+                for (name, v) in names.into_iter().zip(found) {
+                    if let Some(v) = v {
                         answer
                             .headers_mut()
                             .insert(HeaderName::from_static(name), v);
@@ -300,40 +306,6 @@ impl Service<RawRequest> for PlainRaw {
     }
 }
 
-/// `[clusters.retry]` on this path's requests: the same classification as for an `http`
-/// request (the answer's status, `grpc-status` and pushback; the failure's kind; whether the
-/// request may be sent twice), a copy of the written request for each retry or hedge, and
-/// each try marked so that the balancer avoids the endpoints already tried.
-impl Policy<RawRequest, RawResponse> for GwPolicy {
-    fn classify(&self, req: &RawRequest, result: Result<&RawResponse, &BoxError>) -> Action {
-        let idempotent = req.body().idempotent;
-        match result {
-            Ok(res) => self.classify_response(idempotent, res),
-            Err(e) => self.classify_error(idempotent, e),
-        }
-    }
-
-    fn clone_request(&self, req: &RawRequest) -> Option<RawRequest> {
-        let mut copy = http::Request::new(req.body().replay()?);
-        *copy.uri_mut() = req.uri().clone();
-        *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
-        Some(copy)
-    }
-
-    fn on_attempt(&self, req: &mut RawRequest, attempt: &Attempt) {
-        req.set_attempt(attempt.clone());
-    }
-
-    fn marks_attempts(&self) -> bool {
-        true
-    }
-
-    fn on_give_up(&self, res: &mut RawResponse) {
-        res.extensions_mut().insert(Exhausted);
-    }
-}
-
 /// One try of this path's request: counted, under the per-try timeout (never traced: the
 /// path is not taken while tracing).
 impl<S> Service<RawRequest> for Try<S>
@@ -377,13 +349,29 @@ impl Service<RawRequest> for RetriedRaw {
 
 /// The value of the first field `name` (lower case) in a written head.
 fn field(head: &[u8], name: &[u8]) -> Option<HeaderValue> {
-    head.split(|b| *b == b'\n').skip(1).find_map(|line| {
-        let colon = line.iter().position(|b| *b == b':')?;
-        if !line[..colon].eq_ignore_ascii_case(name) {
-            return None;
+    let [value] = fields(head, [name]);
+    value
+}
+
+/// The value of the first valid field of each of `names` (lower case) in a written head, in
+/// one pass over it.
+fn fields<const N: usize>(head: &[u8], names: [&[u8]; N]) -> [Option<HeaderValue>; N] {
+    let mut found = [const { None }; N];
+    for line in head.split(|b| *b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let Some(i) = names
+            .iter()
+            .position(|n| line[..colon].eq_ignore_ascii_case(n))
+        else {
+            continue;
+        };
+        if found[i].is_none() {
+            found[i] = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok();
         }
-        HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()
-    })
+    }
+    found
 }
 
 /// What a stacked request carries from its head to the layers.
@@ -667,6 +655,20 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn finds_several_fields_in_one_pass() {
+        let head =
+            b"HTTP/1.1 200 OK\r\ngrpc-status: 14\r\nretry-after: 2\r\nGrpc-Status: 0\r\n\r\n";
+        let [status, pushback, after] = fields(
+            head,
+            [b"grpc-status", b"grpc-retry-pushback-ms", b"retry-after"],
+        );
+        // The first of a repeated field, as `field` finds it.
+        assert_eq!(status.unwrap(), "14");
+        assert!(pushback.is_none());
+        assert_eq!(after.unwrap(), "2");
     }
 
     #[test]

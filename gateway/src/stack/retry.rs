@@ -152,20 +152,40 @@ impl GwPolicy {
     }
 }
 
-impl Policy<UpRequest, UpResponse> for GwPolicy {
-    fn classify(&self, req: &UpRequest, result: Result<&UpResponse, &BoxError>) -> Action {
+/// A request body the retry layer can replay: what says whether its request may be sent
+/// twice, and a copy of it for another try. An `http` request's ([`GwBody`]) and the fast
+/// path's own ([`RawBody`](crate::fast::stacked::RawBody)).
+pub(crate) trait Replay: Sized {
+    /// Whether `req` may be sent again after it reached the upstream.
+    fn idempotent(req: &Request<Self>) -> bool;
+    /// A copy for another try, or `None` when the body cannot be sent twice.
+    fn replay(&self) -> Option<Self>;
+}
+
+impl Replay for GwBody {
+    fn idempotent(req: &Request<Self>) -> bool {
+        idempotent(req)
+    }
+
+    /// A copy when the body is held whole (see [`RetryPolicy::replayable`]).
+    fn replay(&self) -> Option<Self> {
+        match self {
+            GwBody::Right(body) => Some(GwBody::Right(body.clone())),
+            GwBody::Left(_) => None,
+        }
+    }
+}
+
+impl<B: Replay, R> Policy<Request<B>, http::Response<R>> for GwPolicy {
+    fn classify(&self, req: &Request<B>, result: Result<&http::Response<R>, &BoxError>) -> Action {
         match result {
-            Ok(res) => self.classify_response(idempotent(req), res),
-            Err(e) => self.classify_error(idempotent(req), e),
+            Ok(res) => self.classify_response(B::idempotent(req), res),
+            Err(e) => self.classify_error(B::idempotent(req), e),
         }
     }
 
-    /// A copy for another try, when the body is held whole (see [`RetryPolicy::replayable`]).
-    fn clone_request(&self, req: &UpRequest) -> Option<UpRequest> {
-        let GwBody::Right(body) = req.body() else {
-            return None;
-        };
-        let mut copy = Request::new(GwBody::Right(body.clone()));
+    fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {
+        let mut copy = Request::new(req.body().replay()?);
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
@@ -174,7 +194,7 @@ impl Policy<UpRequest, UpResponse> for GwPolicy {
         Some(copy)
     }
 
-    fn on_attempt(&self, req: &mut UpRequest, attempt: &Attempt) {
+    fn on_attempt(&self, req: &mut Request<B>, attempt: &Attempt) {
         req.set_attempt(attempt.clone());
     }
 
@@ -182,7 +202,7 @@ impl Policy<UpRequest, UpResponse> for GwPolicy {
         true
     }
 
-    fn on_give_up(&self, res: &mut UpResponse) {
+    fn on_give_up(&self, res: &mut http::Response<R>) {
         res.extensions_mut().insert(Exhausted);
     }
 }
@@ -274,9 +294,7 @@ impl RetryPolicy {
         req: UpRequest,
     ) -> Result<UpResponse, BoxError> {
         let req = self.replayable(req).await?;
-        let result = retried.oneshot(req).await;
-        self.count_exhausted(&result);
-        result
+        self.counted(retried.oneshot(req)).await
     }
 
     /// `fut` (a request through [`Retried`]), counting its end as [`send`](Self::send) does.
@@ -288,7 +306,7 @@ impl RetryPolicy {
     }
 
     /// Counts a request the budget left without the retries it asked for.
-    pub(crate) fn count_exhausted<T>(&self, result: &Result<T, BoxError>) {
+    fn count_exhausted<T>(&self, result: &Result<T, BoxError>) {
         if let Err(e) = result
             && find_cause::<RetriesExhausted>(&**e).is_some_and(RetriesExhausted::budget_exhausted)
         {

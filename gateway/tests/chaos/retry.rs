@@ -211,33 +211,27 @@ async fn a_post_refused_at_connect_is_retried_elsewhere() {
 /// the requests.
 async fn refusing_upstream() -> (SocketAddr, Arc<AtomicU64>) {
     let seen = Arc::new(AtomicU64::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let count = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let count = count.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    // Relaxed: a counter the test reads after the answers came.
-                    count.fetch_add(1, Ordering::Relaxed);
-                    let b = hyper::Response::builder();
-                    let b = match req.uri().path() {
-                        "/u/grpc" => b.status(200).header("grpc-status", "14"),
-                        "/u/stop" => b.status(503).header("grpc-retry-pushback-ms", "-1"),
-                        _ => b.status(503),
-                    };
-                    std::future::ready(b.body(Full::new(Bytes::new())))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    let addr = crate::common::upstream(move |req| {
+        // Relaxed: a counter the test reads after the answers came.
+        count.fetch_add(1, Ordering::Relaxed);
+        let (status, field) = match req.uri().path() {
+            "/u/grpc" => (StatusCode::OK, Some(("grpc-status", "14"))),
+            "/u/stop" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(("grpc-retry-pushback-ms", "-1")),
+            ),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, None),
+        };
+        let mut answer = crate::common::text(status, "");
+        if let Some((name, value)) = field {
+            answer
+                .headers_mut()
+                .insert(name, http::HeaderValue::from_static(value));
         }
-    });
+        std::future::ready(answer)
+    })
+    .await;
     (addr, seen)
 }
 

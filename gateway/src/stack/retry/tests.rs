@@ -133,7 +133,7 @@ fn only_a_body_held_whole_is_copied() {
         .body(GwBody::Right(Full::new(Bytes::from_static(b"hi"))))
         .unwrap();
     held.set_attempt(Attempt::first());
-    let copy = p.clone_request(&held).unwrap();
+    let copy = Policy::<UpRequest, UpResponse>::clone_request(&p, &held).unwrap();
     assert_eq!(copy.method(), Method::PUT);
     assert_eq!(copy.headers()["a"], "b");
     assert!(copy.attempt().is_some(), "extensions are copied");
