@@ -69,6 +69,26 @@ pub(crate) fn named(config: &BreakerConfig, name: &str) -> BreakerConfig {
     c
 }
 
+/// An endpoint breaker's config: named `<name>/<addr>` (the file's name for it, else the
+/// cluster's), and with its own seed when the file gave one (the seed mixed with the address),
+/// so the endpoints' probes are not jittered in step and their events tell them apart.
+pub(crate) fn for_endpoint(
+    config: &BreakerConfig,
+    cluster: &str,
+    addr: std::net::SocketAddr,
+) -> BreakerConfig {
+    use std::hash::{Hash, Hasher};
+    let mut c = named(config, cluster);
+    c.name = format!("{}/{addr}", c.name);
+    if let Some(seed) = c.seed {
+        // A fixed-key hasher: the same file and address give the same seed on every run.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (seed, addr).hash(&mut h);
+        c.seed = Some(h.finish());
+    }
+    c
+}
+
 /// Checks a breaker section.
 ///
 /// # Errors
@@ -93,4 +113,38 @@ pub(crate) fn validate_balance(c: &BalanceConfig, at: &str) -> Result<(), Config
     c.validate().map_err(|e| layer_error(at, &e))?;
     tollgate_balance::HttpKey::from_config(&c.hash).map_err(|e| layer_error(at, &e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_endpoint_breaker_has_its_own_name_and_seed() {
+        let a: std::net::SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let b: std::net::SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        let unnamed = BreakerConfig::default();
+        assert_eq!(for_endpoint(&unnamed, "api", a).name, "api/127.0.0.1:9001");
+        assert_eq!(
+            for_endpoint(&unnamed, "api", a).seed,
+            None,
+            "random when not given"
+        );
+        let file = BreakerConfig {
+            name: "edge".into(),
+            seed: Some(7),
+            ..BreakerConfig::default()
+        };
+        let (ca, cb) = (for_endpoint(&file, "api", a), for_endpoint(&file, "api", b));
+        assert_eq!(
+            (ca.name.as_str(), cb.name.as_str()),
+            ("edge/127.0.0.1:9001", "edge/127.0.0.1:9002")
+        );
+        assert_ne!(ca.seed, cb.seed, "the endpoints' jitter is not in step");
+        assert_eq!(
+            ca.seed,
+            for_endpoint(&file, "api", a).seed,
+            "and the same on every run"
+        );
+    }
 }

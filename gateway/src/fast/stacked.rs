@@ -184,8 +184,8 @@ pub(crate) async fn exchange(
             });
             *answer.status_mut() =
                 http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-            // The layers read `Retry-After` on a 429 or 503 (a breaker waits, a balancer
-            // lowers the endpoint's share); a retry layer reads it, and gRPC's status and
+            // The layers read `Retry-After` on a 429 or 503 (a breaker waits after a 503, a
+            // balancer lowers the endpoint's share); a retry layer reads it, and gRPC's status and
             // pushback, on any answer.
             if body.retry_fields {
                 let names = [GRPC_STATUS, GRPC_PUSHBACK, "retry-after"];

@@ -41,7 +41,7 @@ pub(crate) type Pooled = Either<PoolSizer<Balanced, Cls>, Balanced>;
 pub(crate) type ClusterSvc = Either<Breaker<Pooled, Cls>, Pooled>;
 
 pub(crate) use crate::config::cluster::{BalanceConfig, BreakerConfig, HealthCheck, PoolConfig};
-use crate::config::cluster::{layer_error, named};
+use crate::config::cluster::{for_endpoint, layer_error, named};
 
 /// A breaker state change, as the dashboard shows it.
 #[derive(Debug, Clone, Copy)]
@@ -220,8 +220,7 @@ impl ClusterLayers {
             );
             match &self.key.endpoint_breaker {
                 Some(b) => {
-                    let name = format!("{}/{addr}", self.name);
-                    let Ok(layer) = BreakerLayer::new(named(b, &name)) else {
+                    let Ok(layer) = BreakerLayer::new(for_endpoint(b, &self.name, addr)) else {
                         continue;
                     };
                     let layer = layer.with_classifier(Cls::default());

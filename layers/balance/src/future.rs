@@ -117,8 +117,18 @@ where
             core.back_off(core.common.now(), wait);
         }
         // A rejection by a tollgate layer below (the endpoint's pool shedding) is not the
-        // endpoint failing: ignored by the outlier detector.
-        let (outcome, res) = classify_upstream(this.classify, res);
+        // endpoint failing: ignored by the outlier detector. Except the endpoint's own breaker
+        // refusing (`Refused`, behind its `Open`): that endpoint has been failing, and without
+        // a breaker signal (`insert_with_signal`) its quick refusals would make it look like
+        // the cheapest endpoint; it counts against the endpoint here (and is ignored by the
+        // layers above the balancer, which see a rejection).
+        let (mut outcome, res) = classify_upstream(this.classify, res);
+        if outcome == tollgate_core::Outcome::Ignored
+            && let Err(e) = &res
+            && tollgate_core::error::is_caused_by::<tollgate_core::error::Refused>(&**e)
+        {
+            outcome = tollgate_core::Outcome::Failure;
+        }
         slot.complete(outcome);
         Poll::Ready(res)
     }

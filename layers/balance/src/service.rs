@@ -413,8 +413,12 @@ where
                     Poll::Ready(Err(e)) => {
                         let e: BoxError = e.into();
                         if let Some(mut slot) = self.slot.take() {
-                            // A tollgate rejection below is not the endpoint failing.
-                            let outcome = if tollgate_core::error::is_rejection(&*e) {
+                            // A tollgate rejection below is not the endpoint failing (its
+                            // own breaker's refusal is: see `ResponseFuture::poll`).
+                            let refused = tollgate_core::error::is_caused_by::<
+                                tollgate_core::error::Refused,
+                            >(&*e);
+                            let outcome = if tollgate_core::error::is_rejection(&*e) && !refused {
                                 tollgate_core::Outcome::Ignored
                             } else {
                                 tollgate_core::Outcome::Failure

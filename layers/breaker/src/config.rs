@@ -5,7 +5,7 @@ use std::time::Duration;
 use tollgate_core::error::ConfigError;
 
 /// The largest count window (which takes 8 bytes per call it holds, 16 with slow-call
-/// detection), and the most calls one time bucket can hold (21-bit counters).
+/// detection). A time window's buckets have no such bound.
 pub const MAX_WINDOW_CALLS: u32 = (1 << 21) - 1;
 /// The most probes a half-open breaker can admit (10-bit counters).
 pub const MAX_HALF_OPEN_CALLS: u32 = 1000;
@@ -30,8 +30,7 @@ pub enum SlidingWindow {
         /// How far back the window looks. Must be at least one nanosecond per bucket.
         #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
         length: Duration,
-        /// How many buckets the window is split into, `1..=3600`. Each bucket holds at most
-        /// [`MAX_WINDOW_CALLS`] calls.
+        /// How many buckets the window is split into, `1..=3600`.
         buckets: u32,
     },
 }
@@ -157,14 +156,28 @@ fn rate(field: &'static str, value: f64) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A threshold rate: a rate above zero (at zero every call would meet it, and the breaker would
+/// open on a window of successes and never close).
+fn threshold(field: &'static str, value: f64) -> Result<(), ConfigError> {
+    rate(field, value)?;
+    if value == 0.0 {
+        return Err(ConfigError::new(
+            field,
+            "must be more than 0.0 (at 0.0 a window of successes would open the breaker)",
+        ));
+    }
+    Ok(())
+}
+
 impl BreakerConfig {
     /// Checks every field.
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first invalid field: a zero window or bucket count, a rate
-    /// outside `0.0..=1.0` or NaN, a zero probe count, minimum calls or wait, a backoff multiplier
-    /// below 1, a cap below `wait_in_open`, a jitter outside `0.0..=1.0`.
+    /// A [`ConfigError`] naming the first invalid field: a zero window or bucket count, a
+    /// threshold rate of zero, outside `0.0..=1.0` or NaN, a zero probe count, minimum calls or
+    /// wait, a backoff multiplier below 1, a cap below `wait_in_open`, a jitter outside
+    /// `0.0..=1.0`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.sliding_window {
             SlidingWindow::Count { size } => {
@@ -199,8 +212,8 @@ impl BreakerConfig {
         if self.minimum_calls == 0 {
             return Err(ConfigError::new("minimum_calls", "must be at least 1"));
         }
-        rate("failure_rate_threshold", self.failure_rate_threshold)?;
-        rate("slow_call_rate_threshold", self.slow_call_rate_threshold)?;
+        threshold("failure_rate_threshold", self.failure_rate_threshold)?;
+        threshold("slow_call_rate_threshold", self.slow_call_rate_threshold)?;
         if self.slow_call_duration == Some(Duration::ZERO) {
             return Err(ConfigError::new(
                 "slow_call_duration",

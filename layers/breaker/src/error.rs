@@ -32,4 +32,14 @@ impl fmt::Display for Open {
     }
 }
 
-impl std::error::Error for Open {}
+/// Its cause, for layers above: a refusal, the request was not sent.
+static REFUSED: tollgate_core::error::Refused = tollgate_core::error::Refused::new();
+
+impl std::error::Error for Open {
+    /// [`Refused`](tollgate_core::error::Refused): so a breaker, pool or outlier detector
+    /// above ([`is_rejection`](tollgate_core::error::is_rejection)) does not count this
+    /// breaker's refusal as the upstream failing.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&REFUSED)
+    }
+}

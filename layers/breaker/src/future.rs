@@ -77,10 +77,20 @@ impl<C> Guard<C> {
 }
 
 impl<C> Drop for Guard<C> {
+    /// A call dropped before it finished (the caller gave up: a timeout above, a client gone)
+    /// is not a failure: nothing says the upstream failed it. But one that already ran past
+    /// `slow_call_duration` was slow whatever happens next, and counts as a slow call, so an
+    /// upstream that hangs trips the slow-call rate even when every call is cut off by a
+    /// timeout above the breaker (and a half-open breaker's cancelled probes decide).
     fn drop(&mut self) {
         if self.permit.is_some() {
             if std::thread::panicking() {
                 self.finish(Outcome::Failure);
+            } else if self
+                .start
+                .is_some_and(|s| nanos_since(s, Instant::now()) >= self.local.core.slow_ns())
+            {
+                self.finish(Outcome::Success);
             } else if let Some(permit) = self.permit.take() {
                 self.local.core.release(permit);
             }
@@ -142,19 +152,17 @@ where
                 };
                 // A rejection by a tollgate layer below (a pool shedding, no endpoints) says
                 // nothing about the upstream: ignored, never a failure.
-                let (mut outcome, result) = classify_upstream(&guard.local.classify, result);
-                // An upstream that asks to be left alone for a while (429 or 503 with
-                // `Retry-After`) has failed this call, and an open breaker waits at least that
-                // long before its probe.
-                if let Ok(res) = &result
+                let (outcome, result) = classify_upstream(&guard.local.classify, result);
+                // A failed answer that asks for a pause (a 503 with `Retry-After`): an open
+                // breaker waits at least that long (capped) before its probe. Only a failure
+                // does: a 429 is one client's quota, the client's doing as any 4xx, and must
+                // not hold the breaker open for everyone.
+                if outcome == Outcome::Failure
+                    && let Ok(res) = &result
                     && let Some(pause) = guard.local.classify.back_off(res)
                 {
-                    outcome = Outcome::Failure;
                     let core = &guard.local.core;
-                    core.back_off(
-                        now_ns(core)
-                            .saturating_add(u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX)),
-                    );
+                    core.back_off(now_ns(core), pause);
                 }
                 guard.finish(outcome);
                 Poll::Ready(result)

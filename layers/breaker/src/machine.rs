@@ -15,9 +15,10 @@
 //!   which writes nothing but the state word and then the probe word.
 //! - `open_until` is written under the lock before the Release CAS that publishes OPEN, and
 //!   nobody writes it while the state is OPEN.
-//! - `back_off_until` only ever grows (`fetch_max`): the latest time an upstream asked not to be
-//!   called before (a 429 or 503 with `Retry-After`). While OPEN, the breaker waits for the later
-//!   of it and `open_until` before a probe; it never keeps a closed breaker from admitting.
+//! - `back_off_until` grows by `fetch_max`: the latest time a failed answer asked not to be
+//!   called before (a 503 with `Retry-After`), at most the longest open wait ahead. While OPEN,
+//!   the breaker waits for the later of it and `open_until` before a probe; it never keeps a
+//!   closed breaker from admitting, and closing clears it.
 //! - `probes` (the half-open word: generation, admitted, results, failures, slow calls) changes
 //!   by CAS only. It is reset to a fresh generation only when its own generation is older (or
 //!   garbage after a wrap), so a stale thread cannot wipe a newer half-open period. Admission
@@ -247,13 +248,33 @@ impl Core {
             .max(self.back_off_until.load(Relaxed))
     }
 
-    /// The upstream asked not to be called before `until` (nanoseconds on the breaker's clock):
-    /// while the breaker is open, or once it opens, no probe goes before then.
+    /// The upstream asked, at `now` (nanoseconds on the breaker's clock), not to be called for
+    /// `pause`: while the breaker is open, or once it opens, no probe goes before then. The
+    /// pause is capped at the longest open wait ([`Core::longest_wait`]), so a huge
+    /// `Retry-After` cannot hold the breaker open for good.
     #[inline]
-    pub(crate) fn back_off(&self, until: u64) {
+    pub(crate) fn back_off(&self, now: u64, pause: Duration) {
+        let until = now.saturating_add(nanos(pause.min(self.longest_wait())));
         // Relaxed: a deadline read after the Acquire load of an OPEN state; a probe that races
         // a later back-off was already due.
         self.back_off_until.fetch_max(until, Relaxed);
+    }
+
+    /// The longest an upstream's pause may hold the breaker open: the backoff's `max_wait`, or
+    /// without a backoff the default's (10 minutes) or `wait_in_open` if that is longer.
+    pub(crate) fn longest_wait(&self) -> Duration {
+        match self.settings.backoff {
+            Some(b) => b.max_wait,
+            None => crate::config::Backoff::default()
+                .max_wait
+                .max(Duration::from_nanos(self.settings.wait_ns)),
+        }
+    }
+
+    /// The slow-call threshold in nanoseconds (`u64::MAX` when slow calls are not detected).
+    #[inline]
+    pub(crate) fn slow_ns(&self) -> u64 {
+        self.settings.slow_ns
     }
 
     /// Resets the probe word for generation `g` unless it already holds `g` or a newer one.
@@ -482,6 +503,9 @@ impl Core {
                 }
                 if to == State::Closed {
                     self.window.clear();
+                    // Relaxed: read only while OPEN, which a later Release CAS publishes; a
+                    // pause asked for before the breaker closed says nothing of the next open.
+                    self.back_off_until.store(0, Relaxed);
                     // Relaxed: cleared before CLOSED is published by the Release CAS below.
                     self.consecutive.store(0, Relaxed);
                     t.opens_in_a_row = 0;

@@ -14,8 +14,9 @@
 //! - [`TimeWindow`]: a bucket belongs to the time slice in its `epoch`; the first recorder of a
 //!   newer slice claims the bucket with a CAS on `epoch` and restarts its count. A recorder
 //!   racing that restart may lose its call: a handful of calls at a bucket boundary, which a
-//!   rate over a window tolerates. Its three counters (calls, failures, slow calls; 21 bits each)
-//!   are packed in one `u64`, so recording is one `fetch_add`.
+//!   rate over a window tolerates. Calls have a 64-bit counter of their own (no rate overflows
+//!   it), failures and slow calls 32 bits each packed in a second word that only a failed or
+//!   slow call writes: recording a success is one `fetch_add`, a failure two.
 //! - `clear` runs under the breaker's transition lock, when the breaker closes.
 //!
 //! Every ordering here is `Relaxed`: the windows are statistics, nothing else is published
@@ -26,12 +27,12 @@ use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use crossbeam_utils::CachePadded;
 use tollgate_core::counter::{shard_count, shard_index};
 
-const FIELD_BITS: u32 = 21;
+const FIELD_BITS: u32 = 32;
 const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
 
-/// A time bucket's increment for one outcome.
-fn packed(failed: bool, slow: bool) -> u64 {
-    1 | (u64::from(failed) << FIELD_BITS) | (u64::from(slow) << (2 * FIELD_BITS))
+/// A time bucket's increment of its failure and slow-call counters for one outcome.
+fn marks(failed: bool, slow: bool) -> u64 {
+    u64::from(failed) | (u64::from(slow) << FIELD_BITS)
 }
 
 /// The window's totals.
@@ -43,11 +44,13 @@ pub(crate) struct Counts {
 }
 
 impl Counts {
-    fn unpack(w: u64) -> Self {
+    /// A bucket's counts from its call counter and its packed failure and slow-call counters
+    /// (read first, so a recorder's failure is seldom seen without its call; clamped anyway).
+    fn unpack(calls: u64, marks: u64) -> Self {
         Counts {
-            calls: w & FIELD_MASK,
-            failures: (w >> FIELD_BITS) & FIELD_MASK,
-            slow: (w >> (2 * FIELD_BITS)) & FIELD_MASK,
+            calls,
+            failures: (marks & FIELD_MASK).min(calls),
+            slow: (marks >> FIELD_BITS).min(calls),
         }
     }
 }
@@ -196,7 +199,11 @@ impl CountWindow {
 struct Bucket {
     /// The time slice (`now / bucket_ns + 1`) this bucket counts; 0 when empty.
     epoch: AtomicU64,
-    counts: AtomicU64,
+    /// Calls recorded: a counter of its own, so no rate makes it overflow into another.
+    calls: AtomicU64,
+    /// Failures (low 32 bits) and slow calls (high 32 bits): written by failed or slow calls
+    /// only, so a success is one `fetch_add`.
+    marks: AtomicU64,
 }
 
 /// The calls that finished in the last `length`, in buckets.
@@ -216,7 +223,8 @@ impl TimeWindow {
             buckets: (0..buckets)
                 .map(|_| Bucket {
                     epoch: AtomicU64::new(0),
-                    counts: AtomicU64::new(0),
+                    calls: AtomicU64::new(0),
+                    marks: AtomicU64::new(0),
                 })
                 .collect(),
         }
@@ -227,13 +235,16 @@ impl TimeWindow {
     }
 
     fn record(&self, failed: bool, slow: bool, now: u64) -> Counts {
-        let add = packed(failed, slow);
+        let add = marks(failed, slow);
         let slice = self.slice(now);
         let bucket = &self.buckets[(slice % self.buckets.len() as u64) as usize];
         loop {
             let epoch = bucket.epoch.load(Relaxed);
             if epoch == slice {
-                bucket.counts.fetch_add(add, Relaxed);
+                bucket.calls.fetch_add(1, Relaxed);
+                if add != 0 {
+                    bucket.marks.fetch_add(add, Relaxed);
+                }
                 break;
             }
             if epoch > slice {
@@ -245,7 +256,8 @@ impl TimeWindow {
                 .compare_exchange(epoch, slice, Relaxed, Relaxed)
                 .is_ok()
             {
-                bucket.counts.store(add, Relaxed);
+                bucket.marks.store(add, Relaxed);
+                bucket.calls.store(1, Relaxed);
                 break;
             }
         }
@@ -259,7 +271,8 @@ impl TimeWindow {
         for b in self.buckets.iter() {
             let epoch = b.epoch.load(Relaxed);
             if epoch != 0 && epoch <= slice && epoch + n > slice {
-                let c = Counts::unpack(b.counts.load(Relaxed));
+                let marks = b.marks.load(Relaxed);
+                let c = Counts::unpack(b.calls.load(Relaxed), marks);
                 total.calls += c.calls;
                 total.failures += c.failures;
                 total.slow += c.slow;
@@ -271,7 +284,8 @@ impl TimeWindow {
     fn clear(&self) {
         for b in self.buckets.iter() {
             b.epoch.store(0, Relaxed);
-            b.counts.store(0, Relaxed);
+            b.calls.store(0, Relaxed);
+            b.marks.store(0, Relaxed);
         }
     }
 }
@@ -331,5 +345,32 @@ impl Window {
             Window::Count(w) => w.clear(),
             Window::Time(w) => w.clear(),
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A time bucket takes any number of calls: a busy one (millions of calls in one slice)
+    /// does not wrap its call count into the failures.
+    #[test]
+    fn a_time_bucket_counts_past_millions_of_calls() {
+        let w = TimeWindow::new(60_000_000_000, 1);
+        let n = (1u64 << 21) + 5;
+        for _ in 0..n {
+            w.record(false, false, 0);
+        }
+        let c = w.record(true, true, 0);
+        assert_eq!(
+            c,
+            Counts {
+                calls: n + 1,
+                failures: 1,
+                slow: 1
+            }
+        );
+        assert_eq!(w.counts(59_999_999_999), c);
+        assert_eq!(w.counts(60_000_000_000), Counts::default(), "aged out");
     }
 }

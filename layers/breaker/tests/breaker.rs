@@ -122,6 +122,50 @@ async fn slow_calls_trip_the_breaker() {
     assert_eq!(snap.slow_call_rate, Some(0.5));
 }
 
+/// An upstream that hangs, behind a timeout above the breaker (the usual stack: the caller's
+/// deadline outside): every call is cut off, none finishes. A call dropped before its slow-call
+/// threshold says nothing and is not counted; one dropped after it was slow, and counts as a
+/// slow call, so the hang trips the slow-call rate; and a half-open breaker's cancelled probes
+/// decide its next state instead of freeing their slots for ever more probes.
+#[tokio::test(start_paused = true)]
+async fn calls_cut_off_past_the_slow_threshold_count_as_slow() {
+    let config = BreakerConfig {
+        minimum_calls: 4,
+        slow_call_duration: Some(Duration::from_millis(500)),
+        slow_call_rate_threshold: 0.5,
+        wait_in_open: Duration::from_secs(10),
+        permitted_calls_in_half_open: 2,
+        ..BreakerConfig::default()
+    };
+    let layer = BreakerLayer::new(config).unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    let hung = Req::Slow(Duration::from_secs(3600));
+    // Cut off at 100 ms, under the threshold: not counted at all.
+    for _ in 0..4 {
+        let call = svc.ready().await.unwrap().call(hung);
+        assert!(timeout(Duration::from_millis(100), call).await.is_err());
+    }
+    assert_eq!(handle.snapshot().calls, 0, "a cancellation is not a result");
+    assert_eq!(handle.state(), State::Closed);
+    // Cut off at 1 s, past it: slow calls, and 4 of 4 trip the breaker.
+    for _ in 0..4 {
+        let call = svc.ready().await.unwrap().call(hung);
+        assert!(timeout(Duration::from_secs(1), call).await.is_err());
+    }
+    let snap = handle.snapshot();
+    assert_eq!(snap.state, State::Open, "{snap:?}");
+    assert_eq!((snap.failures, snap.slow_calls), (0, 4));
+    // Half-open: the probes hang and are cut off too; they decide (open again) rather than
+    // leaving the breaker half-open.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for _ in 0..2 {
+        let call = svc.ready().await.unwrap().call(hung);
+        assert!(timeout(Duration::from_secs(1), call).await.is_err());
+    }
+    assert_eq!(handle.state(), State::Open, "the cut-off probes were slow");
+}
+
 #[tokio::test(start_paused = true)]
 async fn half_open_admits_at_most_the_permitted_probes_across_clones() {
     let layer = BreakerLayer::new(quick_trip(3)).unwrap();
@@ -456,4 +500,30 @@ async fn a_service_polled_again_after_the_wait_readies_the_inner_service() {
     let res = timeout(HOUR, svc.call(Req::Ok)).await.unwrap();
     assert_eq!(res.unwrap(), 200, "the call went through as the probe");
     assert_eq!(handle.state(), State::Closed);
+}
+
+/// A breaker above another (a cluster's over an endpoint's): the inner one's refusals while it
+/// is open were never sent, and say nothing new about the upstream. The outer breaker ignores
+/// them (`Open`'s cause is core's `Refused`, a rejection), as it ignores a pool's shedding, so
+/// one open endpoint breaker cannot open the cluster's.
+#[tokio::test(start_paused = true)]
+async fn an_inner_breakers_refusals_do_not_count_in_the_outer_one() {
+    let inner = BreakerLayer::new(quick_trip(1)).unwrap();
+    let inner_handle = inner.handle();
+    let outer = BreakerLayer::new(BreakerConfig {
+        minimum_calls: 4,
+        ..BreakerConfig::default()
+    })
+    .unwrap();
+    let outer_handle = outer.handle();
+    let mut svc = outer.layer(inner.layer(backend()));
+    inner_handle.force_open();
+    for _ in 0..20 {
+        let err = send(&mut svc, Req::Ok).await.unwrap_err();
+        assert!(is_caused_by::<Open>(&*err));
+        assert!(tollgate_core::error::is_rejection(&*err));
+    }
+    let snap = outer_handle.snapshot();
+    assert_eq!(snap.state, State::Closed);
+    assert_eq!((snap.calls, snap.failures), (0, 0), "{snap:?}");
 }

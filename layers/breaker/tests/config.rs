@@ -72,6 +72,21 @@ fn invalid_configs_name_the_field() {
             "slow_call_rate_threshold",
         ),
         (
+            // At zero every window would meet the threshold: open on successes, never close.
+            BreakerConfig {
+                failure_rate_threshold: 0.0,
+                ..d()
+            },
+            "failure_rate_threshold",
+        ),
+        (
+            BreakerConfig {
+                slow_call_rate_threshold: 0.0,
+                ..d()
+            },
+            "slow_call_rate_threshold",
+        ),
+        (
             BreakerConfig {
                 slow_call_duration: Some(Duration::ZERO),
                 ..d()

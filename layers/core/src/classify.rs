@@ -37,9 +37,10 @@ pub trait Classify<Res, E> {
     fn classify(&self, result: Result<&Res, &E>) -> Outcome;
 
     /// How long the service behind `res` asked for fewer requests (an HTTP 429 or 503 with
-    /// `Retry-After`), if it did. A balancer lowers that endpoint's share for so long; a breaker
-    /// counts the call as failed and, once open, waits at least so long before its probe.
-    /// `None` by default.
+    /// `Retry-After`), if it did. A balancer lowers that endpoint's share for so long; a breaker,
+    /// when [`classify`](Classify::classify) calls the answer a failure (a 503, not a 429: that
+    /// is one client's quota), waits at least so long (capped at its longest open wait) before
+    /// its probe once open. `None` by default.
     fn back_off(&self, res: &Res) -> Option<std::time::Duration> {
         let _ = res;
         None

@@ -200,9 +200,32 @@ impl fmt::Display for NoEndpoints {
 
 impl Error for NoEndpoints {}
 
+/// The cause behind a tollgate layer's own refusal that has an error type of its own (a circuit
+/// breaker's `Open`): the request was not sent. Such an error returns it from `source()`, so
+/// [`is_rejection`] knows it without knowing the layer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Refused(());
+
+impl Refused {
+    /// Creates the error.
+    pub const fn new() -> Self {
+        Self(())
+    }
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("refused before it was sent")
+    }
+}
+
+impl Error for Refused {}
+
 /// Whether `err` (or an error in its `source()` chain) is a rejection made by a tollgate layer
 /// before the request reached the upstream: [`Overloaded`] (a pool or admission shedding),
-/// [`RateLimited`], [`NoEndpoints`], or a [`DeadlineExceeded::not_sent`].
+/// [`RateLimited`], [`NoEndpoints`], a [`DeadlineExceeded::not_sent`], or [`Refused`] (behind
+/// a breaker's `Open`: an endpoint breaker below a cluster breaker or an outlier detector
+/// is not the upstream failing again).
 ///
 /// A rejection says nothing about the upstream's health, so breakers, outlier detectors and
 /// limiters above the layer that made it record it as
@@ -215,6 +238,7 @@ pub fn is_rejection(err: &(dyn Error + 'static)) -> bool {
         if e.is::<Overloaded>()
             || e.is::<RateLimited>()
             || e.is::<NoEndpoints>()
+            || e.is::<Refused>()
             || e.downcast_ref::<DeadlineExceeded>()
                 .is_some_and(DeadlineExceeded::was_not_sent)
         {

@@ -270,7 +270,7 @@ fn step() -> impl Strategy<Value = Step> {
 fn config() -> impl Strategy<Value = BreakerConfig> {
     (
         (any::<bool>(), 1u32..12, 1u32..5, 10u64..500),
-        (1u32..12, 0u8..=10, 0u8..=10, proptest::option::of(1u64..30)),
+        (1u32..12, 1u8..=10, 1u8..=10, proptest::option::of(1u64..30)),
         (
             proptest::option::weighted(0.3, 1u32..5),
             1u64..300,
