@@ -21,7 +21,9 @@
 //!   endpoint that just refused the connection.
 //! - **Hedging** (`hedge`): a second try when the first is slower than the learned
 //!   percentile, from the same budget; the first answer wins and the other try is dropped,
-//!   which closes its upstream connection.
+//!   which closes its upstream connection. Only requests that may run twice are hedged (the
+//!   idempotent ones above, any with `non_idempotent`, and gRPC calls, for which the route's
+//!   `hedge` is the opt-in): a `POST` may already be at work upstream when the hedge would go.
 
 use super::{GwBody, UpRequest, UpResponse, UpstreamService};
 use crate::config::retry::{RetryOn, RetrySection};
@@ -158,6 +160,11 @@ impl GwPolicy {
 pub(crate) trait Replay: Sized {
     /// Whether `req` may be sent again after it reached the upstream.
     fn idempotent(req: &Request<Self>) -> bool;
+    /// Whether `req` is a gRPC call (whose route's hedging is its opt-in to being hedged).
+    fn grpc(req: &Request<Self>) -> bool {
+        let _ = req;
+        false
+    }
     /// A copy for another try, or `None` when the body cannot be sent twice.
     fn replay(&self) -> Option<Self>;
 }
@@ -165,6 +172,10 @@ pub(crate) trait Replay: Sized {
 impl Replay for GwBody {
     fn idempotent(req: &Request<Self>) -> bool {
         idempotent(req)
+    }
+
+    fn grpc(req: &Request<Self>) -> bool {
+        tollgate_retry::http::is_grpc(req)
     }
 
     /// A copy when the body is held whole (see [`RetryPolicy::replayable`]).
@@ -194,6 +205,14 @@ impl<B: Replay, R> Policy<Request<B>, http::Response<R>> for GwPolicy {
         Some(copy)
     }
 
+    /// A hedge sends the request again while the first try may already have reached the
+    /// upstream: only a request that may run twice (idempotent, an `Idempotency-Key`, or
+    /// `non_idempotent`), or a gRPC call (the route's `hedge` is its opt-in, as a hedging
+    /// policy is in gRPC's service config).
+    fn may_hedge(&self, req: &Request<B>) -> bool {
+        self.non_idempotent || B::idempotent(req) || B::grpc(req)
+    }
+
     fn on_attempt(&self, req: &mut Request<B>, attempt: &Attempt) {
         req.set_attempt(attempt.clone());
     }
@@ -205,7 +224,18 @@ impl<B: Replay, R> Policy<Request<B>, http::Response<R>> for GwPolicy {
     fn on_give_up(&self, res: &mut http::Response<R>) {
         res.extensions_mut().insert(Exhausted);
     }
+
+    /// Marks the answer, so [`Counted`] counts a request the budget left short though its
+    /// answer is an `Ok` one (a `503` with retries still wanted).
+    fn on_budget_exhausted(&self, res: &mut http::Response<R>) {
+        res.extensions_mut().insert(BudgetRefused);
+    }
 }
+
+/// In the extensions of an answer whose retries the budget refused (see
+/// [`GwPolicy::on_budget_exhausted`]).
+#[derive(Debug, Clone, Copy)]
+struct BudgetRefused;
 
 impl RetryPolicy {
     /// The policy of `section` (already validated), with an empty budget.
@@ -305,11 +335,16 @@ impl RetryPolicy {
         }
     }
 
-    /// Counts a request the budget left without the retries it asked for.
-    fn count_exhausted<T>(&self, result: &Result<T, BoxError>) {
-        if let Err(e) = result
-            && find_cause::<RetriesExhausted>(&**e).is_some_and(RetriesExhausted::budget_exhausted)
-        {
+    /// Counts a request the budget left without the retries it asked for: a failure, or an
+    /// answer that would have been retried (a `503`).
+    fn count_exhausted<R>(&self, result: &Result<http::Response<R>, BoxError>) {
+        let refused = match result {
+            Err(e) => {
+                find_cause::<RetriesExhausted>(&**e).is_some_and(RetriesExhausted::budget_exhausted)
+            }
+            Ok(res) => res.extensions().get::<BudgetRefused>().is_some(),
+        };
+        if refused {
             self.inner.counters.exhausted.incr();
         }
     }
@@ -391,11 +426,11 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F, T> Future for Counted<F>
+impl<F, R> Future for Counted<F>
 where
-    F: Future<Output = Result<T, BoxError>>,
+    F: Future<Output = Result<http::Response<R>, BoxError>>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<http::Response<R>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

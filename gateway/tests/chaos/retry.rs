@@ -424,6 +424,35 @@ async fn retry_budget_caps_the_extra_load() {
     .await;
 }
 
+on_both_front_ends!(a_503_the_budget_does_not_retry_is_counted);
+/// An upstream answering `503` to every GET, a budget of nothing (no share, no floor): each
+/// answer asked for a retry the budget refused, and the counter says so (it counted only
+/// failed tries, not answers, before).
+async fn a_503_the_budget_does_not_retry_is_counted() {
+    bounded(async {
+        let a = ChaosUpstream::start(Mode::Unavailable).await;
+        let rest = cluster(
+            "busy",
+            &[&a],
+            "[clusters.retry]\nattempts = 3\nbudget_percent = 0\nbudget_min_per_s = 0\n",
+            "",
+        );
+        let gw = start(config(&rest));
+        let url = format!("http://{}/busy", addr(&gw));
+        let client = client();
+        for _ in 0..3 {
+            let r = get(&client, &url).await;
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        }
+        assert_eq!(a.requests(), 3, "no retry: the budget is empty");
+        let s = state(&gw).await;
+        let exhausted = layers(&s, "busy")["retry"]["budget_exhausted"].as_u64();
+        assert_eq!(exhausted, Some(3), "{s:#}");
+        stop(gw).await;
+    })
+    .await;
+}
+
 on_both_front_ends!(per_try_timeout_retries_a_hung_try);
 /// A hung endpoint next to a good one, with a per-try timeout: a GET whose try hangs is cut
 /// at `per_try_timeout_ms` and retried, so every GET is answered 200 well inside the route's

@@ -1,8 +1,9 @@
 //! The retry budget: a lock-free sliding window of atomic buckets, shared by every clone.
 //!
 //! Time is cut into buckets of `window / 10`, numbered from the budget's creation (tokio time).
-//! Each bucket is one `AtomicU64` holding the bucket's number (high 32 bits) and a count (low
-//! 32 bits), so a bucket is rotated to a new number and its count reset by one compare-and-swap,
+//! Each bucket is one `AtomicU64` holding the bucket's number (high 40 bits, wrapping at 2^40)
+//! and a count (low 24 bits), so a bucket is rotated to a new number and its count reset by one
+//! compare-and-swap,
 //! and a stale bucket is simply ignored by readers: no lock, no sweeper, no clock thread.
 //!
 //! # Ground rules
@@ -20,14 +21,19 @@
 //!   themselves are `Relaxed` (more deposits only raise the allowance).
 //! - A thread whose clock reading is a bucket behind may count into the newer bucket another
 //!   thread rotated: the request is counted a bucket late, never lost or doubled.
-//! - Rings have one slot more than the window has buckets. A thread a bucket ahead rotates the
-//!   slot of the bucket that just left its window; with as many slots as buckets, that slot is
-//!   still the oldest bucket of a thread a bucket behind, which would then see that bucket's
-//!   withdrawals but no longer its deposits and refuse for thousands of requests at once. With
-//!   the spare slot, threads within a bucket of each other read the same counts.
+//! - Rings have more slots (16) than the window has buckets (10). A thread a bucket ahead
+//!   rotates the slot of the bucket that just left its window; with as many slots as buckets,
+//!   that slot is still the oldest bucket of a thread a bucket behind, which would then see
+//!   that bucket's withdrawals but no longer its deposits and refuse for thousands of requests
+//!   at once. With spare slots, threads within a few buckets of each other read the same
+//!   counts. A power of two keeps the slot of each bucket number in step across the wrap.
 //! - A withdrawing thread that finds a bucket newer than its clock reading in either ring (it
 //!   stalled after reading the clock, or while reading the rings) starts over from that
 //!   bucket, so it never judges one window's withdrawals against another window's deposits.
+//!   "Newer" means less than 2^39 buckets ahead (17 years of the shortest buckets), and a slot
+//!   never written is neither current nor newer; so a slot an idle shard left alone for
+//!   however long reads as old. A withdrawal starts over a bounded number of times, then
+//!   refuses.
 //!
 //! Invariant (checked by the property test against a model, by the fuzz target and by the loom
 //! models): when a withdrawal succeeds, the withdrawals of its window do not exceed
@@ -46,9 +52,10 @@ use tokio::time::Instant;
 
 /// Buckets per window.
 pub(crate) const BUCKETS: usize = 10;
-/// Slots per ring: one more than the window, so the slot a thread one bucket ahead rotates is
-/// never one a thread one bucket behind still reads (see the ground rules).
-const SLOTS: usize = BUCKETS + 1;
+/// Slots per ring: more than the window, so the slot a thread one bucket ahead rotates is
+/// never one a thread one bucket behind still reads (see the ground rules); and a power of
+/// two, so that `bucket % SLOTS` runs on without a break where bucket numbers wrap.
+const SLOTS: usize = 16;
 /// Ratios are kept in millionths, so the arithmetic is integer.
 const PPM: u64 = 1_000_000;
 /// The most deposit shards (each read by a withdrawal: `SLOTS` loads apiece).
@@ -56,27 +63,59 @@ const MAX_SHARDS: usize = 16;
 
 type Ring = [AtomicU64; SLOTS];
 
-fn pack(bucket: u32, count: u32) -> u64 {
-    (u64::from(bucket) << 32) | u64::from(count)
+/// Bits of a bucket number: numbers wrap at 2^40, and a bucket counts as newer than a
+/// reading when it is less than 2^39 ahead: 17 years of 1 ms buckets (the shortest window is
+/// 10 ms), so no slot left untouched by an idle shard or a budget nobody retries on ever
+/// looks newer than the clock. (With 32 bits, a shard unused for 2^31 buckets, 25 days of
+/// 1 ms buckets, did: a withdrawal started over from it and back without end.)
+const BUCKET_BITS: u32 = 40;
+/// Bucket numbers are taken modulo 2^40.
+pub(crate) const BUCKET_MASK: u64 = (1 << BUCKET_BITS) - 1;
+/// Bits of a count: up to 2^24 - 2 per bucket and shard (46,000 requests a second on one
+/// core in the longest buckets, 6 minutes), where it stops counting.
+const COUNT_BITS: u32 = 64 - BUCKET_BITS;
+const COUNT_MAX: u32 = (1 << COUNT_BITS) - 2;
+/// A slot never written: neither current, nor newer, nor in any window.
+const EMPTY: u64 = u64::MAX;
+
+fn pack(bucket: u64, count: u32) -> u64 {
+    ((bucket & BUCKET_MASK) << COUNT_BITS) | u64::from(count)
 }
 
-fn unpack(word: u64) -> (u32, u32) {
-    ((word >> 32) as u32, word as u32)
+/// The bucket number and count of a slot's word; `None` for a slot never written.
+fn unpack(word: u64) -> Option<(u64, u32)> {
+    (word != EMPTY).then_some((word >> COUNT_BITS, (word & ((1 << COUNT_BITS) - 1)) as u32))
 }
 
-/// `count` of `word` if its bucket is within the window ending at `now` (wrapping numbers).
-fn live(word: u64, now: u32) -> u64 {
-    let (bucket, count) = unpack(word);
-    if (now.wrapping_sub(bucket) as usize) < BUCKETS {
-        u64::from(count)
-    } else {
-        0
+/// `a - b` on bucket numbers (modulo 2^40).
+#[inline]
+fn dist(a: u64, b: u64) -> u64 {
+    a.wrapping_sub(b) & BUCKET_MASK
+}
+
+/// Whether `bucket` is newer than `now` (ahead of it, by less than half the number space).
+#[inline]
+fn newer(bucket: u64, now: u64) -> bool {
+    let d = dist(bucket, now);
+    d != 0 && d < 1 << (BUCKET_BITS - 1)
+}
+
+/// `count` of `word` if its bucket is within the window ending at `now`.
+fn live(word: u64, now: u64) -> u64 {
+    match unpack(word) {
+        Some((bucket, count)) if dist(now, bucket) < BUCKETS as u64 => u64::from(count),
+        _ => 0,
     }
 }
 
+/// The most times a withdrawal starts over from a newer bucket before it refuses. Each start
+/// over moves it at least a bucket ahead, to a bucket another thread wrote: one or two in
+/// practice, and never a loop that does not end. (A lost compare-and-swap, another thread
+/// spending in the same bucket, is not a start over: it retries at once.)
+const MAX_RESTARTS: u32 = 64;
+
 fn new_ring() -> Ring {
-    // Bucket number u32::MAX - SLOTS is outside the window of every bucket near 0.
-    std::array::from_fn(|_| AtomicU64::new(pack(u32::MAX - SLOTS as u32, 0)))
+    std::array::from_fn(|_| AtomicU64::new(EMPTY))
 }
 
 /// The budget's arithmetic on bucket numbers, without a clock (for models and fuzzing).
@@ -100,59 +139,58 @@ impl BudgetCore {
     }
 
     /// Adds `n` to the current bucket of `ring`, rotating it first if it is stale.
-    fn add(ring: &Ring, now: u32, n: u32) {
+    fn add(ring: &Ring, now: u64, n: u32) {
+        let now = now & BUCKET_MASK;
         let cell = &ring[now as usize % SLOTS];
         // Relaxed: counts only; rotation is a CAS on the same word, so every add lands in
         // exactly one bucket number.
         let mut word = cell.load(Ordering::Relaxed);
         loop {
-            let (bucket, _) = unpack(word);
-            // The bucket is current, or newer than this thread's reading: count into it.
-            if (bucket.wrapping_sub(now) as i32) >= 0 {
-                cell.fetch_add(u64::from(n), Ordering::Relaxed);
-                return;
-            }
-            match cell.compare_exchange_weak(
-                word,
-                pack(now, n),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            let next = match unpack(word) {
+                // The bucket is current, or newer than this thread's reading: count into it.
+                Some((bucket, count)) if bucket == now || newer(bucket, now) => {
+                    if count < COUNT_MAX / 2 {
+                        // Far from full: no race of adders can reach the bucket bits.
+                        cell.fetch_add(u64::from(n), Ordering::Relaxed);
+                        return;
+                    }
+                    // Nearly full: stop counting at the top rather than carry into the
+                    // bucket number.
+                    pack(bucket, count.saturating_add(n).min(COUNT_MAX))
+                }
+                _ => pack(now, n.min(COUNT_MAX)),
+            };
+            match cell.compare_exchange_weak(word, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(actual) => word = actual,
             }
         }
     }
 
-    fn sum(ring: &Ring, now: u32) -> u64 {
+    fn sum(ring: &Ring, now: u64) -> u64 {
         ring.iter()
             .map(|c| live(c.load(Ordering::Relaxed), now))
             .sum()
     }
 
     /// Records one request in bucket `now`, on deposit shard `shard`.
-    pub(crate) fn deposit(&self, now: u32, shard: usize) {
+    pub(crate) fn deposit(&self, now: u64, shard: usize) {
         // The shard count is a power of two (see `new`).
         Self::add(&self.deposits[shard & (self.deposits.len() - 1)], now, 1);
     }
 
     /// Requests counted in the window ending at bucket `now`, or the newest bucket found if a
     /// slot already holds one after `now`.
-    fn window_deposits(&self, now: u32) -> Result<u64, u32> {
+    fn window_deposits(&self, now: u64) -> Result<u64, u64> {
         let mut sum = 0;
-        let mut newest = None::<u32>;
+        let mut newest = None::<u64>;
         for ring in self.deposits.iter() {
             for c in ring.iter() {
                 let w = c.load(Ordering::Relaxed);
-                let ahead = unpack(w).0.wrapping_sub(now) as i32;
-                if ahead > 0 {
-                    newest = Some(newest.map_or(unpack(w).0, |n| {
-                        if (unpack(w).0.wrapping_sub(n) as i32) > 0 {
-                            unpack(w).0
-                        } else {
-                            n
-                        }
-                    }));
+                if let Some((b, _)) = unpack(w)
+                    && newer(b, now)
+                {
+                    newest = Some(newest.map_or(b, |n| if newer(b, n) { b } else { n }));
                 }
                 sum += live(w, now);
             }
@@ -161,12 +199,12 @@ impl BudgetCore {
     }
 
     /// Requests counted in the window ending at bucket `now`.
-    pub(crate) fn deposits(&self, now: u32) -> u64 {
+    pub(crate) fn deposits(&self, now: u64) -> u64 {
         self.deposits.iter().map(|r| Self::sum(r, now)).sum()
     }
 
     /// Retries and hedges spent in the window ending at bucket `now`.
-    pub(crate) fn withdrawals(&self, now: u32) -> u64 {
+    pub(crate) fn withdrawals(&self, now: u64) -> u64 {
         Self::sum(&self.withdrawals, now)
     }
 
@@ -177,12 +215,12 @@ impl BudgetCore {
     }
 
     /// What the window ending at `now` allows in all.
-    pub(crate) fn allowance(&self, now: u32) -> u64 {
+    pub(crate) fn allowance(&self, now: u64) -> u64 {
         self.allow(self.deposits(now), self.floor)
     }
 
     /// Spends one token in bucket `now` if the window has one left.
-    pub(crate) fn try_withdraw(&self, now: u32) -> bool {
+    pub(crate) fn try_withdraw(&self, now: u64) -> bool {
         self.withdraw(now, false)
     }
 
@@ -191,29 +229,37 @@ impl BudgetCore {
     /// the floor if that is more). Hedges use it: a hedge is sent because an answer is late, and answers are
     /// late together when the service is congested, so a hedge must not borrow the whole
     /// window's savings at once and double the load exactly then.
-    pub(crate) fn try_withdraw_paced(&self, now: u32) -> bool {
+    pub(crate) fn try_withdraw_paced(&self, now: u64) -> bool {
         self.withdraw(now, true)
     }
 
-    fn recent_deposits(&self, now: u32) -> u64 {
-        let prev = now.wrapping_sub(1);
+    fn recent_deposits(&self, now: u64) -> u64 {
+        let prev = dist(now, 1);
         self.deposits
             .iter()
             .map(|ring| {
                 [now, prev]
                     .iter()
-                    .map(|&b| {
-                        let (bucket, count) =
-                            unpack(ring[b as usize % SLOTS].load(Ordering::Relaxed));
-                        if bucket == b { u64::from(count) } else { 0 }
-                    })
+                    .map(
+                        |&b| match unpack(ring[b as usize % SLOTS].load(Ordering::Relaxed)) {
+                            Some((bucket, count)) if bucket == b => u64::from(count),
+                            _ => 0,
+                        },
+                    )
                     .sum::<u64>()
             })
             .sum()
     }
 
-    fn withdraw(&self, mut now: u32, paced: bool) -> bool {
+    fn withdraw(&self, now: u64, paced: bool) -> bool {
+        let mut now = now & BUCKET_MASK;
+        let mut restarts = 0;
         loop {
+            if restarts > MAX_RESTARTS {
+                // Other threads kept moving the buckets on: refuse rather than spin (a retry
+                // not sent is always safe).
+                return false;
+            }
             // Acquire: pairs with the Release of the CAS below in other threads; whoever sees
             // a withdrawal also sees the deposit its thread made before it (read below).
             let words: [u64; SLOTS] =
@@ -222,23 +268,29 @@ impl BudgetCore {
             // have left: adopt the newest bucket in the ring instead.
             let newest = words
                 .iter()
-                .map(|&w| unpack(w).0)
-                .filter(|b| (b.wrapping_sub(now) as i32) > 0)
-                .max_by_key(|b| b.wrapping_sub(now));
+                .filter_map(|&w| unpack(w))
+                .map(|(b, _)| b)
+                .filter(|&b| newer(b, now))
+                .max_by_key(|&b| dist(b, now));
             if let Some(newer) = newest {
                 now = newer;
+                restarts += 1;
             }
             let slot = now as usize % SLOTS;
-            let prev = now.wrapping_sub(1);
-            let (bucket, count) = unpack(words[slot]);
-            let here = if bucket == now { count } else { 0 };
+            let prev = dist(now, 1);
+            let here = match unpack(words[slot]) {
+                Some((bucket, count)) if bucket == now => count,
+                _ => 0,
+            };
             let mut others = 0;
             let mut previous = 0;
             for (i, &w) in words.iter().enumerate() {
                 if i != slot {
                     others += live(w, now);
-                    if unpack(w).0 == prev {
-                        previous = u64::from(unpack(w).1);
+                    if let Some((b, count)) = unpack(w)
+                        && b == prev
+                    {
+                        previous = u64::from(count);
                     }
                 }
             }
@@ -251,6 +303,7 @@ impl BudgetCore {
                 Ok(d) => d,
                 Err(newer) => {
                     now = newer;
+                    restarts += 1;
                     continue;
                 }
             };
@@ -262,7 +315,7 @@ impl BudgetCore {
             };
             if others + u64::from(here) >= allowance
                 || previous + u64::from(here) >= recent_allowance
-                || here == u32::MAX
+                || here >= COUNT_MAX
             {
                 return false;
             }
@@ -328,13 +381,13 @@ impl Budget {
         }
     }
 
-    fn bucket(&self) -> u32 {
+    fn bucket(&self) -> u64 {
         let since = Instant::now().saturating_duration_since(self.inner.origin);
         let nanos = since.as_secs() * 1_000_000_000 + u64::from(since.subsec_nanos());
         // Exact for every time below 2^64 / bucket_inverse's error (over a century at 1 ms
         // buckets); off by one at most at a bucket's very edge otherwise, which only moves a
         // count to the neighbouring bucket.
-        ((u128::from(nanos) * self.inner.bucket_inverse) >> 64) as u32
+        ((u128::from(nanos) * self.inner.bucket_inverse) >> 64) as u64 & BUCKET_MASK
     }
 
     /// Counts one request.

@@ -128,7 +128,8 @@ pub struct RetryConfig {
     /// The wait before each retry.
     pub backoff: BackoffConfig,
     /// The longest pushback (`Retry-After`, `grpc-retry-pushback-ms`) the layer waits for; a
-    /// longer one ends the retries and returns the answer to the caller. Default 10 s.
+    /// longer one ends the retries and returns the answer to the caller. Default 10 s; at most
+    /// an hour.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_pushback: Duration,
     /// Hedging, off (`None`) by default.
@@ -162,7 +163,8 @@ impl RetryConfig {
     /// A [`ConfigError`] naming the first invalid field: attempts outside
     /// `1..=`[`MAX_ATTEMPTS`], a budget ratio that is NaN, negative or above 10, a window
     /// shorter than 10 ms or longer than an hour, a backoff or hedge cap below its base, a
-    /// percentile outside `0.5..=1.0`, zero `min_samples`, or hedging with fewer than 2 attempts.
+    /// backoff cap, hedge delay or `max_pushback` over an hour, a percentile outside
+    /// `0.5..=1.0`, zero `min_samples`, or hedging with fewer than 2 attempts.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
             return Err(ConfigError::new(
@@ -189,6 +191,12 @@ impl RetryConfig {
         }
         if self.backoff.max > HOUR {
             return Err(ConfigError::new("backoff.max", "must be at most an hour"));
+        }
+        if self.max_pushback > HOUR {
+            return Err(ConfigError::new(
+                "max_pushback",
+                format!("{:?} is more than an hour", self.max_pushback),
+            ));
         }
         if let Some(h) = &self.hedge {
             if self.max_attempts < 2 {

@@ -139,7 +139,7 @@ where
         let mut cold_part = None;
         if attempt.is_some() || start.is_some() {
             let mut c = cold(&mut cold_part);
-            let hedge_at = start.and_then(|s| hedge_deadline(&shared, 1, replay.is_some(), s));
+            let hedge_at = start.and_then(|s| hedge_deadline(&shared, 1, replay.as_ref(), s));
             if let Some(at) = hedge_at {
                 c.as_mut().arm(Wait::Hedge, at);
             }
@@ -160,15 +160,20 @@ where
     }
 }
 
-/// When to hedge an attempt started at `start`, if a hedge may follow it.
-fn hedge_deadline<P>(
+/// When to hedge an attempt started at `start`, if a hedge may follow it: the request has a
+/// copy for replays (`replay`), the policy lets it be sent twice while the first copy may
+/// still be running ([`Policy::may_hedge`]), and attempts are left.
+fn hedge_deadline<P, Req, Res>(
     shared: &Shared<P>,
     attempts: u32,
-    replayable: bool,
+    replay: Option<&Req>,
     start: Instant,
-) -> Option<Instant> {
+) -> Option<Instant>
+where
+    P: Policy<Req, Res>,
+{
     let core = &shared.core;
-    if !replayable || attempts >= core.config.max_attempts {
+    if attempts >= core.config.max_attempts || !replay.is_some_and(|r| shared.policy.may_hedge(r)) {
         return None;
     }
     let delay = core.estimator.as_ref()?.delay()?;
@@ -193,6 +198,9 @@ where
     match result {
         Ok(mut res) => {
             shared.policy.on_give_up(&mut res);
+            if budget {
+                shared.policy.on_budget_exhausted(&mut res);
+            }
             Ok(res)
         }
         Err(e) => Err(Box::new(RetriesExhausted::new(attempts, budget, e))),
@@ -248,7 +256,8 @@ where
                                     *c.as_mut().project().hedge = Some((slot, est.epoch()));
                                 }
                                 let alone = this.first.is_none() || this.second.is_none();
-                                let hedge_at = hedge_deadline(shared, *this.attempts, true, s);
+                                let hedge_at =
+                                    hedge_deadline(shared, *this.attempts, this.replay.as_ref(), s);
                                 *c.as_mut().project().wait = None;
                                 if let (true, Some(at)) = (alone, hedge_at) {
                                     c.arm(Wait::Hedge, at);
@@ -319,8 +328,10 @@ where
                     continue;
                 }
                 if pause.is_some_and(|d| d > core.config.max_pushback) {
-                    // The service asks for a longer pause than the caller should wait.
-                    return Poll::Ready(result);
+                    // The service asks for a longer pause than the caller should wait: give
+                    // up (marked, when there were retries, so layers further out do not retry
+                    // it again).
+                    return Poll::Ready(give_up(shared, result, *this.attempts, false));
                 }
                 if this.replay.is_none() || *this.attempts >= core.config.max_attempts {
                     return Poll::Ready(give_up(shared, result, *this.attempts, false));

@@ -55,7 +55,7 @@ pub fn run(data: &[u8]) {
         match op {
             Op::Deposit { n, shard } => {
                 for _ in 0..n {
-                    core.deposit(now, usize::from(shard));
+                    core.deposit(u64::from(now), usize::from(shard));
                 }
                 *deposits.entry(now).or_default() += u64::from(n);
             }
@@ -68,14 +68,14 @@ pub fn run(data: &[u8]) {
                     let recent = (window(&deposits, now, 2) * u64::from(ratio_pct) / 100)
                         .max(floor * 2 / BUCKETS as u64);
                     expect &= window(&withdrawals, now, 2) < recent;
-                    core.try_withdraw_paced(now)
+                    core.try_withdraw_paced(u64::from(now))
                 } else {
-                    core.try_withdraw(now)
+                    core.try_withdraw(u64::from(now))
                 };
                 assert_eq!(got, expect, "withdrawal at bucket {now}");
                 if got {
                     *withdrawals.entry(now).or_default() += 1;
-                    assert!(core.withdrawals(now) <= core.allowance(now));
+                    assert!(core.withdrawals(u64::from(now)) <= core.allowance(u64::from(now)));
                 }
             }
             Op::Advance(by) => now = now.saturating_add(u32::from(by % 32)),
@@ -91,9 +91,12 @@ pub fn run(data: &[u8]) {
                 }
             }
         }
-        assert_eq!(core.deposits(now), window(&deposits, now, BUCKETS as u32));
         assert_eq!(
-            core.withdrawals(now),
+            core.deposits(u64::from(now)),
+            window(&deposits, now, BUCKETS as u32)
+        );
+        assert_eq!(
+            core.withdrawals(u64::from(now)),
             window(&withdrawals, now, BUCKETS as u32)
         );
     }

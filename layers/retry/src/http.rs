@@ -250,6 +250,17 @@ pub fn idempotent<B>(req: &Request<B>) -> bool {
     ) || req.headers().contains_key("idempotency-key")
 }
 
+/// Whether `req` is a gRPC call (`content-type: application/grpc`, `+proto`, `;...`).
+pub fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+        })
+}
+
 /// Whether `err` shows the request never reached the service.
 fn not_sent(err: &BoxError) -> bool {
     let err: &(dyn std::error::Error + 'static) = &**err;
@@ -328,6 +339,12 @@ impl<B, R> Policy<Request<ReplayBody<B>>, Response<R>> for HttpPolicy {
         *copy.headers_mut() = req.headers().clone();
         *copy.extensions_mut() = req.extensions().clone();
         Some(copy)
+    }
+
+    /// Idempotent methods, an `Idempotency-Key`, and gRPC calls: a POST without a key may
+    /// already have reached the service when the hedge would go, and must not run twice.
+    fn may_hedge(&self, req: &Request<ReplayBody<B>>) -> bool {
+        idempotent(req) || is_grpc(req)
     }
 
     fn on_attempt(&self, req: &mut Request<ReplayBody<B>>, attempt: &Attempt) {

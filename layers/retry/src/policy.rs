@@ -32,6 +32,18 @@ pub trait Policy<Req, Res> {
     /// large to buffer, a one-shot stream): such a request gets exactly one attempt.
     fn clone_request(&self, req: &Req) -> Option<Req>;
 
+    /// Whether `req` may be hedged: sent again while its first attempt may still be running
+    /// (and may already have reached the service), which a retry of a failed attempt is not.
+    /// Only a request that is safe to run twice may be. `true` by default (the default
+    /// policies retry requests the caller declared repeatable); [`HttpPolicy`](crate::http::HttpPolicy)
+    /// hedges idempotent methods, requests with an `Idempotency-Key`, and gRPC calls (a route
+    /// with hedging configured is their opt-in, as a hedging policy is in gRPC's service
+    /// config).
+    fn may_hedge(&self, req: &Req) -> bool {
+        let _ = req;
+        true
+    }
+
     /// Marks the request about to be sent with its [`Attempt`], so a balancer further in can
     /// skip the endpoints earlier attempts went to (see
     /// [`tollgate_core::attempt`]). Called before each attempt, the first included (after
@@ -52,6 +64,14 @@ pub trait Policy<Req, Res> {
     /// policy adds a [`RetriesExhausted`](crate::RetriesExhausted)-like extension). Does
     /// nothing by default.
     fn on_give_up(&self, res: &mut Res) {
+        let _ = res;
+    }
+
+    /// Called after [`on_give_up`](Policy::on_give_up) when it was the budget that refused
+    /// the retry a retryable `Ok` answer asked for (an error says so itself:
+    /// [`RetriesExhausted::budget_exhausted`](crate::RetriesExhausted::budget_exhausted)), so
+    /// a caller can count the requests the budget left short. Does nothing by default.
+    fn on_budget_exhausted(&self, res: &mut Res) {
         let _ = res;
     }
 }

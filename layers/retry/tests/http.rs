@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -288,4 +289,62 @@ async fn stacked_http_layers_do_not_retry_what_an_inner_one_gave_up_on() {
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(res.extensions().get::<Exhausted>().is_some());
     assert_eq!(seen.lock().unwrap().len(), 3, "3 attempts, not 9");
+}
+
+/// A hedge sends the request again while the first try may already be at work upstream: a
+/// `POST` without an `Idempotency-Key` must not run twice, so it is never hedged; a `GET`, a
+/// `POST` with a key and a gRPC call (the hedging configuration is its opt-in) are.
+#[tokio::test(start_paused = true)]
+async fn only_requests_that_may_run_twice_are_hedged() {
+    let hedging = || {
+        RetryLayer::new(RetryConfig {
+            seed: Some(9),
+            hedge: Some(tollgate_retry::HedgeConfig {
+                percentile: None,
+                min_delay: Duration::from_millis(1),
+                ..tollgate_retry::HedgeConfig::default()
+            }),
+            ..RetryConfig::default()
+        })
+        .unwrap()
+        .with_policy(HttpPolicy::default())
+    };
+    let cases: [(&str, Request<()>, usize); 4] = [
+        ("POST", Request::post("/x").body(()).unwrap(), 1),
+        ("GET", Request::get("/x").body(()).unwrap(), 2),
+        (
+            "POST with a key",
+            Request::post("/x")
+                .header("idempotency-key", "k1")
+                .body(())
+                .unwrap(),
+            2,
+        ),
+        (
+            "gRPC",
+            Request::post("/pkg.Svc/Call")
+                .header("content-type", "application/grpc+proto")
+                .body(())
+                .unwrap(),
+            2,
+        ),
+    ];
+    for (what, req, calls) in cases {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        // Every try takes 50 ms: long past the 1 ms hedge delay.
+        let backend = service_fn(move |_req: Request<Body>| {
+            s.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, BoxError>(Response::new(()))
+            }
+        });
+        let mut svc = hedging().layer(backend);
+        let (parts, ()) = req.into_parts();
+        let req = Request::from_parts(parts, body("{}").await);
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{what}");
+        assert_eq!(seen.load(Ordering::SeqCst), calls, "{what}");
+    }
 }

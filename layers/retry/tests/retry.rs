@@ -533,6 +533,14 @@ fn invalid_configs_are_refused_with_the_field() {
         }),
         "backoff.max"
     );
+    // "No cap" is not a `Duration::MAX`: a pause past an hour is an answer to return.
+    assert_eq!(
+        bad(RetryConfig {
+            max_pushback: Duration::MAX,
+            ..config()
+        }),
+        "max_pushback"
+    );
     let hedge = |h: HedgeConfig| RetryConfig {
         hedge: Some(h),
         ..config()

@@ -7,7 +7,7 @@
 //! - right after a withdrawal, the window's withdrawals do not exceed `max(floor, ratio *
 //!   deposits)` of the same window.
 
-use crate::budget::{BUCKETS, BudgetCore};
+use crate::budget::{BUCKET_MASK, BUCKETS, BudgetCore};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -26,16 +26,30 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Counts per bucket number; the window ending at `now` is `now - BUCKETS + 1 ..= now`.
+/// Counts per bucket number (64-bit: the model never wraps); the window ending at `now` is
+/// `now - BUCKETS + 1 ..= now`.
 #[derive(Default)]
 struct Model {
-    deposits: BTreeMap<u32, u64>,
-    withdrawals: BTreeMap<u32, u64>,
+    deposits: BTreeMap<u64, u64>,
+    withdrawals: BTreeMap<u64, u64>,
 }
 
-fn window(map: &BTreeMap<u32, u64>, now: u32) -> u64 {
-    let from = now.saturating_sub(BUCKETS as u32 - 1);
+fn window(map: &BTreeMap<u64, u64>, now: u64) -> u64 {
+    let from = now.saturating_sub(BUCKETS as u64 - 1);
     map.range(from..=now).map(|(_, v)| v).sum()
+}
+
+/// Where the budget's clock starts: near 0, or just before the points where a 32-bit bucket
+/// number would wrap (2^31, 2^32: the layout before) or the 40-bit one does (2^39, 2^40), so
+/// that runs cross them.
+fn start() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0u64..3,
+        (1u64 << 31) - 400..(1u64 << 31),
+        (1u64 << 32) - 400..(1u64 << 32),
+        (1u64 << 39) - 400..(1u64 << 39),
+        (1u64 << 40) - 400..(1u64 << 40),
+    ]
 }
 
 proptest! {
@@ -46,18 +60,20 @@ proptest! {
         ratio_pct in 0u32..=200,
         floor in 0u64..20,
         shards in 1usize..5,
-        start in 0u32..3,
+        start in start(),
         ops in proptest::collection::vec(op(), 1..300),
     ) {
         let ratio = f64::from(ratio_pct) / 100.0;
         let core = BudgetCore::new(ratio, floor, shards);
         let mut model = Model::default();
-        let mut now = start;
+        // The model's clock counts from 0; the budget's bucket numbers from `start`, wrapping.
+        let mut now = 0u64;
+        let at = |now: u64| (start + now) & BUCKET_MASK;
         for op in ops {
             match op {
                 Op::Deposit { n, shard } => {
                     for _ in 0..n {
-                        core.deposit(now, shard);
+                        core.deposit(at(now), shard);
                     }
                     *model.deposits.entry(now).or_default() += u64::from(n);
                 }
@@ -65,21 +81,21 @@ proptest! {
                     let allowed = (window(&model.deposits, now) * u64::from(ratio_pct) / 100)
                         .max(floor);
                     let expect = window(&model.withdrawals, now) < allowed;
-                    prop_assert_eq!(core.try_withdraw(now), expect, "at bucket {}", now);
+                    prop_assert_eq!(core.try_withdraw(at(now)), expect, "at bucket {}", now);
                     if expect {
                         *model.withdrawals.entry(now).or_default() += 1;
                         // Deposits age out of the window before the withdrawals they paid
                         // for, so the bound holds when a withdrawal is made, not later on.
                         prop_assert!(
-                            core.withdrawals(now) <= core.allowance(now),
-                            "spent {} of {}", core.withdrawals(now), core.allowance(now)
+                            core.withdrawals(at(now)) <= core.allowance(at(now)),
+                            "spent {} of {}", core.withdrawals(at(now)), core.allowance(at(now))
                         );
                     }
                 }
-                Op::Advance(by) => now += by,
+                Op::Advance(by) => now += u64::from(by),
             }
-            prop_assert_eq!(core.deposits(now), window(&model.deposits, now));
-            prop_assert_eq!(core.withdrawals(now), window(&model.withdrawals, now));
+            prop_assert_eq!(core.deposits(at(now)), window(&model.deposits, now));
+            prop_assert_eq!(core.withdrawals(at(now)), window(&model.withdrawals, now));
         }
     }
 }
@@ -136,4 +152,40 @@ fn paired_deposits_and_withdrawals_never_run_dry() {
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
     assert_eq!(refused, 0);
+}
+
+/// A deposit shard nobody uses keeps its first word for ever. With 32-bit bucket numbers, once
+/// the clock was 2^31 buckets past it (25 days of 1 ms buckets), a signed comparison took that
+/// number for a newer bucket than every reading: a withdrawal started over from it and back
+/// without end (a request that never got an answer), and deposits counted into it were lost.
+/// Across every wrap point, with one shard of two in use, every withdrawal returns and the
+/// budget keeps its ratio.
+#[test]
+fn an_unused_shard_never_looks_newer_across_the_wrap() {
+    for start in [
+        (1u64 << 31) - 300,
+        (1u64 << 32) - 300,
+        (1u64 << 39) - 300,
+        (1u64 << 40) - 300,
+    ] {
+        let core = BudgetCore::new(0.1, 1, 2);
+        let mut granted = 0;
+        for t in 0..600u64 {
+            let now = (start + t) & BUCKET_MASK;
+            for _ in 0..10 {
+                core.deposit(now, 0);
+            }
+            if t % 5 == 0 && core.try_withdraw(now) {
+                granted += 1;
+            }
+            assert_eq!(
+                core.deposits(now),
+                10 * (t + 1).min(BUCKETS as u64),
+                "at {t}"
+            );
+        }
+        // 10 deposits a bucket, 100 a window: 10% allows 10, so every try (one in 5 buckets,
+        // 2 a window) is granted.
+        assert_eq!(granted, 120, "from {start}");
+    }
 }

@@ -23,17 +23,17 @@ fn loom_two_withdrawals_one_token() {
 #[test]
 fn loom_deposits_race_a_rotation() {
     loom::model(|| {
-        // Shard 0's slot for bucket 3 holds its deposit; two threads move to bucket 14 (the
-        // same slot, 11 buckets later) at once: each deposit is counted exactly once.
+        // Shard 0's slot for bucket 3 holds its deposit; two threads move to bucket 19 (the
+        // same slot, 16 buckets later) at once: each deposit is counted exactly once.
         let core = Arc::new(BudgetCore::new(1.0, 0, 1));
         core.deposit(3, 0);
         let a = {
             let core = core.clone();
-            thread::spawn(move || core.deposit(14, 0))
+            thread::spawn(move || core.deposit(19, 0))
         };
-        core.deposit(14, 0);
+        core.deposit(19, 0);
         a.join().unwrap();
-        assert_eq!(core.deposits(14), 2);
+        assert_eq!(core.deposits(19), 2);
     });
 }
 
