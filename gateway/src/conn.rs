@@ -238,20 +238,36 @@ where
     }
 }
 
+/// How long a connection told to go away, with nothing in flight, may stay silent (no byte
+/// either way) before it is dropped: the time for the client's part of the close (HTTP/2: the
+/// acknowledgement of the GOAWAY's PING).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Drives an HTTP/2 connection, or an HTTP/1.1 one with upgrades on, until it ends (or is
 /// upgraded), shutdown closes it or it idles past `idle`.
+///
+/// A graceful close (GOAWAY) waits for the streams in flight, and hyper's HTTP/2 close also
+/// for the client to acknowledge the GOAWAY's PING: a client that never does (or that leaves
+/// a header block open) held the connection, and its descriptor, for ever. So once closing,
+/// the connection is dropped as soon as no request is in flight and no byte has moved for
+/// [`CLOSE_GRACE`]; an answer still streaming keeps bytes moving, and finishes.
 async fn drive_graceful<C: Graceful>(
     mut conn: Pin<&mut C>,
     ctx: &ConnCtx,
     shutdown: &mut watch::Receiver<bool>,
     idle: Duration,
 ) {
-    let mut closing = *shutdown.borrow();
-    if closing {
-        conn.as_mut().close_gracefully();
-    }
+    let mut closing = false;
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
+    let close = |conn: Pin<&mut C>, sleep: Pin<&mut tokio::time::Sleep>| {
+        conn.close_gracefully();
+        sleep.reset(Instant::now() + CLOSE_GRACE);
+        true
+    };
+    if *shutdown.borrow() {
+        closing = close(conn.as_mut(), sleep.as_mut());
+    }
     loop {
         tokio::select! {
             // Biased: see `drive_h1`.
@@ -264,23 +280,28 @@ async fn drive_graceful<C: Graceful>(
             }
             changed = shutdown.changed(), if !closing => {
                 if changed.is_err() || *shutdown.borrow() {
-                    closing = true;
-                    conn.as_mut().close_gracefully();
+                    closing = close(conn.as_mut(), sleep.as_mut());
                 }
             }
             // The connection spent its request budget: GOAWAY, and its streams in flight
             // finish.
             () = ctx.over_budget(), if !closing => {
-                closing = true;
-                conn.as_mut().close_gracefully();
+                closing = close(conn.as_mut(), sleep.as_mut());
             }
-            () = &mut sleep, if !closing => {
+            () = &mut sleep => {
                 let idle_for = ctx.idle_for();
                 // Relaxed: see `drive_h1`.
-                if idle_for >= idle && ctx.in_flight.load(Ordering::Relaxed) == 0 {
-                    closing = true;
+                let quiet = ctx.in_flight.load(Ordering::Relaxed) == 0;
+                if closing {
+                    if quiet && idle_for >= CLOSE_GRACE {
+                        // The client had its time to finish its part of the close.
+                        return;
+                    }
+                    let wait = CLOSE_GRACE.saturating_sub(idle_for).max(Duration::from_millis(50));
+                    sleep.as_mut().reset(Instant::now() + wait);
+                } else if idle_for >= idle && quiet {
                     ctx.shared.stats.connections_timed_out.incr();
-                    conn.as_mut().close_gracefully();
+                    closing = close(conn.as_mut(), sleep.as_mut());
                 } else {
                     let wait = idle.saturating_sub(idle_for).max(Duration::from_millis(50));
                     sleep.as_mut().reset(Instant::now() + wait);

@@ -43,6 +43,16 @@ pub(crate) fn names_trailers(value: &[u8]) -> bool {
 
 /// Removes hop-by-hop headers and any header named in `Connection`. With `keep_te_trailers`,
 /// a `TE: trailers` survives (gRPC needs it end to end over HTTP/2).
+/// An upstream answer's fields as they go on to the client: the hop-by-hop ones stripped
+/// ([`strip_hop_by_hop`]), and no `Content-Length` on a `204` (RFC 9110 §8.6: a server must
+/// not send one; an HTTP/2 client refuses the stream that carries it).
+pub(crate) fn relay_fields(status: http::StatusCode, headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers, false);
+    if status == http::StatusCode::NO_CONTENT {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+}
+
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     // Fast path: one pass over the names (standard names compare as enum tags) instead of a
     // hash lookup per hop-by-hop name; most messages carry none.

@@ -16,7 +16,9 @@ use super::answer::{Answer, Blame, RespBody};
 use super::body::ClientBody;
 use super::config::UpstreamProtocol;
 use super::ctx::ConnCtx;
-use super::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
+use super::headers::{
+    add_forwarding, client as client_addr, relay_fields, strip_hop_by_hop, via_value,
+};
 use super::pool::direct::Split;
 use super::pool::{self, ReqBody};
 use super::route::{RouteMatch, host_of};
@@ -269,12 +271,54 @@ fn pre_route<B>(local: &Local, req: &mut Request<B>) -> Result<bool, Answer> {
     if req.version() <= Version::HTTP_11 && head_size(req) > snap.config.limits.max_header_bytes {
         return Err(Answer::HeadTooLarge);
     }
-    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host` (HTTP/2 has `:authority`).
-    if req.version() == Version::HTTP_11 && req.headers().get_all(header::HOST).iter().count() != 1
-    {
-        return Err(Answer::BadHost);
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host` (HTTP/2 has `:authority`),
+    // and a valid one.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) if crate::route::valid_host(h.as_bytes()) => {}
+        // HTTP/1.0 may leave it out; HTTP/2 has `:authority` (checked with the target).
+        (None, _) if req.version() != Version::HTTP_11 => {}
+        _ => return Err(Answer::BadHost),
     }
+    check_target(req)?;
     Ok(h2_websocket)
+}
+
+/// The origin form of a target's path and query: an absolute-form target with an empty path
+/// (`http://host?q=1`) has `?q=1` there, which must leave as `/?q=1` (RFC 9112 §3.2.1).
+pub(crate) fn origin_form(pq: Option<&http::uri::PathAndQuery>) -> std::borrow::Cow<'_, str> {
+    match pq.map(http::uri::PathAndQuery::as_str) {
+        None | Some("") => std::borrow::Cow::Borrowed("/"),
+        Some(s) if s.starts_with('/') || s == "*" => std::borrow::Cow::Borrowed(s),
+        Some(s) => std::borrow::Cow::Owned(format!("/{s}")),
+    }
+}
+
+/// The request target's form (RFC 9112 §3.2): `*` only with `OPTIONS`; an authority without
+/// a path only with `CONNECT` (refused above); an absolute target only with `http` or
+/// `https`, and without userinfo (RFC 9110 §4.2.4: deprecated, and it would hide the host
+/// routing reads). A host that is not valid is `BadHost`.
+fn check_target<B>(req: &Request<B>) -> Result<(), Answer> {
+    let uri = req.uri();
+    if uri.path() == "*" && uri.authority().is_none() {
+        return if req.method() == http::Method::OPTIONS {
+            Ok(())
+        } else {
+            Err(Answer::BadTarget)
+        };
+    }
+    if let Some(authority) = uri.authority() {
+        let scheme_ok = uri
+            .scheme()
+            .is_some_and(|s| *s == http::uri::Scheme::HTTP || *s == http::uri::Scheme::HTTPS);
+        if !scheme_ok || authority.as_str().contains('@') {
+            return Err(Answer::BadTarget);
+        }
+        if !crate::route::valid_host(authority.as_str().as_bytes()) {
+            return Err(Answer::BadHost);
+        }
+    }
+    Ok(())
 }
 
 /// Serves a request matched to route `route`, sending it to the cluster of the route's
@@ -323,7 +367,8 @@ async fn routed<B: ClientBody>(
         .flatten();
     let (mut parts, body) = req.into_parts();
     let host = layered::client_host(&parts);
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path_and_query = origin_form(parts.uri.path_and_query());
+    let path_and_query = path_and_query.as_ref();
     // A TLS request leaves in HTTP/1.1 form; the pool turns it into HTTP/2 if the endpoint
     // picks that by ALPN.
     let shape = match cluster.tls {
@@ -437,7 +482,7 @@ async fn routed<B: ClientBody>(
                 cluster.stats.failures.incr();
                 cluster.endpoint_failed(ep_index, addr);
             }
-            strip_hop_by_hop(&mut rp.headers, false);
+            relay_fields(rp.status, &mut rp.headers);
             rp.headers.append(header::VIA, via_value(rp.version));
             let resp = Response::from_parts(rp, Either::Left(body));
             let resp = match upgrade {

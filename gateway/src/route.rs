@@ -437,6 +437,75 @@ pub(crate) fn host_of<B>(req: &http::Request<B>) -> Option<&str> {
     })
 }
 
+/// Whether `host` is a valid `Host` value (RFC 9110 §7.2, RFC 3986 §3.2.2): a registered
+/// name (letters, digits, `-._~`, sub-delimiters, percent-encodings), an IPv4 address, or an
+/// IP literal in brackets, then an optional `:port` of at most 65535. No userinfo, no space,
+/// no `/`, no quote: such a value would reach the upstream and the access log as the host.
+pub(crate) fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.first() {
+        Some(b'[') => match host.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &host[1..end];
+                let ok = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+                if !ok {
+                    return false;
+                }
+                match &host[end + 1..] {
+                    [] => return true,
+                    [b':', port @ ..] => (&host[..=end], Some(port)),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+        _ => match host.iter().rposition(|&b| b == b':') {
+            Some(i) => (&host[..i], Some(&host[i + 1..])),
+            None => (host, None),
+        },
+    };
+    let name_ok = name.first() == Some(&b'[')
+        || (!name.is_empty()
+            && name.iter().all(|&b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'%'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                    )
+            }));
+    let port_ok = port.is_none_or(|p| {
+        p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| {
+                    if p.is_empty() {
+                        Some(0)
+                    } else {
+                        p.parse::<u32>().ok()
+                    }
+                })
+                .is_some_and(|n| n <= 65535)
+    });
+    name_ok && port_ok
+}
+
 /// Strips a port and a trailing dot: `Example.com.:8080` → `Example.com`. IPv6 literals keep
 /// their brackets.
 pub(crate) fn normalize_host(host: &str) -> &str {

@@ -97,6 +97,46 @@ async fn idle_clients_are_closed_after_the_idle_timeout() {
     .await;
 }
 
+/// An HTTP/2 client that never answers anything (not the server's SETTINGS, not the PING that
+/// follows the GOAWAY of a graceful close): the idle timeout's GOAWAY cannot complete, and the
+/// connection used to stay open for ever (a descriptor per such client). It is dropped once
+/// nothing is in flight and no byte has moved for a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_never_acknowledges_is_dropped_after_the_goaway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let (up, _) = counting_upstream().await;
+        let mut cfg = config(&single(up, "http1"));
+        cfg.timeouts.idle_ms = 300;
+        let gw = start(cfg);
+        let mut s = tokio::net::TcpStream::connect(addr(&gw)).await.unwrap();
+        // The preface and an empty SETTINGS frame; then silence.
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the connection was still open after 10 s");
+        // Idle at 300 ms, the GOAWAY and its PING, then a second of silence.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1200),
+            "closed after {:?}, before its grace",
+            started.elapsed()
+        );
+        stop(gw).await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_in_the_middle_of_a_head_survives_parking() {
     bounded(async {

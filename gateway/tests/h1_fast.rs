@@ -220,6 +220,8 @@ on_both_paths!(
     review::a_head_dribbled_byte_by_byte,
     limits::heads_far_over_the_limit_are_431,
     limits::host_missing_or_repeated_is_400,
+    limits::bad_hosts_and_targets_are_400,
+    headers::an_absolute_target_names_the_host,
     limits::bad_chunked_request_bodies_are_400,
     limits::a_connection_closes_after_its_maximum_of_requests,
     ids::every_request_gets_a_fresh_request_id,

@@ -110,6 +110,10 @@ impl Exchange {
                     RespStep::Bad => return Attempt::Reset,
                     RespStep::Head(resp) => {
                         uin.start += resp.len;
+                        // A malformed start of the body is a bad answer, as a bad head is.
+                        if !super::relay::first_piece_is_valid(uin.pending(), resp.framing) {
+                            return Attempt::Reset;
+                        }
                         return Attempt::Answered(resp);
                     }
                 }

@@ -303,6 +303,10 @@ pub(crate) fn prepare<T>(
     let Some(host) = host else {
         return Step::Hyper;
     };
+    // A host that is not valid: hyper's path answers it with 400.
+    if !crate::route::valid_host(host) {
+        return Step::Hyper;
+    }
     let Ok(host_str) = std::str::from_utf8(host) else {
         return Step::Hyper;
     };

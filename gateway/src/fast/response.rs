@@ -96,7 +96,9 @@ pub(crate) fn prepare(
         return RespStep::Bad;
     };
     match status {
-        0..=99 | 101 => return RespStep::Bad,
+        // Status codes are 100 to 599 (RFC 9110 §15); `101` answers only an upgrade, which
+        // this path does not take.
+        0..=99 | 101 | 600.. => return RespStep::Bad,
         100..=199 => return RespStep::Informational(len),
         _ => {}
     }
@@ -122,8 +124,9 @@ pub(crate) fn prepare(
         let write = match name_of(h.name) {
             Name::Connection | Name::HopByHop => false,
             Name::Date => true,
-            // Chunked framing is relayed as it is; the length would contradict it.
-            Name::ContentLength => !encoded,
+            // Chunked framing is relayed as it is; the length would contradict it. A `204`
+            // carries none (RFC 9110 §8.6).
+            Name::ContentLength => !encoded && status != 204,
             Name::TransferEncoding => false,
             Name::Other => !(names_headers && named_in_connection(resp.headers, h.name)),
         };

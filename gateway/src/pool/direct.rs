@@ -319,7 +319,21 @@ async fn read_head(
                 Parsed::Informational(len) => {
                     buf.drain(..len);
                 }
-                Parsed::Final(len, head) => return Ok((len, head)),
+                Parsed::Final(len, head) => {
+                    // A chunked body whose first chunk-size line is already malformed: a bad
+                    // answer, refused before its head goes to the client (as the fast path
+                    // does), not a head and then a cut body.
+                    if head.framing == Framing::Chunked
+                        && crate::fast::response::Chunked::default()
+                            .feed(&buf[len..])
+                            .is_err()
+                    {
+                        return Err(Failed::Broken(bad(
+                            "bad chunk size at the start of the upstream answer body",
+                        )));
+                    }
+                    return Ok((len, head));
+                }
             }
         }
     }
@@ -340,6 +354,8 @@ fn parse(buf: &[u8], head_method: bool, fields: &mut HeaderMap) -> io::Result<Pa
     };
     match code {
         101 => return Err(bad("unexpected 101 from upstream")),
+        // Status codes are 100 to 599 (RFC 9110 §15).
+        0..=99 | 600.. => return Err(bad("upstream status outside 100..=599")),
         100..=199 => return Ok(Parsed::Informational(len)),
         _ => {}
     }

@@ -7,7 +7,9 @@ use crate::answer::{Answer, Blame, QuotaLeft, RespBody, error_response, is_rejec
 use crate::body::ClientBody;
 use crate::config::UpstreamProtocol;
 use crate::ctx::ConnCtx;
-use crate::headers::{add_forwarding, client as client_addr, strip_hop_by_hop, via_value};
+use crate::headers::{
+    add_forwarding, client as client_addr, relay_fields, strip_hop_by_hop, via_value,
+};
 use crate::pool;
 use crate::stack::GwBody;
 use crate::stack::admission::AdmissionPolicy;
@@ -22,15 +24,16 @@ use http_body_util::{Either, Full};
 use std::sync::Arc;
 use tower::ServiceExt;
 
-/// The client's host as a header value: a cheap clone of `Host` (HTTP/1.1), or built from the
-/// `:authority` (HTTP/2).
+/// The client's host as a header value: built from the target's authority (HTTP/2's
+/// `:authority`, an absolute-form target) when it has one, else a cheap clone of `Host`.
 pub(super) fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
-    match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    // The target's authority first, as routing reads it (`route::host_of`): an absolute-form
+    // target or HTTP/2's `:authority` names the host, and a `Host` field that says otherwise is
+    // replaced (RFC 9112 §3.2.2), so a client cannot be routed by one host and present
+    // another to the upstream.
+    match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
     }
 }
 
@@ -87,7 +90,17 @@ pub(super) async fn layered<B: ClientBody>(
     // of its target; `forward_headers` above has read its authority.
     let path = std::mem::take(&mut parts.uri).into_parts().path_and_query;
     let mut origin = http::uri::Parts::default();
-    origin.path_and_query = Some(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    origin.path_and_query = Some(match path {
+        // An absolute-form target with an empty path (`http://host?q=1`) leaves as `/?q=1`.
+        Some(p) if !p.as_str().starts_with('/') && p.as_str() != "*" => {
+            match PathAndQuery::try_from(super::origin_form(Some(&p)).as_ref()) {
+                Ok(p) => p,
+                Err(_) => return (Answer::BadTarget.response(), None),
+            }
+        }
+        Some(p) => p,
+        None => PathAndQuery::from_static("/"),
+    });
     let Ok(uri) = Uri::from_parts(origin) else {
         return (Answer::BadTarget.response(), None);
     };
@@ -134,7 +147,7 @@ pub(super) async fn layered<B: ClientBody>(
                 Either::Left(up) => up.upstream(),
                 Either::Right(_) => None,
             };
-            strip_hop_by_hop(&mut rp.headers, false);
+            relay_fields(rp.status, &mut rp.headers);
             // `rate_limit.headers = "all"`: what the client's key has left.
             if let Some(q) = rp.extensions.get::<QuotaLeft>() {
                 q.add_to(&mut rp.headers);

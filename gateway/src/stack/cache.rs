@@ -45,7 +45,7 @@ use super::UpRequest;
 use super::route::RouteService;
 use crate::answer::RespBody;
 use crate::config::ConfigError;
-use crate::headers::strip_hop_by_hop;
+use crate::headers::relay_fields;
 use crate::pool::UpBody;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -138,7 +138,7 @@ async fn fetch(
 ) -> Result<Response<Bytes>, BoxError> {
     let (mut parts, body) = answer.await?.into_parts();
     // A stored answer is replayed with a whole body: connection headers do not apply.
-    strip_hop_by_hop(&mut parts.headers, false);
+    relay_fields(parts.status, &mut parts.headers);
     let probe = Response::from_parts(parts, Bytes::new());
     let class = policy.classify_head(&probe);
     let (parts, _) = probe.into_parts();

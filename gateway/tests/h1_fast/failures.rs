@@ -287,7 +287,13 @@ pub(crate) async fn an_invalid_answer_is_a_502(fast: bool) {
     let up = app_upstream().await;
     let gw = start(cfg(&single(up.addr, "http1"), fast));
     let mut c = Wire::connect(addr(&gw)).await;
-    for target in ["/garbage", "/bad-length", "/two-lengths"] {
+    for target in [
+        "/garbage",
+        "/bad-length",
+        "/two-lengths",
+        "/status-999",
+        "/chunk-bad",
+    ] {
         c.send(&get(target)).await;
         let r = c.reply("GET").await;
         assert_eq!(

@@ -132,6 +132,22 @@ pub(crate) async fn bodiless_answers_leave_the_connection_usable(fast: bool) {
     c.send(&get("/after-204")).await;
     c.reply("GET").await.expect(200, "GET /after-204", path);
 
+    // A 204 carries no `Content-Length` on to the client (RFC 9110 §8.6), even when the
+    // upstream sent one.
+    c.send(&get("/204-length")).await;
+    let r = c.reply("GET").await;
+    r.expect(204, "", path);
+    assert_eq!(
+        r.head.get("content-length"),
+        None,
+        "{path}: {:?}",
+        r.head.raw
+    );
+    c.send(&get("/after-204-length")).await;
+    c.reply("GET")
+        .await
+        .expect(200, "GET /after-204-length", path);
+
     c.send(&get("/304")).await;
     let r = c.reply("GET").await;
     r.expect(304, "", path);

@@ -143,6 +143,34 @@ pub(crate) async fn hop_by_hop_and_forwarding_headers(fast: bool) {
     stop(gw).await;
 }
 
+/// 60. The host a request is routed by is the host the upstream is told: an absolute-form
+///     target's authority replaces a `Host` field that names another (RFC 9112 §3.2.2), so a
+///     client cannot reach one virtual host's backend while presenting another to it.
+pub(crate) async fn an_absolute_target_names_the_host(fast: bool) {
+    let path = label(fast);
+    let up = app_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    let mut c = Wire::connect(addr(&gw)).await;
+    c.send(b"GET http://a.example/hop HTTP/1.1\r\nHost: b.example\r\n\r\n")
+        .await;
+    let r = c.reply("GET").await;
+    assert_eq!(r.status(), 200, "{path}: {:?}", r.head.raw);
+    let seen = Head::parse(&r.body).expect("the upstream's view of the head");
+    assert_eq!(seen.request_line(), "GET /hop", "{path}: {:?}", seen.raw);
+    assert_eq!(
+        seen.all("forwarded"),
+        ["for=127.0.0.1;proto=http;host=\"a.example\""],
+        "{path}: {:?}",
+        seen.raw
+    );
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("b.example"),
+        "{path}: the Host the target overrides reached the upstream: {:?}",
+        seen.raw
+    );
+    stop(gw).await;
+}
+
 /// 12. An unrouted request between two routed ones in one write: 200, 404, 200 in order.
 pub(crate) async fn an_unrouted_request_inside_a_pipeline(fast: bool) {
     let path = label(fast);

@@ -89,6 +89,52 @@ pub(crate) async fn host_missing_or_repeated_is_400(fast: bool) {
     stop(gw).await;
 }
 
+/// 59. A host that is not valid (a space, `/`, a quote, a port over 65535) and a target of the
+///     wrong form (`*` but for `OPTIONS`, an authority alone, a scheme other than http,
+///     userinfo) are 400 and reach no upstream; valid ones (a port, an IP literal, an
+///     absolute target with an empty path, which leaves as `/?q=1`) are forwarded.
+pub(crate) async fn bad_hosts_and_targets_are_400(fast: bool) {
+    let path = label(fast);
+    let (up, seen) = logging_upstream().await;
+    let gw = start(cfg(&single(up.addr, "http1"), fast));
+    for bad in [
+        "GET /sp HTTP/1.1\r\nHost: a b\r\n\r\n",
+        "GET /slash HTTP/1.1\r\nHost: a/b\r\n\r\n",
+        "GET /port HTTP/1.1\r\nHost: t:99999\r\n\r\n",
+        "GET /quote HTTP/1.1\r\nHost: a\";for=6.6.6.6\r\n\r\n",
+        "GET /ten HTTP/1.0\r\nHost: a b\r\n\r\n",
+        "GET * HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET t:80 HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET ftp://t/ftp HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET http://u:p@t/userinfo HTTP/1.1\r\nHost: t\r\n\r\n",
+    ] {
+        let mut c = Wire::connect(addr(&gw)).await;
+        let r = c.send_and_reply(bad.as_bytes(), "GET").await;
+        assert_eq!(r.status(), 400, "{path}: {bad:?} gave {:?}", r.head.raw);
+    }
+    for good in [
+        "GET /port HTTP/1.1\r\nHost: t:8080\r\n\r\n",
+        "GET /v6 HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+        "GET /v4 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        "GET http://t?q=1 HTTP/1.1\r\nHost: t\r\n\r\n",
+    ] {
+        let mut c = Wire::connect(addr(&gw)).await;
+        let r = c.send_and_reply(good.as_bytes(), "GET").await;
+        assert_eq!(r.status(), 200, "{path}: {good:?} gave {:?}", r.head.raw);
+    }
+    let seen = seen.lock().unwrap().clone();
+    let lines: Vec<&str> = seen
+        .iter()
+        .map(|l| l.split(" HTTP/").next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        lines,
+        ["GET /port", "GET /v6", "GET /v4", "GET /?q=1"],
+        "{path}: only the valid requests are forwarded, in origin form: {seen:?}"
+    );
+    stop(gw).await;
+}
+
 /// 53. A chunked request body with a bad chunk-size line (`0x5`, `5;`, a size past u64, a
 ///     missing CRLF after the data) is the client's framing error: 400, not 502, and the
 ///     connection closes.

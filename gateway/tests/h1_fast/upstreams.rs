@@ -83,6 +83,9 @@ pub(crate) const CLOSE_DELIMITED: &str = "no length: this body ends when the ups
 /// - `/short`, `/chunked-cut`: 10 of 100 bytes, or one chunk, then it closes;
 /// - `/close`: [`CLOSE_DELIMITED`] with no length, then it closes;
 /// - `/204`, `/304`: those, bodiless (the 304 with `Content-Length: 100`);
+/// - `/204-length`: a 204 with `Content-Length: 5` (which it must not send), bodiless;
+/// - `/status-999`: a status past 599, then it closes;
+/// - `/chunk-bad`: a chunked 200 whose first chunk-size line is `zz`, then it closes;
 /// - `/early-hints`: a 103, then `200 hints`;
 /// - `/hop`: connection-scoped response headers, and the request head it read as the body;
 /// - `/big-head`: a 30 000-byte `X-Big` header, and the length of the request's `X-Big`;
@@ -169,6 +172,19 @@ pub(crate) async fn answer(req: &Req) -> (Vec<u8>, bool) {
         "/204" => (
             b"HTTP/1.1 204 No Content\r\nX-Kind: none\r\n\r\n".to_vec(),
             false,
+        ),
+        "/204-length" => (
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n".to_vec(),
+            false,
+        ),
+        "/chunk-bad" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+            true,
+        ),
+        "/status-999" => (
+            b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            true,
         ),
         "/304" => (
             b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 100\r\n\r\n".to_vec(),
