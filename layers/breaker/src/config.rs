@@ -269,11 +269,13 @@ impl BreakerConfig {
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyLimits {
-    /// The most keys (breakers) kept at once; when a new key would exceed it, idle keys go
-    /// first, then the least recently used. At least `1`. Default `1024`.
+    /// The most keys (breakers) kept at once; when a new key would exceed it, one key is
+    /// evicted: one not used for a while and whose breaker is closed (a CLOCK, second chance
+    /// for keys in use), an open breaker last. At least `1`. Default `1024`.
     pub max_keys: usize,
     /// A key unused for this long is dropped (its breaker forgotten) at the next sweep, which
-    /// runs when new keys arrive. More than zero. Default 10 minutes.
+    /// runs when a new key arrives, at most once per half of this. More than zero. Default 10
+    /// minutes.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub idle_timeout: Duration,
 }

@@ -1,10 +1,15 @@
 //! One breaker per key, with a bounded number of keys.
 //!
 //! Keys live in a [`DashMap`]. A known key costs a shard read lock and a clock read per call
-//! (to mark it used); a new key takes a shard write lock and may sweep: keys idle for longer than
-//! [`KeyLimits::idle_timeout`] go first, then, while the map is over
-//! [`KeyLimits::max_keys`], the least recently used (a scan, only when full). Calls in flight on
-//! an evicted key finish against its old breaker; the key's next call starts a fresh, closed one.
+//! (to mark it used); a new key takes a shard write lock, may sweep keys idle for longer than
+//! [`KeyLimits::idle_timeout`] (at most once per half of it), and, while the map is over
+//! [`KeyLimits::max_keys`], evicts one key by the CLOCK rule (second chance): keys wait in
+//! a queue in the order they came; the one at its head is evicted unless it was used since it
+//! was queued, or its breaker is not closed, in which case it goes to the back. A bounded
+//! number of looks per new key, so a client minting keys costs each request a few steps, not a
+//! scan of the map; and an open breaker is the last to go, so such a client cannot push the
+//! breaker of a failing key out and have it come back closed. Calls in flight on an evicted
+//! key finish against its old breaker; the key's next call starts a fresh, closed one.
 
 use crate::config::{BreakerConfig, KeyLimits};
 use crate::future::{Guard, Local, ResponseFuture, nanos_since};
@@ -34,7 +39,14 @@ pub(crate) struct Keys<K, C> {
     listeners: Mutex<Vec<Listener>>,
     base: Instant,
     last_sweep: AtomicU64,
+    /// Keys in the order they came (or were given their second chance), each with the time it
+    /// was queued: the CLOCK's hand. Touched only when a key is created, evicted or swept.
+    queue: Mutex<std::collections::VecDeque<(K, u64)>>,
 }
+
+/// How many queued keys one eviction looks at, at most: past that it takes the oldest closed
+/// one it saw (or the oldest one at all).
+const EVICT_LOOKS: usize = 16;
 
 impl<K, C> fmt::Debug for Keys<K, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,6 +66,54 @@ impl<K: Hash + Eq + Clone + fmt::Debug, C> Keys<K, C> {
             listeners: Mutex::new(Vec::new()),
             base: Instant::now(),
             last_sweep: AtomicU64::new(0),
+            queue: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(K, u64)>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Evicts one key other than `keep` by the CLOCK rule (see the module docs).
+    fn evict_one(&self, keep: &K) {
+        let mut queue = self.queue();
+        let mut fallback: Option<(K, bool)> = None;
+        let mut looks = 0;
+        while looks < EVICT_LOOKS {
+            let Some((k, queued)) = queue.pop_front() else {
+                break;
+            };
+            let Some(entry) = self.map.get(&k) else {
+                // Swept or reset already: not a look.
+                continue;
+            };
+            looks += 1;
+            if k == *keep {
+                drop(entry);
+                queue.push_back((k, queued));
+                continue;
+            }
+            // Relaxed: an eviction hint.
+            let used = entry.last_used.load(Relaxed) > queued;
+            let closed = entry.local.core.state() == crate::State::Closed;
+            drop(entry);
+            if !used && closed {
+                self.map.remove(&k);
+                return;
+            }
+            // A second chance: back of the queue, queued anew.
+            let better = match &fallback {
+                None => true,
+                Some((_, was_closed)) => closed && !was_closed,
+            };
+            if better {
+                fallback = Some((k.clone(), closed));
+            }
+            queue.push_back((k, self.now()));
+        }
+        if let Some((k, _)) = fallback {
+            self.map.remove(&k);
+            queue.retain(|(q, _)| *q != k);
         }
     }
 
@@ -96,10 +156,12 @@ impl<K: Hash + Eq + Clone + fmt::Debug, C> Keys<K, C> {
             return entry.local.clone();
         }
         self.sweep(now);
+        let mut created = false;
         let local = self
             .map
             .entry(key.clone())
             .or_insert_with(|| {
+                created = true;
                 let name: std::sync::Arc<str> = format!("{}[{key:?}]", self.config.name).into();
                 let core = Core::new(&self.config, name);
                 for l in self.listeners() {
@@ -116,36 +178,33 @@ impl<K: Hash + Eq + Clone + fmt::Debug, C> Keys<K, C> {
             })
             .local
             .clone();
-        while self.map.len() > self.limits.max_keys {
-            // Relaxed: as above.
-            let lru = self
-                .map
-                .iter()
-                .filter(|e| *e.key() != key)
-                .min_by_key(|e| e.last_used.load(Relaxed))
-                .map(|e| e.key().clone());
-            match lru {
-                Some(k) => {
-                    self.map.remove(&k);
-                }
-                None => break,
-            }
+        if created {
+            self.queue().push_back((key.clone(), now));
+        }
+        // Each new key evicts at most one: the map stays at `max_keys` (a racing creation may
+        // leave it one over for as long as the race).
+        if created && self.map.len() > self.limits.max_keys {
+            self.evict_one(&key);
         }
         local
     }
 
-    /// Drops idle keys, at most once per half idle timeout unless the map is full.
+    /// Drops idle keys, at most once per half idle timeout (a full map does not make it run
+    /// more often: eviction takes care of a full map, a step per new key).
     fn sweep(&self, now: u64) {
         let idle = u64::try_from(self.limits.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
         // Relaxed: only spaces sweeps out; two racing sweeps are harmless.
         let last = self.last_sweep.load(Relaxed);
-        if self.map.len() < self.limits.max_keys && now.saturating_sub(last) < idle / 2 {
+        if now.saturating_sub(last) < idle / 2 {
             return;
         }
         self.last_sweep.store(now, Relaxed);
         // Relaxed: as in `get`.
         self.map
             .retain(|_, e| now.saturating_sub(e.last_used.load(Relaxed)) < idle);
+        // The queue forgets the keys swept (and any left by resets), so it stays the size of
+        // the map.
+        self.queue().retain(|(k, _)| self.map.contains_key(k));
     }
 }
 

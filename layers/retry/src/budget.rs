@@ -369,7 +369,9 @@ impl Budget {
     ///
     /// `config` should have passed [`RetryConfig::validate`](crate::RetryConfig::validate).
     pub fn new(config: &BudgetConfig) -> Self {
-        let floor = (f64::from(config.min_per_second) * config.window.as_secs_f64()) as u64;
+        // Rounded up: 10 a second over a 50 ms window is one retry, not none (a quiet service
+        // keeps the floor it was promised).
+        let floor = (f64::from(config.min_per_second) * config.window.as_secs_f64()).ceil() as u64;
         let bucket = config.window / BUCKETS as u32;
         Self {
             inner: std::sync::Arc::new(Inner {

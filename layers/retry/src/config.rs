@@ -30,7 +30,7 @@ pub struct BudgetConfig {
     pub ratio: f64,
     /// The floor: retries allowed per second of the window whatever the traffic, so that a
     /// quiet service can still retry. A minimum, not added to `ratio`: the window allows
-    /// `max(ratio * requests, min_per_second * window)`. Default `10` per second.
+    /// `max(ratio * requests, min_per_second * window)`, the floor rounded up to a whole retry. Default `10` per second.
     pub min_per_second: u32,
     /// How far back requests and retries count. Split into 10 buckets; at least 10 ms, at most
     /// an hour. Default 10 s.

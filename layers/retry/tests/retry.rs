@@ -583,3 +583,17 @@ fn invalid_configs_are_refused_with_the_field() {
     assert_eq!(msg, "invalid `max_attempts`: 0 is outside 1..=8");
     assert!(RetryLayer::new(RetryConfig::default()).is_ok());
 }
+
+/// The floor is rounded up to a whole retry: 10 a second over a 50 ms window is one retry a
+/// window (it truncated to none, so a quiet service could never retry).
+#[tokio::test(start_paused = true)]
+async fn a_floor_under_one_retry_a_window_rounds_up() {
+    let budget = tollgate_retry::Budget::new(&BudgetConfig {
+        ratio: 0.0,
+        min_per_second: 10,
+        window: Duration::from_millis(50),
+    });
+    assert_eq!(budget.snapshot().allowance, 1);
+    assert!(budget.try_withdraw());
+    assert!(!budget.try_withdraw(), "one a window");
+}
