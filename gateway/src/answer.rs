@@ -6,7 +6,7 @@
 //! |---|---|---|---|---|
 //! | no route for the host and path | `NoRoute` | 404 | `no route` | client |
 //! | a route, but not for this method | `MethodNotAllowed` | 405 | `method not allowed` | client |
-//! | a request target the upstream URI cannot hold, or of the wrong form (`*` but for `OPTIONS`, an authority alone, a scheme other than `http`/`https`, userinfo) | `BadTarget` | 400 | `bad request target` | client |
+//! | a request target the upstream URI cannot hold, or of the wrong form (a `.` or `..` segment, plain or `%2e`; `*` but for `OPTIONS`; an authority alone; a scheme other than `http`/`https`; userinfo) | `BadTarget` | 400 | `bad request target` | client |
 //! | an HTTP/1.1 request without `Host`, or with two, or a host that is not valid (a space, `/`, a quote, a port over 65535) | `BadHost` | 400 | `request needs exactly one valid host` | client |
 //! | a request head over `limits.max_header_bytes` or `limits.max_headers` | `HeadTooLarge` | 431 | `request header fields too large` | client |
 //! | the client's request body broke its own framing (a bad chunk) | `BodyUnreadable` | 400 | `request body could not be read` | client |

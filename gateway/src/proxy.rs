@@ -294,12 +294,16 @@ pub(crate) fn origin_form(pq: Option<&http::uri::PathAndQuery>) -> std::borrow::
     }
 }
 
-/// The request target's form (RFC 9112 §3.2): `*` only with `OPTIONS`; an authority without
-/// a path only with `CONNECT` (refused above); an absolute target only with `http` or
+/// The request target's form (RFC 9112 §3.2): no dot segment in its path
+/// ([`has_dot_segment`](crate::route::has_dot_segment)); `*` only with `OPTIONS`; an authority
+/// without a path only with `CONNECT` (refused above); an absolute target only with `http` or
 /// `https`, and without userinfo (RFC 9110 §4.2.4: deprecated, and it would hide the host
 /// routing reads). A host that is not valid is `BadHost`.
 fn check_target<B>(req: &Request<B>) -> Result<(), Answer> {
     let uri = req.uri();
+    if crate::route::has_dot_segment(uri.path().as_bytes()) {
+        return Err(Answer::BadTarget);
+    }
     if uri.path() == "*" && uri.authority().is_none() {
         return if req.method() == http::Method::OPTIONS {
             Ok(())

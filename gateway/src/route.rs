@@ -506,6 +506,37 @@ pub(crate) fn valid_host(host: &[u8]) -> bool {
     name_ok && port_ok
 }
 
+/// Whether `path` (without its query) has a dot segment: `.` or `..` between slashes or at the
+/// end, written plainly or percent-encoded (`%2e`). A client normalizes its paths before it
+/// sends them (RFC 3986 §5.2.4); a raw one that did not could match one route's prefix
+/// (`/public/../admin`) and reach a backend that resolves it to another's, past the first
+/// route's policies, so the gateway refuses it (400) rather than guess how the backend reads
+/// it.
+pub(crate) fn has_dot_segment(path: &[u8]) -> bool {
+    if !path.iter().any(|&b| b == b'.' || b == b'%') {
+        return false;
+    }
+    path.split(|&b| b == b'/').any(|seg| {
+        let mut dots = 0;
+        let mut i = 0;
+        while i < seg.len() {
+            if seg[i] == b'.' {
+                i += 1;
+            } else if seg.len() >= i + 3
+                && seg[i] == b'%'
+                && seg[i + 1] == b'2'
+                && seg[i + 2].eq_ignore_ascii_case(&b'e')
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        (1..=2).contains(&dots)
+    })
+}
+
 /// Strips a port and a trailing dot: `Example.com.:8080` → `Example.com`. IPv6 literals keep
 /// their brackets.
 pub(crate) fn normalize_host(host: &str) -> &str {

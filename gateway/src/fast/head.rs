@@ -256,6 +256,10 @@ pub(crate) fn prepare<T>(
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
+    // A dot segment: hyper's path answers it with 400 (see `route::has_dot_segment`).
+    if crate::route::has_dot_segment(path.as_bytes()) {
+        return Step::Hyper;
+    }
     let mut host: Option<&[u8]> = None;
     let mut body_len: Option<u64> = None;
     let mut close = false;

@@ -487,3 +487,54 @@ fn lookups_and_picks_allocate_nothing() {
         ]
     );
 }
+
+#[test]
+fn hosts_are_checked_by_their_grammar() {
+    use crate::route::valid_host;
+    for good in [
+        "example.com",
+        "example.com:8080",
+        "EXAMPLE.com.",
+        "127.0.0.1",
+        "[::1]",
+        "[::1]:443",
+        "a-b_c~d",
+        "xn--bcher-kva.example",
+        "host:",
+    ] {
+        assert!(valid_host(good.as_bytes()), "{good}");
+    }
+    for bad in [
+        "", "a b", "a/b", "a\"b", "a:65536", "a:99999", "a:-1", "u@h", "[::1", "[zz]", "[::1]x",
+        ":80", "a:8o",
+    ] {
+        assert!(!valid_host(bad.as_bytes()), "{bad}");
+    }
+}
+
+#[test]
+fn dot_segments_are_found_plain_or_encoded() {
+    use crate::route::has_dot_segment;
+    for dotted in [
+        "/a/../b",
+        "/a/./b",
+        "/..",
+        "/a/.",
+        "/%2e%2e/x",
+        "/a/.%2E/b",
+        "/%2E",
+    ] {
+        assert!(has_dot_segment(dotted.as_bytes()), "{dotted}");
+    }
+    for plain in [
+        "/",
+        "/a/b",
+        "/.well-known/x",
+        "/a.b/c.",
+        "/.../x",
+        "/%2f",
+        "/a%2eb",
+    ] {
+        assert!(!has_dot_segment(plain.as_bytes()), "{plain}");
+    }
+}

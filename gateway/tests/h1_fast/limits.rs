@@ -91,8 +91,9 @@ pub(crate) async fn host_missing_or_repeated_is_400(fast: bool) {
 
 /// 59. A host that is not valid (a space, `/`, a quote, a port over 65535) and a target of the
 ///     wrong form (`*` but for `OPTIONS`, an authority alone, a scheme other than http,
-///     userinfo) are 400 and reach no upstream; valid ones (a port, an IP literal, an
-///     absolute target with an empty path, which leaves as `/?q=1`) are forwarded.
+///     userinfo, a `.` or `..` segment, plain or `%2e`) are 400 and reach no upstream; valid
+///     ones (a port, an IP literal, an absolute target with an empty path, which leaves as
+///     `/?q=1`, names with dots) are forwarded.
 pub(crate) async fn bad_hosts_and_targets_are_400(fast: bool) {
     let path = label(fast);
     let (up, seen) = logging_upstream().await;
@@ -107,6 +108,10 @@ pub(crate) async fn bad_hosts_and_targets_are_400(fast: bool) {
         "GET t:80 HTTP/1.1\r\nHost: t\r\n\r\n",
         "GET ftp://t/ftp HTTP/1.1\r\nHost: t\r\n\r\n",
         "GET http://u:p@t/userinfo HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET /public/../admin HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET /public/%2e%2E/admin HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET /a/./b HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET /a/.. HTTP/1.1\r\nHost: t\r\n\r\n",
     ] {
         let mut c = Wire::connect(addr(&gw)).await;
         let r = c.send_and_reply(bad.as_bytes(), "GET").await;
@@ -117,6 +122,7 @@ pub(crate) async fn bad_hosts_and_targets_are_400(fast: bool) {
         "GET /v6 HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
         "GET /v4 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
         "GET http://t?q=1 HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET /.well-known/x...y/... HTTP/1.1\r\nHost: t\r\n\r\n",
     ] {
         let mut c = Wire::connect(addr(&gw)).await;
         let r = c.send_and_reply(good.as_bytes(), "GET").await;
@@ -129,7 +135,13 @@ pub(crate) async fn bad_hosts_and_targets_are_400(fast: bool) {
         .collect();
     assert_eq!(
         lines,
-        ["GET /port", "GET /v6", "GET /v4", "GET /?q=1"],
+        [
+            "GET /port",
+            "GET /v6",
+            "GET /v4",
+            "GET /?q=1",
+            "GET /.well-known/x...y/..."
+        ],
         "{path}: only the valid requests are forwarded, in origin form: {seen:?}"
     );
     stop(gw).await;
