@@ -123,21 +123,40 @@ impl<B, E> Classify<http::Response<B>, E> for ServerErrorsAreFailures {
         }
     }
 
-    /// A 429 or 503 with `Retry-After` in seconds (a date is not read).
+    /// A 429 or 503 with `Retry-After` ([`retry_after`]: seconds or an HTTP date).
     fn back_off(&self, res: &http::Response<B>) -> Option<std::time::Duration> {
         if !matches!(res.status().as_u16(), 429 | 503) {
             return None;
         }
-        let secs = res
-            .headers()
-            .get(http::header::RETRY_AFTER)?
-            .to_str()
-            .ok()?;
-        secs.trim()
-            .parse::<u64>()
-            .ok()
-            .map(std::time::Duration::from_secs)
+        retry_after(res.headers().get(http::header::RETRY_AFTER)?.as_bytes())
     }
+}
+
+/// The wait a `Retry-After` value asks for (RFC 9110 §10.2.3): delta-seconds, or an HTTP date
+/// (IMF-fixdate, or the obsolete RFC 850 and asctime forms), a date in the past being no wait;
+/// `None` when it is neither.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate_core::classify::retry_after;
+///
+/// assert_eq!(retry_after(b"120"), Some(Duration::from_secs(120)));
+/// assert_eq!(retry_after(b"Fri, 01 Jan 2010 00:00:00 GMT"), Some(Duration::ZERO));
+/// assert_eq!(retry_after(b"soon"), None);
+/// ```
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[allow(clippy::disallowed_types)] // An HTTP date is a calendar time; tokio's clock has none.
+pub fn retry_after(value: &[u8]) -> Option<std::time::Duration> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -166,10 +185,22 @@ mod tests {
         );
         assert_eq!(back_off(&res(503, None)), None);
         assert_eq!(back_off(&res(500, Some("3"))), None);
+        // An HTTP date: the wait until then, none when it has passed (RFC 9110 §10.2.3).
         assert_eq!(
             back_off(&res(503, Some("Wed, 21 Oct 2015 07:28:00 GMT"))),
-            None
+            Some(std::time::Duration::ZERO)
         );
+        #[allow(clippy::disallowed_types)] // An HTTP date is a calendar time.
+        let in_an_hour = httpdate::fmt_http_date(
+            std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+        );
+        let wait = back_off(&res(503, Some(&in_an_hour))).expect("a wait");
+        assert!(
+            wait > std::time::Duration::from_secs(3590)
+                && wait <= std::time::Duration::from_secs(3600),
+            "{wait:?}"
+        );
+        assert_eq!(back_off(&res(503, Some("later"))), None);
         let closure = |_: Result<&u16, &()>| Outcome::Success;
         assert_eq!(closure.back_off(&503), None, "closures never ask");
     }

@@ -218,9 +218,9 @@ pub struct Exhausted;
 ///   gRPC defines as safe to retry) is retried whatever the method, as gRPC's A6 design does.
 ///   A status that arrives in trailers after messages is not retried: the answer is already
 ///   under way.
-/// - **Pushback**: `grpc-retry-pushback-ms` (milliseconds) and `Retry-After` (delta-seconds)
-///   replace the backoff; a negative or malformed `grpc-retry-pushback-ms` means "do not
-///   retry". A `Retry-After` date is not parsed: the backoff applies.
+/// - **Pushback**: `grpc-retry-pushback-ms` (milliseconds) and `Retry-After` (delta-seconds
+///   or an HTTP date, a past date being no wait) replace the backoff; a negative or malformed
+///   `grpc-retry-pushback-ms` means "do not retry".
 /// - **Endpoint hints**: every attempt carries an [`Attempt`] in its extensions (see
 ///   [`tollgate_core::attempt`]).
 /// - Requests whose [`ReplayBody`] was too large to buffer are sent once.
@@ -280,7 +280,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// What to do with an answer that `retryable` (by its status or gRPC status) says may be
 /// retried: [`Action::Return`] when it may not, or when gRPC's `grpc-retry-pushback-ms` is
 /// negative or malformed ("do not retry"); else [`Action::RetryAfter`] the pushback, or the
-/// `Retry-After` seconds, or a plain [`Action::Retry`].
+/// `Retry-After` wait (seconds or an HTTP date), or a plain [`Action::Retry`].
 pub fn pushback_action(headers: &HeaderMap, retryable: bool) -> Action {
     let pushback = match header(headers, "grpc-retry-pushback-ms") {
         None => None,
@@ -292,9 +292,9 @@ pub fn pushback_action(headers: &HeaderMap, retryable: bool) -> Action {
     if !retryable {
         return Action::Return;
     }
-    let retry_after = header(headers, "retry-after")
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| tollgate_core::classify::retry_after(v.as_bytes()));
     match pushback.or(retry_after) {
         Some(d) => Action::RetryAfter(d),
         None => Action::Retry,

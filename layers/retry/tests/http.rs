@@ -348,3 +348,37 @@ async fn only_requests_that_may_run_twice_are_hedged() {
         assert_eq!(seen.load(Ordering::SeqCst), calls, "{what}");
     }
 }
+
+/// A `Retry-After` date is read (RFC 9110 §10.2.3): a server that asks for an hour is not
+/// retried at once (the pause is past `max_pushback`: its answer is returned), and a date
+/// already past is no wait.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_date_is_honoured() {
+    #[allow(clippy::disallowed_types)] // An HTTP date is a calendar time.
+    let in_an_hour =
+        httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut svc = layer().layer(backend(
+        vec![with_header(503, "retry-after", &in_an_hour)],
+        seen.clone(),
+    ));
+    let req = Request::get("/x").body(body("").await).unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(seen.lock().unwrap().len(), 1, "not retried before the hour");
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut svc = layer().layer(backend(
+        vec![
+            with_header(503, "retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            status(200),
+        ],
+        seen.clone(),
+    ));
+    let req = Request::get("/x").body(body("").await).unwrap();
+    let start = Instant::now();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!(start.elapsed(), Duration::ZERO, "a past date is no wait");
+}
