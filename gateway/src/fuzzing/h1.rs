@@ -11,8 +11,8 @@ use crate::headers::Forwarding;
 use chunked::h1_chunked;
 
 use reference::{
-    HOP_BY_HOP, Msg, Parsed, hyper_takes_target, parse_request, parse_response, request_length,
-    rfc3986_target,
+    HOP_BY_HOP, Msg, Parsed, dot_segment, hyper_takes_target, parse_request, parse_response,
+    request_length, rfc3986_target, valid_host,
 };
 
 /// The `Date` the gateway adds to answers that lack one.
@@ -183,7 +183,7 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
         Some(&first) => first.filter(|n| lengths.iter().all(|m| *m == Some(*n))),
     };
     let host = match hosts.as_slice() {
-        [h] => std::str::from_utf8(h).ok(),
+        [h] => std::str::from_utf8(h).ok().filter(|h| valid_host(h)),
         _ => None,
     };
     let plain = msg.version == 1
@@ -191,6 +191,7 @@ fn h1_request(buf: &[u8], route: usize, flags: u8, limits: head::Limits) -> Opti
         && msg.headers.len() <= limits.max_headers
         && msg.target.starts_with('/')
         && rfc3986_target(&msg.target)
+        && !dot_segment(&msg.target)
         && msg.method != "CONNECT"
         && ["transfer-encoding", "expect", "upgrade"]
             .iter()
@@ -496,8 +497,9 @@ fn h1_response(buf: &[u8], head_method: bool, close: bool) -> Option<usize> {
     let bodiless = head_method || msg.code == 204 || msg.code == 304;
     let encoded = msg.fields("transfer-encoding").next().is_some();
     // Refused as hyper's client refuses them (a status below 100; a coding in HTTP/1.0, RFC
-    // 9112 §6.1, which hyper refuses only when a body may follow).
-    if msg.code < 100 || (msg.version == 0 && encoded) {
+    // 9112 §6.1, which hyper refuses only when a body may follow), and a status past 599 (RFC
+    // 9110 §15: three digits, 100 to 599).
+    if msg.code < 100 || msg.code >= 600 || (msg.version == 0 && encoded) {
         assert_eq!(step, RespStep::Bad, "malformed head relayed");
         return None;
     }
@@ -565,7 +567,13 @@ fn h1_response(buf: &[u8], head_method: bool, close: bool) -> Option<usize> {
     assert_eq!(down.fields("connection").count(), usize::from(closing));
     let lengths: Vec<&[u8]> = down.fields("content-length").collect();
     assert!(lengths.is_empty() || !chunked, "{text}");
-    assert_eq!(lengths.is_empty(), encoded || length.is_none(), "{text}");
+    // A 204 carries no length on (RFC 9110 §8.6).
+    let no_length = msg.code == 204;
+    assert_eq!(
+        lengths.is_empty(),
+        encoded || length.is_none() || no_length,
+        "{text}"
+    );
     let via: &[u8] = if msg.version == 0 {
         b"1.0 tollgate"
     } else {
@@ -588,7 +596,11 @@ fn h1_response(buf: &[u8], head_method: bool, close: bool) -> Option<usize> {
         );
     }
     assert_eq!(rest.pop(), Some(("via".to_owned(), via.to_vec())), "{text}");
-    let drop: &[&str] = if encoded { &["content-length"] } else { &[] };
+    let drop: &[&str] = if encoded || no_length {
+        &["content-length"]
+    } else {
+        &[]
+    };
     assert_eq!(
         rest,
         msg.relayed(drop, &["content-length", "date"]),

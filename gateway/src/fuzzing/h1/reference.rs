@@ -25,6 +25,53 @@ pub(super) fn hyper_takes_target(target: &str) -> bool {
         .all(|b| matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E) || high(b))
 }
 
+/// Whether a target's path has a dot segment (`.` or `..`, `%2e` counting as a dot): the
+/// gateway refuses those, so the fast path leaves them to hyper.
+pub(super) fn dot_segment(target: &str) -> bool {
+    let path = target.split('?').next().unwrap_or_default();
+    path.split('/').any(|seg| {
+        let plain = seg.to_ascii_lowercase().replace("%2e", ".");
+        plain == "." || plain == ".."
+    })
+}
+
+/// Whether a `Host` value is valid (RFC 3986 §3.2.2 host, optional port up to 65535): the
+/// fast path leaves any other to hyper, which refuses it.
+pub(super) fn valid_host(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if literal.is_empty()
+            || !literal
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
+            return false;
+        }
+        match after {
+            "" => return true,
+            p if p.starts_with(':') => ("[]", &p[1..]),
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((n, p)) => (n, p),
+            None => (host, ""),
+        }
+    };
+    let name_ok = name == "[]"
+        || (!name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._~%!$&'()*+,;=".contains(c)));
+    let port_ok = port.is_empty()
+        || (port.len() <= 5
+            && port.chars().all(|c| c.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|n| n <= 65535));
+    name_ok && port_ok
+}
+
 /// Hop-by-hop fields (RFC 9110 §7.6.1): never relayed as received.
 pub(super) const HOP_BY_HOP: [&str; 9] = [
     "connection",
