@@ -108,6 +108,12 @@ async fn metrics_have_latency_histograms_and_forget_removed_clusters() {
         );
         assert_eq!(metric(&m, &ep), Some(1.0), "{m}");
         assert!(m.contains("cluster=\"gone\""), "{m}");
+        // The breaker's state, one series per state.
+        for (state, value) in [("closed", 1.0), ("open", 0.0), ("half_open", 0.0)] {
+            let series =
+                format!("tollgate_cluster_breaker_state{{cluster=\"keep\",state=\"{state}\"}}");
+            assert_eq!(metric(&m, &series), Some(value), "{series}\n{m}");
+        }
         let state = gw.state();
         let route = state["routes"]
             .as_array()

@@ -349,6 +349,23 @@ impl ClusterLayers {
         };
         if let Some(h) = &self.breaker {
             metrics::gauge!("tollgate_cluster_breaker_open", "cluster" => c.clone()).set(open(h));
+            // One series per state, 1 for the current one (half-open and disabled too, which
+            // the open gauge reads as 0), as resilience4j's state metric does.
+            let now = h.state();
+            for (state, name) in [
+                (tollgate_breaker::State::Closed, "closed"),
+                (tollgate_breaker::State::Open, "open"),
+                (tollgate_breaker::State::HalfOpen, "half_open"),
+                (tollgate_breaker::State::ForcedOpen, "forced_open"),
+                (tollgate_breaker::State::Disabled, "disabled"),
+            ] {
+                metrics::gauge!(
+                    "tollgate_cluster_breaker_state",
+                    "cluster" => c.clone(),
+                    "state" => name
+                )
+                .set(f64::from(u8::from(now == state)));
+            }
         }
         if let Some(l) = &self.limiter {
             metrics::gauge!("tollgate_cluster_pool_limit", "cluster" => c.clone())

@@ -338,6 +338,14 @@ impl BudgetCore {
 
 /// A retry budget shared by every clone: deposits one token share per request, withdraws one
 /// token per retry or hedge. See the [`BudgetConfig`] for the sizing.
+///
+/// Against tower's `TpsBudget`: the window is a ring of atomic buckets (a bucket's number and
+/// count in one word, rotated by one compare-and-swap), so nothing takes a lock; deposits go
+/// to a cache-padded shard per core, so cores never write each other's lines on the request
+/// path (tower takes a mutex and bumps one shared counter per deposit); and a withdrawal
+/// spends by a compare-and-swap of the bucket it read, so two retries cannot both spend the
+/// last token (tower's check-then-subtract can). The floor is a minimum, not added to the
+/// ratio's share.
 #[derive(Clone)]
 pub struct Budget {
     inner: std::sync::Arc<Inner>,
