@@ -517,7 +517,8 @@ pub(super) async fn serve(
         }
     });
     let deadline = start + snap.route_timeout[target.route];
-    let result = tokio::time::timeout_at(deadline, call)
+    let scoped = crate::stack::retry::ROUTE_DEADLINE.scope(deadline, call);
+    let result = tokio::time::timeout_at(deadline, scoped)
         .await
         .unwrap_or_else(|_| Err(BoxError::from(RouteTimedOut)));
     in_flight.end();

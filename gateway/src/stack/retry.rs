@@ -10,8 +10,10 @@
 //!   a request that is not idempotent only when its connection could not be made (nothing was
 //!   sent), unless `non_idempotent` says otherwise; a gRPC answer whose `grpc-status` header
 //!   is in `grpc_codes` whatever the method. `Retry-After` and `grpc-retry-pushback-ms`
-//!   replace the backoff (a negative pushback ends the retries). A tollgate rejection further
-//!   in (breaker open, pool full) is not retried.
+//!   replace the backoff (a negative pushback ends the retries, and so does one that would end
+//!   after the route's deadline: the client gets the upstream's answer and its `Retry-After`
+//!   rather than the gateway's 504). A tollgate rejection further in (breaker open, pool full)
+//!   is not retried.
 //! - **Bodies**: a body of known length up to `replay_limit_bytes` is read whole first
 //!   ([`RetryPolicy::replayable`]) and every try replays it; a larger body, or one of unknown
 //!   length (chunked), is streamed to the first try and never retried.
@@ -154,6 +156,13 @@ impl GwPolicy {
     }
 }
 
+tokio::task_local! {
+    /// The deadline of the route call in progress (its overall timeout), for the retry
+    /// policy: a pushback that ends after it is not waited for. A task-local, so a request
+    /// carries no extension for it (an allocation per request on the fast path).
+    pub(crate) static ROUTE_DEADLINE: tokio::time::Instant;
+}
+
 /// A request body the retry layer can replay: what says whether its request may be sent
 /// twice, and a copy of it for another try. An `http` request's ([`GwBody`]) and the fast
 /// path's own ([`RawBody`](crate::fast::stacked::RawBody)).
@@ -189,10 +198,20 @@ impl Replay for GwBody {
 
 impl<B: Replay, R> Policy<Request<B>, http::Response<R>> for GwPolicy {
     fn classify(&self, req: &Request<B>, result: Result<&http::Response<R>, &BoxError>) -> Action {
-        match result {
+        let action = match result {
             Ok(res) => self.classify_response(B::idempotent(req), res),
             Err(e) => self.classify_error(B::idempotent(req), e),
+        };
+        // A pushback that ends after the route's deadline: waiting would only turn the
+        // upstream's answer (a 503 and its `Retry-After`) into the gateway's 504.
+        if let Action::RetryAfter(pause) = action
+            && ROUTE_DEADLINE
+                .try_with(|deadline| tokio::time::Instant::now() + pause >= *deadline)
+                .unwrap_or(false)
+        {
+            return Action::Return;
         }
+        action
     }
 
     fn clone_request(&self, req: &Request<B>) -> Option<Request<B>> {

@@ -100,18 +100,24 @@ impl Service<UpRequest> for RouteService {
 
     fn call(&mut self, req: UpRequest) -> BoxFuture {
         let timeout = self.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let timed_out = |_| Err(BoxError::from(RouteTimedOut));
         // One box for the whole call: the admission stage's future lives inside it, built
-        // there rather than copied in (`boxed::pinned`).
+        // there rather than copied in (`boxed::pinned`). The deadline is in scope for the
+        // retry policy (`super::retry::ROUTE_DEADLINE`).
         match &self.admission {
             Some((policy, ctx)) => crate::boxed::pinned(|| {
                 let admitted = policy.call(self.cluster.clone(), req, ctx);
-                let admitted = tokio::time::timeout(timeout, admitted);
-                async move { admitted.await.unwrap_or_else(timed_out) }
+                let admitted = tokio::time::timeout_at(deadline, admitted);
+                super::retry::ROUTE_DEADLINE.scope(deadline, async move {
+                    admitted.await.unwrap_or_else(timed_out)
+                })
             }),
             None => crate::boxed::pinned(|| {
-                let sent = tokio::time::timeout(timeout, self.cluster.call(req));
-                async move { sent.await.unwrap_or_else(timed_out) }
+                let sent = tokio::time::timeout_at(deadline, self.cluster.call(req));
+                super::retry::ROUTE_DEADLINE.scope(deadline, async move {
+                    sent.await.unwrap_or_else(timed_out)
+                })
             }),
         }
     }

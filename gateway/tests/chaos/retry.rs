@@ -221,6 +221,11 @@ async fn refusing_upstream() -> (SocketAddr, Arc<AtomicU64>) {
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(("grpc-retry-pushback-ms", "-1")),
             ),
+            "/u/later" => (StatusCode::SERVICE_UNAVAILABLE, Some(("retry-after", "5"))),
+            "/u/soon" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(("grpc-retry-pushback-ms", "10")),
+            ),
             _ => (StatusCode::SERVICE_UNAVAILABLE, None),
         };
         let mut answer = crate::common::text(status, "");
@@ -233,6 +238,44 @@ async fn refusing_upstream() -> (SocketAddr, Arc<AtomicU64>) {
     })
     .await;
     (addr, seen)
+}
+
+on_both_front_ends!(a_pushback_past_the_routes_deadline_is_not_waited_for);
+/// A `503` whose `Retry-After` (5 s) ends after the route's deadline (1 s): the gateway does
+/// not wait for it (which would only end in its own `504`), the client gets the upstream's
+/// `503` and its `Retry-After` at once; a pushback within the deadline is waited for and
+/// retried.
+async fn a_pushback_past_the_routes_deadline_is_not_waited_for() {
+    bounded(async {
+        let (up, seen) = refusing_upstream().await;
+        let rest = format!(
+            "[[clusters]]\nname = \"u\"\nendpoints = [\"{up}\"]\n[clusters.retry]\nattempts = 2\n\
+             budget_percent = 100\nbudget_min_per_s = 100\n\
+             [[routes]]\npath_prefix = \"/u\"\ncluster = \"u\"\nrequest_timeout_ms = 1000\n"
+        );
+        let gw = start(config(&rest));
+        let base = format!("http://{}/u", addr(&gw));
+        let client = client();
+        let started = tokio::time::Instant::now();
+        let r = get(&client, &format!("{base}/later")).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "waited {:?} for a pushback past the deadline",
+            started.elapsed()
+        );
+        assert_eq!(seen.load(Ordering::Relaxed), 1, "not retried");
+        let before = seen.load(Ordering::Relaxed);
+        let r = get(&client, &format!("{base}/soon")).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        assert_eq!(
+            seen.load(Ordering::Relaxed) - before,
+            3,
+            "10 ms pushbacks are waited for"
+        );
+        stop(gw).await;
+    })
+    .await;
 }
 
 on_both_front_ends!(the_answers_own_fields_decide_a_retry);
