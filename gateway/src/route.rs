@@ -437,6 +437,30 @@ pub(crate) fn host_of<B>(req: &http::Request<B>) -> Option<&str> {
     })
 }
 
+/// Whether a registered name (RFC 3986 §3.2.2) may hold `b`: letters, digits, `-._~`, the
+/// sub-delimiters, and `%` for escapes.
+pub(crate) fn reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
 /// Whether `host` is a valid `Host` value (RFC 9110 §7.2, RFC 3986 §3.2.2): a registered
 /// name (letters, digits, `-._~`, sub-delimiters, percent-encodings), an IPv4 address, or an
 /// IP literal in brackets, then an optional `:port` of at most 65535. No userinfo, no space,
@@ -467,28 +491,7 @@ pub(crate) fn valid_host(host: &[u8]) -> bool {
         },
     };
     let name_ok = name.first() == Some(&b'[')
-        || (!name.is_empty()
-            && name.iter().all(|&b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(
-                        b,
-                        b'-' | b'.'
-                            | b'_'
-                            | b'~'
-                            | b'%'
-                            | b'!'
-                            | b'$'
-                            | b'&'
-                            | b'\''
-                            | b'('
-                            | b')'
-                            | b'*'
-                            | b'+'
-                            | b','
-                            | b';'
-                            | b'='
-                    )
-            }));
+        || (!name.is_empty() && name.iter().copied().all(reg_name_byte));
     let port_ok = port.is_none_or(|p| {
         p.len() <= 5
             && p.iter().all(u8::is_ascii_digit)

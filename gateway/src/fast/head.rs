@@ -139,33 +139,9 @@ pub(crate) fn named_in_connection(headers: &[httparse::Header<'_>], name: &str) 
 }
 
 /// Whether a request target may hold `b` as it is (RFC 3986 characters, `%` escapes; no
-/// fragment).
+/// fragment): a registered name's, and the delimiters of paths, queries and IP literals.
 fn uri_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'/' | b'?'
-                | b'%'
-                | b'-'
-                | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'['
-                | b']'
-        )
+    crate::route::reg_name_byte(b) || matches!(b, b'/' | b'?' | b':' | b'@' | b'[' | b']')
 }
 
 fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
