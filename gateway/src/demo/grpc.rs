@@ -41,15 +41,7 @@ pub(crate) mod code {
     pub(crate) const UNAVAILABLE: u16 = 14;
 }
 
-/// Whether `headers` mark a gRPC request: `application/grpc`, alone or followed by `+` (a
-/// message format) or `;` (parameters); not gRPC-Web.
-pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v.starts_with(GRPC) && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
-    })
-}
+pub(crate) use tollgate_retry::http::is_grpc;
 
 /// A gRPC reply body: at most one message, then the trailers (none for a trailers-only
 /// answer, whose status travels in the headers).

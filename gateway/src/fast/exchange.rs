@@ -111,7 +111,7 @@ impl Exchange {
                     RespStep::Head(resp) => {
                         uin.start += resp.len;
                         // A malformed start of the body is a bad answer, as a bad head is.
-                        if !super::relay::first_piece_is_valid(uin.pending(), resp.framing) {
+                        if !response::first_piece_is_valid(uin.pending(), resp.framing) {
                             return Attempt::Reset;
                         }
                         return Attempt::Answered(resp);

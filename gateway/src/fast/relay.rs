@@ -78,13 +78,6 @@ pub(super) async fn relay(
     Relayed::Done { reusable }
 }
 
-/// Whether the body bytes read with the head (`bytes`) can start a body of `framing`: a
-/// chunked body whose first chunk-size line is already malformed is refused before the head
-/// goes out, so the client gets a `502` rather than a `200` head and a cut connection.
-pub(super) fn first_piece_is_valid(bytes: &[u8], framing: Framing) -> bool {
-    framing != Framing::Chunked || Chunked::default().feed(bytes).is_ok()
-}
-
 /// How many of `bytes` belong to the body, updating the framing state; `ended` once the body
 /// is complete.
 fn take_body(

@@ -272,6 +272,14 @@ fn status_digits(status: u16) -> [u8; 3] {
     ]
 }
 
+/// Whether the body bytes read with the head (`bytes`) can start a body of `framing`: a
+/// chunked body whose first chunk-size line is already malformed is refused before the head
+/// goes out (by both HTTP/1.1 readers), so the client gets a `502` rather than a `200` head
+/// and a cut connection.
+pub(crate) fn first_piece_is_valid(bytes: &[u8], framing: Framing) -> bool {
+    framing != Framing::Chunked || Chunked::default().feed(bytes).is_ok()
+}
+
 /// A chunked body's end, found as the bytes go by (RFC 9112 §7.1); the bytes themselves are
 /// relayed unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -323,11 +323,7 @@ async fn read_head(
                     // A chunked body whose first chunk-size line is already malformed: a bad
                     // answer, refused before its head goes to the client (as the fast path
                     // does), not a head and then a cut body.
-                    if head.framing == Framing::Chunked
-                        && crate::fast::response::Chunked::default()
-                            .feed(&buf[len..])
-                            .is_err()
-                    {
+                    if !crate::fast::response::first_piece_is_valid(&buf[len..], head.framing) {
                         return Err(Failed::Broken(bad(
                             "bad chunk size at the start of the upstream answer body",
                         )));

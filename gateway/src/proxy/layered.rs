@@ -90,16 +90,13 @@ pub(super) async fn layered<B: ClientBody>(
     // of its target; `forward_headers` above has read its authority.
     let path = std::mem::take(&mut parts.uri).into_parts().path_and_query;
     let mut origin = http::uri::Parts::default();
-    origin.path_and_query = Some(match path {
-        // An absolute-form target with an empty path (`http://host?q=1`) leaves as `/?q=1`.
-        Some(p) if !p.as_str().starts_with('/') && p.as_str() != "*" => {
-            match PathAndQuery::try_from(super::origin_form(Some(&p)).as_ref()) {
-                Ok(p) => p,
-                Err(_) => return (Answer::BadTarget.response(), None),
-            }
-        }
-        Some(p) => p,
-        None => PathAndQuery::from_static("/"),
+    // An absolute-form target with an empty path (`http://host?q=1`) leaves as `/?q=1`.
+    origin.path_and_query = Some(match super::origin_form(path.as_ref()) {
+        std::borrow::Cow::Owned(fixed) => match PathAndQuery::try_from(fixed) {
+            Ok(p) => p,
+            Err(_) => return (Answer::BadTarget.response(), None),
+        },
+        std::borrow::Cow::Borrowed(_) => path.unwrap_or_else(|| PathAndQuery::from_static("/")),
     });
     let Ok(uri) = Uri::from_parts(origin) else {
         return (Answer::BadTarget.response(), None);

@@ -184,7 +184,7 @@ impl Replay for GwBody {
     }
 
     fn grpc(req: &Request<Self>) -> bool {
-        tollgate_retry::http::is_grpc(req)
+        tollgate_retry::http::is_grpc(req.headers())
     }
 
     /// A copy when the body is held whole (see [`RetryPolicy::replayable`]).

@@ -125,7 +125,7 @@ where
         let (mut outcome, res) = classify_upstream(this.classify, res);
         if outcome == tollgate_core::Outcome::Ignored
             && let Err(e) = &res
-            && tollgate_core::error::is_caused_by::<tollgate_core::error::Refused>(&**e)
+            && crate::error::refused_by_endpoint(&**e)
         {
             outcome = tollgate_core::Outcome::Failure;
         }

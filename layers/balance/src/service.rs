@@ -415,10 +415,9 @@ where
                         if let Some(mut slot) = self.slot.take() {
                             // A tollgate rejection below is not the endpoint failing (its
                             // own breaker's refusal is: see `ResponseFuture::poll`).
-                            let refused = tollgate_core::error::is_caused_by::<
-                                tollgate_core::error::Refused,
-                            >(&*e);
-                            let outcome = if tollgate_core::error::is_rejection(&*e) && !refused {
+                            let outcome = if tollgate_core::error::is_rejection(&*e)
+                                && !crate::error::refused_by_endpoint(&*e)
+                            {
                                 tollgate_core::Outcome::Ignored
                             } else {
                                 tollgate_core::Outcome::Failure

@@ -112,8 +112,9 @@ impl<K: Hash + Eq + Clone + fmt::Debug, C> Keys<K, C> {
             queue.push_back((k, self.now()));
         }
         if let Some((k, _)) = fallback {
+            // Its queue entry stays: popped later, a key no longer in the map is skipped, and
+            // the next sweep drops it (no scan of the queue here).
             self.map.remove(&k);
-            queue.retain(|(q, _)| *q != k);
         }
     }
 

@@ -74,7 +74,8 @@ pub(crate) const BUCKET_MASK: u64 = (1 << BUCKET_BITS) - 1;
 /// Bits of a count: up to 2^24 - 2 per bucket and shard (46,000 requests a second on one
 /// core in the longest buckets, 6 minutes), where it stops counting.
 const COUNT_BITS: u32 = 64 - BUCKET_BITS;
-const COUNT_MAX: u32 = (1 << COUNT_BITS) - 2;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+const COUNT_MAX: u32 = COUNT_MASK as u32 - 1;
 /// A slot never written: neither current, nor newer, nor in any window.
 const EMPTY: u64 = u64::MAX;
 
@@ -84,7 +85,7 @@ fn pack(bucket: u64, count: u32) -> u64 {
 
 /// The bucket number and count of a slot's word; `None` for a slot never written.
 fn unpack(word: u64) -> Option<(u64, u32)> {
-    (word != EMPTY).then_some((word >> COUNT_BITS, (word & ((1 << COUNT_BITS) - 1)) as u32))
+    (word != EMPTY).then_some((word >> COUNT_BITS, (word & COUNT_MASK) as u32))
 }
 
 /// `a - b` on bucket numbers (modulo 2^40).

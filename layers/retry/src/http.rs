@@ -250,15 +250,14 @@ pub fn idempotent<B>(req: &Request<B>) -> bool {
     ) || req.headers().contains_key("idempotency-key")
 }
 
-/// Whether `req` is a gRPC call (`content-type: application/grpc`, `+proto`, `;...`).
-pub fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.strip_prefix("application/grpc")
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
-        })
+/// Whether `headers` mark a gRPC call: `content-type: application/grpc`, alone or followed by
+/// `+` (a message format) or `;` (parameters); not gRPC-Web.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(GRPC) && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
+    })
 }
 
 /// Whether `err` shows the request never reached the service.
@@ -344,7 +343,7 @@ impl<B, R> Policy<Request<ReplayBody<B>>, Response<R>> for HttpPolicy {
     /// Idempotent methods, an `Idempotency-Key`, and gRPC calls: a POST without a key may
     /// already have reached the service when the hedge would go, and must not run twice.
     fn may_hedge(&self, req: &Request<ReplayBody<B>>) -> bool {
-        idempotent(req) || is_grpc(req)
+        idempotent(req) || is_grpc(req.headers())
     }
 
     fn on_attempt(&self, req: &mut Request<ReplayBody<B>>, attempt: &Attempt) {
